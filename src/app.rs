@@ -1,0 +1,87 @@
+//! Assembles a hub from its configuration: picks the store, broker,
+//! connector and AI provider for standalone or cluster mode.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::ai::AiProvider;
+use crate::ai::coordinator::AiCoordinator;
+use crate::ai::rules::RulesProvider;
+use crate::broker::local::LocalBroker;
+use crate::config::{AiProviderKind, ConfigError, ConnectorKind, HubConfig};
+use crate::hub::{Hub, HubParts};
+use crate::metrics::Metrics;
+use crate::store::memory::MemoryStore;
+use crate::whatsapp::simulated::{SimulatedConnector, builtin_contacts, load_contacts};
+
+/// Errors that stop the hub from starting; each names its setting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} (MCP_SERVER_HOST/MCP_SERVER_PORT): {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub async fn run(config: HubConfig) -> Result<(), StartupError> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let hub = build(config).await?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    crate::server::serve(hub, listener)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: "listener".into(),
+            source,
+        })
+}
+
+pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
+    let metrics = Arc::new(Metrics::new(&config.instance_id));
+    let contacts = match &config.contacts_file {
+        Some(path) => load_contacts(path).map_err(|reason| ConfigError {
+            setting: "CONTACTS_FILE",
+            reason: format!("{}: {reason}", path.display()),
+        })?,
+        None => builtin_contacts(),
+    };
+    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+    let connector = match config.connector {
+        ConnectorKind::Simulated => Arc::new(SimulatedConnector::new(
+            contacts,
+            config.auto_reply.clone(),
+            config.auto_reply_delay,
+            incoming_tx,
+        )),
+    };
+    let provider: Arc<dyn AiProvider> = match config.ai_provider {
+        AiProviderKind::Rules => Arc::new(RulesProvider),
+        other => {
+            return Err(ConfigError {
+                setting: "AI_PROVIDER",
+                reason: format!("{other:?} is not available in this build"),
+            }
+            .into());
+        }
+    };
+    let store = Arc::new(MemoryStore::new(config.history_limit));
+    let broker = Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx));
+    let ai = AiCoordinator::new(provider, metrics.clone());
+    let hub = Hub::new(HubParts {
+        config,
+        store,
+        broker,
+        connector,
+        ai,
+        metrics,
+    });
+    hub.spawn_background(inbound_rx, incoming_rx);
+    Ok(hub)
+}

@@ -1,0 +1,236 @@
+//! Executing WhatsApp commands for a session: through its agent when one is
+//! connected, else through the configured connector. Either way a sent
+//! message lands in the shared history and every client sees it.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::Hub;
+use crate::ai::{InterpretRequest, validate};
+use crate::protocol::{
+    AiContext, ClientInfo, ErrorCode, HistoryEntry, HubError, MessageDirection, WhatsAppCommand,
+    now_millis,
+};
+use crate::whatsapp::resolve::resolve_contact;
+
+const DEFAULT_HISTORY_LIMIT: usize = 20;
+
+/// The `content` the original protocol returns for a failed command.
+pub fn failure_content(err: &HubError) -> Value {
+    let mut content = json!({
+        "success": false,
+        "error": err.message,
+        "code": err.code.as_str(),
+    });
+    if !err.candidates.is_empty() {
+        content["candidates"] = json!(err.candidates);
+    }
+    content
+}
+
+impl Hub {
+    pub async fn execute(
+        self: &Arc<Self>,
+        session: &str,
+        command: &WhatsAppCommand,
+        requester: &ClientInfo,
+    ) -> Result<Value, HubError> {
+        if let Some(agent) = self.store.agent(session).await? {
+            // An agent's own commands go to the connector, not back to itself.
+            if agent.client_id != requester.client_id {
+                let as_json = serde_json::to_value(command).map_err(HubError::internal)?;
+                match self.call_agent(session, &agent, as_json).await {
+                    Ok(content) => {
+                        self.after_agent_success(session, command, &content, requester)
+                            .await;
+                        return Ok(content);
+                    }
+                    Err(e) if e.code == ErrorCode::AgentUnavailable => {
+                        // The agent is gone (its instance died or it left
+                        // mid-call): forget it and fall back.
+                        tracing::info!(session, agent = %agent.client_id, "agent unavailable; falling back to the connector");
+                        self.store.release_agent(session, &agent.client_id).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.execute_with_connector(session, command, requester)
+            .await
+    }
+
+    async fn after_agent_success(
+        &self,
+        session: &str,
+        command: &WhatsAppCommand,
+        content: &Value,
+        requester: &ClientInfo,
+    ) {
+        let WhatsAppCommand::Send { contact, message } = command else {
+            return;
+        };
+        if content.get("success").and_then(Value::as_bool) != Some(true) {
+            return;
+        }
+        let entry = HistoryEntry {
+            direction: MessageDirection::Outgoing,
+            contact: content
+                .get("contact")
+                .and_then(Value::as_str)
+                .unwrap_or(contact)
+                .to_string(),
+            message: message.clone(),
+            message_id: content
+                .get("message_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("agent.{}", uuid::Uuid::new_v4().simple())),
+            timestamp: now_millis(),
+            by: requester.client_id.clone(),
+        };
+        if let Err(e) = self.record_and_publish(session, &entry).await {
+            tracing::warn!(error = %e, "could not record an agent-sent message");
+        }
+    }
+
+    async fn execute_with_connector(
+        &self,
+        session: &str,
+        command: &WhatsAppCommand,
+        requester: &ClientInfo,
+    ) -> Result<Value, HubError> {
+        let contacts = self.store.contacts(session).await?;
+        let names: Vec<String> = contacts.iter().map(|c| c.name.clone()).collect();
+        match command {
+            WhatsAppCommand::Send { contact, message } => {
+                let name = resolve_contact(contact, &names)?;
+                let target = contacts
+                    .iter()
+                    .find(|c| c.name == name)
+                    .cloned()
+                    .ok_or_else(|| HubError::internal("resolved contact vanished"))?;
+                let message_id = self.connector.send(session, &target, message).await?;
+                let entry = HistoryEntry {
+                    direction: MessageDirection::Outgoing,
+                    contact: target.name.clone(),
+                    message: message.clone(),
+                    message_id: message_id.clone(),
+                    timestamp: now_millis(),
+                    by: requester.client_id.clone(),
+                };
+                self.record_and_publish(session, &entry).await?;
+                Ok(json!({
+                    "success": true,
+                    "contact": target.name,
+                    "message": message,
+                    "message_id": message_id,
+                    "timestamp": entry.timestamp,
+                    "executed_by": self.connector.name(),
+                }))
+            }
+            WhatsAppCommand::ListContacts => Ok(json!({
+                "success": true,
+                "contacts": contacts,
+                "total_count": contacts.len(),
+                "executed_by": self.connector.name(),
+            })),
+            WhatsAppCommand::GetHistory { contact, limit } => {
+                let name = resolve_contact(contact, &names)?;
+                let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).max(1);
+                let messages = self.store.history(session, name, limit).await?;
+                Ok(json!({
+                    "success": true,
+                    "contact": name,
+                    "messages": messages,
+                    "count": messages.len(),
+                    "executed_by": self.connector.name(),
+                }))
+            }
+        }
+    }
+
+    /// Interprets a natural-language command and executes it. The result is
+    /// the original protocol's `whatsapp_ai_command_result` content.
+    pub async fn execute_ai_command(
+        self: &Arc<Self>,
+        session: &str,
+        text: &str,
+        context: Option<AiContext>,
+        requester: &ClientInfo,
+    ) -> Result<Value, HubError> {
+        let (contacts, last_contact) = match context {
+            Some(AiContext {
+                contact_list: Some(list),
+                last_contact,
+            }) => (
+                list.into_iter()
+                    .map(|c| c.into_contact().name)
+                    .collect::<Vec<_>>(),
+                last_contact,
+            ),
+            other => {
+                let names = self
+                    .store
+                    .contacts(session)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                let last = match other.and_then(|c| c.last_contact) {
+                    Some(last) => Some(last),
+                    None => self.store.last_contact(session).await?,
+                };
+                (names, last)
+            }
+        };
+        let request = InterpretRequest {
+            command: text.trim().to_string(),
+            contacts,
+            last_contact,
+        };
+        let outcome = self.ai.interpret(session, &request).await?;
+        let interpretation = &outcome.value;
+        let command = match validate(interpretation, &request.contacts) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut content = failure_content(&e);
+                content["interpretation"] = json!(interpretation);
+                content["cached"] = json!(outcome.cached);
+                content["shared"] = json!(outcome.shared);
+                return Ok(content);
+            }
+        };
+        let result = match self.execute(session, &command, requester).await {
+            Ok(v) => v,
+            Err(e) if e.is_command_failure() => failure_content(&e),
+            Err(e) => return Err(e),
+        };
+        let success = result
+            .get("success")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut shown = json!({ "action": command.action() });
+        match &command {
+            WhatsAppCommand::Send { contact, message } => {
+                shown["contact"] = json!(contact);
+                shown["message"] = json!(message);
+            }
+            WhatsAppCommand::GetHistory { contact, limit } => {
+                shown["contact"] = json!(contact);
+                if let Some(l) = limit {
+                    shown["limit"] = json!(l);
+                }
+            }
+            WhatsAppCommand::ListContacts => {}
+        }
+        Ok(json!({
+            "success": success,
+            "interpretation": shown,
+            "result": result,
+            "provider": self.ai.provider_name(),
+            "cached": outcome.cached,
+            "shared": outcome.shared,
+        }))
+    }
+}

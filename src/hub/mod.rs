@@ -1,0 +1,214 @@
+//! The hub's core: shared state of one instance and the operations the
+//! connection loop calls (publish an event, execute a command, route to an
+//! agent). Transport-agnostic: nothing here knows about WebSockets.
+
+pub mod agents;
+pub mod executor;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ai::coordinator::AiCoordinator;
+use crate::broker::{Broker, EventEnvelope, Inbound};
+use crate::config::HubConfig;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ClientInfo, Contact, HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis,
+};
+use crate::store::SessionStore;
+use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
+
+use agents::AgentRouter;
+use registry::{Outbound, Registry};
+
+/// Everything one hub instance shares between its connections.
+pub struct Hub {
+    pub config: HubConfig,
+    pub store: Arc<dyn SessionStore>,
+    pub broker: Arc<dyn Broker>,
+    pub connector: Arc<dyn WhatsAppConnector>,
+    pub ai: AiCoordinator,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub agents: AgentRouter,
+    /// Cancelled when the hub starts draining.
+    pub shutdown: CancellationToken,
+    started: AtomicBool,
+}
+
+/// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
+pub struct HubParts {
+    pub config: HubConfig,
+    pub store: Arc<dyn SessionStore>,
+    pub broker: Arc<dyn Broker>,
+    pub connector: Arc<dyn WhatsAppConnector>,
+    pub ai: AiCoordinator,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(parts: HubParts) -> Arc<Hub> {
+        Arc::new(Hub {
+            config: parts.config,
+            store: parts.store,
+            broker: parts.broker,
+            connector: parts.connector,
+            ai: parts.ai,
+            metrics: parts.metrics,
+            registry: Registry::default(),
+            agents: AgentRouter::default(),
+            shutdown: CancellationToken::new(),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    /// Ready to take new clients: listening, backend reachable, not draining.
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
+            && self.broker.is_healthy()
+    }
+
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// Serializes `event` once and delivers it to every client of the
+    /// session on every instance (but `except`).
+    pub fn publish(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+    ) {
+        let produced_at = now_millis();
+        let frame = event.to_frame();
+        let out = Outbound {
+            frame: frame.clone(),
+            kind,
+            produced_at,
+        };
+        self.registry.deliver(session, &out, except, &self.metrics);
+        self.broker.publish_event(EventEnvelope {
+            session: session.to_string(),
+            origin: self.instance().to_string(),
+            kind: kind.to_string(),
+            produced_at,
+            except: except.map(str::to_string),
+            frame: frame.as_str().to_string(),
+        });
+    }
+
+    pub fn publish_contacts(&self, session: &str, contacts: &[Contact]) {
+        let event = ServerEvent::ContactListBroadcast {
+            contacts,
+            total_count: contacts.len(),
+            timestamp: now_millis(),
+        };
+        self.publish(session, &event, "contact_list_broadcast", None);
+    }
+
+    /// Records a message in the session history and tells every client.
+    pub async fn record_and_publish(
+        &self,
+        session: &str,
+        entry: &HistoryEntry,
+    ) -> Result<(), HubError> {
+        self.store.record_message(session, entry).await?;
+        self.publish(
+            session,
+            &ServerEvent::MessageEvent { entry },
+            "message_event",
+            None,
+        );
+        Ok(())
+    }
+
+    pub async fn record_incoming(&self, incoming: IncomingMessage) -> Result<(), HubError> {
+        let entry = HistoryEntry {
+            direction: MessageDirection::Incoming,
+            contact: incoming.contact.clone(),
+            message: incoming.message,
+            message_id: format!("in.{}", uuid::Uuid::new_v4().simple()),
+            timestamp: now_millis(),
+            by: incoming.contact,
+        };
+        self.record_and_publish(&incoming.session, &entry).await
+    }
+
+    pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {
+        let timestamp = now_millis();
+        let (event, kind) = if joined {
+            (
+                ServerEvent::ClientJoined { client, timestamp },
+                "client_joined",
+            )
+        } else {
+            (ServerEvent::ClientLeft { client, timestamp }, "client_left")
+        };
+        self.publish(session, &event, kind, Some(&client.client_id));
+    }
+
+    /// Handles what other instances (or the local loop-back) send.
+    pub async fn handle_inbound(self: &Arc<Self>, inbound: Inbound) {
+        match inbound {
+            Inbound::Event(env) => {
+                if env.origin == self.instance() {
+                    return;
+                }
+                let out = Outbound {
+                    frame: env.frame.into(),
+                    kind: static_kind(&env.kind),
+                    produced_at: env.produced_at,
+                };
+                self.registry
+                    .deliver(&env.session, &out, env.except.as_deref(), &self.metrics);
+            }
+            Inbound::Instance(msg) => self.handle_instance_message(msg).await,
+        }
+    }
+
+    /// Runs until shutdown: broker inbound and connector incoming messages.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut incoming: mpsc::Receiver<IncomingMessage>,
+    ) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.recv().await {
+                hub.handle_inbound(msg).await;
+            }
+        });
+        let hub = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.recv().await {
+                if let Err(e) = hub.record_incoming(msg).await {
+                    tracing::warn!(error = %e, "could not record an incoming message");
+                }
+            }
+        });
+    }
+}
+
+/// Maps a message type received from another instance to a metrics label.
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "contact_list_broadcast" => "contact_list_broadcast",
+        "message_event" => "message_event",
+        "client_joined" => "client_joined",
+        "client_left" => "client_left",
+        "broadcast" => "broadcast",
+        "agent_changed" => "agent_changed",
+        _ => "other",
+    }
+}

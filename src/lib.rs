@@ -1,0 +1,21 @@
+//! mcp-hub: a real-time hub through which several clients control one
+//! WhatsApp account together.
+//!
+//! Layout: [`protocol`] (wire types), [`server`] (HTTP + the connection
+//! loop), [`hub`] (shared state, routing, execution), [`store`] (session
+//! state: memory / Redis), [`broker`] (broadcast bus: local / Redis pub/sub),
+//! [`ai`] (providers and their coordinator), [`whatsapp`] (connectors),
+//! [`terminal`] (the terminal client).
+
+pub mod ai;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod terminal;
+pub mod whatsapp;

@@ -1,0 +1,41 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcp_hub::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    // .env fills in only what the environment does not already set.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Terminal(args)) => runtime.block_on(mcp_hub::terminal::run(args)),
+        Some(Command::Serve(args)) => serve(&runtime, *args),
+        None => serve(&runtime, cli.serve),
+    }
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, args: mcp_hub::config::ServeArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    mcp_hub::telemetry::init(config.log_format);
+    match runtime.block_on(mcp_hub::app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, "startup failed");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Prometheus metrics of one hub instance, exposed at `GET /metrics`.
+//!
+//! Every metric lives in the hub's own [`Registry`] (not the global one) so
+//! several hubs can run in one test process. Labels are bounded sets
+//! (message types, error codes, reasons) and never client or session ids.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_opened: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub messages_received: IntCounterVec,
+    pub messages_sent: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub broadcast_latency: Histogram,
+    pub slow_consumer_disconnects: IntCounter,
+    pub redis_command_duration: HistogramVec,
+    pub redis_errors: IntCounterVec,
+    pub pubsub_received: IntCounter,
+    pub ai_requests: IntCounterVec,
+    pub ai_upstream_duration: HistogramVec,
+    pub ai_cache_hits: IntCounter,
+    pub ai_singleflight_joins: IntCounter,
+    pub ai_lock_waits: IntCounter,
+    pub ai_rate_limited: IntCounter,
+    pub agent_calls: IntCounterVec,
+    pub store_up: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
+
+impl Metrics {
+    pub fn new(instance: &str) -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections: IntGauge::new("hub_ws_connections", "Open WebSocket connections")
+                .expect("valid metric"),
+            connections_opened: IntCounter::new(
+                "hub_ws_connections_opened_total",
+                "WebSocket connections accepted",
+            )
+            .expect("valid metric"),
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "hub_ws_connections_closed_total",
+                    "WebSocket connections closed, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            messages_received: IntCounterVec::new(
+                Opts::new(
+                    "hub_ws_messages_received_total",
+                    "Client messages received, by message type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            messages_sent: IntCounterVec::new(
+                Opts::new(
+                    "hub_ws_messages_sent_total",
+                    "Messages written to clients, by message type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            errors: IntCounterVec::new(
+                Opts::new("hub_errors_total", "Errors reported to clients, by code"),
+                &["code"],
+            )
+            .expect("valid metric"),
+            broadcast_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hub_broadcast_latency_seconds",
+                    "Time from an event's production to its write to one recipient",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            slow_consumer_disconnects: IntCounter::new(
+                "hub_slow_consumer_disconnects_total",
+                "Clients disconnected because their outbound queue was full",
+            )
+            .expect("valid metric"),
+            redis_command_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "hub_redis_command_duration_seconds",
+                    "Latency of Redis commands, by operation",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            )
+            .expect("valid metric"),
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "hub_redis_errors_total",
+                    "Failed Redis commands, by operation",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
+            pubsub_received: IntCounter::new(
+                "hub_pubsub_messages_received_total",
+                "Messages received from Redis pub/sub",
+            )
+            .expect("valid metric"),
+            ai_requests: IntCounterVec::new(
+                Opts::new(
+                    "hub_ai_requests_total",
+                    "AI requests, by provider and outcome",
+                ),
+                &["provider", "outcome"],
+            )
+            .expect("valid metric"),
+            ai_upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "hub_ai_upstream_duration_seconds",
+                    "Latency of upstream AI calls, by provider",
+                )
+                .buckets(UPSTREAM_BUCKETS.to_vec()),
+                &["provider"],
+            )
+            .expect("valid metric"),
+            ai_cache_hits: IntCounter::new(
+                "hub_ai_cache_hits_total",
+                "AI answers served from the cache",
+            )
+            .expect("valid metric"),
+            ai_singleflight_joins: IntCounter::new(
+                "hub_ai_singleflight_joins_total",
+                "AI requests that waited for an identical call already in flight",
+            )
+            .expect("valid metric"),
+            ai_lock_waits: IntCounter::new(
+                "hub_ai_lock_waits_total",
+                "Times an AI request waited for the cluster lock held by another caller",
+            )
+            .expect("valid metric"),
+            ai_rate_limited: IntCounter::new(
+                "hub_ai_rate_limited_total",
+                "AI requests rejected by the cluster-wide quota",
+            )
+            .expect("valid metric"),
+            agent_calls: IntCounterVec::new(
+                Opts::new(
+                    "hub_agent_calls_total",
+                    "Commands forwarded to agents, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            store_up: IntGauge::new(
+                "hub_store_up",
+                "1 when the session store (Redis in cluster mode) is reachable",
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("hub_build_info", "Build information; value is always 1"),
+            &["version", "instance"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), instance])
+            .set(1);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.connections.clone()),
+            Box::new(m.connections_opened.clone()),
+            Box::new(m.connections_closed.clone()),
+            Box::new(m.messages_received.clone()),
+            Box::new(m.messages_sent.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.broadcast_latency.clone()),
+            Box::new(m.slow_consumer_disconnects.clone()),
+            Box::new(m.redis_command_duration.clone()),
+            Box::new(m.redis_errors.clone()),
+            Box::new(m.pubsub_received.clone()),
+            Box::new(m.ai_requests.clone()),
+            Box::new(m.ai_upstream_duration.clone()),
+            Box::new(m.ai_cache_hits.clone()),
+            Box::new(m.ai_singleflight_joins.clone()),
+            Box::new(m.ai_lock_waits.clone()),
+            Box::new(m.ai_rate_limited.clone()),
+            Box::new(m.agent_calls.clone()),
+            Box::new(m.store_up.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            // Names are distinct constants above; a clash is a programming error.
+            m.registry.register(c).expect("metric registered once");
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn error(&self, code: crate::protocol::ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+}

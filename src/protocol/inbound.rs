@@ -1,0 +1,386 @@
+//! Messages clients send to the hub, and their validating parser.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::errors::{ErrorCode, HubError};
+use super::outbound::Contact;
+
+/// One inbound message after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Register(Register),
+    WhatsAppCommand(WhatsAppCommand),
+    WhatsAppAiCommand {
+        command: String,
+        context: Option<AiContext>,
+    },
+    AiRequest {
+        prompt: String,
+        context: Option<Value>,
+    },
+    Ping,
+    Broadcast {
+        payload: Value,
+    },
+    /// An agent's answer to an `execute` request.
+    ExecuteResult {
+        content: Value,
+    },
+    /// An agent reporting the real account's contacts.
+    ContactsUpdate {
+        contacts: Vec<Contact>,
+    },
+    /// An agent reporting a message that arrived on the real account.
+    IncomingMessage {
+        contact: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Register {
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A WhatsApp action, as sent in `whatsapp_command.command` and as produced
+/// by an AI interpretation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum WhatsAppCommand {
+    Send {
+        contact: String,
+        message: String,
+    },
+    ListContacts,
+    GetHistory {
+        contact: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+}
+
+impl WhatsAppCommand {
+    pub fn action(&self) -> &'static str {
+        match self {
+            WhatsAppCommand::Send { .. } => "send",
+            WhatsAppCommand::ListContacts => "list_contacts",
+            WhatsAppCommand::GetHistory { .. } => "get_history",
+        }
+    }
+}
+
+/// A contact as clients may give it in a context: a bare name or an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ContactRef {
+    Name(String),
+    Contact(Contact),
+}
+
+impl ContactRef {
+    pub fn into_contact(self) -> Contact {
+        match self {
+            ContactRef::Name(name) => Contact { name, phone: None },
+            ContactRef::Contact(c) => c,
+        }
+    }
+}
+
+/// The context a client may attach to an AI command; when absent the hub
+/// uses the session's own.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AiContext {
+    #[serde(default)]
+    pub last_contact: Option<String>,
+    #[serde(default)]
+    pub contact_list: Option<Vec<ContactRef>>,
+}
+
+#[derive(Deserialize)]
+struct WhatsAppCommandBody {
+    command: Value,
+}
+
+#[derive(Deserialize)]
+struct AiCommandBody {
+    command: String,
+    #[serde(default)]
+    context: Option<AiContext>,
+}
+
+#[derive(Deserialize)]
+struct AiRequestBody {
+    prompt: String,
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+struct ExecuteResultBody {
+    content: Value,
+}
+
+#[derive(Deserialize)]
+struct ContactsUpdateBody {
+    contacts: Vec<ContactRef>,
+}
+
+#[derive(Deserialize)]
+struct IncomingBody {
+    contact: String,
+    message: String,
+}
+
+/// Parses one text frame. On failure returns the error together with the
+/// `request_id` if one could be read, so the error can still be correlated.
+pub fn parse_client_message(
+    text: &str,
+) -> Result<(ClientMessage, Option<String>), (HubError, Option<String>)> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            HubError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+            None,
+        )
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err((
+            HubError::new(ErrorCode::InvalidMessage, "a message must be a JSON object"),
+            None,
+        ));
+    };
+    let request_id = match obj.remove("request_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err((
+                HubError::new(
+                    ErrorCode::InvalidField,
+                    "field `request_id` must be a string or a number",
+                ),
+                None,
+            ));
+        }
+    };
+    let kind = match obj.remove("type") {
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err((
+                HubError::new(ErrorCode::InvalidField, "field `type` must be a string"),
+                request_id,
+            ));
+        }
+        None => {
+            return Err((
+                HubError::new(ErrorCode::MissingField, "missing field `type`"),
+                request_id,
+            ));
+        }
+    };
+    let body = Value::Object(obj);
+    let parsed = match kind.as_str() {
+        "register" => body_as::<Register>(body, &kind).map(ClientMessage::Register),
+        "whatsapp_command" => body_as::<WhatsAppCommandBody>(body, &kind)
+            .and_then(|b| parse_whatsapp_command(b.command))
+            .map(ClientMessage::WhatsAppCommand),
+        "whatsapp_ai_command" => {
+            body_as::<AiCommandBody>(body, &kind).map(|b| ClientMessage::WhatsAppAiCommand {
+                command: b.command,
+                context: b.context,
+            })
+        }
+        "ai_request" => body_as::<AiRequestBody>(body, &kind).map(|b| ClientMessage::AiRequest {
+            prompt: b.prompt,
+            context: b.context,
+        }),
+        "ping" => Ok(ClientMessage::Ping),
+        "broadcast" => body_as::<BroadcastBody>(body, &kind)
+            .map(|b| ClientMessage::Broadcast { payload: b.payload }),
+        "execute_result" => body_as::<ExecuteResultBody>(body, &kind)
+            .map(|b| ClientMessage::ExecuteResult { content: b.content }),
+        "contacts_update" => {
+            body_as::<ContactsUpdateBody>(body, &kind).map(|b| ClientMessage::ContactsUpdate {
+                contacts: b
+                    .contacts
+                    .into_iter()
+                    .map(ContactRef::into_contact)
+                    .collect(),
+            })
+        }
+        "incoming_message" => {
+            body_as::<IncomingBody>(body, &kind).map(|b| ClientMessage::IncomingMessage {
+                contact: b.contact,
+                message: b.message,
+            })
+        }
+        other => Err(HubError::new(
+            ErrorCode::UnknownType,
+            format!("unknown message type `{other}`"),
+        )),
+    };
+    match parsed {
+        Ok(msg) => Ok((msg, request_id)),
+        Err(e) => Err((e, request_id)),
+    }
+}
+
+/// Validates a `whatsapp_command.command` object.
+pub fn parse_whatsapp_command(value: Value) -> Result<WhatsAppCommand, HubError> {
+    let action = match value.get("action") {
+        Some(Value::String(a)) => a.clone(),
+        Some(_) => {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `command.action` must be a string",
+            ));
+        }
+        None if value.is_object() => {
+            return Err(HubError::new(
+                ErrorCode::MissingField,
+                "missing field `command.action`",
+            ));
+        }
+        None => {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `command` must be an object",
+            ));
+        }
+    };
+    if !matches!(action.as_str(), "send" | "list_contacts" | "get_history") {
+        return Err(HubError::new(
+            ErrorCode::UnknownAction,
+            format!("unknown action `{action}` (expected send, list_contacts or get_history)"),
+        ));
+    }
+    let cmd: WhatsAppCommand =
+        serde_json::from_value(value).map_err(|e| field_error(&e.to_string(), "command."))?;
+    if let WhatsAppCommand::Send { contact, message } = &cmd {
+        if contact.trim().is_empty() {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `command.contact` must not be empty",
+            ));
+        }
+        if message.is_empty() {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `command.message` must not be empty",
+            ));
+        }
+    }
+    Ok(cmd)
+}
+
+fn body_as<T: DeserializeOwned>(body: Value, kind: &str) -> Result<T, HubError> {
+    serde_json::from_value(body).map_err(|e| {
+        let mut err = field_error(&e.to_string(), "");
+        err.message = format!("{kind}: {}", err.message);
+        err
+    })
+}
+
+/// Maps serde's messages to `missing_field` / `invalid_field`, keeping its
+/// wording (which names the field and the expected type).
+fn field_error(serde_msg: &str, prefix: &str) -> HubError {
+    if let Some(rest) = serde_msg.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        HubError::new(
+            ErrorCode::MissingField,
+            format!("missing field `{prefix}{field}`"),
+        )
+    } else if let Some(rest) = serde_msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        HubError::new(
+            ErrorCode::InvalidField,
+            format!("unknown field `{prefix}{field}`"),
+        )
+    } else {
+        HubError::new(ErrorCode::InvalidField, serde_msg.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse_client_message(text).unwrap_err().0.code
+    }
+
+    #[test]
+    fn parses_original_messages() {
+        let (msg, rid) = parse_client_message(
+            r#"{"type":"whatsapp_command","command":{"action":"send","contact":"John","message":"Hello!"}}"#,
+        )
+        .unwrap();
+        assert_eq!(rid, None);
+        assert_eq!(
+            msg,
+            ClientMessage::WhatsAppCommand(WhatsAppCommand::Send {
+                contact: "John".into(),
+                message: "Hello!".into()
+            })
+        );
+        let (msg, rid) = parse_client_message(
+            r#"{"type":"whatsapp_ai_command","command":"send john hi","request_id":7,"context":{"last_contact":"Bob","contact_list":["John",{"name":"Bob","phone":"1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(rid.as_deref(), Some("7"));
+        match msg {
+            ClientMessage::WhatsAppAiCommand { context, .. } => {
+                let ctx = context.unwrap();
+                assert_eq!(ctx.last_contact.as_deref(), Some("Bob"));
+                assert_eq!(ctx.contact_list.unwrap().len(), 2);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_bad_input_to_stable_codes() {
+        assert_eq!(code_of("{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::InvalidMessage);
+        assert_eq!(code_of(r#"{"prompt":"x"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"type":5}"#), ErrorCode::InvalidField);
+        assert_eq!(code_of(r#"{"type":"nope"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":"ai_request"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code_of(r#"{"type":"ai_request","prompt":3}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"whatsapp_command","command":{"action":"dance"}}"#),
+            ErrorCode::UnknownAction
+        );
+        assert_eq!(
+            code_of(r#"{"type":"whatsapp_command","command":{"action":"send","contact":"x"}}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"whatsapp_command","command":"send"}"#),
+            ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn request_id_survives_errors() {
+        let (err, rid) = parse_client_message(r#"{"type":"bogus","request_id":"r1"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownType);
+        assert_eq!(rid.as_deref(), Some("r1"));
+    }
+}

@@ -1,0 +1,141 @@
+//! Events and replies the hub sends to clients, and the serialized
+//! [`Frame`] that is shared between every recipient of one event.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::errors::HubError;
+
+/// A serialized outgoing text frame. Cloning is a reference-count bump, so
+/// one event is serialized once and shared by every recipient's queue.
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageDirection {
+    Outgoing,
+    Incoming,
+}
+
+/// One message of a conversation, as stored and as sent in `message_event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub direction: MessageDirection,
+    pub contact: String,
+    pub message: String,
+    pub message_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The client id that caused it (for outgoing) or the sender's name.
+    pub by: String,
+}
+
+/// A connected client as other clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub client_name: String,
+    pub instance: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Everything the hub sends. `request_id` is echoed where the protocol says.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent<'a> {
+    RegistrationConfirmed {
+        client_id: &'a str,
+        client_name: &'a str,
+        session: &'a str,
+        instance: &'a str,
+        agent: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
+    Response {
+        response_type: &'a str,
+        content: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
+    Pong {
+        timestamp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
+    ContactListBroadcast {
+        contacts: &'a [Contact],
+        total_count: usize,
+        timestamp: u64,
+    },
+    MessageEvent {
+        #[serde(flatten)]
+        entry: &'a HistoryEntry,
+    },
+    ClientJoined {
+        #[serde(flatten)]
+        client: &'a ClientInfo,
+        timestamp: u64,
+    },
+    ClientLeft {
+        #[serde(flatten)]
+        client: &'a ClientInfo,
+        timestamp: u64,
+    },
+    Broadcast {
+        from: &'a str,
+        payload: &'a Value,
+        timestamp: u64,
+    },
+    AgentChanged {
+        client_id: Option<&'a str>,
+        instance: Option<&'a str>,
+        timestamp: u64,
+    },
+    Execute {
+        request_id: &'a str,
+        command: &'a Value,
+    },
+}
+
+impl ServerEvent<'_> {
+    /// Serializes once into a shareable frame.
+    pub fn to_frame(&self) -> Frame {
+        // Serializing these plain structs cannot fail: no maps with
+        // non-string keys, no custom serializers that error.
+        let text = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal_error","message":"serialize: {e}"}}"#)
+        });
+        Frame::from(text)
+    }
+
+    pub fn error(err: &'_ HubError, request_id: Option<&'_ str>) -> Frame {
+        ServerEvent::Error {
+            code: err.code.as_str(),
+            message: &err.message,
+            request_id,
+        }
+        .to_frame()
+    }
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,43 @@
+//! Plain HTTP endpoints: liveness, readiness, metrics and the REST API.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::hub::Hub;
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+async fn health() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+async fn ready(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    if hub.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else if hub.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    hub.metrics.store_up.set(i64::from(hub.broker.is_healthy()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+}

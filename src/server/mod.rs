@@ -1,0 +1,82 @@
+//! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
+//! readiness, metrics, REST), the listener, and graceful shutdown.
+
+pub mod connection;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::hub::Hub;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/", get(ws_upgrade))
+        .route("/ws", get(ws_upgrade))
+        .merge(http::routes())
+        .with_state(hub)
+}
+
+async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+    let limit = hub.config.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection::handle_socket(hub, socket))
+}
+
+/// Serves until SIGTERM/SIGINT, then drains: /ready turns 503, every client
+/// gets close 1001, and the call returns within the shutdown timeout.
+pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, instance = hub.instance(), "mcp-hub listening on {addr}");
+    hub.mark_started();
+    let app = router(hub.clone());
+    let drain = hub.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining connections");
+        drain.shutdown.cancel();
+    });
+    let server = tokio::spawn(async move { server.await });
+    hub.shutdown.cancelled().await;
+    match tokio::time::timeout(hub.config.shutdown_timeout, server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = hub.config.shutdown_timeout.as_millis() as u64,
+                "shutdown timeout reached; exiting with connections still open"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,197 @@
+//! In-process session store for standalone mode.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{AgentRef, SessionStore, StoreResult};
+use crate::protocol::{ClientInfo, Contact, HistoryEntry};
+
+#[derive(Default)]
+struct SessionState {
+    contacts: Vec<Contact>,
+    seeded: bool,
+    last_contact: Option<String>,
+    /// Keyed by lower-cased contact name.
+    history: HashMap<String, VecDeque<HistoryEntry>>,
+    /// In join order, so listings are stable.
+    members: Vec<ClientInfo>,
+    agent: Option<AgentRef>,
+}
+
+pub struct MemoryStore {
+    history_limit: usize,
+    sessions: Mutex<HashMap<String, SessionState>>,
+}
+
+impl MemoryStore {
+    pub fn new(history_limit: usize) -> Self {
+        MemoryStore {
+            history_limit,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<T>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain data; the data itself is still usable.
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        f(sessions.entry(session.to_string()).or_default())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
+        self.with(session, |s| {
+            if !s.seeded {
+                s.seeded = true;
+                if s.contacts.is_empty() {
+                    s.contacts = contacts.to_vec();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>> {
+        Ok(self.with(session, |s| s.contacts.clone()))
+    }
+
+    async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
+        self.with(session, |s| {
+            s.seeded = true;
+            s.contacts = contacts.to_vec();
+        });
+        Ok(())
+    }
+
+    async fn last_contact(&self, session: &str) -> StoreResult<Option<String>> {
+        Ok(self.with(session, |s| s.last_contact.clone()))
+    }
+
+    async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
+        let limit = self.history_limit;
+        self.with(session, |s| {
+            s.last_contact = Some(entry.contact.clone());
+            let list = s.history.entry(entry.contact.to_lowercase()).or_default();
+            list.push_back(entry.clone());
+            while list.len() > limit {
+                list.pop_front();
+            }
+        });
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        session: &str,
+        contact: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        Ok(self.with(session, |s| {
+            s.history
+                .get(&contact.to_lowercase())
+                .map(|list| {
+                    let skip = list.len().saturating_sub(limit);
+                    list.iter().skip(skip).cloned().collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<()> {
+        self.with(session, |s| {
+            s.members.retain(|m| m.client_id != client.client_id);
+            s.members.push(client.clone());
+        });
+        Ok(())
+    }
+
+    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+        Ok(self.with(session, |s| {
+            let before = s.members.len();
+            s.members.retain(|m| m.client_id != client_id);
+            before != s.members.len()
+        }))
+    }
+
+    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
+        Ok(self.with(session, |s| s.members.clone()))
+    }
+
+    async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {
+        Ok(self.with(session, |s| s.agent.replace(agent.clone())))
+    }
+
+    async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+        Ok(self.with(session, |s| {
+            if s.agent.as_ref().is_some_and(|a| a.client_id == client_id) {
+                s.agent = None;
+                true
+            } else {
+                false
+            }
+        }))
+    }
+
+    async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>> {
+        Ok(self.with(session, |s| s.agent.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageDirection;
+
+    fn entry(contact: &str, n: u64) -> HistoryEntry {
+        HistoryEntry {
+            direction: MessageDirection::Outgoing,
+            contact: contact.into(),
+            message: format!("m{n}"),
+            message_id: format!("id{n}"),
+            timestamp: n,
+            by: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_is_capped_and_ordered() {
+        let store = MemoryStore::new(3);
+        for n in 0..5 {
+            store.record_message("s", &entry("John", n)).await.unwrap();
+        }
+        let h = store.history("s", "john", 10).await.unwrap();
+        let ids: Vec<_> = h.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["id2", "id3", "id4"]);
+        assert_eq!(
+            store.history("s", "John", 1).await.unwrap()[0].message_id,
+            "id4"
+        );
+        assert_eq!(
+            store.last_contact("s").await.unwrap().as_deref(),
+            Some("John")
+        );
+        assert!(store.history("other", "John", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn newest_agent_wins_and_release_is_conditional() {
+        let store = MemoryStore::new(3);
+        let a = AgentRef {
+            client_id: "a".into(),
+            instance: "i".into(),
+        };
+        let b = AgentRef {
+            client_id: "b".into(),
+            instance: "i".into(),
+        };
+        assert_eq!(store.claim_agent("s", &a).await.unwrap(), None);
+        assert_eq!(store.claim_agent("s", &b).await.unwrap(), Some(a));
+        assert!(!store.release_agent("s", "a").await.unwrap());
+        assert!(store.release_agent("s", "b").await.unwrap());
+        assert_eq!(store.agent("s").await.unwrap(), None);
+    }
+}
