@@ -6,11 +6,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::ai::AiProvider;
-use crate::ai::coordinator::AiCoordinator;
-use crate::ai::rules::RulesProvider;
 use crate::broker::local::LocalBroker;
-use crate::config::{AiProviderKind, ConfigError, ConnectorKind, HubConfig};
+use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
@@ -61,19 +58,9 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             incoming_tx,
         )),
     };
-    let provider: Arc<dyn AiProvider> = match config.ai_provider {
-        AiProviderKind::Rules => Arc::new(RulesProvider),
-        other => {
-            return Err(ConfigError {
-                setting: "AI_PROVIDER",
-                reason: format!("{other:?} is not available in this build"),
-            }
-            .into());
-        }
-    };
+    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), None)?;
     let store = Arc::new(MemoryStore::new(config.history_limit));
     let broker = Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx));
-    let ai = AiCoordinator::new(provider, metrics.clone());
     let hub = Hub::new(HubParts {
         config,
         store,

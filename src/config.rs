@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::ai::settings::AiArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-hub",
@@ -36,13 +38,6 @@ pub enum Command {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AiProviderKind {
-    Rules,
-    Gemini,
-    Openai,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,9 +119,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..))]
     pub presence_ttl_ms: u64,
 
-    /// AI provider interpreting natural-language commands.
-    #[arg(long, env = "AI_PROVIDER", value_enum, default_value = "rules")]
-    pub ai_provider: AiProviderKind,
+    #[command(flatten)]
+    pub ai: AiArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -168,7 +162,7 @@ pub struct HubConfig {
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
     pub presence_ttl: Duration,
-    pub ai_provider: AiProviderKind,
+    pub ai: AiArgs,
 }
 
 /// A setting that parsed but makes no sense; printed as one line, exit 2.
@@ -242,7 +236,7 @@ impl ServeArgs {
             redis_key_prefix: self.redis_key_prefix,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
-            ai_provider: self.ai_provider,
+            ai: self.ai,
         })
     }
 }

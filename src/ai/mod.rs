@@ -7,6 +7,7 @@
 
 pub mod coordinator;
 pub mod rules;
+pub mod settings;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,25 @@ impl From<AiError> for HubError {
         };
         HubError::new(code, e.to_string())
     }
+}
+
+/// Builds the coordinator the hub uses, from the AI settings. `redis` is
+/// the cluster's pool (None in standalone mode).
+pub fn build_coordinator(
+    settings: &settings::AiArgs,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    _redis: Option<deadpool_redis::Pool>,
+) -> Result<coordinator::AiCoordinator, crate::config::ConfigError> {
+    let provider: std::sync::Arc<dyn AiProvider> = match settings.ai_provider {
+        settings::AiProviderKind::Rules => std::sync::Arc::new(rules::RulesProvider),
+        other => {
+            return Err(crate::config::ConfigError {
+                setting: "AI_PROVIDER",
+                reason: format!("{other:?} is not available yet"),
+            });
+        }
+    };
+    Ok(coordinator::AiCoordinator::new(provider, metrics))
 }
 
 #[async_trait]
