@@ -347,7 +347,7 @@ impl Connection {
             is_agent,
         }));
 
-        let confirmed = json!({
+        let mut confirmed = json!({
             "type": "registration_confirmed",
             "client_id": client_id,
             "client_name": client_name,
@@ -355,8 +355,10 @@ impl Connection {
             "instance": hub.instance(),
             "agent": is_agent,
             "clients": members,
-            "request_id": rid,
         });
+        if let Some(rid) = rid {
+            confirmed["request_id"] = json!(rid);
+        }
         self.send(Frame::from(confirmed.to_string()), "registration_confirmed");
         self.send(
             ServerEvent::ContactListBroadcast {
