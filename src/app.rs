@@ -6,11 +6,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
+use crate::broker::redis::RedisBroker;
+use crate::cluster::conn::RedisBackend;
+use crate::cluster::membership::{LocalMembership, Membership, RedisMembership};
 use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
+use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use crate::whatsapp::simulated::{SimulatedConnector, builtin_contacts, load_contacts};
 
 /// Errors that stop the hub from starting; each names its setting.
@@ -58,17 +66,67 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             incoming_tx,
         )),
     };
-    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), None)?;
-    let store = Arc::new(MemoryStore::new(config.history_limit));
-    let broker = Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx));
+    let shutdown = CancellationToken::new();
+    let mut redis_membership = None;
+    type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
+    let ((store, broker, membership), redis_pool): (Seams, _) = match &config.redis_url {
+        None => (
+            (
+                Arc::new(MemoryStore::new(config.history_limit)),
+                Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx)),
+                Arc::new(LocalMembership::new()),
+            ),
+            None,
+        ),
+        Some(url) => {
+            let backend = RedisBackend::new(url, &config.redis_key_prefix, metrics.clone())
+                .map_err(|reason| ConfigError {
+                    setting: "REDIS_URL",
+                    reason,
+                })?;
+            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, "cluster mode: state in Redis");
+            let membership = Arc::new(RedisMembership::new(backend.clone()));
+            redis_membership = Some(membership.clone());
+            (
+                (
+                    Arc::new(RedisStore::new(
+                        backend.clone(),
+                        config.instance_id.clone(),
+                        config.history_limit,
+                        config.presence_ttl.as_millis() as u64,
+                    )),
+                    Arc::new(RedisBroker::start(
+                        backend.clone(),
+                        config.instance_id.clone(),
+                        inbound_tx,
+                        shutdown.clone(),
+                    )),
+                    membership,
+                ),
+                Some(backend.pool.clone()),
+            )
+        }
+    };
+    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_pool)?;
     let hub = Hub::new(HubParts {
         config,
         store,
         broker,
+        membership,
         connector,
         ai,
         metrics,
     });
     hub.spawn_background(inbound_rx, incoming_rx);
+    // Background Redis tasks stop when the hub drains.
+    let stop = shutdown.clone();
+    let draining = hub.shutdown.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        stop.cancel();
+    });
+    if let Some(m) = redis_membership {
+        m.spawn(hub.clone());
+    }
     Ok(hub)
 }

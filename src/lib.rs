@@ -10,6 +10,7 @@
 pub mod ai;
 pub mod app;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod metrics;

@@ -7,7 +7,7 @@
 //! the hub's [`Inbound`] channel.
 
 pub mod local;
-// pub mod redis;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

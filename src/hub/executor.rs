@@ -100,7 +100,7 @@ impl Hub {
         command: &WhatsAppCommand,
         requester: &ClientInfo,
     ) -> Result<Value, HubError> {
-        let contacts = self.store.contacts(session).await?;
+        let contacts = self.session_contacts(session).await?;
         let names: Vec<String> = contacts.iter().map(|c| c.name.clone()).collect();
         match command {
             WhatsAppCommand::Send { contact, message } => {

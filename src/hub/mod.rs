@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::broker::{Broker, EventEnvelope, Inbound};
+use crate::cluster::membership::Membership;
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -30,6 +31,7 @@ pub struct Hub {
     pub config: HubConfig,
     pub store: Arc<dyn SessionStore>,
     pub broker: Arc<dyn Broker>,
+    pub membership: Arc<dyn Membership>,
     pub connector: Arc<dyn WhatsAppConnector>,
     pub ai: AiCoordinator,
     pub metrics: Arc<Metrics>,
@@ -45,6 +47,7 @@ pub struct HubParts {
     pub config: HubConfig,
     pub store: Arc<dyn SessionStore>,
     pub broker: Arc<dyn Broker>,
+    pub membership: Arc<dyn Membership>,
     pub connector: Arc<dyn WhatsAppConnector>,
     pub ai: AiCoordinator,
     pub metrics: Arc<Metrics>,
@@ -56,6 +59,7 @@ impl Hub {
             config: parts.config,
             store: parts.store,
             broker: parts.broker,
+            membership: parts.membership,
             connector: parts.connector,
             ai: parts.ai,
             metrics: parts.metrics,
@@ -75,6 +79,7 @@ impl Hub {
         self.started.load(Ordering::Acquire)
             && !self.shutdown.is_cancelled()
             && self.broker.is_healthy()
+            && self.membership.is_healthy()
     }
 
     pub fn mark_started(&self) {
@@ -106,6 +111,19 @@ impl Hub {
             except: except.map(str::to_string),
             frame: frame.as_str().to_string(),
         });
+    }
+
+    /// The session's contacts, seeding them from the connector when the
+    /// store has none (a new session, or a Redis that lost its data).
+    pub async fn session_contacts(&self, session: &str) -> Result<Vec<Contact>, HubError> {
+        let contacts = self.store.contacts(session).await?;
+        if !contacts.is_empty() {
+            return Ok(contacts);
+        }
+        self.store
+            .seed_contacts(session, &self.connector.initial_contacts())
+            .await?;
+        self.store.contacts(session).await
     }
 
     pub fn publish_contacts(&self, session: &str, contacts: &[Contact]) {

@@ -15,6 +15,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster))
 }
 
 async fn health() -> impl IntoResponse {
@@ -40,4 +41,21 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
         )],
         hub.metrics.render(),
     )
+}
+
+/// Live instances and their client counts.
+async fn cluster(State(hub): State<Arc<Hub>>) -> axum::response::Response {
+    match hub.membership.instances(&hub).await {
+        Ok(instances) => axum::Json(serde_json::json!({
+            "mode": hub.membership.mode(),
+            "instance": hub.instance(),
+            "instances": instances,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"code": e.code.as_str(), "message": e.message})),
+        )
+            .into_response(),
+    }
 }

@@ -125,6 +125,16 @@ impl SessionStore for MemoryStore {
         Ok(self.with(session, |s| s.agent.replace(agent.clone())))
     }
 
+    async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
+        Ok(self.with(session, |s| {
+            if s.agent.is_some() {
+                return false;
+            }
+            s.agent = Some(agent.clone());
+            true
+        }))
+    }
+
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
         Ok(self.with(session, |s| {
             if s.agent.as_ref().is_some_and(|a| a.client_id == client_id) {

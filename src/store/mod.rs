@@ -6,7 +6,7 @@
 //! sees the same session.
 
 pub mod memory;
-// pub mod redis;
+pub mod redis;
 
 use async_trait::async_trait;
 
@@ -47,6 +47,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Makes `agent` the session's executor; returns the one it replaced.
     /// The newest registration wins (see docs/protocol.md).
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>>;
+    /// Claims the agent role only if no agent is registered (used when
+    /// re-announcing clients after a Redis outage).
+    async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool>;
     /// Clears the agent if it is still `client_id`; true if it was.
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool>;
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>>;

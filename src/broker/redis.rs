@@ -1,0 +1,280 @@
+//! The cluster bus on Redis pub/sub.
+//!
+//! * One publisher task per instance drains a bounded queue onto a single
+//!   connection, pipelining what is queued: events leave in the order they
+//!   were produced, and one Redis operation carries many events.
+//! * One subscriber connection per instance listens on the events channel
+//!   and this instance's inbox; each event arrives once per instance and is
+//!   fanned out locally from its already-serialized text.
+//! * Both reconnect by themselves with capped exponential backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, EventEnvelope, Inbound, InstanceMessage};
+use crate::cluster::conn::RedisBackend;
+use crate::protocol::{ErrorCode, HubError};
+
+const PUBLISH_QUEUE: usize = 16 * 1024;
+const MAX_BATCH: usize = 256;
+
+pub struct RedisBroker {
+    backend: RedisBackend,
+    publish_tx: mpsc::Sender<String>,
+    subscribed: Arc<AtomicBool>,
+    publisher_ok: Arc<AtomicBool>,
+}
+
+/// Capped exponential backoff for reconnect loops.
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    pub async fn wait(&mut self, shutdown: &CancellationToken) {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+impl RedisBroker {
+    pub fn start(
+        backend: RedisBackend,
+        instance: String,
+        inbound: mpsc::Sender<Inbound>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let publisher_ok = Arc::new(AtomicBool::new(true));
+        tokio::spawn(publisher_loop(
+            backend.clone(),
+            publish_rx,
+            publisher_ok.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(subscriber_loop(
+            backend.clone(),
+            instance,
+            inbound,
+            subscribed.clone(),
+            shutdown,
+        ));
+        RedisBroker {
+            backend,
+            publish_tx,
+            subscribed,
+            publisher_ok,
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn publish_event(&self, envelope: EventEnvelope) {
+        let Ok(payload) = serde_json::to_string(&envelope) else {
+            return;
+        };
+        if self.publish_tx.try_send(payload).is_err() {
+            // Redis is down or far behind; local clients still got the event.
+            self.backend
+                .metrics
+                .redis_errors
+                .with_label_values(&["publish_dropped"])
+                .inc();
+        }
+    }
+
+    async fn send_to_instance(
+        &self,
+        instance: &str,
+        message: InstanceMessage,
+    ) -> Result<(), HubError> {
+        let payload = serde_json::to_string(&message).map_err(HubError::internal)?;
+        let receivers: i64 = self
+            .backend
+            .query(
+                "publish_inbox",
+                ::redis::cmd("PUBLISH")
+                    .arg(self.backend.keys.inbox_channel(instance))
+                    .arg(payload),
+            )
+            .await?;
+        if receivers == 0 {
+            return Err(HubError::new(
+                ErrorCode::AgentUnavailable,
+                format!("instance `{instance}` is not connected to the cluster"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.publisher_ok.load(Ordering::Acquire)
+    }
+}
+
+async fn publisher_loop(
+    backend: RedisBackend,
+    mut rx: mpsc::Receiver<String>,
+    healthy: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let channel = backend.keys.events_channel();
+    let mut backoff = Backoff::new();
+    let mut batch: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    'connect: loop {
+        let mut conn = match backend.client.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                healthy.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "redis publisher cannot connect; retrying");
+                backoff.wait(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+        };
+        healthy.store(true, Ordering::Release);
+        backoff.reset();
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let mut pipe = ::redis::pipe();
+            for payload in &batch {
+                pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
+            }
+            let started = std::time::Instant::now();
+            let sent: Result<Result<(), _>, _> =
+                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn))
+                    .await;
+            backend
+                .metrics
+                .redis_command_duration
+                .with_label_values(&["publish_events"])
+                .observe(started.elapsed().as_secs_f64());
+            match sent {
+                Ok(Ok(())) => batch.clear(),
+                other => {
+                    backend
+                        .metrics
+                        .redis_errors
+                        .with_label_values(&["publish_events"])
+                        .inc();
+                    tracing::warn!(result = ?other.map(|r| r.map_err(|e| e.to_string())), dropped = batch.len(), "redis publish failed; reconnecting");
+                    // Events are live notifications: the ones in flight are
+                    // dropped rather than delivered late and out of order.
+                    batch.clear();
+                    healthy.store(false, Ordering::Release);
+                    backoff.wait(&shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+async fn subscriber_loop(
+    backend: RedisBackend,
+    instance: String,
+    inbound: mpsc::Sender<Inbound>,
+    subscribed: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let events = backend.keys.events_channel();
+    let inbox = backend.keys.inbox_channel(&instance);
+    let mut backoff = Backoff::new();
+    let mut announced_down = false;
+    while !shutdown.is_cancelled() {
+        let connected = async {
+            let mut pubsub = backend.client.get_async_pubsub().await?;
+            pubsub.subscribe(&events).await?;
+            pubsub.subscribe(&inbox).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
+            Ok(Ok(p)) => p,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                if !announced_down {
+                    tracing::warn!(%error, "redis unavailable: not ready; retrying with backoff");
+                    announced_down = true;
+                }
+                subscribed.store(false, Ordering::Release);
+                backoff.wait(&shutdown).await;
+                continue;
+            }
+        };
+        tracing::info!(channel = %events, inbox = %inbox, "subscribed to redis pub/sub");
+        announced_down = false;
+        subscribed.store(true, Ordering::Release);
+        backoff.reset();
+        let mut stream = pubsub.into_on_message();
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(msg) = msg else { break };
+            backend.metrics.pubsub_received.inc();
+            let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+                continue;
+            };
+            let parsed = if msg.get_channel_name() == events {
+                serde_json::from_str(payload).map(Inbound::Event)
+            } else {
+                serde_json::from_str(payload).map(Inbound::Instance)
+            };
+            match parsed {
+                Ok(item) => {
+                    if inbound.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed pub/sub message"),
+            }
+        }
+        subscribed.store(false, Ordering::Release);
+        tracing::warn!("redis pub/sub connection lost; resubscribing");
+        backoff.wait(&shutdown).await;
+    }
+}

@@ -1,0 +1,242 @@
+//! Session state in Redis, shared by every instance of a cluster.
+//! Key layout: [`crate::cluster::conn::Keys`] and docs/redis.md.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+use async_trait::async_trait;
+
+use super::{AgentRef, SessionStore, StoreResult};
+use crate::cluster::conn::RedisBackend;
+use crate::protocol::{ClientInfo, Contact, HistoryEntry, HubError, now_millis};
+
+/// Deletes the agent key only if it still names this client.
+static RELEASE_AGENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local v = redis.call('GET', KEYS[1])
+        if not v then return 0 end
+        local ok, agent = pcall(cjson.decode, v)
+        if ok and agent.client_id == ARGV[1] then
+            redis.call('DEL', KEYS[1])
+            return 1
+        end
+        return 0
+        ",
+    )
+});
+
+/// Removes a presence entry and returns it, so exactly one caller (the
+/// leaving client's instance, or one reaper) announces the departure.
+pub static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local v = redis.call('HGET', KEYS[1], ARGV[1])
+        if v then
+            redis.call('HDEL', KEYS[1], ARGV[1])
+            redis.call('SREM', KEYS[2], ARGV[2])
+        end
+        return v
+        ",
+    )
+});
+
+pub struct RedisStore {
+    backend: RedisBackend,
+    instance: String,
+    history_limit: usize,
+    presence_ttl_ms: u64,
+}
+
+impl RedisStore {
+    pub fn new(
+        backend: RedisBackend,
+        instance: String,
+        history_limit: usize,
+        presence_ttl_ms: u64,
+    ) -> Self {
+        RedisStore {
+            backend,
+            instance,
+            history_limit,
+            presence_ttl_ms,
+        }
+    }
+}
+
+pub fn member_tag(session: &str, client_id: &str) -> String {
+    format!("{session}\t{client_id}")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, HubError> {
+    serde_json::from_str(raw)
+        .map_err(|e| HubError::store_unavailable(format!("corrupt {what} in Redis: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, HubError> {
+    serde_json::to_string(value).map_err(HubError::internal)
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.backend.keys.contacts(session))
+            .arg(encode(&contacts)?)
+            .arg("NX");
+        let _: Option<String> = self.backend.query("seed_contacts", &cmd).await?;
+        Ok(())
+    }
+
+    async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>> {
+        let raw: Option<String> = self
+            .backend
+            .query(
+                "contacts",
+                ::redis::cmd("GET").arg(self.backend.keys.contacts(session)),
+            )
+            .await?;
+        raw.map(|r| decode("contacts", &r))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.backend.keys.contacts(session))
+            .arg(encode(&contacts)?);
+        let _: () = self.backend.query("set_contacts", &cmd).await?;
+        Ok(())
+    }
+
+    async fn last_contact(&self, session: &str) -> StoreResult<Option<String>> {
+        self.backend
+            .query(
+                "last_contact",
+                ::redis::cmd("GET").arg(self.backend.keys.last_contact(session)),
+            )
+            .await
+    }
+
+    async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
+        let key = self.backend.keys.history(session, &entry.contact);
+        let cap = self.history_limit as isize;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .rpush(&key, encode(entry)?)
+            .ignore()
+            .ltrim(&key, -cap, -1)
+            .ignore()
+            .set(self.backend.keys.last_contact(session), &entry.contact)
+            .ignore();
+        let _: () = self.backend.pipe("record_message", &pipe).await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        session: &str,
+        contact: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let limit = limit.max(1) as isize;
+        let raw: Vec<String> = self
+            .backend
+            .query(
+                "history",
+                ::redis::cmd("LRANGE")
+                    .arg(self.backend.keys.history(session, contact))
+                    .arg(-limit)
+                    .arg(-1),
+            )
+            .await?;
+        raw.iter().map(|r| decode("history entry", r)).collect()
+    }
+
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .hset(
+                self.backend.keys.presence(session),
+                &client.client_id,
+                encode(client)?,
+            )
+            .ignore()
+            .sadd(
+                self.backend.keys.instance_members(&client.instance),
+                member_tag(session, &client.client_id),
+            )
+            .ignore();
+        let _: () = self.backend.pipe("join", &pipe).await?;
+        Ok(())
+    }
+
+    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+        let mut invocation = TAKE_PRESENCE.prepare_invoke();
+        invocation
+            .key(self.backend.keys.presence(session))
+            .key(self.backend.keys.instance_members(&self.instance))
+            .arg(client_id)
+            .arg(member_tag(session, client_id));
+        let removed: Option<String> = self.backend.script("leave", &invocation).await?;
+        Ok(removed.is_some())
+    }
+
+    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
+        let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HVALS")
+            .arg(self.backend.keys.presence(session))
+            .cmd("ZRANGEBYSCORE")
+            .arg(self.backend.keys.instances())
+            .arg(alive_since)
+            .arg("+inf");
+        let (raw, alive): (Vec<String>, Vec<String>) = self.backend.pipe("members", &pipe).await?;
+        let mut members: Vec<ClientInfo> = raw
+            .iter()
+            .filter_map(|r| decode::<ClientInfo>("presence", r).ok())
+            // Clients of dead instances linger until reaped; hide them now.
+            .filter(|c| c.instance == self.instance || alive.contains(&c.instance))
+            .collect();
+        members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(members)
+    }
+
+    async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.backend.keys.agent(session))
+            .arg(encode(agent)?)
+            .arg("GET");
+        let previous: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        Ok(previous.and_then(|p| decode("agent", &p).ok()))
+    }
+
+    async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.backend.keys.agent(session))
+            .arg(encode(agent)?)
+            .arg("NX");
+        let set: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+        let mut invocation = RELEASE_AGENT.prepare_invoke();
+        invocation
+            .key(self.backend.keys.agent(session))
+            .arg(client_id);
+        let released: i64 = self.backend.script("release_agent", &invocation).await?;
+        Ok(released == 1)
+    }
+
+    async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>> {
+        let raw: Option<String> = self
+            .backend
+            .query(
+                "agent",
+                ::redis::cmd("GET").arg(self.backend.keys.agent(session)),
+            )
+            .await?;
+        Ok(raw.and_then(|r| decode("agent", &r).ok()))
+    }
+}
