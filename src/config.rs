@@ -194,13 +194,13 @@ impl ServeArgs {
                 ),
             ));
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid(
-                    "REDIS_URL",
-                    format!("`{url}` is not a redis:// or rediss:// URL"),
-                ));
-            }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "REDIS_URL",
+                format!("`{url}` is not a redis:// or rediss:// URL"),
+            ));
         }
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
             return Err(invalid(

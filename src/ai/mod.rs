@@ -139,13 +139,13 @@ pub fn validate(
         "list_contacts" => Ok(WhatsAppCommand::ListContacts),
         "get_history" => {
             let contact = contact()?;
-            if let Some(limit) = interpretation.limit {
-                if limit == 0 || limit > MAX_HISTORY_LIMIT {
-                    return Err(HubError::new(
-                        ErrorCode::InvalidInterpretation,
-                        format!("history limit must be between 1 and {MAX_HISTORY_LIMIT}"),
-                    ));
-                }
+            if let Some(limit) = interpretation.limit
+                && (limit == 0 || limit > MAX_HISTORY_LIMIT)
+            {
+                return Err(HubError::new(
+                    ErrorCode::InvalidInterpretation,
+                    format!("history limit must be between 1 and {MAX_HISTORY_LIMIT}"),
+                ));
             }
             Ok(WhatsAppCommand::GetHistory {
                 contact,

@@ -123,12 +123,11 @@ pub fn interpret(request: &InterpretRequest) -> Interpretation {
     if let Some(c) = SEND_TO_SUFFIX.captures(text) {
         return send(&c["contact"], &c["msg"]);
     }
-    if let Some(c) = SEND_PLAIN.captures(text) {
-        if let Some((contact, msg)) = split_contact(&c["rest"], &request.contacts) {
-            if !msg.is_empty() {
-                return send(&contact, msg);
-            }
-        }
+    if let Some(c) = SEND_PLAIN.captures(text)
+        && let Some((contact, msg)) = split_contact(&c["rest"], &request.contacts)
+        && !msg.is_empty()
+    {
+        return send(&contact, msg);
     }
     Interpretation {
         action: "unknown".into(),

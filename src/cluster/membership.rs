@@ -136,10 +136,10 @@ impl RedisMembership {
                 self.healthy.store(ok, Ordering::Release);
                 hub.metrics.store_up.set(i64::from(ok));
                 was_healthy = ok;
-                if ok {
-                    if let Err(e) = self.reap(&hub).await {
-                        tracing::warn!(error = %e, "reaping dead instances failed");
-                    }
+                if ok
+                    && let Err(e) = self.reap(&hub).await
+                {
+                    tracing::warn!(error = %e, "reaping dead instances failed");
                 }
             }
             // Leaving cleanly: others need not wait for the TTL.

@@ -165,12 +165,12 @@ impl Hub {
                     kind: "execute",
                     produced_at: 0,
                 };
-                if !agent.send(out, &self.metrics) {
-                    if let Some(f) = self.agents.take_forwarded(&call_id, &agent.info.client_id) {
-                        let err =
-                            HubError::new(ErrorCode::AgentUnavailable, "the agent is not reading");
-                        self.reply_to_caller(&f.reply_to, call_id, Err(err)).await;
-                    }
+                if !agent.send(out, &self.metrics)
+                    && let Some(f) = self.agents.take_forwarded(&call_id, &agent.info.client_id)
+                {
+                    let err =
+                        HubError::new(ErrorCode::AgentUnavailable, "the agent is not reading");
+                    self.reply_to_caller(&f.reply_to, call_id, Err(err)).await;
                 }
             }
             InstanceMessage::AgentReply {

@@ -336,10 +336,10 @@ impl Connection {
         let members = hub.store.members(&session).await?;
 
         self.handle = self.handle.with_info(info.clone());
-        if let Some(old) = hub.registry.insert(&session, self.handle.clone()) {
-            if old.conn_id != self.conn_id {
-                old.disconnect(CloseReason::Replaced);
-            }
+        if let Some(old) = hub.registry.insert(&session, self.handle.clone())
+            && old.conn_id != self.conn_id
+        {
+            old.disconnect(CloseReason::Replaced);
         }
         self.client = Some(Arc::new(Registered {
             session: session.clone(),
