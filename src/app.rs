@@ -6,8 +6,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
@@ -39,12 +37,13 @@ pub async fn run(config: HubConfig) -> Result<(), StartupError> {
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })?;
-    crate::server::serve(hub, listener)
-        .await
-        .map_err(|source| StartupError::Bind {
-            addr: "listener".into(),
-            source,
-        })
+    let served = crate::server::serve(hub.clone(), listener).await;
+    // Every connection has closed: flush their last events to the cluster.
+    hub.broker.close().await;
+    served.map_err(|source| StartupError::Bind {
+        addr: "listener".into(),
+        source,
+    })
 }
 
 pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
@@ -66,7 +65,6 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             incoming_tx,
         )),
     };
-    let shutdown = CancellationToken::new();
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
     let ((store, broker, membership), redis_pool): (Seams, _) = match &config.redis_url {
@@ -99,7 +97,6 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                         backend.clone(),
                         config.instance_id.clone(),
                         inbound_tx,
-                        shutdown.clone(),
                     )),
                     membership,
                 ),
@@ -118,13 +115,6 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         metrics,
     });
     hub.spawn_background(inbound_rx, incoming_rx);
-    // Background Redis tasks stop when the hub drains.
-    let stop = shutdown.clone();
-    let draining = hub.shutdown.clone();
-    tokio::spawn(async move {
-        draining.cancelled().await;
-        stop.cancel();
-    });
     if let Some(m) = redis_membership {
         m.spawn(hub.clone());
     }

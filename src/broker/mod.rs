@@ -73,4 +73,7 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<(), HubError>;
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
+    /// Flushes queued events and stops background work (at shutdown, after
+    /// the last client is gone, so their `client_left` still goes out).
+    async fn close(&self) {}
 }

@@ -29,6 +29,8 @@ pub struct RedisBroker {
     publish_tx: mpsc::Sender<String>,
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
+    stop: CancellationToken,
+    publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Capped exponential backoff for reconnect loops.
@@ -66,33 +68,31 @@ impl Default for Backoff {
 }
 
 impl RedisBroker {
-    pub fn start(
-        backend: RedisBackend,
-        instance: String,
-        inbound: mpsc::Sender<Inbound>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn start(backend: RedisBackend, instance: String, inbound: mpsc::Sender<Inbound>) -> Self {
+        let stop = CancellationToken::new();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let subscribed = Arc::new(AtomicBool::new(false));
         let publisher_ok = Arc::new(AtomicBool::new(true));
-        tokio::spawn(publisher_loop(
+        let publisher = tokio::spawn(publisher_loop(
             backend.clone(),
             publish_rx,
             publisher_ok.clone(),
-            shutdown.clone(),
+            stop.clone(),
         ));
         tokio::spawn(subscriber_loop(
             backend.clone(),
             instance,
             inbound,
             subscribed.clone(),
-            shutdown,
+            stop.clone(),
         ));
         RedisBroker {
             backend,
             publish_tx,
             subscribed,
             publisher_ok,
+            stop,
+            publisher: std::sync::Mutex::new(Some(publisher)),
         }
     }
 }
@@ -140,6 +140,18 @@ impl Broker for RedisBroker {
     fn is_healthy(&self) -> bool {
         self.subscribed.load(Ordering::Acquire) && self.publisher_ok.load(Ordering::Acquire)
     }
+
+    async fn close(&self) {
+        self.stop.cancel();
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(publisher) = publisher {
+            let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
+        }
+    }
 }
 
 async fn publisher_loop(
@@ -167,10 +179,20 @@ async fn publisher_loop(
         healthy.store(true, Ordering::Release);
         backoff.reset();
         loop {
+            let mut last = false;
             if batch.is_empty() {
                 tokio::select! {
                     n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Final flush of whatever is still queued.
+                        while let Ok(payload) = rx.try_recv() {
+                            batch.push(payload);
+                        }
+                        if batch.is_empty() {
+                            return;
+                        }
+                        last = true;
+                    }
                 }
             }
             let mut pipe = ::redis::pipe();
@@ -187,6 +209,7 @@ async fn publisher_loop(
                 .with_label_values(&["publish_events"])
                 .observe(started.elapsed().as_secs_f64());
             match sent {
+                Ok(Ok(())) if last => return,
                 Ok(Ok(())) => batch.clear(),
                 other => {
                     backend

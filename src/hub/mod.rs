@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::broker::{Broker, EventEnvelope, Inbound};
@@ -39,7 +40,10 @@ pub struct Hub {
     pub agents: AgentRouter,
     /// Cancelled when the hub starts draining.
     pub shutdown: CancellationToken,
+    /// Every live WebSocket connection, so shutdown can wait for them.
+    pub connections: TaskTracker,
     started: AtomicBool,
+    publish_order: std::sync::Mutex<()>,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -66,7 +70,9 @@ impl Hub {
             registry: Registry::default(),
             agents: AgentRouter::default(),
             shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
             started: AtomicBool::new(false),
+            publish_order: std::sync::Mutex::new(()),
         })
     }
 
@@ -102,6 +108,10 @@ impl Hub {
             kind,
             produced_at,
         };
+        // Local delivery and the hand-off to other instances happen under
+        // one short lock, so every instance sees this instance's events in
+        // the same order. Nothing in here awaits.
+        let _order = self.publish_order.lock().unwrap_or_else(|p| p.into_inner());
         self.registry.deliver(session, &out, except, &self.metrics);
         self.broker.publish_event(EventEnvelope {
             session: session.to_string(),

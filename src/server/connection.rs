@@ -286,6 +286,12 @@ impl Connection {
                         rid,
                     );
                 };
+                if let ClientMessage::Broadcast { payload } = &other {
+                    // Inline, not spawned: a client's broadcasts must leave
+                    // in the order it sent them.
+                    publish_broadcast(&self.hub, &self.handle, &client, payload, rid);
+                    return;
+                }
                 self.dispatch(client, other, request_id);
             }
         }
@@ -523,19 +529,7 @@ async fn handle_request(
             respond(hub, handle, "ai_response", content, rid);
         }
         ClientMessage::Broadcast { payload } => {
-            hub.publish(
-                session,
-                &ServerEvent::Broadcast {
-                    from: &client.info.client_id,
-                    payload: &payload,
-                    timestamp: now_millis(),
-                },
-                "broadcast",
-                Some(&client.info.client_id),
-            );
-            if rid.is_some() {
-                respond(hub, handle, "broadcast_sent", json!({"success": true}), rid);
-            }
+            publish_broadcast(hub, handle, client, &payload, rid);
         }
         ClientMessage::ExecuteResult { content } => {
             let Some(call_id) = rid else {
@@ -571,6 +565,28 @@ async fn handle_request(
         ClientMessage::Ping | ClientMessage::Register(_) => {}
     }
     Ok(())
+}
+
+fn publish_broadcast(
+    hub: &Hub,
+    handle: &ClientHandle,
+    client: &Registered,
+    payload: &Value,
+    rid: Option<&str>,
+) {
+    hub.publish(
+        &client.session,
+        &ServerEvent::Broadcast {
+            from: &client.info.client_id,
+            payload,
+            timestamp: now_millis(),
+        },
+        "broadcast",
+        Some(&client.info.client_id),
+    );
+    if rid.is_some() {
+        respond(hub, handle, "broadcast_sent", json!({"success": true}), rid);
+    }
 }
 
 fn require_agent(client: &Registered) -> Result<(), HubError> {

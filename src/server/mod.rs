@@ -27,7 +27,10 @@ async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Respon
     let limit = hub.config.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::handle_socket(hub, socket))
+        .on_upgrade(move |socket| {
+            let tracker = hub.connections.clone();
+            tracker.track_future(connection::handle_socket(hub, socket))
+        })
 }
 
 /// Serves until SIGTERM/SIGINT, then drains: /ready turns 503, every client
@@ -45,7 +48,15 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> 
     });
     let server = tokio::spawn(async move { server.await });
     hub.shutdown.cancelled().await;
-    match tokio::time::timeout(hub.config.shutdown_timeout, server).await {
+    // Upgraded WebSockets are not tracked by the HTTP server: wait for them
+    // (each sends close 1001 and leaves presence) as well as for it.
+    hub.connections.close();
+    let drained = async {
+        let result = server.await;
+        hub.connections.wait().await;
+        result
+    };
+    match tokio::time::timeout(hub.config.shutdown_timeout, drained).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => {
