@@ -136,9 +136,7 @@ impl RedisMembership {
                 self.healthy.store(ok, Ordering::Release);
                 hub.metrics.store_up.set(i64::from(ok));
                 was_healthy = ok;
-                if ok
-                    && let Err(e) = self.reap(&hub).await
-                {
+                if ok && let Err(e) = self.reap(&hub).await {
                     tracing::warn!(error = %e, "reaping dead instances failed");
                 }
             }
