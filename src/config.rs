@@ -137,6 +137,9 @@ pub struct TerminalArgs {
     /// After stdin ends, keep printing events this long before exiting.
     #[arg(long, default_value_t = 1000)]
     pub linger_ms: u64,
+    /// After stdin ends, wait at most this long for the responses to requests still in progress.
+    #[arg(long, default_value_t = 30_000)]
+    pub wait_ms: u64,
 }
 
 /// Validated settings of a running hub.

@@ -1,0 +1,708 @@
+//! Turning what the hub sends into readable lines. Pure functions of the
+//! event JSON, so every shape (and every malformed one) is unit tested.
+//!
+//! Every string that came from the wire goes through [`clean`], so another
+//! client cannot inject terminal escape sequences or fake extra lines.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Contacts shown by name before the list is cut short.
+const MAX_NAMES: usize = 30;
+
+/// The display names of the clients seen so far, so a message sent by
+/// `client-3f2a…` shows as sent by `alice`.
+#[derive(Debug, Clone, Default)]
+pub struct Names(HashMap<String, String>);
+
+impl Names {
+    /// Learns the names an event reveals: the `clients` of a
+    /// `registration_confirmed`, a `client_joined`, or the event itself.
+    pub fn learn(&mut self, event: &Value) {
+        let mut add = |c: &Value| {
+            if let (Some(id), Some(name)) = (str_field(c, "client_id"), str_field(c, "client_name"))
+            {
+                self.0.insert(id.to_string(), name.to_string());
+            }
+        };
+        match str_field(event, "type") {
+            Some("registration_confirmed") => {
+                add(event);
+                for c in event
+                    .get("clients")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    add(c);
+                }
+            }
+            Some("client_joined") => add(event),
+            _ => {}
+        }
+    }
+
+    /// The name of `client_id`, or the id itself when it is unknown.
+    pub fn display<'a>(&'a self, client_id: &'a str) -> &'a str {
+        self.0.get(client_id).map_or(client_id, String::as_str)
+    }
+}
+
+/// Formats one text frame. Anything that is not a JSON object with a known
+/// `type` is printed raw (cleaned), prefixed with `?`.
+pub fn format_frame(text: &str, names: &Names) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => format_event(&value, names),
+        Err(_) => raw(text),
+    }
+}
+
+/// Formats one event. Usually one line; a history adds one indented line
+/// per message. `names` turns client ids into names where it can.
+pub fn format_event(event: &Value, names: &Names) -> String {
+    let formatted = match str_field(event, "type") {
+        Some("message_event") => message_line(event, names),
+        Some("response") => response(event, names),
+        Some("error") => error(event),
+        Some("contact_list_broadcast") => contacts_line(event),
+        Some("client_joined") => client_joined(event),
+        Some("client_left") => client_left(event),
+        Some("broadcast") => broadcast(event, names),
+        Some("agent_changed") => Some(agent_changed(event)),
+        Some("pong") => Some(format!("{}pong", rid_tag(event))),
+        Some("registration_confirmed") => registered(event),
+        Some("execute") => event
+            .get("command")
+            .map(|c| format!("{}execute {}", rid_tag(event), clean(&c.to_string()))),
+        _ => None,
+    };
+    formatted.unwrap_or_else(|| raw(&event.to_string()))
+}
+
+/// The banner printed once registered: who we are and who else is here.
+pub fn banner(url: &str, confirmed: &Value) -> String {
+    let me = str_field(confirmed, "client_id").unwrap_or("?");
+    let name = str_field(confirmed, "client_name").unwrap_or(me);
+    let who = if name == me {
+        clean(me)
+    } else {
+        format!("{} ({})", clean(name), clean(me))
+    };
+    let mut out = format!(
+        "connected to {} as {who}, session {}, instance {}",
+        clean(url),
+        clean(str_field(confirmed, "session").unwrap_or("?")),
+        clean(str_field(confirmed, "instance").unwrap_or("?")),
+    );
+    let others: Vec<String> = confirmed
+        .get("clients")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| str_field(c, "client_id") != Some(me))
+        .map(describe_client)
+        .collect();
+    if others.is_empty() {
+        out.push_str("\nnobody else is connected");
+    } else {
+        let _ = write!(out, "\nalso connected: {}", others.join(", "));
+    }
+    out.push_str("\ntype a command (e.g. \"send john a message saying hello\") or /help");
+    out
+}
+
+/// The `request_id` of an event as a string (the hub echoes what it got,
+/// a string or a number).
+pub fn request_id(event: &Value) -> Option<String> {
+    match event.get("request_id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Makes untrusted text safe to print on one line: control characters
+/// (newlines, escape sequences, ...) are shown escaped instead of acting.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn raw(text: &str) -> String {
+    format!("? {}", clean(text))
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn rid_tag(event: &Value) -> String {
+    match request_id(event) {
+        Some(id) => format!("[#{}] ", clean(&id)),
+        None => String::new(),
+    }
+}
+
+/// `→ John: hello (by t1)` / `← John: hi`; `None` if it lacks the essentials.
+fn message_line(entry: &Value, names: &Names) -> Option<String> {
+    let contact = str_field(entry, "contact")?;
+    let message = str_field(entry, "message")?;
+    let by = str_field(entry, "by").filter(|b| !b.is_empty());
+    match str_field(entry, "direction") {
+        Some("outgoing") => {
+            let mut line = format!("→ {}: {}", clean(contact), clean(message));
+            if let Some(by) = by {
+                let _ = write!(line, " (by {})", clean(names.display(by)));
+            }
+            Some(line)
+        }
+        Some("incoming") => {
+            let mut line = format!("← {}: {}", clean(contact), clean(message));
+            if let Some(by) = by.filter(|b| *b != contact) {
+                let _ = write!(line, " (from {})", clean(by));
+            }
+            Some(line)
+        }
+        _ => None,
+    }
+}
+
+fn contact_names(contacts: &[Value]) -> Vec<String> {
+    contacts
+        .iter()
+        .map(|c| match c {
+            Value::String(name) => clean(name),
+            other => clean(str_field(other, "name").unwrap_or("?")),
+        })
+        .collect()
+}
+
+/// `contacts: John, Jane (2)` from anything with a `contacts` array.
+fn contacts_line(v: &Value) -> Option<String> {
+    let contacts = v.get("contacts")?.as_array()?;
+    let total = v
+        .get("total_count")
+        .and_then(Value::as_u64)
+        .unwrap_or(contacts.len() as u64);
+    let names = contact_names(contacts);
+    if names.is_empty() {
+        return Some(format!("contacts: none ({total})"));
+    }
+    let mut line = format!(
+        "contacts: {}",
+        names
+            .iter()
+            .take(MAX_NAMES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if names.len() > MAX_NAMES {
+        line.push_str(", …");
+    }
+    let _ = write!(line, " ({total})");
+    Some(line)
+}
+
+/// `alice (a1, instance x, agent)` as in the banner.
+fn describe_client(c: &Value) -> String {
+    let (name, details) = client_parts(c);
+    match details {
+        Some(d) => format!("{name} ({d})"),
+        None => name,
+    }
+}
+
+/// A client's display name, and its id (if the name differs), instance and
+/// agent role.
+fn client_parts(c: &Value) -> (String, Option<String>) {
+    let id = str_field(c, "client_id").unwrap_or("?");
+    let name = str_field(c, "client_name").unwrap_or(id);
+    let mut details = Vec::new();
+    if name != id {
+        details.push(clean(id));
+    }
+    if let Some(instance) = str_field(c, "instance") {
+        details.push(format!("instance {}", clean(instance)));
+    }
+    let is_agent = c
+        .get("capabilities")
+        .and_then(Value::as_array)
+        .is_some_and(|caps| caps.iter().any(|x| x.as_str() == Some("whatsapp")));
+    if is_agent {
+        details.push("agent".to_string());
+    }
+    let details = (!details.is_empty()).then(|| details.join(", "));
+    (clean(name), details)
+}
+
+/// `+ alice joined (instance x)`.
+fn client_joined(event: &Value) -> Option<String> {
+    str_field(event, "client_id")?;
+    let (name, details) = client_parts(event);
+    Some(match details {
+        Some(d) => format!("+ {name} joined ({d})"),
+        None => format!("+ {name} joined"),
+    })
+}
+
+fn client_left(event: &Value) -> Option<String> {
+    let id = str_field(event, "client_id")?;
+    let name = str_field(event, "client_name").unwrap_or(id);
+    Some(format!("- {} left", clean(name)))
+}
+
+fn broadcast(event: &Value, names: &Names) -> Option<String> {
+    let from = str_field(event, "from")?;
+    let payload = event.get("payload")?;
+    let text = match payload {
+        Value::String(s) => clean(s),
+        other => match str_field(other, "text").or_else(|| str_field(other, "message")) {
+            Some(t) => clean(t),
+            None => clean(&other.to_string()),
+        },
+    };
+    Some(format!(
+        "broadcast from {}: {text}",
+        clean(names.display(from))
+    ))
+}
+
+fn agent_changed(event: &Value) -> String {
+    match str_field(event, "client_id") {
+        Some(id) => match str_field(event, "instance") {
+            Some(instance) => format!(
+                "agent: {} (instance {}) now executes commands",
+                clean(id),
+                clean(instance)
+            ),
+            None => format!("agent: {} now executes commands", clean(id)),
+        },
+        None => "agent: none; the hub's connector executes commands".to_string(),
+    }
+}
+
+fn registered(event: &Value) -> Option<String> {
+    let id = str_field(event, "client_id")?;
+    Some(format!(
+        "{}registered as {} in session {}",
+        rid_tag(event),
+        clean(id),
+        clean(str_field(event, "session").unwrap_or("?"))
+    ))
+}
+
+fn error(event: &Value) -> Option<String> {
+    let code = str_field(event, "code").unwrap_or("unknown");
+    let message = str_field(event, "message")?;
+    Some(format!(
+        "{}error [{}]: {}",
+        rid_tag(event),
+        clean(code),
+        clean(message)
+    ))
+}
+
+fn response(event: &Value, names: &Names) -> Option<String> {
+    let response_type = str_field(event, "response_type")?;
+    let content = event.get("content")?;
+    let body = match response_type {
+        "whatsapp_command_result" => command_result(content, names),
+        "whatsapp_ai_command_result" => ai_result(content, names),
+        "ai_response" => match content.get("text") {
+            Some(Value::String(text)) => format!("ai: {}", clean(text)),
+            Some(other) => format!("ai: {}", clean(&other.to_string())),
+            None => format!("ai: {}", clean(&content.to_string())),
+        },
+        "broadcast_sent" => "broadcast sent".to_string(),
+        other => format!("{}: {}", clean(other), clean(&content.to_string())),
+    };
+    Some(format!("{}{body}", rid_tag(event)))
+}
+
+/// `failed [code]: message (candidates: A, B)`.
+fn failure(content: &Value) -> String {
+    let mut line = String::from("failed");
+    if let Some(code) = str_field(content, "code") {
+        let _ = write!(line, " [{}]", clean(code));
+    }
+    let message = str_field(content, "error")
+        .or_else(|| str_field(content, "message"))
+        .unwrap_or("no reason given");
+    let _ = write!(line, ": {}", clean(message));
+    if let Some(candidates) = content.get("candidates").and_then(Value::as_array) {
+        let names = contact_names(candidates);
+        if !names.is_empty() {
+            let _ = write!(line, " (candidates: {})", names.join(", "));
+        }
+    }
+    line
+}
+
+/// Summarizes a `whatsapp_command_result` content (also the `result` of an
+/// AI command).
+fn command_result(content: &Value, names: &Names) -> String {
+    if content.get("success").and_then(Value::as_bool) != Some(true) {
+        return failure(content);
+    }
+    if let Some(messages) = content.get("messages").and_then(Value::as_array) {
+        let contact = clean(str_field(content, "contact").unwrap_or("?"));
+        if messages.is_empty() {
+            return format!("ok: no messages with {contact}");
+        }
+        let mut out = format!("ok: history with {contact} ({}):", messages.len());
+        for m in messages {
+            let line = message_line(m, names).unwrap_or_else(|| raw(&m.to_string()));
+            let _ = write!(out, "\n    {line}");
+        }
+        return out;
+    }
+    if let Some(line) = contacts_line(content) {
+        return format!("ok: {line}");
+    }
+    if let (Some(contact), Some(message)) =
+        (str_field(content, "contact"), str_field(content, "message"))
+    {
+        return format!("ok: sent to {}: {}", clean(contact), clean(message));
+    }
+    format!("ok: {}", clean(&content.to_string()))
+}
+
+/// Summarizes a `whatsapp_ai_command_result` content: what the AI
+/// understood and how executing it went. Without a `result` the
+/// interpretation was unusable and only the failure is shown.
+fn ai_result(content: &Value, names: &Names) -> String {
+    let mut line = String::from("ai");
+    if let Some(provider) = str_field(content, "provider") {
+        let _ = write!(line, " ({})", clean(provider));
+    }
+    let Some(result) = content.get("result") else {
+        return format!("{line}: {}", failure(content));
+    };
+    if let Some(understood) = content.get("interpretation").and_then(interpretation) {
+        let _ = write!(line, " understood {understood}");
+    }
+    format!("{line}: {}", command_result(result, names))
+}
+
+/// `send to John "hi"`, `list_contacts`, `get_history of John`.
+fn interpretation(i: &Value) -> Option<String> {
+    let action = str_field(i, "action")?;
+    let mut out = clean(action);
+    if let Some(contact) = str_field(i, "contact") {
+        let _ = write!(out, " {}", clean(contact));
+    }
+    if let Some(message) = str_field(i, "message") {
+        let _ = write!(out, " \"{}\"", clean(message));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn frame(text: &str) -> String {
+        format_frame(text, &Names::default())
+    }
+
+    fn fmt(v: Value) -> String {
+        frame(&v.to_string())
+    }
+
+    #[test]
+    fn message_events() {
+        assert_eq!(
+            fmt(
+                json!({"type":"message_event","direction":"outgoing","contact":"John",
+                "message":"hello","message_id":"m1","timestamp":1,"by":"terminal-1"})
+            ),
+            "→ John: hello (by terminal-1)"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"message_event","direction":"incoming","contact":"John",
+                "message":"hi","message_id":"m2","timestamp":2,"by":"John"})
+            ),
+            "← John: hi"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"message_event","direction":"incoming","contact":"Family",
+                "message":"hi","by":"Mom"})
+            ),
+            "← Family: hi (from Mom)"
+        );
+    }
+
+    #[test]
+    fn client_ids_show_as_names_once_known() {
+        let mut names = Names::default();
+        names.learn(&json!({"type":"registration_confirmed","client_id":"c1","client_name":"t1",
+            "clients":[{"client_id":"c1","client_name":"t1"},{"client_id":"c2","client_name":"bob"}]}));
+        names.learn(&json!({"type":"client_joined","client_id":"c3","client_name":"carol"}));
+        names.learn(&json!({"type":"client_joined","client_id":5}));
+        let sent = |by: &str| {
+            format_event(
+                &json!({"type":"message_event","direction":"outgoing","contact":"John",
+                    "message":"hello","by":by}),
+                &names,
+            )
+        };
+        assert_eq!(sent("c1"), "→ John: hello (by t1)");
+        assert_eq!(sent("c2"), "→ John: hello (by bob)");
+        assert_eq!(sent("c3"), "→ John: hello (by carol)");
+        assert_eq!(sent("c9"), "→ John: hello (by c9)");
+        assert_eq!(
+            format_event(
+                &json!({"type":"broadcast","from":"c2","payload":"hi"}),
+                &names
+            ),
+            "broadcast from bob: hi"
+        );
+    }
+
+    #[test]
+    fn presence_and_contacts() {
+        assert_eq!(
+            fmt(
+                json!({"type":"client_joined","client_id":"alice","client_name":"alice",
+                "instance":"x","capabilities":[],"timestamp":1})
+            ),
+            "+ alice joined (instance x)"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"client_joined","client_id":"a1","client_name":"alice",
+                "instance":"x","capabilities":["whatsapp"],"timestamp":1})
+            ),
+            "+ alice joined (a1, instance x, agent)"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"client_left","client_id":"a1","client_name":"alice","instance":"x"})
+            ),
+            "- alice left"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"contact_list_broadcast","contacts":[{"name":"John","phone":"1"},
+                {"name":"Jane"}],"total_count":2,"timestamp":1})
+            ),
+            "contacts: John, Jane (2)"
+        );
+        let many: Vec<Value> = (0..40).map(|i| json!({"name": format!("c{i}")})).collect();
+        let line = fmt(json!({"type":"contact_list_broadcast","contacts":many,"total_count":40}));
+        assert!(line.ends_with("c29, … (40)"), "{line}");
+    }
+
+    #[test]
+    fn command_responses() {
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_command_result","request_id":"2",
+                "content":{"success":true,"contact":"John","message":"hi","message_id":"m"}})
+            ),
+            "[#2] ok: sent to John: hi"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_command_result","request_id":3,
+                "content":{"success":true,"contacts":[{"name":"John"},{"name":"Jane"}],"total_count":2}})
+            ),
+            "[#3] ok: contacts: John, Jane (2)"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_command_result",
+                "content":{"success":true,"contact":"John","count":2,"messages":[
+                    {"direction":"outgoing","contact":"John","message":"hello","by":"t1"},
+                    {"direction":"incoming","contact":"John","message":"hi","by":"John"}]}})
+            ),
+            "ok: history with John (2):\n    → John: hello (by t1)\n    ← John: hi"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_command_result",
+                "content":{"success":true,"contact":"John","messages":[]}})
+            ),
+            "ok: no messages with John"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_command_result","request_id":"4",
+                "content":{"success":false,"error":"`jo` matches several contacts",
+                    "code":"ambiguous_contact","candidates":["John","Joan"]}})
+            ),
+            "[#4] failed [ambiguous_contact]: `jo` matches several contacts (candidates: John, Joan)"
+        );
+    }
+
+    #[test]
+    fn ai_responses() {
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_ai_command_result","request_id":"1",
+                "content":{"success":true,"provider":"rules","cached":false,
+                    "interpretation":{"action":"send","contact":"John","message":"hello"},
+                    "result":{"success":true,"contact":"John","message":"hello","message_id":"m"}}})
+            ),
+            "[#1] ai (rules) understood send John \"hello\": ok: sent to John: hello"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_ai_command_result",
+                "content":{"success":false,"provider":"rules","interpretation":{"action":"send","contact":"Zed","message":"x"},
+                    "result":{"success":false,"code":"contact_not_found","error":"no contact Zed"}}})
+            ),
+            "ai (rules) understood send Zed \"x\": failed [contact_not_found]: no contact Zed"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"whatsapp_ai_command_result",
+                "content":{"success":false,"code":"unparseable_command","error":"cannot understand",
+                    "interpretation":{"raw":"?"}}})
+            ),
+            "ai: failed [unparseable_command]: cannot understand"
+        );
+        assert_eq!(
+            fmt(json!({"type":"response","response_type":"ai_response","content":{"text":"hey"}})),
+            "ai: hey"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"response","response_type":"broadcast_sent","request_id":"9","content":{"success":true}})
+            ),
+            "[#9] broadcast sent"
+        );
+        assert_eq!(
+            fmt(json!({"type":"response","response_type":"new_thing","content":{"a":1}})),
+            "new_thing: {\"a\":1}"
+        );
+    }
+
+    #[test]
+    fn errors_pongs_broadcasts_agents() {
+        assert_eq!(
+            fmt(
+                json!({"type":"error","code":"rate_limited","message":"slow down","request_id":"5"})
+            ),
+            "[#5] error [rate_limited]: slow down"
+        );
+        assert_eq!(
+            fmt(json!({"type":"error","code":"invalid_json","message":"bad"})),
+            "error [invalid_json]: bad"
+        );
+        assert_eq!(
+            fmt(json!({"type":"pong","timestamp":1,"request_id":"6"})),
+            "[#6] pong"
+        );
+        assert_eq!(
+            fmt(json!({"type":"broadcast","from":"t2","payload":{"text":"lunch?"},"timestamp":1})),
+            "broadcast from t2: lunch?"
+        );
+        assert_eq!(
+            fmt(json!({"type":"broadcast","from":"t2","payload":[1,2]})),
+            "broadcast from t2: [1,2]"
+        );
+        assert_eq!(
+            fmt(json!({"type":"agent_changed","client_id":"phone","instance":"x","timestamp":1})),
+            "agent: phone (instance x) now executes commands"
+        );
+        assert_eq!(
+            fmt(json!({"type":"agent_changed","client_id":null,"instance":null})),
+            "agent: none; the hub's connector executes commands"
+        );
+    }
+
+    #[test]
+    fn anything_else_is_printed_raw_without_panicking() {
+        assert_eq!(frame("not json"), "? not json");
+        assert_eq!(frame("[1,2]"), "? [1,2]");
+        assert_eq!(frame("null"), "? null");
+        assert_eq!(
+            frame(r#"{"type":"surprise","x":1}"#),
+            r#"? {"type":"surprise","x":1}"#
+        );
+        // Known types with missing or wrongly typed fields fall back to raw.
+        for text in [
+            r#"{"type":"message_event"}"#,
+            r#"{"type":"message_event","contact":1,"message":[],"direction":"sideways"}"#,
+            r#"{"type":"response"}"#,
+            r#"{"type":"response","response_type":"whatsapp_command_result"}"#,
+            r#"{"type":"error","code":5}"#,
+            r#"{"type":"client_joined"}"#,
+            r#"{"type":"client_left","client_id":7}"#,
+            r#"{"type":"broadcast"}"#,
+            r#"{"type":"contact_list_broadcast","contacts":"John"}"#,
+            r#"{"type":7}"#,
+        ] {
+            assert!(frame(text).starts_with("? "), "{text}");
+        }
+        // Odd but parseable content degrades gracefully.
+        for content in [
+            json!(null),
+            json!("x"),
+            json!([1]),
+            json!({"success": "yes"}),
+        ] {
+            for rt in ["whatsapp_command_result", "whatsapp_ai_command_result"] {
+                let line =
+                    fmt(json!({"type":"response","response_type":rt,"content":content.clone()}));
+                assert!(!line.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn wire_text_cannot_break_lines_or_inject_escapes() {
+        let line = fmt(
+            json!({"type":"message_event","direction":"incoming","contact":"Eve",
+            "message":"hi\n← John: fake\u{1b}[2J","by":"Eve"}),
+        );
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        assert!(
+            line.starts_with("← Eve: hi\\n← John: fake\\u{1b}[2J"),
+            "{line}"
+        );
+        assert_eq!(clean("plain ünïcode"), "plain ünïcode");
+    }
+
+    #[test]
+    fn banner_lists_the_others() {
+        let confirmed = json!({"type":"registration_confirmed","client_id":"c1","client_name":"t1",
+            "session":"s","instance":"hub-1","agent":false,
+            "clients":[{"client_id":"c1","client_name":"t1","instance":"hub-1"},
+                       {"client_id":"alice","client_name":"alice","instance":"hub-2"}]});
+        let text = banner("ws://h:1", &confirmed);
+        assert!(
+            text.starts_with("connected to ws://h:1 as t1 (c1), session s, instance hub-1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("also connected: alice (instance hub-2)"),
+            "{text}"
+        );
+        let alone = banner(
+            "ws://h:1",
+            &json!({"client_id":"c1","clients":[{"client_id":"c1"}]}),
+        );
+        assert!(alone.contains("nobody else is connected"), "{alone}");
+        let line = format_event(&confirmed, &Names::default());
+        assert_eq!(line, "registered as c1 in session s");
+    }
+}
