@@ -137,7 +137,7 @@ pub struct TerminalArgs {
     /// After stdin ends, keep printing events this long before exiting.
     #[arg(long, default_value_t = 1000)]
     pub linger_ms: u64,
-    /// After stdin ends, wait at most this long for the responses to requests still in progress.
+    /// Give up on a request's response after this long (also bounds the wait for responses after stdin ends).
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
 }

@@ -138,16 +138,6 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Where the session is: reading input, or past its end.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Reading,
-    /// Input ended; waiting for outstanding responses until the deadline.
-    Draining(Instant),
-    /// Only printing events until the deadline.
-    Lingering(Instant),
-}
-
 struct Pending {
     kind: &'static str,
     sent: Instant,
@@ -161,6 +151,7 @@ struct Terminal {
     pending: HashMap<String, Pending>,
     next_id: u64,
     names: Names,
+    out: Output,
 }
 
 impl Terminal {
@@ -171,6 +162,7 @@ impl Terminal {
             pending: HashMap::new(),
             next_id: 1,
             names: Names::default(),
+            out: Output::default(),
         }
     }
 
@@ -178,22 +170,23 @@ impl Terminal {
         if self.scripted { 1 } else { MAX_OUTSTANDING }
     }
 
+    /// The session after connecting: input lines become requests and events
+    /// are printed until `/quit`, or until input has ended, every request
+    /// has been answered (or given up on) and the linger time has passed.
     async fn run(&mut self, mut lines: mpsc::Receiver<String>) -> Result<(), Failure> {
         let mut ws = self.connect().await?;
         self.register(&mut ws).await?;
         let wait = Duration::from_millis(self.args.wait_ms);
         let linger = Duration::from_millis(self.args.linger_ms);
-        let mut phase = Phase::Reading;
+        let mut input_open = true;
+        let mut linger_until: Option<Instant> = None;
         loop {
-            if matches!(phase, Phase::Draining(_)) && self.pending.is_empty() {
-                phase = Phase::Lingering(Instant::now() + linger);
+            if !input_open && self.pending.is_empty() && linger_until.is_none() {
+                linger_until = Some(Instant::now() + linger);
             }
-            let deadline = match phase {
-                Phase::Reading => None,
-                Phase::Draining(d) | Phase::Lingering(d) => Some(d),
-            };
-            let accepting =
-                matches!(phase, Phase::Reading) && self.pending.len() < self.max_outstanding();
+            // The oldest request is given up on `wait` after it was sent.
+            let expiry = self.pending.values().map(|p| p.sent + wait).min();
+            let accepting = input_open && self.pending.len() < self.max_outstanding();
             tokio::select! {
                 msg = ws.next() => self.on_message(msg)?,
                 line = lines.recv(), if accepting => match line {
@@ -203,24 +196,34 @@ impl Terminal {
                             return Ok(());
                         }
                     }
-                    None => phase = Phase::Draining(Instant::now() + wait),
+                    None => input_open = false,
                 },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    match phase {
-                        Phase::Draining(_) => {
-                            note(&format!(
-                                "warning: no response to {} request(s) after {} ms; not waiting longer",
-                                self.pending.len(),
-                                self.args.wait_ms
-                            ));
-                            self.pending.clear();
-                        }
-                        Phase::Lingering(_) | Phase::Reading => {
-                            self.close(&mut ws).await;
-                            return Ok(());
-                        }
-                    }
+                _ = sleep_until(expiry), if expiry.is_some() => self.expire(wait),
+                _ = sleep_until(linger_until), if linger_until.is_some() => {
+                    self.close(&mut ws).await;
+                    return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Forgets the requests that have waited `wait` for a response.
+    fn expire(&mut self, wait: Duration) {
+        let now = Instant::now();
+        let mut expired: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent + wait <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        expired.sort_by_key(|id| id.parse::<u64>().unwrap_or(u64::MAX));
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.out.note(&format!(
+                    "warning: [#{id}] no response to {} after {} ms; not waiting longer",
+                    p.kind,
+                    wait.as_millis()
+                ));
             }
         }
     }
@@ -268,7 +271,7 @@ impl Terminal {
             match event.get("type").and_then(Value::as_str) {
                 Some("registration_confirmed") => {
                     self.names.learn(&event);
-                    say(&format::banner(&self.args.url, &event));
+                    self.out.say(&format::banner(&self.args.url, &event));
                     return Ok(());
                 }
                 Some("error") => {
@@ -293,7 +296,8 @@ impl Terminal {
                 Ok(())
             }
             Some(Ok(Message::Binary(bytes))) => {
-                say(&format!("? binary frame of {} bytes", bytes.len()));
+                self.out
+                    .say(&format!("? binary frame of {} bytes", bytes.len()));
                 Ok(())
             }
             Some(Ok(Message::Close(frame))) => Err(Failure::ClosedByHub(frame)),
@@ -305,12 +309,12 @@ impl Terminal {
         }
     }
 
+    /// Prints one text frame and settles the request it answers, if any.
     fn on_text(&mut self, text: &str) {
-        let Ok(event) = serde_json::from_str::<Value>(text) else {
-            return say(&format::format_frame(text, &self.names));
-        };
+        let event = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
         self.names.learn(&event);
-        let mut line = format::format_event(&event, &self.names);
+        // From the text, so that anything unrecognized is shown as sent.
+        let mut line = format::format_frame(text, &self.names);
         let answered = match event.get("type").and_then(Value::as_str) {
             Some("response" | "error" | "pong") => {
                 format::request_id(&event).and_then(|id| self.pending.remove(&id))
@@ -322,7 +326,7 @@ impl Terminal {
         {
             let _ = write!(line, " ({} ms)", p.sent.elapsed().as_millis());
         }
-        say(&line);
+        self.out.say(&line);
     }
 
     /// Says goodbye: sends a close frame and waits briefly for the hub's,
@@ -343,15 +347,16 @@ impl Terminal {
     async fn on_line(&mut self, ws: &mut Ws, line: &str) -> Result<bool, Failure> {
         match parse_line(line) {
             Input::Nothing => {}
-            Input::Help => say(HELP),
+            Input::Help => self.out.say(HELP),
             Input::Quit => return Ok(false),
-            Input::Invalid(msg) => note(&format!("error: {msg}")),
+            Input::Invalid(msg) => self.out.note(&format!("error: {msg}")),
             Input::Request { kind, mut body } => {
                 let id = self.next_id.to_string();
                 self.next_id += 1;
                 body["request_id"] = json!(id);
                 if self.scripted {
-                    say(&format!("[#{id}] > {}", format::clean(line.trim())));
+                    self.out
+                        .say(&format!("[#{id}] > {}", format::clean(line.trim())));
                 }
                 self.pending.insert(
                     id,
@@ -367,23 +372,318 @@ impl Terminal {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn send(ws: &mut Ws, body: &Value) -> Result<(), Failure> {
     ws.send(Message::text(body.to_string()))
         .await
         .map_err(|e| Failure::Lost(format!("sending failed: {e}")))
 }
 
-/// One transcript entry on stdout. A closed stdout (`| head`) is ignored:
-/// the session goes on, as it does for a terminal that scrolled away.
-fn say(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
+/// Where the transcript goes: stdout and stderr, or (in tests) memory.
+#[derive(Clone, Default)]
+struct Output {
+    captured: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
-/// A local message (bad input, warnings) on stderr.
-fn note(text: &str) {
-    let _ = std::io::stdout().flush();
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{text}");
+impl Output {
+    /// One transcript entry on stdout. A closed stdout (`| head`) is
+    /// ignored: the session goes on, as for a terminal that scrolled away.
+    fn say(&self, text: &str) {
+        if let Some(buf) = &self.captured {
+            buf.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(text.to_string());
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// A local message (bad input, warnings) on stderr.
+    fn note(&self, text: &str) {
+        if let Some(buf) = &self.captured {
+            buf.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("stderr: {text}"));
+            return;
+        }
+        let _ = std::io::stdout().flush();
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session logic against a scripted fake hub, for what the real hub
+    //! never does (ignore a request, send odd frames) or does rarely (close
+    //! with a code). The real hub is exercised in tests/terminal.rs.
+
+    use std::sync::{Arc, Mutex};
+
+    use clap::Parser;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    use super::*;
+
+    type ServerWs = WebSocketStream<TcpStream>;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TerminalArgs,
+    }
+
+    fn args(url: &str, extra: &[&str]) -> TerminalArgs {
+        let argv = ["terminal", "--url", url, "--name", "t", "--client-id", "t"];
+        Cli::parse_from(argv.iter().chain(extra)).args
+    }
+
+    /// Accepts one WebSocket connection and runs `script` on it.
+    async fn fake_hub<F, Fut>(script: F) -> (String, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(ServerWs) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            script(ws).await;
+        });
+        (url, task)
+    }
+
+    /// Reads the next text frame as JSON (None once the client is gone).
+    async fn next_json(ws: &mut ServerWs) -> Option<Value> {
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).ok(),
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    async fn confirm_registration(ws: &mut ServerWs) {
+        let reg = next_json(ws).await.expect("a register message");
+        assert_eq!(reg["type"], "register");
+        assert_eq!(reg["client_id"], "t");
+        assert_eq!(reg["client_name"], "t");
+        let confirmed = json!({"type":"registration_confirmed","client_id":"t","client_name":"t",
+            "session":"default","instance":"fake","agent":false,
+            "clients":[{"client_id":"t","client_name":"t","instance":"fake"},
+                       {"client_id":"b7","client_name":"bob","instance":"fake"}]});
+        ws.send(Message::text(confirmed.to_string())).await.unwrap();
+    }
+
+    struct Run {
+        result: Result<(), Failure>,
+        transcript: Vec<String>,
+    }
+
+    impl Run {
+        fn has(&self, needle: &str) -> bool {
+            self.transcript.iter().any(|l| l.contains(needle))
+        }
+
+        fn position(&self, needle: &str) -> usize {
+            self.transcript
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle:?} in {:#?}", self.transcript))
+        }
+    }
+
+    /// Runs a scripted terminal session with `lines` as input; input stays
+    /// open after them unless `close_input`.
+    async fn run_session(
+        args: TerminalArgs,
+        lines: &[&str],
+        close_input: bool,
+    ) -> (Run, Option<mpsc::Sender<String>>) {
+        let (tx, rx) = mpsc::channel(16);
+        for line in lines {
+            tx.send(line.to_string()).await.unwrap();
+        }
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let mut terminal = Terminal::new(args, true);
+        terminal.out = Output {
+            captured: Some(captured.clone()),
+        };
+        // The sender is handed back (input stays open) or dropped (end of input).
+        let keep = (!close_input).then_some(tx);
+        let result = tokio::time::timeout(Duration::from_secs(10), terminal.run(rx))
+            .await
+            .expect("the session ends by itself");
+        let transcript = captured.lock().unwrap().clone();
+        (Run { result, transcript }, keep)
+    }
+
+    #[tokio::test]
+    async fn answers_are_printed_and_the_session_lingers_after_input_ends() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            confirm_registration(&mut ws).await;
+            let ping = next_json(&mut ws).await.unwrap();
+            assert_eq!(ping["type"], "ping");
+            let reply = json!({"type":"pong","timestamp":1,"request_id":ping["request_id"]});
+            ws.send(Message::text(reply.to_string())).await.unwrap();
+            // An event during the linger time is still printed.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let event = json!({"type":"message_event","direction":"outgoing","contact":"John",
+                "message":"late","by":"b7"});
+            ws.send(Message::text(event.to_string())).await.unwrap();
+            while next_json(&mut ws).await.is_some() {}
+        })
+        .await;
+        let args = args(&url, &["--linger-ms", "400"]);
+        let (run, _) = run_session(args, &["/ping", "", "/help", "/nope"], true).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        assert!(run.has("connected to ws://"), "{:#?}", run.transcript);
+        assert!(run.has("also connected: bob (b7, instance fake)"));
+        assert!(run.position("[#1] > /ping") < run.position("[#1] pong ("));
+        assert!(run.has("/history <contact> [N]"), "help is printed");
+        assert!(run.has("stderr: error: unknown command /nope"));
+        assert!(run.has("→ John: late (by bob)"), "{:#?}", run.transcript);
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_are_given_up_and_odd_frames_printed_raw() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            confirm_registration(&mut ws).await;
+            let mut ids = Vec::new();
+            while let Some(request) = next_json(&mut ws).await {
+                ids.push(request["request_id"].clone());
+                for frame in [
+                    r#"{"type":"surprise","n":1}"#,
+                    "not json",
+                    r#"{"type":"pong"#,
+                ] {
+                    ws.send(Message::text(frame)).await.unwrap();
+                }
+                ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+            }
+            assert_eq!(ids, [json!("1"), json!("2")]);
+        })
+        .await;
+        let args = args(&url, &["--wait-ms", "200", "--linger-ms", "50"]);
+        let (run, _) = run_session(args, &["/ping", "/contacts"], true).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        assert!(
+            run.has(r#"? {"type":"surprise","n":1}"#),
+            "{:#?}",
+            run.transcript
+        );
+        assert!(run.has("? not json"));
+        assert!(run.has(r#"? {"type":"pong"#));
+        assert!(run.has("? binary frame of 3 bytes"));
+        // Piped input goes one request at a time: #2 waits for #1 to expire.
+        let gave_up = run.position("stderr: warning: [#1] no response to ping after 200 ms");
+        assert!(gave_up < run.position("[#2] > /contacts"));
+        assert!(run.has("stderr: warning: [#2] no response to whatsapp_command"));
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_hub_closing_the_connection_is_a_failure_naming_code_and_reason() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            confirm_registration(&mut ws).await;
+            let frame = CloseFrame {
+                code: CloseCode::from(4001),
+                reason: "client_id registered again on another connection".into(),
+            };
+            ws.send(Message::Close(Some(frame))).await.unwrap();
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        // Input stays open: the session must still end.
+        let (run, _input) = run_session(args(&url, &[]), &[], false).await;
+        let err = run.result.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "connection closed by the hub: 4001 client_id registered again on another connection"
+        );
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_a_failure() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            confirm_registration(&mut ws).await;
+            drop(ws);
+        })
+        .await;
+        let (run, _input) = run_session(args(&url, &[]), &[], false).await;
+        assert!(
+            matches!(run.result, Err(Failure::Lost(_))),
+            "{:?}",
+            run.result
+        );
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_registration_error_is_fatal() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            next_json(&mut ws).await.unwrap();
+            let err = json!({"type":"error","code":"invalid_field","message":"bad session"});
+            ws.send(Message::text(err.to_string())).await.unwrap();
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (run, _input) = run_session(args(&url, &[]), &["/ping"], false).await;
+        let err = run.result.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "registration failed: error [invalid_field]: bad session"
+        );
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quit_closes_the_connection_even_with_input_open() {
+        let (url, hub) = fake_hub(|mut ws| async move {
+            confirm_registration(&mut ws).await;
+            let mut saw_close = false;
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Close(_) = msg {
+                    saw_close = true;
+                }
+            }
+            assert!(saw_close, "the terminal sends a close frame");
+        })
+        .await;
+        let (run, _input) = run_session(args(&url, &[]), &["/quit", "/ping"], false).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        assert!(!run.has("/ping"), "nothing after /quit is sent");
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connecting_to_nothing_fails() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (run, _input) =
+            run_session(args(&format!("ws://127.0.0.1:{port}"), &[]), &[], false).await;
+        let err = run.result.unwrap_err();
+        assert!(matches!(err, Failure::Connect(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot connect: ws://127.0.0.1:")
+        );
+    }
 }

@@ -53,16 +53,21 @@ impl Names {
 /// Formats one text frame. Anything that is not a JSON object with a known
 /// `type` is printed raw (cleaned), prefixed with `?`.
 pub fn format_frame(text: &str, names: &Names) -> String {
-    match serde_json::from_str::<Value>(text) {
-        Ok(value) => format_event(&value, names),
-        Err(_) => raw(text),
-    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|event| format_known(&event, names))
+        .unwrap_or_else(|| raw(text))
 }
 
 /// Formats one event. Usually one line; a history adds one indented line
 /// per message. `names` turns client ids into names where it can.
 pub fn format_event(event: &Value, names: &Names) -> String {
-    let formatted = match str_field(event, "type") {
+    format_known(event, names).unwrap_or_else(|| raw(&event.to_string()))
+}
+
+/// Formats an event of a known type that has the fields it needs.
+fn format_known(event: &Value, names: &Names) -> Option<String> {
+    match str_field(event, "type") {
         Some("message_event") => message_line(event, names),
         Some("response") => response(event, names),
         Some("error") => error(event),
@@ -77,8 +82,7 @@ pub fn format_event(event: &Value, names: &Names) -> String {
             .get("command")
             .map(|c| format!("{}execute {}", rid_tag(event), clean(&c.to_string()))),
         _ => None,
-    };
-    formatted.unwrap_or_else(|| raw(&event.to_string()))
+    }
 }
 
 /// The banner printed once registered: who we are and who else is here.
