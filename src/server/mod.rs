@@ -3,13 +3,15 @@
 
 pub mod connection;
 pub mod http;
+pub mod rest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -17,10 +19,28 @@ use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
-        .route("/", get(ws_upgrade))
+        .route("/", get(root))
         .route("/ws", get(ws_upgrade))
+        .route("/ui", get(web_page))
         .merge(http::routes())
+        .merge(rest::routes())
         .with_state(hub)
+}
+
+/// The original clients connect to `ws://host:8002/`; a browser opening the
+/// same address gets the web client.
+async fn root(
+    state: State<Arc<Hub>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => ws_upgrade(state, ws).await,
+        Err(_) => web_page().await.into_response(),
+    }
+}
+
+async fn web_page() -> Html<&'static str> {
+    Html(include_str!("../../web/index.html"))
 }
 
 async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
