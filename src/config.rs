@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::ai::settings::AiArgs;
 
@@ -140,6 +140,61 @@ pub struct TerminalArgs {
     /// Give up on a request's response after this long (also bounds the wait for responses after stdin ends).
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+}
+
+/// Parses flags and environment. `--help`/`--version` print and exit 0; an
+/// invalid value prints one line naming the setting and exits 2.
+pub fn parse_cli() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            eprintln!("error: {}", one_line_error(&e));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// clap's first line, prefixed with the environment variable behind the
+/// flag when there is one (the value may well have come from there).
+fn one_line_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => return first,
+    };
+    let long = flag
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("--")
+        .to_string();
+    let cmd = Cli::command();
+    let env = cmd
+        .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))
+        .find(|a| a.get_long() == Some(long.as_str()))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    match env {
+        Some(env) => format!("invalid setting {env}: {first}"),
+        None => first,
+    }
 }
 
 /// Validated settings of a running hub.

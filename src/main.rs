@@ -1,12 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use mcp_hub::config::{Cli, Command};
+use mcp_hub::config::{Command, parse_cli};
 
 fn main() -> ExitCode {
     // .env fills in only what the environment does not already set.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -34,7 +33,6 @@ fn serve(runtime: &tokio::runtime::Runtime, args: mcp_hub::config::ServeArgs) ->
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            tracing::error!(error = %e, "startup failed");
             ExitCode::from(2)
         }
     }

@@ -211,7 +211,8 @@ impl RedisMembership {
                 take.key(keys.presence(session))
                     .key(keys.instance_members(instance))
                     .arg(client_id)
-                    .arg(member_tag(session, client_id));
+                    .arg(member_tag(session, client_id))
+                    .arg(instance);
                 let taken: Option<String> = self.backend.script("reap_take", &take).await?;
                 if let Some(client) =
                     taken.and_then(|t| serde_json::from_str::<ClientInfo>(&t).ok())

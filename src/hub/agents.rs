@@ -152,9 +152,21 @@ impl Hub {
                     Forwarded {
                         reply_to,
                         session,
-                        agent_client_id,
+                        agent_client_id: agent_client_id.clone(),
                     },
                 );
+                // The caller gives up after its timeout; forget the call a
+                // little later so an answer after that is refused
+                // (`unknown_request`) instead of leaking the entry.
+                let hub = self.clone();
+                let expired_id = call_id.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(
+                        hub.config.agent_timeout + std::time::Duration::from_secs(1),
+                    )
+                    .await;
+                    hub.agents.take_forwarded(&expired_id, &agent_client_id);
+                });
                 let frame = ServerEvent::Execute {
                     request_id: &call_id,
                     command: &command,
@@ -209,9 +221,11 @@ impl Hub {
             .agents
             .take_forwarded_for_agent(session, agent_client_id)
         {
+            // The command reached the agent: it may have been carried out,
+            // so this is not retried elsewhere.
             let err = HubError::new(
-                ErrorCode::AgentUnavailable,
-                "the agent disconnected before answering",
+                ErrorCode::AgentDisconnected,
+                "the agent disconnected before answering; the command may or may not have been carried out",
             );
             self.reply_to_caller(&f.reply_to, call_id, Err(err)).await;
         }
@@ -246,6 +260,7 @@ fn parse_code(code: &str) -> ErrorCode {
     match code {
         "agent_timeout" => ErrorCode::AgentTimeout,
         "store_unavailable" => ErrorCode::StoreUnavailable,
+        "agent_disconnected" => ErrorCode::AgentDisconnected,
         _ => ErrorCode::AgentUnavailable,
     }
 }

@@ -39,6 +39,8 @@ impl Hub {
         if let Some(agent) = self.store.agent(session).await? {
             // An agent's own commands go to the connector, not back to itself.
             if agent.client_id != requester.client_id {
+                let command = self.resolve_for_agent(session, command).await?;
+                let command = &command;
                 let as_json = serde_json::to_value(command).map_err(HubError::internal)?;
                 match self.call_agent(session, &agent, as_json).await {
                     Ok(content) => {
@@ -47,10 +49,21 @@ impl Hub {
                         return Ok(content);
                     }
                     Err(e) if e.code == ErrorCode::AgentUnavailable => {
-                        // The agent is gone (its instance died or it left
-                        // mid-call): forget it and fall back.
+                        // The command never reached the agent (it is gone, or
+                        // its instance died): forget it and fall back.
                         tracing::info!(session, agent = %agent.client_id, "agent unavailable; falling back to the connector");
-                        self.store.release_agent(session, &agent.client_id).await?;
+                        if self.store.release_agent(session, &agent.client_id).await? {
+                            self.publish(
+                                session,
+                                &crate::protocol::ServerEvent::AgentChanged {
+                                    client_id: None,
+                                    instance: None,
+                                    timestamp: now_millis(),
+                                },
+                                "agent_changed",
+                                None,
+                            );
+                        }
                     }
                     Err(e) => return Err(e),
                 }
@@ -58,6 +71,30 @@ impl Hub {
         }
         self.execute_with_connector(session, command, requester)
             .await
+    }
+
+    /// Canonical contact names for the agent, when the session knows the
+    /// contact; otherwise the name as typed (the agent may know better).
+    async fn resolve_for_agent(
+        &self,
+        session: &str,
+        command: &WhatsAppCommand,
+    ) -> Result<WhatsAppCommand, HubError> {
+        let mut command = command.clone();
+        if let WhatsAppCommand::Send { contact, .. } | WhatsAppCommand::GetHistory { contact, .. } =
+            &mut command
+        {
+            let names: Vec<String> = self
+                .session_contacts(session)
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            if let Ok(name) = resolve_contact(contact, &names) {
+                *contact = name.to_string();
+            }
+        }
+        Ok(command)
     }
 
     async fn after_agent_success(
@@ -171,8 +208,7 @@ impl Hub {
             ),
             other => {
                 let names = self
-                    .store
-                    .contacts(session)
+                    .session_contacts(session)
                     .await?
                     .into_iter()
                     .map(|c| c.name)
@@ -196,6 +232,7 @@ impl Hub {
             Err(e) => {
                 let mut content = failure_content(&e);
                 content["interpretation"] = json!(interpretation);
+                content["provider"] = json!(self.ai.provider_name());
                 content["cached"] = json!(outcome.cached);
                 content["shared"] = json!(outcome.shared);
                 return Ok(content);

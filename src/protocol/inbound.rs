@@ -238,6 +238,9 @@ pub fn parse_client_message(
     }
 }
 
+/// Most messages one `get_history` returns.
+pub const MAX_HISTORY_LIMIT: usize = 500;
+
 /// Validates a `whatsapp_command.command` object.
 pub fn parse_whatsapp_command(value: Value) -> Result<WhatsAppCommand, HubError> {
     let action = match value.get("action") {
@@ -269,6 +272,16 @@ pub fn parse_whatsapp_command(value: Value) -> Result<WhatsAppCommand, HubError>
     }
     let cmd: WhatsAppCommand =
         serde_json::from_value(value).map_err(|e| field_error(&e.to_string(), "command."))?;
+    if let WhatsAppCommand::GetHistory {
+        limit: Some(limit), ..
+    } = &cmd
+        && !(1..=MAX_HISTORY_LIMIT).contains(limit)
+    {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!("field `command.limit` must be between 1 and {MAX_HISTORY_LIMIT}"),
+        ));
+    }
     if let WhatsAppCommand::Send { contact, message } = &cmd {
         if contact.trim().is_empty() {
             return Err(HubError::new(

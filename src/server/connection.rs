@@ -286,13 +286,22 @@ impl Connection {
                         rid,
                     );
                 };
-                if let ClientMessage::Broadcast { payload } = &other {
-                    // Inline, not spawned: a client's broadcasts must leave
-                    // in the order it sent them.
-                    publish_broadcast(&self.hub, &self.handle, &client, payload, rid);
-                    return;
+                match other {
+                    // Inline, not spawned: a client's broadcasts and an
+                    // agent's reports must take effect in the order sent.
+                    ClientMessage::Broadcast { payload } => {
+                        publish_broadcast(&self.hub, &self.handle, &client, &payload, rid);
+                    }
+                    report @ (ClientMessage::ContactsUpdate { .. }
+                    | ClientMessage::IncomingMessage { .. }) => {
+                        if let Err(e) =
+                            handle_request(&self.hub, &self.handle, &client, report, rid).await
+                        {
+                            self.reply_error(e, rid);
+                        }
+                    }
+                    other => self.dispatch(client, other, request_id),
                 }
-                self.dispatch(client, other, request_id);
             }
         }
     }
@@ -346,6 +355,21 @@ impl Connection {
             && old.conn_id != self.conn_id
         {
             old.disconnect(CloseReason::Replaced);
+            // The old connection's cleanup will see it was replaced and do
+            // nothing, so an agent role it held must be given up here.
+            let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
+            if was_agent && !is_agent && hub.store.release_agent(&session, &client_id).await? {
+                hub.publish(
+                    &session,
+                    &ServerEvent::AgentChanged {
+                        client_id: None,
+                        instance: None,
+                        timestamp: now_millis(),
+                    },
+                    "agent_changed",
+                    None,
+                );
+            }
         }
         self.client = Some(Arc::new(Registered {
             session: session.clone(),
@@ -549,18 +573,32 @@ async fn handle_request(
             }
         }
         ClientMessage::ContactsUpdate { contacts } => {
-            require_agent(client)?;
+            require_agent(hub, client).await?;
+            if contacts.iter().any(|c| c.name.trim().is_empty()) {
+                return Err(HubError::new(
+                    ErrorCode::InvalidField,
+                    "field `contacts` must not contain an empty name",
+                ));
+            }
             hub.store.set_contacts(session, &contacts).await?;
             hub.publish_contacts(session, &contacts);
+            acknowledge(hub, handle, rid);
         }
         ClientMessage::IncomingMessage { contact, message } => {
-            require_agent(client)?;
+            require_agent(hub, client).await?;
+            if contact.trim().is_empty() || message.is_empty() {
+                return Err(HubError::new(
+                    ErrorCode::InvalidField,
+                    "fields `contact` and `message` must not be empty",
+                ));
+            }
             hub.record_incoming(crate::whatsapp::IncomingMessage {
                 session: session.clone(),
                 contact,
                 message,
             })
             .await?;
+            acknowledge(hub, handle, rid);
         }
         ClientMessage::Ping | ClientMessage::Register(_) => {}
     }
@@ -589,14 +627,24 @@ fn publish_broadcast(
     }
 }
 
-fn require_agent(client: &Registered) -> Result<(), HubError> {
-    if client.is_agent {
+/// Only the session's current agent may report on the account (a replaced
+/// agent stays connected as an ordinary client).
+async fn require_agent(hub: &Hub, client: &Registered) -> Result<(), HubError> {
+    let current = hub.store.agent(&client.session).await?;
+    if client.is_agent && current.is_some_and(|a| a.client_id == client.info.client_id) {
         Ok(())
     } else {
         Err(HubError::new(
             ErrorCode::NotAgent,
-            "only a client registered with the `whatsapp` capability may send this",
+            "only the session's current agent (registered with the `whatsapp` capability) may send this",
         ))
+    }
+}
+
+/// Confirms a request that has no other answer, when it asked (request_id).
+fn acknowledge(hub: &Hub, handle: &ClientHandle, rid: Option<&str>) {
+    if rid.is_some() {
+        respond(hub, handle, "ack", json!({"success": true}), rid);
     }
 }
 

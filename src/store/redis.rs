@@ -27,15 +27,18 @@ static RELEASE_AGENT: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Removes a presence entry and returns it, so exactly one caller (the
-/// leaving client's instance, or one reaper) announces the departure.
+/// leaving client's instance, or one reaper) announces the departure. The
+/// entry is only taken if it belongs to instance ARGV[3]: the same client id
+/// may meanwhile have registered again on another instance.
 pub static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+        redis.call('SREM', KEYS[2], ARGV[2])
         local v = redis.call('HGET', KEYS[1], ARGV[1])
-        if v then
-            redis.call('HDEL', KEYS[1], ARGV[1])
-            redis.call('SREM', KEYS[2], ARGV[2])
-        end
+        if not v then return nil end
+        local ok, client = pcall(cjson.decode, v)
+        if ok and client.instance ~= ARGV[3] then return nil end
+        redis.call('HDEL', KEYS[1], ARGV[1])
         return v
         ",
     )
@@ -177,7 +180,8 @@ impl SessionStore for RedisStore {
             .key(self.backend.keys.presence(session))
             .key(self.backend.keys.instance_members(&self.instance))
             .arg(client_id)
-            .arg(member_tag(session, client_id));
+            .arg(member_tag(session, client_id))
+            .arg(&self.instance);
         let removed: Option<String> = self.backend.script("leave", &invocation).await?;
         Ok(removed.is_some())
     }
