@@ -104,7 +104,12 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             )
         }
     };
-    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_pool)?;
+    let ai = crate::ai::build_coordinator(
+        &config.ai,
+        metrics.clone(),
+        redis_pool,
+        &config.redis_key_prefix,
+    )?;
     let hub = Hub::new(HubParts {
         config,
         store,

@@ -3,11 +3,23 @@
 //! A provider only proposes an [`Interpretation`]; [`validate`] checks it
 //! against the schema and the session's contacts before anything runs, so
 //! model output is never trusted. The [`coordinator::AiCoordinator`] sits in
-//! front of the provider (single flight, cache, quotas).
+//! front of the provider: single flight (in-process and, in cluster mode,
+//! through a Redis lock), answer cache, quotas, retries with backoff, a
+//! circuit breaker. docs/ai.md describes all of it.
 
+pub mod breaker;
+pub mod cluster;
 pub mod coordinator;
+pub mod gemini;
+pub mod http;
+pub mod openai;
+pub mod prompt;
+pub mod quota;
 pub mod rules;
 pub mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -39,7 +51,8 @@ pub struct Interpretation {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// What a client is told when the AI could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AiError {
     #[error("AI provider rate limited: {0}")]
     RateLimited(String),
@@ -49,42 +62,142 @@ pub enum AiError {
     Failed(String),
 }
 
-impl From<AiError> for HubError {
-    fn from(e: AiError) -> Self {
-        let code = match e {
+impl AiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
             AiError::RateLimited(_) => ErrorCode::AiRateLimited,
             AiError::Unavailable(_) => ErrorCode::AiUnavailable,
             AiError::Failed(_) => ErrorCode::AiFailed,
-        };
-        HubError::new(code, e.to_string())
+        }
     }
 }
 
-/// Builds the coordinator the hub uses, from the AI settings. `redis` is
-/// the cluster's pool (None in standalone mode).
-pub fn build_coordinator(
-    settings: &settings::AiArgs,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    _redis: Option<deadpool_redis::Pool>,
-) -> Result<coordinator::AiCoordinator, crate::config::ConfigError> {
-    let provider: std::sync::Arc<dyn AiProvider> = match settings.ai_provider {
-        settings::AiProviderKind::Rules => std::sync::Arc::new(rules::RulesProvider),
-        other => {
-            return Err(crate::config::ConfigError {
-                setting: "AI_PROVIDER",
-                reason: format!("{other:?} is not available yet"),
-            });
-        }
-    };
-    Ok(coordinator::AiCoordinator::new(provider, metrics))
+impl From<AiError> for HubError {
+    fn from(e: AiError) -> Self {
+        HubError::new(e.code(), e.to_string())
+    }
 }
 
+/// How one upstream attempt failed; decides whether it is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// 429: retried after the provider's retry delay (or backoff).
+    RateLimited,
+    /// A quota that will not clear soon (Gemini `PerDay`, OpenAI
+    /// `insufficient_quota`): reported as rate limited, not retried.
+    QuotaExhausted,
+    /// 5xx, transport error or timeout: retried with backoff.
+    Unavailable,
+    /// Any other 4xx (bad key, unknown model, malformed request): never retried.
+    Rejected,
+    /// The provider answered but the answer is unusable (blocked prompt,
+    /// truncated or malformed output): not retried.
+    BadOutput,
+}
+
+/// One upstream attempt's failure, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub kind: ProviderErrorKind,
+    pub message: String,
+    /// The provider's own "retry after" (Gemini RetryInfo, Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        ProviderError {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_output(message: impl Into<String>) -> Self {
+        ProviderError::new(ProviderErrorKind::BadOutput, message)
+    }
+
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ProviderErrorKind::RateLimited | ProviderErrorKind::Unavailable
+        )
+    }
+
+    /// What the client finally sees once retries are over.
+    pub fn into_ai_error(self) -> AiError {
+        match self.kind {
+            ProviderErrorKind::RateLimited | ProviderErrorKind::QuotaExhausted => {
+                AiError::RateLimited(self.message)
+            }
+            ProviderErrorKind::Unavailable => AiError::Unavailable(self.message),
+            ProviderErrorKind::Rejected | ProviderErrorKind::BadOutput => {
+                AiError::Failed(self.message)
+            }
+        }
+    }
+}
+
+/// The cluster's Redis, for cross-instance coordination.
+#[derive(Clone)]
+pub struct RedisCoordination {
+    pub pool: deadpool_redis::Pool,
+    /// `REDIS_KEY_PREFIX`: every AI key is `{prefix}:ai:...`.
+    pub prefix: String,
+}
+
+/// Builds the coordinator the hub uses, from the AI settings. `redis` is
+/// the cluster's pool (None in standalone mode) and `key_prefix` the
+/// cluster's `REDIS_KEY_PREFIX`.
+pub fn build_coordinator(
+    settings: &settings::AiArgs,
+    metrics: Arc<crate::metrics::Metrics>,
+    redis: Option<deadpool_redis::Pool>,
+    key_prefix: &str,
+) -> Result<coordinator::AiCoordinator, crate::config::ConfigError> {
+    let provider: Arc<dyn AiProvider> = match settings.ai_provider {
+        settings::AiProviderKind::Rules => Arc::new(rules::RulesProvider),
+        settings::AiProviderKind::Gemini => {
+            Arc::new(gemini::GeminiProvider::new(settings.gemini()?))
+        }
+        settings::AiProviderKind::Openai => {
+            Arc::new(openai::OpenAiProvider::new(settings.openai()?))
+        }
+    };
+    let redis = redis.map(|pool| RedisCoordination {
+        pool,
+        prefix: key_prefix.to_string(),
+    });
+    Ok(coordinator::AiCoordinator::with_settings(
+        provider,
+        metrics,
+        settings.coordination(),
+        redis,
+    ))
+}
+
+/// One upstream attempt per call: retries, timeouts, quotas and single
+/// flight are the coordinator's job.
 #[async_trait]
 pub trait AiProvider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    async fn interpret(&self, request: &InterpretRequest) -> Result<Interpretation, AiError>;
+    /// Model (or other variant) answers depend on; part of the cache key.
+    fn model(&self) -> &str {
+        ""
+    }
+    /// False for providers that answer locally and instantly (rules): the
+    /// coordinator then calls them directly, without locks or quotas.
+    fn is_remote(&self) -> bool {
+        true
+    }
+    async fn interpret(&self, request: &InterpretRequest) -> Result<Interpretation, ProviderError>;
     /// Free-form answer to an `ai_request`.
-    async fn complete(&self, prompt: &str, context: Option<&Value>) -> Result<String, AiError>;
+    async fn complete(
+        &self,
+        prompt: &str,
+        context: Option<&Value>,
+    ) -> Result<String, ProviderError>;
 }
 
 /// Longest message the hub will send on a model's say-so.

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use regex::Regex;
 use serde_json::Value;
 
-use super::{AiError, AiProvider, InterpretRequest, Interpretation};
+use super::{AiProvider, InterpretRequest, Interpretation, ProviderError};
 
 pub struct RulesProvider;
 
@@ -144,11 +144,19 @@ impl AiProvider for RulesProvider {
         "rules"
     }
 
-    async fn interpret(&self, request: &InterpretRequest) -> Result<Interpretation, AiError> {
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    async fn interpret(&self, request: &InterpretRequest) -> Result<Interpretation, ProviderError> {
         Ok(interpret(request))
     }
 
-    async fn complete(&self, prompt: &str, _context: Option<&Value>) -> Result<String, AiError> {
+    async fn complete(
+        &self,
+        prompt: &str,
+        _context: Option<&Value>,
+    ) -> Result<String, ProviderError> {
         let request = InterpretRequest {
             command: prompt.to_string(),
             contacts: Vec::new(),
