@@ -73,6 +73,11 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<(), HubError>;
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
+    /// Counts (re)connections to the backend; a change means the backend
+    /// may have restarted and lost what this instance announced.
+    fn connection_epoch(&self) -> u64 {
+        0
+    }
     /// Flushes queued events and stops background work (at shutdown, after
     /// the last client is gone, so their `client_left` still goes out).
     async fn close(&self) {}

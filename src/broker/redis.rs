@@ -23,12 +23,18 @@ use crate::protocol::{ErrorCode, HubError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const MAX_BATCH: usize = 256;
+/// Events still unpublished after this long are dropped: they are live
+/// notifications, and state (history, presence) is in Redis anyway.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+type Queued = (std::time::Instant, String);
 
 pub struct RedisBroker {
     backend: RedisBackend,
-    publish_tx: mpsc::Sender<String>,
+    publish_tx: mpsc::Sender<Queued>,
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
     publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -73,6 +79,7 @@ impl RedisBroker {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let subscribed = Arc::new(AtomicBool::new(false));
         let publisher_ok = Arc::new(AtomicBool::new(true));
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let publisher = tokio::spawn(publisher_loop(
             backend.clone(),
             publish_rx,
@@ -84,6 +91,7 @@ impl RedisBroker {
             instance,
             inbound,
             subscribed.clone(),
+            epoch.clone(),
             stop.clone(),
         ));
         RedisBroker {
@@ -91,6 +99,7 @@ impl RedisBroker {
             publish_tx,
             subscribed,
             publisher_ok,
+            epoch,
             stop,
             publisher: std::sync::Mutex::new(Some(publisher)),
         }
@@ -103,7 +112,11 @@ impl Broker for RedisBroker {
         let Ok(payload) = serde_json::to_string(&envelope) else {
             return;
         };
-        if self.publish_tx.try_send(payload).is_err() {
+        if self
+            .publish_tx
+            .try_send((std::time::Instant::now(), payload))
+            .is_err()
+        {
             // Redis is down or far behind; local clients still got the event.
             self.backend
                 .metrics
@@ -141,6 +154,10 @@ impl Broker for RedisBroker {
         self.subscribed.load(Ordering::Acquire) && self.publisher_ok.load(Ordering::Acquire)
     }
 
+    fn connection_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     async fn close(&self) {
         self.stop.cancel();
         let publisher = self
@@ -156,13 +173,13 @@ impl Broker for RedisBroker {
 
 async fn publisher_loop(
     backend: RedisBackend,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Queued>,
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let channel = backend.keys.events_channel();
     let mut backoff = Backoff::new();
-    let mut batch: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     'connect: loop {
         let mut conn = match backend.client.get_multiplexed_async_connection().await {
             Ok(c) => c,
@@ -195,8 +212,20 @@ async fn publisher_loop(
                     }
                 }
             }
+            let before = batch.len();
+            batch.retain(|(queued_at, _)| queued_at.elapsed() < STALE_AFTER);
+            if batch.len() < before {
+                backend
+                    .metrics
+                    .redis_errors
+                    .with_label_values(&["publish_stale_dropped"])
+                    .inc_by((before - batch.len()) as u64);
+            }
+            if batch.is_empty() {
+                continue;
+            }
             let mut pipe = ::redis::pipe();
-            for payload in &batch {
+            for (_, payload) in &batch {
                 pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
             }
             let started = std::time::Instant::now();
@@ -217,10 +246,9 @@ async fn publisher_loop(
                         .redis_errors
                         .with_label_values(&["publish_events"])
                         .inc();
-                    tracing::warn!(result = ?other.map(|r| r.map_err(|e| e.to_string())), dropped = batch.len(), "redis publish failed; reconnecting");
-                    // Events are live notifications: the ones in flight are
-                    // dropped rather than delivered late and out of order.
-                    batch.clear();
+                    tracing::warn!(result = ?other.map(|r| r.map_err(|e| e.to_string())), pending = batch.len(), "redis publish failed; reconnecting");
+                    // The batch is kept and sent first on the new
+                    // connection, so order holds; stale events are dropped.
                     healthy.store(false, Ordering::Release);
                     backoff.wait(&shutdown).await;
                     if shutdown.is_cancelled() {
@@ -238,6 +266,7 @@ async fn subscriber_loop(
     instance: String,
     inbound: mpsc::Sender<Inbound>,
     subscribed: Arc<AtomicBool>,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let events = backend.keys.events_channel();
@@ -269,6 +298,7 @@ async fn subscriber_loop(
         };
         tracing::info!(channel = %events, inbox = %inbox, "subscribed to redis pub/sub");
         announced_down = false;
+        epoch.fetch_add(1, Ordering::AcqRel);
         subscribed.store(true, Ordering::Release);
         backoff.reset();
         let mut stream = pubsub.into_on_message();

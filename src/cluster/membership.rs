@@ -7,7 +7,7 @@
 //! clients of a crashed instance disappear within PRESENCE_TTL_MS plus one
 //! heartbeat.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use ::redis::Script;
@@ -34,6 +34,11 @@ pub trait Membership: Send + Sync + 'static {
     async fn instances(&self, hub: &Hub) -> Result<Vec<InstanceInfo>, HubError>;
     /// False while the backend cannot be reached.
     fn is_healthy(&self) -> bool;
+    /// The broker connection epoch this instance's clients were last
+    /// announced for (see `Broker::connection_epoch`).
+    fn synced_epoch(&self) -> u64 {
+        0
+    }
     fn mode(&self) -> &'static str;
 }
 
@@ -96,6 +101,7 @@ pub struct RedisMembership {
     backend: RedisBackend,
     started_at: u64,
     healthy: AtomicBool,
+    synced_epoch: AtomicU64,
 }
 
 impl RedisMembership {
@@ -104,6 +110,7 @@ impl RedisMembership {
             backend,
             started_at: now_millis(),
             healthy: AtomicBool::new(false),
+            synced_epoch: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -127,10 +134,14 @@ impl RedisMembership {
                         false
                     }
                 };
-                if ok && !was_healthy {
+                // After an outage or a reconnection (Redis may have
+                // restarted empty), put this instance's clients back.
+                let epoch = hub.broker.connection_epoch();
+                if ok && (!was_healthy || epoch != self.synced_epoch.load(Ordering::Acquire)) {
                     tracing::info!("redis reachable: re-announcing local clients");
-                    if let Err(e) = self.resync(&hub).await {
-                        tracing::warn!(error = %e, "re-announcing local clients failed");
+                    match self.resync(&hub).await {
+                        Ok(()) => self.synced_epoch.store(epoch, Ordering::Release),
+                        Err(e) => tracing::warn!(error = %e, "re-announcing local clients failed"),
                     }
                 }
                 self.healthy.store(ok, Ordering::Release);
@@ -290,6 +301,10 @@ impl Membership for RedisMembership {
 
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    fn synced_epoch(&self) -> u64 {
+        self.synced_epoch.load(Ordering::Acquire)
     }
 
     fn mode(&self) -> &'static str {

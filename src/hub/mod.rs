@@ -86,6 +86,8 @@ impl Hub {
             && !self.shutdown.is_cancelled()
             && self.broker.is_healthy()
             && self.membership.is_healthy()
+            // Not ready until clients are re-announced after a reconnect.
+            && self.membership.synced_epoch() == self.broker.connection_epoch()
     }
 
     pub fn mark_started(&self) {

@@ -117,7 +117,11 @@ impl HubProcess {
                 if let Some(rest) = line.split("mcp-hub listening on ").nth(1)
                     && let Some(tx) = addr_tx.take()
                 {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
                 let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -308,7 +312,9 @@ impl WsClient {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg {
                 Ok(Message::Text(t)) => {
                     return Some(serde_json::from_str(t.as_str()).unwrap_or_else(|e| {
@@ -346,7 +352,9 @@ impl WsClient {
         loop {
             let msg = match self.try_recv(RECV_TIMEOUT).await {
                 Some(m) => m,
-                None => panic!("no answer to request {rid} within {RECV_TIMEOUT:?}; skipped: {skipped:?}"),
+                None => panic!(
+                    "no answer to request {rid} within {RECV_TIMEOUT:?}; skipped: {skipped:?}"
+                ),
             };
             if msg["request_id"] == rid.as_str() {
                 // Keep events that arrived meanwhile for later readers.

@@ -1,0 +1,424 @@
+//! Cluster mode end to end: a private redis-server and three real hub
+//! processes on free loopback ports, driven by real WebSocket clients.
+
+mod cluster_support;
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cluster_support::{RedisServer, wait_until_async};
+use common::{HubProcess, WsClient};
+use serde_json::{Value, json};
+
+/// Short heartbeats so failure tests finish quickly; TTL = 5 heartbeats.
+const HEARTBEAT_MS: &str = "200";
+const PRESENCE_TTL_MS: &str = "1000";
+
+async fn start_hub(redis: &RedisServer, id: &str, extra: &[&str]) -> HubProcess {
+    let mut args = vec![
+        "--instance-id",
+        id,
+        "--heartbeat-ms",
+        HEARTBEAT_MS,
+        "--presence-ttl-ms",
+        PRESENCE_TTL_MS,
+    ];
+    args.extend_from_slice(extra);
+    HubProcess::start(&args, &[("REDIS_URL", &redis.url())]).await
+}
+
+async fn three_hubs(redis: &RedisServer) -> Vec<HubProcess> {
+    three_hubs_with(redis, &[]).await
+}
+
+async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<HubProcess> {
+    let mut hubs = Vec::new();
+    for id in ["hub-a", "hub-b", "hub-c"] {
+        hubs.push(start_hub(redis, id, extra).await);
+    }
+    hubs
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn ids(clients: &Value) -> Vec<String> {
+    let mut v: Vec<String> = clients
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["client_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_contacts_history_and_presence() {
+    let redis = RedisServer::start();
+    let hubs = three_hubs(&redis).await;
+
+    let (mut a, conf_a) = WsClient::register(&hubs[0].ws_url(), "team", "alice").await;
+    let (mut b, conf_b) = WsClient::register(&hubs[1].ws_url(), "team", "bob").await;
+    let (mut c, conf_c) = WsClient::register(&hubs[2].ws_url(), "team", "carol").await;
+    assert_eq!(conf_a["instance"], "hub-a");
+    assert_eq!(conf_b["instance"], "hub-b");
+    assert_eq!(conf_c["instance"], "hub-c");
+    // Presence is cluster-wide: carol sees alice and bob on other instances.
+    assert_eq!(ids(&conf_c["clients"]), ["alice", "bob", "carol"]);
+    let joined = a.recv_type("client_joined").await;
+    assert_eq!(joined["client_id"], "bob");
+    assert_eq!(joined["instance"], "hub-b");
+
+    // A send on hub-a is seen on hub-b and hub-c, and recorded once.
+    let resp = a
+        .request(json!({"type":"whatsapp_ai_command","command":"send john a message saying hello cluster"}))
+        .await;
+    assert_eq!(resp["content"]["success"], true, "{resp}");
+    for client in [&mut b, &mut c] {
+        let ev = client.recv_type("message_event").await;
+        assert_eq!(ev["contact"], "John");
+        assert_eq!(ev["message"], "hello cluster");
+        assert_eq!(ev["by"], "alice");
+    }
+    // History and last contact are shared: bob reads it on hub-b, carol
+    // replies to the last contact on hub-c.
+    let hist = b
+        .request(
+            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"john"}}),
+        )
+        .await;
+    let messages = hist["content"]["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{hist}");
+    assert_eq!(messages[0]["message"], "hello cluster");
+    let reply = c
+        .request(json!({"type":"whatsapp_ai_command","command":"reply see you soon"}))
+        .await;
+    assert_eq!(
+        reply["content"]["interpretation"]["contact"], "John",
+        "{reply}"
+    );
+
+    // An agent's contact update on hub-c reaches everyone and is the
+    // session's contact list from then on.
+    let (mut agent, _) = WsClient::register_with(
+        &hubs[2].ws_url(),
+        json!({"type":"register","client_id":"phone","session":"team","capabilities":["whatsapp"]}),
+    )
+    .await;
+    let ack = agent
+        .request(json!({"type":"contacts_update","contacts":[{"name":"Zed"},{"name":"Yara"}]}))
+        .await;
+    assert_eq!(ack["type"], "response", "{ack}");
+    let list = a.recv_type("contact_list_broadcast").await;
+    assert_eq!(list["total_count"], 2);
+
+    // GET /api/v1/cluster lists the three live instances with client counts.
+    let (status, body) = http_get(&hubs[1].http_url("/api/v1/cluster")).await;
+    assert_eq!(status, 200);
+    let cluster: Value = serde_json::from_str(&body).expect("json");
+    let listed: HashMap<String, u64> = cluster["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap_or_default().to_string(),
+                i["clients"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 3, "{cluster}");
+    assert!(listed.contains_key("hub-a") && listed.contains_key("hub-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broadcast_arrives_once_and_in_order() {
+    let redis = RedisServer::start();
+    let hubs = three_hubs_with(
+        &redis,
+        &[
+            "--rate-limit-per-sec",
+            "10000",
+            "--rate-limit-burst",
+            "10000",
+        ],
+    )
+    .await;
+    const PER_PRODUCER: usize = 60;
+
+    // Two clients per instance; the first of hub-a and of hub-b produce.
+    let mut clients = Vec::new();
+    for (i, hub) in hubs.iter().enumerate() {
+        for k in 0..2 {
+            let id = format!("c{i}{k}");
+            let (client, _) = WsClient::register(&hub.ws_url(), "fanout", &id).await;
+            clients.push((id, client));
+        }
+    }
+    // Everyone has seen everyone join before traffic starts.
+    for (id, client) in clients.iter_mut() {
+        let expected_joins = 5 - clients_before(id);
+        for _ in 0..expected_joins {
+            client.recv_type("client_joined").await;
+        }
+    }
+
+    let producers = ["c00", "c10"];
+    for n in 0..PER_PRODUCER {
+        for (id, client) in clients.iter_mut() {
+            if producers.contains(&id.as_str()) {
+                client
+                    .send_json(json!({"type":"broadcast","payload":{"seq": n, "from": id}}))
+                    .await;
+            }
+        }
+    }
+
+    for (id, client) in clients.iter_mut() {
+        let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+        let expected: usize =
+            producers.iter().filter(|p| **p != id.as_str()).count() * PER_PRODUCER;
+        for _ in 0..expected {
+            let ev = client.recv_type("broadcast").await;
+            let from = ev["from"].as_str().expect("from").to_string();
+            assert_ne!(&from, id, "a producer must not receive its own broadcast");
+            seen.entry(from)
+                .or_default()
+                .push(ev["payload"]["seq"].as_u64().expect("seq"));
+        }
+        for (from, seqs) in &seen {
+            let want: Vec<u64> = (0..PER_PRODUCER as u64).collect();
+            assert_eq!(
+                seqs, &want,
+                "{id} got {from}'s broadcasts out of order or duplicated"
+            );
+        }
+        // Nothing extra arrives (no duplicates after the expected ones).
+        let extra = client.try_recv(Duration::from_millis(300)).await;
+        assert!(
+            extra.as_ref().is_none_or(|e| e["type"] != "broadcast"),
+            "{id} got an extra broadcast: {extra:?}"
+        );
+    }
+}
+
+/// How many clients registered before `id` (clients register in order
+/// c00, c01, c10, c11, c20, c21).
+fn clients_before(id: &str) -> usize {
+    ["c00", "c01", "c10", "c11", "c20", "c21"]
+        .iter()
+        .position(|c| *c == id)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_one_instance_serves_clients_on_the_others() {
+    let redis = RedisServer::start();
+    let hubs = three_hubs(&redis).await;
+    let (mut agent, conf) = WsClient::register_with(
+        &hubs[1].ws_url(),
+        json!({"type":"register","client_id":"phone","session":"s","capabilities":["whatsapp"]}),
+    )
+    .await;
+    assert_eq!(conf["agent"], true);
+    let (mut user, _) = WsClient::register(&hubs[0].ws_url(), "s", "user").await;
+    let (mut watcher, _) = WsClient::register(&hubs[2].ws_url(), "s", "watcher").await;
+
+    user.send_json(json!({"type":"whatsapp_command","request_id":"q1",
+        "command":{"action":"send","contact":"john","message":"via the agent"}}))
+        .await;
+    let exec = agent.recv_type("execute").await;
+    assert_eq!(exec["command"]["action"], "send");
+    assert_eq!(
+        exec["command"]["contact"], "John",
+        "contact names are resolved"
+    );
+    agent
+        .send_json(json!({"type":"execute_result","request_id":exec["request_id"],
+            "content":{"success":true,"contact":"John","message":"via the agent","message_id":"wamid.1"}}))
+        .await;
+    let resp = user.recv_type("response").await;
+    assert_eq!(resp["request_id"], "q1");
+    assert_eq!(resp["content"]["message_id"], "wamid.1");
+    let ev = watcher.recv_type("message_event").await;
+    assert_eq!(ev["message_id"], "wamid.1");
+
+    // The agent goes silent: the requester on another instance times out.
+    let hub_fast = start_hub(&redis, "hub-d", &["--agent-timeout-ms", "400"]).await;
+    let (mut impatient, _) = WsClient::register(&hub_fast.ws_url(), "s", "impatient").await;
+    let err = impatient
+        .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
+        .await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], "agent_timeout");
+    agent.recv_type("execute").await;
+
+    // The agent leaves: commands fall back to the hub's connector.
+    drop(agent);
+    let changed = user.recv_type("agent_changed").await;
+    assert!(changed["client_id"].is_null());
+    let resp = user
+        .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
+        .await;
+    assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_leaves_presence_within_the_ttl() {
+    let redis = RedisServer::start();
+    let mut hubs = three_hubs(&redis).await;
+    let (mut a, _) = WsClient::register(&hubs[0].ws_url(), "s", "stays").await;
+    let (_b, _) = WsClient::register(&hubs[1].ws_url(), "s", "doomed").await;
+    let (_agent, _) = WsClient::register_with(
+        &hubs[1].ws_url(),
+        json!({"type":"register","client_id":"doomed-agent","session":"s","capabilities":["whatsapp"]}),
+    )
+    .await;
+    a.recv_type("client_joined").await;
+    a.recv_type("client_joined").await;
+
+    hubs[1].kill();
+    // Both of hub-b's clients are announced gone, once each, and its agent
+    // is released.
+    let mut left = Vec::new();
+    let mut agent_released = false;
+    while left.len() < 2 || !agent_released {
+        let ev = a.recv().await;
+        match ev["type"].as_str() {
+            Some("client_left") => {
+                left.push(ev["client_id"].as_str().unwrap_or_default().to_string())
+            }
+            Some("agent_changed") if ev["client_id"].is_null() => agent_released = true,
+            _ => {}
+        }
+    }
+    left.sort();
+    assert_eq!(left, ["doomed", "doomed-agent"]);
+    let extra = a.try_recv(Duration::from_millis(500)).await;
+    assert!(
+        extra.as_ref().is_none_or(|e| e["type"] != "client_left"),
+        "client_left announced twice: {extra:?}"
+    );
+
+    // The dead instance is gone from the cluster listing.
+    let url = hubs[0].http_url("/api/v1/cluster");
+    wait_until_async(
+        "hub-b to leave /api/v1/cluster",
+        Duration::from_secs(10),
+        || {
+            let url = url.clone();
+            async move {
+                let (_, body) = http_get(&url).await;
+                !body.contains("hub-b") && body.contains("hub-a")
+            }
+        },
+    )
+    .await;
+    // Commands fall back to the connector (the agent died with its hub).
+    let resp = a
+        .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
+        .await;
+    assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_survive_a_redis_outage_without_restarting() {
+    let mut redis = RedisServer::start();
+    let hub1 = start_hub(&redis, "hub-a", &[]).await;
+    let hub2 = start_hub(&redis, "hub-b", &[]).await;
+    let (mut a, _) = WsClient::register(&hub1.ws_url(), "s", "a").await;
+    let (mut b, _) = WsClient::register(&hub2.ws_url(), "s", "b").await;
+    a.recv_type("client_joined").await;
+
+    redis.stop();
+    let ready = hub1.http_url("/ready");
+    wait_until_async("hub-a /ready to turn 503", Duration::from_secs(15), || {
+        let url = ready.clone();
+        async move { http_get(&url).await.0 == 503 }
+    })
+    .await;
+    assert_eq!(http_get(&hub1.http_url("/health")).await.0, 200);
+    // Clients stay connected; what needs Redis answers store_unavailable.
+    let err = a
+        .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
+        .await;
+    assert_eq!(err["code"], "store_unavailable", "{err}");
+    let pong = a.request(json!({"type":"ping"})).await;
+    assert_eq!(pong["type"], "pong");
+
+    redis.restart();
+    for hub in [&hub1, &hub2] {
+        let ready = hub.http_url("/ready");
+        wait_until_async("/ready to recover", Duration::from_secs(20), || {
+            let url = ready.clone();
+            async move { http_get(&url).await.0 == 200 }
+        })
+        .await;
+    }
+    // Same connections, working again across instances (the restarted
+    // Redis is empty: contacts are re-seeded, presence re-announced).
+    let resp = a
+        .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"jane","message":"back"}}))
+        .await;
+    assert_eq!(resp["content"]["success"], true, "{resp}");
+    let ev = b.recv_type("message_event").await;
+    assert_eq!(ev["message"], "back");
+    let (_c, conf) = WsClient::register(&hub2.ws_url(), "s", "c").await;
+    assert_eq!(ids(&conf["clients"]), ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_started_before_redis_waits_then_serves() {
+    let port = cluster_support::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let hub = HubProcess::start_unready(
+        &[
+            "--instance-id",
+            "early",
+            "--heartbeat-ms",
+            HEARTBEAT_MS,
+            "--presence-ttl-ms",
+            PRESENCE_TTL_MS,
+        ],
+        &[("REDIS_URL", &url)],
+    )
+    .await;
+    assert_eq!(http_get(&hub.http_url("/health")).await.0, 200);
+    assert_eq!(http_get(&hub.http_url("/ready")).await.0, 503);
+    // Registering needs Redis: a clear error, and the connection stays.
+    let mut early = WsClient::connect(&hub.ws_url()).await;
+    let err = early
+        .request(json!({"type":"register","client_id":"early","session":"s"}))
+        .await;
+    assert_eq!(err["code"], "store_unavailable", "{err}");
+    let redis = RedisServer::start_on(port);
+    let ready = hub.http_url("/ready");
+    wait_until_async(
+        "/ready after Redis appears",
+        Duration::from_secs(20),
+        || {
+            let url = ready.clone();
+            async move { http_get(&url).await.0 == 200 }
+        },
+    )
+    .await;
+    let (_c, conf) = WsClient::register(&hub.ws_url(), "s", "late").await;
+    assert_eq!(conf["instance"], "early");
+    let retry = early
+        .request(json!({"type":"register","client_id":"early","session":"s"}))
+        .await;
+    assert_eq!(retry["type"], "registration_confirmed", "{retry}");
+    assert!(hub.log().contains("redis unavailable"), "{}", hub.log());
+    drop(redis);
+}
