@@ -7,18 +7,17 @@
 //! clients of a crashed instance disappear within PRESENCE_TTL_MS plus one
 //! heartbeat.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
 
-use ::redis::Script;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::conn::RedisBackend;
 use crate::hub::Hub;
-use crate::protocol::{ClientInfo, HubError, ServerEvent, now_millis};
+use crate::protocol::{ClientInfo, HubError, now_millis};
 use crate::store::AgentRef;
-use crate::store::redis::{TAKE_PRESENCE, member_tag};
+use crate::store::redis::{RELEASE_AGENT_IF, TAKE_PRESENCE, member_tag};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -80,22 +79,6 @@ impl Membership for LocalMembership {
         "standalone"
     }
 }
-
-/// Releases a session's agent if it lives on the given (dead) instance.
-static RELEASE_AGENT_OF_INSTANCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local v = redis.call('GET', KEYS[1])
-        if not v then return 0 end
-        local ok, agent = pcall(cjson.decode, v)
-        if ok and agent.instance == ARGV[1] then
-            redis.call('DEL', KEYS[1])
-            return 1
-        end
-        return 0
-        ",
-    )
-});
 
 pub struct RedisMembership {
     backend: RedisBackend,
@@ -230,20 +213,14 @@ impl RedisMembership {
                 {
                     hub.publish_client_event(session, &client, false);
                 }
-                let mut release = RELEASE_AGENT_OF_INSTANCE.prepare_invoke();
-                release.key(keys.agent(session)).arg(instance);
+                let mut release = RELEASE_AGENT_IF.prepare_invoke();
+                release
+                    .key(keys.agent(session))
+                    .arg("instance")
+                    .arg(instance);
                 let released: i64 = self.backend.script("reap_agent", &release).await?;
                 if released == 1 {
-                    hub.publish(
-                        session,
-                        &ServerEvent::AgentChanged {
-                            client_id: None,
-                            instance: None,
-                            timestamp: now_millis(),
-                        },
-                        "agent_changed",
-                        None,
-                    );
+                    hub.publish_agent_changed(session, None);
                 }
             }
             let mut pipe = ::redis::pipe();

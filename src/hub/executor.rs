@@ -53,16 +53,7 @@ impl Hub {
                         // its instance died): forget it and fall back.
                         tracing::info!(session, agent = %agent.client_id, "agent unavailable; falling back to the connector");
                         if self.store.release_agent(session, &agent.client_id).await? {
-                            self.publish(
-                                session,
-                                &crate::protocol::ServerEvent::AgentChanged {
-                                    client_id: None,
-                                    instance: None,
-                                    timestamp: now_millis(),
-                                },
-                                "agent_changed",
-                                None,
-                            );
+                            self.publish_agent_changed(session, None);
                         }
                     }
                     Err(e) => return Err(e),

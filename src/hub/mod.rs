@@ -175,6 +175,16 @@ impl Hub {
         self.record_and_publish(&incoming.session, &entry).await
     }
 
+    /// Tells the session who its agent is now (None: the connector).
+    pub fn publish_agent_changed(&self, session: &str, client_id: Option<&str>) {
+        let event = ServerEvent::AgentChanged {
+            client_id,
+            instance: client_id.map(|_| self.instance()),
+            timestamp: now_millis(),
+        };
+        self.publish(session, &event, "agent_changed", None);
+    }
+
     pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {
         let timestamp = now_millis();
         let (event, kind) = if joined {

@@ -359,16 +359,7 @@ impl Connection {
             // nothing, so an agent role it held must be given up here.
             let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
             if was_agent && !is_agent && hub.store.release_agent(&session, &client_id).await? {
-                hub.publish(
-                    &session,
-                    &ServerEvent::AgentChanged {
-                        client_id: None,
-                        instance: None,
-                        timestamp: now_millis(),
-                    },
-                    "agent_changed",
-                    None,
-                );
+                hub.publish_agent_changed(&session, None);
             }
         }
         self.client = Some(Arc::new(Registered {
@@ -406,16 +397,7 @@ impl Connection {
                 instance: hub.instance().to_string(),
             };
             hub.store.claim_agent(&session, &me).await?;
-            hub.publish(
-                &session,
-                &ServerEvent::AgentChanged {
-                    client_id: Some(&client_id),
-                    instance: Some(hub.instance()),
-                    timestamp: now_millis(),
-                },
-                "agent_changed",
-                None,
-            );
+            hub.publish_agent_changed(&session, Some(&client_id));
         }
         tracing::info!(session, client_id, is_agent, "client registered");
         Ok(())
@@ -459,16 +441,7 @@ impl Connection {
         if client.is_agent {
             hub.agent_gone(session, client_id).await;
             match hub.store.release_agent(session, client_id).await {
-                Ok(true) => hub.publish(
-                    session,
-                    &ServerEvent::AgentChanged {
-                        client_id: None,
-                        instance: None,
-                        timestamp: now_millis(),
-                    },
-                    "agent_changed",
-                    None,
-                ),
+                Ok(true) => hub.publish_agent_changed(session, None),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not release the agent"),
             }

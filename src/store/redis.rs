@@ -10,14 +10,15 @@ use super::{AgentRef, SessionStore, StoreResult};
 use crate::cluster::conn::RedisBackend;
 use crate::protocol::{ClientInfo, Contact, HistoryEntry, HubError, now_millis};
 
-/// Deletes the agent key only if it still names this client.
-static RELEASE_AGENT: LazyLock<Script> = LazyLock::new(|| {
+/// Deletes the agent key only if its field ARGV[1] (`client_id` or
+/// `instance`) still equals ARGV[2]: a newer agent is never released.
+pub static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local v = redis.call('GET', KEYS[1])
         if not v then return 0 end
         local ok, agent = pcall(cjson.decode, v)
-        if ok and agent.client_id == ARGV[1] then
+        if ok and agent[ARGV[1]] == ARGV[2] then
             redis.call('DEL', KEYS[1])
             return 1
         end
@@ -225,9 +226,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
-        let mut invocation = RELEASE_AGENT.prepare_invoke();
+        let mut invocation = RELEASE_AGENT_IF.prepare_invoke();
         invocation
             .key(self.backend.keys.agent(session))
+            .arg("client_id")
             .arg(client_id);
         let released: i64 = self.backend.script("release_agent", &invocation).await?;
         Ok(released == 1)
