@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cluster_support::{RedisServer, wait_until_async};
+use cluster_support::{Haproxy, RedisServer, wait_until_async};
 use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
 
@@ -421,4 +421,67 @@ async fn a_hub_started_before_redis_waits_then_serves() {
     assert_eq!(retry["type"], "registration_confirmed", "{retry}");
     assert!(hub.log().contains("redis unavailable"), "{}", hub.log());
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
+    let redis = RedisServer::start();
+    let mut hubs = three_hubs(&redis).await;
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 3);
+
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let id = format!("u{i}");
+        let (client, conf) = WsClient::register(&lb.ws_url(), "lb", &id).await;
+        let instance = conf["instance"].as_str().expect("instance").to_string();
+        clients.push((id, client, instance));
+    }
+    let mut per_instance: HashMap<&str, usize> = HashMap::new();
+    for (_, _, instance) in &clients {
+        *per_instance.entry(instance.as_str()).or_default() += 1;
+    }
+    // leastconn spreads long-lived sockets over every instance.
+    assert_eq!(per_instance.len(), 3, "{per_instance:?}");
+
+    let sent = clients[0]
+        .1
+        .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"alice","message":"before the crash"}}))
+        .await;
+    assert_eq!(sent["content"]["success"], true, "{sent}");
+
+    hubs[1].kill();
+    let mut moved = 0;
+    for (id, client, instance) in clients.iter_mut() {
+        if instance != "hub-b" {
+            continue;
+        }
+        // The dead instance's sockets end; the client reconnects through
+        // HAProxy with the same identity and lands on a live instance.
+        while client.try_recv(Duration::from_secs(10)).await.is_some() {}
+        let (mut again, conf) = WsClient::register(&lb.ws_url(), "lb", id).await;
+        assert_ne!(conf["instance"], "hub-b", "{conf}");
+        let hist = again
+            .request(json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"alice"}}))
+            .await;
+        assert_eq!(
+            hist["content"]["messages"][0]["message"], "before the crash",
+            "{hist}"
+        );
+        *client = again;
+        *instance = conf["instance"].as_str().unwrap_or_default().to_string();
+        moved += 1;
+    }
+    assert!(moved >= 1, "no client was on hub-b");
+    lb.wait_servers_up(2);
+
+    // Everyone is in one session again: a broadcast reaches all five others.
+    clients[0]
+        .1
+        .send_json(json!({"type":"broadcast","payload":"all here?"}))
+        .await;
+    for (id, client, _) in clients.iter_mut().skip(1) {
+        let ev = client.recv_type("broadcast").await;
+        assert_eq!(ev["payload"], "all here?", "{id}");
+    }
 }

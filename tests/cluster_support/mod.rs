@@ -178,12 +178,98 @@ fn uuid_like() -> String {
     )
 }
 
-/// The repository's own haproxy.cfg, run on loopback with test ports.
+/// The repository's own haproxy/haproxy.cfg, run on loopback with test
+/// ports given through its environment variables.
 pub struct Haproxy {
     pub port: u16,
     pub stats_port: u16,
     dir: PathBuf,
     child: Option<Child>,
+}
+
+impl Haproxy {
+    /// Starts HAProxy in front of up to three hubs and waits until
+    /// `expected_up` of them pass the /ready health check.
+    pub fn start(hubs: &[std::net::SocketAddr], expected_up: usize) -> Haproxy {
+        assert!(
+            have("haproxy"),
+            "haproxy is missing: run ./scripts/test (it installs it) or apt-get install -y haproxy"
+        );
+        assert!(hubs.len() <= 3, "haproxy.cfg has three hub slots");
+        let dir = std::env::temp_dir().join(format!("mcp-hub-haproxy-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let stats_port = free_port();
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(repo_path("haproxy/haproxy.cfg"))
+            .env("LB_BIND", format!("127.0.0.1:{port}"))
+            .env("STATS_BIND", format!("127.0.0.1:{stats_port}"))
+            .env("HAPROXY_SOCKET", dir.join("admin.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for slot in 0..3 {
+            // Unused slots point at a closed port: those servers are DOWN.
+            let addr = hubs
+                .get(slot)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+            cmd.env(format!("HUB{}_ADDR", slot + 1), addr);
+        }
+        let child = cmd.spawn().expect("spawn haproxy");
+        let haproxy = Haproxy {
+            port,
+            stats_port,
+            dir,
+            child: Some(child),
+        };
+        haproxy.wait_servers_up(expected_up);
+        haproxy
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    /// Number of hub servers HAProxy currently considers UP, from its
+    /// Prometheus exporter.
+    pub fn servers_up(&self) -> Option<usize> {
+        let body = http_get_blocking(self.stats_port, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with("haproxy_backend_active_servers{proxy=\"hubs\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as usize)
+    }
+
+    pub fn wait_servers_up(&self, n: usize) {
+        wait_until(
+            &format!("haproxy to see {n} hubs up"),
+            Duration::from_secs(20),
+            || self.servers_up() == Some(n),
+        );
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_child(&mut c);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback (no async runtime needed).
+pub fn http_get_blocking(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
