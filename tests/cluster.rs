@@ -485,3 +485,81 @@ async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
         assert_eq!(ev["payload"], "all here?", "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
+    let dir = std::env::temp_dir().join(format!("mcp-hub-cluster-script-{}", std::process::id()));
+    let ports: Vec<String> = (0..5)
+        .map(|_| cluster_support::free_port().to_string())
+        .collect();
+    let script = |cmd: &str| {
+        let mut c = std::process::Command::new(cluster_support::repo_path("scripts/cluster"));
+        c.arg(cmd)
+            .env("CLUSTER_DIR", &dir)
+            .env("MCP_HUB_BIN", common::hub_binary());
+        c
+    };
+    // Make sure nothing is left running if an assertion fails.
+    struct Down<F: Fn()>(F);
+    impl<F: Fn()> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _down = Down(|| {
+        let _ = script("down").output();
+    });
+
+    // Hub ports are consecutive from the base: pick a base with room.
+    let hub_base = loop {
+        let base = cluster_support::free_port();
+        if base < 65000
+            && (1..2).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            break base.to_string();
+        }
+    };
+    let up = script("up")
+        .args([
+            "--hubs",
+            "2",
+            "--port",
+            &ports[0],
+            "--stats-port",
+            &ports[1],
+        ])
+        .args(["--redis-port", &ports[2], "--hub-base-port", &hub_base])
+        .output()
+        .expect("run scripts/cluster up");
+    assert!(
+        up.status.success(),
+        "up failed: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let status = script("status").output().expect("status");
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains("hub1: running") && text.contains("hub2: running"),
+        "{text}"
+    );
+
+    let url = format!("ws://127.0.0.1:{}/", ports[0]);
+    let (_a, conf_a) = WsClient::register(&url, "script", "a").await;
+    let (_b, conf_b) = WsClient::register(&url, "script", "b").await;
+    assert_ne!(
+        conf_a["instance"], conf_b["instance"],
+        "leastconn uses both hubs"
+    );
+    assert_eq!(ids(&conf_b["clients"]), ["a", "b"]);
+
+    let down = script("down").output().expect("down");
+    assert!(down.status.success());
+    let after = script("status").output().expect("status");
+    assert!(
+        !after.status.success(),
+        "status after down must report stopped processes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
