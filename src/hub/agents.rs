@@ -155,16 +155,13 @@ impl Hub {
                         agent_client_id: agent_client_id.clone(),
                     },
                 );
-                // The caller gives up after its timeout; forget the call a
-                // little later so an answer after that is refused
-                // (`unknown_request`) instead of leaking the entry.
+                // The caller gives up after the same timeout (counted from a
+                // moment earlier); forget the call then, so a later answer is
+                // refused with `unknown_request` instead of leaking the entry.
                 let hub = self.clone();
                 let expired_id = call_id.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(
-                        hub.config.agent_timeout + std::time::Duration::from_secs(1),
-                    )
-                    .await;
+                    tokio::time::sleep(hub.config.agent_timeout).await;
                     hub.agents.take_forwarded(&expired_id, &agent_client_id);
                 });
                 let frame = ServerEvent::Execute {
