@@ -510,11 +510,12 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
         let _ = script("down").output();
     });
 
-    // Hub ports are consecutive from the base: pick a base with room.
+    // Hub ports are consecutive from the base, and scripts/cluster wants
+    // all three haproxy.cfg slots free (the unused one stays DOWN).
     let hub_base = loop {
         let base = cluster_support::free_port();
         if base < 65000
-            && (1..2).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {
             break base.to_string();
         }

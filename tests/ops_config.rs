@@ -1,0 +1,1131 @@
+//! The operations files are what users run: haproxy/haproxy.cfg,
+//! deploy/prometheus/, grafana/, docker-compose.yml, deploy/Dockerfile,
+//! deploy/kubernetes/ and scripts/cluster. These tests validate them with
+//! the real tools (haproxy -c, promtool) and check that docker compose and
+//! the local loopback cluster use the very same files.
+//!
+//! A test whose tool is not installed says so on stderr and passes;
+//! ./scripts/test installs haproxy, prometheus (promtool) and redis-server.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    let mut v: Yaml =
+        serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"));
+    v.apply_merge()
+        .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
+    v
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when `tool` is installed; otherwise explains the skip on stderr.
+fn tool(tool: &str, package: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: `{tool}` is not installed (apt-get install -y {package}, or run ./scripts/test which installs it)"
+    );
+    false
+}
+
+fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} should be a string, is {v:?}"))
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+// ---------------------------------------------------------------- HAProxy
+
+const HAPROXY_VARS: &[&str] = &[
+    "LB_BIND",
+    "STATS_BIND",
+    "HAPROXY_SOCKET",
+    "HUB1_ADDR",
+    "HUB2_ADDR",
+    "HUB3_ADDR",
+];
+
+fn haproxy_check(env: &[(String, String)]) -> (bool, String) {
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-c").arg("-f").arg(repo("haproxy/haproxy.cfg"));
+    for var in HAPROXY_VARS {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn haproxy_cfg_is_valid_with_the_loopback_defaults() {
+    if !tool("haproxy", "haproxy") {
+        return;
+    }
+    let (ok, out) = haproxy_check(&[]);
+    assert!(ok, "haproxy -c failed with no variables set:\n{out}");
+    assert!(out.contains("Configuration file is valid"), "{out}");
+    assert!(!out.contains("ALERT"), "{out}");
+}
+
+/// The environment docker-compose.yml gives the haproxy service.
+fn compose_haproxy_env() -> Vec<(String, String)> {
+    let compose = yaml("docker-compose.yml");
+    let env = compose["services"]["haproxy"]["environment"]
+        .as_mapping()
+        .expect("haproxy.environment is a mapping");
+    env.iter()
+        .map(|(k, v)| {
+            let k = str_of(k, "variable name").to_string();
+            let v = match v {
+                Yaml::String(s) => s.clone(),
+                Yaml::Number(n) => n.to_string(),
+                other => panic!("haproxy.environment.{k}: unexpected {other:?}"),
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+#[test]
+fn haproxy_cfg_is_valid_with_the_compose_environment() {
+    if !tool("haproxy", "haproxy") {
+        return;
+    }
+    let mut env = compose_haproxy_env();
+    let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for var in HAPROXY_VARS {
+        assert!(
+            names.contains(var),
+            "docker-compose.yml's haproxy service does not set {var}"
+        );
+    }
+    // The compose socket path is inside the container; check with a
+    // writable one (the path is the only thing that differs).
+    let dir = std::env::temp_dir().join(format!("mcp-hub-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (k, v) in env.iter_mut() {
+        if k == "HAPROXY_SOCKET" {
+            *v = dir.join("haproxy.sock").display().to_string();
+        }
+    }
+    // hub1..hub3 do not resolve here, as in compose before the hubs start:
+    // HAProxy must still start (init-addr none) and mark them DOWN.
+    let (ok, out) = haproxy_check(&env);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "haproxy -c failed with the compose variables:\n{out}");
+    assert!(!out.contains("ALERT"), "{out}");
+}
+
+#[test]
+fn haproxy_cfg_is_websocket_aware_and_env_driven() {
+    let cfg = read("haproxy/haproxy.cfg");
+    // Non-comment lines, whitespace-normalised.
+    let lines: Vec<String> = cfg
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    for t in [
+        "timeout connect ",
+        "timeout client ",
+        "timeout server ",
+        "timeout tunnel ",
+        "timeout client-fin ",
+        "timeout http-request ",
+    ] {
+        assert!(has(t), "haproxy.cfg lacks `{t}`");
+    }
+    assert!(has("balance leastconn"), "WebSockets need leastconn");
+    assert!(has("option httpchk"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("http-check send") && l.contains("uri /ready")),
+        "health checks must GET /ready"
+    );
+    assert!(has("http-check expect status 200"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("use-service prometheus-exporter")),
+        "the stats frontend must serve HAProxy's Prometheus exporter"
+    );
+    assert!(has("stats uri "));
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("stats socket \"${HAPROXY_SOCKET-") && l.contains("level admin")
+        ),
+        "the runtime socket path must come from HAPROXY_SOCKET"
+    );
+    assert!(has("bind \"${LB_BIND-127.0.0.1:"));
+    assert!(has("bind \"${STATS_BIND-127.0.0.1:"));
+    for i in 1..=3 {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!(
+                "server hub{i} \"${{HUB{i}_ADDR-127.0.0.1:900{i}}}\" check"
+            ))),
+            "hub{i} must be `server hub{i} \"${{HUB{i}_ADDR-127.0.0.1:900{i}}}\" check ...`"
+        );
+    }
+    // Unresolvable or absent hubs must not stop HAProxy from starting.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("default-server") && l.contains("init-addr last,libc,none")),
+        "default-server needs init-addr ...,none"
+    );
+}
+
+/// HAProxy with no hub behind any slot starts, reports every server DOWN
+/// and answers clients 503 instead of failing.
+#[test]
+fn haproxy_with_every_slot_empty_answers_503() {
+    if !tool("haproxy", "haproxy") {
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    };
+    let (port, stats) = (free(), free());
+    let dir = std::env::temp_dir().join(format!("mcp-hub-ops-lb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(repo("haproxy/haproxy.cfg"))
+        .env("LB_BIND", format!("127.0.0.1:{port}"))
+        .env("STATS_BIND", format!("127.0.0.1:{stats}"))
+        .env("HAPROXY_SOCKET", dir.join("admin.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for i in 1..=3 {
+        cmd.env(format!("HUB{i}_ADDR"), format!("127.0.0.1:{}", free()));
+    }
+    struct Kill(std::process::Child, PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _lb = Kill(cmd.spawn().expect("spawn haproxy"), dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = String::new();
+    loop {
+        if let Some(body) = http_get(stats, "/metrics") {
+            let down = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("haproxy_server_status{proxy=\"hubs\"")
+                        && l.contains("state=\"DOWN\"")
+                        && l.ends_with(" 1")
+                })
+                .count();
+            if down == 3 {
+                assert!(
+                    body.contains("haproxy_backend_active_servers{proxy=\"hubs\"} 0"),
+                    "{body}"
+                );
+                break;
+            }
+            last = body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy never reported 3 DOWN hub servers:\n{last}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = http_get(port, "/ready").expect("HAProxy answers with no hub up");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let stats_page = http_get(stats, "/stats").expect("stats page");
+    assert!(stats_page.starts_with("HTTP/1.1 200"), "{stats_page}");
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+// ------------------------------------------------------------- Prometheus
+
+#[test]
+fn prometheus_config_targets_and_rules_pass_promtool() {
+    if !tool("promtool", "prometheus") {
+        return;
+    }
+    // check config also reads the file_sd targets files and the rule files.
+    let (ok, out) = run(Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(repo("deploy/prometheus/prometheus.yml")));
+    assert!(ok, "promtool check config:\n{out}");
+    assert!(out.contains("1 rule files found"), "{out}");
+    let (ok, out) = run(Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(repo("deploy/prometheus/tests/mcp-hub-alerts.test.yml")));
+    assert!(ok, "promtool test rules:\n{out}");
+}
+
+#[test]
+fn prometheus_scrapes_every_hub_and_haproxy_through_file_sd() {
+    let cfg = yaml("deploy/prometheus/prometheus.yml");
+    let jobs: BTreeMap<String, &Yaml> = cfg["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .map(|j| (str_of(&j["job_name"], "job_name").to_string(), j))
+        .collect();
+    for (job, file) in [
+        ("hub", "targets/hubs.yml"),
+        ("haproxy", "targets/haproxy.yml"),
+    ] {
+        let j = jobs
+            .get(job)
+            .unwrap_or_else(|| panic!("no scrape job {job}"));
+        let files: Vec<&str> = j["file_sd_configs"][0]["files"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("job {job} must use file_sd_configs"))
+            .iter()
+            .map(|f| str_of(f, "file"))
+            .collect();
+        assert_eq!(
+            files,
+            [file],
+            "job {job} reads its targets from {file}, relative to prometheus.yml"
+        );
+        assert!(
+            j.get("static_configs").is_none(),
+            "job {job}: no fixed targets"
+        );
+    }
+}
+
+// ---------------------------------------------------------- docker compose
+
+fn compose() -> Yaml {
+    yaml("docker-compose.yml")
+}
+
+fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+    let s = &compose["services"][name];
+    assert!(s.is_mapping(), "docker-compose.yml has no service `{name}`");
+    s
+}
+
+fn env_of(service: &Yaml) -> HashMap<String, String> {
+    match &service["environment"] {
+        Yaml::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Bool(b) => b.to_string(),
+                    other => panic!("environment value {other:?}"),
+                };
+                (str_of(k, "variable").to_string(), v)
+            })
+            .collect(),
+        Yaml::Null => HashMap::new(),
+        other => panic!("environment should be a mapping, is {other:?}"),
+    }
+}
+
+/// (host path relative to the repo, container path, options) of every bind
+/// mount (`./...:...`) of a service.
+fn bind_mounts(service: &Yaml) -> Vec<(String, String)> {
+    service["volumes"]
+        .as_sequence()
+        .map(|v| {
+            v.iter()
+                .map(|m| str_of(m, "volume"))
+                .filter(|m| m.starts_with("./"))
+                .map(|m| {
+                    let mut parts = m.splitn(3, ':');
+                    let host = parts.next().unwrap_or_default();
+                    let target = parts.next().unwrap_or_default();
+                    (
+                        host.trim_start_matches("./")
+                            .trim_end_matches('/')
+                            .to_string(),
+                        target.to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn mount_of(service: &Yaml, host: &str) -> String {
+    bind_mounts(service)
+        .into_iter()
+        .find(|(h, _)| h == host)
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("{service:?} does not mount ./{host}"))
+}
+
+#[test]
+fn compose_has_the_whole_stack() {
+    let c = compose();
+    let names: BTreeSet<&str> = c["services"]
+        .as_mapping()
+        .expect("services")
+        .keys()
+        .map(|k| str_of(k, "service name"))
+        .collect();
+    for s in [
+        "redis",
+        "hub1",
+        "hub2",
+        "hub3",
+        "haproxy",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(names.contains(s), "service {s} missing: {names:?}");
+    }
+
+    // Redis persists to a named volume.
+    let redis = service(&c, "redis");
+    let cmd: Vec<&str> = redis["command"]
+        .as_sequence()
+        .expect("redis command list")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert!(
+        cmd.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "{cmd:?}"
+    );
+    let volumes: Vec<&str> = redis["volumes"]
+        .as_sequence()
+        .expect("redis volumes")
+        .iter()
+        .map(|v| str_of(v, "volume"))
+        .collect();
+    let data = volumes
+        .iter()
+        .find(|v| v.ends_with(":/data"))
+        .expect("redis mounts a volume at /data");
+    let volume_name = data.split(':').next().unwrap_or_default();
+    assert!(
+        c["volumes"].get(volume_name).is_some(),
+        "{volume_name} is not a named volume"
+    );
+
+    // Three hubs from deploy/Dockerfile, each its own instance on Redis.
+    let mut ids = BTreeSet::new();
+    for i in 1..=3 {
+        let hub = service(&c, &format!("hub{i}"));
+        assert_eq!(str_of(&hub["build"]["context"], "build.context"), ".");
+        let dockerfile = str_of(&hub["build"]["dockerfile"], "build.dockerfile");
+        assert_eq!(dockerfile, "deploy/Dockerfile");
+        assert!(repo(dockerfile).is_file());
+        let env = env_of(hub);
+        assert_eq!(env["REDIS_URL"], "redis://redis:6379", "hub{i}");
+        assert_eq!(env["MCP_SERVER_HOST"], "0.0.0.0", "hub{i}");
+        assert_eq!(env["MCP_SERVER_PORT"], "8002", "hub{i}");
+        assert!(
+            ids.insert(env["INSTANCE_ID"].clone()),
+            "duplicate INSTANCE_ID"
+        );
+        assert_eq!(env["INSTANCE_ID"], format!("hub{i}"));
+    }
+
+    // HAProxy: published on 8002, the repo's haproxy.cfg, one slot per hub.
+    let lb = service(&c, "haproxy");
+    let ports: Vec<&str> = lb["ports"]
+        .as_sequence()
+        .expect("haproxy ports")
+        .iter()
+        .map(|p| str_of(p, "port"))
+        .collect();
+    assert!(ports.contains(&"8002:8002"), "{ports:?}");
+    assert_eq!(
+        mount_of(lb, "haproxy/haproxy.cfg"),
+        "/usr/local/etc/haproxy/haproxy.cfg"
+    );
+    let env = env_of(lb);
+    assert_eq!(env["LB_BIND"], ":8002");
+    for i in 1..=3 {
+        assert_eq!(env[&format!("HUB{i}_ADDR")], format!("hub{i}:8002"));
+    }
+}
+
+#[test]
+fn compose_mounts_the_files_the_local_cluster_uses() {
+    let c = compose();
+    // Every bind mount exists in the repository.
+    for (name, s) in c["services"].as_mapping().expect("services") {
+        for (host, _) in bind_mounts(s) {
+            assert!(
+                repo(&host).exists(),
+                "service {name:?} mounts ./{host}, which does not exist"
+            );
+        }
+    }
+    // The local loopback cluster runs the same haproxy.cfg and
+    // prometheus.yml (scripts/cluster) ...
+    let script = read("scripts/cluster");
+    assert!(script.contains("\"$root/haproxy/haproxy.cfg\""));
+    assert!(script.contains("\"$root/deploy/prometheus/prometheus.yml\""));
+    assert!(script.contains("\"$root/deploy/prometheus/rules\""));
+
+    // ... and compose runs Prometheus on deploy/prometheus/ as a whole, so
+    // prometheus.yml finds targets/ and rules/ next to it.
+    let prom = service(&c, "prometheus");
+    let dir = mount_of(prom, "deploy/prometheus");
+    let args: Vec<&str> = prom["command"]
+        .as_sequence()
+        .expect("prometheus command")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert!(
+        args.contains(&format!("--config.file={dir}/prometheus.yml").as_str()),
+        "{args:?}"
+    );
+
+    // The compose targets are the compose services and their ports.
+    let hubs = yaml("deploy/prometheus/targets/hubs.yml");
+    let listed: Vec<(String, String)> = hubs
+        .as_sequence()
+        .expect("target groups")
+        .iter()
+        .map(|g| {
+            (
+                str_of(&g["targets"][0], "target").to_string(),
+                str_of(&g["labels"]["instance"], "instance label").to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = (1..=3)
+        .map(|i| {
+            let hub = service(&c, &format!("hub{i}"));
+            let env = env_of(hub);
+            (
+                format!("hub{i}:{}", env["MCP_SERVER_PORT"]),
+                env["INSTANCE_ID"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    let stats_port = env_of(service(&c, "haproxy"))["STATS_BIND"]
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let lb = yaml("deploy/prometheus/targets/haproxy.yml");
+    assert_eq!(
+        str_of(&lb[0]["targets"][0], "haproxy target"),
+        format!("haproxy:{stats_port}")
+    );
+
+    // Grafana: provisioning and dashboards mounted where the provider
+    // looks, datasource URL given.
+    let grafana = service(&c, "grafana");
+    assert_eq!(
+        mount_of(grafana, "grafana/provisioning"),
+        "/etc/grafana/provisioning"
+    );
+    let dashboards_dir = mount_of(grafana, "grafana/dashboards");
+    let provider = yaml("grafana/provisioning/dashboards/mcp-hub.yaml");
+    assert_eq!(
+        str_of(
+            &provider["providers"][0]["options"]["path"],
+            "provider path"
+        ),
+        dashboards_dir
+    );
+    assert_eq!(env_of(grafana)["PROMETHEUS_URL"], "http://prometheus:9090");
+    let ds = yaml("grafana/provisioning/datasources/prometheus.yaml");
+    let ds = &ds["datasources"][0];
+    assert_eq!(str_of(&ds["uid"], "uid"), "prometheus");
+    assert_eq!(str_of(&ds["type"], "type"), "prometheus");
+    assert_eq!(str_of(&ds["url"], "url"), "${PROMETHEUS_URL}");
+}
+
+// ------------------------------------------------------------- Dockerfile
+
+#[test]
+fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
+    let text = read("deploy/Dockerfile");
+    // Instructions with their continuation lines joined.
+    let mut instructions: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        if let Some(stripped) = t.strip_suffix('\\') {
+            current.push_str(stripped);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(t);
+        instructions.push(std::mem::take(&mut current));
+    }
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|i| i.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    assert!(froms[0].contains("rust:") && froms[0].ends_with(" AS builder"));
+    let runtime = froms.last().expect("a runtime stage");
+    assert!(
+        runtime.contains("debian:") && runtime.contains("-slim"),
+        "{runtime}"
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|i| i.starts_with("RUN ") && i.contains("cargo build --release --locked")),
+        "the build must use the lock file"
+    );
+    let last_stage = instructions
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("FROM");
+    let user = instructions[last_stage..]
+        .iter()
+        .find(|i| i.starts_with("USER "))
+        .expect("the runtime stage sets USER");
+    let user = user.trim_start_matches("USER ").trim();
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0:") && user != "0",
+        "runs as root: {user}"
+    );
+    let health = instructions
+        .iter()
+        .find(|i| i.starts_with("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    assert!(health.contains("/health"), "{health}");
+    assert!(instructions.iter().any(|i| i == "EXPOSE 8002"));
+
+    // Every COPY from the build context exists and is not in .dockerignore.
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    let mut copied = Vec::new();
+    for i in instructions.iter().filter(|i| i.starts_with("COPY ")) {
+        if i.contains("--from=") {
+            continue;
+        }
+        let parts: Vec<&str> = i.split_whitespace().skip(1).collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(repo(src).exists(), "COPY {src}: not in the repository");
+            let top = src.split('/').next().unwrap_or_default();
+            assert!(
+                !ignored.iter().any(|g| g == top),
+                "COPY {src}, but .dockerignore excludes {top}"
+            );
+            copied.push(src.to_string());
+        }
+    }
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "web"] {
+        assert!(copied.iter().any(|c| c == needed), "{needed} is not copied");
+    }
+    for never in ["target", ".git", ".env"] {
+        assert!(
+            ignored.iter().any(|g| g == never),
+            ".dockerignore must exclude {never}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- Grafana
+
+/// Metric names defined in src/metrics.rs, with the series a histogram
+/// exposes.
+fn hub_metric_names() -> BTreeSet<String> {
+    let src = read("src/metrics.rs");
+    let mut names = BTreeSet::new();
+    let mut rest = src.as_str();
+    while let Some(at) = rest.find("\"hub_") {
+        let tail = &rest[at + 1..];
+        let end = tail.find('"').expect("closing quote");
+        let name = &tail[..end];
+        let before = &rest[..at];
+        let is_histogram = before
+            .trim_end()
+            .trim_end_matches('(')
+            .trim_end()
+            .ends_with("HistogramOpts::new");
+        if is_histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_string());
+        }
+        rest = &tail[end..];
+    }
+    assert!(names.contains("hub_ws_connections"), "{names:?}");
+    assert!(
+        names.contains("hub_broadcast_latency_seconds_bucket"),
+        "{names:?}"
+    );
+    names
+}
+
+/// Metric names an expression reads: identifiers left after removing
+/// strings, label matchers, ranges, grouping clauses, function calls and
+/// keywords.
+fn metrics_in(expr: &str) -> BTreeSet<String> {
+    let mut cleaned = String::new();
+    let mut depth_brace = 0;
+    let mut depth_bracket = 0;
+    let mut in_string = false;
+    for ch in expr.chars() {
+        match ch {
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            _ => cleaned.push(ch),
+        }
+        if matches!(ch, '{' | '}' | '[' | ']') {
+            cleaned.push(' ');
+        }
+    }
+    // Drop `by (...)`, `without (...)`, `on (...)`, `ignoring (...)`.
+    let mut tokens: Vec<String> = Vec::new();
+    let mut word = String::new();
+    for ch in cleaned.chars() {
+        if ch.is_ascii_alphanumeric() || ch == '_' || ch == ':' || ch == '.' {
+            word.push(ch);
+        } else {
+            if !word.is_empty() {
+                tokens.push(std::mem::take(&mut word));
+            }
+            if !ch.is_whitespace() {
+                tokens.push(ch.to_string());
+            }
+        }
+    }
+    if !word.is_empty() {
+        tokens.push(word);
+    }
+    let mut out = BTreeSet::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i].as_str();
+        let next = tokens.get(i + 1).map(String::as_str);
+        if matches!(
+            t,
+            "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+        ) {
+            if next == Some("(") {
+                while i < tokens.len() && tokens[i] != ")" {
+                    i += 1;
+                }
+            }
+        } else if matches!(t, "and" | "or" | "unless" | "bool" | "offset") {
+        } else if matches!(next, Some("(" | "by" | "without")) {
+            // A function, or an aggregation (`sum by (le) (...)`).
+        } else if t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && !t.starts_with("$")
+        {
+            out.insert(t.to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+fn allowed_metric(name: &str, hub: &BTreeSet<String>) -> bool {
+    hub.contains(name)
+        || name == "up"
+        || name.starts_with("process_")
+        || name.starts_with("haproxy_")
+}
+
+#[test]
+fn metric_name_extraction_sees_through_promql() {
+    let m = metrics_in(
+        r#"histogram_quantile(0.99, sum by (le, op) (rate(hub_redis_command_duration_seconds_bucket{instance=~"$instance", op!="x y"}[$__rate_interval]))) / ignoring (op) up"#,
+    );
+    assert_eq!(
+        m.into_iter().collect::<Vec<_>>(),
+        ["hub_redis_command_duration_seconds_bucket", "up"]
+    );
+}
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read("grafana/dashboards/mcp-hub-overview.json"))
+        .expect("the dashboard is JSON")
+}
+
+#[test]
+fn dashboard_is_well_formed() {
+    let d = dashboard();
+    assert!(d["id"].is_null(), "provisioned dashboards have id null");
+    assert_eq!(d["uid"], "mcp-hub-overview");
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    let instance = vars
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an `instance` variable");
+    assert_eq!(instance["datasource"]["uid"], "prometheus");
+    assert!(
+        instance["definition"]
+            .as_str()
+            .is_some_and(|q| q.contains("label_values(") && q.contains("instance")),
+        "{instance}"
+    );
+
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut boxes: Vec<(i64, i64, i64, i64, String)> = Vec::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?").to_string();
+        assert!(
+            ids.insert(p["id"].as_i64().expect("panel id")),
+            "duplicate id: {title}"
+        );
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_i64().expect("x"),
+            g["y"].as_i64().expect("y"),
+            g["w"].as_i64().expect("w"),
+            g["h"].as_i64().expect("h"),
+        );
+        assert!(
+            x >= 0 && y >= 0 && w > 0 && h > 0 && x + w <= 24,
+            "{title}: {g}"
+        );
+        for (bx, by, bw, bh, other) in &boxes {
+            let overlap = x < bx + bw && *bx < x + w && y < by + bh && *by < y + h;
+            assert!(!overlap, "panels `{title}` and `{other}` overlap");
+        }
+        boxes.push((x, y, w, h, title.clone()));
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "prometheus", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        let mut refs = BTreeSet::new();
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "prometheus", "{title}");
+            assert!(refs.insert(t["refId"].as_str().expect("refId")), "{title}");
+            assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}");
+        }
+    }
+}
+
+/// Every PromQL expression of the dashboard (with the panel title).
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let d = dashboard();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap_or("?").to_string(),
+                t["expr"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_queries_only_existing_metrics() {
+    let hub = hub_metric_names();
+    let mut used = BTreeSet::new();
+    for (title, expr) in dashboard_exprs() {
+        let metrics = metrics_in(&expr);
+        assert!(!metrics.is_empty(), "{title}: no metric in {expr}");
+        let per_hub = metrics
+            .iter()
+            .any(|m| m.starts_with("hub_") || m.starts_with("process_"));
+        for m in metrics {
+            assert!(
+                allowed_metric(&m, &hub),
+                "panel `{title}` queries `{m}`, which src/metrics.rs does not define: {expr}"
+            );
+            used.insert(m);
+        }
+        if per_hub {
+            assert!(
+                expr.contains("instance=~\"$instance\""),
+                "`{title}` ignores the instance variable: {expr}"
+            );
+        }
+    }
+    // The panels the dashboard promises.
+    for m in [
+        "hub_ws_connections",
+        "hub_ws_messages_received_total",
+        "hub_ws_messages_sent_total",
+        "hub_broadcast_latency_seconds_bucket",
+        "hub_errors_total",
+        "hub_redis_command_duration_seconds_bucket",
+        "hub_ai_requests_total",
+        "hub_ai_cache_hits_total",
+        "hub_ai_singleflight_joins_total",
+        "hub_ai_lock_waits_total",
+        "hub_ai_rate_limited_total",
+        "hub_agent_calls_total",
+        "hub_slow_consumer_disconnects_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.contains(m), "no panel shows {m}");
+    }
+}
+
+#[test]
+fn alert_rules_query_only_existing_metrics() {
+    let hub = hub_metric_names();
+    let rules = yaml("deploy/prometheus/rules/mcp-hub.yml");
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = str_of(&rule["alert"], "alert");
+            let expr = str_of(&rule["expr"], "expr");
+            for m in metrics_in(expr) {
+                assert!(
+                    allowed_metric(&m, &hub),
+                    "alert {name} queries unknown `{m}`"
+                );
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------- Kubernetes
+
+fn k8s(file: &str) -> Yaml {
+    yaml(&format!("deploy/kubernetes/{file}"))
+}
+
+#[test]
+fn kubernetes_manifests_are_consistent() {
+    let kustomization = k8s("kustomization.yaml");
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .map(|r| str_of(r, "resource"))
+        .collect();
+    for r in &resources {
+        assert!(repo(&format!("deploy/kubernetes/{r}")).is_file(), "{r}");
+    }
+    let mut kinds = BTreeMap::new();
+    for r in &resources {
+        let doc = k8s(r);
+        kinds.insert(str_of(&doc["kind"], "kind").to_string(), doc);
+    }
+    for kind in [
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+    ] {
+        assert!(kinds.contains_key(kind), "no {kind}");
+    }
+    let config = &kinds["ConfigMap"]["data"];
+    let port: i64 = str_of(&config["MCP_SERVER_PORT"], "port")
+        .parse()
+        .expect("port");
+    assert_eq!(str_of(&config["MCP_SERVER_HOST"], "host"), "0.0.0.0");
+    assert!(str_of(&config["REDIS_URL"], "REDIS_URL").starts_with("redis://"));
+    let shutdown_ms: i64 = str_of(&config["SHUTDOWN_TIMEOUT_MS"], "SHUTDOWN_TIMEOUT_MS")
+        .parse()
+        .expect("number");
+
+    let deploy = &kinds["Deployment"];
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["ports"][0]["containerPort"].as_i64(), Some(port));
+    assert_eq!(
+        str_of(&c["readinessProbe"]["httpGet"]["path"], "readiness"),
+        "/ready"
+    );
+    assert_eq!(
+        str_of(&c["livenessProbe"]["httpGet"]["path"], "liveness"),
+        "/health"
+    );
+    let pre_stop: Vec<&str> = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_sequence()
+        .expect("preStop exec")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert_eq!(pre_stop[0], "sleep");
+    let pre_stop_s: i64 = pre_stop[1].parse().expect("sleep seconds");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_i64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace * 1000 > pre_stop_s * 1000 + shutdown_ms,
+        "grace {grace}s must exceed preStop {pre_stop_s}s + SHUTDOWN_TIMEOUT_MS {shutdown_ms}ms"
+    );
+    assert_eq!(
+        c["envFrom"][0]["configMapRef"]["name"],
+        kinds["ConfigMap"]["metadata"]["name"]
+    );
+    assert_eq!(
+        str_of(
+            &c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "INSTANCE_ID"
+        ),
+        "metadata.name"
+    );
+    assert!(pod["securityContext"]["runAsNonRoot"].as_bool() == Some(true));
+
+    let selector = &deploy["spec"]["selector"]["matchLabels"];
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in selector.as_mapping().expect("selector") {
+        assert_eq!(&labels[k], v, "pod labels must match the selector");
+        assert_eq!(&kinds["Service"]["spec"]["selector"][k], v);
+    }
+    assert_eq!(
+        str_of(
+            &kinds["Service"]["spec"]["ports"][0]["targetPort"],
+            "targetPort"
+        ),
+        str_of(&c["ports"][0]["name"], "port name")
+    );
+    let hpa = &kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"];
+    assert_eq!(hpa["kind"], "Deployment");
+    assert_eq!(hpa["name"], deploy["metadata"]["name"]);
+    assert!(
+        deploy["spec"].get("replicas").is_none(),
+        "the HPA owns the replica count"
+    );
+}
+
+#[test]
+fn kustomize_renders_the_manifests() {
+    if !tool("kubectl", "kubectl (from Kubernetes' apt repository)") {
+        return;
+    }
+    let (ok, out) = run(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo("deploy/kubernetes")));
+    assert!(ok, "kubectl kustomize:\n{out}");
+    for kind in [
+        "kind: Deployment",
+        "kind: Service",
+        "kind: ConfigMap",
+        "kind: HorizontalPodAutoscaler",
+        "kind: PodDisruptionBudget",
+    ] {
+        assert!(out.contains(kind), "{kind} missing from:\n{out}");
+    }
+}
+
+// ---------------------------------------------------------- scripts/cluster
+
+#[test]
+fn cluster_script_is_valid_bash() {
+    let (ok, out) = run(Command::new("bash").arg("-n").arg(repo("scripts/cluster")));
+    assert!(ok, "{out}");
+    if tool("shellcheck", "shellcheck") {
+        let (ok, out) = run(Command::new("shellcheck").arg(repo("scripts/cluster")));
+        assert!(ok, "shellcheck scripts/cluster:\n{out}");
+    }
+}
+
+#[test]
+fn cluster_script_explains_missing_tools() {
+    // A PATH with bash and the few tools the script needs before it looks
+    // for redis-server and haproxy, and neither of those.
+    let dir = std::env::temp_dir().join(format!("mcp-hub-ops-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for t in ["bash", "dirname", "env"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .expect("sh");
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!path.is_empty(), "{t} not found");
+        let _ = std::os::unix::fs::symlink(&path, dir.join(t));
+    }
+    let out = Command::new(dir.join("bash"))
+        .arg(repo("scripts/cluster"))
+        .arg("up")
+        .env("PATH", &dir)
+        .env("CLUSTER_DIR", dir.join("run"))
+        .output()
+        .expect("run scripts/cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail without redis-server");
+    assert!(
+        stderr.contains("apt-get install -y redis-server"),
+        "no install hint: {stderr}"
+    );
+    let usage = Command::new("bash")
+        .arg(repo("scripts/cluster"))
+        .arg("--help")
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&usage.stdout);
+    assert!(usage.status.success());
+    assert!(
+        text.contains("scripts/cluster up") && text.contains("--prometheus"),
+        "{text}"
+    );
+}
