@@ -106,19 +106,26 @@ impl ClientHandle {
         match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics.slow_consumer_disconnects.inc();
-                self.disconnect(CloseReason::SlowConsumer);
+                if self.disconnect(CloseReason::SlowConsumer) {
+                    metrics.slow_consumer_disconnects.inc();
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    /// Asks the connection to close; the first reason given wins.
-    pub fn disconnect(&self, reason: CloseReason) {
-        let mut slot = self.close.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(reason);
+    /// Asks the connection to close; the first reason given wins. True if
+    /// this call decided the reason.
+    pub fn disconnect(&self, reason: CloseReason) -> bool {
+        let first = {
+            let mut slot = self.close.lock().unwrap_or_else(|p| p.into_inner());
+            let first = slot.is_none();
+            slot.get_or_insert(reason);
+            first
+        };
         self.kick.cancel();
+        first
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {

@@ -27,6 +27,8 @@ use crate::store::AgentRef;
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 const MAX_ID_LEN: usize = 128;
+/// How long the goodbye (queued frames at shutdown, the close frame) may take.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A registered client's identity on this connection.
 struct Registered {
@@ -164,37 +166,45 @@ async fn write_loop(
     hub: Arc<Hub>,
 ) {
     loop {
-        tokio::select! {
+        let out = tokio::select! {
             biased;
             _ = kick.cancelled() => break,
-            out = rx.recv() => {
-                let Some(out) = out else { break };
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+        };
+        // A client that stops reading blocks the socket write: the kick
+        // (slow consumer, shutdown) must still end the connection.
+        let written = tokio::select! {
+            _ = kick.cancelled() => break,
+            written = write_one(&mut sink, out, &hub) => written,
+        };
+        if written.is_err() {
+            handle.disconnect(CloseReason::Normal);
+            return;
+        }
+    }
+    let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
+    let farewell = async {
+        if reason == CloseReason::ShuttingDown {
+            // Deliver what is already queued before saying goodbye.
+            while let Ok(out) = rx.try_recv() {
                 if write_one(&mut sink, out, &hub).await.is_err() {
-                    handle.disconnect(CloseReason::Normal);
                     return;
                 }
             }
         }
-    }
-    let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
-    if reason == CloseReason::ShuttingDown {
-        // Deliver what is already queued before saying goodbye.
-        while let Ok(out) = rx.try_recv() {
-            if write_one(&mut sink, out, &hub).await.is_err() {
-                return;
-            }
+        let close = CloseFrame {
+            code: reason.code(),
+            reason: reason.text().into(),
+        };
+        if sink.send(Message::Close(Some(close))).await.is_ok() {
+            let _ = sink.close().await;
         }
-    }
-    let close = CloseFrame {
-        code: reason.code(),
-        reason: reason.text().into(),
     };
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        sink.send(Message::Close(Some(close))),
-    )
-    .await;
-    let _ = sink.close().await;
+    // Bounded: a peer that reads nothing must not keep the task alive.
+    let _ = tokio::time::timeout(CLOSE_GRACE, farewell).await;
 }
 
 async fn write_one(
