@@ -6,6 +6,9 @@ fn main() -> ExitCode {
     // .env fills in only what the environment does not already set.
     let _ = dotenvy::dotenv();
     let cli = parse_cli();
+    // rediss:// and HTTPS share one TLS crypto provider; an error only
+    // means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cluster_support::{Haproxy, RedisServer, wait_until_async};
+use cluster_support::{Haproxy, RedisServer, TlsRedisServer, wait_until_async};
 use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
 
@@ -563,4 +563,22 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
         "status after down must report stopped processes"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    let redis = TlsRedisServer::start();
+    let ca = redis.ca_file.to_string_lossy().to_string();
+    let envs = [("REDIS_URL", redis.url()), ("SSL_CERT_FILE", ca)];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let hub1 = HubProcess::start(&["--instance-id", "tls-a"], &envs).await;
+    let hub2 = HubProcess::start(&["--instance-id", "tls-b"], &envs).await;
+    let (mut a, _) = WsClient::register(&hub1.ws_url(), "tls", "a").await;
+    let (mut b, conf) = WsClient::register(&hub2.ws_url(), "tls", "b").await;
+    assert_eq!(ids(&conf["clients"]), ["a", "b"]);
+    let resp = a
+        .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":"over tls"}}))
+        .await;
+    assert_eq!(resp["content"]["success"], true, "{resp}");
+    assert_eq!(b.recv_type("message_event").await["message"], "over tls");
 }
