@@ -3,18 +3,17 @@
 //! fake. 50 identical `whatsapp_ai_command`s spread over the three
 //! instances must cause exactly one upstream call.
 
+mod cluster_support;
 mod common;
 #[path = "support/fake_ai.rs"]
 mod fake_ai;
-#[path = "support/redis_server.rs"]
-mod redis_server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_support::RedisServer;
 use common::{HubProcess, WsClient, hub_binary};
 use fake_ai::{FakeAi, GEMINI_KEY};
-use redis_server::RedisServer;
 use serde_json::{Value, json};
 
 const COMMAND: &str = "send john a message saying hello";

@@ -8,14 +8,14 @@
 //! something did NOT happen too early (a retry before the provider's retry
 //! delay, a takeover before a lease expired).
 
+mod cluster_support;
 #[path = "support/fake_ai.rs"]
 mod fake_ai;
-#[path = "support/redis_server.rs"]
-mod redis_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster_support::RedisServer;
 use fake_ai::{Behavior, FakeAi, GEMINI_KEY, OPENAI_KEY};
 use mcp_hub::ai::breaker::BreakerState;
 use mcp_hub::ai::coordinator::AiCoordinator;
@@ -25,7 +25,6 @@ use mcp_hub::ai::settings::{CoordinationSettings, GeminiSettings, OpenAiSettings
 use mcp_hub::ai::{AiError, AiProvider, InterpretRequest, RedisCoordination, validate};
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{ErrorCode, HubError};
-use redis_server::RedisServer;
 use serde_json::{Value, json};
 
 const COMMAND: &str = "send john a message saying hello";

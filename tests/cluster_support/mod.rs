@@ -92,6 +92,13 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection pool to this server, for library-level tests.
+    pub fn pool(&self) -> deadpool_redis::Pool {
+        deadpool_redis::Config::from_url(self.url())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("redis pool")
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([
