@@ -1,0 +1,138 @@
+//! `mcp-hub terminal` driven through stdin against a real hub, as a
+//! newcomer would use it from the README walk-through.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{HubProcess, WsClient};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn terminal(url: &str, name: &str) -> Child {
+    Command::new(common::hub_binary())
+        .args([
+            "terminal",
+            "--url",
+            url,
+            "--name",
+            name,
+            "--linger-ms",
+            "300",
+        ])
+        .env_remove("MCP_HUB_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn terminal client")
+}
+
+/// Reads stdout lines until one contains `needle` (bounded).
+async fn wait_for_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+    seen: &mut Vec<String>,
+) {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        found,
+        "no line containing {needle:?}; output so far:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_terminal_sends_lists_and_reads_history() {
+    let hub = HubProcess::start(&[], &[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
+
+    let mut t = terminal(&hub.ws_url(), "t1");
+    let mut stdin = t.stdin.take().expect("stdin");
+    stdin
+        .write_all(
+            b"send john a message saying hello from the terminal\n/contacts\n/history john\n",
+        )
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), t.wait_with_output())
+        .await
+        .expect("terminal exits after stdin ends")
+        .expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{text}", out.status);
+    assert!(text.contains("→ John: hello from the terminal"), "{text}");
+    assert!(
+        text.contains("contacts: John, Jane, Alice, Bob, Maria, Mom (6)"),
+        "{text}"
+    );
+    assert!(text.contains("history with John"), "{text}");
+
+    let ev = watcher.recv_type("message_event").await;
+    assert_eq!(ev["message"], "hello from the terminal");
+    assert_eq!(ev["contact"], "John");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_terminals_see_each_other() {
+    let hub = HubProcess::start(&[], &[]).await;
+    let mut bob = terminal(&hub.ws_url(), "bob");
+    let mut bob_out = BufReader::new(bob.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    wait_for_line(&mut bob_out, "connected to", &mut seen).await;
+
+    let mut alice = terminal(&hub.ws_url(), "alice");
+    let mut alice_in = alice.stdin.take().expect("stdin");
+    // Bob sees Alice arrive, then her message.
+    wait_for_line(&mut bob_out, "alice", &mut seen).await;
+    alice_in
+        .write_all(b"/send Jane see you at noon\n")
+        .await
+        .expect("write");
+    wait_for_line(&mut bob_out, "Jane: see you at noon", &mut seen).await;
+    drop(alice_in);
+    let status = tokio::time::timeout(Duration::from_secs(20), alice.wait())
+        .await
+        .expect("alice exits")
+        .expect("status");
+    assert!(status.success());
+
+    // Bob quits with /quit.
+    let mut bob_in = bob.stdin.take().expect("stdin");
+    bob_in.write_all(b"/quit\n").await.expect("write");
+    let status = tokio::time::timeout(Duration::from_secs(20), bob.wait())
+        .await
+        .expect("bob exits")
+        .expect("status");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_reports_an_unreachable_hub() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let t = terminal(&format!("ws://127.0.0.1:{port}/"), "lost");
+    let out = tokio::time::timeout(Duration::from_secs(20), t.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.trim().is_empty(), "should say why it failed");
+}
