@@ -5,7 +5,7 @@
 //! without Redis).
 
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use redis::{FromRedisValue, Script};
@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AiError;
+use crate::cluster::conn::{observe, pooled};
 use crate::metrics::Metrics;
-
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Renews a lock only while the caller still holds it.
 static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -185,27 +184,15 @@ impl RedisAi {
         op: &'static str,
         work: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, AiError> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, work).await;
-        self.metrics
-            .redis_command_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        let failure = match result {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", COMMAND_TIMEOUT.as_millis()),
-        };
-        self.metrics.redis_errors.with_label_values(&[op]).inc();
-        Err(AiError::Unavailable(format!(
-            "AI coordination store (Redis) unavailable: {failure}"
-        )))
+        observe(&self.metrics, op, work).await.map_err(|failure| {
+            AiError::Unavailable(format!(
+                "AI coordination store (Redis) unavailable: {failure}"
+            ))
+        })
     }
 
     async fn conn(&self) -> redis::RedisResult<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Io, "connection pool", e.to_string()))
-        })
+        pooled(&self.pool).await
     }
 
     async fn cmd<T: FromRedisValue>(

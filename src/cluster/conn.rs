@@ -151,9 +151,7 @@ impl RedisBackend {
     }
 
     async fn conn(&self) -> RedisResult<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(|e| {
-            ::redis::RedisError::from((::redis::ErrorKind::Io, "connection pool", e.to_string()))
-        })
+        pooled(&self.pool).await
     }
 
     async fn timed<T>(
@@ -161,19 +159,38 @@ impl RedisBackend {
         op: &'static str,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, HubError> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, fut).await;
-        self.metrics
-            .redis_command_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        let failure = match result {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", COMMAND_TIMEOUT.as_millis()),
-        };
-        self.metrics.redis_errors.with_label_values(&[op]).inc();
-        tracing::debug!(op, error = %failure, "redis command failed");
-        Err(HubError::store_unavailable(failure))
+        observe(&self.metrics, op, fut)
+            .await
+            .map_err(HubError::store_unavailable)
     }
+}
+
+/// A connection from the pool, with pool failures as Redis I/O errors.
+pub async fn pooled(pool: &Pool) -> RedisResult<deadpool_redis::Connection> {
+    pool.get().await.map_err(|e| {
+        ::redis::RedisError::from((::redis::ErrorKind::Io, "connection pool", e.to_string()))
+    })
+}
+
+/// Runs one Redis operation under the shared timeout, recording its
+/// latency and counting its failure; the error is the failure's text.
+pub async fn observe<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(COMMAND_TIMEOUT, fut).await;
+    metrics
+        .redis_command_duration
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    let failure = match result {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} ms", COMMAND_TIMEOUT.as_millis()),
+    };
+    metrics.redis_errors.with_label_values(&[op]).inc();
+    tracing::debug!(op, error = %failure, "redis command failed");
+    Err(failure)
 }
