@@ -254,7 +254,11 @@ impl Connection {
             .with_label_values(&[kind])
             .inc();
         if !self.rate.allow() {
-            let rid = parsed.as_ref().ok().and_then(|(_, r)| r.clone());
+            // Echo the request_id whenever it could be read, even from a
+            // message that is otherwise invalid (docs/protocol.md §2).
+            let rid = match &parsed {
+                Ok((_, r)) | Err((_, r)) => r.clone(),
+            };
             self.reply_error(
                 HubError::new(
                     ErrorCode::RateLimited,

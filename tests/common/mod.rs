@@ -276,6 +276,25 @@ impl HubProcess {
         })
     }
 
+    /// Polls `/metrics` until `series` satisfies `ok` (absent counts as 0);
+    /// returns the value, panics with the exposition after [`RECV_TIMEOUT`].
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let v = self.metric(series).await.unwrap_or(0.0);
+            if ok(v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{series} = {v} never satisfied the condition:\n{}",
+                    self.get("/metrics").await.1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/", self.addr)
     }
@@ -634,6 +653,24 @@ impl WsClient {
                 }
                 Ok(Some(Ok(_))) => continue,
             }
+        }
+    }
+
+    /// Sends a `ping` and returns every frame that arrives before its
+    /// `pong` (backlog included). The hub answers one connection in order,
+    /// so this is everything already queued for this client: an empty
+    /// result proves nothing was pending, without waiting on a timer.
+    pub async fn flush(&mut self) -> Vec<Value> {
+        let rid = next_request_id();
+        self.send_json(json!({"type": "ping", "request_id": rid}))
+            .await;
+        let mut before: Vec<Value> = self.backlog.drain(..).collect();
+        loop {
+            let m = self.recv().await;
+            if m["type"] == "pong" && m["request_id"] == rid.as_str() {
+                return before;
+            }
+            before.push(m);
         }
     }
 
