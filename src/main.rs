@@ -3,8 +3,14 @@ use std::process::ExitCode;
 use mcp_hub::config::{Command, parse_cli};
 
 fn main() -> ExitCode {
-    // .env fills in only what the environment does not already set.
-    let _ = dotenvy::dotenv();
+    // .env fills in only what the environment does not already set. A
+    // missing file is fine; a malformed one is reported, not half-applied.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: invalid .env file: {e}");
+        return ExitCode::from(2);
+    }
     let cli = parse_cli();
     // rediss:// and HTTPS share one TLS crypto provider; an error only
     // means one is installed already.

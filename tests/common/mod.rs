@@ -149,7 +149,22 @@ impl HubProcess {
     /// Starts a hub and waits only until it listens (for tests where it
     /// cannot become ready, e.g. Redis is down).
     pub async fn start_unready(args: &[&str], envs: &[(&str, &str)]) -> HubProcess {
-        let cwd = TempDir::new();
+        Self::start_unready_in(TempDir::new(), args, envs).await
+    }
+
+    /// Like [`HubProcess::start`], in a given working directory (e.g. one
+    /// with a `.env`); the directory lives as long as the hub.
+    pub async fn start_in(cwd: TempDir, args: &[&str], envs: &[(&str, &str)]) -> HubProcess {
+        let hub = Self::start_unready_in(cwd, args, envs).await;
+        hub.wait_ready().await;
+        hub
+    }
+
+    pub async fn start_unready_in(
+        cwd: TempDir,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> HubProcess {
         let mut cmd = Command::new(hub_binary());
         cmd.arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0"])
