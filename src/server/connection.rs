@@ -363,19 +363,17 @@ impl Connection {
         hub.store.join(&session, &info).await?;
         let contacts = hub.store.contacts(&session).await?;
         let members = hub.store.members(&session).await?;
+        if is_agent {
+            // Claimed before the confirmation: a client told `agent: true`
+            // already receives `execute`.
+            let me = AgentRef {
+                client_id: client_id.clone(),
+                instance: hub.instance().to_string(),
+            };
+            hub.store.claim_agent(&session, &me).await?;
+        }
 
         self.handle = self.handle.with_info(info.clone());
-        if let Some(old) = hub.registry.insert(&session, self.handle.clone())
-            && old.conn_id != self.conn_id
-        {
-            old.disconnect(CloseReason::Replaced);
-            // The old connection's cleanup will see it was replaced and do
-            // nothing, so an agent role it held must be given up here.
-            let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
-            if was_agent && !is_agent && hub.store.release_agent(&session, &client_id).await? {
-                hub.publish_agent_changed(&session, None);
-            }
-        }
         self.client = Some(Arc::new(Registered {
             session: session.clone(),
             info: info.clone(),
@@ -394,6 +392,8 @@ impl Connection {
         if let Some(rid) = rid {
             confirmed["request_id"] = json!(rid);
         }
+        // Queued before this connection joins the registry, so no session
+        // event (e.g. the agent_changed below) can overtake them.
         self.send(Frame::from(confirmed.to_string()), "registration_confirmed");
         self.send(
             ServerEvent::ContactListBroadcast {
@@ -404,13 +404,19 @@ impl Connection {
             .to_frame(),
             "contact_list_broadcast",
         );
+        if let Some(old) = hub.registry.insert(&session, self.handle.clone())
+            && old.conn_id != self.conn_id
+        {
+            old.disconnect(CloseReason::Replaced);
+            // The old connection's cleanup will see it was replaced and do
+            // nothing, so an agent role it held must be given up here.
+            let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
+            if was_agent && !is_agent && hub.store.release_agent(&session, &client_id).await? {
+                hub.publish_agent_changed(&session, None);
+            }
+        }
         hub.publish_client_event(&session, &info, true);
         if is_agent {
-            let me = AgentRef {
-                client_id: client_id.clone(),
-                instance: hub.instance().to_string(),
-            };
-            hub.store.claim_agent(&session, &me).await?;
             hub.publish_agent_changed(&session, Some(&client_id));
         }
         tracing::info!(session, client_id, is_agent, "client registered");

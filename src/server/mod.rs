@@ -61,6 +61,14 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> 
     hub.mark_started();
     let app = router(hub.clone());
     let drain = hub.clone();
+    // Real-time events: write each frame at once instead of letting Nagle
+    // hold it until the client acknowledges the previous one (up to the
+    // peer's delayed-ACK time, ~40 ms, whenever two frames follow closely).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: draining connections");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -104,14 +104,17 @@ struct HistoryQuery {
 async fn history(
     State(hub): State<Arc<Hub>>,
     Path((session, contact)): Path<(String, String)>,
-    Query(q): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     check_session(&session)?;
-    let command = crate::protocol::WhatsAppCommand::GetHistory {
-        contact,
-        limit: q.limit,
-    };
+    let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
+    // Validated like a WebSocket get_history (limit 1 to 500).
+    let mut command = json!({"action": "get_history", "contact": contact});
+    if let Some(limit) = q.limit {
+        command["limit"] = json!(limit);
+    }
+    let command = parse_whatsapp_command(command)?;
     run(&hub, &session, command, &rest_client(&hub, &headers))
         .await
         .map(Json)
