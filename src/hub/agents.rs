@@ -111,6 +111,11 @@ impl Hub {
                 "agent call dropped",
             )),
             Err(_) => {
+                // An agent on this instance must not have its answer taken
+                // once the requester is told `agent_timeout`: forget the
+                // forwarded call now rather than when the expiry task runs
+                // (which may be a little later), so it gets unknown_request.
+                lock(&self.agents.forwarded).remove(&call_id);
                 lock(&self.agents.pending).remove(&call_id);
                 Err(HubError::new(
                     ErrorCode::AgentTimeout,
