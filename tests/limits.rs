@@ -1,0 +1,368 @@
+//! Standalone mode, per-connection limits and forced closes: message size
+//! (close 1009), slow consumers (close 1008), rate limit (`rate_limited`),
+//! requests in flight (`too_many_in_flight`), and a client id registered
+//! again (close 4001).
+
+mod common;
+mod standalone_support;
+
+use std::time::Duration;
+
+use common::{HubProcess, WsClient};
+use serde_json::{Value, json};
+use standalone_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_max_message_bytes_closes_with_1009() {
+    let hub = HubProcess::start(&["--max-message-bytes", "1024"], &[]).await;
+    let url = hub.ws_url();
+    let (mut peer, _) = WsClient::register(&url, "size", "peer").await;
+    let (mut big, _) = WsClient::register(&url, "size", "big").await;
+    peer.recv_type("client_joined").await;
+
+    // Just under the limit is fine.
+    let pad = "x".repeat(900);
+    let fits = json!({"type": "broadcast", "payload": pad}).to_string();
+    assert!(fits.len() <= 1024);
+    big.send_text(&fits).await;
+    assert_eq!(peer.recv_type("broadcast").await["payload"], pad.as_str());
+    assert_quiet(&mut big, "no error for a frame under the limit").await;
+
+    // Over it: close 1009, whatever the frame says.
+    let over = json!({"type": "broadcast", "payload": "y".repeat(1100)}).to_string();
+    big.send_text(&over).await;
+    assert_eq!(big.expect_close().await, Some(1009));
+    // Nothing of it was relayed; the others just see the client leave.
+    let left = peer.recv().await;
+    assert_eq!(left["type"], "client_left", "{left}");
+    assert_eq!(left["client_id"], "big");
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"message_too_large\"}",
+        1.0,
+    )
+    .await;
+    // The limit applies before registration too.
+    let mut anon = WsClient::connect(&url).await;
+    anon.send_text(&over).await;
+    assert_eq!(anon.expect_close().await, Some(1009));
+    // The hub is fine.
+    assert_quiet(&mut peer, "only the client_left").await;
+    let (_again, conf) = WsClient::register(&url, "size", "big").await;
+    assert_eq!(conf["client_id"], "big");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_with_1008() {
+    let hub = HubProcess::start(
+        &[
+            "--outbound-queue-len",
+            "8",
+            "--rate-limit-per-sec",
+            "100000",
+            "--rate-limit-burst",
+            "100000",
+        ],
+        &[],
+    )
+    .await;
+    let url = hub.ws_url();
+    let (mut slow, _) = WsClient::register(&url, "flood", "slow").await;
+    let (mut fast, _) = WsClient::register(&url, "flood", "fast").await;
+    let (mut producer, _) = WsClient::register(&url, "flood", "producer").await;
+    fast.recv_type("client_joined").await;
+
+    // From here on `slow` is not polled until the hub has given up on it.
+    let fill = "z".repeat(60_000);
+    let mut rounds = 0;
+    let mut cut_off = false;
+    let mut slow_left = false;
+    while rounds < 3000 && !cut_off {
+        producer
+            .send_json(json!({"type": "broadcast", "payload": {"round": rounds, "fill": fill}}))
+            .await;
+        // `fast` keeps up and sees every round, in order (and, at some
+        // point, `slow` leaving).
+        let mut b = fast.recv().await;
+        if b["type"] == "client_left" {
+            assert_eq!(b["client_id"], "slow", "{b}");
+            slow_left = true;
+            b = fast.recv().await;
+        }
+        assert_eq!(b["type"], "broadcast", "{b}");
+        assert_eq!(b["payload"]["round"], rounds);
+        rounds += 1;
+        if rounds % 10 == 0 {
+            let body = metrics_text(&hub).await;
+            cut_off = metric_value(&body, "hub_slow_consumer_disconnects_total") >= Some(1.0);
+        }
+    }
+    assert!(cut_off, "never disconnected after {rounds} rounds of 60 kB");
+
+    // The slow client: whatever it had buffered, then close 1008 (or just
+    // the end of the connection when not even the close frame fit).
+    let code = slow.expect_close().await;
+    assert!(matches!(code, Some(1008) | None), "close code {code:?}");
+    // Everyone else is unaffected and sees it leave.
+    if !slow_left {
+        let left = fast.recv().await;
+        assert_eq!(left["type"], "client_left", "{left}");
+        assert_eq!(left["client_id"], "slow");
+    }
+    producer
+        .send_json(json!({"type": "broadcast", "payload": {"round": "after"}}))
+        .await;
+    assert_eq!(
+        fast.recv_type("broadcast").await["payload"]["round"],
+        "after"
+    );
+    for c in [&mut fast, &mut producer] {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+    let body = metrics_text(&hub).await;
+    assert_eq!(
+        metric_value(&body, "hub_slow_consumer_disconnects_total"),
+        Some(1.0),
+        "only the slow client"
+    );
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"slow_consumer\"}",
+        1.0,
+    )
+    .await;
+    let (_back, conf) = WsClient::register(&url, "flood", "slow").await;
+    assert_eq!(conf["clients"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_drops_excess_frames_with_rate_limited() {
+    let hub = HubProcess::start(
+        &["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"],
+        &[],
+    )
+    .await;
+    let url = hub.ws_url();
+    let mut c = WsClient::connect(&url).await;
+    // A burst: three bad frames use up the bucket (every text frame counts),
+    // then five pings. Every frame is answered, in order.
+    for _ in 0..3 {
+        c.send_text("{not json").await;
+    }
+    for i in 0..5 {
+        c.send_json(json!({"type": "ping", "request_id": format!("p{i}")}))
+            .await;
+    }
+    let answers = recv_n(&mut c, 8).await;
+    for a in &answers[..3] {
+        assert_eq!(a["code"], "invalid_json", "within the burst: {answers:?}");
+    }
+    for (i, a) in answers[3..].iter().enumerate() {
+        assert_eq!(a["request_id"], format!("p{i}"), "{answers:?}");
+        assert!(
+            a["type"] == "pong" || a["code"] == "rate_limited",
+            "{answers:?}"
+        );
+    }
+    assert_eq!(answers[3]["code"], "rate_limited", "{answers:?}");
+    let limited = answers[3..]
+        .iter()
+        .filter(|a| a["code"] == "rate_limited")
+        .count();
+    assert!(limited >= 4, "at most one token per second: {answers:?}");
+
+    // The bucket refills: poll (bounded) until a frame passes again; the
+    // connection was never closed.
+    async fn until_allowed(c: &mut WsClient, body: Value) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            c.send_json(body.clone()).await;
+            let a = c.recv().await;
+            if a["code"] != "rate_limited" {
+                return a;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never refilled");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let pong = until_allowed(&mut c, json!({"type": "ping", "request_id": "again"})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    let conf = until_allowed(
+        &mut c,
+        json!({"type": "register", "client_id": "greedy", "session": "rl"}),
+    )
+    .await;
+    assert_eq!(conf["type"], "registration_confirmed", "{conf}");
+    assert_eq!(c.recv().await["type"], "contact_list_broadcast");
+    // Registered requests are limited the same way.
+    for i in 0..6 {
+        c.send_json(
+            json!({"type": "whatsapp_command", "request_id": format!("w{i}"),
+                           "command": {"action": "list_contacts"}}),
+        )
+        .await;
+    }
+    let answers = recv_n(&mut c, 6).await;
+    let mut rids: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a["request_id"].as_str())
+        .collect();
+    rids.sort();
+    assert_eq!(rids, ["w0", "w1", "w2", "w3", "w4", "w5"], "{answers:?}");
+    let limited = answers
+        .iter()
+        .filter(|a| a["code"] == "rate_limited")
+        .count();
+    assert!(limited >= 4, "{answers:?}");
+    let body = metrics_text(&hub).await;
+    assert!(metric_value(&body, "hub_errors_total{code=\"rate_limited\"}") >= Some(4.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_in_flight_are_refused() {
+    let hub = HubProcess::start(
+        &[
+            "--max-in-flight",
+            "1",
+            "--rate-limit-per-sec",
+            "10000",
+            "--rate-limit-burst",
+            "10000",
+        ],
+        &[],
+    )
+    .await;
+    let url = hub.ws_url();
+    let (mut agent, _) = register_agent(&url, "inflight", "phone").await;
+    agent.recv_type("agent_changed").await;
+    let (mut user, _) = WsClient::register(&url, "inflight", "user").await;
+
+    // One request waits for the agent, which does not answer yet.
+    user.send_json(json!({"type": "whatsapp_command", "request_id": "slow",
+                          "command": {"action": "list_contacts"}}))
+        .await;
+    let exec = agent.recv_type("execute").await;
+    // Every further request is refused while it is in flight...
+    for (rid, body) in [
+        ("second", ws_command(json!({"action": "list_contacts"}))),
+        ("ai", ai_command("list contacts")),
+        ("ask", json!({"type": "ai_request", "prompt": "hi"})),
+    ] {
+        let mut body = body;
+        body["request_id"] = json!(rid);
+        user.send_json(body).await;
+        let e = user.recv().await;
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["code"], "too_many_in_flight", "{e}");
+        assert_eq!(e["request_id"], rid);
+    }
+    // ...but pings and broadcasts are not requests in flight.
+    assert_eq!(user.request(json!({"type": "ping"})).await["type"], "pong");
+    let sent = user
+        .request(json!({"type": "broadcast", "payload": "still allowed"}))
+        .await;
+    assert_eq!(sent["response_type"], "broadcast_sent");
+    assert_eq!(
+        agent.recv_type("broadcast").await["payload"],
+        "still allowed"
+    );
+    assert_quiet(&mut agent, "refused requests never reach the agent").await;
+
+    // Once answered, the slot is free again: a strictly sequential client
+    // (next request only after the previous answer) is never refused.
+    agent
+        .send_json(
+            json!({"type": "execute_result", "request_id": exec["request_id"],
+                          "content": {"success": true, "n": 0}}),
+        )
+        .await;
+    let r = user.recv().await;
+    assert_eq!(
+        (r["request_id"].as_str(), r["content"]["n"].as_u64()),
+        (Some("slow"), Some(0)),
+        "{r}"
+    );
+    for i in 1..=40u64 {
+        let rid = format!("seq{i}");
+        user.send_json(json!({"type": "whatsapp_command", "request_id": rid,
+                              "command": {"action": "list_contacts"}}))
+            .await;
+        // A refusal would be queued before the pong.
+        let refused = barrier(&mut user).await;
+        assert!(
+            refused.is_empty(),
+            "request {i}, sent after the previous answer: {refused:?}"
+        );
+        let exec = agent.recv_type("execute").await;
+        agent
+            .send_json(
+                json!({"type": "execute_result", "request_id": exec["request_id"],
+                              "content": {"success": true, "n": i}}),
+            )
+            .await;
+        let r = user.recv().await;
+        assert_eq!(r["request_id"], rid.as_str(), "{r}");
+        assert_eq!(r["content"]["n"], i, "{r}");
+    }
+    let body = metrics_text(&hub).await;
+    assert_eq!(
+        metric_value(&body, "hub_errors_total{code=\"too_many_in_flight\"}"),
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_connected_client_id_again_closes_the_old_connection_with_4001() {
+    let hub = HubProcess::start(&[], &[]).await;
+    let url = hub.ws_url();
+    let (mut watcher, _) = WsClient::register(&url, "rep", "watcher").await;
+    let (mut old, _) = WsClient::register(&url, "rep", "alice").await;
+    assert_eq!(watcher.recv().await["client_id"], "alice");
+
+    let (mut new, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "session": "rep", "client_id": "alice", "client_name": "Alice again"}),
+    )
+    .await;
+    let members: Vec<&str> = conf["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["client_id"].as_str())
+        .collect();
+    assert_eq!(members, ["watcher", "alice"], "alice once: {conf}");
+    assert_eq!(old.expect_close().await, Some(4001));
+    // The others see the new registration, not a departure.
+    let joined = watcher.recv().await;
+    assert_eq!(joined["type"], "client_joined", "{joined}");
+    assert_eq!(joined["client_name"], "Alice again");
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"replaced\"}",
+        1.0,
+    )
+    .await;
+    assert_quiet(&mut watcher, "no client_left for a replaced connection").await;
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
+    assert_eq!(
+        summary["clients"][1]["client_name"], "Alice again",
+        "{summary}"
+    );
+    assert_eq!(summary["clients"].as_array().map(Vec::len), Some(2));
+
+    // The new connection is the client now.
+    let r = new
+        .request(send_cmd("john", "from the new connection"))
+        .await;
+    assert_eq!(r["content"]["success"], true);
+    assert_eq!(watcher.recv_type("message_event").await["by"], "alice");
+    // When it leaves, alice is gone for good.
+    new.close().await;
+    assert_eq!(watcher.recv().await["type"], "client_left");
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
+    assert_eq!(
+        summary["clients"].as_array().map(Vec::len),
+        Some(1),
+        "{summary}"
+    );
+}

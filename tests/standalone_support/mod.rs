@@ -1,0 +1,217 @@
+//! Helpers shared by the standalone-mode suites (tests/protocol.rs,
+//! tests/sessions.rs, tests/agent.rs, tests/bad_input.rs, tests/limits.rs,
+//! tests/rest.rs, tests/lifecycle.rs). Built on tests/common/mod.rs; each
+//! of those files says `mod common; mod standalone_support;`.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{HubProcess, WsClient};
+
+/// The simulated connector's built-in contacts, in order.
+pub const BUILTIN: [&str; 6] = ["John", "Jane", "Alice", "Bob", "Maria", "Mom"];
+
+static BARRIER_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Names of a contact list (`[{name, phone?}]` or `["name"]`).
+pub fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list of contacts: {list}"))
+        .iter()
+        .map(|c| {
+            c["name"]
+                .as_str()
+                .or(c.as_str())
+                .unwrap_or_else(|| panic!("contact without a name: {c}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Sends a `ping` and returns every frame that arrived before its `pong`.
+///
+/// The hub handles one connection's frames in order and queues its answers
+/// in order, so anything the hub had already queued for this client (an
+/// event, an answer to an inline message such as `broadcast`) comes before
+/// the pong: an empty result proves nothing was pending.
+pub async fn barrier(c: &mut WsClient) -> Vec<Value> {
+    let rid = format!("barrier-{}", BARRIER_SEQ.fetch_add(1, Ordering::Relaxed));
+    c.send_json(json!({"type": "ping", "request_id": rid}))
+        .await;
+    let mut before = Vec::new();
+    loop {
+        let m = c.recv().await;
+        if m["request_id"] == rid.as_str() {
+            assert_eq!(m["type"], "pong", "barrier ping refused: {m}");
+            return before;
+        }
+        before.push(m);
+    }
+}
+
+/// Asserts that nothing is pending for `c` (see [`barrier`]).
+pub async fn assert_quiet(c: &mut WsClient, why: &str) {
+    let pending = barrier(c).await;
+    assert!(pending.is_empty(), "{why}: unexpected {pending:?}");
+}
+
+/// Receives exactly `n` frames (panics if one does not come).
+pub async fn recv_n(c: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(c.recv().await);
+    }
+    out
+}
+
+/// Sends `body` with the given `request_id` and returns the frames up to
+/// and including the answer carrying it (so ordering can be checked).
+pub async fn send_and_collect(c: &mut WsClient, mut body: Value, rid: &str) -> Vec<Value> {
+    body["request_id"] = json!(rid);
+    c.send_json(body).await;
+    let mut frames = Vec::new();
+    loop {
+        let m = c.recv().await;
+        let done = m["request_id"] == rid;
+        frames.push(m);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// A copy without the fields that differ from run to run.
+pub fn without_volatile(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "message_id" | "timestamp"))
+                .map(|(k, v)| (k.clone(), without_volatile(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_volatile).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Sorted keys of an object.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+pub fn ws_command(command: Value) -> Value {
+    json!({"type": "whatsapp_command", "command": command})
+}
+
+pub fn ai_command(text: &str) -> Value {
+    json!({"type": "whatsapp_ai_command", "command": text})
+}
+
+pub fn send_cmd(contact: &str, message: &str) -> Value {
+    ws_command(json!({"action": "send", "contact": contact, "message": message}))
+}
+
+pub fn history_cmd(contact: &str) -> Value {
+    ws_command(json!({"action": "get_history", "contact": contact}))
+}
+
+/// Registers as the session's agent (`capabilities: ["whatsapp"]`).
+pub async fn register_agent(url: &str, session: &str, client_id: &str) -> (WsClient, Value) {
+    WsClient::register_with(
+        url,
+        json!({"type": "register", "session": session, "client_id": client_id,
+               "capabilities": ["whatsapp"]}),
+    )
+    .await
+}
+
+/// GET: status and body.
+pub async fn http_get(hub: &HubProcess, path: &str) -> (u16, String) {
+    let url = hub.http_url(path);
+    let r = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+pub async fn http_get_json(hub: &HubProcess, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(hub, path).await;
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
+    (status, v)
+}
+
+/// The `/metrics` exposition.
+pub async fn metrics_text(hub: &HubProcess) -> String {
+    let (status, body) = http_get(hub, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body
+}
+
+/// The value of one series (`name` or `name{label="v"}` exactly as
+/// exposed) in an exposition; None when absent.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// Polls `/metrics` until `series` reaches `at_least` (bounded).
+pub async fn wait_metric(hub: &HubProcess, series: &str, at_least: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = metrics_text(hub).await;
+        if let Some(v) = metric_value(&body, series)
+            && v >= at_least
+        {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{series} never reached {at_least}:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Pipes an exposition through `promtool check metrics` (stdin) and panics
+/// with promtool's complaints when it fails.
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (installed at /usr/bin/promtool; ./scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
