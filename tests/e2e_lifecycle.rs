@@ -300,3 +300,61 @@ async fn shutdown_is_bounded_even_with_a_client_that_never_reads() {
     assert!(status.success(), "{status:?}\n{}", hub.log());
     drop(stuck);
 }
+
+/// Logs piped into something that goes away (`mcp-hub | head`, a dead log
+/// shipper): the hub must keep serving and still shut down on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_breaks_neither_serving_nor_shutdown() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let cwd = TempDir::new();
+    let mut cmd = tokio::process::Command::new(hub_binary());
+    cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for var in hub_env_vars() {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("mcp-hub listening on ").nth(1) {
+                return rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("listening line");
+    drop(lines); // nobody reads the hub's stderr any more
+
+    let url = format!("ws://{addr}/");
+    let (mut a, _) = WsClient::register(&url, "s", "a").await;
+    let (mut b, _) = WsClient::register(&url, "s", "b").await;
+    let r = a
+        .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":"still logging?"}}))
+        .await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_eq!(
+        b.recv_type("message_event").await["message"],
+        "still logging?"
+    );
+
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    assert_eq!(a.expect_close().await, Some(1001));
+    assert_eq!(b.expect_close().await, Some(1001));
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the hub must exit after SIGTERM although its stderr is gone")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
