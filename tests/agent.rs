@@ -619,20 +619,42 @@ async fn the_newest_agent_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_replaced_by_a_plain_client_gives_up_the_role() {
-    let hub = HubProcess::start(&[], &[]).await;
+    // A timeout longer than any wait here: only the hub's own reaction
+    // can answer the pending call below.
+    let hub = HubProcess::start(&["--agent-timeout-ms", "60000"], &[]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "r", "user").await;
     let (mut agent, _) = register_agent(&url, "r", "phone").await;
     user.recv_type("agent_changed").await;
+    // A call is waiting for the agent when its connection is replaced.
+    user.send_json(json!({"type": "whatsapp_command", "request_id": "pending",
+        "command": {"action": "send", "contact": "bob", "message": "lost with the old connection"}}))
+        .await;
+    let (call, _) = next_execute(&mut agent).await;
     // The same client id registers again without the capability.
-    let (_phone, conf) = WsClient::register(&url, "r", "phone").await;
+    let (mut phone, conf) = WsClient::register(&url, "r", "phone").await;
     assert_eq!(conf["agent"], false);
     assert_eq!(agent.expect_close().await, Some(4001));
     let mut seen: Vec<Value> = Vec::new();
     let has = |seen: &[Value], ty: &str| seen.iter().any(|m| m["type"] == ty);
-    while !has(&seen, "agent_changed") || !has(&seen, "client_joined") {
+    while !has(&seen, "agent_changed") || !has(&seen, "client_joined") || !has(&seen, "error") {
         seen.push(user.recv().await);
     }
+    // The call went down with the connection it was sent to, as when an
+    // agent disconnects.
+    let err = seen.iter().find(|m| m["type"] == "error").expect("error");
+    assert_eq!(
+        (err["code"].as_str(), err["request_id"].as_str()),
+        (Some("agent_disconnected"), Some("pending")),
+        "{err}"
+    );
+    // The new, plain connection cannot answer the old connection's call.
+    phone
+        .send_json(
+            json!({"type": "execute_result", "request_id": call, "content": {"success": true}}),
+        )
+        .await;
+    assert_eq!(phone.recv_type("error").await["code"], "unknown_request");
     // Once the old connection is fully cleaned up, still no client_left.
     wait_metric(
         &hub,
@@ -661,4 +683,33 @@ async fn an_agent_replaced_by_a_plain_client_gives_up_the_role() {
     assert_eq!(members, ["user", "phone"], "{summary}");
     let r = user.request(send_cmd("john", "no agent now")).await;
     assert_eq!(r["content"]["executed_by"], "simulated", "{r}");
+
+    // An agent reconnecting (same id, still an agent) keeps the role; what
+    // was sent to its old connection fails the same way.
+    let (mut user2, _) = WsClient::register(&url, "r2", "user").await;
+    let (mut old, _) = register_agent(&url, "r2", "phone").await;
+    user2.recv_type("agent_changed").await;
+    user2
+        .send_json(json!({"type": "whatsapp_command", "request_id": "p2",
+            "command": {"action": "list_contacts"}}))
+        .await;
+    next_execute(&mut old).await;
+    let (mut new, _) = register_agent(&url, "r2", "phone").await;
+    assert_eq!(old.expect_close().await, Some(4001));
+    let err = user2.recv_type("error").await;
+    assert_eq!(
+        (err["code"].as_str(), err["request_id"].as_str()),
+        (Some("agent_disconnected"), Some("p2")),
+        "{err}"
+    );
+    user2
+        .send_json(json!({"type": "whatsapp_command", "request_id": "p3",
+            "command": {"action": "list_contacts"}}))
+        .await;
+    let (call, _) = next_execute(&mut new).await;
+    answer(&mut new, &call, json!({"success": true, "via": "new"})).await;
+    assert_eq!(
+        until_answer(&mut user2, "p3").await.1["content"]["via"],
+        "new"
+    );
 }

@@ -409,8 +409,13 @@ impl Connection {
         {
             old.disconnect(CloseReason::Replaced);
             // The old connection's cleanup will see it was replaced and do
-            // nothing, so an agent role it held must be given up here.
+            // nothing, so an agent role it held must be given up here, and
+            // the calls sent to it fail as if it had disconnected (this
+            // connection never saw them).
             let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
+            if was_agent {
+                hub.agent_gone(&session, &client_id).await;
+            }
             if was_agent && !is_agent && hub.store.release_agent(&session, &client_id).await? {
                 hub.publish_agent_changed(&session, None);
             }
