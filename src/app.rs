@@ -14,6 +14,7 @@ use crate::cluster::membership::{LocalMembership, Membership, RedisMembership};
 use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
+use crate::server::ShutdownSignals;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -31,19 +32,45 @@ pub enum StartupError {
     },
 }
 
+/// The process's hub: binds, serves until SIGTERM/SIGINT, drains.
 pub async fn run(config: HubConfig) -> Result<(), StartupError> {
+    let (hub, listener) = bind(config).await?;
+    // Handlers are installed before the hub reports itself listening and
+    // ready, so a SIGTERM at any moment after that drains cleanly.
+    let signals = ShutdownSignals::install().map_err(|source| StartupError::Bind {
+        addr: "signal handlers".into(),
+        source,
+    })?;
+    serve(hub, listener, signals.recv())
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: "listener".into(),
+            source,
+        })
+}
+
+/// Builds the hub and binds its listener (port 0 picks a free one; read it
+/// back with `listener.local_addr()`).
+pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupError> {
     let addr = format!("{}:{}", config.host, config.port);
     let hub = build(config).await?;
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })?;
-    let served = crate::server::serve(hub.clone(), listener).await;
+    Ok((hub, listener))
+}
+
+/// Serves until `shutdown` completes, then drains the connections and
+/// flushes their last events to the cluster.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let served = crate::server::serve(hub.clone(), listener, shutdown).await;
     // Every connection has closed: flush their last events to the cluster.
     hub.broker.close().await;
-    served.map_err(|source| StartupError::Bind {
-        addr: "listener".into(),
-        source,
-    })
+    served
 }
 
 pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {

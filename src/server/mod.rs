@@ -53,13 +53,16 @@ async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Respon
         })
 }
 
-/// Serves until SIGTERM/SIGINT, then drains: /ready turns 503, every client
-/// gets close 1001, and the call returns within the shutdown timeout.
-pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> {
+/// Serves until `shutdown` completes, then drains: /ready turns 503, every
+/// client gets close 1001, and the call returns within the shutdown timeout.
+/// Like mini-redis's `server::run`, the caller decides what "shutdown"
+/// means: the process passes SIGTERM/SIGINT, a test passes a channel.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    // Handlers are installed before the hub reports itself listening and
-    // ready, so a SIGTERM at any moment after that drains cleanly.
-    let signals = ShutdownSignals::install()?;
     tracing::info!(%addr, instance = hub.instance(), "mcp-hub listening on {addr}");
     hub.mark_started();
     let app = router(hub.clone());
@@ -73,7 +76,7 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> 
         }
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signals.recv().await;
+        shutdown.await;
         tracing::info!("shutdown requested: draining connections");
         drain.shutdown.cancel();
     });
@@ -101,7 +104,7 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener) -> std::io::Result<()> 
 }
 
 /// SIGTERM and SIGINT, registered with the OS when created.
-struct ShutdownSignals {
+pub struct ShutdownSignals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -110,7 +113,7 @@ struct ShutdownSignals {
 
 impl ShutdownSignals {
     #[cfg(unix)]
-    fn install() -> std::io::Result<Self> {
+    pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(ShutdownSignals {
             terminate: signal(SignalKind::terminate())?,
@@ -119,12 +122,12 @@ impl ShutdownSignals {
     }
 
     #[cfg(not(unix))]
-    fn install() -> std::io::Result<Self> {
+    pub fn install() -> std::io::Result<Self> {
         Ok(ShutdownSignals {})
     }
 
     #[cfg(unix)]
-    async fn recv(mut self) {
+    pub async fn recv(mut self) {
         tokio::select! {
             _ = self.terminate.recv() => {},
             _ = self.interrupt.recv() => {},
@@ -132,7 +135,7 @@ impl ShutdownSignals {
     }
 
     #[cfg(not(unix))]
-    async fn recv(self) {
+    pub async fn recv(self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
