@@ -199,6 +199,12 @@ impl Metrics {
             // Names are distinct constants above; a clash is a programming error.
             m.registry.register(c).expect("metric registered once");
         }
+        // Series whose label values are known up front exist from the
+        // start at 0, so dashboards and rate() see them before the first
+        // occurrence.
+        for code in crate::protocol::ErrorCode::all() {
+            m.errors.with_label_values(&[code.as_str()]);
+        }
         m
     }
 

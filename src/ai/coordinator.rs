@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
 use rand::Rng;
@@ -500,6 +501,7 @@ async fn call_upstream(inner: &Inner, call: &Call) -> Result<Value, AiError> {
     let provider = inner.provider.name();
     let deadline = Instant::now() + s.deadline;
     let mut attempt: u32 = 0;
+    let mut ceilings = retry_ceilings(s);
     loop {
         let permit = inner.breaker.admit().map_err(|refused| {
             AiError::Unavailable(format!(
@@ -558,7 +560,8 @@ async fn call_upstream(inner: &Inner, call: &Call) -> Result<Value, AiError> {
             tracing::warn!(provider, attempts, error = %error, "AI call failed; no retries left");
             return Err(with_attempts(error, attempts).into_ai_error());
         }
-        let delay = backoff(s, attempt).max(error.retry_after.unwrap_or_default());
+        let ceiling = ceilings.next().unwrap_or(s.retry_max);
+        let delay = full_jitter(ceiling).max(error.retry_after.unwrap_or_default());
         if Instant::now() + delay >= deadline {
             tracing::warn!(provider, attempts, delay_ms = delay.as_millis() as u64, error = %error, "AI call failed; the next retry would miss the deadline");
             return Err(with_attempts(error, attempts).into_ai_error());
@@ -576,12 +579,19 @@ fn with_attempts(mut error: ProviderError, attempts: u32) -> ProviderError {
     error
 }
 
-/// Full jitter: uniform in [0, min(max, base * 2^attempt)].
-fn backoff(s: &CoordinationSettings, attempt: u32) -> Duration {
-    let ceiling = s
-        .retry_base
-        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .min(s.retry_max);
+/// The capped exponential schedule of retry ceilings: base, 2·base, ...
+/// up to max, for as many retries as the loop allows.
+fn retry_ceilings(s: &CoordinationSettings) -> impl Iterator<Item = Duration> + use<> {
+    ExponentialBuilder::default()
+        .with_min_delay(s.retry_base)
+        .with_max_delay(s.retry_max)
+        .without_max_times()
+        .build()
+}
+
+/// Full jitter (uniform in [0, ceiling]): concurrent callers that failed
+/// together spread their retries instead of retrying in lockstep.
+fn full_jitter(ceiling: Duration) -> Duration {
     let ms = ceiling.as_millis() as u64;
     if ms == 0 {
         return Duration::ZERO;
@@ -754,9 +764,13 @@ mod tests {
             retry_max: Duration::from_millis(1000),
             ..CoordinationSettings::default()
         };
-        for attempt in [0, 1, 3, 10, 40, u32::MAX] {
-            assert!(backoff(&s, attempt) <= Duration::from_millis(1000));
+        let ceilings: Vec<Duration> = retry_ceilings(&s).take(8).collect();
+        // backon computes in f32: compare whole milliseconds.
+        let ms: Vec<u128> = ceilings.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms[..5], [100, 200, 400, 800, 1000]);
+        assert_eq!(ms[7], 1000);
+        for c in ceilings {
+            assert!(full_jitter(c) <= c);
         }
-        assert!(backoff(&s, 0) <= Duration::from_millis(100));
     }
 }

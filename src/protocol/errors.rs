@@ -1,12 +1,27 @@
 //! Stable error codes sent to clients as `{"type":"error","code",...}` and
 //! the hub-wide error type that carries them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every error code a client can receive. The snake_case names are part of
-/// the public protocol (docs/protocol.md): never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// the public protocol (docs/protocol.md): never rename one. The string form
+/// (serde and [`ErrorCode::as_str`]) is derived, so the two cannot drift.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
     InvalidMessage,
@@ -34,46 +49,19 @@ pub enum ErrorCode {
     AiUnavailable,
     AiFailed,
     ShuttingDown,
+    #[serde(rename = "internal_error")]
+    #[strum(serialize = "internal_error")]
     Internal,
 }
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::InvalidMessage => "invalid_message",
-            ErrorCode::MissingField => "missing_field",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::UnknownAction => "unknown_action",
-            ErrorCode::BinaryNotSupported => "binary_not_supported",
-            ErrorCode::NotRegistered => "not_registered",
-            ErrorCode::AlreadyRegistered => "already_registered",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::TooManyInFlight => "too_many_in_flight",
-            ErrorCode::NotAgent => "not_agent",
-            ErrorCode::UnknownRequest => "unknown_request",
-            ErrorCode::AgentTimeout => "agent_timeout",
-            ErrorCode::AgentUnavailable => "agent_unavailable",
-            ErrorCode::AgentDisconnected => "agent_disconnected",
-            ErrorCode::ContactNotFound => "contact_not_found",
-            ErrorCode::AmbiguousContact => "ambiguous_contact",
-            ErrorCode::UnparseableCommand => "unparseable_command",
-            ErrorCode::InvalidInterpretation => "invalid_interpretation",
-            ErrorCode::StoreUnavailable => "store_unavailable",
-            ErrorCode::ConnectorFailed => "connector_failed",
-            ErrorCode::AiRateLimited => "ai_rate_limited",
-            ErrorCode::AiUnavailable => "ai_unavailable",
-            ErrorCode::AiFailed => "ai_failed",
-            ErrorCode::ShuttingDown => "shutting_down",
-            ErrorCode::Internal => "internal_error",
-        }
+        self.into()
     }
-}
 
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+    /// Every code, e.g. to start their metric series at 0.
+    pub fn all() -> impl Iterator<Item = ErrorCode> {
+        <ErrorCode as strum::IntoEnumIterator>::iter()
     }
 }
 
@@ -124,5 +112,23 @@ impl HubError {
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         HubError::new(ErrorCode::Internal, detail.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_as_snake_case() {
+        assert_eq!(ErrorCode::TooManyInFlight.as_str(), "too_many_in_flight");
+        assert_eq!(ErrorCode::Internal.as_str(), "internal_error");
+        for code in ErrorCode::all() {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(ErrorCode::all().count(), 27);
     }
 }

@@ -36,7 +36,9 @@ pub fn resolve_contact<'a>(query: &str, names: &'a [String]) -> Result<&'a str, 
         .enumerate()
         .filter_map(|(i, n)| {
             let first = n.split(' ').next().unwrap_or(n);
-            let d = levenshtein(&q, n).min(levenshtein(&q, first));
+            // Optimal string alignment: edits plus adjacent transpositions,
+            // so "alcie" is one typo away from "alice".
+            let d = strsim::osa_distance(&q, n).min(strsim::osa_distance(&q, first));
             (d <= max_distance).then_some((d, i))
         })
         .collect();
@@ -78,33 +80,6 @@ fn normalize(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase()
-}
-
-/// Optimal-string-alignment distance: edits plus adjacent transpositions,
-/// so "alcie" is one typo away from "alice".
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
