@@ -1,10 +1,13 @@
 //! The hub's core: shared state of one instance and the operations the
-//! connection loop calls (publish an event, execute a command, route to an
-//! agent). Transport-agnostic: nothing here knows about WebSockets.
+//! connection loop calls (join and leave a session, run a request, publish
+//! an event, execute a command, route to an agent). Transport-agnostic:
+//! nothing here knows about WebSockets.
 
 pub mod agents;
 pub mod executor;
 pub mod registry;
+pub mod requests;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
