@@ -1,5 +1,5 @@
-//! A client's membership of a session: joining (`register`), leaving (the
-//! connection ended), and the per-connection state between the two.
+//! A client's membership of a session: joining (`register`) and leaving
+//! (the connection ended).
 //!
 //! The transport owns the socket; this module owns what a registration
 //! means: validation, presence, the agent role, the first frames a client
@@ -11,11 +11,8 @@
 use std::sync::Arc;
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason, Outbound};
-use super::requests::{self, Request};
-use crate::protocol::{
-    ClientInfo, ClientMessage, ErrorCode, HubError, Register, ServerEvent, now_millis,
-};
+use super::registry::{ClientHandle, CloseReason};
+use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
 use crate::store::AgentRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -219,112 +216,5 @@ impl Hub {
             Err(e) => tracing::warn!(error = %e, "could not remove presence"),
         }
         tracing::info!(session, client_id, "client left");
-    }
-
-    /// Queues a frame for one client only (a reply, not a session event).
-    pub fn send_direct(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
-        handle.send(
-            Outbound {
-                frame: event.to_frame(),
-                kind,
-                produced_at: 0,
-            },
-            &self.metrics,
-        );
-    }
-
-    /// Answers one client with `error`, counting the code.
-    pub fn reply_error(&self, handle: &ClientHandle, err: &HubError, request_id: Option<&str>) {
-        self.metrics.error(err.code);
-        handle.send(
-            Outbound {
-                frame: ServerEvent::error(err, request_id),
-                kind: "error",
-                produced_at: 0,
-            },
-            &self.metrics,
-        );
-    }
-}
-
-/// One connection's side of the session: the transport feeds it messages,
-/// it decides what they mean.
-pub struct ClientSession {
-    hub: Arc<Hub>,
-    /// This connection's handle; carries the identity once registered.
-    handle: ClientHandle,
-    member: Option<Arc<Member>>,
-}
-
-impl ClientSession {
-    pub fn new(hub: Arc<Hub>, handle: ClientHandle) -> Self {
-        ClientSession {
-            hub,
-            handle,
-            member: None,
-        }
-    }
-
-    pub fn reply_error(&self, err: &HubError, request_id: Option<&str>) {
-        self.hub.reply_error(&self.handle, err, request_id);
-    }
-
-    /// `ping` and `register` (see [`crate::protocol::Execution::Immediate`]).
-    pub async fn immediate(
-        &mut self,
-        msg: ClientMessage,
-        request_id: Option<&str>,
-    ) -> Result<(), HubError> {
-        match msg {
-            ClientMessage::Ping => {
-                self.hub.send_direct(
-                    &self.handle,
-                    &ServerEvent::Pong {
-                        timestamp: now_millis(),
-                        request_id,
-                    },
-                    "pong",
-                );
-                Ok(())
-            }
-            ClientMessage::Register(reg) => {
-                if self.member.is_some() {
-                    return Err(HubError::new(
-                        ErrorCode::AlreadyRegistered,
-                        "this connection is already registered",
-                    ));
-                }
-                let joined = self.hub.join(&self.handle, reg, request_id).await?;
-                self.handle = joined.handle;
-                self.member = Some(joined.member);
-                Ok(())
-            }
-            // Not immediate: handled as a request of a registered client.
-            other => self.request(other)?.run(request_id).await,
-        }
-    }
-
-    /// Any other message: a request that needs a registered client. The
-    /// returned [`Request`] owns what it needs, so it can run in a task.
-    pub fn request(&self, msg: ClientMessage) -> Result<Request, HubError> {
-        let Some(member) = self.member.clone() else {
-            return Err(HubError::new(
-                ErrorCode::NotRegistered,
-                "send `register` before any other request",
-            ));
-        };
-        Ok(requests::Request {
-            hub: self.hub.clone(),
-            handle: self.handle.clone(),
-            member,
-            msg,
-        })
-    }
-
-    /// The connection ended.
-    pub async fn leave(&mut self) {
-        if let Some(member) = self.member.take() {
-            self.hub.leave(&member, self.handle.conn_id).await;
-        }
     }
 }

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::hub::client::ClientSession;
 use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
-use crate::hub::session::ClientSession;
 use crate::protocol::{
     ClientInfo, ErrorCode, Execution, HubError, now_millis, parse_client_message,
 };
