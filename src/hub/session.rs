@@ -89,7 +89,8 @@ impl Hub {
     /// 4. queue `registration_confirmed` and the contact list *before* the
     ///    connection joins the registry, so no session event overtakes them;
     /// 5. join the registry, replacing (close 4001) an older connection with
-    ///    the same client id, which hands over its agent role;
+    ///    the same client id: its agent role passes on, and the calls sent
+    ///    to it fail with `agent_disconnected`;
     /// 6. announce `client_joined` (and `agent_changed` for an agent).
     pub async fn join(
         self: &Arc<Self>,
@@ -97,7 +98,7 @@ impl Hub {
         reg: Register,
         request_id: Option<&str>,
     ) -> Result<Joined, HubError> {
-        // 1.
+        // 1. Validate.
         let Admission {
             session,
             info,
@@ -105,7 +106,7 @@ impl Hub {
         } = admit(self, reg)?;
         let client_id = info.client_id.as_str();
 
-        // 2.
+        // 2. Contacts and presence.
         self.store
             .seed_contacts(&session, &self.connector.initial_contacts())
             .await?;
@@ -113,7 +114,7 @@ impl Hub {
         let contacts = self.store.contacts(&session).await?;
         let members = self.store.members(&session).await?;
 
-        // 3.
+        // 3. The agent role, before anyone is told `agent: true`.
         if is_agent {
             let me = AgentRef {
                 client_id: client_id.to_string(),
@@ -122,7 +123,7 @@ impl Hub {
             self.store.claim_agent(&session, &me).await?;
         }
 
-        // 4.
+        // 4. The first frames, ahead of any session event.
         let handle = conn.with_info(info.clone());
         self.send_direct(
             &handle,
@@ -147,14 +148,14 @@ impl Hub {
             "contact_list_broadcast",
         );
 
-        // 5.
+        // 5. Join the registry; an older connection of this client id goes.
         if let Some(old) = self.registry.insert(&session, handle.clone())
             && old.conn_id != handle.conn_id
         {
             self.replaced(&session, &old, client_id, is_agent).await?;
         }
 
-        // 6.
+        // 6. Announce.
         self.publish_client_event(&session, &info, true);
         if is_agent {
             self.publish_agent_changed(&session, Some(client_id));
