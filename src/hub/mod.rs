@@ -1,10 +1,14 @@
 //! The hub's core: shared state of one instance and the operations the
-//! connection loop calls (publish an event, execute a command, route to an
-//! agent). Transport-agnostic: nothing here knows about WebSockets.
+//! connection loop calls (join and leave a session, run a request, publish
+//! an event, execute a command, route to an agent). Transport-agnostic:
+//! nothing here knows about WebSockets.
 
 pub mod agents;
+pub mod client;
 pub mod executor;
 pub mod registry;
+pub mod requests;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +29,7 @@ use crate::store::SessionStore;
 use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use agents::AgentRouter;
-use registry::{Outbound, Registry};
+use registry::{ClientHandle, Outbound, Registry};
 
 /// Everything one hub instance shares between its connections.
 pub struct Hub {
@@ -123,6 +127,31 @@ impl Hub {
             except: except.map(str::to_string),
             frame: frame.as_str().to_string(),
         });
+    }
+
+    /// Queues a frame for one client only (a reply, not a session event).
+    pub fn send_direct(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
+        handle.send(
+            Outbound {
+                frame: event.to_frame(),
+                kind,
+                produced_at: 0,
+            },
+            &self.metrics,
+        );
+    }
+
+    /// Answers one client with `error`, counting the code.
+    pub fn reply_error(&self, handle: &ClientHandle, err: &HubError, request_id: Option<&str>) {
+        self.metrics.error(err.code);
+        handle.send(
+            Outbound {
+                frame: ServerEvent::error(err, request_id),
+                kind: "error",
+                produced_at: 0,
+            },
+            &self.metrics,
+        );
     }
 
     /// The session's contacts, seeding them from the connector when the

@@ -39,6 +39,50 @@ pub enum ClientMessage {
     },
 }
 
+/// How a connection runs a message relative to the ones it reads next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// Handled inline and needs no registration: `ping`, and `register`,
+    /// which must be complete before the next message is read.
+    Immediate,
+    /// Handled inline, awaited before the next message is read: a client's
+    /// broadcasts and an agent's reports must take effect in the order sent.
+    InOrder,
+    /// Run in its own task under the per-connection in-flight cap: commands
+    /// and AI calls may be slow and must not stall pings or other requests.
+    Concurrent,
+}
+
+impl ClientMessage {
+    /// The wire `type`, also the metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Register(_) => "register",
+            ClientMessage::WhatsAppCommand(_) => "whatsapp_command",
+            ClientMessage::WhatsAppAiCommand { .. } => "whatsapp_ai_command",
+            ClientMessage::AiRequest { .. } => "ai_request",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Broadcast { .. } => "broadcast",
+            ClientMessage::ExecuteResult { .. } => "execute_result",
+            ClientMessage::ContactsUpdate { .. } => "contacts_update",
+            ClientMessage::IncomingMessage { .. } => "incoming_message",
+        }
+    }
+
+    pub fn execution(&self) -> Execution {
+        match self {
+            ClientMessage::Ping | ClientMessage::Register(_) => Execution::Immediate,
+            ClientMessage::Broadcast { .. }
+            | ClientMessage::ContactsUpdate { .. }
+            | ClientMessage::IncomingMessage { .. } => Execution::InOrder,
+            ClientMessage::WhatsAppCommand(_)
+            | ClientMessage::WhatsAppAiCommand { .. }
+            | ClientMessage::AiRequest { .. }
+            | ClientMessage::ExecuteResult { .. } => Execution::Concurrent,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct Register {
     #[serde(default)]
@@ -395,5 +439,36 @@ mod tests {
         let (err, rid) = parse_client_message(r#"{"type":"bogus","request_id":"r1"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownType);
         assert_eq!(rid.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn reports_and_broadcasts_run_in_order_commands_concurrently() {
+        let exec = |text: &str| parse_client_message(text).unwrap().0.execution();
+        assert_eq!(exec(r#"{"type":"ping"}"#), Execution::Immediate);
+        assert_eq!(exec(r#"{"type":"register"}"#), Execution::Immediate);
+        assert_eq!(
+            exec(r#"{"type":"broadcast","payload":1}"#),
+            Execution::InOrder
+        );
+        assert_eq!(
+            exec(r#"{"type":"contacts_update","contacts":[]}"#),
+            Execution::InOrder
+        );
+        assert_eq!(
+            exec(r#"{"type":"incoming_message","contact":"a","message":"b"}"#),
+            Execution::InOrder
+        );
+        assert_eq!(
+            exec(r#"{"type":"ai_request","prompt":"hi"}"#),
+            Execution::Concurrent
+        );
+        assert_eq!(
+            exec(r#"{"type":"execute_result","content":1}"#),
+            Execution::Concurrent
+        );
+        let (msg, _) =
+            parse_client_message(r#"{"type":"whatsapp_ai_command","command":"x"}"#).unwrap();
+        assert_eq!(msg.kind(), "whatsapp_ai_command");
+        assert_eq!(msg.execution(), Execution::Concurrent);
     }
 }

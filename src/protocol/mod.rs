@@ -11,8 +11,8 @@ mod outbound;
 
 pub use errors::{ErrorCode, HubError};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Register, WhatsAppCommand, parse_client_message,
-    parse_whatsapp_command,
+    AiContext, ClientMessage, ContactRef, Execution, Register, WhatsAppCommand,
+    parse_client_message, parse_whatsapp_command,
 };
 pub use outbound::{
     ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,

@@ -57,6 +57,8 @@ pub enum ServerEvent<'a> {
         session: &'a str,
         instance: &'a str,
         agent: bool,
+        /// The session's members, this client included.
+        clients: &'a [ClientInfo],
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a str>,
     },
@@ -138,4 +140,45 @@ pub fn now_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_confirmed_has_the_documented_fields() {
+        let clients = [ClientInfo {
+            client_id: "c1".into(),
+            client_name: "n1".into(),
+            instance: "hub1".into(),
+            capabilities: vec!["whatsapp".into()],
+        }];
+        let event = |request_id| ServerEvent::RegistrationConfirmed {
+            client_id: "c1",
+            client_name: "n1",
+            session: "s",
+            instance: "hub1",
+            agent: true,
+            clients: &clients,
+            request_id,
+        };
+        let value: Value = serde_json::from_str(event(Some("r1")).to_frame().as_str()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "type": "registration_confirmed",
+                "client_id": "c1",
+                "client_name": "n1",
+                "session": "s",
+                "instance": "hub1",
+                "agent": true,
+                "clients": [{"client_id": "c1", "client_name": "n1", "instance": "hub1",
+                             "capabilities": ["whatsapp"]}],
+                "request_id": "r1",
+            })
+        );
+        let value: Value = serde_json::from_str(event(None).to_frame().as_str()).unwrap();
+        assert!(value.get("request_id").is_none());
+    }
 }

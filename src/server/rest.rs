@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::hub::Hub;
-use crate::hub::executor::failure_content;
 use crate::protocol::{AiContext, ClientInfo, ErrorCode, HubError, parse_whatsapp_command};
 
 pub fn routes() -> Router<Arc<Hub>> {
@@ -164,9 +163,6 @@ async fn run(
     command: crate::protocol::WhatsAppCommand,
     client: &ClientInfo,
 ) -> Result<Value, ApiError> {
-    match hub.execute(session, &command, client).await {
-        Ok(content) => Ok(content),
-        Err(e) if e.is_command_failure() => Ok(failure_content(&e)),
-        Err(e) => Err(e.into()),
-    }
+    // The same path as a WebSocket `whatsapp_command`.
+    Ok(hub.run_command(session, &command, client).await?)
 }

@@ -1,0 +1,94 @@
+//! One connection's side of the session, between the transport and the
+//! hub: it holds the connection's handle and, once registered, its
+//! [`Member`] identity, and turns each message into a join, a pong or a
+//! [`Request`].
+
+use std::sync::Arc;
+
+use super::Hub;
+use super::registry::ClientHandle;
+use super::requests::Request;
+use super::session::Member;
+use crate::protocol::{ClientMessage, ErrorCode, HubError, ServerEvent, now_millis};
+
+/// One connection's side of the session: the transport feeds it messages,
+/// it decides what they mean.
+pub struct ClientSession {
+    hub: Arc<Hub>,
+    /// This connection's handle; carries the identity once registered.
+    handle: ClientHandle,
+    member: Option<Arc<Member>>,
+}
+
+impl ClientSession {
+    pub fn new(hub: Arc<Hub>, handle: ClientHandle) -> Self {
+        ClientSession {
+            hub,
+            handle,
+            member: None,
+        }
+    }
+
+    pub fn reply_error(&self, err: &HubError, request_id: Option<&str>) {
+        self.hub.reply_error(&self.handle, err, request_id);
+    }
+
+    /// `ping` and `register` (see [`crate::protocol::Execution::Immediate`]).
+    pub async fn immediate(
+        &mut self,
+        msg: ClientMessage,
+        request_id: Option<&str>,
+    ) -> Result<(), HubError> {
+        match msg {
+            ClientMessage::Ping => {
+                self.hub.send_direct(
+                    &self.handle,
+                    &ServerEvent::Pong {
+                        timestamp: now_millis(),
+                        request_id,
+                    },
+                    "pong",
+                );
+                Ok(())
+            }
+            ClientMessage::Register(reg) => {
+                if self.member.is_some() {
+                    return Err(HubError::new(
+                        ErrorCode::AlreadyRegistered,
+                        "this connection is already registered",
+                    ));
+                }
+                let joined = self.hub.join(&self.handle, reg, request_id).await?;
+                self.handle = joined.handle;
+                self.member = Some(joined.member);
+                Ok(())
+            }
+            // Not immediate: handled as a request of a registered client.
+            other => self.request(other)?.run(request_id).await,
+        }
+    }
+
+    /// Any other message: a request that needs a registered client. The
+    /// returned [`Request`] owns what it needs, so it can run in a task.
+    pub fn request(&self, msg: ClientMessage) -> Result<Request, HubError> {
+        let Some(member) = self.member.clone() else {
+            return Err(HubError::new(
+                ErrorCode::NotRegistered,
+                "send `register` before any other request",
+            ));
+        };
+        Ok(Request {
+            hub: self.hub.clone(),
+            handle: self.handle.clone(),
+            member,
+            msg,
+        })
+    }
+
+    /// The connection ended.
+    pub async fn leave(&mut self) {
+        if let Some(member) = self.member.take() {
+            self.hub.leave(&member, self.handle.conn_id).await;
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The requests of a registered client, one function per message type
+//! (like mini-redis's `cmd/`): what each does and what it answers. Whether
+//! a request runs inline or in its own task is the transport's business
+//! ([`crate::protocol::Execution`]); nothing here knows about sockets.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::Hub;
+use super::executor::failure_content;
+use super::registry::ClientHandle;
+use super::session::Member;
+use crate::protocol::{
+    AiContext, ClientInfo, ClientMessage, Contact, ErrorCode, HubError, ServerEvent,
+    WhatsAppCommand, now_millis,
+};
+
+/// A message of a registered client, with everything needed to run it.
+pub struct Request {
+    pub(super) hub: Arc<Hub>,
+    pub(super) handle: ClientHandle,
+    pub(super) member: Arc<Member>,
+    pub(super) msg: ClientMessage,
+}
+
+impl Request {
+    /// Runs the request and answers it, with `error` if it failed.
+    pub async fn answer(self, request_id: Option<&str>) {
+        let hub = self.hub.clone();
+        let handle = self.handle.clone();
+        if let Err(e) = self.run(request_id).await {
+            hub.reply_error(&handle, &e, request_id);
+        }
+    }
+
+    /// Runs the request; an `Err` is for the caller to answer.
+    pub async fn run(self, rid: Option<&str>) -> Result<(), HubError> {
+        let Request {
+            hub,
+            handle,
+            member,
+            msg,
+        } = self;
+        let cx = Cx {
+            hub: &hub,
+            handle: &handle,
+            member: &member,
+            rid,
+        };
+        match msg {
+            ClientMessage::WhatsAppCommand(cmd) => whatsapp_command(cx, &cmd).await,
+            ClientMessage::WhatsAppAiCommand { command, context } => {
+                whatsapp_ai_command(cx, &command, context).await
+            }
+            ClientMessage::AiRequest { prompt, context } => {
+                ai_request(cx, &prompt, context.as_ref()).await
+            }
+            ClientMessage::Broadcast { payload } => {
+                broadcast(cx, &payload);
+                Ok(())
+            }
+            ClientMessage::ExecuteResult { content } => execute_result(cx, content).await,
+            ClientMessage::ContactsUpdate { contacts } => contacts_update(cx, &contacts).await,
+            ClientMessage::IncomingMessage { contact, message } => {
+                incoming_message(cx, contact, message).await
+            }
+            // Handled by the session before any request (ClientSession).
+            ClientMessage::Ping | ClientMessage::Register(_) => Ok(()),
+        }
+    }
+}
+
+/// What every request function gets: the hub, the requester and its reply
+/// address, and the `request_id` to echo.
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    hub: &'a Arc<Hub>,
+    handle: &'a ClientHandle,
+    member: &'a Member,
+    rid: Option<&'a str>,
+}
+
+impl Cx<'_> {
+    fn session(&self) -> &str {
+        &self.member.session
+    }
+
+    fn respond(&self, response_type: &'static str, content: Value) {
+        self.hub.send_direct(
+            self.handle,
+            &ServerEvent::Response {
+                response_type,
+                content,
+                request_id: self.rid,
+            },
+            "response",
+        );
+    }
+
+    /// Confirms a request that has no other answer, when it asked (request_id).
+    fn acknowledge(&self, response_type: &'static str) {
+        if self.rid.is_some() {
+            self.respond(response_type, json!({"success": true}));
+        }
+    }
+
+    /// Only the session's current agent may report on the account (a
+    /// replaced agent stays connected as an ordinary client).
+    async fn require_agent(&self) -> Result<(), HubError> {
+        let current = self.hub.store.agent(self.session()).await?;
+        let me = &self.member.info.client_id;
+        if self.member.is_agent && current.is_some_and(|a| &a.client_id == me) {
+            Ok(())
+        } else {
+            Err(HubError::new(
+                ErrorCode::NotAgent,
+                "only the session's current agent (registered with the `whatsapp` capability) may send this",
+            ))
+        }
+    }
+}
+
+impl Hub {
+    /// Runs a WhatsApp command for a WebSocket client or a REST caller. A
+    /// command that was carried out but failed (unknown contact...) is an
+    /// answer (`success: false`), not an error.
+    pub async fn run_command(
+        self: &Arc<Self>,
+        session: &str,
+        command: &WhatsAppCommand,
+        requester: &ClientInfo,
+    ) -> Result<Value, HubError> {
+        match self.execute(session, command, requester).await {
+            Ok(content) => Ok(content),
+            Err(e) if e.is_command_failure() => {
+                self.metrics.error(e.code);
+                Ok(failure_content(&e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn whatsapp_command(cx: Cx<'_>, cmd: &WhatsAppCommand) -> Result<(), HubError> {
+    let content = cx
+        .hub
+        .run_command(cx.session(), cmd, &cx.member.info)
+        .await?;
+    cx.respond("whatsapp_command_result", content);
+    Ok(())
+}
+
+async fn whatsapp_ai_command(
+    cx: Cx<'_>,
+    command: &str,
+    context: Option<AiContext>,
+) -> Result<(), HubError> {
+    let content = cx
+        .hub
+        .execute_ai_command(cx.session(), command, context, &cx.member.info)
+        .await?;
+    cx.respond("whatsapp_ai_command_result", content);
+    Ok(())
+}
+
+async fn ai_request(cx: Cx<'_>, prompt: &str, context: Option<&Value>) -> Result<(), HubError> {
+    let outcome = cx.hub.ai.complete(cx.session(), prompt, context).await?;
+    let content = json!({
+        "text": outcome.value,
+        "provider": cx.hub.ai.provider_name(),
+        "cached": outcome.cached,
+        "shared": outcome.shared,
+    });
+    cx.respond("ai_response", content);
+    Ok(())
+}
+
+fn broadcast(cx: Cx<'_>, payload: &Value) {
+    let from = &cx.member.info.client_id;
+    cx.hub.publish(
+        cx.session(),
+        &ServerEvent::Broadcast {
+            from,
+            payload,
+            timestamp: now_millis(),
+        },
+        "broadcast",
+        Some(from),
+    );
+    cx.acknowledge("broadcast_sent");
+}
+
+async fn execute_result(cx: Cx<'_>, content: Value) -> Result<(), HubError> {
+    let Some(call_id) = cx.rid else {
+        return Err(HubError::new(
+            ErrorCode::MissingField,
+            "execute_result needs the `request_id` of the execute it answers",
+        ));
+    };
+    if !cx
+        .hub
+        .agent_answered(&cx.member.info.client_id, call_id, content)
+        .await
+    {
+        return Err(HubError::new(
+            ErrorCode::UnknownRequest,
+            format!("no pending execute with request_id `{call_id}` for this agent"),
+        ));
+    }
+    Ok(())
+}
+
+async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<(), HubError> {
+    cx.require_agent().await?;
+    if contacts.iter().any(|c| c.name.trim().is_empty()) {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            "field `contacts` must not contain an empty name",
+        ));
+    }
+    cx.hub.store.set_contacts(cx.session(), contacts).await?;
+    cx.hub.publish_contacts(cx.session(), contacts);
+    cx.acknowledge("ack");
+    Ok(())
+}
+
+async fn incoming_message(cx: Cx<'_>, contact: String, message: String) -> Result<(), HubError> {
+    cx.require_agent().await?;
+    if contact.trim().is_empty() || message.is_empty() {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            "fields `contact` and `message` must not be empty",
+        ));
+    }
+    cx.hub
+        .record_incoming(crate::whatsapp::IncomingMessage {
+            session: cx.session().to_string(),
+            contact,
+            message,
+        })
+        .await?;
+    cx.acknowledge("ack");
+    Ok(())
+}
