@@ -165,7 +165,8 @@ impl Lb {
             .env("LB_BIND", format!("127.0.0.1:{port}"))
             .env("STATS_BIND", format!("127.0.0.1:{stats_port}"))
             .env("HAPROXY_SOCKET", dir.path("admin.sock"))
-            .stdout(Stdio::null())
+            // `log stdout`: the access log, read by the token-logging test.
+            .stdout(std::fs::File::create(dir.path("access.log")).expect("log file"))
             .stderr(std::fs::File::create(dir.path("haproxy.log")).expect("log file"));
         for var in LB_OPTIONAL_VARS {
             cmd.env_remove(var);
@@ -347,6 +348,24 @@ fn the_load_balancer_refuses_internal_endpoints_and_passes_the_rest() {
     }
     let confirmed = ws_over_tcp(lb.port, "through-lb");
     assert_eq!(confirmed["client_id"], "through-lb", "{confirmed}");
+}
+
+#[test]
+fn the_access_log_never_contains_a_query_token() {
+    if !tool("haproxy", "haproxy") {
+        return;
+    }
+    let hub = Hub::start();
+    let lb = Lb::start(&[hub.addr], &[]);
+    let r = http(lb.port, "GET", "/health?token=eyJ.secret-token.sig", &[]).expect("HAProxy");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let log = lb.dir.path("access.log");
+    let mut text = String::new();
+    wait_until("the access log line", Duration::from_secs(10), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("GET /health HTTP/1.1")
+    });
+    assert!(!text.contains("secret-token"), "token logged:\n{text}");
 }
 
 // ------------------------------------------------------- the stats page
@@ -848,7 +867,7 @@ fn env_example_lists_every_variable_compose_reads_with_no_value() {
             used.insert(name);
         }
     }
-    for override_file in ["deploy/compose/key-rollover.yml"] {
+    for override_file in ["deploy/compose/key-rollover.yml", "deploy/compose/tls.yml"] {
         for (name, _) in interpolations(&read(override_file)) {
             used.insert(name);
         }
@@ -965,6 +984,29 @@ fn compose_key_rollover_override_adds_the_previous_secret_to_every_hub() {
             assert!(env.is_empty(), "{name}: {env:?}");
         }
     }
+}
+
+#[test]
+fn compose_tls_override_binds_the_mounted_certificate() {
+    let o = yaml("deploy/compose/tls.yml");
+    let lb = &o["services"]["haproxy"];
+    let env = env_map(lb);
+    let cert = env.get("TLS_CERT").expect("TLS_CERT");
+    let bind = env.get("TLS_BIND").expect("TLS_BIND");
+    let mounts: Vec<&str> = lb["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .map(|v| v.as_str().expect("volume"))
+        .collect();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.starts_with("${TLS_CERT_FILE:?") && m.ends_with(&format!(":{cert}:ro"))),
+        "the certificate is mounted read-only at TLS_CERT: {mounts:?}"
+    );
+    let port = bind.rsplit(':').next().unwrap_or_default();
+    assert_eq!(published(lb), [format!("{port}:{port}")]);
 }
 
 /// The haproxy service's environment as compose would pass it with `.env`.
