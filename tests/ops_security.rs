@@ -1311,3 +1311,16 @@ fn security_doc_covers_the_operations_settings() {
         "docs/security.md must quote `{tls_line}`"
     );
 }
+
+#[test]
+fn the_image_bakes_in_no_key() {
+    for line in read("deploy/Dockerfile").lines() {
+        let t = line.trim_start();
+        if t.starts_with("ENV ") || t.starts_with("ARG ") || t.contains("AUTH_JWT_SECRET=") {
+            assert!(
+                !t.contains("AUTH_JWT_SECRET") && !t.contains("AUTH_JWT_PREVIOUS_SECRET"),
+                "deploy/Dockerfile sets a key: {t}"
+            );
+        }
+    }
+}
