@@ -15,6 +15,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod store;
 pub mod telemetry;
