@@ -117,8 +117,9 @@ pub struct RedisBackend {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     /// For dedicated (pub/sub, publisher) connections; absent when the
-    /// backend was made from a bare pool.
-    client: Option<::redis::Client>,
+    /// backend was made from a bare pool. Boxed in an `Arc`: the client is
+    /// large and the backend is cloned into every user.
+    client: Option<Arc<::redis::Client>>,
 }
 
 impl RedisBackend {
@@ -138,7 +139,7 @@ impl RedisBackend {
             pool,
             keys: Keys::new(prefix),
             metrics,
-            client: Some(client),
+            client: Some(Arc::new(client)),
         })
     }
 
@@ -155,7 +156,7 @@ impl RedisBackend {
     /// The client for connections outside the pool (pub/sub subscriptions,
     /// the broker's publisher).
     pub fn client(&self) -> Result<&::redis::Client, RedisError> {
-        self.client.as_ref().ok_or_else(|| {
+        self.client.as_deref().ok_or_else(|| {
             RedisError::new(
                 "connect",
                 RedisErrorKind::Config("backend built from a pool has no dedicated client".into()),
