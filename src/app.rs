@@ -9,13 +9,14 @@ use tokio::sync::mpsc;
 use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
-use crate::cluster::conn::RedisBackend;
-use crate::cluster::membership::{LocalMembership, Membership, RedisMembership};
+use crate::cluster::membership::RedisMembership;
 use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
+use crate::redis::RedisBackend;
 use crate::server::ShutdownSignals;
 use crate::store::SessionStore;
+use crate::store::membership::{LocalMembership, Membership};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::whatsapp::simulated::{SimulatedConnector, builtin_contacts, load_contacts};
@@ -94,32 +95,39 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     };
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
-    let ((store, broker, membership), redis_pool): (Seams, _) = match &config.redis_url {
+    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis_url {
         None => (
             (
                 Arc::new(MemoryStore::new(config.history_limit)),
                 Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx)),
-                Arc::new(LocalMembership::new()),
+                Arc::new(LocalMembership::new(config.instance_id.clone())),
             ),
             None,
         ),
         Some(url) => {
             let backend = RedisBackend::new(url, &config.redis_key_prefix, metrics.clone())
-                .map_err(|reason| ConfigError {
+                .map_err(|e| ConfigError {
                     setting: "REDIS_URL",
-                    reason,
+                    reason: e.kind.to_string(),
                 })?;
             tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, "cluster mode: state in Redis");
-            let membership = Arc::new(RedisMembership::new(backend.clone()));
+            let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(
+                backend.clone(),
+                config.instance_id.clone(),
+                config.history_limit,
+                config.presence_ttl.as_millis() as u64,
+            ));
+            let membership = Arc::new(RedisMembership::new(
+                backend.clone(),
+                store.clone(),
+                config.instance_id.clone(),
+                config.heartbeat,
+                config.presence_ttl,
+            ));
             redis_membership = Some(membership.clone());
             (
                 (
-                    Arc::new(RedisStore::new(
-                        backend.clone(),
-                        config.instance_id.clone(),
-                        config.history_limit,
-                        config.presence_ttl.as_millis() as u64,
-                    )),
+                    store,
                     Arc::new(RedisBroker::start(
                         backend.clone(),
                         config.instance_id.clone(),
@@ -127,16 +135,11 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                     )),
                     membership,
                 ),
-                Some(backend.pool.clone()),
+                Some(backend),
             )
         }
     };
-    let ai = crate::ai::build_coordinator(
-        &config.ai,
-        metrics.clone(),
-        redis_pool,
-        &config.redis_key_prefix,
-    )?;
+    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
     let hub = Hub::new(HubParts {
         config,
         store,
@@ -148,7 +151,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     });
     hub.spawn_background(inbound_rx, incoming_rx);
     if let Some(m) = redis_membership {
-        m.spawn(hub.clone());
+        crate::cluster::driver::spawn(m, hub.clone());
     }
     Ok(hub)
 }

@@ -4,8 +4,10 @@
 //! Layout: [`protocol`] (wire types), [`server`] (HTTP + the connection
 //! loop), [`hub`] (shared state, routing, execution), [`store`] (session
 //! state: memory / Redis), [`broker`] (broadcast bus: local / Redis pub/sub),
-//! [`ai`] (providers and their coordinator), [`whatsapp`] (connectors),
-//! [`terminal`] (the terminal client).
+//! [`redis`] (the low-level Redis layer under store, broker and AI),
+//! [`cluster`] (membership and its loop, above the hub), [`config`] (every
+//! setting), [`ai`] (providers and their coordinator), [`whatsapp`]
+//! (connectors), [`terminal`] (the terminal client).
 
 pub mod ai;
 pub mod app;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod store;
 pub mod telemetry;

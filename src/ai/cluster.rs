@@ -1,8 +1,10 @@
 //! Cluster-wide AI coordination in Redis: the single-flight lock, the
 //! shared answers, and the quota scripts. Every key is `{prefix}:ai:...`
-//! (docs/ai.md lists them). Every command is bounded by a timeout; a Redis
-//! failure becomes `ai_unavailable` (fail closed: quotas cannot be enforced
-//! without Redis).
+//! (docs/ai.md lists them; [`crate::redis::Keys`] names them). The scripts
+//! are the AI's own; they run through the Redis layer's one timed path
+//! ([`RedisBackend`]), so every command is bounded by a timeout and counted,
+//! and a Redis failure becomes `ai_unavailable` (fail closed: quotas cannot
+//! be enforced without Redis).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -13,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AiError;
-use crate::cluster::conn::{observe, pooled};
 use crate::metrics::Metrics;
+use crate::redis::RedisBackend;
 
 /// Renews a lock only while the caller still holds it.
 static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -145,54 +147,35 @@ impl Entry {
 /// The cluster's Redis as the AI coordinator uses it; cheap to clone.
 #[derive(Clone)]
 pub struct RedisAi {
-    pool: Pool,
-    prefix: String,
-    metrics: Arc<Metrics>,
+    backend: RedisBackend,
 }
 
 impl RedisAi {
+    /// Over the cluster's pool, key prefix and metrics.
     pub fn new(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
         RedisAi {
-            pool,
-            prefix: prefix.to_string(),
-            metrics,
+            backend: RedisBackend::from_pool(pool, prefix, metrics),
         }
     }
 
     /// Single-flight lock of one request hash (string: holder token).
     pub fn lock_key(&self, hash: &str) -> String {
-        format!("{}:ai:lock:{hash}", self.prefix)
+        self.backend.keys.ai_lock(hash)
     }
 
     /// The shared (and, with a cache TTL, cached) answer of one request hash.
     pub fn result_key(&self, hash: &str) -> String {
-        format!("{}:ai:result:{hash}", self.prefix)
+        self.backend.keys.ai_result(hash)
     }
 
     /// Sliding one-minute window of upstream calls of one provider.
     pub fn calls_key(&self, provider: &str) -> String {
-        format!("{}:ai:quota:{provider}:calls", self.prefix)
+        self.backend.keys.ai_calls(provider)
     }
 
     /// Concurrency semaphore of one provider.
     pub fn slots_key(&self, provider: &str) -> String {
-        format!("{}:ai:quota:{provider}:slots", self.prefix)
-    }
-
-    async fn timed<T>(
-        &self,
-        op: &'static str,
-        work: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, AiError> {
-        observe(&self.metrics, op, work).await.map_err(|failure| {
-            AiError::Unavailable(format!(
-                "AI coordination store (Redis) unavailable: {failure}"
-            ))
-        })
-    }
-
-    async fn conn(&self) -> redis::RedisResult<deadpool_redis::Connection> {
-        pooled(&self.pool).await
+        self.backend.keys.ai_slots(provider)
     }
 
     async fn cmd<T: FromRedisValue>(
@@ -200,11 +183,7 @@ impl RedisAi {
         op: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, AiError> {
-        self.timed(op, async {
-            let mut conn = self.conn().await?;
-            cmd.query_async(&mut conn).await
-        })
-        .await
+        Ok(self.backend.query(op, cmd).await?)
     }
 
     async fn script<T: FromRedisValue>(
@@ -212,11 +191,7 @@ impl RedisAi {
         op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, AiError> {
-        self.timed(op, async {
-            let mut conn = self.conn().await?;
-            invocation.invoke_async(&mut conn).await
-        })
-        .await
+        Ok(self.backend.script(op, invocation).await?)
     }
 
     /// `SET lock token NX PX lease`.
@@ -308,19 +283,9 @@ impl RedisAi {
     /// The answer (if written) and whether the lock is still held, read
     /// atomically (`MULTI`).
     pub async fn poll(&self, result: &str, lock: &str) -> Result<(Option<Entry>, bool), AiError> {
-        let (raw, locked): (Option<String>, bool) = self
-            .timed("ai_poll", async {
-                let mut conn = self.conn().await?;
-                redis::pipe()
-                    .atomic()
-                    .cmd("GET")
-                    .arg(result)
-                    .cmd("EXISTS")
-                    .arg(lock)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("GET").arg(result).cmd("EXISTS").arg(lock);
+        let (raw, locked): (Option<String>, bool) = self.backend.pipe("ai_poll", &pipe).await?;
         Ok((raw.and_then(|r| serde_json::from_str(&r).ok()), locked))
     }
 

@@ -16,7 +16,9 @@ pub mod openai;
 pub mod prompt;
 pub mod quota;
 pub mod rules;
-pub mod settings;
+/// The AI settings, owned by [`crate::config`]; re-exported under their
+/// old path.
+pub use crate::config::ai as settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::protocol::{ErrorCode, HubError, WhatsAppCommand};
+use crate::redis::{RedisBackend, RedisError};
 use crate::whatsapp::resolve::resolve_contact;
 
 /// What the provider is asked to interpret.
@@ -147,14 +150,21 @@ pub struct RedisCoordination {
     pub prefix: String,
 }
 
+/// A Redis failure of the coordination store: quotas and single flight
+/// cannot hold without it, so the call fails closed.
+impl From<RedisError> for AiError {
+    fn from(e: RedisError) -> Self {
+        AiError::Unavailable(format!("AI coordination store (Redis) unavailable: {e}"))
+    }
+}
+
 /// Builds the coordinator the hub uses, from the AI settings. `redis` is
-/// the cluster's pool (None in standalone mode) and `key_prefix` the
-/// cluster's `REDIS_KEY_PREFIX`.
+/// the cluster's Redis (None in standalone mode): the AI shares its pool,
+/// key prefix and metrics.
 pub fn build_coordinator(
     settings: &settings::AiArgs,
     metrics: Arc<crate::metrics::Metrics>,
-    redis: Option<deadpool_redis::Pool>,
-    key_prefix: &str,
+    redis: Option<RedisBackend>,
 ) -> Result<coordinator::AiCoordinator, crate::config::ConfigError> {
     let provider: Arc<dyn AiProvider> = match settings.ai_provider {
         settings::AiProviderKind::Rules => Arc::new(rules::RulesProvider),
@@ -165,9 +175,9 @@ pub fn build_coordinator(
             Arc::new(openai::OpenAiProvider::new(settings.openai()?))
         }
     };
-    let redis = redis.map(|pool| RedisCoordination {
-        pool,
-        prefix: key_prefix.to_string(),
+    let redis = redis.map(|backend| RedisCoordination {
+        prefix: backend.keys.prefix().to_string(),
+        pool: backend.pool,
     });
     Ok(coordinator::AiCoordinator::with_settings(
         provider,

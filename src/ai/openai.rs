@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::http::{self, Reply};
 use super::prompt::{self, snippet};
-use super::settings::OpenAiSettings;
 use super::{AiProvider, InterpretRequest, Interpretation, ProviderError, ProviderErrorKind};
+use crate::config::ai::OpenAiSettings;
 
 const NAME: &str = "openai";
 

@@ -6,20 +6,22 @@
 //! * One subscriber connection per instance listens on the events channel
 //!   and this instance's inbox; each event arrives once per instance and is
 //!   fanned out locally from its already-serialized text.
-//! * Both reconnect by themselves with capped exponential backoff.
+//! * Both reconnect by themselves with capped exponential backoff
+//!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, EventEnvelope, Inbound, InstanceMessage};
-use crate::cluster::conn::RedisBackend;
 use crate::protocol::{ErrorCode, HubError};
+use crate::redis::{RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const MAX_BATCH: usize = 256;
@@ -39,37 +41,24 @@ pub struct RedisBroker {
     publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Capped exponential backoff for reconnect loops.
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
+/// Delays between reconnection attempts: 100 ms doubling up to 5 s, for as
+/// long as it takes (reset after each successful connection).
+fn reconnect_delays() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build()
 }
 
-impl Backoff {
-    pub fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    pub async fn wait(&mut self, shutdown: &CancellationToken) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
+/// Sleeps for the next reconnect delay, returning early on shutdown.
+async fn wait_to_reconnect(delays: &mut ExponentialBackoff, shutdown: &CancellationToken) {
+    // Unbounded, so there is always a next delay; the cap is a safe fallback.
+    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 
@@ -178,15 +167,22 @@ async fn publisher_loop(
     shutdown: CancellationToken,
 ) {
     let channel = backend.keys.events_channel();
-    let mut backoff = Backoff::new();
+    let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     'connect: loop {
-        let mut conn = match backend.client.get_multiplexed_async_connection().await {
+        let connected = match backend.client() {
+            Ok(client) => client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| RedisError::from_client("publisher_connect", &e)),
+            Err(e) => Err(e),
+        };
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 healthy.store(false, Ordering::Release);
                 tracing::warn!(error = %e, "redis publisher cannot connect; retrying");
-                backoff.wait(&shutdown).await;
+                wait_to_reconnect(&mut backoff, &shutdown).await;
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -194,7 +190,7 @@ async fn publisher_loop(
             }
         };
         healthy.store(true, Ordering::Release);
-        backoff.reset();
+        backoff = reconnect_delays();
         loop {
             let mut last = false;
             if batch.is_empty() {
@@ -228,29 +224,22 @@ async fn publisher_loop(
             for (_, payload) in &batch {
                 pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
             }
-            let started = std::time::Instant::now();
-            let sent: Result<Result<(), _>, _> =
-                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn))
-                    .await;
-            backend
-                .metrics
-                .redis_command_duration
-                .with_label_values(&["publish_events"])
-                .observe(started.elapsed().as_secs_f64());
+            let sent = backend
+                .timed("publish_events", async {
+                    pipe.query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| RedisError::from_client("publish_events", &e))
+                })
+                .await;
             match sent {
-                Ok(Ok(())) if last => return,
-                Ok(Ok(())) => batch.clear(),
-                other => {
-                    backend
-                        .metrics
-                        .redis_errors
-                        .with_label_values(&["publish_events"])
-                        .inc();
-                    tracing::warn!(result = ?other.map(|r| r.map_err(|e| e.to_string())), pending = batch.len(), "redis publish failed; reconnecting");
+                Ok(()) if last => return,
+                Ok(()) => batch.clear(),
+                Err(error) => {
+                    tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
                     // The batch is kept and sent first on the new
                     // connection, so order holds; stale events are dropped.
                     healthy.store(false, Ordering::Release);
-                    backoff.wait(&shutdown).await;
+                    wait_to_reconnect(&mut backoff, &shutdown).await;
                     if shutdown.is_cancelled() {
                         return;
                     }
@@ -271,11 +260,17 @@ async fn subscriber_loop(
 ) {
     let events = backend.keys.events_channel();
     let inbox = backend.keys.inbox_channel(&instance);
-    let mut backoff = Backoff::new();
+    let mut backoff = reconnect_delays();
     let mut announced_down = false;
     while !shutdown.is_cancelled() {
         let connected = async {
-            let mut pubsub = backend.client.get_async_pubsub().await?;
+            let mut pubsub = backend
+                .client()
+                .map_err(|e| {
+                    ::redis::RedisError::from((::redis::ErrorKind::Io, "pub/sub", e.to_string()))
+                })?
+                .get_async_pubsub()
+                .await?;
             pubsub.subscribe(&events).await?;
             pubsub.subscribe(&inbox).await?;
             Ok::<_, ::redis::RedisError>(pubsub)
@@ -292,7 +287,7 @@ async fn subscriber_loop(
                     announced_down = true;
                 }
                 subscribed.store(false, Ordering::Release);
-                backoff.wait(&shutdown).await;
+                wait_to_reconnect(&mut backoff, &shutdown).await;
                 continue;
             }
         };
@@ -300,7 +295,7 @@ async fn subscriber_loop(
         announced_down = false;
         epoch.fetch_add(1, Ordering::AcqRel);
         subscribed.store(true, Ordering::Release);
-        backoff.reset();
+        backoff = reconnect_delays();
         let mut stream = pubsub.into_on_message();
         loop {
             let msg = tokio::select! {
@@ -328,6 +323,6 @@ async fn subscriber_loop(
         }
         subscribed.store(false, Ordering::Release);
         tracing::warn!("redis pub/sub connection lost; resubscribing");
-        backoff.wait(&shutdown).await;
+        wait_to_reconnect(&mut backoff, &shutdown).await;
     }
 }

@@ -19,13 +19,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::broker::{Broker, EventEnvelope, Inbound};
-use crate::cluster::membership::Membership;
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{
     ClientInfo, Contact, HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis,
 };
 use crate::store::SessionStore;
+use crate::store::membership::Membership;
 use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use agents::AgentRouter;

@@ -45,7 +45,7 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
 
 /// Live instances and their client counts.
 async fn cluster(State(hub): State<Arc<Hub>>) -> axum::response::Response {
-    match hub.membership.instances(&hub).await {
+    match hub.membership.instances(hub.registry.client_count()).await {
         Ok(instances) => axum::Json(serde_json::json!({
             "mode": hub.membership.mode(),
             "instance": hub.instance(),

@@ -3,8 +3,11 @@
 //!
 //! [`memory::MemoryStore`] keeps it in this process (standalone);
 //! `redis::RedisStore` keeps it in Redis so every instance of a cluster
-//! sees the same session.
+//! sees the same session. Reaping what a dead instance left behind is the
+//! store's job too ([`SessionStore::reap_instance`]): it is the store's
+//! data, taken with the store's own atomic scripts.
 
+pub mod membership;
 pub mod memory;
 pub mod redis;
 
@@ -20,6 +23,24 @@ pub struct AgentRef {
 }
 
 pub type StoreResult<T> = Result<T, HubError>;
+
+/// Something a dead instance left behind, taken by the reaper: the caller
+/// announces it (`client_left`, `agent_changed`) exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reaped {
+    /// The client was in the session's presence; it is gone now.
+    ClientLeft { session: String, client: ClientInfo },
+    /// The session's agent was on the dead instance; it has none now.
+    AgentReleased { session: String },
+}
+
+/// A reaping that failed part-way: what was taken before the failure is
+/// already gone from the store, so it must still be announced.
+#[derive(Debug, Clone)]
+pub struct PartialReap {
+    pub reaped: Vec<Reaped>,
+    pub error: HubError,
+}
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -53,4 +74,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Clears the agent if it is still `client_id`; true if it was.
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool>;
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>>;
+
+    /// Takes every client and agent `instance` (a dead one) left in any
+    /// session, each exactly once even with several reapers, and forgets
+    /// its member index. A single process has no other instance, so the
+    /// default has nothing to reap.
+    async fn reap_instance(&self, _instance: &str) -> Result<Vec<Reaped>, PartialReap> {
+        Ok(Vec::new())
+    }
 }

@@ -1,18 +1,19 @@
-//! Session state in Redis, shared by every instance of a cluster.
-//! Key layout: [`crate::cluster::conn::Keys`] and docs/redis.md.
+//! Session state in Redis, shared by every instance of a cluster, and the
+//! reaping of what dead instances left in it. Owns the store's Lua scripts.
+//! Key layout: [`crate::redis::Keys`] and docs/redis.md.
 
 use std::sync::LazyLock;
 
 use ::redis::Script;
 use async_trait::async_trait;
 
-use super::{AgentRef, SessionStore, StoreResult};
-use crate::cluster::conn::RedisBackend;
+use super::{AgentRef, PartialReap, Reaped, SessionStore, StoreResult};
 use crate::protocol::{ClientInfo, Contact, HistoryEntry, HubError, now_millis};
+use crate::redis::RedisBackend;
 
 /// Deletes the agent key only if its field ARGV[1] (`client_id` or
 /// `instance`) still equals ARGV[2]: a newer agent is never released.
-pub static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
+static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local v = redis.call('GET', KEYS[1])
@@ -31,7 +32,7 @@ pub static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
 /// leaving client's instance, or one reaper) announces the departure. The
 /// entry is only taken if it belongs to instance ARGV[3]: the same client id
 /// may meanwhile have registered again on another instance.
-pub static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         redis.call('SREM', KEYS[2], ARGV[2])
@@ -68,8 +69,61 @@ impl RedisStore {
     }
 }
 
-pub fn member_tag(session: &str, client_id: &str) -> String {
+fn member_tag(session: &str, client_id: &str) -> String {
     format!("{session}\t{client_id}")
+}
+
+impl RedisStore {
+    /// Reaps `instance`, pushing what it takes onto `reaped` as it goes (so
+    /// a failure part-way still reports what is already gone).
+    async fn reap_into(&self, instance: &str, reaped: &mut Vec<Reaped>) -> StoreResult<()> {
+        let keys = &self.backend.keys;
+        let tags: Vec<String> = self
+            .backend
+            .query(
+                "reap_members",
+                ::redis::cmd("SMEMBERS").arg(keys.instance_members(instance)),
+            )
+            .await?;
+        for tag in &tags {
+            let Some((session, client_id)) = tag.split_once('\t') else {
+                continue;
+            };
+            let mut take = TAKE_PRESENCE.prepare_invoke();
+            take.key(keys.presence(session))
+                .key(keys.instance_members(instance))
+                .arg(client_id)
+                .arg(tag)
+                .arg(instance);
+            let taken: Option<String> = self.backend.script("reap_take", &take).await?;
+            if let Some(client) = taken.and_then(|t| serde_json::from_str::<ClientInfo>(&t).ok()) {
+                reaped.push(Reaped::ClientLeft {
+                    session: session.to_string(),
+                    client,
+                });
+            }
+            let mut release = RELEASE_AGENT_IF.prepare_invoke();
+            release
+                .key(keys.agent(session))
+                .arg("instance")
+                .arg(instance);
+            let released: i64 = self.backend.script("reap_agent", &release).await?;
+            if released == 1 {
+                reaped.push(Reaped::AgentReleased {
+                    session: session.to_string(),
+                });
+            }
+        }
+        let _: () = self
+            .backend
+            .query(
+                "reap_done",
+                ::redis::cmd("DEL").arg(keys.instance_members(instance)),
+            )
+            .await?;
+        tracing::info!(dead = %instance, clients = tags.len(), "reaped a dead instance's sessions");
+        Ok(())
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, HubError> {
@@ -114,12 +168,13 @@ impl SessionStore for RedisStore {
     }
 
     async fn last_contact(&self, session: &str) -> StoreResult<Option<String>> {
-        self.backend
+        Ok(self
+            .backend
             .query(
                 "last_contact",
                 ::redis::cmd("GET").arg(self.backend.keys.last_contact(session)),
             )
-            .await
+            .await?)
     }
 
     async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
@@ -244,5 +299,13 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(raw.and_then(|r| decode("agent", &r).ok()))
+    }
+
+    async fn reap_instance(&self, instance: &str) -> Result<Vec<Reaped>, PartialReap> {
+        let mut reaped = Vec::new();
+        match self.reap_into(instance, &mut reaped).await {
+            Ok(()) => Ok(reaped),
+            Err(error) => Err(PartialReap { reaped, error }),
+        }
     }
 }

@@ -3,6 +3,9 @@
 //! Precedence: flags, then environment, then `.env` (dotenvy never overrides
 //! a variable that is already set, and clap prefers a flag over the
 //! environment). Invalid values are reported naming the setting, exit code 2.
+//! Config owns every setting; the AI ones live in [`ai`].
+
+pub mod ai;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::ai::settings::AiArgs;
+use ai::AiArgs;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,0 +1,88 @@
+//! The cluster loop of one instance: heartbeat, re-announce the local
+//! clients after a Redis outage or reconnection, reap dead instances and
+//! announce what was reaped. It sits above the hub, so it reads the hub's
+//! registry and publishes through it; membership and store stay hub-free.
+
+use std::sync::Arc;
+
+use super::membership::RedisMembership;
+use crate::hub::Hub;
+use crate::protocol::HubError;
+use crate::store::membership::Membership;
+use crate::store::{AgentRef, Reaped};
+
+/// Runs the loop until the hub shuts down, then leaves the cluster.
+pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(membership.heartbeat_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_healthy = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = hub.shutdown.cancelled() => break,
+            }
+            let ok = match membership.beat(hub.registry.client_count()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    if was_healthy {
+                        tracing::warn!(error = %e, "redis heartbeat failed: not ready until it recovers");
+                    }
+                    false
+                }
+            };
+            // After an outage or a reconnection (Redis may have restarted
+            // empty), put this instance's clients back.
+            let epoch = hub.broker.connection_epoch();
+            if ok && (!was_healthy || epoch != membership.synced_epoch()) {
+                tracing::info!("redis reachable: re-announcing local clients");
+                match resync(&hub).await {
+                    Ok(()) => membership.mark_synced(epoch),
+                    Err(e) => tracing::warn!(error = %e, "re-announcing local clients failed"),
+                }
+            }
+            membership.set_healthy(ok);
+            hub.metrics.store_up.set(i64::from(ok));
+            was_healthy = ok;
+            if ok {
+                match membership.reap().await {
+                    Ok(reaped) => announce(&hub, &reaped),
+                    Err(partial) => {
+                        announce(&hub, &partial.reaped);
+                        tracing::warn!(error = %partial.error, "reaping dead instances failed");
+                    }
+                }
+            }
+        }
+        if let Err(e) = membership.leave().await {
+            tracing::debug!(error = %e, "leaving the cluster failed; others reap after the TTL");
+        }
+    });
+}
+
+/// Puts this instance's clients and agents back into the store.
+async fn resync(hub: &Hub) -> Result<(), HubError> {
+    for (session, handle) in hub.registry.all() {
+        hub.store.join(&session, &handle.info).await?;
+        if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
+            let me = AgentRef {
+                client_id: handle.info.client_id.clone(),
+                instance: hub.instance().to_string(),
+            };
+            hub.store.claim_agent_if_vacant(&session, &me).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tells the sessions what the reaper took.
+fn announce(hub: &Hub, reaped: &[Reaped]) {
+    for event in reaped {
+        match event {
+            Reaped::ClientLeft { session, client } => {
+                hub.publish_client_event(session, client, false)
+            }
+            Reaped::AgentReleased { session } => hub.publish_agent_changed(session, None),
+        }
+    }
+}

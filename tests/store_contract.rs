@@ -1,0 +1,549 @@
+//! Contract tests: the same test functions run against both
+//! implementations of `SessionStore` (memory, Redis) and of `Broker`
+//! (local, Redis pub/sub), so the standalone and cluster backends cannot
+//! drift apart. Each Redis case runs on its own private redis-server
+//! (killed when the test ends, also on failure).
+
+mod cluster_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_support::{RedisServer, wait_until_async};
+use mcp_hub::broker::local::LocalBroker;
+use mcp_hub::broker::redis::RedisBroker;
+use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage};
+use mcp_hub::metrics::Metrics;
+use mcp_hub::protocol::{ClientInfo, Contact, ErrorCode, HistoryEntry, MessageDirection};
+use mcp_hub::redis::RedisBackend;
+use mcp_hub::store::memory::MemoryStore;
+use mcp_hub::store::redis::RedisStore;
+use mcp_hub::store::{AgentRef, Reaped, SessionStore};
+use tokio::sync::mpsc;
+
+const HISTORY_CAP: usize = 5;
+/// The instance the store under test runs as.
+const ME: &str = "inst-a";
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- fixtures
+
+/// A store under test, with whatever must live as long as it.
+struct StoreFixture {
+    store: Arc<dyn SessionStore>,
+    /// A second instance's view of the same data (Redis only), for races.
+    peer: Option<Arc<dyn SessionStore>>,
+    _redis: Option<RedisServer>,
+}
+
+fn memory_store() -> StoreFixture {
+    StoreFixture {
+        store: Arc::new(MemoryStore::new(HISTORY_CAP)),
+        peer: None,
+        _redis: None,
+    }
+}
+
+fn redis_store() -> StoreFixture {
+    let redis = RedisServer::start();
+    let metrics = Arc::new(Metrics::new(ME));
+    let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+    let store = |instance: &str| -> Arc<dyn SessionStore> {
+        Arc::new(RedisStore::new(
+            backend.clone(),
+            instance.to_string(),
+            HISTORY_CAP,
+            10_000,
+        ))
+    };
+    StoreFixture {
+        store: store(ME),
+        peer: Some(store("inst-b")),
+        _redis: Some(redis),
+    }
+}
+
+fn client(id: &str, instance: &str) -> ClientInfo {
+    ClientInfo {
+        client_id: id.to_string(),
+        client_name: format!("name of {id}"),
+        instance: instance.to_string(),
+        capabilities: vec!["whatsapp".to_string()],
+    }
+}
+
+fn agent(id: &str, instance: &str) -> AgentRef {
+    AgentRef {
+        client_id: id.to_string(),
+        instance: instance.to_string(),
+    }
+}
+
+fn contact(name: &str) -> Contact {
+    Contact {
+        name: name.to_string(),
+        phone: Some(format!("+1-{name}")),
+    }
+}
+
+fn entry(contact: &str, n: usize) -> HistoryEntry {
+    HistoryEntry {
+        direction: MessageDirection::Outgoing,
+        contact: contact.to_string(),
+        message: format!("message {n}"),
+        message_id: format!("id{n}"),
+        timestamp: 1_000 + n as u64,
+        by: "tester".to_string(),
+    }
+}
+
+fn ids(members: &[ClientInfo]) -> Vec<String> {
+    let mut ids: Vec<String> = members.iter().map(|c| c.client_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+// ------------------------------------------------------- store contract
+
+async fn contacts_seed_set_get(f: StoreFixture) {
+    let s = &f.store;
+    assert!(s.contacts("fresh").await.unwrap().is_empty());
+    s.seed_contacts("s", &[contact("John"), contact("Alice")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.contacts("s").await.unwrap(),
+        [contact("John"), contact("Alice")]
+    );
+    // A second seed never overwrites what is there.
+    s.seed_contacts("s", &[contact("Mallory")]).await.unwrap();
+    assert_eq!(
+        s.contacts("s").await.unwrap(),
+        [contact("John"), contact("Alice")]
+    );
+    s.set_contacts("s", &[contact("Bob")]).await.unwrap();
+    assert_eq!(s.contacts("s").await.unwrap(), [contact("Bob")]);
+    // Sessions are separate.
+    assert!(s.contacts("other").await.unwrap().is_empty());
+}
+
+async fn last_contact_follows_messages(f: StoreFixture) {
+    let s = &f.store;
+    assert_eq!(s.last_contact("s").await.unwrap(), None);
+    s.record_message("s", &entry("John", 0)).await.unwrap();
+    assert_eq!(s.last_contact("s").await.unwrap().as_deref(), Some("John"));
+    s.record_message("s", &entry("Alice", 1)).await.unwrap();
+    assert_eq!(s.last_contact("s").await.unwrap().as_deref(), Some("Alice"));
+    assert_eq!(s.last_contact("other").await.unwrap(), None);
+}
+
+async fn history_is_capped_ordered_and_per_contact(f: StoreFixture) {
+    let s = &f.store;
+    for n in 0..HISTORY_CAP + 2 {
+        s.record_message("s", &entry("John", n)).await.unwrap();
+    }
+    s.record_message("s", &entry("Alice", 99)).await.unwrap();
+    let john: Vec<String> = s
+        .history("s", "john", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(
+        john,
+        ["id2", "id3", "id4", "id5", "id6"],
+        "capped, oldest first"
+    );
+    let newest: Vec<String> = s
+        .history("s", "JOHN", 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(newest, ["id5", "id6"], "the newest `limit`, oldest first");
+    let alice = s.history("s", "Alice", 10).await.unwrap();
+    assert_eq!(alice, [entry("Alice", 99)], "entries round-trip intact");
+    assert!(s.history("s", "nobody", 10).await.unwrap().is_empty());
+}
+
+async fn join_and_leave_exactly_once(f: StoreFixture) {
+    let s = &f.store;
+    s.join("s", &client("c1", ME)).await.unwrap();
+    s.join("s", &client("c2", ME)).await.unwrap();
+    // Joining again replaces, never duplicates.
+    s.join("s", &client("c1", ME)).await.unwrap();
+    assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
+    assert!(s.members("other").await.unwrap().is_empty());
+
+    // Two concurrent leaves of the same client: exactly one wins.
+    let (a, b) = tokio::join!(s.leave("s", "c1"), s.leave("s", "c1"));
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|x| **x).count(),
+        1,
+        "exactly one leave reports the departure"
+    );
+    assert!(!s.leave("s", "c1").await.unwrap());
+    assert!(!s.leave("s", "never-joined").await.unwrap());
+    assert_eq!(ids(&s.members("s").await.unwrap()), ["c2"]);
+    let member = &s.members("s").await.unwrap()[0];
+    assert_eq!(member, &client("c2", ME), "presence round-trips intact");
+}
+
+async fn agent_claim_release(f: StoreFixture) {
+    let s = &f.store;
+    assert_eq!(s.agent("s").await.unwrap(), None);
+    assert_eq!(s.claim_agent("s", &agent("a1", ME)).await.unwrap(), None);
+    // The newest registration wins and reports whom it replaced.
+    assert_eq!(
+        s.claim_agent("s", &agent("a2", ME)).await.unwrap(),
+        Some(agent("a1", ME))
+    );
+    assert_eq!(s.agent("s").await.unwrap(), Some(agent("a2", ME)));
+    assert!(
+        !s.claim_agent_if_vacant("s", &agent("a3", ME))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.agent("s").await.unwrap(), Some(agent("a2", ME)));
+    // Only the current agent can be released.
+    assert!(!s.release_agent("s", "a1").await.unwrap());
+    assert_eq!(s.agent("s").await.unwrap(), Some(agent("a2", ME)));
+    assert!(s.release_agent("s", "a2").await.unwrap());
+    assert!(!s.release_agent("s", "a2").await.unwrap());
+    assert_eq!(s.agent("s").await.unwrap(), None);
+    assert!(
+        s.claim_agent_if_vacant("s", &agent("a3", ME))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.agent("s").await.unwrap(), Some(agent("a3", ME)));
+    assert_eq!(s.agent("other").await.unwrap(), None);
+}
+
+macro_rules! store_contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::memory_store()).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::redis_store()).await;
+                }
+            )*
+        }
+    };
+}
+
+store_contract!(
+    contacts_seed_set_get,
+    last_contact_follows_messages,
+    history_is_capped_ordered_and_per_contact,
+    join_and_leave_exactly_once,
+    agent_claim_release,
+);
+
+// ------------------------------------------------------------- reaping
+
+#[tokio::test]
+async fn memory_store_has_nothing_to_reap() {
+    let f = memory_store();
+    f.store.join("s", &client("c1", "dead")).await.unwrap();
+    f.store
+        .claim_agent("s", &agent("c1", "dead"))
+        .await
+        .unwrap();
+    assert_eq!(f.store.reap_instance("dead").await.unwrap(), []);
+    assert_eq!(ids(&f.store.members("s").await.unwrap()), ["c1"]);
+}
+
+#[tokio::test]
+async fn redis_store_reaps_a_dead_instance_exactly_once() {
+    let f = redis_store();
+    let (s, peer) = (&f.store, f.peer.as_ref().expect("redis has a peer"));
+    // "dead" had two clients in two sessions and was s1's agent; a client
+    // of this instance shares s1 and survives.
+    s.join("s1", &client("d1", "dead")).await.unwrap();
+    s.join("s2", &client("d2", "dead")).await.unwrap();
+    s.join("s1", &client("live", ME)).await.unwrap();
+    s.claim_agent("s1", &agent("d1", "dead")).await.unwrap();
+    s.claim_agent("s2", &agent("other", ME)).await.unwrap();
+
+    // Two instances reap at once: every item is taken exactly once.
+    let (a, b) = tokio::join!(s.reap_instance("dead"), peer.reap_instance("dead"));
+    let mut all: Vec<Reaped> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    all.sort_by_key(|r| format!("{r:?}"));
+    let mut expected = vec![
+        Reaped::ClientLeft {
+            session: "s1".into(),
+            client: client("d1", "dead"),
+        },
+        Reaped::ClientLeft {
+            session: "s2".into(),
+            client: client("d2", "dead"),
+        },
+        Reaped::AgentReleased {
+            session: "s1".into(),
+        },
+    ];
+    expected.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(all, expected);
+
+    assert_eq!(s.reap_instance("dead").await.unwrap(), [], "nothing left");
+    assert_eq!(ids(&s.members("s1").await.unwrap()), ["live"]);
+    assert!(s.members("s2").await.unwrap().is_empty());
+    assert_eq!(s.agent("s1").await.unwrap(), None);
+    // Another instance's agent is never released by reaping "dead".
+    assert_eq!(s.agent("s2").await.unwrap(), Some(agent("other", ME)));
+}
+
+#[tokio::test]
+async fn redis_reaping_leaves_a_client_that_moved_to_a_live_instance() {
+    let f = redis_store();
+    let s = &f.store;
+    s.join("s", &client("c1", "dead")).await.unwrap();
+    // The same client id registered again on this instance.
+    s.join("s", &client("c1", ME)).await.unwrap();
+    s.claim_agent("s", &agent("c1", ME)).await.unwrap();
+    assert_eq!(s.reap_instance("dead").await.unwrap(), []);
+    assert_eq!(s.members("s").await.unwrap(), [client("c1", ME)]);
+    assert_eq!(s.agent("s").await.unwrap(), Some(agent("c1", ME)));
+}
+
+// ------------------------------------------------------ broker contract
+
+/// One instance of a bus under test and what it received.
+struct Node {
+    instance: String,
+    broker: Arc<dyn Broker>,
+    inbound: mpsc::Receiver<Inbound>,
+}
+
+struct BrokerFixture {
+    nodes: Vec<Node>,
+    _redis: Option<RedisServer>,
+}
+
+fn local_bus() -> BrokerFixture {
+    let (tx, rx) = mpsc::channel(1024);
+    BrokerFixture {
+        nodes: vec![Node {
+            instance: "solo".into(),
+            broker: Arc::new(LocalBroker::new("solo".into(), tx)),
+            inbound: rx,
+        }],
+        _redis: None,
+    }
+}
+
+async fn redis_bus() -> BrokerFixture {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for instance in ["node-a", "node-b"] {
+        let metrics = Arc::new(Metrics::new(instance));
+        let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+        let (tx, rx) = mpsc::channel(1024);
+        nodes.push(Node {
+            instance: instance.into(),
+            broker: Arc::new(RedisBroker::start(backend, instance.into(), tx)),
+            inbound: rx,
+        });
+    }
+    for node in &nodes {
+        let broker = node.broker.clone();
+        wait_until_async("the broker to subscribe", WAIT, || {
+            let broker = broker.clone();
+            async move { broker.is_healthy() }
+        })
+        .await;
+    }
+    BrokerFixture {
+        nodes,
+        _redis: Some(redis),
+    }
+}
+
+fn envelope(origin: &str, n: usize) -> EventEnvelope {
+    EventEnvelope {
+        session: "s".into(),
+        origin: origin.into(),
+        kind: "message_event".into(),
+        produced_at: n as u64,
+        except: None,
+        frame: format!("{{\"n\":{n}}}"),
+    }
+}
+
+fn call(n: usize) -> InstanceMessage {
+    InstanceMessage::AgentCall {
+        call_id: format!("call-{n}"),
+        session: "s".into(),
+        agent_client_id: "agent".into(),
+        command: serde_json::json!({"n": n}),
+        reply_to: "whoever".into(),
+    }
+}
+
+/// The next message a node receives, failing the test after [`WAIT`].
+async fn next(node: &mut Node) -> Inbound {
+    tokio::time::timeout(WAIT, node.inbound.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{} received nothing", node.instance))
+        .expect("inbound channel open")
+}
+
+/// The next event from `origin` (a bus may loop a node's own events back;
+/// the hub drops those by origin).
+async fn next_event_from(node: &mut Node, origin: &str) -> EventEnvelope {
+    loop {
+        match next(node).await {
+            Inbound::Event(e) if e.origin == origin => return e,
+            Inbound::Event(_) => continue,
+            Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
+        }
+    }
+}
+
+async fn events_reach_every_other_instance_once_in_order(mut f: BrokerFixture) {
+    const N: usize = 200;
+    for p in 0..f.nodes.len() {
+        let origin = f.nodes[p].instance.clone();
+        for n in 0..N {
+            f.nodes[p].broker.publish_event(envelope(&origin, n));
+        }
+        // An end marker: whatever arrives before it is all there is.
+        f.nodes[p]
+            .broker
+            .publish_event(envelope(&origin, usize::MAX));
+        for (r, node) in f.nodes.iter_mut().enumerate() {
+            if r == p {
+                continue;
+            }
+            let mut got = Vec::new();
+            loop {
+                let e = next_event_from(node, &origin).await;
+                if e.produced_at == usize::MAX as u64 {
+                    break;
+                }
+                got.push(e.produced_at);
+            }
+            let expected: Vec<u64> = (0..N as u64).collect();
+            assert_eq!(got, expected, "{} from {origin}", node.instance);
+        }
+    }
+}
+
+async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
+    let count = f.nodes.len();
+    for from in 0..count {
+        for to in 0..count {
+            let target = f.nodes[to].instance.clone();
+            let n = from * 10 + to;
+            f.nodes[from]
+                .broker
+                .send_to_instance(&target, call(n))
+                .await
+                .unwrap();
+            // A second message proves the first arrived exactly once.
+            f.nodes[from]
+                .broker
+                .send_to_instance(&target, call(n + 1000))
+                .await
+                .unwrap();
+            for expected in [n, n + 1000] {
+                let got = loop {
+                    match next(&mut f.nodes[to]).await {
+                        Inbound::Instance(m) => break m,
+                        // Loop-back events of earlier tests are no concern here.
+                        Inbound::Event(_) => continue,
+                    }
+                };
+                match got {
+                    InstanceMessage::AgentCall { call_id, .. } => {
+                        assert_eq!(call_id, format!("call-{expected}"))
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+async fn send_to_unknown_instance_is_agent_unavailable(f: BrokerFixture) {
+    for node in &f.nodes {
+        let err = node
+            .broker
+            .send_to_instance("no-such-instance", call(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::AgentUnavailable, "{err}");
+    }
+}
+
+async fn close_flushes_queued_events(mut f: BrokerFixture) {
+    const N: usize = 50;
+    let origin = f.nodes[0].instance.clone();
+    for n in 0..N {
+        f.nodes[0].broker.publish_event(envelope(&origin, n));
+    }
+    f.nodes[0].broker.close().await;
+    for node in f.nodes.iter_mut().skip(1) {
+        let mut got = Vec::new();
+        while got.len() < N {
+            got.push(next_event_from(node, &origin).await.produced_at);
+        }
+        assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "{}", node.instance);
+    }
+}
+
+macro_rules! broker_contract {
+    ($($name:ident),* $(,)?) => {
+        mod local_broker {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::local_bus()).await;
+                }
+            )*
+        }
+        mod redis_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::redis_bus().await).await;
+                }
+            )*
+        }
+    };
+}
+
+broker_contract!(
+    events_reach_every_other_instance_once_in_order,
+    send_to_instance_delivers_once,
+    send_to_unknown_instance_is_agent_unavailable,
+    close_flushes_queued_events,
+);
+
+#[tokio::test]
+async fn the_local_bus_loops_nothing_back() {
+    // Standalone: the hub delivers locally itself; a published event must
+    // not come back through the bus (it would reach clients twice).
+    let mut f = local_bus();
+    let node = &mut f.nodes[0];
+    node.broker.publish_event(envelope("solo", 1));
+    node.broker.send_to_instance("solo", call(7)).await.unwrap();
+    match next(node).await {
+        Inbound::Instance(InstanceMessage::AgentCall { call_id, .. }) => {
+            assert_eq!(call_id, "call-7")
+        }
+        other => panic!("the event came back: {other:?}"),
+    }
+}
