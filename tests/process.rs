@@ -169,8 +169,17 @@ async fn every_invalid_setting_exits_2_with_one_line_naming_it() {
             "OPENAI_API_KEY",
         ),
     ];
-    for (args, envs, setting) in &cases {
-        let (code, stderr) = run_hub(args, envs, &dir);
+    // Each case is its own short-lived process: run them side by side.
+    let results: Vec<(Option<i32>, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .map(|(args, envs, _)| scope.spawn(|| run_hub(args, envs, &dir)))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().unwrap_or_else(|_| panic!("a case panicked")))
+            .collect()
+    });
+    for ((args, envs, setting), (code, stderr)) in cases.iter().zip(results) {
         assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
         assert_one_line_naming(&stderr, setting, &format!("{args:?} {envs:?}"));
     }
