@@ -558,6 +558,61 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
     // The session's own last contact is now Alice.
     let r = me.request(ai_command("reply and again")).await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
+    // Names resolve against a given list only: "jo" is ambiguous in it,
+    // though the session has a single John.
+    let r = me
+        .request(
+            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
+            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
+        )
+        .await;
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
+
+    // More phrasings: the `whatsapp` verb with a typo, `tell` without
+    // `that`, an apostrophe, `send <message> to <name>`, and `respond`
+    // (to the last contact, Mom by then).
+    for (text, contact, message) in [
+        ("whatsapp alcie are you there", "Alice", "are you there"),
+        (
+            "please tell JOHN dinner is ready",
+            "John",
+            "dinner is ready",
+        ),
+        (
+            "tell jane that I'm running late",
+            "Jane",
+            "I'm running late",
+        ),
+        ("send hello to mom", "Mom", "hello"),
+        ("respond: ok", "Mom", "ok"),
+    ] {
+        let r = me.request(ai_command(text)).await;
+        let c = &r["content"];
+        assert_eq!(c["success"], true, "{text}: {r}");
+        assert_eq!(c["provider"], "rules");
+        assert_eq!(
+            c["interpretation"],
+            json!({"action": "send", "contact": contact, "message": message}),
+            "{text}"
+        );
+        assert_eq!(c["result"]["contact"], contact);
+        assert_eq!(c["result"]["executed_by"], "simulated");
+    }
+    // A plain whatsapp_command moves the last contact too.
+    let r = me.request(send_cmd("bob", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    let r = me.request(ai_command("reply how are you?")).await;
+    assert_eq!(r["content"]["interpretation"]["contact"], "Bob", "{r}");
+    // Ambiguous among the built-in contacts; empty text is not understood.
+    let r = me.request(ai_command("send j a message saying hi")).await;
+    assert_eq!(r["type"], "response");
+    assert_eq!(r["content"]["success"], false);
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
+    let r = me.request(ai_command("")).await;
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
 }
 
 /// Ambiguity needs names that share a prefix: a contacts file.
@@ -841,164 +896,6 @@ async fn default_history_is_the_newest_twenty_and_the_store_keeps_history_limit(
         .await;
     assert_eq!(r["content"]["count"], 25, "HISTORY_LIMIT caps what is kept");
     assert_eq!(r["content"]["messages"][0]["message"], "m5");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ai_command_phrasings() {
-    let hub = TestHub::start(&["--instance-id", "proto"]).await;
-    let (mut a, _) = WsClient::register(&hub.ws_url(), "ai", "a").await;
-
-    // (text, contact, message) for every send phrasing.
-    let sends = [
-        (
-            "send john a message saying hello there",
-            "John",
-            "hello there",
-        ),
-        ("Send a message to Alice saying Hi!", "Alice", "Hi!"),
-        (
-            "tell jane that I'm running late",
-            "Jane",
-            "I'm running late",
-        ),
-        ("message bob: see you at 5", "Bob", "see you at 5"),
-        ("text maria \"call me\"", "Maria", "call me"),
-        ("send hello to mom", "Mom", "hello"),
-        ("whatsapp alcie are you there", "Alice", "are you there"),
-        (
-            "please tell JOHN dinner is ready",
-            "John",
-            "dinner is ready",
-        ),
-    ];
-    for (text, contact, message) in sends {
-        let r = a.request(ai_command(text)).await;
-        assert_eq!(r["type"], "response", "{text}: {r}");
-        assert_eq!(r["response_type"], "whatsapp_ai_command_result");
-        let c = &r["content"];
-        assert_eq!(c["success"], true, "{text}: {r}");
-        assert_eq!(c["provider"], "rules");
-        assert_eq!(
-            c["interpretation"],
-            json!({"action":"send","contact":contact,"message":message}),
-            "{text}"
-        );
-        assert_eq!(c["result"]["success"], true);
-        assert_eq!(c["result"]["contact"], contact);
-        assert_eq!(c["result"]["executed_by"], "simulated");
-    }
-
-    // The last send was to John: replies go there.
-    for text in [
-        "reply ok",
-        "reply to the last contact saying ok",
-        "respond: ok",
-    ] {
-        let r = a.request(ai_command(text)).await;
-        assert_eq!(
-            r["content"]["interpretation"]["contact"], "John",
-            "{text}: {r}"
-        );
-        assert_eq!(r["content"]["interpretation"]["message"], "ok", "{text}");
-    }
-    // A plain whatsapp_command also moves the last contact.
-    a.request(ws_command(
-        json!({"action":"send","contact":"bob","message":"hey"}),
-    ))
-    .await;
-    let r = a.request(ai_command("reply how are you?")).await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Bob", "{r}");
-
-    // History and contact list.
-    let r = a.request(ai_command("show history with bob")).await;
-    assert_eq!(
-        r["content"]["interpretation"],
-        json!({"action":"get_history","contact":"Bob"})
-    );
-    let msgs = r["content"]["result"]["messages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    // "message bob: see you at 5", "hey" and "how are you?".
-    assert_eq!(msgs.len(), 3, "{r}");
-    let r = a
-        .request(ai_command("read the last 1 messages from bob"))
-        .await;
-    assert_eq!(r["content"]["interpretation"]["limit"], 1, "{r}");
-    assert_eq!(
-        r["content"]["result"]["messages"][0]["message"],
-        "how are you?"
-    );
-    for text in ["list contacts", "show me my contacts", "contacts"] {
-        let r = a.request(ai_command(text)).await;
-        assert_eq!(
-            r["content"]["interpretation"]["action"], "list_contacts",
-            "{text}"
-        );
-        assert_eq!(r["content"]["result"]["total_count"], 6);
-    }
-
-    // Failures: ambiguous, unknown, unparseable, empty.
-    let r = a.request(ai_command("send j a message saying hi")).await;
-    assert_eq!(r["type"], "response");
-    assert_eq!(r["content"]["success"], false);
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
-    let r = a.request(ai_command("tell zebedee that hi")).await;
-    assert_eq!(r["content"]["code"], "contact_not_found", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), BUILTIN);
-    for text in ["what is the weather like", ""] {
-        let r = a.request(ai_command(text)).await;
-        assert_eq!(r["content"]["success"], false, "{text:?}: {r}");
-        assert_eq!(r["content"]["code"], "unparseable_command", "{text:?}");
-    }
-    // None of the failures sent anything.
-    let r = a
-        .request(ws_command(json!({"action":"get_history","contact":"bob"})))
-        .await;
-    assert_eq!(r["content"]["count"], 3);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ai_command_uses_the_given_context() {
-    let hub = TestHub::start(&["--instance-id", "proto"]).await;
-    let (mut a, _) = WsClient::register(&hub.ws_url(), "ctx", "a").await;
-    a.request(ws_command(
-        json!({"action":"send","contact":"jane","message":"x"}),
-    ))
-    .await;
-
-    // last_contact alone overrides the session's (Jane).
-    let r = a
-        .request(
-            json!({"type":"whatsapp_ai_command","command":"reply hi mom",
-                        "context":{"last_contact":"Mom"}}),
-        )
-        .await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Mom", "{r}");
-    assert_eq!(r["content"]["success"], true);
-
-    // A contact list makes names resolve against it: "jo" is ambiguous in
-    // it, though the session has a single John.
-    let r = a
-        .request(
-            json!({"type":"whatsapp_ai_command","command":"send jo a message saying hi",
-                        "context":{"contact_list":["John",{"name":"Joanna","phone":"+1"}]}}),
-        )
-        .await;
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
-    // Without a last_contact in a context that has a list, "reply" has no
-    // one to go to even though the session has one.
-    let r = a
-        .request(json!({"type":"whatsapp_ai_command","command":"reply hi",
-                        "context":{"contact_list":["John"]}}))
-        .await;
-    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
-    // Without any context the session's last contact is used: Mom, since
-    // the reply above went to her.
-    let r = a.request(ai_command("reply hi")).await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Mom", "{r}");
 }
 
 /// Every kind of answer echoes its `request_id` (the values themselves:
