@@ -307,6 +307,8 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
     let (mut watcher, _) = WsClient::register(&url, "rep", "watcher").await;
     let (mut old, _) = WsClient::register(&url, "rep", "alice").await;
     assert_eq!(watcher.recv().await["client_id"], "alice");
+    // The same id in another session is another client: replaces nothing.
+    let (mut elsewhere, _) = WsClient::register(&url, "other", "alice").await;
 
     let (mut new, conf) = WsClient::register_with(
         &url,
@@ -332,6 +334,7 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
     )
     .await;
     assert_quiet(&mut watcher, "no client_left for a replaced connection").await;
+    assert_quiet(&mut elsewhere, "the other session's alice is untouched").await;
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
     assert_eq!(
         summary["clients"][1]["client_name"], "Alice again",
@@ -348,6 +351,7 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
     // When it leaves, alice is gone for good.
     new.close().await;
     assert_eq!(watcher.recv().await["type"], "client_left");
+    assert_quiet(&mut elsewhere, "nor told about this alice leaving").await;
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
     assert_eq!(
         summary["clients"].as_array().map(Vec::len),

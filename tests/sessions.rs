@@ -1,15 +1,16 @@
 //! Sessions over real WebSockets, against an in-process hub: clients of one
 //! session see each other's events (two and five clients), presence (join,
-//! leave, a dropped socket, a reconnect replacing the old connection),
-//! sessions never leak into each other, broadcasts reach every other client
-//! in order, and the simulated connector's auto-reply flows to everyone
-//! and into history.
+//! leave, a dropped socket), sessions never leak into each other,
+//! broadcasts reach every other client in order, and the simulated
+//! connector's auto-reply flows to everyone and into history. (A reconnect
+//! replacing the old connection is in tests/limits.rs, with the other
+//! forced closes.)
 
 mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,50 +420,6 @@ async fn broadcast_reaches_every_other_client_in_order() {
         }
         assert_eq!(seen, (0..30).collect::<Vec<i64>>());
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnecting_with_the_same_client_id_replaces_the_old_connection() {
-    let hub = TestHub::start(&[]).await;
-    let url = hub.ws_url();
-    let (mut old, _) = WsClient::register(&url, "re", "dup").await;
-    let (mut watcher, _) = WsClient::register(&url, "re", "w").await;
-    old.recv_type("client_joined").await;
-    // The same id in another session is another client: replaces nothing.
-    let (mut elsewhere, _) = WsClient::register(&url, "other", "dup").await;
-
-    let (mut new, conf) = WsClient::register(&url, "re", "dup").await;
-    let mut members: Vec<&str> = conf["clients"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c["client_id"].as_str()).collect())
-        .unwrap_or_default();
-    members.sort();
-    assert_eq!(members, ["dup", "w"], "{conf}");
-    assert_eq!(old.expect_close().await, Some(4001));
-    wait_connections(&hub, 3).await;
-    let seen = watcher.flush().await;
-    assert_eq!(
-        types(&seen),
-        ["client_joined"],
-        "no client_left for a replaced connection: {seen:?}"
-    );
-    assert_eq!(seen[0]["client_id"], "dup");
-    assert!(elsewhere.flush().await.is_empty());
-    let (_, summary) = hub.get("/api/v1/sessions/re").await;
-    let summary: Value = serde_json::from_str(&summary).expect("json");
-    assert_eq!(
-        summary["clients"].as_array().map(Vec::len),
-        Some(2),
-        "{summary}"
-    );
-
-    // The new connection is fully the client: its events, its departure.
-    new.send_json(json!({"type":"broadcast","payload":"i am back"}))
-        .await;
-    assert_eq!(watcher.recv_type("broadcast").await["from"], "dup");
-    new.close().await;
-    assert_eq!(watcher.recv_type("client_left").await["client_id"], "dup");
-    assert!(elsewhere.flush().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
