@@ -8,15 +8,11 @@
 //! something did NOT happen too early (a retry before the provider's retry
 //! delay, a takeover before a lease expired).
 
-mod cluster_support;
-#[path = "support/fake_ai.rs"]
-mod fake_ai;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::RedisServer;
-use fake_ai::{Behavior, FakeAi, GEMINI_KEY, OPENAI_KEY};
 use mcp_hub::ai::breaker::BreakerState;
 use mcp_hub::ai::coordinator::AiCoordinator;
 use mcp_hub::ai::gemini::GeminiProvider;
@@ -26,6 +22,8 @@ use mcp_hub::ai::{AiError, AiProvider, InterpretRequest, RedisCoordination, vali
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{ErrorCode, HubError};
 use serde_json::{Value, json};
+use support::RedisServer;
+use support::fake_ai::{Behavior, FakeAi, GEMINI_KEY, OPENAI_KEY};
 
 const COMMAND: &str = "send john a message saying hello";
 const PREFIX: &str = "aitest";

@@ -1,22 +1,25 @@
-//! Cluster mode end to end: a private redis-server and three real hub
-//! processes on free loopback ports, driven by real WebSocket clients.
+//! Cluster mode end to end: a private redis-server and several hubs on free
+//! loopback ports, driven by real WebSocket clients. The hubs run
+//! in-process, except where the process is the point: `kill -9` (a crash
+//! must be noticed through the presence TTL), stderr, `SSL_CERT_FILE` in
+//! the environment, and scripts/cluster.
 
-mod cluster_support;
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cluster_support::{Haproxy, RedisServer, TlsRedisServer, wait_until_async};
-use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
+use support::*;
 
 /// Short heartbeats so failure tests finish quickly; TTL = 5 heartbeats.
 const HEARTBEAT_MS: &str = "200";
 const PRESENCE_TTL_MS: &str = "1000";
 
-async fn start_hub(redis: &RedisServer, id: &str, extra: &[&str]) -> HubProcess {
+fn hub_args<'a>(redis_url: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
+        "--redis-url",
+        redis_url,
         "--instance-id",
         id,
         "--heartbeat-ms",
@@ -25,14 +28,19 @@ async fn start_hub(redis: &RedisServer, id: &str, extra: &[&str]) -> HubProcess 
         PRESENCE_TTL_MS,
     ];
     args.extend_from_slice(extra);
-    HubProcess::start(&args, &[("REDIS_URL", &redis.url())]).await
+    args
 }
 
-async fn three_hubs(redis: &RedisServer) -> Vec<HubProcess> {
+async fn start_hub(redis: &RedisServer, id: &str, extra: &[&str]) -> TestHub {
+    let url = redis.url();
+    TestHub::start(&hub_args(&url, id, extra)).await
+}
+
+async fn three_hubs(redis: &RedisServer) -> Vec<TestHub> {
     three_hubs_with(redis, &[]).await
 }
 
-async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<HubProcess> {
+async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<TestHub> {
     let mut hubs = Vec::new();
     for id in ["hub-a", "hub-b", "hub-c"] {
         hubs.push(start_hub(redis, id, extra).await);
@@ -40,27 +48,14 @@ async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<HubProcess>
     hubs
 }
 
-async fn http_get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap_or_default())
-        }
-        Err(_) => (0, String::new()),
+/// Three spawned hubs, for tests that kill one with SIGKILL.
+async fn three_hub_processes(redis: &RedisServer) -> Vec<HubProcess> {
+    let url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ["hub-a", "hub-b", "hub-c"] {
+        hubs.push(HubProcess::start(&hub_args(&url, id, &[]), &[]).await);
     }
-}
-
-fn ids(clients: &Value) -> Vec<String> {
-    let mut v: Vec<String> = clients
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["client_id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    hubs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +70,7 @@ async fn instances_share_contacts_history_and_presence() {
     assert_eq!(conf_b["instance"], "hub-b");
     assert_eq!(conf_c["instance"], "hub-c");
     // Presence is cluster-wide: carol sees alice and bob on other instances.
-    assert_eq!(ids(&conf_c["clients"]), ["alice", "bob", "carol"]);
+    assert_eq!(sorted_ids(&conf_c["clients"]), ["alice", "bob", "carol"]);
     let joined = a.recv_type("client_joined").await;
     assert_eq!(joined["client_id"], "bob");
     assert_eq!(joined["instance"], "hub-b");
@@ -124,7 +119,7 @@ async fn instances_share_contacts_history_and_presence() {
     assert_eq!(list["total_count"], 2);
 
     // GET /api/v1/cluster lists the three live instances with client counts.
-    let (status, body) = http_get(&hubs[1].http_url("/api/v1/cluster")).await;
+    let (status, body) = http_get_url(&hubs[1].http_url("/api/v1/cluster")).await;
     assert_eq!(status, 200);
     let cluster: Value = serde_json::from_str(&body).expect("json");
     let listed: HashMap<String, u64> = cluster["instances"]
@@ -277,7 +272,7 @@ async fn an_agent_on_one_instance_serves_clients_on_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_leaves_presence_within_the_ttl() {
     let redis = RedisServer::start();
-    let mut hubs = three_hubs(&redis).await;
+    let mut hubs = three_hub_processes(&redis).await;
     let (mut a, _) = WsClient::register(&hubs[0].ws_url(), "s", "stays").await;
     let (_b, _) = WsClient::register(&hubs[1].ws_url(), "s", "doomed").await;
     let (_agent, _) = WsClient::register_with(
@@ -319,7 +314,7 @@ async fn killed_instance_leaves_presence_within_the_ttl() {
         || {
             let url = url.clone();
             async move {
-                let (_, body) = http_get(&url).await;
+                let (_, body) = http_get_url(&url).await;
                 !body.contains("hub-b") && body.contains("hub-a")
             }
         },
@@ -345,10 +340,10 @@ async fn hubs_survive_a_redis_outage_without_restarting() {
     let ready = hub1.http_url("/ready");
     wait_until_async("hub-a /ready to turn 503", Duration::from_secs(15), || {
         let url = ready.clone();
-        async move { http_get(&url).await.0 == 503 }
+        async move { http_get_url(&url).await.0 == 503 }
     })
     .await;
-    assert_eq!(http_get(&hub1.http_url("/health")).await.0, 200);
+    assert_eq!(http_get_url(&hub1.http_url("/health")).await.0, 200);
     // Clients stay connected; what needs Redis answers store_unavailable.
     let err = a
         .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
@@ -362,7 +357,7 @@ async fn hubs_survive_a_redis_outage_without_restarting() {
         let ready = hub.http_url("/ready");
         wait_until_async("/ready to recover", Duration::from_secs(20), || {
             let url = ready.clone();
-            async move { http_get(&url).await.0 == 200 }
+            async move { http_get_url(&url).await.0 == 200 }
         })
         .await;
     }
@@ -375,12 +370,12 @@ async fn hubs_survive_a_redis_outage_without_restarting() {
     let ev = b.recv_type("message_event").await;
     assert_eq!(ev["message"], "back");
     let (_c, conf) = WsClient::register(&hub2.ws_url(), "s", "c").await;
-    assert_eq!(ids(&conf["clients"]), ["a", "b", "c"]);
+    assert_eq!(sorted_ids(&conf["clients"]), ["a", "b", "c"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_started_before_redis_waits_then_serves() {
-    let port = cluster_support::free_port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let hub = HubProcess::start_unready(
         &[
@@ -394,8 +389,8 @@ async fn a_hub_started_before_redis_waits_then_serves() {
         &[("REDIS_URL", &url)],
     )
     .await;
-    assert_eq!(http_get(&hub.http_url("/health")).await.0, 200);
-    assert_eq!(http_get(&hub.http_url("/ready")).await.0, 503);
+    assert_eq!(http_get_url(&hub.http_url("/health")).await.0, 200);
+    assert_eq!(http_get_url(&hub.http_url("/ready")).await.0, 503);
     // Registering needs Redis: a clear error, and the connection stays.
     let mut early = WsClient::connect(&hub.ws_url()).await;
     let err = early
@@ -409,7 +404,7 @@ async fn a_hub_started_before_redis_waits_then_serves() {
         Duration::from_secs(20),
         || {
             let url = ready.clone();
-            async move { http_get(&url).await.0 == 200 }
+            async move { http_get_url(&url).await.0 == 200 }
         },
     )
     .await;
@@ -426,7 +421,7 @@ async fn a_hub_started_before_redis_waits_then_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
     let redis = RedisServer::start();
-    let mut hubs = three_hubs(&redis).await;
+    let mut hubs = three_hub_processes(&redis).await;
     let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
     let lb = Haproxy::start(&addrs, 3);
 
@@ -489,14 +484,12 @@ async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
     let dir = std::env::temp_dir().join(format!("mcp-hub-cluster-script-{}", std::process::id()));
-    let ports: Vec<String> = (0..5)
-        .map(|_| cluster_support::free_port().to_string())
-        .collect();
+    let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();
     let script = |cmd: &str| {
-        let mut c = std::process::Command::new(cluster_support::repo_path("scripts/cluster"));
+        let mut c = std::process::Command::new(repo_path("scripts/cluster"));
         c.arg(cmd)
             .env("CLUSTER_DIR", &dir)
-            .env("MCP_HUB_BIN", common::hub_binary());
+            .env("MCP_HUB_BIN", hub_binary());
         c
     };
     // Make sure nothing is left running if an assertion fails.
@@ -513,7 +506,7 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
     // Hub ports are consecutive from the base, and scripts/cluster wants
     // all three haproxy.cfg slots free (the unused one stays DOWN).
     let hub_base = loop {
-        let base = cluster_support::free_port();
+        let base = free_port();
         if base < 65000
             && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {
@@ -553,7 +546,7 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
         conf_a["instance"], conf_b["instance"],
         "leastconn uses both hubs"
     );
-    assert_eq!(ids(&conf_b["clients"]), ["a", "b"]);
+    assert_eq!(sorted_ids(&conf_b["clients"]), ["a", "b"]);
 
     let down = script("down").output().expect("down");
     assert!(down.status.success());
@@ -575,7 +568,7 @@ async fn rediss_urls_connect_over_tls() {
     let hub2 = HubProcess::start(&["--instance-id", "tls-b"], &envs).await;
     let (mut a, _) = WsClient::register(&hub1.ws_url(), "tls", "a").await;
     let (mut b, conf) = WsClient::register(&hub2.ws_url(), "tls", "b").await;
-    assert_eq!(ids(&conf["clients"]), ["a", "b"]);
+    assert_eq!(sorted_ids(&conf["clients"]), ["a", "b"]);
     let resp = a
         .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":"over tls"}}))
         .await;

@@ -1,20 +1,19 @@
-//! Standalone mode, per-connection limits and forced closes: message size
-//! (close 1009), slow consumers (close 1008), rate limit (`rate_limited`),
+//! Per-connection limits and forced closes, against an in-process hub:
+//! message size (close 1009, inclusive bound), slow consumers (close 1008),
+//! rate limit (`rate_limited`, request ids echoed, binary frames spared),
 //! requests in flight (`too_many_in_flight`), and a client id registered
 //! again (close 4001).
 
-mod common;
-mod standalone_support;
+mod support;
 
 use std::time::Duration;
 
-use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
-use standalone_support::*;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_max_message_bytes_closes_with_1009() {
-    let hub = HubProcess::start(&["--max-message-bytes", "1024"], &[]).await;
+    let hub = TestHub::start(&["--max-message-bytes", "1024"]).await;
     let url = hub.ws_url();
     let (mut peer, _) = WsClient::register(&url, "size", "peer").await;
     let (mut big, _) = WsClient::register(&url, "size", "big").await;
@@ -54,17 +53,14 @@ async fn a_frame_over_max_message_bytes_closes_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_off_with_1008() {
-    let hub = HubProcess::start(
-        &[
-            "--outbound-queue-len",
-            "8",
-            "--rate-limit-per-sec",
-            "100000",
-            "--rate-limit-burst",
-            "100000",
-        ],
-        &[],
-    )
+    let hub = TestHub::start(&[
+        "--outbound-queue-len",
+        "8",
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ])
     .await;
     let url = hub.ws_url();
     let (mut slow, _) = WsClient::register(&url, "flood", "slow").await;
@@ -137,11 +133,7 @@ async fn a_client_that_never_reads_is_cut_off_with_1008() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_drops_excess_frames_with_rate_limited() {
-    let hub = HubProcess::start(
-        &["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"],
-        &[],
-    )
-    .await;
+    let hub = TestHub::start(&["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"]).await;
     let url = hub.ws_url();
     let mut c = WsClient::connect(&url).await;
     // A burst: three bad frames use up the bucket (every text frame counts),
@@ -220,17 +212,14 @@ async fn the_rate_limit_drops_excess_frames_with_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests_in_flight_are_refused() {
-    let hub = HubProcess::start(
-        &[
-            "--max-in-flight",
-            "1",
-            "--rate-limit-per-sec",
-            "10000",
-            "--rate-limit-burst",
-            "10000",
-        ],
-        &[],
-    )
+    let hub = TestHub::start(&[
+        "--max-in-flight",
+        "1",
+        "--rate-limit-per-sec",
+        "10000",
+        "--rate-limit-burst",
+        "10000",
+    ])
     .await;
     let url = hub.ws_url();
     let (mut agent, _) = register_agent(&url, "inflight", "phone").await;
@@ -313,11 +302,13 @@ async fn too_many_requests_in_flight_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_a_connected_client_id_again_closes_the_old_connection_with_4001() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let url = hub.ws_url();
     let (mut watcher, _) = WsClient::register(&url, "rep", "watcher").await;
     let (mut old, _) = WsClient::register(&url, "rep", "alice").await;
     assert_eq!(watcher.recv().await["client_id"], "alice");
+    // The same id in another session is another client: replaces nothing.
+    let (mut elsewhere, _) = WsClient::register(&url, "other", "alice").await;
 
     let (mut new, conf) = WsClient::register_with(
         &url,
@@ -343,6 +334,7 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
     )
     .await;
     assert_quiet(&mut watcher, "no client_left for a replaced connection").await;
+    assert_quiet(&mut elsewhere, "the other session's alice is untouched").await;
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
     assert_eq!(
         summary["clients"][1]["client_name"], "Alice again",
@@ -359,10 +351,113 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
     // When it leaves, alice is gone for good.
     new.close().await;
     assert_eq!(watcher.recv().await["type"], "client_left");
+    assert_quiet(&mut elsewhere, "nor told about this alice leaving").await;
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/rep").await;
     assert_eq!(
         summary["clients"].as_array().map(Vec::len),
         Some(1),
         "{summary}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_echoes_request_ids_and_spares_binary_frames() {
+    // 2 tokens, refilled at one per 100 s: the test never sees a refill.
+    let hub = TestHub::start(&["--rate-limit-per-sec", "0.01", "--rate-limit-burst", "2"]).await;
+    let mut c = WsClient::connect(&hub.ws_url()).await;
+    for rid in ["u1", "u2"] {
+        c.send_json(json!({"type":"teleport","request_id":rid}))
+            .await;
+        let err = c.recv().await;
+        assert_eq!(
+            (err["code"].as_str(), err["request_id"].as_str()),
+            (Some("unknown_type"), Some(rid))
+        );
+    }
+    // Over the limit: still answered, and the request_id still echoed,
+    // whether or not the message itself was valid.
+    c.send_json(json!({"type":"teleport","request_id":"u3"}))
+        .await;
+    let err = c.recv().await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    assert_eq!(
+        err["request_id"], "u3",
+        "rate_limited must echo the request_id: {err}"
+    );
+    c.send_json(json!({"type":"ping","request_id":"u4"})).await;
+    let err = c.recv().await;
+    assert_eq!(
+        (err["code"].as_str(), err["request_id"].as_str()),
+        (Some("rate_limited"), Some("u4"))
+    );
+    // Binary frames are not counted (and are answered as such).
+    for _ in 0..3 {
+        c.send_binary(vec![1, 2, 3]).await;
+        assert_eq!(c.recv().await["code"], "binary_not_supported");
+    }
+    assert!(c.closed().is_none(), "the connection stays open");
+    assert!(
+        hub.metric("hub_errors_total{code=\"rate_limited\"}")
+            .await
+            .is_some_and(|v| v >= 2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_limit_is_inclusive() {
+    let hub = TestHub::start(&["--max-message-bytes", "1024"]).await;
+    let frame_of = |len: usize| {
+        let head = r#"{"type":"ping","request_id":"big","pad":""#;
+        let tail = r#""}"#;
+        let s = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
+        assert_eq!(s.len(), len);
+        s
+    };
+    let mut c = WsClient::connect(&hub.ws_url()).await;
+    c.send_text(&frame_of(1024)).await;
+    let pong = c.recv().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["request_id"].as_str()),
+        (Some("pong"), Some("big"))
+    );
+    c.send_text(&frame_of(1025)).await;
+    assert_eq!(c.expect_close().await, Some(1009));
+    hub.wait_metric(
+        "hub_ws_connections_closed_total{reason=\"message_too_large\"}",
+        |v| v == 1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_are_capped_per_connection() {
+    let hub = TestHub::start(&["--max-in-flight", "1"]).await;
+    let url = hub.ws_url();
+    let (mut agent, _) = register_agent(&url, "cap", "agent").await;
+    let (mut user, _) = WsClient::register(&url, "cap", "user").await;
+    user.send_json(
+        json!({"type":"whatsapp_command","request_id":"slow","command":{"action":"list_contacts"}}),
+    )
+    .await;
+    let exec = agent.recv_type("execute").await;
+    // One request is waiting for the agent: the next is refused...
+    let err = user
+        .request(json!({"type":"ai_request","prompt":"hi"}))
+        .await;
+    assert_eq!(err["code"], "too_many_in_flight", "{err}");
+    // ...but ping and broadcast are inline and never count.
+    let ack = user
+        .request(json!({"type":"broadcast","payload":"still here"}))
+        .await;
+    assert_eq!(ack["response_type"], "broadcast_sent");
+    agent
+        .send_json(json!({"type":"execute_result","request_id":exec["request_id"],"content":{"success":true,"contacts":[]}}))
+        .await;
+    let r = user.answer_to("slow", &json!("slow")).await;
+    assert_eq!(r["content"], json!({"success":true,"contacts":[]}));
+    // The slot is free again.
+    let r = user
+        .request(json!({"type":"ai_request","prompt":"hi"}))
+        .await;
+    assert_eq!(r["response_type"], "ai_response", "{r}");
 }

@@ -7,19 +7,18 @@
 //! A test whose tool is not installed says so on stderr and passes;
 //! ./scripts/test installs haproxy, prometheus (promtool) and redis-server.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+use support::{have, http_get_blocking, repo_path};
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+    std::fs::read_to_string(repo_path(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
 
 fn yaml(rel: &str) -> Yaml {
@@ -28,15 +27,6 @@ fn yaml(rel: &str) -> Yaml {
     v.apply_merge()
         .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
     v
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// True when `tool` is installed; otherwise explains the skip on stderr.
@@ -80,7 +70,9 @@ const HAPROXY_VARS: &[&str] = &[
 
 fn haproxy_check(env: &[(String, String)]) -> (bool, String) {
     let mut cmd = Command::new("haproxy");
-    cmd.arg("-c").arg("-f").arg(repo("haproxy/haproxy.cfg"));
+    cmd.arg("-c")
+        .arg("-f")
+        .arg(repo_path("haproxy/haproxy.cfg"));
     for var in HAPROXY_VARS {
         cmd.env_remove(var);
     }
@@ -231,7 +223,7 @@ fn haproxy_with_every_slot_empty_answers_503() {
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db")
         .arg("-f")
-        .arg(repo("haproxy/haproxy.cfg"))
+        .arg(repo_path("haproxy/haproxy.cfg"))
         .env("LB_BIND", format!("127.0.0.1:{port}"))
         .env("STATS_BIND", format!("127.0.0.1:{stats}"))
         .env("HAPROXY_SOCKET", dir.join("admin.sock"))
@@ -254,7 +246,7 @@ fn haproxy_with_every_slot_empty_answers_503() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut last = String::new();
     loop {
-        if let Some(body) = http_get(stats, "/metrics") {
+        if let Some(body) = http_get_blocking(stats, "/metrics") {
             let down = body
                 .lines()
                 .filter(|l| {
@@ -278,27 +270,12 @@ fn haproxy_with_every_slot_empty_answers_503() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let answer = http_get(port, "/ready").expect("HAProxy answers with no hub up");
+    let answer = http_get_blocking(port, "/ready").expect("HAProxy answers with no hub up");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     // No HAPROXY_STATS_USER/PASSWORD: the stats page is closed (403);
     // tests/ops_security.rs covers the page with credentials.
-    let stats_page = http_get(stats, "/stats").expect("stats page");
+    let stats_page = http_get_blocking(stats, "/stats").expect("stats page");
     assert!(stats_page.starts_with("HTTP/1.1 403"), "{stats_page}");
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
 }
 
 // ------------------------------------------------------------- Prometheus
@@ -312,13 +289,13 @@ fn prometheus_config_targets_and_rules_pass_promtool() {
     let (ok, out) = run(Command::new("promtool")
         .arg("check")
         .arg("config")
-        .arg(repo("deploy/prometheus/prometheus.yml")));
+        .arg(repo_path("deploy/prometheus/prometheus.yml")));
     assert!(ok, "promtool check config:\n{out}");
     assert!(out.contains("1 rule files found"), "{out}");
     let (ok, out) = run(Command::new("promtool")
         .arg("test")
         .arg("rules")
-        .arg(repo("deploy/prometheus/tests/mcp-hub-alerts.test.yml")));
+        .arg(repo_path("deploy/prometheus/tests/mcp-hub-alerts.test.yml")));
     assert!(ok, "promtool test rules:\n{out}");
 }
 
@@ -476,7 +453,7 @@ fn compose_has_the_whole_stack() {
         assert_eq!(str_of(&hub["build"]["context"], "build.context"), ".");
         let dockerfile = str_of(&hub["build"]["dockerfile"], "build.dockerfile");
         assert_eq!(dockerfile, "deploy/Dockerfile");
-        assert!(repo(dockerfile).is_file());
+        assert!(repo_path(dockerfile).is_file());
         let env = env_of(hub);
         assert_eq!(env["REDIS_URL"], "redis://redis:6379", "hub{i}");
         assert_eq!(env["MCP_SERVER_HOST"], "0.0.0.0", "hub{i}");
@@ -515,7 +492,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
     for (name, s) in c["services"].as_mapping().expect("services") {
         for (host, _) in bind_mounts(s) {
             assert!(
-                repo(&host).exists(),
+                repo_path(&host).exists(),
                 "service {name:?} mounts ./{host}, which does not exist"
             );
         }
@@ -673,7 +650,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
         }
         let parts: Vec<&str> = i.split_whitespace().skip(1).collect();
         for src in &parts[..parts.len() - 1] {
-            assert!(repo(src).exists(), "COPY {src}: not in the repository");
+            assert!(repo_path(src).exists(), "COPY {src}: not in the repository");
             let top = src.split('/').next().unwrap_or_default();
             assert!(
                 !ignored.iter().any(|g| g == top),
@@ -972,7 +949,10 @@ fn kubernetes_manifests_are_consistent() {
         .map(|r| str_of(r, "resource"))
         .collect();
     for r in &resources {
-        assert!(repo(&format!("deploy/kubernetes/{r}")).is_file(), "{r}");
+        assert!(
+            repo_path(&format!("deploy/kubernetes/{r}")).is_file(),
+            "{r}"
+        );
     }
     let mut kinds = BTreeMap::new();
     for r in &resources {
@@ -1066,7 +1046,7 @@ fn kustomize_renders_the_manifests() {
     }
     let (ok, out) = run(Command::new("kubectl")
         .arg("kustomize")
-        .arg(repo("deploy/kubernetes")));
+        .arg(repo_path("deploy/kubernetes")));
     assert!(ok, "kubectl kustomize:\n{out}");
     for kind in [
         "kind: Deployment",
@@ -1083,10 +1063,12 @@ fn kustomize_renders_the_manifests() {
 
 #[test]
 fn cluster_script_is_valid_bash() {
-    let (ok, out) = run(Command::new("bash").arg("-n").arg(repo("scripts/cluster")));
+    let (ok, out) = run(Command::new("bash")
+        .arg("-n")
+        .arg(repo_path("scripts/cluster")));
     assert!(ok, "{out}");
     if tool("shellcheck", "shellcheck") {
-        let (ok, out) = run(Command::new("shellcheck").arg(repo("scripts/cluster")));
+        let (ok, out) = run(Command::new("shellcheck").arg(repo_path("scripts/cluster")));
         assert!(ok, "shellcheck scripts/cluster:\n{out}");
     }
 }
@@ -1108,7 +1090,7 @@ fn cluster_script_explains_missing_tools() {
         let _ = std::os::unix::fs::symlink(&path, dir.join(t));
     }
     let out = Command::new(dir.join("bash"))
-        .arg(repo("scripts/cluster"))
+        .arg(repo_path("scripts/cluster"))
         .arg("up")
         .env("PATH", &dir)
         .env("CLUSTER_DIR", dir.join("run"))
@@ -1122,7 +1104,7 @@ fn cluster_script_explains_missing_tools() {
         "no install hint: {stderr}"
     );
     let usage = Command::new("bash")
-        .arg(repo("scripts/cluster"))
+        .arg(repo_path("scripts/cluster"))
         .arg("--help")
         .output()
         .expect("help");

@@ -7,33 +7,19 @@
 //! that refuses writes), then evaluates every expression of the Grafana
 //! dashboard through Prometheus' HTTP API and fails on any empty result.
 
-mod common;
-#[path = "support/fake_ai.rs"]
-mod fake_ai;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{WsClient, free_port, hub_binary};
-use fake_ai::{FakeAi, GEMINI_KEY};
 use serde_json::{Value, json};
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+use support::fake_ai::{FakeAi, GEMINI_KEY};
+use support::{WsClient, free_port, have, hub_binary, repo_path};
 
 fn missing_tool() -> Option<&'static str> {
     ["redis-server", "haproxy", "prometheus", "curl"]
         .into_iter()
-        .find(|t| {
-            !std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        .find(|t| !have(t))
 }
 
 /// A loopback cluster started with scripts/cluster; `down` on drop, so a
@@ -48,7 +34,7 @@ struct Cluster {
 
 impl Cluster {
     fn script(dir: &Path, cmd: &str) -> std::process::Command {
-        let mut c = std::process::Command::new(repo("scripts/cluster"));
+        let mut c = std::process::Command::new(repo_path("scripts/cluster"));
         c.arg(cmd)
             .env("CLUSTER_DIR", dir)
             .env("MCP_HUB_BIN", hub_binary());
@@ -375,7 +361,7 @@ async fn every_dashboard_query_has_data_from_a_loopback_cluster() {
     // Every dashboard expression, as Grafana sends it with the instance
     // variable at "All", must return data.
     let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("grafana/dashboards/mcp-hub-overview.json"))
+        &std::fs::read_to_string(repo_path("grafana/dashboards/mcp-hub-overview.json"))
             .expect("dashboard"),
     )
     .expect("dashboard JSON");

@@ -15,7 +15,7 @@
 //! A test whose tool is missing says so on stderr and passes, like
 //! tests/ops_config.rs; ./scripts/test installs them.
 
-mod cluster_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_support::{Haproxy, free_port, have, repo_path, wait_until};
+use support::{Haproxy, free_port, have, repo_path, wait_until};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use tokio_tungstenite::tungstenite;

@@ -1,15 +1,15 @@
-//! Standalone mode, every client message type end to end: register (given
-//! and generated ids), ping, whatsapp_command (send / list_contacts /
-//! get_history content shapes), whatsapp_ai_command (phrasings, fuzzy and
-//! ambiguous names, context), ai_request, broadcast, and `request_id`
-//! echoing on answers and errors.
+//! Every client message type over a real WebSocket, against an in-process
+//! hub: register (given and generated ids, every field), ping,
+//! whatsapp_command (send / list_contacts / get_history content shapes,
+//! history limits), whatsapp_ai_command (phrasings, fuzzy and ambiguous
+//! names, context), ai_request, `request_id` echoing on answers and errors,
+//! and bad input: every malformed or misplaced message gets its stable
+//! error code and the connection stays usable.
 
-mod common;
-mod standalone_support;
+mod support;
 
-use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
-use standalone_support::*;
+use support::*;
 
 fn assert_client_info(v: &Value, client_id: &str, name: &str, instance: &str, caps: Value) {
     assert_eq!(v["client_id"], client_id, "{v}");
@@ -20,7 +20,7 @@ fn assert_client_info(v: &Value, client_id: &str, name: &str, instance: &str, ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_ping_commands_ai_and_broadcast() {
-    let hub = HubProcess::start(&["--instance-id", "proto-hub"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "proto-hub"]).await;
     let url = hub.ws_url();
 
     // register without client_id or session: generated id, session "default".
@@ -71,6 +71,25 @@ async fn register_ping_commands_ai_and_broadcast() {
         anon.recv_type("client_joined").await["client_name"],
         "blank-name"
     );
+    // Only a session: a generated id in that session.
+    let (_only_session, conf4) =
+        WsClient::register_with(&url, json!({"type": "register", "session": "only-session"})).await;
+    let generated = conf4["client_id"].as_str().expect("client_id");
+    assert!(generated.starts_with("client-"), "{conf4}");
+    assert_eq!(conf4["session"], "only-session");
+    assert_eq!(ids(&conf4["clients"]), [generated]);
+    // Ids of exactly 128 characters are accepted (129 are not: see the bad
+    // input test); fields the hub does not know are ignored.
+    let long = "x".repeat(128);
+    let (_long, conf5) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "client_id": long, "session": long,
+               "colour": "blue", "request_id": "reg-1"}),
+    )
+    .await;
+    assert_eq!(conf5["client_id"].as_str().map(str::len), Some(128));
+    assert_eq!(conf5["session"].as_str().map(str::len), Some(128));
+    assert_eq!(conf5["request_id"], "reg-1");
 
     // register with everything, and a numeric request_id (echoed as a string).
     let (mut alice, conf) = WsClient::register_with(
@@ -111,6 +130,7 @@ async fn register_ping_commands_ai_and_broadcast() {
         (json!(7), json!("7")),
         (json!(-3), json!("-3")),
         (json!(2.5), json!("2.5")),
+        (json!(-1.5), json!("-1.5")),
     ] {
         alice
             .send_json(json!({"type": "ping", "request_id": given}))
@@ -131,7 +151,10 @@ async fn register_ping_commands_ai_and_broadcast() {
 
     // whatsapp_command send: the requester sees the message_event first,
     // then the response; everyone else sees the event.
-    let frames = send_and_collect(&mut alice, send_cmd("john", "Hello!"), "s1").await;
+    // Fields the hub does not know are ignored in commands too.
+    let mut send = send_cmd("john", "Hello!");
+    send["command"]["extra"] = json!("ignored");
+    let frames = send_and_collect(&mut alice, send, "s1").await;
     assert_eq!(frames.len(), 2, "event then response: {frames:?}");
     let (event, resp) = (&frames[0], &frames[1]);
     assert_eq!(resp["type"], "response");
@@ -158,6 +181,7 @@ async fn register_ping_commands_ai_and_broadcast() {
             .as_str()
             .is_some_and(|m| m.starts_with("sim."))
     );
+    assert!(c["timestamp"].as_u64().is_some_and(|t| t > 0), "{c}");
     assert_eq!(event["type"], "message_event");
     assert_eq!(
         without_volatile(event),
@@ -346,7 +370,7 @@ async fn register_ping_commands_ai_and_broadcast() {
 /// built-in contacts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_commands_understand_phrasings_and_resolve_names() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let url = hub.ws_url();
     let (mut me, _) = WsClient::register(&url, "ai", "me").await;
     let (mut watcher, _) = WsClient::register(&url, "ai", "watcher").await;
@@ -557,6 +581,61 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
     // The session's own last contact is now Alice.
     let r = me.request(ai_command("reply and again")).await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
+    // Names resolve against a given list only: "jo" is ambiguous in it,
+    // though the session has a single John.
+    let r = me
+        .request(
+            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
+            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
+        )
+        .await;
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
+
+    // More phrasings: the `whatsapp` verb with a typo, `tell` without
+    // `that`, an apostrophe, `send <message> to <name>`, and `respond`
+    // (to the last contact, Mom by then).
+    for (text, contact, message) in [
+        ("whatsapp alcie are you there", "Alice", "are you there"),
+        (
+            "please tell JOHN dinner is ready",
+            "John",
+            "dinner is ready",
+        ),
+        (
+            "tell jane that I'm running late",
+            "Jane",
+            "I'm running late",
+        ),
+        ("send hello to mom", "Mom", "hello"),
+        ("respond: ok", "Mom", "ok"),
+    ] {
+        let r = me.request(ai_command(text)).await;
+        let c = &r["content"];
+        assert_eq!(c["success"], true, "{text}: {r}");
+        assert_eq!(c["provider"], "rules");
+        assert_eq!(
+            c["interpretation"],
+            json!({"action": "send", "contact": contact, "message": message}),
+            "{text}"
+        );
+        assert_eq!(c["result"]["contact"], contact);
+        assert_eq!(c["result"]["executed_by"], "simulated");
+    }
+    // A plain whatsapp_command moves the last contact too.
+    let r = me.request(send_cmd("bob", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    let r = me.request(ai_command("reply how are you?")).await;
+    assert_eq!(r["content"]["interpretation"]["contact"], "Bob", "{r}");
+    // Ambiguous among the built-in contacts; empty text is not understood.
+    let r = me.request(ai_command("send j a message saying hi")).await;
+    assert_eq!(r["type"], "response");
+    assert_eq!(r["content"]["success"], false);
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
+    let r = me.request(ai_command("")).await;
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
 }
 
 /// Ambiguity needs names that share a prefix: a contacts file.
@@ -570,7 +649,7 @@ async fn names_from_a_contacts_file_resolve_or_are_ambiguous() {
         r#"["John Smith", "Johanna", {"name": "Bob", "phone": "+4412345"}]"#,
     )
     .expect("write contacts");
-    let hub = HubProcess::start(&["--contacts-file", file.to_str().expect("utf-8")], &[]).await;
+    let hub = TestHub::start(&["--contacts-file", file.to_str().expect("utf-8")]).await;
     let _ = std::fs::remove_dir_all(&dir);
     let url = hub.ws_url();
     let mut me = WsClient::connect(&url).await;
@@ -616,4 +695,544 @@ async fn names_from_a_contacts_file_resolve_or_are_ambiguous() {
     );
     let r = me.request(send_cmd("Jane", "not in this account")).await;
     assert_eq!(r["content"]["code"], "contact_not_found", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_history_is_the_newest_twenty_and_the_store_keeps_history_limit() {
+    let hub = TestHub::start(&["--history-limit", "25"]).await;
+    let (mut a, _) = WsClient::register(&hub.ws_url(), "hist", "a").await;
+    for i in 0..30 {
+        let r = a
+            .request(ws_command(
+                json!({"action":"send","contact":"bob","message":format!("m{i}")}),
+            ))
+            .await;
+        assert_eq!(r["content"]["success"], true, "{r}");
+    }
+    let r = a
+        .request(ws_command(json!({"action":"get_history","contact":"bob"})))
+        .await;
+    let texts: Vec<String> = r["content"]["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let expected: Vec<String> = (10..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected);
+    let r = a
+        .request(ws_command(
+            json!({"action":"get_history","contact":"bob","limit":500}),
+        ))
+        .await;
+    assert_eq!(r["content"]["count"], 25, "HISTORY_LIMIT caps what is kept");
+    assert_eq!(r["content"]["messages"][0]["message"], "m5");
+}
+
+/// Every kind of answer echoes its `request_id` (the values themselves:
+/// `register_ping_commands_ai_and_broadcast`); ping needs no registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_answer_echoes_its_request_id() {
+    let hub = TestHub::start(&["--instance-id", "proto"]).await;
+    let (mut a, _) = WsClient::register(&hub.ws_url(), "echo", "a").await;
+    let (mut b, _) = WsClient::register(&hub.ws_url(), "echo", "b").await;
+    a.recv_type("client_joined").await;
+
+    // Ping without request_id, and before registering.
+    let mut fresh = WsClient::connect(&hub.ws_url()).await;
+    fresh.send_json(json!({"type":"ping"})).await;
+    assert_eq!(fresh.recv().await["type"], "pong");
+
+    // Every kind of answer echoes the id it was asked with.
+    let asks = [
+        (ws_command(json!({"action":"list_contacts"})), "response"),
+        (ai_command("list contacts"), "response"),
+        (json!({"type":"ai_request","prompt":"x"}), "response"),
+        (json!({"type":"broadcast","payload":1}), "response"),
+        (json!({"type":"nope"}), "error"),
+        (json!({"type":"ai_request"}), "error"),
+        (json!({"type":"register"}), "error"),
+    ];
+    for (i, (mut ask, ty)) in asks.into_iter().enumerate() {
+        let rid = format!("echo-{i}");
+        ask["request_id"] = json!(rid);
+        a.send_json(ask.clone()).await;
+        let answer = a.answer_to(&rid, &ask).await;
+        assert_eq!(answer["type"], ty, "{ask} → {answer}");
+    }
+    // The broadcast with a request_id was acknowledged, and reached b
+    // without the id.
+    let ev = b.recv_type("broadcast").await;
+    assert!(ev.get("request_id").is_none(), "{ev}");
+}
+
+/// Sends `frame`, expects exactly one error with `code` (and `request_id`
+/// echoed as `rid`), then proves the connection still works.
+async fn expect_error(c: &mut WsClient, frame: &str, code: &str, rid: Option<&str>) -> Value {
+    c.send_text(frame).await;
+    let err = c.recv().await;
+    assert_eq!(err["type"], "error", "{frame} → {err}");
+    assert_eq!(err["code"], code, "{frame} → {err}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{frame} → {err}"
+    );
+    match rid {
+        Some(rid) => assert_eq!(err["request_id"], rid, "{frame} → {err}"),
+        None => assert!(err.get("request_id").is_none(), "{frame} → {err}"),
+    }
+    let pending = barrier(c).await;
+    assert!(
+        pending.is_empty(),
+        "one error per bad frame, and the connection answers a ping after {frame}: {pending:?}"
+    );
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_its_code_and_the_connection_survives() {
+    // Far more frames than the default rate limit lets through.
+    let hub = TestHub::start(&[
+        "--rate-limit-per-sec",
+        "10000",
+        "--rate-limit-burst",
+        "10000",
+    ])
+    .await;
+    let url = hub.ws_url();
+    let (mut peer, _) = WsClient::register(&url, "bad", "peer").await;
+    let mut c = WsClient::connect(&url).await;
+
+    // Before register: everything but ping and register is refused.
+    for frame in [
+        r#"{"type":"whatsapp_command","request_id":"n1","command":{"action":"list_contacts"}}"#,
+        r#"{"type":"whatsapp_ai_command","request_id":"n1","command":"list contacts"}"#,
+        r#"{"type":"ai_request","request_id":"n1","prompt":"hi"}"#,
+        r#"{"type":"broadcast","request_id":"n1","payload":1}"#,
+        r#"{"type":"execute_result","request_id":"n1","content":{}}"#,
+        r#"{"type":"contacts_update","request_id":"n1","contacts":[]}"#,
+        r#"{"type":"incoming_message","request_id":"n1","contact":"a","message":"b"}"#,
+    ] {
+        expect_error(&mut c, frame, "not_registered", Some("n1")).await;
+    }
+    // Parse errors come before the registration check.
+    expect_error(&mut c, "{nope", "invalid_json", None).await;
+    // Invalid registrations.
+    for (frame, code) in [
+        (r#"{"type":"register","client_id":"   "}"#, "invalid_field"),
+        (r#"{"type":"register","session":""}"#, "invalid_field"),
+        (
+            r#"{"type":"register","session":"a\u0007b"}"#,
+            "invalid_field",
+        ),
+        (r#"{"type":"register","client_id":7}"#, "invalid_field"),
+        (
+            r#"{"type":"register","capabilities":"whatsapp"}"#,
+            "invalid_field",
+        ),
+    ] {
+        expect_error(&mut c, frame, code, None).await;
+    }
+    let long = "x".repeat(129);
+    expect_error(
+        &mut c,
+        &json!({"type": "register", "client_id": long, "request_id": "long"}).to_string(),
+        "invalid_field",
+        Some("long"),
+    )
+    .await;
+    let none = barrier(&mut peer).await;
+    assert!(
+        none.is_empty(),
+        "failed registrations join nobody: {none:?}"
+    );
+
+    c.send_json(json!({"type": "register", "client_id": "x", "session": "bad"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "registration_confirmed");
+    assert_eq!(c.recv().await["type"], "contact_list_broadcast");
+    assert_eq!(peer.recv().await["type"], "client_joined");
+
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        // Not JSON / not an object: no request_id can be read.
+        ("{nope", "invalid_json", None),
+        ("", "invalid_json", None),
+        (r#"{"type":"ping""#, "invalid_json", None),
+        ("[1,2,3]", "invalid_message", None),
+        ("\"ping\"", "invalid_message", None),
+        ("42", "invalid_message", None),
+        ("null", "invalid_message", None),
+        // Envelope.
+        (
+            r#"{"prompt":"x","request_id":"r1"}"#,
+            "missing_field",
+            Some("r1"),
+        ),
+        (
+            r#"{"type":null,"request_id":"r2"}"#,
+            "invalid_field",
+            Some("r2"),
+        ),
+        (
+            r#"{"type":5,"request_id":"r3"}"#,
+            "invalid_field",
+            Some("r3"),
+        ),
+        (
+            r#"{"type":"ping","request_id":{"a":1}}"#,
+            "invalid_field",
+            None,
+        ),
+        (r#"{"type":"ping","request_id":[1]}"#, "invalid_field", None),
+        (
+            r#"{"type":"ping","request_id":true}"#,
+            "invalid_field",
+            None,
+        ),
+        (
+            r#"{"type":"teleport","request_id":"r4"}"#,
+            "unknown_type",
+            Some("r4"),
+        ),
+        (
+            r#"{"type":"execute","request_id":8}"#,
+            "unknown_type",
+            Some("8"),
+        ),
+        (
+            r#"{"type":"PING","request_id":"r5"}"#,
+            "unknown_type",
+            Some("r5"),
+        ),
+        // whatsapp_command.
+        (
+            r#"{"type":"whatsapp_command","request_id":"w1"}"#,
+            "missing_field",
+            Some("w1"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w2","command":"send"}"#,
+            "invalid_field",
+            Some("w2"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w3","command":{}}"#,
+            "missing_field",
+            Some("w3"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w4","command":{"action":7}}"#,
+            "invalid_field",
+            Some("w4"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w5","command":{"action":"dance"}}"#,
+            "unknown_action",
+            Some("w5"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w6","command":{"action":"send","contact":"bob"}}"#,
+            "missing_field",
+            Some("w6"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w7","command":{"action":"send","message":"hi"}}"#,
+            "missing_field",
+            Some("w7"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w8","command":{"action":"send","contact":" ","message":"hi"}}"#,
+            "invalid_field",
+            Some("w8"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w9","command":{"action":"send","contact":"bob","message":""}}"#,
+            "invalid_field",
+            Some("w9"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w10","command":{"action":"send","contact":"bob","message":5}}"#,
+            "invalid_field",
+            Some("w10"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w11","command":{"action":"get_history"}}"#,
+            "missing_field",
+            Some("w11"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w12","command":{"action":"get_history","contact":"bob","limit":0}}"#,
+            "invalid_field",
+            Some("w12"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w13","command":{"action":"get_history","contact":"bob","limit":1000}}"#,
+            "invalid_field",
+            Some("w13"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w14","command":{"action":"get_history","contact":"bob","limit":-1}}"#,
+            "invalid_field",
+            Some("w14"),
+        ),
+        (
+            r#"{"type":"whatsapp_command","request_id":"w15","command":{"action":"get_history","contact":"bob","limit":"5"}}"#,
+            "invalid_field",
+            Some("w15"),
+        ),
+        // whatsapp_ai_command, ai_request, broadcast.
+        (
+            r#"{"type":"whatsapp_ai_command","request_id":"a1"}"#,
+            "missing_field",
+            Some("a1"),
+        ),
+        (
+            r#"{"type":"whatsapp_ai_command","request_id":"a2","command":{"action":"send"}}"#,
+            "invalid_field",
+            Some("a2"),
+        ),
+        (
+            r#"{"type":"whatsapp_ai_command","request_id":"a3","command":"reply hi","context":"bob"}"#,
+            "invalid_field",
+            Some("a3"),
+        ),
+        (
+            r#"{"type":"whatsapp_ai_command","request_id":"a4","command":"reply hi","context":{"contact_list":"bob"}}"#,
+            "invalid_field",
+            Some("a4"),
+        ),
+        (
+            r#"{"type":"ai_request","request_id":"a5"}"#,
+            "missing_field",
+            Some("a5"),
+        ),
+        (
+            r#"{"type":"ai_request","request_id":"a6","prompt":42}"#,
+            "invalid_field",
+            Some("a6"),
+        ),
+        (
+            r#"{"type":"broadcast","request_id":"b1"}"#,
+            "missing_field",
+            Some("b1"),
+        ),
+        // Agent-only messages from a plain client.
+        (
+            r#"{"type":"execute_result","request_id":"x1"}"#,
+            "missing_field",
+            Some("x1"),
+        ),
+        (
+            r#"{"type":"execute_result","content":{}}"#,
+            "missing_field",
+            None,
+        ),
+        (
+            r#"{"type":"execute_result","request_id":"call-nope","content":{}}"#,
+            "unknown_request",
+            Some("call-nope"),
+        ),
+        (
+            r#"{"type":"contacts_update","request_id":"c1","contacts":["A"]}"#,
+            "not_agent",
+            Some("c1"),
+        ),
+        (
+            r#"{"type":"incoming_message","request_id":"c2","contact":"A","message":"b"}"#,
+            "not_agent",
+            Some("c2"),
+        ),
+        // Registering twice.
+        (
+            r#"{"type":"register","request_id":"again"}"#,
+            "already_registered",
+            Some("again"),
+        ),
+        (
+            r#"{"type":"register","client_id":"other","session":"other"}"#,
+            "already_registered",
+            None,
+        ),
+    ];
+    for (frame, code, rid) in cases {
+        expect_error(&mut c, frame, code, *rid).await;
+    }
+    // Binary frames are refused but harmless.
+    c.send_binary(vec![0, 1, 2, 255]).await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "binary_not_supported", "{e}");
+    assert_quiet(&mut c, "one error per binary frame").await;
+    c.send_binary(br#"{"type":"ping"}"#.to_vec()).await;
+    assert_eq!(c.recv().await["code"], "binary_not_supported");
+    assert_quiet(&mut c, "binary JSON is still binary").await;
+
+    // Unknown fields are ignored, not errors.
+    let pong = c
+        .request(json!({"type": "ping", "extra": {"anything": [1]}}))
+        .await;
+    assert_eq!(pong["type"], "pong");
+
+    // None of it reached the other client, and the registration stands.
+    let pending = barrier(&mut peer).await;
+    assert!(
+        pending.is_empty(),
+        "bad input leaked to the session: {pending:?}"
+    );
+    let r = c.request(send_cmd("john", "still here")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_eq!(peer.recv_type("message_event").await["by"], "x");
+
+    // Errors are counted by code.
+    let body = metrics_text(&hub).await;
+    for (code, at_least) in [
+        ("invalid_json", 4.0),
+        ("invalid_message", 4.0),
+        ("missing_field", 10.0),
+        ("invalid_field", 15.0),
+        ("unknown_type", 3.0),
+        ("unknown_action", 1.0),
+        ("not_registered", 7.0),
+        ("already_registered", 2.0),
+        ("binary_not_supported", 2.0),
+        ("not_agent", 2.0),
+        ("unknown_request", 1.0),
+    ] {
+        let series = format!("hub_errors_total{{code=\"{code}\"}}");
+        let v = metric_value(&body, &series);
+        assert!(v >= Some(at_least), "{series} = {v:?}");
+    }
+    assert!(metric_value(&body, "hub_ws_messages_received_total{type=\"invalid\"}") >= Some(30.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_bad_input_keeps_the_connection_usable() {
+    let hub = TestHub::start(&[]).await;
+    let mut c = WsClient::connect(&hub.ws_url()).await;
+
+    // (frame, code, echoed request_id)
+    let before_register: [(&str, &str, Option<&str>); 9] = [
+        (
+            r#"{"type":"ping","request_id":{"a":1}}"#,
+            "invalid_field",
+            None,
+        ),
+        (r#"{"type":"ping","request_id":[1]}"#, "invalid_field", None),
+        (r#"{"request_id":"x1"}"#, "missing_field", Some("x1")),
+        (
+            r#"{"type":5,"request_id":"x2"}"#,
+            "invalid_field",
+            Some("x2"),
+        ),
+        (
+            r#"{"type":"broadcast","payload":1,"request_id":"x3"}"#,
+            "not_registered",
+            Some("x3"),
+        ),
+        (
+            r#"{"type":"execute_result","content":{},"request_id":"x4"}"#,
+            "not_registered",
+            Some("x4"),
+        ),
+        (r#""just a string""#, "invalid_message", None),
+        (
+            r#"{"type":"register","client_id":42,"request_id":"x5"}"#,
+            "invalid_field",
+            Some("x5"),
+        ),
+        (
+            r#"{"type":"register","capabilities":"whatsapp","request_id":"x6"}"#,
+            "invalid_field",
+            Some("x6"),
+        ),
+    ];
+    for (frame, code, rid) in before_register {
+        c.send_text(frame).await;
+        let err = c.recv().await;
+        assert_eq!(err["type"], "error", "{frame} → {err}");
+        assert_eq!(err["code"], code, "{frame} → {err}");
+        assert_eq!(err["request_id"].as_str(), rid, "{frame} → {err}");
+        assert!(c.flush().await.is_empty(), "after {frame}");
+    }
+    // Ids: blank, control characters, too long.
+    let long = "x".repeat(129);
+    for body in [
+        json!({"type":"register","client_id":"   "}),
+        json!({"type":"register","client_id":"a\u{7}b"}),
+        json!({"type":"register","session":""}),
+        json!({"type":"register","session":long}),
+        json!({"type":"register","client_id":long}),
+    ] {
+        let err = c.request(body.clone()).await;
+        assert_eq!(err["code"], "invalid_field", "{body} → {err}");
+    }
+    // A failed register leaves the connection unregistered, free to retry.
+    let conf = c
+        .request(json!({"type":"register","client_id":"ok","session":"bad2"}))
+        .await;
+    assert_eq!(conf["type"], "registration_confirmed");
+    assert_eq!(c.recv().await["type"], "contact_list_broadcast");
+
+    let after_register: [(Value, &str); 12] = [
+        (json!({"type":"whatsapp_command"}), "missing_field"),
+        (
+            json!({"type":"whatsapp_command","command":"send"}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{}}),
+            "missing_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{"action":7}}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{"action":"send","contact":"  ","message":"x"}}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":""}}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob","limit":501}}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob","limit":-1}}),
+            "invalid_field",
+        ),
+        (
+            json!({"type":"whatsapp_ai_command","command":["send"]}),
+            "invalid_field",
+        ),
+        (json!({"type":"broadcast"}), "missing_field"),
+        (
+            json!({"type":"execute_result","content":{"success":true}}),
+            "unknown_request",
+        ),
+        (
+            json!({"type":"incoming_message","contact":"Bob","message":"hi"}),
+            "not_agent",
+        ),
+    ];
+    for (body, code) in after_register {
+        let err = c.request(body.clone()).await;
+        assert_eq!(err["type"], "error", "{body} → {err}");
+        assert_eq!(err["code"], code, "{body} → {err}");
+    }
+    // execute_result without a request_id cannot be matched.
+    c.send_json(json!({"type":"execute_result","content":{}}))
+        .await;
+    assert_eq!(c.recv().await["code"], "missing_field");
+    // Nothing above was executed or broadcast.
+    assert!(c.flush().await.is_empty());
+    let h = c
+        .request(
+            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob"}}),
+        )
+        .await;
+    assert_eq!(h["content"]["count"], 0, "{h}");
 }

@@ -1,19 +1,18 @@
-//! Standalone mode, HTTP on the WebSocket port: /health, /ready, the web
+//! HTTP on the WebSocket port: /health, /ready, the web
 //! client at `/`, the REST API (session summary, history, commands with
 //! the same content as over WebSocket, 400s with {code, message}),
 //! /api/v1/cluster, and /metrics (lints with promtool after traffic of
 //! every kind).
+//! Against an in-process hub.
 
-mod common;
-mod standalone_support;
+mod support;
 
-use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
-use standalone_support::*;
+use support::*;
 
 /// POSTs `body` (raw) to the session's commands; status and JSON body.
 async fn post_raw(
-    hub: &HubProcess,
+    hub: &TestHub,
     session: &str,
     body: &str,
     content_type: Option<&str>,
@@ -36,12 +35,7 @@ async fn post_raw(
     (status, v)
 }
 
-async fn post(
-    hub: &HubProcess,
-    session: &str,
-    body: Value,
-    client_id: Option<&str>,
-) -> (u16, Value) {
+async fn post(hub: &TestHub, session: &str, body: Value, client_id: Option<&str>) -> (u16, Value) {
     post_raw(
         hub,
         session,
@@ -54,7 +48,7 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_web_client_and_cluster() {
-    let hub = HubProcess::start(&["--instance-id", "web-hub"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "web-hub"]).await;
     let (status, body) = http_get(&hub, "/health").await;
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, body) = http_get(&hub, "/ready").await;
@@ -102,7 +96,7 @@ async fn health_ready_web_client_and_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
-    let hub = HubProcess::start(&["--instance-id", "rest-hub"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "rest-hub"]).await;
     let url = hub.ws_url();
 
     // An untouched session: the connector's contacts, nobody, no agent.
@@ -398,11 +392,7 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_kind_of_traffic_and_pass_promtool() {
-    let hub = HubProcess::start(
-        &["--instance-id", "metrics-hub", "--agent-timeout-ms", "2000"],
-        &[],
-    )
-    .await;
+    let hub = TestHub::start(&["--instance-id", "metrics-hub", "--agent-timeout-ms", "2000"]).await;
     let url = hub.ws_url();
     // Before any traffic the exposition already lints.
     promtool_check(&metrics_text(&hub).await);

@@ -1,25 +1,21 @@
-//! Standalone mode, sessions: clients of one session see each other's
-//! events (two and five clients), sessions never leak into each other, and
-//! the simulated connector's auto-reply flows to everyone and into history.
+//! Sessions over real WebSockets, against an in-process hub: clients of one
+//! session see each other's events (two and five clients), presence (join,
+//! leave, a dropped socket), sessions never leak into each other,
+//! broadcasts reach every other client in order, and the simulated
+//! connector's auto-reply flows to everyone and into history. (A reconnect
+//! replacing the old connection is in tests/limits.rs, with the other
+//! forced closes.)
 
-mod common;
-mod standalone_support;
+mod support;
 
-use common::{HubProcess, WsClient};
-use serde_json::{Value, json};
-use standalone_support::*;
+use std::time::Duration;
 
-fn ids(list: &Value) -> Vec<String> {
-    list.as_array()
-        .unwrap_or_else(|| panic!("not a list: {list}"))
-        .iter()
-        .map(|c| c["client_id"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
+use serde_json::json;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_see_each_others_events() {
-    let hub = HubProcess::start(&["--instance-id", "duo-hub"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "duo-hub"]).await;
     let url = hub.ws_url();
     let (mut a, conf) = WsClient::register(&url, "duo", "a").await;
     assert_eq!(ids(&conf["clients"]), ["a"]);
@@ -90,7 +86,7 @@ async fn two_clients_see_each_others_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_clients_share_one_session() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let url = hub.ws_url();
     let mut team = Vec::new();
     for i in 0..5 {
@@ -202,7 +198,7 @@ async fn five_clients_share_one_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_isolated() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let url = hub.ws_url();
     // The same client id in two sessions is two clients (no replacement).
     let (mut red1, _) = WsClient::register(&url, "red", "same-id").await;
@@ -298,15 +294,12 @@ async fn sessions_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_reply_reaches_every_client_and_history() {
-    let hub = HubProcess::start(
-        &[
-            "--auto-reply",
-            "{contact} got: {message}",
-            "--auto-reply-delay-ms",
-            "50",
-        ],
-        &[],
-    )
+    let hub = TestHub::start(&[
+        "--auto-reply",
+        "{contact} got: {message}",
+        "--auto-reply-delay-ms",
+        "50",
+    ])
     .await;
     let url = hub.ws_url();
     let (mut a, _) = WsClient::register(&url, "auto", "a").await;
@@ -370,4 +363,74 @@ async fn auto_reply_reaches_every_client_and_history() {
     assert_quiet(&mut outsider, "auto-replies stay in their session").await;
     let h = a.request(history_cmd("maria")).await;
     assert_eq!(h["content"]["count"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_every_other_client_in_order() {
+    let hub = TestHub::start(&["--instance-id", "proto"]).await;
+    let url = hub.ws_url();
+    let (mut a, _) = WsClient::register(&url, "bc", "a").await;
+    let (mut b, _) = WsClient::register(&url, "bc", "b").await;
+    let (mut c, _) = WsClient::register(&url, "bc", "c").await;
+    a.recv_type("client_joined").await;
+    a.recv_type("client_joined").await;
+    b.recv_type("client_joined").await;
+
+    // Any JSON payload, unchanged; without request_id no acknowledgement.
+    let payloads = [
+        json!({"nested":{"list":[1,"two",null,true]}}),
+        json!("just a string"),
+        json!([1, 2, 3]),
+        json!(null),
+        json!(3.25),
+    ];
+    for p in &payloads {
+        a.send_json(json!({"type":"broadcast","payload":p})).await;
+    }
+    for other in [&mut b, &mut c] {
+        for p in &payloads {
+            let ev = other.recv().await;
+            assert_eq!(ev["type"], "broadcast", "{ev}");
+            assert_eq!(ev["from"], "a");
+            assert_eq!(&ev["payload"], p);
+            assert!(ev["timestamp"].as_u64().is_some_and(|t| t > 0));
+        }
+    }
+    // With a request_id: broadcast_sent to the sender, nothing else.
+    let ack = a
+        .request(json!({"type":"broadcast","payload":"acked"}))
+        .await;
+    assert_eq!(ack["type"], "response");
+    assert_eq!(ack["response_type"], "broadcast_sent");
+    assert_eq!(ack["content"]["success"], true);
+    a.expect_no("broadcast", Duration::from_millis(200)).await;
+
+    // Order is kept per sender (30 stays inside the default burst of 40).
+    for i in 0..30 {
+        b.send_json(json!({"type":"broadcast","payload":{"seq":i}}))
+            .await;
+    }
+    for other in [&mut a, &mut c] {
+        let mut seen = Vec::new();
+        while seen.len() < 30 {
+            let ev = other.recv_type("broadcast").await;
+            if ev["from"] == "b" {
+                seen.push(ev["payload"]["seq"].as_i64().unwrap_or(-1));
+            }
+        }
+        assert_eq!(seen, (0..30).collect::<Vec<i64>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_is_a_departure() {
+    let hub = TestHub::start(&[]).await;
+    let (mut a, _) = WsClient::register(&hub.ws_url(), "drop", "a").await;
+    let (b, _) = WsClient::register(&hub.ws_url(), "drop", "b").await;
+    a.recv_type("client_joined").await;
+    drop(b); // no close frame: the TCP connection just ends
+    let left = a.recv_type("client_left").await;
+    assert_eq!(left["client_id"], "b");
+    assert_eq!(left["client_name"], "b");
+    wait_connections(&hub, 1).await;
 }

@@ -4,12 +4,12 @@
 //! drift apart. Each Redis case runs on its own private redis-server
 //! (killed when the test ends, also on failure).
 
-mod cluster_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_support::{RedisServer, wait_until_async};
+use support::{RedisServer, wait_until_async};
 use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
 use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage};

@@ -1,17 +1,18 @@
 //! `mcp-hub terminal` driven through stdin against a real hub, as a
-//! newcomer would use it from the README walk-through.
+//! newcomer would use it from the README walk-through. The terminal client
+//! is the spawned process under test; the hub runs in-process.
 
-mod common;
+mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{HubProcess, WsClient};
+use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn terminal(url: &str, name: &str) -> Child {
-    Command::new(common::hub_binary())
+    Command::new(hub_binary())
         .args([
             "terminal",
             "--url",
@@ -57,7 +58,7 @@ async fn wait_for_line(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_terminal_sends_lists_and_reads_history() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
 
     let mut t = terminal(&hub.ws_url(), "t1");
@@ -89,7 +90,7 @@ async fn scripted_terminal_sends_lists_and_reads_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_terminals_see_each_other() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let mut bob = terminal(&hub.ws_url(), "bob");
     let mut bob_out = BufReader::new(bob.stdout.take().expect("stdout")).lines();
     let mut seen = Vec::new();

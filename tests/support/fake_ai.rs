@@ -6,7 +6,7 @@
 //! a raw body. Answers carry the call number ("reply #N") so a test can
 //! tell which upstream call an answer came from.
 //!
-//! Include with `#[path = "support/fake_ai.rs"] mod fake_ai;`.
+//! Reached as `support::fake_ai` (tests/support/mod.rs).
 #![allow(dead_code)]
 
 use std::collections::VecDeque;

@@ -1,20 +1,12 @@
-//! Helpers shared by the standalone-mode suites (tests/protocol.rs,
-//! tests/sessions.rs, tests/agent.rs, tests/bad_input.rs, tests/limits.rs,
-//! tests/rest.rs, tests/lifecycle.rs). Built on tests/common/mod.rs; each
-//! of those files says `mod common; mod standalone_support;`.
-#![allow(dead_code)]
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+//! Protocol helpers shared by the suites: message builders, contact names,
+//! the ping barrier, metric parsing, promtool.
 
 use serde_json::{Value, json};
 
-use crate::common::{HubProcess, WsClient};
+use super::{Endpoint, WsClient, http_get};
 
 /// The simulated connector's built-in contacts, in order.
 pub const BUILTIN: [&str; 6] = ["John", "Jane", "Alice", "Bob", "Maria", "Mom"];
-
-static BARRIER_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Names of a contact list (`[{name, phone?}]` or `["name"]`).
 pub fn names(list: &Value) -> Vec<String> {
@@ -38,18 +30,7 @@ pub fn names(list: &Value) -> Vec<String> {
 /// event, an answer to an inline message such as `broadcast`) comes before
 /// the pong: an empty result proves nothing was pending.
 pub async fn barrier(c: &mut WsClient) -> Vec<Value> {
-    let rid = format!("barrier-{}", BARRIER_SEQ.fetch_add(1, Ordering::Relaxed));
-    c.send_json(json!({"type": "ping", "request_id": rid}))
-        .await;
-    let mut before = Vec::new();
-    loop {
-        let m = c.recv().await;
-        if m["request_id"] == rid.as_str() {
-            assert_eq!(m["type"], "pong", "barrier ping refused: {m}");
-            return before;
-        }
-        before.push(m);
-    }
+    c.flush().await
 }
 
 /// Asserts that nothing is pending for `c` (see [`barrier`]).
@@ -72,15 +53,7 @@ pub async fn recv_n(c: &mut WsClient, n: usize) -> Vec<Value> {
 pub async fn send_and_collect(c: &mut WsClient, mut body: Value, rid: &str) -> Vec<Value> {
     body["request_id"] = json!(rid);
     c.send_json(body).await;
-    let mut frames = Vec::new();
-    loop {
-        let m = c.recv().await;
-        let done = m["request_id"] == rid;
-        frames.push(m);
-        if done {
-            return frames;
-        }
-    }
+    frames_until(c, rid).await
 }
 
 /// A copy without the fields that differ from run to run.
@@ -135,16 +108,8 @@ pub async fn register_agent(url: &str, session: &str, client_id: &str) -> (WsCli
     .await
 }
 
-/// GET: status and body.
-pub async fn http_get(hub: &HubProcess, path: &str) -> (u16, String) {
-    let url = hub.http_url(path);
-    let r = reqwest::get(&url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    (r.status().as_u16(), r.text().await.expect("body"))
-}
-
-pub async fn http_get_json(hub: &HubProcess, path: &str) -> (u16, Value) {
+/// GET as JSON: status and the parsed body (panics if it is not JSON).
+pub async fn http_get_json(hub: &impl Endpoint, path: &str) -> (u16, Value) {
     let (status, body) = http_get(hub, path).await;
     let v = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
@@ -152,42 +117,15 @@ pub async fn http_get_json(hub: &HubProcess, path: &str) -> (u16, Value) {
 }
 
 /// The `/metrics` exposition.
-pub async fn metrics_text(hub: &HubProcess) -> String {
+pub async fn metrics_text(hub: &impl Endpoint) -> String {
     let (status, body) = http_get(hub, "/metrics").await;
     assert_eq!(status, 200, "/metrics: {body}");
     body
 }
 
-/// The value of one series (`name` or `name{label="v"}` exactly as
-/// exposed) in an exposition; None when absent.
-pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-}
-
 /// Polls `/metrics` until `series` reaches `at_least` (bounded).
-pub async fn wait_metric(hub: &HubProcess, series: &str, at_least: f64) -> f64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = metrics_text(hub).await;
-        if let Some(v) = metric_value(&body, series)
-            && v >= at_least
-        {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("{series} never reached {at_least}:\n{body}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+pub async fn wait_metric(hub: &impl Endpoint, series: &str, at_least: f64) -> f64 {
+    hub.wait_metric(series, |v| v >= at_least).await
 }
 
 /// Pipes an exposition through `promtool check metrics` (stdin) and panics
@@ -214,4 +152,66 @@ pub fn promtool_check(exposition: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Client ids of a `clients` list, in the order given (join order).
+pub fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Client ids of a `clients` list, sorted.
+pub fn sorted_ids(list: &Value) -> Vec<String> {
+    let mut ids = ids(list);
+    ids.sort();
+    ids
+}
+
+/// The `type` of each frame.
+pub fn types(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Frames up to and including the answer carrying `rid`.
+pub async fn frames_until(c: &mut WsClient, rid: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let m = c.recv().await;
+        let done = m["request_id"] == rid;
+        frames.push(m);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// Collects frames until the answer to `rid`; returns (events before it, answer).
+pub async fn until_answer(c: &mut WsClient, rid: &str) -> (Vec<Value>, Value) {
+    let mut frames = frames_until(c, rid).await;
+    let answer = frames.pop().expect("the answer");
+    (frames, answer)
+}
+
+/// Waits until the hub has finished with every connection but `open` ones
+/// (a closed connection's cleanup, and the events it publishes, are done
+/// before the gauge drops).
+pub async fn wait_connections(hub: &impl Endpoint, open: usize) {
+    hub.wait_metric("hub_ws_connections", |v| v == open as f64)
+        .await;
+}
+
+/// The sum of every series of an exposition whose line starts with
+/// `name_and_labels` (e.g. all label sets of one metric).
+pub fn metric_sum(exposition: &str, name_and_labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

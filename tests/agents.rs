@@ -1,15 +1,13 @@
-//! Standalone mode, agents: a client registered with the `whatsapp`
-//! capability executes the session's commands (`execute` /
+//! Agents, against an in-process hub: a client registered with the
+//! `whatsapp` capability executes the session's commands (`execute` /
 //! `execute_result`), reports contacts and incoming messages; timeouts,
 //! late answers, disconnects, fallback to the simulated connector, and the
-//! newest agent winning.
+//! agent role changing hands (newest wins, replaced by a plain client).
 
-mod common;
-mod standalone_support;
+mod support;
 
-use common::{HubProcess, WsClient};
 use serde_json::{Value, json};
-use standalone_support::*;
+use support::*;
 
 /// The next `execute` an agent receives (other frames are skipped).
 async fn next_execute(agent: &mut WsClient) -> (String, Value) {
@@ -26,21 +24,9 @@ async fn answer(agent: &mut WsClient, call_id: &str, content: Value) {
         .await;
 }
 
-/// Collects frames until the answer to `rid`; returns (events before it, answer).
-async fn until_answer(c: &mut WsClient, rid: &str) -> (Vec<Value>, Value) {
-    let mut before = Vec::new();
-    loop {
-        let m = c.recv().await;
-        if m["request_id"] == rid {
-            return (before, m);
-        }
-        before.push(m);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_executes_other_clients_commands_and_reports() {
-    let hub = HubProcess::start(&["--instance-id", "agent-hub"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "agent-hub"]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "s", "user").await;
     let (mut watcher, _) = WsClient::register(&url, "s", "watcher").await;
@@ -366,7 +352,7 @@ async fn agent_executes_other_clients_commands_and_reports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_agent_times_out_and_late_answers_are_refused() {
-    let hub = HubProcess::start(&["--agent-timeout-ms", "300"], &[]).await;
+    let hub = TestHub::start(&["--agent-timeout-ms", "300"]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "t", "user").await;
     let (mut agent, _) = register_agent(&url, "t", "phone").await;
@@ -452,7 +438,7 @@ async fn silent_agent_times_out_and_late_answers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_disconnects_mid_call_then_the_connector_takes_over() {
-    let hub = HubProcess::start(&[], &[]).await;
+    let hub = TestHub::start(&[]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "d", "user").await;
     let (mut watcher, _) = WsClient::register(&url, "d", "watcher").await;
@@ -525,7 +511,7 @@ async fn agent_disconnects_mid_call_then_the_connector_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_agent_wins() {
-    let hub = HubProcess::start(&["--instance-id", "two-agents"], &[]).await;
+    let hub = TestHub::start(&["--instance-id", "two-agents"]).await;
     let url = hub.ws_url();
     let (mut old, _) = register_agent(&url, "n", "phone-old").await;
     assert_eq!(
@@ -621,7 +607,7 @@ async fn the_newest_agent_wins() {
 async fn an_agent_replaced_by_a_plain_client_gives_up_the_role() {
     // A timeout longer than any wait here: only the hub's own reaction
     // can answer the pending call below.
-    let hub = HubProcess::start(&["--agent-timeout-ms", "60000"], &[]).await;
+    let hub = TestHub::start(&["--agent-timeout-ms", "60000"]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "r", "user").await;
     let (mut agent, _) = register_agent(&url, "r", "phone").await;
@@ -712,4 +698,106 @@ async fn an_agent_replaced_by_a_plain_client_gives_up_the_role() {
         until_answer(&mut user2, "p3").await.1["content"]["via"],
         "new"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_role_changes_hands_as_documented() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let (mut user, _) = WsClient::register(&url, "ag", "user").await;
+    let (mut first, conf) = register_agent(&url, "ag", "first").await;
+    assert_eq!(conf["agent"], true);
+    // agent_changed goes to everyone, the new agent included.
+    assert_eq!(first.recv_type("agent_changed").await["client_id"], "first");
+    assert_eq!(user.recv_type("agent_changed").await["client_id"], "first");
+
+    let (mut second, _) = register_agent(&url, "ag", "second").await;
+    for c in [&mut user, &mut first, &mut second] {
+        let ev = c.recv_type("agent_changed").await;
+        assert_eq!(ev["client_id"], "second");
+        assert!(ev["instance"].is_string());
+    }
+    // The previous agent leaving changes nothing about the role.
+    first.close().await;
+    wait_connections(&hub, 2).await;
+    let seen = user.flush().await;
+    // (second's client_joined was skipped while waiting for agent_changed)
+    assert_eq!(types(&seen), ["client_left"], "{seen:?}");
+    assert_eq!(seen[0]["client_id"], "first");
+    let rid = "via-second";
+    user.send_json(json!({"type":"whatsapp_command","request_id":rid,"command":{"action":"get_history","contact":"mom","limit":3}}))
+        .await;
+    let exec = second.recv_type("execute").await;
+    assert_eq!(
+        exec["command"],
+        json!({"action":"get_history","contact":"Mom","limit":3})
+    );
+    assert!(
+        exec["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("call-"))
+    );
+    // A failure is passed through unchanged, and nothing is recorded.
+    let failure = json!({"success":false,"error":"phone offline","detail":{"battery":3}});
+    second
+        .send_json(
+            json!({"type":"execute_result","request_id":exec["request_id"],"content":failure}),
+        )
+        .await;
+    let r = user.answer_to(rid, &json!(rid)).await;
+    assert_eq!(r["response_type"], "whatsapp_command_result");
+    assert_eq!(r["content"], failure);
+
+    // The agent's own commands are executed by the connector.
+    let own = second
+        .request(json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":"from the agent"}}))
+        .await;
+    assert_eq!(own["content"]["executed_by"], "simulated", "{own}");
+    assert!(
+        types(&second.flush().await)
+            .iter()
+            .all(|t| t == "message_event"),
+        "no execute sent back to the agent itself"
+    );
+
+    // An AI command is forwarded with the resolved interpretation, and a
+    // successful send is recorded and broadcast before the response.
+    user.send_json(json!({"type":"whatsapp_ai_command","request_id":"ai-1","command":"tell maria that dinner at 8"}))
+        .await;
+    let exec = second.recv_type("execute").await;
+    assert_eq!(
+        exec["command"],
+        json!({"action":"send","contact":"Maria","message":"dinner at 8"})
+    );
+    let answer =
+        json!({"success":true,"contact":"Maria","message":"dinner at 8","message_id":"wamid.1"});
+    second
+        .send_json(
+            json!({"type":"execute_result","request_id":exec["request_id"],"content":answer}),
+        )
+        .await;
+    let frames = frames_until(&mut user, "ai-1").await;
+    let ev = frames
+        .iter()
+        .find(|f| f["type"] == "message_event" && f["message_id"] == "wamid.1");
+    assert!(ev.is_some_and(|e| e["by"] == "user"), "{frames:?}");
+    let last = frames.last().cloned().unwrap_or_default();
+    assert_eq!(last["response_type"], "whatsapp_ai_command_result");
+    assert_eq!(last["content"]["result"], answer);
+    assert_eq!(last["content"]["success"], true);
+    assert_eq!(
+        second.recv_type("message_event").await["message_id"],
+        "wamid.1"
+    );
+
+    // The agent reconnects without the capability under the same id: the
+    // role is released and commands go to the connector again.
+    let (_plain, _) = WsClient::register(&url, "ag", "second").await;
+    assert_eq!(second.expect_close().await, Some(4001));
+    let ev = user.recv_type("agent_changed").await;
+    assert!(ev["client_id"].is_null(), "{ev}");
+    let r = user
+        .request(json!({"type":"whatsapp_command","command":{"action":"list_contacts"}}))
+        .await;
+    assert_eq!(r["content"]["executed_by"], "simulated", "{r}");
 }

@@ -1,0 +1,220 @@
+//! The one test-support module of every suite (`mod support;` then
+//! `use support::*;`): an in-process hub ([`TestHub`]), the spawned binary
+//! ([`HubProcess`], only where the process is the point), a WebSocket
+//! client ([`WsClient`]), private redis-server / HAProxy launchers, the
+//! fake AI upstream, and the small helpers every suite shares.
+//!
+//! Everything waits by polling with a bound (never a bare sleep) and
+//! panics with context when the bound is reached; everything started is
+//! stopped on drop, also when a test fails.
+#![allow(dead_code, unused_imports, async_fn_in_trait)]
+
+pub mod fake_ai;
+mod helpers;
+mod in_process;
+mod process;
+mod redis;
+mod ws;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use helpers::*;
+pub use in_process::*;
+pub use process::*;
+pub use redis::*;
+pub use ws::*;
+
+/// Bound on a hub starting to listen and becoming ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on any single expected WebSocket frame.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listening hub, in-process or spawned: its address and what every
+/// test asks of it over HTTP.
+pub trait Endpoint {
+    fn addr(&self) -> SocketAddr;
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr())
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// The status `/ready` answers right now (None: no HTTP answer).
+    async fn ready_status(&self) -> Option<u16> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        let r = client.get(self.http_url("/ready")).send().await.ok()?;
+        Some(r.status().as_u16())
+    }
+
+    /// GET `path`: status and body (panics if the hub does not answer).
+    async fn get(&self, path: &str) -> (u16, String) {
+        http_get_url(&self.http_url(path)).await
+    }
+
+    /// The value of an unlabelled metric (or a labelled one, given as
+    /// `name{label="value"}`) in `/metrics`; None if absent.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await;
+        metric_value(&body, series)
+    }
+
+    /// Polls `/metrics` until `series` satisfies `ok` (absent counts as 0);
+    /// returns the value, panics with the exposition after [`RECV_TIMEOUT`].
+    async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let v = self.metric(series).await.unwrap_or(0.0);
+            if ok(v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{series} = {v} never satisfied the condition:\n{}",
+                    self.get("/metrics").await.1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// GET on a hub: status and body.
+pub async fn http_get(hub: &impl Endpoint, path: &str) -> (u16, String) {
+    http_get_url(&hub.http_url(path)).await
+}
+
+/// GET any URL: status and body (panics if nothing answers).
+pub async fn http_get_url(url: &str) -> (u16, String) {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// The value of one series (`name` or `name{label="v"}` exactly as
+/// exposed) in an exposition; None when absent.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// Finds a free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn have(binary: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {binary}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Async flavour of [`wait_until`].
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A minimal blocking HTTP GET on loopback (no async runtime needed): the
+/// whole answer, status line and headers included; None if nothing answers.
+pub fn http_get_blocking(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// A path inside the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A private working directory, removed on drop, so no stray `.env` is read.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mcp-hub-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` inside the directory; returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
