@@ -25,9 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Haproxy, free_port, have, repo_path, wait_until};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
+use support::{Haproxy, free_port, have, repo_path, wait_until};
 use tokio_tungstenite::tungstenite;
 
 /// True when `tool` is installed; otherwise explains the skip on stderr.

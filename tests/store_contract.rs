@@ -9,7 +9,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{RedisServer, wait_until_async};
 use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
 use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage};
@@ -19,6 +18,7 @@ use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{AgentRef, Reaped, SessionStore};
+use support::{RedisServer, wait_until_async};
 use tokio::sync::mpsc;
 
 const HISTORY_CAP: usize = 5;

@@ -64,7 +64,10 @@ impl ClientSession {
                 Ok(())
             }
             // Not immediate: handled as a request of a registered client.
-            other => self.request(other)?.run(request_id).await,
+            other => {
+                self.request(other)?.answer(request_id).await;
+                Ok(())
+            }
         }
     }
 

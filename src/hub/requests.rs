@@ -27,24 +27,44 @@ pub struct Request {
 impl Request {
     /// Runs the request and answers it, with `error` if it failed.
     pub async fn answer(self, request_id: Option<&str>) {
+        self.answer_then(request_id, || {}).await;
+    }
+
+    /// Like [`Request::answer`], but calls `release` once the request is
+    /// done and *before* its answer is queued: a client that waits for each
+    /// answer before sending the next request must find its in-flight slot
+    /// free again.
+    pub async fn answer_then(self, request_id: Option<&str>, release: impl FnOnce()) {
         let hub = self.hub.clone();
         let handle = self.handle.clone();
-        if let Err(e) = self.run(request_id).await {
-            hub.reply_error(&handle, &e, request_id);
+        let outcome = self.run(request_id).await;
+        release();
+        match outcome {
+            Ok(Some(reply)) => hub.send_direct(
+                &handle,
+                &ServerEvent::Response {
+                    response_type: reply.response_type,
+                    content: reply.content,
+                    request_id,
+                },
+                "response",
+            ),
+            Ok(None) => {}
+            Err(e) => hub.reply_error(&handle, &e, request_id),
         }
     }
 
-    /// Runs the request; an `Err` is for the caller to answer.
-    pub async fn run(self, rid: Option<&str>) -> Result<(), HubError> {
+    /// Runs the request; the answer (if any) or the error is for the caller
+    /// to send.
+    async fn run(self, rid: Option<&str>) -> Result<Option<Reply>, HubError> {
         let Request {
             hub,
-            handle,
+            handle: _,
             member,
             msg,
         } = self;
         let cx = Cx {
             hub: &hub,
-            handle: &handle,
             member: &member,
             rid,
         };
@@ -56,27 +76,38 @@ impl Request {
             ClientMessage::AiRequest { prompt, context } => {
                 ai_request(cx, &prompt, context.as_ref()).await
             }
-            ClientMessage::Broadcast { payload } => {
-                broadcast(cx, &payload);
-                Ok(())
-            }
+            ClientMessage::Broadcast { payload } => Ok(broadcast(cx, &payload)),
             ClientMessage::ExecuteResult { content } => execute_result(cx, content).await,
             ClientMessage::ContactsUpdate { contacts } => contacts_update(cx, &contacts).await,
             ClientMessage::IncomingMessage { contact, message } => {
                 incoming_message(cx, contact, message).await
             }
             // Handled by the session before any request (ClientSession).
-            ClientMessage::Ping | ClientMessage::Register(_) => Ok(()),
+            ClientMessage::Ping | ClientMessage::Register(_) => Ok(None),
         }
     }
 }
 
-/// What every request function gets: the hub, the requester and its reply
-/// address, and the `request_id` to echo.
+/// A request's answer: a `response` of this type.
+pub struct Reply {
+    response_type: &'static str,
+    content: Value,
+}
+
+impl Reply {
+    fn new(response_type: &'static str, content: Value) -> Option<Reply> {
+        Some(Reply {
+            response_type,
+            content,
+        })
+    }
+}
+
+/// What every request function gets: the hub, the requester, and the
+/// `request_id` to echo.
 #[derive(Clone, Copy)]
 struct Cx<'a> {
     hub: &'a Arc<Hub>,
-    handle: &'a ClientHandle,
     member: &'a Member,
     rid: Option<&'a str>,
 }
@@ -86,23 +117,10 @@ impl Cx<'_> {
         &self.member.session
     }
 
-    fn respond(&self, response_type: &'static str, content: Value) {
-        self.hub.send_direct(
-            self.handle,
-            &ServerEvent::Response {
-                response_type,
-                content,
-                request_id: self.rid,
-            },
-            "response",
-        );
-    }
-
     /// Confirms a request that has no other answer, when it asked (request_id).
-    fn acknowledge(&self, response_type: &'static str) {
-        if self.rid.is_some() {
-            self.respond(response_type, json!({"success": true}));
-        }
+    fn acknowledge(&self, response_type: &'static str) -> Option<Reply> {
+        self.rid
+            .and_then(|_| Reply::new(response_type, json!({"success": true})))
     }
 
     /// Only the session's current agent may report on the account (a
@@ -142,29 +160,31 @@ impl Hub {
     }
 }
 
-async fn whatsapp_command(cx: Cx<'_>, cmd: &WhatsAppCommand) -> Result<(), HubError> {
+async fn whatsapp_command(cx: Cx<'_>, cmd: &WhatsAppCommand) -> Result<Option<Reply>, HubError> {
     let content = cx
         .hub
         .run_command(cx.session(), cmd, &cx.member.info)
         .await?;
-    cx.respond("whatsapp_command_result", content);
-    Ok(())
+    Ok(Reply::new("whatsapp_command_result", content))
 }
 
 async fn whatsapp_ai_command(
     cx: Cx<'_>,
     command: &str,
     context: Option<AiContext>,
-) -> Result<(), HubError> {
+) -> Result<Option<Reply>, HubError> {
     let content = cx
         .hub
         .execute_ai_command(cx.session(), command, context, &cx.member.info)
         .await?;
-    cx.respond("whatsapp_ai_command_result", content);
-    Ok(())
+    Ok(Reply::new("whatsapp_ai_command_result", content))
 }
 
-async fn ai_request(cx: Cx<'_>, prompt: &str, context: Option<&Value>) -> Result<(), HubError> {
+async fn ai_request(
+    cx: Cx<'_>,
+    prompt: &str,
+    context: Option<&Value>,
+) -> Result<Option<Reply>, HubError> {
     let outcome = cx.hub.ai.complete(cx.session(), prompt, context).await?;
     let content = json!({
         "text": outcome.value,
@@ -172,11 +192,10 @@ async fn ai_request(cx: Cx<'_>, prompt: &str, context: Option<&Value>) -> Result
         "cached": outcome.cached,
         "shared": outcome.shared,
     });
-    cx.respond("ai_response", content);
-    Ok(())
+    Ok(Reply::new("ai_response", content))
 }
 
-fn broadcast(cx: Cx<'_>, payload: &Value) {
+fn broadcast(cx: Cx<'_>, payload: &Value) -> Option<Reply> {
     let from = &cx.member.info.client_id;
     cx.hub.publish(
         cx.session(),
@@ -188,10 +207,10 @@ fn broadcast(cx: Cx<'_>, payload: &Value) {
         "broadcast",
         Some(from),
     );
-    cx.acknowledge("broadcast_sent");
+    cx.acknowledge("broadcast_sent")
 }
 
-async fn execute_result(cx: Cx<'_>, content: Value) -> Result<(), HubError> {
+async fn execute_result(cx: Cx<'_>, content: Value) -> Result<Option<Reply>, HubError> {
     let Some(call_id) = cx.rid else {
         return Err(HubError::new(
             ErrorCode::MissingField,
@@ -208,10 +227,10 @@ async fn execute_result(cx: Cx<'_>, content: Value) -> Result<(), HubError> {
             format!("no pending execute with request_id `{call_id}` for this agent"),
         ));
     }
-    Ok(())
+    Ok(None)
 }
 
-async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<(), HubError> {
+async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Reply>, HubError> {
     cx.require_agent().await?;
     if contacts.iter().any(|c| c.name.trim().is_empty()) {
         return Err(HubError::new(
@@ -221,11 +240,14 @@ async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<(), HubErro
     }
     cx.hub.store.set_contacts(cx.session(), contacts).await?;
     cx.hub.publish_contacts(cx.session(), contacts);
-    cx.acknowledge("ack");
-    Ok(())
+    Ok(cx.acknowledge("ack"))
 }
 
-async fn incoming_message(cx: Cx<'_>, contact: String, message: String) -> Result<(), HubError> {
+async fn incoming_message(
+    cx: Cx<'_>,
+    contact: String,
+    message: String,
+) -> Result<Option<Reply>, HubError> {
     cx.require_agent().await?;
     if contact.trim().is_empty() || message.is_empty() {
         return Err(HubError::new(
@@ -240,6 +262,5 @@ async fn incoming_message(cx: Cx<'_>, contact: String, message: String) -> Resul
             message,
         })
         .await?;
-    cx.acknowledge("ack");
-    Ok(())
+    Ok(cx.acknowledge("ack"))
 }

@@ -283,8 +283,9 @@ impl Connection {
                     );
                 };
                 tokio::spawn(async move {
-                    request.answer(request_id.as_deref()).await;
-                    drop(permit);
+                    request
+                        .answer_then(request_id.as_deref(), move || drop(permit))
+                        .await;
                 });
             }
         }
