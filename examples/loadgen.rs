@@ -311,7 +311,12 @@ struct Stamp {
 
 /// Waits until `counter` reaches `expected`, or stops moving for `quiet`,
 /// or `limit` passed. Returns whether `expected` was reached.
-async fn wait_for_count(counter: &AtomicU64, expected: u64, quiet: Duration, limit: Duration) -> bool {
+async fn wait_for_count(
+    counter: &AtomicU64,
+    expected: u64,
+    quiet: Duration,
+    limit: Duration,
+) -> bool {
     let start = Instant::now();
     let mut last = counter.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
@@ -353,7 +358,11 @@ async fn run_idle(args: &Args) -> Result<()> {
         expected_frames += k + k * (k - 1) / 2;
     }
 
-    let before: Vec<u64> = args.pids.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+    let before: Vec<u64> = args
+        .pids
+        .iter()
+        .map(|&p| rss_kib(p))
+        .collect::<Result<_>>()?;
     println!(
         "mode=idle clients={} per_session={per} sessions={sessions} urls={} fd_limit={fd_limit}",
         args.clients,
@@ -381,9 +390,11 @@ async fn run_idle(args: &Args) -> Result<()> {
                         let i = s * per + j;
                         let url = &urls[i % urls.len()];
                         match register(url, &session, &format!("c{i}")).await {
-                            Ok(ws) => {
-                                handles.push(tokio::spawn(hold_idle(ws, frames.clone(), stop.clone())))
-                            }
+                            Ok(ws) => handles.push(tokio::spawn(hold_idle(
+                                ws,
+                                frames.clone(),
+                                stop.clone(),
+                            ))),
                             Err(e) => {
                                 if failed == 0 {
                                     eprintln!("{e:#}");
@@ -407,7 +418,13 @@ async fn run_idle(args: &Args) -> Result<()> {
         registered_in.as_secs_f64()
     );
 
-    let all_frames = wait_for_count(&frames, expected_frames, Duration::from_secs(5), args.settle_timeout).await;
+    let all_frames = wait_for_count(
+        &frames,
+        expected_frames,
+        Duration::from_secs(5),
+        args.settle_timeout,
+    )
+    .await;
     println!(
         "frames after registration: {} of {expected_frames} expected{}",
         frames.load(Ordering::Relaxed),
@@ -424,7 +441,10 @@ async fn run_idle(args: &Args) -> Result<()> {
         );
     }
     if args.pids.len() > 1 {
-        let delta: u64 = after.iter().sum::<u64>().saturating_sub(before.iter().sum());
+        let delta: u64 = after
+            .iter()
+            .sum::<u64>()
+            .saturating_sub(before.iter().sum());
         println!(
             "all hubs: delta={delta} KiB => {:.1} KiB per connection",
             delta as f64 / connected.max(1) as f64
@@ -477,7 +497,10 @@ async fn settle_rss(pids: &[u32], limit: Duration) -> Result<Vec<u64>> {
             }
         }
         if start.elapsed() >= limit {
-            println!("memory did not settle within {}s; last sample used", limit.as_secs());
+            println!(
+                "memory did not settle within {}s; last sample used",
+                limit.as_secs()
+            );
             return Ok(now);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -504,7 +527,11 @@ async fn run_fanout(args: &Args) -> Result<()> {
     println!(
         "mode=fanout urls={} subscribers={s} messages={m} rate={} payload={}B pids={:?}",
         args.urls.join(","),
-        if args.rate_per_sec > 0.0 { format!("{}/s", args.rate_per_sec) } else { "burst".into() },
+        if args.rate_per_sec > 0.0 {
+            format!("{}/s", args.rate_per_sec)
+        } else {
+            "burst".into()
+        },
         args.payload_bytes,
         args.pids
     );
@@ -516,7 +543,11 @@ async fn run_fanout(args: &Args) -> Result<()> {
     let published = Arc::new(AtomicBool::new(false));
     let hard_deadline = Instant::now()
         + args.settle_timeout
-        + Duration::from_secs_f64(if args.rate_per_sec > 0.0 { m as f64 / args.rate_per_sec } else { 0.0 })
+        + Duration::from_secs_f64(if args.rate_per_sec > 0.0 {
+            m as f64 / args.rate_per_sec
+        } else {
+            0.0
+        })
         + Duration::from_secs(120);
 
     // Registered in order (subscriber j gets one client_joined per later
@@ -539,7 +570,13 @@ async fn run_fanout(args: &Args) -> Result<()> {
     // contact_list_broadcast each, client_joined for every later member
     // and for the publisher.
     let expected_setup = (s + s * (s - 1) / 2 + s) as u64;
-    let settled = wait_for_count(&setup_frames, expected_setup, Duration::from_secs(3), args.settle_timeout).await;
+    let settled = wait_for_count(
+        &setup_frames,
+        expected_setup,
+        Duration::from_secs(3),
+        args.settle_timeout,
+    )
+    .await;
     println!(
         "registered {s} subscribers + publisher in {:.1}s; setup frames {} of {expected_setup}{}",
         started.elapsed().as_secs_f64(),
@@ -573,7 +610,8 @@ async fn run_fanout(args: &Args) -> Result<()> {
             // Absolute schedule: the average rate stays exact.
             tokio::time::sleep_until((t0 + gap * seq as u32).into()).await;
         }
-        let frame = json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros(),"fill":filler}});
+        let frame =
+            json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros(),"fill":filler}});
         if let Err(e) = sink.send(Message::Text(frame.to_string().into())).await {
             send_error = Some(format!("publish stopped at seq {seq}: {e}"));
             break;
@@ -588,12 +626,20 @@ async fn run_fanout(args: &Args) -> Result<()> {
     }
     let cpu_after = total_cpu_ticks(&args.pids)?;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-    let publisher_errors = match tokio::time::timeout(Duration::from_secs(5), publisher_reader).await {
-        Ok(Ok(errors)) => errors,
-        _ => HashMap::new(),
-    };
+    let publisher_errors =
+        match tokio::time::timeout(Duration::from_secs(5), publisher_reader).await {
+            Ok(Ok(errors)) => errors,
+            _ => HashMap::new(),
+        };
 
-    report_fanout(args, &seen, t0, publish_secs, cpu_after.saturating_sub(cpu_before), &publisher_errors);
+    report_fanout(
+        args,
+        &seen,
+        t0,
+        publish_secs,
+        cpu_after.saturating_sub(cpu_before),
+        &publisher_errors,
+    );
     if let Some(e) = send_error {
         println!("{e}");
     }
@@ -658,7 +704,8 @@ async fn subscribe(
             setup_frames.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let (Some(seq), Some(sent)) = f.payload.map(|p| (p.seq, p.t)).unwrap_or((None, None)) else {
+        let (Some(seq), Some(sent)) = f.payload.map(|p| (p.seq, p.t)).unwrap_or((None, None))
+        else {
             continue;
         };
         if let Some(slot) = seen.per_seq.get_mut(seq as usize) {
@@ -684,12 +731,23 @@ fn report_fanout(
 ) {
     let m = args.messages as u64;
     let expected = m * seen.len() as u64;
-    let mut all: Vec<u64> = seen.iter().flat_map(|x| x.latencies_us.iter().copied()).collect();
+    let mut all: Vec<u64> = seen
+        .iter()
+        .flat_map(|x| x.latencies_us.iter().copied())
+        .collect();
     all.sort_unstable();
-    let lost: u64 = seen.iter().map(|x| x.per_seq.iter().filter(|&&n| n == 0).count() as u64).sum();
+    let lost: u64 = seen
+        .iter()
+        .map(|x| x.per_seq.iter().filter(|&&n| n == 0).count() as u64)
+        .sum();
     let dupes: u64 = seen
         .iter()
-        .map(|x| x.per_seq.iter().map(|&n| n.saturating_sub(1) as u64).sum::<u64>())
+        .map(|x| {
+            x.per_seq
+                .iter()
+                .map(|&n| n.saturating_sub(1) as u64)
+                .sum::<u64>()
+        })
         .sum();
     let out_of_order: u64 = seen.iter().map(|x| x.out_of_order).sum();
     let evicted = seen.iter().filter(|x| x.close_code == Some(1008)).count();
@@ -709,7 +767,9 @@ fn report_fanout(
     let mut endings: Vec<_> = endings.into_iter().collect();
     endings.sort();
     let last = seen.iter().filter_map(|x| x.last_delivery).max();
-    let window = last.map(|l| l.duration_since(t0).as_secs_f64()).unwrap_or(0.0);
+    let window = last
+        .map(|l| l.duration_since(t0).as_secs_f64())
+        .unwrap_or(0.0);
     let delivered = all.len() as u64;
     let pct = |p: f64| -> f64 {
         if all.is_empty() {
@@ -729,11 +789,19 @@ fn report_fanout(
     );
     println!(
         "deliveries={delivered} of {expected} in {window:.2}s (first publish to last delivery) => {:.0} deliveries/s",
-        if window > 0.0 { delivered as f64 / window } else { 0.0 }
+        if window > 0.0 {
+            delivered as f64 / window
+        } else {
+            0.0
+        }
     );
     println!(
         "lost={lost} ({:.1}%, {lost_by_evicted} of them on evicted subscribers) duplicated={dupes} out_of_order={out_of_order} evicted_1008={evicted} of {} subscribers",
-        if expected > 0 { lost as f64 * 100.0 / expected as f64 } else { 0.0 },
+        if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        },
         seen.len()
     );
     println!("subscriber endings: {endings:?}");
@@ -752,7 +820,11 @@ fn report_fanout(
             "hub cpu (publish phase, {} pid(s)): {:.2}s => {:.2} us/delivery (clock tick {} ms)",
             args.pids.len(),
             cpu_us / 1e6,
-            if delivered > 0 { cpu_us / delivered as f64 } else { 0.0 },
+            if delivered > 0 {
+                cpu_us / delivered as f64
+            } else {
+                0.0
+            },
             1000 / hz
         );
     }
