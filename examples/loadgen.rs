@@ -151,6 +151,9 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
     if args.urls.is_empty() {
         args.urls.push("ws://127.0.0.1:8002/".into());
     }
+    // A hub's CPU or memory counted twice would skew the per-delivery figure.
+    let mut seen_pids = std::collections::HashSet::new();
+    args.pids.retain(|p| seen_pids.insert(*p));
     if args.mode == Mode::Idle && args.pids.is_empty() {
         bail!("idle needs the hub's --pid (or --hub-pid-file) to read its memory");
     }
@@ -523,6 +526,9 @@ async fn run_fanout(args: &Args) -> Result<()> {
     let fd_limit = raise_fd_limit();
     let m = args.messages;
     let s = args.clients;
+    if s == 0 {
+        bail!("fanout needs at least one subscriber");
+    }
     let session = format!("bench-{}", now_micros());
     println!(
         "mode=fanout urls={} subscribers={s} messages={m} rate={} payload={}B pids={:?}",
@@ -608,7 +614,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
     for seq in 0..m {
         if let Some(gap) = gap {
             // Absolute schedule: the average rate stays exact.
-            tokio::time::sleep_until((t0 + gap * seq as u32).into()).await;
+            tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
         }
         let frame =
             json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros(),"fill":filler}});
@@ -787,6 +793,11 @@ fn report_fanout(
             format!("{publisher_errors:?}")
         }
     );
+    if publisher_errors.contains_key("rate_limited") {
+        println!(
+            "the hub rate-limited the publisher: raise its RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST"
+        );
+    }
     println!(
         "deliveries={delivered} of {expected} in {window:.2}s (first publish to last delivery) => {:.0} deliveries/s",
         if window > 0.0 {
