@@ -1,58 +1,188 @@
-//! Broadcast fan-out benchmark against running hubs.
+//! Benchmarks against hubs you run yourself on loopback (issue 9).
 //!
-//! Connects `--clients` receivers (spread round-robin over `--url`s, e.g.
-//! three hubs of a cluster), then one producer sends `--messages`
-//! broadcasts carrying their send time. Every receiver records the
-//! producer-to-receiver latency; the tool prints throughput, latency
-//! percentiles and any lost or duplicated deliveries.
+//! Two modes:
 //!
-//!   cargo run --release --example loadgen -- --url ws://127.0.0.1:8002/ --clients 200 --messages 500
+//! * `idle`: registers `--clients` WebSocket clients (`--per-session` per
+//!   session), waits until the hub has sent every frame registration causes
+//!   and its memory settled, and prints the hub's resident memory per
+//!   connection (`VmRSS` of `/proc/<pid>/status`, before connecting vs
+//!   after).
+//! * `fanout` (the default, and the tool's historic behaviour): registers
+//!   `--subscribers` clients in one session, spread round-robin over the
+//!   `--url`s, then one publisher sends `--messages` broadcasts of
+//!   `--payload-bytes` at `--rate` per second (0 = as fast as the socket
+//!   takes them). Prints deliveries/s, latency percentiles, lost, duplicated
+//!   and out-of-order deliveries, evicted subscribers, and the CPU time the
+//!   hub processes (`--pid`) spent per delivery during the publish phase.
 //!
-//! Only for hubs you run yourself on loopback; every loop is bounded.
+//! ```text
+//! cargo run --release --example loadgen -- idle --url ws://127.0.0.1:8002/ --pid 1234
+//! cargo run --release --example loadgen -- fanout --url ws://127.0.0.1:8002/ \
+//!     --subscribers 1000 --messages 1000 --rate 0 --payload-bytes 100 --pid 1234
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8002/ --clients 200 --messages 500
+//! ```
+//!
+//! The hub's own limits are raised with its documented settings, never by
+//! this tool: a burst needs `RATE_LIMIT_PER_SEC` / `RATE_LIMIT_BURST` above
+//! `--messages` (the publisher is one connection), and `OUTBOUND_QUEUE_LEN`
+//! decides whether subscribers that fall behind are evicted (close 1008).
+//! See `docs/performance.md` for the measured numbers and exact commands.
+//!
+//! Only loopback URLs are accepted; every loop is bounded in count and time.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::connect_async;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_util::sync::CancellationToken;
 
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one connect + register may take before it counts as failed.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Client id of the fan-out publisher (receivers only count its broadcasts).
+const PUBLISHER_ID: &str = "producer";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Idle,
+    Fanout,
+}
+
+#[derive(Debug)]
 struct Args {
+    mode: Mode,
     urls: Vec<String>,
+    pids: Vec<u32>,
+    /// idle: clients to register; fanout: subscribers.
     clients: usize,
+    per_session: usize,
     messages: usize,
     payload_bytes: usize,
     rate_per_sec: f64,
+    connect_concurrency: usize,
+    /// fanout: a subscriber that saw nothing for this long after the last
+    /// publish stops waiting.
+    idle_timeout: Duration,
+    /// Upper bound for settling (frames caused by registration, memory).
+    settle_timeout: Duration,
+    /// idle: keep the clients connected this long after the measurement.
+    hold: Duration,
 }
 
-fn parse_args() -> Args {
+const USAGE: &str = "usage: loadgen [idle|fanout] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
+  idle:   [--clients 10000] [--per-session 5] [--hold-secs 0]
+  fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
+  both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
+
+fn parse_args(raw: Vec<String>) -> Result<Args> {
+    let mut it = raw.into_iter().peekable();
+    let mode = match it.peek().map(String::as_str) {
+        Some("idle") => Mode::Idle,
+        Some("fanout") => Mode::Fanout,
+        Some("-h" | "--help") => bail!("{USAGE}"),
+        // No mode word: the original loadgen flags, i.e. fanout.
+        _ => Mode::Fanout,
+    };
+    if matches!(it.peek().map(String::as_str), Some("idle" | "fanout")) {
+        it.next();
+    }
     let mut args = Args {
+        mode,
         urls: Vec::new(),
-        clients: 100,
+        pids: Vec::new(),
+        clients: if mode == Mode::Idle { 10_000 } else { 100 },
+        per_session: 5,
         messages: 200,
         payload_bytes: 100,
         rate_per_sec: 0.0,
+        connect_concurrency: 100,
+        idle_timeout: Duration::from_secs(10),
+        settle_timeout: Duration::from_secs(120),
+        hold: Duration::ZERO,
     };
-    let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))?;
+        let num = |what: &str| -> Result<u64> {
+            value
+                .parse::<u64>()
+                .with_context(|| format!("{flag} takes {what}, not `{value}`"))
+        };
         match flag.as_str() {
-            "--url" => args.urls.push(value()),
-            "--clients" => args.clients = value().parse().expect("--clients N"),
-            "--messages" => args.messages = value().parse().expect("--messages N"),
-            "--payload-bytes" => args.payload_bytes = value().parse().expect("--payload-bytes N"),
-            "--rate" => {
-                args.rate_per_sec = value()
+            "--url" => args.urls.push(check_loopback(&value)?),
+            "--pid" => args.pids.push(num("a process id")? as u32),
+            "--hub-pid-file" => {
+                let text = std::fs::read_to_string(&value)
+                    .with_context(|| format!("reading --hub-pid-file {value}"))?;
+                let pid = text
+                    .trim()
                     .parse()
-                    .expect("--rate per second (0 = as fast as allowed)")
+                    .with_context(|| format!("{value} does not hold a pid"))?;
+                args.pids.push(pid);
             }
-            other => panic!("unknown flag {other}"),
+            "--clients" | "--subscribers" => args.clients = num("a count")? as usize,
+            "--per-session" => args.per_session = num("a count")?.max(1) as usize,
+            "--messages" => args.messages = num("a count")? as usize,
+            "--payload-bytes" => args.payload_bytes = num("a size in bytes")? as usize,
+            "--rate" => {
+                args.rate_per_sec = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r >= 0.0)
+                    .ok_or_else(|| anyhow!("--rate takes messages per second (0 = burst)"))?
+            }
+            "--connect-concurrency" => args.connect_concurrency = num("a count")?.max(1) as usize,
+            "--idle-timeout-secs" => args.idle_timeout = Duration::from_secs(num("seconds")?),
+            "--settle-timeout-secs" => args.settle_timeout = Duration::from_secs(num("seconds")?),
+            "--hold-secs" => args.hold = Duration::from_secs(num("seconds")?),
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     if args.urls.is_empty() {
         args.urls.push("ws://127.0.0.1:8002/".into());
     }
-    args
+    // A hub's CPU or memory counted twice would skew the per-delivery figure.
+    let mut seen_pids = std::collections::HashSet::new();
+    args.pids.retain(|p| seen_pids.insert(*p));
+    if args.mode == Mode::Idle && args.pids.is_empty() {
+        bail!("idle needs the hub's --pid (or --hub-pid-file) to read its memory");
+    }
+    for &pid in &args.pids {
+        rss_kib(pid).with_context(|| format!("--pid {pid}: cannot read /proc/{pid}/status"))?;
+    }
+    Ok(args)
+}
+
+/// Only hubs on this machine: the tool opens thousands of connections.
+fn check_loopback(url: &str) -> Result<String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow!("--url {url}: only ws:// URLs"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    if !loopback {
+        bail!("--url {url}: only loopback hosts (127.0.0.0/8, ::1, localhost)");
+    }
+    Ok(url.to_string())
 }
 
 fn now_micros() -> u64 {
@@ -62,90 +192,591 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-async fn register(
-    url: &str,
-    session: &str,
-    id: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (mut ws, _) = connect_async(url).await.expect("connect");
-    let reg = json!({"type":"register","session":session,"client_id":id});
-    ws.send(Message::Text(reg.to_string().into()))
-        .await
-        .expect("register");
-    // registration_confirmed + contact_list_broadcast
-    for _ in 0..2 {
-        ws.next().await.expect("frame").expect("frame");
-    }
-    ws
-}
-
-#[tokio::main]
-async fn main() {
-    let args = parse_args();
-    let session = format!("bench-{}", now_micros());
-    let expected = args.messages;
-
-    let mut receivers = Vec::new();
-    for i in 0..args.clients {
-        let url = args.urls[i % args.urls.len()].clone();
-        let ws = register(&url, &session, &format!("r{i}")).await;
-        receivers.push(ws);
-    }
-    let mut tasks = Vec::new();
-    for mut ws in receivers {
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(expected);
-            let mut seen = vec![0u32; expected];
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            while latencies.len() < expected {
-                let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => t,
-                    Ok(Some(Ok(_))) => continue,
-                    _ => break,
-                };
-                let v: Value = serde_json::from_str(msg.as_str()).unwrap_or(Value::Null);
-                if v["type"] != "broadcast" || v["from"] != "producer" {
-                    continue;
-                }
-                let sent = v["payload"]["t"].as_u64().unwrap_or(0);
-                let seq = v["payload"]["seq"].as_u64().unwrap_or(0) as usize;
-                if seq < seen.len() {
-                    seen[seq] += 1;
-                }
-                latencies.push(now_micros().saturating_sub(sent));
+/// Soft fd limit raised to the hard one: idle mode holds one socket per
+/// client. Returns the limit in effect.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_cur;
             }
-            let dupes = seen.iter().filter(|&&n| n > 1).count();
-            let lost = seen.iter().filter(|&&n| n == 0).count();
-            (latencies, lost, dupes)
-        }));
-    }
-
-    let mut producer = register(&args.urls[0], &session, "producer").await;
-    let filler = "x".repeat(args.payload_bytes);
-    let started = Instant::now();
-    let gap = (args.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate_per_sec));
-    for seq in 0..args.messages {
-        let frame =
-            json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros(),"fill":filler}});
-        producer
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .expect("send");
-        if let Some(gap) = gap {
-            tokio::time::sleep(gap).await;
         }
     }
+    lim.rlim_cur
+}
 
-    let mut all = Vec::new();
-    let (mut lost, mut dupes) = (0, 0);
-    for t in tasks {
-        let (lat, l, d) = t.await.expect("receiver");
-        all.extend(lat);
-        lost += l;
-        dupes += d;
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces: count from its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 { n as u64 } else { 100 }
+}
+
+fn total_cpu_ticks(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| cpu_ticks(p)).sum()
+}
+
+/// Connects and registers; returns once `registration_confirmed` arrived
+/// (the frames after it are the reader's business).
+async fn register(url: &str, session: &str, id: &str) -> Result<Ws> {
+    let work = async {
+        let (mut ws, _) = connect_async_with_config(url, None, true)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        let reg = json!({"type":"register","session":session,"client_id":id});
+        ws.send(Message::Text(reg.to_string().into())).await?;
+        // A client registering on another instance can see a few frames
+        // of its session before its own confirmation; bounded anyway.
+        for _ in 0..10_000 {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(f) = serde_json::from_str::<Head>(t.as_str()) {
+                        match f.kind.as_str() {
+                            "registration_confirmed" => return Ok(ws),
+                            "error" => bail!("register {id}: {}", t.as_str()),
+                            _ => {}
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("register {id}: connection closed"),
+            }
+        }
+        bail!("register {id}: no registration_confirmed")
+    };
+    tokio::time::timeout(REGISTER_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("register {id}: timed out"))?
+}
+
+/// Just enough of a hub frame to classify it.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    payload: Option<Stamp>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    t: Option<u64>,
+}
+
+/// Waits until `counter` reaches `expected`, or stops moving for `quiet`,
+/// or `limit` passed. Returns whether `expected` was reached.
+async fn wait_for_count(
+    counter: &AtomicU64,
+    expected: u64,
+    quiet: Duration,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    let mut last = counter.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = counter.load(Ordering::Relaxed);
+        if now >= expected {
+            return true;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() >= quiet || start.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = started.elapsed();
+}
+
+// ---------------------------------------------------------------- idle
+
+async fn run_idle(args: &Args) -> Result<()> {
+    let fd_limit = raise_fd_limit();
+    if (fd_limit as usize) < args.clients + 64 {
+        eprintln!(
+            "warning: fd limit {fd_limit} < {} clients; raise it (ulimit -n 65536)",
+            args.clients
+        );
+    }
+    let per = args.per_session;
+    let sessions = args.clients.div_ceil(per);
+    let run = now_micros();
+    // Member j of a k-member session receives registration_confirmed (read
+    // by register()), contact_list_broadcast, and one client_joined per
+    // member after it.
+    let mut expected_frames = 0u64;
+    for s in 0..sessions {
+        let k = per.min(args.clients - s * per) as u64;
+        expected_frames += k + k * (k - 1) / 2;
+    }
+
+    let before: Vec<u64> = args
+        .pids
+        .iter()
+        .map(|&p| rss_kib(p))
+        .collect::<Result<_>>()?;
+    println!(
+        "mode=idle clients={} per_session={per} sessions={sessions} urls={} fd_limit={fd_limit}",
+        args.clients,
+        args.urls.join(",")
+    );
+
+    let frames = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    // One future per session registers its members one after the other, so
+    // the frames each member will receive are known; sessions run
+    // concurrently up to --connect-concurrency.
+    let results: Vec<(Vec<tokio::task::JoinHandle<()>>, usize)> =
+        futures_util::stream::iter(0..sessions)
+            .map(|s| {
+                let frames = frames.clone();
+                let stop = stop.clone();
+                let urls = args.urls.clone();
+                let clients = args.clients;
+                async move {
+                    let session = format!("idle-{run}-{s}");
+                    let mut handles = Vec::new();
+                    let mut failed = 0;
+                    for j in 0..per.min(clients - s * per) {
+                        let i = s * per + j;
+                        let url = &urls[i % urls.len()];
+                        match register(url, &session, &format!("c{i}")).await {
+                            Ok(ws) => handles.push(tokio::spawn(hold_idle(
+                                ws,
+                                frames.clone(),
+                                stop.clone(),
+                            ))),
+                            Err(e) => {
+                                if failed == 0 {
+                                    eprintln!("{e:#}");
+                                }
+                                failed += 1;
+                            }
+                        }
+                    }
+                    (handles, failed)
+                }
+            })
+            .buffer_unordered(args.connect_concurrency)
+            .collect()
+            .await;
+    let registered_in = started.elapsed();
+    let failed: usize = results.iter().map(|(_, f)| f).sum();
+    let handles: Vec<_> = results.into_iter().flat_map(|(h, _)| h).collect();
+    let connected = handles.len();
+    println!(
+        "registered {connected} clients in {:.1}s ({failed} failed)",
+        registered_in.as_secs_f64()
+    );
+
+    let all_frames = wait_for_count(
+        &frames,
+        expected_frames,
+        Duration::from_secs(5),
+        args.settle_timeout,
+    )
+    .await;
+    println!(
+        "frames after registration: {} of {expected_frames} expected{}",
+        frames.load(Ordering::Relaxed),
+        if all_frames { "" } else { " (stopped waiting)" }
+    );
+    let after = settle_rss(&args.pids, args.settle_timeout).await?;
+    for (k, &p) in args.pids.iter().enumerate() {
+        let delta = after[k].saturating_sub(before[k]);
+        println!(
+            "hub pid {p}: VmRSS before={} KiB after={} KiB delta={delta} KiB => {:.1} KiB per connection ({connected} connections)",
+            before[k],
+            after[k],
+            delta as f64 / connected.max(1) as f64
+        );
+    }
+    if args.pids.len() > 1 {
+        let delta: u64 = after
+            .iter()
+            .sum::<u64>()
+            .saturating_sub(before.iter().sum());
+        println!(
+            "all hubs: delta={delta} KiB => {:.1} KiB per connection",
+            delta as f64 / connected.max(1) as f64
+        );
+    }
+    if !args.hold.is_zero() {
+        println!("holding the connections for {}s", args.hold.as_secs());
+        tokio::time::sleep(args.hold).await;
+    }
+    stop.cancel();
+    for h in handles {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+/// Keeps an idle client connected, reading (and counting) whatever the hub
+/// sends, until `stop`; then closes it.
+async fn hold_idle(mut ws: Ws, frames: Arc<AtomicU64>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(_))) => { frames.fetch_add(1, Ordering::Relaxed); }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+/// Polls VmRSS every 500 ms until three samples in a row are within
+/// 0.5 % of each other (or `limit`); returns the last sample.
+async fn settle_rss(pids: &[u32], limit: Duration) -> Result<Vec<u64>> {
+    let start = Instant::now();
+    let mut history: Vec<Vec<u64>> = Vec::new();
+    loop {
+        let now: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+        history.push(now.clone());
+        if history.len() >= 3 {
+            let tail = &history[history.len() - 3..];
+            let stable = (0..pids.len()).all(|k| {
+                let lo = tail.iter().map(|s| s[k]).min().unwrap_or(0);
+                let hi = tail.iter().map(|s| s[k]).max().unwrap_or(0);
+                (hi - lo) as f64 <= hi as f64 * 0.005
+            });
+            if stable {
+                return Ok(now);
+            }
+        }
+        if start.elapsed() >= limit {
+            println!(
+                "memory did not settle within {}s; last sample used",
+                limit.as_secs()
+            );
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+// -------------------------------------------------------------- fanout
+
+/// What one subscriber saw.
+struct Seen {
+    latencies_us: Vec<u64>,
+    per_seq: Vec<u32>,
+    out_of_order: u64,
+    close_code: Option<u16>,
+    ended: &'static str,
+    last_delivery: Option<Instant>,
+}
+
+async fn run_fanout(args: &Args) -> Result<()> {
+    let fd_limit = raise_fd_limit();
+    let m = args.messages;
+    let s = args.clients;
+    if s == 0 {
+        bail!("fanout needs at least one subscriber");
+    }
+    let session = format!("bench-{}", now_micros());
+    println!(
+        "mode=fanout urls={} subscribers={s} messages={m} rate={} payload={}B pids={:?}",
+        args.urls.join(","),
+        if args.rate_per_sec > 0.0 {
+            format!("{}/s", args.rate_per_sec)
+        } else {
+            "burst".into()
+        },
+        args.payload_bytes,
+        args.pids
+    );
+    if (fd_limit as usize) < s + 64 {
+        eprintln!("warning: fd limit {fd_limit} < {s} subscribers; raise it (ulimit -n 65536)");
+    }
+
+    let setup_frames = Arc::new(AtomicU64::new(0));
+    let published = Arc::new(AtomicBool::new(false));
+    let hard_deadline = Instant::now()
+        + args.settle_timeout
+        + Duration::from_secs_f64(if args.rate_per_sec > 0.0 {
+            m as f64 / args.rate_per_sec
+        } else {
+            0.0
+        })
+        + Duration::from_secs(120);
+
+    // Registered in order (subscriber j gets one client_joined per later
+    // member), each one reading from the moment it is registered.
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(s);
+    for i in 0..s {
+        let url = &args.urls[i % args.urls.len()];
+        let ws = register(url, &session, &format!("r{i}")).await?;
+        tasks.push(tokio::spawn(subscribe(
+            ws,
+            m,
+            setup_frames.clone(),
+            published.clone(),
+            args.idle_timeout,
+            hard_deadline,
+        )));
+    }
+    let publisher = register(&args.urls[0], &session, PUBLISHER_ID).await?;
+    // contact_list_broadcast each, client_joined for every later member
+    // and for the publisher.
+    let expected_setup = (s + s * (s - 1) / 2 + s) as u64;
+    let settled = wait_for_count(
+        &setup_frames,
+        expected_setup,
+        Duration::from_secs(3),
+        args.settle_timeout,
+    )
+    .await;
+    println!(
+        "registered {s} subscribers + publisher in {:.1}s; setup frames {} of {expected_setup}{}",
+        started.elapsed().as_secs_f64(),
+        setup_frames.load(Ordering::Relaxed),
+        if settled { "" } else { " (stopped waiting)" }
+    );
+
+    let (mut sink, mut stream) = publisher.split();
+    // The publisher reads its own socket: rate_limited errors mean the
+    // hub's RATE_LIMIT_* is below what was asked.
+    let publisher_reader = tokio::spawn(async move {
+        let mut errors: HashMap<String, u64> = HashMap::new();
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(t) = msg
+                && let Ok(f) = serde_json::from_str::<Head>(t.as_str())
+                && f.kind == "error"
+            {
+                *errors.entry(f.code.unwrap_or_default()).or_default() += 1;
+            }
+        }
+        errors
+    });
+
+    let filler = "x".repeat(args.payload_bytes);
+    let cpu_before = total_cpu_ticks(&args.pids)?;
+    let t0 = Instant::now();
+    let gap = (args.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate_per_sec));
+    let mut send_error = None;
+    for seq in 0..m {
+        if let Some(gap) = gap {
+            // Absolute schedule: the average rate stays exact.
+            tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
+        }
+        let frame =
+            json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros(),"fill":filler}});
+        if let Err(e) = sink.send(Message::Text(frame.to_string().into())).await {
+            send_error = Some(format!("publish stopped at seq {seq}: {e}"));
+            break;
+        }
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    published.store(true, Ordering::Relaxed);
+
+    let mut seen = Vec::with_capacity(s);
+    for t in tasks {
+        seen.push(t.await?);
+    }
+    let cpu_after = total_cpu_ticks(&args.pids)?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    let publisher_errors =
+        match tokio::time::timeout(Duration::from_secs(5), publisher_reader).await {
+            Ok(Ok(errors)) => errors,
+            _ => HashMap::new(),
+        };
+
+    report_fanout(
+        args,
+        &seen,
+        t0,
+        publish_secs,
+        cpu_after.saturating_sub(cpu_before),
+        &publisher_errors,
+    );
+    if let Some(e) = send_error {
+        println!("{e}");
+    }
+    Ok(())
+}
+
+async fn subscribe(
+    mut ws: Ws,
+    messages: usize,
+    setup_frames: Arc<AtomicU64>,
+    published: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    hard_deadline: Instant,
+) -> Seen {
+    let mut seen = Seen {
+        latencies_us: Vec::with_capacity(messages),
+        per_seq: vec![0; messages],
+        out_of_order: 0,
+        close_code: None,
+        ended: "complete",
+        last_delivery: None,
+    };
+    let mut highest: Option<u64> = None;
+    let mut last_frame = Instant::now();
+    let mut saw_published = false;
+    while seen.latencies_us.len() < messages {
+        if Instant::now() >= hard_deadline {
+            seen.ended = "deadline";
+            break;
+        }
+        let msg = match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
+            Err(_) => {
+                if !saw_published && published.load(Ordering::Relaxed) {
+                    // The idle clock starts when publishing ended at the latest.
+                    saw_published = true;
+                    last_frame = Instant::now();
+                }
+                if saw_published && last_frame.elapsed() >= idle_timeout {
+                    seen.ended = "idle";
+                    break;
+                }
+                continue;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                seen.close_code = frame.map(|f| u16::from(f.code));
+                seen.ended = "closed";
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => {
+                seen.ended = "error";
+                break;
+            }
+        };
+        let received = now_micros();
+        last_frame = Instant::now();
+        let Ok(f) = serde_json::from_str::<Head>(msg.as_str()) else {
+            continue;
+        };
+        if f.kind != "broadcast" || f.from.as_deref() != Some(PUBLISHER_ID) {
+            setup_frames.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let (Some(seq), Some(sent)) = f.payload.map(|p| (p.seq, p.t)).unwrap_or((None, None))
+        else {
+            continue;
+        };
+        if let Some(slot) = seen.per_seq.get_mut(seq as usize) {
+            *slot += 1;
+        }
+        if highest.is_some_and(|h| seq < h) {
+            seen.out_of_order += 1;
+        }
+        highest = highest.max(Some(seq));
+        seen.latencies_us.push(received.saturating_sub(sent));
+        seen.last_delivery = Some(last_frame);
+    }
+    seen
+}
+
+fn report_fanout(
+    args: &Args,
+    seen: &[Seen],
+    t0: Instant,
+    publish_secs: f64,
+    cpu_ticks: u64,
+    publisher_errors: &HashMap<String, u64>,
+) {
+    let m = args.messages as u64;
+    let expected = m * seen.len() as u64;
+    let mut all: Vec<u64> = seen
+        .iter()
+        .flat_map(|x| x.latencies_us.iter().copied())
+        .collect();
     all.sort_unstable();
+    let lost: u64 = seen
+        .iter()
+        .map(|x| x.per_seq.iter().filter(|&&n| n == 0).count() as u64)
+        .sum();
+    let dupes: u64 = seen
+        .iter()
+        .map(|x| {
+            x.per_seq
+                .iter()
+                .map(|&n| n.saturating_sub(1) as u64)
+                .sum::<u64>()
+        })
+        .sum();
+    let out_of_order: u64 = seen.iter().map(|x| x.out_of_order).sum();
+    let evicted = seen.iter().filter(|x| x.close_code == Some(1008)).count();
+    let lost_by_evicted: u64 = seen
+        .iter()
+        .filter(|x| x.close_code == Some(1008))
+        .map(|x| x.per_seq.iter().filter(|&&n| n == 0).count() as u64)
+        .sum();
+    let mut endings: HashMap<String, usize> = HashMap::new();
+    for x in seen {
+        let key = match x.close_code {
+            Some(code) => format!("closed {code}"),
+            None => x.ended.to_string(),
+        };
+        *endings.entry(key).or_default() += 1;
+    }
+    let mut endings: Vec<_> = endings.into_iter().collect();
+    endings.sort();
+    let last = seen.iter().filter_map(|x| x.last_delivery).max();
+    let window = last
+        .map(|l| l.duration_since(t0).as_secs_f64())
+        .unwrap_or(0.0);
+    let delivered = all.len() as u64;
     let pct = |p: f64| -> f64 {
         if all.is_empty() {
             return 0.0;
@@ -153,26 +784,78 @@ async fn main() {
         let i = ((all.len() as f64 - 1.0) * p).round() as usize;
         all[i] as f64 / 1000.0
     };
+
     println!(
-        "hubs={} clients={} messages={} payload={}B",
-        args.urls.len(),
-        args.clients,
-        args.messages,
-        args.payload_bytes
+        "published {m} in {publish_secs:.2}s; publisher errors: {}",
+        if publisher_errors.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{publisher_errors:?}")
+        }
+    );
+    if publisher_errors.contains_key("rate_limited") {
+        println!(
+            "the hub rate-limited the publisher: raise its RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST"
+        );
+    }
+    println!(
+        "deliveries={delivered} of {expected} in {window:.2}s (first publish to last delivery) => {:.0} deliveries/s",
+        if window > 0.0 {
+            delivered as f64 / window
+        } else {
+            0.0
+        }
     );
     println!(
-        "deliveries={} in {:.2}s => {:.0} deliveries/s; lost={} duplicated={}",
-        all.len(),
-        elapsed.as_secs_f64(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        lost,
-        dupes
+        "lost={lost} ({:.1}%, {lost_by_evicted} of them on evicted subscribers) duplicated={dupes} out_of_order={out_of_order} evicted_1008={evicted} of {} subscribers",
+        if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        },
+        seen.len()
     );
+    println!("subscriber endings: {endings:?}");
     println!(
-        "latency ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        "latency ms: p50={:.2} p90={:.2} p99={:.2} p999={:.2} max={:.2}",
         pct(0.5),
         pct(0.9),
         pct(0.99),
+        pct(0.999),
         pct(1.0)
     );
+    if !args.pids.is_empty() {
+        let hz = clock_ticks_per_sec();
+        let cpu_us = cpu_ticks as f64 * 1e6 / hz as f64;
+        println!(
+            "hub cpu (publish phase, {} pid(s)): {:.2}s => {:.2} us/delivery (clock tick {} ms)",
+            args.pids.len(),
+            cpu_us / 1e6,
+            if delivered > 0 {
+                cpu_us / delivered as f64
+            } else {
+                0.0
+            },
+            1000 / hz
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e:#}");
+            std::process::exit(2);
+        }
+    };
+    let result = match args.mode {
+        Mode::Idle => run_idle(&args).await,
+        Mode::Fanout => run_fanout(&args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("loadgen: {e:#}");
+        std::process::exit(1);
+    }
 }
