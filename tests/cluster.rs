@@ -69,6 +69,11 @@ async fn instances_share_contacts_history_and_presence() {
     assert_eq!(conf_a["instance"], "hub-a");
     assert_eq!(conf_b["instance"], "hub-b");
     assert_eq!(conf_c["instance"], "hub-c");
+    // A healthy cluster shows its Redis error series at 0, not "no data".
+    assert_eq!(
+        hubs[0].metric("hub_redis_errors_total{op=\"join\"}").await,
+        Some(0.0)
+    );
     // Presence is cluster-wide: carol sees alice and bob on other instances.
     assert_eq!(sorted_ids(&conf_c["clients"]), ["alice", "bob", "carol"]);
     let joined = a.recv_type("client_joined").await;

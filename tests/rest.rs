@@ -394,8 +394,14 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
 async fn metrics_count_every_kind_of_traffic_and_pass_promtool() {
     let hub = TestHub::start(&["--instance-id", "metrics-hub", "--agent-timeout-ms", "2000"]).await;
     let url = hub.ws_url();
-    // Before any traffic the exposition already lints.
-    promtool_check(&metrics_text(&hub).await);
+    // Before any traffic the exposition already lints, and every error
+    // code's series exists at 0 (dashboards show 0, not "no data").
+    let fresh = metrics_text(&hub).await;
+    promtool_check(&fresh);
+    for code in ["invalid_json", "agent_timeout", "internal_error"] {
+        let series = format!("hub_errors_total{{code=\"{code}\"}}");
+        assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
+    }
 
     let (mut a, _) = WsClient::register(&url, "m", "a").await;
     let (mut agent, _) = register_agent(&url, "m", "phone").await;

@@ -49,7 +49,7 @@ pub enum InstanceMessage {
         #[serde(default)]
         content: Option<Value>,
         #[serde(default)]
-        error: Option<(String, String)>,
+        error: Option<HubError>,
     },
 }
 

@@ -193,7 +193,7 @@ impl Hub {
                 error,
             } => {
                 let result = match (content, error) {
-                    (_, Some((code, message))) => Err(HubError::new(parse_code(&code), message)),
+                    (_, Some(error)) => Err(error),
                     (Some(content), None) => Ok(content),
                     (None, None) => Ok(Value::Null),
                 };
@@ -245,7 +245,7 @@ impl Hub {
         }
         let (content, error) = match result {
             Ok(v) => (Some(v), None),
-            Err(e) => (None, Some((e.code.as_str().to_string(), e.message))),
+            Err(e) => (None, Some(e)),
         };
         let reply = InstanceMessage::AgentReply {
             call_id,
@@ -255,14 +255,5 @@ impl Hub {
         if let Err(e) = self.broker.send_to_instance(reply_to, reply).await {
             tracing::warn!(error = %e, instance = reply_to, "could not relay an agent reply");
         }
-    }
-}
-
-fn parse_code(code: &str) -> ErrorCode {
-    match code {
-        "agent_timeout" => ErrorCode::AgentTimeout,
-        "store_unavailable" => ErrorCode::StoreUnavailable,
-        "agent_disconnected" => ErrorCode::AgentDisconnected,
-        _ => ErrorCode::AgentUnavailable,
     }
 }

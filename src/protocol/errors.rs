@@ -68,11 +68,14 @@ impl ErrorCode {
 /// An error with a stable code and a human-readable message. Command
 /// failures that the original protocol reports as `success:false` (unknown
 /// contact, ambiguous name, ...) carry their candidates too.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Serializable, so an error crosses instances (agent replies) with its
+/// code intact.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 #[error("{code}: {message}")]
 pub struct HubError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<String>,
 }
 

@@ -228,6 +228,9 @@ impl RedisBackend {
             .redis_command_duration
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
+        // The error series of every op that ran exists, at 0 until the
+        // first failure, so dashboards show "0 errors" rather than no data.
+        let errors = self.metrics.redis_errors.with_label_values(&[op]);
         let error = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
@@ -236,7 +239,7 @@ impl RedisBackend {
                 RedisErrorKind::Timeout(COMMAND_TIMEOUT.as_millis() as u64),
             ),
         };
-        self.metrics.redis_errors.with_label_values(&[op]).inc();
+        errors.inc();
         tracing::debug!(op, %error, "redis command failed");
         Err(error)
     }
