@@ -15,46 +15,11 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::{have, http_get_blocking, repo_path};
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_path(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
-}
-
-fn yaml(rel: &str) -> Yaml {
-    let mut v: Yaml =
-        serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"));
-    v.apply_merge()
-        .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
-    v
-}
-
-/// True when `tool` is installed; otherwise explains the skip on stderr.
-fn tool(tool: &str, package: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED: `{tool}` is not installed (apt-get install -y {package}, or run ./scripts/test which installs it)"
-    );
-    false
-}
+use support::{http_get_blocking, repo_file, repo_path, repo_yaml, run, tool};
 
 fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
     v.as_str()
         .unwrap_or_else(|| panic!("{what} should be a string, is {v:?}"))
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 // ---------------------------------------------------------------- HAProxy
@@ -95,7 +60,7 @@ fn haproxy_cfg_is_valid_with_the_loopback_defaults() {
 
 /// The environment docker-compose.yml gives the haproxy service.
 fn compose_haproxy_env() -> Vec<(String, String)> {
-    let compose = yaml("docker-compose.yml");
+    let compose = repo_yaml("docker-compose.yml");
     let env = compose["services"]["haproxy"]["environment"]
         .as_mapping()
         .expect("haproxy.environment is a mapping");
@@ -144,7 +109,7 @@ fn haproxy_cfg_is_valid_with_the_compose_environment() {
 
 #[test]
 fn haproxy_cfg_is_websocket_aware_and_env_driven() {
-    let cfg = read("haproxy/haproxy.cfg");
+    let cfg = repo_file("haproxy/haproxy.cfg");
     // Non-comment lines, whitespace-normalised.
     let lines: Vec<String> = cfg
         .lines()
@@ -301,7 +266,7 @@ fn prometheus_config_targets_and_rules_pass_promtool() {
 
 #[test]
 fn prometheus_scrapes_every_hub_and_haproxy_through_file_sd() {
-    let cfg = yaml("deploy/prometheus/prometheus.yml");
+    let cfg = repo_yaml("deploy/prometheus/prometheus.yml");
     let jobs: BTreeMap<String, &Yaml> = cfg["scrape_configs"]
         .as_sequence()
         .expect("scrape_configs")
@@ -336,7 +301,7 @@ fn prometheus_scrapes_every_hub_and_haproxy_through_file_sd() {
 // ---------------------------------------------------------- docker compose
 
 fn compose() -> Yaml {
-    yaml("docker-compose.yml")
+    repo_yaml("docker-compose.yml")
 }
 
 fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
@@ -499,7 +464,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
     }
     // The local loopback cluster runs the same haproxy.cfg and
     // prometheus.yml (scripts/cluster) ...
-    let script = read("scripts/cluster");
+    let script = repo_file("scripts/cluster");
     assert!(script.contains("\"$root/haproxy/haproxy.cfg\""));
     assert!(script.contains("\"$root/deploy/prometheus/prometheus.yml\""));
     assert!(script.contains("\"$root/deploy/prometheus/rules\""));
@@ -520,7 +485,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
     );
 
     // The compose targets are the compose services and their ports.
-    let hubs = yaml("deploy/prometheus/targets/hubs.yml");
+    let hubs = repo_yaml("deploy/prometheus/targets/hubs.yml");
     let listed: Vec<(String, String)> = hubs
         .as_sequence()
         .expect("target groups")
@@ -548,7 +513,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
         .next()
         .unwrap_or_default()
         .to_string();
-    let lb = yaml("deploy/prometheus/targets/haproxy.yml");
+    let lb = repo_yaml("deploy/prometheus/targets/haproxy.yml");
     assert_eq!(
         str_of(&lb[0]["targets"][0], "haproxy target"),
         format!("haproxy:{stats_port}")
@@ -562,7 +527,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
         "/etc/grafana/provisioning"
     );
     let dashboards_dir = mount_of(grafana, "grafana/dashboards");
-    let provider = yaml("grafana/provisioning/dashboards/mcp-hub.yaml");
+    let provider = repo_yaml("grafana/provisioning/dashboards/mcp-hub.yaml");
     assert_eq!(
         str_of(
             &provider["providers"][0]["options"]["path"],
@@ -571,7 +536,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
         dashboards_dir
     );
     assert_eq!(env_of(grafana)["PROMETHEUS_URL"], "http://prometheus:9090");
-    let ds = yaml("grafana/provisioning/datasources/prometheus.yaml");
+    let ds = repo_yaml("grafana/provisioning/datasources/prometheus.yaml");
     let ds = &ds["datasources"][0];
     assert_eq!(str_of(&ds["uid"], "uid"), "prometheus");
     assert_eq!(str_of(&ds["type"], "type"), "prometheus");
@@ -582,7 +547,7 @@ fn compose_mounts_the_files_the_local_cluster_uses() {
 
 #[test]
 fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
-    let text = read("deploy/Dockerfile");
+    let text = repo_file("deploy/Dockerfile");
     // Instructions with their continuation lines joined.
     let mut instructions: Vec<String> = Vec::new();
     let mut current = String::new();
@@ -637,7 +602,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
     assert!(instructions.iter().any(|i| i == "EXPOSE 8002"));
 
     // Every COPY from the build context exists and is not in .dockerignore.
-    let ignored: Vec<String> = read(".dockerignore")
+    let ignored: Vec<String> = repo_file(".dockerignore")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -675,7 +640,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
 /// Metric names defined in src/metrics.rs, with the series a histogram
 /// exposes.
 fn hub_metric_names() -> BTreeSet<String> {
-    let src = read("src/metrics.rs");
+    let src = repo_file("src/metrics.rs");
     let mut names = BTreeSet::new();
     let mut rest = src.as_str();
     while let Some(at) = rest.find("\"hub_") {
@@ -792,7 +757,7 @@ fn metric_name_extraction_sees_through_promql() {
 }
 
 fn dashboard() -> Json {
-    serde_json::from_str(&read("grafana/dashboards/mcp-hub-overview.json"))
+    serde_json::from_str(&repo_file("grafana/dashboards/mcp-hub-overview.json"))
         .expect("the dashboard is JSON")
 }
 
@@ -918,7 +883,7 @@ fn dashboard_queries_only_existing_metrics() {
 #[test]
 fn alert_rules_query_only_existing_metrics() {
     let hub = hub_metric_names();
-    let rules = yaml("deploy/prometheus/rules/mcp-hub.yml");
+    let rules = repo_yaml("deploy/prometheus/rules/mcp-hub.yml");
     for group in rules["groups"].as_sequence().expect("groups") {
         for rule in group["rules"].as_sequence().expect("rules") {
             let name = str_of(&rule["alert"], "alert");
@@ -936,7 +901,7 @@ fn alert_rules_query_only_existing_metrics() {
 // ------------------------------------------------------------- Kubernetes
 
 fn k8s(file: &str) -> Yaml {
-    yaml(&format!("deploy/kubernetes/{file}"))
+    repo_yaml(&format!("deploy/kubernetes/{file}"))
 }
 
 #[test]

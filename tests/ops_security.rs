@@ -27,57 +27,10 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::{Haproxy, free_port, have, repo_path, wait_until};
+use support::{
+    Haproxy, TempDir, TestCa, free_port, have, repo_file, repo_path, repo_yaml, tool, wait_until,
+};
 use tokio_tungstenite::tungstenite;
-
-/// True when `tool` is installed; otherwise explains the skip on stderr.
-fn tool(tool: &str, package: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    eprintln!("SKIPPED: `{tool}` is not installed (apt-get install -y {package})");
-    false
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_path(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
-}
-
-fn yaml(rel: &str) -> Yaml {
-    let mut v: Yaml =
-        serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"));
-    v.apply_merge()
-        .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
-    v
-}
-
-/// A private temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mcp-hub-ops-sec-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn kill(child: &mut Child) {
     let _ = child.kill();
@@ -97,7 +50,7 @@ struct Hub {
 impl Hub {
     fn start() -> Hub {
         // Its own working directory, so no .env of the developer applies.
-        let dir = TempDir::new("hub");
+        let dir = TempDir::new();
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-hub"))
             .arg("serve")
@@ -156,7 +109,7 @@ const LB_OPTIONAL_VARS: &[&str] = &[
 
 impl Lb {
     fn start(hubs: &[SocketAddr], extra: &[(&str, String)]) -> Lb {
-        let dir = TempDir::new("lb");
+        let dir = TempDir::new();
         let (port, stats_port) = (free_port(), free_port());
         let mut cmd = Command::new("haproxy");
         cmd.arg("-db")
@@ -164,10 +117,10 @@ impl Lb {
             .arg(repo_path("haproxy/haproxy.cfg"))
             .env("LB_BIND", format!("127.0.0.1:{port}"))
             .env("STATS_BIND", format!("127.0.0.1:{stats_port}"))
-            .env("HAPROXY_SOCKET", dir.path("admin.sock"))
+            .env("HAPROXY_SOCKET", dir.path().join("admin.sock"))
             // `log stdout`: the access log, read by the token-logging test.
-            .stdout(std::fs::File::create(dir.path("access.log")).expect("log file"))
-            .stderr(std::fs::File::create(dir.path("haproxy.log")).expect("log file"));
+            .stdout(std::fs::File::create(dir.path().join("access.log")).expect("log file"))
+            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).expect("log file"));
         for var in LB_OPTIONAL_VARS {
             cmd.env_remove(var);
         }
@@ -194,7 +147,7 @@ impl Lb {
             if let Ok(Some(status)) = lb.child.try_wait() {
                 panic!(
                     "haproxy exited ({status}):\n{}",
-                    std::fs::read_to_string(lb.dir.path("haproxy.log")).unwrap_or_default()
+                    std::fs::read_to_string(lb.dir.path().join("haproxy.log")).unwrap_or_default()
                 );
             }
             assert!(
@@ -359,7 +312,7 @@ fn the_access_log_never_contains_a_query_token() {
     let lb = Lb::start(&[hub.addr], &[]);
     let r = http(lb.port, "GET", "/health?token=eyJ.secret-token.sig", &[]).expect("HAProxy");
     assert_eq!(r.status, 200, "{}", r.head);
-    let log = lb.dir.path("access.log");
+    let log = lb.dir.path().join("access.log");
     let mut text = String::new();
     wait_until("the access log line", Duration::from_secs(10), || {
         text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -488,95 +441,6 @@ mod base64_like {
 
 // ------------------------------------------------------------------ TLS
 
-/// A throw-away CA and a server certificate for localhost/127.0.0.1 signed
-/// by it, made with the `openssl` command; `bundle` is what TLS_CERT
-/// points at (chain + key in one PEM, as HAProxy wants).
-struct Certs {
-    dir: TempDir,
-}
-
-impl Certs {
-    fn make() -> Certs {
-        let dir = TempDir::new("tls");
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir.0)
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=mcp-hub-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            dir.path("ext.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("ext.cnf");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        let bundle = [
-            std::fs::read_to_string(dir.path("server.pem")).expect("server.pem"),
-            std::fs::read_to_string(dir.path("server.key")).expect("server.key"),
-        ]
-        .concat();
-        std::fs::write(dir.path("bundle.pem"), bundle).expect("bundle.pem");
-        Certs { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path("ca.pem")
-    }
-
-    fn bundle(&self) -> PathBuf {
-        self.dir.path("bundle.pem")
-    }
-}
-
 fn rustls_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -623,7 +487,7 @@ fn tls_bind_terminates_tls_in_front_of_a_hub() {
     if !tool("haproxy", "haproxy") || !tool("openssl", "openssl") || !tool("curl", "curl") {
         return;
     }
-    let certs = Certs::make();
+    let certs = TestCa::make();
     let hub = Hub::start();
     let tls_port = free_port();
     let lb = Lb::start(
@@ -685,14 +549,14 @@ fn tls_bind_without_a_certificate_refuses_to_start() {
     if !tool("haproxy", "haproxy") {
         return;
     }
-    let dir = TempDir::new("tls-missing");
+    let dir = TempDir::new();
     let out = Command::new("haproxy")
         .arg("-c")
         .arg("-f")
         .arg(repo_path("haproxy/haproxy.cfg"))
         .env_remove("TLS_CERT")
         .env("TLS_BIND", "127.0.0.1:0")
-        .env("HAPROXY_SOCKET", dir.path("admin.sock"))
+        .env("HAPROXY_SOCKET", dir.path().join("admin.sock"))
         .output()
         .expect("haproxy -c");
     assert!(
@@ -779,7 +643,7 @@ fn looks_secret(name: &str) -> bool {
 
 #[test]
 fn compose_commits_no_secrets() {
-    let c = yaml("docker-compose.yml");
+    let c = repo_yaml("docker-compose.yml");
     let services = c["services"].as_mapping().expect("services");
     let mut seen = BTreeSet::new();
     for (name, s) in services {
@@ -852,8 +716,8 @@ fn compose_commits_no_secrets() {
 
 #[test]
 fn env_example_lists_every_variable_compose_reads_with_no_value() {
-    let compose = read("docker-compose.yml");
-    let example = read(".env.example");
+    let compose = repo_file("docker-compose.yml");
+    let example = repo_file(".env.example");
     let listed: BTreeMap<String, String> = example
         .lines()
         .map(|l| l.trim().trim_start_matches('#').trim())
@@ -868,7 +732,7 @@ fn env_example_lists_every_variable_compose_reads_with_no_value() {
         }
     }
     for override_file in ["deploy/compose/key-rollover.yml", "deploy/compose/tls.yml"] {
-        for (name, _) in interpolations(&read(override_file)) {
+        for (name, _) in interpolations(&repo_file(override_file)) {
             used.insert(name);
         }
     }
@@ -886,7 +750,7 @@ fn env_example_lists_every_variable_compose_reads_with_no_value() {
     }
     assert!(example.contains("openssl rand -hex 32"));
     // .env itself is never committed nor copied into images.
-    let ignored = |file: &str| read(file).lines().any(|l| l.trim() == ".env");
+    let ignored = |file: &str| repo_file(file).lines().any(|l| l.trim() == ".env");
     assert!(ignored(".gitignore"), ".gitignore must list .env");
     assert!(ignored(".dockerignore"), ".dockerignore must list .env");
     if have("git") {
@@ -917,7 +781,7 @@ fn published(service: &Yaml) -> Vec<String> {
 
 #[test]
 fn compose_publishes_only_the_client_port_and_prometheus_has_no_lifecycle_api() {
-    let c = yaml("docker-compose.yml");
+    let c = repo_yaml("docker-compose.yml");
     for (name, s) in c["services"].as_mapping().expect("services") {
         let name = name.as_str().expect("name");
         let ports = published(s);
@@ -944,13 +808,13 @@ fn compose_publishes_only_the_client_port_and_prometheus_has_no_lifecycle_api() 
         "{args:?}"
     );
     assert!(
-        !read("scripts/cluster").contains("--web.enable-lifecycle"),
+        !repo_file("scripts/cluster").contains("--web.enable-lifecycle"),
         "scripts/cluster runs Prometheus without the lifecycle API too"
     );
 
     // The operator override publishes stats, Prometheus and Grafana on the
     // host's loopback only.
-    let ops = yaml("deploy/compose/ops-ports.yml");
+    let ops = repo_yaml("deploy/compose/ops-ports.yml");
     let mut seen = BTreeSet::new();
     for (name, s) in ops["services"].as_mapping().expect("services") {
         let name = name.as_str().expect("name");
@@ -970,8 +834,8 @@ fn compose_publishes_only_the_client_port_and_prometheus_has_no_lifecycle_api() 
 
 #[test]
 fn compose_key_rollover_override_adds_the_previous_secret_to_every_hub() {
-    let c = yaml("docker-compose.yml");
-    let o = yaml("deploy/compose/key-rollover.yml");
+    let c = repo_yaml("docker-compose.yml");
+    let o = repo_yaml("deploy/compose/key-rollover.yml");
     for (name, _) in c["services"].as_mapping().expect("services") {
         let name = name.as_str().expect("name");
         let env = env_map(&o["services"][name]);
@@ -988,7 +852,7 @@ fn compose_key_rollover_override_adds_the_previous_secret_to_every_hub() {
 
 #[test]
 fn compose_tls_override_binds_the_mounted_certificate() {
-    let o = yaml("deploy/compose/tls.yml");
+    let o = repo_yaml("deploy/compose/tls.yml");
     let lb = &o["services"]["haproxy"];
     let env = env_map(lb);
     let cert = env.get("TLS_CERT").expect("TLS_CERT");
@@ -1011,7 +875,7 @@ fn compose_tls_override_binds_the_mounted_certificate() {
 
 /// The haproxy service's environment as compose would pass it with `.env`.
 fn compose_haproxy_env(dotenv: &BTreeMap<&str, &str>) -> Vec<(String, String)> {
-    let c = yaml("docker-compose.yml");
+    let c = repo_yaml("docker-compose.yml");
     env_map(&c["services"]["haproxy"])
         .into_iter()
         .map(|(k, v)| {
@@ -1032,7 +896,7 @@ fn haproxy_check(env: &[(String, String)], dir: &TempDir) -> (bool, String) {
     for (k, v) in env {
         // The compose socket path is inside the container.
         if k == "HAPROXY_SOCKET" {
-            cmd.env(k, dir.path("haproxy.sock"));
+            cmd.env(k, dir.path().join("haproxy.sock"));
         } else {
             cmd.env(k, v);
         }
@@ -1051,7 +915,7 @@ fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
     if !tool("haproxy", "haproxy") {
         return;
     }
-    let dir = TempDir::new("check");
+    let dir = TempDir::new();
     let plain = BTreeMap::new();
     let with_stats: BTreeMap<&str, &str> = [
         ("HAPROXY_STATS_USER", "ops"),
@@ -1065,7 +929,7 @@ fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
     }
     // TLS on, with a real certificate.
     if tool("openssl", "openssl") {
-        let certs = Certs::make();
+        let certs = TestCa::make();
         let mut env = compose_haproxy_env(&with_stats);
         env.push(("TLS_BIND".into(), ":8443".into()));
         env.push(("TLS_CERT".into(), certs.bundle().display().to_string()));
@@ -1076,7 +940,7 @@ fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
 
 #[test]
 fn prometheus_scrapes_the_hubs_directly_and_the_exporter_without_credentials() {
-    let hubs = yaml("deploy/prometheus/targets/hubs.yml");
+    let hubs = repo_yaml("deploy/prometheus/targets/hubs.yml");
     for group in hubs.as_sequence().expect("target groups") {
         for t in group["targets"].as_sequence().expect("targets") {
             let t = t.as_str().expect("target");
@@ -1086,7 +950,7 @@ fn prometheus_scrapes_the_hubs_directly_and_the_exporter_without_credentials() {
             );
         }
     }
-    let cfg = yaml("deploy/prometheus/prometheus.yml");
+    let cfg = repo_yaml("deploy/prometheus/prometheus.yml");
     for job in cfg["scrape_configs"].as_sequence().expect("jobs") {
         assert!(
             job.get("basic_auth").is_none(),
@@ -1100,7 +964,7 @@ fn prometheus_scrapes_the_hubs_directly_and_the_exporter_without_credentials() {
 
 #[test]
 fn kubernetes_takes_the_key_from_a_secret() {
-    let config = yaml("deploy/kubernetes/configmap.yaml");
+    let config = repo_yaml("deploy/kubernetes/configmap.yaml");
     for (k, _) in config["data"].as_mapping().expect("data") {
         let k = k.as_str().expect("key");
         assert!(
@@ -1108,7 +972,7 @@ fn kubernetes_takes_the_key_from_a_secret() {
             "{k} belongs in a Secret, not the ConfigMap"
         );
     }
-    let deploy = yaml("deploy/kubernetes/deployment.yaml");
+    let deploy = repo_yaml("deploy/kubernetes/deployment.yaml");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     let from = c["envFrom"].as_sequence().expect("envFrom");
     let secret = from
@@ -1122,16 +986,16 @@ fn kubernetes_takes_the_key_from_a_secret() {
         "a missing key must stop the pod, not run it open"
     );
     // The Secret is created by the operator, never shipped with a value.
-    let kustomization = yaml("deploy/kubernetes/kustomization.yaml");
+    let kustomization = repo_yaml("deploy/kubernetes/kustomization.yaml");
     assert!(kustomization.get("secretGenerator").is_none());
     for r in kustomization["resources"].as_sequence().expect("resources") {
-        let doc = yaml(&format!(
+        let doc = repo_yaml(&format!(
             "deploy/kubernetes/{}",
             r.as_str().expect("resource")
         ));
         assert_ne!(doc["kind"].as_str(), Some("Secret"), "a committed Secret");
     }
-    let readme = read("deploy/kubernetes/README.md");
+    let readme = repo_file("deploy/kubernetes/README.md");
     assert!(readme.contains("kubectl create secret generic mcp-hub-auth"));
     assert!(readme.contains("AUTH_JWT_PREVIOUS_SECRET"));
 }
@@ -1160,7 +1024,7 @@ impl Drop for ClusterDown {
         let _ = Command::new("bash")
             .arg(repo_path("scripts/cluster"))
             .arg("down")
-            .env("CLUSTER_DIR", self.0.path("run"))
+            .env("CLUSTER_DIR", self.0.path().join("run"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -1204,8 +1068,8 @@ fn cluster_script_passes_the_key_and_stats_credentials() {
     if !tool("haproxy", "haproxy") || !tool("redis-server", "redis-server") {
         return;
     }
-    let dir = TempDir::new("cluster");
-    let run = dir.path("run");
+    let dir = TempDir::new();
+    let run = dir.path().join("run");
     let guard = ClusterDown(dir);
     let hub_base = free_run(3);
     let (port, stats, redis) = (free_port(), free_port(), free_port());
@@ -1277,7 +1141,7 @@ fn cluster_script_passes_the_key_and_stats_credentials() {
 
 #[test]
 fn security_doc_covers_the_operations_settings() {
-    let doc = read("docs/security.md");
+    let doc = repo_file("docs/security.md");
     for needle in [
         "HAPROXY_STATS_USER",
         "HAPROXY_STATS_PASSWORD",
@@ -1300,7 +1164,7 @@ fn security_doc_covers_the_operations_settings() {
         );
     }
     // The TLS lines it quotes are the ones haproxy.cfg has.
-    let cfg = read("haproxy/haproxy.cfg");
+    let cfg = repo_file("haproxy/haproxy.cfg");
     let tls_line = cfg
         .lines()
         .find(|l| l.trim_start().starts_with("bind \"${TLS_BIND}\""))
@@ -1314,7 +1178,7 @@ fn security_doc_covers_the_operations_settings() {
 
 #[test]
 fn the_image_bakes_in_no_key() {
-    for line in read("deploy/Dockerfile").lines() {
+    for line in repo_file("deploy/Dockerfile").lines() {
         let t = line.trim_start();
         if t.starts_with("ENV ") || t.starts_with("ARG ") || t.contains("AUTH_JWT_SECRET=") {
             assert!(

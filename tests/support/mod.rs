@@ -12,8 +12,10 @@
 pub mod fake_ai;
 mod helpers;
 mod in_process;
+mod ops;
 mod process;
 mod redis;
+mod tls;
 mod ws;
 
 use std::net::{SocketAddr, TcpStream};
@@ -24,8 +26,10 @@ use std::time::{Duration, Instant};
 
 pub use helpers::*;
 pub use in_process::*;
+pub use ops::*;
 pub use process::*;
 pub use redis::*;
+pub use tls::*;
 pub use ws::*;
 
 /// Bound on a hub starting to listen and becoming ready.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, have, http_get_blocking, repo_path, wait_until};
+use super::{TestCa, free_port, have, http_get_blocking, repo_path, wait_until};
 
 fn kill_child(child: &mut Child) {
     let _ = child.kill();
@@ -112,73 +112,14 @@ impl RedisServer {
 pub struct TlsRedisServer {
     pub port: u16,
     pub ca_file: PathBuf,
-    dir: PathBuf,
+    /// Kept until the server is stopped: it holds the certificates.
+    _certs: TestCa,
     child: Option<Child>,
 }
 
 impl TlsRedisServer {
     pub fn start() -> TlsRedisServer {
-        assert!(
-            have("openssl"),
-            "openssl is missing: apt-get install -y openssl"
-        );
-        let dir = std::env::temp_dir().join(format!("mcp-hub-redis-tls-{}", uuid_like()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let run = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl");
-            assert!(status.success(), "openssl {args:?} failed");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mcp-hub-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext.cnf");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let certs = TestCa::make();
         let port = free_port();
         let child = Command::new("redis-server")
             .args([
@@ -189,15 +130,14 @@ impl TlsRedisServer {
                 "--bind",
                 "127.0.0.1",
             ])
-            .args([
-                "--tls-cert-file",
-                "server.pem",
-                "--tls-key-file",
-                "server.key",
-            ])
-            .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(certs.server_cert())
+            .arg("--tls-key-file")
+            .arg(certs.server_key())
+            .arg("--tls-ca-cert-file")
+            .arg(certs.ca())
+            .args(["--tls-auth-clients", "no"])
             .args(["--save", "", "--appendonly", "no"])
-            .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -209,8 +149,8 @@ impl TlsRedisServer {
         );
         TlsRedisServer {
             port,
-            ca_file: dir.join("ca.pem"),
-            dir,
+            ca_file: certs.ca(),
+            _certs: certs,
             child: Some(child),
         }
     }
@@ -225,7 +165,6 @@ impl Drop for TlsRedisServer {
         if let Some(mut c) = self.child.take() {
             kill_child(&mut c);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,0 +1,46 @@
+//! Reading the repository's operations files (compose, Kubernetes,
+//! Prometheus, HAProxy) and running the tools that check them.
+
+use std::process::Command;
+
+use serde_yaml::Value as Yaml;
+
+use super::{have, repo_path};
+
+/// A file of the repository, as text.
+pub fn repo_file(rel: &str) -> String {
+    std::fs::read_to_string(repo_path(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// A YAML file of the repository, with merge keys (`<<:`) applied.
+pub fn repo_yaml(rel: &str) -> Yaml {
+    let mut v: Yaml =
+        serde_yaml::from_str(&repo_file(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"));
+    v.apply_merge()
+        .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
+    v
+}
+
+/// True when `tool` is installed; otherwise explains the skip on stderr.
+pub fn tool(tool: &str, package: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: `{tool}` is not installed (apt-get install -y {package}, or run ./scripts/test which installs it)"
+    );
+    false
+}
+
+/// Runs a command: success and its stdout + stderr.
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
