@@ -83,6 +83,17 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         })?,
         None => builtin_contacts(),
     };
+    if contacts.len() > config.max_contacts_per_session {
+        return Err(ConfigError {
+            setting: "CONTACTS_FILE",
+            reason: format!(
+                "lists {} contacts; a session holds at most {} (MAX_CONTACTS_PER_SESSION)",
+                contacts.len(),
+                config.max_contacts_per_session
+            ),
+        }
+        .into());
+    }
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
     let connector = match config.connector {
