@@ -38,7 +38,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     };
     let origin = normalize_origin(origin);
     if !allowed.is_empty() {
-        return allowed.iter().any(|a| *a == origin);
+        return allowed.contains(&origin);
     }
     let Some((scheme, authority)) = origin.split_once("://") else {
         // `null` (sandboxed frames, file://) and anything malformed.
@@ -81,16 +81,19 @@ impl ConnectionSlots {
         ConnectionSlots(Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))))
     }
 
-    /// A slot, or the 503 to answer when every slot is taken.
-    pub fn take(&self) -> Result<OwnedSemaphorePermit, Response> {
-        self.0.clone().try_acquire_owned().map_err(|_| {
-            upgrade_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::TooManyConnections,
-                "this instance holds MAX_CONNECTIONS connections; retry later or elsewhere",
-            )
-        })
+    /// A slot; None when every slot is taken ([`too_many_connections`]).
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
     }
+}
+
+/// The 503 when every connection slot is taken.
+pub fn too_many_connections() -> Response {
+    upgrade_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TooManyConnections,
+        "this instance holds MAX_CONNECTIONS connections; retry later or elsewhere",
+    )
 }
 
 /// CORS for the REST API, for exactly the `ALLOWED_ORIGINS`; None (no CORS

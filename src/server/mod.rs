@@ -62,13 +62,10 @@ async fn ws_upgrade(
             .error(crate::protocol::ErrorCode::ForbiddenOrigin);
         return browser::forbidden_origin();
     }
-    let slot = match slots.take() {
-        Ok(slot) => slot,
-        Err(refused) => {
-            hub.metrics
-                .error(crate::protocol::ErrorCode::TooManyConnections);
-            return refused;
-        }
+    let Some(slot) = slots.take() else {
+        hub.metrics
+            .error(crate::protocol::ErrorCode::TooManyConnections);
+        return browser::too_many_connections();
     };
     let limit = hub.config.max_message_bytes;
     ws.max_message_size(limit)
