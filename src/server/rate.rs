@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use crate::config::HubConfig;
-use crate::protocol::{ErrorCode, HubError};
+use crate::protocol::ErrorCode;
 
 /// Callers remembered at once; past it idle callers are forgotten first.
 const MAX_CALLERS: usize = 10_000;
@@ -113,14 +116,15 @@ impl RestRateLimit {
     }
 }
 
-/// Middleware of the REST routes: 429 `rate_limited` over the limit.
+/// Middleware of the REST routes: 429 `rate_limited` over the limit, with
+/// the REST API's error body (`{"code", "message"}`).
 pub async fn limit(State(limit): State<Arc<RestRateLimit>>, req: Request, next: Next) -> Response {
     if !limit.allow(&caller_key(&req)) {
-        return super::rest::ApiError::from(HubError::new(
-            ErrorCode::RateLimited,
-            "too many REST calls; slow down (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST)",
-        ))
-        .into_response();
+        let body = json!({
+            "code": ErrorCode::RateLimited.as_str(),
+            "message": "too many REST calls; slow down (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST)",
+        });
+        return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     }
     next.run(req).await
 }

@@ -40,7 +40,7 @@ pub fn routes(config: &HubConfig) -> Router<Arc<Hub>> {
     }
 }
 
-pub(super) struct ApiError(HubError);
+struct ApiError(HubError);
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
