@@ -83,6 +83,22 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         })?,
         None => builtin_contacts(),
     };
+    if contacts.len() > config.max_contacts_per_session {
+        // Every new session is seeded with these: they must fit.
+        let (setting, what) = match &config.contacts_file {
+            Some(_) => ("CONTACTS_FILE", "lists"),
+            None => ("MAX_CONTACTS_PER_SESSION", "is below the built-in"),
+        };
+        return Err(ConfigError {
+            setting,
+            reason: format!(
+                "{what} {} contacts; a session holds at most {} (MAX_CONTACTS_PER_SESSION)",
+                contacts.len(),
+                config.max_contacts_per_session
+            ),
+        }
+        .into());
+    }
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
     let connector = match config.connector {

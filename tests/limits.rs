@@ -2,7 +2,10 @@
 //! message size (close 1009, inclusive bound), slow consumers (close 1008),
 //! rate limit (`rate_limited`, request ids echoed, binary frames spared),
 //! requests in flight (`too_many_in_flight`), and a client id registered
-//! again (close 4001).
+//! again (close 4001). The hard limits of issue 10, each at its boundary:
+//! `MAX_CONNECTIONS` (503 before the upgrade), `MAX_CLIENTS_PER_SESSION`
+//! (`session_full`, also across instances), field lengths and counts
+//! (`invalid_field`), contacts per session.
 
 mod support;
 
@@ -460,4 +463,238 @@ async fn in_flight_requests_are_capped_per_connection() {
         .request(json!({"type":"ai_request","prompt":"hi"}))
         .await;
     assert_eq!(r["response_type"], "ai_response", "{r}");
+}
+
+// ------------------------------------------------- issue 10: hard limits
+
+/// Every limit's error: `{"type":"error","code":...}` with this code.
+fn assert_error(frame: &serde_json::Value, code: &str) {
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["code"], code, "{frame}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_get_503_before_the_upgrade() {
+    let hub = TestHub::start(&["--max-connections", "2"]).await;
+    let url = hub.ws_url();
+    let (mut first, _) = WsClient::register(&url, "cap", "first").await;
+    let second = WsClient::try_connect_with(&url, &[])
+        .await
+        .unwrap_or_else(|(s, b)| panic!("the second of 2 was refused: {s} {b}"));
+    let (status, body) = match WsClient::try_connect_with(&url, &[]).await {
+        Ok(_) => panic!("a third connection was accepted with MAX_CONNECTIONS=2"),
+        Err(refused) => refused,
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "too_many_connections");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    // The refused upgrade never became a client; the others are fine.
+    assert_eq!(first.request(json!({"type": "ping"})).await["type"], "pong");
+    // HTTP is not capped.
+    assert_eq!(hub.get("/health").await.0, 200);
+
+    // A slot frees when a connection ends.
+    second.close().await;
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    let mut again = loop {
+        match WsClient::try_connect_with(&url, &[]).await {
+            Ok(ws) => break ws,
+            Err((503, _)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((status, body)) => panic!("no slot freed: {status} {body}"),
+        }
+    };
+    assert_eq!(again.request(json!({"type": "ping"})).await["type"], "pong");
+    hub.wait_metric("hub_errors_total{code=\"too_many_connections\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_session_refuses_one_more_client_with_session_full() {
+    let hub = TestHub::start(&["--max-clients-per-session", "2"]).await;
+    let url = hub.ws_url();
+    let (mut a, _) = WsClient::register(&url, "full", "a").await;
+    // Exactly at the limit: accepted.
+    let (_b, conf) = WsClient::register(&url, "full", "b").await;
+    assert_eq!(conf["clients"].as_array().map(Vec::len), Some(2));
+    a.recv_type("client_joined").await;
+
+    // One over: session_full, and the connection stays open, unregistered.
+    let mut c = WsClient::connect(&url).await;
+    let answer = c
+        .request(json!({"type": "register", "session": "full", "client_id": "c"}))
+        .await;
+    assert_error(&answer, "session_full");
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    let not_yet = c.request(send_cmd("john", "hi")).await;
+    assert_error(&not_yet, "not_registered");
+    assert_quiet(&mut a, "nobody joined").await;
+    // Registering an id that is already there replaces; it adds nobody.
+    let (_b_again, conf) = WsClient::register(&url, "full", "b").await;
+    assert_eq!(conf["clients"].as_array().map(Vec::len), Some(2), "{conf}");
+    // Other sessions are not affected.
+    let (_elsewhere, _) = WsClient::register(&url, "roomy", "c").await;
+
+    // When someone leaves, the same connection may register.
+    a.close().await;
+    wait_connections(&hub, 3).await;
+    let joined = c
+        .request(json!({"type": "register", "session": "full", "client_id": "c"}))
+        .await;
+    assert_eq!(joined["type"], "registration_confirmed", "{joined}");
+    hub.wait_metric("hub_errors_total{code=\"session_full\"}", |v| v >= 1.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_per_session_counts_every_instance() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        vec![
+            "--redis-url".to_string(),
+            url.clone(),
+            "--instance-id".to_string(),
+            id.to_string(),
+            "--max-clients-per-session".to_string(),
+            "2".to_string(),
+        ]
+    };
+    let a_args = args("limit-a");
+    let b_args = args("limit-b");
+    let hub_a = TestHub::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let hub_b = TestHub::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_one, _) = WsClient::register(&hub_a.ws_url(), "shared", "one").await;
+    let (_two, _) = WsClient::register(&hub_b.ws_url(), "shared", "two").await;
+    for hub in [&hub_a, &hub_b] {
+        let mut three = WsClient::connect(&hub.ws_url()).await;
+        let answer = three
+            .request(json!({"type": "register", "session": "shared", "client_id": "three"}))
+            .await;
+        assert_error(&answer, "session_full");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_limits_pass_at_the_limit_and_fail_one_over() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    // client_name: 64 characters (not bytes) pass, 65 fail.
+    let (_ok, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "session": "f", "client_id": "n64", "client_name": "é".repeat(64)}),
+    )
+    .await;
+    assert_eq!(conf["client_name"], "é".repeat(64));
+    let mut c = WsClient::connect(&url).await;
+    let answer = c
+        .request(json!({"type": "register", "session": "f", "client_name": "n".repeat(65)}))
+        .await;
+    assert_error(&answer, "invalid_field");
+    // capabilities: 8 pass, 9 fail.
+    let caps = |n: usize| (0..n).map(|i| format!("cap{i}")).collect::<Vec<_>>();
+    let answer = c
+        .request(
+            json!({"type": "register", "session": "f", "client_id": "c9", "capabilities": caps(9)}),
+        )
+        .await;
+    assert_error(&answer, "invalid_field");
+    let answer = c
+        .request(
+            json!({"type": "register", "session": "f", "client_id": "c8", "capabilities": caps(8)}),
+        )
+        .await;
+    assert_eq!(answer["type"], "registration_confirmed", "{answer}");
+    // Message text: 4096 characters pass, 4097 fail.
+    let ok = c.request(send_cmd("john", &"m".repeat(4096))).await;
+    assert_eq!(ok["content"]["success"], true, "{ok}");
+    let over = c.request(send_cmd("john", &"m".repeat(4097))).await;
+    assert_error(&over, "invalid_field");
+    let over = c
+        .request(json!({"type": "whatsapp_ai_command", "command": "m".repeat(4097)}))
+        .await;
+    assert_error(&over, "invalid_field");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_limits_are_settings() {
+    let hub = TestHub::start(&[
+        "--max-text-chars",
+        "10",
+        "--max-client-name-chars",
+        "3",
+        "--max-capabilities",
+        "1",
+    ])
+    .await;
+    let url = hub.ws_url();
+    let mut c = WsClient::connect(&url).await;
+    let answer = c
+        .request(json!({"type": "register", "session": "s", "client_name": "abcd"}))
+        .await;
+    assert_error(&answer, "invalid_field");
+    let answer = c
+        .request(json!({"type": "register", "session": "s", "capabilities": ["a", "b"]}))
+        .await;
+    assert_error(&answer, "invalid_field");
+    let answer = c
+        .request(json!({"type": "register", "session": "s", "client_name": "abc", "capabilities": ["a"]}))
+        .await;
+    assert_eq!(answer["type"], "registration_confirmed", "{answer}");
+    let ok = c.request(send_cmd("john", "0123456789")).await;
+    assert_eq!(ok["content"]["success"], true, "{ok}");
+    let over = c.request(send_cmd("john", "0123456789a")).await;
+    assert_error(&over, "invalid_field");
+}
+
+fn contacts(n: usize) -> serde_json::Value {
+    json!(
+        (0..n)
+            .map(|i| json!({"name": format!("Person {i}")}))
+            .collect::<Vec<_>>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_update_over_the_limit_is_refused_whole() {
+    let hub = TestHub::start(&["--max-contacts-per-session", "6"]).await;
+    let url = hub.ws_url();
+    let (mut agent, _) = register_agent(&url, "book", "phone").await;
+    let (mut watcher, _) = WsClient::register(&url, "book", "watcher").await;
+    let ack = agent
+        .request(json!({"type": "contacts_update", "contacts": contacts(6)}))
+        .await;
+    assert_eq!(ack["type"], "response", "{ack}");
+    assert_eq!(
+        watcher.recv_type("contact_list_broadcast").await["total_count"],
+        6
+    );
+    let refused = agent
+        .request(json!({"type": "contacts_update", "contacts": contacts(7)}))
+        .await;
+    assert_error(&refused, "invalid_field");
+    assert_quiet(&mut watcher, "nothing announced").await;
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/book").await;
+    assert_eq!(summary["total_count"], 6, "nothing stored: {summary}");
+    assert_eq!(summary["contacts"][5]["name"], "Person 5", "{summary}");
+
+    // A contacts file over the limit does not start.
+    let dir = TempDir::new();
+    let file = dir.write("contacts.json", &contacts(7).to_string());
+    let err = TestHub::try_start(&[
+        "--max-contacts-per-session",
+        "6",
+        "--contacts-file",
+        file.to_str().expect("utf-8 path"),
+    ])
+    .await
+    .err()
+    .expect("a contacts file over the limit is refused");
+    assert!(
+        err.contains("CONTACTS_FILE") && err.contains("MAX_CONTACTS_PER_SESSION"),
+        "{err}"
+    );
 }

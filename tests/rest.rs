@@ -99,7 +99,19 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
     let hub = TestHub::start(&["--instance-id", "rest-hub"]).await;
     let url = hub.ws_url();
 
-    // An untouched session: the connector's contacts, nobody, no agent.
+    // An untouched session does not exist: reads answer 404 and create
+    // nothing.
+    let (status, s) = http_get_json(&hub, "/api/v1/sessions/fresh").await;
+    assert_eq!(
+        (status, s["code"].as_str()),
+        (404, Some("session_not_found")),
+        "{s}"
+    );
+
+    // A session a client joined: the connector's contacts, nobody else, no agent.
+    let (joined, _) = WsClient::register(&url, "fresh", "visitor").await;
+    joined.close().await;
+    wait_connections(&hub, 0).await;
     let (status, s) = http_get_json(&hub, "/api/v1/sessions/fresh").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -538,4 +550,139 @@ async fn metrics_count_every_kind_of_traffic_and_pass_promtool() {
         Some(1.0),
         "only `a` is left"
     );
+}
+
+// ------------------------------------------------- issue 10: REST limits
+
+/// GETs of an unknown session: 404, and the session still does not exist.
+async fn unknown_session_reads_are_404(hub: &TestHub) {
+    for path in [
+        "/api/v1/sessions/ghost",
+        "/api/v1/sessions/ghost/history/john",
+        "/api/v1/sessions/ghost/history/john?limit=5",
+        "/api/v1/sessions/ghost",
+    ] {
+        let (status, e) = http_get_json(hub, path).await;
+        assert_eq!(status, 404, "{path}: {e}");
+        assert_eq!(keys(&e), ["code", "message"], "{e}");
+        assert_eq!(e["code"], "session_not_found", "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_an_unknown_session_are_404_and_create_nothing_in_memory() {
+    let hub = TestHub::start(&[]).await;
+    unknown_session_reads_are_404(&hub).await;
+    // A write path creates it: a REST command runs like a client's.
+    let (status, r) = post(
+        &hub,
+        "ghost",
+        json!({"command": {"action": "list_contacts"}}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_an_unknown_session_are_404_and_write_no_redis_key() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let hub = TestHub::start(&["--redis-url", &url, "--redis-key-prefix", "rest404"]).await;
+    unknown_session_reads_are_404(&hub).await;
+    assert_eq!(
+        redis.cmd(&["--raw", "KEYS", "rest404:session:*"]),
+        "",
+        "a read wrote session keys"
+    );
+    // Joining creates the session (and its keys).
+    let (_ws, _) = WsClient::register(&hub.ws_url(), "ghost", "c").await;
+    assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 200);
+    assert!(
+        redis
+            .cmd(&["--raw", "KEYS", "rest404:session:ghost:*"])
+            .contains("rest404:session:ghost:contacts")
+    );
+}
+
+/// A list_contacts command padded with spaces to exactly `len` bytes.
+fn padded_command(len: usize) -> String {
+    let body = json!({"command": {"action": "list_contacts"}}).to_string();
+    format!("{body}{}", " ".repeat(len - body.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_bodies_over_64_kib_get_413() {
+    let hub = TestHub::start(&[]).await;
+    let (_ws, _) = WsClient::register(&hub.ws_url(), "big", "w").await;
+    let at = padded_command(64 * 1024);
+    let (status, r) = post_raw(&hub, "big", &at, Some("application/json"), None).await;
+    assert_eq!(status, 200, "exactly 64 KiB passes: {r}");
+    let over = padded_command(64 * 1024 + 1);
+    let (status, e) = post_raw(&hub, "big", &over, Some("application/json"), None).await;
+    assert_eq!(status, 413, "{e}");
+    assert_eq!(keys(&e), ["code", "message"], "{e}");
+    assert_eq!(e["code"], "payload_too_large");
+
+    // The limit is a setting.
+    let small = TestHub::start(&["--max-rest-body-bytes", "1024"]).await;
+    let (_ws, _) = WsClient::register(&small.ws_url(), "big", "w").await;
+    let (status, _) = post_raw(
+        &small,
+        "big",
+        &padded_command(1024),
+        Some("application/json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, e) = post_raw(
+        &small,
+        "big",
+        &padded_command(1025),
+        Some("application/json"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_are_rate_limited_per_caller() {
+    // A burst of 3 and (practically) no refill during the test.
+    let hub = TestHub::start(&["--rate-limit-per-sec", "0.01", "--rate-limit-burst", "3"]).await;
+    let (_ws, _) = WsClient::register(&hub.ws_url(), "rl", "w").await;
+    let call = |id: Option<&'static str>| {
+        let url = hub.http_url("/api/v1/sessions/rl");
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(id) = id {
+                req = req.header("x-client-id", id);
+            }
+            let r = req.send().await.expect("GET");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("JSON"))
+        }
+    };
+    for n in 0..3 {
+        assert_eq!(call(Some("crm")).await.0, 200, "call {n} within the burst");
+    }
+    let (status, e) = call(Some("crm")).await;
+    assert_eq!(status, 429, "{e}");
+    assert_eq!(keys(&e), ["code", "message"], "{e}");
+    assert_eq!(e["code"], "rate_limited");
+    // Another caller has its own bucket; so do anonymous callers (by address).
+    assert_eq!(call(Some("billing")).await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(call(None).await.0, 200);
+    }
+    assert_eq!(call(None).await.0, 429);
+    // Health, readiness and metrics are never limited.
+    for _ in 0..5 {
+        assert_eq!(hub.get("/health").await.0, 200);
+    }
 }

@@ -222,6 +222,100 @@ async fn agent_claim_release(f: StoreFixture) {
     assert_eq!(s.agent("other").await.unwrap(), None);
 }
 
+/// Keys in the fixture's Redis (None for the memory store).
+fn redis_keys(f: &StoreFixture) -> Option<String> {
+    f._redis.as_ref().map(|r| r.cmd(&["--raw", "KEYS", "*"]))
+}
+
+async fn reads_never_create_a_session(f: StoreFixture) {
+    let s = &f.store;
+    assert!(!s.exists("ghost").await.unwrap());
+    assert!(s.contacts("ghost").await.unwrap().is_empty());
+    assert_eq!(s.last_contact("ghost").await.unwrap(), None);
+    assert!(s.history("ghost", "John", 10).await.unwrap().is_empty());
+    assert!(s.members("ghost").await.unwrap().is_empty());
+    assert_eq!(s.agent("ghost").await.unwrap(), None);
+    // Removals of what is not there change nothing either.
+    assert!(!s.leave("ghost", "nobody").await.unwrap());
+    assert!(!s.release_agent("ghost", "nobody").await.unwrap());
+    assert!(!s.exists("ghost").await.unwrap());
+    if let Some(keys) = redis_keys(&f) {
+        assert_eq!(keys, "", "reads wrote keys");
+    }
+}
+
+async fn every_write_makes_a_session_exist(f: StoreFixture) {
+    let s = &f.store;
+    s.seed_contacts("seeded", &[]).await.unwrap();
+    s.set_contacts("set", &[contact("John")]).await.unwrap();
+    s.record_message("talked", &entry("John", 1)).await.unwrap();
+    s.join("joined", &client("c1", ME)).await.unwrap();
+    s.claim_agent("claimed", &agent("a1", ME)).await.unwrap();
+    for session in ["seeded", "set", "talked", "joined", "claimed"] {
+        assert!(s.exists(session).await.unwrap(), "{session}");
+    }
+    assert!(!s.exists("other").await.unwrap());
+    // Sessions are names, not prefixes or patterns.
+    assert!(!s.exists("join").await.unwrap());
+    assert!(!s.exists("*").await.unwrap());
+}
+
+async fn adversarial_names_stay_apart(f: StoreFixture) {
+    let s = &f.store;
+    // Session `a:history:b` with contact `c` against session `a` with
+    // contact `b:history:c`: the same key if parts were not escaped.
+    s.record_message("a:history:b", &entry("c", 1))
+        .await
+        .unwrap();
+    s.record_message("a", &entry("b:history:c", 2))
+        .await
+        .unwrap();
+    let h1 = s.history("a:history:b", "c", 10).await.unwrap();
+    let h2 = s.history("a", "b:history:c", 10).await.unwrap();
+    assert_eq!(
+        h1.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(),
+        ["id1"]
+    );
+    assert_eq!(
+        h2.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(),
+        ["id2"]
+    );
+    // A session named after another session's key suffix.
+    s.set_contacts("x:contacts", &[contact("Mallory")])
+        .await
+        .unwrap();
+    s.join("x:presence", &client("intruder", ME)).await.unwrap();
+    assert!(!s.exists("x").await.unwrap());
+    assert!(s.contacts("x").await.unwrap().is_empty());
+    assert!(s.members("x").await.unwrap().is_empty());
+    // The escape character itself, spaces, braces and globs.
+    for (one, other) in [
+        ("a%3Ab", "a:b"),
+        ("a b", "a%20b"),
+        ("{t}", "%7Bt%7D"),
+        ("*", "%2A"),
+    ] {
+        s.set_contacts(one, &[contact("One")]).await.unwrap();
+        assert!(!s.exists(other).await.unwrap(), "{one} reached {other}");
+        s.set_contacts(other, &[contact("Other")]).await.unwrap();
+        assert_eq!(s.contacts(one).await.unwrap(), [contact("One")]);
+        assert_eq!(s.contacts(other).await.unwrap(), [contact("Other")]);
+    }
+    if let Some(keys) = redis_keys(&f) {
+        // Readable, with `:` only between parts.
+        assert!(
+            keys.lines()
+                .any(|k| k == "contract:session:a%3Ahistory%3Ab:history:c"),
+            "{keys}"
+        );
+        assert!(
+            keys.lines()
+                .any(|k| k == "contract:session:a:history:b%3Ahistory%3Ac"),
+            "{keys}"
+        );
+    }
+}
+
 macro_rules! store_contract {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -249,6 +343,9 @@ store_contract!(
     history_is_capped_ordered_and_per_contact,
     join_and_leave_exactly_once,
     agent_claim_release,
+    reads_never_create_a_session,
+    every_write_makes_a_session_exist,
+    adversarial_names_stay_apart,
 );
 
 // ------------------------------------------------------------- reaping

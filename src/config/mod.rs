@@ -15,6 +15,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use ai::AiArgs;
 
+use crate::protocol::FieldLimits;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-hub",
@@ -82,6 +84,30 @@ pub struct ServeArgs {
     /// Requests one connection may have in progress at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// WebSocket connections this instance holds at once; one more gets HTTP 503 before the upgrade.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Clients registered in one session (cluster-wide); one more gets `session_full`.
+    #[arg(long, env = "MAX_CLIENTS_PER_SESSION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_clients_per_session: u32,
+    /// Longest message text (send, incoming_message, AI command) in characters.
+    #[arg(long, env = "MAX_TEXT_CHARS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_text_chars: u32,
+    /// Longest `client_name` in characters.
+    #[arg(long, env = "MAX_CLIENT_NAME_CHARS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_name_chars: u32,
+    /// Most `capabilities` one registration may list.
+    #[arg(long, env = "MAX_CAPABILITIES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_capabilities: u32,
+    /// Most contacts one session holds (contacts_update, CONTACTS_FILE).
+    #[arg(long, env = "MAX_CONTACTS_PER_SESSION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_contacts_per_session: u32,
+    /// Largest REST request body in bytes; larger ones get HTTP 413.
+    #[arg(long, env = "MAX_REST_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_rest_body_bytes: u32,
+    /// Comma-separated browser origins (`https://app.example.com`) allowed to open a WebSocket and to call REST with CORS; unset: same host only, no CORS.
+    #[arg(long, env = "ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
     /// How long to wait for an agent's execute_result.
     #[arg(long, env = "AGENT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub agent_timeout_ms: u64,
@@ -212,6 +238,14 @@ pub struct HubConfig {
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
     pub max_in_flight: usize,
+    pub max_connections: usize,
+    pub max_clients_per_session: usize,
+    pub max_contacts_per_session: usize,
+    pub max_rest_body_bytes: usize,
+    /// Limits of single inbound fields, applied by the parser.
+    pub field_limits: FieldLimits,
+    /// Normalized (`scheme://host[:port]`, lower case); empty: same host only.
+    pub allowed_origins: Vec<String>,
     pub agent_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub connector: ConnectorKind,
@@ -269,6 +303,10 @@ impl ServeArgs {
                 "must be non-empty and contain no whitespace",
             ));
         }
+        let allowed_origins = match &self.allowed_origins {
+            Some(list) => parse_origins(list).map_err(|r| invalid("ALLOWED_ORIGINS", r))?,
+            None => Vec::new(),
+        };
         let instance_id = match self.instance_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(invalid("INSTANCE_ID", "must not be empty"));
@@ -286,6 +324,16 @@ impl ServeArgs {
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
             max_in_flight: self.max_in_flight as usize,
+            max_connections: self.max_connections as usize,
+            max_clients_per_session: self.max_clients_per_session as usize,
+            max_contacts_per_session: self.max_contacts_per_session as usize,
+            max_rest_body_bytes: self.max_rest_body_bytes as usize,
+            field_limits: FieldLimits {
+                max_text_chars: self.max_text_chars as usize,
+                max_client_name_chars: self.max_client_name_chars as usize,
+                max_capabilities: self.max_capabilities as usize,
+            },
+            allowed_origins,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             connector: self.connector,
@@ -300,6 +348,37 @@ impl ServeArgs {
             ai: self.ai,
         })
     }
+}
+
+/// `ALLOWED_ORIGINS`: comma-separated `http(s)://host[:port]`, compared
+/// with a browser's `Origin` header after the same normalization.
+fn parse_origins(list: &str) -> Result<Vec<String>, String> {
+    let mut origins = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let origin = normalize_origin(raw);
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("`{raw}` is not an http:// or https:// origin"))?;
+        if rest.is_empty()
+            || rest.contains(['/', '?', '#', '*', '@'])
+            || rest.contains(char::is_whitespace)
+        {
+            return Err(format!(
+                "`{raw}` is not an origin (scheme://host[:port], no path, no wildcard)"
+            ));
+        }
+        origins.push(origin);
+    }
+    if origins.is_empty() {
+        return Err("lists no origin (unset it to allow only same-host pages)".into());
+    }
+    Ok(origins)
+}
+
+/// The form origins are compared in: lower case, no trailing slash.
+pub fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 /// Hostname plus a short random suffix, so two hubs on one host differ.
@@ -333,6 +412,25 @@ mod tests {
         assert_eq!(cfg.port, 8002);
         assert!(cfg.redis_url.is_none());
         assert_eq!(cfg.max_message_bytes, 65536);
+        assert_eq!(cfg.max_connections, 10_000);
+        assert_eq!(cfg.max_clients_per_session, 100);
+        assert_eq!(cfg.max_contacts_per_session, 10_000);
+        assert_eq!(cfg.max_rest_body_bytes, 64 * 1024);
+        assert_eq!(cfg.field_limits, FieldLimits::default());
+        assert!(cfg.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn allowed_origins_are_normalized() {
+        let cfg = parse(&[
+            "--allowed-origins",
+            " https://App.Example.com/ ,http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
     }
 
     #[test]
@@ -348,6 +446,10 @@ mod tests {
         assert!(err.contains("REDIS_URL"), "{err}");
         let err = parse(&["--heartbeat-ms", "5000", "--presence-ttl-ms", "1000"]).unwrap_err();
         assert!(err.contains("PRESENCE_TTL_MS"), "{err}");
+        let err = parse(&["--allowed-origins", "https://a.example/path"]).unwrap_err();
+        assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
+        let err = parse(&["--allowed-origins", "*"]).unwrap_err();
+        assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
     }

@@ -232,6 +232,17 @@ async fn execute_result(cx: Cx<'_>, content: Value) -> Result<Option<Reply>, Hub
 
 async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Reply>, HubError> {
     cx.require_agent().await?;
+    let max = cx.hub.config.max_contacts_per_session;
+    if contacts.len() > max {
+        // Refused whole: nothing stored, nothing announced.
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field `contacts` lists {} contacts; a session holds at most {max} (MAX_CONTACTS_PER_SESSION)",
+                contacts.len()
+            ),
+        ));
+    }
     if contacts.iter().any(|c| c.name.trim().is_empty()) {
         return Err(HubError::new(
             ErrorCode::InvalidField,

@@ -82,7 +82,8 @@ impl Hub {
     /// registration). The steps run in this order, and the order is part of
     /// the protocol (docs/protocol.md):
     ///
-    /// 1. validate the registration;
+    /// 1. validate the registration, and refuse it (`session_full`) when the
+    ///    session has no room;
     /// 2. seed the session's contacts, join presence, read contacts/members;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
@@ -105,6 +106,7 @@ impl Hub {
             is_agent,
         } = admit(self, reg)?;
         let client_id = info.client_id.as_str();
+        self.check_room(&session, client_id).await?;
 
         // 2. Contacts and presence.
         self.store
@@ -169,6 +171,24 @@ impl Hub {
             }),
             handle,
         })
+    }
+
+    /// `session_full` when the session holds `MAX_CLIENTS_PER_SESSION`
+    /// clients on every instance together (presence in the store) and
+    /// `client_id` is not one of them (registering again replaces, it does
+    /// not add). Two clients joining at the same moment on different
+    /// instances may both pass: the bound is tight to within the joins in
+    /// flight, which is what it is for (no session grows without limit).
+    async fn check_room(&self, session: &str, client_id: &str) -> Result<(), HubError> {
+        let max = self.config.max_clients_per_session;
+        let members = self.store.members(session).await?;
+        if members.len() >= max && !members.iter().any(|m| m.client_id == client_id) {
+            return Err(HubError::new(
+                ErrorCode::SessionFull,
+                format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
+            ));
+        }
+        Ok(())
     }
 
     /// `old` was registered with the same client id as the joining client.

@@ -49,6 +49,16 @@ pub enum ErrorCode {
     AiUnavailable,
     AiFailed,
     ShuttingDown,
+    /// A browser `Origin` this hub does not accept (HTTP 403 on the upgrade).
+    ForbiddenOrigin,
+    /// The instance holds `MAX_CONNECTIONS` already (HTTP 503 on the upgrade).
+    TooManyConnections,
+    /// The session holds `MAX_CLIENTS_PER_SESSION` clients already.
+    SessionFull,
+    /// A REST read of a session that does not exist (HTTP 404).
+    SessionNotFound,
+    /// A REST body over the limit (HTTP 413).
+    PayloadTooLarge,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -132,6 +142,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 27);
+        assert_eq!(ErrorCode::all().count(), 32);
     }
 }

@@ -189,10 +189,52 @@ struct IncomingBody {
     message: String,
 }
 
-/// Parses one text frame. On failure returns the error together with the
-/// `request_id` if one could be read, so the error can still be correlated.
+/// Bounds on single fields of inbound messages (settings `MAX_TEXT_CHARS`,
+/// `MAX_CLIENT_NAME_CHARS`, `MAX_CAPABILITIES`); over a bound the message is
+/// refused with `invalid_field`. Lengths count characters, not bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLimits {
+    /// A WhatsApp message text: `send`'s `message`, `incoming_message`'s
+    /// `message`, and the text of a `whatsapp_ai_command`.
+    pub max_text_chars: usize,
+    pub max_client_name_chars: usize,
+    pub max_capabilities: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> Self {
+        FieldLimits {
+            max_text_chars: 4096,
+            max_client_name_chars: 64,
+            max_capabilities: 8,
+        }
+    }
+}
+
+/// `invalid_field` when `value` is longer than `max` characters.
+pub fn check_text_len(field: &str, value: &str, max: usize) -> Result<(), HubError> {
+    // Counting stops one past the limit: a huge text costs no more.
+    if value.chars().take(max + 1).count() > max {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!("field `{field}` must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses one text frame with the default [`FieldLimits`].
 pub fn parse_client_message(
     text: &str,
+) -> Result<(ClientMessage, Option<String>), (HubError, Option<String>)> {
+    parse_client_message_with(text, &FieldLimits::default())
+}
+
+/// Parses one text frame. On failure returns the error together with the
+/// `request_id` if one could be read, so the error can still be correlated.
+pub fn parse_client_message_with(
+    text: &str,
+    limits: &FieldLimits,
 ) -> Result<(ClientMessage, Option<String>), (HubError, Option<String>)> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         (
@@ -237,16 +279,19 @@ pub fn parse_client_message(
     };
     let body = Value::Object(obj);
     let parsed = match kind.as_str() {
-        "register" => body_as::<Register>(body, &kind).map(ClientMessage::Register),
+        "register" => body_as::<Register>(body, &kind)
+            .and_then(|r| check_register(&r, limits).map(|()| r))
+            .map(ClientMessage::Register),
         "whatsapp_command" => body_as::<WhatsAppCommandBody>(body, &kind)
-            .and_then(|b| parse_whatsapp_command(b.command))
+            .and_then(|b| parse_whatsapp_command_with(b.command, limits))
             .map(ClientMessage::WhatsAppCommand),
-        "whatsapp_ai_command" => {
-            body_as::<AiCommandBody>(body, &kind).map(|b| ClientMessage::WhatsAppAiCommand {
+        "whatsapp_ai_command" => body_as::<AiCommandBody>(body, &kind).and_then(|b| {
+            check_text_len("command", &b.command, limits.max_text_chars)?;
+            Ok(ClientMessage::WhatsAppAiCommand {
                 command: b.command,
                 context: b.context,
             })
-        }
+        }),
         "ai_request" => body_as::<AiRequestBody>(body, &kind).map(|b| ClientMessage::AiRequest {
             prompt: b.prompt,
             context: b.context,
@@ -265,12 +310,13 @@ pub fn parse_client_message(
                     .collect(),
             })
         }
-        "incoming_message" => {
-            body_as::<IncomingBody>(body, &kind).map(|b| ClientMessage::IncomingMessage {
+        "incoming_message" => body_as::<IncomingBody>(body, &kind).and_then(|b| {
+            check_text_len("message", &b.message, limits.max_text_chars)?;
+            Ok(ClientMessage::IncomingMessage {
                 contact: b.contact,
                 message: b.message,
             })
-        }
+        }),
         other => Err(HubError::new(
             ErrorCode::UnknownType,
             format!("unknown message type `{other}`"),
@@ -282,11 +328,36 @@ pub fn parse_client_message(
     }
 }
 
+fn check_register(reg: &Register, limits: &FieldLimits) -> Result<(), HubError> {
+    if let Some(name) = &reg.client_name {
+        check_text_len("client_name", name, limits.max_client_name_chars)?;
+    }
+    if reg.capabilities.len() > limits.max_capabilities {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field `capabilities` may list at most {} entries",
+                limits.max_capabilities
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Most messages one `get_history` returns.
 pub const MAX_HISTORY_LIMIT: usize = 500;
 
-/// Validates a `whatsapp_command.command` object.
+/// Validates a `whatsapp_command.command` object with the default
+/// [`FieldLimits`].
 pub fn parse_whatsapp_command(value: Value) -> Result<WhatsAppCommand, HubError> {
+    parse_whatsapp_command_with(value, &FieldLimits::default())
+}
+
+/// Validates a `whatsapp_command.command` object.
+pub fn parse_whatsapp_command_with(
+    value: Value,
+    limits: &FieldLimits,
+) -> Result<WhatsAppCommand, HubError> {
     let action = match value.get("action") {
         Some(Value::String(a)) => a.clone(),
         Some(_) => {
@@ -339,6 +410,7 @@ pub fn parse_whatsapp_command(value: Value) -> Result<WhatsAppCommand, HubError>
                 "field `command.message` must not be empty",
             ));
         }
+        check_text_len("command.message", message, limits.max_text_chars)?;
     }
     Ok(cmd)
 }
@@ -430,6 +502,38 @@ mod tests {
         );
         assert_eq!(
             code_of(r#"{"type":"whatsapp_command","command":"send"}"#),
+            ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn field_limits_are_inclusive() {
+        let limits = FieldLimits::default();
+        let parse = |v: Value| parse_client_message_with(&v.to_string(), &limits);
+        let code = |v: Value| parse(v).unwrap_err().0.code;
+        // Characters, not bytes: 4096 two-byte characters fit.
+        let send = |text: String| serde_json::json!({"type": "whatsapp_command", "command": {"action": "send", "contact": "a", "message": text}});
+        assert!(parse(send("é".repeat(4096))).is_ok());
+        assert_eq!(code(send("é".repeat(4097))), ErrorCode::InvalidField);
+        let incoming = |text: String| serde_json::json!({"type": "incoming_message", "contact": "a", "message": text});
+        assert!(parse(incoming("x".repeat(4096))).is_ok());
+        assert_eq!(code(incoming("x".repeat(4097))), ErrorCode::InvalidField);
+        let ai = |text: String| serde_json::json!({"type": "whatsapp_ai_command", "command": text});
+        assert!(parse(ai("x".repeat(4096))).is_ok());
+        assert_eq!(code(ai("x".repeat(4097))), ErrorCode::InvalidField);
+        let reg = |name: String, caps: usize| serde_json::json!({"type": "register", "client_name": name, "capabilities": vec!["c"; caps]});
+        assert!(parse(reg("n".repeat(64), 8)).is_ok());
+        assert_eq!(code(reg("n".repeat(65), 0)), ErrorCode::InvalidField);
+        assert_eq!(code(reg("n".into(), 9)), ErrorCode::InvalidField);
+        // The request id still comes back with a limit error.
+        let mut over = reg("n".into(), 9);
+        over["request_id"] = "r9".into();
+        assert_eq!(parse(over).unwrap_err().1.as_deref(), Some("r9"));
+        // REST commands are bounded the same way.
+        let cmd = |n: usize| serde_json::json!({"action": "send", "contact": "a", "message": "m".repeat(n)});
+        assert!(parse_whatsapp_command(cmd(4096)).is_ok());
+        assert_eq!(
+            parse_whatsapp_command(cmd(4097)).unwrap_err().code,
             ErrorCode::InvalidField
         );
     }

@@ -11,8 +11,9 @@ mod outbound;
 
 pub use errors::{ErrorCode, HubError};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, Register, WhatsAppCommand,
-    parse_client_message, parse_whatsapp_command,
+    AiContext, ClientMessage, ContactRef, Execution, FieldLimits, Register, WhatsAppCommand,
+    check_text_len, parse_client_message, parse_client_message_with, parse_whatsapp_command,
+    parse_whatsapp_command_with,
 };
 pub use outbound::{
     ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,

@@ -24,9 +24,38 @@ use crate::metrics::Metrics;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redis key and channel names. docs/redis.md documents this layout.
+///
+/// Every name part that comes from a client or an operator (session,
+/// contact, client or instance id) goes through [`escape_key_part`], so a
+/// part can never contain the `:` that separates parts: no two different
+/// (session, contact) pairs share a key, and no session name reaches
+/// another session's keys.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+}
+
+/// Percent-escapes one key part: `%`, `:`, `{`, `}` (Redis Cluster hash
+/// tags), the glob characters `*?[]\` (so `SCAN MATCH` patterns built
+/// from parts stay literal), whitespace and control characters, as `%XX`
+/// per UTF-8 byte. Everything else stays readable. Injective: different
+/// parts give different escapes.
+pub fn escape_key_part(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        if matches!(c, '%' | ':' | '{' | '}' | '*' | '?' | '[' | ']' | '\\')
+            || c.is_whitespace()
+            || c.is_control()
+        {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Keys {
@@ -40,28 +69,37 @@ impl Keys {
         &self.prefix
     }
 
+    fn session_key(&self, session: &str, what: &str) -> String {
+        format!(
+            "{}:session:{}:{what}",
+            self.prefix,
+            escape_key_part(session)
+        )
+    }
+
     pub fn contacts(&self, session: &str) -> String {
-        format!("{}:session:{session}:contacts", self.prefix)
+        self.session_key(session, "contacts")
     }
 
     pub fn last_contact(&self, session: &str) -> String {
-        format!("{}:session:{session}:last_contact", self.prefix)
+        self.session_key(session, "last_contact")
     }
 
+    /// One conversation; contact names are case-insensitive.
     pub fn history(&self, session: &str, contact: &str) -> String {
         format!(
-            "{}:session:{session}:history:{}",
-            self.prefix,
-            contact.to_lowercase()
+            "{}:{}",
+            self.session_key(session, "history"),
+            escape_key_part(&contact.to_lowercase())
         )
     }
 
     pub fn presence(&self, session: &str) -> String {
-        format!("{}:session:{session}:presence", self.prefix)
+        self.session_key(session, "presence")
     }
 
     pub fn agent(&self, session: &str) -> String {
-        format!("{}:session:{session}:agent", self.prefix)
+        self.session_key(session, "agent")
     }
 
     /// ZSET: instance id → last heartbeat (ms since epoch).
@@ -69,14 +107,22 @@ impl Keys {
         format!("{}:instances", self.prefix)
     }
 
+    fn instance_key(&self, instance: &str, what: &str) -> String {
+        format!(
+            "{}:instance:{}:{what}",
+            self.prefix,
+            escape_key_part(instance)
+        )
+    }
+
     /// JSON description of a live instance, expiring with its heartbeat.
     pub fn instance_info(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:info", self.prefix)
+        self.instance_key(instance, "info")
     }
 
     /// SET of "session\tclient_id" of an instance's clients, for reaping.
     pub fn instance_members(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:members", self.prefix)
+        self.instance_key(instance, "members")
     }
 
     /// Pub/sub channel carrying every session event.
@@ -86,27 +132,35 @@ impl Keys {
 
     /// Pub/sub channel of one instance's point-to-point messages.
     pub fn inbox_channel(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:inbox", self.prefix)
+        self.instance_key(instance, "inbox")
     }
 
     /// AI single-flight lock of one request hash (string: holder token).
     pub fn ai_lock(&self, hash: &str) -> String {
-        format!("{}:ai:lock:{hash}", self.prefix)
+        format!("{}:ai:lock:{}", self.prefix, escape_key_part(hash))
     }
 
     /// The shared (and, with a cache TTL, cached) AI answer of one hash.
     pub fn ai_result(&self, hash: &str) -> String {
-        format!("{}:ai:result:{hash}", self.prefix)
+        format!("{}:ai:result:{}", self.prefix, escape_key_part(hash))
     }
 
     /// Sliding one-minute window of upstream AI calls of one provider.
     pub fn ai_calls(&self, provider: &str) -> String {
-        format!("{}:ai:quota:{provider}:calls", self.prefix)
+        format!(
+            "{}:ai:quota:{}:calls",
+            self.prefix,
+            escape_key_part(provider)
+        )
     }
 
     /// Concurrency semaphore of one AI provider.
     pub fn ai_slots(&self, provider: &str) -> String {
-        format!("{}:ai:quota:{provider}:slots", self.prefix)
+        format!(
+            "{}:ai:quota:{}:slots",
+            self.prefix,
+            escape_key_part(provider)
+        )
     }
 }
 
@@ -242,5 +296,75 @@ impl RedisBackend {
         errors.inc();
         tracing::debug!(op, %error, "redis command failed");
         Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn plain_names_stay_readable() {
+        let k = Keys::new("mcp-hub");
+        assert_eq!(k.contacts("default"), "mcp-hub:session:default:contacts");
+        assert_eq!(
+            k.history("default", "John"),
+            "mcp-hub:session:default:history:john"
+        );
+        assert_eq!(k.inbox_channel("hub-1"), "mcp-hub:instance:hub-1:inbox");
+        assert_eq!(escape_key_part("Zoë's phone"), "Zoë's%20phone");
+    }
+
+    #[test]
+    fn adversarial_names_cannot_collide_or_reach_other_sessions() {
+        let k = Keys::new("p");
+        // A session name that spells another session's key.
+        assert_ne!(k.history("a:history:b", "c"), k.history("a", "b:history:c"));
+        assert_ne!(k.contacts("a:contacts"), k.history("a", "contacts"));
+        assert_eq!(k.contacts("a:presence"), "p:session:a%3Apresence:contacts");
+        assert_ne!(k.presence("x"), k.contacts("x:presence:y"));
+        // The escape character itself is escaped: `%3A` and `:` differ.
+        assert_ne!(k.agent("a%3Ab"), k.agent("a:b"));
+        assert_eq!(escape_key_part("a%3Ab"), "a%253Ab");
+        assert_eq!(
+            escape_key_part("{tag}*?[x]\\ \t"),
+            "%7Btag%7D%2A%3F%5Bx%5D%5C%20%09"
+        );
+
+        // Every (session, contact) pair of tricky parts gets its own key,
+        // and no session key equals another session's.
+        let parts = [
+            "a",
+            "b",
+            "a:b",
+            "a:history",
+            "history:b",
+            "a:history:b",
+            ":",
+            "::",
+            "%",
+            "%3A",
+            "a%3Ab",
+            "",
+            " ",
+            "{a}",
+            "a b",
+            "a\tb",
+            "*",
+            "ä:ö",
+        ];
+        let mut seen = HashSet::new();
+        for s in parts {
+            for key in [k.contacts(s), k.last_contact(s), k.presence(s), k.agent(s)] {
+                assert!(seen.insert(key.clone()), "duplicate key {key}");
+            }
+            for c in parts {
+                let key = k.history(s, c);
+                assert!(seen.insert(key.clone()), "duplicate key {key}");
+            }
+        }
+        // Contact names are case-insensitive, by design.
+        assert_eq!(k.history("s", "JOHN"), k.history("s", "john"));
     }
 }

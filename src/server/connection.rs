@@ -23,7 +23,7 @@ use crate::hub::Hub;
 use crate::hub::client::ClientSession;
 use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
 use crate::protocol::{
-    ClientInfo, ErrorCode, Execution, HubError, now_millis, parse_client_message,
+    ClientInfo, ErrorCode, Execution, HubError, now_millis, parse_client_message_with,
 };
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -222,7 +222,7 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let parsed = parse_client_message(text);
+        let parsed = parse_client_message_with(text, &self.hub.config.field_limits);
         let kind = match &parsed {
             Ok((msg, _)) => msg.kind(),
             Err(_) => "invalid",

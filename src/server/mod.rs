@@ -1,29 +1,35 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
-//! readiness, metrics, REST), the listener, and graceful shutdown.
+//! readiness, metrics, REST), the listener, and graceful shutdown. What is
+//! checked before an upgrade (Origin, connection cap) is in [`browser`].
 
+pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod rate;
 pub mod rest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 
 use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    let slots = browser::ConnectionSlots::new(hub.config.max_connections);
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
+        .layer(Extension(slots))
         .route("/ui", get(web_page))
         .merge(http::routes())
-        .merge(rest::routes())
+        .merge(rest::routes(&hub.config))
         .with_state(hub)
 }
 
@@ -31,10 +37,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
 /// same address gets the web client.
 async fn root(
     state: State<Arc<Hub>>,
+    slots: Extension<browser::ConnectionSlots>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => ws_upgrade(state, ws).await,
+        Ok(ws) => ws_upgrade(state, slots, headers, ws).await,
         Err(_) => web_page().await.into_response(),
     }
 }
@@ -43,13 +51,32 @@ async fn web_page() -> Html<&'static str> {
     Html(include_str!("../../web/index.html"))
 }
 
-async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(hub): State<Arc<Hub>>,
+    Extension(slots): Extension<browser::ConnectionSlots>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !browser::origin_allowed(&headers, &hub.config.allowed_origins) {
+        hub.metrics
+            .error(crate::protocol::ErrorCode::ForbiddenOrigin);
+        return browser::forbidden_origin();
+    }
+    let Some(slot) = slots.take() else {
+        hub.metrics
+            .error(crate::protocol::ErrorCode::TooManyConnections);
+        return browser::too_many_connections();
+    };
     let limit = hub.config.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();
-            tracker.track_future(connection::handle_socket(hub, socket))
+            tracker.track_future(async move {
+                connection::handle_socket(hub, socket).await;
+                // The slot is free once the connection is gone.
+                drop(slot);
+            })
         })
 }
 
@@ -75,6 +102,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    // The peer address keys the REST rate limit of anonymous callers.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested: draining connections");

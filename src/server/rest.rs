@@ -1,27 +1,43 @@
 //! The REST API for callers that don't hold a WebSocket: read a session,
 //! read a conversation, run a command. Commands run exactly as if a client
 //! sent them, so every WebSocket client of the session sees the result live.
+//!
+//! Limits: bodies over `MAX_REST_BODY_BYTES` get 413, callers over the rate
+//! limit 429 ([`super::rate`]); reads of an unknown session get 404 and
+//! create nothing; CORS only with `ALLOWED_ORIGINS` ([`super::browser`]).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::{browser, rate};
+use crate::config::HubConfig;
 use crate::hub::Hub;
-use crate::protocol::{AiContext, ClientInfo, ErrorCode, HubError, parse_whatsapp_command};
+use crate::protocol::{
+    AiContext, ClientInfo, ErrorCode, HubError, check_text_len, parse_whatsapp_command_with,
+};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
+pub fn routes(config: &HubConfig) -> Router<Arc<Hub>> {
+    let limit = Arc::new(rate::RestRateLimit::new(config));
+    let routes = Router::new()
         .route("/api/v1/sessions/{session}", get(session_summary))
         .route("/api/v1/sessions/{session}/history/{contact}", get(history))
         .route("/api/v1/sessions/{session}/commands", post(command))
+        .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(limit, rate::limit));
+    // Outermost, so a preflight is answered before the rate limit counts it.
+    match browser::cors_layer(&config.allowed_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    }
 }
 
 struct ApiError(HubError);
@@ -41,6 +57,8 @@ impl IntoResponse for ApiError {
             | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AiRateLimited | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::SessionNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         };
@@ -76,12 +94,27 @@ fn check_session(session: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Reads never create state: an unknown session is a 404, not a new one.
+async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
+    if hub.store.exists(session).await? {
+        Ok(())
+    } else {
+        Err(HubError::new(
+            ErrorCode::SessionNotFound,
+            format!("no session `{session}` (a session exists once a client registered in it)"),
+        )
+        .into())
+    }
+}
+
 async fn session_summary(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_session(&session)?;
-    let contacts = hub.session_contacts(&session).await?;
+    require_session(&hub, &session).await?;
+    // Plain reads: the session was seeded when it was joined.
+    let contacts = hub.store.contacts(&session).await?;
     let last_contact = hub.store.last_contact(&session).await?;
     let clients = hub.store.members(&session).await?;
     let agent = hub.store.agent(&session).await?;
@@ -113,7 +146,8 @@ async fn history(
     if let Some(limit) = q.limit {
         command["limit"] = json!(limit);
     }
-    let command = parse_whatsapp_command(command)?;
+    let command = parse_whatsapp_command_with(command, &hub.config.field_limits)?;
+    require_session(&hub, &session).await?;
     run(&hub, &session, command, &rest_client(&hub, &headers))
         .await
         .map(Json)
@@ -138,17 +172,32 @@ async fn command(
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     check_session(&session)?;
-    let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HubError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the body is larger than {} bytes (MAX_REST_BODY_BYTES)",
+                    hub.config.max_rest_body_bytes
+                ),
+            )
+        } else {
+            HubError::new(ErrorCode::InvalidJson, e.body_text())
+        }
+    })?;
     let client = rest_client(&hub, &headers);
     match (body.command, body.text) {
         (Some(cmd), None) => {
-            let command = parse_whatsapp_command(cmd)?;
+            let command = parse_whatsapp_command_with(cmd, &hub.config.field_limits)?;
             run(&hub, &session, command, &client).await.map(Json)
         }
-        (None, Some(text)) => Ok(Json(
-            hub.execute_ai_command(&session, &text, body.context, &client)
-                .await?,
-        )),
+        (None, Some(text)) => {
+            check_text_len("text", &text, hub.config.field_limits.max_text_chars)?;
+            Ok(Json(
+                hub.execute_ai_command(&session, &text, body.context, &client)
+                    .await?,
+            ))
+        }
         _ => Err(HubError::new(
             ErrorCode::InvalidMessage,
             "give exactly one of `command` (an action object) or `text` (natural language)",

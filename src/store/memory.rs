@@ -33,16 +33,41 @@ impl MemoryStore {
         }
     }
 
-    fn with<T>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
         // A poisoned lock only means another thread panicked mid-update of
         // plain data; the data itself is still usable.
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        f(sessions.entry(session.to_string()).or_default())
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A write: creates the session when it is new.
+    fn with<T>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
+        f(self.lock().entry(session.to_string()).or_default())
+    }
+
+    /// A read: an unknown session reads as empty and is not created.
+    fn read<T: Default>(&self, session: &str, f: impl FnOnce(&SessionState) -> T) -> T {
+        self.lock().get(session).map(f).unwrap_or_default()
+    }
+
+    /// A removal: changes an existing session only.
+    fn update<T: Default>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
+        self.lock().get_mut(session).map(f).unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    async fn exists(&self, session: &str) -> StoreResult<bool> {
+        Ok(self.read(session, |s| {
+            s.seeded
+                || !s.contacts.is_empty()
+                || s.last_contact.is_some()
+                || !s.history.is_empty()
+                || !s.members.is_empty()
+                || s.agent.is_some()
+        }))
+    }
+
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
         self.with(session, |s| {
             if !s.seeded {
@@ -56,7 +81,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>> {
-        Ok(self.with(session, |s| s.contacts.clone()))
+        Ok(self.read(session, |s| s.contacts.clone()))
     }
 
     async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
@@ -68,7 +93,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn last_contact(&self, session: &str) -> StoreResult<Option<String>> {
-        Ok(self.with(session, |s| s.last_contact.clone()))
+        Ok(self.read(session, |s| s.last_contact.clone()))
     }
 
     async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
@@ -90,7 +115,7 @@ impl SessionStore for MemoryStore {
         contact: &str,
         limit: usize,
     ) -> StoreResult<Vec<HistoryEntry>> {
-        Ok(self.with(session, |s| {
+        Ok(self.read(session, |s| {
             s.history
                 .get(&contact.to_lowercase())
                 .map(|list| {
@@ -110,7 +135,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {
-        Ok(self.with(session, |s| {
+        Ok(self.update(session, |s| {
             let before = s.members.len();
             s.members.retain(|m| m.client_id != client_id);
             before != s.members.len()
@@ -118,7 +143,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
-        Ok(self.with(session, |s| s.members.clone()))
+        Ok(self.read(session, |s| s.members.clone()))
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {
@@ -136,7 +161,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
-        Ok(self.with(session, |s| {
+        Ok(self.update(session, |s| {
             if s.agent.as_ref().is_some_and(|a| a.client_id == client_id) {
                 s.agent = None;
                 true
@@ -147,7 +172,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>> {
-        Ok(self.with(session, |s| s.agent.clone()))
+        Ok(self.read(session, |s| s.agent.clone()))
     }
 }
 

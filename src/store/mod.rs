@@ -42,8 +42,15 @@ pub struct PartialReap {
     pub error: HubError,
 }
 
+/// Reads never create state: only the write methods (seeding, setting
+/// contacts, recording a message, joining, claiming the agent role) may
+/// bring a session into existence; every read of an unknown session
+/// answers empty and leaves nothing behind.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
+    /// Whether the session exists: it has contacts (seeded or set), a
+    /// history (and so a last contact), a client in presence or an agent.
+    async fn exists(&self, session: &str) -> StoreResult<bool>;
     /// Seeds a session's contacts unless it already has some.
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()>;
     async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>>;

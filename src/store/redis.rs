@@ -137,6 +137,19 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, HubError> {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    async fn exists(&self, session: &str) -> StoreResult<bool> {
+        // Recording a message always sets last_contact, so the history
+        // keys need no scan.
+        let keys = &self.backend.keys;
+        let mut cmd = ::redis::cmd("EXISTS");
+        cmd.arg(keys.contacts(session))
+            .arg(keys.last_contact(session))
+            .arg(keys.presence(session))
+            .arg(keys.agent(session));
+        let found: i64 = self.backend.query("exists", &cmd).await?;
+        Ok(found > 0)
+    }
+
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(self.backend.keys.contacts(session))

@@ -48,6 +48,47 @@ impl WsClient {
         }
     }
 
+    /// Opens a WebSocket with extra request headers (e.g. `Origin`). Err:
+    /// the hub refused the upgrade, with its HTTP status and JSON body.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(value).expect("a header value"),
+            );
+        }
+        let connected =
+            tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+                .unwrap_or_else(|_| panic!("connecting to {url} timed out"));
+        match connected {
+            Ok((ws, _)) => Ok(WsClient {
+                ws,
+                backlog: VecDeque::new(),
+                closed: None,
+                registration_contacts: None,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response.body().clone().unwrap_or_default();
+                let body = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                    panic!(
+                        "refused upgrade ({status}) without a JSON body ({e}): {}",
+                        String::from_utf8_lossy(&body)
+                    )
+                });
+                Err((status, body))
+            }
+            Err(e) => panic!("connecting to {url}: {e}"),
+        }
+    }
+
     /// Connects and registers; returns `registration_confirmed`. The
     /// `contact_list_broadcast` that follows is consumed (see
     /// [`WsClient::registration_contacts`]).
