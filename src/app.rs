@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
@@ -140,6 +141,14 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
     };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
+    if config.auth.open_by_default {
+        tracing::warn!(
+            host = %config.host,
+            "authentication is off (no AUTH_JWT_SECRET, loopback host): anyone who can reach this port may use every session"
+        );
+    }
+    let auth = Arc::new(Authenticator::from_settings(&config.auth).await?);
+    let jwks_refresh = config.auth.jwks_refresh;
     let hub = Hub::new(HubParts {
         config,
         store,
@@ -148,7 +157,9 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         connector,
         ai,
         metrics,
+        auth: auth.clone(),
     });
+    auth.spawn_refresh(jwks_refresh, hub.shutdown.clone());
     hub.spawn_background(inbound_rx, incoming_rx);
     if let Some(m) = redis_membership {
         crate::cluster::driver::spawn(m, hub.clone());

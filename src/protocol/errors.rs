@@ -49,6 +49,11 @@ pub enum ErrorCode {
     AiUnavailable,
     AiFailed,
     ShuttingDown,
+    /// HTTP 401: a missing, invalid or expired token (docs/security.md).
+    Unauthorized,
+    /// The token does not allow this: another session, the agent role
+    /// without the role claim, another `sub`'s client id, an admin endpoint.
+    Forbidden,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,

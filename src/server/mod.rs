@@ -1,6 +1,7 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST), the listener, and graceful shutdown.
 
+pub mod auth;
 pub mod connection;
 pub mod http;
 pub mod rest;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -31,10 +33,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
 /// same address gets the web client.
 async fn root(
     state: State<Arc<Hub>>,
+    headers: HeaderMap,
+    uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => ws_upgrade(state, ws).await,
+        Ok(ws) => ws_upgrade(state, headers, uri, ws).await,
         Err(_) => web_page().await.into_response(),
     }
 }
@@ -43,13 +47,23 @@ async fn web_page() -> Html<&'static str> {
     Html(include_str!("../../web/index.html"))
 }
 
-async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Before the upgrade: a missing or bad token is a plain HTTP 401.
+    let identity = match auth::upgrade_identity(&hub, &headers, &uri).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal,
+    };
     let limit = hub.config.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();
-            tracker.track_future(connection::handle_socket(hub, socket))
+            tracker.track_future(connection::handle_socket(hub, socket, identity))
         })
 }
 

@@ -1,6 +1,10 @@
 //! The REST API for callers that don't hold a WebSocket: read a session,
 //! read a conversation, run a command. Commands run exactly as if a client
 //! sent them, so every WebSocket client of the session sees the result live.
+//!
+//! With auth on every call needs `Authorization: Bearer` (401), the token
+//! must allow the session (403 `forbidden`), and the caller is the token's
+//! `sub` (`X-Client-Id` is ignored); without auth `X-Client-Id` names it.
 
 use std::sync::Arc;
 
@@ -24,17 +28,25 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/api/v1/sessions/{session}/commands", post(command))
 }
 
-struct ApiError(HubError);
+enum ApiError {
+    Hub(HubError),
+    /// A ready answer (401 / 403 from the auth check).
+    Refused(Response),
+}
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
-        ApiError(e)
+        ApiError::Hub(e)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self.0.code {
+        let e = match self {
+            ApiError::Hub(e) => e,
+            ApiError::Refused(response) => return response,
+        };
+        let status = match e.code {
             ErrorCode::StoreUnavailable
             | ErrorCode::AgentUnavailable
             | ErrorCode::AiUnavailable
@@ -42,14 +54,43 @@ impl IntoResponse for ApiError {
             ErrorCode::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AiRateLimited | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
-        let body = json!({"code": self.0.code.as_str(), "message": self.0.message});
+        if matches!(e.code, ErrorCode::Unauthorized | ErrorCode::Forbidden) {
+            return super::auth::refusal(status, e.code, e.message);
+        }
+        let body = json!({"code": e.code.as_str(), "message": e.message});
         (status, Json(body)).into_response()
     }
 }
 
-/// The REST caller as the session's clients see it (`by` of its messages).
+/// Authenticates a call for `session` and returns the caller as the
+/// session's clients see it (`by` of its messages): the token's `sub` with
+/// auth on, else `X-Client-Id` (default `rest`).
+async fn caller(hub: &Hub, headers: &HeaderMap, session: &str) -> Result<ClientInfo, ApiError> {
+    check_session(session)?;
+    let identity = super::auth::bearer_identity(hub, headers)
+        .await
+        .map_err(ApiError::Refused)?;
+    match identity {
+        None => Ok(rest_client(hub, headers)),
+        Some(id) if !id.may_use_session(session) => Err(HubError::new(
+            ErrorCode::Forbidden,
+            format!("the token does not allow session `{session}`"),
+        )
+        .into()),
+        Some(id) => Ok(ClientInfo {
+            client_id: id.sub.clone(),
+            client_name: id.sub.clone(),
+            instance: hub.instance().to_string(),
+            capabilities: Vec::new(),
+            owner: Some(id.sub),
+        }),
+    }
+}
+
 fn rest_client(hub: &Hub, headers: &HeaderMap) -> ClientInfo {
     let client_id = headers
         .get("x-client-id")
@@ -62,6 +103,7 @@ fn rest_client(hub: &Hub, headers: &HeaderMap) -> ClientInfo {
         client_id,
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
+        owner: None,
     }
 }
 
@@ -79,8 +121,9 @@ fn check_session(session: &str) -> Result<(), ApiError> {
 async fn session_summary(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    caller(&hub, &headers, &session).await?;
     let contacts = hub.session_contacts(&session).await?;
     let last_contact = hub.store.last_contact(&session).await?;
     let clients = hub.store.members(&session).await?;
@@ -106,7 +149,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    let client = caller(&hub, &headers, &session).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     // Validated like a WebSocket get_history (limit 1 to 500).
     let mut command = json!({"action": "get_history", "contact": contact});
@@ -114,7 +157,7 @@ async fn history(
         command["limit"] = json!(limit);
     }
     let command = parse_whatsapp_command(command)?;
-    run(&hub, &session, command, &rest_client(&hub, &headers))
+    run(&hub, &session, command, &client)
         .await
         .map(Json)
 }
@@ -137,9 +180,8 @@ async fn command(
     headers: HeaderMap,
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    let client = caller(&hub, &headers, &session).await?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
-    let client = rest_client(&hub, &headers);
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command(cmd)?;
