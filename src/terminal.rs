@@ -308,7 +308,8 @@ impl Terminal {
                 .map_err(|_| Failure::Connect("the token is not a valid header value".into()))?;
             request.headers_mut().insert("authorization", value);
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(e)) => Err(Failure::Connect(format!("{url}: {e}"))),
             Err(_) => Err(Failure::Connect(format!(

@@ -91,9 +91,11 @@ async fn the_upgrade_needs_a_valid_token() {
         WsClient::register_with_token(&url, &good, register("default", "alice-1")).await;
     assert_eq!(confirmed["client_id"], "alice-1");
     c.request(json!({"type": "ping"})).await;
-    let (_c2, confirmed) =
-        WsClient::register_with(&format!("{url}?token={good}"), register("default", "alice-2"))
-            .await;
+    let (_c2, confirmed) = WsClient::register_with(
+        &format!("{url}?token={good}"),
+        register("default", "alice-2"),
+    )
+    .await;
     assert_eq!(confirmed["client_id"], "alice-2");
 
     // Probes and metrics stay open.
@@ -120,13 +122,18 @@ async fn register_is_forbidden_outside_what_the_token_allows() {
 
     // The agent role without role agent/admin.
     let err = c
-        .request(json!({"type": "register", "session": "default", "client_id": "wa",
-                         "capabilities": ["whatsapp"]}))
+        .request(
+            json!({"type": "register", "session": "default", "client_id": "wa",
+                         "capabilities": ["whatsapp"]}),
+        )
         .await;
     assert_eq!(err["code"], "forbidden", "{err}");
     // ... and the same connection may still register within its rights.
     c.send_json(register("default", "a1")).await;
-    assert_eq!(c.recv_type("registration_confirmed").await["client_id"], "a1");
+    assert_eq!(
+        c.recv_type("registration_confirmed").await["client_id"],
+        "a1"
+    );
 
     // role agent may claim the agent role; "*" means every session.
     let agent = token("wa-agent", &["*"], Role::Agent);
@@ -151,7 +158,8 @@ async fn another_subs_client_id_is_forbidden_and_the_holder_untouched() {
     let url = hub.ws_url();
     let alice = token("alice", &["default"], Role::Client);
     let bob = token("bob", &["default"], Role::Client);
-    let (mut held, _) = WsClient::register_with_token(&url, &alice, register("default", "desk")).await;
+    let (mut held, _) =
+        WsClient::register_with_token(&url, &alice, register("default", "desk")).await;
 
     let mut thief = WsClient::connect_with_token(&url, &bob).await;
     let err = thief.request(register("default", "desk")).await;
@@ -161,7 +169,8 @@ async fn another_subs_client_id_is_forbidden_and_the_holder_untouched() {
     assert!(held.closed().is_none());
 
     // The same sub may take its own client id over (replace, close 4001).
-    let (_again, _) = WsClient::register_with_token(&url, &alice, register("default", "desk")).await;
+    let (_again, _) =
+        WsClient::register_with_token(&url, &alice, register("default", "desk")).await;
     assert_eq!(held.expect_close().await, Some(4001));
 }
 
@@ -172,10 +181,16 @@ async fn a_live_connection_is_closed_with_4401_when_its_token_expires() {
         json!({"sub": "alice", "sessions": ["default"], "exp": now_secs() + 2}),
         SECRET,
     );
-    let (mut c, _) = WsClient::register_with_token(&hub.ws_url(), &short, register("default", "a")).await;
+    let (mut c, _) =
+        WsClient::register_with_token(&hub.ws_url(), &short, register("default", "a")).await;
     // Bounded by expect_close's RECV_TIMEOUT (10 s).
     assert_eq!(c.expect_close().await, Some(4401));
-    wait_metric(&hub, "hub_ws_connections_closed_total{reason=\"token_expired\"}", 1.0).await;
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"token_expired\"}",
+        1.0,
+    )
+    .await;
 }
 
 async fn rest(
@@ -203,7 +218,10 @@ async fn rest(
     let r = req.send().await.expect("HTTP");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +234,15 @@ async fn rest_needs_a_token_and_the_caller_is_its_sub() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["type"], "error");
     assert_eq!(body["code"], "unauthorized");
-    let (status, _) = rest(&hub, "GET", "/api/v1/sessions/default", Some("x.y.z"), None, None).await;
+    let (status, _) = rest(
+        &hub,
+        "GET",
+        "/api/v1/sessions/default",
+        Some("x.y.z"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, body) = rest(
         &hub,
@@ -229,7 +255,15 @@ async fn rest_needs_a_token_and_the_caller_is_its_sub() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "forbidden");
-    let (status, _) = rest(&hub, "GET", "/api/v1/sessions/other/history/john", Some(&alice), None, None).await;
+    let (status, _) = rest(
+        &hub,
+        "GET",
+        "/api/v1/sessions/other/history/john",
+        Some(&alice),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 403);
 
     // The caller is the token's sub; X-Client-Id is ignored with auth on.
@@ -255,7 +289,15 @@ async fn rest_needs_a_token_and_the_caller_is_its_sub() {
     assert_eq!(status, 200, "{history}");
     let messages = history["messages"].as_array().expect("messages");
     assert_eq!(messages.last().expect("one")["by"], "alice", "{history}");
-    let (status, _) = rest(&hub, "GET", "/api/v1/sessions/default", Some(&alice), None, None).await;
+    let (status, _) = rest(
+        &hub,
+        "GET",
+        "/api/v1/sessions/default",
+        Some(&alice),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -294,15 +336,26 @@ fn startup_refuses_unsafe_or_broken_auth_settings() {
             &[],
             &["AUTH_JWT_SECRET", "AUTH_MODE=none"],
         ),
-        (&["--port", "0"], &[("AUTH_JWT_SECRET", "short")], &["AUTH_JWT_SECRET"]),
-        (&["--port", "0"], &[("AUTH_MODE", "jwt")], &["AUTH_JWT_SECRET"]),
+        (
+            &["--port", "0"],
+            &[("AUTH_JWT_SECRET", "short")],
+            &["AUTH_JWT_SECRET"],
+        ),
+        (
+            &["--port", "0"],
+            &[("AUTH_MODE", "jwt")],
+            &["AUTH_JWT_SECRET"],
+        ),
         (
             &["--port", "0"],
             &[("AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")],
             &["AUTH_JWT_PUBLIC_KEY_FILE"],
         ),
     ];
-    let not_pem = dir.write("not.pem", "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n");
+    let not_pem = dir.write(
+        "not.pem",
+        "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
+    );
     let not_pem = not_pem.to_str().expect("utf-8 path").to_string();
     let mut cases: Vec<(&[&str], Vec<(&str, &str)>, &[&str])> =
         cases.iter().map(|(a, e, n)| (*a, e.to_vec(), *n)).collect();
@@ -315,7 +368,10 @@ fn startup_refuses_unsafe_or_broken_auth_settings() {
         let (code, stderr) = run_hub(args, envs, &dir);
         assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
         for name in *names {
-            assert!(stderr.contains(name), "{args:?} {envs:?}: no {name} in {stderr}");
+            assert!(
+                stderr.contains(name),
+                "{args:?} {envs:?}: no {name} in {stderr}"
+            );
         }
     }
 }
@@ -334,7 +390,19 @@ fn token_command_mints_and_refuses_without_a_secret() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_JWT_SECRET"), "{stderr}");
     let (code, stdout, stderr) = run_binary(
-        &["token", "--sub", "alice", "--session", "default", "--session", "ops", "--role", "agent", "--ttl", "1h"],
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--session",
+            "default",
+            "--session",
+            "ops",
+            "--role",
+            "agent",
+            "--ttl",
+            "1h",
+        ],
         &[("AUTH_JWT_SECRET", SECRET)],
         &dir,
     );
@@ -360,7 +428,14 @@ fn openssl_rsa_key(dir: &TempDir, name: &str) -> (std::path::PathBuf, std::path:
     let private = dir.path().join(format!("{name}.key.pem"));
     let public = dir.path().join(format!("{name}.pub.pem"));
     let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&private)
         .stderr(std::process::Stdio::null())
         .status()
@@ -422,7 +497,9 @@ impl JwksServer {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -447,11 +524,24 @@ async fn jwks_keys_are_fetched_refreshed_and_kept_on_failure() {
     let dir = TempDir::new();
     let (k1, _) = openssl_rsa_key(&dir, "k1");
     let (k2, _) = openssl_rsa_key(&dir, "k2");
-    let jwks = JwksServer::start(JwkSet { keys: vec![jwk(&k1, "k1")] }).await;
-    let hub = TestHub::start(&["--auth-jwks-url", &jwks.url, "--auth-jwks-refresh-ms", "1000"]).await;
+    let jwks = JwksServer::start(JwkSet {
+        keys: vec![jwk(&k1, "k1")],
+    })
+    .await;
+    let hub = TestHub::start(&[
+        "--auth-jwks-url",
+        &jwks.url,
+        "--auth-jwks-refresh-ms",
+        "1000",
+    ])
+    .await;
     let url = hub.ws_url();
 
-    assert!(WsClient::try_connect(&url, Some(&rs256(&k1, Some("k1"), "a"))).await.is_ok());
+    assert!(
+        WsClient::try_connect(&url, Some(&rs256(&k1, Some("k1"), "a")))
+            .await
+            .is_ok()
+    );
     // A key the set does not hold (yet), and HS256 when no secret is set.
     assert_unauthorized(
         WsClient::try_connect(&url, Some(&rs256(&k2, Some("k2"), "a"))).await,
@@ -482,7 +572,11 @@ async fn jwks_keys_are_fetched_refreshed_and_kept_on_failure() {
     })
     .await;
     assert!(WsClient::try_connect(&url, Some(&t2)).await.is_ok());
-    assert!(WsClient::try_connect(&url, Some(&rs256(&k1, Some("k1"), "a"))).await.is_ok());
+    assert!(
+        WsClient::try_connect(&url, Some(&rs256(&k1, Some("k1"), "a")))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,13 +600,26 @@ async fn a_pem_public_key_verifies_rs256_and_issuer_audience_are_checked() {
     let exp = now_secs() + 600;
     let good = sign(json!({"sub": "a", "exp": exp, "sessions": ["default"],
                            "iss": "https://idp.example", "aud": "mcp-hub"}));
-    assert!(WsClient::try_connect(&hub.ws_url(), Some(&good)).await.is_ok());
+    assert!(
+        WsClient::try_connect(&hub.ws_url(), Some(&good))
+            .await
+            .is_ok()
+    );
     for (what, claims) in [
         ("no iss/aud", json!({"sub": "a", "exp": exp})),
-        ("other iss", json!({"sub": "a", "exp": exp, "iss": "evil", "aud": "mcp-hub"})),
-        ("other aud", json!({"sub": "a", "exp": exp, "iss": "https://idp.example", "aud": "x"})),
+        (
+            "other iss",
+            json!({"sub": "a", "exp": exp, "iss": "evil", "aud": "mcp-hub"}),
+        ),
+        (
+            "other aud",
+            json!({"sub": "a", "exp": exp, "iss": "https://idp.example", "aud": "x"}),
+        ),
     ] {
-        assert_unauthorized(WsClient::try_connect(&hub.ws_url(), Some(&sign(claims))).await, what);
+        assert_unauthorized(
+            WsClient::try_connect(&hub.ws_url(), Some(&sign(claims))).await,
+            what,
+        );
     }
 }
 
@@ -546,7 +653,10 @@ async fn a_cluster_behind_haproxy_with_auth() {
     let (mut c, confirmed) =
         WsClient::register_with_token(&lb.ws_url(), &alice, register("default", "lb-1")).await;
     assert_eq!(confirmed["type"], "registration_confirmed");
-    assert_unauthorized(WsClient::try_connect(&lb.ws_url(), None).await, "through HAProxy");
+    assert_unauthorized(
+        WsClient::try_connect(&lb.ws_url(), None).await,
+        "through HAProxy",
+    );
 
     // Ownership of a client id holds across instances.
     let (_held, _) =
@@ -569,7 +679,9 @@ fn pyjwt() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipping: PyJWT is missing (python3 -m pip install PyJWT cryptography, or ./scripts/test)");
+        eprintln!(
+            "skipping: PyJWT is missing (python3 -m pip install PyJWT cryptography, or ./scripts/test)"
+        );
     }
     ok
 }
@@ -594,7 +706,13 @@ async fn interop_pyjwt_tokens_are_accepted_and_a_wrong_secret_refused() {
     let dir = TempDir::new();
     let (private, public) = openssl_rsa_key(&dir, "py");
     let public = public.to_str().expect("utf-8").to_string();
-    let hub = TestHub::start(&["--auth-jwt-secret", SECRET, "--auth-jwt-public-key-file", &public]).await;
+    let hub = TestHub::start(&[
+        "--auth-jwt-secret",
+        SECRET,
+        "--auth-jwt-public-key-file",
+        &public,
+    ])
+    .await;
     let (ok, out) = interop(&[
         "mint",
         SECRET,
@@ -610,7 +728,10 @@ async fn interop_pyjwt_tokens_are_accepted_and_a_wrong_secret_refused() {
         assert_eq!(confirmed["client_id"], alg);
     }
     let wrong = tokens["wrong_secret"].as_str().expect("token");
-    assert_unauthorized(WsClient::try_connect(&hub.ws_url(), Some(wrong)).await, "PyJWT, wrong secret");
+    assert_unauthorized(
+        WsClient::try_connect(&hub.ws_url(), Some(wrong)).await,
+        "PyJWT, wrong secret",
+    );
 }
 
 #[test]
@@ -620,7 +741,17 @@ fn interop_mcp_hub_token_verifies_with_pyjwt() {
     }
     let dir = TempDir::new();
     let (code, stdout, stderr) = run_binary(
-        &["token", "--sub", "alice", "--session", "default", "--role", "admin", "--ttl", "15m"],
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--session",
+            "default",
+            "--role",
+            "admin",
+            "--ttl",
+            "15m",
+        ],
         &[("AUTH_JWT_SECRET", SECRET)],
         &dir,
     );

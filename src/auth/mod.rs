@@ -292,12 +292,15 @@ impl Authenticator {
 
 fn identity(claims: Claims) -> Result<Identity, AuthError> {
     if claims.sub.trim().is_empty() || claims.sub.len() > 128 {
-        return Err(AuthError::Invalid("`sub` must be 1 to 128 characters".into()));
+        return Err(AuthError::Invalid(
+            "`sub` must be 1 to 128 characters".into(),
+        ));
     }
     let role = match claims.role.as_deref() {
         None => Role::Client,
-        Some(r) => Role::parse(r)
-            .ok_or_else(|| AuthError::Invalid(format!("unknown role `{r}`")))?,
+        Some(r) => {
+            Role::parse(r).ok_or_else(|| AuthError::Invalid(format!("unknown role `{r}`")))?
+        }
     };
     Ok(Identity {
         sub: claims.sub,

@@ -146,10 +146,18 @@ pub struct AuthArgs {
     #[arg(long = "auth-mode", env = "AUTH_MODE", value_enum)]
     pub auth_mode: Option<AuthMode>,
     /// HS256 secret (at least 32 bytes) that tokens are signed with.
-    #[arg(long = "auth-jwt-secret", env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "auth-jwt-secret",
+        env = "AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub auth_jwt_secret: Option<String>,
     /// A second HS256 secret accepted for verification only (key rollover).
-    #[arg(long = "auth-jwt-previous-secret", env = "AUTH_JWT_PREVIOUS_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "auth-jwt-previous-secret",
+        env = "AUTH_JWT_PREVIOUS_SECRET",
+        hide_env_values = true
+    )]
     pub auth_jwt_previous_secret: Option<String>,
     /// PEM public key (RSA: RS256, EC P-256: ES256).
     #[arg(long = "auth-jwt-public-key-file", env = "AUTH_JWT_PUBLIC_KEY_FILE")]
@@ -296,7 +304,11 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h")]
     pub ttl: String,
     /// The hubs' HS256 secret.
-    #[arg(long = "auth-jwt-secret", env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "auth-jwt-secret",
+        env = "AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
 }
 
@@ -542,7 +554,10 @@ mod tests {
         assert_eq!(cfg.auth.mode, AuthMode::None);
         assert!(cfg.auth.open_by_default);
         let err = parse(&["--host", "0.0.0.0"]).unwrap_err();
-        assert!(err.contains("AUTH_JWT_SECRET") && err.contains("AUTH_MODE=none"), "{err}");
+        assert!(
+            err.contains("AUTH_JWT_SECRET") && err.contains("AUTH_MODE=none"),
+            "{err}"
+        );
         let cfg = parse(&["--host", "0.0.0.0", "--auth-mode", "none"]).unwrap();
         assert_eq!(cfg.auth.mode, AuthMode::None);
         assert!(!cfg.auth.open_by_default);
@@ -553,6 +568,9 @@ mod tests {
         let secret = "x".repeat(32);
         let cfg = parse(&["--host", "0.0.0.0", "--auth-jwt-secret", &secret]).unwrap();
         assert_eq!(cfg.auth.mode, AuthMode::Jwt);
-        assert!(!format!("{cfg:?}").contains(&secret), "secrets are redacted");
+        assert!(
+            !format!("{cfg:?}").contains(&secret),
+            "secrets are redacted"
+        );
     }
 }

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use super::Hub;
-use crate::auth::Identity;
 use super::registry::ClientHandle;
 use super::requests::Request;
 use super::session::Member;
+use crate::auth::Identity;
 use crate::protocol::{ClientMessage, ErrorCode, HubError, ServerEvent, now_millis};
 
 /// One connection's side of the session: the transport feeds it messages,

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use super::Hub;
-use crate::auth::Identity;
 use super::registry::{ClientHandle, CloseReason};
+use crate::auth::Identity;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
 use crate::store::AgentRef;
 

@@ -157,9 +157,7 @@ async fn history(
         command["limit"] = json!(limit);
     }
     let command = parse_whatsapp_command(command)?;
-    run(&hub, &session, command, &client)
-        .await
-        .map(Json)
+    run(&hub, &session, command, &client).await.map(Json)
 }
 
 /// `{"command": {"action": ...}}` runs a whatsapp_command;
