@@ -327,53 +327,51 @@ async fn the_cluster_endpoint_is_for_admins() {
 
 // ------------------------------------------------------- startup rules
 
+/// The hub must refuse to start (exit 2) naming every one of `names`.
+fn refuses(dir: &TempDir, args: &[&str], envs: &[(&str, &str)], names: &[&str]) {
+    let (code, stderr) = run_hub(args, envs, dir);
+    assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "{args:?} {envs:?}: no {name} in {stderr}"
+        );
+    }
+}
+
 #[test]
 fn startup_refuses_unsafe_or_broken_auth_settings() {
     let dir = TempDir::new();
-    let cases: &[(&[&str], &[(&str, &str)], &[&str])] = &[
-        (
-            &["--host", "0.0.0.0", "--port", "0"],
-            &[],
-            &["AUTH_JWT_SECRET", "AUTH_MODE=none"],
-        ),
-        (
-            &["--port", "0"],
-            &[("AUTH_JWT_SECRET", "short")],
-            &["AUTH_JWT_SECRET"],
-        ),
-        (
-            &["--port", "0"],
-            &[("AUTH_MODE", "jwt")],
-            &["AUTH_JWT_SECRET"],
-        ),
-        (
-            &["--port", "0"],
-            &[("AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")],
-            &["AUTH_JWT_PUBLIC_KEY_FILE"],
-        ),
-    ];
+    let port = ["--port", "0"];
+    refuses(
+        &dir,
+        &["--host", "0.0.0.0", "--port", "0"],
+        &[],
+        &["AUTH_JWT_SECRET", "AUTH_MODE=none"],
+    );
+    refuses(
+        &dir,
+        &port,
+        &[("AUTH_JWT_SECRET", "short")],
+        &["AUTH_JWT_SECRET"],
+    );
+    refuses(&dir, &port, &[("AUTH_MODE", "jwt")], &["AUTH_JWT_SECRET"]);
+    refuses(
+        &dir,
+        &port,
+        &[("AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")],
+        &["AUTH_JWT_PUBLIC_KEY_FILE"],
+    );
     let not_pem = dir.write(
         "not.pem",
         "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
     );
-    let not_pem = not_pem.to_str().expect("utf-8 path").to_string();
-    let mut cases: Vec<(&[&str], Vec<(&str, &str)>, &[&str])> =
-        cases.iter().map(|(a, e, n)| (*a, e.to_vec(), *n)).collect();
-    cases.push((
-        &["--port", "0"],
-        vec![("AUTH_JWT_PUBLIC_KEY_FILE", not_pem.as_str())],
+    refuses(
+        &dir,
+        &port,
+        &[("AUTH_JWT_PUBLIC_KEY_FILE", not_pem.to_str().expect("utf-8"))],
         &["AUTH_JWT_PUBLIC_KEY_FILE"],
-    ));
-    for (args, envs, names) in &cases {
-        let (code, stderr) = run_hub(args, envs, &dir);
-        assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
-        for name in *names {
-            assert!(
-                stderr.contains(name),
-                "{args:?} {envs:?}: no {name} in {stderr}"
-            );
-        }
-    }
+    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub fn routes() -> Router<Arc<Hub>> {
 enum ApiError {
     Hub(HubError),
     /// A ready answer (401 / 403 from the auth check).
-    Refused(Response),
+    Refused(Box<Response>),
 }
 
 impl From<HubError> for ApiError {
@@ -44,7 +44,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = match self {
             ApiError::Hub(e) => e,
-            ApiError::Refused(response) => return response,
+            ApiError::Refused(response) => return *response,
         };
         let status = match e.code {
             ErrorCode::StoreUnavailable
@@ -73,7 +73,7 @@ async fn caller(hub: &Hub, headers: &HeaderMap, session: &str) -> Result<ClientI
     check_session(session)?;
     let identity = super::auth::bearer_identity(hub, headers)
         .await
-        .map_err(ApiError::Refused)?;
+        .map_err(|r| ApiError::Refused(Box::new(r)))?;
     match identity {
         None => Ok(rest_client(hub, headers)),
         Some(id) if !id.may_use_session(session) => Err(HubError::new(
