@@ -763,3 +763,79 @@ fn interop_mcp_hub_token_verifies_with_pyjwt() {
     let (ok, _) = interop(&["verify", stdout.trim(), "not-the-secret-not-the-secret-xx"]);
     assert!(!ok, "PyJWT must refuse the token with another secret");
 }
+
+// ------------------------------------------------------------ terminal
+
+/// Reads lines of `stream` until one contains `needle` (bounded).
+async fn wait_for_output<R: tokio::io::AsyncRead + Unpin>(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<R>>,
+    needle: &str,
+) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "no line containing {needle:?}:\n{}", seen.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_sends_its_token_and_renews_it_from_the_token_file_after_4401() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let hub = auth_hub().await;
+    let dir = TempDir::new();
+    let terminal = |envs: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new(hub_binary());
+        cmd.args(["terminal", "--url", &hub.ws_url(), "--linger-ms", "100"])
+            .env_remove("MCP_HUB_URL")
+            .env_remove("MCP_HUB_TOKEN")
+            .env_remove("MCP_HUB_TOKEN_FILE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn terminal")
+    };
+
+    // Without a token: refused with 401, exit 1.
+    let out = terminal(&[]).wait_with_output().await.expect("terminal");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+
+    // A token that expires in 2 s, from a file; the file is then renewed.
+    let short = token_with(
+        json!({"sub": "tty", "sessions": ["default"], "exp": now_secs() + 2}),
+        SECRET,
+    );
+    let file = dir.write("token", &short);
+    let mut child = terminal(&[("MCP_HUB_TOKEN_FILE", file.to_str().expect("utf-8"))]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    wait_for_output(&mut stdout, "connected to").await;
+    wait_for_output(&mut stderr, "token expired (4401)").await;
+    std::fs::write(&file, token("tty", &["default"], Role::Client)).expect("renew");
+    wait_for_output(&mut stderr, "reconnecting with the renewed token").await;
+    wait_for_output(&mut stdout, "connected to").await;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"/ping\n").await.expect("write");
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("terminal exits after its input")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
