@@ -59,6 +59,13 @@ pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupE
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })?;
+    // Once it is certain the hub runs (a refused start prints one line).
+    if hub.config.auth.open_by_default {
+        tracing::warn!(
+            host = %hub.config.host,
+            "authentication is off (no AUTH_JWT_SECRET, loopback host): anyone who can reach this port may use every session"
+        );
+    }
     Ok((hub, listener))
 }
 
@@ -141,12 +148,6 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
     };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
-    if config.auth.open_by_default {
-        tracing::warn!(
-            host = %config.host,
-            "authentication is off (no AUTH_JWT_SECRET, loopback host): anyone who can reach this port may use every session"
-        );
-    }
     let auth = Arc::new(Authenticator::from_settings(&config.auth).await?);
     let jwks_refresh = config.auth.jwks_refresh;
     let hub = Hub::new(HubParts {

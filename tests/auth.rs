@@ -839,3 +839,44 @@ async fn the_terminal_sends_its_token_and_renews_it_from_the_token_file_after_44
         .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kid_refetches_the_jwks_at_most_every_10_s() {
+    let dir = TempDir::new();
+    let (k1, _) = openssl_rsa_key(&dir, "k1");
+    let (k2, _) = openssl_rsa_key(&dir, "k2");
+    let jwks = JwksServer::start(JwkSet {
+        keys: vec![jwk(&k1, "k1")],
+    })
+    .await;
+    // The periodic refresh (default 5 min) plays no part here.
+    let hub = TestHub::start(&["--auth-jwks-url", &jwks.url]).await;
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "fetched at start");
+    *jwks.set.lock().expect("lock") = Some(JwkSet {
+        keys: vec![jwk(&k1, "k1"), jwk(&k2, "k2")],
+    });
+    let t2 = rs256(&k2, Some("k2"), "b");
+    // Tokens with the new kid, tried every 250 ms: refused until 10 s
+    // after the last fetch, then one refetch lets them in.
+    let url = hub.ws_url();
+    wait_until_async(
+        "the unknown kid to trigger a refetch",
+        Duration::from_secs(20),
+        || {
+            let (url, t2) = (url.clone(), t2.clone());
+            async move {
+                let ok = WsClient::try_connect(&url, Some(&t2)).await.is_ok();
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                ok
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        jwks.fetches.load(Ordering::SeqCst),
+        2,
+        "many unknown-kid tokens, one refetch"
+    );
+}
