@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
@@ -58,6 +59,13 @@ pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupE
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })?;
+    // Once it is certain the hub runs (a refused start prints one line).
+    if hub.config.auth.open_by_default {
+        tracing::warn!(
+            host = %hub.config.host,
+            "authentication is off (no AUTH_JWT_SECRET, loopback host): anyone who can reach this port may use every session"
+        );
+    }
     Ok((hub, listener))
 }
 
@@ -156,6 +164,8 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
     };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
+    let auth = Arc::new(Authenticator::from_settings(&config.auth).await?);
+    let jwks_refresh = config.auth.jwks_refresh;
     let hub = Hub::new(HubParts {
         config,
         store,
@@ -164,7 +174,9 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         connector,
         ai,
         metrics,
+        auth: auth.clone(),
     });
+    auth.spawn_refresh(jwks_refresh, hub.shutdown.clone());
     hub.spawn_background(inbound_rx, incoming_rx);
     if let Some(m) = redis_membership {
         crate::cluster::driver::spawn(m, hub.clone());

@@ -11,6 +11,7 @@
 
 pub mod ai;
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;

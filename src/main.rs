@@ -25,7 +25,37 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Terminal(args)) => runtime.block_on(mcp_hub::terminal::run(args)),
         Some(Command::Serve(args)) => serve(&runtime, *args),
+        Some(Command::Token(args)) => token(args),
         None => serve(&runtime, cli.serve),
+    }
+}
+
+/// `mcp-hub token`: prints an HS256 token; exit 2 naming the setting.
+fn token(args: mcp_hub::config::TokenArgs) -> ExitCode {
+    use mcp_hub::auth::{Role, mint, parse_ttl};
+    let Some(secret) = args.secret.filter(|s| !s.is_empty()) else {
+        eprintln!(
+            "error: invalid setting AUTH_JWT_SECRET: not set; export the hubs' secret (or pass --auth-jwt-secret)"
+        );
+        return ExitCode::from(2);
+    };
+    let ttl = match parse_ttl(&args.ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => {
+            eprintln!("error: invalid setting --ttl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let role = Role::parse(&args.role).unwrap_or(Role::Client);
+    match mint(&secret, &args.sub, &args.sessions, role, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

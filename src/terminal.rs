@@ -111,6 +111,8 @@ enum Failure {
     Registration(String),
     ClosedByHub(Option<CloseFrame>),
     Lost(String),
+    /// Close 4401 and no renewed token to reconnect with.
+    TokenExpired,
 }
 
 impl fmt::Display for Failure {
@@ -134,6 +136,10 @@ impl fmt::Display for Failure {
                 write!(f, "connection closed by the hub (no close code)")
             }
             Failure::Lost(e) => write!(f, "connection lost: {e}"),
+            Failure::TokenExpired => write!(
+                f,
+                "token expired (close 4401): start again with a fresh token (--token / MCP_HUB_TOKEN), or renew the file given with --token-file / MCP_HUB_TOKEN_FILE"
+            ),
         }
     }
 }
@@ -152,7 +158,13 @@ struct Terminal {
     next_id: u64,
     names: Names,
     out: Output,
+    /// The token of the current connection (`--token-file` is read again
+    /// on every connect).
+    token: Option<String>,
 }
+
+/// After a 4401, how long to wait for `--token-file` to hold a new token.
+const TOKEN_RENEW_WAIT: Duration = Duration::from_secs(60);
 
 impl Terminal {
     fn new(args: TerminalArgs, scripted: bool) -> Self {
@@ -163,6 +175,7 @@ impl Terminal {
             next_id: 1,
             names: Names::default(),
             out: Output::default(),
+            token: None,
         }
     }
 
@@ -174,6 +187,61 @@ impl Terminal {
     /// are printed until `/quit`, or until input has ended, every request
     /// has been answered (or given up on) and the linger time has passed.
     async fn run(&mut self, mut lines: mpsc::Receiver<String>) -> Result<(), Failure> {
+        self.token = self.read_token();
+        loop {
+            match self.session(&mut lines).await {
+                Err(Failure::ClosedByHub(Some(frame))) if u16::from(frame.code) == 4401 => {
+                    self.out
+                        .note("the hub closed the connection: token expired (4401)");
+                    if !self.await_fresh_token().await {
+                        return Err(Failure::TokenExpired);
+                    }
+                    // Requests in flight on the old connection are lost.
+                    self.pending.clear();
+                    self.out.note("reconnecting with the renewed token");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `--token-file` (read fresh) or `--token` / `MCP_HUB_TOKEN`.
+    fn read_token(&self) -> Option<String> {
+        if let Some(path) = &self.args.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => return Some(t.trim().to_string()),
+                Ok(_) => {}
+                Err(e) => self
+                    .out
+                    .note(&format!("warning: cannot read {}: {e}", path.display())),
+            }
+        }
+        self.args.token.clone().filter(|t| !t.is_empty())
+    }
+
+    /// After a 4401: waits (bounded) for `--token-file` to hold a token
+    /// other than the expired one. Without a token file there is nothing
+    /// to wait for.
+    async fn await_fresh_token(&mut self) -> bool {
+        if self.args.token_file.is_none() {
+            return false;
+        }
+        self.out
+            .note("waiting for a renewed token in the token file");
+        let deadline = Instant::now() + TOKEN_RENEW_WAIT;
+        while Instant::now() < deadline {
+            let fresh = self.read_token();
+            if fresh.is_some() && fresh != self.token {
+                self.token = fresh;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        false
+    }
+
+    /// One connection: connect, register, then serve input and events.
+    async fn session(&mut self, lines: &mut mpsc::Receiver<String>) -> Result<(), Failure> {
         let mut ws = self.connect().await?;
         self.register(&mut ws).await?;
         let wait = Duration::from_millis(self.args.wait_ms);
@@ -229,8 +297,19 @@ impl Terminal {
     }
 
     async fn connect(&self) -> Result<Ws, Failure> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = self.args.url.as_str();
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| Failure::Connect(format!("{url}: {e}")))?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Failure::Connect("the token is not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(e)) => Err(Failure::Connect(format!("{url}: {e}"))),
             Err(_) => Err(Failure::Connect(format!(

@@ -14,34 +14,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-/// Runs the hub to completion (it must exit by itself: invalid settings).
-fn run_hub(args: &[&str], envs: &[(&str, &str)], cwd: &TempDir) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(hub_binary());
-    cmd.args(args)
-        .current_dir(cwd.path())
-        .stdin(std::process::Stdio::null());
-    for var in hub_env_vars() {
-        cmd.env_remove(var);
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = ChildGuard::spawn(
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped()),
-    );
-    let status = child.wait_exit(Duration::from_secs(20));
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.0.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    let status = status.unwrap_or_else(|| {
-        panic!("hub {args:?} {envs:?} did not exit; it should have refused to start")
-    });
-    (status.code(), stderr)
-}
-
 fn assert_one_line_naming(stderr: &str, setting: &str, what: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{what}: one line on stderr, got:\n{stderr}");

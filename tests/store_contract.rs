@@ -69,6 +69,7 @@ fn client(id: &str, instance: &str) -> ClientInfo {
         client_name: format!("name of {id}"),
         instance: instance.to_string(),
         capabilities: vec!["whatsapp".to_string()],
+        owner: None,
     }
 }
 

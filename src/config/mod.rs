@@ -37,6 +37,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Interactive terminal client: typed lines become AI commands.
     Terminal(TerminalArgs),
+    /// Print an HS256 token signed with AUTH_JWT_SECRET.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +152,190 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub ai: AiArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `AUTH_MODE`: verify tokens, or let everyone in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AuthMode {
+    #[default]
+    Jwt,
+    None,
+}
+
+/// The authentication settings (docs/security.md §2).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// jwt or none; unset: jwt when a key is given, none only on a loopback host.
+    #[arg(long = "auth-mode", env = "AUTH_MODE", value_enum)]
+    pub auth_mode: Option<AuthMode>,
+    /// HS256 secret (at least 32 bytes) that tokens are signed with.
+    #[arg(
+        long = "auth-jwt-secret",
+        env = "AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub auth_jwt_secret: Option<String>,
+    /// A second HS256 secret accepted for verification only (key rollover).
+    #[arg(
+        long = "auth-jwt-previous-secret",
+        env = "AUTH_JWT_PREVIOUS_SECRET",
+        hide_env_values = true
+    )]
+    pub auth_jwt_previous_secret: Option<String>,
+    /// PEM public key (RSA: RS256, EC P-256: ES256).
+    #[arg(long = "auth-jwt-public-key-file", env = "AUTH_JWT_PUBLIC_KEY_FILE")]
+    pub auth_jwt_public_key_file: Option<PathBuf>,
+    /// JWKS URL with RS256/ES256 keys.
+    #[arg(long = "auth-jwks-url", env = "AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[arg(long = "auth-jwks-refresh-ms", env = "AUTH_JWKS_REFRESH_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub auth_jwks_refresh_ms: u64,
+    /// Required `iss` claim.
+    #[arg(long = "auth-jwt-issuer", env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long = "auth-jwt-audience", env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
+}
+
+/// Validated authentication settings. Secrets are redacted from `Debug`.
+#[derive(Clone, Default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Auth is off only because the host is loopback and nothing was set:
+    /// worth one warning at start.
+    pub open_by_default: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("public_key_file", &self.public_key_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl AuthSettings {
+    /// The HS256 secrets accepted for verification, current first.
+    pub fn secrets(&self) -> impl Iterator<Item = &String> {
+        self.secret.iter().chain(self.previous_secret.iter())
+    }
+}
+
+/// Shortest accepted HS256 secret, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// An HS256 secret must have at least [`MIN_SECRET_BYTES`] bytes.
+pub fn check_secret(secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(invalid(
+            "AUTH_JWT_SECRET",
+            format!(
+                "must be at least {MIN_SECRET_BYTES} bytes (it has {}); generate one with `openssl rand -hex 32`",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl AuthArgs {
+    /// The mode rules of docs/security.md §2.
+    pub fn validate(self, host: IpAddr) -> Result<AuthSettings, ConfigError> {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let secret = nonempty(self.auth_jwt_secret);
+        let previous_secret = nonempty(self.auth_jwt_previous_secret);
+        let jwks_url = nonempty(self.auth_jwks_url);
+        if let Some(s) = &secret {
+            check_secret(s)?;
+        }
+        if let Some(s) = &previous_secret {
+            check_secret(s).map_err(|e| invalid("AUTH_JWT_PREVIOUS_SECRET", e.reason))?;
+            if secret.is_none() {
+                return Err(invalid(
+                    "AUTH_JWT_PREVIOUS_SECRET",
+                    "is only accepted together with AUTH_JWT_SECRET (the current secret)",
+                ));
+            }
+        }
+        let has_key =
+            secret.is_some() || self.auth_jwt_public_key_file.is_some() || jwks_url.is_some();
+        let (mode, open_by_default) = match self.auth_mode {
+            Some(AuthMode::None) => (AuthMode::None, false),
+            Some(AuthMode::Jwt) if !has_key => {
+                return Err(invalid(
+                    "AUTH_JWT_SECRET",
+                    "AUTH_MODE=jwt needs a key: set AUTH_JWT_SECRET (or AUTH_JWT_PUBLIC_KEY_FILE / AUTH_JWKS_URL)",
+                ));
+            }
+            Some(AuthMode::Jwt) => (AuthMode::Jwt, false),
+            None if has_key => (AuthMode::Jwt, false),
+            None if host.is_loopback() => (AuthMode::None, true),
+            None => {
+                return Err(invalid(
+                    "AUTH_JWT_SECRET",
+                    format!(
+                        "listening on {host} (not loopback) without authentication: set AUTH_JWT_SECRET (or AUTH_JWT_PUBLIC_KEY_FILE / AUTH_JWKS_URL), or AUTH_MODE=none to run open on purpose"
+                    ),
+                ));
+            }
+        };
+        Ok(AuthSettings {
+            mode,
+            secret,
+            previous_secret,
+            public_key_file: self.auth_jwt_public_key_file,
+            jwks_url,
+            jwks_refresh: Duration::from_millis(self.auth_jwks_refresh_ms),
+            issuer: nonempty(self.auth_jwt_issuer),
+            audience: nonempty(self.auth_jwt_audience),
+            open_by_default,
+        })
+    }
+}
+
+/// `mcp-hub token`: mint an HS256 token.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Who the token is for (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// A session the token may use (repeat for several; `*` for all).
+    #[arg(long = "session")]
+    pub sessions: Vec<String>,
+    /// client, agent or admin.
+    #[arg(long, default_value = "client", value_parser = ["client", "agent", "admin"])]
+    pub role: String,
+    /// Lifetime: 90s, 15m, 1h, 30d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// The hubs' HS256 secret.
+    #[arg(
+        long = "auth-jwt-secret",
+        env = "AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -169,6 +355,13 @@ pub struct TerminalArgs {
     /// Give up on a request's response after this long (also bounds the wait for responses after stdin ends).
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+    /// JWT sent as `Authorization: Bearer` on the upgrade.
+    #[arg(long, env = "MCP_HUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the JWT, read again on every (re)connect, so a renewed
+    /// token is picked up after a 4401 close.
+    #[arg(long, env = "MCP_HUB_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Parses flags and environment. `--help`/`--version` print and exit 0; an
@@ -258,6 +451,7 @@ pub struct HubConfig {
     pub heartbeat: Duration,
     pub presence_ttl: Duration,
     pub ai: AiArgs,
+    pub auth: AuthSettings,
 }
 
 /// A setting that parsed but makes no sense; printed as one line, exit 2.
@@ -307,6 +501,7 @@ impl ServeArgs {
             Some(list) => parse_origins(list).map_err(|r| invalid("ALLOWED_ORIGINS", r))?,
             None => Vec::new(),
         };
+        let auth = self.auth.validate(self.host)?;
         let instance_id = match self.instance_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(invalid("INSTANCE_ID", "must not be empty"));
@@ -346,6 +541,7 @@ impl ServeArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
             ai: self.ai,
+            auth,
         })
     }
 }
@@ -452,5 +648,31 @@ mod tests {
         assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
+    }
+
+    #[test]
+    fn auth_mode_rules() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.auth.mode, AuthMode::None);
+        assert!(cfg.auth.open_by_default);
+        let err = parse(&["--host", "0.0.0.0"]).unwrap_err();
+        assert!(
+            err.contains("AUTH_JWT_SECRET") && err.contains("AUTH_MODE=none"),
+            "{err}"
+        );
+        let cfg = parse(&["--host", "0.0.0.0", "--auth-mode", "none"]).unwrap();
+        assert_eq!(cfg.auth.mode, AuthMode::None);
+        assert!(!cfg.auth.open_by_default);
+        let err = parse(&["--auth-mode", "jwt"]).unwrap_err();
+        assert!(err.contains("AUTH_JWT_SECRET"), "{err}");
+        let err = parse(&["--auth-jwt-secret", "short"]).unwrap_err();
+        assert!(err.contains("AUTH_JWT_SECRET"), "{err}");
+        let secret = "x".repeat(32);
+        let cfg = parse(&["--host", "0.0.0.0", "--auth-jwt-secret", &secret]).unwrap();
+        assert_eq!(cfg.auth.mode, AuthMode::Jwt);
+        assert!(
+            !format!("{cfg:?}").contains(&secret),
+            "secrets are redacted"
+        );
     }
 }

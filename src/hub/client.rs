@@ -9,6 +9,7 @@ use super::Hub;
 use super::registry::ClientHandle;
 use super::requests::Request;
 use super::session::Member;
+use crate::auth::Identity;
 use crate::protocol::{ClientMessage, ErrorCode, HubError, ServerEvent, now_millis};
 
 /// One connection's side of the session: the transport feeds it messages,
@@ -18,14 +19,17 @@ pub struct ClientSession {
     /// This connection's handle; carries the identity once registered.
     handle: ClientHandle,
     member: Option<Arc<Member>>,
+    /// The connection's verified token (None with auth off).
+    identity: Option<Arc<Identity>>,
 }
 
 impl ClientSession {
-    pub fn new(hub: Arc<Hub>, handle: ClientHandle) -> Self {
+    pub fn new(hub: Arc<Hub>, handle: ClientHandle, identity: Option<Arc<Identity>>) -> Self {
         ClientSession {
             hub,
             handle,
             member: None,
+            identity,
         }
     }
 
@@ -58,7 +62,10 @@ impl ClientSession {
                         "this connection is already registered",
                     ));
                 }
-                let joined = self.hub.join(&self.handle, reg, request_id).await?;
+                let joined = self
+                    .hub
+                    .join(&self.handle, reg, request_id, self.identity.as_deref())
+                    .await?;
                 self.handle = joined.handle;
                 self.member = Some(joined.member);
                 Ok(())

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
+use crate::auth::Authenticator;
 use crate::broker::{Broker, EventEnvelope, Inbound};
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Hub {
     pub connector: Arc<dyn WhatsAppConnector>,
     pub ai: AiCoordinator,
     pub metrics: Arc<Metrics>,
+    /// Verifies tokens (or lets everyone in with auth off).
+    pub auth: Arc<Authenticator>,
     pub registry: Registry,
     pub agents: AgentRouter,
     /// Cancelled when the hub starts draining.
@@ -59,6 +62,7 @@ pub struct HubParts {
     pub connector: Arc<dyn WhatsAppConnector>,
     pub ai: AiCoordinator,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
 }
 
 impl Hub {
@@ -71,6 +75,7 @@ impl Hub {
             connector: parts.connector,
             ai: parts.ai,
             metrics: parts.metrics,
+            auth: parts.auth,
             registry: Registry::default(),
             agents: AgentRouter::default(),
             shutdown: CancellationToken::new(),

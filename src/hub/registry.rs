@@ -32,6 +32,7 @@ pub enum CloseReason {
     TooLarge,
     ShuttingDown,
     Replaced,
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -42,6 +43,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
+            CloseReason::TokenExpired => 4401,
         }
     }
 
@@ -52,6 +54,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::TooLarge => "message_too_large",
             CloseReason::Replaced => "replaced",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 
@@ -62,6 +65,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer: outbound queue full",
             CloseReason::TooLarge => "message too large",
             CloseReason::Replaced => "client_id registered again on another connection",
+            CloseReason::TokenExpired => "token expired",
         }
     }
 }

@@ -4,14 +4,15 @@
 //! The transport owns the socket; this module owns what a registration
 //! means: validation, presence, the agent role, the first frames a client
 //! gets, replacing an older connection with the same client id, and the
-//! announcements to the rest of the session. Authentication (JWT claims:
-//! allowed sessions, role) and resume (`since` offsets) plug into
-//! [`Hub::join`].
+//! announcements to the rest of the session, and, with auth on, what the
+//! connection's token allows (sessions, the agent role, client ids owned by
+//! its `sub`). Resume (`since` offsets) plugs into [`Hub::join`].
 
 use std::sync::Arc;
 
 use super::Hub;
 use super::registry::{ClientHandle, CloseReason};
+use crate::auth::Identity;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
 use crate::store::AgentRef;
 
@@ -72,6 +73,7 @@ fn admit(hub: &Hub, reg: Register) -> Result<Admission, HubError> {
             client_name,
             instance: hub.instance().to_string(),
             capabilities: reg.capabilities,
+            owner: None,
         },
         is_agent,
     })
@@ -82,8 +84,9 @@ impl Hub {
     /// registration). The steps run in this order, and the order is part of
     /// the protocol (docs/protocol.md):
     ///
-    /// 1. validate the registration, and refuse it (`session_full`) when the
-    ///    session has no room;
+    /// 1. validate the registration and, with a token, authorize it
+    ///    (`forbidden`: nothing else happens, the connection stays open);
+    ///    refuse it (`session_full`) when the session has no room;
     /// 2. seed the session's contacts, join presence, read contacts/members;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
@@ -98,13 +101,18 @@ impl Hub {
         conn: &ClientHandle,
         reg: Register,
         request_id: Option<&str>,
+        identity: Option<&Identity>,
     ) -> Result<Joined, HubError> {
-        // 1. Validate.
+        // 1. Validate and authorize.
         let Admission {
             session,
-            info,
+            mut info,
             is_agent,
         } = admit(self, reg)?;
+        if let Some(identity) = identity {
+            self.authorize(identity, &session, &info, is_agent).await?;
+            info.owner = Some(identity.sub.clone());
+        }
         let client_id = info.client_id.as_str();
         self.check_room(&session, client_id).await?;
 
@@ -186,6 +194,44 @@ impl Hub {
             return Err(HubError::new(
                 ErrorCode::SessionFull,
                 format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the token allows (docs/security.md §3): the session must be in
+    /// `sessions` (admin: any), the agent role needs role agent or admin,
+    /// and a client id present in the session (on any instance) must have
+    /// been registered by the same `sub`.
+    async fn authorize(
+        &self,
+        identity: &Identity,
+        session: &str,
+        info: &ClientInfo,
+        is_agent: bool,
+    ) -> Result<(), HubError> {
+        if !identity.may_use_session(session) {
+            return Err(HubError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow session `{session}`"),
+            ));
+        }
+        if is_agent && !identity.may_be_agent() {
+            return Err(HubError::new(
+                ErrorCode::Forbidden,
+                "the `whatsapp` capability (the agent role) needs a token with role agent or admin",
+            ));
+        }
+        let members = self.store.members(session).await?;
+        if let Some(held) = members.iter().find(|m| m.client_id == info.client_id)
+            && held.owner.as_deref() != Some(identity.sub.as_str())
+        {
+            return Err(HubError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "client_id `{}` is held by another user in this session",
+                    info.client_id
+                ),
             ));
         }
         Ok(())

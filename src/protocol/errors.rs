@@ -59,6 +59,11 @@ pub enum ErrorCode {
     SessionNotFound,
     /// A REST body over the limit (HTTP 413).
     PayloadTooLarge,
+    /// HTTP 401: a missing, invalid or expired token (docs/security.md).
+    Unauthorized,
+    /// The token does not allow this: another session, the agent role
+    /// without the role claim, another `sub`'s client id, an admin endpoint.
+    Forbidden,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -142,6 +147,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 32);
+        assert_eq!(ErrorCode::all().count(), 34);
     }
 }

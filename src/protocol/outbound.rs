@@ -45,6 +45,11 @@ pub struct ClientInfo {
     pub instance: String,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The token's `sub` that registered this client id (auth on only):
+    /// kept with presence so another `sub` cannot take the id over, on any
+    /// instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Everything the hub sends. `request_id` is echoed where the protocol says.
@@ -153,6 +158,7 @@ mod tests {
             client_name: "n1".into(),
             instance: "hub1".into(),
             capabilities: vec!["whatsapp".into()],
+            owner: None,
         }];
         let event = |request_id| ServerEvent::RegistrationConfirmed {
             client_id: "c1",

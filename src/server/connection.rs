@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::client::ClientSession;
 use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
@@ -70,7 +71,9 @@ struct Connection {
     in_flight: Arc<Semaphore>,
 }
 
-pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket) {
+/// Serves one upgraded connection; `identity` is its verified token (None
+/// with auth off), whose `exp` closes the connection with 4401.
+pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>) {
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(hub.config.outbound_queue_len);
@@ -80,6 +83,7 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket) {
         client_name: String::new(),
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
+        owner: None,
     };
     let handle = ClientHandle::new(placeholder, conn_id, tx.clone(), kick.clone());
     hub.metrics.connections.inc();
@@ -97,14 +101,26 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket) {
         rate: RateLimiter::new(hub.config.rate_limit_per_sec, hub.config.rate_limit_burst),
         in_flight: Arc::new(Semaphore::new(hub.config.max_in_flight)),
         hub: hub.clone(),
-        session: ClientSession::new(hub.clone(), handle.clone()),
+        session: ClientSession::new(hub.clone(), handle.clone(), identity.clone().map(Arc::new)),
     };
+    // Without a token the connection never expires.
+    let expiry = async {
+        match &identity {
+            Some(id) => tokio::time::sleep(id.expires_in()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
 
     loop {
         tokio::select! {
             _ = kick.cancelled() => break,
             _ = hub.shutdown.cancelled() => {
                 handle.disconnect(CloseReason::ShuttingDown);
+                break;
+            }
+            _ = &mut expiry => {
+                handle.disconnect(CloseReason::TokenExpired);
                 break;
             }
             msg = stream.next() => match msg {

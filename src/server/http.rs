@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -43,8 +43,11 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     )
 }
 
-/// Live instances and their client counts.
-async fn cluster(State(hub): State<Arc<Hub>>) -> axum::response::Response {
+/// Live instances and their client counts; with auth on, admins only.
+async fn cluster(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> axum::response::Response {
+    if let Err(refusal) = super::auth::require_admin(&hub, &headers).await {
+        return refusal;
+    }
     match hub.membership.instances(hub.registry.client_count()).await {
         Ok(instances) => axum::Json(serde_json::json!({
             "mode": hub.membership.mode(),

@@ -2,6 +2,7 @@
 //! readiness, metrics, REST), the listener, and graceful shutdown. What is
 //! checked before an upgrade (Origin, connection cap) is in [`browser`].
 
+pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -29,7 +30,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(Extension(slots))
         .route("/ui", get(web_page))
         .merge(http::routes())
-        .merge(rest::routes(&hub.config))
+        .merge(rest::routes(&hub))
         .with_state(hub)
 }
 
@@ -39,10 +40,11 @@ async fn root(
     state: State<Arc<Hub>>,
     slots: Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
+    uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => ws_upgrade(state, slots, headers, ws).await,
+        Ok(ws) => ws_upgrade(state, slots, headers, uri, ws).await,
         Err(_) => web_page().await.into_response(),
     }
 }
@@ -55,6 +57,7 @@ async fn ws_upgrade(
     State(hub): State<Arc<Hub>>,
     Extension(slots): Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !browser::origin_allowed(&headers, &hub.config.allowed_origins) {
@@ -62,6 +65,11 @@ async fn ws_upgrade(
             .error(crate::protocol::ErrorCode::ForbiddenOrigin);
         return browser::forbidden_origin();
     }
+    // Before the upgrade: a missing or bad token is a plain HTTP 401.
+    let identity = match auth::upgrade_identity(&hub, &headers, &uri).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal,
+    };
     let Some(slot) = slots.take() else {
         hub.metrics
             .error(crate::protocol::ErrorCode::TooManyConnections);
@@ -73,7 +81,7 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();
             tracker.track_future(async move {
-                connection::handle_socket(hub, socket).await;
+                connection::handle_socket(hub, socket, identity).await;
                 // The slot is free once the connection is gone.
                 drop(slot);
             })

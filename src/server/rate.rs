@@ -10,31 +10,35 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::config::HubConfig;
+use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 
 /// Callers remembered at once; past it idle callers are forgotten first.
 const MAX_CALLERS: usize = 10_000;
 
-/// Whose bucket a call draws from. Until authentication lands this is the
-/// `X-Client-Id` header, else the peer address; with auth it becomes the
-/// token's `sub` (one line here).
-pub fn caller_key(req: &Request) -> String {
-    if let Some(id) = req
-        .headers()
+/// Whose bucket a call draws from: with auth on, the token's `sub` (a
+/// call without a valid token is keyed by its address; the handler then
+/// answers 401); without auth, `X-Client-Id`, else the peer address.
+pub async fn caller_key(hub: &Hub, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+    if hub.auth.enabled() {
+        if let Ok(Some(identity)) = super::auth::bearer_identity(hub, headers).await {
+            return format!("sub:{}", identity.sub);
+        }
+    } else if let Some(id) = headers
         .get("x-client-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty() && v.len() <= 128)
     {
         return format!("id:{id}");
     }
-    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+    match peer {
+        Some(addr) => format!("ip:{}", addr.ip()),
         None => "anonymous".to_string(),
     }
 }
@@ -118,8 +122,19 @@ impl RestRateLimit {
 
 /// Middleware of the REST routes: 429 `rate_limited` over the limit, with
 /// the REST API's error body (`{"code", "message"}`).
-pub async fn limit(State(limit): State<Arc<RestRateLimit>>, req: Request, next: Next) -> Response {
-    if !limit.allow(&caller_key(&req)) {
+pub async fn limit(
+    State((limit, hub)): State<(Arc<RestRateLimit>, Arc<Hub>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    // The request itself is not Send across an await: read what the key
+    // needs first.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let headers = req.headers().clone();
+    if !limit.allow(&caller_key(&hub, &headers, peer).await) {
         let body = json!({
             "code": ErrorCode::RateLimited.as_str(),
             "message": "too many REST calls; slow down (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST)",

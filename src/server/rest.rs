@@ -5,6 +5,10 @@
 //! Limits: bodies over `MAX_REST_BODY_BYTES` get 413, callers over the rate
 //! limit 429 ([`super::rate`]); reads of an unknown session get 404 and
 //! create nothing; CORS only with `ALLOWED_ORIGINS` ([`super::browser`]).
+//!
+//! With auth on every call needs `Authorization: Bearer` (401), the token
+//! must allow the session (403 `forbidden`), and the caller is the token's
+//! `sub` (`X-Client-Id` is ignored); without auth `X-Client-Id` names it.
 
 use std::sync::Arc;
 
@@ -19,20 +23,23 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{browser, rate};
-use crate::config::HubConfig;
 use crate::hub::Hub;
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_text_len, parse_whatsapp_command_with,
 };
 
-pub fn routes(config: &HubConfig) -> Router<Arc<Hub>> {
+pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
+    let config = &hub.config;
     let limit = Arc::new(rate::RestRateLimit::new(config));
     let routes = Router::new()
         .route("/api/v1/sessions/{session}", get(session_summary))
         .route("/api/v1/sessions/{session}/history/{contact}", get(history))
         .route("/api/v1/sessions/{session}/commands", post(command))
         .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(limit, rate::limit));
+        .layer(axum::middleware::from_fn_with_state(
+            (limit, hub.clone()),
+            rate::limit,
+        ));
     // Outermost, so a preflight is answered before the rate limit counts it.
     match browser::cors_layer(&config.allowed_origins) {
         Some(cors) => routes.layer(cors),
@@ -40,17 +47,25 @@ pub fn routes(config: &HubConfig) -> Router<Arc<Hub>> {
     }
 }
 
-struct ApiError(HubError);
+enum ApiError {
+    Hub(HubError),
+    /// A ready answer (401 / 403 from the auth check).
+    Refused(Box<Response>),
+}
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
-        ApiError(e)
+        ApiError::Hub(e)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self.0.code {
+        let e = match self {
+            ApiError::Hub(e) => e,
+            ApiError::Refused(response) => return *response,
+        };
+        let status = match e.code {
             ErrorCode::StoreUnavailable
             | ErrorCode::AgentUnavailable
             | ErrorCode::AiUnavailable
@@ -60,14 +75,43 @@ impl IntoResponse for ApiError {
             ErrorCode::SessionNotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
-        let body = json!({"code": self.0.code.as_str(), "message": self.0.message});
+        if matches!(e.code, ErrorCode::Unauthorized | ErrorCode::Forbidden) {
+            return super::auth::refusal(status, e.code, e.message);
+        }
+        let body = json!({"code": e.code.as_str(), "message": e.message});
         (status, Json(body)).into_response()
     }
 }
 
-/// The REST caller as the session's clients see it (`by` of its messages).
+/// Authenticates a call for `session` and returns the caller as the
+/// session's clients see it (`by` of its messages): the token's `sub` with
+/// auth on, else `X-Client-Id` (default `rest`).
+async fn caller(hub: &Hub, headers: &HeaderMap, session: &str) -> Result<ClientInfo, ApiError> {
+    check_session(session)?;
+    let identity = super::auth::bearer_identity(hub, headers)
+        .await
+        .map_err(|r| ApiError::Refused(Box::new(r)))?;
+    match identity {
+        None => Ok(rest_client(hub, headers)),
+        Some(id) if !id.may_use_session(session) => Err(HubError::new(
+            ErrorCode::Forbidden,
+            format!("the token does not allow session `{session}`"),
+        )
+        .into()),
+        Some(id) => Ok(ClientInfo {
+            client_id: id.sub.clone(),
+            client_name: id.sub.clone(),
+            instance: hub.instance().to_string(),
+            capabilities: Vec::new(),
+            owner: Some(id.sub),
+        }),
+    }
+}
+
 fn rest_client(hub: &Hub, headers: &HeaderMap) -> ClientInfo {
     let client_id = headers
         .get("x-client-id")
@@ -80,6 +124,7 @@ fn rest_client(hub: &Hub, headers: &HeaderMap) -> ClientInfo {
         client_id,
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
+        owner: None,
     }
 }
 
@@ -110,8 +155,9 @@ async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
 async fn session_summary(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    caller(&hub, &headers, &session).await?;
     require_session(&hub, &session).await?;
     // Plain reads: the session was seeded when it was joined.
     let contacts = hub.store.contacts(&session).await?;
@@ -139,7 +185,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    let client = caller(&hub, &headers, &session).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     // Validated like a WebSocket get_history (limit 1 to 500).
     let mut command = json!({"action": "get_history", "contact": contact});
@@ -148,9 +194,7 @@ async fn history(
     }
     let command = parse_whatsapp_command_with(command, &hub.config.field_limits)?;
     require_session(&hub, &session).await?;
-    run(&hub, &session, command, &rest_client(&hub, &headers))
-        .await
-        .map(Json)
+    run(&hub, &session, command, &client).await.map(Json)
 }
 
 /// `{"command": {"action": ...}}` runs a whatsapp_command;
@@ -171,7 +215,7 @@ async fn command(
     headers: HeaderMap,
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_session(&session)?;
+    let client = caller(&hub, &headers, &session).await?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HubError::new(
@@ -185,7 +229,6 @@ async fn command(
             HubError::new(ErrorCode::InvalidJson, e.body_text())
         }
     })?;
-    let client = rest_client(&hub, &headers);
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command_with(cmd, &hub.config.field_limits)?;

@@ -334,3 +334,47 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Runs the binary to completion (it must exit by itself: invalid
+/// settings, `mcp-hub token`) in `cwd`, with none of the caller's hub
+/// settings except `envs`: exit code, stdout, stderr.
+pub fn run_binary(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    cwd: &TempDir,
+) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut cmd = std::process::Command::new(hub_binary());
+    cmd.args(args)
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null());
+    for var in hub_env_vars() {
+        cmd.env_remove(var);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = ChildGuard::spawn(
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let status = child.wait_exit(Duration::from_secs(20));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut pipe) = child.0.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.0.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let status = status.unwrap_or_else(|| {
+        panic!("mcp-hub {args:?} {envs:?} did not exit; it should have by itself")
+    });
+    (status.code(), stdout, stderr)
+}
+
+/// Runs the hub to completion (it must exit by itself: invalid settings):
+/// exit code and stderr.
+pub fn run_hub(args: &[&str], envs: &[(&str, &str)], cwd: &TempDir) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_binary(args, envs, cwd);
+    (code, stderr)
+}

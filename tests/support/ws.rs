@@ -100,8 +100,61 @@ impl WsClient {
         .await
     }
 
+    /// Connects with `Authorization: Bearer <token>` when `token` is
+    /// given; a refused upgrade is `Err((status, body))`.
+    pub async fn try_connect(url: &str, token: Option<&str>) -> Result<WsClient, (u16, String)> {
+        use tokio_tungstenite::tungstenite::Error;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header value"),
+            );
+        }
+        let connected =
+            tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+                .unwrap_or_else(|_| panic!("connecting to {url} timed out"));
+        match connected {
+            Ok((ws, _)) => Ok(WsClient {
+                ws,
+                backlog: VecDeque::new(),
+                closed: None,
+                registration_contacts: None,
+            }),
+            Err(Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("connecting to {url}: {e}"),
+        }
+    }
+
+    /// Connects with a token (panics if refused).
+    pub async fn connect_with_token(url: &str, token: &str) -> WsClient {
+        match Self::try_connect(url, Some(token)).await {
+            Ok(c) => c,
+            Err((status, body)) => panic!("upgrade to {url} refused: {status} {body}"),
+        }
+    }
+
+    /// Connects with a token and registers with `body`.
+    pub async fn register_with_token(url: &str, token: &str, body: Value) -> (WsClient, Value) {
+        let client = Self::connect_with_token(url, token).await;
+        client.finish_register(body).await
+    }
+
     pub async fn register_with(url: &str, body: Value) -> (WsClient, Value) {
-        let mut client = Self::connect(url).await;
+        Self::connect(url).await.finish_register(body).await
+    }
+
+    async fn finish_register(self, body: Value) -> (WsClient, Value) {
+        let mut client = self;
         client.send_json(body.clone()).await;
         let confirmed = client.recv().await;
         assert_eq!(
