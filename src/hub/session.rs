@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use super::Hub;
 use super::registry::{ClientHandle, CloseReason};
-use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
+use crate::protocol::{
+    ClientInfo, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent, now_millis,
+};
 use crate::store::AgentRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -133,7 +135,8 @@ impl Hub {
                 session: &session,
                 instance: self.instance(),
                 agent: is_agent,
-                clients: &members,
+                clients: &members[..members.len().min(REGISTRATION_CLIENTS_MAX)],
+                clients_total: members.len(),
                 request_id,
             },
             "registration_confirmed",

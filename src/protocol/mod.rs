@@ -15,5 +15,6 @@ pub use inbound::{
     parse_client_message, parse_whatsapp_command,
 };
 pub use outbound::{
-    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,
+    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, REGISTRATION_CLIENTS_MAX,
+    ServerEvent, now_millis,
 };

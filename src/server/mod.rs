@@ -44,13 +44,10 @@ async fn web_page() -> Html<&'static str> {
 }
 
 async fn ws_upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
-    let limit = hub.config.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let tracker = hub.connections.clone();
-            tracker.track_future(connection::handle_socket(hub, socket))
-        })
+    connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
+        let tracker = hub.connections.clone();
+        tracker.track_future(connection::handle_socket(hub, socket))
+    })
 }
 
 /// Serves until `shutdown` completes, then drains: /ready turns 503, every
