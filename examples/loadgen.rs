@@ -260,6 +260,12 @@ fn total_cpu_ticks(pids: &[u32]) -> Result<u64> {
 /// Connects and registers; returns once `registration_confirmed` arrived
 /// (the frames after it are the reader's business).
 async fn register(url: &str, session: &str, id: &str) -> Result<Ws> {
+    Ok(register_sized(url, session, id).await?.0)
+}
+
+/// [`register`], also returning the size of `registration_confirmed` in
+/// bytes.
+async fn register_sized(url: &str, session: &str, id: &str) -> Result<(Ws, usize)> {
     let work = async {
         let (mut ws, _) = connect_async_with_config(url, None, true)
             .await
@@ -273,7 +279,7 @@ async fn register(url: &str, session: &str, id: &str) -> Result<Ws> {
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(f) = serde_json::from_str::<Head>(t.as_str()) {
                         match f.kind.as_str() {
-                            "registration_confirmed" => return Ok(ws),
+                            "registration_confirmed" => return Ok((ws, t.len())),
                             "error" => bail!("register {id}: {}", t.as_str()),
                             _ => {}
                         }
@@ -572,7 +578,8 @@ async fn run_fanout(args: &Args) -> Result<()> {
             hard_deadline,
         )));
     }
-    let publisher = register(&args.urls[0], &session, PUBLISHER_ID).await?;
+    let (publisher, confirmation_bytes) =
+        register_sized(&args.urls[0], &session, PUBLISHER_ID).await?;
     // contact_list_broadcast each, client_joined for every later member
     // and for the publisher.
     let expected_setup = (s + s * (s - 1) / 2 + s) as u64;
@@ -588,6 +595,10 @@ async fn run_fanout(args: &Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         setup_frames.load(Ordering::Relaxed),
         if settled { "" } else { " (stopped waiting)" }
+    );
+    println!(
+        "publisher's registration_confirmed ({} members): {confirmation_bytes} bytes",
+        s + 1
     );
 
     let (mut sink, mut stream) = publisher.split();

@@ -30,7 +30,26 @@ pub struct Metrics {
     pub ai_rate_limited: IntCounter,
     pub agent_calls: IntCounterVec,
     pub store_up: IntGauge,
+    /// `messages_sent` series of the known message types, resolved on first
+    /// use instead of a label lookup per written frame.
+    sent_by_kind: [std::sync::OnceLock<IntCounter>; SENT_KINDS.len()],
 }
+
+/// Message types the hub sends (`Outbound::kind`).
+const SENT_KINDS: [&str; 12] = [
+    "broadcast",
+    "message_event",
+    "client_joined",
+    "client_left",
+    "contact_list_broadcast",
+    "agent_changed",
+    "registration_confirmed",
+    "response",
+    "error",
+    "pong",
+    "execute",
+    "other",
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -163,6 +182,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            sent_by_kind: Default::default(),
         };
         let build_info = IntGaugeVec::new(
             Opts::new("hub_build_info", "Build information; value is always 1"),
@@ -216,6 +236,16 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts one frame of type `kind` written to a client.
+    pub fn message_sent(&self, kind: &str) {
+        match SENT_KINDS.iter().position(|k| *k == kind) {
+            Some(i) => self.sent_by_kind[i]
+                .get_or_init(|| self.messages_sent.with_label_values(&[kind]))
+                .inc(),
+            None => self.messages_sent.with_label_values(&[kind]).inc(),
+        }
     }
 
     pub fn error(&self, code: crate::protocol::ErrorCode) {

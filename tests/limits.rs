@@ -1,5 +1,6 @@
 //! Per-connection limits and forced closes, against an in-process hub:
-//! message size (close 1009, inclusive bound), slow consumers (close 1008),
+//! message size (close 1009, inclusive bound), slow consumers (close 1008,
+//! by queued frames or queued bytes; a burst within the bound is fine),
 //! rate limit (`rate_limited`, request ids echoed, binary frames spared),
 //! requests in flight (`too_many_in_flight`), and a client id registered
 //! again (close 4001). The hard limits of issue 10, each at its boundary:
@@ -56,15 +57,31 @@ async fn a_frame_over_max_message_bytes_closes_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_off_with_1008() {
-    let hub = TestHub::start(&[
+    // The frame cap (OUTBOUND_QUEUE_LEN) is reached first.
+    never_reader_is_cut_off(&["--outbound-queue-len", "8"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_bound_cuts_off_a_client_that_never_reads() {
+    // 4 frames of 60 kB exceed 200 kB; the frame cap is far away.
+    never_reader_is_cut_off(&[
+        "--outbound-queue-bytes",
+        "200000",
         "--outbound-queue-len",
-        "8",
+        "100000",
+    ])
+    .await;
+}
+
+async fn never_reader_is_cut_off(queue_flags: &[&str]) {
+    let mut args = vec![
         "--rate-limit-per-sec",
         "100000",
         "--rate-limit-burst",
         "100000",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(queue_flags);
+    let hub = TestHub::start(&args).await;
     let url = hub.ws_url();
     let (mut slow, _) = WsClient::register(&url, "flood", "slow").await;
     let (mut fast, _) = WsClient::register(&url, "flood", "fast").await;
@@ -132,6 +149,54 @@ async fn a_client_that_never_reads_is_cut_off_with_1008() {
     .await;
     let (_back, conf) = WsClient::register(&url, "flood", "slow").await;
     assert_eq!(conf["clients"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_within_the_default_queue_bounds_evicts_nobody() {
+    // Default OUTBOUND_QUEUE_BYTES / OUTBOUND_QUEUE_LEN; only the
+    // publisher's rate limit is raised so it can send the burst at once.
+    let hub = TestHub::start(&[
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ])
+    .await;
+    let url = hub.ws_url();
+    let mut subscribers = Vec::new();
+    for id in ["s1", "s2", "s3"] {
+        let (c, _) = WsClient::register(&url, "burst", id).await;
+        subscribers.push(c);
+    }
+    let (mut producer, _) = WsClient::register(&url, "burst", "producer").await;
+    // 1 000 broadcasts of ~150 bytes, sent before anyone reads a frame.
+    const N: u64 = 1000;
+    let fill = "b".repeat(100);
+    for seq in 0..N {
+        producer
+            .send_json(json!({"type": "broadcast", "payload": {"seq": seq, "fill": fill}}))
+            .await;
+    }
+    for s in &mut subscribers {
+        let mut next = 0;
+        while next < N {
+            let frame = s.recv().await;
+            if frame["type"] != "broadcast" {
+                continue; // presence of the later joiners
+            }
+            assert_eq!(frame["payload"]["seq"], next, "in order, none lost");
+            next += 1;
+        }
+    }
+    assert_quiet(&mut producer, "the producer gets nothing back").await;
+    let body = metrics_text(&hub).await;
+    assert_eq!(
+        metric_value(&body, "hub_slow_consumer_disconnects_total"),
+        Some(0.0)
+    );
+    for s in &mut subscribers {
+        assert_eq!(s.request(json!({"type": "ping"})).await["type"], "pong");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

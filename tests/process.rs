@@ -413,6 +413,9 @@ async fn events_queued_before_sigterm_are_delivered_before_the_close() {
             "8000",
             "--outbound-queue-len",
             "4096",
+            // 80 frames of 60 kB stay queued: above the default byte bound.
+            "--outbound-queue-bytes",
+            "100000000",
             "--rate-limit-per-sec",
             "100000",
             "--rate-limit-burst",
@@ -475,6 +478,8 @@ async fn shutdown_is_bounded_even_with_a_client_that_never_reads() {
             // Big enough that the stuck client is never cut off as slow.
             "--outbound-queue-len",
             "100000",
+            "--outbound-queue-bytes",
+            "1000000000",
             "--rate-limit-per-sec",
             "100000",
             "--rate-limit-burst",

@@ -2,7 +2,9 @@
 //! session see each other's events (two and five clients), presence (join,
 //! leave, a dropped socket), sessions never leak into each other,
 //! broadcasts reach every other client in order, and the simulated
-//! connector's auto-reply flows to everyone and into history. (A reconnect
+//! connector's auto-reply flows to everyone and into history, and a large
+//! session's `registration_confirmed` lists at most 100 members with the
+//! true total. (A reconnect
 //! replacing the old connection is in tests/limits.rs, with the other
 //! forced closes.)
 
@@ -433,4 +435,33 @@ async fn a_dropped_socket_is_a_departure() {
     assert_eq!(left["client_id"], "b");
     assert_eq!(left["client_name"], "b");
     wait_connections(&hub, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_confirmed_lists_at_most_100_members_with_the_total() {
+    // More members than the list shows: raise MAX_CLIENTS_PER_SESSION (100).
+    let hub = TestHub::start(&["--max-clients-per-session", "200"]).await;
+    let url = hub.ws_url();
+    let mut members = Vec::new();
+    for i in 0..101 {
+        let id = format!("m{i:03}");
+        let (c, conf) = WsClient::register(&url, "crowd", &id).await;
+        // Below the cap the list is complete, in join order.
+        let expected: Vec<String> = (0..=i).map(|j| format!("m{j:03}")).collect();
+        if i < 100 {
+            assert_eq!(ids(&conf["clients"]), expected, "join {i}");
+        }
+        assert_eq!(conf["clients_total"], i + 1, "join {i}");
+        members.push(c);
+    }
+    // The 101st: the first 100 members, and the true total.
+    let (_last, conf) = WsClient::register(&url, "crowd", "late").await;
+    let listed = ids(&conf["clients"]);
+    assert_eq!(listed.len(), 100);
+    let first_100: Vec<String> = (0..100).map(|j| format!("m{j:03}")).collect();
+    assert_eq!(listed, first_100);
+    assert_eq!(conf["clients_total"], 102);
+    // Everyone already there is still told about the join.
+    let joined = members[0].recv_type("client_joined").await;
+    assert_eq!(joined["client_id"], "m001");
 }

@@ -74,8 +74,11 @@ pub struct ServeArgs {
     /// Largest accepted WebSocket message in bytes; larger ones close the connection with 1009.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(256..))]
     pub max_message_bytes: u32,
-    /// Frames queued per connection before a slow reader is disconnected.
-    #[arg(long, env = "OUTBOUND_QUEUE_LEN", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Bytes of frames queued per connection before a slow reader is disconnected (1008).
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub outbound_queue_bytes: u32,
+    /// Secondary cap: frames queued per connection before a slow reader is disconnected.
+    #[arg(long, env = "OUTBOUND_QUEUE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_queue_len: u32,
     /// Sustained inbound messages per second per connection.
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
@@ -427,6 +430,7 @@ pub struct HubConfig {
     pub instance_id: String,
     pub log_format: LogFormat,
     pub max_message_bytes: usize,
+    pub outbound_queue_bytes: usize,
     pub outbound_queue_len: usize,
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
@@ -515,6 +519,7 @@ impl ServeArgs {
             instance_id,
             log_format: self.log_format,
             max_message_bytes: self.max_message_bytes as usize,
+            outbound_queue_bytes: self.outbound_queue_bytes as usize,
             outbound_queue_len: self.outbound_queue_len as usize,
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,

@@ -2,10 +2,12 @@
 //! fan-out of one serialized frame to them.
 //!
 //! Delivery never blocks and never awaits under the lock: each client has a
-//! bounded queue, and a client whose queue is full is disconnected as a slow
-//! consumer instead of being buffered without limit.
+//! queue bounded in bytes (`OUTBOUND_QUEUE_BYTES`, and in frames by
+//! `OUTBOUND_QUEUE_LEN`), and a client whose queue would overflow is
+//! disconnected as a slow consumer instead of being buffered without limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -70,70 +72,113 @@ impl CloseReason {
     }
 }
 
+/// What every handle of one connection shares: the close reason, the kick
+/// and the byte count of its queue. One allocation per connection.
+struct Shared {
+    close: Mutex<Option<CloseReason>>,
+    kick: CancellationToken,
+    /// Bytes of the frames queued and not yet written.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+}
+
 /// The handle through which anything can send to, or disconnect, a client.
+/// Cloning it is two reference-count bumps and a copy of the id.
 #[derive(Clone)]
 pub struct ClientHandle {
-    pub info: ClientInfo,
+    pub info: Arc<ClientInfo>,
     pub conn_id: u64,
     tx: mpsc::Sender<Outbound>,
-    close: Arc<Mutex<Option<CloseReason>>>,
-    kick: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl ClientHandle {
+    /// `max_queued_bytes`: the most bytes of frames that may wait to be
+    /// written; the channel's capacity bounds the number of frames.
     pub fn new(
         info: ClientInfo,
         conn_id: u64,
         tx: mpsc::Sender<Outbound>,
         kick: CancellationToken,
+        max_queued_bytes: usize,
     ) -> Self {
         ClientHandle {
-            info,
+            info: Arc::new(info),
             conn_id,
             tx,
-            close: Arc::new(Mutex::new(None)),
-            kick,
+            shared: Arc::new(Shared {
+                close: Mutex::new(None),
+                kick,
+                queued_bytes: AtomicUsize::new(0),
+                max_queued_bytes,
+            }),
         }
     }
 
     /// The same connection under a new identity (after `register`).
     pub fn with_info(&self, info: ClientInfo) -> Self {
         ClientHandle {
-            info,
+            info: Arc::new(info),
             ..self.clone()
         }
     }
 
     /// Queues a frame; false if the client was disconnected for being slow
-    /// or is already gone.
+    /// or is already gone. A frame that would take the queue over its byte
+    /// bound (or the channel over its frame cap) disconnects the client with
+    /// 1008, counted once however many frames are refused.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
+        let len = out.frame.len();
+        let shared = &*self.shared;
+        let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > shared.max_queued_bytes {
+            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.slow_consumer(metrics);
+            return false;
+        }
         match self.tx.try_send(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.disconnect(CloseReason::SlowConsumer) {
-                    metrics.slow_consumer_disconnects.inc();
+            Err(e) => {
+                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.slow_consumer(metrics);
                 }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn slow_consumer(&self, metrics: &Metrics) {
+        if self.disconnect(CloseReason::SlowConsumer) {
+            metrics.slow_consumer_disconnects.inc();
+        }
+    }
+
+    /// The writer took `bytes` of frames off the queue (written or dropped).
+    pub fn dequeued(&self, bytes: usize) {
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Asks the connection to close; the first reason given wins. True if
     /// this call decided the reason.
     pub fn disconnect(&self, reason: CloseReason) -> bool {
         let first = {
-            let mut slot = self.close.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.shared.close.lock().unwrap_or_else(|p| p.into_inner());
             let first = slot.is_none();
             slot.get_or_insert(reason);
             first
         };
-        self.kick.cancel();
+        self.shared.kick.cancel();
         first
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        *self.close.lock().unwrap_or_else(|p| p.into_inner())
+        *self.shared.close.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

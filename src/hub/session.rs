@@ -13,7 +13,9 @@ use std::sync::Arc;
 use super::Hub;
 use super::registry::{ClientHandle, CloseReason};
 use crate::auth::Identity;
-use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
+use crate::protocol::{
+    ClientInfo, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent, now_millis,
+};
 use crate::store::AgentRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -143,7 +145,8 @@ impl Hub {
                 session: &session,
                 instance: self.instance(),
                 agent: is_agent,
-                clients: &members,
+                clients: &members[..members.len().min(REGISTRATION_CLIENTS_MAX)],
+                clients_total: members.len(),
                 request_id,
             },
             "registration_confirmed",

@@ -16,5 +16,6 @@ pub use inbound::{
     parse_whatsapp_command_with,
 };
 pub use outbound::{
-    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,
+    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, REGISTRATION_CLIENTS_MAX,
+    ServerEvent, now_millis,
 };

@@ -6,6 +6,11 @@ use serde_json::Value;
 
 use super::errors::HubError;
 
+/// At most this many members are listed in `registration_confirmed`, so a
+/// join into a large session costs one small frame, not one listing
+/// everybody (docs/protocol.md, limits).
+pub const REGISTRATION_CLIENTS_MAX: usize = 100;
+
 /// A serialized outgoing text frame. Cloning is a reference-count bump, so
 /// one event is serialized once and shared by every recipient's queue.
 pub type Frame = axum::extract::ws::Utf8Bytes;
@@ -62,8 +67,11 @@ pub enum ServerEvent<'a> {
         session: &'a str,
         instance: &'a str,
         agent: bool,
-        /// The session's members, this client included.
+        /// The session's members in join order, this client included,
+        /// at most [`REGISTRATION_CLIENTS_MAX`] of them.
         clients: &'a [ClientInfo],
+        /// How many members the session has (`clients` may list fewer).
+        clients_total: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a str>,
     },
@@ -167,6 +175,7 @@ mod tests {
             instance: "hub1",
             agent: true,
             clients: &clients,
+            clients_total: 1,
             request_id,
         };
         let value: Value = serde_json::from_str(event(Some("r1")).to_frame().as_str()).unwrap();
@@ -181,6 +190,7 @@ mod tests {
                 "agent": true,
                 "clients": [{"client_id": "c1", "client_name": "n1", "instance": "hub1",
                              "capabilities": ["whatsapp"]}],
+                "clients_total": 1,
                 "request_id": "r1",
             })
         );

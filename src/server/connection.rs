@@ -3,6 +3,11 @@
 //! connection's [`ClientSession`], and a writer task that drains the
 //! connection's bounded queue and sends the close frame.
 //!
+//! Memory per idle connection is kept small (docs/performance.md): the
+//! socket's read buffer starts at [`READ_BUFFER_BYTES`] and only grows for a
+//! large message, and the writer coalesces whatever is queued into one
+//! socket write of up to [`WRITE_BUFFER_BYTES`] per flush.
+//!
 //! What a message means (registration, requests) is decided in `hub/`;
 //! this loop only asks [`crate::protocol::ClientMessage::execution`] whether
 //! it runs inline or in its own task, capped per connection, so one long AI
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +37,29 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the goodbye (queued frames at shutdown, the close frame) may take.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Initial read buffer of a socket (tungstenite allocates and zero-fills it
+/// up front; its default is 128 KiB). A larger message grows it to the
+/// message's size, up to `MAX_MESSAGE_BYTES`.
+pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// Frames are gathered up to this many bytes before a socket write; a flush
+/// writes the rest. tungstenite's default (128 KiB) is a buffer each busy
+/// connection keeps at that size.
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// At most this many queued bytes go into one flush, so one busy connection
+/// yields to the others between batches.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// The WebSocket settings of every connection: message and frame size limit
+/// (close 1009 above it) and small socket buffers.
+pub fn configure(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max_message_bytes)
+        .max_frame_size(max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+}
 
 /// Token bucket for the per-connection message rate limit.
 struct RateLimiter {
@@ -85,7 +114,13 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
         capabilities: Vec::new(),
         owner: None,
     };
-    let handle = ClientHandle::new(placeholder, conn_id, tx.clone(), kick.clone());
+    let handle = ClientHandle::new(
+        placeholder,
+        conn_id,
+        tx,
+        kick.clone(),
+        hub.config.outbound_queue_bytes,
+    );
     hub.metrics.connections.inc();
     hub.metrics.connections_opened.inc();
 
@@ -172,7 +207,7 @@ async fn write_loop(
     hub: Arc<Hub>,
 ) {
     loop {
-        let out = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = kick.cancelled() => break,
             out = rx.recv() => match out {
@@ -184,7 +219,7 @@ async fn write_loop(
         // (slow consumer, shutdown) must still end the connection.
         let written = tokio::select! {
             _ = kick.cancelled() => break,
-            written = write_one(&mut sink, out, &hub) => written,
+            written = write_batch(&mut sink, first, &mut rx, &handle, &hub) => written,
         };
         if written.is_err() {
             handle.disconnect(CloseReason::Normal);
@@ -196,7 +231,10 @@ async fn write_loop(
         if reason == CloseReason::ShuttingDown {
             // Deliver what is already queued before saying goodbye.
             while let Ok(out) = rx.try_recv() {
-                if write_one(&mut sink, out, &hub).await.is_err() {
+                if write_batch(&mut sink, out, &mut rx, &handle, &hub)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -213,23 +251,37 @@ async fn write_loop(
     let _ = tokio::time::timeout(CLOSE_GRACE, farewell).await;
 }
 
-async fn write_one(
+/// Writes `first` and whatever else is already queued (up to
+/// [`MAX_BATCH_BYTES`]) with one flush: many frames, few socket writes.
+/// The frames' bytes leave the queue's byte count once flushed.
+async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    out: Outbound,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    handle: &ClientHandle,
     hub: &Hub,
 ) -> Result<(), axum::Error> {
-    sink.send(Message::Text(out.frame)).await?;
-    hub.metrics
-        .messages_sent
-        .with_label_values(&[out.kind])
-        .inc();
-    if out.produced_at > 0 {
-        let latency_ms = now_millis().saturating_sub(out.produced_at);
-        hub.metrics
-            .broadcast_latency
-            .observe(latency_ms as f64 / 1000.0);
+    let now = now_millis();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(out) = next.take() {
+        bytes += out.frame.len();
+        let (kind, produced_at) = (out.kind, out.produced_at);
+        sink.feed(Message::Text(out.frame)).await?;
+        hub.metrics.message_sent(kind);
+        if produced_at > 0 {
+            let latency_ms = now.saturating_sub(produced_at);
+            hub.metrics
+                .broadcast_latency
+                .observe(latency_ms as f64 / 1000.0);
+        }
+        if bytes < MAX_BATCH_BYTES {
+            next = rx.try_recv().ok();
+        }
     }
-    Ok(())
+    let flushed = sink.flush().await;
+    handle.dequeued(bytes);
+    flushed
 }
 
 impl Connection {

@@ -75,17 +75,14 @@ async fn ws_upgrade(
             .error(crate::protocol::ErrorCode::TooManyConnections);
         return browser::too_many_connections();
     };
-    let limit = hub.config.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let tracker = hub.connections.clone();
-            tracker.track_future(async move {
-                connection::handle_socket(hub, socket, identity).await;
-                // The slot is free once the connection is gone.
-                drop(slot);
-            })
+    connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
+        let tracker = hub.connections.clone();
+        tracker.track_future(async move {
+            connection::handle_socket(hub, socket, identity).await;
+            // The slot is free once the connection is gone.
+            drop(slot);
         })
+    })
 }
 
 /// Serves until `shutdown` completes, then drains: /ready turns 503, every
