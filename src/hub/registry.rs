@@ -4,6 +4,13 @@
 //! Delivery never blocks and never awaits under the lock: each client has a
 //! bounded queue, and a client whose queue is full is disconnected as a slow
 //! consumer instead of being buffered without limit.
+//!
+//! Logged session events go through [`Registry::deliver_logged`], which
+//! keeps, per session, the position (epoch, offset) this instance last
+//! delivered: an offset at or below it is dropped (never delivered twice),
+//! one past a gap is refused so the caller fills the gap from the log first.
+//! [`Registry::insert_at`] joins a client under the same lock, so a resumed
+//! client's replay and its live events meet with no gap and no duplicate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -136,7 +143,31 @@ impl ClientHandle {
 #[derive(Default)]
 pub struct Registry {
     sessions: RwLock<HashMap<String, HashMap<String, ClientHandle>>>,
+    /// Per session with local clients: the last delivered log position.
+    /// Lock order: `positions`, then `sessions`.
+    positions: Mutex<HashMap<String, Position>>,
 }
+
+/// A position in a session's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What [`Registry::deliver_logged`] did with an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the session's local clients (maybe none but `except`).
+    Delivered,
+    /// At or below the last delivered offset: dropped.
+    Duplicate,
+    /// No local client: nothing to do, and no position kept.
+    NoClients,
+    /// Offsets after `after` are missing: fill them from the log first.
+    Gap { after: u64 },
+}
+
 
 impl Registry {
     /// Adds a client; returns the handle it replaced (same client id).
@@ -187,6 +218,95 @@ impl Registry {
             .filter(|h| Some(h.info.client_id.as_str()) != except)
             .filter(|h| h.send(out.clone(), metrics))
             .count()
+    }
+
+    /// Delivers one logged event in offset order (see the module docs).
+    /// `force` accepts it past a gap the log could not fill.
+    pub fn deliver_logged(
+        &self,
+        event: &crate::broker::LoggedEvent,
+        out: &Outbound,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Delivery {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
+            positions.remove(&event.session);
+            return Delivery::NoClients;
+        };
+        let position = positions
+            .entry(event.session.clone())
+            .or_insert_with(|| Position {
+                epoch: event.epoch.clone(),
+                offset: event.offset.saturating_sub(1),
+            });
+        if position.epoch != event.epoch {
+            // The log was lost and began again: its offsets restart at 1.
+            *position = Position {
+                epoch: event.epoch.clone(),
+                offset: 0,
+            };
+        }
+        if event.offset <= position.offset {
+            return Delivery::Duplicate;
+        }
+        if event.offset > position.offset + 1 && !force {
+            return Delivery::Gap {
+                after: position.offset,
+            };
+        }
+        position.offset = event.offset;
+        let except = event.except.as_deref();
+        for h in clients.values() {
+            if Some(h.info.client_id.as_str()) != except {
+                h.send(out.clone(), metrics);
+            }
+        }
+        Delivery::Delivered
+    }
+
+    /// The last delivered position of a session with local clients.
+    pub fn position(&self, session: &str) -> Option<Position> {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions.get(session).cloned()
+    }
+
+    /// Sessions that have local clients.
+    pub fn sessions(&self) -> Vec<String> {
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        sessions.keys().cloned().collect()
+    }
+
+    /// Joins `handle` to the session atomically with respect to live
+    /// delivery. `read` is the log as the join read it (`head` at `epoch`).
+    /// `start` decides from the instance's last delivered position (None:
+    /// no local client yet, so live delivery starts after `head`) what the
+    /// client gets first and queues it (confirmation, replay); then the
+    /// handle joins. Returns the replaced handle, or None with `false` when
+    /// the log must be read again.
+    pub fn insert_at(
+        &self,
+        session: &str,
+        handle: ClientHandle,
+        read: Position,
+        start: impl FnOnce(&Position, &ClientHandle) -> bool,
+    ) -> Result<Option<ClientHandle>, ()> {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
+        let live = match positions.get(session) {
+            Some(p) if has_clients => p.clone(),
+            _ => read,
+        };
+        if !start(&live, &handle) {
+            return Err(());
+        }
+        positions.insert(session.to_string(), live);
+        Ok(sessions
+            .entry(session.to_string())
+            .or_default()
+            .insert(handle.info.client_id.clone(), handle))
     }
 
     pub fn client_count(&self) -> usize {

@@ -11,8 +11,11 @@
 use std::sync::Arc;
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason};
-use crate::protocol::{ClientInfo, ErrorCode, HubError, Register, ServerEvent, now_millis};
+use super::registry::{ClientHandle, CloseReason, Outbound, Position};
+use crate::broker::{LogRead, LoggedEvent};
+use crate::protocol::{
+    ClientInfo, Contact, ErrorCode, HubError, Register, ServerEvent, Since, now_millis,
+};
 use crate::store::AgentRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -32,6 +35,61 @@ pub struct Joined {
     pub member: Arc<Member>,
     /// The connection's handle under the registered identity.
     pub handle: ClientHandle,
+}
+
+/// How a joining client starts, decided under the registry lock.
+enum Start<'a> {
+    /// Confirm with `recovered`, send `replay`, then live events.
+    Go {
+        recovered: bool,
+        replay: Vec<&'a LoggedEvent>,
+    },
+    /// The read does not fit live delivery yet: read again (`wait`: after
+    /// a pause, live delivery has to catch up with the client first).
+    Retry { wait: bool },
+}
+
+/// `live`: the last offset this instance delivered (or, with no local
+/// client yet, the head the join read). Live events after it reach the
+/// client anyway, so a replay holds exactly `(since, live]`.
+fn plan_start<'a>(since: Option<&Since>, read: &'a LogRead, live: &Position) -> Start<'a> {
+    if live.epoch != read.epoch || live.offset > read.head {
+        // Delivery passed what this read saw (or saw a newer log).
+        return Start::Retry { wait: false };
+    }
+    let fresh = Start::Go {
+        recovered: false,
+        replay: Vec::new(),
+    };
+    let Some(since) = since.filter(|s| s.epoch == read.epoch) else {
+        return fresh;
+    };
+    if since.offset > live.offset {
+        // The client saw more than this instance delivered yet (it was on
+        // another instance): wait for delivery to catch up with it.
+        return if since.offset <= read.head {
+            Start::Retry { wait: true }
+        } else {
+            fresh
+        };
+    }
+    match &read.events {
+        Some(events) => Start::Go {
+            recovered: true,
+            replay: events.iter().filter(|e| e.offset <= live.offset).collect(),
+        },
+        None => fresh,
+    }
+}
+
+/// What `registration_confirmed` tells a joining client.
+struct Confirmation<'a> {
+    session: &'a str,
+    info: &'a ClientInfo,
+    is_agent: bool,
+    members: &'a [ClientInfo],
+    contacts: &'a [Contact],
+    request_id: Option<&'a str>,
 }
 
 /// A validated `register`.
@@ -86,8 +144,10 @@ impl Hub {
     /// 2. seed the session's contacts, join presence, read contacts/members;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
-    /// 4. queue `registration_confirmed` and the contact list *before* the
-    ///    connection joins the registry, so no session event overtakes them;
+    /// 4. queue `registration_confirmed` and the contact list (and a resumed
+    ///    client's replay) *as* the connection joins the registry, under the
+    ///    lock live delivery takes, so no session event overtakes them and
+    ///    none is missed or repeated;
     /// 5. join the registry, replacing (close 4001) an older connection with
     ///    the same client id: its agent role passes on, and the calls sent
     ///    to it fail with `agent_disconnected`;
@@ -99,6 +159,7 @@ impl Hub {
         request_id: Option<&str>,
     ) -> Result<Joined, HubError> {
         // 1. Validate.
+        let since = reg.since.clone();
         let Admission {
             session,
             info,
@@ -123,33 +184,18 @@ impl Hub {
             self.store.claim_agent(&session, &me).await?;
         }
 
-        // 4. The first frames, ahead of any session event.
+        // 4 + 5. The first frames, the replay of a resume, and the join,
+        // atomically with respect to live delivery.
         let handle = conn.with_info(info.clone());
-        self.send_direct(
-            &handle,
-            &ServerEvent::RegistrationConfirmed {
-                client_id,
-                client_name: &info.client_name,
-                session: &session,
-                instance: self.instance(),
-                agent: is_agent,
-                clients: &members,
-                request_id,
-            },
-            "registration_confirmed",
-        );
-        self.send_direct(
-            &handle,
-            &ServerEvent::ContactListBroadcast {
-                contacts: &contacts,
-                total_count: contacts.len(),
-                timestamp: now_millis(),
-            },
-            "contact_list_broadcast",
-        );
-
-        // 5. Join the registry; an older connection of this client id goes.
-        if let Some(old) = self.registry.insert(&session, handle.clone())
+        let confirm = Confirmation {
+            session: &session,
+            info: &info,
+            is_agent,
+            members: &members,
+            contacts: &contacts,
+            request_id,
+        };
+        if let Some(old) = self.join_at_log_position(&handle, since.as_ref(), &confirm).await?
             && old.conn_id != handle.conn_id
         {
             self.replaced(&session, &old, client_id, is_agent).await?;
@@ -169,6 +215,103 @@ impl Hub {
             }),
             handle,
         })
+    }
+
+    /// Steps 4 and 5 of [`Self::join`]: reads the session's log (outside any
+    /// lock), then, under the registry lock live delivery takes, queues
+    /// `registration_confirmed`, the contact list and — for a `since` the
+    /// log can still serve — every event after it that live delivery has
+    /// already passed, and joins the registry. Live delivery then goes on
+    /// from exactly the confirmed offset: no gap, no duplicate. Returns the
+    /// handle it replaced.
+    async fn join_at_log_position(
+        &self,
+        handle: &ClientHandle,
+        since: Option<&Since>,
+        confirm: &Confirmation<'_>,
+    ) -> Result<Option<ClientHandle>, HubError> {
+        let session = confirm.session;
+        // Live delivery may be ahead of a read (read again) or behind a
+        // resuming client (wait for it); both are short-lived. Past these
+        // attempts the client starts afresh (`recovered: false`).
+        const ATTEMPTS: usize = 50;
+        for attempt in 0..=ATTEMPTS {
+            let give_up = attempt == ATTEMPTS;
+            let read = self
+                .broker
+                .read_log(session, since.map(|s| s.offset))
+                .await?;
+            let at_read = Position {
+                epoch: read.epoch.clone(),
+                offset: read.head,
+            };
+            let mut wait = false;
+            let joined = self.registry.insert_at(session, handle.clone(), at_read, |live, h| {
+                let (recovered, replay) = match plan_start(since, &read, live) {
+                    Start::Go { recovered, replay } => (recovered, replay),
+                    Start::Retry { wait: w } if !give_up => {
+                        wait = w;
+                        return false;
+                    }
+                    Start::Retry { .. } => (false, Vec::new()),
+                };
+                self.send_first_frames(h, confirm, recovered, live);
+                for event in replay {
+                    h.send(
+                        Outbound {
+                            frame: event.frame.as_str().into(),
+                            kind: super::static_kind(&event.kind),
+                            produced_at: event.produced_at,
+                        },
+                        &self.metrics,
+                    );
+                }
+                true
+            });
+            match joined {
+                Ok(replaced) => return Ok(replaced),
+                Err(()) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(()) => tokio::task::yield_now().await,
+            }
+        }
+        // Unreachable: the last attempt always joins.
+        Err(HubError::internal("join: the session log kept moving"))
+    }
+
+    /// `registration_confirmed` and the contact list snapshot (replies:
+    /// they carry no offset).
+    fn send_first_frames(
+        &self,
+        handle: &ClientHandle,
+        c: &Confirmation<'_>,
+        recovered: bool,
+        at: &Position,
+    ) {
+        self.send_direct(
+            handle,
+            &ServerEvent::RegistrationConfirmed {
+                client_id: &c.info.client_id,
+                client_name: &c.info.client_name,
+                session: c.session,
+                instance: self.instance(),
+                agent: c.is_agent,
+                clients: c.members,
+                recovered,
+                offset: at.offset,
+                epoch: &at.epoch,
+                request_id: c.request_id,
+            },
+            "registration_confirmed",
+        );
+        self.send_direct(
+            handle,
+            &ServerEvent::ContactListBroadcast {
+                contacts: c.contacts,
+                total_count: c.contacts.len(),
+                timestamp: now_millis(),
+            },
+            "contact_list_broadcast",
+        );
     }
 
     /// `old` was registered with the same client id as the joining client.

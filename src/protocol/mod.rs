@@ -11,9 +11,9 @@ mod outbound;
 
 pub use errors::{ErrorCode, HubError};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, Register, WhatsAppCommand,
+    AiContext, ClientMessage, ContactRef, Execution, Register, Since, WhatsAppCommand,
     parse_client_message, parse_whatsapp_command,
 };
 pub use outbound::{
-    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,
+    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, logged_frame, now_millis,
 };
