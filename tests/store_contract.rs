@@ -467,7 +467,10 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
     let empty = f.nodes[0].broker.read_log("s", None).await.unwrap();
     assert_eq!(empty.head, 0);
     for n in 0..N {
-        f.nodes[0].broker.publish_event(envelope(&origin, n)).unwrap();
+        // Produced now: the log replays nothing older than its TTL.
+        let mut event = envelope(&origin, n);
+        event.produced_at = mcp_hub::protocol::now_millis();
+        f.nodes[0].broker.publish_event(event).unwrap();
     }
     let mut live = Vec::new();
     while live.len() < N {
@@ -545,7 +548,8 @@ async fn close_flushes_queued_events(mut f: BrokerFixture) {
         f.nodes[0].broker.publish_event(envelope(&origin, n)).unwrap();
     }
     f.nodes[0].broker.close().await;
-    for node in f.nodes.iter_mut() {
+    // The closed node has stopped listening; the others got everything.
+    for node in f.nodes.iter_mut().skip(1) {
         let mut got = Vec::new();
         while got.len() < N {
             got.push(next_event_from(node, &origin).await.produced_at);

@@ -51,8 +51,7 @@ if not epoch then
 end
 local offset = redis.call('INCR', KEYS[3])
 local head = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",'
-local payload = head .. ARGV[7] .. '
-' .. head .. ARGV[8]
+local payload = head .. ARGV[7] .. '\n' .. head .. ARGV[8]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'e', payload)
 redis.call('SET', KEYS[2], epoch, 'PX', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
