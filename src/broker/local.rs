@@ -11,7 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, replay_window};
+use super::{
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published,
+    replay_window,
+};
 use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
 
 /// One session's log.
@@ -56,7 +59,7 @@ impl LocalBroker {
 
 #[async_trait]
 impl Broker for LocalBroker {
-    fn publish_event(&self, envelope: EventEnvelope) -> Result<(), HubError> {
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError> {
         let now = now_millis();
         let ttl = self.ttl_ms();
         // Offset, log and hand-off under one lock: the dispatcher receives
@@ -95,8 +98,10 @@ impl Broker for LocalBroker {
         }
         // A full dispatcher queue only delays delivery: the event is in the
         // ring, and the dispatcher fills the gap from it at the next event.
+        let (done, published) = tokio::sync::oneshot::channel();
+        let _ = done.send((event.epoch.clone(), event.offset));
         let _ = self.inbound.try_send(Inbound::Event(event));
-        Ok(())
+        Ok(published)
     }
 
     async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {

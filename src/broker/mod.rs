@@ -63,6 +63,11 @@ impl LoggedEvent {
     }
 }
 
+/// Resolves with the event's position once it is in the log (dropped
+/// unanswered if that cannot be known, e.g. a retried publish that had
+/// already logged it).
+pub type Published = tokio::sync::oneshot::Receiver<(String, u64)>;
+
 /// What a read of a session's log found.
 #[derive(Debug, Clone)]
 pub struct LogRead {
@@ -150,7 +155,7 @@ pub trait Broker: Send + Sync + 'static {
     /// blocks: events of one producer are logged in the order queued. Fails
     /// (`store_unavailable`) when the event cannot be logged: it is then
     /// delivered to no one.
-    fn publish_event(&self, envelope: EventEnvelope) -> Result<(), HubError>;
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError>;
     /// Reads the session's log: its epoch, latest offset and, with `after`,
     /// the events after it (see [`LogRead::events`]).
     async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError>;

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, replay_window,
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published,
+    replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
 use crate::redis::{RedisBackend, RedisError};
@@ -40,10 +41,11 @@ const MAX_BATCH: usize = 256;
 /// ARGV: candidate epoch, max len, TTL ms, channel, publisher id, sequence
 /// number, header rest (JSON object without `{`), frame rest (same).
 /// The epoch candidate comes from the caller: scripts make no randomness.
-/// Returns the offset, or 0 when this publisher's event was already logged.
+/// Returns `{offset, epoch}`, or `{0, ''}` when this publisher's event was
+/// already logged.
 const APPEND_SCRIPT: &str = r#"
 local seen = redis.call('HGET', KEYS[4], ARGV[5])
-if seen and tonumber(seen) >= tonumber(ARGV[6]) then return 0 end
+if seen and tonumber(seen) >= tonumber(ARGV[6]) then return {0, ''} end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[1]
@@ -59,7 +61,7 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
 redis.call('PUBLISH', ARGV[4], payload)
-return offset
+return {offset, epoch}
 "#;
 
 /// Reads a session's log: `{epoch, head, entries after ARGV[3]...}`.
@@ -94,6 +96,7 @@ struct Queued {
     seq: u64,
     header: String,
     frame: String,
+    done: Option<tokio::sync::oneshot::Sender<(String, u64)>>,
 }
 
 /// Log settings the scripts need.
@@ -190,7 +193,7 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    fn publish_event(&self, envelope: EventEnvelope) -> Result<(), HubError> {
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError> {
         let unavailable = || {
             self.backend
                 .metrics
@@ -225,13 +228,16 @@ impl Broker for RedisBroker {
         })
         .map_err(HubError::internal)?;
         let rest = |s: &str| s.strip_prefix('{').unwrap_or(s).to_string();
+        let (done, published) = tokio::sync::oneshot::channel();
         let queued = Queued {
+            done: Some(done),
             header: rest(&header),
             frame: rest(&envelope.frame),
             session: envelope.session,
             seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
         };
-        self.publish_tx.try_send(queued).map_err(|_| unavailable())
+        self.publish_tx.try_send(queued).map_err(|_| unavailable())?;
+        Ok(published)
     }
 
     async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {
@@ -394,18 +400,29 @@ async fn publisher_loop(
                     .arg(q.seq)
                     .arg(&q.header)
                     .arg(&q.frame);
-                pipe.invoke_script(&invocation).ignore();
+                pipe.invoke_script(&invocation);
             }
             let sent = backend
                 .timed("publish_events", async {
-                    pipe.query_async::<()>(&mut conn)
+                    pipe.query_async::<Vec<(u64, String)>>(&mut conn)
                         .await
                         .map_err(|e| RedisError::from_client("publish_events", &e))
                 })
                 .await;
             match sent {
-                Ok(()) if last => return,
-                Ok(()) => batch.clear(),
+                Ok(logged) => {
+                    for (q, (offset, epoch)) in batch.iter_mut().zip(logged) {
+                        if let Some(done) = q.done.take()
+                            && offset > 0
+                        {
+                            let _ = done.send((epoch, offset));
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                    batch.clear();
+                }
                 Err(error) => {
                     tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
                     // The batch is kept and sent first on the new connection,

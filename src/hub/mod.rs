@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
-use crate::broker::{Broker, EventEnvelope, Inbound, LogRead, LoggedEvent};
+use crate::broker::{Broker, EventEnvelope, Inbound, LogRead, LoggedEvent, Published};
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -112,7 +112,7 @@ impl Hub {
         event: &ServerEvent<'_>,
         kind: &'static str,
         except: Option<&str>,
-    ) -> Result<(), HubError> {
+    ) -> Result<Published, HubError> {
         let frame = event.to_frame();
         let published = self.broker.publish_event(EventEnvelope {
             session: session.to_string(),
@@ -140,6 +140,29 @@ impl Hub {
         if let Err(error) = self.publish(session, event, kind, except) {
             tracing::warn!(session, kind, %error, "event not published");
         }
+    }
+
+    /// [`Self::publish`], then waits until this instance delivered the event
+    /// to its own clients: a request's answer then follows the events it
+    /// caused, as it did before the log (docs/protocol.md). Bounded: a
+    /// delivery that takes longer than a Redis command's timeout is not
+    /// waited for.
+    pub async fn publish_delivered(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+    ) -> Result<(), HubError> {
+        let published = self.publish(session, event, kind, except)?;
+        let wait = async {
+            let Ok((epoch, offset)) = published.await else {
+                return;
+            };
+            self.registry.delivered(session, &epoch, offset).await;
+        };
+        let _ = tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, wait).await;
+        Ok(())
     }
 
     /// Queues a frame for one client only (a reply, not a session event).
@@ -189,6 +212,22 @@ impl Hub {
         self.announce(session, &event, "contact_list_broadcast", None);
     }
 
+    /// [`Self::publish_contacts`] for the agent that sent them: answered
+    /// after it got the event.
+    pub async fn publish_contacts_delivered(
+        &self,
+        session: &str,
+        contacts: &[Contact],
+    ) -> Result<(), HubError> {
+        let event = ServerEvent::ContactListBroadcast {
+            contacts,
+            total_count: contacts.len(),
+            timestamp: now_millis(),
+        };
+        self.publish_delivered(session, &event, "contact_list_broadcast", None)
+            .await
+    }
+
     /// Records a message in the session history and tells every client.
     pub async fn record_and_publish(
         &self,
@@ -196,12 +235,13 @@ impl Hub {
         entry: &HistoryEntry,
     ) -> Result<(), HubError> {
         self.store.record_message(session, entry).await?;
-        self.publish(
+        self.publish_delivered(
             session,
             &ServerEvent::MessageEvent { entry },
             "message_event",
             None,
         )
+        .await
     }
 
     pub async fn record_incoming(&self, incoming: IncomingMessage) -> Result<(), HubError> {

@@ -146,6 +146,8 @@ pub struct Registry {
     /// Per session with local clients: the last delivered log position.
     /// Lock order: `positions`, then `sessions`.
     positions: Mutex<HashMap<String, Position>>,
+    /// Woken after each logged delivery, for [`Registry::delivered`].
+    progress: tokio::sync::Notify,
 }
 
 /// A position in a session's log.
@@ -263,7 +265,23 @@ impl Registry {
                 h.send(out.clone(), metrics);
             }
         }
+        self.progress.notify_waiters();
         Delivery::Delivered
+    }
+
+    /// Waits until the session's local clients got `offset` of `epoch` (or
+    /// it has none, or its log moved to another epoch).
+    pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            match self.position(session) {
+                Some(p) if p.epoch == epoch && p.offset < offset => {}
+                _ => return,
+            }
+            progressed.await;
+        }
     }
 
     /// The last delivered position of a session with local clients.

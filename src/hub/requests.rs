@@ -207,6 +207,7 @@ fn broadcast(cx: Cx<'_>, payload: &Value) -> Result<Option<Reply>, HubError> {
         "broadcast",
         Some(from),
     )?;
+    // The sender gets no copy, so its ack need not wait for delivery.
     Ok(cx.acknowledge("broadcast_sent"))
 }
 
@@ -239,7 +240,9 @@ async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Repl
         ));
     }
     cx.hub.store.set_contacts(cx.session(), contacts).await?;
-    cx.hub.publish_contacts(cx.session(), contacts);
+    cx.hub
+        .publish_contacts_delivered(cx.session(), contacts)
+        .await?;
     Ok(cx.acknowledge("ack"))
 }
 
