@@ -334,20 +334,25 @@ impl Hub {
         let Some(position) = self.registry.position(session) else {
             return;
         };
-        match self.broker.read_log(session, Some(position.offset)).await {
-            Ok(read) if read.epoch == position.epoch => match read.events {
-                Some(events) => {
-                    for event in &events {
-                        let out = logged_outbound(event);
-                        self.registry
-                            .deliver_logged(event, &out, true, &self.metrics);
-                    }
+        let mut read = self.broker.read_log(session, Some(position.offset)).await;
+        if let Ok(r) = &read
+            && r.epoch != position.epoch
+        {
+            // The log was lost and began again: all of the new one is due.
+            read = self.broker.read_log(session, Some(0)).await;
+        }
+        match read {
+            Ok(LogRead {
+                events: Some(events),
+                ..
+            }) => {
+                for event in &events {
+                    let out = logged_outbound(event);
+                    self.registry
+                        .deliver_logged(event, &out, true, &self.metrics);
                 }
-                None => tracing::warn!(session, "missed events are no longer in the log"),
-            },
-            // A new epoch: the old log is gone; its next event resets the
-            // position and clients see the epoch change.
-            Ok(_) => tracing::warn!(session, "the session log was lost (new epoch)"),
+            }
+            Ok(_) => tracing::warn!(session, "missed events are no longer in the log"),
             Err(error) => tracing::warn!(session, %error, "cannot read the log to catch up"),
         }
     }

@@ -297,18 +297,17 @@ impl Registry {
     }
 
     /// Joins `handle` to the session atomically with respect to live
-    /// delivery. `read` is the log as the join read it (`head` at `epoch`).
-    /// `start` decides from the instance's last delivered position (None:
-    /// no local client yet, so live delivery starts after `head`) what the
-    /// client gets first and queues it (confirmation, replay); then the
-    /// handle joins. Returns the replaced handle, or None with `false` when
-    /// the log must be read again.
+    /// delivery. `read` is the log's position as the join read it. `start`
+    /// gets the position live delivery continues from (the last delivered
+    /// one; with no local client yet, `read`), queues what the client gets
+    /// first (confirmation, replay) and returns the position to keep — or
+    /// None to refuse (read the log again). Returns the replaced handle.
     pub fn insert_at(
         &self,
         session: &str,
         handle: ClientHandle,
         read: Position,
-        start: impl FnOnce(&Position, &ClientHandle) -> bool,
+        start: impl FnOnce(&Position, &ClientHandle) -> Option<Position>,
     ) -> Result<Option<ClientHandle>, ()> {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
@@ -317,10 +316,8 @@ impl Registry {
             Some(p) if has_clients => p.clone(),
             _ => read,
         };
-        if !start(&live, &handle) {
-            return Err(());
-        }
-        positions.insert(session.to_string(), live);
+        let keep = start(&live, &handle).ok_or(())?;
+        positions.insert(session.to_string(), keep);
         Ok(sessions
             .entry(session.to_string())
             .or_default()

@@ -235,27 +235,41 @@ impl Hub {
         // resuming client (wait for it); both are short-lived. Past these
         // attempts the client starts afresh (`recovered: false`).
         const ATTEMPTS: usize = 50;
+        let mut last_epoch: Option<String> = None;
         for attempt in 0..=ATTEMPTS {
             let give_up = attempt == ATTEMPTS;
             let read = self
                 .broker
                 .read_log(session, since.map(|s| s.offset))
                 .await?;
+            // Two reads in a row saw this epoch: it is the log's, and what
+            // this instance delivered belongs to a log that is gone. Its
+            // offsets start again at 1.
+            let adopt = last_epoch.as_deref() == Some(read.epoch.as_str());
+            last_epoch = Some(read.epoch.clone());
             let at_read = Position {
                 epoch: read.epoch.clone(),
                 offset: read.head,
             };
             let mut wait = false;
             let joined = self.registry.insert_at(session, handle.clone(), at_read, |live, h| {
-                let (recovered, replay) = match plan_start(since, &read, live) {
+                let live = if adopt && live.epoch != read.epoch {
+                    Position {
+                        epoch: read.epoch.clone(),
+                        offset: 0,
+                    }
+                } else {
+                    live.clone()
+                };
+                let (recovered, replay) = match plan_start(since, &read, &live) {
                     Start::Go { recovered, replay } => (recovered, replay),
                     Start::Retry { wait: w } if !give_up => {
                         wait = w;
-                        return false;
+                        return None;
                     }
                     Start::Retry { .. } => (false, Vec::new()),
                 };
-                self.send_first_frames(h, confirm, recovered, live);
+                self.send_first_frames(h, confirm, recovered, &live);
                 for event in replay {
                     h.send(
                         Outbound {
@@ -266,7 +280,7 @@ impl Hub {
                         &self.metrics,
                     );
                 }
-                true
+                Some(live)
             });
             match joined {
                 Ok(replaced) => return Ok(replaced),
