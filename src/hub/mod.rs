@@ -381,7 +381,7 @@ impl Hub {
 }
 
 /// The queued form of a logged event: its frame shared by every recipient.
-fn logged_outbound(event: &LoggedEvent) -> Outbound {
+pub(crate) fn logged_outbound(event: &LoggedEvent) -> Outbound {
     Outbound {
         frame: event.frame.as_str().into(),
         kind: static_kind(&event.kind),

@@ -12,7 +12,7 @@
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -146,8 +146,23 @@ pub struct Registry {
     /// Per session with local clients: the last delivered log position.
     /// Lock order: `positions`, then `sessions`.
     positions: Mutex<HashMap<String, Position>>,
+    /// Per session with local clients: the last events delivered (offset,
+    /// frame, except), so a join that read the log just before live
+    /// delivery passed it takes the difference from here. Same lock order.
+    recent: Mutex<HashMap<String, VecDeque<Recent>>>,
     /// Woken after each logged delivery, for [`Registry::delivered`].
     progress: tokio::sync::Notify,
+}
+
+/// How many delivered events per session a join can catch up from.
+const RECENT: usize = 1024;
+
+/// One delivered event, kept for joins.
+#[derive(Clone)]
+pub struct Recent {
+    pub offset: u64,
+    pub out: Outbound,
+    pub except: Option<String>,
 }
 
 /// A position in a session's log.
@@ -233,8 +248,10 @@ impl Registry {
     ) -> Delivery {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
             positions.remove(&event.session);
+            recent.remove(&event.session);
             return Delivery::NoClients;
         };
         let position = positions
@@ -243,12 +260,14 @@ impl Registry {
                 epoch: event.epoch.clone(),
                 offset: event.offset.saturating_sub(1),
             });
+        let kept = recent.entry(event.session.clone()).or_default();
         if position.epoch != event.epoch {
             // The log was lost and began again: its offsets restart at 1.
             *position = Position {
                 epoch: event.epoch.clone(),
                 offset: 0,
             };
+            kept.clear();
         }
         if event.offset <= position.offset {
             return Delivery::Duplicate;
@@ -259,6 +278,14 @@ impl Registry {
             };
         }
         position.offset = event.offset;
+        if kept.len() == RECENT {
+            kept.pop_front();
+        }
+        kept.push_back(Recent {
+            offset: event.offset,
+            out: out.clone(),
+            except: event.except.clone(),
+        });
         let except = event.except.as_deref();
         for h in clients.values() {
             if Some(h.info.client_id.as_str()) != except {
@@ -299,7 +326,8 @@ impl Registry {
     /// Joins `handle` to the session atomically with respect to live
     /// delivery. `read` is the log's position as the join read it. `start`
     /// gets the position live delivery continues from (the last delivered
-    /// one; with no local client yet, `read`), queues what the client gets
+    /// one; with no local client yet, `read`) and the last events delivered
+    /// before it, queues what the client gets
     /// first (confirmation, replay) and returns the position to keep — or
     /// None to refuse (read the log again). Returns the replaced handle.
     pub fn insert_at(
@@ -307,16 +335,22 @@ impl Registry {
         session: &str,
         handle: ClientHandle,
         read: Position,
-        start: impl FnOnce(&Position, &ClientHandle) -> Option<Position>,
+        start: impl FnOnce(&Position, &VecDeque<Recent>, &ClientHandle) -> Option<Position>,
     ) -> Result<Option<ClientHandle>, ()> {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
         let live = match positions.get(session) {
             Some(p) if has_clients => p.clone(),
             _ => read,
         };
-        let keep = start(&live, &handle).ok_or(())?;
+        let none = VecDeque::new();
+        let kept = match recent.get(session) {
+            Some(k) if has_clients => k,
+            _ => &none,
+        };
+        let keep = start(&live, kept, &handle).ok_or(())?;
         positions.insert(session.to_string(), keep);
         Ok(sessions
             .entry(session.to_string())

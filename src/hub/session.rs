@@ -11,8 +11,11 @@
 use std::sync::Arc;
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason, Outbound, Position};
-use crate::broker::{LogRead, LoggedEvent};
+use std::collections::VecDeque;
+
+use super::logged_outbound;
+use super::registry::{ClientHandle, CloseReason, Outbound, Position, Recent};
+use crate::broker::LogRead;
 use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, Register, ServerEvent, Since, now_millis,
 };
@@ -38,11 +41,11 @@ pub struct Joined {
 }
 
 /// How a joining client starts, decided under the registry lock.
-enum Start<'a> {
+enum Start {
     /// Confirm with `recovered`, send `replay`, then live events.
     Go {
         recovered: bool,
-        replay: Vec<&'a LoggedEvent>,
+        replay: Vec<Outbound>,
     },
     /// The read does not fit live delivery yet: read again (`wait`: after
     /// a pause, live delivery has to catch up with the client first).
@@ -50,17 +53,26 @@ enum Start<'a> {
 }
 
 /// `live`: the last offset this instance delivered (or, with no local
-/// client yet, the head the join read). Live events after it reach the
-/// client anyway, so a replay holds exactly `(since, live]`.
-fn plan_start<'a>(since: Option<&Since>, read: &'a LogRead, live: &Position) -> Start<'a> {
-    if live.epoch != read.epoch || live.offset > read.head {
-        // Delivery passed what this read saw (or saw a newer log).
-        return Start::Retry { wait: false };
-    }
+/// client yet, the head the join read); `recent`: the last events it
+/// delivered. Live events after `live` reach the client anyway, so a
+/// replay holds exactly `(since, live]`: from the read up to its head,
+/// the rest from `recent`. Events about `me` (`except`) are left out, as
+/// live delivery does.
+fn plan_start(
+    since: Option<&Since>,
+    read: &LogRead,
+    live: &Position,
+    recent: &VecDeque<Recent>,
+    me: &str,
+) -> Start {
     let fresh = Start::Go {
         recovered: false,
         replay: Vec::new(),
     };
+    if live.epoch != read.epoch {
+        // Delivery is on another log than the read: read again.
+        return Start::Retry { wait: false };
+    }
     let Some(since) = since.filter(|s| s.epoch == read.epoch) else {
         return fresh;
     };
@@ -73,12 +85,34 @@ fn plan_start<'a>(since: Option<&Since>, read: &'a LogRead, live: &Position) -> 
             fresh
         };
     }
-    match &read.events {
-        Some(events) => Start::Go {
-            recovered: true,
-            replay: events.iter().filter(|e| e.offset <= live.offset).collect(),
-        },
-        None => fresh,
+    let Some(events) = &read.events else {
+        return fresh;
+    };
+    let mut replay: Vec<Outbound> = Vec::new();
+    let mut next = since.offset + 1;
+    for e in events.iter().filter(|e| e.offset <= live.offset) {
+        if e.except.as_deref() != Some(me) {
+            replay.push(logged_outbound(e));
+        }
+        next = e.offset + 1;
+    }
+    let from = next;
+    for r in recent.iter().filter(|r| r.offset >= from && r.offset <= live.offset) {
+        if r.offset != next {
+            break;
+        }
+        if r.except.as_deref() != Some(me) {
+            replay.push(r.out.clone());
+        }
+        next += 1;
+    }
+    if next != live.offset + 1 {
+        // Delivery passed the read by more than `recent` holds.
+        return Start::Retry { wait: false };
+    }
+    Start::Go {
+        recovered: true,
+        replay,
     }
 }
 
@@ -252,7 +286,7 @@ impl Hub {
                 offset: read.head,
             };
             let mut wait = false;
-            let joined = self.registry.insert_at(session, handle.clone(), at_read, |live, h| {
+            let joined = self.registry.insert_at(session, handle.clone(), at_read, |live, recent, h| {
                 let live = if adopt && live.epoch != read.epoch {
                     Position {
                         epoch: read.epoch.clone(),
@@ -261,7 +295,8 @@ impl Hub {
                 } else {
                     live.clone()
                 };
-                let (recovered, replay) = match plan_start(since, &read, &live) {
+                let (recovered, replay) =
+                    match plan_start(since, &read, &live, recent, &h.info.client_id) {
                     Start::Go { recovered, replay } => (recovered, replay),
                     Start::Retry { wait: w } if !give_up => {
                         wait = w;
@@ -270,15 +305,8 @@ impl Hub {
                     Start::Retry { .. } => (false, Vec::new()),
                 };
                 self.send_first_frames(h, confirm, recovered, &live);
-                for event in replay {
-                    h.send(
-                        Outbound {
-                            frame: event.frame.as_str().into(),
-                            kind: super::static_kind(&event.kind),
-                            produced_at: event.produced_at,
-                        },
-                        &self.metrics,
-                    );
+                for out in replay {
+                    h.send(out, &self.metrics);
                 }
                 Some(live)
             });
