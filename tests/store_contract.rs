@@ -427,7 +427,10 @@ async fn events_reach_every_instance_once_in_offset_order(mut f: BrokerFixture) 
     for p in 0..f.nodes.len() {
         let origin = f.nodes[p].instance.clone();
         for n in 0..N {
-            f.nodes[p].broker.publish_event(envelope(&origin, n)).unwrap();
+            f.nodes[p]
+                .broker
+                .publish_event(envelope(&origin, n))
+                .unwrap();
         }
         // An end marker: whatever arrives before it is all there is.
         f.nodes[p]
@@ -478,7 +481,10 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
     }
     for node in &f.nodes {
         let read = node.broker.read_log("s", Some(60)).await.unwrap();
-        assert_eq!((read.head, read.epoch.as_str()), (N as u64, empty.epoch.as_str()));
+        assert_eq!(
+            (read.head, read.epoch.as_str()),
+            (N as u64, empty.epoch.as_str())
+        );
         let replay = read.events.expect("offsets 61.. are kept");
         let frames: Vec<&str> = replay.iter().map(|e| e.frame.as_str()).collect();
         let expected: Vec<&str> = live[60..].iter().map(|e| e.frame.as_str()).collect();
@@ -487,7 +493,10 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
         let current = node.broker.read_log("s", Some(N as u64)).await.unwrap();
         assert_eq!(current.events.map(|e| e.len()), Some(0));
         // Older than the last LOG_LEN events, or from the future: gone.
-        let old = node.broker.read_log("s", Some(N as u64 - LOG_LEN as u64 - 1)).await;
+        let old = node
+            .broker
+            .read_log("s", Some(N as u64 - LOG_LEN as u64 - 1))
+            .await;
         assert!(old.unwrap().events.is_none(), "{}", node.instance);
         let ahead = node.broker.read_log("s", Some(N as u64 + 1)).await;
         assert!(ahead.unwrap().events.is_none(), "{}", node.instance);
@@ -545,7 +554,10 @@ async fn close_flushes_queued_events(mut f: BrokerFixture) {
     const N: usize = 50;
     let origin = f.nodes[0].instance.clone();
     for n in 0..N {
-        f.nodes[0].broker.publish_event(envelope(&origin, n)).unwrap();
+        f.nodes[0]
+            .broker
+            .publish_event(envelope(&origin, n))
+            .unwrap();
     }
     f.nodes[0].broker.close().await;
     // The closed node has stopped listening; the others got everything.

@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{
-    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published,
-    replay_window,
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
 

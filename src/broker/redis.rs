@@ -27,8 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published,
-    replay_window,
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
 use crate::redis::{RedisBackend, RedisError};
@@ -236,7 +235,9 @@ impl Broker for RedisBroker {
             session: envelope.session,
             seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
         };
-        self.publish_tx.try_send(queued).map_err(|_| unavailable())?;
+        self.publish_tx
+            .try_send(queued)
+            .map_err(|_| unavailable())?;
         Ok(published)
     }
 

@@ -301,7 +301,9 @@ impl Hub {
     /// gap before it from the log (an offset never skipped, never twice).
     async fn deliver_event(&self, event: LoggedEvent) {
         let out = logged_outbound(&event);
-        let Delivery::Gap { after } = self.registry.deliver_logged(&event, &out, false, &self.metrics)
+        let Delivery::Gap { after } =
+            self.registry
+                .deliver_logged(&event, &out, false, &self.metrics)
         else {
             return;
         };

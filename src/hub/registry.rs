@@ -122,6 +122,11 @@ impl ClientHandle {
         }
     }
 
+    /// How many more frames the client's queue takes right now.
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Asks the connection to close; the first reason given wins. True if
     /// this call decided the reason.
     pub fn disconnect(&self, reason: CloseReason) -> bool {
@@ -184,7 +189,6 @@ pub enum Delivery {
     /// Offsets after `after` are missing: fill them from the log first.
     Gap { after: u64 },
 }
-
 
 impl Registry {
     /// Adds a client; returns the handle it replaced (same client id).

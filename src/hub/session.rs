@@ -97,7 +97,10 @@ fn plan_start(
         next = e.offset + 1;
     }
     let from = next;
-    for r in recent.iter().filter(|r| r.offset >= from && r.offset <= live.offset) {
+    for r in recent
+        .iter()
+        .filter(|r| r.offset >= from && r.offset <= live.offset)
+    {
         if r.offset != next {
             break;
         }
@@ -229,7 +232,9 @@ impl Hub {
             contacts: &contacts,
             request_id,
         };
-        if let Some(old) = self.join_at_log_position(&handle, since.as_ref(), &confirm).await?
+        if let Some(old) = self
+            .join_at_log_position(&handle, since.as_ref(), &confirm)
+            .await?
             && old.conn_id != handle.conn_id
         {
             self.replaced(&session, &old, client_id, is_agent).await?;
@@ -286,30 +291,40 @@ impl Hub {
                 offset: read.head,
             };
             let mut wait = false;
-            let joined = self.registry.insert_at(session, handle.clone(), at_read, |live, recent, h| {
-                let live = if adopt && live.epoch != read.epoch {
-                    Position {
-                        epoch: read.epoch.clone(),
-                        offset: 0,
-                    }
-                } else {
-                    live.clone()
-                };
-                let (recovered, replay) =
-                    match plan_start(since, &read, &live, recent, &h.info.client_id) {
-                    Start::Go { recovered, replay } => (recovered, replay),
-                    Start::Retry { wait: w } if !give_up => {
-                        wait = w;
-                        return None;
-                    }
-                    Start::Retry { .. } => (false, Vec::new()),
-                };
-                self.send_first_frames(h, confirm, recovered, &live);
-                for out in replay {
-                    h.send(out, &self.metrics);
-                }
-                Some(live)
-            });
+            let joined =
+                self.registry
+                    .insert_at(session, handle.clone(), at_read, |live, recent, h| {
+                        let live = if adopt && live.epoch != read.epoch {
+                            Position {
+                                epoch: read.epoch.clone(),
+                                offset: 0,
+                            }
+                        } else {
+                            live.clone()
+                        };
+                        let (recovered, replay) =
+                            match plan_start(since, &read, &live, recent, &h.info.client_id) {
+                                Start::Go { recovered, replay } => (recovered, replay),
+                                Start::Retry { wait: w } if !give_up => {
+                                    wait = w;
+                                    return None;
+                                }
+                                Start::Retry { .. } => (false, Vec::new()),
+                            };
+                        // A replay that does not fit the connection's queue would
+                        // disconnect it as a slow consumer half-way: the client
+                        // reloads instead (docs/protocol.md §12.1).
+                        let (recovered, replay) = if replay.len() + 2 > h.room() {
+                            (false, Vec::new())
+                        } else {
+                            (recovered, replay)
+                        };
+                        self.send_first_frames(h, confirm, recovered, &live);
+                        for out in replay {
+                            h.send(out, &self.metrics);
+                        }
+                        Some(live)
+                    });
             match joined {
                 Ok(replaced) => return Ok(replaced),
                 Err(()) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,

@@ -15,5 +15,6 @@ pub use inbound::{
     parse_client_message, parse_whatsapp_command,
 };
 pub use outbound::{
-    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, logged_frame, now_millis,
+    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, logged_frame,
+    now_millis,
 };

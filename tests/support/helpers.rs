@@ -62,10 +62,9 @@ pub fn without_volatile(v: &Value) -> Value {
     match v {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| !matches!(
-                        k.as_str(),
-                        "message_id" | "timestamp" | "offset" | "epoch"
-                    ))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "message_id" | "timestamp" | "offset" | "epoch")
+                })
                 .map(|(k, v)| (k.clone(), without_volatile(v)))
                 .collect(),
         ),
