@@ -159,6 +159,10 @@ pub struct Registry {
     progress: tokio::sync::Notify,
 }
 
+/// [`Registry::insert_at`]'s `start` refused the join: read the log again.
+#[derive(Debug)]
+pub struct Refused;
+
 /// How many delivered events per session a join can catch up from.
 const RECENT: usize = 1024;
 
@@ -340,7 +344,7 @@ impl Registry {
         handle: ClientHandle,
         read: Position,
         start: impl FnOnce(&Position, &VecDeque<Recent>, &ClientHandle) -> Option<Position>,
-    ) -> Result<Option<ClientHandle>, ()> {
+    ) -> Result<Option<ClientHandle>, Refused> {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,7 +358,7 @@ impl Registry {
             Some(k) if has_clients => k,
             _ => &none,
         };
-        let keep = start(&live, kept, &handle).ok_or(())?;
+        let keep = start(&live, kept, &handle).ok_or(Refused)?;
         positions.insert(session.to_string(), keep);
         Ok(sessions
             .entry(session.to_string())

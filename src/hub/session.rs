@@ -327,8 +327,8 @@ impl Hub {
                     });
             match joined {
                 Ok(replaced) => return Ok(replaced),
-                Err(()) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                Err(()) => tokio::task::yield_now().await,
+                Err(_) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => tokio::task::yield_now().await,
             }
         }
         // Unreachable: the last attempt always joins.
