@@ -101,7 +101,15 @@ async fn read_until(c: &mut WsClient, seen: &mut Seen, what: &str, done: impl Fn
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done(seen) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for {what}");
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what}: broadcasts {:?}, last offset {}",
+            seen.broadcasts
+                .iter()
+                .map(|(p, b)| (p, b.len()))
+                .collect::<Vec<_>>(),
+            seen.last()
+        );
         if let Some(frame) = c.try_recv(left).await {
             seen.take(&frame);
         }
@@ -406,6 +414,9 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
     let mut hubs = Vec::new();
     for id in ["k1", "k2", "k3"] {
         let mut args = cluster_args(&url, id);
+        // Under a loaded machine a 1 s presence TTL may reap live hubs:
+        // this test is about delivery, not failure detection.
+        args.extend(["--heartbeat-ms", "500", "--presence-ttl-ms", "5000"]);
         // Room for the replay of a reader that resumes after HAProxy's
         // failover (about two seconds of events).
         args.extend(["--session-log-len", "5000", "--outbound-queue-len", "8192"]);
