@@ -238,6 +238,15 @@ fn with_fast_producers<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn cluster_args<'a>(redis_url: &'a str, id: &'a str) -> Vec<&'a str> {
+    cluster_args_with(redis_url, id, "200", "1000")
+}
+
+fn cluster_args_with<'a>(
+    redis_url: &'a str,
+    id: &'a str,
+    heartbeat_ms: &'a str,
+    presence_ttl_ms: &'a str,
+) -> Vec<&'a str> {
     vec![
         "--rate-limit-per-sec",
         "5000",
@@ -248,9 +257,9 @@ fn cluster_args<'a>(redis_url: &'a str, id: &'a str) -> Vec<&'a str> {
         "--instance-id",
         id,
         "--heartbeat-ms",
-        "200",
+        heartbeat_ms,
         "--presence-ttl-ms",
-        "1000",
+        presence_ttl_ms,
     ]
 }
 
@@ -413,10 +422,9 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
     let url = redis.url();
     let mut hubs = Vec::new();
     for id in ["k1", "k2", "k3"] {
-        let mut args = cluster_args(&url, id);
         // Under a loaded machine a 1 s presence TTL may reap live hubs:
         // this test is about delivery, not failure detection.
-        args.extend(["--heartbeat-ms", "500", "--presence-ttl-ms", "5000"]);
+        let mut args = cluster_args_with(&url, id, "500", "5000");
         // Room for the replay of a reader that resumes after HAProxy's
         // failover (about two seconds of events).
         args.extend(["--session-log-len", "5000", "--outbound-queue-len", "8192"]);

@@ -112,7 +112,6 @@ pub struct RedisBroker {
     backend: RedisBackend,
     settings: LogSettings,
     read_script: ::redis::Script,
-    seq: std::sync::atomic::AtomicU64,
     publish_tx: mpsc::Sender<Queued>,
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
@@ -179,7 +178,6 @@ impl RedisBroker {
             backend,
             settings,
             read_script: ::redis::Script::new(READ_SCRIPT),
-            seq: std::sync::atomic::AtomicU64::new(0),
             publish_tx,
             subscribed,
             publisher_ok,
@@ -233,7 +231,8 @@ impl Broker for RedisBroker {
             header: rest(&header),
             frame: rest(&envelope.frame),
             session: envelope.session,
-            seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
+            // Numbered by the publisher task, in queue order (see there).
+            seq: 0,
         };
         self.publish_tx
             .try_send(queued)
@@ -331,6 +330,7 @@ async fn publisher_loop(
     let script = ::redis::Script::new(APPEND_SCRIPT);
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut seq: u64 = 0;
     'connect: loop {
         let connected = match backend.client() {
             Ok(client) => {
@@ -383,6 +383,15 @@ async fn publisher_loop(
                         last = true;
                     }
                 }
+            }
+            // Sequence numbers follow the queue order, which is the log
+            // order: numbering at `publish_event` would race between
+            // producers, and the script would then skip a later-queued
+            // smaller number as already logged. A retried batch keeps its
+            // numbers.
+            for q in batch.iter_mut().filter(|q| q.seq == 0) {
+                seq += 1;
+                q.seq = seq;
             }
             let keys = &backend.keys;
             let mut pipe = ::redis::pipe();
