@@ -123,7 +123,12 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         None => (
             (
                 Arc::new(MemoryStore::new(config.history_limit)),
-                Arc::new(LocalBroker::new(config.instance_id.clone(), inbound_tx)),
+                Arc::new(LocalBroker::new(
+                    config.instance_id.clone(),
+                    inbound_tx,
+                    config.session_log_len,
+                    config.session_log_ttl,
+                )),
                 Arc::new(LocalMembership::new(config.instance_id.clone())),
             ),
             None,
@@ -156,6 +161,8 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                         backend.clone(),
                         config.instance_id.clone(),
                         inbound_tx,
+                        config.session_log_len,
+                        config.session_log_ttl,
                     )),
                     membership,
                 ),

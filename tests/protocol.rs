@@ -345,7 +345,11 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(sent["content"], json!({"success": true}));
     for c in [&mut bob, &mut carol] {
         let b = c.recv().await;
-        assert_eq!(keys(&b), ["from", "payload", "timestamp", "type"], "{b}");
+        assert_eq!(
+            keys(&b),
+            ["epoch", "from", "offset", "payload", "timestamp", "type"],
+            "{b}"
+        );
         assert_eq!(b["type"], "broadcast");
         assert_eq!(b["from"], "alice");
         assert_eq!(b["payload"], payload);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
-use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage};
+use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage, LoggedEvent};
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{ClientInfo, Contact, ErrorCode, HistoryEntry, MessageDirection};
 use mcp_hub::redis::RedisBackend;
@@ -25,6 +25,9 @@ const HISTORY_CAP: usize = 5;
 /// The instance the store under test runs as.
 const ME: &str = "inst-a";
 const WAIT: Duration = Duration::from_secs(10);
+/// The brokers' session log: events kept, and for how long.
+const LOG_LEN: usize = 50;
+const LOG_TTL: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- fixtures
 
@@ -435,7 +438,7 @@ fn local_bus() -> BrokerFixture {
     BrokerFixture {
         nodes: vec![Node {
             instance: "solo".into(),
-            broker: Arc::new(LocalBroker::new("solo".into(), tx)),
+            broker: Arc::new(LocalBroker::new("solo".into(), tx, LOG_LEN, LOG_TTL)),
             inbound: rx,
         }],
         _redis: None,
@@ -451,7 +454,13 @@ async fn redis_bus() -> BrokerFixture {
         let (tx, rx) = mpsc::channel(1024);
         nodes.push(Node {
             instance: instance.into(),
-            broker: Arc::new(RedisBroker::start(backend, instance.into(), tx)),
+            broker: Arc::new(RedisBroker::start(
+                backend,
+                instance.into(),
+                tx,
+                LOG_LEN,
+                LOG_TTL,
+            )),
             inbound: rx,
         });
     }
@@ -498,36 +507,45 @@ async fn next(node: &mut Node) -> Inbound {
         .expect("inbound channel open")
 }
 
-/// The next event from `origin` (a bus may loop a node's own events back;
-/// the hub drops those by origin).
-async fn next_event_from(node: &mut Node, origin: &str) -> EventEnvelope {
+/// The next event from `origin` (every instance, the publishing one
+/// included, receives every event from the log).
+async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
             Inbound::Event(e) if e.origin == origin => return e,
-            Inbound::Event(_) => continue,
+            Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
 }
 
-async fn events_reach_every_other_instance_once_in_order(mut f: BrokerFixture) {
+async fn events_reach_every_instance_once_in_offset_order(mut f: BrokerFixture) {
     const N: usize = 200;
+    let mut next_offset = 1;
     for p in 0..f.nodes.len() {
         let origin = f.nodes[p].instance.clone();
         for n in 0..N {
-            f.nodes[p].broker.publish_event(envelope(&origin, n));
+            f.nodes[p]
+                .broker
+                .publish_event(envelope(&origin, n))
+                .unwrap();
         }
         // An end marker: whatever arrives before it is all there is.
         f.nodes[p]
             .broker
-            .publish_event(envelope(&origin, usize::MAX));
-        for (r, node) in f.nodes.iter_mut().enumerate() {
-            if r == p {
-                continue;
-            }
+            .publish_event(envelope(&origin, usize::MAX))
+            .unwrap();
+        let mut epochs = Vec::new();
+        for node in f.nodes.iter_mut() {
             let mut got = Vec::new();
+            let mut offsets = Vec::new();
             loop {
                 let e = next_event_from(node, &origin).await;
+                // The frame is the event with its position in front.
+                let prefix = format!("{{\"offset\":{},\"epoch\":\"{}\",", e.offset, e.epoch);
+                assert!(e.frame.starts_with(&prefix), "{}", e.frame);
+                epochs.push(e.epoch.clone());
+                offsets.push(e.offset);
                 if e.produced_at == usize::MAX as u64 {
                     break;
                 }
@@ -535,7 +553,51 @@ async fn events_reach_every_other_instance_once_in_order(mut f: BrokerFixture) {
             }
             let expected: Vec<u64> = (0..N as u64).collect();
             assert_eq!(got, expected, "{} from {origin}", node.instance);
+            let contiguous: Vec<u64> = (next_offset..next_offset + N as u64 + 1).collect();
+            assert_eq!(offsets, contiguous, "{} from {origin}", node.instance);
         }
+        epochs.dedup();
+        assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+        next_offset += N as u64 + 1;
+    }
+}
+
+async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
+    const N: usize = 80;
+    let origin = f.nodes[0].instance.clone();
+    let empty = f.nodes[0].broker.read_log("s", None).await.unwrap();
+    assert_eq!(empty.head, 0);
+    for n in 0..N {
+        // Produced now: the log replays nothing older than its TTL.
+        let mut event = envelope(&origin, n);
+        event.produced_at = mcp_hub::protocol::now_millis();
+        f.nodes[0].broker.publish_event(event).unwrap();
+    }
+    let mut live = Vec::new();
+    while live.len() < N {
+        live.push(next_event_from(&mut f.nodes[0], &origin).await);
+    }
+    for node in &f.nodes {
+        let read = node.broker.read_log("s", Some(60)).await.unwrap();
+        assert_eq!(
+            (read.head, read.epoch.as_str()),
+            (N as u64, empty.epoch.as_str())
+        );
+        let replay = read.events.expect("offsets 61.. are kept");
+        let frames: Vec<&str> = replay.iter().map(|e| e.frame.as_str()).collect();
+        let expected: Vec<&str> = live[60..].iter().map(|e| e.frame.as_str()).collect();
+        assert_eq!(frames, expected, "{}", node.instance);
+        // Up to date: nothing to replay, but recoverable.
+        let current = node.broker.read_log("s", Some(N as u64)).await.unwrap();
+        assert_eq!(current.events.map(|e| e.len()), Some(0));
+        // Older than the last LOG_LEN events, or from the future: gone.
+        let old = node
+            .broker
+            .read_log("s", Some(N as u64 - LOG_LEN as u64 - 1))
+            .await;
+        assert!(old.unwrap().events.is_none(), "{}", node.instance);
+        let ahead = node.broker.read_log("s", Some(N as u64 + 1)).await;
+        assert!(ahead.unwrap().events.is_none(), "{}", node.instance);
     }
 }
 
@@ -561,7 +623,7 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                     match next(&mut f.nodes[to]).await {
                         Inbound::Instance(m) => break m,
                         // Loop-back events of earlier tests are no concern here.
-                        Inbound::Event(_) => continue,
+                        Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
                     }
                 };
                 match got {
@@ -590,9 +652,13 @@ async fn close_flushes_queued_events(mut f: BrokerFixture) {
     const N: usize = 50;
     let origin = f.nodes[0].instance.clone();
     for n in 0..N {
-        f.nodes[0].broker.publish_event(envelope(&origin, n));
+        f.nodes[0]
+            .broker
+            .publish_event(envelope(&origin, n))
+            .unwrap();
     }
     f.nodes[0].broker.close().await;
+    // The closed node has stopped listening; the others got everything.
     for node in f.nodes.iter_mut().skip(1) {
         let mut got = Vec::new();
         while got.len() < N {
@@ -624,24 +690,22 @@ macro_rules! broker_contract {
 }
 
 broker_contract!(
-    events_reach_every_other_instance_once_in_order,
+    events_reach_every_instance_once_in_offset_order,
+    the_log_replays_the_last_events_in_order,
     send_to_instance_delivers_once,
     send_to_unknown_instance_is_agent_unavailable,
     close_flushes_queued_events,
 );
 
 #[tokio::test]
-async fn the_local_bus_loops_nothing_back() {
-    // Standalone: the hub delivers locally itself; a published event must
-    // not come back through the bus (it would reach clients twice).
-    let mut f = local_bus();
-    let node = &mut f.nodes[0];
-    node.broker.publish_event(envelope("solo", 1));
-    node.broker.send_to_instance("solo", call(7)).await.unwrap();
-    match next(node).await {
-        Inbound::Instance(InstanceMessage::AgentCall { call_id, .. }) => {
-            assert_eq!(call_id, "call-7")
-        }
-        other => panic!("the event came back: {other:?}"),
-    }
+async fn a_new_local_bus_starts_a_new_epoch() {
+    // Standalone: a restart loses the log, so its epoch must differ.
+    let a = local_bus();
+    let b = local_bus();
+    let epoch = |f: &BrokerFixture| f.nodes[0].broker.clone();
+    let (ea, eb) = (
+        epoch(&a).read_log("s", None).await.unwrap().epoch,
+        epoch(&b).read_log("s", None).await.unwrap().epoch,
+    );
+    assert_ne!(ea, eb);
 }

@@ -1,26 +1,130 @@
-//! The standalone bus: one instance, so events need no transport and
-//! instance messages can only be addressed to ourselves.
+//! The standalone bus and log: one instance, so events need no transport.
+//! Each session's log is an in-memory ring of its last `SESSION_LOG_LEN`
+//! events; the epoch is random per process, so offsets from before a
+//! restart are never mistaken for new ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Broker, EventEnvelope, Inbound, InstanceMessage};
-use crate::protocol::{ErrorCode, HubError};
+use super::{
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
+};
+use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
+
+/// One session's log.
+#[derive(Default)]
+struct Ring {
+    head: u64,
+    events: VecDeque<LoggedEvent>,
+}
 
 pub struct LocalBroker {
     instance: String,
     inbound: mpsc::Sender<Inbound>,
+    epoch: String,
+    len: usize,
+    ttl: Duration,
+    rings: Mutex<HashMap<String, Ring>>,
+    published: AtomicU64,
 }
 
 impl LocalBroker {
-    pub fn new(instance: String, inbound: mpsc::Sender<Inbound>) -> Self {
-        LocalBroker { instance, inbound }
+    pub fn new(
+        instance: String,
+        inbound: mpsc::Sender<Inbound>,
+        log_len: usize,
+        log_ttl: Duration,
+    ) -> Self {
+        LocalBroker {
+            instance,
+            inbound,
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+            len: log_len.max(1),
+            ttl: log_ttl,
+            rings: Mutex::new(HashMap::new()),
+            published: AtomicU64::new(0),
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
     }
 }
 
 #[async_trait]
 impl Broker for LocalBroker {
-    fn publish_event(&self, _envelope: EventEnvelope) {}
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError> {
+        let now = now_millis();
+        let ttl = self.ttl_ms();
+        // Offset, log and hand-off under one lock: the dispatcher receives
+        // events in offset order.
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        // A session whose last event is older than the TTL has nothing left
+        // to replay: free its events (its head stays, so no offset repeats
+        // within this epoch). Checked every 1024 events: publishing stays
+        // O(1).
+        if self.published.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            for ring in rings.values_mut() {
+                if ring
+                    .events
+                    .back()
+                    .is_some_and(|e| now.saturating_sub(e.produced_at) > ttl)
+                {
+                    ring.events = VecDeque::new();
+                }
+            }
+        }
+        let ring = rings.entry(envelope.session.clone()).or_default();
+        ring.head += 1;
+        let event = LoggedEvent {
+            offset: ring.head,
+            epoch: self.epoch.clone(),
+            session: envelope.session,
+            origin: envelope.origin,
+            kind: envelope.kind,
+            produced_at: envelope.produced_at,
+            except: envelope.except,
+            frame: logged_frame(ring.head, &self.epoch, &envelope.frame),
+        };
+        ring.events.push_back(event.clone());
+        while ring.events.len() > self.len {
+            ring.events.pop_front();
+        }
+        // A full dispatcher queue only delays delivery: the event is in the
+        // ring, and the dispatcher fills the gap from it at the next event.
+        let (done, published) = tokio::sync::oneshot::channel();
+        let _ = done.send((event.epoch.clone(), event.offset));
+        let _ = self.inbound.try_send(Inbound::Event(event));
+        Ok(published)
+    }
+
+    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {
+        let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let (head, kept) = match rings.get(session) {
+            Some(r) => (r.head, r.events.iter().cloned().collect::<Vec<_>>()),
+            None => (0, Vec::new()),
+        };
+        let events = after.map_or(Some(Vec::new()), |after| {
+            replay_window(
+                kept,
+                head,
+                after,
+                self.len as u64,
+                self.ttl_ms(),
+                now_millis(),
+            )
+        });
+        Ok(LogRead {
+            epoch: self.epoch.clone(),
+            head,
+            events,
+        })
+    }
 
     async fn send_to_instance(
         &self,

@@ -1,10 +1,13 @@
-//! The broadcast bus between hub instances.
+//! The session event log and the bus between hub instances.
 //!
-//! The hub delivers every session event to its own local clients directly;
-//! the broker carries it to the *other* instances. [`local::LocalBroker`]
-//! is the standalone bus (there are no other instances); `redis::RedisBroker`
-//! uses Redis pub/sub. Messages arriving from other instances are pushed into
-//! the hub's [`Inbound`] channel.
+//! The broker owns each session's event log: it gives every published event
+//! its offset (+1 per event per session) and the log's epoch, keeps the last
+//! `SESSION_LOG_LEN` events for `SESSION_LOG_TTL_MS`, and hands the logged
+//! event back to *every* instance (the publishing one included) through the
+//! hub's [`Inbound`] channel, in offset order. [`local::LocalBroker`] is the
+//! standalone log (an in-memory ring per session, epoch random per process);
+//! `redis::RedisBroker` keeps the log in Redis and carries events over
+//! pub/sub, assigning, logging and publishing in one Lua script per event.
 
 pub mod local;
 pub mod redis;
@@ -15,8 +18,8 @@ use serde_json::Value;
 
 use crate::protocol::HubError;
 
-/// A session event as it travels between instances: already serialized, so
-/// the receiving instance forwards the text without re-encoding it.
+/// A session event on its way to the log: already serialized (without its
+/// offset, which the log assigns).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventEnvelope {
     pub session: String,
@@ -29,6 +32,89 @@ pub struct EventEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
     pub frame: String,
+}
+
+/// A session event as the log holds it: its position, and the frame every
+/// recipient gets (`{"offset":N,"epoch":"E",...}`), serialized once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    pub offset: u64,
+    pub epoch: String,
+    pub session: String,
+    /// The instance that published it.
+    pub origin: String,
+    pub kind: String,
+    pub produced_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except: Option<String>,
+    /// Not part of the header on the wire: the text after the header line.
+    #[serde(skip)]
+    pub frame: String,
+}
+
+impl LoggedEvent {
+    /// Parses the log's and pub/sub's form: a JSON header line (offset,
+    /// epoch, session, origin, kind, produced_at, except), `\n`, the frame.
+    pub fn parse(text: &str) -> Option<LoggedEvent> {
+        let (header, frame) = text.split_once('\n')?;
+        let mut event: LoggedEvent = serde_json::from_str(header).ok()?;
+        event.frame = frame.to_string();
+        Some(event)
+    }
+}
+
+/// Resolves with the event's position once it is in the log (dropped
+/// unanswered if that cannot be known, e.g. a retried publish that had
+/// already logged it).
+pub type Published = tokio::sync::oneshot::Receiver<(String, u64)>;
+
+/// What a read of a session's log found.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub epoch: String,
+    /// The offset of the session's latest event (0: none yet).
+    pub head: u64,
+    /// The events after the requested offset, oldest first; `None` when
+    /// they are not all in the log any more (trimmed, older than the TTL,
+    /// or the offset is not from this log's history).
+    pub events: Option<Vec<LoggedEvent>>,
+}
+
+/// Which events after `after` a log with these bounds can still replay.
+/// `kept` are the logged events (oldest first), `head` the latest offset,
+/// `len`/`ttl_ms` the retention. Shared by both logs, so both answer alike.
+pub fn replay_window(
+    kept: impl IntoIterator<Item = LoggedEvent>,
+    head: u64,
+    after: u64,
+    len: u64,
+    ttl_ms: u64,
+    now: u64,
+) -> Option<Vec<LoggedEvent>> {
+    if after > head {
+        return None;
+    }
+    if after == head {
+        return Some(Vec::new());
+    }
+    // The oldest offset still promised: the last `len` events.
+    if after + 1 + len <= head {
+        return None;
+    }
+    let events: Vec<LoggedEvent> = kept.into_iter().filter(|e| e.offset > after).collect();
+    let first = events.first()?;
+    let contiguous = events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.offset == after + 1 + i as u64);
+    if first.offset != after + 1
+        || !contiguous
+        || events.last().map(|e| e.offset) != Some(head)
+        || now.saturating_sub(first.produced_at) > ttl_ms
+    {
+        return None;
+    }
+    Some(events)
 }
 
 /// Point-to-point messages between instances (agent routing).
@@ -56,15 +142,23 @@ pub enum InstanceMessage {
 /// What a broker hands to the hub.
 #[derive(Debug)]
 pub enum Inbound {
-    Event(EventEnvelope),
+    Event(LoggedEvent),
     Instance(InstanceMessage),
+    /// The subscription (re)started with this connection epoch: events may
+    /// have been missed since the last one; read them from the log.
+    Resubscribed(u64),
 }
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Queues an event for the other instances. Never blocks: events of one
-    /// producer go out in the order they were queued.
-    fn publish_event(&self, envelope: EventEnvelope);
+    /// Queues an event for the session's log and every instance. Never
+    /// blocks: events of one producer are logged in the order queued. Fails
+    /// (`store_unavailable`) when the event cannot be logged: it is then
+    /// delivered to no one.
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError>;
+    /// Reads the session's log: its epoch, latest offset and, with `after`,
+    /// the events after it (see [`LogRead::events`]).
+    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError>;
     /// Delivers a message to one instance (possibly this one).
     async fn send_to_instance(
         &self,

@@ -1,11 +1,18 @@
-//! The cluster bus on Redis pub/sub.
+//! The cluster's event log and bus, on Redis streams and pub/sub.
 //!
 //! * One publisher task per instance drains a bounded queue onto a single
-//!   connection, pipelining what is queued: events leave in the order they
-//!   were produced, and one Redis operation carries many events.
+//!   connection, pipelining what is queued. Each event is one `EVALSHA` of
+//!   [`APPEND_SCRIPT`]: it assigns the session's next offset (creating the
+//!   epoch if the log is gone), appends to the session's stream and
+//!   publishes — one round trip, so log order is publish order. A retried
+//!   pipeline is harmless: the script skips events whose publisher sequence
+//!   number it already logged.
 //! * One subscriber connection per instance listens on the events channel
-//!   and this instance's inbox; each event arrives once per instance and is
-//!   fanned out locally from its already-serialized text.
+//!   and this instance's inbox; each event arrives once per instance (the
+//!   publishing one included: local clients get events from the
+//!   subscription too, in offset order) and is fanned out locally from its
+//!   already-serialized text. After each (re)subscription the hub is told
+//!   ([`Inbound::Resubscribed`]) so it reads what it missed from the log.
 //! * Both reconnect by themselves with capped exponential backoff
 //!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
 
@@ -19,20 +26,92 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, EventEnvelope, Inbound, InstanceMessage};
-use crate::protocol::{ErrorCode, HubError};
+use super::{
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
+};
+use crate::protocol::{ErrorCode, HubError, now_millis};
 use crate::redis::{RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const MAX_BATCH: usize = 256;
-/// Events still unpublished after this long are dropped: they are live
-/// notifications, and state (history, presence) is in Redis anyway.
-const STALE_AFTER: Duration = Duration::from_secs(5);
 
-type Queued = (std::time::Instant, String);
+/// Assigns the next offset, logs and publishes one event.
+/// KEYS: log stream, epoch, offset counter, seen hash.
+/// ARGV: candidate epoch, max len, TTL ms, channel, publisher id, sequence
+/// number, header rest (JSON object without `{`), frame rest (same).
+/// The epoch candidate comes from the caller: scripts make no randomness.
+/// Returns `{offset, epoch}`, or `{0, ''}` when this publisher's event was
+/// already logged.
+const APPEND_SCRIPT: &str = r#"
+local seen = redis.call('HGET', KEYS[4], ARGV[5])
+if seen and tonumber(seen) >= tonumber(ARGV[6]) then return {0, ''} end
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[3])
+local head = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",'
+local payload = head .. ARGV[7] .. '\n' .. head .. ARGV[8]
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'e', payload)
+redis.call('SET', KEYS[2], epoch, 'PX', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('PUBLISH', ARGV[4], payload)
+return {offset, epoch}
+"#;
+
+/// Reads a session's log: `{epoch, head, entries after ARGV[3]...}`.
+/// KEYS: log stream, epoch, offset counter. ARGV: candidate epoch, TTL ms,
+/// first offset wanted ('' for none). A missing epoch is created (and the
+/// stale stream and counter dropped), exactly as the append script would.
+const READ_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+end
+local head = redis.call('GET', KEYS[3]) or '0'
+local out = {epoch, head}
+if ARGV[3] ~= '' then
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[3] .. '-0', '+')) do
+    out[#out + 1] = e[2][2]
+  end
+end
+return out
+"#;
+
+/// A random epoch candidate (16 hex digits).
+fn epoch_candidate() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+/// One event waiting for the append script.
+struct Queued {
+    session: String,
+    seq: u64,
+    header: String,
+    frame: String,
+    done: Option<tokio::sync::oneshot::Sender<(String, u64)>>,
+}
+
+/// Log settings the scripts need.
+#[derive(Clone)]
+struct LogSettings {
+    len: u64,
+    ttl_ms: u64,
+    /// This process's publisher id (instance id + a per-start nonce, so a
+    /// restarted instance's sequence numbers never look already logged).
+    publisher: String,
+}
 
 pub struct RedisBroker {
     backend: RedisBackend,
+    settings: LogSettings,
+    read_script: ::redis::Script,
     publish_tx: mpsc::Sender<Queued>,
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
@@ -63,7 +142,18 @@ async fn wait_to_reconnect(delays: &mut ExponentialBackoff, shutdown: &Cancellat
 }
 
 impl RedisBroker {
-    pub fn start(backend: RedisBackend, instance: String, inbound: mpsc::Sender<Inbound>) -> Self {
+    pub fn start(
+        backend: RedisBackend,
+        instance: String,
+        inbound: mpsc::Sender<Inbound>,
+        log_len: usize,
+        log_ttl: Duration,
+    ) -> Self {
+        let settings = LogSettings {
+            len: log_len.max(1) as u64,
+            ttl_ms: (log_ttl.as_millis() as u64).max(1),
+            publisher: format!("{instance}:{}", epoch_candidate()),
+        };
         let stop = CancellationToken::new();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let subscribed = Arc::new(AtomicBool::new(false));
@@ -71,6 +161,7 @@ impl RedisBroker {
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let publisher = tokio::spawn(publisher_loop(
             backend.clone(),
+            settings.clone(),
             publish_rx,
             publisher_ok.clone(),
             stop.clone(),
@@ -85,6 +176,8 @@ impl RedisBroker {
         ));
         RedisBroker {
             backend,
+            settings,
+            read_script: ::redis::Script::new(READ_SCRIPT),
             publish_tx,
             subscribed,
             publisher_ok,
@@ -97,22 +190,88 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    fn publish_event(&self, envelope: EventEnvelope) {
-        let Ok(payload) = serde_json::to_string(&envelope) else {
-            return;
-        };
-        if self
-            .publish_tx
-            .try_send((std::time::Instant::now(), payload))
-            .is_err()
-        {
-            // Redis is down or far behind; local clients still got the event.
+    fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError> {
+        let unavailable = || {
             self.backend
                 .metrics
                 .redis_errors
                 .with_label_values(&["publish_dropped"])
                 .inc();
+            HubError::new(
+                ErrorCode::StoreUnavailable,
+                "the session event log is unreachable; the event was not delivered",
+            )
+        };
+        // While the publisher cannot reach Redis nothing can be logged, so
+        // the producer is told at once instead of the event waiting.
+        if !self.publisher_ok.load(Ordering::Acquire) {
+            return Err(unavailable());
         }
+        #[derive(serde::Serialize)]
+        struct Header<'a> {
+            session: &'a str,
+            origin: &'a str,
+            kind: &'a str,
+            produced_at: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            except: Option<&'a str>,
+        }
+        let header = serde_json::to_string(&Header {
+            session: &envelope.session,
+            origin: &envelope.origin,
+            kind: &envelope.kind,
+            produced_at: envelope.produced_at,
+            except: envelope.except.as_deref(),
+        })
+        .map_err(HubError::internal)?;
+        let rest = |s: &str| s.strip_prefix('{').unwrap_or(s).to_string();
+        let (done, published) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            done: Some(done),
+            header: rest(&header),
+            frame: rest(&envelope.frame),
+            session: envelope.session,
+            // Numbered by the publisher task, in queue order (see there).
+            seq: 0,
+        };
+        self.publish_tx
+            .try_send(queued)
+            .map_err(|_| unavailable())?;
+        Ok(published)
+    }
+
+    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {
+        let keys = &self.backend.keys;
+        let mut invocation = self.read_script.prepare_invoke();
+        invocation
+            .key(keys.session_log(session))
+            .key(keys.session_log_epoch(session))
+            .key(keys.session_log_offset(session))
+            .arg(epoch_candidate())
+            .arg(self.settings.ttl_ms)
+            .arg(after.map(|a| (a + 1).to_string()).unwrap_or_default());
+        let reply: Vec<String> = self.backend.script("read_log", &invocation).await?;
+        let mut reply = reply.into_iter();
+        let (Some(epoch), Some(head)) = (reply.next(), reply.next()) else {
+            return Err(HubError::internal("read_log: short reply"));
+        };
+        let head: u64 = head.parse().map_err(HubError::internal)?;
+        let kept = reply.filter_map(|e| LoggedEvent::parse(&e));
+        let events = after.map_or(Some(Vec::new()), |after| {
+            replay_window(
+                kept,
+                head,
+                after,
+                self.settings.len,
+                self.settings.ttl_ms,
+                now_millis(),
+            )
+        });
+        Ok(LogRead {
+            epoch,
+            head,
+            events,
+        })
     }
 
     async fn send_to_instance(
@@ -162,19 +321,36 @@ impl Broker for RedisBroker {
 
 async fn publisher_loop(
     backend: RedisBackend,
+    settings: LogSettings,
     mut rx: mpsc::Receiver<Queued>,
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let channel = backend.keys.events_channel();
+    let script = ::redis::Script::new(APPEND_SCRIPT);
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut seq: u64 = 0;
     'connect: loop {
         let connected = match backend.client() {
-            Ok(client) => client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| RedisError::from_client("publisher_connect", &e)),
+            Ok(client) => {
+                backend
+                    .timed("publisher_connect", async {
+                        let mut conn = client
+                            .get_multiplexed_async_connection()
+                            .await
+                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                        // Loaded once per connection, so the pipeline's
+                        // EVALSHAs find it (a restarted Redis forgot it).
+                        script
+                            .prepare_invoke()
+                            .load_async(&mut conn)
+                            .await
+                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                        Ok(conn)
+                    })
+                    .await
+            }
             Err(e) => Err(e),
         };
         let mut conn = match connected {
@@ -198,8 +374,8 @@ async fn publisher_loop(
                     n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
                     _ = shutdown.cancelled() => {
                         // Final flush of whatever is still queued.
-                        while let Ok(payload) = rx.try_recv() {
-                            batch.push(payload);
+                        while let Ok(queued) = rx.try_recv() {
+                            batch.push(queued);
                         }
                         if batch.is_empty() {
                             return;
@@ -208,39 +384,63 @@ async fn publisher_loop(
                     }
                 }
             }
-            let before = batch.len();
-            batch.retain(|(queued_at, _)| queued_at.elapsed() < STALE_AFTER);
-            if batch.len() < before {
-                backend
-                    .metrics
-                    .redis_errors
-                    .with_label_values(&["publish_stale_dropped"])
-                    .inc_by((before - batch.len()) as u64);
+            // Sequence numbers follow the queue order, which is the log
+            // order: numbering at `publish_event` would race between
+            // producers, and the script would then skip a later-queued
+            // smaller number as already logged. A retried batch keeps its
+            // numbers.
+            for q in batch.iter_mut().filter(|q| q.seq == 0) {
+                seq += 1;
+                q.seq = seq;
             }
-            if batch.is_empty() {
-                continue;
-            }
+            let keys = &backend.keys;
             let mut pipe = ::redis::pipe();
-            for (_, payload) in &batch {
-                pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
+            for q in &batch {
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(keys.session_log(&q.session))
+                    .key(keys.session_log_epoch(&q.session))
+                    .key(keys.session_log_offset(&q.session))
+                    .key(keys.session_log_seen(&q.session))
+                    .arg(epoch_candidate())
+                    .arg(settings.len)
+                    .arg(settings.ttl_ms)
+                    .arg(&channel)
+                    .arg(&settings.publisher)
+                    .arg(q.seq)
+                    .arg(&q.header)
+                    .arg(&q.frame);
+                pipe.invoke_script(&invocation);
             }
             let sent = backend
                 .timed("publish_events", async {
-                    pipe.query_async::<()>(&mut conn)
+                    pipe.query_async::<Vec<(u64, String)>>(&mut conn)
                         .await
                         .map_err(|e| RedisError::from_client("publish_events", &e))
                 })
                 .await;
             match sent {
-                Ok(()) if last => return,
-                Ok(()) => batch.clear(),
+                Ok(logged) => {
+                    for (q, (offset, epoch)) in batch.iter_mut().zip(logged) {
+                        if let Some(done) = q.done.take()
+                            && offset > 0
+                        {
+                            let _ = done.send((epoch, offset));
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                    batch.clear();
+                }
                 Err(error) => {
                     tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
-                    // The batch is kept and sent first on the new
-                    // connection, so order holds; stale events are dropped.
+                    // The batch is kept and sent first on the new connection,
+                    // so order holds; the script skips what was already
+                    // logged, so nothing is logged twice and nothing dropped.
                     healthy.store(false, Ordering::Release);
                     wait_to_reconnect(&mut backoff, &shutdown).await;
-                    if shutdown.is_cancelled() {
+                    if last || shutdown.is_cancelled() {
                         return;
                     }
                     continue 'connect;
@@ -293,7 +493,12 @@ async fn subscriber_loop(
         };
         tracing::info!(channel = %events, inbox = %inbox, "subscribed to redis pub/sub");
         announced_down = false;
-        epoch.fetch_add(1, Ordering::AcqRel);
+        let now = epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // Anything published from here on arrives on the subscription; what
+        // was published while unsubscribed is read from the log first.
+        if inbound.send(Inbound::Resubscribed(now)).await.is_err() {
+            return;
+        }
         subscribed.store(true, Ordering::Release);
         backoff = reconnect_delays();
         let mut stream = pubsub.into_on_message();
@@ -308,9 +513,13 @@ async fn subscriber_loop(
                 continue;
             };
             let parsed = if msg.get_channel_name() == events {
-                serde_json::from_str(payload).map(Inbound::Event)
+                LoggedEvent::parse(payload)
+                    .map(Inbound::Event)
+                    .ok_or_else(|| "not a logged event".to_string())
             } else {
-                serde_json::from_str(payload).map(Inbound::Instance)
+                serde_json::from_str(payload)
+                    .map(Inbound::Instance)
+                    .map_err(|e| e.to_string())
             };
             match parsed {
                 Ok(item) => {
@@ -318,7 +527,7 @@ async fn subscriber_loop(
                         return;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed pub/sub message"),
+                Err(error) => tracing::warn!(%error, "ignoring a malformed pub/sub message"),
             }
         }
         subscribed.store(false, Ordering::Release);

@@ -139,6 +139,12 @@ pub struct ServeArgs {
     /// Messages kept per contact conversation.
     #[arg(long, env = "HISTORY_LIMIT", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub history_limit: u32,
+    /// Events kept per session for resuming clients (`register.since`).
+    #[arg(long, env = "SESSION_LOG_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub session_log_len: u32,
+    /// How long a session's events stay replayable.
+    #[arg(long, env = "SESSION_LOG_TTL_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    pub session_log_ttl_ms: u64,
 
     /// Redis URL; set to run as one instance of a cluster, unset for standalone.
     #[arg(long, env = "REDIS_URL")]
@@ -450,6 +456,8 @@ pub struct HubConfig {
     pub auto_reply: Option<String>,
     pub auto_reply_delay: Duration,
     pub history_limit: usize,
+    pub session_log_len: usize,
+    pub session_log_ttl: Duration,
     pub redis_url: Option<String>,
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
@@ -541,6 +549,8 @@ impl ServeArgs {
             auto_reply: Some(self.auto_reply).filter(|s| !s.is_empty()),
             auto_reply_delay: Duration::from_millis(self.auto_reply_delay_ms),
             history_limit: self.history_limit as usize,
+            session_log_len: self.session_log_len as usize,
+            session_log_ttl: Duration::from_millis(self.session_log_ttl_ms),
             redis_url: self.redis_url,
             redis_key_prefix: self.redis_key_prefix,
             heartbeat: Duration::from_millis(self.heartbeat_ms),

@@ -11,7 +11,7 @@ pub mod requests;
 pub mod session;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, EventEnvelope, Inbound};
+use crate::broker::{Broker, EventEnvelope, Inbound, LogRead, LoggedEvent, Published};
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -30,7 +30,7 @@ use crate::store::membership::Membership;
 use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use agents::AgentRouter;
-use registry::{ClientHandle, Outbound, Registry};
+use registry::{ClientHandle, Delivery, Outbound, Registry};
 
 /// Everything one hub instance shares between its connections.
 pub struct Hub {
@@ -50,7 +50,8 @@ pub struct Hub {
     /// Every live WebSocket connection, so shutdown can wait for them.
     pub connections: TaskTracker,
     started: AtomicBool,
-    publish_order: std::sync::Mutex<()>,
+    /// The broker connection epoch whose missed events were delivered.
+    caught_up: AtomicU64,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -81,7 +82,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             started: AtomicBool::new(false),
-            publish_order: std::sync::Mutex::new(()),
+            caught_up: AtomicU64::new(0),
         })
     }
 
@@ -97,41 +98,76 @@ impl Hub {
             && self.membership.is_healthy()
             // Not ready until clients are re-announced after a reconnect.
             && self.membership.synced_epoch() == self.broker.connection_epoch()
+            // ...and until the events missed meanwhile were read from the log.
+            && self.caught_up.load(Ordering::Acquire) == self.broker.connection_epoch()
     }
 
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::Release);
     }
 
-    /// Serializes `event` once and delivers it to every client of the
-    /// session on every instance (but `except`).
+    /// Serializes `event` once and hands it to the session's log, which
+    /// gives it its offset and delivers it to every client of the session
+    /// on every instance (but `except`), this one included, in offset
+    /// order. Fails (`store_unavailable`) when the log is unreachable: then
+    /// no one gets the event.
     pub fn publish(
         &self,
         session: &str,
         event: &ServerEvent<'_>,
         kind: &'static str,
         except: Option<&str>,
-    ) {
-        let produced_at = now_millis();
+    ) -> Result<Published, HubError> {
         let frame = event.to_frame();
-        let out = Outbound {
-            frame: frame.clone(),
-            kind,
-            produced_at,
-        };
-        // Local delivery and the hand-off to other instances happen under
-        // one short lock, so every instance sees this instance's events in
-        // the same order. Nothing in here awaits.
-        let _order = self.publish_order.lock().unwrap_or_else(|p| p.into_inner());
-        self.registry.deliver(session, &out, except, &self.metrics);
-        self.broker.publish_event(EventEnvelope {
+        let published = self.broker.publish_event(EventEnvelope {
             session: session.to_string(),
             origin: self.instance().to_string(),
             kind: kind.to_string(),
-            produced_at,
+            produced_at: now_millis(),
             except: except.map(str::to_string),
             frame: frame.as_str().to_string(),
         });
+        if let Err(e) = &published {
+            self.metrics.error(e.code);
+        }
+        published
+    }
+
+    /// [`Self::publish`] for announcements nobody waits on: a failure is
+    /// logged (the event reached no one, so no one saw half of it).
+    pub fn announce(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+    ) {
+        if let Err(error) = self.publish(session, event, kind, except) {
+            tracing::warn!(session, kind, %error, "event not published");
+        }
+    }
+
+    /// [`Self::publish`], then waits until this instance delivered the event
+    /// to its own clients: a request's answer then follows the events it
+    /// caused, as it did before the log (docs/protocol.md). Bounded: a
+    /// delivery that takes longer than a Redis command's timeout is not
+    /// waited for.
+    pub async fn publish_delivered(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+    ) -> Result<(), HubError> {
+        let published = self.publish(session, event, kind, except)?;
+        let wait = async {
+            let Ok((epoch, offset)) = published.await else {
+                return;
+            };
+            self.registry.delivered(session, &epoch, offset).await;
+        };
+        let _ = tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, wait).await;
+        Ok(())
     }
 
     /// Queues a frame for one client only (a reply, not a session event).
@@ -178,7 +214,23 @@ impl Hub {
             total_count: contacts.len(),
             timestamp: now_millis(),
         };
-        self.publish(session, &event, "contact_list_broadcast", None);
+        self.announce(session, &event, "contact_list_broadcast", None);
+    }
+
+    /// [`Self::publish_contacts`] for the agent that sent them: answered
+    /// after it got the event.
+    pub async fn publish_contacts_delivered(
+        &self,
+        session: &str,
+        contacts: &[Contact],
+    ) -> Result<(), HubError> {
+        let event = ServerEvent::ContactListBroadcast {
+            contacts,
+            total_count: contacts.len(),
+            timestamp: now_millis(),
+        };
+        self.publish_delivered(session, &event, "contact_list_broadcast", None)
+            .await
     }
 
     /// Records a message in the session history and tells every client.
@@ -188,13 +240,13 @@ impl Hub {
         entry: &HistoryEntry,
     ) -> Result<(), HubError> {
         self.store.record_message(session, entry).await?;
-        self.publish(
+        self.publish_delivered(
             session,
             &ServerEvent::MessageEvent { entry },
             "message_event",
             None,
-        );
-        Ok(())
+        )
+        .await
     }
 
     pub async fn record_incoming(&self, incoming: IncomingMessage) -> Result<(), HubError> {
@@ -216,7 +268,7 @@ impl Hub {
             instance: client_id.map(|_| self.instance()),
             timestamp: now_millis(),
         };
-        self.publish(session, &event, "agent_changed", None);
+        self.announce(session, &event, "agent_changed", None);
     }
 
     pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {
@@ -229,25 +281,86 @@ impl Hub {
         } else {
             (ServerEvent::ClientLeft { client, timestamp }, "client_left")
         };
-        self.publish(session, &event, kind, Some(&client.client_id));
+        self.announce(session, &event, kind, Some(&client.client_id));
     }
 
-    /// Handles what other instances (or the local loop-back) send.
+    /// Handles what the broker hands over: logged events (in offset
+    /// order per session), resubscriptions, instance messages. Runs on one
+    /// task, so events are delivered in the order the log gave them.
     pub async fn handle_inbound(self: &Arc<Self>, inbound: Inbound) {
         match inbound {
-            Inbound::Event(env) => {
-                if env.origin == self.instance() {
-                    return;
+            Inbound::Event(event) => self.deliver_event(event).await,
+            Inbound::Resubscribed(epoch) => {
+                // Events published while the subscription was down are only
+                // in the log: deliver them before anything live.
+                for session in self.registry.sessions() {
+                    self.catch_up(&session).await;
                 }
-                let out = Outbound {
-                    frame: env.frame.into(),
-                    kind: static_kind(&env.kind),
-                    produced_at: env.produced_at,
-                };
-                self.registry
-                    .deliver(&env.session, &out, env.except.as_deref(), &self.metrics);
+                self.caught_up.store(epoch, Ordering::Release);
             }
             Inbound::Instance(msg) => self.handle_instance_message(msg).await,
+        }
+    }
+
+    /// Delivers one logged event to the local clients, first filling any
+    /// gap before it from the log (an offset never skipped, never twice).
+    async fn deliver_event(&self, event: LoggedEvent) {
+        let out = logged_outbound(&event);
+        let Delivery::Gap { after } =
+            self.registry
+                .deliver_logged(&event, &out, false, &self.metrics)
+        else {
+            return;
+        };
+        match self.broker.read_log(&event.session, Some(after)).await {
+            Ok(LogRead {
+                epoch,
+                events: Some(missed),
+                ..
+            }) if epoch == event.epoch => {
+                for missed in missed.iter().filter(|m| m.offset < event.offset) {
+                    let out = logged_outbound(missed);
+                    self.registry
+                        .deliver_logged(missed, &out, true, &self.metrics);
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(session = %event.session, after, offset = event.offset, "events missing from the log; delivering past the gap");
+            }
+            Err(error) => {
+                tracing::warn!(session = %event.session, %error, "cannot read the log to fill a gap");
+            }
+        }
+        self.registry
+            .deliver_logged(&event, &out, true, &self.metrics);
+    }
+
+    /// Delivers what the session's log holds past this instance's last
+    /// delivered offset (after a resubscription).
+    async fn catch_up(&self, session: &str) {
+        let Some(position) = self.registry.position(session) else {
+            return;
+        };
+        let mut read = self.broker.read_log(session, Some(position.offset)).await;
+        if let Ok(r) = &read
+            && r.epoch != position.epoch
+        {
+            // The log was lost and began again: all of the new one is due.
+            read = self.broker.read_log(session, Some(0)).await;
+        }
+        match read {
+            Ok(LogRead {
+                events: Some(events),
+                ..
+            }) => {
+                for event in &events {
+                    let out = logged_outbound(event);
+                    self.registry
+                        .deliver_logged(event, &out, true, &self.metrics);
+                }
+            }
+            Ok(_) => tracing::warn!(session, "missed events are no longer in the log"),
+            Err(error) => tracing::warn!(session, %error, "cannot read the log to catch up"),
         }
     }
 
@@ -274,8 +387,17 @@ impl Hub {
     }
 }
 
+/// The queued form of a logged event: its frame shared by every recipient.
+pub(crate) fn logged_outbound(event: &LoggedEvent) -> Outbound {
+    Outbound {
+        frame: event.frame.as_str().into(),
+        kind: static_kind(&event.kind),
+        produced_at: event.produced_at,
+    }
+}
+
 /// Maps a message type received from another instance to a metrics label.
-fn static_kind(kind: &str) -> &'static str {
+pub(crate) fn static_kind(kind: &str) -> &'static str {
     match kind {
         "contact_list_broadcast" => "contact_list_broadcast",
         "message_event" => "message_event",

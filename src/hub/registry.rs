@@ -5,8 +5,15 @@
 //! queue bounded in bytes (`OUTBOUND_QUEUE_BYTES`, and in frames by
 //! `OUTBOUND_QUEUE_LEN`), and a client whose queue would overflow is
 //! disconnected as a slow consumer instead of being buffered without limit.
+//!
+//! Logged session events go through [`Registry::deliver_logged`], which
+//! keeps, per session, the position (epoch, offset) this instance last
+//! delivered: an offset at or below it is dropped (never delivered twice),
+//! one past a gap is refused so the caller fills the gap from the log first.
+//! [`Registry::insert_at`] joins a client under the same lock, so a resumed
+//! client's replay and its live events meet with no gap and no duplicate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -164,6 +171,12 @@ impl ClientHandle {
         self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
+    /// How many more frames the client's queue takes right now (the frame
+    /// cap; the byte bound still applies to each frame queued).
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Asks the connection to close; the first reason given wins. True if
     /// this call decided the reason.
     pub fn disconnect(&self, reason: CloseReason) -> bool {
@@ -185,6 +198,50 @@ impl ClientHandle {
 #[derive(Default)]
 pub struct Registry {
     sessions: RwLock<HashMap<String, HashMap<String, ClientHandle>>>,
+    /// Per session with local clients: the last delivered log position.
+    /// Lock order: `positions`, then `sessions`.
+    positions: Mutex<HashMap<String, Position>>,
+    /// Per session with local clients: the last events delivered (offset,
+    /// frame, except), so a join that read the log just before live
+    /// delivery passed it takes the difference from here. Same lock order.
+    recent: Mutex<HashMap<String, VecDeque<Recent>>>,
+    /// Woken after each logged delivery, for [`Registry::delivered`].
+    progress: tokio::sync::Notify,
+}
+
+/// [`Registry::insert_at`]'s `start` refused the join: read the log again.
+#[derive(Debug)]
+pub struct Refused;
+
+/// How many delivered events per session a join can catch up from.
+const RECENT: usize = 1024;
+
+/// One delivered event, kept for joins.
+#[derive(Clone)]
+pub struct Recent {
+    pub offset: u64,
+    pub out: Outbound,
+    pub except: Option<String>,
+}
+
+/// A position in a session's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What [`Registry::deliver_logged`] did with an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the session's local clients (maybe none but `except`).
+    Delivered,
+    /// At or below the last delivered offset: dropped.
+    Duplicate,
+    /// No local client: nothing to do, and no position kept.
+    NoClients,
+    /// Offsets after `after` are missing: fill them from the log first.
+    Gap { after: u64 },
 }
 
 impl Registry {
@@ -236,6 +293,127 @@ impl Registry {
             .filter(|h| Some(h.info.client_id.as_str()) != except)
             .filter(|h| h.send(out.clone(), metrics))
             .count()
+    }
+
+    /// Delivers one logged event in offset order (see the module docs).
+    /// `force` accepts it past a gap the log could not fill.
+    pub fn deliver_logged(
+        &self,
+        event: &crate::broker::LoggedEvent,
+        out: &Outbound,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Delivery {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
+            positions.remove(&event.session);
+            recent.remove(&event.session);
+            return Delivery::NoClients;
+        };
+        let position = positions
+            .entry(event.session.clone())
+            .or_insert_with(|| Position {
+                epoch: event.epoch.clone(),
+                offset: event.offset.saturating_sub(1),
+            });
+        let kept = recent.entry(event.session.clone()).or_default();
+        if position.epoch != event.epoch {
+            // The log was lost and began again: its offsets restart at 1.
+            *position = Position {
+                epoch: event.epoch.clone(),
+                offset: 0,
+            };
+            kept.clear();
+        }
+        if event.offset <= position.offset {
+            return Delivery::Duplicate;
+        }
+        if event.offset > position.offset + 1 && !force {
+            return Delivery::Gap {
+                after: position.offset,
+            };
+        }
+        position.offset = event.offset;
+        if kept.len() == RECENT {
+            kept.pop_front();
+        }
+        kept.push_back(Recent {
+            offset: event.offset,
+            out: out.clone(),
+            except: event.except.clone(),
+        });
+        let except = event.except.as_deref();
+        for h in clients.values() {
+            if Some(h.info.client_id.as_str()) != except {
+                h.send(out.clone(), metrics);
+            }
+        }
+        self.progress.notify_waiters();
+        Delivery::Delivered
+    }
+
+    /// Waits until the session's local clients got `offset` of `epoch` (or
+    /// it has none, or its log moved to another epoch).
+    pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            match self.position(session) {
+                Some(p) if p.epoch == epoch && p.offset < offset => {}
+                _ => return,
+            }
+            progressed.await;
+        }
+    }
+
+    /// The last delivered position of a session with local clients.
+    pub fn position(&self, session: &str) -> Option<Position> {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions.get(session).cloned()
+    }
+
+    /// Sessions that have local clients.
+    pub fn sessions(&self) -> Vec<String> {
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        sessions.keys().cloned().collect()
+    }
+
+    /// Joins `handle` to the session atomically with respect to live
+    /// delivery. `read` is the log's position as the join read it. `start`
+    /// gets the position live delivery continues from (the last delivered
+    /// one; with no local client yet, `read`) and the last events delivered
+    /// before it, queues what the client gets
+    /// first (confirmation, replay) and returns the position to keep — or
+    /// None to refuse (read the log again). Returns the replaced handle.
+    pub fn insert_at(
+        &self,
+        session: &str,
+        handle: ClientHandle,
+        read: Position,
+        start: impl FnOnce(&Position, &VecDeque<Recent>, &ClientHandle) -> Option<Position>,
+    ) -> Result<Option<ClientHandle>, Refused> {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
+        let live = match positions.get(session) {
+            Some(p) if has_clients => p.clone(),
+            _ => read,
+        };
+        let none = VecDeque::new();
+        let kept = match recent.get(session) {
+            Some(k) if has_clients => k,
+            _ => &none,
+        };
+        let keep = start(&live, kept, &handle).ok_or(Refused)?;
+        positions.insert(session.to_string(), keep);
+        Ok(sessions
+            .entry(session.to_string())
+            .or_default()
+            .insert(handle.info.client_id.clone(), handle))
     }
 
     pub fn client_count(&self) -> usize {

@@ -76,7 +76,7 @@ impl Request {
             ClientMessage::AiRequest { prompt, context } => {
                 ai_request(cx, &prompt, context.as_ref()).await
             }
-            ClientMessage::Broadcast { payload } => Ok(broadcast(cx, &payload)),
+            ClientMessage::Broadcast { payload } => broadcast(cx, &payload),
             ClientMessage::ExecuteResult { content } => execute_result(cx, content).await,
             ClientMessage::ContactsUpdate { contacts } => contacts_update(cx, &contacts).await,
             ClientMessage::IncomingMessage { contact, message } => {
@@ -195,7 +195,7 @@ async fn ai_request(
     Ok(Reply::new("ai_response", content))
 }
 
-fn broadcast(cx: Cx<'_>, payload: &Value) -> Option<Reply> {
+fn broadcast(cx: Cx<'_>, payload: &Value) -> Result<Option<Reply>, HubError> {
     let from = &cx.member.info.client_id;
     cx.hub.publish(
         cx.session(),
@@ -206,8 +206,9 @@ fn broadcast(cx: Cx<'_>, payload: &Value) -> Option<Reply> {
         },
         "broadcast",
         Some(from),
-    );
-    cx.acknowledge("broadcast_sent")
+    )?;
+    // The sender gets no copy, so its ack need not wait for delivery.
+    Ok(cx.acknowledge("broadcast_sent"))
 }
 
 async fn execute_result(cx: Cx<'_>, content: Value) -> Result<Option<Reply>, HubError> {
@@ -250,7 +251,9 @@ async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Repl
         ));
     }
     cx.hub.store.set_contacts(cx.session(), contacts).await?;
-    cx.hub.publish_contacts(cx.session(), contacts);
+    cx.hub
+        .publish_contacts_delivered(cx.session(), contacts)
+        .await?;
     Ok(cx.acknowledge("ack"))
 }
 

@@ -11,10 +11,15 @@
 use std::sync::Arc;
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason};
+use std::collections::VecDeque;
+
+use super::logged_outbound;
+use super::registry::{ClientHandle, CloseReason, Outbound, Position, Recent};
 use crate::auth::Identity;
+use crate::broker::LogRead;
 use crate::protocol::{
-    ClientInfo, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent, now_millis,
+    ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
+    Since, now_millis,
 };
 use crate::store::AgentRef;
 
@@ -35,6 +40,95 @@ pub struct Joined {
     pub member: Arc<Member>,
     /// The connection's handle under the registered identity.
     pub handle: ClientHandle,
+}
+
+/// How a joining client starts, decided under the registry lock.
+enum Start {
+    /// Confirm with `recovered`, send `replay`, then live events.
+    Go {
+        recovered: bool,
+        replay: Vec<Outbound>,
+    },
+    /// The read does not fit live delivery yet: read again (`wait`: after
+    /// a pause, live delivery has to catch up with the client first).
+    Retry { wait: bool },
+}
+
+/// `live`: the last offset this instance delivered (or, with no local
+/// client yet, the head the join read); `recent`: the last events it
+/// delivered. Live events after `live` reach the client anyway, so a
+/// replay holds exactly `(since, live]`: from the read up to its head,
+/// the rest from `recent`. Events about `me` (`except`) are left out, as
+/// live delivery does.
+fn plan_start(
+    since: Option<&Since>,
+    read: &LogRead,
+    live: &Position,
+    recent: &VecDeque<Recent>,
+    me: &str,
+) -> Start {
+    let fresh = Start::Go {
+        recovered: false,
+        replay: Vec::new(),
+    };
+    if live.epoch != read.epoch {
+        // Delivery is on another log than the read: read again.
+        return Start::Retry { wait: false };
+    }
+    let Some(since) = since.filter(|s| s.epoch == read.epoch) else {
+        return fresh;
+    };
+    if since.offset > live.offset {
+        // The client saw more than this instance delivered yet (it was on
+        // another instance): wait for delivery to catch up with it.
+        return if since.offset <= read.head {
+            Start::Retry { wait: true }
+        } else {
+            fresh
+        };
+    }
+    let Some(events) = &read.events else {
+        return fresh;
+    };
+    let mut replay: Vec<Outbound> = Vec::new();
+    let mut next = since.offset + 1;
+    for e in events.iter().filter(|e| e.offset <= live.offset) {
+        if e.except.as_deref() != Some(me) {
+            replay.push(logged_outbound(e));
+        }
+        next = e.offset + 1;
+    }
+    let from = next;
+    for r in recent
+        .iter()
+        .filter(|r| r.offset >= from && r.offset <= live.offset)
+    {
+        if r.offset != next {
+            break;
+        }
+        if r.except.as_deref() != Some(me) {
+            replay.push(r.out.clone());
+        }
+        next += 1;
+    }
+    if next != live.offset + 1 {
+        // Delivery passed the read by more than `recent` holds.
+        return Start::Retry { wait: false };
+    }
+    Start::Go {
+        recovered: true,
+        replay,
+    }
+}
+
+/// What `registration_confirmed` tells a joining client.
+struct Confirmation<'a> {
+    session: &'a str,
+    info: &'a ClientInfo,
+    is_agent: bool,
+    members: &'a [ClientInfo],
+    contacts: &'a [Contact],
+    request_id: Option<&'a str>,
 }
 
 /// A validated `register`.
@@ -92,8 +186,10 @@ impl Hub {
     /// 2. seed the session's contacts, join presence, read contacts/members;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
-    /// 4. queue `registration_confirmed` and the contact list *before* the
-    ///    connection joins the registry, so no session event overtakes them;
+    /// 4. queue `registration_confirmed` and the contact list (and a resumed
+    ///    client's replay) *as* the connection joins the registry, under the
+    ///    lock live delivery takes, so no session event overtakes them and
+    ///    none is missed or repeated;
     /// 5. join the registry, replacing (close 4001) an older connection with
     ///    the same client id: its agent role passes on, and the calls sent
     ///    to it fail with `agent_disconnected`;
@@ -106,6 +202,7 @@ impl Hub {
         identity: Option<&Identity>,
     ) -> Result<Joined, HubError> {
         // 1. Validate and authorize.
+        let since = reg.since.clone();
         let Admission {
             session,
             mut info,
@@ -135,34 +232,20 @@ impl Hub {
             self.store.claim_agent(&session, &me).await?;
         }
 
-        // 4. The first frames, ahead of any session event.
+        // 4 + 5. The first frames, the replay of a resume, and the join,
+        // atomically with respect to live delivery.
         let handle = conn.with_info(info.clone());
-        self.send_direct(
-            &handle,
-            &ServerEvent::RegistrationConfirmed {
-                client_id,
-                client_name: &info.client_name,
-                session: &session,
-                instance: self.instance(),
-                agent: is_agent,
-                clients: &members[..members.len().min(REGISTRATION_CLIENTS_MAX)],
-                clients_total: members.len(),
-                request_id,
-            },
-            "registration_confirmed",
-        );
-        self.send_direct(
-            &handle,
-            &ServerEvent::ContactListBroadcast {
-                contacts: &contacts,
-                total_count: contacts.len(),
-                timestamp: now_millis(),
-            },
-            "contact_list_broadcast",
-        );
-
-        // 5. Join the registry; an older connection of this client id goes.
-        if let Some(old) = self.registry.insert(&session, handle.clone())
+        let confirm = Confirmation {
+            session: &session,
+            info: &info,
+            is_agent,
+            members: &members,
+            contacts: &contacts,
+            request_id,
+        };
+        if let Some(old) = self
+            .join_at_log_position(&handle, since.as_ref(), &confirm)
+            .await?
             && old.conn_id != handle.conn_id
         {
             self.replaced(&session, &old, client_id, is_agent).await?;
@@ -238,6 +321,122 @@ impl Hub {
             ));
         }
         Ok(())
+    }
+
+    /// Steps 4 and 5 of [`Self::join`]: reads the session's log (outside any
+    /// lock), then, under the registry lock live delivery takes, queues
+    /// `registration_confirmed`, the contact list and — for a `since` the
+    /// log can still serve — every event after it that live delivery has
+    /// already passed, and joins the registry. Live delivery then goes on
+    /// from exactly the confirmed offset: no gap, no duplicate. Returns the
+    /// handle it replaced.
+    async fn join_at_log_position(
+        &self,
+        handle: &ClientHandle,
+        since: Option<&Since>,
+        confirm: &Confirmation<'_>,
+    ) -> Result<Option<ClientHandle>, HubError> {
+        let session = confirm.session;
+        // Live delivery may be ahead of a read (read again) or behind a
+        // resuming client (wait for it); both are short-lived. Past these
+        // attempts the client starts afresh (`recovered: false`).
+        const ATTEMPTS: usize = 50;
+        let mut last_epoch: Option<String> = None;
+        for attempt in 0..=ATTEMPTS {
+            let give_up = attempt == ATTEMPTS;
+            let read = self
+                .broker
+                .read_log(session, since.map(|s| s.offset))
+                .await?;
+            // Two reads in a row saw this epoch: it is the log's, and what
+            // this instance delivered belongs to a log that is gone. Its
+            // offsets start again at 1.
+            let adopt = last_epoch.as_deref() == Some(read.epoch.as_str());
+            last_epoch = Some(read.epoch.clone());
+            let at_read = Position {
+                epoch: read.epoch.clone(),
+                offset: read.head,
+            };
+            let mut wait = false;
+            let joined =
+                self.registry
+                    .insert_at(session, handle.clone(), at_read, |live, recent, h| {
+                        let live = if adopt && live.epoch != read.epoch {
+                            Position {
+                                epoch: read.epoch.clone(),
+                                offset: 0,
+                            }
+                        } else {
+                            live.clone()
+                        };
+                        let (recovered, replay) =
+                            match plan_start(since, &read, &live, recent, &h.info.client_id) {
+                                Start::Go { recovered, replay } => (recovered, replay),
+                                Start::Retry { wait: w } if !give_up => {
+                                    wait = w;
+                                    return None;
+                                }
+                                Start::Retry { .. } => (false, Vec::new()),
+                            };
+                        // A replay that does not fit the connection's queue would
+                        // disconnect it as a slow consumer half-way: the client
+                        // reloads instead (docs/protocol.md §12.1).
+                        let (recovered, replay) = if replay.len() + 2 > h.room() {
+                            (false, Vec::new())
+                        } else {
+                            (recovered, replay)
+                        };
+                        self.send_first_frames(h, confirm, recovered, &live);
+                        for out in replay {
+                            h.send(out, &self.metrics);
+                        }
+                        Some(live)
+                    });
+            match joined {
+                Ok(replaced) => return Ok(replaced),
+                Err(_) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        // Unreachable: the last attempt always joins.
+        Err(HubError::internal("join: the session log kept moving"))
+    }
+
+    /// `registration_confirmed` and the contact list snapshot (replies:
+    /// they carry no offset).
+    fn send_first_frames(
+        &self,
+        handle: &ClientHandle,
+        c: &Confirmation<'_>,
+        recovered: bool,
+        at: &Position,
+    ) {
+        self.send_direct(
+            handle,
+            &ServerEvent::RegistrationConfirmed {
+                client_id: &c.info.client_id,
+                client_name: &c.info.client_name,
+                session: c.session,
+                instance: self.instance(),
+                agent: c.is_agent,
+                clients: &c.members[..c.members.len().min(REGISTRATION_CLIENTS_MAX)],
+                clients_total: c.members.len(),
+                recovered,
+                offset: at.offset,
+                epoch: &at.epoch,
+                request_id: c.request_id,
+            },
+            "registration_confirmed",
+        );
+        self.send_direct(
+            handle,
+            &ServerEvent::ContactListBroadcast {
+                contacts: c.contacts,
+                total_count: c.contacts.len(),
+                timestamp: now_millis(),
+            },
+            "contact_list_broadcast",
+        );
     }
 
     /// `old` was registered with the same client id as the joining client.

@@ -93,6 +93,46 @@ pub struct Register {
     pub session: Option<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Resume point: the last offset this client received, and its epoch.
+    #[serde(default, deserialize_with = "since_field")]
+    pub since: Option<Since>,
+}
+
+/// Where a resuming client left off (`register.since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// `since` must be `{"offset": integer >= 0, "epoch": non-empty string}`;
+/// anything else is `invalid_field` (null means absent).
+fn since_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Since>, D::Error> {
+    let value = Value::deserialize(d)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let bad = || {
+        serde::de::Error::custom(
+            "field `since` must be {\"offset\": integer >= 0, \"epoch\": non-empty string}",
+        )
+    };
+    let Value::Object(obj) = value else {
+        return Err(bad());
+    };
+    if obj.keys().any(|k| k != "offset" && k != "epoch") {
+        return Err(bad());
+    }
+    let offset = obj.get("offset").and_then(Value::as_u64).ok_or_else(bad)?;
+    let epoch = obj
+        .get("epoch")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty() && e.len() <= 64)
+        .ok_or_else(bad)?;
+    Ok(Some(Since {
+        offset,
+        epoch: epoch.to_string(),
+    }))
 }
 
 /// A WhatsApp action, as sent in `whatsapp_command.command` and as produced

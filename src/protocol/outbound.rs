@@ -72,6 +72,13 @@ pub enum ServerEvent<'a> {
         clients: &'a [ClientInfo],
         /// How many members the session has (`clients` may list fewer).
         clients_total: usize,
+        /// A `since` resume replayed every missed event (see
+        /// docs/protocol.md); false without `since`.
+        recovered: bool,
+        /// The last session event offset before this client's first live
+        /// event (replayed events included), and the log's epoch.
+        offset: u64,
+        epoch: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a str>,
     },
@@ -138,6 +145,14 @@ impl ServerEvent<'_> {
         Frame::from(text)
     }
 
+    /// Serializes a session event with its log position in front:
+    /// `{"offset":N,"epoch":"E",` + the rest of the event. The same bytes
+    /// go to the log and to every recipient.
+    pub fn to_logged_frame(&self, offset: u64, epoch: &str) -> String {
+        let body = self.to_frame();
+        logged_frame(offset, epoch, body.as_str())
+    }
+
     pub fn error(err: &'_ HubError, request_id: Option<&'_ str>) -> Frame {
         ServerEvent::Error {
             code: err.code.as_str(),
@@ -146,6 +161,20 @@ impl ServerEvent<'_> {
         }
         .to_frame()
     }
+}
+
+/// `{"offset":N,"epoch":"E",` + `event` without its opening brace. Epochs
+/// are hex tokens made by the hub, so they need no escaping.
+pub fn logged_frame(offset: u64, epoch: &str, event: &str) -> String {
+    let rest = event.strip_prefix('{').unwrap_or(event);
+    let mut out = String::with_capacity(rest.len() + epoch.len() + 32);
+    out.push_str("{\"offset\":");
+    out.push_str(&offset.to_string());
+    out.push_str(",\"epoch\":\"");
+    out.push_str(epoch);
+    out.push_str("\",");
+    out.push_str(rest);
+    out
 }
 
 pub fn now_millis() -> u64 {
@@ -176,6 +205,9 @@ mod tests {
             agent: true,
             clients: &clients,
             clients_total: 1,
+            recovered: false,
+            offset: 7,
+            epoch: "e1",
             request_id,
         };
         let value: Value = serde_json::from_str(event(Some("r1")).to_frame().as_str()).unwrap();
@@ -191,6 +223,9 @@ mod tests {
                 "clients": [{"client_id": "c1", "client_name": "n1", "instance": "hub1",
                              "capabilities": ["whatsapp"]}],
                 "clients_total": 1,
+                "recovered": false,
+                "offset": 7,
+                "epoch": "e1",
                 "request_id": "r1",
             })
         );

@@ -102,6 +102,28 @@ impl Keys {
         self.session_key(session, "agent")
     }
 
+    /// STREAM: the session's event log, entry id `{offset}-0`, one field
+    /// `e` holding the event as published (header line, `\n`, frame).
+    pub fn session_log(&self, session: &str) -> String {
+        format!("{}:session:{session}:log", self.prefix)
+    }
+
+    /// String: the epoch of the session's log (random, made by the hub).
+    pub fn session_log_epoch(&self, session: &str) -> String {
+        format!("{}:session:{session}:log:epoch", self.prefix)
+    }
+
+    /// String counter: the offset of the session's latest event.
+    pub fn session_log_offset(&self, session: &str) -> String {
+        format!("{}:session:{session}:log:offset", self.prefix)
+    }
+
+    /// HASH: publisher id → sequence number of its latest logged event, so a
+    /// retried publish pipeline logs nothing twice.
+    pub fn session_log_seen(&self, session: &str) -> String {
+        format!("{}:session:{session}:log:seen", self.prefix)
+    }
+
     /// ZSET: instance id → last heartbeat (ms since epoch).
     pub fn instances(&self) -> String {
         format!("{}:instances", self.prefix)

@@ -35,6 +35,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/api/v1/sessions/{session}", get(session_summary))
         .route("/api/v1/sessions/{session}/history/{contact}", get(history))
         .route("/api/v1/sessions/{session}/commands", post(command))
+        .route("/api/v1/sessions/{session}/events", get(events))
         .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             (limit, hub.clone()),
@@ -195,6 +196,57 @@ async fn history(
     let command = parse_whatsapp_command_with(command, &hub.config.field_limits)?;
     require_session(&hub, &session).await?;
     run(&hub, &session, command, &client).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+}
+
+/// The session's event log after `since` (the same replay as a WebSocket
+/// `register` with `since`): `recovered` is true when `epoch` is the log's
+/// and every event after `since` is still kept; only then are `events`
+/// (oldest first, exactly as clients received them) given.
+async fn events(
+    State(hub): State<Arc<Hub>>,
+    Path(session): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    caller(&hub, &headers, &session).await?;
+    require_session(&hub, &session).await?;
+    let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
+    let since = match (q.since, q.epoch) {
+        (None, None) => None,
+        (Some(since), Some(epoch)) if !epoch.is_empty() => Some((since, epoch)),
+        _ => {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "give both `since` (an offset) and `epoch`, or neither",
+            )
+            .into());
+        }
+    };
+    let read = hub
+        .broker
+        .read_log(&session, since.as_ref().map(|(offset, _)| *offset))
+        .await?;
+    let replay = match (&since, read.events) {
+        (Some((_, epoch)), Some(events)) if *epoch == read.epoch => Some(events),
+        _ => None,
+    };
+    let events: Vec<Value> = replay
+        .iter()
+        .flatten()
+        .filter_map(|e| serde_json::from_str(&e.frame).ok())
+        .collect();
+    Ok(Json(json!({
+        "recovered": replay.is_some(),
+        "offset": read.head,
+        "epoch": read.epoch,
+        "events": events,
+    })))
 }
 
 /// `{"command": {"action": ...}}` runs a whatsapp_command;

@@ -56,12 +56,15 @@ pub async fn send_and_collect(c: &mut WsClient, mut body: Value, rid: &str) -> V
     frames_until(c, rid).await
 }
 
-/// A copy without the fields that differ from run to run.
+/// A copy without the fields that differ from run to run (a session
+/// event's log position included: `offset`, `epoch`).
 pub fn without_volatile(v: &Value) -> Value {
     match v {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "message_id" | "timestamp"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "message_id" | "timestamp" | "offset" | "epoch")
+                })
                 .map(|(k, v)| (k.clone(), without_volatile(v)))
                 .collect(),
         ),
