@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// Bound on graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
+    /// How often the hub sends a WebSocket ping to each connection.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+    /// A connection with no inbound traffic (pongs included) for this long is closed with 1001.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(20..))]
+    pub idle_timeout_ms: u64,
 
     /// WhatsApp connector used when no agent is registered for a session.
     #[arg(
@@ -214,6 +220,8 @@ pub struct HubConfig {
     pub max_in_flight: usize,
     pub agent_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
     pub connector: ConnectorKind,
     pub contacts_file: Option<PathBuf>,
     pub auto_reply: Option<String>,
@@ -255,6 +263,15 @@ impl ServeArgs {
                 ),
             ));
         }
+        if self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(invalid(
+                "IDLE_TIMEOUT_MS",
+                format!(
+                    "must be larger than PING_INTERVAL_MS ({} ms), or answering pings would not keep a connection open",
+                    self.ping_interval_ms
+                ),
+            ));
+        }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -288,6 +305,8 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight as usize,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             connector: self.connector,
             contacts_file: self.contacts_file,
             auto_reply: Some(self.auto_reply).filter(|s| !s.is_empty()),
@@ -348,6 +367,8 @@ mod tests {
         assert!(err.contains("REDIS_URL"), "{err}");
         let err = parse(&["--heartbeat-ms", "5000", "--presence-ttl-ms", "1000"]).unwrap_err();
         assert!(err.contains("PRESENCE_TTL_MS"), "{err}");
+        let err = parse(&["--ping-interval-ms", "5000", "--idle-timeout-ms", "5000"]).unwrap_err();
+        assert!(err.contains("IDLE_TIMEOUT_MS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
     }

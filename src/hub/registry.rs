@@ -32,13 +32,15 @@ pub enum CloseReason {
     TooLarge,
     ShuttingDown,
     Replaced,
+    /// No inbound traffic (pongs included) for `IDLE_TIMEOUT_MS`.
+    IdleTimeout,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::Normal => 1000,
-            CloseReason::ShuttingDown => 1001,
+            CloseReason::ShuttingDown | CloseReason::IdleTimeout => 1001,
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
@@ -52,6 +54,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::TooLarge => "message_too_large",
             CloseReason::Replaced => "replaced",
+            CloseReason::IdleTimeout => "idle_timeout",
         }
     }
 
@@ -62,6 +65,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer: outbound queue full",
             CloseReason::TooLarge => "message too large",
             CloseReason::Replaced => "client_id registered again on another connection",
+            CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
         }
     }
 }
