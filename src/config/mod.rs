@@ -149,6 +149,9 @@ pub struct TerminalArgs {
     /// Give up on a request's response after this long (also bounds the wait for responses after stdin ends).
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+    /// Reconnection attempts (backoff 200 ms doubling to 5 s) after the connection is lost; 0 disables.
+    #[arg(long, default_value_t = 30)]
+    pub reconnect_attempts: usize,
 }
 
 /// Parses flags and environment. `--help`/`--version` print and exit 0; an
