@@ -20,6 +20,8 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
         let mut was_healthy = false;
         // Set by an outage (and at start), cleared once the clients are back.
         let mut need_resync = true;
+        // The broker epoch this instance was subscribed on at the last tick.
+        let mut subscribed_on: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -38,11 +40,16 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
             // After an outage or a reconnection (Redis may have restarted
             // empty), put this instance's clients back.
             let epoch = hub.broker.connection_epoch();
-            // Wait for this instance's own subscription too: the other
-            // instances reconnect on the same schedule, so announcing
-            // earlier would likely reach hubs that are not listening yet.
-            let resubscribed = hub.broker.is_healthy();
-            if ok && resubscribed && (need_resync || epoch != membership.synced_epoch()) {
+            // Announce once this instance has been subscribed again for a
+            // whole heartbeat: the other instances lost Redis at the same
+            // moment and reconnect on the same schedule, so by then they
+            // are listening too (the event log closes what is left of the
+            // race). With no local client there is nothing to announce.
+            let subscribed = hub.broker.is_healthy();
+            let settled =
+                subscribed && (subscribed_on == Some(epoch) || hub.registry.client_count() == 0);
+            subscribed_on = subscribed.then_some(epoch);
+            if ok && settled && (need_resync || epoch != membership.synced_epoch()) {
                 tracing::info!("redis reachable: re-announcing local clients");
                 match resync(&hub).await {
                     Ok(()) => {
