@@ -309,7 +309,7 @@ impl Terminal {
                 p.kind
             ));
         }
-        let mut delays = ExponentialBuilder::default()
+        let delays = ExponentialBuilder::default()
             .with_min_delay(RECONNECT_MIN)
             .with_max_delay(RECONNECT_MAX)
             .with_factor(2.0)
@@ -317,7 +317,7 @@ impl Terminal {
             .with_max_times(self.args.reconnect_attempts)
             .build();
         let mut last = failure;
-        while let Some(delay) = delays.next() {
+        for delay in delays {
             tokio::time::sleep(delay).await;
             let mut ws = match self.connect().await {
                 Ok(ws) => ws,
