@@ -7,8 +7,16 @@
 //!
 //! With piped input it is scriptable: at the end of input it waits (at most
 //! `--wait-ms`) for the responses to its requests, keeps printing events for
-//! `--linger-ms`, and exits 0. If the connection cannot be made or the hub
-//! closes it, it says why on stderr and exits 1.
+//! `--linger-ms`, and exits 0. If the first connection cannot be made, it
+//! says why on stderr and exits 1.
+//!
+//! A lost connection (hub restart, network, idle timeout) is re-established
+//! with backoff (`--reconnect-attempts`), registering again under the same
+//! client id with `since` = the last event offset/epoch seen, so the hub
+//! replays what was missed: `(resumed: N missed events)`, or `(could not
+//! resume: history reloaded)` and the contacts and last conversation are
+//! loaded afresh. Input typed meanwhile waits and is sent afterwards. A
+//! close with a 4xxx code (replaced, refused) is final: exit 1.
 //!
 //! Stdin is read by a dedicated thread feeding a channel rather than by
 //! `tokio::io::stdin()`: tokio's stdin is a blocking read that cannot be
@@ -26,6 +34,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -51,6 +60,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_OUTSTANDING: usize = 8;
 /// Input lines buffered between the stdin thread and the event loop.
 const INPUT_QUEUE: usize = 64;
+/// Reconnection delays: 200 ms doubling up to 5 s, with jitter so many
+/// terminals cut off by one hub restart do not come back in lockstep.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the terminal client until `/quit`, end of input, or the connection
 /// failing; the exit code is 0 for the first two, 1 otherwise.
@@ -144,6 +157,35 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// Worth reconnecting after: the connection went away, not the hub
+    /// refusing this client (4xxx: replaced by a newer connection, auth).
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Lost(_) | Failure::Connect(_) | Failure::ClosedByHub(None) => true,
+            Failure::ClosedByHub(Some(frame)) => !(4000..5000).contains(&u16::from(frame.code)),
+            Failure::Registration(_) | Failure::TokenExpired => false,
+        }
+    }
+}
+
+/// Where this client is in the session's event log (docs/protocol.md):
+/// sent back as `since` when registering again.
+#[derive(Debug, Clone, PartialEq)]
+struct Position {
+    offset: u64,
+    epoch: String,
+}
+
+impl Position {
+    fn of(event: &Value) -> Option<Position> {
+        Some(Position {
+            offset: event.get("offset")?.as_u64()?,
+            epoch: event.get("epoch")?.as_str()?.to_string(),
+        })
+    }
+}
+
 struct Pending {
     kind: &'static str,
     sent: Instant,
@@ -161,6 +203,13 @@ struct Terminal {
     /// The token of the current connection (`--token-file` is read again
     /// on every connect).
     token: Option<String>,
+    /// The client id the hub confirmed, kept across reconnections.
+    client_id: Option<String>,
+    /// The last event offset seen (None before the event log existed).
+    position: Option<Position>,
+    /// The contact of the last message seen, whose history is reloaded
+    /// when a resume fails.
+    last_contact: Option<String>,
 }
 
 /// After a 4401, how long to wait for `--token-file` to hold a new token.
@@ -176,6 +225,9 @@ impl Terminal {
             names: Names::default(),
             out: Output::default(),
             token: None,
+            client_id: None,
+            position: None,
+            last_contact: None,
         }
     }
 
@@ -243,7 +295,7 @@ impl Terminal {
     /// One connection: connect, register, then serve input and events.
     async fn session(&mut self, lines: &mut mpsc::Receiver<String>) -> Result<(), Failure> {
         let mut ws = self.connect().await?;
-        self.register(&mut ws).await?;
+        self.register(&mut ws, false).await?;
         let wait = Duration::from_millis(self.args.wait_ms);
         let linger = Duration::from_millis(self.args.linger_ms);
         let mut input_open = true;
@@ -252,18 +304,28 @@ impl Terminal {
             if !input_open && self.pending.is_empty() && linger_until.is_none() {
                 linger_until = Some(Instant::now() + linger);
             }
+            // A reload after a reconnection is waited for like any request.
+            if !self.pending.is_empty() {
+                linger_until = None;
+            }
             // The oldest request is given up on `wait` after it was sent.
             let expiry = self.pending.values().map(|p| p.sent + wait).min();
             let accepting = input_open && self.pending.len() < self.max_outstanding();
             tokio::select! {
-                msg = ws.next() => self.on_message(msg)?,
+                msg = ws.next() => {
+                    if let Err(failure) = self.on_message(msg) {
+                        ws = self.reconnect(ws, failure).await?;
+                    }
+                }
                 line = lines.recv(), if accepting => match line {
-                    Some(line) => {
-                        if !self.on_line(&mut ws, &line).await? {
+                    Some(line) => match self.on_line(&mut ws, &line).await {
+                        Ok(true) => {}
+                        Ok(false) => {
                             self.close(&mut ws).await;
                             return Ok(());
                         }
-                    }
+                        Err(failure) => ws = self.reconnect(ws, failure).await?,
+                    },
                     None => input_open = false,
                 },
                 _ = sleep_until(expiry), if expiry.is_some() => self.expire(wait),
@@ -296,6 +358,51 @@ impl Terminal {
         }
     }
 
+    /// Connects and registers again after `failure`, with backoff, unless
+    /// the failure is final or reconnecting is disabled. Requests sent on
+    /// the lost connection are given up on (their answers went with it);
+    /// input lines not yet read stay queued for the new connection.
+    async fn reconnect(&mut self, old: Ws, failure: Failure) -> Result<Ws, Failure> {
+        // Whatever state the old socket is in, it is done with.
+        drop(old);
+        if !failure.is_transient() || self.args.reconnect_attempts == 0 {
+            return Err(failure);
+        }
+        self.out.note(&format!("{failure}; reconnecting"));
+        let mut lost: Vec<(String, Pending)> = self.pending.drain().collect();
+        lost.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(u64::MAX));
+        for (id, p) in lost {
+            self.out.note(&format!(
+                "warning: [#{id}] connection lost before the response to {}",
+                p.kind
+            ));
+        }
+        let delays = ExponentialBuilder::default()
+            .with_min_delay(RECONNECT_MIN)
+            .with_max_delay(RECONNECT_MAX)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.args.reconnect_attempts)
+            .build();
+        let mut last = failure;
+        for delay in delays {
+            tokio::time::sleep(delay).await;
+            let mut ws = match self.connect().await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match self.register(&mut ws, true).await {
+                Ok(()) => return Ok(ws),
+                Err(e) if e.is_transient() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
     async fn connect(&self) -> Result<Ws, Failure> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = self.args.url.as_str();
@@ -319,16 +426,21 @@ impl Terminal {
         }
     }
 
-    /// Registers and prints the banner. Events that arrive first are
-    /// printed too; an error before the confirmation is fatal.
-    async fn register(&mut self, ws: &mut Ws) -> Result<(), Failure> {
+    /// Registers and prints the banner (or, `resuming`, the resume line).
+    /// Events that arrive first are printed too; an error before the
+    /// confirmation is fatal.
+    async fn register(&mut self, ws: &mut Ws, resuming: bool) -> Result<(), Failure> {
         let mut register = json!({
             "type": "register",
             "client_name": self.args.name,
             "session": self.args.session,
         });
-        if let Some(id) = &self.args.client_id {
+        if let Some(id) = self.client_id.as_ref().or(self.args.client_id.as_ref()) {
             register["client_id"] = json!(id);
+        }
+        let since = self.position.clone().filter(|_| resuming);
+        if let Some(p) = &since {
+            register["since"] = json!({"offset": p.offset, "epoch": p.epoch});
         }
         send(ws, &register).await?;
         let deadline = Instant::now() + REGISTER_TIMEOUT;
@@ -350,7 +462,13 @@ impl Terminal {
             match event.get("type").and_then(Value::as_str) {
                 Some("registration_confirmed") => {
                     self.names.learn(&event);
-                    self.out.say(&format::banner(&self.args.url, &event));
+                    self.client_id = format::str_field(&event, "client_id").map(str::to_string);
+                    if resuming {
+                        self.on_resumed(ws, &event, since).await?;
+                    } else {
+                        self.position = Position::of(&event);
+                        self.out.say(&format::banner(&self.args.url, &event));
+                    }
                     return Ok(());
                 }
                 Some("error") => {
@@ -364,7 +482,52 @@ impl Terminal {
         }
     }
 
-    /// Handles one thing read from the socket; `Err` ends the session.
+    /// Says whether the hub could replay what was missed. Without the event
+    /// log (no `recovered` field) nothing was replayed: treated as not
+    /// recovered, so the state is reloaded. The contacts come with every
+    /// registration; the last conversation's history is asked for.
+    async fn on_resumed(
+        &mut self,
+        ws: &mut Ws,
+        confirmed: &Value,
+        since: Option<Position>,
+    ) -> Result<(), Failure> {
+        let now = Position::of(confirmed);
+        let recovered = confirmed.get("recovered").and_then(Value::as_bool) == Some(true);
+        self.out.say(&format!(
+            "reconnected to {} (instance {})",
+            format::clean(&self.args.url),
+            format::clean(format::str_field(confirmed, "instance").unwrap_or("?")),
+        ));
+        if let (true, Some(since)) = (recovered, since) {
+            // The replay follows; each replayed event moves the position.
+            let missed = now.map_or(0, |n| n.offset.saturating_sub(since.offset));
+            self.out.say(&format!("(resumed: {missed} missed events)"));
+            return Ok(());
+        }
+        self.position = now;
+        self.out.say("(could not resume: history reloaded)");
+        if let Some(contact) = self.last_contact.clone() {
+            let id = self.next_id.to_string();
+            self.next_id += 1;
+            let body = json!({
+                "type": "whatsapp_command",
+                "command": {"action": "get_history", "contact": contact},
+                "request_id": id,
+            });
+            self.pending.insert(
+                id,
+                Pending {
+                    kind: "whatsapp_command",
+                    sent: Instant::now(),
+                },
+            );
+            send(ws, &body).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one thing read from the socket; `Err` ends the connection.
     fn on_message(
         &mut self,
         msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
@@ -392,6 +555,14 @@ impl Terminal {
     fn on_text(&mut self, text: &str) {
         let event = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
         self.names.learn(&event);
+        if let Some(p) = Position::of(&event) {
+            self.position = Some(p);
+        }
+        if event.get("type").and_then(Value::as_str) == Some("message_event")
+            && let Some(contact) = format::str_field(&event, "contact")
+        {
+            self.last_contact = Some(contact.to_string());
+        }
         // From the text, so that anything unrecognized is shown as sent.
         let mut line = format::format_frame(text, &self.names);
         let answered = match event.get("type").and_then(Value::as_str) {
@@ -703,12 +874,183 @@ mod tests {
             drop(ws);
         })
         .await;
-        let (run, _input) = run_session(args(&url, &[]), &[], false).await;
+        let args = args(&url, &["--reconnect-attempts", "0"]);
+        let (run, _input) = run_session(args, &[], false).await;
         assert!(
             matches!(run.result, Err(Failure::Lost(_))),
             "{:?}",
             run.result
         );
+        hub.await.unwrap();
+    }
+
+    /// Accepts two connections in turn, running `first` then `second`.
+    async fn fake_hub_twice<F1, Fut1, F2, Fut2>(
+        first: F1,
+        second: F2,
+    ) -> (String, tokio::task::JoinHandle<()>)
+    where
+        F1: FnOnce(ServerWs) -> Fut1 + Send + 'static,
+        Fut1: std::future::Future<Output = ()> + Send,
+        F2: FnOnce(ServerWs) -> Fut2 + Send + 'static,
+        Fut2: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            first(tokio_tungstenite::accept_async(stream).await.unwrap()).await;
+            let (stream, _) = listener.accept().await.unwrap();
+            second(tokio_tungstenite::accept_async(stream).await.unwrap()).await;
+        });
+        (url, task)
+    }
+
+    async fn send_json(ws: &mut ServerWs, v: Value) {
+        ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    fn message_event(offset: u64, text: &str) -> Value {
+        json!({"type":"message_event","offset":offset,"epoch":"e1","direction":"incoming",
+            "contact":"John","message":text,"by":"John","message_id":format!("m{offset}")})
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_resumes_from_the_last_offset_seen() {
+        let (url, hub) = fake_hub_twice(
+            |mut ws| async move {
+                let reg = next_json(&mut ws).await.unwrap();
+                assert!(
+                    reg.get("since").is_none(),
+                    "a first registration resumes nothing"
+                );
+                send_json(
+                    &mut ws,
+                    json!({"type":"registration_confirmed","client_id":"t",
+                    "client_name":"t","session":"default","instance":"fake","agent":false,
+                    "clients":[],"recovered":false,"offset":5,"epoch":"e1"}),
+                )
+                .await;
+                send_json(&mut ws, message_event(6, "before")).await;
+                // Wait for the terminal's request, then vanish without a close frame.
+                let ping = next_json(&mut ws).await.unwrap();
+                assert_eq!(ping["type"], "ping");
+                drop(ws);
+            },
+            |mut ws| async move {
+                let reg = next_json(&mut ws).await.unwrap();
+                assert_eq!(reg["client_id"], "t");
+                assert_eq!(reg["since"], json!({"offset": 6, "epoch": "e1"}));
+                send_json(
+                    &mut ws,
+                    json!({"type":"registration_confirmed","client_id":"t",
+                    "client_name":"t","session":"default","instance":"fake2","agent":false,
+                    "clients":[],"recovered":true,"offset":8,"epoch":"e1"}),
+                )
+                .await;
+                send_json(&mut ws, message_event(7, "missed one")).await;
+                send_json(&mut ws, message_event(8, "missed two")).await;
+                // Input typed while reconnecting is sent on the new connection.
+                let after = next_json(&mut ws).await.unwrap();
+                assert_eq!(after["type"], "broadcast");
+                while next_json(&mut ws).await.is_some() {}
+            },
+        )
+        .await;
+        let (tx, rx) = mpsc::channel(16);
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let mut terminal = Terminal::new(
+            args(&url, &["--linger-ms", "200", "--wait-ms", "300"]),
+            true,
+        );
+        terminal.out = Output {
+            captured: Some(captured.clone()),
+        };
+        tx.send("/ping".to_string()).await.unwrap();
+        tx.send("/broadcast after".to_string()).await.unwrap();
+        drop(tx);
+        let result = tokio::time::timeout(Duration::from_secs(10), terminal.run(rx))
+            .await
+            .expect("the session ends by itself");
+        let run = Run {
+            result,
+            transcript: captured.lock().unwrap().clone(),
+        };
+        assert!(run.result.is_ok(), "{:?} {:#?}", run.result, run.transcript);
+        assert!(run.has("connection lost: "), "{:#?}", run.transcript);
+        assert!(run.has("stderr: warning: [#1] connection lost before the response to ping"));
+        let resumed = run.position("(resumed: 2 missed events)");
+        assert!(run.position("reconnected to ws://") < resumed);
+        assert!(
+            resumed < run.position("missed two"),
+            "{:#?}",
+            run.transcript
+        );
+        assert_eq!(
+            terminal.position,
+            Some(Position {
+                offset: 8,
+                epoch: "e1".into()
+            })
+        );
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_resume_reloads_the_last_conversation() {
+        let (url, hub) = fake_hub_twice(
+            |mut ws| async move {
+                next_json(&mut ws).await.unwrap();
+                // A hub without the event log: no offsets anywhere.
+                send_json(
+                    &mut ws,
+                    json!({"type":"registration_confirmed","client_id":"gen-1",
+                    "client_name":"t","session":"default","instance":"fake","agent":false,
+                    "clients":[]}),
+                )
+                .await;
+                let mut event = message_event(0, "hi");
+                event.as_object_mut().unwrap().remove("offset");
+                send_json(&mut ws, event).await;
+                let close = CloseFrame {
+                    code: CloseCode::from(1001),
+                    reason: "hub shutting down".into(),
+                };
+                ws.send(Message::Close(Some(close))).await.unwrap();
+                while ws.next().await.is_some() {}
+            },
+            |mut ws| async move {
+                let reg = next_json(&mut ws).await.unwrap();
+                assert_eq!(reg["client_id"], "gen-1", "the confirmed id is kept");
+                assert!(
+                    reg.get("since").is_none(),
+                    "no offset seen, nothing to resume"
+                );
+                send_json(
+                    &mut ws,
+                    json!({"type":"registration_confirmed","client_id":"gen-1",
+                    "client_name":"t","session":"default","instance":"fake","agent":false,
+                    "clients":[]}),
+                )
+                .await;
+                let history = next_json(&mut ws).await.unwrap();
+                assert_eq!(
+                    history["command"],
+                    json!({"action":"get_history","contact":"John"})
+                );
+                let answer = json!({"type":"response","request_id":history["request_id"],
+                    "success":true,"data":{"contact":"John","messages":[]}});
+                send_json(&mut ws, answer).await;
+                while next_json(&mut ws).await.is_some() {}
+            },
+        )
+        .await;
+        let mut a = args(&url, &["--linger-ms", "300"]);
+        a.client_id = None;
+        let (run, _) = run_session(a, &[], true).await;
+        assert!(run.result.is_ok(), "{:?} {:#?}", run.result, run.transcript);
+        let reloaded = run.position("(could not resume: history reloaded)");
+        assert!(reloaded < run.position("response"), "{:#?}", run.transcript);
         hub.await.unwrap();
     }
 

@@ -174,10 +174,10 @@ async fn history_is_capped_ordered_and_per_contact(f: StoreFixture) {
 
 async fn join_and_leave_exactly_once(f: StoreFixture) {
     let s = &f.store;
-    s.join("s", &client("c1", ME)).await.unwrap();
-    s.join("s", &client("c2", ME)).await.unwrap();
-    // Joining again replaces, never duplicates.
-    s.join("s", &client("c1", ME)).await.unwrap();
+    assert!(s.join("s", &client("c1", ME)).await.unwrap(), "new entry");
+    assert!(s.join("s", &client("c2", ME)).await.unwrap());
+    // Joining again replaces, never duplicates, and says it was there.
+    assert!(!s.join("s", &client("c1", ME)).await.unwrap());
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
     assert!(s.members("other").await.unwrap().is_empty());
 

@@ -1,6 +1,7 @@
 //! `mcp-hub terminal` driven through stdin against a real hub, as a
 //! newcomer would use it from the README walk-through. The terminal client
-//! is the spawned process under test; the hub runs in-process.
+//! is the spawned process under test; the hub runs in-process (or as a
+//! spawned process when the test restarts it).
 
 mod support;
 
@@ -136,4 +137,42 @@ async fn terminal_reports_an_unreachable_hub() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.trim().is_empty(), "should say why it failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_reconnects_after_the_hub_restarts_and_says_what_it_resumed() {
+    let port = free_port().to_string();
+    let mut hub = HubProcess::start(&["--port", &port], &[]).await;
+    let mut t = terminal(&hub.ws_url(), "phoenix");
+    let mut t_in = t.stdin.take().expect("stdin");
+    let mut out = BufReader::new(t.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    wait_for_line(&mut out, "connected to", &mut seen).await;
+    t_in.write_all(b"/send John before the restart\n")
+        .await
+        .expect("write");
+    wait_for_line(&mut out, "John: before the restart", &mut seen).await;
+
+    // The hub restarts (SIGTERM closes with 1001); a new one takes the port.
+    hub.sigterm();
+    assert!(hub.wait_exit(Duration::from_secs(15)).await.is_some());
+    let _hub = HubProcess::start(&["--port", &port], &[]).await;
+    wait_for_line(&mut out, "reconnected to", &mut seen).await;
+    // A restarted standalone hub lost the session's events: no resume, so
+    // the terminal reloads the conversation it was in.
+    wait_for_line(&mut out, "(could not resume: history reloaded)", &mut seen).await;
+    // (the new hub kept nothing: "no messages with John").
+    wait_for_line(&mut out, "messages with John", &mut seen).await;
+
+    // The same terminal goes on working on the new connection.
+    t_in.write_all(b"/send John after the restart\n")
+        .await
+        .expect("write");
+    wait_for_line(&mut out, "John: after the restart", &mut seen).await;
+    drop(t_in);
+    let status = tokio::time::timeout(Duration::from_secs(20), t.wait())
+        .await
+        .expect("the terminal exits after stdin ends")
+        .expect("status");
+    assert!(status.success(), "{}", seen.join("\n"));
 }

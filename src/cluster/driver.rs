@@ -1,5 +1,6 @@
 //! The cluster loop of one instance: heartbeat, re-announce the local
-//! clients after a Redis outage or reconnection, reap dead instances and
+//! clients after a Redis outage or reconnection (telling the sessions what
+//! was missing: `client_joined`, `agent_changed`), reap dead instances and
 //! announce what was reaped. It sits above the hub, so it reads the hub's
 //! registry and publishes through it; membership and store stay hub-free.
 
@@ -17,6 +18,10 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
         let mut tick = tokio::time::interval(membership.heartbeat_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_healthy = false;
+        // Set by an outage (and at start), cleared once the clients are back.
+        let mut need_resync = true;
+        // The broker epoch this instance was subscribed on at the last tick.
+        let mut subscribed_on: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -28,16 +33,29 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
                     if was_healthy {
                         tracing::warn!(error = %e, "redis heartbeat failed: not ready until it recovers");
                     }
+                    need_resync = true;
                     false
                 }
             };
             // After an outage or a reconnection (Redis may have restarted
             // empty), put this instance's clients back.
             let epoch = hub.broker.connection_epoch();
-            if ok && (!was_healthy || epoch != membership.synced_epoch()) {
+            // Announce once this instance has been subscribed again for a
+            // whole heartbeat: the other instances lost Redis at the same
+            // moment and reconnect on the same schedule, so by then they
+            // are listening too (the event log closes what is left of the
+            // race). With no local client there is nothing to announce.
+            let subscribed = hub.broker.is_healthy();
+            let settled =
+                subscribed && (subscribed_on == Some(epoch) || hub.registry.client_count() == 0);
+            subscribed_on = subscribed.then_some(epoch);
+            if ok && settled && (need_resync || epoch != membership.synced_epoch()) {
                 tracing::info!("redis reachable: re-announcing local clients");
                 match resync(&hub).await {
-                    Ok(()) => membership.mark_synced(epoch),
+                    Ok(()) => {
+                        membership.mark_synced(epoch);
+                        need_resync = false;
+                    }
                     Err(e) => tracing::warn!(error = %e, "re-announcing local clients failed"),
                 }
             }
@@ -60,16 +78,23 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
     });
 }
 
-/// Puts this instance's clients and agents back into the store.
+/// Puts this instance's clients and agents back into the store, and tells
+/// each session what it had lost (Redis restarted empty, or another
+/// instance reaped them while this one was cut off): only entries that
+/// were actually missing are announced, so a plain reconnection is silent.
 async fn resync(hub: &Hub) -> Result<(), HubError> {
     for (session, handle) in hub.registry.all() {
-        hub.store.join(&session, &handle.info).await?;
+        if hub.store.join(&session, &handle.info).await? {
+            hub.reannounce_client(&session, &handle.info).await;
+        }
         if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
             let me = AgentRef {
                 client_id: handle.info.client_id.clone(),
                 instance: hub.instance().to_string(),
             };
-            hub.store.claim_agent_if_vacant(&session, &me).await?;
+            if hub.store.claim_agent_if_vacant(&session, &me).await? {
+                hub.reannounce_agent(&session, &me.client_id).await;
+            }
         }
     }
     Ok(())

@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// Bound on graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
+    /// How often the hub sends a WebSocket ping to each connection.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+    /// A connection with no inbound traffic (pongs included) for this long is closed with 1001.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(20..))]
+    pub idle_timeout_ms: u64,
 
     /// WhatsApp connector used when no agent is registered for a session.
     #[arg(
@@ -371,6 +377,9 @@ pub struct TerminalArgs {
     /// token is picked up after a 4401 close.
     #[arg(long, env = "MCP_HUB_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Reconnection attempts (backoff 200 ms doubling to 5 s) after the connection is lost; 0 disables.
+    #[arg(long, default_value_t = 30)]
+    pub reconnect_attempts: usize,
 }
 
 /// Parses flags and environment. `--help`/`--version` print and exit 0; an
@@ -451,6 +460,8 @@ pub struct HubConfig {
     pub allowed_origins: Vec<String>,
     pub agent_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
     pub connector: ConnectorKind,
     pub contacts_file: Option<PathBuf>,
     pub auto_reply: Option<String>,
@@ -492,6 +503,15 @@ impl ServeArgs {
                 format!(
                     "must be larger than HEARTBEAT_MS ({} ms), or live instances would expire",
                     self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(invalid(
+                "IDLE_TIMEOUT_MS",
+                format!(
+                    "must be larger than PING_INTERVAL_MS ({} ms), or answering pings would not keep a connection open",
+                    self.ping_interval_ms
                 ),
             ));
         }
@@ -544,6 +564,8 @@ impl ServeArgs {
             allowed_origins,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             connector: self.connector,
             contacts_file: self.contacts_file,
             auto_reply: Some(self.auto_reply).filter(|s| !s.is_empty()),
@@ -661,6 +683,8 @@ mod tests {
         assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
         let err = parse(&["--allowed-origins", "*"]).unwrap_err();
         assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
+        let err = parse(&["--ping-interval-ms", "5000", "--idle-timeout-ms", "5000"]).unwrap_err();
+        assert!(err.contains("IDLE_TIMEOUT_MS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
     }

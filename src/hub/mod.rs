@@ -13,6 +13,7 @@ pub mod session;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -147,6 +148,38 @@ impl Hub {
         }
     }
 
+    /// [`Self::announce`] for announcements that must not be lost to a
+    /// publisher that is still reconnecting (re-announcing presence after a
+    /// Redis outage): retries with backoff for a few seconds while the log
+    /// is unreachable.
+    pub async fn announce_retrying(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+    ) {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(50))
+            .with_max_delay(std::time::Duration::from_secs(1))
+            .with_max_times(12)
+            .build();
+        loop {
+            match self.publish(session, event, kind, except) {
+                Ok(_) => return,
+                Err(error) => match delays.next() {
+                    Some(delay) if error.code == crate::protocol::ErrorCode::StoreUnavailable => {
+                        tokio::time::sleep(delay).await
+                    }
+                    _ => {
+                        tracing::warn!(session, kind, %error, "event not published");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
     /// [`Self::publish`], then waits until this instance delivered the event
     /// to its own clients: a request's answer then follows the events it
     /// caused, as it did before the log (docs/protocol.md). Bounded: a
@@ -269,6 +302,28 @@ impl Hub {
             timestamp: now_millis(),
         };
         self.announce(session, &event, "agent_changed", None);
+    }
+
+    /// `client_joined` again for a client Redis lost (see
+    /// [`Self::announce_retrying`]).
+    pub async fn reannounce_client(&self, session: &str, client: &ClientInfo) {
+        let event = ServerEvent::ClientJoined {
+            client,
+            timestamp: now_millis(),
+        };
+        self.announce_retrying(session, &event, "client_joined", Some(&client.client_id))
+            .await;
+    }
+
+    /// `agent_changed` again for an agent role re-claimed after Redis lost it.
+    pub async fn reannounce_agent(&self, session: &str, client_id: &str) {
+        let event = ServerEvent::AgentChanged {
+            client_id: Some(client_id),
+            instance: Some(self.instance()),
+            timestamp: now_millis(),
+        };
+        self.announce_retrying(session, &event, "agent_changed", None)
+            .await;
     }
 
     pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {

@@ -42,13 +42,15 @@ pub enum CloseReason {
     ShuttingDown,
     Replaced,
     TokenExpired,
+    /// No inbound traffic (pongs included) for `IDLE_TIMEOUT_MS`.
+    IdleTimeout,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::Normal => 1000,
-            CloseReason::ShuttingDown => 1001,
+            CloseReason::ShuttingDown | CloseReason::IdleTimeout => 1001,
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
@@ -64,6 +66,7 @@ impl CloseReason {
             CloseReason::TooLarge => "message_too_large",
             CloseReason::Replaced => "replaced",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::IdleTimeout => "idle_timeout",
         }
     }
 
@@ -75,6 +78,7 @@ impl CloseReason {
             CloseReason::TooLarge => "message too large",
             CloseReason::Replaced => "client_id registered again on another connection",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
         }
     }
 }

@@ -12,16 +12,21 @@
 //! this loop only asks [`crate::protocol::ClientMessage::execution`] whether
 //! it runs inline or in its own task, capped per connection, so one long AI
 //! call never stalls pings or other requests.
+//!
+//! Liveness ([`Liveness`]) is one timer in the reader's `select!`: it asks
+//! the writer for a WebSocket ping every `PING_INTERVAL_MS` and closes the
+//! connection (1001) after `IDLE_TIMEOUT_MS` without inbound traffic, so a
+//! half-open peer (an agent whose network vanished) does not keep its role.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +98,55 @@ impl RateLimiter {
     }
 }
 
+/// When to ping and when to give up on a silent peer. Inbound traffic only
+/// moves `last_inbound`; the single timer is re-armed when it fires, so a
+/// busy connection costs no timer resets.
+struct Liveness {
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    next_ping: Instant,
+    last_inbound: Instant,
+}
+
+/// What the liveness timer asks for when it fires.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Nothing,
+    Ping,
+    Idle,
+}
+
+impl Liveness {
+    fn new(ping_interval: Duration, idle_timeout: Duration, now: Instant) -> Self {
+        Liveness {
+            ping_interval,
+            idle_timeout,
+            next_ping: now + ping_interval,
+            last_inbound: now,
+        }
+    }
+
+    /// The next instant the timer must fire.
+    fn deadline(&self) -> Instant {
+        self.next_ping.min(self.last_inbound + self.idle_timeout)
+    }
+
+    fn on_inbound(&mut self, now: Instant) {
+        self.last_inbound = now;
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Due {
+        if now >= self.last_inbound + self.idle_timeout {
+            return Due::Idle;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.ping_interval;
+            return Due::Ping;
+        }
+        Due::Nothing
+    }
+}
+
 struct Connection {
     hub: Arc<Hub>,
     session: ClientSession,
@@ -124,12 +178,15 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
     hub.metrics.connections.inc();
     hub.metrics.connections_opened.inc();
 
+    // The writer owns the sink; the reader's timer asks it for pings.
+    let ping = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         kick.clone(),
         handle.clone(),
         hub.clone(),
+        ping.clone(),
     ));
 
     let mut conn = Connection {
@@ -147,6 +204,14 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
     };
     tokio::pin!(expiry);
 
+    let mut liveness = Liveness::new(
+        hub.config.ping_interval,
+        hub.config.idle_timeout,
+        Instant::now(),
+    );
+    let timer = tokio::time::sleep_until(liveness.deadline().into());
+    tokio::pin!(timer);
+
     loop {
         tokio::select! {
             _ = kick.cancelled() => break,
@@ -158,7 +223,19 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
                 handle.disconnect(CloseReason::TokenExpired);
                 break;
             }
-            msg = stream.next() => match msg {
+            _ = &mut timer => {
+                match liveness.on_timer(Instant::now()) {
+                    Due::Idle => {
+                        tracing::debug!(conn_id, "no inbound traffic within the idle timeout");
+                        handle.disconnect(CloseReason::IdleTimeout);
+                        break;
+                    }
+                    Due::Ping => ping.notify_one(),
+                    Due::Nothing => {}
+                }
+                timer.as_mut().reset(liveness.deadline().into());
+            }
+            msg = stream.next() => match msg.inspect(|_| liveness.on_inbound(Instant::now())) {
                 Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => conn.reply_error(
                     HubError::new(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text frames"),
@@ -205,21 +282,28 @@ async fn write_loop(
     kick: CancellationToken,
     handle: ClientHandle,
     hub: Arc<Hub>,
+    ping: Arc<Notify>,
 ) {
     loop {
         let first = tokio::select! {
             biased;
             _ = kick.cancelled() => break,
+            _ = ping.notified() => None,
             out = rx.recv() => match out {
-                Some(out) => out,
+                Some(out) => Some(out),
                 None => break,
             },
         };
         // A client that stops reading blocks the socket write: the kick
-        // (slow consumer, shutdown) must still end the connection.
+        // (slow consumer, shutdown, idle timeout) must still end the connection.
         let written = tokio::select! {
             _ = kick.cancelled() => break,
-            written = write_batch(&mut sink, first, &mut rx, &handle, &hub) => written,
+            written = async {
+                match first {
+                    Some(first) => write_batch(&mut sink, first, &mut rx, &handle, &hub).await,
+                    None => sink.send(Message::Ping(Default::default())).await,
+                }
+            } => written,
         };
         if written.is_err() {
             handle.disconnect(CloseReason::Normal);
@@ -374,5 +458,24 @@ mod tests {
         assert!(!is_too_large(axum::Error::new(WsError::ConnectionClosed)));
         let io = std::io::Error::other("message too long");
         assert!(!is_too_large(axum::Error::new(io)));
+    }
+
+    #[test]
+    fn liveness_pings_on_schedule_and_gives_up_after_silence() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Liveness::new(ms(100), ms(250), t0);
+        assert_eq!(l.deadline(), t0 + ms(100));
+        assert_eq!(l.on_timer(t0 + ms(50)), Due::Nothing);
+        assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
+        assert_eq!(l.deadline(), t0 + ms(200));
+        // Traffic (a pong) keeps the connection; pings go on regardless.
+        l.on_inbound(t0 + ms(180));
+        assert_eq!(l.on_timer(t0 + ms(200)), Due::Ping);
+        assert_eq!(l.on_timer(t0 + ms(300)), Due::Ping);
+        assert_eq!(l.deadline(), t0 + ms(400));
+        assert_eq!(l.on_timer(t0 + ms(429)), Due::Ping);
+        assert_eq!(l.deadline(), t0 + ms(430));
+        assert_eq!(l.on_timer(t0 + ms(430)), Due::Idle);
     }
 }

@@ -126,12 +126,14 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<()> {
-        self.with(session, |s| {
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
+        Ok(self.with(session, |s| {
+            let before = s.members.len();
             s.members.retain(|m| m.client_id != client.client_id);
+            let added = before == s.members.len();
             s.members.push(client.clone());
-        });
-        Ok(())
+            added
+        }))
     }
 
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {

@@ -66,7 +66,9 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<HistoryEntry>>;
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<()>;
+    /// Adds (or replaces) a client's presence entry; true if it was missing
+    /// (so re-announcing after an outage tells the session only what it lost).
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool>;
     /// Removes a client; true if it was present (so exactly one caller
     /// announces its departure).
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool>;

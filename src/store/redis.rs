@@ -225,22 +225,22 @@ impl SessionStore for RedisStore {
         raw.iter().map(|r| decode("history entry", r)).collect()
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<()> {
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
         let mut pipe = ::redis::pipe();
+        // HSET answers how many fields it created: 1 = the entry was missing.
         pipe.atomic()
             .hset(
                 self.backend.keys.presence(session),
                 &client.client_id,
                 encode(client)?,
             )
-            .ignore()
             .sadd(
                 self.backend.keys.instance_members(&client.instance),
                 member_tag(session, &client.client_id),
             )
             .ignore();
-        let _: () = self.backend.pipe("join", &pipe).await?;
-        Ok(())
+        let (created,): (i64,) = self.backend.pipe("join", &pipe).await?;
+        Ok(created == 1)
     }
 
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {

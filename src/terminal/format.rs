@@ -148,7 +148,7 @@ fn raw(text: &str) -> String {
     format!("? {}", clean(text))
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+pub fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 

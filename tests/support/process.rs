@@ -116,9 +116,12 @@ impl HubProcess {
         envs: &[(&str, &str)],
     ) -> HubProcess {
         let mut cmd = Command::new(hub_binary());
-        cmd.arg("serve")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+        cmd.arg("serve").args(["--host", "127.0.0.1"]);
+        // A given `--port` (a hub restarted on its predecessor's port) wins.
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        cmd.args(args)
             .current_dir(&cwd.0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
