@@ -414,6 +414,10 @@ async fn metrics_count_every_kind_of_traffic_and_pass_promtool() {
         let series = format!("hub_errors_total{{code=\"{code}\"}}");
         assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
     }
+    for reason in ["slow_consumer", "idle_timeout", "token_expired"] {
+        let series = format!("hub_ws_connections_closed_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
+    }
 
     let (mut a, _) = WsClient::register(&url, "m", "a").await;
     let (mut agent, _) = register_agent(&url, "m", "phone").await;

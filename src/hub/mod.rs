@@ -69,6 +69,14 @@ pub struct HubParts {
 
 impl Hub {
     pub fn new(parts: HubParts) -> Arc<Hub> {
+        // Known label values start at 0, so dashboards see "0 closed for
+        // this reason" rather than no data.
+        for reason in registry::CloseReason::ALL {
+            parts
+                .metrics
+                .connections_closed
+                .with_label_values(&[reason.label()]);
+        }
         Arc::new(Hub {
             config: parts.config,
             store: parts.store,

@@ -47,6 +47,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, e.g. to start their metric series at 0.
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Normal,
+        CloseReason::SlowConsumer,
+        CloseReason::TooLarge,
+        CloseReason::ShuttingDown,
+        CloseReason::Replaced,
+        CloseReason::TokenExpired,
+        CloseReason::IdleTimeout,
+    ];
+
     pub fn code(self) -> u16 {
         match self {
             CloseReason::Normal => 1000,
