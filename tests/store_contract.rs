@@ -94,6 +94,9 @@ fn entry(contact: &str, n: usize) -> HistoryEntry {
         message_id: format!("id{n}"),
         timestamp: 1_000 + n as u64,
         by: "tester".to_string(),
+        executed_by: Some("simulated".to_string()),
+        status: None,
+        status_error: None,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod client;
 pub mod executor;
+pub mod idempotency;
 pub mod registry;
 pub mod requests;
 pub mod session;
@@ -48,6 +49,9 @@ pub struct Hub {
     pub connections: TaskTracker,
     started: AtomicBool,
     publish_order: std::sync::Mutex<()>,
+    /// Woken when this instance queued webhook events, so they are
+    /// processed at once rather than at the next poll.
+    pub webhook_wake: tokio::sync::Notify,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -77,6 +81,7 @@ impl Hub {
             connections: TaskTracker::new(),
             started: AtomicBool::new(false),
             publish_order: std::sync::Mutex::new(()),
+            webhook_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -200,6 +205,9 @@ impl Hub {
             message_id: format!("in.{}", uuid::Uuid::new_v4().simple()),
             timestamp: now_millis(),
             by: incoming.contact,
+            executed_by: Some(incoming.executed_by.to_string()),
+            status: None,
+            status_error: None,
         };
         self.record_and_publish(&incoming.session, &entry).await
     }
@@ -258,6 +266,7 @@ impl Hub {
                 hub.handle_inbound(msg).await;
             }
         });
+        crate::whatsapp::webhooks::spawn_drain(self.clone());
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.recv().await {
@@ -274,6 +283,7 @@ fn static_kind(kind: &str) -> &'static str {
     match kind {
         "contact_list_broadcast" => "contact_list_broadcast",
         "message_event" => "message_event",
+        "message_status" => "message_status",
         "client_joined" => "client_joined",
         "client_left" => "client_left",
         "broadcast" => "broadcast",

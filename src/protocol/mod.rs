@@ -11,9 +11,10 @@ mod outbound;
 
 pub use errors::{ErrorCode, HubError};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, Register, WhatsAppCommand,
-    parse_client_message, parse_whatsapp_command,
+    AiContext, ClientMessage, ContactRef, Execution, MAX_IDEMPOTENCY_KEY_LEN, Register,
+    WhatsAppCommand, check_idempotency_key, parse_client_message, parse_whatsapp_command,
 };
 pub use outbound::{
-    ClientInfo, Contact, Frame, HistoryEntry, MessageDirection, ServerEvent, now_millis,
+    ClientInfo, Contact, DeliveryStatus, Frame, HistoryEntry, MessageDirection, ServerEvent,
+    StatusError, now_millis,
 };

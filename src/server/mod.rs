@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod http;
 pub mod rest;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/ui", get(web_page))
         .merge(http::routes())
         .merge(rest::routes())
+        .merge(webhooks::routes())
         .with_state(hub)
 }
 

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::hub::Hub;
-use crate::protocol::{AiContext, ClientInfo, ErrorCode, HubError, parse_whatsapp_command};
+use crate::protocol::{
+    AiContext, ClientInfo, ErrorCode, HubError, check_idempotency_key, parse_whatsapp_command,
+};
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
@@ -140,14 +142,24 @@ async fn command(
     check_session(&session)?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
     let client = rest_client(&hub, &headers);
+    let key = idempotency_key(&headers)?;
+    let key = key.as_deref();
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command(cmd)?;
-            run(&hub, &session, command, &client).await.map(Json)
+            Ok(Json(
+                hub.run_command_once(&session, &command, &client, key)
+                    .await?,
+            ))
         }
         (None, Some(text)) => Ok(Json(
-            hub.execute_ai_command(&session, &text, body.context, &client)
-                .await?,
+            hub.idempotent(
+                &session,
+                "whatsapp_ai_command",
+                key,
+                hub.execute_ai_command(&session, &text, body.context, &client),
+            )
+            .await?,
         )),
         _ => Err(HubError::new(
             ErrorCode::InvalidMessage,
@@ -155,6 +167,20 @@ async fn command(
         )
         .into()),
     }
+}
+
+/// The `Idempotency-Key` header, validated like `idempotency_key`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| {
+        HubError::new(
+            ErrorCode::InvalidField,
+            "header `Idempotency-Key` must be printable ASCII",
+        )
+    })?;
+    Ok(check_idempotency_key(Some(v.to_string()))?)
 }
 
 async fn run(
