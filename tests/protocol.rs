@@ -250,12 +250,14 @@ async fn register_ping_commands_ai_and_broadcast() {
             "by",
             "contact",
             "direction",
+            "executed_by",
             "message",
             "message_id",
             "timestamp"
         ]
     );
     assert_eq!(first["by"], "bob");
+    assert_eq!(first["executed_by"], "simulated");
     assert_eq!(first["direction"], "outgoing");
     let h = bob
         .request(ws_command(
