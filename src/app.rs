@@ -110,7 +110,6 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
         ConnectorKind::None => Arc::new(NoConnector::new(contacts)),
     };
-    tracing::info!(connector = config.connector.as_str(), "whatsapp connector");
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
     let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis_url {
@@ -158,6 +157,8 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
     };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
+    // Debug: a refused setting or a taken port must stay the only line.
+    tracing::debug!(connector = config.connector.as_str(), "whatsapp connector");
     let hub = Hub::new(HubParts {
         config,
         store,

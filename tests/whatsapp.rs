@@ -724,3 +724,38 @@ async fn a_late_execute_result_is_recorded() {
     assert_eq!(h[0]["message"], "finally");
     assert_eq!(h[0]["executed_by"], "agent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_token_is_never_logged() {
+    // (A missing required setting exits 2 naming it: tests/process.rs.)
+    // A working hub at debug level: sends and failures never log the token.
+    let graph = FakeGraph::start().await;
+    let dir = TempDir::new();
+    let file = dir.write("contacts.json", CONTACTS);
+    let base = graph.base_url();
+    let file = file.display().to_string();
+    let hub = HubProcess::start(
+        &["--contacts-file", &file, "--agent-timeout-ms", "1000"],
+        &[
+            ("RUST_LOG", "debug"),
+            ("WHATSAPP_CONNECTOR", "cloud_api"),
+            ("WHATSAPP_ACCESS_TOKEN", TOKEN),
+            ("WHATSAPP_PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+            ("WHATSAPP_APP_SECRET", APP_SECRET),
+            ("WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN),
+            ("WHATSAPP_BASE_URL", &base),
+        ],
+    )
+    .await;
+    let (mut user, _) = WsClient::register(&hub.ws_url(), "default", "alice").await;
+    let r = user.request(send_cmd("john", "logged?")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    graph.set_default(Behavior::Empty(500));
+    let r = user.request(send_cmd("john", "failing")).await;
+    assert_eq!(r["content"]["code"], "connector_unavailable", "{r}");
+    hub.wait_for_log("cloud api", Duration::from_secs(5)).await;
+    assert!(
+        !hub.log().contains(TOKEN),
+        "the access token leaked into the log"
+    );
+}
