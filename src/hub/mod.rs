@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod registry;
 pub mod requests;
 pub mod session;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,7 +267,7 @@ impl Hub {
                 hub.handle_inbound(msg).await;
             }
         });
-        crate::whatsapp::webhooks::spawn_drain(self.clone());
+        webhooks::spawn_drain(self.clone());
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.recv().await {
