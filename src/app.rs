@@ -20,7 +20,9 @@ use crate::store::SessionStore;
 use crate::store::membership::{LocalMembership, Membership};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::whatsapp::cloud_api::CloudApiConnector;
 use crate::whatsapp::simulated::{SimulatedConnector, builtin_contacts, load_contacts};
+use crate::whatsapp::{NoConnector, WhatsAppConnector};
 
 /// Errors that stop the hub from starting; each names its setting.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +91,9 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             setting: "CONTACTS_FILE",
             reason: format!("{}: {reason}", path.display()),
         })?,
-        None => builtin_contacts(),
+        // A real account starts with no made-up contacts.
+        None if config.connector == ConnectorKind::Simulated => builtin_contacts(),
+        None => Vec::new(),
     };
     if contacts.len() > config.max_contacts_per_session {
         // Every new session is seeded with these: they must fit.
@@ -109,13 +113,26 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     }
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    let connector = match config.connector {
+    let connector: Arc<dyn WhatsAppConnector> = match config.connector {
         ConnectorKind::Simulated => Arc::new(SimulatedConnector::new(
             contacts,
             config.auto_reply.clone(),
             config.auto_reply_delay,
             incoming_tx,
         )),
+        ConnectorKind::CloudApi => {
+            let settings = config.whatsapp.cloud_api.clone().ok_or(ConfigError {
+                setting: "WHATSAPP_CONNECTOR",
+                reason: "cloud_api without its settings".into(),
+            })?;
+            // A send, retries included, is bounded like an agent call.
+            Arc::new(CloudApiConnector::new(
+                settings,
+                contacts,
+                config.agent_timeout,
+            ))
+        }
+        ConnectorKind::None => Arc::new(NoConnector::new(contacts)),
     };
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
@@ -173,6 +190,8 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
     let auth = Arc::new(Authenticator::from_settings(&config.auth).await?);
     let jwks_refresh = config.auth.jwks_refresh;
+    // Debug: a refused setting or a taken port must stay the only line.
+    tracing::debug!(connector = config.connector.as_str(), "whatsapp connector");
     let hub = Hub::new(HubParts {
         config,
         store,

@@ -71,7 +71,8 @@ async fn agent_executes_other_clients_commands_and_reports() {
     assert_eq!(resp["content"], content, "the agent's content, unchanged");
     assert_eq!(events.len(), 1, "{events:?}");
     let expected_event = json!({"type": "message_event", "direction": "outgoing",
-        "contact": "Bob", "message": "hi bob", "message_id": "wamid.1", "by": "user"});
+        "contact": "Bob", "message": "hi bob", "message_id": "wamid.1", "by": "user",
+        "executed_by": "agent"});
     assert_eq!(
         without_volatile(&events[0]),
         without_volatile(&expected_event)
@@ -288,7 +289,7 @@ async fn agent_executes_other_clients_commands_and_reports() {
         assert_eq!(
             without_volatile(&ev),
             json!({"type": "message_event", "direction": "incoming", "contact": "Grandma",
-                   "message": "bring cake", "by": "Grandma"})
+                   "message": "bring cake", "by": "Grandma", "executed_by": "agent"})
         );
         assert!(
             ev["message_id"]
@@ -351,7 +352,7 @@ async fn agent_executes_other_clients_commands_and_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_agent_times_out_and_late_answers_are_refused() {
+async fn silent_agent_times_out_and_late_answers_are_still_recorded() {
     let hub = TestHub::start(&["--agent-timeout-ms", "300"]).await;
     let url = hub.ws_url();
     let (mut user, _) = WsClient::register(&url, "t", "user").await;
@@ -376,18 +377,20 @@ async fn silent_agent_times_out_and_late_answers_are_refused() {
             events.iter().all(|m| m["type"] != "message_event"),
             "a timed-out send must not be recorded: {events:?}"
         );
-        // Its late answer is refused and changes nothing.
+        // Its late answer is still accepted: a late send was carried out,
+        // so it is recorded and announced; anything else changes nothing.
         answer(
             &mut agent,
             &call,
-            json!({"success": true, "contact": "John", "message_id": "late"}),
+            json!({"success": true, "contact": "John", "message_id": format!("late-{rid}")}),
         )
         .await;
-        let e = agent.recv_type("error").await;
-        assert_eq!(
-            (e["code"].as_str(), e["request_id"].as_str()),
-            (Some("unknown_request"), Some(call.as_str()))
-        );
+        if rid == "t1" {
+            let ev = user.recv_type("message_event").await;
+            assert_eq!(ev["message_id"], "late-t1", "{ev}");
+            assert_eq!(ev["executed_by"], "agent", "{ev}");
+            assert_eq!(ev["message"], "anyone there?", "{ev}");
+        }
     }
     // Over REST the same timeout is a 504 with {code, message}.
     let rest_call = tokio::spawn({
@@ -416,7 +419,10 @@ async fn silent_agent_times_out_and_late_answers_are_refused() {
         "{pending:?}"
     );
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/t").await;
-    assert_eq!(summary["last_contact"], Value::Null, "nothing was recorded");
+    assert_eq!(
+        summary["last_contact"], "John",
+        "only the late send was recorded"
+    );
     let body = metrics_text(&hub).await;
     assert!(
         metric_value(&body, "hub_agent_calls_total{outcome=\"timeout\"}") >= Some(3.0),

@@ -128,6 +128,21 @@ async fn every_invalid_setting_exits_2_with_one_line_naming_it() {
             vec![("WHATSAPP_CONNECTOR", "real")],
             "WHATSAPP_CONNECTOR",
         ),
+        // cloud_api without a required setting names the first missing one.
+        (
+            vec![],
+            vec![("WHATSAPP_CONNECTOR", "cloud_api")],
+            "WHATSAPP_ACCESS_TOKEN",
+        ),
+        (
+            vec!["--connector", "cloud_api"],
+            vec![
+                ("WHATSAPP_ACCESS_TOKEN", "t"),
+                ("WHATSAPP_PHONE_NUMBER_ID", "1"),
+                ("WHATSAPP_APP_SECRET", "s"),
+            ],
+            "WHATSAPP_VERIFY_TOKEN",
+        ),
         (vec!["--ai-provider", "magic"], vec![], "AI_PROVIDER"),
         // A selected provider without its key.
         (

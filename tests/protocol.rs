@@ -186,7 +186,7 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(
         without_volatile(event),
         json!({"type": "message_event", "direction": "outgoing", "contact": "John",
-               "message": "Hello!", "by": "alice"})
+               "message": "Hello!", "by": "alice", "executed_by": "simulated"})
     );
     assert_eq!(event["message_id"], c["message_id"]);
     assert_eq!(event["timestamp"], c["timestamp"]);
@@ -250,12 +250,14 @@ async fn register_ping_commands_ai_and_broadcast() {
             "by",
             "contact",
             "direction",
+            "executed_by",
             "message",
             "message_id",
             "timestamp"
         ]
     );
     assert_eq!(first["by"], "bob");
+    assert_eq!(first["executed_by"], "simulated");
     assert_eq!(first["direction"], "outgoing");
     let h = bob
         .request(ws_command(

@@ -151,7 +151,7 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
     assert_eq!(
         without_volatile(&ev),
         json!({"type": "message_event", "direction": "outgoing", "contact": "John",
-               "message": "same", "by": "crm-bot"}),
+               "message": "same", "by": "crm-bot", "executed_by": "simulated"}),
         "the WebSocket client sees the REST send"
     );
     assert_eq!(ev["message_id"], via_rest["message_id"]);

@@ -40,7 +40,7 @@ async fn two_clients_see_each_others_events() {
     assert_eq!(
         without_volatile(&ev_a),
         json!({"type": "message_event", "direction": "outgoing", "contact": "Alice",
-               "message": "from b", "by": "b"})
+               "message": "from b", "by": "b", "executed_by": "simulated"})
     );
     // a's AI command: both see it.
     let r = a.request(ai_command("tell bob that from a")).await;
@@ -323,7 +323,7 @@ async fn auto_reply_reaches_every_client_and_history() {
         assert_eq!(
             without_volatile(&incoming),
             json!({"type": "message_event", "direction": "incoming", "contact": "Maria",
-                   "message": "Maria got: ping", "by": "Maria"})
+                   "message": "Maria got: ping", "by": "Maria", "executed_by": "simulated"})
         );
         assert!(
             incoming["message_id"]

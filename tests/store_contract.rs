@@ -13,11 +13,13 @@ use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
 use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage, LoggedEvent};
 use mcp_hub::metrics::Metrics;
-use mcp_hub::protocol::{ClientInfo, Contact, ErrorCode, HistoryEntry, MessageDirection};
+use mcp_hub::protocol::{
+    ClientInfo, Contact, DeliveryStatus, ErrorCode, HistoryEntry, MessageDirection, StatusError,
+};
 use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
-use mcp_hub::store::{AgentRef, Reaped, SessionStore};
+use mcp_hub::store::{AgentRef, IdempotencyBegin, Reaped, SessionStore};
 use support::{RedisServer, wait_until_async};
 use tokio::sync::mpsc;
 
@@ -98,6 +100,9 @@ fn entry(contact: &str, n: usize) -> HistoryEntry {
         message_id: format!("id{n}"),
         timestamp: 1_000 + n as u64,
         by: "tester".to_string(),
+        executed_by: Some("simulated".to_string()),
+        status: None,
+        status_error: None,
     }
 }
 
@@ -320,6 +325,116 @@ async fn adversarial_names_stay_apart(f: StoreFixture) {
     }
 }
 
+async fn statuses_only_move_forward(f: StoreFixture) {
+    let s = &f.store;
+    let ttl = Duration::from_secs(60);
+    s.record_message("s", &entry("John", 1)).await.unwrap();
+    s.record_message("s", &entry("John", 2)).await.unwrap();
+    let status_of = async |n: usize| {
+        let h = s.history("s", "john", 10).await.unwrap();
+        h[n].status
+    };
+    assert_eq!(status_of(0).await, None);
+    assert!(
+        s.set_status("s", "id1", DeliveryStatus::Sent, None, ttl)
+            .await
+            .unwrap()
+    );
+    // `read` may come before `delivered`; `delivered` after it changes nothing.
+    assert!(
+        s.set_status("s", "id1", DeliveryStatus::Read, None, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_status("s", "id1", DeliveryStatus::Delivered, None, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_status("s", "id1", DeliveryStatus::Read, None, ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(status_of(0).await, Some(DeliveryStatus::Read));
+    assert_eq!(status_of(1).await, None);
+    // `failed` is final and carries its reason.
+    let why = StatusError {
+        code: "outside_conversation_window".into(),
+        message: "use a template".into(),
+        upstream_code: Some(131047),
+    };
+    assert!(
+        s.set_status("s", "id2", DeliveryStatus::Failed, Some(&why), ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_status("s", "id2", DeliveryStatus::Read, None, ttl)
+            .await
+            .unwrap()
+    );
+    let h = s.history("s", "john", 10).await.unwrap();
+    assert_eq!(h[1].status, Some(DeliveryStatus::Failed));
+    assert_eq!(h[1].status_error.as_ref(), Some(&why));
+}
+
+async fn idempotency_keys_run_once(f: StoreFixture) {
+    let s = &f.store;
+    let other = f.peer.clone().unwrap_or_else(|| s.clone());
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        s.idempotency_begin("k", "t1", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired
+    );
+    assert_eq!(
+        other.idempotency_begin("k", "t2", ttl).await.unwrap(),
+        IdempotencyBegin::Busy
+    );
+    s.idempotency_finish("k", "t1", "{\"ok\":1}", ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.idempotency_begin("k", "t2", ttl).await.unwrap(),
+        IdempotencyBegin::Done("{\"ok\":1}".into())
+    );
+    // Abandoned: free again, but only by its holder.
+    assert_eq!(
+        s.idempotency_begin("k2", "t1", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired
+    );
+    other.idempotency_abandon("k2", "t2").await.unwrap();
+    assert_eq!(
+        other.idempotency_begin("k2", "t2", ttl).await.unwrap(),
+        IdempotencyBegin::Busy
+    );
+    s.idempotency_abandon("k2", "t1").await.unwrap();
+    assert_eq!(
+        other.idempotency_begin("k2", "t2", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired
+    );
+}
+
+async fn webhook_items_are_seen_once_and_queued_in_order(f: StoreFixture) {
+    let s = &f.store;
+    let other = f.peer.clone().unwrap_or_else(|| s.clone());
+    let ttl = Duration::from_secs(60);
+    assert!(s.mark_seen("in:wamid.1", ttl).await.unwrap());
+    assert!(!other.mark_seen("in:wamid.1", ttl).await.unwrap());
+    other.forget_seen("in:wamid.1").await.unwrap();
+    assert!(other.mark_seen("in:wamid.1", ttl).await.unwrap());
+    assert_eq!(s.pop_webhook_event().await.unwrap(), None);
+    s.push_webhook_event("a").await.unwrap();
+    s.push_webhook_event("b").await.unwrap();
+    // Any instance takes them, oldest first, once.
+    assert_eq!(
+        other.pop_webhook_event().await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(s.pop_webhook_event().await.unwrap().as_deref(), Some("b"));
+    assert_eq!(other.pop_webhook_event().await.unwrap(), None);
+}
+
 macro_rules! store_contract {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -350,6 +465,9 @@ store_contract!(
     reads_never_create_a_session,
     every_write_makes_a_session_exist,
     adversarial_names_stay_apart,
+    statuses_only_move_forward,
+    idempotency_keys_run_once,
+    webhook_items_are_seen_once_and_queued_in_order,
 );
 
 // ------------------------------------------------------------- reaping

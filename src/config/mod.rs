@@ -6,6 +6,7 @@
 //! Config owns every setting; the AI ones live in [`ai`].
 
 pub mod ai;
+pub mod whatsapp;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use ai::AiArgs;
+pub use whatsapp::ConnectorKind;
+use whatsapp::{WhatsAppArgs, WhatsAppConfig};
 
 use crate::protocol::FieldLimits;
 
@@ -45,11 +48,6 @@ pub enum Command {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ConnectorKind {
-    Simulated,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -126,7 +124,8 @@ pub struct ServeArgs {
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(20..))]
     pub idle_timeout_ms: u64,
 
-    /// WhatsApp connector used when no agent is registered for a session.
+    /// WhatsApp connector used when no agent is registered for a session:
+    /// simulated, cloud_api or none (agent only).
     #[arg(
         long,
         env = "WHATSAPP_CONNECTOR",
@@ -167,6 +166,8 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub ai: AiArgs,
+    #[command(flatten)]
+    pub whatsapp: WhatsAppArgs,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -475,6 +476,7 @@ pub struct HubConfig {
     pub presence_ttl: Duration,
     pub ai: AiArgs,
     pub auth: AuthSettings,
+    pub whatsapp: WhatsAppConfig,
 }
 
 /// A setting that parsed but makes no sense; printed as one line, exit 2.
@@ -541,6 +543,7 @@ impl ServeArgs {
             Some(id) => id,
             None => default_instance_id(),
         };
+        let whatsapp = self.whatsapp.validate(self.connector)?;
         Ok(HubConfig {
             host: self.host,
             port: self.port,
@@ -579,6 +582,7 @@ impl ServeArgs {
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
             ai: self.ai,
             auth,
+            whatsapp,
         })
     }
 }
@@ -712,6 +716,43 @@ mod tests {
         assert!(
             !format!("{cfg:?}").contains(&secret),
             "secrets are redacted"
+        );
+    }
+
+    #[test]
+    fn cloud_api_needs_its_settings_and_hides_the_token() {
+        let err = parse(&["--connector", "cloud_api"]).unwrap_err();
+        assert!(err.contains("WHATSAPP_ACCESS_TOKEN"), "{err}");
+        let err = parse(&[
+            "--connector",
+            "cloud_api",
+            "--whatsapp-access-token",
+            "tok-secret",
+            "--whatsapp-phone-number-id",
+            "123",
+            "--whatsapp-app-secret",
+            "s",
+        ])
+        .unwrap_err();
+        assert!(err.contains("WHATSAPP_VERIFY_TOKEN"), "{err}");
+        let cfg = parse(&[
+            "--connector",
+            "cloud_api",
+            "--whatsapp-access-token",
+            "tok-secret",
+            "--whatsapp-phone-number-id",
+            "123",
+            "--whatsapp-app-secret",
+            "s",
+            "--whatsapp-verify-token",
+            "v",
+        ])
+        .unwrap();
+        assert_eq!(cfg.connector, ConnectorKind::CloudApi);
+        assert!(!format!("{cfg:?}").contains("tok-secret"));
+        assert_eq!(
+            parse(&["--connector", "none"]).unwrap().connector,
+            ConnectorKind::None
         );
     }
 }

@@ -4,9 +4,16 @@
 //! The requester's instance keeps a *pending* call with a timeout; the
 //! agent's instance keeps a *forwarded* call until the agent answers or
 //! disconnects. Both sides are plain maps, never locked across an await.
+//!
+//! An answer that comes after the requester was told `agent_timeout` is
+//! not lost: the agent's instance still relays it for
+//! [`LATE_REPLY_GRACE`], and the requester's instance records a late
+//! successful send in history and announces it (a message that was sent
+//! is never missing from history).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -14,10 +21,22 @@ use tokio::sync::oneshot;
 use super::Hub;
 use super::registry::Outbound;
 use crate::broker::InstanceMessage;
-use crate::protocol::{ErrorCode, HubError, ServerEvent};
+use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand};
 use crate::store::AgentRef;
 
 type CallResult = Result<Value, HubError>;
+
+/// How long after the requester's timeout an agent's answer is still
+/// accepted and recorded.
+pub const LATE_REPLY_GRACE: Duration = Duration::from_secs(120);
+
+/// What the requester's instance needs to record a late answer.
+#[derive(Clone)]
+pub struct LateCall {
+    pub session: String,
+    pub command: WhatsAppCommand,
+    pub requester: ClientInfo,
+}
 
 struct Forwarded {
     reply_to: String,
@@ -29,6 +48,8 @@ struct Forwarded {
 pub struct AgentRouter {
     pending: Mutex<HashMap<String, oneshot::Sender<CallResult>>>,
     forwarded: Mutex<HashMap<String, Forwarded>>,
+    /// Calls whose requester timed out, until their grace ends.
+    late: Mutex<HashMap<String, (LateCall, Instant)>>,
 }
 
 impl AgentRouter {
@@ -36,11 +57,24 @@ impl AgentRouter {
         lock(&self.pending).insert(call_id.to_string(), tx);
     }
 
-    fn complete(&self, call_id: &str, result: CallResult) {
+    /// Hands the result to the waiting requester; if it gave up already,
+    /// returns the late call it left behind (to be recorded).
+    fn complete(&self, call_id: &str, result: CallResult) -> Option<(LateCall, CallResult)> {
         if let Some(tx) = lock(&self.pending).remove(call_id) {
-            // The requester may have timed out already.
-            let _ = tx.send(result);
+            // The requester may have timed out this very moment.
+            match tx.send(result) {
+                Ok(()) => return None,
+                Err(result) => {
+                    return lock(&self.late)
+                        .remove(call_id)
+                        .map(|(late, _)| (late, result));
+                }
+            }
         }
+        let now = Instant::now();
+        let mut late = lock(&self.late);
+        late.retain(|_, (_, until)| *until > now);
+        late.remove(call_id).map(|(call, _)| (call, result))
     }
 
     fn take_forwarded(&self, call_id: &str, agent_client_id: &str) -> Option<Forwarded> {
@@ -74,11 +108,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// Sends `command` to the session's agent and waits for its result.
+    /// With `late`, an answer after the timeout is still recorded.
     pub async fn call_agent(
         self: &Arc<Self>,
         session: &str,
         agent: &AgentRef,
         command: Value,
+        late: Option<LateCall>,
     ) -> CallResult {
         let call_id = format!("call-{}", uuid::Uuid::new_v4().simple());
         let (tx, rx) = oneshot::channel();
@@ -111,11 +147,12 @@ impl Hub {
                 "agent call dropped",
             )),
             Err(_) => {
-                // An agent on this instance must not have its answer taken
-                // once the requester is told `agent_timeout`: forget the
-                // forwarded call now rather than when the expiry task runs
-                // (which may be a little later), so it gets unknown_request.
-                lock(&self.agents.forwarded).remove(&call_id);
+                // The agent may still answer (and may have sent the
+                // message): keep what is needed to record it then.
+                if let Some(late) = late {
+                    lock(&self.agents.late)
+                        .insert(call_id.clone(), (late, Instant::now() + LATE_REPLY_GRACE));
+                }
                 lock(&self.agents.pending).remove(&call_id);
                 Err(HubError::new(
                     ErrorCode::AgentTimeout,
@@ -160,13 +197,14 @@ impl Hub {
                         agent_client_id: agent_client_id.clone(),
                     },
                 );
-                // The caller gives up after the same timeout (counted from a
-                // moment earlier); forget the call then, so a later answer is
+                // The caller gives up after the agent timeout; a late answer
+                // is still relayed (and recorded there) for the grace
+                // period, then the call is forgotten, so a later answer is
                 // refused with `unknown_request` instead of leaking the entry.
                 let hub = self.clone();
                 let expired_id = call_id.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(hub.config.agent_timeout).await;
+                    tokio::time::sleep(hub.config.agent_timeout + LATE_REPLY_GRACE).await;
                     hub.agents.take_forwarded(&expired_id, &agent_client_id);
                 });
                 let frame = ServerEvent::Execute {
@@ -197,7 +235,7 @@ impl Hub {
                     (Some(content), None) => Ok(content),
                     (None, None) => Ok(Value::Null),
                 };
-                self.agents.complete(&call_id, result);
+                self.complete_call(&call_id, result).await;
             }
         }
     }
@@ -233,6 +271,18 @@ impl Hub {
         }
     }
 
+    /// Delivers a call's result; records a late one.
+    async fn complete_call(self: &Arc<Self>, call_id: &str, result: CallResult) {
+        let Some((late, result)) = self.agents.complete(call_id, result) else {
+            return;
+        };
+        if let Ok(content) = result {
+            tracing::info!(session = %late.session, call_id, "recording an agent answer that came after agent_timeout");
+            self.after_agent_success(&late.session, &late.command, &content, &late.requester)
+                .await;
+        }
+    }
+
     async fn reply_to_caller(
         self: &Arc<Self>,
         reply_to: &str,
@@ -240,7 +290,7 @@ impl Hub {
         result: CallResult,
     ) {
         if reply_to == self.instance() {
-            self.agents.complete(&call_id, result);
+            self.complete_call(&call_id, result).await;
             return;
         }
         let (content, error) = match result {

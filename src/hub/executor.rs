@@ -1,18 +1,30 @@
 //! Executing WhatsApp commands for a session: through its agent when one is
 //! connected, else through the configured connector. Either way a sent
-//! message lands in the shared history and every client sees it.
+//! message lands in the shared history and every client sees it, marked
+//! with who carried it out (`executed_by`: `agent`, `cloud_api`,
+//! `simulated`).
+//!
+//! Connector choice: a connected agent always takes precedence. When it is
+//! gone, the *configured* connector (WHATSAPP_CONNECTOR) runs the command:
+//! the simulator only when `simulated` is configured; with `none` a send
+//! fails with `agent_unavailable` and nothing is recorded.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use super::Hub;
+use super::agents::LateCall;
 use crate::ai::{InterpretRequest, validate};
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HistoryEntry, HubError, MessageDirection, WhatsAppCommand,
     now_millis,
 };
+use crate::whatsapp::Template;
 use crate::whatsapp::resolve::resolve_contact;
+
+/// `executed_by` of what an agent carried out.
+pub const EXECUTED_BY_AGENT: &str = "agent";
 
 const DEFAULT_HISTORY_LIMIT: usize = 20;
 
@@ -42,7 +54,12 @@ impl Hub {
                 let command = self.resolve_for_agent(session, command).await?;
                 let command = &command;
                 let as_json = serde_json::to_value(command).map_err(HubError::internal)?;
-                match self.call_agent(session, &agent, as_json).await {
+                let late = LateCall {
+                    session: session.to_string(),
+                    command: command.clone(),
+                    requester: requester.clone(),
+                };
+                match self.call_agent(session, &agent, as_json, Some(late)).await {
                     Ok(content) => {
                         self.after_agent_success(session, command, &content, requester)
                             .await;
@@ -50,8 +67,10 @@ impl Hub {
                     }
                     Err(e) if e.code == ErrorCode::AgentUnavailable => {
                         // The command never reached the agent (it is gone, or
-                        // its instance died): forget it and fall back.
-                        tracing::info!(session, agent = %agent.client_id, "agent unavailable; falling back to the connector");
+                        // its instance died): forget it and use the
+                        // configured connector (never the simulator unless
+                        // it is the one configured).
+                        tracing::info!(session, agent = %agent.client_id, connector = self.connector.name(), "agent unavailable; using the configured connector");
                         if self.store.release_agent(session, &agent.client_id).await? {
                             self.publish_agent_changed(session, None);
                         }
@@ -72,8 +91,9 @@ impl Hub {
         command: &WhatsAppCommand,
     ) -> Result<WhatsAppCommand, HubError> {
         let mut command = command.clone();
-        if let WhatsAppCommand::Send { contact, .. } | WhatsAppCommand::GetHistory { contact, .. } =
-            &mut command
+        if let WhatsAppCommand::Send { contact, .. }
+        | WhatsAppCommand::GetHistory { contact, .. }
+        | WhatsAppCommand::SendTemplate { contact, .. } = &mut command
         {
             let names: Vec<String> = self
                 .session_contacts(session)
@@ -88,15 +108,19 @@ impl Hub {
         Ok(command)
     }
 
-    async fn after_agent_success(
+    pub(super) async fn after_agent_success(
         &self,
         session: &str,
         command: &WhatsAppCommand,
         content: &Value,
         requester: &ClientInfo,
     ) {
-        let WhatsAppCommand::Send { contact, message } = command else {
-            return;
+        let (contact, message) = match command {
+            WhatsAppCommand::Send { contact, message } => (contact, message.clone()),
+            WhatsAppCommand::SendTemplate {
+                contact, template, ..
+            } => (contact, format!("[template {template}]")),
+            _ => return,
         };
         if content.get("success").and_then(Value::as_bool) != Some(true) {
             return;
@@ -108,7 +132,7 @@ impl Hub {
                 .and_then(Value::as_str)
                 .unwrap_or(contact)
                 .to_string(),
-            message: message.clone(),
+            message,
             message_id: content
                 .get("message_id")
                 .and_then(Value::as_str)
@@ -116,6 +140,9 @@ impl Hub {
                 .unwrap_or_else(|| format!("agent.{}", uuid::Uuid::new_v4().simple())),
             timestamp: now_millis(),
             by: requester.client_id.clone(),
+            executed_by: Some(EXECUTED_BY_AGENT.to_string()),
+            status: None,
+            status_error: None,
         };
         if let Err(e) = self.record_and_publish(session, &entry).await {
             tracing::warn!(error = %e, "could not record an agent-sent message");
@@ -130,32 +157,40 @@ impl Hub {
     ) -> Result<Value, HubError> {
         let contacts = self.session_contacts(session).await?;
         let names: Vec<String> = contacts.iter().map(|c| c.name.clone()).collect();
+        let target = |contact: &str| {
+            let name = resolve_contact(contact, &names)?;
+            contacts
+                .iter()
+                .find(|c| c.name == name)
+                .cloned()
+                .ok_or_else(|| HubError::internal("resolved contact vanished"))
+        };
         match command {
             WhatsAppCommand::Send { contact, message } => {
-                let name = resolve_contact(contact, &names)?;
-                let target = contacts
-                    .iter()
-                    .find(|c| c.name == name)
-                    .cloned()
-                    .ok_or_else(|| HubError::internal("resolved contact vanished"))?;
+                let target = target(contact)?;
                 let message_id = self.connector.send(session, &target, message).await?;
-                let entry = HistoryEntry {
-                    direction: MessageDirection::Outgoing,
-                    contact: target.name.clone(),
-                    message: message.clone(),
-                    message_id: message_id.clone(),
-                    timestamp: now_millis(),
-                    by: requester.client_id.clone(),
+                self.record_sent(session, &target.name, message, message_id, requester)
+                    .await
+            }
+            WhatsAppCommand::SendTemplate {
+                contact,
+                template,
+                language,
+                components,
+            } => {
+                let target = target(contact)?;
+                let tpl = Template {
+                    name: template.clone(),
+                    language: language.clone(),
+                    components: components.clone(),
                 };
-                self.record_and_publish(session, &entry).await?;
-                Ok(json!({
-                    "success": true,
-                    "contact": target.name,
-                    "message": message,
-                    "message_id": message_id,
-                    "timestamp": entry.timestamp,
-                    "executed_by": self.connector.name(),
-                }))
+                let message_id = self.connector.send_template(session, &target, &tpl).await?;
+                let shown = format!("[template {template}]");
+                let mut content = self
+                    .record_sent(session, &target.name, &shown, message_id, requester)
+                    .await?;
+                content["template"] = json!(template);
+                Ok(content)
             }
             WhatsAppCommand::ListContacts => Ok(json!({
                 "success": true,
@@ -176,6 +211,38 @@ impl Hub {
                 }))
             }
         }
+    }
+
+    /// Records a message the connector accepted and tells every client;
+    /// the `send` result content.
+    async fn record_sent(
+        &self,
+        session: &str,
+        contact: &str,
+        message: &str,
+        message_id: String,
+        requester: &ClientInfo,
+    ) -> Result<Value, HubError> {
+        let entry = HistoryEntry {
+            direction: MessageDirection::Outgoing,
+            contact: contact.to_string(),
+            message: message.to_string(),
+            message_id,
+            timestamp: now_millis(),
+            by: requester.client_id.clone(),
+            executed_by: Some(self.connector.name().to_string()),
+            status: None,
+            status_error: None,
+        };
+        self.record_and_publish(session, &entry).await?;
+        Ok(json!({
+            "success": true,
+            "contact": entry.contact,
+            "message": entry.message,
+            "message_id": entry.message_id,
+            "timestamp": entry.timestamp,
+            "executed_by": self.connector.name(),
+        }))
     }
 
     /// Interprets a natural-language command and executes it. The result is
@@ -249,6 +316,12 @@ impl Hub {
                 if let Some(l) = limit {
                     shown["limit"] = json!(l);
                 }
+            }
+            WhatsAppCommand::SendTemplate {
+                contact, template, ..
+            } => {
+                shown["contact"] = json!(contact);
+                shown["template"] = json!(template);
             }
             WhatsAppCommand::ListContacts => {}
         }

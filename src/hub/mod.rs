@@ -6,9 +6,11 @@
 pub mod agents;
 pub mod client;
 pub mod executor;
+pub mod idempotency;
 pub mod registry;
 pub mod requests;
 pub mod session;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +55,9 @@ pub struct Hub {
     started: AtomicBool,
     /// The broker connection epoch whose missed events were delivered.
     caught_up: AtomicU64,
+    /// Woken when this instance queued webhook events, so they are
+    /// processed at once rather than at the next poll.
+    pub webhook_wake: tokio::sync::Notify,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -92,6 +97,7 @@ impl Hub {
             connections: TaskTracker::new(),
             started: AtomicBool::new(false),
             caught_up: AtomicU64::new(0),
+            webhook_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -298,6 +304,9 @@ impl Hub {
             message_id: format!("in.{}", uuid::Uuid::new_v4().simple()),
             timestamp: now_millis(),
             by: incoming.contact,
+            executed_by: Some(incoming.executed_by.to_string()),
+            status: None,
+            status_error: None,
         };
         self.record_and_publish(&incoming.session, &entry).await
     }
@@ -439,6 +448,7 @@ impl Hub {
                 hub.handle_inbound(msg).await;
             }
         });
+        webhooks::spawn_drain(self.clone());
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.recv().await {
@@ -464,6 +474,7 @@ pub(crate) fn static_kind(kind: &str) -> &'static str {
     match kind {
         "contact_list_broadcast" => "contact_list_broadcast",
         "message_event" => "message_event",
+        "message_status" => "message_status",
         "client_joined" => "client_joined",
         "client_left" => "client_left",
         "broadcast" => "broadcast",

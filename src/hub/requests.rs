@@ -69,10 +69,15 @@ impl Request {
             rid,
         };
         match msg {
-            ClientMessage::WhatsAppCommand(cmd) => whatsapp_command(cx, &cmd).await,
-            ClientMessage::WhatsAppAiCommand { command, context } => {
-                whatsapp_ai_command(cx, &command, context).await
-            }
+            ClientMessage::WhatsAppCommand {
+                command,
+                idempotency_key,
+            } => whatsapp_command(cx, &command, idempotency_key.as_deref()).await,
+            ClientMessage::WhatsAppAiCommand {
+                command,
+                context,
+                idempotency_key,
+            } => whatsapp_ai_command(cx, &command, context, idempotency_key.as_deref()).await,
             ClientMessage::AiRequest { prompt, context } => {
                 ai_request(cx, &prompt, context.as_ref()).await
             }
@@ -149,7 +154,27 @@ impl Hub {
         command: &WhatsAppCommand,
         requester: &ClientInfo,
     ) -> Result<Value, HubError> {
-        match self.execute(session, command, requester).await {
+        self.run_command_once(session, command, requester, None)
+            .await
+    }
+
+    /// [`Hub::run_command`] at most once per idempotency key.
+    pub async fn run_command_once(
+        self: &Arc<Self>,
+        session: &str,
+        command: &WhatsAppCommand,
+        requester: &ClientInfo,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, HubError> {
+        let executed = self
+            .idempotent(
+                session,
+                "whatsapp_command",
+                idempotency_key,
+                self.execute(session, command, requester),
+            )
+            .await;
+        match executed {
             Ok(content) => Ok(content),
             Err(e) if e.is_command_failure() => {
                 self.metrics.error(e.code);
@@ -160,10 +185,14 @@ impl Hub {
     }
 }
 
-async fn whatsapp_command(cx: Cx<'_>, cmd: &WhatsAppCommand) -> Result<Option<Reply>, HubError> {
+async fn whatsapp_command(
+    cx: Cx<'_>,
+    cmd: &WhatsAppCommand,
+    idempotency_key: Option<&str>,
+) -> Result<Option<Reply>, HubError> {
     let content = cx
         .hub
-        .run_command(cx.session(), cmd, &cx.member.info)
+        .run_command_once(cx.session(), cmd, &cx.member.info, idempotency_key)
         .await?;
     Ok(Reply::new("whatsapp_command_result", content))
 }
@@ -172,10 +201,16 @@ async fn whatsapp_ai_command(
     cx: Cx<'_>,
     command: &str,
     context: Option<AiContext>,
+    idempotency_key: Option<&str>,
 ) -> Result<Option<Reply>, HubError> {
-    let content = cx
-        .hub
-        .execute_ai_command(cx.session(), command, context, &cx.member.info)
+    let hub = cx.hub;
+    let content = hub
+        .idempotent(
+            cx.session(),
+            "whatsapp_ai_command",
+            idempotency_key,
+            hub.execute_ai_command(cx.session(), command, context, &cx.member.info),
+        )
         .await?;
     Ok(Reply::new("whatsapp_ai_command_result", content))
 }
@@ -274,6 +309,7 @@ async fn incoming_message(
             session: cx.session().to_string(),
             contact,
             message,
+            executed_by: super::executor::EXECUTED_BY_AGENT,
         })
         .await?;
     Ok(cx.acknowledge("ack"))

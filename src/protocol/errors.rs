@@ -45,6 +45,14 @@ pub enum ErrorCode {
     InvalidInterpretation,
     StoreUnavailable,
     ConnectorFailed,
+    /// Free-form text outside the 24-hour window (Cloud API 131047).
+    OutsideConversationWindow,
+    /// The Cloud API refused the access token (401 / code 190).
+    ConnectorAuthFailed,
+    /// Still rate limited when the request deadline ran out.
+    ConnectorRateLimited,
+    /// Network errors or 5xx until the request deadline ran out.
+    ConnectorUnavailable,
     AiRateLimited,
     AiUnavailable,
     AiFailed,
@@ -118,6 +126,10 @@ impl HubError {
                 | ErrorCode::UnparseableCommand
                 | ErrorCode::InvalidInterpretation
                 | ErrorCode::ConnectorFailed
+                | ErrorCode::OutsideConversationWindow
+                | ErrorCode::ConnectorAuthFailed
+                | ErrorCode::ConnectorRateLimited
+                | ErrorCode::ConnectorUnavailable
         )
     }
 
@@ -147,6 +159,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 34);
+        assert_eq!(ErrorCode::all().count(), 38);
     }
 }

@@ -11,10 +11,16 @@ use super::outbound::Contact;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     Register(Register),
-    WhatsAppCommand(WhatsAppCommand),
+    WhatsAppCommand {
+        command: WhatsAppCommand,
+        /// Same key, same session, within IDEMPOTENCY_TTL_MS: the first
+        /// result again, never a second send.
+        idempotency_key: Option<String>,
+    },
     WhatsAppAiCommand {
         command: String,
         context: Option<AiContext>,
+        idempotency_key: Option<String>,
     },
     AiRequest {
         prompt: String,
@@ -58,7 +64,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMessage::Register(_) => "register",
-            ClientMessage::WhatsAppCommand(_) => "whatsapp_command",
+            ClientMessage::WhatsAppCommand { .. } => "whatsapp_command",
             ClientMessage::WhatsAppAiCommand { .. } => "whatsapp_ai_command",
             ClientMessage::AiRequest { .. } => "ai_request",
             ClientMessage::Ping => "ping",
@@ -75,7 +81,7 @@ impl ClientMessage {
             ClientMessage::Broadcast { .. }
             | ClientMessage::ContactsUpdate { .. }
             | ClientMessage::IncomingMessage { .. } => Execution::InOrder,
-            ClientMessage::WhatsAppCommand(_)
+            ClientMessage::WhatsAppCommand { .. }
             | ClientMessage::WhatsAppAiCommand { .. }
             | ClientMessage::AiRequest { .. }
             | ClientMessage::ExecuteResult { .. } => Execution::Concurrent,
@@ -150,6 +156,15 @@ pub enum WhatsAppCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+    /// An approved template: the only message allowed outside the 24-hour
+    /// customer-service window (see docs/whatsapp.md).
+    SendTemplate {
+        contact: String,
+        template: String,
+        language: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        components: Option<Value>,
+    },
 }
 
 impl WhatsAppCommand {
@@ -158,6 +173,7 @@ impl WhatsAppCommand {
             WhatsAppCommand::Send { .. } => "send",
             WhatsAppCommand::ListContacts => "list_contacts",
             WhatsAppCommand::GetHistory { .. } => "get_history",
+            WhatsAppCommand::SendTemplate { .. } => "send_template",
         }
     }
 }
@@ -192,6 +208,8 @@ pub struct AiContext {
 #[derive(Deserialize)]
 struct WhatsAppCommandBody {
     command: Value,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +217,30 @@ struct AiCommandBody {
     command: String,
     #[serde(default)]
     context: Option<AiContext>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// An idempotency key must be 1 to 256 printable characters.
+pub fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, HubError> {
+    match key {
+        Some(k)
+            if k.trim().is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || k.chars().any(char::is_control) =>
+        {
+            Err(HubError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "field `idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+                ),
+            ))
+        }
+        other => Ok(other),
+    }
 }
 
 #[derive(Deserialize)]
@@ -322,14 +364,18 @@ pub fn parse_client_message_with(
         "register" => body_as::<Register>(body, &kind)
             .and_then(|r| check_register(&r, limits).map(|()| r))
             .map(ClientMessage::Register),
-        "whatsapp_command" => body_as::<WhatsAppCommandBody>(body, &kind)
-            .and_then(|b| parse_whatsapp_command_with(b.command, limits))
-            .map(ClientMessage::WhatsAppCommand),
+        "whatsapp_command" => body_as::<WhatsAppCommandBody>(body, &kind).and_then(|b| {
+            Ok(ClientMessage::WhatsAppCommand {
+                command: parse_whatsapp_command_with(b.command, limits)?,
+                idempotency_key: check_idempotency_key(b.idempotency_key)?,
+            })
+        }),
         "whatsapp_ai_command" => body_as::<AiCommandBody>(body, &kind).and_then(|b| {
             check_text_len("command", &b.command, limits.max_text_chars)?;
             Ok(ClientMessage::WhatsAppAiCommand {
                 command: b.command,
                 context: b.context,
+                idempotency_key: check_idempotency_key(b.idempotency_key)?,
             })
         }),
         "ai_request" => body_as::<AiRequestBody>(body, &kind).map(|b| ClientMessage::AiRequest {
@@ -419,10 +465,15 @@ pub fn parse_whatsapp_command_with(
             ));
         }
     };
-    if !matches!(action.as_str(), "send" | "list_contacts" | "get_history") {
+    if !matches!(
+        action.as_str(),
+        "send" | "list_contacts" | "get_history" | "send_template"
+    ) {
         return Err(HubError::new(
             ErrorCode::UnknownAction,
-            format!("unknown action `{action}` (expected send, list_contacts or get_history)"),
+            format!(
+                "unknown action `{action}` (expected send, send_template, list_contacts or get_history)"
+            ),
         ));
     }
     let cmd: WhatsAppCommand =
@@ -451,6 +502,32 @@ pub fn parse_whatsapp_command_with(
             ));
         }
         check_text_len("command.message", message, limits.max_text_chars)?;
+    }
+    if let WhatsAppCommand::SendTemplate {
+        contact,
+        template,
+        language,
+        components,
+    } = &cmd
+    {
+        for (field, value) in [
+            ("contact", contact),
+            ("template", template),
+            ("language", language),
+        ] {
+            if value.trim().is_empty() {
+                return Err(HubError::new(
+                    ErrorCode::InvalidField,
+                    format!("field `command.{field}` must not be empty"),
+                ));
+            }
+        }
+        if components.as_ref().is_some_and(|c| !c.is_array()) {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `command.components` must be an array",
+            ));
+        }
     }
     Ok(cmd)
 }
@@ -500,10 +577,13 @@ mod tests {
         assert_eq!(rid, None);
         assert_eq!(
             msg,
-            ClientMessage::WhatsAppCommand(WhatsAppCommand::Send {
-                contact: "John".into(),
-                message: "Hello!".into()
-            })
+            ClientMessage::WhatsAppCommand {
+                command: WhatsAppCommand::Send {
+                    contact: "John".into(),
+                    message: "Hello!".into()
+                },
+                idempotency_key: None,
+            }
         );
         let (msg, rid) = parse_client_message(
             r#"{"type":"whatsapp_ai_command","command":"send john hi","request_id":7,"context":{"last_contact":"Bob","contact_list":["John",{"name":"Bob","phone":"1"}]}}"#,
@@ -574,6 +654,42 @@ mod tests {
         assert!(parse_whatsapp_command(cmd(4096)).is_ok());
         assert_eq!(
             parse_whatsapp_command(cmd(4097)).unwrap_err().code,
+            ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn send_template_and_idempotency_keys() {
+        let (msg, _) = parse_client_message(
+            r#"{"type":"whatsapp_command","idempotency_key":"k1","command":{"action":"send_template","contact":"John","template":"hello_world","language":"en_US"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::WhatsAppCommand {
+                command: WhatsAppCommand::SendTemplate {
+                    contact: "John".into(),
+                    template: "hello_world".into(),
+                    language: "en_US".into(),
+                    components: None,
+                },
+                idempotency_key: Some("k1".into()),
+            }
+        );
+        assert_eq!(
+            code_of(
+                r#"{"type":"whatsapp_command","command":{"action":"send_template","contact":"John","template":"","language":"en"}}"#
+            ),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(
+                r#"{"type":"whatsapp_command","command":{"action":"send_template","contact":"John","template":"t","language":"en","components":{}}}"#
+            ),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"whatsapp_ai_command","command":"x","idempotency_key":""}"#),
             ErrorCode::InvalidField
         );
     }

@@ -40,6 +40,66 @@ pub struct HistoryEntry {
     pub timestamp: u64,
     /// The client id that caused it (for outgoing) or the sender's name.
     pub by: String,
+    /// Who carried it out or received it: `agent`, `cloud_api` or
+    /// `simulated`. Absent only on entries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
+    /// The latest delivery status reported for an outgoing message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeliveryStatus>,
+    /// Why it failed, when `status` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_error: Option<StatusError>,
+}
+
+/// Delivery progress of a sent message, lowest first: a status never moves
+/// backwards (`read` may arrive before `delivered`), `failed` is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Read => "read",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "sent" => Some(DeliveryStatus::Sent),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "read" => Some(DeliveryStatus::Read),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// Whether `self` may replace `current`.
+    pub fn advances(self, current: Option<DeliveryStatus>) -> bool {
+        match current {
+            None => true,
+            Some(DeliveryStatus::Failed) => false,
+            Some(c) => self > c,
+        }
+    }
+}
+
+/// The reason of a `failed` status: the hub's code plus the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_code: Option<i64>,
 }
 
 /// A connected client as other clients see it.
@@ -107,6 +167,16 @@ pub enum ServerEvent<'a> {
     MessageEvent {
         #[serde(flatten)]
         entry: &'a HistoryEntry,
+    },
+    /// A delivery status of a sent message (Cloud API status webhooks).
+    MessageStatus {
+        message_id: &'a str,
+        status: DeliveryStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        contact: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a StatusError>,
+        timestamp: u64,
     },
     ClientJoined {
         #[serde(flatten)]

@@ -167,6 +167,31 @@ impl Keys {
         format!("{}:ai:result:{}", self.prefix, escape_key_part(hash))
     }
 
+    /// The latest delivery status of one sent message (JSON, expiring).
+    pub fn message_status(&self, session: &str, message_id: &str) -> String {
+        format!("{}:session:{session}:status:{message_id}", self.prefix)
+    }
+
+    /// Lock of an idempotency key while its first request runs.
+    pub fn idempotency_lock(&self, key: &str) -> String {
+        format!("{}:idem:lock:{key}", self.prefix)
+    }
+
+    /// The first result of an idempotency key (JSON, expiring).
+    pub fn idempotency_result(&self, key: &str) -> String {
+        format!("{}:idem:result:{key}", self.prefix)
+    }
+
+    /// Marker of a webhook item already accepted (SET NX, expiring).
+    pub fn webhook_seen(&self, key: &str) -> String {
+        format!("{}:whatsapp:seen:{key}", self.prefix)
+    }
+
+    /// LIST of accepted webhook events not yet processed.
+    pub fn webhook_queue(&self) -> String {
+        format!("{}:whatsapp:inbound", self.prefix)
+    }
+
     /// Sliding one-minute window of upstream AI calls of one provider.
     pub fn ai_calls(&self, provider: &str) -> String {
         format!(

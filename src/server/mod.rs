@@ -8,6 +8,7 @@ pub mod connection;
 pub mod http;
 pub mod rate;
 pub mod rest;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/ui", get(web_page))
         .merge(http::routes())
         .merge(rest::routes(&hub))
+        .merge(webhooks::routes())
         .with_state(hub)
 }
 

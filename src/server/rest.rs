@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use super::{browser, rate};
 use crate::hub::Hub;
 use crate::protocol::{
-    AiContext, ClientInfo, ErrorCode, HubError, check_text_len, parse_whatsapp_command_with,
+    AiContext, ClientInfo, ErrorCode, HubError, check_idempotency_key, check_text_len,
+    parse_whatsapp_command_with,
 };
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
@@ -281,16 +282,26 @@ async fn command(
             HubError::new(ErrorCode::InvalidJson, e.body_text())
         }
     })?;
+    let key = idempotency_key(&headers)?;
+    let key = key.as_deref();
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command_with(cmd, &hub.config.field_limits)?;
-            run(&hub, &session, command, &client).await.map(Json)
+            Ok(Json(
+                hub.run_command_once(&session, &command, &client, key)
+                    .await?,
+            ))
         }
         (None, Some(text)) => {
             check_text_len("text", &text, hub.config.field_limits.max_text_chars)?;
             Ok(Json(
-                hub.execute_ai_command(&session, &text, body.context, &client)
-                    .await?,
+                hub.idempotent(
+                    &session,
+                    "whatsapp_ai_command",
+                    key,
+                    hub.execute_ai_command(&session, &text, body.context, &client),
+                )
+                .await?,
             ))
         }
         _ => Err(HubError::new(
@@ -299,6 +310,20 @@ async fn command(
         )
         .into()),
     }
+}
+
+/// The `Idempotency-Key` header, validated like `idempotency_key`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| {
+        HubError::new(
+            ErrorCode::InvalidField,
+            "header `Idempotency-Key` must be printable ASCII",
+        )
+    })?;
+    Ok(check_idempotency_key(Some(v.to_string()))?)
 }
 
 async fn run(

@@ -2,11 +2,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{AgentRef, SessionStore, StoreResult};
-use crate::protocol::{ClientInfo, Contact, HistoryEntry};
+use super::{AgentRef, IdempotencyBegin, SessionStore, StoreResult};
+use crate::protocol::{ClientInfo, Contact, DeliveryStatus, HistoryEntry, StatusError};
 
 #[derive(Default)]
 struct SessionState {
@@ -18,11 +19,39 @@ struct SessionState {
     /// In join order, so listings are stable.
     members: Vec<ClientInfo>,
     agent: Option<AgentRef>,
+    /// Latest delivery status by message id.
+    statuses: HashMap<String, (DeliveryStatus, Option<StatusError>)>,
+}
+
+/// An idempotency key: held by a token until its result is stored.
+enum Idempotency {
+    Held { token: String, until: Instant },
+    Done { result: String, until: Instant },
+}
+
+/// Expiring WhatsApp bookkeeping: idempotency keys, seen webhook items and
+/// the queue of accepted webhook events.
+#[derive(Default)]
+struct Traffic {
+    idempotency: HashMap<String, Idempotency>,
+    seen: HashMap<String, Instant>,
+    queue: VecDeque<String>,
+}
+
+impl Traffic {
+    /// Drops what expired (cheap enough at a standalone hub's volume).
+    fn expire(&mut self, now: Instant) {
+        self.seen.retain(|_, until| *until > now);
+        self.idempotency.retain(|_, e| match e {
+            Idempotency::Held { until, .. } | Idempotency::Done { until, .. } => *until > now,
+        });
+    }
 }
 
 pub struct MemoryStore {
     history_limit: usize,
     sessions: Mutex<HashMap<String, SessionState>>,
+    traffic: Mutex<Traffic>,
 }
 
 impl MemoryStore {
@@ -30,7 +59,14 @@ impl MemoryStore {
         MemoryStore {
             history_limit,
             sessions: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(Traffic::default()),
         }
+    }
+
+    fn traffic<T>(&self, f: impl FnOnce(&mut Traffic) -> T) -> T {
+        let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        t.expire(Instant::now());
+        f(&mut t)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
@@ -120,10 +156,118 @@ impl SessionStore for MemoryStore {
                 .get(&contact.to_lowercase())
                 .map(|list| {
                     let skip = list.len().saturating_sub(limit);
-                    list.iter().skip(skip).cloned().collect()
+                    list.iter()
+                        .skip(skip)
+                        .cloned()
+                        .map(|mut e| {
+                            if let Some((status, error)) = s.statuses.get(&e.message_id) {
+                                e.status = Some(*status);
+                                e.status_error = error.clone();
+                            }
+                            e
+                        })
+                        .collect()
                 })
                 .unwrap_or_default()
         }))
+    }
+
+    async fn set_status(
+        &self,
+        session: &str,
+        message_id: &str,
+        status: DeliveryStatus,
+        error: Option<&StatusError>,
+        _ttl: Duration,
+    ) -> StoreResult<bool> {
+        Ok(self.with(session, |s| {
+            let current = s.statuses.get(message_id).map(|(st, _)| *st);
+            if !status.advances(current) {
+                return false;
+            }
+            // Bounded like the history it annotates.
+            if s.statuses.len() >= 10_000 {
+                s.statuses.clear();
+            }
+            s.statuses
+                .insert(message_id.to_string(), (status, error.cloned()));
+            true
+        }))
+    }
+
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> StoreResult<IdempotencyBegin> {
+        Ok(self.traffic(|t| match t.idempotency.get(key) {
+            Some(Idempotency::Done { result, .. }) => IdempotencyBegin::Done(result.clone()),
+            Some(Idempotency::Held { .. }) => IdempotencyBegin::Busy,
+            None => {
+                t.idempotency.insert(
+                    key.to_string(),
+                    Idempotency::Held {
+                        token: token.to_string(),
+                        until: Instant::now() + lock_ttl,
+                    },
+                );
+                IdempotencyBegin::Acquired
+            }
+        }))
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &str,
+        _token: &str,
+        result: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.traffic(|t| {
+            t.idempotency.insert(
+                key.to_string(),
+                Idempotency::Done {
+                    result: result.to_string(),
+                    until: Instant::now() + ttl,
+                },
+            )
+        });
+        Ok(())
+    }
+
+    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()> {
+        self.traffic(|t| {
+            if matches!(t.idempotency.get(key), Some(Idempotency::Held { token: held, .. }) if held == token)
+            {
+                t.idempotency.remove(key);
+            }
+        });
+        Ok(())
+    }
+
+    async fn mark_seen(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        Ok(self.traffic(|t| {
+            if t.seen.contains_key(key) {
+                return false;
+            }
+            t.seen.insert(key.to_string(), Instant::now() + ttl);
+            true
+        }))
+    }
+
+    async fn forget_seen(&self, key: &str) -> StoreResult<()> {
+        self.traffic(|t| t.seen.remove(key));
+        Ok(())
+    }
+
+    async fn push_webhook_event(&self, event: &str) -> StoreResult<()> {
+        self.traffic(|t| t.queue.push_back(event.to_string()));
+        Ok(())
+    }
+
+    async fn pop_webhook_event(&self) -> StoreResult<Option<String>> {
+        Ok(self.traffic(|t| t.queue.pop_front()))
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
@@ -191,6 +335,9 @@ mod tests {
             message_id: format!("id{n}"),
             timestamp: n,
             by: "t".into(),
+            executed_by: None,
+            status: None,
+            status_error: None,
         }
     }
 

@@ -1,5 +1,8 @@
-//! The shared session state: contacts, last contact, per-contact history,
-//! presence and the session's active agent.
+//! The shared session state: contacts, last contact, per-contact history
+//! (with the latest delivery status of each sent message), presence and
+//! the session's active agent; plus the cluster-wide bookkeeping of
+//! WhatsApp traffic: idempotent sends, webhook deduplication and the
+//! queue of accepted webhook events.
 //!
 //! [`memory::MemoryStore`] keeps it in this process (standalone);
 //! `redis::RedisStore` keeps it in Redis so every instance of a cluster
@@ -13,7 +16,9 @@ pub mod redis;
 
 use async_trait::async_trait;
 
-use crate::protocol::{ClientInfo, Contact, HistoryEntry, HubError};
+use std::time::Duration;
+
+use crate::protocol::{ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, StatusError};
 
 /// The client acting as a session's WhatsApp executor.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +28,17 @@ pub struct AgentRef {
 }
 
 pub type StoreResult<T> = Result<T, HubError>;
+
+/// Where an idempotency key stands when a request tries to take it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyBegin {
+    /// This request holds the key: run, then finish (or abandon) it.
+    Acquired,
+    /// Another request holds it; its result is not there yet.
+    Busy,
+    /// The first request's stored result (JSON).
+    Done(String),
+}
 
 /// Something a dead instance left behind, taken by the reaper: the caller
 /// announces it (`client_left`, `agent_changed`) exactly once.
@@ -58,13 +74,54 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn last_contact(&self, session: &str) -> StoreResult<Option<String>>;
     /// Appends to the contact's history (capped) and makes it the last contact.
     async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()>;
-    /// The newest `limit` messages with a contact, oldest first.
+    /// The newest `limit` messages with a contact, oldest first, each with
+    /// the latest status recorded by [`SessionStore::set_status`].
     async fn history(
         &self,
         session: &str,
         contact: &str,
         limit: usize,
     ) -> StoreResult<Vec<HistoryEntry>>;
+
+    /// Records a delivery status of a sent message (kept for `ttl`) unless
+    /// it would move it backwards; true if it changed.
+    async fn set_status(
+        &self,
+        session: &str,
+        message_id: &str,
+        status: DeliveryStatus,
+        error: Option<&StatusError>,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Takes an idempotency key for `token`, or reports who has it.
+    /// `lock_ttl` frees it if the holder dies without finishing.
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> StoreResult<IdempotencyBegin>;
+    /// Stores the result of key `key` (kept for `ttl`) and frees its lock.
+    async fn idempotency_finish(
+        &self,
+        key: &str,
+        token: &str,
+        result: &str,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Frees the lock without a result (the request failed before sending).
+    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()>;
+
+    /// Marks a webhook item (a wamid, or a wamid and a status) as seen for
+    /// `ttl`; true the first time only, cluster-wide.
+    async fn mark_seen(&self, key: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Unmarks it (it could not be queued; Meta will redeliver).
+    async fn forget_seen(&self, key: &str) -> StoreResult<()>;
+    /// Queues an accepted webhook event (JSON) for any instance to process.
+    async fn push_webhook_event(&self, event: &str) -> StoreResult<()>;
+    /// Takes the oldest queued webhook event.
+    async fn pop_webhook_event(&self) -> StoreResult<Option<String>>;
 
     /// Adds (or replaces) a client's presence entry; true if it was missing
     /// (so re-announcing after an outage tells the session only what it lost).

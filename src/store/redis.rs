@@ -7,8 +7,12 @@ use std::sync::LazyLock;
 use ::redis::Script;
 use async_trait::async_trait;
 
-use super::{AgentRef, PartialReap, Reaped, SessionStore, StoreResult};
-use crate::protocol::{ClientInfo, Contact, HistoryEntry, HubError, now_millis};
+use std::time::Duration;
+
+use super::{AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionStore, StoreResult};
+use crate::protocol::{
+    ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, StatusError, now_millis,
+};
 use crate::redis::RedisBackend;
 
 /// Deletes the agent key only if its field ARGV[1] (`client_id` or
@@ -45,6 +49,74 @@ static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
         ",
     )
 });
+
+/// Writes a message status unless it moves backwards (`read` before
+/// `delivered` is kept; `failed` is final). ARGV: status, JSON, ttl ms.
+static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local rank = {sent = 1, delivered = 2, read = 3, failed = 4}
+        local cur = redis.call('GET', KEYS[1])
+        if cur then
+            local ok, v = pcall(cjson.decode, cur)
+            if ok and type(v) == 'table' and v.status then
+                if v.status == 'failed' then return 0 end
+                if (rank[ARGV[1]] or 0) <= (rank[v.status] or 0) then return 0 end
+            end
+        end
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        return 1
+        ",
+    )
+});
+
+/// Takes an idempotency key: the stored result if there is one, else the
+/// lock if free. One script, so a result stored between the two checks
+/// cannot be missed (which would send twice).
+static IDEMPOTENCY_BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local r = redis.call('GET', KEYS[2])
+        if r then return {'done', r} end
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+            return {'acquired', ''}
+        end
+        return {'busy', ''}
+        ",
+    )
+});
+
+/// Stores the result, then frees the lock if this token still holds it.
+static IDEMPOTENCY_FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        return 1
+        ",
+    )
+});
+
+static IDEMPOTENCY_ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        return 1
+        ",
+    )
+});
+
+/// A status as stored under `message_status`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredStatus {
+    status: DeliveryStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<StatusError>,
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
 
 pub struct RedisStore {
     backend: RedisBackend,
@@ -222,7 +294,151 @@ impl SessionStore for RedisStore {
                     .arg(-1),
             )
             .await?;
-        raw.iter().map(|r| decode("history entry", r)).collect()
+        let mut entries: Vec<HistoryEntry> = raw
+            .iter()
+            .map(|r| decode("history entry", r))
+            .collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|e| self.backend.keys.message_status(session, &e.message_id))
+            .collect();
+        let statuses: Vec<Option<String>> = self
+            .backend
+            .query("history_status", ::redis::cmd("MGET").arg(&keys))
+            .await?;
+        for (entry, status) in entries.iter_mut().zip(statuses) {
+            if let Some(s) = status.and_then(|s| serde_json::from_str::<StoredStatus>(&s).ok()) {
+                entry.status = Some(s.status);
+                entry.status_error = s.error;
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn set_status(
+        &self,
+        session: &str,
+        message_id: &str,
+        status: DeliveryStatus,
+        error: Option<&StatusError>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let stored = StoredStatus {
+            status,
+            error: error.cloned(),
+        };
+        let mut invocation = SET_STATUS.prepare_invoke();
+        invocation
+            .key(self.backend.keys.message_status(session, message_id))
+            .arg(status.as_str())
+            .arg(encode(&stored)?)
+            .arg(millis(ttl));
+        let changed: i64 = self.backend.script("set_status", &invocation).await?;
+        Ok(changed == 1)
+    }
+
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> StoreResult<IdempotencyBegin> {
+        let mut invocation = IDEMPOTENCY_BEGIN.prepare_invoke();
+        invocation
+            .key(self.backend.keys.idempotency_lock(key))
+            .key(self.backend.keys.idempotency_result(key))
+            .arg(token)
+            .arg(millis(lock_ttl));
+        let answer: Vec<String> = self
+            .backend
+            .script("idempotency_begin", &invocation)
+            .await?;
+        Ok(match answer.first().map(String::as_str) {
+            Some("done") => IdempotencyBegin::Done(answer.get(1).cloned().unwrap_or_default()),
+            Some("acquired") => IdempotencyBegin::Acquired,
+            _ => IdempotencyBegin::Busy,
+        })
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &str,
+        token: &str,
+        result: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let mut invocation = IDEMPOTENCY_FINISH.prepare_invoke();
+        invocation
+            .key(self.backend.keys.idempotency_lock(key))
+            .key(self.backend.keys.idempotency_result(key))
+            .arg(token)
+            .arg(result)
+            .arg(millis(ttl));
+        let _: i64 = self
+            .backend
+            .script("idempotency_finish", &invocation)
+            .await?;
+        Ok(())
+    }
+
+    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()> {
+        let mut invocation = IDEMPOTENCY_ABANDON.prepare_invoke();
+        invocation
+            .key(self.backend.keys.idempotency_lock(key))
+            .arg(token);
+        let _: i64 = self
+            .backend
+            .script("idempotency_abandon", &invocation)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_seen(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.backend.keys.webhook_seen(key))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        let set: Option<String> = self.backend.query("webhook_seen", &cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn forget_seen(&self, key: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .backend
+            .query(
+                "webhook_seen",
+                ::redis::cmd("DEL").arg(self.backend.keys.webhook_seen(key)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn push_webhook_event(&self, event: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .backend
+            .query(
+                "webhook_push",
+                ::redis::cmd("LPUSH")
+                    .arg(self.backend.keys.webhook_queue())
+                    .arg(event),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pop_webhook_event(&self) -> StoreResult<Option<String>> {
+        Ok(self
+            .backend
+            .query(
+                "webhook_pop",
+                ::redis::cmd("RPOP").arg(self.backend.keys.webhook_queue()),
+            )
+            .await?)
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {

@@ -69,6 +69,7 @@ pub fn format_event(event: &Value, names: &Names) -> String {
 fn format_known(event: &Value, names: &Names) -> Option<String> {
     match str_field(event, "type") {
         Some("message_event") => message_line(event, names),
+        Some("message_status") => status_line(event),
         Some("response") => response(event, names),
         Some("error") => error(event),
         Some("contact_list_broadcast") => contacts_line(event),
@@ -170,6 +171,13 @@ fn message_line(entry: &Value, names: &Names) -> Option<String> {
             if let Some(by) = by {
                 let _ = write!(line, " (by {})", clean(names.display(by)));
             }
+            // A history entry carries its latest delivery status.
+            if let Some(status) = str_field(entry, "status") {
+                let reason = entry
+                    .get("status_error")
+                    .and_then(|e| str_field(e, "message"));
+                let _ = write!(line, " {}", status_mark(status, reason));
+            }
             Some(line)
         }
         Some("incoming") => {
@@ -181,6 +189,32 @@ fn message_line(entry: &Value, names: &Names) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// ✓ sent, ✓✓ delivered, ✓✓ read, ✗ failed: reason.
+fn status_mark(status: &str, reason: Option<&str>) -> String {
+    match status {
+        "sent" => "✓ sent".to_string(),
+        "delivered" => "✓✓ delivered".to_string(),
+        "read" => "✓✓ read".to_string(),
+        "failed" => format!("✗ failed: {}", clean(reason.unwrap_or("unknown reason"))),
+        other => clean(other),
+    }
+}
+
+/// A `message_status` event: which message, and its new status.
+fn status_line(event: &Value) -> Option<String> {
+    let status = str_field(event, "status")?;
+    let id = str_field(event, "message_id")?;
+    let reason = event.get("error").and_then(|e| str_field(e, "message"));
+    let whose = match str_field(event, "contact") {
+        Some(c) => format!("to {}", clean(c)),
+        None => clean(id),
+    };
+    Some(format!(
+        "  {} (message {whose})",
+        status_mark(status, reason)
+    ))
 }
 
 fn contact_names(contacts: &[Value]) -> Vec<String> {
@@ -426,6 +460,32 @@ mod tests {
 
     fn fmt(v: Value) -> String {
         frame(&v.to_string())
+    }
+
+    #[test]
+    fn message_statuses() {
+        let names = Names::default();
+        let f = |v: Value| format_event(&v, &names);
+        assert_eq!(
+            f(
+                json!({"type":"message_status","message_id":"wamid.1","status":"delivered","contact":"John","timestamp":1})
+            ),
+            "  ✓✓ delivered (message to John)"
+        );
+        assert_eq!(
+            f(
+                json!({"type":"message_status","message_id":"wamid.1","status":"failed",
+                     "error":{"code":"outside_conversation_window","message":"use a template"},"timestamp":1})
+            ),
+            "  ✗ failed: use a template (message wamid.1)"
+        );
+        assert_eq!(
+            f(
+                json!({"type":"message_event","direction":"outgoing","contact":"John",
+                     "message":"hi","by":"me","status":"read"})
+            ),
+            "→ John: hi (by me) ✓✓ read"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{IncomingMessage, IncomingSender, WhatsAppConnector};
+use super::{IncomingMessage, IncomingSender, Template, WhatsAppConnector};
 use crate::protocol::{Contact, HubError};
 
 pub struct SimulatedConnector {
@@ -87,6 +87,7 @@ impl WhatsAppConnector for SimulatedConnector {
                 session: session.to_string(),
                 contact: contact.name.clone(),
                 message: reply,
+                executed_by: "simulated",
             };
             let tx = self.incoming.clone();
             let delay = self.auto_reply_delay;
@@ -96,6 +97,15 @@ impl WhatsAppConnector for SimulatedConnector {
                 let _ = tx.send(incoming).await;
             });
         }
+        Ok(format!("sim.{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn send_template(
+        &self,
+        _session: &str,
+        _contact: &Contact,
+        _template: &Template,
+    ) -> Result<String, HubError> {
         Ok(format!("sim.{}", uuid::Uuid::new_v4().simple()))
     }
 }

@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports, async_fn_in_trait)]
 
 pub mod fake_ai;
+pub mod fake_graph;
 mod helpers;
 mod in_process;
 mod ops;
@@ -31,6 +32,11 @@ pub use process::*;
 pub use redis::*;
 pub use tls::*;
 pub use ws::*;
+
+/// The WhatsApp app secret (webhook signatures) and verify token of the
+/// Cloud API test hubs ([`fake_graph::FakeGraph::hub_flags`]).
+pub const APP_SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
 
 /// Bound on a hub starting to listen and becoming ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);

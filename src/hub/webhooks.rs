@@ -1,0 +1,190 @@
+//! Cloud API webhook events on the hub: accepting a verified delivery and
+//! processing the events it holds, on whichever instance takes them.
+//!
+//! Accepting (any instance, before its 200): for every message or status
+//! not seen before (`mark_seen`, cluster-wide) push an event onto the
+//! store's webhook queue. Processing (every instance drains the queue, the
+//! receiver is woken at once): add unknown senders to the session's
+//! contacts, record inbound text, advance statuses. So a redelivery is
+//! processed once, and an instance dying right after its 200 loses
+//! nothing: the events are already in Redis for the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Hub;
+use crate::protocol::{Contact, HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis};
+use crate::whatsapp::webhooks::{DEDUP_TTL, STATUS_TTL, WebhookEvent, events_of};
+
+/// How often each instance looks at the shared queue when not woken.
+const POLL: Duration = Duration::from_millis(250);
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+impl Hub {
+    /// Accepts a verified delivery: queues every new item. Err (answer
+    /// 500, Meta redelivers) if the store could not take them.
+    pub async fn accept_webhook(&self, payload: &Value) -> Result<usize, HubError> {
+        let phone_id = self
+            .config
+            .whatsapp
+            .cloud_api
+            .as_ref()
+            .map(|c| c.phone_number_id.as_str());
+        let mut queued = 0;
+        for event in events_of(payload, &self.config.whatsapp.session, phone_id) {
+            let key = event.dedup_key();
+            if !self.store.mark_seen(&key, DEDUP_TTL).await? {
+                tracing::debug!(%key, "webhook item already seen");
+                continue;
+            }
+            let raw = serde_json::to_string(&event).map_err(HubError::internal)?;
+            if let Err(e) = self.store.push_webhook_event(&raw).await {
+                // Not queued: let the redelivery through.
+                let _ = self.store.forget_seen(&key).await;
+                return Err(e);
+            }
+            queued += 1;
+        }
+        if queued > 0 {
+            self.webhook_wake.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Processes one queued event.
+    pub async fn process_webhook_event(&self, event: WebhookEvent) -> Result<(), HubError> {
+        match event {
+            WebhookEvent::Inbound {
+                session,
+                message_id,
+                from,
+                name,
+                text,
+                timestamp,
+            } => {
+                let contact = self.contact_for_sender(&session, &from, name).await?;
+                let entry = HistoryEntry {
+                    direction: MessageDirection::Incoming,
+                    contact: contact.clone(),
+                    message: text,
+                    message_id,
+                    timestamp,
+                    by: contact,
+                    executed_by: Some("cloud_api".to_string()),
+                    status: None,
+                    status_error: None,
+                };
+                self.record_and_publish(&session, &entry).await
+            }
+            WebhookEvent::Status {
+                session,
+                message_id,
+                status,
+                recipient,
+                error,
+            } => {
+                let changed = self
+                    .store
+                    .set_status(&session, &message_id, status, error.as_ref(), STATUS_TTL)
+                    .await?;
+                if !changed {
+                    return Ok(());
+                }
+                let contact = match recipient {
+                    Some(r) => {
+                        let r = digits(&r);
+                        self.session_contacts(&session)
+                            .await?
+                            .into_iter()
+                            .find(|c| c.phone.as_deref().is_some_and(|p| digits(p) == r))
+                            .map(|c| c.name)
+                    }
+                    None => None,
+                };
+                self.publish(
+                    &session,
+                    &ServerEvent::MessageStatus {
+                        message_id: &message_id,
+                        status,
+                        contact: contact.as_deref(),
+                        error: error.as_ref(),
+                        timestamp: now_millis(),
+                    },
+                    "message_status",
+                    None,
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The contact name of a sender, adding it to the session (and telling
+    /// every client) when it is new.
+    async fn contact_for_sender(
+        &self,
+        session: &str,
+        wa_id: &str,
+        profile_name: Option<String>,
+    ) -> Result<String, HubError> {
+        let mut contacts = self.session_contacts(session).await?;
+        let wanted = digits(wa_id);
+        if let Some(known) = contacts
+            .iter()
+            .find(|c| c.phone.as_deref().is_some_and(|p| digits(p) == wanted))
+        {
+            return Ok(known.name.clone());
+        }
+        let base = profile_name
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty() && !n.chars().any(char::is_control))
+            .unwrap_or_else(|| format!("+{wanted}"));
+        let taken = |n: &str| contacts.iter().any(|c| c.name.eq_ignore_ascii_case(n));
+        let name = if taken(&base) {
+            format!("{base} (+{wanted})")
+        } else {
+            base
+        };
+        contacts.push(Contact {
+            name: name.clone(),
+            phone: Some(format!("+{wanted}")),
+        });
+        self.store.set_contacts(session, &contacts).await?;
+        self.publish_contacts(session, &contacts);
+        Ok(name)
+    }
+}
+
+/// Drains the webhook queue on this instance until shutdown.
+pub fn spawn_drain(hub: Arc<Hub>) {
+    tokio::spawn(async move {
+        loop {
+            loop {
+                match hub.store.pop_webhook_event().await {
+                    Ok(Some(raw)) => match serde_json::from_str::<WebhookEvent>(&raw) {
+                        Ok(event) => {
+                            if let Err(e) = hub.process_webhook_event(event).await {
+                                tracing::warn!(error = %e, "could not process a webhook event");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "dropping a corrupt webhook event"),
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "webhook queue unavailable");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = hub.shutdown.cancelled() => return,
+                _ = hub.webhook_wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    });
+}

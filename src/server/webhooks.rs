@@ -1,0 +1,83 @@
+//! The HTTP surface of Cloud API webhooks, on every instance (Meta calls
+//! the load balancer): the subscription handshake and signed deliveries.
+//! Authenticated by the app secret's signature, not by client identity.
+//! Served only when WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN are set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::Value;
+
+use crate::hub::Hub;
+use crate::whatsapp::webhooks::{constant_time_eq, signature_valid};
+
+pub const PATH: &str = "/webhooks/whatsapp";
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new().route(PATH, get(handshake).post(delivery))
+}
+
+/// `hub.mode=subscribe&hub.verify_token=T&hub.challenge=C` → 200 C.
+/// The keys contain dots: decoded as a flat map (serde_urlencoded has no
+/// nested keys), anything else is 403.
+async fn handshake(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let Some(expected) = hub.config.whatsapp.verify_token.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(Query(params)) = query else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let mode = params.get("hub.mode").map(String::as_str);
+    let token = params
+        .get("hub.verify_token")
+        .map(String::as_str)
+        .unwrap_or("");
+    match (mode, params.get("hub.challenge")) {
+        (Some("subscribe"), Some(challenge))
+            if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) =>
+        {
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                challenge.clone(),
+            )
+                .into_response()
+        }
+        _ => StatusCode::FORBIDDEN.into_response(),
+    }
+}
+
+async fn delivery(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = hub.config.whatsapp.app_secret.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Before anything looks at the body.
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !signature_valid(secret.expose(), &body, signature) {
+        tracing::warn!("webhook with a missing or bad signature refused");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+        // Signed but not JSON: nothing Meta would resend differently.
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    match hub.accept_webhook(&payload).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook not queued; Meta will redeliver");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
