@@ -15,6 +15,7 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod contacts;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

@@ -27,9 +27,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contacts::resolve_contact;
 use crate::protocol::{ErrorCode, HubError, WhatsAppCommand};
 use crate::redis::{RedisBackend, RedisError};
-use crate::whatsapp::resolve::resolve_contact;
 
 /// What the provider is asked to interpret.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

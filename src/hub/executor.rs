@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use super::Hub;
 use super::agents::LateCall;
 use crate::ai::{InterpretRequest, validate};
+use crate::contacts::resolve_contact;
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HistoryEntry, HubError, MessageDirection, WhatsAppCommand,
     now_millis,
 };
 use crate::whatsapp::Template;
-use crate::whatsapp::resolve::resolve_contact;
 
 /// `executed_by` of what an agent carried out.
 pub const EXECUTED_BY_AGENT: &str = "agent";

@@ -1,13 +1,12 @@
 //! WhatsApp execution: the connector trait and its implementations
-//! (`simulated`, `cloud_api`, `none`), Cloud API webhook handling, and the
-//! contact-name resolution every executor shares.
+//! (`simulated`, `cloud_api`, `none`) and Cloud API webhook handling.
+//! Contact-name resolution lives in [`crate::contacts`].
 //!
 //! A session whose agent is connected is served by the agent instead (see
 //! `hub::agents`); the configured connector serves it otherwise. The
 //! simulator only ever runs when it is the configured connector.
 
 pub mod cloud_api;
-pub mod resolve;
 pub mod simulated;
 pub mod webhooks;
 
