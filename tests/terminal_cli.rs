@@ -32,31 +32,6 @@ fn terminal(url: &str, name: &str) -> Child {
         .expect("spawn terminal client")
 }
 
-/// Reads stdout lines until one contains `needle` (bounded).
-async fn wait_for_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    needle: &str,
-    seen: &mut Vec<String>,
-) {
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let hit = line.contains(needle);
-            seen.push(line);
-            if hit {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(
-        found,
-        "no line containing {needle:?}; output so far:\n{}",
-        seen.join("\n")
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_terminal_sends_lists_and_reads_history() {
     let hub = TestHub::start(&[]).await;

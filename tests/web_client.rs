@@ -13,30 +13,6 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-async fn wait_for(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    needle: &str,
-    seen: &mut Vec<String>,
-) {
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let hit = line.contains(needle);
-            seen.push(line);
-            if hit {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(
-        found,
-        "no line with {needle:?}; page log:\n{}",
-        seen.join("\n")
-    );
-}
-
 /// Node's WebSocket is global from Node 22, behind a flag in 20 and 21.
 fn node_websocket_flag() -> Option<&'static [&'static str]> {
     for flags in [&[][..], &["--experimental-websocket"][..]] {
@@ -80,23 +56,23 @@ async fn the_web_page_reconnects_after_the_hub_restarts() {
     let mut input = page.stdin.take().expect("stdin");
     let mut log = BufReader::new(page.stdout.take().expect("stdout")).lines();
     let mut seen = Vec::new();
-    wait_for(&mut log, "LOG registered as", &mut seen).await;
+    wait_for_line(&mut log, "LOG registered as", &mut seen).await;
     input.write_all(b"/send John before\n").await.expect("type");
-    wait_for(&mut log, "LOG → John: before", &mut seen).await;
+    wait_for_line(&mut log, "LOG → John: before", &mut seen).await;
 
     hub.sigterm();
     assert!(hub.wait_exit(Duration::from_secs(15)).await.is_some());
-    wait_for(&mut log, "LOG connection lost (1001", &mut seen).await;
+    wait_for_line(&mut log, "LOG connection lost (1001", &mut seen).await;
     let _hub = HubProcess::start(&["--port", &port], &[]).await;
-    wait_for(&mut log, "LOG reconnected as", &mut seen).await;
+    wait_for_line(&mut log, "LOG reconnected as", &mut seen).await;
     // A restarted standalone hub has no event log to resume from.
-    wait_for(
+    wait_for_line(
         &mut log,
         "LOG (could not resume: history reloaded)",
         &mut seen,
     )
     .await;
     input.write_all(b"/send John after\n").await.expect("type");
-    wait_for(&mut log, "LOG → John: after", &mut seen).await;
+    wait_for_line(&mut log, "LOG → John: after", &mut seen).await;
     let _ = page.kill().await;
 }

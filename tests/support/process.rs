@@ -381,3 +381,28 @@ pub fn run_hub(args: &[&str], envs: &[(&str, &str)], cwd: &TempDir) -> (Option<i
     let (code, _, stderr) = run_binary(args, envs, cwd);
     (code, stderr)
 }
+
+/// Reads stdout lines until one contains `needle` (bounded).
+pub async fn wait_for_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+    seen: &mut Vec<String>,
+) {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        found,
+        "no line containing {needle:?}; output so far:\n{}",
+        seen.join("\n")
+    );
+}
