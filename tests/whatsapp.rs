@@ -458,32 +458,37 @@ async fn statuses_progress_in_history_and_131047_fails_asynchronously() {
     assert_eq!(h[0]["status"], "read", "{h:?}");
 }
 
+/// Three Cloud API hubs on one Redis (a cluster behind no balancer).
+async fn three_cloud_hubs(
+    graph: &FakeGraph,
+    dir: &TempDir,
+    redis: &RedisServer,
+    ids: [&str; 3],
+) -> Vec<TestHub> {
+    let url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ids {
+        let args = [
+            "--redis-url",
+            &url,
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "200",
+            "--presence-ttl-ms",
+            "1000",
+        ];
+        hubs.push(cloud_hub(graph, dir, &args).await);
+    }
+    hubs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_webhooks_reach_every_instance_once() {
     let redis = RedisServer::start();
     let graph = FakeGraph::start().await;
     let dir = TempDir::new();
-    let url = redis.url();
-    let mut hubs = Vec::new();
-    for id in ["wa-a", "wa-b", "wa-c"] {
-        hubs.push(
-            cloud_hub(
-                &graph,
-                &dir,
-                &[
-                    "--redis-url",
-                    &url,
-                    "--instance-id",
-                    id,
-                    "--heartbeat-ms",
-                    "200",
-                    "--presence-ttl-ms",
-                    "1000",
-                ],
-            )
-            .await,
-        );
-    }
+    let hubs = three_cloud_hubs(&graph, &dir, &redis, ["wa-a", "wa-b", "wa-c"]).await;
     let mut clients = Vec::new();
     for (i, hub) in hubs.iter().enumerate() {
         let (c, _) = WsClient::register(&hub.ws_url(), "default", &format!("c{i}")).await;
@@ -538,27 +543,7 @@ async fn twenty_concurrent_sends_with_one_key_over_three_instances_send_once() {
     let graph = FakeGraph::start().await;
     graph.set_delay(Duration::from_millis(300));
     let dir = TempDir::new();
-    let url = redis.url();
-    let mut hubs = Vec::new();
-    for id in ["idem-a", "idem-b", "idem-c"] {
-        hubs.push(
-            cloud_hub(
-                &graph,
-                &dir,
-                &[
-                    "--redis-url",
-                    &url,
-                    "--instance-id",
-                    id,
-                    "--heartbeat-ms",
-                    "200",
-                    "--presence-ttl-ms",
-                    "1000",
-                ],
-            )
-            .await,
-        );
-    }
+    let hubs = three_cloud_hubs(&graph, &dir, &redis, ["idem-a", "idem-b", "idem-c"]).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         let (c, _) = WsClient::register(&hubs[i % 3].ws_url(), "default", &format!("u{i}")).await;
