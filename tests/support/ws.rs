@@ -48,12 +48,10 @@ impl WsClient {
         }
     }
 
-    /// Opens a WebSocket with extra request headers (e.g. `Origin`). Err:
-    /// the hub refused the upgrade, with its HTTP status and JSON body.
-    pub async fn try_connect_with(
-        url: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<WsClient, (u16, Value)> {
+    /// Opens a WebSocket with extra request headers (e.g. `Origin`,
+    /// `Authorization`). Err: the hub refused the upgrade, with its HTTP
+    /// status and raw body.
+    async fn open(url: &str, headers: &[(&str, &str)]) -> Result<WsClient, (u16, Vec<u8>)> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         let mut request = url.into_client_request().expect("a WebSocket URL");
@@ -74,19 +72,29 @@ impl WsClient {
                 closed: None,
                 registration_contacts: None,
             }),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let status = response.status().as_u16();
-                let body = response.body().clone().unwrap_or_default();
-                let body = serde_json::from_slice(&body).unwrap_or_else(|e| {
-                    panic!(
-                        "refused upgrade ({status}) without a JSON body ({e}): {}",
-                        String::from_utf8_lossy(&body)
-                    )
-                });
-                Err((status, body))
-            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+                response.status().as_u16(),
+                response.body().clone().unwrap_or_default(),
+            )),
             Err(e) => panic!("connecting to {url}: {e}"),
         }
+    }
+
+    /// Opens a WebSocket with extra request headers (e.g. `Origin`). Err:
+    /// the hub refused the upgrade, with its HTTP status and JSON body.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, Value)> {
+        Self::open(url, headers).await.map_err(|(status, body)| {
+            let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!(
+                    "refused upgrade ({status}) without a JSON body ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+            (status, json)
+        })
     }
 
     /// Connects and registers; returns `registration_confirmed`. The
@@ -103,36 +111,14 @@ impl WsClient {
     /// Connects with `Authorization: Bearer <token>` when `token` is
     /// given; a refused upgrade is `Err((status, body))`.
     pub async fn try_connect(url: &str, token: Option<&str>) -> Result<WsClient, (u16, String)> {
-        use tokio_tungstenite::tungstenite::Error;
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = url.into_client_request().expect("a WebSocket URL");
-        if let Some(token) = token {
-            request.headers_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("header value"),
-            );
-        }
-        let connected =
-            tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-                .unwrap_or_else(|_| panic!("connecting to {url} timed out"));
-        match connected {
-            Ok((ws, _)) => Ok(WsClient {
-                ws,
-                backlog: VecDeque::new(),
-                closed: None,
-                registration_contacts: None,
-            }),
-            Err(Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Err((response.status().as_u16(), body))
-            }
-            Err(e) => panic!("connecting to {url}: {e}"),
-        }
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        Self::open(url, &headers)
+            .await
+            .map_err(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Connects with a token (panics if refused).
