@@ -9,7 +9,6 @@
 //! Reached as `support::fake_ai` (tests/support/mod.rs).
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+
+use super::scripted::Script;
 
 pub const GEMINI_KEY: &str = "test-gemini-key";
 pub const OPENAI_KEY: &str = "sk-test-openai";
@@ -41,21 +42,11 @@ pub enum Behavior {
     Raw(u16, Value),
 }
 
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub number: usize,
-    pub at: Instant,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
+pub use super::scripted::Recorded;
 
 #[derive(Default)]
 struct Inner {
-    calls: Mutex<Vec<Recorded>>,
-    script: Mutex<VecDeque<Behavior>>,
-    default: Mutex<Option<Behavior>>,
-    delay: Mutex<Duration>,
+    script: Script<Behavior>,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     /// Require OPENAI_KEY as a bearer token (false: no Authorization expected).
@@ -111,17 +102,17 @@ impl FakeAi {
 
     /// Behaviours for the next calls, in order; then the default.
     pub fn script(&self, behaviors: impl IntoIterator<Item = Behavior>) {
-        self.inner.script.lock().unwrap().extend(behaviors);
+        self.inner.script.push(behaviors);
     }
 
     /// What calls do once the script is used up (initially `Answer`).
     pub fn set_default(&self, behavior: Behavior) {
-        *self.inner.default.lock().unwrap() = Some(behavior);
+        self.inner.script.set_default(behavior);
     }
 
     /// Every answer waits this long first.
     pub fn set_delay(&self, delay: Duration) {
-        *self.inner.delay.lock().unwrap() = delay;
+        self.inner.script.set_delay(delay);
     }
 
     pub fn openai_requires_key(&self, required: bool) {
@@ -129,11 +120,11 @@ impl FakeAi {
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
-        self.inner.calls.lock().unwrap().clone()
+        self.inner.script.calls()
     }
 
     pub fn call_count(&self) -> usize {
-        self.inner.calls.lock().unwrap().len()
+        self.inner.script.call_count()
     }
 
     /// Most requests ever in progress at once.
@@ -163,27 +154,12 @@ impl Inner {
     ) -> (usize, InFlight) {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
-        let mut calls = self.calls.lock().unwrap();
-        let number = calls.len() + 1;
-        calls.push(Recorded {
-            number,
-            at: Instant::now(),
-            path,
-            headers: headers.clone(),
-            body: serde_json::from_slice(body).unwrap_or(Value::Null),
-        });
+        let number = self.script.record(path, headers, body);
         (number, InFlight(self.clone()))
     }
 
     fn next(&self) -> (Behavior, Duration) {
-        let behavior = self
-            .script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .or_else(|| self.default.lock().unwrap().clone())
-            .unwrap_or(Behavior::Answer);
-        (behavior, *self.delay.lock().unwrap())
+        self.script.next(Behavior::Answer)
     }
 }
 

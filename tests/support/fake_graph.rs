@@ -10,10 +10,9 @@
 //! Reached as `support::fake_graph` (tests/support/mod.rs).
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,6 +21,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+
+use super::scripted::Script;
 
 pub const TOKEN: &str = "test-graph-token";
 pub const PHONE_NUMBER_ID: &str = "106540352242922";
@@ -51,21 +52,11 @@ impl Behavior {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub number: usize,
-    pub at: Instant,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
+pub use super::scripted::Recorded;
 
 #[derive(Default)]
 struct Inner {
-    calls: Mutex<Vec<Recorded>>,
-    script: Mutex<VecDeque<Behavior>>,
-    default: Mutex<Option<Behavior>>,
-    delay: Mutex<Duration>,
+    script: Script<Behavior>,
 }
 
 pub struct FakeGraph {
@@ -124,25 +115,25 @@ impl FakeGraph {
 
     /// Behaviours for the next calls, in order; then the default.
     pub fn script(&self, behaviors: impl IntoIterator<Item = Behavior>) {
-        self.inner.script.lock().unwrap().extend(behaviors);
+        self.inner.script.push(behaviors);
     }
 
     /// What calls do once the script is used up (initially `Accept`).
     pub fn set_default(&self, behavior: Behavior) {
-        *self.inner.default.lock().unwrap() = Some(behavior);
+        self.inner.script.set_default(behavior);
     }
 
     /// Every answer waits this long first.
     pub fn set_delay(&self, delay: Duration) {
-        *self.inner.delay.lock().unwrap() = delay;
+        self.inner.script.set_delay(delay);
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
-        self.inner.calls.lock().unwrap().clone()
+        self.inner.script.calls()
     }
 
     pub fn call_count(&self) -> usize {
-        self.inner.calls.lock().unwrap().len()
+        self.inner.script.call_count()
     }
 }
 
@@ -169,26 +160,8 @@ async fn messages(
     body: Bytes,
 ) -> Response {
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let number = {
-        let mut calls = inner.calls.lock().unwrap();
-        let number = calls.len() + 1;
-        calls.push(Recorded {
-            number,
-            at: Instant::now(),
-            path: uri.path().to_string(),
-            headers: headers.clone(),
-            body: json.clone(),
-        });
-        number
-    };
-    let behavior = inner
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .or_else(|| inner.default.lock().unwrap().clone())
-        .unwrap_or(Behavior::Accept);
-    let delay = *inner.delay.lock().unwrap();
+    let number = inner.script.record(uri.path().to_string(), &headers, &body);
+    let (behavior, delay) = inner.script.next(Behavior::Accept);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

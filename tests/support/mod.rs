@@ -16,6 +16,7 @@ mod in_process;
 mod ops;
 mod process;
 mod redis;
+pub mod scripted;
 mod tls;
 mod ws;
 
