@@ -208,12 +208,23 @@ impl Hub {
             mut info,
             is_agent,
         } = admit(self, reg)?;
+        // One read of who is there serves the ownership and room checks
+        // (after the token's own checks, which need no I/O).
         if let Some(identity) = identity {
-            self.authorize(identity, &session, &info, is_agent).await?;
+            authorize(identity, &session, is_agent)?;
+        }
+        let present = self.store.members(&session).await?;
+        if let Some(identity) = identity {
+            check_owner(identity, &info, &present)?;
             info.owner = Some(identity.sub.clone());
         }
         let client_id = info.client_id.as_str();
-        self.check_room(&session, client_id).await?;
+        check_room(
+            &session,
+            client_id,
+            &present,
+            self.config.max_clients_per_session,
+        )?;
 
         // 2. Contacts and presence.
         self.store
@@ -265,62 +276,6 @@ impl Hub {
             }),
             handle,
         })
-    }
-
-    /// `session_full` when the session holds `MAX_CLIENTS_PER_SESSION`
-    /// clients on every instance together (presence in the store) and
-    /// `client_id` is not one of them (registering again replaces, it does
-    /// not add). Two clients joining at the same moment on different
-    /// instances may both pass: the bound is tight to within the joins in
-    /// flight, which is what it is for (no session grows without limit).
-    async fn check_room(&self, session: &str, client_id: &str) -> Result<(), HubError> {
-        let max = self.config.max_clients_per_session;
-        let members = self.store.members(session).await?;
-        if members.len() >= max && !members.iter().any(|m| m.client_id == client_id) {
-            return Err(HubError::new(
-                ErrorCode::SessionFull,
-                format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// What the token allows (docs/security.md §3): the session must be in
-    /// `sessions` (admin: any), the agent role needs role agent or admin,
-    /// and a client id present in the session (on any instance) must have
-    /// been registered by the same `sub`.
-    async fn authorize(
-        &self,
-        identity: &Identity,
-        session: &str,
-        info: &ClientInfo,
-        is_agent: bool,
-    ) -> Result<(), HubError> {
-        if !identity.may_use_session(session) {
-            return Err(HubError::new(
-                ErrorCode::Forbidden,
-                format!("the token does not allow session `{session}`"),
-            ));
-        }
-        if is_agent && !identity.may_be_agent() {
-            return Err(HubError::new(
-                ErrorCode::Forbidden,
-                "the `whatsapp` capability (the agent role) needs a token with role agent or admin",
-            ));
-        }
-        let members = self.store.members(session).await?;
-        if let Some(held) = members.iter().find(|m| m.client_id == info.client_id)
-            && held.owner.as_deref() != Some(identity.sub.as_str())
-        {
-            return Err(HubError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "client_id `{}` is held by another user in this session",
-                    info.client_id
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Steps 4 and 5 of [`Self::join`]: reads the session's log (outside any
@@ -486,4 +441,64 @@ impl Hub {
         }
         tracing::info!(session, client_id, "client left");
     }
+}
+
+/// `session_full` when the session holds `max` clients on every instance
+/// together (`present`, from the store) and `client_id` is not one of them
+/// (registering again replaces, it does not add). Two clients joining at
+/// the same moment on different instances may both pass: the bound is
+/// tight to within the joins in flight, which is what it is for (no
+/// session grows without limit).
+fn check_room(
+    session: &str,
+    client_id: &str,
+    present: &[ClientInfo],
+    max: usize,
+) -> Result<(), HubError> {
+    if present.len() >= max && !present.iter().any(|m| m.client_id == client_id) {
+        return Err(HubError::new(
+            ErrorCode::SessionFull,
+            format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
+        ));
+    }
+    Ok(())
+}
+
+/// What the token allows (docs/security.md §3): the session must be in
+/// `sessions` (admin: any), and the agent role needs role agent or admin.
+fn authorize(identity: &Identity, session: &str, is_agent: bool) -> Result<(), HubError> {
+    if !identity.may_use_session(session) {
+        return Err(HubError::new(
+            ErrorCode::Forbidden,
+            format!("the token does not allow session `{session}`"),
+        ));
+    }
+    if is_agent && !identity.may_be_agent() {
+        return Err(HubError::new(
+            ErrorCode::Forbidden,
+            "the `whatsapp` capability (the agent role) needs a token with role agent or admin",
+        ));
+    }
+    Ok(())
+}
+
+/// A client id present in the session (on any instance) must have been
+/// registered by the same `sub`.
+fn check_owner(
+    identity: &Identity,
+    info: &ClientInfo,
+    present: &[ClientInfo],
+) -> Result<(), HubError> {
+    if let Some(held) = present.iter().find(|m| m.client_id == info.client_id)
+        && held.owner.as_deref() != Some(identity.sub.as_str())
+    {
+        return Err(HubError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "client_id `{}` is held by another user in this session",
+                info.client_id
+            ),
+        ));
+    }
+    Ok(())
 }
