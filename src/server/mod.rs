@@ -6,6 +6,7 @@ pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod mcp;
 pub mod rate;
 pub mod rest;
 pub mod webhooks;
@@ -32,6 +33,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/ui", get(web_page))
         .merge(http::routes())
         .merge(rest::routes(&hub))
+        .merge(mcp::routes(&hub))
         .merge(webhooks::routes())
         .with_state(hub)
 }
