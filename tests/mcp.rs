@@ -29,13 +29,16 @@ fn mcp_url(addr: impl std::fmt::Display) -> String {
 /// the interop tests say so and pass, as the PyJWT ones do.
 fn python_sdk() -> bool {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import mcp.client.streamable_http"])
+        .args([
+            "-c",
+            "from mcp.client.streamable_http import streamable_http_client",
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         eprintln!(
-            "skipping: the Python MCP SDK is missing (python3 -m pip install mcp, or ./scripts/test)"
+            "skipping: the Python MCP SDK is missing (python3 -m pip install 'mcp>=2', or ./scripts/test)"
         );
     }
     ok

@@ -18,7 +18,7 @@
 //! is `{code, message}` with the hub's stable error code; a missing or bad
 //! token is an HTTP 401 before the protocol starts, like REST.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -171,8 +171,8 @@ struct RunCommand {
     session: Option<String>,
 }
 
-/// The tools, as `tools/list` shows them.
-fn tools() -> Vec<Tool> {
+/// The tools, as `tools/list` shows them (built once).
+static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
     let read_only = || ToolAnnotations::new().read_only(true);
     vec![
         Tool::new(
@@ -203,7 +203,7 @@ fn tools() -> Vec<Tool> {
             schema_for_type::<RunCommand>(),
         ),
     ]
-}
+});
 
 /// A call's raw arguments.
 type Args = Option<rmcp::model::JsonObject>;
@@ -212,7 +212,7 @@ type Args = Option<rmcp::model::JsonObject>;
 /// mismatch (wrong type, unknown field) `invalid_field`.
 fn arguments<T: DeserializeOwned>(args: Args) -> Result<T, HubError> {
     serde_json::from_value(Value::Object(args.unwrap_or_default())).map_err(|e| {
-        let message = e.to_string();
+        let message = format!("{e} (in the tool's arguments)");
         let code = if message.starts_with("missing field") {
             ErrorCode::MissingField
         } else {
@@ -245,11 +245,11 @@ impl ServerHandler for HubTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        Ok(ListToolsResult::with_all_items(TOOLS.clone()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|t| t.name == name)
+        TOOLS.iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
@@ -312,7 +312,7 @@ impl Call<'_> {
                 _ => {
                     return Err(HubError::new(
                         ErrorCode::MissingField,
-                        "missing field `session`: the token allows more than one session; name the one to act on",
+                        "missing field `session`: the token does not name exactly one session; name the one to act on",
                     ));
                 }
             },
@@ -382,25 +382,28 @@ impl Call<'_> {
             .filter_map(|c| c["name"].as_str())
             .collect();
         let text = format!("{} contacts: {}", names.len(), names.join(", "));
-        command_result(content, text)
+        Ok(command_result(content, text))
     }
 
     async fn send_message(&self, args: Args) -> Result<CallToolResult, HubError> {
-        let args: SendMessage = arguments(args)?;
-        let command = self
-            .command(json!({"action": "send", "contact": args.contact, "message": args.message}))?;
-        let key = check_idempotency_key(args.idempotency_key)?;
-        let session = self.session(args.session)?;
+        let SendMessage {
+            contact,
+            message,
+            idempotency_key,
+            session,
+        } = arguments(args)?;
+        let command =
+            self.command(json!({"action": "send", "contact": &contact, "message": &message}))?;
+        let key = check_idempotency_key(idempotency_key)?;
+        let session = self.session(session)?;
         let content = self
             .hub
             .run_command_once(&session, &command, &self.client(), key.as_deref())
             .await?;
-        let text = format!(
-            "sent to {}: {}",
-            content["contact"].as_str().unwrap_or_default(),
-            content["message"].as_str().unwrap_or_default()
-        );
-        command_result(content, text)
+        // The resolved name when known (an agent's answer need not say).
+        let to = content["contact"].as_str().unwrap_or(&contact);
+        let text = format!("sent to {to}: {message}");
+        Ok(command_result(content, text))
     }
 
     async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -420,7 +423,7 @@ impl Call<'_> {
             content["count"].as_u64().unwrap_or_default(),
             content["contact"].as_str().unwrap_or_default()
         );
-        command_result(content, text)
+        Ok(command_result(content, text))
     }
 
     async fn broadcast(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -481,34 +484,40 @@ impl Call<'_> {
             .as_str()
             .unwrap_or("nothing");
         let text = format!("understood `{action}`");
-        command_result(content, text)
+        Ok(command_result(content, text))
     }
 }
 
 /// A command's content: success as structured content with `text`; a
 /// `success:false` answer (unknown contact, ...) as a tool error with its
 /// code (for `run_command` the code of the executed command's `result`).
-fn command_result(content: Value, text: String) -> Result<CallToolResult, HubError> {
-    if content["success"].as_bool() == Some(true) {
-        let mut result = CallToolResult::structured(content);
-        result.content = vec![ContentBlock::text(text)];
-        return Ok(result);
-    }
-    let failure = if content.get("code").is_some() {
-        &content
-    } else {
-        &content["result"]
+/// An agent may answer any JSON: what is not an object is kept under
+/// `result`, and a failure without a code is `connector_failed`.
+fn command_result(content: Value, text: String) -> CallToolResult {
+    let mut content = match content {
+        Value::Object(map) => map,
+        other => serde_json::Map::from_iter([("result".to_string(), other)]),
     };
-    let code = failure["code"]
-        .as_str()
-        .unwrap_or(ErrorCode::Internal.as_str());
-    let message = failure["error"].as_str().unwrap_or("the command failed");
-    let mut structured = content.clone();
-    structured["code"] = json!(code);
-    structured["message"] = json!(message);
-    let mut result = CallToolResult::structured_error(structured);
-    result.content = vec![ContentBlock::text(format!("{code}: {message}"))];
-    Ok(result)
+    if content.get("success") == Some(&Value::Bool(true)) {
+        let mut result = CallToolResult::structured(Value::Object(content));
+        result.content = vec![ContentBlock::text(text)];
+        return result;
+    }
+    let field = |key: &str| {
+        let top = content.get(key);
+        let nested = || content.get("result").and_then(|r| r.get(key));
+        top.or_else(nested)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let code = field("code").unwrap_or_else(|| ErrorCode::ConnectorFailed.as_str().to_string());
+    let message = field("error").unwrap_or_else(|| "the command failed".to_string());
+    let text = format!("{code}: {message}");
+    content.insert("code".into(), json!(code));
+    content.insert("message".into(), json!(message));
+    let mut result = CallToolResult::structured_error(Value::Object(content));
+    result.content = vec![ContentBlock::text(text)];
+    result
 }
 
 /// A hub error as an MCP tool error: `{code, message, candidates?}`.
@@ -524,4 +533,42 @@ fn tool_error(e: &HubError) -> CallToolResult {
         e.message
     ))];
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(content: Value) -> (bool, Value) {
+        let r = command_result(content, "text".into());
+        (
+            r.is_error == Some(true),
+            r.structured_content.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn command_results_become_tool_results_whatever_an_agent_answers() {
+        let (failed, s) = outcome(json!({"success": true, "contact": "John"}));
+        assert!(!failed);
+        assert_eq!(s["contact"], "John");
+        // The code of run_command's executed command.
+        let (failed, s) = outcome(json!({"success": false, "result": {
+            "success": false, "code": "contact_not_found", "error": "no contact"}}));
+        assert!(failed);
+        assert_eq!(
+            (&s["code"], &s["message"]),
+            (&json!("contact_not_found"), &json!("no contact"))
+        );
+        // An agent's odd answers: not an object, a failure without a code.
+        let (failed, s) = outcome(json!("done"));
+        assert!(failed);
+        assert_eq!(
+            (&s["code"], &s["result"]),
+            (&json!("connector_failed"), &json!("done"))
+        );
+        let (failed, s) = outcome(json!({"success": false, "error": 7}));
+        assert!(failed);
+        assert_eq!(s["code"], "connector_failed");
+    }
 }

@@ -1,6 +1,7 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
-//! readiness, metrics, REST), the listener, and graceful shutdown. What is
-//! checked before an upgrade (Origin, connection cap) is in [`browser`].
+//! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
+//! graceful shutdown. What is checked before an upgrade (Origin, connection
+//! cap) is in [`browser`].
 
 pub mod auth;
 pub mod browser;
