@@ -198,6 +198,21 @@ async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {
     assert_eq!(body["code"], "unauthorized");
     let (status, _) = call_tool(&hub, Some("not-a-jwt"), "list_contacts", json!({})).await;
     assert_eq!(status, 401, "a bad token");
+    // A page from another site: refused like a WebSocket upgrade.
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("origin", "http://evil.example")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap_or_default()
+            .contains("forbidden_origin")
+    );
 
     // A client token may act only on its own sessions.
     let (status, answer) = call_tool(
@@ -271,6 +286,18 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
         .expect("initialize");
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers().get("mcp-session-id").is_none());
+    // Open on loopback: a rebound DNS name is not a loopback Host.
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a non-loopback Host on an open hub"
+    );
 
     let (_, answer) = call_tool(&hub, None, "broadcast", json!({"text": "lunch?"})).await;
     assert_eq!(answer["result"]["isError"], false, "{answer}");
