@@ -332,27 +332,25 @@ async fn publisher_loop(
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut seq: u64 = 0;
     'connect: loop {
-        let connected = match backend.client() {
-            Ok(client) => {
-                backend
-                    .timed("publisher_connect", async {
-                        let mut conn = client
-                            .get_multiplexed_async_connection()
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        // Loaded once per connection, so the pipeline's
-                        // EVALSHAs find it (a restarted Redis forgot it).
-                        script
-                            .prepare_invoke()
-                            .load_async(&mut conn)
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        Ok(conn)
-                    })
+        // A new client each time: with Sentinel it is the current master.
+        let connected = backend
+            .timed("publisher_connect", async {
+                let mut conn = backend
+                    .client()
+                    .await?
+                    .get_multiplexed_async_connection()
                     .await
-            }
-            Err(e) => Err(e),
-        };
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                // Loaded once per connection, so the pipeline's
+                // EVALSHAs find it (a restarted Redis forgot it).
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                Ok(conn)
+            })
+            .await;
         let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -434,6 +432,8 @@ async fn publisher_loop(
                     batch.clear();
                 }
                 Err(error) => {
+                    // READONLY (a demoted master) included: the reconnection
+                    // asks Sentinel for the master again.
                     tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
                     // The batch is kept and sent first on the new connection,
                     // so order holds; the script skips what was already
@@ -464,8 +464,10 @@ async fn subscriber_loop(
     let mut announced_down = false;
     while !shutdown.is_cancelled() {
         let connected = async {
+            // With Sentinel, the current master (pub/sub follows failovers).
             let mut pubsub = backend
                 .client()
+                .await
                 .map_err(|e| {
                     ::redis::RedisError::from((::redis::ErrorKind::Io, "pub/sub", e.to_string()))
                 })?

@@ -48,10 +48,11 @@ impl RedisServer {
     }
 
     /// A connection pool to this server, for library-level tests.
-    pub fn pool(&self) -> deadpool_redis::Pool {
+    pub fn pool(&self) -> mcp_hub::redis::RedisPool {
         deadpool_redis::Config::from_url(self.url())
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .expect("redis pool")
+            .into()
     }
 
     fn spawn(&mut self) {
