@@ -124,7 +124,8 @@ impl RedisArgs {
                     ));
                 }
             }
-            return match &self.redis_url {
+            // Empty counts as unset (compose passes `REDIS_URL=` through).
+            return match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
                 None => Ok(None),
                 Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                     Ok(Some(RedisTopology::single(url)))
@@ -135,7 +136,7 @@ impl RedisArgs {
                 )),
             };
         }
-        if self.redis_url.is_some() {
+        if set(&self.redis_url) {
             return Err(invalid(
                 "REDIS_SENTINELS",
                 "set either REDIS_URL (one server) or REDIS_SENTINELS, not both",
