@@ -1126,6 +1126,45 @@ fn kubernetes_manifests_are_consistent() {
     );
 }
 
+/// The environment variables the hub reads (its clap settings).
+fn hub_env_settings() -> BTreeSet<String> {
+    use clap::CommandFactory;
+    mcp_hub::config::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn kubernetes_sentinel_settings_are_hub_settings() {
+    let known = hub_env_settings();
+    let mut named = BTreeSet::new();
+    for file in [
+        "deploy/kubernetes/README.md",
+        "deploy/kubernetes/configmap.yaml",
+    ] {
+        let text = repo_file(file);
+        for (i, _) in text.match_indices("REDIS_SENTINEL") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            named.insert(name);
+        }
+    }
+    for name in [
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_PASSWORD",
+    ] {
+        assert!(named.contains(name), "deploy/kubernetes documents {name}");
+    }
+    for name in &named {
+        assert!(known.contains(name), "{name} is not a hub setting");
+    }
+}
+
 #[test]
 fn kustomize_renders_the_manifests() {
     if !tool("kubectl", "kubectl (from Kubernetes' apt repository)") {
