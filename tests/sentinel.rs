@@ -1,10 +1,13 @@
 //! Redis Sentinel (issue 14): hubs find their master through three real
-//! Sentinels, follow a `kill -9` failover to the promoted replica under
-//! steady broadcast load and serve again within a documented bound, and
-//! clients that resume with `since` lose no acknowledged broadcast.
-//! `/ready` is 503 while no master is reachable. Real redis-server and
-//! `redis-server --sentinel` processes on free loopback ports
-//! (tests/support: `SentinelSet`), hubs in-process.
+//! Sentinels and follow a failover under steady broadcast load — a
+//! `kill -9` of the master and a manual `SENTINEL FAILOVER` that leaves
+//! the old master writable — serving again within a documented bound,
+//! writing nothing more to a replaced master, and losing no acknowledged
+//! broadcast for live or resuming (`since`) clients. `/ready` is 503 while
+//! no master is reachable, and a node that answers `READONLY` (a demoted
+//! master) is dropped. Real redis-server and `redis-server --sentinel`
+//! processes on free loopback ports (tests/support: `SentinelSet`), hubs
+//! in-process.
 
 mod support;
 
@@ -13,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mcp_hub::metrics::Metrics;
+use mcp_hub::redis::{RedisBackend, RedisErrorKind};
 use serde_json::{Value, json};
 use support::*;
 
@@ -137,6 +142,16 @@ fn produce(
     })
 }
 
+/// How the master is replaced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failover {
+    /// `kill -9`: no master until the Sentinels promote the replica.
+    KillMaster,
+    /// `SENTINEL FAILOVER`: the old master stays up, still a master, until
+    /// the Sentinels demote it (seconds later).
+    Manual,
+}
+
 /// `kill -9` of the master under load over three hubs: the Sentinels
 /// promote the replica, every hub serves again (ready, a broadcast crosses
 /// instances) within down-after + failover + HUB_BOUND, and every reader —
@@ -144,6 +159,30 @@ fn produce(
 /// another hub — has every acknowledged broadcast exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_follow_a_failover_and_resuming_clients_lose_nothing() {
+    failover_under_load(Failover::KillMaster).await;
+}
+
+/// A manual failover leaves the old master up and writable until the
+/// Sentinels demote it: the hubs move to the promoted replica at its
+/// `+switch-master` and write nothing more to the old one (what they wrote
+/// there would be lost at the demotion); readers lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_leave_a_replaced_master_at_once() {
+    failover_under_load(Failover::Manual).await;
+}
+
+/// Append scripts the old master ran so far.
+fn scripts_run(redis: &RedisServer) -> u64 {
+    redis
+        .cmd(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn failover_under_load(cause: Failover) {
     let mut set = SentinelSet::start();
     let old_master = set.master.port;
     let mut hubs = Vec::new();
@@ -201,20 +240,34 @@ async fn hubs_follow_a_failover_and_resuming_clients_lose_nothing() {
     let (mut probe, _) = WsClient::register(&hubs[0].ws_url(), "probe", "probe").await;
     let (mut listener, _) = WsClient::register(&hubs[2].ws_url(), "probe", "listener").await;
     let killed_at = Instant::now();
-    set.master.stop();
-    // No master reachable: every hub says so.
-    for hub in &hubs {
-        wait_until_async("/ready 503 without a master", DOWN_AFTER * 5, || async {
-            hub.ready_status().await == Some(503)
-        })
-        .await;
-    }
-    let deadline = DOWN_AFTER + 2 * FAILOVER_TIMEOUT + HUB_BOUND;
+    let deadline = match cause {
+        Failover::KillMaster => {
+            set.master.stop();
+            // No master reachable: every hub says so.
+            for hub in &hubs {
+                wait_until_async("/ready 503 without a master", DOWN_AFTER * 5, || async {
+                    hub.ready_status().await == Some(503)
+                })
+                .await;
+            }
+            DOWN_AFTER + 2 * FAILOVER_TIMEOUT + HUB_BOUND
+        }
+        Failover::Manual => {
+            let answer = set.sentinels[0].cmd(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+            assert_eq!(answer, "OK");
+            // Serving counts only once the replica is the master.
+            wait_until_async("the replica's promotion", 2 * FAILOVER_TIMEOUT, || async {
+                set.master_port() == Some(set.replica.port)
+            })
+            .await;
+            2 * FAILOVER_TIMEOUT + HUB_BOUND
+        }
+    };
     let mut k = 0;
     loop {
         assert!(
             killed_at.elapsed() < deadline,
-            "hubs not serving again within {deadline:?} of the kill (master named: {:?})",
+            "hubs not serving again within {deadline:?} of the {cause:?} (master named: {:?})",
             set.master_port()
         );
         let ready = {
@@ -254,7 +307,8 @@ async fn hubs_follow_a_failover_and_resuming_clients_lose_nothing() {
         new_master.is_some_and(|p| p != old_master),
         "the Sentinels promoted the replica: {new_master:?}"
     );
-    eprintln!("hubs serving again {recovered_in:?} after kill -9 of the master");
+    eprintln!("hubs serving again {recovered_in:?} after the {cause:?}");
+    let old_master_scripts = (cause == Failover::Manual).then(|| scripts_run(&set.master));
 
     // Some load on the new master, then the producers stop.
     let now = acked_count.load(Ordering::Acquire);
@@ -264,6 +318,13 @@ async fn hubs_follow_a_failover_and_resuming_clients_lose_nothing() {
     })
     .await;
     stop.store(true, Ordering::Release);
+    if let Some(before) = old_master_scripts {
+        assert_eq!(
+            scripts_run(&set.master),
+            before,
+            "no event went to the replaced master after the hubs moved"
+        );
+    }
     let mut acked: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (p, task) in producers.into_iter().enumerate() {
         let (c, list) = task.await.unwrap();
@@ -333,4 +394,57 @@ async fn ready_is_503_while_no_master_is_reachable() {
     .await;
     assert_eq!(hub.ready_status().await, Some(503));
     assert_eq!(hub.metric("hub_store_up").await, Some(0.0));
+}
+
+/// `connected_clients` of a redis-server.
+fn connected_clients(redis: &RedisServer) -> u64 {
+    redis
+        .cmd(&["INFO", "clients"])
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a hub meets on a demoted master: `READONLY`, for plain commands
+/// and scripts alike, is typed as "the master moved", and the pooled
+/// connections to that node are closed instead of reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_from_a_demoted_master_drops_its_connections() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(master.port);
+    let backend =
+        RedisBackend::new(&replica.url(), "ro", Arc::new(Metrics::new("ro"))).expect("backend");
+    let before = connected_clients(&replica);
+    // Reads work on a replica: the pool now holds a connection to it.
+    let _: Option<String> = backend
+        .query("read", ::redis::cmd("GET").arg("k"))
+        .await
+        .expect("GET on a replica");
+    assert_eq!(connected_clients(&replica), before + 1);
+
+    let write = backend
+        .query::<()>("write", ::redis::cmd("SET").arg("k").arg("v"))
+        .await
+        .expect_err("SET on a replica");
+    assert!(
+        matches!(write.kind, RedisErrorKind::ReadOnly(_)) && write.master_moved(),
+        "{write:?}"
+    );
+    wait_until("the pool to close its connection", RECV_TIMEOUT, || {
+        connected_clients(&replica) == before
+    });
+
+    let script =
+        ::redis::Script::new("redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], 'v')");
+    let mut invocation = script.prepare_invoke();
+    invocation.key("k");
+    let scripted = backend
+        .script::<()>("write_script", &invocation)
+        .await
+        .expect_err("a writing script on a replica");
+    assert!(scripted.master_moved(), "{scripted:?}");
+    wait_until("the pool to close its connection", RECV_TIMEOUT, || {
+        connected_clients(&replica) == before
+    });
 }

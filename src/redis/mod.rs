@@ -13,7 +13,7 @@ mod error;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
-pub use topology::{PooledConnection, RedisPool};
+pub use topology::{MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -271,6 +271,17 @@ impl RedisBackend {
             .client()
             .await
             .map_err(|e| RedisError::from_client("connect", &e))
+    }
+
+    /// Redis Sentinel's failover announcements (none for a single server):
+    /// owners of dedicated connections hold writes while a replica is being
+    /// promoted and reconnect when the new master is named, instead of
+    /// writing on to the old master.
+    pub fn master_changes(&self) -> MasterChanges {
+        match self.connector.as_deref() {
+            Some(connector) => connector.master_changes(),
+            None => MasterChanges::never(),
+        }
     }
 
     /// Runs one command.
