@@ -542,12 +542,13 @@ fn compose_sentinel_profile_runs_the_shared_sentinel_template() {
         assert_eq!(env["MASTER_PORT"], "6379");
         addresses.push(format!("sentinel{i}:{}", env["SENTINEL_PORT"]));
     }
-    let script = repo_file("scripts/cluster");
+    let script = repo_file("scripts/redis-topology.sh");
+    assert!(repo_file("scripts/cluster").contains(". \"$root/scripts/redis-topology.sh\""));
     assert!(script.contains("\"$root/deploy/redis/sentinel.conf\""));
     for name in &placeholders {
         assert!(
             script.contains(&format!("s/\\${{{name}}}/")),
-            "scripts/cluster substitutes {name}"
+            "scripts/redis-topology.sh substitutes {name}"
         );
     }
 
@@ -1189,13 +1190,13 @@ fn kustomize_renders_the_manifests() {
 
 #[test]
 fn cluster_script_is_valid_bash() {
-    let (ok, out) = run(Command::new("bash")
-        .arg("-n")
-        .arg(repo_path("scripts/cluster")));
-    assert!(ok, "{out}");
-    if tool("shellcheck", "shellcheck") {
-        let (ok, out) = run(Command::new("shellcheck").arg(repo_path("scripts/cluster")));
-        assert!(ok, "shellcheck scripts/cluster:\n{out}");
+    for script in ["scripts/cluster", "scripts/redis-topology.sh"] {
+        let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
+        assert!(ok, "{script}: {out}");
+        if tool("shellcheck", "shellcheck") {
+            let (ok, out) = run(Command::new("shellcheck").arg(repo_path(script)));
+            assert!(ok, "shellcheck {script}:\n{out}");
+        }
     }
 }
 
