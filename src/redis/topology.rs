@@ -61,15 +61,16 @@ fn pool_config() -> deadpool_redis::PoolConfig {
 
 impl RedisPool {
     /// A connection, from the pool or newly opened (to the current master).
+    /// The pools' futures are boxed: both are large, and they sit at the
+    /// bottom of deep call chains (the AI coordinator's, in debug builds
+    /// beyond a worker thread's stack).
     pub async fn get(&self) -> Result<PooledConnection, String> {
         match self {
-            RedisPool::Single(p) => p
-                .get()
+            RedisPool::Single(p) => Box::pin(p.get())
                 .await
                 .map(PooledConnection::Single)
                 .map_err(|e| e.to_string()),
-            RedisPool::Sentinel(p) => p
-                .get()
+            RedisPool::Sentinel(p) => Box::pin(p.get())
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| e.to_string()),
