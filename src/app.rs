@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
 use crate::cluster::membership::RedisMembership;
-use crate::config::{ConfigError, ConnectorKind, HubConfig};
+use crate::config::{ConfigError, ConnectorKind, HubConfig, RedisTopology};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
 use crate::redis::RedisBackend;
@@ -136,7 +136,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     };
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
-    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis_url {
+    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis {
         None => (
             (
                 Arc::new(MemoryStore::new(config.history_limit)),
@@ -150,13 +150,17 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             ),
             None,
         ),
-        Some(url) => {
-            let backend = RedisBackend::new(url, &config.redis_key_prefix, metrics.clone())
-                .map_err(|e| ConfigError {
-                    setting: "REDIS_URL",
-                    reason: e.kind.to_string(),
-                })?;
-            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, "cluster mode: state in Redis");
+        Some(topology) => {
+            let backend =
+                RedisBackend::connect(topology, &config.redis_key_prefix, metrics.clone())
+                    .map_err(|e| ConfigError {
+                        setting: match topology {
+                            RedisTopology::Single { .. } => "REDIS_URL",
+                            RedisTopology::Sentinel(_) => "REDIS_SENTINELS",
+                        },
+                        reason: e.kind.to_string(),
+                    })?;
+            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?topology, "cluster mode: state in Redis");
             let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(
                 backend.clone(),
                 config.instance_id.clone(),

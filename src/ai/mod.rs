@@ -145,7 +145,7 @@ impl ProviderError {
 /// The cluster's Redis, for cross-instance coordination.
 #[derive(Clone)]
 pub struct RedisCoordination {
-    pub pool: deadpool_redis::Pool,
+    pub pool: crate::redis::RedisPool,
     /// `REDIS_KEY_PREFIX`: every AI key is `{prefix}:ai:...`.
     pub prefix: String,
 }

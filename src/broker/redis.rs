@@ -14,7 +14,12 @@
 //!   already-serialized text. After each (re)subscription the hub is told
 //!   ([`Inbound::Resubscribed`]) so it reads what it missed from the log.
 //! * Both reconnect by themselves with capped exponential backoff
-//!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
+//!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown, and at once
+//!   when Redis Sentinel announces a new master
+//!   ([`RedisBackend::master_changes`]). While Sentinel promotes a replica
+//!   the publisher holds its queue (at most [`PROMOTION_HOLD`]): what the
+//!   old master logged from then on would be missing from the new one, and
+//!   its offsets given again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +35,11 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
-use crate::redis::{RedisBackend, RedisError};
+use crate::redis::{MasterEvent, RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
+/// Longest wait for the new master once Sentinel started promoting one.
+const PROMOTION_HOLD: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 256;
 
 /// Assigns the next offset, logs and publishes one event.
@@ -331,28 +338,27 @@ async fn publisher_loop(
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut seq: u64 = 0;
+    let mut master_changes = backend.master_changes();
     'connect: loop {
-        let connected = match backend.client() {
-            Ok(client) => {
-                backend
-                    .timed("publisher_connect", async {
-                        let mut conn = client
-                            .get_multiplexed_async_connection()
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        // Loaded once per connection, so the pipeline's
-                        // EVALSHAs find it (a restarted Redis forgot it).
-                        script
-                            .prepare_invoke()
-                            .load_async(&mut conn)
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        Ok(conn)
-                    })
+        // A new client each time: with Sentinel it is the current master.
+        let connected = backend
+            .timed("publisher_connect", async {
+                let mut conn = backend
+                    .client()
+                    .await?
+                    .get_multiplexed_async_connection()
                     .await
-            }
-            Err(e) => Err(e),
-        };
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                // Loaded once per connection, so the pipeline's
+                // EVALSHAs find it (a restarted Redis forgot it).
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                Ok(conn)
+            })
+            .await;
         let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -371,6 +377,19 @@ async fn publisher_loop(
             let mut last = false;
             if batch.is_empty() {
                 tokio::select! {
+                    biased;
+                    // The old master may still accept writes until Sentinel
+                    // demotes it; they would be lost then.
+                    event = master_changes.next() => {
+                        if event == MasterEvent::Promoting {
+                            tokio::select! {
+                                _ = master_changes.switched() => {}
+                                _ = tokio::time::sleep(PROMOTION_HOLD) => {}
+                                _ = shutdown.cancelled() => {}
+                            }
+                        }
+                        continue 'connect;
+                    }
                     n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
                     _ = shutdown.cancelled() => {
                         // Final flush of whatever is still queued.
@@ -434,6 +453,8 @@ async fn publisher_loop(
                     batch.clear();
                 }
                 Err(error) => {
+                    // READONLY (a demoted master) included: the reconnection
+                    // asks Sentinel for the master again.
                     tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
                     // The batch is kept and sent first on the new connection,
                     // so order holds; the script skips what was already
@@ -462,10 +483,13 @@ async fn subscriber_loop(
     let inbox = backend.keys.inbox_channel(&instance);
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
+    let mut master_changes = backend.master_changes();
     while !shutdown.is_cancelled() {
         let connected = async {
+            // With Sentinel, the current master (pub/sub follows failovers).
             let mut pubsub = backend
                 .client()
+                .await
                 .map_err(|e| {
                     ::redis::RedisError::from((::redis::ErrorKind::Io, "pub/sub", e.to_string()))
                 })?
@@ -506,6 +530,11 @@ async fn subscriber_loop(
             let msg = tokio::select! {
                 m = stream.next() => m,
                 _ = shutdown.cancelled() => return,
+                // Publishes go to the new master: subscribe there.
+                event = master_changes.next() => match event {
+                    MasterEvent::Switched => None,
+                    MasterEvent::Promoting => continue,
+                },
             };
             let Some(msg) = msg else { break };
             backend.metrics.pubsub_received.inc();

@@ -6,6 +6,7 @@
 //! Config owns every setting; the AI ones live in [`ai`].
 
 pub mod ai;
+pub mod redis;
 pub mod whatsapp;
 
 use std::net::IpAddr;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use self::redis::RedisArgs;
+pub use self::redis::{RedisTopology, SentinelTopology};
 use ai::AiArgs;
 pub use whatsapp::ConnectorKind;
 use whatsapp::{WhatsAppArgs, WhatsAppConfig};
@@ -151,9 +154,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_LOG_TTL_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
     pub session_log_ttl_ms: u64,
 
-    /// Redis URL; set to run as one instance of a cluster, unset for standalone.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "mcp-hub")]
     pub redis_key_prefix: String,
@@ -470,7 +472,8 @@ pub struct HubConfig {
     pub history_limit: usize,
     pub session_log_len: usize,
     pub session_log_ttl: Duration,
-    pub redis_url: Option<String>,
+    /// Where the cluster's state lives; None: standalone.
+    pub redis: Option<RedisTopology>,
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
     pub presence_ttl: Duration,
@@ -517,14 +520,7 @@ impl ServeArgs {
                 ),
             ));
         }
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(invalid(
-                "REDIS_URL",
-                format!("`{url}` is not a redis:// or rediss:// URL"),
-            ));
-        }
+        let redis = self.redis.topology()?;
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
             return Err(invalid(
                 "REDIS_KEY_PREFIX",
@@ -576,7 +572,7 @@ impl ServeArgs {
             history_limit: self.history_limit as usize,
             session_log_len: self.session_log_len as usize,
             session_log_ttl: Duration::from_millis(self.session_log_ttl_ms),
-            redis_url: self.redis_url,
+            redis,
             redis_key_prefix: self.redis_key_prefix,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
@@ -647,7 +643,7 @@ mod tests {
     fn defaults_are_standalone_on_8002() {
         let cfg = parse(&[]).unwrap();
         assert_eq!(cfg.port, 8002);
-        assert!(cfg.redis_url.is_none());
+        assert!(cfg.redis.is_none());
         assert_eq!(cfg.max_message_bytes, 65536);
         assert_eq!(cfg.max_connections, 10_000);
         assert_eq!(cfg.max_clients_per_session, 100);

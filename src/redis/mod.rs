@@ -6,19 +6,23 @@
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
-//! instead of a stuck client.
+//! instead of a stuck client. Which server answers (one URL, or the master
+//! Redis Sentinel names) is [`topology`]'s business.
 
 mod error;
+mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
+pub use topology::{MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::FromRedisValue;
-use deadpool_redis::{Pool, Runtime};
 
+use crate::config::RedisTopology;
 use crate::metrics::Metrics;
+use topology::Connector;
 
 /// Bound of every Redis operation (and of getting a pooled connection).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -214,55 +218,70 @@ impl Keys {
 /// A pool plus the key layout and metrics; cheap to clone.
 #[derive(Clone)]
 pub struct RedisBackend {
-    pub pool: Pool,
+    pub pool: RedisPool,
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     /// For dedicated (pub/sub, publisher) connections; absent when the
-    /// backend was made from a bare pool. Boxed in an `Arc`: the client is
-    /// large and the backend is cloned into every user.
-    client: Option<Arc<::redis::Client>>,
+    /// backend was made from a bare pool.
+    connector: Option<Arc<Connector>>,
 }
 
 impl RedisBackend {
+    /// A backend on one Redis server.
     pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        let config_error = |e: String| RedisError::new("connect", RedisErrorKind::Config(e));
-        let client = ::redis::Client::open(url).map_err(|e| config_error(e.to_string()))?;
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(32);
-        pool_cfg.timeouts.wait = Some(COMMAND_TIMEOUT);
-        pool_cfg.timeouts.create = Some(COMMAND_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(COMMAND_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| config_error(e.to_string()))?;
+        Self::connect(&RedisTopology::single(url), prefix, metrics)
+    }
+
+    /// A backend on any topology (nothing connects until the first use).
+    pub fn connect(
+        topology: &RedisTopology,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisError> {
+        let (pool, connector) = topology::connect(topology)?;
         Ok(RedisBackend {
             pool,
             keys: Keys::new(prefix),
             metrics,
-            client: Some(Arc::new(client)),
+            connector: Some(Arc::new(connector)),
         })
     }
 
     /// A backend over an existing pool (pooled commands only).
-    pub fn from_pool(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn from_pool(pool: impl Into<RedisPool>, prefix: &str, metrics: Arc<Metrics>) -> Self {
         RedisBackend {
-            pool,
+            pool: pool.into(),
             keys: Keys::new(prefix),
             metrics,
-            client: None,
+            connector: None,
         }
     }
 
-    /// The client for connections outside the pool (pub/sub subscriptions,
-    /// the broker's publisher).
-    pub fn client(&self) -> Result<&::redis::Client, RedisError> {
-        self.client.as_deref().ok_or_else(|| {
+    /// A client for connections outside the pool (pub/sub subscriptions,
+    /// the broker's publisher), to the current master: with Sentinel, each
+    /// call asks the Sentinels, so a reconnection follows a failover.
+    pub async fn client(&self) -> Result<::redis::Client, RedisError> {
+        let connector = self.connector.as_deref().ok_or_else(|| {
             RedisError::new(
                 "connect",
                 RedisErrorKind::Config("backend built from a pool has no dedicated client".into()),
             )
-        })
+        })?;
+        connector
+            .client()
+            .await
+            .map_err(|e| RedisError::from_client("connect", &e))
+    }
+
+    /// Redis Sentinel's failover announcements (none for a single server):
+    /// owners of dedicated connections hold writes while a replica is being
+    /// promoted and reconnect when the new master is named, instead of
+    /// writing on to the old master.
+    pub fn master_changes(&self) -> MasterChanges {
+        match self.connector.as_deref() {
+            Some(connector) => connector.master_changes(),
+            None => MasterChanges::never(),
+        }
     }
 
     /// Runs one command.
@@ -296,20 +315,32 @@ impl RedisBackend {
     }
 
     /// Runs `work` on a pooled connection, the whole under [`Self::timed`].
+    /// A connection that meets `READONLY` (a demoted master) is dropped
+    /// with the pool's idle ones, so the next command finds the new master.
     async fn pooled<T>(
         &self,
         op: &'static str,
-        work: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> ::redis::RedisResult<T>,
+        work: impl AsyncFnOnce(&mut PooledConnection) -> ::redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
         self.timed(op, async {
             let mut conn = self
                 .pool
                 .get()
                 .await
-                .map_err(|e| RedisError::new(op, RedisErrorKind::Pool(e.to_string())))?;
-            work(&mut conn)
+                .map_err(|e| RedisError::new(op, RedisErrorKind::Pool(e)))?;
+            let result = work(&mut conn)
                 .await
-                .map_err(|e| RedisError::from_client(op, &e))
+                .map_err(|e| RedisError::from_client(op, &e));
+            if let Err(e) = &result
+                && e.master_moved()
+            {
+                tracing::warn!(
+                    op,
+                    "redis answered READONLY: the master moved; reconnecting"
+                );
+                self.pool.master_moved(conn);
+            }
+            result
         })
         .await
     }
