@@ -513,3 +513,82 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(max_frames: usize, max_bytes: usize) -> ClientHandle {
+        let info = ClientInfo {
+            client_id: "c".into(),
+            client_name: "c".into(),
+            instance: "i".into(),
+            capabilities: Vec::new(),
+            owner: None,
+        };
+        ClientHandle::new(info, 1, max_frames, max_bytes)
+    }
+
+    fn frame(text: &str) -> Outbound {
+        Outbound {
+            frame: text.into(),
+            kind: "broadcast",
+            produced_at: 0,
+        }
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_leave_the_byte_count_when_written() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 100);
+        assert!(h.send(frame("one"), &metrics));
+        assert!(h.send(frame("two"), &metrics));
+        assert_eq!((h.queued_bytes(), h.room()), (6, 8));
+        let taken: Vec<_> = std::iter::from_fn(|| h.next_frame()).collect();
+        let texts: Vec<_> = taken.iter().map(|o| o.frame.as_str()).collect();
+        assert_eq!(texts, ["one", "two"]);
+        h.dequeued(6);
+        assert_eq!((h.queued_bytes(), h.room()), (0, 10));
+        assert!(!h.is_kicked());
+    }
+
+    #[test]
+    fn the_byte_bound_and_the_frame_cap_each_disconnect_once_with_1008() {
+        let metrics = Metrics::new("i");
+        let by_bytes = handle(10, 5);
+        assert!(by_bytes.send(frame("12345"), &metrics));
+        assert!(!by_bytes.send(frame("6"), &metrics));
+        assert!(!by_bytes.send(frame("7"), &metrics));
+        assert!(by_bytes.is_kicked());
+        assert_eq!(by_bytes.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(by_bytes.queued_bytes(), 5, "refused frames are not counted");
+
+        let by_frames = handle(1, 100);
+        assert!(by_frames.send(frame("a"), &metrics));
+        assert!(!by_frames.send(frame("b"), &metrics));
+        assert_eq!(by_frames.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(metrics.slow_consumer_disconnects.get(), 2);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_frames_without_an_eviction() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 100);
+        assert!(h.send(frame("kept"), &metrics));
+        h.close_queue();
+        assert!(!h.send(frame("late"), &metrics));
+        assert_eq!(h.close_reason(), None);
+        assert_eq!(h.queued_bytes(), 4);
+        assert_eq!(h.next_frame().map(|o| o.frame), Some("kept".into()));
+        assert!(h.next_frame().is_none());
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let h = handle(10, 100);
+        assert!(h.disconnect(CloseReason::TokenExpired));
+        assert!(!h.disconnect(CloseReason::ShuttingDown));
+        assert!(h.is_kicked());
+        assert_eq!(h.close_reason(), Some(CloseReason::TokenExpired));
+    }
+}
