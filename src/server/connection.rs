@@ -25,12 +25,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -227,6 +228,11 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
     });
     let mut answering: Option<Answering> = None;
     let mut writer = Writer::default();
+    let read_ready = Arc::new(ReadReady {
+        ready: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let read_waker = Waker::from(read_ready.clone());
     let timer = tokio::time::sleep_until(liveness.deadline().into());
     tokio::pin!(timer);
     // Draining the hub kicks the connection: its shutdown future is polled
@@ -262,9 +268,17 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
                 tracing::debug!(error = %e, conn_id, "websocket write failed");
                 return Poll::Ready(Event::WriteFailed);
             }
-            // The next message is read once the inline one is answered.
-            if answering.is_none() {
-                return socket.poll_next_unpin(cx).map(Event::Inbound);
+            // The next message is read once the inline one is answered, and
+            // only when the socket may have one.
+            if answering.is_none() && read_ready.ready.swap(false, Ordering::AcqRel) {
+                read_ready.task.register(cx.waker());
+                if let Poll::Ready(msg) =
+                    socket.poll_next_unpin(&mut Context::from_waker(&read_waker))
+                {
+                    // There may be more: read again on the next turn.
+                    read_ready.ready.store(true, Ordering::Release);
+                    return Poll::Ready(Event::Inbound(msg));
+                }
             }
             Poll::Pending
         })
@@ -355,6 +369,26 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
+}
+
+/// The waker the socket's read side is polled with: it marks the socket as
+/// worth reading and wakes the connection's task. A wake-up for a queued
+/// frame then skips the read side (a tungstenite read attempt, two waker
+/// registrations and the socket's readiness lock per delivery).
+struct ReadReady {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadReady {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// The waker of a connection's hub-shutdown future: draining the hub
