@@ -269,6 +269,52 @@ async fn every_write_makes_a_session_exist(f: StoreFixture) {
     assert!(!s.exists("*").await.unwrap());
 }
 
+/// Every session that exists is listed exactly once, in name order, page
+/// by page, with its presence, agent and activity.
+async fn sessions_are_listed_in_pages(f: StoreFixture) {
+    let s = &f.store;
+    let empty = s.list_sessions(None, 10).await.unwrap();
+    assert!(empty.sessions.is_empty() && empty.next_cursor.is_none());
+    s.seed_contacts("b-seeded", &[]).await.unwrap();
+    s.set_contacts("c-set", &[contact("John")]).await.unwrap();
+    s.record_message("d-talked", &entry("John", 1)).await.unwrap();
+    s.record_message("d-talked", &entry("John", 2)).await.unwrap();
+    s.join("a-joined", &client("c1", ME)).await.unwrap();
+    s.join("a-joined", &client("c2", ME)).await.unwrap();
+    s.claim_agent("a-joined", &agent("c1", ME)).await.unwrap();
+    s.claim_agent("e-claimed", &agent("a1", ME)).await.unwrap();
+    // A read creates nothing, so lists nothing.
+    s.contacts("ghost").await.unwrap();
+
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list_sessions(cursor.as_deref(), 2).await.unwrap();
+        assert!(page.sessions.len() <= 2);
+        listed.extend(page.sessions);
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let names: Vec<&str> = listed.iter().map(|l| l.session.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a-joined", "b-seeded", "c-set", "d-talked", "e-claimed"]
+    );
+    let joined = &listed[0];
+    assert_eq!(joined.clients, 2);
+    assert_eq!(joined.agent, Some(agent("c1", ME)));
+    assert!(joined.last_activity.is_some());
+    let talked = &listed[3];
+    assert_eq!((talked.messages_out, talked.messages_in), (2, 0));
+    assert_eq!(talked.clients, 0);
+    assert_eq!(talked.agent, None);
+}
+
 async fn adversarial_names_stay_apart(f: StoreFixture) {
     let s = &f.store;
     // Session `a:history:b` with contact `c` against session `a` with
@@ -464,6 +510,7 @@ store_contract!(
     agent_claim_release,
     reads_never_create_a_session,
     every_write_makes_a_session_exist,
+    sessions_are_listed_in_pages,
     adversarial_names_stay_apart,
     statuses_only_move_forward,
     idempotency_keys_run_once,
