@@ -678,7 +678,7 @@ async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
             Inbound::Event(e) if e.origin == origin => return e,
-            Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+            Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Monitor(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
@@ -788,7 +788,9 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                     match next(&mut f.nodes[to]).await {
                         Inbound::Instance(m) => break m,
                         // Loop-back events of earlier tests are no concern here.
-                        Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+                        Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Monitor(_) => {
+                            continue;
+                        }
                     }
                 };
                 match got {
@@ -810,6 +812,30 @@ async fn send_to_unknown_instance_is_agent_unavailable(f: BrokerFixture) {
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::AgentUnavailable, "{err}");
+    }
+}
+
+/// A monitor event from any instance reaches every instance (the
+/// publishing one included), once.
+async fn monitor_events_reach_every_instance(mut f: BrokerFixture) {
+    let count = f.nodes.len();
+    for from in 0..count {
+        let payload = format!("{{\"type\":\"test\",\"from\":{from}}}");
+        f.nodes[from]
+            .broker
+            .publish_monitor(payload.clone())
+            .await
+            .unwrap();
+        for node in f.nodes.iter_mut() {
+            let got = loop {
+                match next(node).await {
+                    Inbound::Monitor(text) => break text,
+                    Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+                    Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
+                }
+            };
+            assert_eq!(got, payload, "{}", node.instance);
+        }
     }
 }
 
@@ -859,6 +885,7 @@ broker_contract!(
     the_log_replays_the_last_events_in_order,
     send_to_instance_delivers_once,
     send_to_unknown_instance_is_agent_unavailable,
+    monitor_events_reach_every_instance,
     close_flushes_queued_events,
 );
 

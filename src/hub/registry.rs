@@ -44,11 +44,13 @@ pub enum CloseReason {
     TokenExpired,
     /// No inbound traffic (pongs included) for `IDLE_TIMEOUT_MS`.
     IdleTimeout,
+    /// An admin disconnected the client (`DELETE .../clients/{id}`).
+    AdminDisconnect,
 }
 
 impl CloseReason {
     /// Every reason, e.g. to start their metric series at 0.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::TooLarge,
@@ -56,6 +58,7 @@ impl CloseReason {
         CloseReason::Replaced,
         CloseReason::TokenExpired,
         CloseReason::IdleTimeout,
+        CloseReason::AdminDisconnect,
     ];
 
     pub fn code(self) -> u16 {
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
+            CloseReason::AdminDisconnect => 4002,
             CloseReason::TokenExpired => 4401,
         }
     }
@@ -78,6 +82,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::AdminDisconnect => "admin_disconnect",
         }
     }
 
@@ -90,6 +95,7 @@ impl CloseReason {
             CloseReason::Replaced => "client_id registered again on another connection",
             CloseReason::TokenExpired => "token expired",
             CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
+            CloseReason::AdminDisconnect => "disconnected by an admin",
         }
     }
 }
@@ -222,6 +228,10 @@ pub struct Registry {
     recent: Mutex<HashMap<String, VecDeque<Recent>>>,
     /// Woken after each logged delivery, for [`Registry::delivered`].
     progress: tokio::sync::Notify,
+    /// Hidden watchers per session (admin feeds, by connection id): they
+    /// get the session's logged events like a client, are no member and
+    /// not in presence. Lock order: after `recent`.
+    watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -322,7 +332,11 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watching = watchers.get(&event.session);
+        let no_clients = HashMap::new();
+        let clients = sessions.get(&event.session).unwrap_or(&no_clients);
+        if clients.is_empty() && watching.is_none() {
             positions.remove(&event.session);
             recent.remove(&event.session);
             return Delivery::NoClients;
@@ -364,6 +378,9 @@ impl Registry {
             if Some(h.info.client_id.as_str()) != except {
                 h.send(out.clone(), metrics);
             }
+        }
+        for h in watching.into_iter().flat_map(HashMap::values) {
+            h.send(out.clone(), metrics);
         }
         self.progress.notify_waiters();
         Delivery::Delivered
@@ -429,6 +446,26 @@ impl Registry {
             .entry(session.to_string())
             .or_default()
             .insert(handle.info.client_id.clone(), handle))
+    }
+
+    /// Adds a hidden watcher of `session` (see `watchers`).
+    pub fn watch(&self, session: &str, handle: ClientHandle) {
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(session.to_string())
+            .or_default()
+            .insert(handle.conn_id, handle);
+    }
+
+    /// Removes the watcher `conn_id` of `session`.
+    pub fn unwatch(&self, session: &str, conn_id: u64) {
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = watchers.get_mut(session) {
+            w.remove(&conn_id);
+            if w.is_empty() {
+                watchers.remove(session);
+            }
+        }
     }
 
     pub fn client_count(&self) -> usize {
