@@ -75,6 +75,7 @@ fn client(id: &str, instance: &str) -> ClientInfo {
         instance: instance.to_string(),
         capabilities: vec!["whatsapp".to_string()],
         owner: None,
+        connected_at: None,
     }
 }
 

@@ -167,6 +167,7 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
         owner: None,
+        connected_at: None,
     };
     let handle = ClientHandle::new(
         placeholder,

@@ -1,11 +1,16 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST), the listener, and graceful shutdown. What is
 //! checked before an upgrade (Origin, connection cap) is in [`browser`].
+//! Every REST route is registered through `utoipa_axum`, so it is in the
+//! OpenAPI document ([`openapi`]); the rest are listed in
+//! [`openapi::NON_REST_ROUTES`].
 
+pub mod admin;
 pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod openapi;
 pub mod rate;
 pub mod rest;
 pub mod webhooks;
@@ -25,15 +30,25 @@ use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     let slots = browser::ConnectionSlots::new(hub.config.max_connections);
+    let (api, doc) = rest_api(&hub).split_for_parts();
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
         .layer(Extension(slots))
         .route("/ui", get(web_page))
-        .merge(http::routes())
-        .merge(rest::routes(&hub))
-        .merge(webhooks::routes())
+        .merge(admin::pages())
+        .merge(api)
+        .layer(Extension(openapi::Document::new(&doc)))
         .with_state(hub)
+}
+
+/// Every REST route, with its OpenAPI description.
+pub fn rest_api(hub: &Arc<Hub>) -> utoipa_axum::router::OpenApiRouter<Arc<Hub>> {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(http::routes())
+        .merge(rest::routes(hub))
+        .merge(webhooks::routes())
 }
 
 /// The original clients connect to `ws://host:8002/`; a browser opening the
