@@ -278,8 +278,12 @@ async fn sessions_are_listed_in_pages(f: StoreFixture) {
     assert!(empty.sessions.is_empty() && empty.next_cursor.is_none());
     s.seed_contacts("b-seeded", &[]).await.unwrap();
     s.set_contacts("c-set", &[contact("John")]).await.unwrap();
-    s.record_message("d-talked", &entry("John", 1)).await.unwrap();
-    s.record_message("d-talked", &entry("John", 2)).await.unwrap();
+    s.record_message("d-talked", &entry("John", 1))
+        .await
+        .unwrap();
+    s.record_message("d-talked", &entry("John", 2))
+        .await
+        .unwrap();
     s.join("a-joined", &client("c1", ME)).await.unwrap();
     s.join("a-joined", &client("c2", ME)).await.unwrap();
     s.claim_agent("a-joined", &agent("c1", ME)).await.unwrap();

@@ -63,9 +63,9 @@ async fn dashboard() -> Html<&'static str> {
 async fn admin(hub: &Hub, headers: &HeaderMap) -> Result<String, ApiError> {
     match super::auth::bearer_identity(hub, headers).await {
         Err(refusal) => Err(ApiError::Refused(Box::new(refusal))),
-        Ok(Some(id)) if !id.is_admin() => Err(ApiError::Refused(Box::new(
-            super::auth::forbidden("this endpoint needs a token with role admin"),
-        ))),
+        Ok(Some(id)) if !id.is_admin() => Err(ApiError::Refused(Box::new(super::auth::forbidden(
+            "this endpoint needs a token with role admin",
+        )))),
         Ok(Some(id)) => Ok(id.sub),
         Ok(None) => Ok("admin".to_string()),
     }
@@ -108,7 +108,9 @@ async fn list_sessions(
         .into());
     }
     let cursor = q.cursor.filter(|c| !c.is_empty());
-    Ok(Json(hub.store.list_sessions(cursor.as_deref(), limit).await?))
+    Ok(Json(
+        hub.store.list_sessions(cursor.as_deref(), limit).await?,
+    ))
 }
 
 /// What `DELETE .../clients/{client_id}` did.
@@ -263,7 +265,9 @@ static NEXT_FEED_ID: AtomicU64 = AtomicU64::new(1 << 48);
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FeedRequest {
     /// Get this session's events as they happen (replaces a previous watch).
-    Watch { session: String },
+    Watch {
+        session: String,
+    },
     Unwatch,
 }
 

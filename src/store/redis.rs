@@ -601,19 +601,25 @@ impl SessionStore for RedisStore {
                 .arg("messages_in")
                 .arg("messages_out");
         }
-        type Details = (usize, Option<String>, (Option<u64>, Option<u64>, Option<u64>));
+        type Details = (
+            usize,
+            Option<String>,
+            (Option<u64>, Option<u64>, Option<u64>),
+        );
         let details: Vec<Details> = self.backend.pipe("list_sessions_details", &pipe).await?;
         let sessions: Vec<SessionListing> = names
             .into_iter()
             .zip(details)
-            .map(|(session, (clients, agent, (last, inbound, outbound)))| SessionListing {
-                session,
-                clients,
-                agent: agent.and_then(|a| decode("agent", &a).ok()),
-                last_activity: last,
-                messages_in: inbound.unwrap_or(0),
-                messages_out: outbound.unwrap_or(0),
-            })
+            .map(
+                |(session, (clients, agent, (last, inbound, outbound)))| SessionListing {
+                    session,
+                    clients,
+                    agent: agent.and_then(|a| decode("agent", &a).ok()),
+                    last_activity: last,
+                    messages_in: inbound.unwrap_or(0),
+                    messages_out: outbound.unwrap_or(0),
+                },
+            )
             .collect();
         let next_cursor = if more {
             sessions.last().map(|l| l.session.clone())
