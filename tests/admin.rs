@@ -367,3 +367,57 @@ async fn a_feed_watches_a_session_without_joining_it() {
     feed.send_json(json!({"type": "unwatch"})).await;
     assert!(feed.recv_type("watching").await["session"].is_null());
 }
+
+/// A feed that does not read is closed like any slow consumer (1008) once
+/// its bounded queue is full; the session goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_does_not_keep_up_is_dropped_as_a_slow_consumer() {
+    let hub = TestHub::start(&[
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+        "--outbound-queue-len",
+        "8",
+    ])
+    .await;
+    let url = hub.ws_url();
+    let (mut fast, _) = WsClient::register(&url, "flood", "fast").await;
+    let (mut producer, _) = WsClient::register(&url, "flood", "producer").await;
+    fast.recv_type("client_joined").await;
+    let mut feed = WsClient::connect(&feed_url(&hub)).await;
+    feed.send_json(json!({"type": "watch", "session": "flood"}))
+        .await;
+    feed.recv_type("watching").await;
+
+    // From here on the feed is not read until the hub has given up on it.
+    let fill = "z".repeat(60_000);
+    let mut rounds = 0;
+    let mut cut_off = false;
+    while rounds < 3000 && !cut_off {
+        producer
+            .send_json(json!({"type": "broadcast", "payload": {"round": rounds, "fill": fill}}))
+            .await;
+        let b = fast.recv_type("broadcast").await;
+        assert_eq!(b["payload"]["round"], rounds);
+        rounds += 1;
+        if rounds % 10 == 0 {
+            let body = metrics_text(&hub).await;
+            cut_off = metric_value(&body, "hub_slow_consumer_disconnects_total") >= Some(1.0);
+        }
+    }
+    assert!(
+        cut_off,
+        "the feed was never dropped after {rounds} rounds of 60 kB"
+    );
+    let code = feed.expect_close().await;
+    assert!(matches!(code, Some(1008) | None), "close code {code:?}");
+    // The session's clients are unaffected.
+    producer
+        .send_json(json!({"type": "broadcast", "payload": {"round": "after"}}))
+        .await;
+    assert_eq!(
+        fast.recv_type("broadcast").await["payload"]["round"],
+        "after"
+    );
+}

@@ -63,7 +63,10 @@ pub fn without_volatile(v: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| {
-                    !matches!(k.as_str(), "message_id" | "timestamp" | "offset" | "epoch")
+                    !matches!(
+                        k.as_str(),
+                        "message_id" | "timestamp" | "offset" | "epoch" | "connected_at"
+                    )
                 })
                 .map(|(k, v)| (k.clone(), without_volatile(v)))
                 .collect(),
