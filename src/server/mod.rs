@@ -47,7 +47,8 @@ pub fn rest_api(hub: &Arc<Hub>) -> utoipa_axum::router::OpenApiRouter<Arc<Hub>> 
     use utoipa::OpenApi;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(http::routes())
-        .merge(rest::routes(hub))
+        // The session and admin APIs share one rate limit and CORS policy.
+        .merge(rest::limited(hub, rest::routes().merge(admin::routes())))
         .merge(webhooks::routes())
 }
 

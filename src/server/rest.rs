@@ -29,17 +29,20 @@ use crate::protocol::{
     parse_whatsapp_command_with,
 };
 
-/// The session API and the admin API ([`super::admin`]), under one body
-/// limit, rate limit and CORS policy.
-pub fn routes(hub: &Arc<Hub>) -> OpenApiRouter<Arc<Hub>> {
-    let config = &hub.config;
-    let limit = Arc::new(rate::RestRateLimit::new(config));
-    let routes = OpenApiRouter::new()
+/// The session API.
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
         .routes(routes!(session_summary))
         .routes(routes!(history))
         .routes(routes!(command))
         .routes(routes!(events))
-        .merge(super::admin::routes())
+}
+
+/// `api` under the REST API's body limit, rate limit and CORS policy.
+pub fn limited(hub: &Arc<Hub>, api: OpenApiRouter<Arc<Hub>>) -> OpenApiRouter<Arc<Hub>> {
+    let config = &hub.config;
+    let limit = Arc::new(rate::RestRateLimit::new(config));
+    let routes = api
         .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             (limit, hub.clone()),
