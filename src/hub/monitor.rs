@@ -105,14 +105,6 @@ impl MonitorFeeds {
             feed.send(out.clone(), metrics);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.feeds.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Removes an admin feed when dropped.

@@ -12,6 +12,11 @@
 //! one past a gap is refused so the caller fills the gap from the log first.
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
+//!
+//! A session may also have hidden watchers ([`Registry::watch`], the admin
+//! dashboard's feed): they get its logged events like a client and count
+//! as a local subscriber, but are no member (not in presence, not listed,
+//! not counted as clients).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
