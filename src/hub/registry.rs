@@ -435,7 +435,13 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
+        // A hidden watcher keeps live delivery (and `recent`) going too.
+        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty())
+            || self
+                .watchers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(session);
         let live = match positions.get(session) {
             Some(p) if has_clients => p.clone(),
             _ => read,
