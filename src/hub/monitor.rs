@@ -5,6 +5,11 @@
 //! local admin feeds ([`MonitorFeeds`]). So a dashboard connected to any
 //! one instance sees the whole cluster.
 //!
+//! Presence and agent events are published only while a dashboard is open
+//! somewhere in the cluster (each instance's stats say how many feeds it
+//! has), so a cluster nobody watches pays no extra Redis round trip per
+//! join or leave; the stats themselves always go out (every 2 s).
+//!
 //! A feed is an ordinary [`ClientHandle`]: its queue is bounded in bytes
 //! like a client's, and a feed that does not keep up is closed as a slow
 //! consumer (1008). Admin feeds are the only recipients of monitor events;
@@ -13,6 +18,7 @@
 //! clients do, without being a member or in presence.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,6 +46,8 @@ pub struct InstanceStats {
     pub connections: i64,
     /// Registered clients.
     pub clients: usize,
+    /// Admin feeds (dashboards) connected to this instance.
+    pub admin_feeds: usize,
     pub ready: bool,
     /// Client messages received, frames sent and connections opened per
     /// second, over the last interval.
@@ -83,15 +91,45 @@ pub enum MonitorEvent<'a> {
     },
 }
 
-/// This instance's admin feeds, by connection id.
+/// This instance's admin feeds, by connection id, and whether any
+/// instance of the cluster has one.
 #[derive(Default)]
 pub struct MonitorFeeds {
     feeds: RwLock<HashMap<u64, ClientHandle>>,
+    /// Until when (ms since epoch) some instance is known to have a feed:
+    /// three stats intervals after its last stats said so.
+    watched_until: AtomicU64,
+    /// Publishes this instance's stats at once (a feed just connected).
+    wake: tokio::sync::Notify,
+}
+
+/// The part of a monitor event [`MonitorFeeds::relay`] looks at.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(default)]
+    admin_feeds: usize,
 }
 
 impl MonitorFeeds {
-    /// Queues a monitor event (already serialized) for every local feed.
+    fn local_count(&self) -> usize {
+        self.feeds.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether a dashboard is open on any instance: presence and agent
+    /// events are worth publishing.
+    pub fn watched(&self) -> bool {
+        self.local_count() > 0 || self.watched_until.load(Ordering::Acquire) > now_millis()
+    }
+
+    /// Queues a monitor event (already serialized) for every local feed,
+    /// noting whether its instance has feeds of its own.
     pub fn relay(&self, text: &str, metrics: &crate::metrics::Metrics) {
+        if let Ok(peek) = serde_json::from_str::<Peek>(text)
+            && peek.admin_feeds > 0
+        {
+            let until = now_millis() + 3 * STATS_INTERVAL.as_millis() as u64;
+            self.watched_until.fetch_max(until, Ordering::AcqRel);
+        }
         let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
         if feeds.is_empty() {
             return;
@@ -169,6 +207,9 @@ impl Hub {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(conn_id, handle);
+        // Tell every instance now, not at the next tick, that a dashboard
+        // watches (so it gets presence events from the start).
+        self.monitor.wake.notify_one();
         FeedGuard {
             hub: self.clone(),
             conn_id,
@@ -191,7 +232,11 @@ impl Hub {
 
     /// Publishes a monitor event to every instance's admin feeds (in the
     /// background: monitoring never delays the session's own work).
+    /// Presence and agent events only while a dashboard is open somewhere.
     pub fn publish_monitor(&self, event: &MonitorEvent<'_>) {
+        if !matches!(event, MonitorEvent::InstanceStats(_)) && !self.monitor.watched() {
+            return;
+        }
         let Ok(text) = serde_json::to_string(event) else {
             return;
         };
@@ -223,6 +268,7 @@ impl Hub {
             uptime_ms: now_millis().saturating_sub(started_at),
             connections: m.connections.get(),
             clients: self.registry.client_count(),
+            admin_feeds: self.monitor.local_count(),
             ready: self.is_ready(),
             messages_in_per_sec: rate(totals.messages_in, last.messages_in),
             messages_out_per_sec: rate(totals.messages_out, last.messages_out),
@@ -262,6 +308,7 @@ impl Hub {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    _ = hub.monitor.wake.notified() => {}
                     _ = hub.shutdown.cancelled() => return,
                 }
                 let stats = hub.instance_stats(&mut last);
