@@ -8,6 +8,9 @@
 //! standalone log (an in-memory ring per session, epoch random per process);
 //! `redis::RedisBroker` keeps the log in Redis and carries events over
 //! pub/sub, assigning, logging and publishing in one Lua script per event.
+//!
+//! Beside the logs, the bus carries point-to-point [`InstanceMessage`]s and
+//! a cluster-wide monitor channel for the admin dashboard (not logged).
 
 pub mod local;
 pub mod redis;
@@ -137,6 +140,9 @@ pub enum InstanceMessage {
         #[serde(default)]
         error: Option<HubError>,
     },
+    /// An admin asked to disconnect `client_id` of `session`, connected to
+    /// the receiving instance (close 4002).
+    DisconnectClient { session: String, client_id: String },
 }
 
 /// What a broker hands to the hub.
@@ -147,6 +153,8 @@ pub enum Inbound {
     /// The subscription (re)started with this connection epoch: events may
     /// have been missed since the last one; read them from the log.
     Resubscribed(u64),
+    /// A cluster-wide monitoring event (JSON text) for the admin feeds.
+    Monitor(String),
 }
 
 #[async_trait]
@@ -165,6 +173,11 @@ pub trait Broker: Send + Sync + 'static {
         instance: &str,
         message: InstanceMessage,
     ) -> Result<(), HubError>;
+    /// Hands a monitoring event (JSON text) to every instance, this one
+    /// included, for their admin feeds ([`Inbound::Monitor`]). Best effort,
+    /// not logged: a monitor event lost to an outage is superseded by the
+    /// next periodic one.
+    async fn publish_monitor(&self, payload: String) -> Result<(), HubError>;
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
     /// Counts (re)connections to the backend; a change means the backend

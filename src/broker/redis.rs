@@ -7,8 +7,8 @@
 //!   publishes — one round trip, so log order is publish order. A retried
 //!   pipeline is harmless: the script skips events whose publisher sequence
 //!   number it already logged.
-//! * One subscriber connection per instance listens on the events channel
-//!   and this instance's inbox; each event arrives once per instance (the
+//! * One subscriber connection per instance listens on the events channel,
+//!   this instance's inbox and the admin monitor channel; each event arrives once per instance (the
 //!   publishing one included: local clients get events from the
 //!   subscription too, in offset order) and is fanned out locally from its
 //!   already-serialized text. After each (re)subscription the hub is told
@@ -305,6 +305,19 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn publish_monitor(&self, payload: String) -> Result<(), HubError> {
+        let _: i64 = self
+            .backend
+            .query(
+                "publish_monitor",
+                ::redis::cmd("PUBLISH")
+                    .arg(self.backend.keys.monitor_channel())
+                    .arg(payload),
+            )
+            .await?;
+        Ok(())
+    }
+
     fn is_healthy(&self) -> bool {
         self.subscribed.load(Ordering::Acquire) && self.publisher_ok.load(Ordering::Acquire)
     }
@@ -481,6 +494,7 @@ async fn subscriber_loop(
 ) {
     let events = backend.keys.events_channel();
     let inbox = backend.keys.inbox_channel(&instance);
+    let monitor = backend.keys.monitor_channel();
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
     let mut master_changes = backend.master_changes();
@@ -497,6 +511,7 @@ async fn subscriber_loop(
                 .await?;
             pubsub.subscribe(&events).await?;
             pubsub.subscribe(&inbox).await?;
+            pubsub.subscribe(&monitor).await?;
             Ok::<_, ::redis::RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
@@ -541,10 +556,13 @@ async fn subscriber_loop(
             let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
                 continue;
             };
-            let parsed = if msg.get_channel_name() == events {
+            let channel = msg.get_channel_name();
+            let parsed = if channel == events {
                 LoggedEvent::parse(payload)
                     .map(Inbound::Event)
                     .ok_or_else(|| "not a logged event".to_string())
+            } else if channel == monitor {
+                Ok(Inbound::Monitor(payload.to_string()))
             } else {
                 serde_json::from_str(payload)
                     .map(Inbound::Instance)

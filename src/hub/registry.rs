@@ -14,6 +14,11 @@
 //! one past a gap is refused so the caller fills the gap from the log first.
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
+//!
+//! A session may also have hidden watchers ([`Registry::watch`], the admin
+//! dashboard's feed): they get its logged events like a client and count
+//! as a local subscriber, but are no member (not in presence, not listed,
+//! not counted as clients).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,11 +50,13 @@ pub enum CloseReason {
     TokenExpired,
     /// No inbound traffic (pongs included) for `IDLE_TIMEOUT_MS`.
     IdleTimeout,
+    /// An admin disconnected the client (`DELETE .../clients/{id}`).
+    AdminDisconnect,
 }
 
 impl CloseReason {
     /// Every reason, e.g. to start their metric series at 0.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::TooLarge,
@@ -57,6 +64,7 @@ impl CloseReason {
         CloseReason::Replaced,
         CloseReason::TokenExpired,
         CloseReason::IdleTimeout,
+        CloseReason::AdminDisconnect,
     ];
 
     pub fn code(self) -> u16 {
@@ -66,6 +74,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
+            CloseReason::AdminDisconnect => 4002,
             CloseReason::TokenExpired => 4401,
         }
     }
@@ -79,6 +88,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::AdminDisconnect => "admin_disconnect",
         }
     }
 
@@ -91,6 +101,7 @@ impl CloseReason {
             CloseReason::Replaced => "client_id registered again on another connection",
             CloseReason::TokenExpired => "token expired",
             CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
+            CloseReason::AdminDisconnect => "disconnected by an admin",
         }
     }
 }
@@ -291,6 +302,10 @@ pub struct Registry {
     recent: Mutex<HashMap<String, VecDeque<Recent>>>,
     /// Woken after each logged delivery, for [`Registry::delivered`].
     progress: tokio::sync::Notify,
+    /// Hidden watchers per session (admin feeds, by connection id): they
+    /// get the session's logged events like a client, are no member and
+    /// not in presence. Lock order: after `recent`.
+    watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -391,7 +406,11 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watching = watchers.get(&event.session);
+        let no_clients = HashMap::new();
+        let clients = sessions.get(&event.session).unwrap_or(&no_clients);
+        if clients.is_empty() && watching.is_none() {
             positions.remove(&event.session);
             recent.remove(&event.session);
             return Delivery::NoClients;
@@ -433,6 +452,9 @@ impl Registry {
             if Some(h.info.client_id.as_str()) != except {
                 h.send(out.clone(), metrics);
             }
+        }
+        for h in watching.into_iter().flat_map(HashMap::values) {
+            h.send(out.clone(), metrics);
         }
         self.progress.notify_waiters();
         Delivery::Delivered
@@ -482,7 +504,13 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
+        // A hidden watcher keeps live delivery (and `recent`) going too.
+        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty())
+            || self
+                .watchers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(session);
         let live = match positions.get(session) {
             Some(p) if has_clients => p.clone(),
             _ => read,
@@ -498,6 +526,26 @@ impl Registry {
             .entry(session.to_string())
             .or_default()
             .insert(handle.info.client_id.clone(), handle))
+    }
+
+    /// Adds a hidden watcher of `session` (see `watchers`).
+    pub fn watch(&self, session: &str, handle: ClientHandle) {
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(session.to_string())
+            .or_default()
+            .insert(handle.conn_id, handle);
+    }
+
+    /// Removes the watcher `conn_id` of `session`.
+    pub fn unwatch(&self, session: &str, conn_id: u64) {
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = watchers.get_mut(session) {
+            w.remove(&conn_id);
+            if w.is_empty() {
+                watchers.remove(session);
+            }
+        }
     }
 
     pub fn client_count(&self) -> usize {
@@ -525,6 +573,7 @@ mod tests {
             instance: "i".into(),
             capabilities: Vec::new(),
             owner: None,
+            connected_at: None,
         };
         ClientHandle::new(info, 1, max_frames, max_bytes)
     }

@@ -128,6 +128,23 @@ impl Keys {
         format!("{}:session:{session}:log:seen", self.prefix)
     }
 
+    /// ZSET (all scores 0, so ordered by name): every session that ever
+    /// existed, the index the admin API pages through with `ZRANGEBYLEX`.
+    pub fn sessions(&self) -> String {
+        format!("{}:sessions", self.prefix)
+    }
+
+    /// HASH: a session's activity for the admin API: `last_activity`
+    /// (ms since epoch), `messages_in`, `messages_out`.
+    pub fn session_stats(&self, session: &str) -> String {
+        self.session_key(session, "stats")
+    }
+
+    /// Pub/sub channel of the cluster-wide admin monitoring feed.
+    pub fn monitor_channel(&self) -> String {
+        format!("{}:monitor", self.prefix)
+    }
+
     /// ZSET: instance id → last heartbeat (ms since epoch).
     pub fn instances(&self) -> String {
         format!("{}:instances", self.prefix)

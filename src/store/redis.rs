@@ -9,9 +9,13 @@ use async_trait::async_trait;
 
 use std::time::Duration;
 
-use super::{AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionStore, StoreResult};
+use super::{
+    AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionListing, SessionPage, SessionStore,
+    StoreResult,
+};
 use crate::protocol::{
-    ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, StatusError, now_millis,
+    ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
+    now_millis,
 };
 use crate::redis::RedisBackend;
 
@@ -141,6 +145,18 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Adds to a write's pipeline (no extra round trip): the session in the
+    /// index the admin API pages through, and its last activity.
+    fn index(&self, pipe: &mut ::redis::Pipeline, session: &str) {
+        let keys = &self.backend.keys;
+        pipe.zadd(keys.sessions(), session, 0)
+            .ignore()
+            .hset(keys.session_stats(session), "last_activity", now_millis())
+            .ignore();
+    }
+}
+
 fn member_tag(session: &str, client_id: &str) -> String {
     format!("{session}\t{client_id}")
 }
@@ -223,11 +239,14 @@ impl SessionStore for RedisStore {
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.contacts(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.contacts(session))
             .arg(encode(&contacts)?)
-            .arg("NX");
-        let _: Option<String> = self.backend.query("seed_contacts", &cmd).await?;
+            .arg("NX")
+            .ignore();
+        self.index(&mut pipe, session);
+        let _: () = self.backend.pipe("seed_contacts", &pipe).await?;
         Ok(())
     }
 
@@ -245,10 +264,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.contacts(session))
-            .arg(encode(&contacts)?);
-        let _: () = self.backend.query("set_contacts", &cmd).await?;
+        let mut pipe = ::redis::pipe();
+        pipe.set(self.backend.keys.contacts(session), encode(&contacts)?)
+            .ignore();
+        self.index(&mut pipe, session);
+        let _: () = self.backend.pipe("set_contacts", &pipe).await?;
         Ok(())
     }
 
@@ -272,7 +292,17 @@ impl SessionStore for RedisStore {
             .ltrim(&key, -cap, -1)
             .ignore()
             .set(self.backend.keys.last_contact(session), &entry.contact)
+            .ignore()
+            .hincr(
+                self.backend.keys.session_stats(session),
+                match entry.direction {
+                    MessageDirection::Incoming => "messages_in",
+                    MessageDirection::Outgoing => "messages_out",
+                },
+                1,
+            )
             .ignore();
+        self.index(&mut pipe, session);
         let _: () = self.backend.pipe("record_message", &pipe).await?;
         Ok(())
     }
@@ -455,6 +485,7 @@ impl SessionStore for RedisStore {
                 member_tag(session, &client.client_id),
             )
             .ignore();
+        self.index(&mut pipe, session);
         let (created,): (i64,) = self.backend.pipe("join", &pipe).await?;
         Ok(created == 1)
     }
@@ -492,20 +523,24 @@ impl SessionStore for RedisStore {
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.agent(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("GET");
-        let previous: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        self.index(&mut pipe, session);
+        let (previous,): (Option<String>,) = self.backend.pipe("claim_agent", &pipe).await?;
         Ok(previous.and_then(|p| decode("agent", &p).ok()))
     }
 
     async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.agent(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("NX");
-        let set: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        self.index(&mut pipe, session);
+        let (set,): (Option<String>,) = self.backend.pipe("claim_agent", &pipe).await?;
         Ok(set.is_some())
     }
 
@@ -528,6 +563,73 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(raw.and_then(|r| decode("agent", &r).ok()))
+    }
+
+    async fn list_sessions(&self, cursor: Option<&str>, limit: usize) -> StoreResult<SessionPage> {
+        let keys = &self.backend.keys;
+        let from = cursor.map_or_else(|| "-".to_string(), |c| format!("({c}"));
+        // One more than asked: whether there is a next page.
+        let mut names: Vec<String> = self
+            .backend
+            .query(
+                "list_sessions",
+                ::redis::cmd("ZRANGEBYLEX")
+                    .arg(keys.sessions())
+                    .arg(from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.saturating_add(1)),
+            )
+            .await?;
+        let more = names.len() > limit;
+        names.truncate(limit);
+        if names.is_empty() {
+            return Ok(SessionPage {
+                sessions: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        // The page's details in one round trip.
+        let mut pipe = ::redis::pipe();
+        for name in &names {
+            pipe.hlen(keys.presence(name))
+                .get(keys.agent(name))
+                .cmd("HMGET")
+                .arg(keys.session_stats(name))
+                .arg("last_activity")
+                .arg("messages_in")
+                .arg("messages_out");
+        }
+        type Details = (
+            usize,
+            Option<String>,
+            (Option<u64>, Option<u64>, Option<u64>),
+        );
+        let details: Vec<Details> = self.backend.pipe("list_sessions_details", &pipe).await?;
+        let sessions: Vec<SessionListing> = names
+            .into_iter()
+            .zip(details)
+            .map(
+                |(session, (clients, agent, (last, inbound, outbound)))| SessionListing {
+                    session,
+                    clients,
+                    agent: agent.and_then(|a| decode("agent", &a).ok()),
+                    last_activity: last,
+                    messages_in: inbound.unwrap_or(0),
+                    messages_out: outbound.unwrap_or(0),
+                },
+            )
+            .collect();
+        let next_cursor = if more {
+            sessions.last().map(|l| l.session.clone())
+        } else {
+            None
+        };
+        Ok(SessionPage {
+            sessions,
+            next_cursor,
+        })
     }
 
     async fn reap_instance(&self, instance: &str) -> Result<Vec<Reaped>, PartialReap> {
