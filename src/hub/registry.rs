@@ -394,6 +394,8 @@ impl Registry {
         let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
             positions.remove(&event.session);
             recent.remove(&event.session);
+            // Waiters on the position (`delivered`) are done: nobody is left.
+            self.progress.notify_waiters();
             return Delivery::NoClients;
         };
         let position = positions
