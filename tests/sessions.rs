@@ -465,3 +465,77 @@ async fn registration_confirmed_lists_at_most_100_members_with_the_total() {
     let joined = members[0].recv_type("client_joined").await;
     assert_eq!(joined["client_id"], "m001");
 }
+
+/// Presence is exact however registrations interleave: every client learns
+/// of every other member exactly once — listed in its
+/// `registration_confirmed` or announced by one `client_joined` later,
+/// never both, never neither — and gets no other frame. Many clients
+/// register at once (in several sessions) to make the interleavings of
+/// one's join with another's likely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_tell_each_member_about_each_other_exactly_once() {
+    const SESSIONS: usize = 4;
+    const MEMBERS: usize = 25;
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let registrations = (0..SESSIONS * MEMBERS).map(|i| {
+        let url = url.clone();
+        let session = format!("rush-{}", i % SESSIONS);
+        async move {
+            let (c, conf) = WsClient::register(&url, &session, &format!("c{i:03}")).await;
+            (i % SESSIONS, c, conf)
+        }
+    });
+    let mut joined = futures_util::future::join_all(registrations).await;
+
+    for s in 0..SESSIONS {
+        let session = format!("rush-{s}");
+        // Every member's `client_joined` is in the log (nothing else is)...
+        wait_until_async(
+            "every client_joined logged",
+            Duration::from_secs(10),
+            || {
+                let hub = &hub;
+                let session = session.clone();
+                async move {
+                    let (_, v) =
+                        http_get_json(hub, &format!("/api/v1/sessions/{session}/events")).await;
+                    v["offset"] == MEMBERS
+                }
+            },
+        )
+        .await;
+        // ...so a marker's, logged after them all, is delivered after them.
+        let (_marker, _) = WsClient::register(&url, &session, "marker").await;
+        let everyone: std::collections::BTreeSet<String> = (0..SESSIONS * MEMBERS)
+            .filter(|i| i % SESSIONS == s)
+            .map(|i| format!("c{i:03}"))
+            .collect();
+        for (_, c, conf) in joined.iter_mut().filter(|(at, _, _)| *at == s) {
+            let me = conf["client_id"].as_str().unwrap_or_default().to_string();
+            let mut known: Vec<String> = ids(&conf["clients"]);
+            loop {
+                let frame = c.recv().await;
+                assert_eq!(frame["type"], "client_joined", "{me}: unexpected {frame}");
+                let id = frame["client_id"].as_str().unwrap_or_default().to_string();
+                if id == "marker" {
+                    break;
+                }
+                assert!(
+                    !known.contains(&id),
+                    "{me} was told about {id} twice (listed: {:?})",
+                    ids(&conf["clients"])
+                );
+                known.push(id);
+            }
+            known.sort();
+            let known: Vec<String> = known;
+            assert_eq!(
+                known,
+                everyone.iter().cloned().collect::<Vec<_>>(),
+                "{me} must know every member of {session}"
+            );
+            assert_quiet(c, "nothing but presence").await;
+        }
+    }
+}
