@@ -542,3 +542,77 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
     }
     drop(lb);
 }
+
+/// Per-session channels (issue 14): an instance subscribes to a session's
+/// channel only when a local client joins it, so hub B, which has no
+/// client of the session until one joins mid-stream, must close the
+/// subscribe race from the log: each client joining there sees every
+/// offset after its confirmed one exactly once, in order (also after
+/// the last local client left and B unsubscribed). Hub C, whose client is
+/// in another session, receives no pub/sub message of the stream at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_nothing() {
+    const N: u64 = 300;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestHub::start(&cluster_args(&url, "chan-a")).await;
+    let b = TestHub::start(&cluster_args(&url, "chan-b")).await;
+    let c = TestHub::start(&cluster_args(&url, "chan-c")).await;
+    let (mut elsewhere, _) = WsClient::register(&c.ws_url(), "elsewhere", "carol").await;
+    let (mut producer, _) = WsClient::register(&a.ws_url(), "chan", "producer").await;
+    let _ = producer.flush().await;
+    let _ = elsewhere.flush().await;
+    let series = "hub_pubsub_messages_received_total";
+    let c_before = c.metric(series).await.unwrap_or(0.0);
+
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(3));
+        for n in 0..N {
+            tick.tick().await;
+            producer.request(broadcast(n)).await;
+        }
+        producer
+    });
+    let producer_sent = |s: &Seen| s.broadcasts.get("producer").and_then(|b| b.last()).copied();
+    // Two joins on hub B while the stream flows; the first client leaves
+    // before the second joins, so B subscribes twice.
+    for (i, until) in [(0, Some(N / 2)), (1, None)] {
+        let id = format!("late-{i}");
+        let (mut late, conf) = WsClient::register(&b.ws_url(), "chan", &id).await;
+        assert_eq!(conf["instance"], "chan-b");
+        let start = conf["offset"].as_u64().unwrap();
+        let mut seen = Seen::default();
+        let last = until.unwrap_or(N - 1);
+        read_until(&mut late, &mut seen, "the producer's broadcasts", |s| {
+            producer_sent(s).is_some_and(|n| n >= last)
+        })
+        .await;
+        if until.is_none() {
+            let _ = late.flush().await.iter().map(|f| seen.take(f)).count();
+        }
+        let epoch = seen.epoch.clone().expect("saw events");
+        let owed = owed(&b, "chan", &epoch, start, &id).await;
+        let owed: Vec<u64> = owed.into_iter().filter(|o| *o <= seen.last()).collect();
+        assert_eq!(
+            seen.offsets, owed,
+            "{id}: every offset owed, once, in order"
+        );
+        let got = &seen.broadcasts["producer"];
+        let first = got[0];
+        assert_eq!(
+            *got,
+            (first..=*got.last().unwrap()).collect::<Vec<_>>(),
+            "{id}: broadcasts gap-free and once"
+        );
+        late.close().await;
+    }
+    let producer = sender.await.unwrap();
+    // Hub C got its own client's join, nothing of session `chan`.
+    assert_eq!(
+        c.metric(series).await.unwrap_or(0.0) - c_before,
+        0.0,
+        "hub C has no client of `chan`: no pub/sub message of it"
+    );
+    producer.close().await;
+    elsewhere.close().await;
+}

@@ -582,13 +582,17 @@ async fn redis_bus() -> BrokerFixture {
             inbound: rx,
         });
     }
-    for node in &nodes {
+    for node in &mut nodes {
         let broker = node.broker.clone();
         wait_until_async("the broker to subscribe", WAIT, || {
             let broker = broker.clone();
             async move { broker.is_healthy() }
         })
         .await;
+        // Session channels: a node hears session `s` once it said it has
+        // local interest and the subscription is confirmed.
+        node.broker.interest("s", true);
+        wait_subscribed(node, "s").await;
     }
     BrokerFixture {
         nodes,
@@ -625,13 +629,23 @@ async fn next(node: &mut Node) -> Inbound {
         .expect("inbound channel open")
 }
 
+/// Waits for the confirmation of the node's subscription to `session`.
+async fn wait_subscribed(node: &mut Node, session: &str) {
+    loop {
+        match next(node).await {
+            Inbound::Subscribed(s) if s == session => return,
+            _ => continue,
+        }
+    }
+}
+
 /// The next event from `origin` (every instance, the publishing one
 /// included, receives every event from the log).
 async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
             Inbound::Event(e) if e.origin == origin => return e,
-            Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+            Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
@@ -741,7 +755,9 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                     match next(&mut f.nodes[to]).await {
                         Inbound::Instance(m) => break m,
                         // Loop-back events of earlier tests are no concern here.
-                        Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+                        Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => {
+                            continue;
+                        }
                     }
                 };
                 match got {
@@ -814,6 +830,42 @@ broker_contract!(
     send_to_unknown_instance_is_agent_unavailable,
     close_flushes_queued_events,
 );
+
+/// Per-session channels: a node hears a session's events only while it has
+/// local interest in it; the log still has every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
+    let mut f = redis_bus().await;
+    let origin = f.nodes[0].instance.clone();
+    f.nodes[0].broker.interest("t", true);
+    wait_subscribed(&mut f.nodes[0], "t").await;
+    let in_t = |n: usize| EventEnvelope {
+        session: "t".into(),
+        ..envelope(&origin, n)
+    };
+    f.nodes[0].broker.publish_event(in_t(1)).unwrap();
+    // Node b is not interested in `t`: the next event it gets is from `s`.
+    f.nodes[0].broker.publish_event(envelope(&origin, 2)).unwrap();
+    match next(&mut f.nodes[1]).await {
+        Inbound::Event(e) => assert_eq!((e.session.as_str(), e.produced_at), ("s", 2)),
+        other => panic!("unexpected {other:?}"),
+    }
+    let got = next_event_from(&mut f.nodes[0], &origin).await;
+    assert_eq!((got.session.as_str(), got.produced_at), ("t", 1));
+    // Once node a lost interest, it hears `t` no more (`s` still). Leaving
+    // is not confirmed, but it is done before a later interest is
+    // confirmed.
+    f.nodes[0].broker.interest("t", false);
+    f.nodes[0].broker.interest("u", true);
+    wait_subscribed(&mut f.nodes[0], "u").await;
+    f.nodes[0].broker.publish_event(in_t(3)).unwrap();
+    f.nodes[0].broker.publish_event(envelope(&origin, 4)).unwrap();
+    let got = next_event_from(&mut f.nodes[0], &origin).await;
+    assert_eq!((got.session.as_str(), got.produced_at), ("s", 4));
+    // The log has both of `t`'s events all the same.
+    let t = f.nodes[1].broker.read_log("t", None).await.unwrap();
+    assert_eq!(t.head, 2);
+}
 
 #[tokio::test]
 async fn a_new_local_bus_starts_a_new_epoch() {

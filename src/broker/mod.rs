@@ -7,7 +7,9 @@
 //! hub's [`Inbound`] channel, in offset order. [`local::LocalBroker`] is the
 //! standalone log (an in-memory ring per session, epoch random per process);
 //! `redis::RedisBroker` keeps the log in Redis and carries events over
-//! pub/sub, assigning, logging and publishing in one Lua script per event.
+//! pub/sub, assigning, logging and publishing in one Lua script per event,
+//! on one channel per session: an instance only receives the events of the
+//! sessions it has local subscribers of ([`Broker::interest`]).
 
 pub mod local;
 pub mod redis;
@@ -147,6 +149,9 @@ pub enum Inbound {
     /// The subscription (re)started with this connection epoch: events may
     /// have been missed since the last one; read them from the log.
     Resubscribed(u64),
+    /// The subscription to this session's channel is confirmed: events
+    /// published before it are only in the log; read them from there.
+    Subscribed(String),
 }
 
 #[async_trait]
@@ -165,6 +170,14 @@ pub trait Broker: Send + Sync + 'static {
         instance: &str,
         message: InstanceMessage,
     ) -> Result<(), HubError>;
+    /// Whether this instance has local interest in a session's events (its
+    /// first local subscriber appeared: true; its last one left: false).
+    /// Called in order per session, under the hub's registry lock, so it
+    /// must not block. A broker that carries events per session subscribes
+    /// to (or leaves) the session's channel and answers a confirmed
+    /// subscription with [`Inbound::Subscribed`]; the standalone one has
+    /// nothing to do.
+    fn interest(&self, _session: &str, _interested: bool) {}
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
     /// Counts (re)connections to the backend; a change means the backend

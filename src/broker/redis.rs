@@ -7,15 +7,21 @@
 //!   publishes — one round trip, so log order is publish order. A retried
 //!   pipeline is harmless: the script skips events whose publisher sequence
 //!   number it already logged.
-//! * One subscriber connection per instance listens on the events channel
-//!   and this instance's inbox; each event arrives once per instance (the
+//! * Each session has its own channel, and the script publishes there. One
+//!   subscriber connection per instance listens on this instance's inbox
+//!   and on the channels of the sessions it has local subscribers of
+//!   ([`Broker::interest`]), so an instance receives nothing of the other
+//!   sessions. Each event arrives once per interested instance (the
 //!   publishing one included: local clients get events from the
 //!   subscription too, in offset order) and is fanned out locally from its
-//!   already-serialized text. After each (re)subscription the hub is told
-//!   ([`Inbound::Resubscribed`]) so it reads what it missed from the log.
+//!   already-serialized text. Events published before a SUBSCRIBE was
+//!   confirmed were not received: after each confirmed session channel the
+//!   hub is told ([`Inbound::Subscribed`]), after each reconnection
+//!   ([`Inbound::Resubscribed`]), and reads what it missed from the log.
 //! * Both reconnect by themselves with capped exponential backoff
 //!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,7 +36,7 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
-use crate::redis::{RedisBackend, RedisError};
+use crate::redis::{COMMAND_TIMEOUT, RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const MAX_BATCH: usize = 256;
@@ -116,6 +122,7 @@ pub struct RedisBroker {
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    interest: Arc<Interest>,
     stop: CancellationToken,
     publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -166,9 +173,11 @@ impl RedisBroker {
             publisher_ok.clone(),
             stop.clone(),
         ));
+        let interest = Arc::new(Interest::default());
         tokio::spawn(subscriber_loop(
             backend.clone(),
             instance,
+            interest.clone(),
             inbound,
             subscribed.clone(),
             epoch.clone(),
@@ -182,6 +191,7 @@ impl RedisBroker {
             subscribed,
             publisher_ok,
             epoch,
+            interest,
             stop,
             publisher: std::sync::Mutex::new(Some(publisher)),
         }
@@ -298,6 +308,10 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    fn interest(&self, session: &str, interested: bool) {
+        self.interest.set(session, interested);
+    }
+
     fn is_healthy(&self) -> bool {
         self.subscribed.load(Ordering::Acquire) && self.publisher_ok.load(Ordering::Acquire)
     }
@@ -326,7 +340,6 @@ async fn publisher_loop(
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let channel = backend.keys.events_channel();
     let script = ::redis::Script::new(APPEND_SCRIPT);
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
@@ -405,7 +418,7 @@ async fn publisher_loop(
                     .arg(epoch_candidate())
                     .arg(settings.len)
                     .arg(settings.ttl_ms)
-                    .arg(&channel)
+                    .arg(keys.session_channel(&q.session))
                     .arg(&settings.publisher)
                     .arg(q.seq)
                     .arg(&q.header)
@@ -450,36 +463,135 @@ async fn publisher_loop(
     }
 }
 
+/// The sessions this instance wants the events of: changed by the hub's
+/// registry ([`Broker::interest`]), followed by the subscriber task.
+#[derive(Default)]
+struct Interest {
+    wanted: std::sync::Mutex<HashSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Interest {
+    fn set(&self, session: &str, interested: bool) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if interested {
+            wanted.insert(session.to_string())
+        } else {
+            wanted.remove(session)
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> HashSet<String> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A subscription command under the shared timeout.
+async fn bounded(
+    what: &str,
+    command: impl Future<Output = ::redis::RedisResult<()>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
+}
+
+/// How many channels one SUBSCRIBE / UNSUBSCRIBE names at most.
+const SUBSCRIBE_BATCH: usize = 256;
+
+/// Brings the connection's session channels in line with the wanted ones:
+/// unsubscribes the ones no longer wanted, then subscribes the new (telling
+/// the hub of each confirmed one when `tell`), so an interest confirmed
+/// after a loss of interest also confirms the leaving. An error means the connection is
+/// unusable: the caller reconnects (and subscribes everything again).
+async fn follow_interest(
+    sink: &mut ::redis::aio::PubSubSink,
+    backend: &RedisBackend,
+    interest: &Interest,
+    subscribed: &mut HashSet<String>,
+    inbound: &mpsc::Sender<Inbound>,
+    tell: bool,
+) -> Result<(), String> {
+    let wanted = interest.snapshot();
+    let add: Vec<String> = wanted.difference(subscribed).cloned().collect();
+    let drop: Vec<String> = subscribed.difference(&wanted).cloned().collect();
+    let keys = &backend.keys;
+    for batch in drop.chunks(SUBSCRIBE_BATCH) {
+        let channels: Vec<String> = batch.iter().map(|s| keys.session_channel(s)).collect();
+        bounded("unsubscribe", sink.unsubscribe(&channels)).await?;
+        for session in batch {
+            subscribed.remove(session);
+        }
+    }
+    for batch in add.chunks(SUBSCRIBE_BATCH) {
+        let channels: Vec<String> = batch.iter().map(|s| keys.session_channel(s)).collect();
+        bounded("subscribe", sink.subscribe(&channels)).await?;
+        for session in batch {
+            subscribed.insert(session.clone());
+            if tell
+                && inbound
+                    .send(Inbound::Subscribed(session.clone()))
+                    .await
+                    .is_err()
+            {
+                return Err("hub gone".into());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn subscriber_loop(
     backend: RedisBackend,
     instance: String,
+    interest: Arc<Interest>,
     inbound: mpsc::Sender<Inbound>,
     subscribed: Arc<AtomicBool>,
     epoch: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let events = backend.keys.events_channel();
     let inbox = backend.keys.inbox_channel(&instance);
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
     while !shutdown.is_cancelled() {
+        // The inbox and every session channel wanted now; sessions wanted
+        // later are subscribed as they come (`follow_interest`).
+        let mut channels = HashSet::new();
         let connected = async {
-            let mut pubsub = backend
+            let pubsub = backend
                 .client()
-                .map_err(|e| {
-                    ::redis::RedisError::from((::redis::ErrorKind::Io, "pub/sub", e.to_string()))
-                })?
+                .map_err(|e| e.to_string())?
                 .get_async_pubsub()
-                .await?;
-            pubsub.subscribe(&events).await?;
-            pubsub.subscribe(&inbox).await?;
-            Ok::<_, ::redis::RedisError>(pubsub)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(&inbox).await.map_err(|e| e.to_string())?;
+            follow_interest(
+                &mut sink,
+                &backend,
+                &interest,
+                &mut channels,
+                &inbound,
+                false,
+            )
+            .await?;
+            Ok::<_, String>((sink, stream))
         };
-        let pubsub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
+        let (mut sink, mut stream) = match tokio::time::timeout(Duration::from_secs(3), connected)
+            .await
+        {
             Ok(Ok(p)) => p,
             failed => {
                 let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e,
                     _ => "timed out".to_string(),
                 };
                 if !announced_down {
@@ -491,7 +603,7 @@ async fn subscriber_loop(
                 continue;
             }
         };
-        tracing::info!(channel = %events, inbox = %inbox, "subscribed to redis pub/sub");
+        tracing::info!(inbox = %inbox, sessions = channels.len(), "subscribed to redis pub/sub");
         announced_down = false;
         let now = epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // Anything published from here on arrives on the subscription; what
@@ -501,10 +613,18 @@ async fn subscriber_loop(
         }
         subscribed.store(true, Ordering::Release);
         backoff = reconnect_delays();
-        let mut stream = pubsub.into_on_message();
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
+                _ = interest.changed.notified() => {
+                    match follow_interest(&mut sink, &backend, &interest, &mut channels, &inbound, true).await {
+                        Ok(()) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "redis pub/sub subscription failed");
+                            break;
+                        }
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             };
             let Some(msg) = msg else { break };
@@ -512,14 +632,14 @@ async fn subscriber_loop(
             let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
                 continue;
             };
-            let parsed = if msg.get_channel_name() == events {
-                LoggedEvent::parse(payload)
-                    .map(Inbound::Event)
-                    .ok_or_else(|| "not a logged event".to_string())
-            } else {
+            let parsed = if msg.get_channel_name() == inbox {
                 serde_json::from_str(payload)
                     .map(Inbound::Instance)
                     .map_err(|e| e.to_string())
+            } else {
+                LoggedEvent::parse(payload)
+                    .map(Inbound::Event)
+                    .ok_or_else(|| "not a logged event".to_string())
             };
             match parsed {
                 Ok(item) => {

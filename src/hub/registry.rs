@@ -12,6 +12,12 @@
 //! one past a gap is refused so the caller fills the gap from the log first.
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
+//!
+//! The registry is also the instance's one notion of *local interest* in a
+//! session: a session has it while it has at least one local subscriber.
+//! The first one in and the last one out are reported to the interest hook
+//! (the broker's [`crate::broker::Broker::interest`]) under the write lock,
+//! so the reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -210,9 +216,14 @@ impl ClientHandle {
     }
 }
 
+/// Told `(session, true)` when a session gets its first local subscriber
+/// and `(session, false)` when its last one leaves; must not block.
+pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Registry {
     sessions: RwLock<HashMap<String, HashMap<String, ClientHandle>>>,
+    interest: Option<InterestHook>,
     /// Per session with local clients: the last delivered log position.
     /// Lock order: `positions`, then `sessions`.
     positions: Mutex<HashMap<String, Position>>,
@@ -260,13 +271,34 @@ pub enum Delivery {
 }
 
 impl Registry {
+    /// A registry that reports local interest in sessions to `hook`.
+    pub fn with_interest(hook: InterestHook) -> Self {
+        Registry {
+            interest: Some(hook),
+            ..Registry::default()
+        }
+    }
+
     /// Adds a client; returns the handle it replaced (same client id).
     pub fn insert(&self, session: &str, handle: ClientHandle) -> Option<ClientHandle> {
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .entry(session.to_string())
-            .or_default()
-            .insert(handle.info.client_id.clone(), handle)
+        self.add(&mut sessions, session, handle)
+    }
+
+    /// Adds under the write lock, reporting a session's first subscriber.
+    fn add(
+        &self,
+        sessions: &mut HashMap<String, HashMap<String, ClientHandle>>,
+        session: &str,
+        handle: ClientHandle,
+    ) -> Option<ClientHandle> {
+        let clients = sessions.entry(session.to_string()).or_default();
+        if clients.is_empty()
+            && let Some(hook) = &self.interest
+        {
+            hook(session, true);
+        }
+        clients.insert(handle.info.client_id.clone(), handle)
     }
 
     /// Removes a client if it is still this connection.
@@ -281,6 +313,9 @@ impl Registry {
         clients.remove(client_id);
         if clients.is_empty() {
             sessions.remove(session);
+            if let Some(hook) = &self.interest {
+                hook(session, false);
+            }
         }
         true
     }
@@ -425,10 +460,7 @@ impl Registry {
         };
         let keep = start(&live, kept, &handle).ok_or(Refused)?;
         positions.insert(session.to_string(), keep);
-        Ok(sessions
-            .entry(session.to_string())
-            .or_default()
-            .insert(handle.info.client_id.clone(), handle))
+        Ok(self.add(&mut sessions, session, handle))
     }
 
     pub fn client_count(&self) -> usize {

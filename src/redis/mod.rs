@@ -147,9 +147,9 @@ impl Keys {
         self.instance_key(instance, "members")
     }
 
-    /// Pub/sub channel carrying every session event.
-    pub fn events_channel(&self) -> String {
-        format!("{}:events", self.prefix)
+    /// Pub/sub channel carrying one session's events (its log entries).
+    pub fn session_channel(&self, session: &str) -> String {
+        self.session_key(session, "events")
     }
 
     /// Pub/sub channel of one instance's point-to-point messages.
