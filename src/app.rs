@@ -136,7 +136,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     };
     let mut redis_membership = None;
     type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
-    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis_url {
+    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis {
         None => (
             (
                 Arc::new(MemoryStore::new(config.history_limit)),
@@ -150,10 +150,10 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             ),
             None,
         ),
-        Some(url) => {
-            let backend = RedisBackend::new(url, &config.redis_key_prefix, metrics.clone())
+        Some(topology) => {
+            let backend = RedisBackend::new(topology, &config.redis_key_prefix, metrics.clone())
                 .map_err(|e| ConfigError {
-                    setting: "REDIS_URL",
+                    setting: topology.setting(),
                     reason: e.kind.to_string(),
                 })?;
             tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, "cluster mode: state in Redis");

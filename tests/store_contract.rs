@@ -52,7 +52,7 @@ fn memory_store() -> StoreFixture {
 fn redis_store() -> StoreFixture {
     let redis = RedisServer::start();
     let metrics = Arc::new(Metrics::new(ME));
-    let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+    let backend = RedisBackend::new(&redis.topology(), "contract", metrics).expect("backend");
     let store = |instance: &str| -> Arc<dyn SessionStore> {
         Arc::new(RedisStore::new(
             backend.clone(),
@@ -314,12 +314,12 @@ async fn adversarial_names_stay_apart(f: StoreFixture) {
         // Readable, with `:` only between parts.
         assert!(
             keys.lines()
-                .any(|k| k == "contract:session:a%3Ahistory%3Ab:history:c"),
+                .any(|k| k == "contract:{s:a%3Ahistory%3Ab}:history:c"),
             "{keys}"
         );
         assert!(
             keys.lines()
-                .any(|k| k == "contract:session:a:history:b%3Ahistory%3Ac"),
+                .any(|k| k == "contract:{s:a}:history:b%3Ahistory%3Ac"),
             "{keys}"
         );
     }
@@ -568,7 +568,7 @@ async fn redis_bus() -> BrokerFixture {
     let mut nodes = Vec::new();
     for instance in ["node-a", "node-b"] {
         let metrics = Arc::new(Metrics::new(instance));
-        let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+        let backend = RedisBackend::new(&redis.topology(), "contract", metrics).expect("backend");
         let (tx, rx) = mpsc::channel(1024);
         nodes.push(Node {
             instance: instance.into(),
@@ -845,7 +845,10 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     };
     f.nodes[0].broker.publish_event(in_t(1)).unwrap();
     // Node b is not interested in `t`: the next event it gets is from `s`.
-    f.nodes[0].broker.publish_event(envelope(&origin, 2)).unwrap();
+    f.nodes[0]
+        .broker
+        .publish_event(envelope(&origin, 2))
+        .unwrap();
     match next(&mut f.nodes[1]).await {
         Inbound::Event(e) => assert_eq!((e.session.as_str(), e.produced_at), ("s", 2)),
         other => panic!("unexpected {other:?}"),
@@ -859,7 +862,10 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     f.nodes[0].broker.interest("u", true);
     wait_subscribed(&mut f.nodes[0], "u").await;
     f.nodes[0].broker.publish_event(in_t(3)).unwrap();
-    f.nodes[0].broker.publish_event(envelope(&origin, 4)).unwrap();
+    f.nodes[0]
+        .broker
+        .publish_event(envelope(&origin, 4))
+        .unwrap();
     let got = next_event_from(&mut f.nodes[0], &origin).await;
     assert_eq!((got.session.as_str(), got.produced_at), ("s", 4));
     // The log has both of `t`'s events all the same.

@@ -21,7 +21,7 @@
 //! * Both reconnect by themselves with capped exponential backoff
 //!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -36,15 +36,18 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
-use crate::redis::{COMMAND_TIMEOUT, RedisBackend, RedisError};
+use crate::redis::{COMMAND_TIMEOUT, Conn, RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const MAX_BATCH: usize = 256;
 
 /// Assigns the next offset, logs and publishes one event.
-/// KEYS: log stream, epoch, offset counter, seen hash.
-/// ARGV: candidate epoch, max len, TTL ms, channel, publisher id, sequence
-/// number, header rest (JSON object without `{`), frame rest (same).
+/// KEYS: log stream, epoch, offset counter, seen hash, the session's
+/// channel (declared like a key: on a Redis Cluster it is a shard channel
+/// of the session's slot).
+/// ARGV: candidate epoch, max len, TTL ms, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a Redis Cluster), publisher id, sequence number, header
+/// rest (JSON object without `{`), frame rest (same).
 /// The epoch candidate comes from the caller: scripts make no randomness.
 /// Returns `{offset, epoch}`, or `{0, ''}` when this publisher's event was
 /// already logged.
@@ -65,7 +68,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-redis.call('PUBLISH', ARGV[4], payload)
+redis.call(ARGV[4], KEYS[5], payload)
 return {offset, epoch}
 "#;
 
@@ -290,11 +293,19 @@ impl Broker for RedisBroker {
         message: InstanceMessage,
     ) -> Result<(), HubError> {
         let payload = serde_json::to_string(&message).map_err(HubError::internal)?;
+        // On a Redis Cluster the inbox is a shard channel: SPUBLISH counts
+        // its subscribers on the shard (PUBLISH would count only those on
+        // the node that ran it).
+        let publish = if self.backend.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         let receivers: i64 = self
             .backend
             .query(
                 "publish_inbox",
-                ::redis::cmd("PUBLISH")
+                ::redis::cmd(publish)
                     .arg(self.backend.keys.inbox_channel(instance))
                     .arg(payload),
             )
@@ -333,6 +344,80 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Logs and publishes a batch in one round trip: one pipeline of append
+/// scripts, in queue order. On a Redis Cluster a pipeline must stay in one
+/// slot, so the batch goes as one pipeline per session (each in queue
+/// order), all at once. Returns `(offset, epoch)` per event, in batch order.
+async fn append_batch(
+    backend: &RedisBackend,
+    settings: &LogSettings,
+    script: &::redis::Script,
+    batch: &[Queued],
+    conn: &mut Conn,
+) -> ::redis::RedisResult<Vec<(u64, String)>> {
+    let keys = &backend.keys;
+    let publish = if backend.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let invocation = |q: &Queued| {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.session_log(&q.session))
+            .key(keys.session_log_epoch(&q.session))
+            .key(keys.session_log_offset(&q.session))
+            .key(keys.session_log_seen(&q.session))
+            .key(keys.session_channel(&q.session))
+            .arg(epoch_candidate())
+            .arg(settings.len)
+            .arg(settings.ttl_ms)
+            .arg(publish)
+            .arg(&settings.publisher)
+            .arg(q.seq)
+            .arg(&q.header)
+            .arg(&q.frame);
+        invocation
+    };
+    if !backend.is_cluster() {
+        let mut pipe = ::redis::pipe();
+        for q in batch {
+            pipe.invoke_script(&invocation(q));
+        }
+        return pipe.query_async(conn).await;
+    }
+    // Per session, the positions of its events in the batch.
+    let mut sessions: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, q) in batch.iter().enumerate() {
+        sessions.entry(q.session.as_str()).or_default().push(i);
+    }
+    let pipes = sessions.into_values().map(|positions| {
+        let mut pipe = ::redis::pipe();
+        for &i in &positions {
+            pipe.invoke_script(&invocation(&batch[i]));
+        }
+        // The connection is multiplexed: each pipeline gets its own handle.
+        let handle = conn.handle();
+        async move {
+            let mut handle = handle.ok_or_else(|| {
+                ::redis::RedisError::from((
+                    ::redis::ErrorKind::Client,
+                    "the publisher's connection is not multiplexed",
+                ))
+            })?;
+            let logged: Vec<(u64, String)> = pipe.query_async(&mut handle).await?;
+            Ok::<_, ::redis::RedisError>((positions, logged))
+        }
+    });
+    let mut out = vec![(0, String::new()); batch.len()];
+    for (positions, logged) in futures_util::future::try_join_all(pipes).await? {
+        for (i, result) in positions.into_iter().zip(logged) {
+            out[i] = result;
+        }
+    }
+    Ok(out)
+}
+
 async fn publisher_loop(
     backend: RedisBackend,
     settings: LogSettings,
@@ -345,27 +430,23 @@ async fn publisher_loop(
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut seq: u64 = 0;
     'connect: loop {
-        let connected = match backend.client() {
-            Ok(client) => {
-                backend
-                    .timed("publisher_connect", async {
-                        let mut conn = client
-                            .get_multiplexed_async_connection()
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        // Loaded once per connection, so the pipeline's
-                        // EVALSHAs find it (a restarted Redis forgot it).
-                        script
-                            .prepare_invoke()
-                            .load_async(&mut conn)
-                            .await
-                            .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                        Ok(conn)
-                    })
+        let connected = backend
+            .timed("publisher_connect", async {
+                let mut conn = backend
+                    .dedicated()
                     .await
-            }
-            Err(e) => Err(e),
-        };
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                // Loaded once per connection (on every master of a Redis
+                // Cluster), so the pipeline's EVALSHAs find it (a restarted
+                // Redis, or a promoted replica, may not have it).
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
+                Ok(conn)
+            })
+            .await;
         let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -406,28 +487,9 @@ async fn publisher_loop(
                 seq += 1;
                 q.seq = seq;
             }
-            let keys = &backend.keys;
-            let mut pipe = ::redis::pipe();
-            for q in &batch {
-                let mut invocation = script.prepare_invoke();
-                invocation
-                    .key(keys.session_log(&q.session))
-                    .key(keys.session_log_epoch(&q.session))
-                    .key(keys.session_log_offset(&q.session))
-                    .key(keys.session_log_seen(&q.session))
-                    .arg(epoch_candidate())
-                    .arg(settings.len)
-                    .arg(settings.ttl_ms)
-                    .arg(keys.session_channel(&q.session))
-                    .arg(&settings.publisher)
-                    .arg(q.seq)
-                    .arg(&q.header)
-                    .arg(&q.frame);
-                pipe.invoke_script(&invocation);
-            }
             let sent = backend
                 .timed("publish_events", async {
-                    pipe.query_async::<Vec<(u64, String)>>(&mut conn)
+                    append_batch(&backend, &settings, &script, &batch, &mut conn)
                         .await
                         .map_err(|e| RedisError::from_client("publish_events", &e))
                 })
@@ -467,28 +529,155 @@ async fn publisher_loop(
 /// registry ([`Broker::interest`]), followed by the subscriber task.
 #[derive(Default)]
 struct Interest {
-    wanted: std::sync::Mutex<HashSet<String>>,
+    state: std::sync::Mutex<InterestState>,
     changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct InterestState {
+    wanted: HashSet<String>,
+    /// Sessions whose interest changed since the subscriber last looked.
+    dirty: HashSet<String>,
 }
 
 impl Interest {
     fn set(&self, session: &str, interested: bool) {
-        let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let changed = if interested {
-            wanted.insert(session.to_string())
+            state.wanted.insert(session.to_string())
         } else {
-            wanted.remove(session)
+            state.wanted.remove(session)
         };
         if changed {
+            state.dirty.insert(session.to_string());
             self.changed.notify_one();
         }
     }
 
-    fn snapshot(&self) -> HashSet<String> {
-        self.wanted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Every wanted session (for a new connection); nothing is dirty then.
+    fn all(&self) -> Vec<String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.dirty.clear();
+        state.wanted.iter().cloned().collect()
+    }
+
+    /// The sessions whose interest changed, split into (wanted, unwanted).
+    fn changes(&self) -> (Vec<String>, Vec<String>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = std::mem::take(&mut state.dirty);
+        dirty
+            .into_iter()
+            .partition(|session| state.wanted.contains(session))
+    }
+}
+
+/// What the subscription connection reports, whatever the topology.
+enum Incoming {
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// Sharded: a subscription confirmed by a node (ours, or the client
+    /// library's own after it reconnected to a node).
+    Subscribed(String),
+    /// Sharded: a node dropped a subscription (its slot moved away), or
+    /// confirmed our own unsubscription.
+    Unsubscribed(String),
+    /// Sharded: the connection to one node was lost.
+    Disconnected,
+}
+
+/// The subscription connection: RESP2 pub/sub on one server, or sharded
+/// pub/sub (RESP3 pushes) over a Redis Cluster connection, which sends
+/// each `SSUBSCRIBE` to the node owning the channel's slot.
+enum Subscription {
+    Plain {
+        sink: ::redis::aio::PubSubSink,
+        stream: ::redis::aio::PubSubStream,
+    },
+    Sharded {
+        conn: ::redis::cluster_async::ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<::redis::PushInfo>,
+    },
+}
+
+impl Subscription {
+    async fn connect(backend: &RedisBackend) -> ::redis::RedisResult<Self> {
+        if backend.is_cluster() {
+            let (tx, pushes) = mpsc::unbounded_channel();
+            let conn = backend.sharded_pubsub(tx).await?;
+            Ok(Subscription::Sharded { conn, pushes })
+        } else {
+            let (sink, stream) = backend.pubsub().await?.split();
+            Ok(Subscription::Plain { sink, stream })
+        }
+    }
+
+    fn is_sharded(&self) -> bool {
+        matches!(self, Subscription::Sharded { .. })
+    }
+
+    async fn subscribe(&mut self, channels: &[String]) -> ::redis::RedisResult<()> {
+        match self {
+            Subscription::Plain { sink, .. } => sink.subscribe(channels).await,
+            // One SSUBSCRIBE per channel: channels of one command must
+            // share a slot.
+            Subscription::Sharded { conn, .. } => {
+                futures_util::future::try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(c).await }
+                }))
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> ::redis::RedisResult<()> {
+        match self {
+            Subscription::Plain { sink, .. } => sink.unsubscribe(channels).await,
+            Subscription::Sharded { conn, .. } => {
+                futures_util::future::try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(c).await }
+                }))
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// The next report; None when the connection is gone.
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Subscription::Plain { stream, .. } => {
+                let msg = stream.next().await?;
+                Some(Incoming::Message {
+                    channel: msg.get_channel_name().to_string(),
+                    payload: msg.get_payload_bytes().to_vec(),
+                })
+            }
+            Subscription::Sharded { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                let text = |i: usize| match push.data.get(i) {
+                    Some(::redis::Value::BulkString(b)) => Some(b.clone()),
+                    _ => None,
+                };
+                let channel = || text(0).map(|c| String::from_utf8_lossy(&c).into_owned());
+                let incoming = match push.kind {
+                    ::redis::PushKind::SMessage => channel()
+                        .zip(text(1))
+                        .map(|(channel, payload)| Incoming::Message { channel, payload }),
+                    ::redis::PushKind::SSubscribe => channel().map(Incoming::Subscribed),
+                    ::redis::PushKind::SUnsubscribe => channel().map(Incoming::Unsubscribed),
+                    ::redis::PushKind::Disconnection => Some(Incoming::Disconnected),
+                    _ => None,
+                };
+                if let Some(incoming) = incoming {
+                    return Some(incoming);
+                }
+            },
+        }
     }
 }
 
@@ -507,35 +696,43 @@ async fn bounded(
 /// How many channels one SUBSCRIBE / UNSUBSCRIBE names at most.
 const SUBSCRIBE_BATCH: usize = 256;
 
-/// Brings the connection's session channels in line with the wanted ones:
-/// unsubscribes the ones no longer wanted, then subscribes the new (telling
-/// the hub of each confirmed one when `tell`), so an interest confirmed
-/// after a loss of interest also confirms the leaving. An error means the connection is
-/// unusable: the caller reconnects (and subscribes everything again).
+/// Brings the connection's session channels in line with the wanted ones
+/// (`add`, `remove`): unsubscribes first, then subscribes (telling the hub
+/// of each confirmed one when `tell`; sharded subscriptions are told by
+/// their confirmation pushes instead), so an interest confirmed after a
+/// loss of interest also confirms the leaving. `subscribed` maps each
+/// subscribed channel to its session.
 async fn follow_interest(
-    sink: &mut ::redis::aio::PubSubSink,
+    sub: &mut Subscription,
     backend: &RedisBackend,
-    interest: &Interest,
-    subscribed: &mut HashSet<String>,
+    (add, remove): (Vec<String>, Vec<String>),
+    subscribed: &mut HashMap<String, String>,
     inbound: &mpsc::Sender<Inbound>,
     tell: bool,
 ) -> Result<(), String> {
-    let wanted = interest.snapshot();
-    let add: Vec<String> = wanted.difference(subscribed).cloned().collect();
-    let drop: Vec<String> = subscribed.difference(&wanted).cloned().collect();
     let keys = &backend.keys;
-    for batch in drop.chunks(SUBSCRIBE_BATCH) {
-        let channels: Vec<String> = batch.iter().map(|s| keys.session_channel(s)).collect();
-        bounded("unsubscribe", sink.unsubscribe(&channels)).await?;
-        for session in batch {
-            subscribed.remove(session);
+    let tell = tell && !sub.is_sharded();
+    let remove: Vec<String> = remove
+        .iter()
+        .map(|s| keys.session_channel(s))
+        .filter(|c| subscribed.contains_key(c))
+        .collect();
+    for channels in remove.chunks(SUBSCRIBE_BATCH) {
+        bounded("unsubscribe", sub.unsubscribe(channels)).await?;
+        for channel in channels {
+            subscribed.remove(channel);
         }
     }
+    let add: Vec<(String, String)> = add
+        .into_iter()
+        .map(|s| (keys.session_channel(&s), s))
+        .filter(|(c, _)| !subscribed.contains_key(c))
+        .collect();
     for batch in add.chunks(SUBSCRIBE_BATCH) {
-        let channels: Vec<String> = batch.iter().map(|s| keys.session_channel(s)).collect();
-        bounded("subscribe", sink.subscribe(&channels)).await?;
-        for session in batch {
-            subscribed.insert(session.clone());
+        let channels: Vec<String> = batch.iter().map(|(c, _)| c.clone()).collect();
+        bounded("subscribe", sub.subscribe(&channels)).await?;
+        for (channel, session) in batch {
+            subscribed.insert(channel.clone(), session.clone());
             if tell
                 && inbound
                     .send(Inbound::Subscribed(session.clone()))
@@ -564,31 +761,20 @@ async fn subscriber_loop(
     while !shutdown.is_cancelled() {
         // The inbox and every session channel wanted now; sessions wanted
         // later are subscribed as they come (`follow_interest`).
-        let mut channels = HashSet::new();
+        let mut sessions = HashMap::new();
         let connected = async {
-            let pubsub = backend
-                .client()
-                .map_err(|e| e.to_string())?
-                .get_async_pubsub()
+            let mut sub = Subscription::connect(&backend)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut sink, stream) = pubsub.split();
-            sink.subscribe(&inbox).await.map_err(|e| e.to_string())?;
-            follow_interest(
-                &mut sink,
-                &backend,
-                &interest,
-                &mut channels,
-                &inbound,
-                false,
-            )
-            .await?;
-            Ok::<_, String>((sink, stream))
+            sub.subscribe(std::slice::from_ref(&inbox))
+                .await
+                .map_err(|e| e.to_string())?;
+            let all = (interest.all(), Vec::new());
+            follow_interest(&mut sub, &backend, all, &mut sessions, &inbound, false).await?;
+            Ok::<_, String>(sub)
         };
-        let (mut sink, mut stream) = match tokio::time::timeout(Duration::from_secs(3), connected)
-            .await
-        {
-            Ok(Ok(p)) => p,
+        let mut sub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
+            Ok(Ok(sub)) => sub,
             failed => {
                 let error = match failed {
                     Ok(Err(e)) => e,
@@ -603,7 +789,7 @@ async fn subscriber_loop(
                 continue;
             }
         };
-        tracing::info!(inbox = %inbox, sessions = channels.len(), "subscribed to redis pub/sub");
+        tracing::info!(inbox = %inbox, sessions = sessions.len(), sharded = sub.is_sharded(), "subscribed to redis pub/sub");
         announced_down = false;
         let now = epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // Anything published from here on arrives on the subscription; what
@@ -614,10 +800,11 @@ async fn subscriber_loop(
         subscribed.store(true, Ordering::Release);
         backoff = reconnect_delays();
         loop {
-            let msg = tokio::select! {
-                m = stream.next() => m,
+            let incoming = tokio::select! {
+                m = sub.next() => m,
                 _ = interest.changed.notified() => {
-                    match follow_interest(&mut sink, &backend, &interest, &mut channels, &inbound, true).await {
+                    let changes = interest.changes();
+                    match follow_interest(&mut sub, &backend, changes, &mut sessions, &inbound, true).await {
                         Ok(()) => continue,
                         Err(error) => {
                             tracing::warn!(%error, "redis pub/sub subscription failed");
@@ -627,12 +814,44 @@ async fn subscriber_loop(
                 }
                 _ = shutdown.cancelled() => return,
             };
-            let Some(msg) = msg else { break };
+            let (channel, payload) = match incoming {
+                None => break,
+                Some(Incoming::Message { channel, payload }) => (channel, payload),
+                Some(Incoming::Subscribed(channel)) => {
+                    // A (re)subscription a node confirmed: what the channel
+                    // carried before is read from the log.
+                    if let Some(session) = sessions.get(&channel)
+                        && inbound
+                            .send(Inbound::Subscribed(session.clone()))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Incoming::Unsubscribed(channel)) => {
+                    let ours = channel == inbox || sessions.contains_key(&channel);
+                    if !ours {
+                        continue;
+                    }
+                    // A node dropped a channel still wanted (its slot moved):
+                    // subscribe everything again where it lives now.
+                    tracing::warn!(%channel, "redis dropped a shard channel subscription; resubscribing");
+                    break;
+                }
+                Some(Incoming::Disconnected) => {
+                    // The library reconnects the node, but a failed master's
+                    // slots move to its replica: subscribe everything again
+                    // on the topology as it is now.
+                    break;
+                }
+            };
             backend.metrics.pubsub_received.inc();
-            let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            let Ok(payload) = std::str::from_utf8(&payload) else {
                 continue;
             };
-            let parsed = if msg.get_channel_name() == inbox {
+            let parsed = if channel == inbox {
                 serde_json::from_str(payload)
                     .map(Inbound::Instance)
                     .map_err(|e| e.to_string())

@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// Redis URL; set to run as one instance of a cluster, unset for standalone.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`host:port,...`; `redis://` or
+    /// `rediss://` URLs too, e.g. with a password); instead of REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_URLS")]
+    pub redis_cluster_urls: Option<String>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "mcp-hub")]
     pub redis_key_prefix: String,
@@ -470,13 +474,69 @@ pub struct HubConfig {
     pub history_limit: usize,
     pub session_log_len: usize,
     pub session_log_ttl: Duration,
-    pub redis_url: Option<String>,
+    /// Where the cluster's state lives; None: standalone (in memory).
+    pub redis: Option<RedisTopology>,
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
     pub presence_ttl: Duration,
     pub ai: AiArgs,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppConfig,
+}
+
+/// The Redis deployment an instance of a cluster uses, chosen in one place
+/// ([`ServeArgs::validate`]) from mutually exclusive settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `REDIS_URL`: one server.
+    Single { url: String },
+    /// `REDIS_CLUSTER_URLS`: a Redis Cluster, found from these seed nodes
+    /// (`redis://` / `rediss://` URLs).
+    Cluster { nodes: Vec<String> },
+}
+
+impl RedisTopology {
+    /// The setting it came from, for errors.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            RedisTopology::Single { .. } => "REDIS_URL",
+            RedisTopology::Cluster { .. } => "REDIS_CLUSTER_URLS",
+        }
+    }
+}
+
+fn redis_url_ok(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+/// `REDIS_CLUSTER_URLS`: `host:port` or redis(s) URLs, comma-separated.
+fn parse_cluster_urls(list: &str) -> Result<Vec<String>, String> {
+    let mut nodes = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let url = if raw.contains("://") {
+            raw.to_string()
+        } else {
+            format!("redis://{raw}")
+        };
+        let authority = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        let port_ok = host_port
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        if !redis_url_ok(&url) || !port_ok {
+            return Err(format!(
+                "`{raw}` is not host:port or a redis:// / rediss:// URL with a port"
+            ));
+        }
+        nodes.push(url);
+    }
+    if nodes.is_empty() {
+        return Err("needs at least one seed node (host:port)".into());
+    }
+    Ok(nodes)
 }
 
 /// A setting that parsed but makes no sense; printed as one line, exit 2.
@@ -517,18 +577,34 @@ impl ServeArgs {
                 ),
             ));
         }
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        let redis = match (self.redis_url, &self.redis_cluster_urls) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "REDIS_CLUSTER_URLS",
+                    "set either REDIS_URL (one server) or REDIS_CLUSTER_URLS (a Redis Cluster), not both",
+                ));
+            }
+            (Some(url), None) if !redis_url_ok(&url) => {
+                return Err(invalid(
+                    "REDIS_URL",
+                    format!("`{url}` is not a redis:// or rediss:// URL"),
+                ));
+            }
+            (Some(url), None) => Some(RedisTopology::Single { url }),
+            (None, Some(list)) => Some(RedisTopology::Cluster {
+                nodes: parse_cluster_urls(list).map_err(|r| invalid("REDIS_CLUSTER_URLS", r))?,
+            }),
+            (None, None) => None,
+        };
+        // Braces would form a Redis Cluster hash tag before the key's own.
+        if self.redis_key_prefix.is_empty()
+            || self
+                .redis_key_prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
         {
             return Err(invalid(
-                "REDIS_URL",
-                format!("`{url}` is not a redis:// or rediss:// URL"),
-            ));
-        }
-        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
-            return Err(invalid(
                 "REDIS_KEY_PREFIX",
-                "must be non-empty and contain no whitespace",
+                "must be non-empty and contain no whitespace, `{` or `}`",
             ));
         }
         let allowed_origins = match &self.allowed_origins {
@@ -576,7 +652,7 @@ impl ServeArgs {
             history_limit: self.history_limit as usize,
             session_log_len: self.session_log_len as usize,
             session_log_ttl: Duration::from_millis(self.session_log_ttl_ms),
-            redis_url: self.redis_url,
+            redis,
             redis_key_prefix: self.redis_key_prefix,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
@@ -647,7 +723,7 @@ mod tests {
     fn defaults_are_standalone_on_8002() {
         let cfg = parse(&[]).unwrap();
         assert_eq!(cfg.port, 8002);
-        assert!(cfg.redis_url.is_none());
+        assert!(cfg.redis.is_none());
         assert_eq!(cfg.max_message_bytes, 65536);
         assert_eq!(cfg.max_connections, 10_000);
         assert_eq!(cfg.max_clients_per_session, 100);
@@ -691,6 +767,42 @@ mod tests {
         assert!(err.contains("IDLE_TIMEOUT_MS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
+    }
+
+    #[test]
+    fn redis_topology_is_one_of_the_exclusive_settings() {
+        let cfg = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        assert_eq!(
+            cfg.redis,
+            Some(RedisTopology::Single {
+                url: "redis://127.0.0.1:6379".into()
+            })
+        );
+        let cfg = parse(&[
+            "--redis-cluster-urls",
+            "127.0.0.1:7001, rediss://:pw@10.0.0.2:7002/",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis,
+            Some(RedisTopology::Cluster {
+                nodes: vec![
+                    "redis://127.0.0.1:7001".into(),
+                    "rediss://:pw@10.0.0.2:7002/".into()
+                ]
+            })
+        );
+        for bad in [
+            &["--redis-cluster-urls", "127.0.0.1"][..],
+            &["--redis-cluster-urls", "http://h:1"],
+            &["--redis-cluster-urls", " , "],
+            &["--redis-cluster-urls", "h:1", "--redis-url", "redis://h:2"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("REDIS_CLUSTER_URLS"), "{bad:?}: {err}");
+        }
+        let err = parse(&["--redis-key-prefix", "a{b}"]).unwrap_err();
+        assert!(err.contains("REDIS_KEY_PREFIX"), "{err}");
     }
 
     #[test]

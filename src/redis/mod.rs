@@ -18,7 +18,18 @@ use std::time::{Duration, Instant};
 use ::redis::FromRedisValue;
 use deadpool_redis::{Pool, Runtime};
 
+use crate::config::RedisTopology;
 use crate::metrics::Metrics;
+
+/// The single-server client, or the error of a backend made from a pool.
+fn no_client(client: Option<&::redis::Client>) -> ::redis::RedisResult<&::redis::Client> {
+    client.ok_or_else(|| {
+        ::redis::RedisError::from((
+            ::redis::ErrorKind::Client,
+            "backend built from a pool has no dedicated client",
+        ))
+    })
+}
 
 /// Bound of every Redis operation (and of getting a pooled connection).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +41,15 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// part can never contain the `:` that separates parts: no two different
 /// (session, contact) pairs share a key, and no session name reaches
 /// another session's keys.
+///
+/// **Hash tags** (Redis Cluster): the keys used together in one script,
+/// `MULTI` or pipeline share a `{tag}`, so they live in one slot. Every key
+/// of a session carries `{s:<session>}` (its log, channel, presence,
+/// agent, history...); the membership keys `{cluster}`; an instance's
+/// member set and inbox `{i:<instance>}`; an AI request's lock and answer
+/// `{ai:<hash>}`; a provider's quota windows `{q:<provider>}`; an
+/// idempotency key's lock and result `{idem:<key>}`. Keys always used
+/// alone carry no tag. On a single Redis the tags are just characters.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -59,6 +79,8 @@ pub fn escape_key_part(part: &str) -> String {
 }
 
 impl Keys {
+    /// `prefix` must not contain `{` or `}` (config checks it): the first
+    /// braces of a key are its hash tag.
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_string(),
@@ -69,12 +91,9 @@ impl Keys {
         &self.prefix
     }
 
+    /// `P:{s:<session>}:<what>`: one slot for everything of a session.
     fn session_key(&self, session: &str, what: &str) -> String {
-        format!(
-            "{}:session:{}:{what}",
-            self.prefix,
-            escape_key_part(session)
-        )
+        format!("{}:{{s:{}}}:{what}", self.prefix, escape_key_part(session))
     }
 
     pub fn contacts(&self, session: &str) -> String {
@@ -105,51 +124,64 @@ impl Keys {
     /// STREAM: the session's event log, entry id `{offset}-0`, one field
     /// `e` holding the event as published (header line, `\n`, frame).
     pub fn session_log(&self, session: &str) -> String {
-        format!("{}:session:{session}:log", self.prefix)
+        self.session_key(session, "log")
     }
 
     /// String: the epoch of the session's log (random, made by the hub).
     pub fn session_log_epoch(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:epoch", self.prefix)
+        self.session_key(session, "log:epoch")
     }
 
     /// String counter: the offset of the session's latest event.
     pub fn session_log_offset(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:offset", self.prefix)
+        self.session_key(session, "log:offset")
     }
 
     /// HASH: publisher id → sequence number of its latest logged event, so a
     /// retried publish pipeline logs nothing twice.
     pub fn session_log_seen(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:seen", self.prefix)
+        self.session_key(session, "log:seen")
+    }
+
+    /// Pub/sub channel carrying one session's events (its log entries); in
+    /// its slot, so the append script may publish to it (sharded pub/sub on
+    /// a Redis Cluster).
+    pub fn session_channel(&self, session: &str) -> String {
+        self.session_key(session, "events")
+    }
+
+    /// The latest delivery status of one sent message (JSON, expiring).
+    pub fn message_status(&self, session: &str, message_id: &str) -> String {
+        format!(
+            "{}:{}",
+            self.session_key(session, "status"),
+            escape_key_part(message_id)
+        )
     }
 
     /// ZSET: instance id → last heartbeat (ms since epoch).
     pub fn instances(&self) -> String {
-        format!("{}:instances", self.prefix)
+        format!("{}:{{cluster}}:instances", self.prefix)
     }
 
-    fn instance_key(&self, instance: &str, what: &str) -> String {
+    /// JSON description of a live instance, expiring with its heartbeat;
+    /// beside [`Self::instances`], so a heartbeat is one pipeline and the
+    /// listing one `MGET`.
+    pub fn instance_info(&self, instance: &str) -> String {
         format!(
-            "{}:instance:{}:{what}",
+            "{}:{{cluster}}:instance:{}:info",
             self.prefix,
             escape_key_part(instance)
         )
     }
 
-    /// JSON description of a live instance, expiring with its heartbeat.
-    pub fn instance_info(&self, instance: &str) -> String {
-        self.instance_key(instance, "info")
+    fn instance_key(&self, instance: &str, what: &str) -> String {
+        format!("{}:{{i:{}}}:{what}", self.prefix, escape_key_part(instance))
     }
 
     /// SET of "session\tclient_id" of an instance's clients, for reaping.
     pub fn instance_members(&self, instance: &str) -> String {
         self.instance_key(instance, "members")
-    }
-
-    /// Pub/sub channel carrying one session's events (its log entries).
-    pub fn session_channel(&self, session: &str) -> String {
-        self.session_key(session, "events")
     }
 
     /// Pub/sub channel of one instance's point-to-point messages.
@@ -159,32 +191,27 @@ impl Keys {
 
     /// AI single-flight lock of one request hash (string: holder token).
     pub fn ai_lock(&self, hash: &str) -> String {
-        format!("{}:ai:lock:{}", self.prefix, escape_key_part(hash))
+        format!("{}:{{ai:{}}}:lock", self.prefix, escape_key_part(hash))
     }
 
     /// The shared (and, with a cache TTL, cached) AI answer of one hash.
     pub fn ai_result(&self, hash: &str) -> String {
-        format!("{}:ai:result:{}", self.prefix, escape_key_part(hash))
-    }
-
-    /// The latest delivery status of one sent message (JSON, expiring).
-    pub fn message_status(&self, session: &str, message_id: &str) -> String {
-        format!("{}:session:{session}:status:{message_id}", self.prefix)
+        format!("{}:{{ai:{}}}:result", self.prefix, escape_key_part(hash))
     }
 
     /// Lock of an idempotency key while its first request runs.
     pub fn idempotency_lock(&self, key: &str) -> String {
-        format!("{}:idem:lock:{key}", self.prefix)
+        format!("{}:{{idem:{}}}:lock", self.prefix, escape_key_part(key))
     }
 
     /// The first result of an idempotency key (JSON, expiring).
     pub fn idempotency_result(&self, key: &str) -> String {
-        format!("{}:idem:result:{key}", self.prefix)
+        format!("{}:{{idem:{}}}:result", self.prefix, escape_key_part(key))
     }
 
     /// Marker of a webhook item already accepted (SET NX, expiring).
     pub fn webhook_seen(&self, key: &str) -> String {
-        format!("{}:whatsapp:seen:{key}", self.prefix)
+        format!("{}:whatsapp:seen:{}", self.prefix, escape_key_part(key))
     }
 
     /// LIST of accepted webhook events not yet processed.
@@ -194,75 +221,217 @@ impl Keys {
 
     /// Sliding one-minute window of upstream AI calls of one provider.
     pub fn ai_calls(&self, provider: &str) -> String {
-        format!(
-            "{}:ai:quota:{}:calls",
-            self.prefix,
-            escape_key_part(provider)
-        )
+        format!("{}:{{q:{}}}:calls", self.prefix, escape_key_part(provider))
     }
 
     /// Concurrency semaphore of one AI provider.
     pub fn ai_slots(&self, provider: &str) -> String {
-        format!(
-            "{}:ai:quota:{}:slots",
-            self.prefix,
-            escape_key_part(provider)
-        )
+        format!("{}:{{q:{}}}:slots", self.prefix, escape_key_part(provider))
     }
 }
 
-/// A pool plus the key layout and metrics; cheap to clone.
+/// Where commands run: pooled connections of the configured topology.
 #[derive(Clone)]
-pub struct RedisBackend {
-    pub pool: Pool,
-    pub keys: Keys,
-    pub metrics: Arc<Metrics>,
-    /// For dedicated (pub/sub, publisher) connections; absent when the
-    /// backend was made from a bare pool. Boxed in an `Arc`: the client is
-    /// large and the backend is cloned into every user.
-    client: Option<Arc<::redis::Client>>,
+enum Pools {
+    /// One server; the client makes the dedicated (publisher, pub/sub)
+    /// connections, absent when the backend was made from a bare pool.
+    Single {
+        pool: Pool,
+        client: Option<Arc<::redis::Client>>,
+    },
+    /// A Redis Cluster: each pooled connection routes a command to the
+    /// node that owns its slot, following `MOVED`/`ASK`, slot migrations
+    /// and failovers; `nodes` are the seeds for dedicated connections.
+    Cluster {
+        pool: deadpool_redis::cluster::Pool,
+        nodes: Arc<Vec<String>>,
+    },
 }
 
-impl RedisBackend {
-    pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        let config_error = |e: String| RedisError::new("connect", RedisErrorKind::Config(e));
-        let client = ::redis::Client::open(url).map_err(|e| config_error(e.to_string()))?;
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(32);
-        pool_cfg.timeouts.wait = Some(COMMAND_TIMEOUT);
-        pool_cfg.timeouts.create = Some(COMMAND_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(COMMAND_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| config_error(e.to_string()))?;
-        Ok(RedisBackend {
-            pool,
-            keys: Keys::new(prefix),
-            metrics,
-            client: Some(Arc::new(client)),
-        })
-    }
+/// A connection of either topology; commands, pipelines and scripts run on
+/// it alike (a pipeline or script on a Redis Cluster must stay in one slot:
+/// see [`Keys`]).
+pub enum Conn {
+    Pooled(deadpool_redis::Connection),
+    PooledCluster(deadpool_redis::cluster::Connection),
+    Dedicated(::redis::aio::MultiplexedConnection),
+    DedicatedCluster(::redis::cluster_async::ClusterConnection),
+}
 
-    /// A backend over an existing pool (pooled commands only).
-    pub fn from_pool(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
-        RedisBackend {
-            pool,
-            keys: Keys::new(prefix),
-            metrics,
-            client: None,
+impl Conn {
+    /// Another handle on the same connection, for a dedicated (multiplexed)
+    /// one; None for a pooled one.
+    pub fn handle(&self) -> Option<Conn> {
+        match self {
+            Conn::Dedicated(c) => Some(Conn::Dedicated(c.clone())),
+            Conn::DedicatedCluster(c) => Some(Conn::DedicatedCluster(c.clone())),
+            Conn::Pooled(_) | Conn::PooledCluster(_) => None,
+        }
+    }
+}
+
+impl ::redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::Pooled(c) => c.req_packed_command(cmd),
+            Conn::PooledCluster(c) => c.req_packed_command(cmd),
+            Conn::Dedicated(c) => c.req_packed_command(cmd),
+            Conn::DedicatedCluster(c) => c.req_packed_command(cmd),
         }
     }
 
-    /// The client for connections outside the pool (pub/sub subscriptions,
-    /// the broker's publisher).
-    pub fn client(&self) -> Result<&::redis::Client, RedisError> {
-        self.client.as_deref().ok_or_else(|| {
-            RedisError::new(
-                "connect",
-                RedisErrorKind::Config("backend built from a pool has no dedicated client".into()),
-            )
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::PooledCluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::DedicatedCluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Pooled(c) => c.get_db(),
+            Conn::PooledCluster(c) => c.get_db(),
+            Conn::Dedicated(c) => c.get_db(),
+            Conn::DedicatedCluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A pool plus the key layout and metrics; cheap to clone. The store,
+/// broker, membership and AI code use it alike whatever the topology.
+#[derive(Clone)]
+pub struct RedisBackend {
+    pools: Pools,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+}
+
+fn pool_config(size: usize) -> deadpool_redis::PoolConfig {
+    let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
+    pool_cfg.timeouts.wait = Some(COMMAND_TIMEOUT);
+    pool_cfg.timeouts.create = Some(COMMAND_TIMEOUT);
+    pool_cfg.timeouts.recycle = Some(COMMAND_TIMEOUT);
+    pool_cfg
+}
+
+impl RedisBackend {
+    /// Connects lazily: a Redis that is down at startup is retried later.
+    pub fn new(
+        topology: &RedisTopology,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisError> {
+        let config_error = |e: String| RedisError::new("connect", RedisErrorKind::Config(e));
+        let pools = match topology {
+            RedisTopology::Single { url } => {
+                let client =
+                    ::redis::Client::open(url.as_str()).map_err(|e| config_error(e.to_string()))?;
+                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
+                cfg.pool = Some(pool_config(32));
+                let pool = cfg
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| config_error(e.to_string()))?;
+                Pools::Single {
+                    pool,
+                    client: Some(Arc::new(client)),
+                }
+            }
+            RedisTopology::Cluster { nodes } => {
+                // Checked here (URLs parse), connected on first use.
+                ::redis::cluster::ClusterClient::new(nodes.clone())
+                    .map_err(|e| config_error(e.to_string()))?;
+                let mut cfg = deadpool_redis::cluster::Config::from_urls(nodes.clone());
+                // Each connection is multiplexed over every node already.
+                cfg.pool = Some(pool_config(8));
+                let pool = cfg
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| config_error(e.to_string()))?;
+                Pools::Cluster {
+                    pool,
+                    nodes: Arc::new(nodes.clone()),
+                }
+            }
+        };
+        Ok(RedisBackend {
+            pools,
+            keys: Keys::new(prefix),
+            metrics,
         })
+    }
+
+    /// A backend over an existing single-server pool (pooled commands only).
+    pub fn from_pool(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
+        RedisBackend {
+            pools: Pools::Single { pool, client: None },
+            keys: Keys::new(prefix),
+            metrics,
+        }
+    }
+
+    /// True on a Redis Cluster: pub/sub is sharded there (`SPUBLISH`,
+    /// `SSUBSCRIBE`), and a pipeline must stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.pools, Pools::Cluster { .. })
+    }
+
+    /// A connection of its own, outside the pool (the broker's publisher).
+    pub async fn dedicated(&self) -> ::redis::RedisResult<Conn> {
+        match &self.pools {
+            Pools::Single { client, .. } => Ok(Conn::Dedicated(
+                no_client(client.as_deref())?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            )),
+            Pools::Cluster { nodes, .. } => Ok(Conn::DedicatedCluster(
+                ::redis::cluster::ClusterClient::new(nodes.as_ref().clone())?
+                    .get_async_connection()
+                    .await?,
+            )),
+        }
+    }
+
+    /// A RESP2 pub/sub connection to the single server.
+    pub async fn pubsub(&self) -> ::redis::RedisResult<::redis::aio::PubSub> {
+        match &self.pools {
+            Pools::Single { client, .. } => no_client(client.as_deref())?.get_async_pubsub().await,
+            Pools::Cluster { .. } => Err(::redis::RedisError::from((
+                ::redis::ErrorKind::Client,
+                "a Redis Cluster uses sharded pub/sub",
+            ))),
+        }
+    }
+
+    /// A cluster connection whose pushes (sharded messages, subscription
+    /// confirmations, disconnections) go to `pushes` (RESP3). It follows
+    /// slot moves and failovers itself, resubscribing what it subscribed.
+    pub async fn sharded_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>,
+    ) -> ::redis::RedisResult<::redis::cluster_async::ClusterConnection> {
+        match &self.pools {
+            Pools::Cluster { nodes, .. } => {
+                ::redis::cluster::ClusterClientBuilder::new(nodes.as_ref().clone())
+                    .use_protocol(::redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .build()?
+                    .get_async_connection()
+                    .await
+            }
+            Pools::Single { .. } => Err(::redis::RedisError::from((
+                ::redis::ErrorKind::Client,
+                "sharded pub/sub is for a Redis Cluster",
+            ))),
+        }
     }
 
     /// Runs one command.
@@ -299,14 +468,18 @@ impl RedisBackend {
     async fn pooled<T>(
         &self,
         op: &'static str,
-        work: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> ::redis::RedisResult<T>,
+        work: impl AsyncFnOnce(&mut Conn) -> ::redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
         self.timed(op, async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisError::new(op, RedisErrorKind::Pool(e.to_string())))?;
+            let pool_error = |e: String| RedisError::new(op, RedisErrorKind::Pool(e));
+            let mut conn = match &self.pools {
+                Pools::Single { pool, .. } => {
+                    Conn::Pooled(pool.get().await.map_err(|e| pool_error(e.to_string()))?)
+                }
+                Pools::Cluster { pool, .. } => {
+                    Conn::PooledCluster(pool.get().await.map_err(|e| pool_error(e.to_string()))?)
+                }
+            };
             work(&mut conn)
                 .await
                 .map_err(|e| RedisError::from_client(op, &e))
@@ -354,12 +527,12 @@ mod tests {
     #[test]
     fn plain_names_stay_readable() {
         let k = Keys::new("mcp-hub");
-        assert_eq!(k.contacts("default"), "mcp-hub:session:default:contacts");
+        assert_eq!(k.contacts("default"), "mcp-hub:{s:default}:contacts");
         assert_eq!(
             k.history("default", "John"),
-            "mcp-hub:session:default:history:john"
+            "mcp-hub:{s:default}:history:john"
         );
-        assert_eq!(k.inbox_channel("hub-1"), "mcp-hub:instance:hub-1:inbox");
+        assert_eq!(k.inbox_channel("hub-1"), "mcp-hub:{i:hub-1}:inbox");
         assert_eq!(escape_key_part("Zoë's phone"), "Zoë's%20phone");
     }
 
@@ -369,7 +542,7 @@ mod tests {
         // A session name that spells another session's key.
         assert_ne!(k.history("a:history:b", "c"), k.history("a", "b:history:c"));
         assert_ne!(k.contacts("a:contacts"), k.history("a", "contacts"));
-        assert_eq!(k.contacts("a:presence"), "p:session:a%3Apresence:contacts");
+        assert_eq!(k.contacts("a:presence"), "p:{s:a%3Apresence}:contacts");
         assert_ne!(k.presence("x"), k.contacts("x:presence:y"));
         // The escape character itself is escaped: `%3A` and `:` differ.
         assert_ne!(k.agent("a%3Ab"), k.agent("a:b"));
@@ -413,5 +586,56 @@ mod tests {
         }
         // Contact names are case-insensitive, by design.
         assert_eq!(k.history("s", "JOHN"), k.history("s", "john"));
+    }
+
+    /// Redis Cluster's hash tag of a key: the text between the first `{`
+    /// and the next `}` (the whole key when there is none or it is empty).
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&n| n > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn keys_used_together_share_a_slot() {
+        let k = Keys::new("p");
+        for session in ["default", "a:b", "{x}", "a}b{c", "ä ö"] {
+            let tag = hash_tag(&k.contacts(session)).to_string();
+            assert!(tag.starts_with("s:"), "{tag}");
+            for key in [
+                k.last_contact(session),
+                k.history(session, "{John}"),
+                k.presence(session),
+                k.agent(session),
+                k.session_log(session),
+                k.session_log_epoch(session),
+                k.session_log_offset(session),
+                k.session_log_seen(session),
+                k.session_channel(session),
+                k.message_status(session, "wamid.{1}"),
+            ] {
+                assert_eq!(hash_tag(&key), tag, "{key}");
+            }
+        }
+        assert_ne!(
+            hash_tag(&k.contacts("a")),
+            hash_tag(&k.contacts("b")),
+            "sessions spread over slots"
+        );
+        let pairs = [
+            (k.instances(), k.instance_info("hub-1")),
+            (k.instance_members("hub-1"), k.inbox_channel("hub-1")),
+            (k.ai_lock("h"), k.ai_result("h")),
+            (k.ai_calls("gemini"), k.ai_slots("gemini")),
+            (k.idempotency_lock("x"), k.idempotency_result("x")),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(hash_tag(&a), hash_tag(&b), "{a} / {b}");
+        }
     }
 }

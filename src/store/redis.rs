@@ -34,16 +34,17 @@ static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
 
 /// Removes a presence entry and returns it, so exactly one caller (the
 /// leaving client's instance, or one reaper) announces the departure. The
-/// entry is only taken if it belongs to instance ARGV[3]: the same client id
-/// may meanwhile have registered again on another instance.
+/// entry is only taken if it belongs to instance ARGV[2]: the same client id
+/// may meanwhile have registered again on another instance. Touches the
+/// session's slot only: the instance's member set is another slot (Redis
+/// Cluster), updated by the caller.
 static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        redis.call('SREM', KEYS[2], ARGV[2])
         local v = redis.call('HGET', KEYS[1], ARGV[1])
         if not v then return nil end
         local ok, client = pcall(cjson.decode, v)
-        if ok and client.instance ~= ARGV[3] then return nil end
+        if ok and client.instance ~= ARGV[2] then return nil end
         redis.call('HDEL', KEYS[1], ARGV[1])
         return v
         ",
@@ -161,11 +162,10 @@ impl RedisStore {
             let Some((session, client_id)) = tag.split_once('\t') else {
                 continue;
             };
+            // The member set goes as a whole once every tag is reaped.
             let mut take = TAKE_PRESENCE.prepare_invoke();
             take.key(keys.presence(session))
-                .key(keys.instance_members(instance))
                 .arg(client_id)
-                .arg(tag)
                 .arg(instance);
             let taken: Option<String> = self.backend.script("reap_take", &take).await?;
             if let Some(client) = taken.and_then(|t| serde_json::from_str::<ClientInfo>(&t).ok()) {
@@ -442,20 +442,29 @@ impl SessionStore for RedisStore {
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
-        let mut pipe = ::redis::pipe();
+        // Two slots (the instance's member set, the session's presence), so
+        // two commands, in this order: a member tag without presence is
+        // harmless to a reaper, presence without a tag would never be reaped.
+        let _: i64 = self
+            .backend
+            .query(
+                "join_member",
+                ::redis::cmd("SADD")
+                    .arg(self.backend.keys.instance_members(&client.instance))
+                    .arg(member_tag(session, &client.client_id)),
+            )
+            .await?;
         // HSET answers how many fields it created: 1 = the entry was missing.
-        pipe.atomic()
-            .hset(
-                self.backend.keys.presence(session),
-                &client.client_id,
-                encode(client)?,
+        let created: i64 = self
+            .backend
+            .query(
+                "join",
+                ::redis::cmd("HSET")
+                    .arg(self.backend.keys.presence(session))
+                    .arg(&client.client_id)
+                    .arg(encode(client)?),
             )
-            .sadd(
-                self.backend.keys.instance_members(&client.instance),
-                member_tag(session, &client.client_id),
-            )
-            .ignore();
-        let (created,): (i64,) = self.backend.pipe("join", &pipe).await?;
+            .await?;
         Ok(created == 1)
     }
 
@@ -463,24 +472,37 @@ impl SessionStore for RedisStore {
         let mut invocation = TAKE_PRESENCE.prepare_invoke();
         invocation
             .key(self.backend.keys.presence(session))
-            .key(self.backend.keys.instance_members(&self.instance))
             .arg(client_id)
-            .arg(member_tag(session, client_id))
             .arg(&self.instance);
         let removed: Option<String> = self.backend.script("leave", &invocation).await?;
+        // After the take (another slot): a tag left behind by a failure here
+        // only makes a reaper find nothing to take.
+        let _: i64 = self
+            .backend
+            .query(
+                "leave_member",
+                ::redis::cmd("SREM")
+                    .arg(self.backend.keys.instance_members(&self.instance))
+                    .arg(member_tag(session, client_id)),
+            )
+            .await?;
         Ok(removed.is_some())
     }
 
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
         let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HVALS")
+        // Two slots (the session's, the membership's): two commands at once.
+        let presence = ::redis::cmd("HVALS")
             .arg(self.backend.keys.presence(session))
-            .cmd("ZRANGEBYSCORE")
-            .arg(self.backend.keys.instances())
+            .clone();
+        let mut live = ::redis::cmd("ZRANGEBYSCORE");
+        live.arg(self.backend.keys.instances())
             .arg(alive_since)
             .arg("+inf");
-        let (raw, alive): (Vec<String>, Vec<String>) = self.backend.pipe("members", &pipe).await?;
+        let (raw, alive): (Vec<String>, Vec<String>) = tokio::try_join!(
+            self.backend.query("members", &presence),
+            self.backend.query("members_alive", &live),
+        )?;
         let mut members: Vec<ClientInfo> = raw
             .iter()
             .filter_map(|r| decode::<ClientInfo>("presence", r).ok())
