@@ -75,6 +75,8 @@ impl RedisCluster {
                 ])
                 // Fast failure detection, so a failover test stays short.
                 .args(["--cluster-node-timeout", "1000"])
+                // Replicas sync at once (the default waits 5 s).
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
                 .arg(&node_dir)
                 .stdout(Stdio::null())
@@ -102,6 +104,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         cluster.wait_ok();
+        // A replica that has not synced cannot take over from its master.
+        let synced = |p: u16| {
+            let info = cluster.cli(p, &["INFO", "replication"]);
+            !info.contains("role:slave") || info.contains("master_link_status:up")
+        };
+        wait_until("the replicas to sync", Duration::from_secs(30), || {
+            ports.iter().all(|&p| synced(p))
+        });
         cluster
     }
 
@@ -204,6 +214,43 @@ impl RedisCluster {
             .find(|m| m.slots.iter().any(|(a, b)| *a <= slot && slot <= *b))
             .map(|m| (m.id, m.port))
             .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// Moves `slot`, keys and all, to the master on `to` (the steps of
+    /// `redis-cli --cluster reshard`, for one given slot): IMPORTING /
+    /// MIGRATING, `MIGRATE` in batches, then `SETSLOT NODE` on every master.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let (from_id, from) = self.master_of_slot(slot);
+        let masters = self.masters();
+        let to_id = masters
+            .iter()
+            .find(|m| m.port == to)
+            .map(|m| m.id.clone())
+            .expect("the target is a master");
+        let slot = slot.to_string();
+        assert_eq!(
+            self.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+            "OK"
+        );
+        assert_eq!(
+            self.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+            "OK"
+        );
+        loop {
+            let keys = self.cli(from, &["--raw", "CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            assert_eq!(self.cli(from, &migrate), "OK");
+        }
+        for m in &masters {
+            self.cli(m.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        self.wait_ok();
     }
 
     /// Kills the node on `port` (SIGKILL: a crash).
