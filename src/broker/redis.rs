@@ -18,6 +18,12 @@
 //!   confirmed were not received: after each confirmed session channel the
 //!   hub is told ([`Inbound::Subscribed`]), after each reconnection
 //!   ([`Inbound::Resubscribed`]), and reads what it missed from the log.
+//! * On a Redis Cluster every key of a session shares its slot, the
+//!   channels are shard channels (`SPUBLISH` in the script, `SSUBSCRIBE`
+//!   sent to the node that owns the slot), the publisher sends one pipeline
+//!   per session, and a subscription a node drops (slot moved) or a lost
+//!   node (failover) makes the subscriber subscribe everything again where
+//!   it lives now, then the hub reads every session from the log.
 //! * Both reconnect by themselves with capped exponential backoff
 //!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
 

@@ -1,8 +1,10 @@
 //! The low-level Redis layer under the cluster's store, broker, membership
-//! and AI coordination: the connection pool, the key layout ([`Keys`]) and
+//! and AI coordination: the connections of the configured topology (one
+//! server, or a Redis Cluster whose connections route each command to the
+//! node owning its slot), the key layout with its hash tags ([`Keys`]) and
 //! one timed, counted path every command, pipeline and Lua script runs
-//! through. Scripts themselves live with the layer that owns their keys
-//! (`store::redis`, `ai::cluster`).
+//! through, whatever the topology. Scripts themselves live with the layer
+//! that owns their keys (`store::redis`, `ai::cluster`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)

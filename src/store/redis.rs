@@ -492,9 +492,8 @@ impl SessionStore for RedisStore {
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
         let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
         // Two slots (the session's, the membership's): two commands at once.
-        let presence = ::redis::cmd("HVALS")
-            .arg(self.backend.keys.presence(session))
-            .clone();
+        let mut presence = ::redis::cmd("HVALS");
+        presence.arg(self.backend.keys.presence(session));
         let mut live = ::redis::cmd("ZRANGEBYSCORE");
         live.arg(self.backend.keys.instances())
             .arg(alive_since)
