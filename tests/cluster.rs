@@ -496,8 +496,27 @@ async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
-    let dir = std::env::temp_dir().join(format!("mcp-hub-cluster-script-{}", std::process::id()));
-    let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();
+    let redis_port = free_port();
+    scripts_cluster_round_trip(redis_port, &[], "single").await;
+}
+
+/// `scripts/cluster up --redis cluster`: the same, over a local 3-master
+/// Redis Cluster (ports R..R+2, bus ports +10000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cluster_runs_on_a_redis_cluster() {
+    let redis_port = free_cluster_ports(3);
+    scripts_cluster_round_trip(redis_port, &["--redis", "cluster"], "cluster").await;
+}
+
+/// `up` with two hubs on the given Redis, two clients through HAProxy on
+/// both hubs seeing each other, `status`, `down`.
+async fn scripts_cluster_round_trip(redis_port: u16, redis: &[&str], mode: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-hub-cluster-script-{mode}-{}",
+        std::process::id()
+    ));
+    let ports: Vec<String> = (0..2).map(|_| free_port().to_string()).collect();
+    let redis_port = redis_port.to_string();
     let script = |cmd: &str| {
         let mut c = std::process::Command::new(repo_path("scripts/cluster"));
         c.arg(cmd)
@@ -535,7 +554,8 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
             "--stats-port",
             &ports[1],
         ])
-        .args(["--redis-port", &ports[2], "--hub-base-port", &hub_base])
+        .args(["--redis-port", &redis_port, "--hub-base-port", &hub_base])
+        .args(redis)
         .output()
         .expect("run scripts/cluster up");
     assert!(
@@ -549,6 +569,11 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
     assert!(status.status.success(), "{text}");
     assert!(
         text.contains("hub1: running") && text.contains("hub2: running"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("redis") && l.contains(": running") && l.ends_with(mode)),
         "{text}"
     );
 

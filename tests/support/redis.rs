@@ -46,6 +46,20 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
     panic!("no free port pair (p, p+10000) for a Redis Cluster node");
 }
 
+/// The first of `n` consecutive free ports for Redis Cluster nodes (each
+/// with its bus port + 10000 free too), e.g. for `scripts/cluster up
+/// --redis cluster --redis-port P`.
+pub fn free_cluster_ports(n: u16) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let base = 20_000 + (rand::random::<u16>() % 25_000);
+        if (base..base + n).all(|p| free(p) && free(p + 10_000)) {
+            return base;
+        }
+    }
+    panic!("no {n} free port pairs (p, p+10000) for Redis Cluster nodes");
+}
+
 impl RedisCluster {
     pub fn start(masters: usize, replicas: usize) -> RedisCluster {
         assert!(
