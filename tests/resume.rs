@@ -617,6 +617,31 @@ async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_no
     elsewhere.close().await;
 }
 
+/// Per-session channels (issue 14): the first client of a session on an
+/// instance is often sent an event before that instance's SUBSCRIBE to the
+/// session's channel is confirmed: an agent's own `agent_changed`,
+/// published right after it joined. Nothing follows it, so only reading
+/// the log once the subscription is confirmed delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_event_after_a_join_on_an_idle_instance_arrives() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let hub = TestHub::start(&cluster_args(&url, "first-a")).await;
+    for i in 0..5 {
+        let session = format!("first-{i}");
+        let (mut agent, conf) = WsClient::register_with(
+            &hub.ws_url(),
+            json!({"type": "register", "session": session, "client_id": "phone",
+                   "capabilities": ["whatsapp"]}),
+        )
+        .await;
+        assert_eq!(conf["agent"], true, "{conf}");
+        let changed = agent.recv_type("agent_changed").await;
+        assert_eq!(changed["client_id"], "phone", "{changed}");
+        agent.close().await;
+    }
+}
+
 /// Settings of a hub `id` on a Redis Cluster, with fast producers and a
 /// presence TTL long enough that a failover does not reap live instances.
 fn redis_cluster_hub(redis: &RedisCluster, id: &str) -> Vec<String> {
