@@ -13,7 +13,8 @@
 //!   `--payload-bytes` at `--rate` per second (0 = as fast as the socket
 //!   takes them). Prints deliveries/s, latency percentiles, lost, duplicated
 //!   and out-of-order deliveries, evicted subscribers, and the CPU time the
-//!   hub processes (`--pid`) spent per delivery during the publish phase.
+//!   hub processes (`--pid`) spent per delivery during the publish phase,
+//!   user and system time separately.
 //! * `sessions` (issue 14): registers `--clients` clients, `--per-session`
 //!   per session, all on the *first* `--url`; then the first client of each
 //!   session sends `--messages` broadcasts in all (round-robin over the
@@ -245,8 +246,26 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+/// CPU time of processes in clock ticks: user (`utime`) and system
+/// (`stime`, the kernel's work on their behalf: socket writes on loopback
+/// include the receiving side's TCP processing).
+#[derive(Clone, Copy, Default, Debug)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+impl CpuTicks {
+    fn since(self, before: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+}
+
+/// utime and stime of a process (all its threads).
+fn cpu_ticks(pid: u32) -> Result<CpuTicks> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces: count from its ')'.
     let rest = stat
@@ -261,7 +280,10 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))
     };
-    Ok(tick(11)? + tick(12)?)
+    Ok(CpuTicks {
+        user: tick(11)?,
+        system: tick(12)?,
+    })
 }
 
 fn clock_ticks_per_sec() -> u64 {
@@ -270,8 +292,14 @@ fn clock_ticks_per_sec() -> u64 {
     if n > 0 { n as u64 } else { 100 }
 }
 
-fn total_cpu_ticks(pids: &[u32]) -> Result<u64> {
-    pids.iter().map(|&p| cpu_ticks(p)).sum()
+fn total_cpu_ticks(pids: &[u32]) -> Result<CpuTicks> {
+    pids.iter().try_fold(CpuTicks::default(), |sum, &p| {
+        let t = cpu_ticks(p)?;
+        Ok(CpuTicks {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
+    })
 }
 
 /// Connects and registers; returns once `registration_confirmed` arrived
@@ -396,6 +424,7 @@ async fn run_idle(args: &Args) -> Result<()> {
     );
 
     let frames = Arc::new(AtomicU64::new(0));
+    let kinds: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let stop = CancellationToken::new();
     let started = Instant::now();
     // One future per session registers its members one after the other, so
@@ -405,6 +434,7 @@ async fn run_idle(args: &Args) -> Result<()> {
         futures_util::stream::iter(0..sessions)
             .map(|s| {
                 let frames = frames.clone();
+                let kinds = kinds.clone();
                 let stop = stop.clone();
                 let urls = args.urls.clone();
                 let clients = args.clients;
@@ -419,6 +449,7 @@ async fn run_idle(args: &Args) -> Result<()> {
                             Ok(ws) => handles.push(tokio::spawn(hold_idle(
                                 ws,
                                 frames.clone(),
+                                kinds.clone(),
                                 stop.clone(),
                             ))),
                             Err(e) => {
@@ -457,6 +488,17 @@ async fn run_idle(args: &Args) -> Result<()> {
         if all_frames { "" } else { " (stopped waiting)" }
     );
     let after = settle_rss(&args.pids, args.settle_timeout).await?;
+    let mut by_kind: Vec<_> = kinds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .into_iter()
+        .collect();
+    by_kind.sort();
+    println!(
+        "frames by type once memory settled: {by_kind:?} ({} in all)",
+        frames.load(Ordering::Relaxed)
+    );
     for (k, &p) in args.pids.iter().enumerate() {
         let delta = after[k].saturating_sub(before[k]);
         println!(
@@ -489,12 +531,21 @@ async fn run_idle(args: &Args) -> Result<()> {
 
 /// Keeps an idle client connected, reading (and counting) whatever the hub
 /// sends, until `stop`; then closes it.
-async fn hold_idle(mut ws: Ws, frames: Arc<AtomicU64>, stop: CancellationToken) {
+async fn hold_idle(
+    mut ws: Ws,
+    frames: Arc<AtomicU64>,
+    kinds: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(_))) => { frames.fetch_add(1, Ordering::Relaxed); }
+                Some(Ok(Message::Text(t))) => {
+                    frames.fetch_add(1, Ordering::Relaxed);
+                    let kind = serde_json::from_str::<Head>(t.as_str()).map(|h| h.kind).unwrap_or_default();
+                    *kinds.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+                }
                 Some(Ok(_)) => {}
                 _ => return,
             }
@@ -562,12 +613,15 @@ async fn run_sessions(args: &Args) -> Result<()> {
         args.urls[1..].join(",")
     );
     let frames = Arc::new(AtomicU64::new(0));
+    // Frame counts by type: kept by `hold_idle`, not printed in this mode.
+    let kinds = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let stop = CancellationToken::new();
     // Per session: the sender (its first client) and the others, held.
     let registered: Vec<Result<(Ws, Vec<tokio::task::JoinHandle<()>>)>> =
         futures_util::stream::iter(0..sessions)
             .map(|s| {
                 let frames = frames.clone();
+                let kinds = kinds.clone();
                 let stop = stop.clone();
                 let clients = args.clients;
                 async move {
@@ -576,7 +630,12 @@ async fn run_sessions(args: &Args) -> Result<()> {
                     let mut held = Vec::new();
                     for j in 1..per.min(clients - s * per) {
                         let ws = register(home, &session, &format!("s{s}-c{j}")).await?;
-                        held.push(tokio::spawn(hold_idle(ws, frames.clone(), stop.clone())));
+                        held.push(tokio::spawn(hold_idle(
+                            ws,
+                            frames.clone(),
+                            kinds.clone(),
+                            stop.clone(),
+                        )));
                     }
                     Ok((sender, held))
                 }
@@ -797,7 +856,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
         &seen,
         t0,
         publish_secs,
-        cpu_after.saturating_sub(cpu_before),
+        cpu_after.since(cpu_before),
         &publisher_errors,
     );
     if let Some(e) = send_error {
@@ -886,7 +945,7 @@ fn report_fanout(
     seen: &[Seen],
     t0: Instant,
     publish_secs: f64,
-    cpu_ticks: u64,
+    cpu_ticks: CpuTicks,
     publisher_errors: &HashMap<String, u64>,
 ) {
     let m = args.messages as u64;
@@ -980,16 +1039,24 @@ fn report_fanout(
     );
     if !args.pids.is_empty() {
         let hz = clock_ticks_per_sec();
-        let cpu_us = cpu_ticks as f64 * 1e6 / hz as f64;
-        println!(
-            "hub cpu (publish phase, {} pid(s)): {:.2}s => {:.2} us/delivery (clock tick {} ms)",
-            args.pids.len(),
-            cpu_us / 1e6,
+        let secs = |ticks: u64| ticks as f64 / hz as f64;
+        let per_delivery = |ticks: u64| {
             if delivered > 0 {
-                cpu_us / delivered as f64
+                secs(ticks) * 1e6 / delivered as f64
             } else {
                 0.0
-            },
+            }
+        };
+        let total = cpu_ticks.user + cpu_ticks.system;
+        println!(
+            "hub cpu (publish phase, {} pid(s)): {:.2}s => {:.2} us/delivery (user {:.2}s = {:.2} us, system {:.2}s = {:.2} us; clock tick {} ms)",
+            args.pids.len(),
+            secs(total),
+            per_delivery(total),
+            secs(cpu_ticks.user),
+            per_delivery(cpu_ticks.user),
+            secs(cpu_ticks.system),
+            per_delivery(cpu_ticks.system),
             1000 / hz
         );
     }

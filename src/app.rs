@@ -156,7 +156,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                     setting: topology.setting(),
                     reason: e.kind.to_string(),
                 })?;
-            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, "cluster mode: state in Redis");
+            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?topology, "cluster mode: state in Redis");
             let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(
                 backend.clone(),
                 config.instance_id.clone(),

@@ -420,7 +420,13 @@ fn compose_has_the_whole_stack() {
         assert_eq!(dockerfile, "deploy/Dockerfile");
         assert!(repo_path(dockerfile).is_file());
         let env = env_of(hub);
-        assert_eq!(env["REDIS_URL"], "redis://redis:6379", "hub{i}");
+        // Single Redis unless .env selects the `sentinel` profile.
+        assert_eq!(
+            compose_default(&env["REDIS_URL"]),
+            "redis://redis:6379",
+            "hub{i}"
+        );
+        assert_eq!(compose_default(&env["REDIS_SENTINELS"]), "", "hub{i}");
         assert_eq!(env["MCP_SERVER_HOST"], "0.0.0.0", "hub{i}");
         assert_eq!(env["MCP_SERVER_PORT"], "8002", "hub{i}");
         assert!(
@@ -447,6 +453,123 @@ fn compose_has_the_whole_stack() {
     assert_eq!(env["LB_BIND"], ":8002");
     for i in 1..=3 {
         assert_eq!(env[&format!("HUB{i}_ADDR")], format!("hub{i}:8002"));
+    }
+}
+
+/// The value compose gives `${VAR-default}` / `${VAR:-default}` when VAR
+/// is unset; any other value as it is.
+fn compose_default(value: &str) -> &str {
+    value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once('-'))
+        .map_or(value, |(_, default)| default)
+}
+
+/// The `${NAME}` placeholders of deploy/redis/sentinel.conf.
+fn sentinel_placeholders() -> BTreeSet<String> {
+    let template = repo_file("deploy/redis/sentinel.conf");
+    let names: BTreeSet<String> = template
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string()))
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    assert!(!names.is_empty(), "sentinel.conf has no placeholders");
+    names
+}
+
+#[test]
+fn compose_sentinel_profile_runs_the_shared_sentinel_template() {
+    let c = compose();
+    let profiles = |s: &Yaml| -> Vec<String> {
+        s["profiles"]
+            .as_sequence()
+            .map(|p| p.iter().map(|v| str_of(v, "profile").to_string()).collect())
+            .unwrap_or_default()
+    };
+    // Only the Sentinel pieces are in the profile: the default stack keeps
+    // its single Redis.
+    for (name, s) in c["services"].as_mapping().expect("services") {
+        let name = str_of(name, "service name");
+        let sentinel_part = name == "redis-replica" || name.starts_with("sentinel");
+        let expected: Vec<String> = if sentinel_part {
+            vec!["sentinel".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(profiles(s), expected, "profiles of {name}");
+    }
+    let replica: Vec<&str> = service(&c, "redis-replica")["command"]
+        .as_sequence()
+        .expect("replica command")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert!(
+        replica
+            .windows(3)
+            .any(|w| w == ["--replicaof", "redis", "6379"]),
+        "{replica:?}"
+    );
+
+    // Three Sentinels, each rendering every placeholder of the template
+    // the local cluster renders too.
+    let placeholders = sentinel_placeholders();
+    let template = repo_file("deploy/redis/sentinel.conf");
+    let mut addresses = Vec::new();
+    for i in 1..=3 {
+        let s = service(&c, &format!("sentinel{i}"));
+        let target = mount_of(s, "deploy/redis/sentinel.conf");
+        let script = s["entrypoint"]
+            .as_sequence()
+            .expect("entrypoint")
+            .iter()
+            .map(|a| str_of(a, "arg"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(script.contains(&target), "sentinel{i} renders {target}");
+        assert!(script.contains("--sentinel"), "{script}");
+        let env = env_of(s);
+        for name in &placeholders {
+            assert!(env.contains_key(name), "sentinel{i} sets {name}");
+            assert!(
+                script.contains(&format!("s/[$$]{{{name}}}/$${name}/")),
+                "sentinel{i} substitutes {name}: {script}"
+            );
+        }
+        assert_eq!(env["MASTER_HOST"], "redis");
+        assert_eq!(env["MASTER_PORT"], "6379");
+        addresses.push(format!("sentinel{i}:{}", env["SENTINEL_PORT"]));
+    }
+    let script = repo_file("scripts/redis-topology.sh");
+    assert!(repo_file("scripts/cluster").contains(". \"$root/scripts/redis-topology.sh\""));
+    assert!(script.contains("\"$root/deploy/redis/sentinel.conf\""));
+    for name in &placeholders {
+        assert!(
+            script.contains(&format!("s/\\${{{name}}}/")),
+            "scripts/redis-topology.sh substitutes {name}"
+        );
+    }
+
+    // The .env lines that switch the hubs over name these Sentinels and the
+    // master the template monitors.
+    let master = template
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel monitor "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("sentinel monitor line");
+    let example = repo_file(".env.example");
+    for line in [
+        "# COMPOSE_PROFILES=sentinel".to_string(),
+        "# REDIS_URL=".to_string(),
+        format!("# REDIS_SENTINELS={}", addresses.join(",")),
+        format!("# REDIS_SENTINEL_MASTER={master}"),
+    ] {
+        assert!(
+            example.lines().any(|l| l == line),
+            ".env.example lacks `{line}`"
+        );
     }
 }
 
@@ -1004,6 +1127,45 @@ fn kubernetes_manifests_are_consistent() {
     );
 }
 
+/// The environment variables the hub reads (its clap settings).
+fn hub_env_settings() -> BTreeSet<String> {
+    use clap::CommandFactory;
+    mcp_hub::config::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn kubernetes_sentinel_settings_are_hub_settings() {
+    let known = hub_env_settings();
+    let mut named = BTreeSet::new();
+    for file in [
+        "deploy/kubernetes/README.md",
+        "deploy/kubernetes/configmap.yaml",
+    ] {
+        let text = repo_file(file);
+        for (i, _) in text.match_indices("REDIS_SENTINEL") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            named.insert(name);
+        }
+    }
+    for name in [
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_PASSWORD",
+    ] {
+        assert!(named.contains(name), "deploy/kubernetes documents {name}");
+    }
+    for name in &named {
+        assert!(known.contains(name), "{name} is not a hub setting");
+    }
+}
+
 #[test]
 fn kustomize_renders_the_manifests() {
     if !tool("kubectl", "kubectl (from Kubernetes' apt repository)") {
@@ -1028,13 +1190,13 @@ fn kustomize_renders_the_manifests() {
 
 #[test]
 fn cluster_script_is_valid_bash() {
-    let (ok, out) = run(Command::new("bash")
-        .arg("-n")
-        .arg(repo_path("scripts/cluster")));
-    assert!(ok, "{out}");
-    if tool("shellcheck", "shellcheck") {
-        let (ok, out) = run(Command::new("shellcheck").arg(repo_path("scripts/cluster")));
-        assert!(ok, "shellcheck scripts/cluster:\n{out}");
+    for script in ["scripts/cluster", "scripts/redis-topology.sh"] {
+        let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
+        assert!(ok, "{script}: {out}");
+        if tool("shellcheck", "shellcheck") {
+            let (ok, out) = run(Command::new("shellcheck").arg(repo_path(script)));
+            assert!(ok, "shellcheck {script}:\n{out}");
+        }
     }
 }
 

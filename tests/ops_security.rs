@@ -600,11 +600,19 @@ fn interpolate(value: &str, env: &BTreeMap<&str, &str>) -> Result<String, String
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(inner.len()),
         );
-        let set = env.get(name).copied().filter(|v| !v.is_empty());
+        let present = env.get(name).copied();
+        let set = present.filter(|v| !v.is_empty());
         match (set, modifier) {
             (Some(v), _) => out.push_str(v),
             (None, m) if m.starts_with(":?") => return Err(format!("{name}: {}", &m[2..])),
             (None, m) if m.starts_with(":-") => out.push_str(&m[2..]),
+            // `-` without `:`: the default only when unset (set but empty
+            // stays empty).
+            (None, m) if m.starts_with('-') => {
+                if present.is_none() {
+                    out.push_str(&m[1..]);
+                }
+            }
             (None, "") => {}
             (None, m) => return Err(format!("unsupported ${{{name}{m}}}")),
         }

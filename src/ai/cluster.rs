@@ -9,14 +9,13 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::{FromRedisValue, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AiError;
 use crate::metrics::Metrics;
-use crate::redis::RedisBackend;
+use crate::redis::{RedisBackend, RedisPool};
 
 /// Renews a lock only while the caller still holds it.
 static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -151,8 +150,8 @@ pub struct RedisAi {
 }
 
 impl RedisAi {
-    /// Over a single server's pool, key prefix and metrics.
-    pub fn new(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
+    /// Over a pool (of any topology), key prefix and metrics.
+    pub fn new(pool: impl Into<RedisPool>, prefix: &str, metrics: Arc<Metrics>) -> Self {
         Self::over(RedisBackend::from_pool(pool, prefix, metrics))
     }
 

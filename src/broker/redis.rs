@@ -25,7 +25,12 @@
 //!   node (failover) makes the subscriber subscribe everything again where
 //!   it lives now, then the hub reads every session from the log.
 //! * Both reconnect by themselves with capped exponential backoff
-//!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown.
+//!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown, and at once
+//!   when Redis Sentinel announces a new master
+//!   ([`RedisBackend::master_changes`]). While Sentinel promotes a replica
+//!   the publisher holds its queue (at most [`PROMOTION_HOLD`]): what the
+//!   old master logged from then on would be missing from the new one, and
+//!   its offsets given again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -42,9 +47,11 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
-use crate::redis::{COMMAND_TIMEOUT, Conn, RedisBackend, RedisError};
+use crate::redis::{COMMAND_TIMEOUT, DedicatedConnection, MasterEvent, RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
+/// Longest wait for the new master once Sentinel started promoting one.
+const PROMOTION_HOLD: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 256;
 
 /// Assigns the next offset, logs and publishes one event.
@@ -359,7 +366,7 @@ async fn append_batch(
     settings: &LogSettings,
     script: &::redis::Script,
     batch: &[Queued],
-    conn: &mut Conn,
+    conn: &mut DedicatedConnection,
 ) -> ::redis::RedisResult<Vec<(u64, String)>> {
     let keys = &backend.keys;
     let publish = if backend.is_cluster() {
@@ -403,14 +410,8 @@ async fn append_batch(
             pipe.invoke_script(&invocation(&batch[i]));
         }
         // The connection is multiplexed: each pipeline gets its own handle.
-        let handle = conn.handle();
+        let mut handle = conn.clone();
         async move {
-            let mut handle = handle.ok_or_else(|| {
-                ::redis::RedisError::from((
-                    ::redis::ErrorKind::Client,
-                    "the publisher's connection is not multiplexed",
-                ))
-            })?;
             let logged: Vec<(u64, String)> = pipe.query_async(&mut handle).await?;
             Ok::<_, ::redis::RedisError>((positions, logged))
         }
@@ -435,7 +436,9 @@ async fn publisher_loop(
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut seq: u64 = 0;
+    let mut master_changes = backend.master_changes();
     'connect: loop {
+        // A new connection each time: with Sentinel, to the current master.
         let connected = backend
             .timed("publisher_connect", async {
                 let mut conn = backend
@@ -471,6 +474,19 @@ async fn publisher_loop(
             let mut last = false;
             if batch.is_empty() {
                 tokio::select! {
+                    biased;
+                    // The old master may still accept writes until Sentinel
+                    // demotes it; they would be lost then.
+                    event = master_changes.next() => {
+                        if event == MasterEvent::Promoting {
+                            tokio::select! {
+                                _ = master_changes.switched() => {}
+                                _ = tokio::time::sleep(PROMOTION_HOLD) => {}
+                                _ = shutdown.cancelled() => {}
+                            }
+                        }
+                        continue 'connect;
+                    }
                     n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
                     _ = shutdown.cancelled() => {
                         // Final flush of whatever is still queued.
@@ -515,6 +531,8 @@ async fn publisher_loop(
                     batch.clear();
                 }
                 Err(error) => {
+                    // READONLY (a demoted master) included: the reconnection
+                    // asks Sentinel for the master again.
                     tracing::warn!(%error, pending = batch.len(), "redis publish failed; reconnecting");
                     // The batch is kept and sent first on the new connection,
                     // so order holds; the script skips what was already
@@ -764,11 +782,13 @@ async fn subscriber_loop(
     let inbox = backend.keys.inbox_channel(&instance);
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
+    let mut master_changes = backend.master_changes();
     while !shutdown.is_cancelled() {
         // The inbox and every session channel wanted now; sessions wanted
         // later are subscribed as they come (`follow_interest`).
         let mut sessions = HashMap::new();
         let connected = async {
+            // With Sentinel, the current master (pub/sub follows failovers).
             let mut sub = Subscription::connect(&backend)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -819,6 +839,11 @@ async fn subscriber_loop(
                     }
                 }
                 _ = shutdown.cancelled() => return,
+                // Publishes go to the new master: subscribe there.
+                event = master_changes.next() => match event {
+                    MasterEvent::Switched => None,
+                    MasterEvent::Promoting => continue,
+                },
             };
             let (channel, payload) = match incoming {
                 None => break,

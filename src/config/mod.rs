@@ -6,6 +6,7 @@
 //! Config owns every setting; the AI ones live in [`ai`].
 
 pub mod ai;
+pub mod redis;
 pub mod whatsapp;
 
 use std::net::IpAddr;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use self::redis::RedisArgs;
+pub use self::redis::{RedisTopology, SentinelTopology};
 use ai::AiArgs;
 pub use whatsapp::ConnectorKind;
 use whatsapp::{WhatsAppArgs, WhatsAppConfig};
@@ -151,13 +154,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_LOG_TTL_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
     pub session_log_ttl_ms: u64,
 
-    /// Redis URL; set to run as one instance of a cluster, unset for standalone.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Seed nodes of a Redis Cluster (`host:port,...`; `redis://` or
-    /// `rediss://` URLs too, e.g. with a password); instead of REDIS_URL.
-    #[arg(long, env = "REDIS_CLUSTER_URLS")]
-    pub redis_cluster_urls: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "mcp-hub")]
     pub redis_key_prefix: String,
@@ -484,61 +482,6 @@ pub struct HubConfig {
     pub whatsapp: WhatsAppConfig,
 }
 
-/// The Redis deployment an instance of a cluster uses, chosen in one place
-/// ([`ServeArgs::validate`]) from mutually exclusive settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTopology {
-    /// `REDIS_URL`: one server.
-    Single { url: String },
-    /// `REDIS_CLUSTER_URLS`: a Redis Cluster, found from these seed nodes
-    /// (`redis://` / `rediss://` URLs).
-    Cluster { nodes: Vec<String> },
-}
-
-impl RedisTopology {
-    /// The setting it came from, for errors.
-    pub fn setting(&self) -> &'static str {
-        match self {
-            RedisTopology::Single { .. } => "REDIS_URL",
-            RedisTopology::Cluster { .. } => "REDIS_CLUSTER_URLS",
-        }
-    }
-}
-
-fn redis_url_ok(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
-}
-
-/// `REDIS_CLUSTER_URLS`: `host:port` or redis(s) URLs, comma-separated.
-fn parse_cluster_urls(list: &str) -> Result<Vec<String>, String> {
-    let mut nodes = Vec::new();
-    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let url = if raw.contains("://") {
-            raw.to_string()
-        } else {
-            format!("redis://{raw}")
-        };
-        let authority = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
-        let host_port = authority.rsplit('@').next().unwrap_or_default();
-        let port_ok = host_port
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-        if !redis_url_ok(&url) || !port_ok {
-            return Err(format!(
-                "`{raw}` is not host:port or a redis:// / rediss:// URL with a port"
-            ));
-        }
-        nodes.push(url);
-    }
-    if nodes.is_empty() {
-        return Err("needs at least one seed node (host:port)".into());
-    }
-    Ok(nodes)
-}
-
 /// A setting that parsed but makes no sense; printed as one line, exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
@@ -577,25 +520,7 @@ impl ServeArgs {
                 ),
             ));
         }
-        let redis = match (self.redis_url, &self.redis_cluster_urls) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "REDIS_CLUSTER_URLS",
-                    "set either REDIS_URL (one server) or REDIS_CLUSTER_URLS (a Redis Cluster), not both",
-                ));
-            }
-            (Some(url), None) if !redis_url_ok(&url) => {
-                return Err(invalid(
-                    "REDIS_URL",
-                    format!("`{url}` is not a redis:// or rediss:// URL"),
-                ));
-            }
-            (Some(url), None) => Some(RedisTopology::Single { url }),
-            (None, Some(list)) => Some(RedisTopology::Cluster {
-                nodes: parse_cluster_urls(list).map_err(|r| invalid("REDIS_CLUSTER_URLS", r))?,
-            }),
-            (None, None) => None,
-        };
+        let redis = self.redis.topology()?;
         // Braces would form a Redis Cluster hash tag before the key's own.
         if self.redis_key_prefix.is_empty()
             || self
@@ -797,6 +722,14 @@ mod tests {
             &["--redis-cluster-urls", "http://h:1"],
             &["--redis-cluster-urls", " , "],
             &["--redis-cluster-urls", "h:1", "--redis-url", "redis://h:2"],
+            &[
+                "--redis-cluster-urls",
+                "h:1",
+                "--redis-sentinels",
+                "h:26379",
+                "--redis-sentinel-master",
+                "m",
+            ],
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains("REDIS_CLUSTER_URLS"), "{bad:?}: {err}");

@@ -5,6 +5,8 @@
 //! queue bounded in bytes (`OUTBOUND_QUEUE_BYTES`, and in frames by
 //! `OUTBOUND_QUEUE_LEN`), and a client whose queue would overflow is
 //! disconnected as a slow consumer instead of being buffered without limit.
+//! A frame is queued as shared bytes (one clone per recipient is a
+//! reference count), and queueing wakes the connection's single task.
 //!
 //! Logged session events go through [`Registry::deliver_logged`], which
 //! keeps, per session, the position (epoch, offset) this instance last
@@ -20,11 +22,10 @@
 //! so the reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ClientInfo, Frame};
@@ -101,14 +102,34 @@ impl CloseReason {
 }
 
 /// What every handle of one connection shares: the close reason, the kick
-/// and the byte count of its queue. One allocation per connection.
+/// and the outbound queue. One allocation per connection.
 struct Shared {
     close: Mutex<Option<CloseReason>>,
-    kick: CancellationToken,
+    /// Set (before the wake) when the connection is asked to close; read on
+    /// every wake-up, so it is an atomic rather than the mutex above.
+    kicked: AtomicBool,
+    queue: Mutex<Queue>,
+    /// The connection's task, woken when a frame is queued or it is kicked.
+    waker: AtomicWaker,
     /// Bytes of the frames queued and not yet written.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
+    max_queued_frames: usize,
 }
+
+/// The frames waiting for the connection's task. The deque is allocated by
+/// the first frame and released again when a burst has drained, so an idle
+/// connection keeps (almost) no queue memory.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    /// The connection ended: frames are refused.
+    closed: bool,
+}
+
+/// A drained queue keeps at most this many slots (a few hundred bytes); a
+/// larger one, left by a burst, is released.
+const KEPT_SLOTS: usize = 8;
 
 /// The handle through which anything can send to, or disconnect, a client.
 /// Cloning it is two reference-count bumps and a copy of the id.
@@ -116,29 +137,29 @@ struct Shared {
 pub struct ClientHandle {
     pub info: Arc<ClientInfo>,
     pub conn_id: u64,
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
 }
 
 impl ClientHandle {
-    /// `max_queued_bytes`: the most bytes of frames that may wait to be
-    /// written; the channel's capacity bounds the number of frames.
+    /// At most `max_queued_frames` frames and `max_queued_bytes` bytes of
+    /// frames may wait to be written.
     pub fn new(
         info: ClientInfo,
         conn_id: u64,
-        tx: mpsc::Sender<Outbound>,
-        kick: CancellationToken,
+        max_queued_frames: usize,
         max_queued_bytes: usize,
     ) -> Self {
         ClientHandle {
             info: Arc::new(info),
             conn_id,
-            tx,
             shared: Arc::new(Shared {
                 close: Mutex::new(None),
-                kick,
+                kicked: AtomicBool::new(false),
+                queue: Mutex::new(Queue::default()),
+                waker: AtomicWaker::new(),
                 queued_bytes: AtomicUsize::new(0),
                 max_queued_bytes,
+                max_queued_frames,
             }),
         }
     }
@@ -151,10 +172,14 @@ impl ClientHandle {
         }
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Queues a frame; false if the client was disconnected for being slow
     /// or is already gone. A frame that would take the queue over its byte
-    /// bound (or the channel over its frame cap) disconnects the client with
-    /// 1008, counted once however many frames are refused.
+    /// bound (or its frame cap) disconnects the client with 1008, counted
+    /// once however many frames are refused.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
         let len = out.frame.len();
         let shared = &*self.shared;
@@ -164,11 +189,24 @@ impl ClientHandle {
             self.slow_consumer(metrics);
             return false;
         }
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(e) => {
+        let mut queue = self.queue();
+        let refused = if queue.closed {
+            Some(false)
+        } else if queue.frames.len() >= shared.max_queued_frames {
+            Some(true)
+        } else {
+            queue.frames.push_back(out);
+            None
+        };
+        drop(queue);
+        match refused {
+            None => {
+                shared.waker.wake();
+                true
+            }
+            Some(full) => {
                 shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                if full {
                     self.slow_consumer(metrics);
                 }
                 false
@@ -180,6 +218,34 @@ impl ClientHandle {
         if self.disconnect(CloseReason::SlowConsumer) {
             metrics.slow_consumer_disconnects.inc();
         }
+    }
+
+    /// The connection's task is woken by the next [`Self::send`] or
+    /// [`Self::disconnect`]. Call it before looking at the queue and at
+    /// [`Self::is_kicked`], so nothing slips in between unseen.
+    pub fn wake_on_send(&self, waker: &std::task::Waker) {
+        self.shared.waker.register(waker);
+    }
+
+    /// The connection was asked to close ([`Self::disconnect`]).
+    pub fn is_kicked(&self) -> bool {
+        self.shared.kicked.load(Ordering::Acquire)
+    }
+
+    /// The next queued frame, if any.
+    pub fn next_frame(&self) -> Option<Outbound> {
+        let mut queue = self.queue();
+        let out = queue.frames.pop_front();
+        if queue.frames.is_empty() && queue.frames.capacity() > KEPT_SLOTS {
+            queue.frames = VecDeque::new();
+        }
+        out
+    }
+
+    /// The connection ended: later frames are refused (what is still queued
+    /// can be taken with [`Self::next_frame`]).
+    pub fn close_queue(&self) {
+        self.queue().closed = true;
     }
 
     /// The writer took `bytes` of frames off the queue (written or dropped).
@@ -195,7 +261,9 @@ impl ClientHandle {
     /// How many more frames the client's queue takes right now (the frame
     /// cap; the byte bound still applies to each frame queued).
     pub fn room(&self) -> usize {
-        self.tx.capacity()
+        self.shared
+            .max_queued_frames
+            .saturating_sub(self.queue().frames.len())
     }
 
     /// Asks the connection to close; the first reason given wins. True if
@@ -207,7 +275,8 @@ impl ClientHandle {
             slot.get_or_insert(reason);
             first
         };
-        self.shared.kick.cancel();
+        self.shared.kicked.store(true, Ordering::Release);
+        self.shared.waker.wake();
         first
     }
 
@@ -474,5 +543,84 @@ impl Registry {
             .iter()
             .flat_map(|(s, clients)| clients.values().map(move |h| (s.clone(), h.clone())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(max_frames: usize, max_bytes: usize) -> ClientHandle {
+        let info = ClientInfo {
+            client_id: "c".into(),
+            client_name: "c".into(),
+            instance: "i".into(),
+            capabilities: Vec::new(),
+            owner: None,
+        };
+        ClientHandle::new(info, 1, max_frames, max_bytes)
+    }
+
+    fn frame(text: &str) -> Outbound {
+        Outbound {
+            frame: text.into(),
+            kind: "broadcast",
+            produced_at: 0,
+        }
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_leave_the_byte_count_when_written() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 100);
+        assert!(h.send(frame("one"), &metrics));
+        assert!(h.send(frame("two"), &metrics));
+        assert_eq!((h.queued_bytes(), h.room()), (6, 8));
+        let taken: Vec<_> = std::iter::from_fn(|| h.next_frame()).collect();
+        let texts: Vec<_> = taken.iter().map(|o| o.frame.as_str()).collect();
+        assert_eq!(texts, ["one", "two"]);
+        h.dequeued(6);
+        assert_eq!((h.queued_bytes(), h.room()), (0, 10));
+        assert!(!h.is_kicked());
+    }
+
+    #[test]
+    fn the_byte_bound_and_the_frame_cap_each_disconnect_once_with_1008() {
+        let metrics = Metrics::new("i");
+        let by_bytes = handle(10, 5);
+        assert!(by_bytes.send(frame("12345"), &metrics));
+        assert!(!by_bytes.send(frame("6"), &metrics));
+        assert!(!by_bytes.send(frame("7"), &metrics));
+        assert!(by_bytes.is_kicked());
+        assert_eq!(by_bytes.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(by_bytes.queued_bytes(), 5, "refused frames are not counted");
+
+        let by_frames = handle(1, 100);
+        assert!(by_frames.send(frame("a"), &metrics));
+        assert!(!by_frames.send(frame("b"), &metrics));
+        assert_eq!(by_frames.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(metrics.slow_consumer_disconnects.get(), 2);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_frames_without_an_eviction() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 100);
+        assert!(h.send(frame("kept"), &metrics));
+        h.close_queue();
+        assert!(!h.send(frame("late"), &metrics));
+        assert_eq!(h.close_reason(), None);
+        assert_eq!(h.queued_bytes(), 4);
+        assert_eq!(h.next_frame().map(|o| o.frame), Some("kept".into()));
+        assert!(h.next_frame().is_none());
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let h = handle(10, 100);
+        assert!(h.disconnect(CloseReason::TokenExpired));
+        assert!(!h.disconnect(CloseReason::ShuttingDown));
+        assert!(h.is_kicked());
+        assert_eq!(h.close_reason(), Some(CloseReason::TokenExpired));
     }
 }

@@ -19,11 +19,9 @@ use crate::auth::Identity;
 use crate::broker::LogRead;
 use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
-    Since, now_millis,
+    Since, check_id, now_millis,
 };
 use crate::store::AgentRef;
-
-const MAX_ID_LEN: usize = 128;
 
 /// A registered client's identity on one connection.
 #[derive(Debug)]
@@ -146,17 +144,8 @@ fn admit(hub: &Hub, reg: Register) -> Result<Admission, HubError> {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         )
     });
-    for (field, value) in [("session", &session), ("client_id", &client_id)] {
-        if value.trim().is_empty()
-            || value.len() > MAX_ID_LEN
-            || value.chars().any(char::is_control)
-        {
-            return Err(HubError::new(
-                ErrorCode::InvalidField,
-                format!("field `{field}` must be 1 to {MAX_ID_LEN} printable characters"),
-            ));
-        }
-    }
+    check_id("session", &session)?;
+    check_id("client_id", &client_id)?;
     let client_name = reg
         .client_name
         .filter(|n| !n.trim().is_empty())

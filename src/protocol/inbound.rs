@@ -221,6 +221,21 @@ struct AiCommandBody {
     idempotency_key: Option<String>,
 }
 
+/// Longest accepted session name or client id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A session name or client id (`field` names it in the error) must be 1
+/// to 128 printable characters.
+pub fn check_id(field: &str, value: &str) -> Result<(), HubError> {
+    if value.trim().is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!("field `{field}` must be 1 to {MAX_ID_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 

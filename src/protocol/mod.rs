@@ -11,9 +11,10 @@ mod outbound;
 
 pub use errors::{ErrorCode, HubError};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, FieldLimits, MAX_IDEMPOTENCY_KEY_LEN,
-    Register, Since, WhatsAppCommand, check_idempotency_key, check_text_len, parse_client_message,
-    parse_client_message_with, parse_whatsapp_command, parse_whatsapp_command_with,
+    AiContext, ClientMessage, ContactRef, Execution, FieldLimits, MAX_ID_LEN,
+    MAX_IDEMPOTENCY_KEY_LEN, Register, Since, WhatsAppCommand, check_id, check_idempotency_key,
+    check_text_len, parse_client_message, parse_client_message_with, parse_whatsapp_command,
+    parse_whatsapp_command_with,
 };
 pub use outbound::{
     ClientInfo, Contact, DeliveryStatus, Frame, HistoryEntry, MessageDirection,

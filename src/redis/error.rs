@@ -29,6 +29,10 @@ pub enum RedisErrorKind {
     /// Redis answered something the caller cannot read.
     #[error("unexpected reply: {0}")]
     Reply(String),
+    /// The server is a replica (`READONLY`): the master moved, e.g. after a
+    /// Sentinel failover demoted the node this connection points at.
+    #[error("the master moved (READONLY): {0}")]
+    ReadOnly(String),
     /// The URL or the client setup is wrong.
     #[error("configuration: {0}")]
     Config(String),
@@ -37,6 +41,12 @@ pub enum RedisErrorKind {
 impl RedisError {
     pub fn new(op: &'static str, kind: RedisErrorKind) -> Self {
         RedisError { op, kind }
+    }
+
+    /// True when the connection points at a node that is no longer the
+    /// master: drop it and connect again (Sentinel names the new master).
+    pub fn master_moved(&self) -> bool {
+        matches!(self.kind, RedisErrorKind::ReadOnly(_))
     }
 
     /// Classifies an error of the `redis` crate.
@@ -51,6 +61,7 @@ impl RedisError {
             RedisErrorKind::Io(text)
         } else {
             match e.kind() {
+                K::Server(::redis::ServerErrorKind::ReadOnly) => RedisErrorKind::ReadOnly(text),
                 K::Parse | K::UnexpectedReturnType => RedisErrorKind::Reply(text),
                 K::InvalidClientConfig => RedisErrorKind::Config(text),
                 K::Io => RedisErrorKind::Io(text),

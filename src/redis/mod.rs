@@ -1,37 +1,32 @@
 //! The low-level Redis layer under the cluster's store, broker, membership
 //! and AI coordination: the connections of the configured topology (one
-//! server, or a Redis Cluster whose connections route each command to the
-//! node owning its slot), the key layout with its hash tags ([`Keys`]) and
+//! server, the master Redis Sentinel names, or a Redis Cluster whose
+//! connections route each command to the node owning its slot), the key
+//! layout with its hash tags ([`Keys`]) and
 //! one timed, counted path every command, pipeline and Lua script runs
 //! through, whatever the topology. Scripts themselves live with the layer
 //! that owns their keys (`store::redis`, `ai::cluster`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
-//! instead of a stuck client.
+//! instead of a stuck client. Which server answers (one URL, the master
+//! Redis Sentinel names, or the Redis Cluster node owning a key's slot) is
+//! [`topology`]'s business.
 
 mod error;
+mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
+pub use topology::{DedicatedConnection, MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::FromRedisValue;
-use deadpool_redis::{Pool, Runtime};
 
 use crate::config::RedisTopology;
 use crate::metrics::Metrics;
-
-/// The single-server client, or the error of a backend made from a pool.
-fn no_client(client: Option<&::redis::Client>) -> ::redis::RedisResult<&::redis::Client> {
-    client.ok_or_else(|| {
-        ::redis::RedisError::from((
-            ::redis::ErrorKind::Client,
-            "backend built from a pool has no dedicated client",
-        ))
-    })
-}
+use topology::Connector;
 
 /// Bound of every Redis operation (and of getting a pooled connection).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -232,185 +227,72 @@ impl Keys {
     }
 }
 
-/// Where commands run: pooled connections of the configured topology.
-#[derive(Clone)]
-enum Pools {
-    /// One server; the client makes the dedicated (publisher, pub/sub)
-    /// connections, absent when the backend was made from a bare pool.
-    Single {
-        pool: Pool,
-        client: Option<Arc<::redis::Client>>,
-    },
-    /// A Redis Cluster: each pooled connection routes a command to the
-    /// node that owns its slot, following `MOVED`/`ASK`, slot migrations
-    /// and failovers; `nodes` are the seeds for dedicated connections.
-    Cluster {
-        pool: deadpool_redis::cluster::Pool,
-        nodes: Arc<Vec<String>>,
-    },
-}
-
-/// A connection of either topology; commands, pipelines and scripts run on
-/// it alike (a pipeline or script on a Redis Cluster must stay in one slot:
-/// see [`Keys`]).
-pub enum Conn {
-    Pooled(deadpool_redis::Connection),
-    PooledCluster(deadpool_redis::cluster::Connection),
-    Dedicated(::redis::aio::MultiplexedConnection),
-    DedicatedCluster(::redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    /// Another handle on the same connection, for a dedicated (multiplexed)
-    /// one; None for a pooled one.
-    pub fn handle(&self) -> Option<Conn> {
-        match self {
-            Conn::Dedicated(c) => Some(Conn::Dedicated(c.clone())),
-            Conn::DedicatedCluster(c) => Some(Conn::DedicatedCluster(c.clone())),
-            Conn::Pooled(_) | Conn::PooledCluster(_) => None,
-        }
-    }
-}
-
-impl ::redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a ::redis::Cmd,
-    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
-        match self {
-            Conn::Pooled(c) => c.req_packed_command(cmd),
-            Conn::PooledCluster(c) => c.req_packed_command(cmd),
-            Conn::Dedicated(c) => c.req_packed_command(cmd),
-            Conn::DedicatedCluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a ::redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
-        match self {
-            Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::PooledCluster(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::DedicatedCluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Pooled(c) => c.get_db(),
-            Conn::PooledCluster(c) => c.get_db(),
-            Conn::Dedicated(c) => c.get_db(),
-            Conn::DedicatedCluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// A pool plus the key layout and metrics; cheap to clone. The store,
-/// broker, membership and AI code use it alike whatever the topology.
+/// The pool of the configured topology plus the key layout and metrics;
+/// cheap to clone. The store, broker, membership and AI code use it alike
+/// whatever the topology.
 #[derive(Clone)]
 pub struct RedisBackend {
-    pools: Pools,
+    pub pool: RedisPool,
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
-}
-
-fn pool_config(size: usize) -> deadpool_redis::PoolConfig {
-    let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
-    pool_cfg.timeouts.wait = Some(COMMAND_TIMEOUT);
-    pool_cfg.timeouts.create = Some(COMMAND_TIMEOUT);
-    pool_cfg.timeouts.recycle = Some(COMMAND_TIMEOUT);
-    pool_cfg
+    /// For dedicated (pub/sub, publisher) connections; absent when the
+    /// backend was made from a bare pool.
+    connector: Option<Arc<Connector>>,
 }
 
 impl RedisBackend {
-    /// Connects lazily: a Redis that is down at startup is retried later.
+    /// A backend on any topology (nothing connects until the first use: a
+    /// Redis that is down at startup is retried later).
     pub fn new(
         topology: &RedisTopology,
         prefix: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RedisError> {
-        let config_error = |e: String| RedisError::new("connect", RedisErrorKind::Config(e));
-        let pools = match topology {
-            RedisTopology::Single { url } => {
-                let client =
-                    ::redis::Client::open(url.as_str()).map_err(|e| config_error(e.to_string()))?;
-                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
-                cfg.pool = Some(pool_config(32));
-                let pool = cfg
-                    .create_pool(Some(Runtime::Tokio1))
-                    .map_err(|e| config_error(e.to_string()))?;
-                Pools::Single {
-                    pool,
-                    client: Some(Arc::new(client)),
-                }
-            }
-            RedisTopology::Cluster { nodes } => {
-                // Checked here (URLs parse), connected on first use.
-                ::redis::cluster::ClusterClient::new(nodes.clone())
-                    .map_err(|e| config_error(e.to_string()))?;
-                let mut cfg = deadpool_redis::cluster::Config::from_urls(nodes.clone());
-                // Each connection is multiplexed over every node already.
-                cfg.pool = Some(pool_config(8));
-                let pool = cfg
-                    .create_pool(Some(Runtime::Tokio1))
-                    .map_err(|e| config_error(e.to_string()))?;
-                Pools::Cluster {
-                    pool,
-                    nodes: Arc::new(nodes.clone()),
-                }
-            }
-        };
+        let (pool, connector) = topology::connect(topology)?;
         Ok(RedisBackend {
-            pools,
+            pool,
             keys: Keys::new(prefix),
             metrics,
+            connector: Some(Arc::new(connector)),
         })
     }
 
-    /// A backend over an existing single-server pool (pooled commands only).
-    pub fn from_pool(pool: Pool, prefix: &str, metrics: Arc<Metrics>) -> Self {
+    /// A backend over an existing pool (pooled commands only).
+    pub fn from_pool(pool: impl Into<RedisPool>, prefix: &str, metrics: Arc<Metrics>) -> Self {
         RedisBackend {
-            pools: Pools::Single { pool, client: None },
+            pool: pool.into(),
             keys: Keys::new(prefix),
             metrics,
+            connector: None,
         }
+    }
+
+    fn connector(&self) -> ::redis::RedisResult<&Connector> {
+        self.connector.as_deref().ok_or_else(|| {
+            ::redis::RedisError::from((
+                ::redis::ErrorKind::Client,
+                "backend built from a pool has no dedicated client",
+            ))
+        })
     }
 
     /// True on a Redis Cluster: pub/sub is sharded there (`SPUBLISH`,
     /// `SSUBSCRIBE`), and a pipeline must stay within one slot.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.pools, Pools::Cluster { .. })
+        matches!(self.pool, RedisPool::Cluster(_))
     }
 
-    /// A connection of its own, outside the pool (the broker's publisher).
-    pub async fn dedicated(&self) -> ::redis::RedisResult<Conn> {
-        match &self.pools {
-            Pools::Single { client, .. } => Ok(Conn::Dedicated(
-                no_client(client.as_deref())?
-                    .get_multiplexed_async_connection()
-                    .await?,
-            )),
-            Pools::Cluster { nodes, .. } => Ok(Conn::DedicatedCluster(
-                ::redis::cluster::ClusterClient::new(nodes.as_ref().clone())?
-                    .get_async_connection()
-                    .await?,
-            )),
-        }
+    /// A connection of its own, outside the pool (the broker's publisher),
+    /// to the current master: with Sentinel, each call asks the Sentinels,
+    /// so a reconnection follows a failover.
+    pub async fn dedicated(&self) -> ::redis::RedisResult<DedicatedConnection> {
+        self.connector()?.dedicated().await
     }
 
-    /// A RESP2 pub/sub connection to the single server.
+    /// A RESP2 pub/sub connection to the single server or the current
+    /// master (not on a Redis Cluster: see [`Self::sharded_pubsub`]).
     pub async fn pubsub(&self) -> ::redis::RedisResult<::redis::aio::PubSub> {
-        match &self.pools {
-            Pools::Single { client, .. } => no_client(client.as_deref())?.get_async_pubsub().await,
-            Pools::Cluster { .. } => Err(::redis::RedisError::from((
-                ::redis::ErrorKind::Client,
-                "a Redis Cluster uses sharded pub/sub",
-            ))),
-        }
+        self.connector()?.pubsub().await
     }
 
     /// A cluster connection whose pushes (sharded messages, subscription
@@ -420,19 +302,18 @@ impl RedisBackend {
         &self,
         pushes: tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>,
     ) -> ::redis::RedisResult<::redis::cluster_async::ClusterConnection> {
-        match &self.pools {
-            Pools::Cluster { nodes, .. } => {
-                ::redis::cluster::ClusterClientBuilder::new(nodes.as_ref().clone())
-                    .use_protocol(::redis::ProtocolVersion::RESP3)
-                    .push_sender(pushes)
-                    .build()?
-                    .get_async_connection()
-                    .await
-            }
-            Pools::Single { .. } => Err(::redis::RedisError::from((
-                ::redis::ErrorKind::Client,
-                "sharded pub/sub is for a Redis Cluster",
-            ))),
+        self.connector()?.sharded_pubsub(pushes).await
+    }
+
+    /// Redis Sentinel's failover announcements (none for a single server
+    /// or a Redis Cluster, which fails over by itself): owners of dedicated
+    /// connections hold writes while a replica is being promoted and
+    /// reconnect when the new master is named, instead of writing on to
+    /// the old master.
+    pub fn master_changes(&self) -> MasterChanges {
+        match self.connector.as_deref() {
+            Some(connector) => connector.master_changes(),
+            None => MasterChanges::never(),
         }
     }
 
@@ -467,24 +348,32 @@ impl RedisBackend {
     }
 
     /// Runs `work` on a pooled connection, the whole under [`Self::timed`].
+    /// A connection that meets `READONLY` (a demoted master) is dropped
+    /// with the pool's idle ones, so the next command finds the new master.
     async fn pooled<T>(
         &self,
         op: &'static str,
-        work: impl AsyncFnOnce(&mut Conn) -> ::redis::RedisResult<T>,
+        work: impl AsyncFnOnce(&mut PooledConnection) -> ::redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
         self.timed(op, async {
-            let pool_error = |e: String| RedisError::new(op, RedisErrorKind::Pool(e));
-            let mut conn = match &self.pools {
-                Pools::Single { pool, .. } => {
-                    Conn::Pooled(pool.get().await.map_err(|e| pool_error(e.to_string()))?)
-                }
-                Pools::Cluster { pool, .. } => {
-                    Conn::PooledCluster(pool.get().await.map_err(|e| pool_error(e.to_string()))?)
-                }
-            };
-            work(&mut conn)
+            let mut conn = self
+                .pool
+                .get()
                 .await
-                .map_err(|e| RedisError::from_client(op, &e))
+                .map_err(|e| RedisError::new(op, RedisErrorKind::Pool(e)))?;
+            let result = work(&mut conn)
+                .await
+                .map_err(|e| RedisError::from_client(op, &e));
+            if let Err(e) = &result
+                && e.master_moved()
+            {
+                tracing::warn!(
+                    op,
+                    "redis answered READONLY: the master moved; reconnecting"
+                );
+                self.pool.master_moved(conn);
+            }
+            result
         })
         .await
     }

@@ -1,39 +1,45 @@
-//! The WebSocket transport of one connection: a reader loop (size limit,
-//! rate limit, in-flight cap) that parses messages and hands them to the
-//! connection's [`ClientSession`], and a writer task that drains the
-//! connection's bounded queue and sends the close frame.
+//! The WebSocket transport of one connection, driven by one task: it
+//! reads messages (size limit, rate limit, in-flight cap) and hands them to
+//! the connection's [`ClientSession`], writes what the hub queued for the
+//! client, pings, and sends the close frame.
 //!
-//! Memory per idle connection is kept small (docs/performance.md): the
-//! socket's read buffer starts at [`READ_BUFFER_BYTES`] and only grows for a
-//! large message, and the writer coalesces whatever is queued into one
-//! socket write of up to [`WRITE_BUFFER_BYTES`] per flush.
+//! Memory per idle connection is kept small (docs/performance.md): one task
+//! whose state holds no request (a request in progress is boxed, so the
+//! large futures of `register` and friends are not part of every idle
+//! connection), a queue that allocates only while frames wait, a socket read
+//! buffer of [`READ_BUFFER_BYTES`] that only grows for a large message, and
+//! coalesced writes: whatever is queued goes out in one socket write of up
+//! to [`MAX_BATCH_BYTES`] per flush.
 //!
 //! What a message means (registration, requests) is decided in `hub/`;
 //! this loop only asks [`crate::protocol::ClientMessage::execution`] whether
-//! it runs inline or in its own task, capped per connection, so one long AI
-//! call never stalls pings or other requests.
+//! it runs inline (reading waits until it is answered, writing goes on) or
+//! in its own task, capped per connection, so one long AI call never stalls
+//! pings or other requests.
 //!
-//! Liveness ([`Liveness`]) is one timer in the reader's `select!`: it asks
-//! the writer for a WebSocket ping every `PING_INTERVAL_MS` and closes the
-//! connection (1001) after `IDLE_TIMEOUT_MS` without inbound traffic, so a
-//! half-open peer (an agent whose network vanished) does not keep its role.
+//! Liveness ([`Liveness`]) is one timer: it pings every `PING_INTERVAL_MS`,
+//! closes the connection (1001) after `IDLE_TIMEOUT_MS` without inbound
+//! traffic, so a half-open peer (an agent whose network vanished) does not
+//! keep its role, and closes it (4401) when its token expires.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::WebSocketUpgrade;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::SplitSink;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::client::ClientSession;
-use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
+use crate::hub::registry::{ClientHandle, CloseReason};
 use crate::protocol::{
     ClientInfo, ErrorCode, Execution, HubError, now_millis, parse_client_message_with,
 };
@@ -46,7 +52,10 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Initial read buffer of a socket (tungstenite allocates and zero-fills it
 /// up front; its default is 128 KiB). A larger message grows it to the
 /// message's size, up to `MAX_MESSAGE_BYTES`.
-pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// It is also the most one socket read takes: inbound messages are small
+/// (a `register` or `broadcast` is a few hundred bytes), and the buffer is
+/// part of every idle connection.
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// Frames are gathered up to this many bytes before a socket write; a flush
 /// writes the rest. tungstenite's default (128 KiB) is a buffer each busy
@@ -98,14 +107,16 @@ impl RateLimiter {
     }
 }
 
-/// When to ping and when to give up on a silent peer. Inbound traffic only
-/// moves `last_inbound`; the single timer is re-armed when it fires, so a
-/// busy connection costs no timer resets.
+/// When to ping, when to give up on a silent peer and when the token
+/// expires. Inbound traffic only moves `last_inbound`; the single timer is
+/// re-armed when it fires, so a busy connection costs no timer resets.
 struct Liveness {
     ping_interval: Duration,
     idle_timeout: Duration,
     next_ping: Instant,
     last_inbound: Instant,
+    /// The token's `exp` (None without a token: never).
+    expires_at: Option<Instant>,
 }
 
 /// What the liveness timer asks for when it fires.
@@ -114,21 +125,29 @@ enum Due {
     Nothing,
     Ping,
     Idle,
+    Expired,
 }
 
 impl Liveness {
-    fn new(ping_interval: Duration, idle_timeout: Duration, now: Instant) -> Self {
+    fn new(
+        ping_interval: Duration,
+        idle_timeout: Duration,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Self {
         Liveness {
             ping_interval,
             idle_timeout,
             next_ping: now + ping_interval,
             last_inbound: now,
+            expires_at,
         }
     }
 
     /// The next instant the timer must fire.
     fn deadline(&self) -> Instant {
-        self.next_ping.min(self.last_inbound + self.idle_timeout)
+        let live = self.next_ping.min(self.last_inbound + self.idle_timeout);
+        self.expires_at.map_or(live, |exp| exp.min(live))
     }
 
     fn on_inbound(&mut self, now: Instant) {
@@ -136,6 +155,9 @@ impl Liveness {
     }
 
     fn on_timer(&mut self, now: Instant) -> Due {
+        if self.expires_at.is_some_and(|exp| now >= exp) {
+            return Due::Expired;
+        }
         if now >= self.last_inbound + self.idle_timeout {
             return Due::Idle;
         }
@@ -154,13 +176,25 @@ struct Connection {
     in_flight: Arc<Semaphore>,
 }
 
+/// An inline request in progress; it gives the connection back when done.
+type Answering = Pin<Box<dyn Future<Output = Connection> + Send>>;
+
+/// What woke the connection's loop.
+enum Event {
+    /// Disconnected (slow consumer, replaced, shutdown...).
+    Kicked,
+    Timer,
+    /// The inline request in progress was answered.
+    Answered(Connection),
+    /// The socket write failed (the peer is gone).
+    WriteFailed,
+    Inbound(Option<Result<Message, axum::Error>>),
+}
+
 /// Serves one upgraded connection; `identity` is its verified token (None
 /// with auth off), whose `exp` closes the connection with 4401.
-pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>) {
+pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Option<Identity>) {
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(hub.config.outbound_queue_len);
-    let kick = CancellationToken::new();
     let placeholder = ClientInfo {
         client_id: String::new(),
         client_name: String::new(),
@@ -171,100 +205,342 @@ pub async fn handle_socket(hub: Arc<Hub>, socket: WebSocket, identity: Option<Id
     let handle = ClientHandle::new(
         placeholder,
         conn_id,
-        tx,
-        kick.clone(),
+        hub.config.outbound_queue_len,
         hub.config.outbound_queue_bytes,
     );
     hub.metrics.connections.inc();
     hub.metrics.connections_opened.inc();
 
-    // The writer owns the sink; the reader's timer asks it for pings.
-    let ping = Arc::new(Notify::new());
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        kick.clone(),
-        handle.clone(),
-        hub.clone(),
-        ping.clone(),
-    ));
-
-    let mut conn = Connection {
-        rate: RateLimiter::new(hub.config.rate_limit_per_sec, hub.config.rate_limit_burst),
-        in_flight: Arc::new(Semaphore::new(hub.config.max_in_flight)),
-        hub: hub.clone(),
-        session: ClientSession::new(hub.clone(), handle.clone(), identity.clone().map(Arc::new)),
-    };
-    // Without a token the connection never expires.
-    let expiry = async {
-        match &identity {
-            Some(id) => tokio::time::sleep(id.expires_in()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
-
+    let now = Instant::now();
     let mut liveness = Liveness::new(
         hub.config.ping_interval,
         hub.config.idle_timeout,
-        Instant::now(),
+        identity.as_ref().map(|id| now + id.expires_in()),
+        now,
     );
+    // Idle between messages: Some. While an inline request runs, it holds
+    // the connection and `answering` holds the request.
+    let mut conn = Some(Connection {
+        rate: RateLimiter::new(hub.config.rate_limit_per_sec, hub.config.rate_limit_burst),
+        in_flight: Arc::new(Semaphore::new(hub.config.max_in_flight)),
+        hub: hub.clone(),
+        session: ClientSession::new(hub.clone(), handle.clone(), identity.map(Arc::new)),
+    });
+    let mut answering: Option<Answering> = None;
+    let mut writer = Writer::default();
+    let read_ready = Arc::new(ReadReady {
+        ready: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let read_waker = Waker::from(read_ready.clone());
     let timer = tokio::time::sleep_until(liveness.deadline().into());
     tokio::pin!(timer);
+    // Draining the hub kicks the connection: its shutdown future is polled
+    // once, with a waker that disconnects (so the loop does not poll the
+    // hub-wide token on every wake-up).
+    let shutdown = hub.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let on_shutdown = Waker::from(Arc::new(ShutdownKick(handle.clone())));
+    if shutdown
+        .as_mut()
+        .poll(&mut Context::from_waker(&on_shutdown))
+        .is_ready()
+    {
+        handle.disconnect(CloseReason::ShuttingDown);
+    }
 
     loop {
-        tokio::select! {
-            _ = kick.cancelled() => break,
-            _ = hub.shutdown.cancelled() => {
-                handle.disconnect(CloseReason::ShuttingDown);
-                break;
+        let event = std::future::poll_fn(|cx| {
+            // Register before looking: a frame or a kick after this wakes us.
+            handle.wake_on_send(cx.waker());
+            if handle.is_kicked() {
+                return Poll::Ready(Event::Kicked);
             }
-            _ = &mut expiry => {
-                handle.disconnect(CloseReason::TokenExpired);
-                break;
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
             }
-            _ = &mut timer => {
-                match liveness.on_timer(Instant::now()) {
+            if let Some(request) = answering.as_mut()
+                && let Poll::Ready(conn) = request.as_mut().poll(cx)
+            {
+                return Poll::Ready(Event::Answered(conn));
+            }
+            if let Poll::Ready(Err(e)) = writer.poll_write(cx, &mut socket, &handle, &hub) {
+                tracing::debug!(error = %e, conn_id, "websocket write failed");
+                return Poll::Ready(Event::WriteFailed);
+            }
+            // The next message is read once the inline one is answered, and
+            // only when the socket may have one.
+            if answering.is_none() && read_ready.ready.swap(false, Ordering::AcqRel) {
+                read_ready.task.register(cx.waker());
+                if let Poll::Ready(msg) =
+                    socket.poll_next_unpin(&mut Context::from_waker(&read_waker))
+                {
+                    // There may be more: read again on the next turn.
+                    read_ready.ready.store(true, Ordering::Release);
+                    return Poll::Ready(Event::Inbound(msg));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Kicked => break,
+            Event::Timer => {
+                let now = Instant::now();
+                match liveness.on_timer(now) {
+                    Due::Expired => {
+                        handle.disconnect(CloseReason::TokenExpired);
+                        break;
+                    }
+                    // Nothing is read while a request is answered: it counts
+                    // as traffic.
+                    Due::Idle if answering.is_some() => liveness.on_inbound(now),
                     Due::Idle => {
                         tracing::debug!(conn_id, "no inbound traffic within the idle timeout");
                         handle.disconnect(CloseReason::IdleTimeout);
                         break;
                     }
-                    Due::Ping => ping.notify_one(),
+                    Due::Ping => writer.ping = true,
                     Due::Nothing => {}
                 }
                 timer.as_mut().reset(liveness.deadline().into());
             }
-            msg = stream.next() => match msg.inspect(|_| liveness.on_inbound(Instant::now())) {
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-                Some(Ok(Message::Binary(_))) => conn.reply_error(
-                    HubError::new(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text frames"),
-                    None,
-                ),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => {
-                    handle.disconnect(CloseReason::Normal);
-                    break;
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, conn_id, "websocket read failed");
-                    let reason = if is_too_large(e) { CloseReason::TooLarge } else { CloseReason::Normal };
-                    handle.disconnect(reason);
-                    break;
+            Event::Answered(done) => {
+                answering = None;
+                conn = Some(done);
+            }
+            Event::WriteFailed => {
+                handle.disconnect(CloseReason::Normal);
+                break;
+            }
+            Event::Inbound(msg) => {
+                liveness.on_inbound(Instant::now());
+                let Some(c) = conn.as_mut() else { continue };
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let Some(mut c) = conn.take() else { continue };
+                        answering = Some(Box::pin(async move {
+                            c.on_text(text).await;
+                            c
+                        }));
+                    }
+                    Some(Ok(Message::Binary(_))) => c.reply_error(
+                        HubError::new(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not supported; send JSON text frames",
+                        ),
+                        None,
+                    ),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => {
+                        handle.disconnect(CloseReason::Normal);
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, conn_id, "websocket read failed");
+                        let reason = if is_too_large(e) {
+                            CloseReason::TooLarge
+                        } else {
+                            CloseReason::Normal
+                        };
+                        handle.disconnect(reason);
+                        break;
+                    }
                 }
             }
         }
     }
 
-    conn.session.leave().await;
-    // The writer sends the close frame and ends once kicked.
-    let _ = writer.await;
     let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
+    handle.close_queue();
+    // Boxed: the goodbye and the leave are not part of an idle connection's
+    // state.
+    Box::pin(farewell(socket, writer, &handle, &hub, reason)).await;
+    // A request that was being answered completes (a join half done would
+    // leave the session inconsistent); then the client leaves.
+    if let Some(request) = answering {
+        conn = Some(request.await);
+    }
+    if let Some(mut conn) = conn {
+        Box::pin(conn.session.leave()).await;
+    }
     hub.metrics.connections.dec();
     hub.metrics
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
+}
+
+/// The waker the socket's read side is polled with: it marks the socket as
+/// worth reading and wakes the connection's task. A wake-up for a queued
+/// frame then skips the read side (a tungstenite read attempt, two waker
+/// registrations and the socket's readiness lock per delivery).
+struct ReadReady {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadReady {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The waker of a connection's hub-shutdown future: draining the hub
+/// disconnects the connection (1001), which wakes its task.
+struct ShutdownKick(ClientHandle);
+
+impl Wake for ShutdownKick {
+    fn wake(self: Arc<Self>) {
+        self.0.disconnect(CloseReason::ShuttingDown);
+    }
+}
+
+/// Sends what is still queued when the hub shuts down, then the close frame.
+/// Bounded: a peer that reads nothing must not keep the connection.
+async fn farewell(
+    mut socket: WebSocket,
+    mut writer: Writer,
+    handle: &ClientHandle,
+    hub: &Hub,
+    reason: CloseReason,
+) {
+    let goodbye = async {
+        if reason == CloseReason::ShuttingDown {
+            // Deliver what is already queued before saying goodbye.
+            if std::future::poll_fn(|cx| writer.poll_drain(cx, &mut socket, handle, hub))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: reason.code(),
+            reason: reason.text().into(),
+        };
+        if socket.send(Message::Close(Some(close))).await.is_ok() {
+            let _ = socket.close().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+    // Frames never written leave the queue's byte count.
+    while let Some(out) = handle.next_frame() {
+        handle.dequeued(out.frame.len());
+    }
+    handle.dequeued(writer.fed);
+}
+
+/// The write side of the connection's loop: takes frames off the queue,
+/// feeds them to the socket and flushes once per batch (many frames, one
+/// socket write). A full socket only pauses writing: the loop still reads,
+/// pings and notices a kick.
+#[derive(Default)]
+struct Writer {
+    /// Bytes of the frames fed since the last flush.
+    fed: usize,
+    /// Something was fed and not flushed yet.
+    dirty: bool,
+    /// The liveness timer asked for a ping.
+    ping: bool,
+}
+
+impl Writer {
+    /// Writes whatever is queued; Pending when done (woken by the next
+    /// frame) or when the socket is full (woken when it drains).
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+        handle: &ClientHandle,
+        hub: &Hub,
+    ) -> Poll<Result<(), axum::Error>> {
+        loop {
+            ready!(self.poll_batch(cx, socket, handle, hub))?;
+            if !self.dirty {
+                return Poll::Pending;
+            }
+            let full = self.fed >= MAX_BATCH_BYTES;
+            ready!(self.poll_flush(cx, socket, handle))?;
+            if full {
+                // Let the other connections write before the next batch.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Writes everything queued (at shutdown); Ready once it is flushed.
+    fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+        handle: &ClientHandle,
+        hub: &Hub,
+    ) -> Poll<Result<(), axum::Error>> {
+        loop {
+            ready!(self.poll_batch(cx, socket, handle, hub))?;
+            if !self.dirty {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_flush(cx, socket, handle))?;
+        }
+    }
+
+    /// Feeds queued frames (and a due ping) to the socket until the batch
+    /// is full or the queue empty. Ready when it stopped for either reason.
+    fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+        handle: &ClientHandle,
+        hub: &Hub,
+    ) -> Poll<Result<(), axum::Error>> {
+        // One clock read per batch for the delivery latency.
+        let mut now = None;
+        while self.fed < MAX_BATCH_BYTES {
+            ready!(socket.poll_ready_unpin(cx))?;
+            if self.ping {
+                self.ping = false;
+                socket.start_send_unpin(Message::Ping(Default::default()))?;
+                self.dirty = true;
+                continue;
+            }
+            let Some(out) = handle.next_frame() else {
+                break;
+            };
+            self.fed += out.frame.len();
+            self.dirty = true;
+            hub.metrics.message_sent(out.kind);
+            if out.produced_at > 0 {
+                let now = *now.get_or_insert_with(now_millis);
+                let latency_ms = now.saturating_sub(out.produced_at);
+                hub.metrics
+                    .broadcast_latency
+                    .observe(latency_ms as f64 / 1000.0);
+            }
+            socket.start_send_unpin(Message::Text(out.frame))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Flushes what was fed; its bytes then leave the queue's byte count.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut WebSocket,
+        handle: &ClientHandle,
+    ) -> Poll<Result<(), axum::Error>> {
+        ready!(socket.poll_flush_unpin(cx))?;
+        handle.dequeued(std::mem::take(&mut self.fed));
+        self.dirty = false;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// A message or frame over `max_message_size` / `max_frame_size` (close
@@ -276,105 +552,13 @@ fn is_too_large(e: axum::Error) -> bool {
     )
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    kick: CancellationToken,
-    handle: ClientHandle,
-    hub: Arc<Hub>,
-    ping: Arc<Notify>,
-) {
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = kick.cancelled() => break,
-            _ = ping.notified() => None,
-            out = rx.recv() => match out {
-                Some(out) => Some(out),
-                None => break,
-            },
-        };
-        // A client that stops reading blocks the socket write: the kick
-        // (slow consumer, shutdown, idle timeout) must still end the connection.
-        let written = tokio::select! {
-            _ = kick.cancelled() => break,
-            written = async {
-                match first {
-                    Some(first) => write_batch(&mut sink, first, &mut rx, &handle, &hub).await,
-                    None => sink.send(Message::Ping(Default::default())).await,
-                }
-            } => written,
-        };
-        if written.is_err() {
-            handle.disconnect(CloseReason::Normal);
-            return;
-        }
-    }
-    let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
-    let farewell = async {
-        if reason == CloseReason::ShuttingDown {
-            // Deliver what is already queued before saying goodbye.
-            while let Ok(out) = rx.try_recv() {
-                if write_batch(&mut sink, out, &mut rx, &handle, &hub)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        let close = CloseFrame {
-            code: reason.code(),
-            reason: reason.text().into(),
-        };
-        if sink.send(Message::Close(Some(close))).await.is_ok() {
-            let _ = sink.close().await;
-        }
-    };
-    // Bounded: a peer that reads nothing must not keep the task alive.
-    let _ = tokio::time::timeout(CLOSE_GRACE, farewell).await;
-}
-
-/// Writes `first` and whatever else is already queued (up to
-/// [`MAX_BATCH_BYTES`]) with one flush: many frames, few socket writes.
-/// The frames' bytes leave the queue's byte count once flushed.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
-    handle: &ClientHandle,
-    hub: &Hub,
-) -> Result<(), axum::Error> {
-    let now = now_millis();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(out) = next.take() {
-        bytes += out.frame.len();
-        let (kind, produced_at) = (out.kind, out.produced_at);
-        sink.feed(Message::Text(out.frame)).await?;
-        hub.metrics.message_sent(kind);
-        if produced_at > 0 {
-            let latency_ms = now.saturating_sub(produced_at);
-            hub.metrics
-                .broadcast_latency
-                .observe(latency_ms as f64 / 1000.0);
-        }
-        if bytes < MAX_BATCH_BYTES {
-            next = rx.try_recv().ok();
-        }
-    }
-    let flushed = sink.flush().await;
-    handle.dequeued(bytes);
-    flushed
-}
-
 impl Connection {
     fn reply_error(&self, err: HubError, request_id: Option<&str>) {
         self.session.reply_error(&err, request_id);
     }
 
-    async fn on_text(&mut self, text: &str) {
-        let parsed = parse_client_message_with(text, &self.hub.config.field_limits);
+    async fn on_text(&mut self, text: Utf8Bytes) {
+        let parsed = parse_client_message_with(text.as_str(), &self.hub.config.field_limits);
         let kind = match &parsed {
             Ok((msg, _)) => msg.kind(),
             Err(_) => "invalid",
@@ -464,7 +648,7 @@ mod tests {
     fn liveness_pings_on_schedule_and_gives_up_after_silence() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), t0);
+        let mut l = Liveness::new(ms(100), ms(250), None, t0);
         assert_eq!(l.deadline(), t0 + ms(100));
         assert_eq!(l.on_timer(t0 + ms(50)), Due::Nothing);
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
@@ -477,5 +661,18 @@ mod tests {
         assert_eq!(l.on_timer(t0 + ms(429)), Due::Ping);
         assert_eq!(l.deadline(), t0 + ms(430));
         assert_eq!(l.on_timer(t0 + ms(430)), Due::Idle);
+    }
+
+    #[test]
+    fn liveness_fires_at_token_expiry_first() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(150)), t0);
+        assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
+        assert_eq!(l.deadline(), t0 + ms(150));
+        assert_eq!(l.on_timer(t0 + ms(150)), Due::Expired);
+        // Expiry wins over a silent peer due at the same instant.
+        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(250)), t0);
+        assert_eq!(l.on_timer(t0 + ms(250)), Due::Expired);
     }
 }

@@ -1,11 +1,13 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
-//! readiness, metrics, REST), the listener, and graceful shutdown. What is
-//! checked before an upgrade (Origin, connection cap) is in [`browser`].
+//! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
+//! graceful shutdown. What is checked before an upgrade (Origin, connection
+//! cap) is in [`browser`].
 
 pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod mcp;
 pub mod rate;
 pub mod rest;
 pub mod webhooks;
@@ -32,6 +34,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/ui", get(web_page))
         .merge(http::routes())
         .merge(rest::routes(&hub))
+        .merge(mcp::routes(&hub))
         .merge(webhooks::routes())
         .with_state(hub)
 }

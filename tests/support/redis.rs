@@ -1,6 +1,7 @@
-//! The one launcher of private redis-server (plain and TLS) and HAProxy
-//! processes on free loopback ports, killed when dropped (also when a test
-//! fails), with readiness polling instead of sleeps.
+//! The one launcher of private redis-server (plain, TLS, replica, Redis
+//! Sentinel) and HAProxy processes on free loopback ports, killed when
+//! dropped (also when a test fails), with readiness polling instead of
+//! sleeps.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -339,6 +340,8 @@ impl RedisTarget for TestRedis {
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -349,6 +352,32 @@ impl RedisServer {
 
     /// Starts on a given port (e.g. one a hub already points at).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, Vec::new())
+    }
+
+    /// A replica of the server on `master_port`, once its link is up.
+    pub fn start_replica_of(master_port: u16) -> RedisServer {
+        let replica = RedisServer::start_with(
+            free_port(),
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ],
+        );
+        wait_until(
+            "the replica's link to its master",
+            Duration::from_secs(10),
+            || {
+                replica
+                    .cmd(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            },
+        );
+        replica
+    }
+
+    fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
         assert!(
             have("redis-server"),
             "redis-server is missing: run ./scripts/test (it installs it) or apt-get install -y redis-server"
@@ -358,6 +387,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir,
+            extra,
             child: None,
         };
         server.spawn();
@@ -374,10 +404,11 @@ impl RedisServer {
     }
 
     /// A connection pool to this server, for library-level tests.
-    pub fn pool(&self) -> deadpool_redis::Pool {
+    pub fn pool(&self) -> mcp_hub::redis::RedisPool {
         deadpool_redis::Config::from_url(self.url())
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .expect("redis pool")
+            .into()
     }
 
     fn spawn(&mut self) {
@@ -394,6 +425,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -430,6 +462,138 @@ impl RedisServer {
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// The master name of [`SentinelSet`] (deploy/redis/sentinel.conf).
+pub const SENTINEL_MASTER: &str = "mcp-hub";
+
+/// One `redis-server --sentinel`, from deploy/redis/sentinel.conf rendered
+/// into its own writable copy.
+pub struct SentinelNode {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SentinelNode {
+    fn start(master_port: u16) -> SentinelNode {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("mcp-hub-sentinel-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let template = std::fs::read_to_string(repo_path("deploy/redis/sentinel.conf"))
+            .expect("deploy/redis/sentinel.conf");
+        let conf = template
+            .replace("${SENTINEL_PORT}", &port.to_string())
+            .replace("${SENTINEL_BIND}", "127.0.0.1")
+            .replace("${MASTER_HOST}", "127.0.0.1")
+            .replace("${MASTER_PORT}", &master_port.to_string());
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, conf).expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&file)
+            .arg("--sentinel")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        wait_until("a sentinel to answer PING", Duration::from_secs(10), || {
+            ping(port)
+        });
+        SentinelNode {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A numeric field of `SENTINEL MASTER mcp-hub` (0 if absent).
+    fn master_field(&self, field: &str) -> u64 {
+        let reply = self.cmd(&["SENTINEL", "MASTER", SENTINEL_MASTER]);
+        let mut lines = reply.lines();
+        while let Some(line) = lines.next() {
+            if line == field {
+                return lines.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        0
+    }
+
+    /// The port of the master this Sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = self.cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER]);
+        reply.lines().nth(1).and_then(|p| p.parse().ok())
+    }
+}
+
+impl Drop for SentinelNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_child(&mut c);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// 1 master, 1 replica and 3 Sentinels (quorum 2) on loopback, started
+/// from the repository's deploy/redis/sentinel.conf; ready once every
+/// Sentinel knows the replica and the two other Sentinels (so a failover
+/// can be voted and has a replica to promote).
+pub struct SentinelSet {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<SentinelNode>,
+}
+
+impl SentinelSet {
+    pub fn start() -> SentinelSet {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_replica_of(master.port);
+        let sentinels: Vec<_> = (0..3).map(|_| SentinelNode::start(master.port)).collect();
+        // Sentinels find each other through hello messages on the master
+        // (every 2 s) and the replica through the master's INFO.
+        wait_until(
+            "the sentinels to know the replica and each other",
+            Duration::from_secs(20),
+            || {
+                sentinels.iter().all(|s| {
+                    s.master_field("num-slaves") == 1 && s.master_field("num-other-sentinels") == 2
+                })
+            },
+        );
+        SentinelSet {
+            master,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// `REDIS_SENTINELS` for these Sentinels.
+    pub fn addresses(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port every Sentinel names as master (None while they disagree).
+    pub fn master_port(&self) -> Option<u16> {
+        let first = self.sentinels[0].master_port()?;
+        self.sentinels
+            .iter()
+            .all(|s| s.master_port() == Some(first))
+            .then_some(first)
     }
 }
 

@@ -1,0 +1,574 @@
+//! The Model Context Protocol endpoint at `/mcp`: five tools through which
+//! an MCP-capable LLM app acts on a shared session (docs/mcp.md).
+//!
+//! Transport: Streamable HTTP, served by the official SDK's
+//! [`StreamableHttpService`] in **stateless** mode: every POST is answered
+//! on its own (plain JSON), no `Mcp-Session-Id` is issued and no state is
+//! kept between requests, so any instance behind the load balancer can
+//! answer any request. The hub's state already lives in the store.
+//!
+//! A tool call is a REST call in another envelope: the same bearer check
+//! ([`super::auth::bearer_identity`]), the same session rule
+//! ([`crate::auth::Identity::may_use_session`]) and the same hub functions
+//! (`run_command_once`, `execute_ai_command`, `publish`), so every
+//! WebSocket client of the session sees what the MCP caller did, `by` the
+//! token's `sub` (without auth: `X-Client-Id`, else `mcp`).
+//!
+//! Failures are MCP tool errors (`isError: true`) whose structured content
+//! is `{code, message}` with the hub's stable error code; a missing or bad
+//! token is an HTTP 401 before the protocol starts, like REST.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::schemars::JsonSchema;
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{browser, rate};
+use crate::auth::Identity;
+use crate::hub::Hub;
+use crate::protocol::{
+    ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand, check_id, check_idempotency_key,
+    check_text_len, now_millis, parse_whatsapp_command_with,
+};
+
+/// The endpoint's path.
+pub const PATH: &str = "/mcp";
+
+/// `by` of an MCP caller without auth and without `X-Client-Id`.
+pub const DEFAULT_CALLER: &str = "mcp";
+
+/// `/mcp`: the origin and bearer checks, the REST rate limit (a bucket map
+/// of its own), then the SDK's service.
+pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_max_request_body_bytes(hub.config.max_rest_body_bytes)
+        .with_cancellation_token(hub.shutdown.child_token());
+    // The SDK's Host allow-list (loopback names) guards an open hub against
+    // DNS rebinding; with a token required, or listening beyond loopback
+    // (AUTH_MODE=none on purpose), the Host is whatever clients use.
+    let config = if hub.auth.enabled() || !hub.config.host.is_loopback() {
+        config.disable_allowed_hosts()
+    } else {
+        config
+    };
+    let tools = HubTools { hub: hub.clone() };
+    let service = StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    let limit = Arc::new(rate::RestRateLimit::new(&hub.config));
+    Router::new()
+        .route_service(PATH, service)
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (limit, hub.clone()),
+            rate::limit,
+        ))
+}
+
+/// Who called, as the auth check found it; read by the tools from the
+/// request's parts.
+#[derive(Clone)]
+struct Caller(Option<Identity>);
+
+/// Browser `Origin` as for the WebSocket upgrade (403), then the token as
+/// for REST (401): refused before any MCP message is read.
+async fn authenticate(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Response {
+    if !browser::origin_allowed(req.headers(), &hub.config.allowed_origins) {
+        hub.metrics.error(ErrorCode::ForbiddenOrigin);
+        return browser::forbidden_origin();
+    }
+    match super::auth::bearer_identity(&hub, req.headers()).await {
+        Ok(identity) => {
+            req.extensions_mut().insert(Caller(identity));
+            next.run(req).await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+// ------------------------------------------------------------ arguments
+
+/// Every tool's optional `session` argument.
+const SESSION_DOC: &str = "The hub session to act on. Default: the token's only session, or `default` without authentication.";
+
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+struct SessionOnly {
+    #[schemars(description = SESSION_DOC)]
+    session: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+struct SendMessage {
+    /// The contact's name as the session knows it (case and small typos are forgiven).
+    contact: String,
+    /// The text to send.
+    message: String,
+    /// Sends at most once per key and session (retries get the first answer).
+    idempotency_key: Option<String>,
+    #[schemars(description = SESSION_DOC)]
+    session: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+struct GetHistory {
+    /// The contact's name as the session knows it.
+    contact: String,
+    /// How many of the newest messages to return (1 to 500, default 20).
+    #[schemars(range(min = 1, max = 500))]
+    limit: Option<u64>,
+    #[schemars(description = SESSION_DOC)]
+    session: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    /// The text every client of the session receives as a `broadcast` event.
+    text: String,
+    #[schemars(description = SESSION_DOC)]
+    session: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+struct RunCommand {
+    /// A command in plain language, e.g. "send john a message saying hello".
+    text: String,
+    #[schemars(description = SESSION_DOC)]
+    session: Option<String>,
+}
+
+/// The tools, as `tools/list` shows them (built once).
+static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
+    let read_only = || ToolAnnotations::new().read_only(true);
+    vec![
+        Tool::new(
+            "list_contacts",
+            "List the contacts of the shared WhatsApp session (name and phone).",
+            schema_for_type::<SessionOnly>(),
+        )
+        .with_annotations(read_only()),
+        Tool::new(
+            "send_message",
+            "Send a WhatsApp message to a contact of the session. Every client of the session sees it, sent by you.",
+            schema_for_type::<SendMessage>(),
+        ),
+        Tool::new(
+            "get_history",
+            "Read the newest messages exchanged with a contact, oldest first.",
+            schema_for_type::<GetHistory>(),
+        )
+        .with_annotations(read_only()),
+        Tool::new(
+            "broadcast",
+            "Show a short text to every client connected to the session (not sent over WhatsApp).",
+            schema_for_type::<Broadcast>(),
+        ),
+        Tool::new(
+            "run_command",
+            "Run a natural-language command (e.g. \"tell jane the meeting moved to 3\") through the hub's AI coordinator, exactly as a client's whatsapp_ai_command.",
+            schema_for_type::<RunCommand>(),
+        ),
+    ]
+});
+
+/// A call's raw arguments.
+type Args = Option<rmcp::model::JsonObject>;
+
+/// The arguments of a call: a missing one is `missing_field`, any other
+/// mismatch (wrong type, unknown field) `invalid_field`.
+fn arguments<T: DeserializeOwned>(args: Args) -> Result<T, HubError> {
+    serde_json::from_value(Value::Object(args.unwrap_or_default())).map_err(|e| {
+        let message = format!("{e} (in the tool's arguments)");
+        let code = if message.starts_with("missing field") {
+            ErrorCode::MissingField
+        } else {
+            ErrorCode::InvalidField
+        };
+        HubError::new(code, message)
+    })
+}
+
+// ---------------------------------------------------------------- tools
+
+/// The rmcp handler: one per request (stateless), cheap to clone.
+#[derive(Clone)]
+struct HubTools {
+    hub: Arc<Hub>,
+}
+
+impl ServerHandler for HubTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("mcp-hub", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools act on a WhatsApp account shared by several clients: every client of the session sees what you send. \
+                 Errors carry a stable `code` (docs/protocol.md §9).",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(TOOLS.clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        TOOLS.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let parts = context.extensions.get::<Parts>();
+        let Some(Caller(identity)) = parts.and_then(|p| p.extensions.get::<Caller>()) else {
+            // Only reachable if the router lost the auth layer: refuse.
+            return Ok(tool_error(&HubError::new(
+                ErrorCode::Unauthorized,
+                "the request was not authenticated",
+            ))
+            .into());
+        };
+        let call = Call {
+            hub: &self.hub,
+            identity: identity.as_ref(),
+            client_id_header: parts
+                .and_then(|p| p.headers.get("x-client-id"))
+                .and_then(|v| v.to_str().ok()),
+        };
+        let name = request.name.as_ref();
+        tracing::debug!(tool = name, "mcp tool call");
+        let args = request.arguments;
+        let outcome = match name {
+            "list_contacts" => call.list_contacts(args).await,
+            "send_message" => call.send_message(args).await,
+            "get_history" => call.get_history(args).await,
+            "broadcast" => call.broadcast(args).await,
+            "run_command" => call.run_command(args).await,
+            other => {
+                // The spec's answer to an unknown tool: a protocol error.
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool `{other}`"),
+                    None,
+                ));
+            }
+        };
+        Ok(outcome.unwrap_or_else(|e| tool_error(&e)).into())
+    }
+}
+
+/// One tool call: who calls, and how to act for them.
+struct Call<'a> {
+    hub: &'a Arc<Hub>,
+    identity: Option<&'a Identity>,
+    client_id_header: Option<&'a str>,
+}
+
+impl Call<'_> {
+    /// The session a call acts on, allowed for the caller.
+    fn session(&self, asked: Option<String>) -> Result<String, HubError> {
+        let session = match (asked, self.identity) {
+            (Some(s), _) => s,
+            (None, None) => "default".to_string(),
+            (None, Some(id)) => match id.sessions.as_slice() {
+                [only] if only != "*" => only.clone(),
+                _ => {
+                    return Err(HubError::new(
+                        ErrorCode::MissingField,
+                        "missing field `session`: the token does not name exactly one session; name the one to act on",
+                    ));
+                }
+            },
+        };
+        check_id("session", &session)?;
+        if let Some(id) = self.identity
+            && !id.may_use_session(&session)
+        {
+            return Err(HubError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow session `{session}`"),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// The caller as the session's clients see it (`by`): the token's
+    /// `sub`, else `X-Client-Id`, else [`DEFAULT_CALLER`].
+    fn client(&self) -> ClientInfo {
+        let (client_id, owner) = match self.identity {
+            Some(id) => (id.sub.clone(), Some(id.sub.clone())),
+            None => (
+                self.client_id_header
+                    .filter(|v| check_id("x-client-id", v).is_ok())
+                    .unwrap_or(DEFAULT_CALLER)
+                    .to_string(),
+                None,
+            ),
+        };
+        ClientInfo {
+            client_name: client_id.clone(),
+            client_id,
+            instance: self.hub.instance().to_string(),
+            capabilities: Vec::new(),
+            owner,
+        }
+    }
+
+    /// Reads never create state: an unknown session is `session_not_found`.
+    async fn existing_session(&self, asked: Option<String>) -> Result<String, HubError> {
+        let session = self.session(asked)?;
+        if self.hub.store.exists(&session).await? {
+            Ok(session)
+        } else {
+            Err(HubError::new(
+                ErrorCode::SessionNotFound,
+                format!("no session `{session}` (a session exists once a client registered in it)"),
+            ))
+        }
+    }
+
+    fn command(&self, command: Value) -> Result<WhatsAppCommand, HubError> {
+        parse_whatsapp_command_with(command, &self.hub.config.field_limits)
+    }
+
+    async fn list_contacts(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: SessionOnly = arguments(args)?;
+        let session = self.existing_session(args.session).await?;
+        let content = self
+            .hub
+            .run_command(&session, &WhatsAppCommand::ListContacts, &self.client())
+            .await?;
+        let names: Vec<&str> = content["contacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let text = format!("{} contacts: {}", names.len(), names.join(", "));
+        Ok(command_result(content, text))
+    }
+
+    async fn send_message(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let SendMessage {
+            contact,
+            message,
+            idempotency_key,
+            session,
+        } = arguments(args)?;
+        let command =
+            self.command(json!({"action": "send", "contact": &contact, "message": &message}))?;
+        let key = check_idempotency_key(idempotency_key)?;
+        let session = self.session(session)?;
+        let content = self
+            .hub
+            .run_command_once(&session, &command, &self.client(), key.as_deref())
+            .await?;
+        // The resolved name when known (an agent's answer need not say).
+        let to = content["contact"].as_str().unwrap_or(&contact);
+        let text = format!("sent to {to}: {message}");
+        Ok(command_result(content, text))
+    }
+
+    async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: GetHistory = arguments(args)?;
+        let mut command = json!({"action": "get_history", "contact": args.contact});
+        if let Some(limit) = args.limit {
+            command["limit"] = json!(limit);
+        }
+        let command = self.command(command)?;
+        let session = self.existing_session(args.session).await?;
+        let content = self
+            .hub
+            .run_command(&session, &command, &self.client())
+            .await?;
+        let text = format!(
+            "{} messages with {}",
+            content["count"].as_u64().unwrap_or_default(),
+            content["contact"].as_str().unwrap_or_default()
+        );
+        Ok(command_result(content, text))
+    }
+
+    async fn broadcast(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: Broadcast = arguments(args)?;
+        if args.text.trim().is_empty() {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                "field `text` must not be empty",
+            ));
+        }
+        check_text_len(
+            "text",
+            &args.text,
+            self.hub.config.field_limits.max_text_chars,
+        )?;
+        let session = self.session(args.session)?;
+        let client = self.client();
+        let payload = json!({"text": args.text});
+        self.hub
+            .publish_delivered(
+                &session,
+                &ServerEvent::Broadcast {
+                    from: &client.client_id,
+                    payload: &payload,
+                    timestamp: now_millis(),
+                },
+                "broadcast",
+                None,
+            )
+            .await?;
+        let mut result = CallToolResult::structured(json!({"success": true, "session": session}));
+        result.content = vec![ContentBlock::text(format!(
+            "broadcast to session {session}"
+        ))];
+        Ok(result)
+    }
+
+    async fn run_command(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: RunCommand = arguments(args)?;
+        check_text_len(
+            "text",
+            &args.text,
+            self.hub.config.field_limits.max_text_chars,
+        )?;
+        let session = self.session(args.session)?;
+        let hub = self.hub;
+        let client = self.client();
+        // Exactly a `whatsapp_ai_command` (and a REST `{"text"}` command).
+        let content = hub
+            .idempotent(
+                &session,
+                "whatsapp_ai_command",
+                None,
+                hub.execute_ai_command(&session, &args.text, None, &client),
+            )
+            .await?;
+        let action = content["interpretation"]["action"]
+            .as_str()
+            .unwrap_or("nothing");
+        let text = format!("understood `{action}`");
+        Ok(command_result(content, text))
+    }
+}
+
+/// A command's content: success as structured content with `text`; a
+/// `success:false` answer (unknown contact, ...) as a tool error with its
+/// code (for `run_command` the code of the executed command's `result`).
+/// An agent may answer any JSON: what is not an object is kept under
+/// `result`, and a failure without a code is `connector_failed`.
+fn command_result(content: Value, text: String) -> CallToolResult {
+    let mut content = match content {
+        Value::Object(map) => map,
+        other => serde_json::Map::from_iter([("result".to_string(), other)]),
+    };
+    if content.get("success") == Some(&Value::Bool(true)) {
+        let mut result = CallToolResult::structured(Value::Object(content));
+        result.content = vec![ContentBlock::text(text)];
+        return result;
+    }
+    let field = |key: &str| {
+        let top = content.get(key);
+        let nested = || content.get("result").and_then(|r| r.get(key));
+        top.or_else(nested)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let code = field("code").unwrap_or_else(|| ErrorCode::ConnectorFailed.as_str().to_string());
+    let message = field("error").unwrap_or_else(|| "the command failed".to_string());
+    let text = format!("{code}: {message}");
+    content.insert("code".into(), json!(code));
+    content.insert("message".into(), json!(message));
+    let mut result = CallToolResult::structured_error(Value::Object(content));
+    result.content = vec![ContentBlock::text(text)];
+    result
+}
+
+/// A hub error as an MCP tool error: `{code, message, candidates?}`.
+fn tool_error(e: &HubError) -> CallToolResult {
+    let mut structured = json!({"code": e.code.as_str(), "message": e.message});
+    if !e.candidates.is_empty() {
+        structured["candidates"] = json!(e.candidates);
+    }
+    let mut result = CallToolResult::structured_error(structured);
+    result.content = vec![ContentBlock::text(format!(
+        "{}: {}",
+        e.code.as_str(),
+        e.message
+    ))];
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(content: Value) -> (bool, Value) {
+        let r = command_result(content, "text".into());
+        (
+            r.is_error == Some(true),
+            r.structured_content.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn command_results_become_tool_results_whatever_an_agent_answers() {
+        let (failed, s) = outcome(json!({"success": true, "contact": "John"}));
+        assert!(!failed);
+        assert_eq!(s["contact"], "John");
+        // The code of run_command's executed command.
+        let (failed, s) = outcome(json!({"success": false, "result": {
+            "success": false, "code": "contact_not_found", "error": "no contact"}}));
+        assert!(failed);
+        assert_eq!(
+            (&s["code"], &s["message"]),
+            (&json!("contact_not_found"), &json!("no contact"))
+        );
+        // An agent's odd answers: not an object, a failure without a code.
+        let (failed, s) = outcome(json!("done"));
+        assert!(failed);
+        assert_eq!(
+            (&s["code"], &s["result"]),
+            (&json!("connector_failed"), &json!("done"))
+        );
+        let (failed, s) = outcome(json!({"success": false, "error": 7}));
+        assert!(failed);
+        assert_eq!(s["code"], "connector_failed");
+    }
+}

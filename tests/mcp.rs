@@ -1,0 +1,322 @@
+//! The Model Context Protocol endpoint `/mcp` (docs/mcp.md): interop with
+//! the official Python MCP SDK (tests/mcp_interop.py) with auth and
+//! through HAProxy to three hubs on Redis, where a WebSocket client of the
+//! session sees the MCP caller's message; and the tool errors and
+//! refusals, over plain JSON-RPC.
+
+mod support;
+
+use std::time::Duration;
+
+use mcp_hub::auth::{Role, mint};
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-mcp-tests";
+
+fn token(sub: &str, sessions: &[&str], role: Role) -> String {
+    let sessions: Vec<String> = sessions.iter().map(|s| s.to_string()).collect();
+    mint(SECRET, sub, &sessions, role, Duration::from_secs(600)).expect("mint")
+}
+
+fn mcp_url(addr: impl std::fmt::Display) -> String {
+    format!("http://{addr}/mcp")
+}
+
+// ------------------------------------------------- interop: Python SDK
+
+/// The `mcp` package from scripts/test; without it (a bare `cargo test`)
+/// the interop tests say so and pass, as the PyJWT ones do.
+fn python_sdk() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "from mcp.client.streamable_http import streamable_http_client",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "skipping: the Python MCP SDK is missing (python3 -m pip install 'mcp>=2', or ./scripts/test)"
+        );
+    }
+    ok
+}
+
+/// Runs tests/mcp_interop.py: initialize, list tools, send_message,
+/// get_history; its JSON report.
+async fn python_client(url: &str, contact: &str, message: &str, token: Option<&str>) -> Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(repo_path("tests/mcp_interop.py"))
+            .args([url, contact, message])
+            .args(token)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Python MCP client finished within 60 s")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python MCP client failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// What every interop run must show: the five tools, the message sent,
+/// seen live by `watcher` as sent `by`, and found in the history.
+async fn assert_interop(report: &Value, watcher: &mut WsClient, message: &str, by: &str) {
+    let mut tools: Vec<&str> = report["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    tools.sort_unstable();
+    assert_eq!(
+        tools,
+        [
+            "broadcast",
+            "get_history",
+            "list_contacts",
+            "run_command",
+            "send_message"
+        ]
+    );
+    assert_eq!(report["server"], "mcp-hub");
+    let sent = &report["send"];
+    assert_eq!(sent["is_error"], false, "{sent}");
+    assert_eq!(sent["structured"]["contact"], "John", "{sent}");
+    assert_eq!(sent["text"][0], format!("sent to John: {message}"));
+
+    let event = watcher.recv_type("message_event").await;
+    assert_eq!(event["message"], message, "{event}");
+    assert_eq!(event["by"], by, "{event}");
+    assert_eq!(event["message_id"], sent["structured"]["message_id"]);
+
+    let history = &report["history"];
+    assert_eq!(history["is_error"], false, "{history}");
+    let messages = history["structured"]["messages"]
+        .as_array()
+        .expect("messages");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["message"] == message && m["by"] == by),
+        "the history holds the message sent by {by}: {history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_with_a_bearer_token_acts_as_its_sub() {
+    if !python_sdk() {
+        return;
+    }
+    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let (mut watcher, _) = WsClient::register_with_token(
+        &hub.ws_url(),
+        &token("alice", &["default"], Role::Client),
+        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
+    )
+    .await;
+    let claude = token("claude", &["default"], Role::Client);
+    let report = python_client(&mcp_url(hub.addr), "john", "hello from MCP", Some(&claude)).await;
+    assert_interop(&report, &mut watcher, "hello from MCP", "claude").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_through_haproxy_to_three_hubs_on_redis() {
+    if !python_sdk() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ["m1", "m2", "m3"] {
+        hubs.push(TestHub::start(&["--redis-url", &url, "--instance-id", id]).await);
+    }
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 3);
+    // The watcher sits on one instance; the MCP requests land wherever
+    // HAProxy sends each of them (no stickiness: the endpoint is stateless).
+    let (mut watcher, _) = WsClient::register(&hubs[2].ws_url(), "default", "watcher").await;
+    let report = python_client(
+        &mcp_url(format!("127.0.0.1:{}", lb.port)),
+        "John",
+        "through the cluster",
+        None,
+    )
+    .await;
+    assert_interop(&report, &mut watcher, "through the cluster", "mcp").await;
+}
+
+// --------------------------------------------- errors over plain JSON-RPC
+
+/// One `tools/call` without `initialize` (the endpoint is stateless):
+/// the HTTP status and the JSON-RPC answer.
+async fn call_tool(hub: &TestHub, token: Option<&str>, tool: &str, args: Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": args},
+        }));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let r = request.send().await.expect("POST /mcp");
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    (status, serde_json::from_str(&body).unwrap_or(json!(body)))
+}
+
+/// The tool error's code, from the structured content and the text.
+fn tool_error_code(answer: &Value) -> &str {
+    let result = &answer["result"];
+    assert_eq!(result["isError"], true, "a tool error: {answer}");
+    let code = result["structuredContent"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a code: {answer}"));
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with(code), "the text names the code: {answer}");
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {
+    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let alice = token("alice", &["default"], Role::Client);
+
+    let (status, body) = call_tool(&hub, None, "list_contacts", json!({})).await;
+    assert_eq!(status, 401, "no token: {body}");
+    assert_eq!(body["code"], "unauthorized");
+    let (status, _) = call_tool(&hub, Some("not-a-jwt"), "list_contacts", json!({})).await;
+    assert_eq!(status, 401, "a bad token");
+    // A page from another site: refused like a WebSocket upgrade.
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("origin", "http://evil.example")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap_or_default()
+            .contains("forbidden_origin")
+    );
+
+    // A client token may act only on its own sessions.
+    let (status, answer) = call_tool(
+        &hub,
+        Some(&alice),
+        "send_message",
+        json!({"contact": "John", "message": "hi", "session": "other"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tool_error_code(&answer), "forbidden");
+    let several = token("bob", &["default", "other"], Role::Client);
+    let (_, answer) = call_tool(&hub, Some(&several), "broadcast", json!({"text": "hi"})).await;
+    assert_eq!(tool_error_code(&answer), "missing_field", "which session?");
+
+    // Command failures and bad arguments map to the hub's codes.
+    let (_, answer) = call_tool(
+        &hub,
+        Some(&alice),
+        "send_message",
+        json!({"contact": "Nobody At All", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(tool_error_code(&answer), "contact_not_found");
+    assert!(answer["result"]["structuredContent"]["candidates"].is_array());
+    let (_, answer) = call_tool(
+        &hub,
+        Some(&alice),
+        "send_message",
+        json!({"contact": "John"}),
+    )
+    .await;
+    assert_eq!(tool_error_code(&answer), "missing_field");
+    let (_, answer) = call_tool(
+        &hub,
+        Some(&alice),
+        "get_history",
+        json!({"contact": "John", "limit": 0}),
+    )
+    .await;
+    assert_eq!(tool_error_code(&answer), "invalid_field");
+    // A read of a session that was never used creates nothing.
+    let admin = token("root", &[], Role::Admin);
+    let (_, answer) = call_tool(
+        &hub,
+        Some(&admin),
+        "list_contacts",
+        json!({"session": "never-used"}),
+    )
+    .await;
+    assert_eq!(tool_error_code(&answer), "session_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
+    let hub = TestHub::start(&[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
+
+    // Stateless: `initialize` opens no MCP session a later request would
+    // need, so any instance can answer any request.
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("mcp-session-id").is_none());
+    // Open on loopback: a rebound DNS name is not a loopback Host.
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a non-loopback Host on an open hub"
+    );
+
+    let (_, answer) = call_tool(&hub, None, "broadcast", json!({"text": "lunch?"})).await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let event = watcher.recv_type("broadcast").await;
+    assert_eq!(event["from"], "mcp", "without auth the caller is `mcp`");
+    assert_eq!(event["payload"]["text"], "lunch?");
+
+    let (_, answer) = call_tool(
+        &hub,
+        None,
+        "run_command",
+        json!({"text": "tell jane that the meeting moved to 3"}),
+    )
+    .await;
+    let result = &answer["result"]["structuredContent"];
+    assert_eq!(result["interpretation"]["contact"], "Jane", "{answer}");
+    let event = watcher.recv_type("message_event").await;
+    assert_eq!(
+        (&event["message"], &event["by"]),
+        (&json!("the meeting moved to 3"), &json!("mcp"))
+    );
+}
