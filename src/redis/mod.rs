@@ -2,10 +2,10 @@
 //! and AI coordination: the connections of the configured topology (one
 //! server, the master Redis Sentinel names, or a Redis Cluster whose
 //! connections route each command to the node owning its slot), the key
-//! layout with its hash tags ([`Keys`]) and
-//! one timed, counted path every command, pipeline and Lua script runs
-//! through, whatever the topology. Scripts themselves live with the layer
-//! that owns their keys (`store::redis`, `ai::cluster`).
+//! layout with its hash tags ([`Keys`]) and one timed, counted path every
+//! command, pipeline and Lua script runs through, whatever the topology.
+//! Scripts themselves live with the layer that owns their keys
+//! (`store::redis`, `ai::cluster`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
