@@ -75,6 +75,7 @@ fn client(id: &str, instance: &str) -> ClientInfo {
         instance: instance.to_string(),
         capabilities: vec!["whatsapp".to_string()],
         owner: None,
+        connected_at: None,
     }
 }
 
@@ -267,6 +268,56 @@ async fn every_write_makes_a_session_exist(f: StoreFixture) {
     // Sessions are names, not prefixes or patterns.
     assert!(!s.exists("join").await.unwrap());
     assert!(!s.exists("*").await.unwrap());
+}
+
+/// Every session that exists is listed exactly once, in name order, page
+/// by page, with its presence, agent and activity.
+async fn sessions_are_listed_in_pages(f: StoreFixture) {
+    let s = &f.store;
+    let empty = s.list_sessions(None, 10).await.unwrap();
+    assert!(empty.sessions.is_empty() && empty.next_cursor.is_none());
+    s.seed_contacts("b-seeded", &[]).await.unwrap();
+    s.set_contacts("c-set", &[contact("John")]).await.unwrap();
+    s.record_message("d-talked", &entry("John", 1))
+        .await
+        .unwrap();
+    s.record_message("d-talked", &entry("John", 2))
+        .await
+        .unwrap();
+    s.join("a-joined", &client("c1", ME)).await.unwrap();
+    s.join("a-joined", &client("c2", ME)).await.unwrap();
+    s.claim_agent("a-joined", &agent("c1", ME)).await.unwrap();
+    s.claim_agent("e-claimed", &agent("a1", ME)).await.unwrap();
+    // A read creates nothing, so lists nothing.
+    s.contacts("ghost").await.unwrap();
+
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list_sessions(cursor.as_deref(), 2).await.unwrap();
+        assert!(page.sessions.len() <= 2);
+        listed.extend(page.sessions);
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let names: Vec<&str> = listed.iter().map(|l| l.session.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a-joined", "b-seeded", "c-set", "d-talked", "e-claimed"]
+    );
+    let joined = &listed[0];
+    assert_eq!(joined.clients, 2);
+    assert_eq!(joined.agent, Some(agent("c1", ME)));
+    assert!(joined.last_activity.is_some());
+    let talked = &listed[3];
+    assert_eq!((talked.messages_out, talked.messages_in), (2, 0));
+    assert_eq!(talked.clients, 0);
+    assert_eq!(talked.agent, None);
 }
 
 async fn adversarial_names_stay_apart(f: StoreFixture) {
@@ -464,6 +515,7 @@ store_contract!(
     agent_claim_release,
     reads_never_create_a_session,
     every_write_makes_a_session_exist,
+    sessions_are_listed_in_pages,
     adversarial_names_stay_apart,
     statuses_only_move_forward,
     idempotency_keys_run_once,
@@ -645,7 +697,10 @@ async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
             Inbound::Event(e) if e.origin == origin => return e,
-            Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => continue,
+            Inbound::Event(_)
+            | Inbound::Resubscribed(_)
+            | Inbound::Subscribed(_)
+            | Inbound::Monitor(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
@@ -755,7 +810,10 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                     match next(&mut f.nodes[to]).await {
                         Inbound::Instance(m) => break m,
                         // Loop-back events of earlier tests are no concern here.
-                        Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => {
+                        Inbound::Event(_)
+                        | Inbound::Resubscribed(_)
+                        | Inbound::Subscribed(_)
+                        | Inbound::Monitor(_) => {
                             continue;
                         }
                     }
@@ -779,6 +837,32 @@ async fn send_to_unknown_instance_is_agent_unavailable(f: BrokerFixture) {
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::AgentUnavailable, "{err}");
+    }
+}
+
+/// A monitor event from any instance reaches every instance (the
+/// publishing one included), once.
+async fn monitor_events_reach_every_instance(mut f: BrokerFixture) {
+    let count = f.nodes.len();
+    for from in 0..count {
+        let payload = format!("{{\"type\":\"test\",\"from\":{from}}}");
+        f.nodes[from]
+            .broker
+            .publish_monitor(payload.clone())
+            .await
+            .unwrap();
+        for node in f.nodes.iter_mut() {
+            let got = loop {
+                match next(node).await {
+                    Inbound::Monitor(text) => break text,
+                    Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => {
+                        continue;
+                    }
+                    Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
+                }
+            };
+            assert_eq!(got, payload, "{}", node.instance);
+        }
     }
 }
 
@@ -828,6 +912,7 @@ broker_contract!(
     the_log_replays_the_last_events_in_order,
     send_to_instance_delivers_once,
     send_to_unknown_instance_is_agent_unavailable,
+    monitor_events_reach_every_instance,
     close_flushes_queued_events,
 );
 

@@ -1,8 +1,9 @@
 //! The built-in web page (`web/index.html`) reconnects by itself and says
-//! whether it resumed. No browser is installed on the test machines (and
-//! none may be installed for the tests), so the page's own script runs in
-//! Node with a minimal DOM stand-in (`tests/web/harness.js`) against real
-//! hub processes; without Node the test is skipped with a message.
+//! whether it resumed. The page's own script runs in Node with a minimal
+//! DOM stand-in (`tests/web/harness.js`) against real hub processes, which
+//! can restart it quickly; without Node the test is skipped with a
+//! message. (The dashboard, and this page's link to it, are tested in a
+//! real chromium: tests/dashboard.rs.)
 
 mod support;
 
@@ -35,9 +36,7 @@ fn node_websocket_flag() -> Option<&'static [&'static str]> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_reconnects_after_the_hub_restarts() {
     let Some(flags) = have("node").then(node_websocket_flag).flatten() else {
-        eprintln!(
-            "skipped: no Node.js with WebSocket to run the web page's script (and no browser is installed by the tests)"
-        );
+        eprintln!("skipped: no Node.js with WebSocket to run the web page's script");
         return;
     };
     let port = free_port().to_string();

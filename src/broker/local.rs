@@ -143,6 +143,12 @@ impl Broker for LocalBroker {
             .map_err(|_| HubError::new(ErrorCode::ShuttingDown, "hub is shutting down"))
     }
 
+    async fn publish_monitor(&self, payload: String) -> Result<(), HubError> {
+        // Lossy by design: a full dispatcher queue drops a monitor event.
+        let _ = self.inbound.try_send(Inbound::Monitor(payload));
+        Ok(())
+    }
+
     fn is_healthy(&self) -> bool {
         true
     }

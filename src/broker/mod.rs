@@ -10,6 +10,9 @@
 //! pub/sub, assigning, logging and publishing in one Lua script per event,
 //! on one channel per session: an instance only receives the events of the
 //! sessions it has local subscribers of ([`Broker::interest`]).
+//!
+//! Beside the logs, the bus carries point-to-point [`InstanceMessage`]s and
+//! a cluster-wide monitor channel for the admin dashboard (not logged).
 
 pub mod local;
 pub mod redis;
@@ -139,6 +142,9 @@ pub enum InstanceMessage {
         #[serde(default)]
         error: Option<HubError>,
     },
+    /// An admin asked to disconnect `client_id` of `session`, connected to
+    /// the receiving instance (close 4002).
+    DisconnectClient { session: String, client_id: String },
 }
 
 /// What a broker hands to the hub.
@@ -152,6 +158,8 @@ pub enum Inbound {
     /// The subscription to this session's channel is confirmed: events
     /// published before it are only in the log; read them from there.
     Subscribed(String),
+    /// A cluster-wide monitoring event (JSON text) for the admin feeds.
+    Monitor(String),
 }
 
 #[async_trait]
@@ -178,6 +186,11 @@ pub trait Broker: Send + Sync + 'static {
     /// subscription with [`Inbound::Subscribed`]; the standalone one has
     /// nothing to do.
     fn interest(&self, _session: &str, _interested: bool) {}
+    /// Hands a monitoring event (JSON text) to every instance, this one
+    /// included, for their admin feeds ([`Inbound::Monitor`]). Best effort,
+    /// not logged: a monitor event lost to an outage is superseded by the
+    /// next periodic one.
+    async fn publish_monitor(&self, payload: String) -> Result<(), HubError>;
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
     /// Counts (re)connections to the backend; a change means the backend

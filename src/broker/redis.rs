@@ -8,10 +8,11 @@
 //!   pipeline is harmless: the script skips events whose publisher sequence
 //!   number it already logged.
 //! * Each session has its own channel, and the script publishes there. One
-//!   subscriber connection per instance listens on this instance's inbox
-//!   and on the channels of the sessions it has local subscribers of
-//!   ([`Broker::interest`]), so an instance receives nothing of the other
-//!   sessions. Each event arrives once per interested instance (the
+//!   subscriber connection per instance listens on this instance's inbox,
+//!   the admin monitor channel and the channels of the sessions it has
+//!   local subscribers of ([`Broker::interest`]), so an instance receives
+//!   nothing of the other sessions. Each event arrives once per interested
+//!   instance (the
 //!   publishing one included: local clients get events from the
 //!   subscription too, in offset order) and is fanned out locally from its
 //!   already-serialized text. Events published before a SUBSCRIBE was
@@ -309,16 +310,11 @@ impl Broker for RedisBroker {
         // On a Redis Cluster the inbox is a shard channel: SPUBLISH counts
         // its subscribers on the shard (PUBLISH would count only those on
         // the node that ran it).
-        let publish = if self.backend.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
         let receivers: i64 = self
             .backend
             .query(
                 "publish_inbox",
-                ::redis::cmd(publish)
+                ::redis::cmd(publish_command(&self.backend))
                     .arg(self.backend.keys.inbox_channel(instance))
                     .arg(payload),
             )
@@ -334,6 +330,21 @@ impl Broker for RedisBroker {
 
     fn interest(&self, session: &str, interested: bool) {
         self.interest.set(session, interested);
+    }
+
+    async fn publish_monitor(&self, payload: String) -> Result<(), HubError> {
+        // Like the inbox, a shard channel on a Redis Cluster (its own slot,
+        // `{monitor}`): every instance subscribes it on that one shard.
+        let _: i64 = self
+            .backend
+            .query(
+                "publish_monitor",
+                ::redis::cmd(publish_command(&self.backend))
+                    .arg(self.backend.keys.monitor_channel())
+                    .arg(payload),
+            )
+            .await?;
+        Ok(())
     }
 
     fn is_healthy(&self) -> bool {
@@ -357,6 +368,16 @@ impl Broker for RedisBroker {
     }
 }
 
+/// `SPUBLISH` on a Redis Cluster (every channel is a shard channel there),
+/// else `PUBLISH`.
+fn publish_command(backend: &RedisBackend) -> &'static str {
+    if backend.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
 /// Logs and publishes a batch in one round trip: one pipeline of append
 /// scripts, in queue order. On a Redis Cluster a pipeline must stay in one
 /// slot, so the batch goes as one pipeline per session (each in queue
@@ -369,11 +390,7 @@ async fn append_batch(
     conn: &mut DedicatedConnection,
 ) -> ::redis::RedisResult<Vec<(u64, String)>> {
     let keys = &backend.keys;
-    let publish = if backend.is_cluster() {
-        "SPUBLISH"
-    } else {
-        "PUBLISH"
-    };
+    let publish = publish_command(backend);
     let invocation = |q: &Queued| {
         let mut invocation = script.prepare_invoke();
         invocation
@@ -780,6 +797,7 @@ async fn subscriber_loop(
     shutdown: CancellationToken,
 ) {
     let inbox = backend.keys.inbox_channel(&instance);
+    let monitor = backend.keys.monitor_channel();
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
     let mut master_changes = backend.master_changes();
@@ -792,7 +810,7 @@ async fn subscriber_loop(
             let mut sub = Subscription::connect(&backend)
                 .await
                 .map_err(|e| e.to_string())?;
-            sub.subscribe(std::slice::from_ref(&inbox))
+            sub.subscribe(&[inbox.clone(), monitor.clone()])
                 .await
                 .map_err(|e| e.to_string())?;
             let all = (interest.all(), Vec::new());
@@ -862,7 +880,8 @@ async fn subscriber_loop(
                     continue;
                 }
                 Some(Incoming::Unsubscribed(channel)) => {
-                    let ours = channel == inbox || sessions.contains_key(&channel);
+                    let ours =
+                        channel == inbox || channel == monitor || sessions.contains_key(&channel);
                     if !ours {
                         continue;
                     }
@@ -882,7 +901,9 @@ async fn subscriber_loop(
             let Ok(payload) = std::str::from_utf8(&payload) else {
                 continue;
             };
-            let parsed = if channel == inbox {
+            let parsed = if channel == monitor {
+                Ok(Inbound::Monitor(payload.to_string()))
+            } else if channel == inbox {
                 serde_json::from_str(payload)
                     .map(Inbound::Instance)
                     .map_err(|e| e.to_string())

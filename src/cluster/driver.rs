@@ -27,7 +27,10 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
                 _ = tick.tick() => {}
                 _ = hub.shutdown.cancelled() => break,
             }
-            let ok = match membership.beat(hub.registry.client_count()).await {
+            let ok = match membership
+                .beat(hub.registry.client_count(), hub.is_ready())
+                .await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     if was_healthy {

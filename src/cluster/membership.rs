@@ -70,8 +70,9 @@ impl RedisMembership {
         self.presence_ttl.as_millis() as u64
     }
 
-    /// Refreshes this instance's heartbeat and description.
-    pub async fn beat(&self, clients: usize) -> Result<(), RedisError> {
+    /// Refreshes this instance's heartbeat and description (`ready`: its
+    /// readiness as of the last heartbeat).
+    pub async fn beat(&self, clients: usize, ready: bool) -> Result<(), RedisError> {
         let keys = &self.backend.keys;
         let now = now_millis();
         let info = InstanceInfo {
@@ -79,6 +80,8 @@ impl RedisMembership {
             clients,
             started_at: self.started_at,
             last_heartbeat: now,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready,
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
         let mut pipe = ::redis::pipe();

@@ -174,6 +174,9 @@ impl Hub {
 
     pub async fn handle_instance_message(self: &Arc<Self>, msg: InstanceMessage) {
         match msg {
+            InstanceMessage::DisconnectClient { session, client_id } => {
+                self.disconnect_local(&session, &client_id)
+            }
             InstanceMessage::AgentCall {
                 call_id,
                 session,

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod client;
 pub mod executor;
 pub mod idempotency;
+pub mod monitor;
 pub mod registry;
 pub mod requests;
 pub mod session;
@@ -58,6 +59,10 @@ pub struct Hub {
     /// Woken when this instance queued webhook events, so they are
     /// processed at once rather than at the next poll.
     pub webhook_wake: tokio::sync::Notify,
+    /// This instance's admin feeds (the dashboard).
+    pub monitor: monitor::MonitorFeeds,
+    /// When this hub was created (ms since epoch), for its uptime.
+    pub started_at: u64,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -102,6 +107,8 @@ impl Hub {
             started: AtomicBool::new(false),
             caught_up: AtomicU64::new(0),
             webhook_wake: tokio::sync::Notify::new(),
+            monitor: monitor::MonitorFeeds::default(),
+            started_at: now_millis(),
         })
     }
 
@@ -323,6 +330,11 @@ impl Hub {
             timestamp: now_millis(),
         };
         self.announce(session, &event, "agent_changed", None);
+        self.publish_monitor(&monitor::MonitorEvent::Agent {
+            session,
+            client_id,
+            timestamp: now_millis(),
+        });
     }
 
     /// `client_joined` again for a client Redis lost (see
@@ -358,6 +370,12 @@ impl Hub {
             (ServerEvent::ClientLeft { client, timestamp }, "client_left")
         };
         self.announce(session, &event, kind, Some(&client.client_id));
+        self.publish_monitor(&monitor::MonitorEvent::Presence {
+            session,
+            client,
+            joined,
+            timestamp,
+        });
     }
 
     /// Handles what the broker hands over: logged events (in offset
@@ -379,6 +397,7 @@ impl Hub {
             // by offset).
             Inbound::Subscribed(session) => self.catch_up(&session).await,
             Inbound::Instance(msg) => self.handle_instance_message(msg).await,
+            Inbound::Monitor(text) => self.monitor.relay(&text, &self.metrics),
         }
     }
 
@@ -457,6 +476,7 @@ impl Hub {
             }
         });
         webhooks::spawn_drain(self.clone());
+        self.spawn_monitor();
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.recv().await {

@@ -15,11 +15,17 @@
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
 //!
+//! A session may also have hidden watchers ([`Registry::watch`], the admin
+//! dashboard's feed): they get its logged events like a client and count
+//! as a local subscriber, but are no member (not in presence, not listed,
+//! not counted as clients).
+//!
 //! The registry is also the instance's one notion of *local interest* in a
-//! session: a session has it while it has at least one local subscriber.
-//! The first one in and the last one out are reported to the interest hook
-//! (the broker's [`crate::broker::Broker::interest`]) under the write lock,
-//! so the reports of one session arrive in the order they happened.
+//! session: a session has it while it has at least one local subscriber,
+//! client or watcher. The first one in and the last one out are reported to
+//! the interest hook (the broker's [`crate::broker::Broker::interest`])
+//! under the `sessions` write lock (watchers change under it too), so the
+//! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,11 +57,13 @@ pub enum CloseReason {
     TokenExpired,
     /// No inbound traffic (pongs included) for `IDLE_TIMEOUT_MS`.
     IdleTimeout,
+    /// An admin disconnected the client (`DELETE .../clients/{id}`).
+    AdminDisconnect,
 }
 
 impl CloseReason {
     /// Every reason, e.g. to start their metric series at 0.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::TooLarge,
@@ -63,6 +71,7 @@ impl CloseReason {
         CloseReason::Replaced,
         CloseReason::TokenExpired,
         CloseReason::IdleTimeout,
+        CloseReason::AdminDisconnect,
     ];
 
     pub fn code(self) -> u16 {
@@ -72,6 +81,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
+            CloseReason::AdminDisconnect => 4002,
             CloseReason::TokenExpired => 4401,
         }
     }
@@ -85,6 +95,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::AdminDisconnect => "admin_disconnect",
         }
     }
 
@@ -97,6 +108,7 @@ impl CloseReason {
             CloseReason::Replaced => "client_id registered again on another connection",
             CloseReason::TokenExpired => "token expired",
             CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
+            CloseReason::AdminDisconnect => "disconnected by an admin",
         }
     }
 }
@@ -302,6 +314,10 @@ pub struct Registry {
     recent: Mutex<HashMap<String, VecDeque<Recent>>>,
     /// Woken after each logged delivery, for [`Registry::delivered`].
     progress: tokio::sync::Notify,
+    /// Hidden watchers per session (admin feeds, by connection id): they
+    /// get the session's logged events like a client, are no member and
+    /// not in presence. Lock order: after `recent`.
+    watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -363,11 +379,20 @@ impl Registry {
     ) -> Option<ClientHandle> {
         let clients = sessions.entry(session.to_string()).or_default();
         if clients.is_empty()
+            && !self.is_watched(session)
             && let Some(hook) = &self.interest
         {
             hook(session, true);
         }
         clients.insert(handle.info.client_id.clone(), handle)
+    }
+
+    /// Whether `session` has a hidden watcher (lock order: after `sessions`).
+    fn is_watched(&self, session: &str) -> bool {
+        self.watchers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session)
     }
 
     /// Removes a client if it is still this connection.
@@ -382,7 +407,9 @@ impl Registry {
         clients.remove(client_id);
         if clients.is_empty() {
             sessions.remove(session);
-            if let Some(hook) = &self.interest {
+            if !self.is_watched(session)
+                && let Some(hook) = &self.interest
+            {
                 hook(session, false);
             }
         }
@@ -426,7 +453,11 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(clients) = sessions.get(&event.session).filter(|c| !c.is_empty()) else {
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watching = watchers.get(&event.session);
+        let no_clients = HashMap::new();
+        let clients = sessions.get(&event.session).unwrap_or(&no_clients);
+        if clients.is_empty() && watching.is_none() {
             positions.remove(&event.session);
             recent.remove(&event.session);
             return Delivery::NoClients;
@@ -469,6 +500,9 @@ impl Registry {
                 h.send(out.clone(), metrics);
             }
         }
+        for h in watching.into_iter().flat_map(HashMap::values) {
+            h.send(out.clone(), metrics);
+        }
         self.progress.notify_waiters();
         Delivery::Delivered
     }
@@ -494,10 +528,12 @@ impl Registry {
         positions.get(session).cloned()
     }
 
-    /// Sessions that have local clients.
+    /// Sessions that have local subscribers (clients or watchers).
     pub fn sessions(&self) -> Vec<String> {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        sessions.keys().cloned().collect()
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watched_only = watchers.keys().filter(|s| !sessions.contains_key(*s));
+        sessions.keys().chain(watched_only).cloned().collect()
     }
 
     /// Joins `handle` to the session atomically with respect to live
@@ -517,7 +553,13 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty());
+        // A hidden watcher keeps live delivery (and `recent`) going too.
+        let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty())
+            || self
+                .watchers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(session);
         let live = match positions.get(session) {
             Some(p) if has_clients => p.clone(),
             _ => read,
@@ -530,6 +572,40 @@ impl Registry {
         let keep = start(&live, kept, &handle).ok_or(Refused)?;
         positions.insert(session.to_string(), keep);
         Ok(self.add(&mut sessions, session, handle))
+    }
+
+    /// Adds a hidden watcher of `session` (see `watchers`); the first
+    /// local subscriber of a session without clients reports interest.
+    pub fn watch(&self, session: &str, handle: ClientHandle) {
+        // Held so interest changes of clients and watchers are ordered.
+        let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        let watching = watchers.entry(session.to_string()).or_default();
+        if watching.is_empty()
+            && !sessions.contains_key(session)
+            && let Some(hook) = &self.interest
+        {
+            hook(session, true);
+        }
+        watching.insert(handle.conn_id, handle);
+    }
+
+    /// Removes the watcher `conn_id` of `session`; the last local
+    /// subscriber out reports the end of interest.
+    pub fn unwatch(&self, session: &str, conn_id: u64) {
+        let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = watchers.get_mut(session)
+            && w.remove(&conn_id).is_some()
+            && w.is_empty()
+        {
+            watchers.remove(session);
+            if !sessions.contains_key(session)
+                && let Some(hook) = &self.interest
+            {
+                hook(session, false);
+            }
+        }
     }
 
     pub fn client_count(&self) -> usize {
@@ -557,6 +633,7 @@ mod tests {
             instance: "i".into(),
             capabilities: Vec::new(),
             owner: None,
+            connected_at: None,
         };
         ClientHandle::new(info, 1, max_frames, max_bytes)
     }

@@ -159,6 +159,7 @@ fn admit(hub: &Hub, reg: Register) -> Result<Admission, HubError> {
             instance: hub.instance().to_string(),
             capabilities: reg.capabilities,
             owner: None,
+            connected_at: Some(now_millis()),
         },
         is_agent,
     })

@@ -65,6 +65,8 @@ pub enum ErrorCode {
     SessionFull,
     /// A REST read of a session that does not exist (HTTP 404).
     SessionNotFound,
+    /// An admin call naming a client that is not in the session (HTTP 404).
+    ClientNotFound,
     /// A REST body over the limit (HTTP 413).
     PayloadTooLarge,
     /// HTTP 401: a missing, invalid or expired token (docs/security.md).
@@ -159,6 +161,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 38);
+        assert_eq!(ErrorCode::all().count(), 39);
     }
 }

@@ -103,7 +103,7 @@ pub struct StatusError {
 }
 
 /// A connected client as other clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientInfo {
     pub client_id: String,
     pub client_name: String,
@@ -115,6 +115,9 @@ pub struct ClientInfo {
     /// instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// When the client registered (ms since epoch); absent for REST callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<u64>,
 }
 
 /// Everything the hub sends. `request_id` is echoed where the protocol says.
@@ -266,6 +269,7 @@ mod tests {
             instance: "hub1".into(),
             capabilities: vec!["whatsapp".into()],
             owner: None,
+            connected_at: None,
         }];
         let event = |request_id| ServerEvent::RegistrationConfirmed {
             client_id: "c1",

@@ -42,7 +42,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// **Hash tags** (Redis Cluster): the keys used together in one script,
 /// `MULTI` or pipeline share a `{tag}`, so they live in one slot. Every key
 /// of a session carries `{s:<session>}` (its log, channel, presence,
-/// agent, history...); the membership keys `{cluster}`; an instance's
+/// agent, history, stats...); the membership keys `{cluster}`; the admin
+/// session index `{sessions}` and monitor channel `{monitor}`; an instance's
 /// member set and inbox `{i:<instance>}`; an AI request's lock and answer
 /// `{ai:<hash>}`; a provider's quota windows `{q:<provider>}`; an
 /// idempotency key's lock and result `{idem:<key>}`. Keys always used
@@ -154,6 +155,25 @@ impl Keys {
             self.session_key(session, "status"),
             escape_key_part(message_id)
         )
+    }
+
+    /// ZSET (all scores 0, so ordered by name): every session that ever
+    /// existed, the index the admin API pages through with `ZRANGEBYLEX`.
+    /// Its own slot (`{sessions}`): written apart from any session's keys.
+    pub fn sessions(&self) -> String {
+        format!("{}:{{sessions}}", self.prefix)
+    }
+
+    /// HASH: a session's activity for the admin API: `last_activity`
+    /// (ms since epoch), `messages_in`, `messages_out`.
+    pub fn session_stats(&self, session: &str) -> String {
+        self.session_key(session, "stats")
+    }
+
+    /// Pub/sub channel of the cluster-wide admin monitoring feed; a shard
+    /// channel of its own slot (`{monitor}`) on a Redis Cluster.
+    pub fn monitor_channel(&self) -> String {
+        format!("{}:{{monitor}}", self.prefix)
     }
 
     /// ZSET: instance id → last heartbeat (ms since epoch).
@@ -509,6 +529,7 @@ mod tests {
                 k.session_log_seen(session),
                 k.session_channel(session),
                 k.message_status(session, "wamid.{1}"),
+                k.session_stats(session),
             ] {
                 assert_eq!(hash_tag(&key), tag, "{key}");
             }

@@ -201,6 +201,7 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
         owner: None,
+        connected_at: None,
     };
     let handle = ClientHandle::new(
         placeholder,

@@ -48,9 +48,6 @@ use crate::protocol::{
     check_text_len, now_millis, parse_whatsapp_command_with,
 };
 
-/// The endpoint's path.
-pub const PATH: &str = "/mcp";
-
 /// `by` of an MCP caller without auth and without `X-Client-Id`.
 pub const DEFAULT_CALLER: &str = "mcp";
 
@@ -79,7 +76,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     );
     let limit = Arc::new(rate::RestRateLimit::new(&hub.config));
     Router::new()
-        .route_service(PATH, service)
+        .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             authenticate,
@@ -348,6 +345,7 @@ impl Call<'_> {
             instance: self.hub.instance().to_string(),
             capabilities: Vec::new(),
             owner,
+            connected_at: None,
         }
     }
 

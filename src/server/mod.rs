@@ -1,13 +1,17 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
 //! graceful shutdown. What is checked before an upgrade (Origin, connection
-//! cap) is in [`browser`].
+//! cap) is in [`browser`]. Every REST route is registered through
+//! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
+//! are listed in [`openapi::NON_REST_ROUTES`].
 
+pub mod admin;
 pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
 pub mod mcp;
+pub mod openapi;
 pub mod rate;
 pub mod rest;
 pub mod webhooks;
@@ -27,16 +31,27 @@ use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     let slots = browser::ConnectionSlots::new(hub.config.max_connections);
+    let (api, doc) = rest_api(&hub).split_for_parts();
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
         .layer(Extension(slots))
         .route("/ui", get(web_page))
-        .merge(http::routes())
-        .merge(rest::routes(&hub))
+        .merge(admin::pages())
         .merge(mcp::routes(&hub))
-        .merge(webhooks::routes())
+        .merge(api)
+        .layer(Extension(openapi::Document::new(&doc)))
         .with_state(hub)
+}
+
+/// Every REST route, with its OpenAPI description.
+pub fn rest_api(hub: &Arc<Hub>) -> utoipa_axum::router::OpenApiRouter<Arc<Hub>> {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(http::routes())
+        // The session and admin APIs share one rate limit and CORS policy.
+        .merge(rest::limited(hub, rest::routes().merge(admin::routes())))
+        .merge(webhooks::routes())
 }
 
 /// The original clients connect to `ws://host:8002/`; a browser opening the

@@ -13,14 +13,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{browser, rate};
 use crate::hub::Hub;
@@ -29,14 +29,20 @@ use crate::protocol::{
     parse_whatsapp_command_with,
 };
 
-pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
+/// The session API.
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(session_summary))
+        .routes(routes!(history))
+        .routes(routes!(command))
+        .routes(routes!(events))
+}
+
+/// `api` under the REST API's body limit, rate limit and CORS policy.
+pub fn limited(hub: &Arc<Hub>, api: OpenApiRouter<Arc<Hub>>) -> OpenApiRouter<Arc<Hub>> {
     let config = &hub.config;
     let limit = Arc::new(rate::RestRateLimit::new(config));
-    let routes = Router::new()
-        .route("/api/v1/sessions/{session}", get(session_summary))
-        .route("/api/v1/sessions/{session}/history/{contact}", get(history))
-        .route("/api/v1/sessions/{session}/commands", post(command))
-        .route("/api/v1/sessions/{session}/events", get(events))
+    let routes = api
         .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             (limit, hub.clone()),
@@ -49,7 +55,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     }
 }
 
-enum ApiError {
+pub(super) enum ApiError {
     Hub(HubError),
     /// A ready answer (401 / 403 from the auth check).
     Refused(Box<Response>),
@@ -74,7 +80,7 @@ impl IntoResponse for ApiError {
             | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AiRateLimited | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::SessionNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::SessionNotFound | ErrorCode::ClientNotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -92,7 +98,11 @@ impl IntoResponse for ApiError {
 /// Authenticates a call for `session` and returns the caller as the
 /// session's clients see it (`by` of its messages): the token's `sub` with
 /// auth on, else `X-Client-Id` (default `rest`).
-async fn caller(hub: &Hub, headers: &HeaderMap, session: &str) -> Result<ClientInfo, ApiError> {
+pub(super) async fn caller(
+    hub: &Hub,
+    headers: &HeaderMap,
+    session: &str,
+) -> Result<ClientInfo, ApiError> {
     check_session(session)?;
     let identity = super::auth::bearer_identity(hub, headers)
         .await
@@ -110,6 +120,7 @@ async fn caller(hub: &Hub, headers: &HeaderMap, session: &str) -> Result<ClientI
             instance: hub.instance().to_string(),
             capabilities: Vec::new(),
             owner: Some(id.sub),
+            connected_at: None,
         }),
     }
 }
@@ -127,10 +138,11 @@ fn rest_client(hub: &Hub, headers: &HeaderMap) -> ClientInfo {
         instance: hub.instance().to_string(),
         capabilities: Vec::new(),
         owner: None,
+        connected_at: None,
     }
 }
 
-fn check_session(session: &str) -> Result<(), ApiError> {
+pub(super) fn check_session(session: &str) -> Result<(), ApiError> {
     if session.trim().is_empty() || session.len() > 128 || session.chars().any(char::is_control) {
         return Err(HubError::new(
             ErrorCode::InvalidField,
@@ -142,7 +154,7 @@ fn check_session(session: &str) -> Result<(), ApiError> {
 }
 
 /// Reads never create state: an unknown session is a 404, not a new one.
-async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
+pub(super) async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
     if hub.store.exists(session).await? {
         Ok(())
     } else {
@@ -154,6 +166,19 @@ async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The session's contacts, last contact, clients (with instance,
+/// capabilities and `connected_at`) and agent: for its members, and for
+/// admins (any session).
+#[utoipa::path(get, path = "/api/v1/sessions/{session}", tag = "sessions",
+    params(("session" = String, Path, description = "the session id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the session", body = SessionSummary),
+        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`", body = super::openapi::ErrorBody),
+    ))]
 async fn session_summary(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
@@ -176,11 +201,42 @@ async fn session_summary(
     })))
 }
 
+/// `GET /api/v1/sessions/{session}` (documentation only: built as JSON).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SessionSummary {
+    session: String,
+    #[schema(value_type = Vec<Object>)]
+    contacts: Vec<Value>,
+    /// The number of contacts.
+    total_count: usize,
+    last_contact: Option<String>,
+    /// Every client in the session's presence, on every instance.
+    clients: Vec<ClientInfo>,
+    agent: Option<crate::store::AgentRef>,
+}
+
 #[derive(Deserialize)]
 struct HistoryQuery {
     limit: Option<usize>,
 }
 
+/// The newest messages with a contact (a `get_history` command).
+#[utoipa::path(get, path = "/api/v1/sessions/{session}/history/{contact}", tag = "sessions",
+    params(
+        ("session" = String, Path, description = "the session id"),
+        ("contact" = String, Path, description = "the contact's name (case-insensitive)"),
+        ("limit" = Option<usize>, Query, description = "1 to 500 messages (default 50)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the command's result, as a WebSocket `response` content", body = Object),
+        (status = 400, description = "an invalid field", body = super::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`", body = super::openapi::ErrorBody),
+    ))]
 async fn history(
     State(hub): State<Arc<Hub>>,
     Path((session, contact)): Path<(String, String)>,
@@ -209,6 +265,20 @@ struct EventsQuery {
 /// `register` with `since`): `recovered` is true when `epoch` is the log's
 /// and every event after `since` is still kept; only then are `events`
 /// (oldest first, exactly as clients received them) given.
+#[utoipa::path(get, path = "/api/v1/sessions/{session}/events", tag = "sessions",
+    params(
+        ("session" = String, Path, description = "the session id"),
+        ("since" = Option<u64>, Query, description = "the last offset the caller has (with `epoch`)"),
+        ("epoch" = Option<String>, Query, description = "the log epoch `since` belongs to"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{recovered, offset, epoch, events}`", body = Object),
+        (status = 400, description = "an invalid field", body = super::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
+    ))]
 async fn events(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
@@ -252,16 +322,38 @@ async fn events(
 
 /// `{"command": {"action": ...}}` runs a whatsapp_command;
 /// `{"text": "send john hi", "context"?: {...}}` runs an AI command.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CommandBody {
+    /// A `whatsapp_command` action object (docs/protocol.md).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     command: Option<Value>,
+    /// A natural-language command for the AI coordinator.
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     context: Option<AiContext>,
 }
 
+/// Runs a command in the session exactly as a WebSocket client would:
+/// every client of the session sees its effects live.
+#[utoipa::path(post, path = "/api/v1/sessions/{session}/commands", tag = "sessions",
+    params(
+        ("session" = String, Path, description = "the session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "runs the command once per key"),
+    ),
+    request_body = CommandBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the command's result", body = Object),
+        (status = 400, description = "an invalid command", body = super::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` or `ai_rate_limited`", body = super::openapi::ErrorBody),
+        (status = 503, description = "the agent, AI or store is unavailable", body = super::openapi::ErrorBody),
+    ))]
 async fn command(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,

@@ -6,27 +6,38 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::hub::Hub;
 use crate::whatsapp::webhooks::{constant_time_eq, signature_valid};
 
 pub const PATH: &str = "/webhooks/whatsapp";
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new().route(PATH, get(handshake).post(delivery))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new().routes(routes!(handshake, delivery))
 }
 
 /// `hub.mode=subscribe&hub.verify_token=T&hub.challenge=C` → 200 C.
 /// The keys contain dots: decoded as a flat map (serde_urlencoded has no
 /// nested keys), anything else is 403.
+#[utoipa::path(get, path = "/webhooks/whatsapp", tag = "webhooks",
+    params(
+        ("hub.mode" = String, Query, description = "`subscribe`"),
+        ("hub.verify_token" = String, Query, description = "WHATSAPP_VERIFY_TOKEN"),
+        ("hub.challenge" = String, Query, description = "echoed back"),
+    ),
+    responses(
+        (status = 200, description = "the challenge", content_type = "text/plain", body = String),
+        (status = 403, description = "wrong mode or token"),
+        (status = 404, description = "webhooks are not configured"),
+    ))]
 async fn handshake(
     State(hub): State<Arc<Hub>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -57,6 +68,17 @@ async fn handshake(
     }
 }
 
+/// A webhook delivery, signed with the app secret (`X-Hub-Signature-256`).
+#[utoipa::path(post, path = "/webhooks/whatsapp", tag = "webhooks",
+    params(("X-Hub-Signature-256" = String, Header, description = "`sha256=<hex HMAC of the body>`")),
+    request_body(content = serde_json::Value, description = "Meta's webhook payload"),
+    responses(
+        (status = 200, description = "accepted (queued for processing)"),
+        (status = 400, description = "signed but not JSON"),
+        (status = 401, description = "missing or bad signature"),
+        (status = 404, description = "webhooks are not configured"),
+        (status = 500, description = "not queued; Meta redelivers"),
+    ))]
 async fn delivery(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = hub.config.whatsapp.app_secret.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();

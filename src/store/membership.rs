@@ -10,12 +10,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{HubError, now_millis};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     pub instance: String,
+    /// Registered clients on the instance.
     pub clients: usize,
     pub started_at: u64,
     pub last_heartbeat: u64,
+    /// The hub's version (absent from instances older than the field).
+    #[serde(default)]
+    pub version: String,
+    /// `/ready` of the instance at its last heartbeat.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 #[async_trait]
@@ -56,6 +63,10 @@ impl Membership for LocalMembership {
             clients: local_clients,
             started_at: self.started_at,
             last_heartbeat: now_millis(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            // Standalone: ready whenever it answers (the admin API reports
+            // this instance's live readiness anyway).
+            ready: true,
         }])
     }
 

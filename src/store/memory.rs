@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{AgentRef, IdempotencyBegin, SessionStore, StoreResult};
-use crate::protocol::{ClientInfo, Contact, DeliveryStatus, HistoryEntry, StatusError};
+use super::{AgentRef, IdempotencyBegin, SessionListing, SessionPage, SessionStore, StoreResult};
+use crate::protocol::{
+    ClientInfo, Contact, DeliveryStatus, HistoryEntry, MessageDirection, StatusError, now_millis,
+};
 
 #[derive(Default)]
 struct SessionState {
@@ -21,6 +23,26 @@ struct SessionState {
     agent: Option<AgentRef>,
     /// Latest delivery status by message id.
     statuses: HashMap<String, (DeliveryStatus, Option<StatusError>)>,
+    /// For the admin API ([`SessionListing`]).
+    last_activity: Option<u64>,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+impl SessionState {
+    /// What [`SessionStore::exists`] means for this store.
+    fn exists(&self) -> bool {
+        self.seeded
+            || !self.contacts.is_empty()
+            || self.last_contact.is_some()
+            || !self.history.is_empty()
+            || !self.members.is_empty()
+            || self.agent.is_some()
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Some(now_millis());
+    }
 }
 
 /// An idempotency key: held by a token until its result is stored.
@@ -94,19 +116,13 @@ impl MemoryStore {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn exists(&self, session: &str) -> StoreResult<bool> {
-        Ok(self.read(session, |s| {
-            s.seeded
-                || !s.contacts.is_empty()
-                || s.last_contact.is_some()
-                || !s.history.is_empty()
-                || !s.members.is_empty()
-                || s.agent.is_some()
-        }))
+        Ok(self.read(session, SessionState::exists))
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
         self.with(session, |s| {
             if !s.seeded {
+                s.touch();
                 s.seeded = true;
                 if s.contacts.is_empty() {
                     s.contacts = contacts.to_vec();
@@ -122,6 +138,7 @@ impl SessionStore for MemoryStore {
 
     async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
         self.with(session, |s| {
+            s.touch();
             s.seeded = true;
             s.contacts = contacts.to_vec();
         });
@@ -135,6 +152,11 @@ impl SessionStore for MemoryStore {
     async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
         let limit = self.history_limit;
         self.with(session, |s| {
+            s.touch();
+            match entry.direction {
+                MessageDirection::Incoming => s.messages_in += 1,
+                MessageDirection::Outgoing => s.messages_out += 1,
+            }
             s.last_contact = Some(entry.contact.clone());
             let list = s.history.entry(entry.contact.to_lowercase()).or_default();
             list.push_back(entry.clone());
@@ -272,6 +294,7 @@ impl SessionStore for MemoryStore {
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
         Ok(self.with(session, |s| {
+            s.touch();
             let before = s.members.len();
             s.members.retain(|m| m.client_id != client.client_id);
             let added = before == s.members.len();
@@ -320,12 +343,48 @@ impl SessionStore for MemoryStore {
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>> {
         Ok(self.read(session, |s| s.agent.clone()))
     }
+
+    async fn list_sessions(&self, cursor: Option<&str>, limit: usize) -> StoreResult<SessionPage> {
+        let sessions = self.lock();
+        // A standalone hub holds few sessions: sorting the names per page is
+        // cheaper than keeping a second, ordered index in step.
+        let mut names: Vec<&String> = sessions
+            .iter()
+            .filter(|(name, s)| s.exists() && cursor.is_none_or(|c| name.as_str() > c))
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let listed: Vec<SessionListing> = names
+            .into_iter()
+            .filter_map(|name| {
+                let s = sessions.get(name)?;
+                Some(SessionListing {
+                    session: name.clone(),
+                    clients: s.members.len(),
+                    agent: s.agent.clone(),
+                    last_activity: s.last_activity,
+                    messages_in: s.messages_in,
+                    messages_out: s.messages_out,
+                })
+            })
+            .collect();
+        let next_cursor = if more {
+            listed.last().map(|l| l.session.clone())
+        } else {
+            None
+        };
+        Ok(SessionPage {
+            sessions: listed,
+            next_cursor,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::MessageDirection;
 
     fn entry(contact: &str, n: u64) -> HistoryEntry {
         HistoryEntry {

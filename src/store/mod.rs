@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::protocol::{ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, StatusError};
 
 /// The client acting as a session's WhatsApp executor.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AgentRef {
     pub client_id: String,
     pub instance: String,
@@ -38,6 +38,28 @@ pub enum IdempotencyBegin {
     Busy,
     /// The first request's stored result (JSON).
     Done(String),
+}
+
+/// One session as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionListing {
+    pub session: String,
+    /// Clients in the session's presence, on every instance.
+    pub clients: usize,
+    pub agent: Option<AgentRef>,
+    /// The last join, contact change or recorded message (ms since epoch).
+    pub last_activity: Option<u64>,
+    /// Messages recorded in the session's history, by direction.
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// One page of [`SessionStore::list_sessions`], ordered by session name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionPage {
+    pub sessions: Vec<SessionListing>,
+    /// Give it as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Something a dead instance left behind, taken by the reaper: the caller
@@ -140,6 +162,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Clears the agent if it is still `client_id`; true if it was.
     async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool>;
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>>;
+
+    /// Pages through every session by name: the first `limit` sessions
+    /// whose name sorts after `cursor` (all with None). A stable cursor:
+    /// sessions created meanwhile appear in a later page if their name
+    /// sorts after it, and nothing is listed twice.
+    async fn list_sessions(&self, cursor: Option<&str>, limit: usize) -> StoreResult<SessionPage>;
 
     /// Takes every client and agent `instance` (a dead one) left in any
     /// session, each exactly once even with several reapers, and forgets

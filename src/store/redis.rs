@@ -2,18 +2,23 @@
 //! reaping of what dead instances left in it. Owns the store's Lua scripts.
 //! Key layout: [`crate::redis::Keys`] and docs/redis.md.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use ::redis::Script;
 use async_trait::async_trait;
 
 use std::time::Duration;
 
-use super::{AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionStore, StoreResult};
-use crate::protocol::{
-    ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, StatusError, now_millis,
+use super::{
+    AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionListing, SessionPage, SessionStore,
+    StoreResult,
 };
-use crate::redis::RedisBackend;
+use crate::protocol::{
+    ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
+    now_millis,
+};
+use crate::redis::{RedisBackend, RedisError};
 
 /// Deletes the agent key only if its field ARGV[1] (`client_id` or
 /// `instance`) still equals ARGV[2]: a newer agent is never released.
@@ -119,11 +124,20 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// How long an instance trusts that a session it put in the index is still
+/// there (Redis may have lost it since); its next write then puts it again.
+const INDEX_REFRESH_MS: u64 = 60_000;
+/// Bound of [`RedisStore::indexed`]: reaching it forgets everything (the
+/// next writes just index their sessions again).
+const INDEXED_MAX: usize = 100_000;
+
 pub struct RedisStore {
     backend: RedisBackend,
     instance: String,
     history_limit: usize,
     presence_ttl_ms: u64,
+    /// Sessions this instance put in the index, and when (ms since epoch).
+    indexed: Mutex<HashMap<String, u64>>,
 }
 
 impl RedisStore {
@@ -138,7 +152,49 @@ impl RedisStore {
             instance,
             history_limit,
             presence_ttl_ms,
+            indexed: Mutex::default(),
         }
+    }
+}
+
+impl RedisStore {
+    /// Runs a write pipeline of `session`'s slot, adding to it the
+    /// session's last activity (its stats hash shares the slot). On this
+    /// instance's first write of a session (and again after
+    /// [`INDEX_REFRESH_MS`]) the session also goes into the index the admin
+    /// API pages through: another slot (`{sessions}`) on a Redis Cluster, so
+    /// its own `ZADD`, sent at the same time as the pipeline.
+    async fn write<T: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        session: &str,
+        mut pipe: ::redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let keys = &self.backend.keys;
+        pipe.hset(keys.session_stats(session), "last_activity", now_millis())
+            .ignore();
+        let now = now_millis();
+        let due = {
+            let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+            indexed
+                .get(session)
+                .is_none_or(|&at| now.saturating_sub(at) >= INDEX_REFRESH_MS)
+        };
+        if !due {
+            return self.backend.pipe(op, &pipe).await;
+        }
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(keys.sessions()).arg(0).arg(session);
+        let (written, _): (T, i64) = tokio::try_join!(
+            self.backend.pipe(op, &pipe),
+            self.backend.query("index_session", &zadd),
+        )?;
+        let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+        if indexed.len() >= INDEXED_MAX {
+            indexed.clear();
+        }
+        indexed.insert(session.to_string(), now);
+        Ok(written)
     }
 }
 
@@ -223,11 +279,13 @@ impl SessionStore for RedisStore {
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.contacts(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.contacts(session))
             .arg(encode(&contacts)?)
-            .arg("NX");
-        let _: Option<String> = self.backend.query("seed_contacts", &cmd).await?;
+            .arg("NX")
+            .ignore();
+        let _: () = self.write("seed_contacts", session, pipe).await?;
         Ok(())
     }
 
@@ -245,10 +303,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.contacts(session))
-            .arg(encode(&contacts)?);
-        let _: () = self.backend.query("set_contacts", &cmd).await?;
+        let mut pipe = ::redis::pipe();
+        pipe.set(self.backend.keys.contacts(session), encode(&contacts)?)
+            .ignore();
+        let _: () = self.write("set_contacts", session, pipe).await?;
         Ok(())
     }
 
@@ -272,8 +330,17 @@ impl SessionStore for RedisStore {
             .ltrim(&key, -cap, -1)
             .ignore()
             .set(self.backend.keys.last_contact(session), &entry.contact)
+            .ignore()
+            .hincr(
+                self.backend.keys.session_stats(session),
+                match entry.direction {
+                    MessageDirection::Incoming => "messages_in",
+                    MessageDirection::Outgoing => "messages_out",
+                },
+                1,
+            )
             .ignore();
-        let _: () = self.backend.pipe("record_message", &pipe).await?;
+        let _: () = self.write("record_message", session, pipe).await?;
         Ok(())
     }
 
@@ -455,16 +522,13 @@ impl SessionStore for RedisStore {
             )
             .await?;
         // HSET answers how many fields it created: 1 = the entry was missing.
-        let created: i64 = self
-            .backend
-            .query(
-                "join",
-                ::redis::cmd("HSET")
-                    .arg(self.backend.keys.presence(session))
-                    .arg(&client.client_id)
-                    .arg(encode(client)?),
-            )
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.hset(
+            self.backend.keys.presence(session),
+            &client.client_id,
+            encode(client)?,
+        );
+        let (created,): (i64,) = self.write("join", session, pipe).await?;
         Ok(created == 1)
     }
 
@@ -513,20 +577,22 @@ impl SessionStore for RedisStore {
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.agent(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("GET");
-        let previous: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        let (previous,): (Option<String>,) = self.write("claim_agent", session, pipe).await?;
         Ok(previous.and_then(|p| decode("agent", &p).ok()))
     }
 
     async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.backend.keys.agent(session))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("NX");
-        let set: Option<String> = self.backend.query("claim_agent", &cmd).await?;
+        let (set,): (Option<String>,) = self.write("claim_agent", session, pipe).await?;
         Ok(set.is_some())
     }
 
@@ -549,6 +615,90 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(raw.and_then(|r| decode("agent", &r).ok()))
+    }
+
+    async fn list_sessions(&self, cursor: Option<&str>, limit: usize) -> StoreResult<SessionPage> {
+        let keys = &self.backend.keys;
+        let from = cursor.map_or_else(|| "-".to_string(), |c| format!("({c}"));
+        // One more than asked: whether there is a next page.
+        let mut names: Vec<String> = self
+            .backend
+            .query(
+                "list_sessions",
+                ::redis::cmd("ZRANGEBYLEX")
+                    .arg(keys.sessions())
+                    .arg(from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.saturating_add(1)),
+            )
+            .await?;
+        let more = names.len() > limit;
+        names.truncate(limit);
+        if names.is_empty() {
+            return Ok(SessionPage {
+                sessions: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        type Details = (
+            usize,
+            Option<String>,
+            (Option<u64>, Option<u64>, Option<u64>),
+        );
+        let details_of = |pipe: &mut ::redis::Pipeline, name: &str| {
+            pipe.hlen(keys.presence(name))
+                .get(keys.agent(name))
+                .cmd("HMGET")
+                .arg(keys.session_stats(name))
+                .arg("last_activity")
+                .arg("messages_in")
+                .arg("messages_out");
+        };
+        // The page's details in one round trip: one pipeline, or on a Redis
+        // Cluster one per session (each in its slot), all at once.
+        let details: Vec<Details> = if self.backend.is_cluster() {
+            let each = names.iter().map(|name| {
+                let mut pipe = ::redis::pipe();
+                details_of(&mut pipe, name);
+                async move {
+                    self.backend
+                        .pipe::<Details>("list_sessions_details", &pipe)
+                        .await
+                }
+            });
+            futures_util::future::try_join_all(each).await?
+        } else {
+            let mut pipe = ::redis::pipe();
+            for name in &names {
+                details_of(&mut pipe, name);
+            }
+            self.backend.pipe("list_sessions_details", &pipe).await?
+        };
+        let sessions: Vec<SessionListing> = names
+            .into_iter()
+            .zip(details)
+            .map(
+                |(session, (clients, agent, (last, inbound, outbound)))| SessionListing {
+                    session,
+                    clients,
+                    agent: agent.and_then(|a| decode("agent", &a).ok()),
+                    last_activity: last,
+                    messages_in: inbound.unwrap_or(0),
+                    messages_out: outbound.unwrap_or(0),
+                },
+            )
+            .collect();
+        let next_cursor = if more {
+            sessions.last().map(|l| l.session.clone())
+        } else {
+            None
+        };
+        Ok(SessionPage {
+            sessions,
+            next_cursor,
+        })
     }
 
     async fn reap_instance(&self, instance: &str) -> Result<Vec<Reaped>, PartialReap> {

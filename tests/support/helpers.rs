@@ -63,7 +63,10 @@ pub fn without_volatile(v: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| {
-                    !matches!(k.as_str(), "message_id" | "timestamp" | "offset" | "epoch")
+                    !matches!(
+                        k.as_str(),
+                        "message_id" | "timestamp" | "offset" | "epoch" | "connected_at"
+                    )
                 })
                 .map(|(k, v)| (k.clone(), without_volatile(v)))
                 .collect(),
@@ -217,4 +220,30 @@ pub fn metric_sum(exposition: &str, name_and_labels: &str) -> f64 {
         .filter(|l| l.starts_with(name_and_labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// An HTTP call on a hub with an optional bearer token and JSON body:
+/// status and body as JSON (Null when the body is not JSON).
+pub async fn http_call(
+    hub: &impl Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = hub.http_url(path);
+    let mut req = reqwest::Client::new().request(method.clone(), &url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }

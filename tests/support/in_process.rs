@@ -134,6 +134,27 @@ impl TestHub {
     }
 }
 
+/// In-process hubs `ids` on one Redis: a cluster (heartbeat 200 ms,
+/// presence TTL 1 s, so failures are noticed fast), each started ready.
+pub async fn start_cluster(redis_url: &str, ids: &[&str], extra: &[&str]) -> Vec<TestHub> {
+    let mut hubs = Vec::new();
+    for id in ids {
+        let mut args = vec![
+            "--redis-url",
+            redis_url,
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "200",
+            "--presence-ttl-ms",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        hubs.push(TestHub::start(&args).await);
+    }
+    hubs
+}
+
 impl Drop for TestHub {
     fn drop(&mut self) {
         // The serving task drains and ends by itself; when the test's

@@ -1,7 +1,8 @@
 //! The one test-support module of every suite (`mod support;` then
 //! `use support::*;`): an in-process hub ([`TestHub`]), the spawned binary
 //! ([`HubProcess`], only where the process is the point), a WebSocket
-//! client ([`WsClient`]), private redis-server / HAProxy launchers, the
+//! client ([`WsClient`]), private redis-server / HAProxy launchers, a
+//! headless chromium over WebDriver ([`browser::Browser`]), the
 //! fake AI upstream, and the small helpers every suite shares.
 //!
 //! Everything waits by polling with a bound (never a bare sleep) and
@@ -9,6 +10,7 @@
 //! stopped on drop, also when a test fails.
 #![allow(dead_code, unused_imports, async_fn_in_trait)]
 
+pub mod browser;
 pub mod fake_ai;
 pub mod fake_graph;
 mod helpers;
