@@ -2,7 +2,8 @@
 //! implementations of `SessionStore` (memory, Redis) and of `Broker`
 //! (local, Redis pub/sub), so the standalone and cluster backends cannot
 //! drift apart. Each Redis case runs on its own private redis-server
-//! (killed when the test ends, also on failure).
+//! (killed when the test ends, also on failure), or its own 3-master Redis
+//! Cluster with `MCP_HUB_TEST_REDIS=cluster`.
 
 mod support;
 
@@ -20,7 +21,7 @@ use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{AgentRef, IdempotencyBegin, Reaped, SessionStore};
-use support::{RedisServer, wait_until_async};
+use support::{TestRedis, wait_until_async};
 use tokio::sync::mpsc;
 
 const HISTORY_CAP: usize = 5;
@@ -38,7 +39,7 @@ struct StoreFixture {
     store: Arc<dyn SessionStore>,
     /// A second instance's view of the same data (Redis only), for races.
     peer: Option<Arc<dyn SessionStore>>,
-    _redis: Option<RedisServer>,
+    _redis: Option<TestRedis>,
 }
 
 fn memory_store() -> StoreFixture {
@@ -50,7 +51,7 @@ fn memory_store() -> StoreFixture {
 }
 
 fn redis_store() -> StoreFixture {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let metrics = Arc::new(Metrics::new(ME));
     let backend = RedisBackend::new(&redis.topology(), "contract", metrics).expect("backend");
     let store = |instance: &str| -> Arc<dyn SessionStore> {
@@ -234,7 +235,7 @@ async fn agent_claim_release(f: StoreFixture) {
 
 /// Keys in the fixture's Redis (None for the memory store).
 fn redis_keys(f: &StoreFixture) -> Option<String> {
-    f._redis.as_ref().map(|r| r.cmd(&["--raw", "KEYS", "*"]))
+    f._redis.as_ref().map(TestRedis::all_keys)
 }
 
 async fn reads_never_create_a_session(f: StoreFixture) {
@@ -600,7 +601,7 @@ struct Node {
 
 struct BrokerFixture {
     nodes: Vec<Node>,
-    _redis: Option<RedisServer>,
+    _redis: Option<TestRedis>,
 }
 
 fn local_bus() -> BrokerFixture {
@@ -616,7 +617,7 @@ fn local_bus() -> BrokerFixture {
 }
 
 async fn redis_bus() -> BrokerFixture {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut nodes = Vec::new();
     for instance in ["node-a", "node-b"] {
         let metrics = Arc::new(Metrics::new(instance));

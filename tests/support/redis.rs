@@ -139,6 +139,17 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// This cluster as the hub's configuration names it.
+    pub fn topology(&self) -> mcp_hub::config::RedisTopology {
+        mcp_hub::config::RedisTopology::Cluster {
+            nodes: self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        }
+    }
+
     /// `redis-cli -p PORT ARGS...` (without cluster redirection).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -305,6 +316,28 @@ impl TestRedis {
         match std::env::var("MCP_HUB_TEST_REDIS").as_deref() {
             Ok("cluster") => TestRedis::Cluster(RedisCluster::start(3, 0)),
             _ => TestRedis::Single(RedisServer::start()),
+        }
+    }
+
+    /// This Redis as the hub's configuration names it.
+    pub fn topology(&self) -> mcp_hub::config::RedisTopology {
+        match self {
+            TestRedis::Single(r) => r.topology(),
+            TestRedis::Cluster(c) => c.topology(),
+        }
+    }
+
+    /// Every key name, one a line (of every node of a cluster).
+    pub fn all_keys(&self) -> String {
+        match self {
+            TestRedis::Single(r) => r.cmd(&["--raw", "KEYS", "*"]),
+            TestRedis::Cluster(c) => c
+                .ports
+                .iter()
+                .map(|&p| c.cli(p, &["--raw", "KEYS", "*"]))
+                .filter(|keys| !keys.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
