@@ -282,6 +282,31 @@ async fn an_agent_on_one_instance_serves_clients_on_the_others() {
     assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
 }
 
+/// A dashboard feed watching a session on an instance with no client of
+/// it gets the session's events, each once: the watch is local interest
+/// there, so that instance subscribes the session's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_watches_a_session_on_an_instance_without_its_clients() {
+    let redis = TestRedis::start();
+    let with_clients = start_hub(&redis, "hub-a", &[]).await;
+    let without = start_hub(&redis, "hub-b", &[]).await;
+    let (mut c1, _) = WsClient::register(&with_clients.ws_url(), "watched", "c1").await;
+    let mut feed = WsClient::connect(&format!("ws://{}/dashboard/feed", without.addr)).await;
+    feed.recv_type("hello").await;
+    feed.send_json(json!({"type": "watch", "session": "watched"}))
+        .await;
+    assert_eq!(feed.recv_type("watching").await["session"], "watched");
+    // At once, before the channel subscription may be confirmed: the
+    // watch started from the log's head, so nothing after it is lost.
+    for n in 1..=3 {
+        c1.request(json!({"type": "broadcast", "payload": {"n": n}}))
+            .await;
+    }
+    for n in 1..=3 {
+        assert_eq!(feed.recv_type("broadcast").await["payload"]["n"], n);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_leaves_presence_within_the_ttl() {
     let redis = TestRedis::start();

@@ -576,16 +576,24 @@ impl Registry {
 
     /// Adds a hidden watcher of `session` (see `watchers`); the first
     /// local subscriber of a session without clients reports interest.
-    pub fn watch(&self, session: &str, handle: ClientHandle) {
+    /// `read` is the log's position as the watch read it: with no local
+    /// subscriber yet, live delivery (and catching up once the channel is
+    /// subscribed) continues from there, so the watcher misses nothing
+    /// published after it.
+    pub fn watch(&self, session: &str, handle: ClientHandle, read: Option<Position>) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         // Held so interest changes of clients and watchers are ordered.
         let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
         let watching = watchers.entry(session.to_string()).or_default();
-        if watching.is_empty()
-            && !sessions.contains_key(session)
-            && let Some(hook) = &self.interest
-        {
-            hook(session, true);
+        if watching.is_empty() && !sessions.contains_key(session) {
+            match read {
+                Some(read) => positions.insert(session.to_string(), read),
+                None => positions.remove(session),
+            };
+            if let Some(hook) = &self.interest {
+                hook(session, true);
+            }
         }
         watching.insert(handle.conn_id, handle);
     }
