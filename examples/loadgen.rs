@@ -1,6 +1,6 @@
 //! Benchmarks against hubs you run yourself on loopback (issue 9).
 //!
-//! Two modes:
+//! Three modes:
 //!
 //! * `idle`: registers `--clients` WebSocket clients (`--per-session` per
 //!   session), waits until the hub has sent every frame registration causes
@@ -15,8 +15,19 @@
 //!   and out-of-order deliveries, evicted subscribers, and the CPU time the
 //!   hub processes (`--pid`) spent per delivery during the publish phase,
 //!   user and system time separately.
+//! * `sessions` (issue 14): registers `--clients` clients, `--per-session`
+//!   per session, all on the *first* `--url`; then the first client of each
+//!   session sends `--messages` broadcasts in all (round-robin over the
+//!   sessions, at `--rate` per second). Reads every `--url`'s
+//!   `hub_pubsub_messages_received_total` before and after the publish
+//!   phase and prints each hub's share and the Redis pub/sub messages per
+//!   event (per-session channels: only instances with clients of a session
+//!   receive its events).
 //!
 //! ```text
+//! cargo run --release --example loadgen -- sessions --url ws://127.0.0.1:8001/ \
+//!     --url ws://127.0.0.1:8002/ --url ws://127.0.0.1:8003/ --clients 600 --per-session 2 \
+//!     --messages 3000 --rate 500
 //! cargo run --release --example loadgen -- idle --url ws://127.0.0.1:8002/ --pid 1234
 //! cargo run --release --example loadgen -- fanout --url ws://127.0.0.1:8002/ \
 //!     --subscribers 1000 --messages 1000 --rate 0 --payload-bytes 100 --pid 1234
@@ -56,6 +67,7 @@ const PUBLISHER_ID: &str = "producer";
 enum Mode {
     Idle,
     Fanout,
+    Sessions,
 }
 
 #[derive(Debug)]
@@ -79,8 +91,9 @@ struct Args {
     hold: Duration,
 }
 
-const USAGE: &str = "usage: loadgen [idle|fanout] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
+const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
   idle:   [--clients 10000] [--per-session 5] [--hold-secs 0]
+  sessions: [--clients 100] [--per-session 5] [--messages 200] [--rate 0]
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
@@ -89,11 +102,15 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
     let mode = match it.peek().map(String::as_str) {
         Some("idle") => Mode::Idle,
         Some("fanout") => Mode::Fanout,
+        Some("sessions") => Mode::Sessions,
         Some("-h" | "--help") => bail!("{USAGE}"),
         // No mode word: the original loadgen flags, i.e. fanout.
         _ => Mode::Fanout,
     };
-    if matches!(it.peek().map(String::as_str), Some("idle" | "fanout")) {
+    if matches!(
+        it.peek().map(String::as_str),
+        Some("idle" | "fanout" | "sessions")
+    ) {
         it.next();
     }
     let mut args = Args {
@@ -569,6 +586,140 @@ async fn settle_rss(pids: &[u32], limit: Duration) -> Result<Vec<u64>> {
     }
 }
 
+// ------------------------------------------------------------ sessions
+
+/// `hub_pubsub_messages_received_total` of the hub behind a `ws://` URL.
+async fn pubsub_received(url: &str) -> Result<f64> {
+    let base = url.strip_prefix("ws").unwrap_or(url).trim_end_matches('/');
+    let metrics = format!("http{base}/metrics");
+    let body = reqwest::get(&metrics)
+        .await
+        .with_context(|| format!("GET {metrics}"))?
+        .text()
+        .await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("hub_pubsub_messages_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("{metrics}: no hub_pubsub_messages_received_total"))
+}
+
+async fn run_sessions(args: &Args) -> Result<()> {
+    raise_fd_limit();
+    let per = args.per_session;
+    let sessions = args.clients.div_ceil(per);
+    let run = now_micros();
+    let home = &args.urls[0];
+    println!(
+        "mode=sessions clients={} per_session={per} sessions={sessions} on={home} others={}",
+        args.clients,
+        args.urls[1..].join(",")
+    );
+    let frames = Arc::new(AtomicU64::new(0));
+    // Frame counts by type: kept by `hold_idle`, not printed in this mode.
+    let kinds = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let stop = CancellationToken::new();
+    // Per session: the sender (its first client) and the others, held.
+    let registered: Vec<Result<(Ws, Vec<tokio::task::JoinHandle<()>>)>> =
+        futures_util::stream::iter(0..sessions)
+            .map(|s| {
+                let frames = frames.clone();
+                let kinds = kinds.clone();
+                let stop = stop.clone();
+                let clients = args.clients;
+                async move {
+                    let session = format!("sessions-{run}-{s}");
+                    let sender = register(home, &session, &format!("s{s}-c0")).await?;
+                    let mut held = Vec::new();
+                    for j in 1..per.min(clients - s * per) {
+                        let ws = register(home, &session, &format!("s{s}-c{j}")).await?;
+                        held.push(tokio::spawn(hold_idle(
+                            ws,
+                            frames.clone(),
+                            kinds.clone(),
+                            stop.clone(),
+                        )));
+                    }
+                    Ok((sender, held))
+                }
+            })
+            .buffer_unordered(args.connect_concurrency)
+            .collect()
+            .await;
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for r in registered {
+        let (sender, held) = r?;
+        senders.push(sender);
+        handles.extend(held);
+    }
+    // Registration's own frames settle before the measured phase.
+    wait_for_count(
+        &frames,
+        u64::MAX,
+        Duration::from_secs(2),
+        args.settle_timeout,
+    )
+    .await;
+    let before: Vec<f64> =
+        futures_util::future::try_join_all(args.urls.iter().map(|u| pubsub_received(u))).await?;
+    let frames_before = frames.load(Ordering::Relaxed);
+    let gap = if args.rate_per_sec > 0.0 {
+        Duration::from_secs_f64(1.0 / args.rate_per_sec)
+    } else {
+        Duration::ZERO
+    };
+    let started = Instant::now();
+    for m in 0..args.messages {
+        let ws = &mut senders[m % sessions];
+        let frame = json!({"type":"broadcast","payload":{"seq": m}});
+        ws.send(Message::Text(frame.to_string().into())).await?;
+        if !gap.is_zero() {
+            tokio::time::sleep_until((started + gap * (m as u32 + 1)).into()).await;
+        }
+    }
+    let receivers_per_event = (per.saturating_sub(1)) as u64;
+    let expected = frames_before + args.messages as u64 * receivers_per_event;
+    let all = wait_for_count(
+        &frames,
+        expected,
+        Duration::from_secs(5),
+        args.settle_timeout,
+    )
+    .await;
+    let after: Vec<f64> =
+        futures_util::future::try_join_all(args.urls.iter().map(|u| pubsub_received(u))).await?;
+    println!(
+        "published {} broadcasts in {:.1}s; deliveries {} of {}{}",
+        args.messages,
+        started.elapsed().as_secs_f64(),
+        frames.load(Ordering::Relaxed) - frames_before,
+        expected - frames_before,
+        if all { "" } else { " (stopped waiting)" }
+    );
+    let mut total = 0.0;
+    for (k, url) in args.urls.iter().enumerate() {
+        let delta = after[k] - before[k];
+        total += delta;
+        println!(
+            "{url}: hub_pubsub_messages_received_total +{delta} ({:.3} per event){}",
+            delta / args.messages.max(1) as f64,
+            if k == 0 { " [has the clients]" } else { "" }
+        );
+    }
+    println!(
+        "redis pub/sub messages per event (all instances): {:.3}",
+        total / args.messages.max(1) as f64
+    );
+    stop.cancel();
+    for h in handles {
+        let _ = h.await;
+    }
+    for mut ws in senders {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    }
+    Ok(())
+}
+
 // -------------------------------------------------------------- fanout
 
 /// What one subscriber saw.
@@ -925,6 +1076,7 @@ async fn main() {
     let result = match args.mode {
         Mode::Idle => run_idle(&args).await,
         Mode::Fanout => run_fanout(&args).await,
+        Mode::Sessions => run_sessions(&args).await,
     };
     if let Err(e) = result {
         eprintln!("loadgen: {e:#}");

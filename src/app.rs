@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
 use crate::cluster::membership::RedisMembership;
-use crate::config::{ConfigError, ConnectorKind, HubConfig, RedisTopology};
+use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::metrics::Metrics;
 use crate::redis::RedisBackend;
@@ -151,15 +151,11 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             None,
         ),
         Some(topology) => {
-            let backend =
-                RedisBackend::connect(topology, &config.redis_key_prefix, metrics.clone())
-                    .map_err(|e| ConfigError {
-                        setting: match topology {
-                            RedisTopology::Single { .. } => "REDIS_URL",
-                            RedisTopology::Sentinel(_) => "REDIS_SENTINELS",
-                        },
-                        reason: e.kind.to_string(),
-                    })?;
+            let backend = RedisBackend::new(topology, &config.redis_key_prefix, metrics.clone())
+                .map_err(|e| ConfigError {
+                    setting: topology.setting(),
+                    reason: e.kind.to_string(),
+                })?;
             tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?topology, "cluster mode: state in Redis");
             let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(
                 backend.clone(),

@@ -21,6 +21,7 @@ use mcp_hub::ai::settings::{CoordinationSettings, GeminiSettings, OpenAiSettings
 use mcp_hub::ai::{AiError, AiProvider, InterpretRequest, RedisCoordination, validate};
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{ErrorCode, HubError};
+use mcp_hub::redis::RedisBackend;
 use serde_json::{Value, json};
 use support::RedisServer;
 use support::fake_ai::{Behavior, FakeAi, GEMINI_KEY, OPENAI_KEY};
@@ -78,8 +79,7 @@ fn node(
 ) -> Node {
     let metrics = Arc::new(Metrics::new("ai-test"));
     let redis = redis.map(|r| RedisCoordination {
-        pool: r.pool(),
-        prefix: PREFIX.into(),
+        backend: RedisBackend::from_pool(r.pool(), PREFIX, metrics.clone()),
     });
     Node {
         ai: Arc::new(AiCoordinator::with_settings(
@@ -172,7 +172,7 @@ async fn fifty_identical_requests_across_three_coordinators_make_one_upstream_ca
         .unwrap();
     assert_eq!(other.value.message.as_deref(), Some("reply #2"));
     assert_eq!(fake.call_count(), 2);
-    let lock = format!("{PREFIX}:ai:lock:*");
+    let lock = format!("{PREFIX}:{{ai:*}}:lock");
     let mut conn = redis.pool().get().await.unwrap();
     let locks: Vec<String> = redis::cmd("KEYS")
         .arg(&lock)
@@ -215,7 +215,7 @@ async fn thirty_distinct_requests_never_exceed_the_cluster_concurrency_cap() {
     assert!(peak <= 4, "peak {peak} exceeds the cap of 4");
     assert!(peak >= 2, "the calls did run concurrently (peak {peak})");
     // Every slot is freed once the calls are over.
-    let slots = format!("{PREFIX}:ai:quota:gemini:slots");
+    let slots = format!("{PREFIX}:{{q:gemini}}:slots");
     let deadline = Instant::now() + Duration::from_secs(5);
     while redis_int(&redis, &["ZCARD", &slots]).await != 0 {
         assert!(Instant::now() < deadline, "slots still held");

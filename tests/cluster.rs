@@ -1,5 +1,7 @@
 //! Cluster mode end to end: a private redis-server and several hubs on free
-//! loopback ports, driven by real WebSocket clients. The hubs run
+//! loopback ports, driven by real WebSocket clients. The tests that do not
+//! depend on a single server run on a 3-master Redis Cluster instead with
+//! `MCP_HUB_TEST_REDIS=cluster` (./scripts/test runs them both ways). The hubs run
 //! in-process, except where the process is the point: `kill -9` (a crash
 //! must be noticed through the presence TTL), stderr, `SSL_CERT_FILE` in
 //! the environment, and scripts/cluster.
@@ -16,31 +18,38 @@ use support::*;
 const HEARTBEAT_MS: &str = "200";
 const PRESENCE_TTL_MS: &str = "1000";
 
-fn hub_args<'a>(redis_url: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--redis-url",
-        redis_url,
-        "--instance-id",
-        id,
-        "--heartbeat-ms",
-        HEARTBEAT_MS,
-        "--presence-ttl-ms",
-        PRESENCE_TTL_MS,
-    ];
-    args.extend_from_slice(extra);
+/// The hub settings for instance `id` on `redis` (either topology).
+fn hub_args(redis: &impl RedisTarget, id: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = redis.hub_args();
+    args.extend(
+        [
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            HEARTBEAT_MS,
+            "--presence-ttl-ms",
+            PRESENCE_TTL_MS,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string()),
+    );
     args
 }
 
-async fn start_hub(redis: &RedisServer, id: &str, extra: &[&str]) -> TestHub {
-    let url = redis.url();
-    TestHub::start(&hub_args(&url, id, extra)).await
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
-async fn three_hubs(redis: &RedisServer) -> Vec<TestHub> {
+async fn start_hub(redis: &impl RedisTarget, id: &str, extra: &[&str]) -> TestHub {
+    TestHub::start(&strs(&hub_args(redis, id, extra))).await
+}
+
+async fn three_hubs(redis: &impl RedisTarget) -> Vec<TestHub> {
     three_hubs_with(redis, &[]).await
 }
 
-async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<TestHub> {
+async fn three_hubs_with(redis: &impl RedisTarget, extra: &[&str]) -> Vec<TestHub> {
     let mut hubs = Vec::new();
     for id in ["hub-a", "hub-b", "hub-c"] {
         hubs.push(start_hub(redis, id, extra).await);
@@ -49,18 +58,17 @@ async fn three_hubs_with(redis: &RedisServer, extra: &[&str]) -> Vec<TestHub> {
 }
 
 /// Three spawned hubs, for tests that kill one with SIGKILL.
-async fn three_hub_processes(redis: &RedisServer) -> Vec<HubProcess> {
-    let url = redis.url();
+async fn three_hub_processes(redis: &impl RedisTarget) -> Vec<HubProcess> {
     let mut hubs = Vec::new();
     for id in ["hub-a", "hub-b", "hub-c"] {
-        hubs.push(HubProcess::start(&hub_args(&url, id, &[]), &[]).await);
+        hubs.push(HubProcess::start(&strs(&hub_args(redis, id, &[])), &[]).await);
     }
     hubs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_contacts_history_and_presence() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let hubs = three_hubs(&redis).await;
 
     let (mut a, conf_a) = WsClient::register(&hubs[0].ws_url(), "team", "alice").await;
@@ -144,7 +152,7 @@ async fn instances_share_contacts_history_and_presence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broadcast_arrives_once_and_in_order() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let hubs = three_hubs_with(
         &redis,
         &[
@@ -224,7 +232,7 @@ fn clients_before(id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_on_one_instance_serves_clients_on_the_others() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let hubs = three_hubs(&redis).await;
     let (mut agent, conf) = WsClient::register_with(
         &hubs[1].ws_url(),
@@ -274,9 +282,34 @@ async fn an_agent_on_one_instance_serves_clients_on_the_others() {
     assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
 }
 
+/// A dashboard feed watching a session on an instance with no client of
+/// it gets the session's events, each once: the watch is local interest
+/// there, so that instance subscribes the session's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_watches_a_session_on_an_instance_without_its_clients() {
+    let redis = TestRedis::start();
+    let with_clients = start_hub(&redis, "hub-a", &[]).await;
+    let without = start_hub(&redis, "hub-b", &[]).await;
+    let (mut c1, _) = WsClient::register(&with_clients.ws_url(), "watched", "c1").await;
+    let mut feed = WsClient::connect(&format!("ws://{}/dashboard/feed", without.addr)).await;
+    feed.recv_type("hello").await;
+    feed.send_json(json!({"type": "watch", "session": "watched"}))
+        .await;
+    assert_eq!(feed.recv_type("watching").await["session"], "watched");
+    // At once, before the channel subscription may be confirmed: the
+    // watch started from the log's head, so nothing after it is lost.
+    for n in 1..=3 {
+        c1.request(json!({"type": "broadcast", "payload": {"n": n}}))
+            .await;
+    }
+    for n in 1..=3 {
+        assert_eq!(feed.recv_type("broadcast").await["payload"]["n"], n);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_leaves_presence_within_the_ttl() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut hubs = three_hub_processes(&redis).await;
     let (mut a, _) = WsClient::register(&hubs[0].ws_url(), "s", "stays").await;
     let (_b, _) = WsClient::register(&hubs[1].ws_url(), "s", "doomed").await;
@@ -425,7 +458,7 @@ async fn a_hub_started_before_redis_waits_then_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut hubs = three_hub_processes(&redis).await;
     let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
     let lb = Haproxy::start(&addrs, 3);
@@ -488,8 +521,27 @@ async fn through_haproxy_clients_spread_and_survive_a_dead_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
-    let dir = std::env::temp_dir().join(format!("mcp-hub-cluster-script-{}", std::process::id()));
-    let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();
+    let redis_port = free_port();
+    scripts_cluster_round_trip(redis_port, &[], "single").await;
+}
+
+/// `scripts/cluster up --redis cluster`: the same, over a local 3-master
+/// Redis Cluster (ports R..R+2, bus ports +10000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cluster_runs_on_a_redis_cluster() {
+    let redis_port = free_cluster_ports(3);
+    scripts_cluster_round_trip(redis_port, &["--redis", "cluster"], "cluster").await;
+}
+
+/// `up` with two hubs on the given Redis, two clients through HAProxy on
+/// both hubs seeing each other, `status`, `down`.
+async fn scripts_cluster_round_trip(redis_port: u16, redis: &[&str], mode: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-hub-cluster-script-{mode}-{}",
+        std::process::id()
+    ));
+    let ports: Vec<String> = (0..2).map(|_| free_port().to_string()).collect();
+    let redis_port = redis_port.to_string();
     let script = |cmd: &str| {
         let mut c = std::process::Command::new(repo_path("scripts/cluster"));
         c.arg(cmd)
@@ -527,7 +579,8 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
             "--stats-port",
             &ports[1],
         ])
-        .args(["--redis-port", &ports[2], "--hub-base-port", &hub_base])
+        .args(["--redis-port", &redis_port, "--hub-base-port", &hub_base])
+        .args(redis)
         .output()
         .expect("run scripts/cluster up");
     assert!(
@@ -541,6 +594,11 @@ async fn scripts_cluster_starts_serves_and_stops_a_local_cluster() {
     assert!(status.status.success(), "{text}");
     assert!(
         text.contains("hub1: running") && text.contains("hub2: running"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("redis") && l.contains(": running") && l.ends_with(mode)),
         "{text}"
     );
 

@@ -1,5 +1,6 @@
 //! The dashboard in a real browser (headless chromium over WebDriver,
-//! docs/dashboard.md): three hubs on one Redis, the page opened on the
+//! docs/dashboard.md): three hubs on one Redis (a Redis Cluster with
+//! `MCP_HUB_TEST_REDIS=cluster`), the page opened on the
 //! first through the web page's link, showing the whole cluster and
 //! following it live — a client connecting on another instance appears
 //! without a reload, and disconnecting it from the page closes it (4002)
@@ -18,8 +19,8 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
         Browser::available(),
         "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
     );
-    let redis = RedisServer::start();
-    let hubs = start_cluster(&redis.url(), &["hub-1", "hub-2", "hub-3"], &[]).await;
+    let redis = TestRedis::start();
+    let hubs = start_cluster(&redis, &["hub-1", "hub-2", "hub-3"], &[]).await;
     let browser = Browser::start().await;
 
     // The web page links to the dashboard.

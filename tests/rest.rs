@@ -633,7 +633,7 @@ async fn reads_of_an_unknown_session_are_404_and_write_no_redis_key() {
     let hub = TestHub::start(&["--redis-url", &url, "--redis-key-prefix", "rest404"]).await;
     unknown_session_reads_are_404(&hub).await;
     assert_eq!(
-        redis.cmd(&["--raw", "KEYS", "rest404:session:*"]),
+        redis.cmd(&["--raw", "KEYS", "rest404:{s:*"]),
         "",
         "a read wrote session keys"
     );
@@ -642,8 +642,8 @@ async fn reads_of_an_unknown_session_are_404_and_write_no_redis_key() {
     assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 200);
     assert!(
         redis
-            .cmd(&["--raw", "KEYS", "rest404:session:ghost:*"])
-            .contains("rest404:session:ghost:contacts")
+            .cmd(&["--raw", "KEYS", "rest404:{s:ghost}:*"])
+            .contains("rest404:{s:ghost}:contacts")
     );
 }
 

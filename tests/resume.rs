@@ -542,3 +542,288 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
     }
     drop(lb);
 }
+
+/// Per-session channels (issue 14): an instance subscribes to a session's
+/// channel only when a local client joins it, so hub B, which has no
+/// client of the session until one joins mid-stream, must close the
+/// subscribe race from the log: each client joining there sees every
+/// offset after its confirmed one exactly once, in order (also after
+/// the last local client left and B unsubscribed). Hub C, whose client is
+/// in another session, receives no pub/sub message of the stream at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_nothing() {
+    const N: u64 = 300;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestHub::start(&cluster_args(&url, "chan-a")).await;
+    let b = TestHub::start(&cluster_args(&url, "chan-b")).await;
+    let c = TestHub::start(&cluster_args(&url, "chan-c")).await;
+    let (mut elsewhere, _) = WsClient::register(&c.ws_url(), "elsewhere", "carol").await;
+    let (mut producer, _) = WsClient::register(&a.ws_url(), "chan", "producer").await;
+    let _ = producer.flush().await;
+    let _ = elsewhere.flush().await;
+    let series = "hub_pubsub_messages_received_total";
+    let c_before = c.metric(series).await.unwrap_or(0.0);
+
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(3));
+        for n in 0..N {
+            tick.tick().await;
+            producer.request(broadcast(n)).await;
+        }
+        producer
+    });
+    let producer_sent = |s: &Seen| s.broadcasts.get("producer").and_then(|b| b.last()).copied();
+    // Two joins on hub B while the stream flows; the first client leaves
+    // before the second joins, so B subscribes twice.
+    for (i, until) in [(0, Some(N / 2)), (1, None)] {
+        let id = format!("late-{i}");
+        let (mut late, conf) = WsClient::register(&b.ws_url(), "chan", &id).await;
+        assert_eq!(conf["instance"], "chan-b");
+        let start = conf["offset"].as_u64().unwrap();
+        let mut seen = Seen::default();
+        let last = until.unwrap_or(N - 1);
+        read_until(&mut late, &mut seen, "the producer's broadcasts", |s| {
+            producer_sent(s).is_some_and(|n| n >= last)
+        })
+        .await;
+        if until.is_none() {
+            let _ = late.flush().await.iter().map(|f| seen.take(f)).count();
+        }
+        let epoch = seen.epoch.clone().expect("saw events");
+        let owed = owed(&b, "chan", &epoch, start, &id).await;
+        let owed: Vec<u64> = owed.into_iter().filter(|o| *o <= seen.last()).collect();
+        assert_eq!(
+            seen.offsets, owed,
+            "{id}: every offset owed, once, in order"
+        );
+        let got = &seen.broadcasts["producer"];
+        let first = got[0];
+        assert_eq!(
+            *got,
+            (first..=*got.last().unwrap()).collect::<Vec<_>>(),
+            "{id}: broadcasts gap-free and once"
+        );
+        late.close().await;
+    }
+    let producer = sender.await.unwrap();
+    // Hub C got its own client's join, nothing of session `chan`.
+    assert_eq!(
+        c.metric(series).await.unwrap_or(0.0) - c_before,
+        0.0,
+        "hub C has no client of `chan`: no pub/sub message of it"
+    );
+    producer.close().await;
+    elsewhere.close().await;
+}
+
+/// Per-session channels (issue 14): the first client of a session on an
+/// instance is often sent an event before that instance's SUBSCRIBE to the
+/// session's channel is confirmed: an agent's own `agent_changed`,
+/// published right after it joined. Nothing follows it, so only reading
+/// the log once the subscription is confirmed delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_event_after_a_join_on_an_idle_instance_arrives() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let hub = TestHub::start(&cluster_args(&url, "first-a")).await;
+    for i in 0..5 {
+        let session = format!("first-{i}");
+        let (mut agent, conf) = WsClient::register_with(
+            &hub.ws_url(),
+            json!({"type": "register", "session": session, "client_id": "phone",
+                   "capabilities": ["whatsapp"]}),
+        )
+        .await;
+        assert_eq!(conf["agent"], true, "{conf}");
+        let changed = agent.recv_type("agent_changed").await;
+        assert_eq!(changed["client_id"], "phone", "{changed}");
+        agent.close().await;
+    }
+}
+
+/// Settings of a hub `id` on a Redis Cluster, with fast producers and a
+/// presence TTL long enough that a failover does not reap live instances.
+fn redis_cluster_hub(redis: &RedisCluster, id: &str) -> Vec<String> {
+    let mut args = redis.hub_args();
+    args.extend(
+        [
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "500",
+            "--presence-ttl-ms",
+            "10000",
+            "--rate-limit-per-sec",
+            "5000",
+            "--rate-limit-burst",
+            "5000",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+async fn start_on_cluster(redis: &RedisCluster, id: &str) -> TestHub {
+    let args = redis_cluster_hub(redis, id);
+    TestHub::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+/// Redis Cluster (issue 14): the session's slot moves to another master
+/// (keys migrated, `SETSLOT NODE`) while events flow. The old owner drops
+/// hub B's sharded subscription; B subscribes again where the slot lives
+/// now and reads what it missed from the log. Its readers, and a reader
+/// that left before the move and resumes with `since` after it, see every
+/// offset owed to them, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_session_slot_while_events_flow_loses_nothing() {
+    const N: u64 = 300;
+    let redis = RedisCluster::start(3, 0);
+    let a = start_on_cluster(&redis, "move-a").await;
+    let b = start_on_cluster(&redis, "move-b").await;
+    let mut readers = Vec::new();
+    for i in 0..2 {
+        let (c, conf) = WsClient::register(&b.ws_url(), "move", &format!("reader-{i}")).await;
+        readers.push((c, conf["offset"].as_u64().unwrap(), Seen::default()));
+    }
+    let (mut leaver, conf) = WsClient::register(&b.ws_url(), "move", "leaver").await;
+    let leaver_start = conf["offset"].as_u64().unwrap();
+    let (mut producer, _) = WsClient::register(&a.ws_url(), "move", "producer").await;
+    let _ = producer.flush().await;
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for n in 0..N {
+            tick.tick().await;
+            let answer = producer.request(broadcast(n)).await;
+            assert_eq!(answer["response_type"], "broadcast_sent", "{answer}");
+        }
+        producer
+    });
+    // The leaver reads a third of the stream, then goes.
+    let mut left_seen = Seen::default();
+    read_until(&mut leaver, &mut left_seen, "a third of the stream", |s| {
+        s.broadcasts
+            .get("producer")
+            .is_some_and(|b| b.len() as u64 >= N / 3)
+    })
+    .await;
+    leaver.close().await;
+    // Move the session's slot to another master mid-stream.
+    let slot = redis.slot("{s:move}");
+    let (_, owner) = redis.master_of_slot(slot);
+    let target = redis
+        .masters()
+        .into_iter()
+        .find(|m| m.port != owner)
+        .expect("another master")
+        .port;
+    tokio::task::block_in_place(|| redis.move_slot(slot, target));
+    assert_eq!(redis.master_of_slot(slot).1, target);
+    // The leaver resumes after the move.
+    let epoch = left_seen.epoch.clone().expect("saw events");
+    let (mut resumed, conf) =
+        resume(&b.ws_url(), "move", "leaver", (left_seen.last(), &epoch)).await;
+    assert_eq!(conf["recovered"], true, "{conf}");
+    let producer = sender.await.unwrap();
+    let all = |s: &Seen| {
+        s.broadcasts
+            .get("producer")
+            .is_some_and(|b| b.len() as u64 >= N)
+    };
+    read_until(&mut resumed, &mut left_seen, "every broadcast", all).await;
+    readers.push((resumed, leaver_start, left_seen));
+    for (i, (c, start, seen)) in readers.iter_mut().enumerate() {
+        read_until(c, seen, "every broadcast", all).await;
+        let _ = c.flush().await.iter().map(|f| seen.take(f)).count();
+        assert_eq!(
+            seen.broadcasts["producer"],
+            (0..N).collect::<Vec<_>>(),
+            "reader {i}"
+        );
+        let me = if i < 2 {
+            format!("reader-{i}")
+        } else {
+            "leaver".into()
+        };
+        let owed = owed(&b, "move", seen.epoch.as_ref().unwrap(), *start, &me).await;
+        // The leaver's own departure and return are not owed to it.
+        let last = seen.last();
+        let owed: Vec<u64> = owed.into_iter().filter(|o| *o <= last).collect();
+        assert_eq!(
+            seen.offsets, owed,
+            "{me}: every offset owed, once, in order"
+        );
+    }
+    producer.close().await;
+}
+
+/// Redis Cluster (issue 14): the master of the session's slot is killed
+/// (`kill -9`) with a replica present. The replica takes over, the hubs
+/// serve again (`/ready`, broadcasts across instances), and the reader got
+/// no broadcast twice or out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_the_hubs_recover() {
+    let mut redis = RedisCluster::start(3, 1);
+    let a = start_on_cluster(&redis, "fo-a").await;
+    let b = start_on_cluster(&redis, "fo-b").await;
+    let (mut reader, _) = WsClient::register(&b.ws_url(), "fo", "reader").await;
+    let (mut producer, _) = WsClient::register(&a.ws_url(), "fo", "producer").await;
+    let mut seen = Seen::default();
+    for n in 0..20 {
+        producer.request(broadcast(n)).await;
+    }
+    read_until(&mut reader, &mut seen, "the first broadcasts", |s| {
+        s.broadcasts.get("producer").is_some_and(|b| b.len() >= 20)
+    })
+    .await;
+
+    let (_, master) = redis.master_of_slot(redis.slot("{s:fo}"));
+    tokio::task::block_in_place(|| {
+        redis.kill(master);
+        redis.wait_ok();
+    });
+    assert_ne!(redis.master_of_slot(redis.slot("{s:fo}")).1, master);
+    for hub in [&a, &b] {
+        wait_until_async(
+            "/ready after the failover",
+            Duration::from_secs(30),
+            || async { hub.ready_status().await == Some(200) },
+        )
+        .await;
+    }
+    // Broadcasts go through again (a hub's connections may still learn the
+    // new topology: a refused one is retried within a bound).
+    for n in 20..40 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = producer.request(broadcast(n)).await;
+            if answer["response_type"] == "broadcast_sent" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    read_until(
+        &mut reader,
+        &mut seen,
+        "the broadcasts after the failover",
+        |s| {
+            s.broadcasts
+                .get("producer")
+                .is_some_and(|b| b.last() == Some(&39))
+        },
+    )
+    .await;
+    let got = &seen.broadcasts["producer"];
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "no broadcast twice or out of order: {got:?}"
+    );
+    assert!(got.ends_with(&(20..40).collect::<Vec<_>>()), "{got:?}");
+    // A new client joins on either hub.
+    let (_late, conf) = WsClient::register(&a.ws_url(), "fo", "late").await;
+    assert_eq!(conf["type"], "registration_confirmed");
+    producer.close().await;
+    reader.close().await;
+}

@@ -413,8 +413,8 @@ fn connected_clients(redis: &RedisServer) -> u64 {
 async fn readonly_from_a_demoted_master_drops_its_connections() {
     let master = RedisServer::start();
     let replica = RedisServer::start_replica_of(master.port);
-    let backend =
-        RedisBackend::new(&replica.url(), "ro", Arc::new(Metrics::new("ro"))).expect("backend");
+    let backend = RedisBackend::new(&replica.topology(), "ro", Arc::new(Metrics::new("ro")))
+        .expect("backend");
     let before = connected_clients(&replica);
     // Reads work on a replica: the pool now holds a connection to it.
     let _: Option<String> = backend

@@ -2,7 +2,8 @@
 //! implementations of `SessionStore` (memory, Redis) and of `Broker`
 //! (local, Redis pub/sub), so the standalone and cluster backends cannot
 //! drift apart. Each Redis case runs on its own private redis-server
-//! (killed when the test ends, also on failure).
+//! (killed when the test ends, also on failure), or its own 3-master Redis
+//! Cluster with `MCP_HUB_TEST_REDIS=cluster`.
 
 mod support;
 
@@ -20,7 +21,7 @@ use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{AgentRef, IdempotencyBegin, Reaped, SessionStore};
-use support::{RedisServer, wait_until_async};
+use support::{TestRedis, wait_until_async};
 use tokio::sync::mpsc;
 
 const HISTORY_CAP: usize = 5;
@@ -38,7 +39,7 @@ struct StoreFixture {
     store: Arc<dyn SessionStore>,
     /// A second instance's view of the same data (Redis only), for races.
     peer: Option<Arc<dyn SessionStore>>,
-    _redis: Option<RedisServer>,
+    _redis: Option<TestRedis>,
 }
 
 fn memory_store() -> StoreFixture {
@@ -50,9 +51,9 @@ fn memory_store() -> StoreFixture {
 }
 
 fn redis_store() -> StoreFixture {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let metrics = Arc::new(Metrics::new(ME));
-    let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+    let backend = RedisBackend::new(&redis.topology(), "contract", metrics).expect("backend");
     let store = |instance: &str| -> Arc<dyn SessionStore> {
         Arc::new(RedisStore::new(
             backend.clone(),
@@ -234,7 +235,7 @@ async fn agent_claim_release(f: StoreFixture) {
 
 /// Keys in the fixture's Redis (None for the memory store).
 fn redis_keys(f: &StoreFixture) -> Option<String> {
-    f._redis.as_ref().map(|r| r.cmd(&["--raw", "KEYS", "*"]))
+    f._redis.as_ref().map(TestRedis::all_keys)
 }
 
 async fn reads_never_create_a_session(f: StoreFixture) {
@@ -365,12 +366,12 @@ async fn adversarial_names_stay_apart(f: StoreFixture) {
         // Readable, with `:` only between parts.
         assert!(
             keys.lines()
-                .any(|k| k == "contract:session:a%3Ahistory%3Ab:history:c"),
+                .any(|k| k == "contract:{s:a%3Ahistory%3Ab}:history:c"),
             "{keys}"
         );
         assert!(
             keys.lines()
-                .any(|k| k == "contract:session:a:history:b%3Ahistory%3Ac"),
+                .any(|k| k == "contract:{s:a}:history:b%3Ahistory%3Ac"),
             "{keys}"
         );
     }
@@ -600,7 +601,7 @@ struct Node {
 
 struct BrokerFixture {
     nodes: Vec<Node>,
-    _redis: Option<RedisServer>,
+    _redis: Option<TestRedis>,
 }
 
 fn local_bus() -> BrokerFixture {
@@ -616,11 +617,11 @@ fn local_bus() -> BrokerFixture {
 }
 
 async fn redis_bus() -> BrokerFixture {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut nodes = Vec::new();
     for instance in ["node-a", "node-b"] {
         let metrics = Arc::new(Metrics::new(instance));
-        let backend = RedisBackend::new(&redis.url(), "contract", metrics).expect("backend");
+        let backend = RedisBackend::new(&redis.topology(), "contract", metrics).expect("backend");
         let (tx, rx) = mpsc::channel(1024);
         nodes.push(Node {
             instance: instance.into(),
@@ -634,13 +635,17 @@ async fn redis_bus() -> BrokerFixture {
             inbound: rx,
         });
     }
-    for node in &nodes {
+    for node in &mut nodes {
         let broker = node.broker.clone();
         wait_until_async("the broker to subscribe", WAIT, || {
             let broker = broker.clone();
             async move { broker.is_healthy() }
         })
         .await;
+        // Session channels: a node hears session `s` once it said it has
+        // local interest and the subscription is confirmed.
+        node.broker.interest("s", true);
+        wait_subscribed(node, "s").await;
     }
     BrokerFixture {
         nodes,
@@ -677,13 +682,26 @@ async fn next(node: &mut Node) -> Inbound {
         .expect("inbound channel open")
 }
 
+/// Waits for the confirmation of the node's subscription to `session`.
+async fn wait_subscribed(node: &mut Node, session: &str) {
+    loop {
+        match next(node).await {
+            Inbound::Subscribed(s) if s == session => return,
+            _ => continue,
+        }
+    }
+}
+
 /// The next event from `origin` (every instance, the publishing one
 /// included, receives every event from the log).
 async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
             Inbound::Event(e) if e.origin == origin => return e,
-            Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Monitor(_) => continue,
+            Inbound::Event(_)
+            | Inbound::Resubscribed(_)
+            | Inbound::Subscribed(_)
+            | Inbound::Monitor(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
@@ -793,7 +811,10 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                     match next(&mut f.nodes[to]).await {
                         Inbound::Instance(m) => break m,
                         // Loop-back events of earlier tests are no concern here.
-                        Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Monitor(_) => {
+                        Inbound::Event(_)
+                        | Inbound::Resubscribed(_)
+                        | Inbound::Subscribed(_)
+                        | Inbound::Monitor(_) => {
                             continue;
                         }
                     }
@@ -835,7 +856,9 @@ async fn monitor_events_reach_every_instance(mut f: BrokerFixture) {
             let got = loop {
                 match next(node).await {
                     Inbound::Monitor(text) => break text,
-                    Inbound::Event(_) | Inbound::Resubscribed(_) => continue,
+                    Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => {
+                        continue;
+                    }
                     Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
                 }
             };
@@ -893,6 +916,50 @@ broker_contract!(
     monitor_events_reach_every_instance,
     close_flushes_queued_events,
 );
+
+/// Per-session channels: a node hears a session's events only while it has
+/// local interest in it; the log still has every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
+    let mut f = redis_bus().await;
+    let origin = f.nodes[0].instance.clone();
+    f.nodes[0].broker.interest("t", true);
+    wait_subscribed(&mut f.nodes[0], "t").await;
+    let in_t = |n: usize| EventEnvelope {
+        session: "t".into(),
+        ..envelope(&origin, n)
+    };
+    f.nodes[0].broker.publish_event(in_t(1)).unwrap();
+    // Node b is not interested in `t`: the next event it gets is from `s`.
+    f.nodes[0]
+        .broker
+        .publish_event(envelope(&origin, 2))
+        .unwrap();
+    match next(&mut f.nodes[1]).await {
+        Inbound::Event(e) => assert_eq!((e.session.as_str(), e.produced_at), ("s", 2)),
+        other => panic!("unexpected {other:?}"),
+    }
+    for expected in [("t", 1), ("s", 2)] {
+        let got = next_event_from(&mut f.nodes[0], &origin).await;
+        assert_eq!((got.session.as_str(), got.produced_at), expected);
+    }
+    // Once node a lost interest, it hears `t` no more (`s` still). Leaving
+    // is not confirmed, but it is done before a later interest is
+    // confirmed.
+    f.nodes[0].broker.interest("t", false);
+    f.nodes[0].broker.interest("u", true);
+    wait_subscribed(&mut f.nodes[0], "u").await;
+    f.nodes[0].broker.publish_event(in_t(3)).unwrap();
+    f.nodes[0]
+        .broker
+        .publish_event(envelope(&origin, 4))
+        .unwrap();
+    let got = next_event_from(&mut f.nodes[0], &origin).await;
+    assert_eq!((got.session.as_str(), got.produced_at), ("s", 4));
+    // The log has both of `t`'s events all the same.
+    let t = f.nodes[1].broker.read_log("t", None).await.unwrap();
+    assert_eq!(t.head, 2);
+}
 
 #[tokio::test]
 async fn a_new_local_bus_starts_a_new_epoch() {

@@ -150,11 +150,14 @@ pub struct RedisAi {
 }
 
 impl RedisAi {
-    /// Over the cluster's pool, key prefix and metrics.
+    /// Over a pool (of any topology), key prefix and metrics.
     pub fn new(pool: impl Into<RedisPool>, prefix: &str, metrics: Arc<Metrics>) -> Self {
-        RedisAi {
-            backend: RedisBackend::from_pool(pool, prefix, metrics),
-        }
+        Self::over(RedisBackend::from_pool(pool, prefix, metrics))
+    }
+
+    /// Over the cluster's backend (any topology).
+    pub fn over(backend: RedisBackend) -> Self {
+        RedisAi { backend }
     }
 
     /// Single-flight lock of one request hash (string: holder token).

@@ -114,7 +114,7 @@ impl AiCoordinator {
                 Quotas::local(settings.rate_limit_per_min, settings.max_concurrency),
             ),
             Some(r) => {
-                let redis = RedisAi::new(r.pool, &r.prefix, metrics.clone());
+                let redis = RedisAi::over(r.backend);
                 let quotas = Quotas::redis(
                     redis.clone(),
                     provider.name(),

@@ -145,9 +145,8 @@ impl ProviderError {
 /// The cluster's Redis, for cross-instance coordination.
 #[derive(Clone)]
 pub struct RedisCoordination {
-    pub pool: crate::redis::RedisPool,
-    /// `REDIS_KEY_PREFIX`: every AI key is `{prefix}:ai:...`.
-    pub prefix: String,
+    /// The cluster's Redis (any topology), with its key prefix.
+    pub backend: RedisBackend,
 }
 
 /// A Redis failure of the coordination store: quotas and single flight
@@ -175,10 +174,7 @@ pub fn build_coordinator(
             Arc::new(openai::OpenAiProvider::new(settings.openai()?))
         }
     };
-    let redis = redis.map(|backend| RedisCoordination {
-        prefix: backend.keys.prefix().to_string(),
-        pool: backend.pool,
-    });
+    let redis = redis.map(|backend| RedisCoordination { backend });
     Ok(coordinator::AiCoordinator::with_settings(
         provider,
         metrics,

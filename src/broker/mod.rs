@@ -7,7 +7,9 @@
 //! hub's [`Inbound`] channel, in offset order. [`local::LocalBroker`] is the
 //! standalone log (an in-memory ring per session, epoch random per process);
 //! `redis::RedisBroker` keeps the log in Redis and carries events over
-//! pub/sub, assigning, logging and publishing in one Lua script per event.
+//! pub/sub, assigning, logging and publishing in one Lua script per event,
+//! on one channel per session: an instance only receives the events of the
+//! sessions it has local subscribers of ([`Broker::interest`]).
 //!
 //! Beside the logs, the bus carries point-to-point [`InstanceMessage`]s and
 //! a cluster-wide monitor channel for the admin dashboard (not logged).
@@ -153,6 +155,9 @@ pub enum Inbound {
     /// The subscription (re)started with this connection epoch: events may
     /// have been missed since the last one; read them from the log.
     Resubscribed(u64),
+    /// The subscription to this session's channel is confirmed: events
+    /// published before it are only in the log; read them from there.
+    Subscribed(String),
     /// A cluster-wide monitoring event (JSON text) for the admin feeds.
     Monitor(String),
 }
@@ -173,6 +178,14 @@ pub trait Broker: Send + Sync + 'static {
         instance: &str,
         message: InstanceMessage,
     ) -> Result<(), HubError>;
+    /// Whether this instance has local interest in a session's events (its
+    /// first local subscriber appeared: true; its last one left: false).
+    /// Called in order per session, under the hub's registry lock, so it
+    /// must not block. A broker that carries events per session subscribes
+    /// to (or leaves) the session's channel and answers a confirmed
+    /// subscription with [`Inbound::Subscribed`]; the standalone one has
+    /// nothing to do.
+    fn interest(&self, _session: &str, _interested: bool) {}
     /// Hands a monitoring event (JSON text) to every instance, this one
     /// included, for their admin feeds ([`Inbound::Monitor`]). Best effort,
     /// not logged: a monitor event lost to an outage is superseded by the

@@ -7,12 +7,24 @@
 //!   publishes — one round trip, so log order is publish order. A retried
 //!   pipeline is harmless: the script skips events whose publisher sequence
 //!   number it already logged.
-//! * One subscriber connection per instance listens on the events channel,
-//!   this instance's inbox and the admin monitor channel; each event arrives once per instance (the
+//! * Each session has its own channel, and the script publishes there. One
+//!   subscriber connection per instance listens on this instance's inbox,
+//!   the admin monitor channel and the channels of the sessions it has
+//!   local subscribers of ([`Broker::interest`]), so an instance receives
+//!   nothing of the other sessions. Each event arrives once per interested
+//!   instance (the
 //!   publishing one included: local clients get events from the
 //!   subscription too, in offset order) and is fanned out locally from its
-//!   already-serialized text. After each (re)subscription the hub is told
-//!   ([`Inbound::Resubscribed`]) so it reads what it missed from the log.
+//!   already-serialized text. Events published before a SUBSCRIBE was
+//!   confirmed were not received: after each confirmed session channel the
+//!   hub is told ([`Inbound::Subscribed`]), after each reconnection
+//!   ([`Inbound::Resubscribed`]), and reads what it missed from the log.
+//! * On a Redis Cluster every key of a session shares its slot, the
+//!   channels are shard channels (`SPUBLISH` in the script, `SSUBSCRIBE`
+//!   sent to the node that owns the slot), the publisher sends one pipeline
+//!   per session, and a subscription a node drops (slot moved) or a lost
+//!   node (failover) makes the subscriber subscribe everything again where
+//!   it lives now, then the hub reads every session from the log.
 //! * Both reconnect by themselves with capped exponential backoff
 //!   (`backon`, 100 ms doubling to 5 s), cut short by shutdown, and at once
 //!   when Redis Sentinel announces a new master
@@ -21,6 +33,7 @@
 //!   old master logged from then on would be missing from the new one, and
 //!   its offsets given again.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,7 +48,7 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
-use crate::redis::{MasterEvent, RedisBackend, RedisError};
+use crate::redis::{COMMAND_TIMEOUT, DedicatedConnection, MasterEvent, RedisBackend, RedisError};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 /// Longest wait for the new master once Sentinel started promoting one.
@@ -43,9 +56,12 @@ const PROMOTION_HOLD: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 256;
 
 /// Assigns the next offset, logs and publishes one event.
-/// KEYS: log stream, epoch, offset counter, seen hash.
-/// ARGV: candidate epoch, max len, TTL ms, channel, publisher id, sequence
-/// number, header rest (JSON object without `{`), frame rest (same).
+/// KEYS: log stream, epoch, offset counter, seen hash, the session's
+/// channel (declared like a key: on a Redis Cluster it is a shard channel
+/// of the session's slot).
+/// ARGV: candidate epoch, max len, TTL ms, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a Redis Cluster), publisher id, sequence number, header
+/// rest (JSON object without `{`), frame rest (same).
 /// The epoch candidate comes from the caller: scripts make no randomness.
 /// Returns `{offset, epoch}`, or `{0, ''}` when this publisher's event was
 /// already logged.
@@ -66,7 +82,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-redis.call('PUBLISH', ARGV[4], payload)
+redis.call(ARGV[4], KEYS[5], payload)
 return {offset, epoch}
 "#;
 
@@ -123,6 +139,7 @@ pub struct RedisBroker {
     subscribed: Arc<AtomicBool>,
     publisher_ok: Arc<AtomicBool>,
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    interest: Arc<Interest>,
     stop: CancellationToken,
     publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -173,9 +190,11 @@ impl RedisBroker {
             publisher_ok.clone(),
             stop.clone(),
         ));
+        let interest = Arc::new(Interest::default());
         tokio::spawn(subscriber_loop(
             backend.clone(),
             instance,
+            interest.clone(),
             inbound,
             subscribed.clone(),
             epoch.clone(),
@@ -189,6 +208,7 @@ impl RedisBroker {
             subscribed,
             publisher_ok,
             epoch,
+            interest,
             stop,
             publisher: std::sync::Mutex::new(Some(publisher)),
         }
@@ -287,11 +307,14 @@ impl Broker for RedisBroker {
         message: InstanceMessage,
     ) -> Result<(), HubError> {
         let payload = serde_json::to_string(&message).map_err(HubError::internal)?;
+        // On a Redis Cluster the inbox is a shard channel: SPUBLISH counts
+        // its subscribers on the shard (PUBLISH would count only those on
+        // the node that ran it).
         let receivers: i64 = self
             .backend
             .query(
                 "publish_inbox",
-                ::redis::cmd("PUBLISH")
+                ::redis::cmd(publish_command(&self.backend))
                     .arg(self.backend.keys.inbox_channel(instance))
                     .arg(payload),
             )
@@ -305,12 +328,18 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    fn interest(&self, session: &str, interested: bool) {
+        self.interest.set(session, interested);
+    }
+
     async fn publish_monitor(&self, payload: String) -> Result<(), HubError> {
+        // Like the inbox, a shard channel on a Redis Cluster (its own slot,
+        // `{monitor}`): every instance subscribes it on that one shard.
         let _: i64 = self
             .backend
             .query(
                 "publish_monitor",
-                ::redis::cmd("PUBLISH")
+                ::redis::cmd(publish_command(&self.backend))
                     .arg(self.backend.keys.monitor_channel())
                     .arg(payload),
             )
@@ -339,6 +368,80 @@ impl Broker for RedisBroker {
     }
 }
 
+/// `SPUBLISH` on a Redis Cluster (every channel is a shard channel there),
+/// else `PUBLISH`.
+fn publish_command(backend: &RedisBackend) -> &'static str {
+    if backend.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
+/// Logs and publishes a batch in one round trip: one pipeline of append
+/// scripts, in queue order. On a Redis Cluster a pipeline must stay in one
+/// slot, so the batch goes as one pipeline per session (each in queue
+/// order), all at once. Returns `(offset, epoch)` per event, in batch order.
+async fn append_batch(
+    backend: &RedisBackend,
+    settings: &LogSettings,
+    script: &::redis::Script,
+    batch: &[Queued],
+    conn: &mut DedicatedConnection,
+) -> ::redis::RedisResult<Vec<(u64, String)>> {
+    let keys = &backend.keys;
+    let publish = publish_command(backend);
+    let invocation = |q: &Queued| {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.session_log(&q.session))
+            .key(keys.session_log_epoch(&q.session))
+            .key(keys.session_log_offset(&q.session))
+            .key(keys.session_log_seen(&q.session))
+            .key(keys.session_channel(&q.session))
+            .arg(epoch_candidate())
+            .arg(settings.len)
+            .arg(settings.ttl_ms)
+            .arg(publish)
+            .arg(&settings.publisher)
+            .arg(q.seq)
+            .arg(&q.header)
+            .arg(&q.frame);
+        invocation
+    };
+    if !backend.is_cluster() {
+        let mut pipe = ::redis::pipe();
+        for q in batch {
+            pipe.invoke_script(&invocation(q));
+        }
+        return pipe.query_async(conn).await;
+    }
+    // Per session, the positions of its events in the batch.
+    let mut sessions: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, q) in batch.iter().enumerate() {
+        sessions.entry(q.session.as_str()).or_default().push(i);
+    }
+    let pipes = sessions.into_values().map(|positions| {
+        let mut pipe = ::redis::pipe();
+        for &i in &positions {
+            pipe.invoke_script(&invocation(&batch[i]));
+        }
+        // The connection is multiplexed: each pipeline gets its own handle.
+        let mut handle = conn.clone();
+        async move {
+            let logged: Vec<(u64, String)> = pipe.query_async(&mut handle).await?;
+            Ok::<_, ::redis::RedisError>((positions, logged))
+        }
+    });
+    let mut out = vec![(0, String::new()); batch.len()];
+    for (positions, logged) in futures_util::future::try_join_all(pipes).await? {
+        for (i, result) in positions.into_iter().zip(logged) {
+            out[i] = result;
+        }
+    }
+    Ok(out)
+}
+
 async fn publisher_loop(
     backend: RedisBackend,
     settings: LogSettings,
@@ -346,24 +449,22 @@ async fn publisher_loop(
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let channel = backend.keys.events_channel();
     let script = ::redis::Script::new(APPEND_SCRIPT);
     let mut backoff = reconnect_delays();
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut seq: u64 = 0;
     let mut master_changes = backend.master_changes();
     'connect: loop {
-        // A new client each time: with Sentinel it is the current master.
+        // A new connection each time: with Sentinel, to the current master.
         let connected = backend
             .timed("publisher_connect", async {
                 let mut conn = backend
-                    .client()
-                    .await?
-                    .get_multiplexed_async_connection()
+                    .dedicated()
                     .await
                     .map_err(|e| RedisError::from_client("publisher_connect", &e))?;
-                // Loaded once per connection, so the pipeline's
-                // EVALSHAs find it (a restarted Redis forgot it).
+                // Loaded once per connection (on every master of a Redis
+                // Cluster), so the pipeline's EVALSHAs find it (a restarted
+                // Redis, or a promoted replica, may not have it).
                 script
                     .prepare_invoke()
                     .load_async(&mut conn)
@@ -425,28 +526,9 @@ async fn publisher_loop(
                 seq += 1;
                 q.seq = seq;
             }
-            let keys = &backend.keys;
-            let mut pipe = ::redis::pipe();
-            for q in &batch {
-                let mut invocation = script.prepare_invoke();
-                invocation
-                    .key(keys.session_log(&q.session))
-                    .key(keys.session_log_epoch(&q.session))
-                    .key(keys.session_log_offset(&q.session))
-                    .key(keys.session_log_seen(&q.session))
-                    .arg(epoch_candidate())
-                    .arg(settings.len)
-                    .arg(settings.ttl_ms)
-                    .arg(&channel)
-                    .arg(&settings.publisher)
-                    .arg(q.seq)
-                    .arg(&q.header)
-                    .arg(&q.frame);
-                pipe.invoke_script(&invocation);
-            }
             let sent = backend
                 .timed("publish_events", async {
-                    pipe.query_async::<Vec<(u64, String)>>(&mut conn)
+                    append_batch(&backend, &settings, &script, &batch, &mut conn)
                         .await
                         .map_err(|e| RedisError::from_client("publish_events", &e))
                 })
@@ -484,41 +566,262 @@ async fn publisher_loop(
     }
 }
 
+/// The sessions this instance wants the events of: changed by the hub's
+/// registry ([`Broker::interest`]), followed by the subscriber task.
+#[derive(Default)]
+struct Interest {
+    state: std::sync::Mutex<InterestState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct InterestState {
+    wanted: HashSet<String>,
+    /// Sessions whose interest changed since the subscriber last looked.
+    dirty: HashSet<String>,
+}
+
+impl Interest {
+    fn set(&self, session: &str, interested: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if interested {
+            state.wanted.insert(session.to_string())
+        } else {
+            state.wanted.remove(session)
+        };
+        if changed {
+            state.dirty.insert(session.to_string());
+            self.changed.notify_one();
+        }
+    }
+
+    /// Every wanted session (for a new connection); nothing is dirty then.
+    fn all(&self) -> Vec<String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.dirty.clear();
+        state.wanted.iter().cloned().collect()
+    }
+
+    /// The sessions whose interest changed, split into (wanted, unwanted).
+    fn changes(&self) -> (Vec<String>, Vec<String>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = std::mem::take(&mut state.dirty);
+        dirty
+            .into_iter()
+            .partition(|session| state.wanted.contains(session))
+    }
+}
+
+/// What the subscription connection reports, whatever the topology.
+enum Incoming {
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// Sharded: a subscription confirmed by a node (ours, or the client
+    /// library's own after it reconnected to a node).
+    Subscribed(String),
+    /// Sharded: a node dropped a subscription (its slot moved away), or
+    /// confirmed our own unsubscription.
+    Unsubscribed(String),
+    /// Sharded: the connection to one node was lost.
+    Disconnected,
+}
+
+/// The subscription connection: RESP2 pub/sub on one server, or sharded
+/// pub/sub (RESP3 pushes) over a Redis Cluster connection, which sends
+/// each `SSUBSCRIBE` to the node owning the channel's slot.
+enum Subscription {
+    Plain {
+        sink: ::redis::aio::PubSubSink,
+        stream: ::redis::aio::PubSubStream,
+    },
+    Sharded {
+        conn: ::redis::cluster_async::ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<::redis::PushInfo>,
+    },
+}
+
+impl Subscription {
+    async fn connect(backend: &RedisBackend) -> ::redis::RedisResult<Self> {
+        if backend.is_cluster() {
+            let (tx, pushes) = mpsc::unbounded_channel();
+            let conn = backend.sharded_pubsub(tx).await?;
+            Ok(Subscription::Sharded { conn, pushes })
+        } else {
+            let (sink, stream) = backend.pubsub().await?.split();
+            Ok(Subscription::Plain { sink, stream })
+        }
+    }
+
+    fn is_sharded(&self) -> bool {
+        matches!(self, Subscription::Sharded { .. })
+    }
+
+    async fn subscribe(&mut self, channels: &[String]) -> ::redis::RedisResult<()> {
+        match self {
+            Subscription::Plain { sink, .. } => sink.subscribe(channels).await,
+            // One SSUBSCRIBE per channel: channels of one command must
+            // share a slot.
+            Subscription::Sharded { conn, .. } => {
+                futures_util::future::try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(c).await }
+                }))
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> ::redis::RedisResult<()> {
+        match self {
+            Subscription::Plain { sink, .. } => sink.unsubscribe(channels).await,
+            Subscription::Sharded { conn, .. } => {
+                futures_util::future::try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(c).await }
+                }))
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// The next report; None when the connection is gone.
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Subscription::Plain { stream, .. } => {
+                let msg = stream.next().await?;
+                Some(Incoming::Message {
+                    channel: msg.get_channel_name().to_string(),
+                    payload: msg.get_payload_bytes().to_vec(),
+                })
+            }
+            Subscription::Sharded { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                let text = |i: usize| match push.data.get(i) {
+                    Some(::redis::Value::BulkString(b)) => Some(b.clone()),
+                    _ => None,
+                };
+                let channel = || text(0).map(|c| String::from_utf8_lossy(&c).into_owned());
+                let incoming = match push.kind {
+                    ::redis::PushKind::SMessage => channel()
+                        .zip(text(1))
+                        .map(|(channel, payload)| Incoming::Message { channel, payload }),
+                    ::redis::PushKind::SSubscribe => channel().map(Incoming::Subscribed),
+                    ::redis::PushKind::SUnsubscribe => channel().map(Incoming::Unsubscribed),
+                    ::redis::PushKind::Disconnection => Some(Incoming::Disconnected),
+                    _ => None,
+                };
+                if let Some(incoming) = incoming {
+                    return Some(incoming);
+                }
+            },
+        }
+    }
+}
+
+/// A subscription command under the shared timeout.
+async fn bounded(
+    what: &str,
+    command: impl Future<Output = ::redis::RedisResult<()>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
+}
+
+/// How many channels one SUBSCRIBE / UNSUBSCRIBE names at most.
+const SUBSCRIBE_BATCH: usize = 256;
+
+/// Brings the connection's session channels in line with the wanted ones
+/// (`add`, `remove`): unsubscribes first, then subscribes (telling the hub
+/// of each confirmed one when `tell`; sharded subscriptions are told by
+/// their confirmation pushes instead), so an interest confirmed after a
+/// loss of interest also confirms the leaving. `subscribed` maps each
+/// subscribed channel to its session.
+async fn follow_interest(
+    sub: &mut Subscription,
+    backend: &RedisBackend,
+    (add, remove): (Vec<String>, Vec<String>),
+    subscribed: &mut HashMap<String, String>,
+    inbound: &mpsc::Sender<Inbound>,
+    tell: bool,
+) -> Result<(), String> {
+    let keys = &backend.keys;
+    let tell = tell && !sub.is_sharded();
+    let remove: Vec<String> = remove
+        .iter()
+        .map(|s| keys.session_channel(s))
+        .filter(|c| subscribed.contains_key(c))
+        .collect();
+    for channels in remove.chunks(SUBSCRIBE_BATCH) {
+        bounded("unsubscribe", sub.unsubscribe(channels)).await?;
+        for channel in channels {
+            subscribed.remove(channel);
+        }
+    }
+    let add: Vec<(String, String)> = add
+        .into_iter()
+        .map(|s| (keys.session_channel(&s), s))
+        .filter(|(c, _)| !subscribed.contains_key(c))
+        .collect();
+    for batch in add.chunks(SUBSCRIBE_BATCH) {
+        let channels: Vec<String> = batch.iter().map(|(c, _)| c.clone()).collect();
+        bounded("subscribe", sub.subscribe(&channels)).await?;
+        for (channel, session) in batch {
+            subscribed.insert(channel.clone(), session.clone());
+            if tell
+                && inbound
+                    .send(Inbound::Subscribed(session.clone()))
+                    .await
+                    .is_err()
+            {
+                return Err("hub gone".into());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn subscriber_loop(
     backend: RedisBackend,
     instance: String,
+    interest: Arc<Interest>,
     inbound: mpsc::Sender<Inbound>,
     subscribed: Arc<AtomicBool>,
     epoch: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let events = backend.keys.events_channel();
     let inbox = backend.keys.inbox_channel(&instance);
     let monitor = backend.keys.monitor_channel();
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
     let mut master_changes = backend.master_changes();
     while !shutdown.is_cancelled() {
+        // The inbox and every session channel wanted now; sessions wanted
+        // later are subscribed as they come (`follow_interest`).
+        let mut sessions = HashMap::new();
         let connected = async {
             // With Sentinel, the current master (pub/sub follows failovers).
-            let mut pubsub = backend
-                .client()
+            let mut sub = Subscription::connect(&backend)
                 .await
-                .map_err(|e| {
-                    ::redis::RedisError::from((::redis::ErrorKind::Io, "pub/sub", e.to_string()))
-                })?
-                .get_async_pubsub()
-                .await?;
-            pubsub.subscribe(&events).await?;
-            pubsub.subscribe(&inbox).await?;
-            pubsub.subscribe(&monitor).await?;
-            Ok::<_, ::redis::RedisError>(pubsub)
+                .map_err(|e| e.to_string())?;
+            sub.subscribe(&[inbox.clone(), monitor.clone()])
+                .await
+                .map_err(|e| e.to_string())?;
+            let all = (interest.all(), Vec::new());
+            follow_interest(&mut sub, &backend, all, &mut sessions, &inbound, false).await?;
+            Ok::<_, String>(sub)
         };
-        let pubsub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
-            Ok(Ok(p)) => p,
+        let mut sub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
+            Ok(Ok(sub)) => sub,
             failed => {
                 let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e,
                     _ => "timed out".to_string(),
                 };
                 if !announced_down {
@@ -530,7 +833,7 @@ async fn subscriber_loop(
                 continue;
             }
         };
-        tracing::info!(channel = %events, inbox = %inbox, "subscribed to redis pub/sub");
+        tracing::info!(inbox = %inbox, sessions = sessions.len(), sharded = sub.is_sharded(), "subscribed to redis pub/sub");
         announced_down = false;
         let now = epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // Anything published from here on arrives on the subscription; what
@@ -540,10 +843,19 @@ async fn subscriber_loop(
         }
         subscribed.store(true, Ordering::Release);
         backoff = reconnect_delays();
-        let mut stream = pubsub.into_on_message();
         loop {
-            let msg = tokio::select! {
-                m = stream.next() => m,
+            let incoming = tokio::select! {
+                m = sub.next() => m,
+                _ = interest.changed.notified() => {
+                    let changes = interest.changes();
+                    match follow_interest(&mut sub, &backend, changes, &mut sessions, &inbound, true).await {
+                        Ok(()) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "redis pub/sub subscription failed");
+                            break;
+                        }
+                    }
+                }
                 _ = shutdown.cancelled() => return,
                 // Publishes go to the new master: subscribe there.
                 event = master_changes.next() => match event {
@@ -551,22 +863,54 @@ async fn subscriber_loop(
                     MasterEvent::Promoting => continue,
                 },
             };
-            let Some(msg) = msg else { break };
+            let (channel, payload) = match incoming {
+                None => break,
+                Some(Incoming::Message { channel, payload }) => (channel, payload),
+                Some(Incoming::Subscribed(channel)) => {
+                    // A (re)subscription a node confirmed: what the channel
+                    // carried before is read from the log.
+                    if let Some(session) = sessions.get(&channel)
+                        && inbound
+                            .send(Inbound::Subscribed(session.clone()))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Incoming::Unsubscribed(channel)) => {
+                    let ours =
+                        channel == inbox || channel == monitor || sessions.contains_key(&channel);
+                    if !ours {
+                        continue;
+                    }
+                    // A node dropped a channel still wanted (its slot moved):
+                    // subscribe everything again where it lives now.
+                    tracing::warn!(%channel, "redis dropped a shard channel subscription; resubscribing");
+                    break;
+                }
+                Some(Incoming::Disconnected) => {
+                    // The library reconnects the node, but a failed master's
+                    // slots move to its replica: subscribe everything again
+                    // on the topology as it is now.
+                    break;
+                }
+            };
             backend.metrics.pubsub_received.inc();
-            let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            let Ok(payload) = std::str::from_utf8(&payload) else {
                 continue;
             };
-            let channel = msg.get_channel_name();
-            let parsed = if channel == events {
-                LoggedEvent::parse(payload)
-                    .map(Inbound::Event)
-                    .ok_or_else(|| "not a logged event".to_string())
-            } else if channel == monitor {
+            let parsed = if channel == monitor {
                 Ok(Inbound::Monitor(payload.to_string()))
-            } else {
+            } else if channel == inbox {
                 serde_json::from_str(payload)
                     .map(Inbound::Instance)
                     .map_err(|e| e.to_string())
+            } else {
+                LoggedEvent::parse(payload)
+                    .map(Inbound::Event)
+                    .ok_or_else(|| "not a logged event".to_string())
             };
             match parsed {
                 Ok(item) => {

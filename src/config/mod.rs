@@ -472,7 +472,7 @@ pub struct HubConfig {
     pub history_limit: usize,
     pub session_log_len: usize,
     pub session_log_ttl: Duration,
-    /// Where the cluster's state lives; None: standalone.
+    /// Where the cluster's state lives; None: standalone (in memory).
     pub redis: Option<RedisTopology>,
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
@@ -521,10 +521,15 @@ impl ServeArgs {
             ));
         }
         let redis = self.redis.topology()?;
-        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
+        // Braces would form a Redis Cluster hash tag before the key's own.
+        if self.redis_key_prefix.is_empty()
+            || self
+                .redis_key_prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(invalid(
                 "REDIS_KEY_PREFIX",
-                "must be non-empty and contain no whitespace",
+                "must be non-empty and contain no whitespace, `{` or `}`",
             ));
         }
         let allowed_origins = match &self.allowed_origins {
@@ -687,6 +692,50 @@ mod tests {
         assert!(err.contains("IDLE_TIMEOUT_MS"), "{err}");
         let err = parse(&["--port", "notaport"]).unwrap_err();
         assert!(err.contains("--port"), "{err}");
+    }
+
+    #[test]
+    fn redis_topology_is_one_of_the_exclusive_settings() {
+        let cfg = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        assert_eq!(
+            cfg.redis,
+            Some(RedisTopology::Single {
+                url: "redis://127.0.0.1:6379".into()
+            })
+        );
+        let cfg = parse(&[
+            "--redis-cluster-urls",
+            "127.0.0.1:7001, rediss://:pw@10.0.0.2:7002/",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis,
+            Some(RedisTopology::Cluster {
+                nodes: vec![
+                    "redis://127.0.0.1:7001".into(),
+                    "rediss://:pw@10.0.0.2:7002/".into()
+                ]
+            })
+        );
+        for bad in [
+            &["--redis-cluster-urls", "127.0.0.1"][..],
+            &["--redis-cluster-urls", "http://h:1"],
+            &["--redis-cluster-urls", " , "],
+            &["--redis-cluster-urls", "h:1", "--redis-url", "redis://h:2"],
+            &[
+                "--redis-cluster-urls",
+                "h:1",
+                "--redis-sentinels",
+                "h:26379",
+                "--redis-sentinel-master",
+                "m",
+            ],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("REDIS_CLUSTER_URLS"), "{bad:?}: {err}");
+        }
+        let err = parse(&["--redis-key-prefix", "a{b}"]).unwrap_err();
+        assert!(err.contains("REDIS_KEY_PREFIX"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Redis settings and the one place that turns them into a
-//! [`RedisTopology`]: a single server (`REDIS_URL`) or a master found
-//! through Redis Sentinel (`REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`).
-//! None of them set: standalone. docs/redis.md documents the settings.
+//! [`RedisTopology`]: a single server (`REDIS_URL`), a master found
+//! through Redis Sentinel (`REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`) or
+//! a Redis Cluster (`REDIS_CLUSTER_URLS`). The three are exclusive; none of
+//! them set: standalone. docs/redis.md documents the settings.
 //!
 //! Secrets (passwords inside URLs, `REDIS_SENTINEL_PASSWORD`) never reach a
 //! log line: every `Debug` here redacts them.
@@ -14,9 +15,13 @@ use super::{ConfigError, invalid};
 #[derive(Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL of a single server; set to run as one instance of a
-    /// cluster, unset (and no Sentinel) for standalone.
+    /// cluster, unset (and no Sentinel or Cluster) for standalone.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`host:port,...`; `redis://` or
+    /// `rediss://` URLs too, e.g. with a password); instead of REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true)]
+    pub redis_cluster_urls: Option<String>,
     /// Redis Sentinel nodes, comma-separated `host:port` or
     /// `redis[s]://[[user]:password@]host:port[/db]` (scheme, credentials
     /// and db apply to the master they name).
@@ -34,6 +39,10 @@ impl std::fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisArgs")
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field(
+                "redis_cluster_urls",
+                &self.redis_cluster_urls.as_deref().map(redact_url_list),
+            )
             .field(
                 "redis_sentinels",
                 &self.redis_sentinels.as_deref().map(redact_url_list),
@@ -55,6 +64,9 @@ pub enum RedisTopology {
     Single { url: String },
     /// The master the Sentinels name, followed across failovers.
     Sentinel(SentinelTopology),
+    /// A Redis Cluster (`REDIS_CLUSTER_URLS`), found from these seed nodes
+    /// (`redis://` / `rediss://` URLs).
+    Cluster { nodes: Vec<String> },
 }
 
 /// `REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`, `REDIS_SENTINEL_PASSWORD`.
@@ -78,6 +90,15 @@ impl RedisTopology {
     pub fn single(url: impl Into<String>) -> Self {
         RedisTopology::Single { url: url.into() }
     }
+
+    /// The setting it came from, for errors.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            RedisTopology::Single { .. } => "REDIS_URL",
+            RedisTopology::Sentinel(_) => "REDIS_SENTINELS",
+            RedisTopology::Cluster { .. } => "REDIS_CLUSTER_URLS",
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisTopology {
@@ -88,6 +109,13 @@ impl std::fmt::Debug for RedisTopology {
                 .field("url", &redact_url(url))
                 .finish(),
             RedisTopology::Sentinel(s) => s.fmt(f),
+            RedisTopology::Cluster { nodes } => f
+                .debug_struct("Cluster")
+                .field(
+                    "nodes",
+                    &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+                )
+                .finish(),
         }
     }
 }
@@ -112,6 +140,38 @@ impl RedisArgs {
     /// the setting at fault.
     pub fn topology(&self) -> Result<Option<RedisTopology>, ConfigError> {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if set(&self.redis_cluster_urls) {
+            for (name, value) in [
+                ("REDIS_URL", &self.redis_url),
+                ("REDIS_SENTINELS", &self.redis_sentinels),
+            ] {
+                if set(value) {
+                    return Err(invalid(
+                        "REDIS_CLUSTER_URLS",
+                        format!(
+                            "set one of REDIS_URL (one server), REDIS_SENTINELS (Sentinel) or \
+                             REDIS_CLUSTER_URLS (a Redis Cluster), not both {name} and \
+                             REDIS_CLUSTER_URLS"
+                        ),
+                    ));
+                }
+            }
+            for (name, value) in [
+                ("REDIS_SENTINEL_MASTER", &self.redis_sentinel_master),
+                ("REDIS_SENTINEL_PASSWORD", &self.redis_sentinel_password),
+            ] {
+                if set(value) {
+                    return Err(invalid(
+                        name,
+                        "needs REDIS_SENTINELS (the Sentinel nodes to ask), not REDIS_CLUSTER_URLS",
+                    ));
+                }
+            }
+            let list = self.redis_cluster_urls.as_deref().unwrap_or_default();
+            return Ok(Some(RedisTopology::Cluster {
+                nodes: parse_cluster_urls(list).map_err(|r| invalid("REDIS_CLUSTER_URLS", r))?,
+            }));
+        }
         if !set(&self.redis_sentinels) {
             for (name, value) in [
                 ("REDIS_SENTINEL_MASTER", &self.redis_sentinel_master),
@@ -231,6 +291,37 @@ fn parse_sentinels(list: &str) -> Result<SentinelTopology, String> {
     })
 }
 
+/// `REDIS_CLUSTER_URLS`: `host:port` or redis(s) URLs, comma-separated.
+fn parse_cluster_urls(list: &str) -> Result<Vec<String>, String> {
+    let mut nodes = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let url = if raw.contains("://") {
+            raw.to_string()
+        } else {
+            format!("redis://{raw}")
+        };
+        let authority = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        let port_ok = host_port
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) || !port_ok {
+            return Err(format!(
+                "`{}` is not host:port or a redis:// / rediss:// URL with a port",
+                redact_url(raw)
+            ));
+        }
+        nodes.push(url);
+    }
+    if nodes.is_empty() {
+        return Err("needs at least one seed node (host:port)".into());
+    }
+    Ok(nodes)
+}
+
 /// Whether a URL's authority names a port (`host:port`, `[v6]:port`).
 fn has_port(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -270,6 +361,7 @@ mod tests {
     fn args(url: Option<&str>, sentinels: Option<&str>, master: Option<&str>) -> RedisArgs {
         RedisArgs {
             redis_url: url.map(str::to_string),
+            redis_cluster_urls: None,
             redis_sentinels: sentinels.map(str::to_string),
             redis_sentinel_master: master.map(str::to_string),
             redis_sentinel_password: None,

@@ -90,6 +90,10 @@ impl Hub {
                 .connections_closed
                 .with_label_values(&[reason.label()]);
         }
+        let broker = parts.broker.clone();
+        let registry = Registry::with_interest(Box::new(move |session, interested| {
+            broker.interest(session, interested)
+        }));
         Arc::new(Hub {
             config: parts.config,
             store: parts.store,
@@ -99,7 +103,7 @@ impl Hub {
             ai: parts.ai,
             metrics: parts.metrics,
             auth: parts.auth,
-            registry: Registry::default(),
+            registry,
             agents: AgentRouter::default(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -411,6 +415,10 @@ impl Hub {
                 }
                 self.caught_up.store(epoch, Ordering::Release);
             }
+            // The channel's events before the confirmation were not
+            // received: deliver them from the log (duplicates are dropped
+            // by offset).
+            Inbound::Subscribed(session) => self.catch_up(&session).await,
             Inbound::Instance(msg) => self.handle_instance_message(msg).await,
             Inbound::Monitor(text) => self.monitor.relay(&text, &self.metrics),
         }
@@ -450,7 +458,7 @@ impl Hub {
     }
 
     /// Delivers what the session's log holds past this instance's last
-    /// delivered offset (after a resubscription).
+    /// delivered offset (after a (re)subscription).
     async fn catch_up(&self, session: &str) {
         let Some(position) = self.registry.position(session) else {
             return;

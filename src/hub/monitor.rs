@@ -26,7 +26,7 @@ use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason, Outbound};
+use super::registry::{ClientHandle, CloseReason, Outbound, Position};
 use crate::broker::InstanceMessage;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
 
@@ -220,9 +220,25 @@ impl Hub {
     /// drops: it receives the session's events exactly as the session's
     /// clients do, is no member and never in presence. This is the one way
     /// anything but a client subscribes to a session on this instance.
-    pub fn watch_session(self: &Arc<Self>, session: &str, handle: ClientHandle) -> WatchGuard {
+    pub async fn watch_session(
+        self: &Arc<Self>,
+        session: &str,
+        handle: ClientHandle,
+    ) -> WatchGuard {
         let conn_id = handle.conn_id;
-        self.registry.watch(session, handle);
+        // Where the watch starts if it is the session's first local
+        // subscriber (its channel is subscribed only now).
+        let read = match self.broker.read_log(session, None).await {
+            Ok(read) => Some(Position {
+                epoch: read.epoch,
+                offset: read.head,
+            }),
+            Err(error) => {
+                tracing::warn!(session, %error, "cannot read the log to start a watch");
+                None
+            }
+        };
+        self.registry.watch(session, handle, read);
         WatchGuard {
             hub: self.clone(),
             session: session.to_string(),

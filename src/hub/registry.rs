@@ -19,6 +19,13 @@
 //! dashboard's feed): they get its logged events like a client and count
 //! as a local subscriber, but are no member (not in presence, not listed,
 //! not counted as clients).
+//!
+//! The registry is also the instance's one notion of *local interest* in a
+//! session: a session has it while it has at least one local subscriber,
+//! client or watcher. The first one in and the last one out are reported to
+//! the interest hook (the broker's [`crate::broker::Broker::interest`])
+//! under the `sessions` write lock (watchers change under it too), so the
+//! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -290,9 +297,14 @@ impl ClientHandle {
     }
 }
 
+/// Told `(session, true)` when a session gets its first local subscriber
+/// and `(session, false)` when its last one leaves; must not block.
+pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Registry {
     sessions: RwLock<HashMap<String, HashMap<String, ClientHandle>>>,
+    interest: Option<InterestHook>,
     /// Per session with local clients: the last delivered log position.
     /// Lock order: `positions`, then `sessions`.
     positions: Mutex<HashMap<String, Position>>,
@@ -344,13 +356,43 @@ pub enum Delivery {
 }
 
 impl Registry {
+    /// A registry that reports local interest in sessions to `hook`.
+    pub fn with_interest(hook: InterestHook) -> Self {
+        Registry {
+            interest: Some(hook),
+            ..Registry::default()
+        }
+    }
+
     /// Adds a client; returns the handle it replaced (same client id).
     pub fn insert(&self, session: &str, handle: ClientHandle) -> Option<ClientHandle> {
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .entry(session.to_string())
-            .or_default()
-            .insert(handle.info.client_id.clone(), handle)
+        self.add(&mut sessions, session, handle)
+    }
+
+    /// Adds under the write lock, reporting a session's first subscriber.
+    fn add(
+        &self,
+        sessions: &mut HashMap<String, HashMap<String, ClientHandle>>,
+        session: &str,
+        handle: ClientHandle,
+    ) -> Option<ClientHandle> {
+        let clients = sessions.entry(session.to_string()).or_default();
+        if clients.is_empty()
+            && !self.is_watched(session)
+            && let Some(hook) = &self.interest
+        {
+            hook(session, true);
+        }
+        clients.insert(handle.info.client_id.clone(), handle)
+    }
+
+    /// Whether `session` has a hidden watcher (lock order: after `sessions`).
+    fn is_watched(&self, session: &str) -> bool {
+        self.watchers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session)
     }
 
     /// Removes a client if it is still this connection.
@@ -365,6 +407,11 @@ impl Registry {
         clients.remove(client_id);
         if clients.is_empty() {
             sessions.remove(session);
+            if !self.is_watched(session)
+                && let Some(hook) = &self.interest
+            {
+                hook(session, false);
+            }
         }
         true
     }
@@ -483,10 +530,12 @@ impl Registry {
         positions.get(session).cloned()
     }
 
-    /// Sessions that have local clients.
+    /// Sessions that have local subscribers (clients or watchers).
     pub fn sessions(&self) -> Vec<String> {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        sessions.keys().cloned().collect()
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watched_only = watchers.keys().filter(|s| !sessions.contains_key(*s));
+        sessions.keys().chain(watched_only).cloned().collect()
     }
 
     /// Joins `handle` to the session atomically with respect to live
@@ -524,28 +573,47 @@ impl Registry {
         };
         let keep = start(&live, kept, &handle).ok_or(Refused)?;
         positions.insert(session.to_string(), keep);
-        Ok(sessions
-            .entry(session.to_string())
-            .or_default()
-            .insert(handle.info.client_id.clone(), handle))
+        Ok(self.add(&mut sessions, session, handle))
     }
 
-    /// Adds a hidden watcher of `session` (see `watchers`).
-    pub fn watch(&self, session: &str, handle: ClientHandle) {
+    /// Adds a hidden watcher of `session` (see `watchers`); the first
+    /// local subscriber of a session without clients reports interest.
+    /// `read` is the log's position as the watch read it: with no local
+    /// subscriber yet, live delivery (and catching up once the channel is
+    /// subscribed) continues from there, so the watcher misses nothing
+    /// published after it.
+    pub fn watch(&self, session: &str, handle: ClientHandle, read: Option<Position>) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        // Held so interest changes of clients and watchers are ordered.
+        let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
-        watchers
-            .entry(session.to_string())
-            .or_default()
-            .insert(handle.conn_id, handle);
+        let watching = watchers.entry(session.to_string()).or_default();
+        if watching.is_empty() && !sessions.contains_key(session) {
+            match read {
+                Some(read) => positions.insert(session.to_string(), read),
+                None => positions.remove(session),
+            };
+            if let Some(hook) = &self.interest {
+                hook(session, true);
+            }
+        }
+        watching.insert(handle.conn_id, handle);
     }
 
-    /// Removes the watcher `conn_id` of `session`.
+    /// Removes the watcher `conn_id` of `session`; the last local
+    /// subscriber out reports the end of interest.
     pub fn unwatch(&self, session: &str, conn_id: u64) {
+        let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = watchers.get_mut(session) {
-            w.remove(&conn_id);
-            if w.is_empty() {
-                watchers.remove(session);
+        if let Some(w) = watchers.get_mut(session)
+            && w.remove(&conn_id).is_some()
+            && w.is_empty()
+        {
+            watchers.remove(session);
+            if !sessions.contains_key(session)
+                && let Some(hook) = &self.interest
+            {
+                hook(session, false);
             }
         }
     }

@@ -1,19 +1,23 @@
 //! The low-level Redis layer under the cluster's store, broker, membership
-//! and AI coordination: the connection pool, the key layout ([`Keys`]) and
-//! one timed, counted path every command, pipeline and Lua script runs
-//! through. Scripts themselves live with the layer that owns their keys
+//! and AI coordination: the connections of the configured topology (one
+//! server, the master Redis Sentinel names, or a Redis Cluster whose
+//! connections route each command to the node owning its slot), the key
+//! layout with its hash tags ([`Keys`]) and one timed, counted path every
+//! command, pipeline and Lua script runs through, whatever the topology.
+//! Scripts themselves live with the layer that owns their keys
 //! (`store::redis`, `ai::cluster`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
-//! instead of a stuck client. Which server answers (one URL, or the master
-//! Redis Sentinel names) is [`topology`]'s business.
+//! instead of a stuck client. Which server answers (one URL, the master
+//! Redis Sentinel names, or the Redis Cluster node owning a key's slot) is
+//! [`topology`]'s business.
 
 mod error;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
-pub use topology::{MasterChanges, MasterEvent, PooledConnection, RedisPool};
+pub use topology::{DedicatedConnection, MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +38,16 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// part can never contain the `:` that separates parts: no two different
 /// (session, contact) pairs share a key, and no session name reaches
 /// another session's keys.
+///
+/// **Hash tags** (Redis Cluster): the keys used together in one script,
+/// `MULTI` or pipeline share a `{tag}`, so they live in one slot. Every key
+/// of a session carries `{s:<session>}` (its log, channel, presence,
+/// agent, history, stats...); the membership keys `{cluster}`; the admin
+/// session index `{sessions}` and monitor channel `{monitor}`; an instance's
+/// member set and inbox `{i:<instance>}`; an AI request's lock and answer
+/// `{ai:<hash>}`; a provider's quota windows `{q:<provider>}`; an
+/// idempotency key's lock and result `{idem:<key>}`. Keys always used
+/// alone carry no tag. On a single Redis the tags are just characters.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -63,6 +77,8 @@ pub fn escape_key_part(part: &str) -> String {
 }
 
 impl Keys {
+    /// `prefix` must not contain `{` or `}` (config checks it): the first
+    /// braces of a key are its hash tag.
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_string(),
@@ -73,12 +89,9 @@ impl Keys {
         &self.prefix
     }
 
+    /// `P:{s:<session>}:<what>`: one slot for everything of a session.
     fn session_key(&self, session: &str, what: &str) -> String {
-        format!(
-            "{}:session:{}:{what}",
-            self.prefix,
-            escape_key_part(session)
-        )
+        format!("{}:{{s:{}}}:{what}", self.prefix, escape_key_part(session))
     }
 
     pub fn contacts(&self, session: &str) -> String {
@@ -109,29 +122,46 @@ impl Keys {
     /// STREAM: the session's event log, entry id `{offset}-0`, one field
     /// `e` holding the event as published (header line, `\n`, frame).
     pub fn session_log(&self, session: &str) -> String {
-        format!("{}:session:{session}:log", self.prefix)
+        self.session_key(session, "log")
     }
 
     /// String: the epoch of the session's log (random, made by the hub).
     pub fn session_log_epoch(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:epoch", self.prefix)
+        self.session_key(session, "log:epoch")
     }
 
     /// String counter: the offset of the session's latest event.
     pub fn session_log_offset(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:offset", self.prefix)
+        self.session_key(session, "log:offset")
     }
 
     /// HASH: publisher id → sequence number of its latest logged event, so a
     /// retried publish pipeline logs nothing twice.
     pub fn session_log_seen(&self, session: &str) -> String {
-        format!("{}:session:{session}:log:seen", self.prefix)
+        self.session_key(session, "log:seen")
+    }
+
+    /// Pub/sub channel carrying one session's events (its log entries); in
+    /// its slot, so the append script may publish to it (sharded pub/sub on
+    /// a Redis Cluster).
+    pub fn session_channel(&self, session: &str) -> String {
+        self.session_key(session, "events")
+    }
+
+    /// The latest delivery status of one sent message (JSON, expiring).
+    pub fn message_status(&self, session: &str, message_id: &str) -> String {
+        format!(
+            "{}:{}",
+            self.session_key(session, "status"),
+            escape_key_part(message_id)
+        )
     }
 
     /// ZSET (all scores 0, so ordered by name): every session that ever
     /// existed, the index the admin API pages through with `ZRANGEBYLEX`.
+    /// Its own slot (`{sessions}`): written apart from any session's keys.
     pub fn sessions(&self) -> String {
-        format!("{}:sessions", self.prefix)
+        format!("{}:{{sessions}}", self.prefix)
     }
 
     /// HASH: a session's activity for the admin API: `last_activity`
@@ -140,37 +170,35 @@ impl Keys {
         self.session_key(session, "stats")
     }
 
-    /// Pub/sub channel of the cluster-wide admin monitoring feed.
+    /// Pub/sub channel of the cluster-wide admin monitoring feed; a shard
+    /// channel of its own slot (`{monitor}`) on a Redis Cluster.
     pub fn monitor_channel(&self) -> String {
-        format!("{}:monitor", self.prefix)
+        format!("{}:{{monitor}}", self.prefix)
     }
 
     /// ZSET: instance id → last heartbeat (ms since epoch).
     pub fn instances(&self) -> String {
-        format!("{}:instances", self.prefix)
+        format!("{}:{{cluster}}:instances", self.prefix)
     }
 
-    fn instance_key(&self, instance: &str, what: &str) -> String {
+    /// JSON description of a live instance, expiring with its heartbeat;
+    /// beside [`Self::instances`], so a heartbeat is one pipeline and the
+    /// listing one `MGET`.
+    pub fn instance_info(&self, instance: &str) -> String {
         format!(
-            "{}:instance:{}:{what}",
+            "{}:{{cluster}}:instance:{}:info",
             self.prefix,
             escape_key_part(instance)
         )
     }
 
-    /// JSON description of a live instance, expiring with its heartbeat.
-    pub fn instance_info(&self, instance: &str) -> String {
-        self.instance_key(instance, "info")
+    fn instance_key(&self, instance: &str, what: &str) -> String {
+        format!("{}:{{i:{}}}:{what}", self.prefix, escape_key_part(instance))
     }
 
     /// SET of "session\tclient_id" of an instance's clients, for reaping.
     pub fn instance_members(&self, instance: &str) -> String {
         self.instance_key(instance, "members")
-    }
-
-    /// Pub/sub channel carrying every session event.
-    pub fn events_channel(&self) -> String {
-        format!("{}:events", self.prefix)
     }
 
     /// Pub/sub channel of one instance's point-to-point messages.
@@ -180,32 +208,27 @@ impl Keys {
 
     /// AI single-flight lock of one request hash (string: holder token).
     pub fn ai_lock(&self, hash: &str) -> String {
-        format!("{}:ai:lock:{}", self.prefix, escape_key_part(hash))
+        format!("{}:{{ai:{}}}:lock", self.prefix, escape_key_part(hash))
     }
 
     /// The shared (and, with a cache TTL, cached) AI answer of one hash.
     pub fn ai_result(&self, hash: &str) -> String {
-        format!("{}:ai:result:{}", self.prefix, escape_key_part(hash))
-    }
-
-    /// The latest delivery status of one sent message (JSON, expiring).
-    pub fn message_status(&self, session: &str, message_id: &str) -> String {
-        format!("{}:session:{session}:status:{message_id}", self.prefix)
+        format!("{}:{{ai:{}}}:result", self.prefix, escape_key_part(hash))
     }
 
     /// Lock of an idempotency key while its first request runs.
     pub fn idempotency_lock(&self, key: &str) -> String {
-        format!("{}:idem:lock:{key}", self.prefix)
+        format!("{}:{{idem:{}}}:lock", self.prefix, escape_key_part(key))
     }
 
     /// The first result of an idempotency key (JSON, expiring).
     pub fn idempotency_result(&self, key: &str) -> String {
-        format!("{}:idem:result:{key}", self.prefix)
+        format!("{}:{{idem:{}}}:result", self.prefix, escape_key_part(key))
     }
 
     /// Marker of a webhook item already accepted (SET NX, expiring).
     pub fn webhook_seen(&self, key: &str) -> String {
-        format!("{}:whatsapp:seen:{key}", self.prefix)
+        format!("{}:whatsapp:seen:{}", self.prefix, escape_key_part(key))
     }
 
     /// LIST of accepted webhook events not yet processed.
@@ -215,24 +238,18 @@ impl Keys {
 
     /// Sliding one-minute window of upstream AI calls of one provider.
     pub fn ai_calls(&self, provider: &str) -> String {
-        format!(
-            "{}:ai:quota:{}:calls",
-            self.prefix,
-            escape_key_part(provider)
-        )
+        format!("{}:{{q:{}}}:calls", self.prefix, escape_key_part(provider))
     }
 
     /// Concurrency semaphore of one AI provider.
     pub fn ai_slots(&self, provider: &str) -> String {
-        format!(
-            "{}:ai:quota:{}:slots",
-            self.prefix,
-            escape_key_part(provider)
-        )
+        format!("{}:{{q:{}}}:slots", self.prefix, escape_key_part(provider))
     }
 }
 
-/// A pool plus the key layout and metrics; cheap to clone.
+/// The pool of the configured topology plus the key layout and metrics;
+/// cheap to clone. The store, broker, membership and AI code use it alike
+/// whatever the topology.
 #[derive(Clone)]
 pub struct RedisBackend {
     pub pool: RedisPool,
@@ -244,13 +261,9 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// A backend on one Redis server.
-    pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        Self::connect(&RedisTopology::single(url), prefix, metrics)
-    }
-
-    /// A backend on any topology (nothing connects until the first use).
-    pub fn connect(
+    /// A backend on any topology (nothing connects until the first use: a
+    /// Redis that is down at startup is retried later).
+    pub fn new(
         topology: &RedisTopology,
         prefix: &str,
         metrics: Arc<Metrics>,
@@ -274,26 +287,49 @@ impl RedisBackend {
         }
     }
 
-    /// A client for connections outside the pool (pub/sub subscriptions,
-    /// the broker's publisher), to the current master: with Sentinel, each
-    /// call asks the Sentinels, so a reconnection follows a failover.
-    pub async fn client(&self) -> Result<::redis::Client, RedisError> {
-        let connector = self.connector.as_deref().ok_or_else(|| {
-            RedisError::new(
-                "connect",
-                RedisErrorKind::Config("backend built from a pool has no dedicated client".into()),
-            )
-        })?;
-        connector
-            .client()
-            .await
-            .map_err(|e| RedisError::from_client("connect", &e))
+    fn connector(&self) -> ::redis::RedisResult<&Connector> {
+        self.connector.as_deref().ok_or_else(|| {
+            ::redis::RedisError::from((
+                ::redis::ErrorKind::Client,
+                "backend built from a pool has no dedicated client",
+            ))
+        })
     }
 
-    /// Redis Sentinel's failover announcements (none for a single server):
-    /// owners of dedicated connections hold writes while a replica is being
-    /// promoted and reconnect when the new master is named, instead of
-    /// writing on to the old master.
+    /// True on a Redis Cluster: pub/sub is sharded there (`SPUBLISH`,
+    /// `SSUBSCRIBE`), and a pipeline must stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.pool, RedisPool::Cluster(_))
+    }
+
+    /// A connection of its own, outside the pool (the broker's publisher),
+    /// to the current master: with Sentinel, each call asks the Sentinels,
+    /// so a reconnection follows a failover.
+    pub async fn dedicated(&self) -> ::redis::RedisResult<DedicatedConnection> {
+        self.connector()?.dedicated().await
+    }
+
+    /// A RESP2 pub/sub connection to the single server or the current
+    /// master (not on a Redis Cluster: see [`Self::sharded_pubsub`]).
+    pub async fn pubsub(&self) -> ::redis::RedisResult<::redis::aio::PubSub> {
+        self.connector()?.pubsub().await
+    }
+
+    /// A cluster connection whose pushes (sharded messages, subscription
+    /// confirmations, disconnections) go to `pushes` (RESP3). It follows
+    /// slot moves and failovers itself, resubscribing what it subscribed.
+    pub async fn sharded_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>,
+    ) -> ::redis::RedisResult<::redis::cluster_async::ClusterConnection> {
+        self.connector()?.sharded_pubsub(pushes).await
+    }
+
+    /// Redis Sentinel's failover announcements (none for a single server
+    /// or a Redis Cluster, which fails over by itself): owners of dedicated
+    /// connections hold writes while a replica is being promoted and
+    /// reconnect when the new master is named, instead of writing on to
+    /// the old master.
     pub fn master_changes(&self) -> MasterChanges {
         match self.connector.as_deref() {
             Some(connector) => connector.master_changes(),
@@ -402,12 +438,12 @@ mod tests {
     #[test]
     fn plain_names_stay_readable() {
         let k = Keys::new("mcp-hub");
-        assert_eq!(k.contacts("default"), "mcp-hub:session:default:contacts");
+        assert_eq!(k.contacts("default"), "mcp-hub:{s:default}:contacts");
         assert_eq!(
             k.history("default", "John"),
-            "mcp-hub:session:default:history:john"
+            "mcp-hub:{s:default}:history:john"
         );
-        assert_eq!(k.inbox_channel("hub-1"), "mcp-hub:instance:hub-1:inbox");
+        assert_eq!(k.inbox_channel("hub-1"), "mcp-hub:{i:hub-1}:inbox");
         assert_eq!(escape_key_part("Zoë's phone"), "Zoë's%20phone");
     }
 
@@ -417,7 +453,7 @@ mod tests {
         // A session name that spells another session's key.
         assert_ne!(k.history("a:history:b", "c"), k.history("a", "b:history:c"));
         assert_ne!(k.contacts("a:contacts"), k.history("a", "contacts"));
-        assert_eq!(k.contacts("a:presence"), "p:session:a%3Apresence:contacts");
+        assert_eq!(k.contacts("a:presence"), "p:{s:a%3Apresence}:contacts");
         assert_ne!(k.presence("x"), k.contacts("x:presence:y"));
         // The escape character itself is escaped: `%3A` and `:` differ.
         assert_ne!(k.agent("a%3Ab"), k.agent("a:b"));
@@ -461,5 +497,57 @@ mod tests {
         }
         // Contact names are case-insensitive, by design.
         assert_eq!(k.history("s", "JOHN"), k.history("s", "john"));
+    }
+
+    /// Redis Cluster's hash tag of a key: the text between the first `{`
+    /// and the next `}` (the whole key when there is none or it is empty).
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&n| n > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn keys_used_together_share_a_slot() {
+        let k = Keys::new("p");
+        for session in ["default", "a:b", "{x}", "a}b{c", "ä ö"] {
+            let tag = hash_tag(&k.contacts(session)).to_string();
+            assert!(tag.starts_with("s:"), "{tag}");
+            for key in [
+                k.last_contact(session),
+                k.history(session, "{John}"),
+                k.presence(session),
+                k.agent(session),
+                k.session_log(session),
+                k.session_log_epoch(session),
+                k.session_log_offset(session),
+                k.session_log_seen(session),
+                k.session_channel(session),
+                k.message_status(session, "wamid.{1}"),
+                k.session_stats(session),
+            ] {
+                assert_eq!(hash_tag(&key), tag, "{key}");
+            }
+        }
+        assert_ne!(
+            hash_tag(&k.contacts("a")),
+            hash_tag(&k.contacts("b")),
+            "sessions spread over slots"
+        );
+        let pairs = [
+            (k.instances(), k.instance_info("hub-1")),
+            (k.instance_members("hub-1"), k.inbox_channel("hub-1")),
+            (k.ai_lock("h"), k.ai_result("h")),
+            (k.ai_calls("gemini"), k.ai_slots("gemini")),
+            (k.idempotency_lock("x"), k.idempotency_result("x")),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(hash_tag(&a), hash_tag(&b), "{a} / {b}");
+        }
     }
 }

@@ -2,6 +2,11 @@
 //! command connections ([`RedisPool`]) and the [`Connector`] that opens the
 //! dedicated ones (the broker's publisher and pub/sub subscriber).
 //!
+//! On a Redis Cluster every connection (pooled or dedicated) is a cluster
+//! connection: it routes each command to the node owning its slot and
+//! follows `MOVED`/`ASK`, slot migrations and failovers by itself; the
+//! subscriber's is a RESP3 one for sharded pub/sub.
+//!
 //! With Sentinel, every new connection asks the Sentinels for the current
 //! master (and checks that the node says `ROLE master`), so a reconnect after
 //! a failover lands on the promoted replica. A watcher task listens to the
@@ -24,6 +29,7 @@ use ::redis::aio::ConnectionLike;
 use ::redis::sentinel::SentinelClient;
 use ::redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
 use deadpool_redis::Runtime;
+use deadpool_redis::cluster as dcluster;
 use deadpool_redis::sentinel as dsentinel;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -37,12 +43,25 @@ use crate::config::{RedisTopology, SentinelTopology};
 pub enum RedisPool {
     Single(deadpool_redis::Pool),
     Sentinel(dsentinel::Pool),
+    /// Each connection is multiplexed over every node already.
+    Cluster(dcluster::Pool),
 }
 
-/// A pooled connection of either kind; a [`ConnectionLike`].
+/// A pooled connection of any kind; a [`ConnectionLike`] (a pipeline or
+/// script on a Redis Cluster must stay in one slot: see `Keys`).
 pub enum PooledConnection {
     Single(deadpool_redis::Connection),
     Sentinel(dsentinel::Connection),
+    Cluster(dcluster::Connection),
+}
+
+/// A connection outside the pool (the broker's publisher); multiplexed: a
+/// clone is another handle on the same connection.
+#[derive(Clone)]
+pub enum DedicatedConnection {
+    /// To the single server or the master Sentinel names.
+    Single(::redis::aio::MultiplexedConnection),
+    Cluster(::redis::cluster_async::ClusterConnection),
 }
 
 impl From<deadpool_redis::Pool> for RedisPool {
@@ -51,8 +70,8 @@ impl From<deadpool_redis::Pool> for RedisPool {
     }
 }
 
-fn pool_config() -> deadpool_redis::PoolConfig {
-    let mut pool_cfg = deadpool_redis::PoolConfig::new(32);
+fn pool_config(size: usize) -> deadpool_redis::PoolConfig {
+    let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
     pool_cfg.timeouts.wait = Some(COMMAND_TIMEOUT);
     pool_cfg.timeouts.create = Some(COMMAND_TIMEOUT);
     pool_cfg.timeouts.recycle = Some(COMMAND_TIMEOUT);
@@ -74,6 +93,10 @@ impl RedisPool {
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| e.to_string()),
+            RedisPool::Cluster(p) => Box::pin(p.get())
+                .await
+                .map(PooledConnection::Cluster)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -85,6 +108,7 @@ impl RedisPool {
         match conn {
             PooledConnection::Single(c) => drop(deadpool_redis::Connection::take(c)),
             PooledConnection::Sentinel(c) => drop(dsentinel::Connection::take(c)),
+            PooledConnection::Cluster(c) => drop(dcluster::Connection::take(c)),
         }
         self.drop_idle();
     }
@@ -99,6 +123,9 @@ impl RedisPool {
             RedisPool::Sentinel(p) => {
                 p.retain(|_, _| false);
             }
+            RedisPool::Cluster(p) => {
+                p.retain(|_, _| false);
+            }
         }
     }
 }
@@ -111,6 +138,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(c) => c.req_packed_command(cmd),
             PooledConnection::Sentinel(c) => c.req_packed_command(cmd),
+            PooledConnection::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -123,6 +151,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
             PooledConnection::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+            PooledConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -130,14 +159,49 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(c) => c.get_db(),
             PooledConnection::Sentinel(c) => c.get_db(),
+            PooledConnection::Cluster(c) => c.get_db(),
         }
     }
 }
 
-/// Opens connections outside the pool, to the current master.
+impl ConnectionLike for DedicatedConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            DedicatedConnection::Single(c) => c.req_packed_command(cmd),
+            DedicatedConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            DedicatedConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            DedicatedConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            DedicatedConnection::Single(c) => c.get_db(),
+            DedicatedConnection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens connections outside the pool, to the current master (or, on a
+/// Redis Cluster, to the nodes owning the slots).
 pub enum Connector {
     Single(::redis::Client),
     Sentinel(SentinelConnector),
+    /// The seed nodes.
+    Cluster(Vec<String>),
 }
 
 pub struct SentinelConnector {
@@ -158,19 +222,68 @@ struct FailoverState {
     promoting: bool,
 }
 
+fn client_error(what: &'static str) -> ::redis::RedisError {
+    ::redis::RedisError::from((::redis::ErrorKind::Client, what))
+}
+
 impl Connector {
-    /// A client for the current master.
-    pub async fn client(&self) -> RedisResult<::redis::Client> {
+    /// A client for the current master (with Sentinel, asked on every
+    /// call, so a reconnection follows a failover).
+    async fn client(&self) -> RedisResult<::redis::Client> {
         match self {
             Connector::Single(client) => Ok(client.clone()),
             Connector::Sentinel(s) => s.client.lock().await.async_get_client().await,
+            Connector::Cluster(_) => Err(client_error("a Redis Cluster has no single master")),
+        }
+    }
+
+    /// A multiplexed connection of its own.
+    pub async fn dedicated(&self) -> RedisResult<DedicatedConnection> {
+        match self {
+            Connector::Cluster(nodes) => Ok(DedicatedConnection::Cluster(
+                ::redis::cluster::ClusterClient::new(nodes.clone())?
+                    .get_async_connection()
+                    .await?,
+            )),
+            _ => Ok(DedicatedConnection::Single(
+                self.client()
+                    .await?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            )),
+        }
+    }
+
+    /// A RESP2 pub/sub connection to the current master.
+    pub async fn pubsub(&self) -> RedisResult<::redis::aio::PubSub> {
+        match self {
+            Connector::Cluster(_) => Err(client_error("a Redis Cluster uses sharded pub/sub")),
+            _ => self.client().await?.get_async_pubsub().await,
+        }
+    }
+
+    /// A RESP3 cluster connection whose pushes go to `pushes`.
+    pub async fn sharded_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>,
+    ) -> RedisResult<::redis::cluster_async::ClusterConnection> {
+        match self {
+            Connector::Cluster(nodes) => {
+                ::redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(::redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .build()?
+                    .get_async_connection()
+                    .await
+            }
+            _ => Err(client_error("sharded pub/sub is for a Redis Cluster")),
         }
     }
 
     /// The Sentinels' announcements, from now on.
     pub fn master_changes(&self) -> MasterChanges {
         match self {
-            Connector::Single(_) => MasterChanges::never(),
+            Connector::Single(_) | Connector::Cluster(_) => MasterChanges::never(),
             Connector::Sentinel(s) => MasterChanges::watching(s.state.subscribe()),
         }
     }
@@ -319,11 +432,22 @@ pub fn connect(topology: &RedisTopology) -> Result<(RedisPool, Connector), Redis
         RedisTopology::Single { url } => {
             let client = ::redis::Client::open(url.as_str()).map_err(config_error)?;
             let mut cfg = deadpool_redis::Config::from_url(url.as_str());
-            cfg.pool = Some(pool_config());
+            cfg.pool = Some(pool_config(32));
             let pool = cfg
                 .create_pool(Some(Runtime::Tokio1))
                 .map_err(config_error)?;
             Ok((RedisPool::Single(pool), Connector::Single(client)))
+        }
+        RedisTopology::Cluster { nodes } => {
+            // Checked here (URLs parse), connected on first use.
+            ::redis::cluster::ClusterClient::new(nodes.clone()).map_err(config_error)?;
+            let mut cfg = dcluster::Config::from_urls(nodes.clone());
+            // Each connection is multiplexed over every node already.
+            cfg.pool = Some(pool_config(8));
+            let pool = cfg
+                .create_pool(Some(Runtime::Tokio1))
+                .map_err(config_error)?;
+            Ok((RedisPool::Cluster(pool), Connector::Cluster(nodes.clone())))
         }
         RedisTopology::Sentinel(s) => {
             let manager = dsentinel::Manager::new(
@@ -338,7 +462,7 @@ pub fn connect(topology: &RedisTopology) -> Result<(RedisPool, Connector), Redis
             let moved_at: Arc<Mutex<Option<Instant>>> = Arc::default();
             let moved = moved_at.clone();
             let pool = dsentinel::Pool::builder(manager)
-                .config(pool_config())
+                .config(pool_config(32))
                 .post_recycle(dsentinel::Hook::sync_fn(move |_, metrics| {
                     match *moved.lock().unwrap_or_else(|p| p.into_inner()) {
                         Some(at) if metrics.created < at => Err(dsentinel::HookError::message(

@@ -391,7 +391,7 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
                 Ok(()) => {
                     // The old watch ends before the new one starts.
                     drop(watching.take());
-                    watching = Some(hub.watch_session(&session, handle.clone()));
+                    watching = Some(hub.watch_session(&session, handle.clone()).await);
                     json!({"type": "watching", "session": session})
                 }
                 Err(_) => json!({"type": "error", "code": ErrorCode::InvalidField.as_str(),

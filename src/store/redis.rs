@@ -2,7 +2,8 @@
 //! reaping of what dead instances left in it. Owns the store's Lua scripts.
 //! Key layout: [`crate::redis::Keys`] and docs/redis.md.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use ::redis::Script;
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
     now_millis,
 };
-use crate::redis::RedisBackend;
+use crate::redis::{RedisBackend, RedisError};
 
 /// Deletes the agent key only if its field ARGV[1] (`client_id` or
 /// `instance`) still equals ARGV[2]: a newer agent is never released.
@@ -38,16 +39,17 @@ static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
 
 /// Removes a presence entry and returns it, so exactly one caller (the
 /// leaving client's instance, or one reaper) announces the departure. The
-/// entry is only taken if it belongs to instance ARGV[3]: the same client id
-/// may meanwhile have registered again on another instance.
+/// entry is only taken if it belongs to instance ARGV[2]: the same client id
+/// may meanwhile have registered again on another instance. Touches the
+/// session's slot only: the instance's member set is another slot (Redis
+/// Cluster), updated by the caller.
 static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        redis.call('SREM', KEYS[2], ARGV[2])
         local v = redis.call('HGET', KEYS[1], ARGV[1])
         if not v then return nil end
         local ok, client = pcall(cjson.decode, v)
-        if ok and client.instance ~= ARGV[3] then return nil end
+        if ok and client.instance ~= ARGV[2] then return nil end
         redis.call('HDEL', KEYS[1], ARGV[1])
         return v
         ",
@@ -122,11 +124,20 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// How long an instance trusts that a session it put in the index is still
+/// there (Redis may have lost it since); its next write then puts it again.
+const INDEX_REFRESH_MS: u64 = 60_000;
+/// Bound of [`RedisStore::indexed`]: reaching it forgets everything (the
+/// next writes just index their sessions again).
+const INDEXED_MAX: usize = 100_000;
+
 pub struct RedisStore {
     backend: RedisBackend,
     instance: String,
     history_limit: usize,
     presence_ttl_ms: u64,
+    /// Sessions this instance put in the index, and when (ms since epoch).
+    indexed: Mutex<HashMap<String, u64>>,
 }
 
 impl RedisStore {
@@ -141,19 +152,49 @@ impl RedisStore {
             instance,
             history_limit,
             presence_ttl_ms,
+            indexed: Mutex::default(),
         }
     }
 }
 
 impl RedisStore {
-    /// Adds to a write's pipeline (no extra round trip): the session in the
-    /// index the admin API pages through, and its last activity.
-    fn index(&self, pipe: &mut ::redis::Pipeline, session: &str) {
+    /// Runs a write pipeline of `session`'s slot, adding to it the
+    /// session's last activity (its stats hash shares the slot). On this
+    /// instance's first write of a session (and again after
+    /// [`INDEX_REFRESH_MS`]) the session also goes into the index the admin
+    /// API pages through: another slot (`{sessions}`) on a Redis Cluster, so
+    /// its own `ZADD`, sent at the same time as the pipeline.
+    async fn write<T: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        session: &str,
+        mut pipe: ::redis::Pipeline,
+    ) -> Result<T, RedisError> {
         let keys = &self.backend.keys;
-        pipe.zadd(keys.sessions(), session, 0)
-            .ignore()
-            .hset(keys.session_stats(session), "last_activity", now_millis())
+        pipe.hset(keys.session_stats(session), "last_activity", now_millis())
             .ignore();
+        let now = now_millis();
+        let due = {
+            let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+            indexed
+                .get(session)
+                .is_none_or(|&at| now.saturating_sub(at) >= INDEX_REFRESH_MS)
+        };
+        if !due {
+            return self.backend.pipe(op, &pipe).await;
+        }
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(keys.sessions()).arg(0).arg(session);
+        let (written, _): (T, i64) = tokio::try_join!(
+            self.backend.pipe(op, &pipe),
+            self.backend.query("index_session", &zadd),
+        )?;
+        let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+        if indexed.len() >= INDEXED_MAX {
+            indexed.clear();
+        }
+        indexed.insert(session.to_string(), now);
+        Ok(written)
     }
 }
 
@@ -177,11 +218,10 @@ impl RedisStore {
             let Some((session, client_id)) = tag.split_once('\t') else {
                 continue;
             };
+            // The member set goes as a whole once every tag is reaped.
             let mut take = TAKE_PRESENCE.prepare_invoke();
             take.key(keys.presence(session))
-                .key(keys.instance_members(instance))
                 .arg(client_id)
-                .arg(tag)
                 .arg(instance);
             let taken: Option<String> = self.backend.script("reap_take", &take).await?;
             if let Some(client) = taken.and_then(|t| serde_json::from_str::<ClientInfo>(&t).ok()) {
@@ -245,8 +285,7 @@ impl SessionStore for RedisStore {
             .arg(encode(&contacts)?)
             .arg("NX")
             .ignore();
-        self.index(&mut pipe, session);
-        let _: () = self.backend.pipe("seed_contacts", &pipe).await?;
+        let _: () = self.write("seed_contacts", session, pipe).await?;
         Ok(())
     }
 
@@ -267,8 +306,7 @@ impl SessionStore for RedisStore {
         let mut pipe = ::redis::pipe();
         pipe.set(self.backend.keys.contacts(session), encode(&contacts)?)
             .ignore();
-        self.index(&mut pipe, session);
-        let _: () = self.backend.pipe("set_contacts", &pipe).await?;
+        let _: () = self.write("set_contacts", session, pipe).await?;
         Ok(())
     }
 
@@ -302,8 +340,7 @@ impl SessionStore for RedisStore {
                 1,
             )
             .ignore();
-        self.index(&mut pipe, session);
-        let _: () = self.backend.pipe("record_message", &pipe).await?;
+        let _: () = self.write("record_message", session, pipe).await?;
         Ok(())
     }
 
@@ -472,21 +509,26 @@ impl SessionStore for RedisStore {
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
-        let mut pipe = ::redis::pipe();
+        // Two slots (the instance's member set, the session's presence), so
+        // two commands, in this order: a member tag without presence is
+        // harmless to a reaper, presence without a tag would never be reaped.
+        let _: i64 = self
+            .backend
+            .query(
+                "join_member",
+                ::redis::cmd("SADD")
+                    .arg(self.backend.keys.instance_members(&client.instance))
+                    .arg(member_tag(session, &client.client_id)),
+            )
+            .await?;
         // HSET answers how many fields it created: 1 = the entry was missing.
-        pipe.atomic()
-            .hset(
-                self.backend.keys.presence(session),
-                &client.client_id,
-                encode(client)?,
-            )
-            .sadd(
-                self.backend.keys.instance_members(&client.instance),
-                member_tag(session, &client.client_id),
-            )
-            .ignore();
-        self.index(&mut pipe, session);
-        let (created,): (i64,) = self.backend.pipe("join", &pipe).await?;
+        let mut pipe = ::redis::pipe();
+        pipe.hset(
+            self.backend.keys.presence(session),
+            &client.client_id,
+            encode(client)?,
+        );
+        let (created,): (i64,) = self.write("join", session, pipe).await?;
         Ok(created == 1)
     }
 
@@ -494,24 +536,36 @@ impl SessionStore for RedisStore {
         let mut invocation = TAKE_PRESENCE.prepare_invoke();
         invocation
             .key(self.backend.keys.presence(session))
-            .key(self.backend.keys.instance_members(&self.instance))
             .arg(client_id)
-            .arg(member_tag(session, client_id))
             .arg(&self.instance);
         let removed: Option<String> = self.backend.script("leave", &invocation).await?;
+        // After the take (another slot): a tag left behind by a failure here
+        // only makes a reaper find nothing to take.
+        let _: i64 = self
+            .backend
+            .query(
+                "leave_member",
+                ::redis::cmd("SREM")
+                    .arg(self.backend.keys.instance_members(&self.instance))
+                    .arg(member_tag(session, client_id)),
+            )
+            .await?;
         Ok(removed.is_some())
     }
 
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
         let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HVALS")
-            .arg(self.backend.keys.presence(session))
-            .cmd("ZRANGEBYSCORE")
-            .arg(self.backend.keys.instances())
+        // Two slots (the session's, the membership's): two commands at once.
+        let mut presence = ::redis::cmd("HVALS");
+        presence.arg(self.backend.keys.presence(session));
+        let mut live = ::redis::cmd("ZRANGEBYSCORE");
+        live.arg(self.backend.keys.instances())
             .arg(alive_since)
             .arg("+inf");
-        let (raw, alive): (Vec<String>, Vec<String>) = self.backend.pipe("members", &pipe).await?;
+        let (raw, alive): (Vec<String>, Vec<String>) = tokio::try_join!(
+            self.backend.query("members", &presence),
+            self.backend.query("members_alive", &live),
+        )?;
         let mut members: Vec<ClientInfo> = raw
             .iter()
             .filter_map(|r| decode::<ClientInfo>("presence", r).ok())
@@ -528,8 +582,7 @@ impl SessionStore for RedisStore {
             .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("GET");
-        self.index(&mut pipe, session);
-        let (previous,): (Option<String>,) = self.backend.pipe("claim_agent", &pipe).await?;
+        let (previous,): (Option<String>,) = self.write("claim_agent", session, pipe).await?;
         Ok(previous.and_then(|p| decode("agent", &p).ok()))
     }
 
@@ -539,8 +592,7 @@ impl SessionStore for RedisStore {
             .arg(self.backend.keys.agent(session))
             .arg(encode(agent)?)
             .arg("NX");
-        self.index(&mut pipe, session);
-        let (set,): (Option<String>,) = self.backend.pipe("claim_agent", &pipe).await?;
+        let (set,): (Option<String>,) = self.write("claim_agent", session, pipe).await?;
         Ok(set.is_some())
     }
 
@@ -590,9 +642,12 @@ impl SessionStore for RedisStore {
                 next_cursor: None,
             });
         }
-        // The page's details in one round trip.
-        let mut pipe = ::redis::pipe();
-        for name in &names {
+        type Details = (
+            usize,
+            Option<String>,
+            (Option<u64>, Option<u64>, Option<u64>),
+        );
+        let details_of = |pipe: &mut ::redis::Pipeline, name: &str| {
             pipe.hlen(keys.presence(name))
                 .get(keys.agent(name))
                 .cmd("HMGET")
@@ -600,13 +655,27 @@ impl SessionStore for RedisStore {
                 .arg("last_activity")
                 .arg("messages_in")
                 .arg("messages_out");
-        }
-        type Details = (
-            usize,
-            Option<String>,
-            (Option<u64>, Option<u64>, Option<u64>),
-        );
-        let details: Vec<Details> = self.backend.pipe("list_sessions_details", &pipe).await?;
+        };
+        // The page's details in one round trip: one pipeline, or on a Redis
+        // Cluster one per session (each in its slot), all at once.
+        let details: Vec<Details> = if self.backend.is_cluster() {
+            let each = names.iter().map(|name| {
+                let mut pipe = ::redis::pipe();
+                details_of(&mut pipe, name);
+                async move {
+                    self.backend
+                        .pipe::<Details>("list_sessions_details", &pipe)
+                        .await
+                }
+            });
+            futures_util::future::try_join_all(each).await?
+        } else {
+            let mut pipe = ::redis::pipe();
+            for name in &names {
+                details_of(&mut pipe, name);
+            }
+            self.backend.pipe("list_sessions_details", &pipe).await?
+        };
         let sessions: Vec<SessionListing> = names
             .into_iter()
             .zip(details)

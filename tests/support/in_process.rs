@@ -134,22 +134,31 @@ impl TestHub {
     }
 }
 
-/// In-process hubs `ids` on one Redis: a cluster (heartbeat 200 ms,
-/// presence TTL 1 s, so failures are noticed fast), each started ready.
-pub async fn start_cluster(redis_url: &str, ids: &[&str], extra: &[&str]) -> Vec<TestHub> {
+/// In-process hubs `ids` on one Redis (any topology): a cluster
+/// (heartbeat 200 ms, presence TTL 1 s, so failures are noticed fast),
+/// each started ready.
+pub async fn start_cluster(
+    redis: &impl super::redis::RedisTarget,
+    ids: &[&str],
+    extra: &[&str],
+) -> Vec<TestHub> {
     let mut hubs = Vec::new();
     for id in ids {
-        let mut args = vec![
-            "--redis-url",
-            redis_url,
-            "--instance-id",
-            id,
-            "--heartbeat-ms",
-            "200",
-            "--presence-ttl-ms",
-            "1000",
-        ];
-        args.extend_from_slice(extra);
+        let mut args = redis.hub_args();
+        args.extend(
+            [
+                "--instance-id",
+                id,
+                "--heartbeat-ms",
+                "200",
+                "--presence-ttl-ms",
+                "1000",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string()),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         hubs.push(TestHub::start(&args).await);
     }
     hubs

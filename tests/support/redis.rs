@@ -15,6 +15,360 @@ fn kill_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A private Redis Cluster on loopback: `masters` masters with `replicas`
+/// replicas each (`redis-server --cluster-enabled yes`, joined by
+/// `redis-cli --cluster create`), ready (`cluster_state:ok` on every node)
+/// when [`RedisCluster::start`] returns. Nodes are killed when dropped.
+pub struct RedisCluster {
+    /// Every node's port; the first `masters` were created as masters.
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+/// One master of a [`RedisCluster`].
+pub struct ClusterMaster {
+    pub id: String,
+    pub port: u16,
+    /// Inclusive slot ranges it serves.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// A free loopback port for a cluster node: Redis Cluster's bus listens on
+/// port + 10000, so both must be free and the port at most 55535.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let port = 20_000 + (rand::random::<u16>() % 25_000);
+        if !taken.contains(&port) && free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair (p, p+10000) for a Redis Cluster node");
+}
+
+/// The first of `n` consecutive free ports for Redis Cluster nodes (each
+/// with its bus port + 10000 free too), e.g. for `scripts/cluster up
+/// --redis cluster --redis-port P`.
+pub fn free_cluster_ports(n: u16) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let base = 20_000 + (rand::random::<u16>() % 25_000);
+        if (base..base + n).all(|p| free(p) && free(p + 10_000)) {
+            return base;
+        }
+    }
+    panic!("no {n} free port pairs (p, p+10000) for Redis Cluster nodes");
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        assert!(
+            have("redis-server") && have("redis-cli"),
+            "redis-server is missing: run ./scripts/test (it installs it) or apt-get install -y redis-server"
+        );
+        let dir = std::env::temp_dir().join(format!("mcp-hub-redis-cluster-{}", uuid_like()));
+        let mut ports = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            ports.push(free_cluster_port(&ports));
+        }
+        let mut cluster = RedisCluster {
+            ports: ports.clone(),
+            dir,
+            children: Vec::new(),
+        };
+        for &port in &ports {
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                // Fast failure detection, so a failover test stays short.
+                .args(["--cluster-node-timeout", "1000"])
+                // Replicas sync at once (the default waits 5 s).
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            cluster.children.push(Some(child));
+        }
+        for &port in &ports {
+            wait_until(
+                "a cluster node to answer PING",
+                Duration::from_secs(10),
+                || ping(port),
+            );
+        }
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_ok();
+        // A replica that has not synced cannot take over from its master.
+        let synced = |p: u16| {
+            let info = cluster.cli(p, &["INFO", "replication"]);
+            !info.contains("role:slave") || info.contains("master_link_status:up")
+        };
+        wait_until("the replicas to sync", Duration::from_secs(30), || {
+            ports.iter().all(|&p| synced(p))
+        });
+        cluster
+    }
+
+    /// The hub's `REDIS_CLUSTER_URLS`: every node as a seed.
+    pub fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// This cluster as the hub's configuration names it.
+    pub fn topology(&self) -> mcp_hub::config::RedisTopology {
+        mcp_hub::config::RedisTopology::Cluster {
+            nodes: self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        }
+    }
+
+    /// `redis-cli -p PORT ARGS...` (without cluster redirection).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and agrees on
+    /// the slots (after creation, a failover or a slot move).
+    pub fn wait_ok(&self) {
+        let live: Vec<u16> = self.live_ports();
+        wait_until(
+            "the Redis Cluster to be ok",
+            Duration::from_secs(30),
+            || {
+                live.iter().all(|&p| {
+                    self.cli(p, &["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                }) && self.check_ok(live[0])
+            },
+        );
+    }
+
+    fn check_ok(&self, port: u16) -> bool {
+        Command::new("redis-cli")
+            .args(["--cluster", "check", &format!("127.0.0.1:{port}")])
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                o.status.success() && text.contains("[OK] All 16384 slots covered")
+            })
+            .unwrap_or(false)
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.children)
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The slot of `key`.
+    pub fn slot(&self, key: &str) -> u16 {
+        let any = self.live_ports()[0];
+        let slot = self.cli(any, &["CLUSTER", "KEYSLOT", key]);
+        slot.parse().expect("a slot number")
+    }
+
+    /// The masters, from `CLUSTER NODES`.
+    pub fn masters(&self) -> Vec<ClusterMaster> {
+        let any = self.live_ports()[0];
+        self.cli(any, &["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let flags = f.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port = f.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let ranges = f
+                    .iter()
+                    .skip(8)
+                    .filter(|r| !r.starts_with('['))
+                    .filter_map(|r| {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .collect();
+                Some(ClusterMaster {
+                    id: f[0].to_string(),
+                    port,
+                    slots: ranges,
+                })
+            })
+            .collect()
+    }
+
+    /// The master (node id, port) serving `slot` now.
+    pub fn master_of_slot(&self, slot: u16) -> (String, u16) {
+        self.masters()
+            .into_iter()
+            .find(|m| m.slots.iter().any(|(a, b)| *a <= slot && slot <= *b))
+            .map(|m| (m.id, m.port))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// Moves `slot`, keys and all, to the master on `to` (the steps of
+    /// `redis-cli --cluster reshard`, for one given slot): IMPORTING /
+    /// MIGRATING, `MIGRATE` in batches, then `SETSLOT NODE` on every master.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let (from_id, from) = self.master_of_slot(slot);
+        let masters = self.masters();
+        let to_id = masters
+            .iter()
+            .find(|m| m.port == to)
+            .map(|m| m.id.clone())
+            .expect("the target is a master");
+        let slot = slot.to_string();
+        assert_eq!(
+            self.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+            "OK"
+        );
+        assert_eq!(
+            self.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+            "OK"
+        );
+        loop {
+            let keys = self.cli(from, &["--raw", "CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            assert_eq!(self.cli(from, &migrate), "OK");
+        }
+        for m in &masters {
+            self.cli(m.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        self.wait_ok();
+    }
+
+    /// Kills the node on `port` (SIGKILL: a crash).
+    pub fn kill(&mut self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node port");
+        if let Some(mut c) = self.children[i].take() {
+            kill_child(&mut c);
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut() {
+            if let Some(mut c) = c.take() {
+                kill_child(&mut c);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Redis that a cluster-mode suite runs on: one server, or a 3-master
+/// Redis Cluster when `MCP_HUB_TEST_REDIS=cluster` (the same test bodies
+/// on either topology; see ./scripts/test).
+pub enum TestRedis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl TestRedis {
+    pub fn start() -> TestRedis {
+        match std::env::var("MCP_HUB_TEST_REDIS").as_deref() {
+            Ok("cluster") => TestRedis::Cluster(RedisCluster::start(3, 0)),
+            _ => TestRedis::Single(RedisServer::start()),
+        }
+    }
+
+    /// This Redis as the hub's configuration names it.
+    pub fn topology(&self) -> mcp_hub::config::RedisTopology {
+        match self {
+            TestRedis::Single(r) => r.topology(),
+            TestRedis::Cluster(c) => c.topology(),
+        }
+    }
+
+    /// Every key name, one a line (of every node of a cluster).
+    pub fn all_keys(&self) -> String {
+        match self {
+            TestRedis::Single(r) => r.cmd(&["--raw", "KEYS", "*"]),
+            TestRedis::Cluster(c) => c
+                .ports
+                .iter()
+                .map(|&p| c.cli(p, &["--raw", "KEYS", "*"]))
+                .filter(|keys| !keys.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// A Redis a hub can be pointed at.
+pub trait RedisTarget {
+    /// The hub settings that point at it.
+    fn hub_args(&self) -> Vec<String>;
+}
+
+impl RedisTarget for RedisServer {
+    fn hub_args(&self) -> Vec<String> {
+        vec!["--redis-url".into(), self.url()]
+    }
+}
+
+impl RedisTarget for RedisCluster {
+    fn hub_args(&self) -> Vec<String> {
+        vec!["--redis-cluster-urls".into(), self.seeds()]
+    }
+}
+
+impl RedisTarget for TestRedis {
+    fn hub_args(&self) -> Vec<String> {
+        match self {
+            TestRedis::Single(r) => r.hub_args(),
+            TestRedis::Cluster(c) => c.hub_args(),
+        }
+    }
+}
+
 /// A private redis-server that keeps nothing on disk.
 pub struct RedisServer {
     pub port: u16,
@@ -75,6 +429,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// This server as the hub's configuration names it.
+    pub fn topology(&self) -> mcp_hub::config::RedisTopology {
+        mcp_hub::config::RedisTopology::Single { url: self.url() }
     }
 
     /// A connection pool to this server, for library-level tests.
