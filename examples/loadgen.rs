@@ -405,9 +405,7 @@ async fn run_idle(args: &Args) -> Result<()> {
     let run = now_micros();
     // Member j of a k-member session receives registration_confirmed (read
     // by register()), contact_list_broadcast, and one client_joined per
-    // member after it: exact on one hub (docs/protocol.md §3, "Presence is
-    // told once"); with several --url, a member joining on another
-    // instance may also be announced to one that already lists it.
+    // member after it.
     let mut expected_frames = 0u64;
     for s in 0..sessions {
         let k = per.min(args.clients - s * per) as u64;
@@ -785,7 +783,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
     let (publisher, confirmation_bytes) =
         register_sized(&args.urls[0], &session, PUBLISHER_ID).await?;
     // contact_list_broadcast each, client_joined for every later member
-    // and for the publisher (exact on one hub; see run_idle).
+    // and for the publisher.
     let expected_setup = (s + s * (s - 1) / 2 + s) as u64;
     let settled = wait_for_count(
         &setup_frames,

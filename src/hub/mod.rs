@@ -63,9 +63,6 @@ pub struct Hub {
     pub monitor: monitor::MonitorFeeds,
     /// When this hub was created (ms since epoch), for its uptime.
     pub started_at: u64,
-    /// Keeps a joining client's member list and its live presence events
-    /// from overlapping (see [`session::PresenceLocks`]).
-    presence: session::PresenceLocks,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -109,7 +106,6 @@ impl Hub {
             connections: TaskTracker::new(),
             started: AtomicBool::new(false),
             caught_up: AtomicU64::new(0),
-            presence: session::PresenceLocks::default(),
             webhook_wake: tokio::sync::Notify::new(),
             monitor: monitor::MonitorFeeds::default(),
             started_at: now_millis(),
@@ -365,34 +361,15 @@ impl Hub {
 
     pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {
         let timestamp = now_millis();
-        let (event, kind) = client_event(client, joined, timestamp);
+        let (event, kind) = if joined {
+            (
+                ServerEvent::ClientJoined { client, timestamp },
+                "client_joined",
+            )
+        } else {
+            (ServerEvent::ClientLeft { client, timestamp }, "client_left")
+        };
         self.announce(session, &event, kind, Some(&client.client_id));
-        self.publish_monitor(&monitor::MonitorEvent::Presence {
-            session,
-            client,
-            joined,
-            timestamp,
-        });
-    }
-
-    /// [`Self::publish_client_event`], returning once this instance's own
-    /// clients got it: a join or leave on this instance is then complete
-    /// before the next one's member list is read (see
-    /// [`session::PresenceLocks`]).
-    pub async fn publish_client_event_delivered(
-        &self,
-        session: &str,
-        client: &ClientInfo,
-        joined: bool,
-    ) {
-        let timestamp = now_millis();
-        let (event, kind) = client_event(client, joined, timestamp);
-        if let Err(error) = self
-            .publish_delivered(session, &event, kind, Some(&client.client_id))
-            .await
-        {
-            tracing::warn!(session, kind, %error, "event not published");
-        }
         self.publish_monitor(&monitor::MonitorEvent::Presence {
             session,
             client,
@@ -508,22 +485,6 @@ impl Hub {
                 }
             }
         });
-    }
-}
-
-/// `client_joined` (`joined`) or `client_left` about `client`, and its kind.
-fn client_event(
-    client: &ClientInfo,
-    joined: bool,
-    timestamp: u64,
-) -> (ServerEvent<'_>, &'static str) {
-    if joined {
-        (
-            ServerEvent::ClientJoined { client, timestamp },
-            "client_joined",
-        )
-    } else {
-        (ServerEvent::ClientLeft { client, timestamp }, "client_left")
     }
 }
 

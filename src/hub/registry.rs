@@ -460,8 +460,6 @@ impl Registry {
         if clients.is_empty() && watching.is_none() {
             positions.remove(&event.session);
             recent.remove(&event.session);
-            // Waiters on the position (`delivered`) are done: nobody is left.
-            self.progress.notify_waiters();
             return Delivery::NoClients;
         };
         let position = positions
@@ -654,43 +652,6 @@ mod tests {
             kind: "broadcast",
             produced_at: 0,
         }
-    }
-
-    /// A last client's `client_left` finds no one to deliver to: whoever
-    /// waits for its delivery (the leave) is released, not left waiting.
-    #[tokio::test]
-    async fn an_event_past_the_last_client_releases_who_waits_for_its_delivery() {
-        let metrics = Metrics::new("i");
-        let registry = Registry::default();
-        let at = Position {
-            epoch: "e".into(),
-            offset: 0,
-        };
-        registry
-            .insert_at("s", handle(10, 1000), at.clone(), |live, _, _| {
-                Some(live.clone())
-            })
-            .expect("joined");
-        assert!(registry.remove("s", "c", 1));
-        let waiting = registry.delivered("s", "e", 1);
-        tokio::pin!(waiting);
-        assert!(
-            futures_util::poll!(waiting.as_mut()).is_pending(),
-            "offset 1 is not delivered yet"
-        );
-        let left = crate::broker::LoggedEvent {
-            offset: 1,
-            epoch: "e".into(),
-            session: "s".into(),
-            origin: "i".into(),
-            kind: "client_left".into(),
-            produced_at: 0,
-            except: Some("c".into()),
-            frame: "{}".into(),
-        };
-        let delivery = registry.deliver_logged(&left, &frame("{}"), false, &metrics);
-        assert!(matches!(delivery, Delivery::NoClients));
-        assert!(futures_util::poll!(waiting.as_mut()).is_ready());
     }
 
     #[test]

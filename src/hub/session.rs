@@ -184,11 +184,6 @@ impl Hub {
     ///    the same client id: its agent role passes on, and the calls sent
     ///    to it fail with `agent_disconnected`;
     /// 6. announce `client_joined` (and `agent_changed` for an agent).
-    ///
-    /// Steps 2 to 6 hold the session's [`PresenceLocks`] until this
-    /// instance delivered the `client_joined`, so the member list of step 2
-    /// and the live events of step 4 tell the client about each member
-    /// joining or leaving on this instance exactly once.
     pub async fn join(
         self: &Arc<Self>,
         conn: &ClientHandle,
@@ -221,9 +216,7 @@ impl Hub {
             self.config.max_clients_per_session,
         )?;
 
-        // 2. Contacts and presence, with this instance's other joins and
-        // leaves of the session held off until the announcement is out.
-        let _presence = self.presence.lock(&session).await;
+        // 2. Contacts and presence.
         self.store
             .seed_contacts(&session, &self.connector.initial_contacts())
             .await?;
@@ -260,9 +253,7 @@ impl Hub {
         }
 
         // 6. Announce.
-        self.publish_client_event_delivered(&session, &info, true)
-            .await;
-        drop(_presence);
+        self.publish_client_event(&session, &info, true);
         if is_agent {
             self.publish_agent_changed(&session, Some(client_id));
         }
@@ -433,52 +424,12 @@ impl Hub {
                 Err(e) => tracing::warn!(error = %e, "could not release the agent"),
             }
         }
-        let _presence = self.presence.lock(session).await;
         match self.store.leave(session, client_id).await {
-            Ok(true) => {
-                self.publish_client_event_delivered(session, &member.info, false)
-                    .await
-            }
+            Ok(true) => self.publish_client_event(session, &member.info, false),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove presence"),
         }
         tracing::info!(session, client_id, "client left");
-    }
-}
-
-/// Serializes, per session on this instance, the changes of presence
-/// (joining it and announcing `client_joined`, leaving it and announcing
-/// `client_left`, each until delivered here) with one another.
-///
-/// Why: a joining client's member list is read from the store, its live
-/// events start at the log position of its confirmation. A member that
-/// joined the store before the list was read but whose `client_joined`
-/// was delivered after the confirmation would be announced twice (listed
-/// *and* `client_joined`), one that left the other way round not at all.
-/// Holding the session's lock from the store change to the local delivery
-/// of its announcement (and a joiner holds it across its list and its
-/// confirmation) keeps the two from interleaving on one instance.
-///
-/// An async mutex, held across the store's and the log's awaits on
-/// purpose; striped so that its memory stays fixed however many sessions
-/// exist (two sessions sharing a stripe only take turns).
-pub(crate) struct PresenceLocks([tokio::sync::Mutex<()>; PRESENCE_STRIPES]);
-
-const PRESENCE_STRIPES: usize = 64;
-
-impl Default for PresenceLocks {
-    fn default() -> Self {
-        PresenceLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
-    }
-}
-
-impl PresenceLocks {
-    async fn lock(&self, session: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(session);
-        self.0[(hash % PRESENCE_STRIPES as u64) as usize]
-            .lock()
-            .await
     }
 }
 
