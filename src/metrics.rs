@@ -35,10 +35,12 @@ pub struct Metrics {
     sent_by_kind: [std::sync::OnceLock<IntCounter>; SENT_KINDS.len()],
 }
 
-/// Message types the hub sends (`Outbound::kind`).
-const SENT_KINDS: [&str; 12] = [
+/// Message types the hub sends (`Outbound::kind`, and what
+/// `hub::static_kind` maps a logged event's kind to).
+const SENT_KINDS: [&str; 13] = [
     "broadcast",
     "message_event",
+    "message_status",
     "client_joined",
     "client_left",
     "contact_list_broadcast",
@@ -50,6 +52,10 @@ const SENT_KINDS: [&str; 12] = [
     "execute",
     "other",
 ];
+
+/// `hub_ws_messages_received_total`'s `type` for a frame that is not a
+/// valid client message.
+pub const RECEIVED_INVALID: &str = "invalid";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -224,6 +230,15 @@ impl Metrics {
         // occurrence.
         for code in crate::protocol::ErrorCode::all() {
             m.errors.with_label_values(&[code.as_str()]);
+        }
+        for kind in crate::protocol::ClientMessage::KINDS
+            .iter()
+            .chain(&[RECEIVED_INVALID])
+        {
+            m.messages_received.with_label_values(&[kind]);
+        }
+        for (i, kind) in SENT_KINDS.iter().enumerate() {
+            m.sent_by_kind[i].get_or_init(|| m.messages_sent.with_label_values(&[kind]));
         }
         m
     }

@@ -419,6 +419,42 @@ async fn metrics_count_every_kind_of_traffic_and_pass_promtool() {
         let series = format!("hub_ws_connections_closed_total{{reason=\"{reason}\"}}");
         assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
     }
+    // So does every message type's, both ways (rate() and increase() work
+    // from the first message).
+    let received = [
+        "register",
+        "ping",
+        "whatsapp_command",
+        "whatsapp_ai_command",
+        "ai_request",
+        "broadcast",
+        "execute_result",
+        "contacts_update",
+        "incoming_message",
+        "invalid",
+    ];
+    for kind in received {
+        let series = format!("hub_ws_messages_received_total{{type=\"{kind}\"}}");
+        assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
+    }
+    let sent = [
+        "registration_confirmed",
+        "contact_list_broadcast",
+        "client_joined",
+        "client_left",
+        "agent_changed",
+        "message_event",
+        "message_status",
+        "broadcast",
+        "response",
+        "error",
+        "pong",
+        "execute",
+    ];
+    for kind in sent {
+        let series = format!("hub_ws_messages_sent_total{{type=\"{kind}\"}}");
+        assert_eq!(metric_value(&fresh, &series), Some(0.0), "{series}");
+    }
 
     let (mut a, _) = WsClient::register(&url, "m", "a").await;
     let (mut agent, _) = register_agent(&url, "m", "phone").await;

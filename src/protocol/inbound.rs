@@ -60,6 +60,19 @@ pub enum Execution {
 }
 
 impl ClientMessage {
+    /// Every value [`Self::kind`] gives (the metrics start them at 0).
+    pub const KINDS: [&'static str; 9] = [
+        "register",
+        "whatsapp_command",
+        "whatsapp_ai_command",
+        "ai_request",
+        "ping",
+        "broadcast",
+        "execute_result",
+        "contacts_update",
+        "incoming_message",
+    ];
+
     /// The wire `type`, also the metrics label.
     pub fn kind(&self) -> &'static str {
         match self {

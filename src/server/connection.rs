@@ -562,7 +562,7 @@ impl Connection {
         let parsed = parse_client_message_with(text.as_str(), &self.hub.config.field_limits);
         let kind = match &parsed {
             Ok((msg, _)) => msg.kind(),
-            Err(_) => "invalid",
+            Err(_) => crate::metrics::RECEIVED_INVALID,
         };
         self.hub
             .metrics
