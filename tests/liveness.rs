@@ -95,21 +95,7 @@ async fn expect_presence(client: &mut WsClient, who: &str, joined: &[&str], agen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_lost_in_a_redis_restart_is_announced_again() {
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let mut hubs = Vec::new();
-    for id in ["hub-a", "hub-b", "hub-c"] {
-        let args = [
-            "--redis-url",
-            &url,
-            "--instance-id",
-            id,
-            "--heartbeat-ms",
-            "200",
-            "--presence-ttl-ms",
-            "1000",
-        ];
-        hubs.push(TestHub::start(&args).await);
-    }
+    let hubs = start_cluster(&redis, &["hub-a", "hub-b", "hub-c"], &[]).await;
     let (mut a, _) = register_agent(&hubs[0].ws_url(), "s", "ag").await;
     let (mut b, _) = WsClient::register(&hubs[1].ws_url(), "s", "b1").await;
     let (mut c, conf) = WsClient::register(&hubs[2].ws_url(), "s", "c1").await;

@@ -135,17 +135,38 @@ impl std::fmt::Debug for SentinelTopology {
     }
 }
 
+/// A setting given with something in it (blank counts as unset).
+fn is_set(value: &Option<String>) -> bool {
+    value.as_deref().is_some_and(|s| !s.trim().is_empty())
+}
+
 impl RedisArgs {
+    /// The settings that mean something only with REDIS_SENTINELS are
+    /// unset; `context` ends the error message.
+    fn no_sentinel_only_setting(&self, context: &str) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("REDIS_SENTINEL_MASTER", &self.redis_sentinel_master),
+            ("REDIS_SENTINEL_PASSWORD", &self.redis_sentinel_password),
+        ] {
+            if is_set(value) {
+                return Err(invalid(
+                    name,
+                    format!("needs REDIS_SENTINELS (the Sentinel nodes to ask){context}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The topology these settings select; None: standalone. Errors name
     /// the setting at fault.
     pub fn topology(&self) -> Result<Option<RedisTopology>, ConfigError> {
-        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-        if set(&self.redis_cluster_urls) {
+        if is_set(&self.redis_cluster_urls) {
             for (name, value) in [
                 ("REDIS_URL", &self.redis_url),
                 ("REDIS_SENTINELS", &self.redis_sentinels),
             ] {
-                if set(value) {
+                if is_set(value) {
                     return Err(invalid(
                         "REDIS_CLUSTER_URLS",
                         format!(
@@ -156,34 +177,14 @@ impl RedisArgs {
                     ));
                 }
             }
-            for (name, value) in [
-                ("REDIS_SENTINEL_MASTER", &self.redis_sentinel_master),
-                ("REDIS_SENTINEL_PASSWORD", &self.redis_sentinel_password),
-            ] {
-                if set(value) {
-                    return Err(invalid(
-                        name,
-                        "needs REDIS_SENTINELS (the Sentinel nodes to ask), not REDIS_CLUSTER_URLS",
-                    ));
-                }
-            }
+            self.no_sentinel_only_setting(", not REDIS_CLUSTER_URLS")?;
             let list = self.redis_cluster_urls.as_deref().unwrap_or_default();
             return Ok(Some(RedisTopology::Cluster {
                 nodes: parse_cluster_urls(list).map_err(|r| invalid("REDIS_CLUSTER_URLS", r))?,
             }));
         }
-        if !set(&self.redis_sentinels) {
-            for (name, value) in [
-                ("REDIS_SENTINEL_MASTER", &self.redis_sentinel_master),
-                ("REDIS_SENTINEL_PASSWORD", &self.redis_sentinel_password),
-            ] {
-                if set(value) {
-                    return Err(invalid(
-                        name,
-                        "needs REDIS_SENTINELS (the Sentinel nodes to ask)",
-                    ));
-                }
-            }
+        if !is_set(&self.redis_sentinels) {
+            self.no_sentinel_only_setting("")?;
             // Empty counts as unset (compose passes `REDIS_URL=` through).
             return match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
                 None => Ok(None),
@@ -196,7 +197,7 @@ impl RedisArgs {
                 )),
             };
         }
-        if set(&self.redis_url) {
+        if is_set(&self.redis_url) {
             return Err(invalid(
                 "REDIS_SENTINELS",
                 "set either REDIS_URL (one server) or REDIS_SENTINELS, not both",

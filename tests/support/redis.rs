@@ -152,12 +152,7 @@ impl RedisCluster {
 
     /// `redis-cli -p PORT ARGS...` (without cluster redirection).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_cli(port, args)
     }
 
     /// Waits until every live node says `cluster_state:ok` and agrees on
@@ -489,12 +484,7 @@ impl RedisServer {
     }
 
     pub fn cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_cli(self.port, args)
     }
 }
 
@@ -542,12 +532,7 @@ impl SentinelNode {
     }
 
     pub fn cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_cli(self.port, args)
     }
 
     /// A numeric field of `SENTINEL MASTER mcp-hub` (0 if absent).
@@ -698,6 +683,16 @@ impl Drop for RedisServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `redis-cli -p PORT ARGS...`, its output trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn ping(port: u16) -> bool {
