@@ -34,13 +34,23 @@ pub struct ClusterMaster {
     pub slots: Vec<(u16, u16)>,
 }
 
+/// Ports this test process has handed to cluster nodes (data and bus
+/// ports): parallel tests in one binary must not pick each other's.
+static RESERVED_CLUSTER_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
 /// A free loopback port for a cluster node: Redis Cluster's bus listens on
-/// port + 10000, so both must be free and the port at most 55535.
-fn free_cluster_port(taken: &[u16]) -> u16 {
+/// port + 10000, so both must be free (and not reserved by another test of
+/// this process) and the port at most 55535.
+fn free_cluster_port() -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut reserved = RESERVED_CLUSTER_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = 20_000 + (rand::random::<u16>() % 25_000);
-        if !taken.contains(&port) && free(port) && free(port + 10_000) {
+        let bus = port + 10_000;
+        if !reserved.iter().any(|r| *r == port || *r == bus) && free(port) && free(bus) {
+            reserved.extend([port, bus]);
             return port;
         }
     }
@@ -52,9 +62,14 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
 /// --redis cluster --redis-port P`.
 pub fn free_cluster_ports(n: u16) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut reserved = RESERVED_CLUSTER_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let base = 20_000 + (rand::random::<u16>() % 25_000);
-        if (base..base + n).all(|p| free(p) && free(p + 10_000)) {
+        let pairs = || (base..base + n).flat_map(|p| [p, p + 10_000]);
+        if pairs().all(|p| !reserved.contains(&p) && free(p)) {
+            reserved.extend(pairs());
             return base;
         }
     }
@@ -68,45 +83,36 @@ impl RedisCluster {
             "redis-server is missing: run ./scripts/test (it installs it) or apt-get install -y redis-server"
         );
         let dir = std::env::temp_dir().join(format!("mcp-hub-redis-cluster-{}", uuid_like()));
-        let mut ports = Vec::new();
-        for _ in 0..masters * (1 + replicas) {
-            ports.push(free_cluster_port(&ports));
-        }
         let mut cluster = RedisCluster {
-            ports: ports.clone(),
+            ports: Vec::new(),
             dir,
             children: Vec::new(),
         };
-        for &port in &ports {
-            let node_dir = cluster.dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                // Fast failure detection, so a failover test stays short.
-                .args(["--cluster-node-timeout", "1000"])
-                // Replicas sync at once (the default waits 5 s).
-                .args(["--repl-diskless-sync-delay", "0"])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
+        for _ in 0..masters * (1 + replicas) {
+            let dir = cluster.dir.clone();
+            let (port, child) = spawn_redis("a cluster node", free_cluster_port, |port| {
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
+                    // Fast failure detection, so a failover test stays short.
+                    .args(["--cluster-node-timeout", "1000"])
+                    // Replicas sync at once (the default waits 5 s).
+                    .args(["--repl-diskless-sync-delay", "0"])
+                    .args(["--save", "", "--appendonly", "no", "--dir"])
+                    .arg(&node_dir);
+                cmd
+            });
+            cluster.ports.push(port);
             cluster.children.push(Some(child));
         }
-        for &port in &ports {
-            wait_until(
-                "a cluster node to answer PING",
-                Duration::from_secs(10),
-                || ping(port),
-            );
-        }
+        let ports = cluster.ports.clone();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -375,7 +381,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
+        RedisServer::start_picking(free_port, Vec::new())
     }
 
     /// Starts on a given port (e.g. one a hub already points at).
@@ -385,8 +391,8 @@ impl RedisServer {
 
     /// A replica of the server on `master_port`, once its link is up.
     pub fn start_replica_of(master_port: u16) -> RedisServer {
-        let replica = RedisServer::start_with(
-            free_port(),
+        let replica = RedisServer::start_picking(
+            free_port,
             vec![
                 "--replicaof".into(),
                 "127.0.0.1".into(),
@@ -406,20 +412,46 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
+        RedisServer::start_picking(|| port, extra)
+    }
+
+    /// Starts on a port from `pick`; when another process takes that port
+    /// first, `pick` is asked again (a fixed port then fails loudly).
+    fn start_picking(pick: impl FnMut() -> u16, extra: Vec<String>) -> RedisServer {
         assert!(
             have("redis-server"),
             "redis-server is missing: run ./scripts/test (it installs it) or apt-get install -y redis-server"
         );
         let dir = std::env::temp_dir().join(format!("mcp-hub-redis-{}", uuid_like()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = RedisServer {
+        let command = RedisServer::command(dir.clone(), extra.clone());
+        let (port, child) = spawn_redis("redis-server", pick, command);
+        RedisServer {
             port,
             dir,
             extra,
-            child: None,
-        };
-        server.spawn();
-        server
+            child: Some(child),
+        }
+    }
+
+    fn command(dir: PathBuf, extra: Vec<String>) -> impl Fn(u16) -> Command {
+        move |port| {
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .args(&extra);
+            cmd
+        }
     }
 
     pub fn url(&self) -> String {
@@ -440,31 +472,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
+        let command = RedisServer::command(self.dir.clone(), self.extra.clone());
+        let (_, child) = spawn_redis("redis-server", || self.port, command);
         self.child = Some(child);
-        let port = self.port;
-        wait_until(
-            "redis-server to answer PING",
-            Duration::from_secs(10),
-            || ping(port),
-        );
     }
 
     /// Kills the server (SIGKILL: an outage, not a clean stop).
@@ -501,28 +511,21 @@ pub struct SentinelNode {
 
 impl SentinelNode {
     fn start(master_port: u16) -> SentinelNode {
-        let port = free_port();
         let dir = std::env::temp_dir().join(format!("mcp-hub-sentinel-{}", uuid_like()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let template = std::fs::read_to_string(repo_path("deploy/redis/sentinel.conf"))
             .expect("deploy/redis/sentinel.conf");
-        let conf = template
-            .replace("${SENTINEL_PORT}", &port.to_string())
-            .replace("${SENTINEL_BIND}", "127.0.0.1")
-            .replace("${MASTER_HOST}", "127.0.0.1")
-            .replace("${MASTER_PORT}", &master_port.to_string());
-        let file = dir.join("sentinel.conf");
-        std::fs::write(&file, conf).expect("write sentinel.conf");
-        let child = Command::new("redis-server")
-            .arg(&file)
-            .arg("--sentinel")
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server --sentinel");
-        wait_until("a sentinel to answer PING", Duration::from_secs(10), || {
-            ping(port)
+        let (port, child) = spawn_redis("a sentinel", free_port, |port| {
+            let conf = template
+                .replace("${SENTINEL_PORT}", &port.to_string())
+                .replace("${SENTINEL_BIND}", "127.0.0.1")
+                .replace("${MASTER_HOST}", "127.0.0.1")
+                .replace("${MASTER_PORT}", &master_port.to_string());
+            let file = dir.join("sentinel.conf");
+            std::fs::write(&file, conf).expect("write sentinel.conf");
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&file).arg("--sentinel").current_dir(&dir);
+            cmd
         });
         SentinelNode {
             port,
@@ -682,6 +685,57 @@ impl Drop for RedisServer {
             kill_child(&mut c);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Spawns a redis-server (`command(port)`) on a port from `pick` and waits
+/// until it answers there as itself: between a port being seen free and
+/// the server binding it, another test's server may take it, and a bare
+/// PING would then be answered by the wrong process. Then the server is
+/// killed (or has exited) and the next port from `pick` is tried.
+fn spawn_redis(
+    what: &str,
+    mut pick: impl FnMut() -> u16,
+    command: impl Fn(u16) -> Command,
+) -> (u16, Child) {
+    for _ in 0..5 {
+        let port = pick();
+        let mut child = command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        if answers_as(port, &mut child, what) {
+            return (port, child);
+        }
+        kill_child(&mut child);
+    }
+    panic!("{what}: every port tried was taken by another process");
+}
+
+/// Polls until `child` answers on `port` (true) or it has exited or another
+/// process answers there (false).
+fn answers_as(port: u16, child: &mut Child, what: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if ping(port) {
+            let info = redis_cli(port, &["INFO", "server"]);
+            let pid = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if pid.is_some() {
+                return pid == Some(child.id());
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 10s waiting for {what} on port {port} to answer PING"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
