@@ -29,6 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Bearer;
 use super::browser::ConnectionSlots;
 use super::openapi::ErrorBody;
 use super::rest::{ApiError, check_session, require_session};
@@ -65,9 +66,9 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 /// The admin identity of a call (`admin` without auth), or its refusal.
-async fn admin(hub: &Hub, headers: &HeaderMap) -> Result<String, ApiError> {
-    match super::auth::bearer_identity(hub, headers).await {
-        Err(refusal) => Err(ApiError::Refused(Box::new(refusal))),
+fn admin(bearer: Bearer) -> Result<String, ApiError> {
+    match bearer.identity() {
+        Err(refusal) => Err(ApiError::Refused(refusal)),
         Ok(Some(id)) if !id.is_admin() => Err(ApiError::Refused(Box::new(super::auth::forbidden(
             "this endpoint needs a token with role admin",
         )))),
@@ -99,10 +100,10 @@ struct PageQuery {
     ))]
 async fn list_sessions(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    bearer: Bearer,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -146,9 +147,9 @@ struct Disconnected {
 async fn disconnect_client(
     State(hub): State<Arc<Hub>>,
     Path((session, client_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Response, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     check_session(&session)?;
     let client = hub.disconnect_client(&session, &client_id).await?;
     let body = Disconnected {
@@ -184,10 +185,10 @@ struct BroadcastBody {
 async fn broadcast(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
-    headers: HeaderMap,
+    bearer: Bearer,
     body: Result<Json<BroadcastBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let from = admin(&hub, &headers).await?;
+    let from = admin(bearer)?;
     check_session(&session)?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
     require_session(&hub, &session).await?;
@@ -231,9 +232,9 @@ struct InstanceView {
     ))]
 async fn instances(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Json<Instances>, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     let clients = hub.registry.client_count();
     let now = now_millis();
     let instances = hub
