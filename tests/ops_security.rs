@@ -1269,6 +1269,7 @@ fn security_doc_covers_the_operations_settings() {
         "MAX_CLIENTS_PER_SESSION",
         "RATE_LIMIT_BURST",
         "4401",
+        "ADMIN_ALLOW_FROM",
     ] {
         assert!(
             doc.contains(needle),
@@ -1286,6 +1287,16 @@ fn security_doc_covers_the_operations_settings() {
         doc.contains(tls_line),
         "docs/security.md must quote `{tls_line}`"
     );
+    // And the admin allow-list's rules, as haproxy.cfg has them.
+    let admin_lines: Vec<&str> = cfg
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("acl admin_"))
+        .collect();
+    assert_eq!(admin_lines.len(), 4, "{admin_lines:?}");
+    for line in admin_lines {
+        assert!(doc.contains(line), "docs/security.md must quote `{line}`");
+    }
 }
 
 #[test]
