@@ -30,6 +30,7 @@ pub struct Metrics {
     pub ai_rate_limited: IntCounter,
     pub agent_calls: IntCounterVec,
     pub store_up: IntGauge,
+    pub token_verifications: IntCounterVec,
     /// `messages_sent` series of the known message types, resolved on first
     /// use instead of a label lookup per written frame.
     sent_by_kind: [std::sync::OnceLock<IntCounter>; SENT_KINDS.len()],
@@ -187,6 +188,14 @@ impl Metrics {
                 "1 when the session store (Redis in cluster mode) is reachable",
             )
             .expect("valid metric"),
+            token_verifications: IntCounterVec::new(
+                Opts::new(
+                    "hub_token_verifications_total",
+                    "Bearer tokens verified (signature and claims), by result",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
             sent_by_kind: Default::default(),
         };
@@ -218,6 +227,7 @@ impl Metrics {
             Box::new(m.ai_rate_limited.clone()),
             Box::new(m.agent_calls.clone()),
             Box::new(m.store_up.clone()),
+            Box::new(m.token_verifications.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -236,6 +246,9 @@ impl Metrics {
             .chain(&[RECEIVED_INVALID])
         {
             m.messages_received.with_label_values(&[kind]);
+        }
+        for result in ["accepted", "expired", "invalid"] {
+            m.token_verifications.with_label_values(&[result]);
         }
         for (i, kind) in SENT_KINDS.iter().enumerate() {
             m.sent_by_kind[i].get_or_init(|| m.messages_sent.with_label_values(&[kind]));

@@ -372,15 +372,25 @@ async fn a_feed_watches_a_session_without_joining_it() {
 /// its bounded queue is full; the session goes on without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_that_does_not_keep_up_is_dropped_as_a_slow_consumer() {
-    let hub = TestHub::start(&[
+    drop_a_slow_feed(&["--outbound-queue-len", "8"]).await;
+}
+
+/// The same by the byte bound alone (`OUTBOUND_QUEUE_BYTES`, two frames
+/// of 60 kB), the frame cap left at its default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_over_its_byte_bound_is_dropped_as_a_slow_consumer() {
+    drop_a_slow_feed(&["--outbound-queue-bytes", "131072"]).await;
+}
+
+async fn drop_a_slow_feed(bound: &[&str]) {
+    let mut args = vec![
         "--rate-limit-per-sec",
         "100000",
         "--rate-limit-burst",
         "100000",
-        "--outbound-queue-len",
-        "8",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(bound);
+    let hub = TestHub::start(&args).await;
     let url = hub.ws_url();
     let (mut fast, _) = WsClient::register(&url, "flood", "fast").await;
     let (mut producer, _) = WsClient::register(&url, "flood", "producer").await;
@@ -408,10 +418,16 @@ async fn a_feed_that_does_not_keep_up_is_dropped_as_a_slow_consumer() {
     }
     assert!(
         cut_off,
-        "the feed was never dropped after {rounds} rounds of 60 kB"
+        "the feed was never dropped after {rounds} rounds of 60 kB ({bound:?})"
     );
     let code = feed.expect_close().await;
     assert!(matches!(code, Some(1008) | None), "close code {code:?}");
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"slow_consumer\"}",
+        1.0,
+    )
+    .await;
     // The session's clients are unaffected.
     producer
         .send_json(json!({"type": "broadcast", "payload": {"round": "after"}}))
@@ -420,4 +436,103 @@ async fn a_feed_that_does_not_keep_up_is_dropped_as_a_slow_consumer() {
         fast.recv_type("broadcast").await["payload"]["round"],
         "after"
     );
+}
+
+/// A feed holds one of the `MAX_CONNECTIONS` slots like any WebSocket:
+/// with every slot taken, one more feed or client gets 503
+/// `too_many_connections` before the upgrade, and the feed's slot frees
+/// when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_holds_a_connection_slot() {
+    let hub = TestHub::start(&["--max-connections", "2"]).await;
+    let mut feed = WsClient::connect(&feed_url(&hub)).await;
+    feed.recv_type("hello").await;
+    let (mut client, _) = WsClient::register(&hub.ws_url(), "s", "c1").await;
+    wait_connections(&hub, 2).await;
+    for url in [feed_url(&hub), hub.ws_url()] {
+        match WsClient::try_connect_with(&url, &[]).await {
+            Ok(_) => panic!("{url} was accepted with MAX_CONNECTIONS=2 and 2 open"),
+            Err((status, body)) => {
+                assert_eq!(status, 503, "{url}: {body}");
+                assert_eq!(body["code"], "too_many_connections", "{url}: {body}");
+            }
+        }
+    }
+    assert_eq!(
+        client.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+
+    feed.close().await;
+    // The slot is given back just after the feed's task ends.
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    let mut again = loop {
+        match WsClient::try_connect_with(&feed_url(&hub), &[]).await {
+            Ok(ws) => break ws,
+            Err((503, _)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((status, body)) => panic!("no slot freed: {status} {body}"),
+        }
+    };
+    again.recv_type("hello").await;
+    wait_metric(&hub, "hub_errors_total{code=\"too_many_connections\"}", 2.0).await;
+}
+
+/// A feed is pinged like a client: one that answers (it reads, so its
+/// WebSocket library answers the pings) outlives the idle timeout many
+/// times over; one that reads nothing is closed (1001) once the idle
+/// timeout passes without a pong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_feed_is_closed_after_the_idle_timeout() {
+    let hub = TestHub::start(&["--ping-interval-ms", "100", "--idle-timeout-ms", "500"]).await;
+    let mut live = WsClient::connect(&feed_url(&hub)).await;
+    let mut silent = WsClient::connect(&feed_url(&hub)).await;
+    live.recv_type("hello").await;
+
+    // `silent` reads nothing from here on; `live` keeps reading (and so
+    // answering pings) until the hub has given up on `silent`.
+    let series = "hub_ws_connections_closed_total{reason=\"idle_timeout\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = live.try_recv(Duration::from_millis(100)).await;
+        assert_eq!(live.closed(), None, "the feed answering pings was closed");
+        if metric_value(&metrics_text(&hub).await, series) == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent feed was never closed for idleness"
+        );
+    }
+    let code = silent.expect_close().await;
+    assert!(matches!(code, Some(1001) | None), "closed with {code:?}");
+    // The live feed, silent itself but answering pings, still works.
+    live.send_json(json!({"type": "watch", "session": "s"}))
+        .await;
+    assert_eq!(live.recv_type("watching").await["session"], "s");
+    let metrics = metrics_text(&hub).await;
+    assert_eq!(
+        metric_value(&metrics, series),
+        Some(1.0),
+        "only the silent one"
+    );
+}
+
+/// A feed opened with an admin token is closed with 4401 when the token
+/// expires, like a client connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_is_closed_with_4401_when_its_token_expires() {
+    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let short = mint(SECRET, "root", &[], Role::Admin, Duration::from_secs(2)).expect("mint");
+    let mut feed = WsClient::connect_with_token(&feed_url(&hub), &short).await;
+    assert_eq!(feed.recv_type("hello").await["type"], "hello");
+    // Bounded by expect_close's RECV_TIMEOUT (10 s).
+    assert_eq!(feed.expect_close().await, Some(4401));
+    wait_metric(
+        &hub,
+        "hub_ws_connections_closed_total{reason=\"token_expired\"}",
+        1.0,
+    )
+    .await;
 }

@@ -325,6 +325,50 @@ async fn the_cluster_endpoint_is_for_admins() {
     assert_eq!(confirmed["type"], "registration_confirmed");
 }
 
+/// A REST, admin or MCP call's token is verified once per request (the
+/// rate limit keys callers by it; the handler reads the same verdict), and
+/// the answers are those of a single check: 404 / 200 / 403 / 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_verifies_its_token_once() {
+    let hub = auth_hub().await;
+    let alice = token("alice", &["default"], Role::Client);
+    let root = token("root", &[], Role::Admin);
+    let expired = token_with(
+        json!({"sub": "a", "sessions": ["default"], "exp": now_secs() - 5}),
+        SECRET,
+    );
+    let summary = "/api/v1/sessions/default";
+    let (status, body) = rest(&hub, "GET", summary, Some(&alice), None, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("session_not_found"))
+    );
+    let (status, body) = rest(&hub, "GET", "/api/v1/sessions", Some(&root), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = rest(&hub, "GET", "/api/v1/instances", Some(&alice), None, None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, body) = rest(&hub, "GET", summary, Some(&expired), None, None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(body["message"], "token expired", "{body}");
+    let (status, body) = rest(&hub, "GET", summary, Some("not-a-jwt"), None, None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let (status, body) = rest(&hub, "POST", "/mcp", Some("not-a-jwt"), Some(ping), None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    // Without a token nothing is verified.
+    let (status, _) = rest(&hub, "GET", summary, None, None, None).await;
+    assert_eq!(status, 401);
+
+    let metrics = metrics_text(&hub).await;
+    let checks = |result: &str| {
+        let series = format!("hub_token_verifications_total{{result=\"{result}\"}}");
+        metric_value(&metrics, &series)
+    };
+    assert_eq!(checks("accepted"), Some(3.0), "alice, root, alice");
+    assert_eq!(checks("expired"), Some(1.0));
+    assert_eq!(checks("invalid"), Some(2.0), "REST and MCP");
+}
+
 // ------------------------------------------------------- startup rules
 
 /// The hub must refuse to start (exit 2) naming every one of `names`.

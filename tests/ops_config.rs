@@ -31,6 +31,7 @@ const HAPROXY_VARS: &[&str] = &[
     "HUB1_ADDR",
     "HUB2_ADDR",
     "HUB3_ADDR",
+    "ADMIN_ALLOW_FROM",
 ];
 
 fn haproxy_check(env: &[(String, String)]) -> (bool, String) {
@@ -71,6 +72,14 @@ fn compose_haproxy_env() -> Vec<(String, String)> {
                 Yaml::String(s) => s.clone(),
                 Yaml::Number(n) => n.to_string(),
                 other => panic!("haproxy.environment.{k}: unexpected {other:?}"),
+            };
+            // `${NAME:-default}` from an .env that does not set NAME.
+            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(inner) => inner
+                    .split_once(":-")
+                    .map(|(_, default)| default.to_string())
+                    .unwrap_or_default(),
+                None => v,
             };
             (k, v)
         })

@@ -105,6 +105,7 @@ const LB_OPTIONAL_VARS: &[&str] = &[
     "HAPROXY_STATS_PASSWORD",
     "TLS_BIND",
     "TLS_CERT",
+    "ADMIN_ALLOW_FROM",
 ];
 
 impl Lb {
@@ -301,6 +302,107 @@ fn the_load_balancer_refuses_internal_endpoints_and_passes_the_rest() {
     }
     let confirmed = ws_over_tcp(lb.port, "through-lb");
     assert_eq!(confirmed["client_id"], "through-lb", "{confirmed}");
+}
+
+/// Admin endpoints, in every spelling that reaches a hub route.
+const ADMIN_PATHS: &[&str] = &[
+    "/api/v1/sessions",
+    "/api/v1/sessions/",
+    "/API/v1/Sessions",
+    "//api//v1/sessions",
+    "/api/v1/%73essions",
+    "/api/v1/sessions/s/clients/x",
+    "/api/v1/sessions/a%2Fb/clients/x",
+    "/api/v1/sessions/s/broadcast",
+    "/api/v1/sessions/a%2Fb/broadcast",
+    "/api/v1/sessions/s/%62roadcast",
+    "/api/v1/instances",
+    "/dashboard",
+    "/dashboard/feed",
+    "/DASHBOARD",
+];
+
+/// The session API and the rest pass whatever the source: these must get
+/// the hub's own answer through the load balancer.
+const PUBLIC_PATHS: &[&str] = &[
+    "/api/v1/sessions/s",
+    "/api/v1/sessions/s/history/broadcast",
+    "/api/v1/sessions/s/events",
+    "/api/v1/sessions/clients",
+    "/api/v1/openapi.json",
+    "/health",
+    "/ui",
+];
+
+/// The status of a WebSocket upgrade of `path` through `port` (101 when
+/// accepted).
+fn upgrade_status(port: u16, path: &str) -> u16 {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    match tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), tcp) {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            response.status().as_u16()
+        }
+        Err(e) => panic!("upgrade of {path} through {port}: {e}"),
+    }
+}
+
+/// ADMIN_ALLOW_FROM: from a source outside it the admin endpoints get 403
+/// at the edge (any spelling, any method, the feed's upgrade too) while
+/// the session API, WebSockets and the rest pass; the default list
+/// (loopback and private ranges) and a list naming the source let the
+/// calls through to the hub (an open loopback hub: 200).
+#[test]
+fn admin_endpoints_pass_the_load_balancer_only_from_allowed_networks() {
+    if !tool("haproxy", "haproxy") {
+        return;
+    }
+    let hub = Hub::start();
+    // 127.0.0.1 is outside these documentation ranges.
+    let outside = Haproxy::start_with(
+        &[hub.addr],
+        1,
+        &[("ADMIN_ALLOW_FROM", "192.0.2.0/24 2001:db8::/32")],
+    );
+    for path in ADMIN_PATHS {
+        for method in ["GET", "POST", "DELETE"] {
+            let r = http(outside.port, method, path, &[]).expect("HAProxy answers");
+            assert_eq!(r.status, 403, "{method} {path} from outside: {}", r.head);
+            let body: Json = serde_json::from_str(&r.body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.body));
+            assert_eq!(body["code"], "forbidden", "{body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("ADMIN_ALLOW_FROM"), "{body}");
+        }
+    }
+    assert_eq!(upgrade_status(outside.port, "/dashboard/feed"), 403);
+    for path in PUBLIC_PATHS {
+        let direct = http(hub.addr.port(), "GET", path, &[]).expect("hub answers");
+        let through = http(outside.port, "GET", path, &[]).expect("HAProxy answers");
+        assert_eq!(
+            through.status, direct.status,
+            "GET {path}: {}",
+            through.head
+        );
+    }
+    let confirmed = ws_over_tcp(outside.port, "outside");
+    assert_eq!(confirmed["client_id"], "outside", "{confirmed}");
+
+    let by_default = Haproxy::start(&[hub.addr], 1);
+    let listed = Haproxy::start_with(
+        &[hub.addr],
+        1,
+        &[("ADMIN_ALLOW_FROM", "192.0.2.0/24 127.0.0.1/32")],
+    );
+    for lb in [&by_default, &listed] {
+        for path in ["/api/v1/sessions", "/api/v1/instances", "/dashboard"] {
+            let r = http(lb.port, "GET", path, &[]).expect("HAProxy answers");
+            assert_eq!(r.status, 200, "GET {path} from loopback: {}", r.head);
+        }
+        assert_eq!(upgrade_status(lb.port, "/dashboard/feed"), 101);
+    }
 }
 
 #[test]
@@ -930,7 +1032,9 @@ fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
         ("HAPROXY_STATS_PASSWORD", "pw with spaces"),
     ]
     .into();
-    for dotenv in [&plain, &with_stats] {
+    let admin_networks: BTreeMap<&str, &str> =
+        [("ADMIN_ALLOW_FROM", "203.0.113.0/24 2001:db8::/32")].into();
+    for dotenv in [&plain, &with_stats, &admin_networks] {
         let env = compose_haproxy_env(dotenv);
         let (ok, out) = haproxy_check(&env, &dir);
         assert!(ok, "haproxy -c with compose env {dotenv:?}:\n{out}");
@@ -1165,6 +1269,7 @@ fn security_doc_covers_the_operations_settings() {
         "MAX_CLIENTS_PER_SESSION",
         "RATE_LIMIT_BURST",
         "4401",
+        "ADMIN_ALLOW_FROM",
     ] {
         assert!(
             doc.contains(needle),
@@ -1182,6 +1287,16 @@ fn security_doc_covers_the_operations_settings() {
         doc.contains(tls_line),
         "docs/security.md must quote `{tls_line}`"
     );
+    // And the admin allow-list's rules, as haproxy.cfg has them.
+    let admin_lines: Vec<&str> = cfg
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("acl admin_"))
+        .collect();
+    assert_eq!(admin_lines.len(), 4, "{admin_lines:?}");
+    for line in admin_lines {
+        assert!(doc.contains(line), "docs/security.md must quote `{line}`");
+    }
 }
 
 #[test]

@@ -12,22 +12,28 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Bearer;
+use super::browser::ConnectionSlots;
 use super::openapi::ErrorBody;
 use super::rest::{ApiError, check_session, require_session};
+use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::monitor::{STATS_INTERVAL, WatchGuard};
 use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
@@ -60,9 +66,9 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 /// The admin identity of a call (`admin` without auth), or its refusal.
-async fn admin(hub: &Hub, headers: &HeaderMap) -> Result<String, ApiError> {
-    match super::auth::bearer_identity(hub, headers).await {
-        Err(refusal) => Err(ApiError::Refused(Box::new(refusal))),
+fn admin(bearer: Bearer) -> Result<String, ApiError> {
+    match bearer.identity() {
+        Err(refusal) => Err(ApiError::Refused(refusal)),
         Ok(Some(id)) if !id.is_admin() => Err(ApiError::Refused(Box::new(super::auth::forbidden(
             "this endpoint needs a token with role admin",
         )))),
@@ -94,10 +100,10 @@ struct PageQuery {
     ))]
 async fn list_sessions(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    bearer: Bearer,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -141,9 +147,9 @@ struct Disconnected {
 async fn disconnect_client(
     State(hub): State<Arc<Hub>>,
     Path((session, client_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Response, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     check_session(&session)?;
     let client = hub.disconnect_client(&session, &client_id).await?;
     let body = Disconnected {
@@ -179,10 +185,10 @@ struct BroadcastBody {
 async fn broadcast(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
-    headers: HeaderMap,
+    bearer: Bearer,
     body: Result<Json<BroadcastBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let from = admin(&hub, &headers).await?;
+    let from = admin(bearer)?;
     check_session(&session)?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
     require_session(&hub, &session).await?;
@@ -226,9 +232,9 @@ struct InstanceView {
     ))]
 async fn instances(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Json<Instances>, ApiError> {
-    admin(&hub, &headers).await?;
+    admin(bearer)?;
     let clients = hub.registry.client_count();
     let now = now_millis();
     let instances = hub
@@ -256,6 +262,9 @@ async fn instances(
 
 // ------------------------------------------------------------------ feed
 
+/// How long the close frame may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Feed connections get ids of their own (they are never registry
 /// clients; the ids only key the feed and watcher maps).
 static NEXT_FEED_ID: AtomicU64 = AtomicU64::new(1 << 48);
@@ -272,9 +281,12 @@ enum FeedRequest {
 }
 
 /// The monitoring feed: admins only, checked before the upgrade (401 /
-/// 403 as plain HTTP), like a client connection's token and `Origin`.
+/// 403 as plain HTTP) like a client connection's token and `Origin`, and
+/// holding one of the `MAX_CONNECTIONS` slots like any WebSocket (503
+/// `too_many_connections` when none is free).
 async fn feed_upgrade(
     State(hub): State<Arc<Hub>>,
+    Extension(slots): Extension<ConnectionSlots>,
     headers: HeaderMap,
     uri: Uri,
     ws: WebSocketUpgrade,
@@ -283,25 +295,37 @@ async fn feed_upgrade(
         hub.metrics.error(ErrorCode::ForbiddenOrigin);
         return super::browser::forbidden_origin();
     }
-    match super::auth::upgrade_identity(&hub, &headers, &uri).await {
+    let identity = match super::auth::upgrade_identity(&hub, &headers, &uri).await {
         Err(refusal) => return refusal,
         Ok(Some(id)) if !id.is_admin() => {
             return super::auth::forbidden("the monitoring feed needs a token with role admin");
         }
-        Ok(_) => {}
-    }
+        Ok(identity) => identity,
+    };
+    let Some(slot) = slots.take() else {
+        hub.metrics.error(ErrorCode::TooManyConnections);
+        return super::browser::too_many_connections();
+    };
     super::connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
         let tracker = hub.connections.clone();
-        tracker.track_future(serve_feed(hub, socket))
+        tracker.track_future(async move {
+            serve_feed(hub, socket, identity).await;
+            // The slot is free once the feed is gone.
+            drop(slot);
+        })
     })
 }
 
 /// One feed connection: its queue is bounded like a client's (a feed that
 /// does not keep up is closed with 1008), it gets every monitor event of
-/// the cluster, and the events of the session it watches.
-async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
+/// the cluster, and the events of the session it watches. Liveness is a
+/// client's: pinged every `PING_INTERVAL_MS`, closed with 1001 after
+/// `IDLE_TIMEOUT_MS` without inbound traffic (pongs included), and with
+/// 4401 when its token expires. Two tasks: this one reads, [`write_feed`]
+/// writes (the handle wakes one task).
+async fn serve_feed(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>) {
     let conn_id = NEXT_FEED_ID.fetch_add(1, Ordering::Relaxed);
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let info = ClientInfo {
         client_id: format!("admin-feed-{conn_id}"),
         client_name: "admin feed".to_string(),
@@ -316,6 +340,8 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
         hub.config.outbound_queue_len,
         hub.config.outbound_queue_bytes,
     );
+    hub.metrics.connections.inc();
+    hub.metrics.connections_opened.inc();
     let _feed = hub.add_monitor_feed(handle.clone());
     let hello = json!({
         "type": "hello",
@@ -324,60 +350,40 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
     });
     send_text(&hub, &handle, hello.to_string());
 
-    // The writer task is the only one woken by the handle (its waker holds
-    // one task); the reader learns that the feed ended from `done`.
+    // The reader learns from `done` that the writer ended.
     let done = CancellationToken::new();
-    let writer_done = done.clone().drop_guard();
-    let writer_handle = handle.clone();
-    let writer = tokio::spawn(async move {
-        let _done = writer_done;
-        loop {
-            let out = std::future::poll_fn(|cx| {
-                writer_handle.wake_on_send(cx.waker());
-                if writer_handle.is_kicked() {
-                    return Poll::Ready(None);
-                }
-                match writer_handle.next_frame() {
-                    Some(out) => Poll::Ready(Some(out)),
-                    None => Poll::Pending,
-                }
-            })
-            .await;
-            let Some(out) = out else { break };
-            let len = out.frame.len();
-            let sent = tokio::select! {
-                _ = kicked(&writer_handle) => break,
-                sent = sink.send(Message::Text(out.frame)) => sent,
-            };
-            writer_handle.dequeued(len);
-            if sent.is_err() {
-                writer_handle.disconnect(CloseReason::Normal);
-                return;
-            }
-        }
-        let reason = writer_handle.close_reason().unwrap_or(CloseReason::Normal);
-        let close = CloseFrame {
-            code: reason.code(),
-            reason: reason.text().into(),
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            if sink.send(Message::Close(Some(close))).await.is_ok() {
-                let _ = sink.close().await;
-            }
-        })
-        .await;
-    });
+    let writer = tokio::spawn(write_feed(
+        sink,
+        handle.clone(),
+        hub.config.ping_interval,
+        done.clone().drop_guard(),
+    ));
 
+    let now = Instant::now();
+    let expires_at = identity.map(|id| now + id.expires_in());
+    let mut last_inbound = now;
     let mut watching: Option<WatchGuard> = None;
     loop {
+        let idle_at = last_inbound + hub.config.idle_timeout;
+        let deadline = expires_at.map_or(idle_at, |exp| exp.min(idle_at));
         let msg = tokio::select! {
             _ = done.cancelled() => break,
             _ = hub.shutdown.cancelled() => {
                 handle.disconnect(CloseReason::ShuttingDown);
                 break;
             }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let expired = expires_at.is_some_and(|exp| Instant::now() >= exp);
+                handle.disconnect(if expired {
+                    CloseReason::TokenExpired
+                } else {
+                    CloseReason::IdleTimeout
+                });
+                break;
+            }
             msg = stream.next() => msg,
         };
+        last_inbound = Instant::now();
         let text = match msg {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => continue,
@@ -392,6 +398,9 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
                     // The old watch ends before the new one starts.
                     drop(watching.take());
                     watching = Some(hub.watch_session(&session, handle.clone()).await);
+                    // Nothing was read while the watch started (it reads
+                    // the store): that wait is not the peer's silence.
+                    last_inbound = Instant::now();
                     json!({"type": "watching", "session": session})
                 }
                 Err(_) => json!({"type": "error", "code": ErrorCode::InvalidField.as_str(),
@@ -408,6 +417,74 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
     }
     drop(watching);
     let _ = writer.await;
+    let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
+    hub.metrics.connections.dec();
+    hub.metrics
+        .connections_closed
+        .with_label_values(&[reason.label()])
+        .inc();
+}
+
+/// The feed's writer: queued frames and a ping every `ping_interval`, then
+/// the close frame once the feed is asked to close.
+async fn write_feed(
+    mut sink: SplitSink<WebSocket, Message>,
+    handle: ClientHandle,
+    ping_interval: Duration,
+    _done: DropGuard,
+) {
+    let start = tokio::time::Instant::now() + ping_interval;
+    let mut ping = tokio::time::interval_at(start, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        // `next_frame` takes a frame only when it resolves, so losing the
+        // race to the ping loses no frame.
+        let (msg, len) = tokio::select! {
+            out = next_frame(&handle) => match out {
+                Some(out) => {
+                    let len = out.frame.len();
+                    (Message::Text(out.frame), len)
+                }
+                None => break,
+            },
+            _ = ping.tick() => (Message::Ping(Default::default()), 0),
+        };
+        let sent = tokio::select! {
+            _ = kicked(&handle) => break,
+            sent = sink.send(msg) => sent,
+        };
+        handle.dequeued(len);
+        if sent.is_err() {
+            handle.disconnect(CloseReason::Normal);
+            return;
+        }
+    }
+    let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
+    let close = CloseFrame {
+        code: reason.code(),
+        reason: reason.text().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if sink.send(Message::Close(Some(close))).await.is_ok() {
+            let _ = sink.close().await;
+        }
+    })
+    .await;
+}
+
+/// The next queued frame; None once the feed was asked to close.
+async fn next_frame(handle: &ClientHandle) -> Option<Outbound> {
+    std::future::poll_fn(|cx| {
+        handle.wake_on_send(cx.waker());
+        if handle.is_kicked() {
+            return Poll::Ready(None);
+        }
+        match handle.next_frame() {
+            Some(out) => Poll::Ready(Some(out)),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Resolves once the feed was asked to close ([`ClientHandle::disconnect`]).

@@ -1,8 +1,17 @@
 //! HTTP side of authentication: taking the token from a request
 //! (`Authorization: Bearer`, or `?token=` on the WebSocket upgrade only)
 //! and answering 401 / 403 with the protocol's error body.
+//!
+//! A REST or MCP call's token is verified once, by the outermost
+//! middleware (the rate limit, [`super::rate::limit`], which keys callers
+//! by it); the handlers read that verdict ([`Bearer`]) from the request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -81,18 +90,61 @@ pub async fn upgrade_identity(
     verify(hub, &token).await.map(Some)
 }
 
-/// The identity of a REST/admin call (`Authorization: Bearer` only);
-/// `Ok(None)` with auth off; the 401 response otherwise.
-pub async fn bearer_identity(hub: &Hub, headers: &HeaderMap) -> Result<Option<Identity>, Response> {
-    if !hub.auth.enabled() {
-        return Ok(None);
+/// The verdict on a REST/MCP call's `Authorization: Bearer` token:
+/// `Ok(None)` with auth off. The middleware that verified it stores it in
+/// the request's extensions; as an extractor it takes it from there, and
+/// verifies the token itself only for a route no middleware covered.
+#[derive(Clone, Debug)]
+pub struct Bearer(Result<Option<Identity>, AuthError>);
+
+impl Bearer {
+    /// Verifies the bearer token of `headers` (header only, never `?token=`).
+    pub async fn verify(hub: &Hub, headers: &HeaderMap) -> Bearer {
+        if !hub.auth.enabled() {
+            return Bearer(Ok(None));
+        }
+        let verdict = match bearer(headers) {
+            Some(Ok(token)) => verify_token(hub, token).await.map(Some),
+            Some(Err(e)) => Err(e),
+            None => Err(AuthError::Missing),
+        };
+        Bearer(verdict)
     }
-    let token = match bearer(headers) {
-        Some(Ok(t)) => t.to_string(),
-        Some(Err(e)) => return Err(unauthorized(&e)),
-        None => return Err(unauthorized(&AuthError::Missing)),
-    };
-    verify(hub, &token).await.map(Some)
+
+    /// The verified identity (None with auth off), if the token was good.
+    pub fn verified(&self) -> Option<&Identity> {
+        self.0.as_ref().ok().and_then(Option::as_ref)
+    }
+
+    /// The identity, or the 401 answer.
+    pub fn identity(self) -> Result<Option<Identity>, Box<Response>> {
+        self.0.map_err(|e| Box::new(unauthorized(&e)))
+    }
+
+    /// The verdict stored in `parts`, or one reached now.
+    pub async fn of(hub: &Hub, parts: &mut Parts) -> Bearer {
+        match parts.extensions.remove::<Bearer>() {
+            Some(verdict) => verdict,
+            None => Bearer::verify(hub, &parts.headers).await,
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Hub>> for Bearer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, Infallible> {
+        Ok(Bearer::of(hub, parts).await)
+    }
+}
+
+/// The identity of a call (`Authorization: Bearer` only) outside the
+/// REST middleware; `Ok(None)` with auth off; the 401 response otherwise.
+pub async fn bearer_identity(hub: &Hub, headers: &HeaderMap) -> Result<Option<Identity>, Response> {
+    Bearer::verify(hub, headers)
+        .await
+        .identity()
+        .map_err(|r| *r)
 }
 
 /// Admin endpoints: with auth on, a token with role admin (401 / 403).
@@ -104,8 +156,23 @@ pub async fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Respons
 }
 
 async fn verify(hub: &Hub, token: &str) -> Result<Identity, Response> {
-    hub.auth.verify(token).await.map_err(|e| {
+    verify_token(hub, token).await.map_err(|e| unauthorized(&e))
+}
+
+/// Every token check goes through here (and is counted once).
+async fn verify_token(hub: &Hub, token: &str) -> Result<Identity, AuthError> {
+    let verdict = hub.auth.verify(token).await;
+    let result = match &verdict {
+        Ok(_) => "accepted",
+        Err(AuthError::Expired) => "expired",
+        Err(_) => "invalid",
+    };
+    hub.metrics
+        .token_verifications
+        .with_label_values(&[result])
+        .inc();
+    if let Err(e) = &verdict {
         tracing::debug!(error = %e, "token refused");
-        unauthorized(&e)
-    })
+    }
+    verdict
 }

@@ -8,7 +8,7 @@
 //! answer any request. The hub's state already lives in the store.
 //!
 //! A tool call is a REST call in another envelope: the same bearer check
-//! ([`super::auth::bearer_identity`]), the same session rule
+//! ([`super::auth::Bearer`], verified once per request), the same session rule
 //! ([`crate::auth::Identity::may_use_session`]) and the same hub functions
 //! (`run_command_once`, `execute_ai_command`, `publish`), so every
 //! WebSocket client of the session sees what the MCP caller did, `by` the
@@ -40,6 +40,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::auth::Bearer;
 use super::{browser, rate};
 use crate::auth::Identity;
 use crate::hub::Hub;
@@ -94,17 +95,19 @@ struct Caller(Option<Identity>);
 
 /// Browser `Origin` as for the WebSocket upgrade (403), then the token as
 /// for REST (401): refused before any MCP message is read.
-async fn authenticate(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Response {
+async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
     if !browser::origin_allowed(req.headers(), &hub.config.allowed_origins) {
         hub.metrics.error(ErrorCode::ForbiddenOrigin);
         return browser::forbidden_origin();
     }
-    match super::auth::bearer_identity(&hub, req.headers()).await {
+    // Verified once, by the rate limit's middleware in front of this one.
+    let (mut parts, body) = req.into_parts();
+    match Bearer::of(&hub, &mut parts).await.identity() {
         Ok(identity) => {
-            req.extensions_mut().insert(Caller(identity));
-            next.run(req).await
+            parts.extensions.insert(Caller(identity));
+            next.run(Request::from_parts(parts, body)).await
         }
-        Err(refusal) => refusal,
+        Err(refusal) => *refusal,
     }
 }
 

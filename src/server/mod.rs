@@ -35,9 +35,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
+        // Every WebSocket holds a slot: clients and dashboard feeds.
+        .merge(admin::pages())
         .layer(Extension(slots))
         .route("/ui", get(web_page))
-        .merge(admin::pages())
         .merge(mcp::routes(&hub))
         .merge(api)
         .layer(Extension(openapi::Document::new(&doc)))

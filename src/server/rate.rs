@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Bearer;
 use crate::config::HubConfig;
 use crate::hub::Hub;
 use crate::protocol::ErrorCode;
@@ -25,9 +26,14 @@ const MAX_CALLERS: usize = 10_000;
 /// Whose bucket a call draws from: with auth on, the token's `sub` (a
 /// call without a valid token is keyed by its address; the handler then
 /// answers 401); without auth, `X-Client-Id`, else the peer address.
-pub async fn caller_key(hub: &Hub, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+pub fn caller_key(
+    hub: &Hub,
+    headers: &HeaderMap,
+    bearer: &Bearer,
+    peer: Option<SocketAddr>,
+) -> String {
     if hub.auth.enabled() {
-        if let Ok(Some(identity)) = super::auth::bearer_identity(hub, headers).await {
+        if let Some(identity) = bearer.verified() {
             return format!("sub:{}", identity.sub);
         }
     } else if let Some(id) = headers
@@ -121,20 +127,24 @@ impl RestRateLimit {
 }
 
 /// Middleware of the REST routes: 429 `rate_limited` over the limit, with
-/// the REST API's error body (`{"code", "message"}`).
+/// the REST API's error body (`{"code", "message"}`). It verifies the
+/// call's token, the one time per request, and leaves the verdict in the
+/// request for the handlers ([`Bearer`]).
 pub async fn limit(
     State((limit, hub)): State<(Arc<RestRateLimit>, Arc<Hub>)>,
     req: Request,
     next: Next,
 ) -> Response {
-    // The request itself is not Send across an await: read what the key
-    // needs first.
-    let peer = req
-        .extensions()
+    let (mut parts, body) = req.into_parts();
+    let bearer = Bearer::of(&hub, &mut parts).await;
+    let peer = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    let headers = req.headers().clone();
-    if !limit.allow(&caller_key(&hub, &headers, peer).await) {
+    let key = caller_key(&hub, &parts.headers, &bearer, peer);
+    parts.extensions.insert(bearer);
+    let req = Request::from_parts(parts, body);
+    if !limit.allow(&key) {
         let body = json!({
             "code": ErrorCode::RateLimited.as_str(),
             "message": "too many REST calls; slow down (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST)",

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Bearer;
 use super::{browser, rate};
 use crate::hub::Hub;
 use crate::protocol::{
@@ -95,18 +96,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Authenticates a call for `session` and returns the caller as the
+/// Authorizes a call (its token verified by the middleware) for `session`
+/// and returns the caller as the
 /// session's clients see it (`by` of its messages): the token's `sub` with
 /// auth on, else `X-Client-Id` (default `rest`).
-pub(super) async fn caller(
+pub(super) fn caller(
     hub: &Hub,
     headers: &HeaderMap,
+    bearer: Bearer,
     session: &str,
 ) -> Result<ClientInfo, ApiError> {
     check_session(session)?;
-    let identity = super::auth::bearer_identity(hub, headers)
-        .await
-        .map_err(|r| ApiError::Refused(Box::new(r)))?;
+    let identity = bearer.identity().map_err(ApiError::Refused)?;
     match identity {
         None => Ok(rest_client(hub, headers)),
         Some(id) if !id.may_use_session(session) => Err(HubError::new(
@@ -183,8 +184,9 @@ async fn session_summary(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
     headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&hub, &headers, &session).await?;
+    caller(&hub, &headers, bearer, &session)?;
     require_session(&hub, &session).await?;
     // Plain reads: the session was seeded when it was joined.
     let contacts = hub.store.contacts(&session).await?;
@@ -242,8 +244,9 @@ async fn history(
     Path((session, contact)): Path<(String, String)>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
     headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    let client = caller(&hub, &headers, &session).await?;
+    let client = caller(&hub, &headers, bearer, &session)?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     // Validated like a WebSocket get_history (limit 1 to 500).
     let mut command = json!({"action": "get_history", "contact": contact});
@@ -284,8 +287,9 @@ async fn events(
     Path(session): Path<String>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&hub, &headers, &session).await?;
+    caller(&hub, &headers, bearer, &session)?;
     require_session(&hub, &session).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     let since = match (q.since, q.epoch) {
@@ -358,9 +362,10 @@ async fn command(
     State(hub): State<Arc<Hub>>,
     Path(session): Path<String>,
     headers: HeaderMap,
+    bearer: Bearer,
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let client = caller(&hub, &headers, &session).await?;
+    let client = caller(&hub, &headers, bearer, &session)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HubError::new(

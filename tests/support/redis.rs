@@ -786,6 +786,16 @@ impl Haproxy {
     /// Starts HAProxy in front of up to three hubs and waits until
     /// `expected_up` of them pass the /ready health check.
     pub fn start(hubs: &[std::net::SocketAddr], expected_up: usize) -> Haproxy {
+        Self::start_with(hubs, expected_up, &[])
+    }
+
+    /// [`Haproxy::start`] with extra environment variables for
+    /// haproxy.cfg (e.g. `ADMIN_ALLOW_FROM`).
+    pub fn start_with(
+        hubs: &[std::net::SocketAddr],
+        expected_up: usize,
+        env: &[(&str, &str)],
+    ) -> Haproxy {
         assert!(
             have("haproxy"),
             "haproxy is missing: run ./scripts/test (it installs it) or apt-get install -y haproxy"
@@ -811,6 +821,11 @@ impl Haproxy {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
             cmd.env(format!("HUB{}_ADDR", slot + 1), addr);
+        }
+        // Only what the test gives, never the developer's own setting.
+        cmd.env_remove("ADMIN_ALLOW_FROM");
+        for (name, value) in env {
+            cmd.env(name, value);
         }
         let child = cmd.spawn().expect("spawn haproxy");
         let haproxy = Haproxy {
