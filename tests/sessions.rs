@@ -467,3 +467,15 @@ async fn registration_confirmed_lists_at_most_100_members_with_the_total() {
     let joined = members[0].recv_type("client_joined").await;
     assert_eq!(joined["client_id"], "m001");
 }
+
+/// Presence is exact however registrations and departures interleave:
+/// every client learns of every other member exactly once — listed in its
+/// `registration_confirmed` or announced by one `client_joined` later,
+/// never both, never neither — and of each departure by one `client_left`
+/// (never of one it did not know). 90 clients register at once, then
+/// half of them leave while 45 new ones register (tests/support/presence.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_and_leaves_tell_each_member_about_each_other_exactly_once() {
+    let hub = TestHub::start(&[]).await;
+    check_presence_exactly_once(&[hub.ws_url()], &hub, "rush", 90).await;
+}
