@@ -14,6 +14,9 @@
 //! one past a gap is refused so the caller fills the gap from the log first.
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
+//! A presence event is not queued for a client whose member list already
+//! reflects it (its version is at or below the list's, see
+//! [`ClientHandle::wants`]).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count

@@ -226,13 +226,19 @@ impl Hub {
     /// 1. validate the registration and, with a token, authorize it
     ///    (`forbidden`: nothing else happens, the connection stays open);
     ///    refuse it (`session_full`) when the session has no room;
-    /// 2. seed the session's contacts, join presence, read contacts/members;
+    /// 2. seed the session's contacts, join presence, read the contacts,
+    ///    a *cut* (a log position whose events are all logged), then the
+    ///    members with their presence version;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
-    /// 4. queue `registration_confirmed` and the contact list (and a resumed
-    ///    client's replay) *as* the connection joins the registry, under the
-    ///    lock live delivery takes, so no session event overtakes them and
-    ///    none is missed or repeated;
+    /// 4. queue `registration_confirmed` and the contact list, then a
+    ///    resumed client's replay, or else the events after the cut that
+    ///    live delivery has passed, *as* the connection joins the registry,
+    ///    under the lock live delivery takes, so no session event overtakes
+    ///    them and none is missed or repeated. Presence events at or below
+    ///    the list's version are left out (the list has them), so the
+    ///    client learns of each member exactly once: every change after
+    ///    the cut that the list lacks has a larger version and offset;
     /// 5. join the registry, replacing (close 4001) an older connection with
     ///    the same client id: its agent role passes on, and the calls sent
     ///    to it fail with `agent_disconnected`;
@@ -363,6 +369,10 @@ impl Hub {
         // attempts the client starts from live delivery.
         const ATTEMPTS: usize = 50;
         let mut from = since.map_or(cut, StartAt::Resume);
+        let floor = match cut {
+            StartAt::Cut(_, floor) => floor,
+            StartAt::Resume(_) => 0,
+        };
         let mut last_epoch: Option<String> = None;
         for attempt in 0..=ATTEMPTS {
             let give_up = attempt == ATTEMPTS;
@@ -420,11 +430,8 @@ impl Hub {
                             (recovered, offset, replay)
                         };
                         // A resumed client takes every presence event after
-                        // its `since`; a fresh one those its list lacks.
-                        h.set_presence_floor(match from {
-                            StartAt::Cut(_, floor) if !recovered => floor,
-                            _ => 0,
-                        });
+                        // its `since`; any other one those its list lacks.
+                        h.set_presence_floor(if recovered { 0 } else { floor });
                         let at = Position {
                             epoch: live.epoch.clone(),
                             offset,
