@@ -191,7 +191,7 @@ impl Hub {
     /// [`Self::announce`] for announcements that must not be lost to a
     /// publisher that is still reconnecting (re-announcing presence after a
     /// Redis outage): retries with backoff for a few seconds while the log
-    /// is unreachable.
+    /// is unreachable. `presence`: the version of a presence event.
     pub async fn announce_retrying(
         &self,
         session: &str,
