@@ -37,7 +37,7 @@ pub struct EventEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
     /// A `client_joined`/`client_left`: the presence version of the change
-    /// it announces ([`crate::store::PresenceChange`]).
+    /// it announces (the store's `PresenceChange`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<u64>,
     pub frame: String,
