@@ -625,6 +625,24 @@ async fn redis_store_reaps_a_dead_instance_exactly_once() {
     assert_eq!(s.agent("s2").await.unwrap(), Some(agent("other", ME)));
 }
 
+/// A presence version Redis lost (it restarted empty) starts again from
+/// the server's clock, above every version given out before: a client's
+/// member list never looks newer than the changes that follow.
+#[tokio::test]
+async fn a_lost_presence_version_starts_again_above_the_old_ones() {
+    let f = redis_store();
+    let s = &f.store;
+    let mut last = 0;
+    for c in ["c1", "c2", "c3"] {
+        last = s.join("lost", &client(c, ME)).await.unwrap().version;
+    }
+    f._redis.as_ref().expect("redis").flushall();
+    assert_eq!(s.presence("lost").await.unwrap().version, 0, "nothing left");
+    let again = s.join("lost", &client("c1", ME)).await.unwrap();
+    assert!(again.changed, "c1 was lost with the rest");
+    assert!(again.version > last, "{} after {last}", again.version);
+}
+
 #[tokio::test]
 async fn redis_reaping_leaves_a_client_that_moved_to_a_live_instance() {
     let f = redis_store();
