@@ -341,6 +341,13 @@ async fn admin_data_reaches_admins_only() {
 async fn a_feed_watches_a_session_without_joining_it() {
     let hub = TestHub::start(&[]).await;
     let (mut c1, _) = WsClient::register(&hub.ws_url(), "s", "c1").await;
+    // c1's own `client_joined` is published just after its confirmation:
+    // logged before the watch starts, so the feed's first one is c2's.
+    wait_until_async("c1's join logged", Duration::from_secs(10), || async {
+        let (_, v) = http_get_json(&hub, "/api/v1/sessions/s/events").await;
+        v["offset"] == 1
+    })
+    .await;
     let mut feed = WsClient::connect(&feed_url(&hub)).await;
     feed.recv_type("hello").await;
     feed.send_json(json!({"type": "watch", "session": "s"}))

@@ -638,3 +638,21 @@ async fn rediss_urls_connect_over_tls() {
     assert_eq!(resp["content"]["success"], true, "{resp}");
     assert_eq!(b.recv_type("message_event").await["message"], "over tls");
 }
+
+/// The presence promise across instances: 90 clients register at once
+/// spread over three hubs, then half of them leave while 45 new ones
+/// register; each learns of every other member exactly once, and of each
+/// departure once (tests/support/presence.rs). A presence TTL long enough
+/// that a loaded machine does not make a live hub look dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_and_leaves_on_three_hubs_tell_each_member_exactly_once() {
+    let redis = TestRedis::start();
+    let mut hubs = Vec::new();
+    for id in ["rush-a", "rush-b", "rush-c"] {
+        let mut args = redis.hub_args();
+        args.extend(["--instance-id", id, "--presence-ttl-ms", "30000"].map(String::from));
+        hubs.push(TestHub::start(&strs(&args)).await);
+    }
+    let urls: Vec<String> = hubs.iter().map(|h| h.ws_url()).collect();
+    check_presence_exactly_once(&urls, &hubs[0], "rush", 90).await;
+}

@@ -51,9 +51,18 @@ impl Seen {
 }
 
 /// Offsets of the session's log (read through REST) in `(after, ..]` that
-/// `me` must receive: all but the events about itself that exclude it (its
-/// own broadcasts, its own joins and departures).
-async fn owed(hub: &impl Endpoint, session: &str, epoch: &str, after: u64, me: &str) -> Vec<u64> {
+/// `me`, registered with the member list `listed`, must receive: all but
+/// the events about itself that exclude it (its own broadcasts, its own
+/// joins and departures) and the presence events its list already
+/// reflects (each member is told once: a `client_joined` of a listed
+/// member as listed, a `client_left` of a member it was never told of).
+async fn owed(
+    hub: &impl Endpoint,
+    session: &str,
+    epoch: &str,
+    (after, listed): (u64, &Value),
+    me: &str,
+) -> Vec<u64> {
     let (status, body) = http_get_json(
         hub,
         &format!("/api/v1/sessions/{session}/events?since={after}&epoch={epoch}"),
@@ -61,17 +70,33 @@ async fn owed(hub: &impl Endpoint, session: &str, epoch: &str, after: u64, me: &
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["recovered"], true, "{body}");
+    // Who `me` knows, by client id: when they registered.
+    let mut known: BTreeMap<String, Value> = listed
+        .as_array()
+        .expect("a member list")
+        .iter()
+        .map(|m| {
+            (
+                m["client_id"].as_str().unwrap().to_string(),
+                m["connected_at"].clone(),
+            )
+        })
+        .collect();
     body["events"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| {
-            let about_me = match e["type"].as_str() {
-                Some("broadcast") => e["from"] == me,
-                Some("client_joined" | "client_left") => e["client_id"] == me,
-                _ => false,
-            };
-            !about_me
+            let who = e["client_id"].as_str().unwrap_or_default().to_string();
+            match e["type"].as_str() {
+                Some("broadcast") => e["from"] != me,
+                _ if who == me => false,
+                Some("client_joined") => {
+                    known.insert(who, e["connected_at"].clone()) != Some(e["connected_at"].clone())
+                }
+                Some("client_left") => known.remove(&who).is_some(),
+                _ => true,
+            }
         })
         .map(|e| e["offset"].as_u64().unwrap())
         .collect()
@@ -124,6 +149,7 @@ async fn standalone_resume_replays_the_missed_events_then_goes_live() {
     assert_eq!(conf["recovered"], false, "{conf}");
     let epoch = conf["epoch"].as_str().expect("epoch").to_string();
     let start = conf["offset"].as_u64().expect("offset");
+    let listed = conf["clients"].clone();
     // Replies carry no offset, session events do.
     assert!(alice.registration_contacts().get("offset").is_none());
     let (mut bob, _) = WsClient::register(&url, "r", "bob").await;
@@ -158,7 +184,7 @@ async fn standalone_resume_replays_the_missed_events_then_goes_live() {
     let bob = producer.await.unwrap();
     let _ = alice.flush().await.iter().map(|f| seen.take(f)).count();
     assert_eq!(seen.broadcasts["bob"], (0..200).collect::<Vec<_>>());
-    let owed = owed(&hub, "r", &epoch, start, "alice").await;
+    let owed = owed(&hub, "r", &epoch, (start, &listed), "alice").await;
     assert_eq!(seen.offsets, owed, "every offset owed, once, in order");
     bob.close().await;
     alice.close().await;
@@ -309,7 +335,11 @@ async fn a_cut_pubsub_connection_loses_no_offset() {
     let mut readers = Vec::new();
     for i in 0..3 {
         let (c, conf) = WsClient::register(&b.ws_url(), "cut", &format!("reader-{i}")).await;
-        readers.push((c, conf["offset"].as_u64().unwrap(), Seen::default()));
+        readers.push((
+            c,
+            (conf["offset"].as_u64().unwrap(), conf["clients"].clone()),
+            Seen::default(),
+        ));
     }
     let (mut producer, _) = WsClient::register(&a.ws_url(), "cut", "producer").await;
     let epoch = producer.flush().await;
@@ -343,7 +373,14 @@ async fn a_cut_pubsub_connection_loses_no_offset() {
             "reader-{i}"
         );
         let epoch = seen.epoch.clone().unwrap();
-        let owed = owed(&b, "cut", &epoch, *start, &format!("reader-{i}")).await;
+        let owed = owed(
+            &b,
+            "cut",
+            &epoch,
+            (start.0, &start.1),
+            &format!("reader-{i}"),
+        )
+        .await;
         assert_eq!(
             seen.offsets, owed,
             "reader-{i}: every offset once, in order"
@@ -437,7 +474,7 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
     for i in 0..READERS {
         let id = format!("reader-{i}");
         let (c, conf) = WsClient::register(&hubs[i % 3].ws_url(), "kill", &id).await;
-        let start = conf["offset"].as_u64().unwrap();
+        let start = (conf["offset"].as_u64().unwrap(), conf["clients"].clone());
         readers.push((id, i % 3, c, start, Seen::default()));
     }
     // Producers on k1 and k2 (two on k1, one on k2).
@@ -529,7 +566,7 @@ async fn no_broadcast_lost_when_a_hub_is_killed() {
             );
         }
         let epoch = seen.epoch.clone().unwrap();
-        let owed = owed(survivor, "kill", &epoch, *start, id).await;
+        let owed = owed(survivor, "kill", &epoch, (start.0, &start.1), id).await;
         // The dead hub's clients leave presence later (reaping): those
         // events may still be on their way; everything up to the last
         // offset seen must be exactly what was owed.
@@ -591,7 +628,7 @@ async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_no
             let _ = late.flush().await.iter().map(|f| seen.take(f)).count();
         }
         let epoch = seen.epoch.clone().expect("saw events");
-        let owed = owed(&b, "chan", &epoch, start, &id).await;
+        let owed = owed(&b, "chan", &epoch, (start, &conf["clients"]), &id).await;
         let owed: Vec<u64> = owed.into_iter().filter(|o| *o <= seen.last()).collect();
         assert_eq!(
             seen.offsets, owed,
@@ -684,10 +721,14 @@ async fn moving_the_session_slot_while_events_flow_loses_nothing() {
     let mut readers = Vec::new();
     for i in 0..2 {
         let (c, conf) = WsClient::register(&b.ws_url(), "move", &format!("reader-{i}")).await;
-        readers.push((c, conf["offset"].as_u64().unwrap(), Seen::default()));
+        readers.push((
+            c,
+            (conf["offset"].as_u64().unwrap(), conf["clients"].clone()),
+            Seen::default(),
+        ));
     }
     let (mut leaver, conf) = WsClient::register(&b.ws_url(), "move", "leaver").await;
-    let leaver_start = conf["offset"].as_u64().unwrap();
+    let leaver_start = (conf["offset"].as_u64().unwrap(), conf["clients"].clone());
     let (mut producer, _) = WsClient::register(&a.ws_url(), "move", "producer").await;
     let _ = producer.flush().await;
     let sender = tokio::spawn(async move {
@@ -745,7 +786,8 @@ async fn moving_the_session_slot_while_events_flow_loses_nothing() {
         } else {
             "leaver".into()
         };
-        let owed = owed(&b, "move", seen.epoch.as_ref().unwrap(), *start, &me).await;
+        let epoch = seen.epoch.as_ref().unwrap();
+        let owed = owed(&b, "move", epoch, (start.0, &start.1), &me).await;
         // The leaver's own departure and return are not owed to it.
         let last = seen.last();
         let owed: Vec<u64> = owed.into_iter().filter(|o| *o <= last).collect();

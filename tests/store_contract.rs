@@ -181,25 +181,58 @@ async fn history_is_capped_ordered_and_per_contact(f: StoreFixture) {
 
 async fn join_and_leave_exactly_once(f: StoreFixture) {
     let s = &f.store;
-    assert!(s.join("s", &client("c1", ME)).await.unwrap(), "new entry");
-    assert!(s.join("s", &client("c2", ME)).await.unwrap());
+    let joined = async |c: &str| s.join("s", &client(c, ME)).await.unwrap().changed;
+    assert!(joined("c1").await, "new entry");
+    assert!(joined("c2").await);
     // Joining again replaces, never duplicates, and says it was there.
-    assert!(!s.join("s", &client("c1", ME)).await.unwrap());
+    assert!(!joined("c1").await);
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
     assert!(s.members("other").await.unwrap().is_empty());
 
     // Two concurrent leaves of the same client: exactly one wins.
     let (a, b) = tokio::join!(s.leave("s", "c1"), s.leave("s", "c1"));
     assert_eq!(
-        [a.unwrap(), b.unwrap()].iter().filter(|x| **x).count(),
+        [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|x| x.changed)
+            .count(),
         1,
         "exactly one leave reports the departure"
     );
-    assert!(!s.leave("s", "c1").await.unwrap());
-    assert!(!s.leave("s", "never-joined").await.unwrap());
+    assert!(!s.leave("s", "c1").await.unwrap().changed);
+    assert!(!s.leave("s", "never-joined").await.unwrap().changed);
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c2"]);
     let member = &s.members("s").await.unwrap()[0];
     assert_eq!(member, &client("c2", ME), "presence round-trips intact");
+}
+
+/// Every change of presence has a larger version than the one before, and
+/// the member list is read with the version it is as of: a change at or
+/// below a list's version is in the list, one above it is not.
+async fn presence_versions_order_changes_and_lists(f: StoreFixture) {
+    let s = &f.store;
+    let j1 = s.join("v", &client("c1", ME)).await.unwrap();
+    let listed = s.presence("v").await.unwrap();
+    assert_eq!(ids(&listed.members), ["c1"]);
+    assert_eq!(
+        listed.version, j1.version,
+        "the list is as of the last change"
+    );
+    let j2 = s.join("v", &client("c2", ME)).await.unwrap();
+    let again = s.join("v", &client("c2", ME)).await.unwrap();
+    let left = s.leave("v", "c1").await.unwrap();
+    assert!(j1.version < j2.version && j2.version < again.version);
+    assert!(again.version < left.version && left.changed);
+    let now = s.presence("v").await.unwrap();
+    assert_eq!(
+        (ids(&now.members), now.version),
+        (vec!["c2".into()], left.version)
+    );
+    // A leave that changes nothing bumps nothing.
+    assert!(!s.leave("v", "c1").await.unwrap().changed);
+    assert_eq!(s.presence("v").await.unwrap().version, left.version);
+    // Versions are per session.
+    assert!(s.presence("other-v").await.unwrap().members.is_empty());
 }
 
 async fn agent_claim_release(f: StoreFixture) {
@@ -247,7 +280,7 @@ async fn reads_never_create_a_session(f: StoreFixture) {
     assert!(s.members("ghost").await.unwrap().is_empty());
     assert_eq!(s.agent("ghost").await.unwrap(), None);
     // Removals of what is not there change nothing either.
-    assert!(!s.leave("ghost", "nobody").await.unwrap());
+    assert!(!s.leave("ghost", "nobody").await.unwrap().changed);
     assert!(!s.release_agent("ghost", "nobody").await.unwrap());
     assert!(!s.exists("ghost").await.unwrap());
     if let Some(keys) = redis_keys(&f) {
@@ -513,6 +546,7 @@ store_contract!(
     last_contact_follows_messages,
     history_is_capped_ordered_and_per_contact,
     join_and_leave_exactly_once,
+    presence_versions_order_changes_and_lists,
     agent_claim_release,
     reads_never_create_a_session,
     every_write_makes_a_session_exist,
@@ -552,15 +586,29 @@ async fn redis_store_reaps_a_dead_instance_exactly_once() {
     // Two instances reap at once: every item is taken exactly once.
     let (a, b) = tokio::join!(s.reap_instance("dead"), peer.reap_instance("dead"));
     let mut all: Vec<Reaped> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    // Each take is a change of its session's presence, above the version
+    // the session's list had before (compared below without it).
+    for r in &mut all {
+        if let Reaped::ClientLeft {
+            session, version, ..
+        } = r
+        {
+            let listed = s.presence(session).await.unwrap().version;
+            assert!(*version > 0 && *version <= listed, "{r:?}");
+            *version = 0;
+        }
+    }
     all.sort_by_key(|r| format!("{r:?}"));
     let mut expected = vec![
         Reaped::ClientLeft {
             session: "s1".into(),
             client: client("d1", "dead"),
+            version: 0,
         },
         Reaped::ClientLeft {
             session: "s2".into(),
             client: client("d2", "dead"),
+            version: 0,
         },
         Reaped::AgentReleased {
             session: "s1".into(),
@@ -575,6 +623,24 @@ async fn redis_store_reaps_a_dead_instance_exactly_once() {
     assert_eq!(s.agent("s1").await.unwrap(), None);
     // Another instance's agent is never released by reaping "dead".
     assert_eq!(s.agent("s2").await.unwrap(), Some(agent("other", ME)));
+}
+
+/// A presence version Redis lost (it restarted empty) starts again from
+/// the server's clock, above every version given out before: a client's
+/// member list never looks newer than the changes that follow.
+#[tokio::test]
+async fn a_lost_presence_version_starts_again_above_the_old_ones() {
+    let f = redis_store();
+    let s = &f.store;
+    let mut last = 0;
+    for c in ["c1", "c2", "c3"] {
+        last = s.join("lost", &client(c, ME)).await.unwrap().version;
+    }
+    f._redis.as_ref().expect("redis").flushall();
+    assert_eq!(s.presence("lost").await.unwrap().version, 0, "nothing left");
+    let again = s.join("lost", &client("c1", ME)).await.unwrap();
+    assert!(again.changed, "c1 was lost with the rest");
+    assert!(again.version > last, "{} after {last}", again.version);
 }
 
 #[tokio::test]
@@ -660,6 +726,7 @@ fn envelope(origin: &str, n: usize) -> EventEnvelope {
         kind: "message_event".into(),
         produced_at: n as u64,
         except: None,
+        presence: None,
         frame: format!("{{\"n\":{n}}}"),
     }
 }

@@ -89,6 +89,7 @@ impl Broker for LocalBroker {
             kind: envelope.kind,
             produced_at: envelope.produced_at,
             except: envelope.except,
+            presence: envelope.presence,
             frame: logged_frame(ring.head, &self.epoch, &envelope.frame),
         };
         ring.events.push_back(event.clone());

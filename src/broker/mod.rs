@@ -36,6 +36,10 @@ pub struct EventEnvelope {
     /// A client that must not receive it (the producer itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
+    /// A `client_joined`/`client_left`: the presence version of the change
+    /// it announces (the store's `PresenceChange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<u64>,
     pub frame: String,
 }
 
@@ -52,6 +56,11 @@ pub struct LoggedEvent {
     pub produced_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
+    /// The presence version a presence event announces (see
+    /// [`EventEnvelope::presence`]): a client whose member list is as of
+    /// this version or a later one is not sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<u64>,
     /// Not part of the header on the wire: the text after the header line.
     #[serde(skip)]
     pub frame: String,
@@ -59,7 +68,8 @@ pub struct LoggedEvent {
 
 impl LoggedEvent {
     /// Parses the log's and pub/sub's form: a JSON header line (offset,
-    /// epoch, session, origin, kind, produced_at, except), `\n`, the frame.
+    /// epoch, session, origin, kind, produced_at, except, presence), `\n`,
+    /// the frame.
     pub fn parse(text: &str) -> Option<LoggedEvent> {
         let (header, frame) = text.split_once('\n')?;
         let mut event: LoggedEvent = serde_json::from_str(header).ok()?;

@@ -242,6 +242,8 @@ impl Broker for RedisBroker {
             produced_at: u64,
             #[serde(skip_serializing_if = "Option::is_none")]
             except: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            presence: Option<u64>,
         }
         let header = serde_json::to_string(&Header {
             session: &envelope.session,
@@ -249,6 +251,7 @@ impl Broker for RedisBroker {
             kind: &envelope.kind,
             produced_at: envelope.produced_at,
             except: envelope.except.as_deref(),
+            presence: envelope.presence,
         })
         .map_err(HubError::internal)?;
         let rest = |s: &str| s.strip_prefix('{').unwrap_or(s).to_string();

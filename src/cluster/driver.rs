@@ -87,8 +87,10 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
 /// were actually missing are announced, so a plain reconnection is silent.
 async fn resync(hub: &Hub) -> Result<(), HubError> {
     for (session, handle) in hub.registry.all() {
-        if hub.store.join(&session, &handle.info).await? {
-            hub.reannounce_client(&session, &handle.info).await;
+        let joined = hub.store.join(&session, &handle.info).await?;
+        if joined.changed {
+            hub.reannounce_client(&session, &handle.info, joined.version)
+                .await;
         }
         if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
             let me = AgentRef {
@@ -107,9 +109,11 @@ async fn resync(hub: &Hub) -> Result<(), HubError> {
 fn announce(hub: &Hub, reaped: &[Reaped]) {
     for event in reaped {
         match event {
-            Reaped::ClientLeft { session, client } => {
-                hub.publish_client_event(session, client, false)
-            }
+            Reaped::ClientLeft {
+                session,
+                client,
+                version,
+            } => hub.publish_client_event(session, client, false, *version),
             Reaped::AgentReleased { session } => hub.publish_agent_changed(session, None),
         }
     }

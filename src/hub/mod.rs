@@ -144,6 +144,20 @@ impl Hub {
         kind: &'static str,
         except: Option<&str>,
     ) -> Result<Published, HubError> {
+        self.publish_presence(session, event, kind, except, None)
+    }
+
+    /// [`Self::publish`] of a `client_joined`/`client_left` announcing the
+    /// presence change of version `presence` (see
+    /// [`crate::store::PresenceChange`]).
+    fn publish_presence(
+        &self,
+        session: &str,
+        event: &ServerEvent<'_>,
+        kind: &'static str,
+        except: Option<&str>,
+        presence: Option<u64>,
+    ) -> Result<Published, HubError> {
         let frame = event.to_frame();
         let published = self.broker.publish_event(EventEnvelope {
             session: session.to_string(),
@@ -151,6 +165,7 @@ impl Hub {
             kind: kind.to_string(),
             produced_at: now_millis(),
             except: except.map(str::to_string),
+            presence,
             frame: frame.as_str().to_string(),
         });
         if let Err(e) = &published {
@@ -176,13 +191,14 @@ impl Hub {
     /// [`Self::announce`] for announcements that must not be lost to a
     /// publisher that is still reconnecting (re-announcing presence after a
     /// Redis outage): retries with backoff for a few seconds while the log
-    /// is unreachable.
+    /// is unreachable. `presence`: the version of a presence event.
     pub async fn announce_retrying(
         &self,
         session: &str,
         event: &ServerEvent<'_>,
         kind: &'static str,
         except: Option<&str>,
+        presence: Option<u64>,
     ) {
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(std::time::Duration::from_millis(50))
@@ -190,7 +206,7 @@ impl Hub {
             .with_max_times(12)
             .build();
         loop {
-            match self.publish(session, event, kind, except) {
+            match self.publish_presence(session, event, kind, except, presence) {
                 Ok(_) => return,
                 Err(error) => match delays.next() {
                     Some(delay) if error.code == crate::protocol::ErrorCode::StoreUnavailable => {
@@ -337,15 +353,21 @@ impl Hub {
         });
     }
 
-    /// `client_joined` again for a client Redis lost (see
-    /// [`Self::announce_retrying`]).
-    pub async fn reannounce_client(&self, session: &str, client: &ClientInfo) {
+    /// `client_joined` again for a client Redis lost, back in presence at
+    /// `version` (see [`Self::announce_retrying`]).
+    pub async fn reannounce_client(&self, session: &str, client: &ClientInfo, version: u64) {
         let event = ServerEvent::ClientJoined {
             client,
             timestamp: now_millis(),
         };
-        self.announce_retrying(session, &event, "client_joined", Some(&client.client_id))
-            .await;
+        self.announce_retrying(
+            session,
+            &event,
+            "client_joined",
+            Some(&client.client_id),
+            Some(version),
+        )
+        .await;
     }
 
     /// `agent_changed` again for an agent role re-claimed after Redis lost it.
@@ -355,11 +377,19 @@ impl Hub {
             instance: Some(self.instance()),
             timestamp: now_millis(),
         };
-        self.announce_retrying(session, &event, "agent_changed", None)
+        self.announce_retrying(session, &event, "agent_changed", None, None)
             .await;
     }
 
-    pub fn publish_client_event(&self, session: &str, client: &ClientInfo, joined: bool) {
+    /// `client_joined` (`joined`) or `client_left` about `client`, for the
+    /// presence change of `version`.
+    pub fn publish_client_event(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        joined: bool,
+        version: u64,
+    ) {
         let timestamp = now_millis();
         let (event, kind) = if joined {
             (
@@ -369,7 +399,16 @@ impl Hub {
         } else {
             (ServerEvent::ClientLeft { client, timestamp }, "client_left")
         };
-        self.announce(session, &event, kind, Some(&client.client_id));
+        let published = self.publish_presence(
+            session,
+            &event,
+            kind,
+            Some(&client.client_id),
+            Some(version),
+        );
+        if let Err(error) = published {
+            tracing::warn!(session, kind, %error, "event not published");
+        }
         self.publish_monitor(&monitor::MonitorEvent::Presence {
             session,
             client,

@@ -14,6 +14,9 @@
 //! one past a gap is refused so the caller fills the gap from the log first.
 //! [`Registry::insert_at`] joins a client under the same lock, so a resumed
 //! client's replay and its live events meet with no gap and no duplicate.
+//! A presence event is not queued for a client whose member list already
+//! reflects it (its version is at or below the list's, see
+//! [`ClientHandle::wants`]).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -28,7 +31,7 @@
 //! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::task::AtomicWaker;
@@ -127,6 +130,9 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
     max_queued_frames: usize,
+    /// The presence version the client's member list is as of: presence
+    /// events of this version or an older one are not sent (it has them).
+    presence_floor: AtomicU64,
 }
 
 /// The frames waiting for the connection's task. The deque is allocated by
@@ -172,8 +178,23 @@ impl ClientHandle {
                 queued_bytes: AtomicUsize::new(0),
                 max_queued_bytes,
                 max_queued_frames,
+                presence_floor: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// The client's member list is as of presence `version` (0: it takes
+    /// every presence event, e.g. a resumed client).
+    pub fn set_presence_floor(&self, version: u64) {
+        self.shared.presence_floor.store(version, Ordering::Release);
+    }
+
+    /// Whether a session event is for this client: not one `except`s it,
+    /// and not a presence event (of version `presence`) its member list
+    /// already reflects.
+    pub fn wants(&self, except: Option<&str>, presence: Option<u64>) -> bool {
+        Some(self.info.client_id.as_str()) != except
+            && presence.is_none_or(|v| v > self.shared.presence_floor.load(Ordering::Acquire))
     }
 
     /// The same connection under a new identity (after `register`).
@@ -333,6 +354,7 @@ pub struct Recent {
     pub offset: u64,
     pub out: Outbound,
     pub except: Option<String>,
+    pub presence: Option<u64>,
 }
 
 /// A position in a session's log.
@@ -493,10 +515,11 @@ impl Registry {
             offset: event.offset,
             out: out.clone(),
             except: event.except.clone(),
+            presence: event.presence,
         });
         let except = event.except.as_deref();
         for h in clients.values() {
-            if Some(h.info.client_id.as_str()) != except {
+            if h.wants(except, event.presence) {
                 h.send(out.clone(), metrics);
             }
         }
@@ -520,6 +543,21 @@ impl Registry {
             }
             progressed.await;
         }
+    }
+
+    /// The last delivered position of a session that has local
+    /// subscribers now (clients or watchers): every event up to it was
+    /// logged before this call.
+    pub fn live_position(&self, session: &str) -> Option<Position> {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let subscribed = sessions.get(session).is_some_and(|c| !c.is_empty())
+            || self
+                .watchers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(session);
+        positions.get(session).filter(|_| subscribed).cloned()
     }
 
     /// The last delivered position of a session with local clients.

@@ -42,69 +42,113 @@ pub struct Joined {
 
 /// How a joining client starts, decided under the registry lock.
 enum Start {
-    /// Confirm with `recovered`, send `replay`, then live events.
+    /// Confirm with `recovered` and `offset`, send `replay`, then live
+    /// events.
     Go {
         recovered: bool,
+        offset: u64,
         replay: Vec<Outbound>,
     },
     /// The read does not fit live delivery yet: read again (`wait`: after
     /// a pause, live delivery has to catch up with the client first).
     Retry { wait: bool },
+    /// The log cannot replay what the resuming client missed: start it
+    /// afresh, from the cut (read again from there).
+    Unrecoverable,
+}
+
+/// Where a joining client's events start.
+#[derive(Clone, Copy)]
+enum StartAt<'a> {
+    /// After the client's `since`: a resume, every event after it.
+    Resume(&'a Since),
+    /// After the cut, a log position read before the member list (see
+    /// [`Hub::join`]): every event after it but the presence events the
+    /// list already reflects (`floor`).
+    Cut(&'a Position, u64),
 }
 
 /// `live`: the last offset this instance delivered (or, with no local
 /// client yet, the head the join read); `recent`: the last events it
 /// delivered. Live events after `live` reach the client anyway, so a
-/// replay holds exactly `(since, live]`: from the read up to its head,
-/// the rest from `recent`. Events about `me` (`except`) are left out, as
-/// live delivery does.
+/// replay holds exactly `(from, live]`: from the read up to its head, the
+/// rest from `recent`. Events not for `me` are left out, as live delivery
+/// does: those about itself, and after a cut the presence events of a
+/// version at or below its member list's.
 fn plan_start(
-    since: Option<&Since>,
+    from: StartAt<'_>,
     read: &LogRead,
     live: &Position,
     recent: &VecDeque<Recent>,
-    me: &str,
+    me: &ClientHandle,
 ) -> Start {
-    let fresh = Start::Go {
-        recovered: false,
-        replay: Vec::new(),
-    };
     if live.epoch != read.epoch {
         // Delivery is on another log than the read: read again.
         return Start::Retry { wait: false };
     }
-    let Some(since) = since.filter(|s| s.epoch == read.epoch) else {
-        return fresh;
+    let (after, epoch) = match from {
+        StartAt::Resume(s) => (s.offset, &s.epoch),
+        StartAt::Cut(c, _) => (c.offset, &c.epoch),
     };
-    if since.offset > live.offset {
-        // The client saw more than this instance delivered yet (it was on
-        // another instance): wait for delivery to catch up with it.
-        return if since.offset <= read.head {
+    let resume = matches!(from, StartAt::Resume(_));
+    let from_live = Start::Go {
+        recovered: false,
+        offset: live.offset,
+        replay: Vec::new(),
+    };
+    if *epoch != read.epoch {
+        // A resume from another log; a cut from a log that is gone (its
+        // events are not this log's).
+        return if resume {
+            Start::Unrecoverable
+        } else {
+            from_live
+        };
+    }
+    if after > live.offset {
+        return if !resume {
+            // Delivery has yet to pass the cut: everything after `live`
+            // arrives live.
+            from_live
+        } else if after <= read.head {
+            // The client saw more than this instance delivered yet (it was
+            // on another instance): wait for delivery to catch up with it.
             Start::Retry { wait: true }
         } else {
-            fresh
+            Start::Unrecoverable
         };
     }
     let Some(events) = &read.events else {
-        return fresh;
+        return if resume {
+            Start::Unrecoverable
+        } else {
+            from_live
+        };
+    };
+    let floor = match from {
+        StartAt::Resume(_) => 0,
+        StartAt::Cut(_, floor) => floor,
+    };
+    let wanted = |except: Option<&str>, presence: Option<u64>| {
+        Some(me.info.client_id.as_str()) != except && presence.is_none_or(|v| v > floor)
     };
     let mut replay: Vec<Outbound> = Vec::new();
-    let mut next = since.offset + 1;
+    let mut next = after + 1;
     for e in events.iter().filter(|e| e.offset <= live.offset) {
-        if e.except.as_deref() != Some(me) {
+        if wanted(e.except.as_deref(), e.presence) {
             replay.push(logged_outbound(e));
         }
         next = e.offset + 1;
     }
-    let from = next;
+    let start = next;
     for r in recent
         .iter()
-        .filter(|r| r.offset >= from && r.offset <= live.offset)
+        .filter(|r| r.offset >= start && r.offset <= live.offset)
     {
         if r.offset != next {
             break;
         }
-        if r.except.as_deref() != Some(me) {
+        if wanted(r.except.as_deref(), r.presence) {
             replay.push(r.out.clone());
         }
         next += 1;
@@ -113,9 +157,18 @@ fn plan_start(
         // Delivery passed the read by more than `recent` holds.
         return Start::Retry { wait: false };
     }
-    Start::Go {
-        recovered: true,
-        replay,
+    if resume {
+        Start::Go {
+            recovered: true,
+            offset: live.offset,
+            replay,
+        }
+    } else {
+        Start::Go {
+            recovered: false,
+            offset: after,
+            replay,
+        }
     }
 }
 
@@ -173,13 +226,19 @@ impl Hub {
     /// 1. validate the registration and, with a token, authorize it
     ///    (`forbidden`: nothing else happens, the connection stays open);
     ///    refuse it (`session_full`) when the session has no room;
-    /// 2. seed the session's contacts, join presence, read contacts/members;
+    /// 2. seed the session's contacts, join presence, read the contacts,
+    ///    a *cut* (a log position whose events are all logged), then the
+    ///    members with their presence version;
     /// 3. claim the agent role, before the confirmation: a client told
     ///    `agent: true` already receives `execute`;
-    /// 4. queue `registration_confirmed` and the contact list (and a resumed
-    ///    client's replay) *as* the connection joins the registry, under the
-    ///    lock live delivery takes, so no session event overtakes them and
-    ///    none is missed or repeated;
+    /// 4. queue `registration_confirmed` and the contact list, then a
+    ///    resumed client's replay, or else the events after the cut that
+    ///    live delivery has passed, *as* the connection joins the registry,
+    ///    under the lock live delivery takes, so no session event overtakes
+    ///    them and none is missed or repeated. Presence events at or below
+    ///    the list's version are left out (the list has them), so the
+    ///    client learns of each member exactly once: every change after
+    ///    the cut that the list lacks has a larger version and offset;
     /// 5. join the registry, replacing (close 4001) an older connection with
     ///    the same client id: its agent role passes on, and the calls sent
     ///    to it fail with `agent_disconnected`;
@@ -216,13 +275,19 @@ impl Hub {
             self.config.max_clients_per_session,
         )?;
 
-        // 2. Contacts and presence.
+        // 2. Contacts and presence. The cut, a log position read before
+        // the member list, and the list's presence version make the list
+        // and the events exact together: every presence change after the
+        // cut not reflected in the list is announced to the client, and
+        // none that is.
         self.store
             .seed_contacts(&session, &self.connector.initial_contacts())
             .await?;
-        self.store.join(&session, &info).await?;
+        let change = self.store.join(&session, &info).await?;
         let contacts = self.store.contacts(&session).await?;
-        let members = self.store.members(&session).await?;
+        let cut = self.log_cut(&session).await?;
+        let presence = self.store.presence(&session).await?;
+        let members = presence.members;
 
         // 3. The agent role, before anyone is told `agent: true`.
         if is_agent {
@@ -244,8 +309,9 @@ impl Hub {
             contacts: &contacts,
             request_id,
         };
+        let cut = StartAt::Cut(&cut, presence.version);
         if let Some(old) = self
-            .join_at_log_position(&handle, since.as_ref(), &confirm)
+            .join_at_log_position(&handle, since.as_ref(), cut, &confirm)
             .await?
             && old.conn_id != handle.conn_id
         {
@@ -253,7 +319,7 @@ impl Hub {
         }
 
         // 6. Announce.
-        self.publish_client_event(&session, &info, true);
+        self.publish_client_event(&session, &info, true, change.version);
         if is_agent {
             self.publish_agent_changed(&session, Some(client_id));
         }
@@ -268,31 +334,53 @@ impl Hub {
         })
     }
 
+    /// A log position of `session` no later than now: every event up to it
+    /// is in the log already. This instance's delivered position while it
+    /// has local subscribers of the session (no round trip), else the
+    /// log's head.
+    async fn log_cut(&self, session: &str) -> Result<Position, HubError> {
+        if let Some(live) = self.registry.live_position(session) {
+            return Ok(live);
+        }
+        let read = self.broker.read_log(session, None).await?;
+        Ok(Position {
+            epoch: read.epoch,
+            offset: read.head,
+        })
+    }
+
     /// Steps 4 and 5 of [`Self::join`]: reads the session's log (outside any
     /// lock), then, under the registry lock live delivery takes, queues
-    /// `registration_confirmed`, the contact list and — for a `since` the
-    /// log can still serve — every event after it that live delivery has
-    /// already passed, and joins the registry. Live delivery then goes on
-    /// from exactly the confirmed offset: no gap, no duplicate. Returns the
-    /// handle it replaced.
+    /// `registration_confirmed`, the contact list and every event after
+    /// the client's start that live delivery has already passed — after a
+    /// `since` the log can still serve, else after the `cut` — and joins
+    /// the registry. Live delivery then goes on from exactly there: no
+    /// gap, no duplicate. Returns the handle it replaced.
     async fn join_at_log_position(
         &self,
         handle: &ClientHandle,
         since: Option<&Since>,
+        cut: StartAt<'_>,
         confirm: &Confirmation<'_>,
     ) -> Result<Option<ClientHandle>, HubError> {
         let session = confirm.session;
         // Live delivery may be ahead of a read (read again) or behind a
         // resuming client (wait for it); both are short-lived. Past these
-        // attempts the client starts afresh (`recovered: false`).
+        // attempts the client starts from live delivery.
         const ATTEMPTS: usize = 50;
+        let mut from = since.map_or(cut, StartAt::Resume);
+        let floor = match cut {
+            StartAt::Cut(_, floor) => floor,
+            StartAt::Resume(_) => 0,
+        };
         let mut last_epoch: Option<String> = None;
         for attempt in 0..=ATTEMPTS {
             let give_up = attempt == ATTEMPTS;
-            let read = self
-                .broker
-                .read_log(session, since.map(|s| s.offset))
-                .await?;
+            let after = match from {
+                StartAt::Resume(s) => s.offset,
+                StartAt::Cut(c, _) => c.offset,
+            };
+            let read = self.broker.read_log(session, Some(after)).await?;
             // Two reads in a row saw this epoch: it is the log's, and what
             // this instance delivered belongs to a log that is gone. Its
             // offsets start again at 1.
@@ -303,6 +391,7 @@ impl Hub {
                 offset: read.head,
             };
             let mut wait = false;
+            let mut unrecoverable = false;
             let joined =
                 self.registry
                     .insert_at(session, handle.clone(), at_read, |live, recent, h| {
@@ -314,24 +403,40 @@ impl Hub {
                         } else {
                             live.clone()
                         };
-                        let (recovered, replay) =
-                            match plan_start(since, &read, &live, recent, &h.info.client_id) {
-                                Start::Go { recovered, replay } => (recovered, replay),
+                        let from_live = || (false, live.offset, Vec::new());
+                        let (recovered, offset, replay) =
+                            match plan_start(from, &read, &live, recent, h) {
+                                Start::Go {
+                                    recovered,
+                                    offset,
+                                    replay,
+                                } => (recovered, offset, replay),
+                                Start::Unrecoverable if !give_up => {
+                                    unrecoverable = true;
+                                    return None;
+                                }
                                 Start::Retry { wait: w } if !give_up => {
                                     wait = w;
                                     return None;
                                 }
-                                Start::Retry { .. } => (false, Vec::new()),
+                                Start::Retry { .. } | Start::Unrecoverable => from_live(),
                             };
                         // A replay that does not fit the connection's queue would
                         // disconnect it as a slow consumer half-way: the client
                         // reloads instead (docs/protocol.md §12.1).
-                        let (recovered, replay) = if replay.len() + 2 > h.room() {
-                            (false, Vec::new())
+                        let (recovered, offset, replay) = if replay.len() + 2 > h.room() {
+                            from_live()
                         } else {
-                            (recovered, replay)
+                            (recovered, offset, replay)
                         };
-                        self.send_first_frames(h, confirm, recovered, &live);
+                        // A resumed client takes every presence event after
+                        // its `since`; any other one those its list lacks.
+                        h.set_presence_floor(if recovered { 0 } else { floor });
+                        let at = Position {
+                            epoch: live.epoch.clone(),
+                            offset,
+                        };
+                        self.send_first_frames(h, confirm, recovered, &at);
                         for out in replay {
                             h.send(out, &self.metrics);
                         }
@@ -339,6 +444,7 @@ impl Hub {
                     });
             match joined {
                 Ok(replaced) => return Ok(replaced),
+                Err(_) if unrecoverable => from = cut,
                 Err(_) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 Err(_) => tokio::task::yield_now().await,
             }
@@ -425,8 +531,10 @@ impl Hub {
             }
         }
         match self.store.leave(session, client_id).await {
-            Ok(true) => self.publish_client_event(session, &member.info, false),
-            Ok(false) => {}
+            Ok(left) if left.changed => {
+                self.publish_client_event(session, &member.info, false, left.version)
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove presence"),
         }
         tracing::info!(session, client_id, "client left");

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{AgentRef, IdempotencyBegin, SessionListing, SessionPage, SessionStore, StoreResult};
+use super::{
+    AgentRef, IdempotencyBegin, Presence, PresenceChange, SessionListing, SessionPage,
+    SessionStore, StoreResult,
+};
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, MessageDirection, StatusError, now_millis,
 };
@@ -20,6 +23,8 @@ struct SessionState {
     history: HashMap<String, VecDeque<HistoryEntry>>,
     /// In join order, so listings are stable.
     members: Vec<ClientInfo>,
+    /// Increased by every change of `members` ([`super::PresenceChange`]).
+    presence_version: u64,
     agent: Option<AgentRef>,
     /// Latest delivery status by message id.
     statuses: HashMap<String, (DeliveryStatus, Option<StatusError>)>,
@@ -292,27 +297,46 @@ impl SessionStore for MemoryStore {
         Ok(self.traffic(|t| t.queue.pop_front()))
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {
         Ok(self.with(session, |s| {
             s.touch();
             let before = s.members.len();
             s.members.retain(|m| m.client_id != client.client_id);
             let added = before == s.members.len();
             s.members.push(client.clone());
-            added
+            s.presence_version += 1;
+            PresenceChange {
+                changed: added,
+                version: s.presence_version,
+            }
         }))
     }
 
-    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {
-        Ok(self.update(session, |s| {
-            let before = s.members.len();
-            s.members.retain(|m| m.client_id != client_id);
-            before != s.members.len()
-        }))
+    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange> {
+        Ok(self
+            .update(session, |s| {
+                let before = s.members.len();
+                s.members.retain(|m| m.client_id != client_id);
+                let removed = before != s.members.len();
+                if removed {
+                    s.presence_version += 1;
+                }
+                Some(PresenceChange {
+                    changed: removed,
+                    version: s.presence_version,
+                })
+            })
+            .unwrap_or(PresenceChange {
+                changed: false,
+                version: 0,
+            }))
     }
 
-    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
-        Ok(self.read(session, |s| s.members.clone()))
+    async fn presence(&self, session: &str) -> StoreResult<Presence> {
+        Ok(self.read(session, |s| Presence {
+            members: s.members.clone(),
+            version: s.presence_version,
+        }))
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {

@@ -62,12 +62,45 @@ pub struct SessionPage {
     pub next_cursor: Option<String>,
 }
 
+/// A session's members (in join order) as of one presence version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Presence {
+    pub members: Vec<ClientInfo>,
+    /// The session's presence version this list is as of.
+    pub version: u64,
+}
+
+/// What a join or leave did to a session's presence.
+///
+/// Every change of a session's presence (a join, a leave, a reaped client)
+/// increases its *presence version*, atomically with the change, and
+/// [`SessionStore::presence`] reads the members together with the version
+/// they are as of. The `client_joined`/`client_left` announcing a change
+/// carries its version, so a client whose member list is as of that
+/// version or a later one already has it and is not told again
+/// (docs/protocol.md, `client_joined`). A version that Redis lost starts
+/// again from the clock, above every earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// A join that added the client (not a replacement), a leave that
+    /// removed it.
+    pub changed: bool,
+    /// The presence version of this change (of the session's presence
+    /// when nothing changed).
+    pub version: u64,
+}
+
 /// Something a dead instance left behind, taken by the reaper: the caller
 /// announces it (`client_left`, `agent_changed`) exactly once.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reaped {
-    /// The client was in the session's presence; it is gone now.
-    ClientLeft { session: String, client: ClientInfo },
+    /// The client was in the session's presence; it is gone now (at
+    /// presence `version`).
+    ClientLeft {
+        session: String,
+        client: ClientInfo,
+        version: u64,
+    },
     /// The session's agent was on the dead instance; it has none now.
     AgentReleased { session: String },
 }
@@ -145,13 +178,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Takes the oldest queued webhook event.
     async fn pop_webhook_event(&self) -> StoreResult<Option<String>>;
 
-    /// Adds (or replaces) a client's presence entry; true if it was missing
-    /// (so re-announcing after an outage tells the session only what it lost).
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool>;
-    /// Removes a client; true if it was present (so exactly one caller
+    /// Adds (or replaces) a client's presence entry; `changed` if it was
+    /// missing (so re-announcing after an outage tells the session only
+    /// what it lost).
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange>;
+    /// Removes a client; `changed` if it was present (so exactly one caller
     /// announces its departure).
-    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool>;
-    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>>;
+    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange>;
+    /// The members and the presence version they are as of, read at once.
+    async fn presence(&self, session: &str) -> StoreResult<Presence>;
+    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
+        Ok(self.presence(session).await?.members)
+    }
 
     /// Makes `agent` the session's executor; returns the one it replaced.
     /// The newest registration wins (see docs/protocol.md).

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use super::{
-    AgentRef, IdempotencyBegin, PartialReap, Reaped, SessionListing, SessionPage, SessionStore,
-    StoreResult,
+    AgentRef, IdempotencyBegin, PartialReap, Presence, PresenceChange, Reaped, SessionListing,
+    SessionPage, SessionStore, StoreResult,
 };
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
@@ -37,21 +37,62 @@ static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Removes a presence entry and returns it, so exactly one caller (the
-/// leaving client's instance, or one reaper) announces the departure. The
-/// entry is only taken if it belongs to instance ARGV[2]: the same client id
-/// may meanwhile have registered again on another instance. Touches the
-/// session's slot only: the instance's member set is another slot (Redis
-/// Cluster), updated by the caller.
+/// Lua: `bump_presence(stats)` increases the session's presence version
+/// (field `presence_version` of its stats hash, [`super::PresenceChange`])
+/// and returns it. A missing version starts from the server's clock in
+/// microseconds, so a version Redis lost never goes back below one a
+/// client was given before.
+const BUMP_PRESENCE: &str = r"
+local function bump_presence(stats)
+  if redis.call('HEXISTS', stats, 'presence_version') == 0 then
+    local t = redis.call('TIME')
+    redis.call('HSET', stats, 'presence_version', t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  return redis.call('HINCRBY', stats, 'presence_version', 1)
+end
+";
+
+/// Adds or replaces a presence entry and bumps the presence version, at
+/// once. KEYS: presence, session stats. ARGV: client id, entry, now (ms).
+/// Returns `{created, version}`.
+static JOIN_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{BUMP_PRESENCE}
+        local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('HSET', KEYS[2], 'last_activity', ARGV[3])
+        return {{created, bump_presence(KEYS[2])}}
+        "
+    ))
+});
+
+/// Removes a presence entry and returns it with the presence version it
+/// bumped (`{entry, version}`), so exactly one caller (the leaving
+/// client's instance, or one reaper) announces the departure. The entry is
+/// only taken if it belongs to instance ARGV[2]: the same client id may
+/// meanwhile have registered again on another instance. KEYS: presence,
+/// session stats. Touches the session's slot only: the instance's member
+/// set is another slot (Redis Cluster), updated by the caller.
 static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{BUMP_PRESENCE}
         local v = redis.call('HGET', KEYS[1], ARGV[1])
         if not v then return nil end
         local ok, client = pcall(cjson.decode, v)
         if ok and client.instance ~= ARGV[2] then return nil end
         redis.call('HDEL', KEYS[1], ARGV[1])
-        return v
+        return {{v, bump_presence(KEYS[2])}}
+        "
+    ))
+});
+
+/// The presence entries and the version they are as of, read at once:
+/// `{version, entry...}`. KEYS: presence, session stats.
+static READ_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local out = {redis.call('HGET', KEYS[2], 'presence_version') or '0'}
+        for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
+        return out
         ",
     )
 });
@@ -173,6 +214,29 @@ impl RedisStore {
         let keys = &self.backend.keys;
         pipe.hset(keys.session_stats(session), "last_activity", now_millis())
             .ignore();
+        self.indexing(session, self.backend.pipe(op, &pipe)).await
+    }
+
+    /// [`Self::write`] for a script of the session's slot (which sets the
+    /// last activity itself).
+    async fn write_script<T: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        session: &str,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        self.indexing(session, self.backend.script(op, invocation))
+            .await
+    }
+
+    /// Runs `write`, with the session's `ZADD` to the index at the same
+    /// time when this instance's (re-)indexing of it is due.
+    async fn indexing<T>(
+        &self,
+        session: &str,
+        write: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, RedisError> {
+        let keys = &self.backend.keys;
         let now = now_millis();
         let due = {
             let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,14 +245,12 @@ impl RedisStore {
                 .is_none_or(|&at| now.saturating_sub(at) >= INDEX_REFRESH_MS)
         };
         if !due {
-            return self.backend.pipe(op, &pipe).await;
+            return write.await;
         }
         let mut zadd = ::redis::cmd("ZADD");
         zadd.arg(keys.sessions()).arg(0).arg(session);
-        let (written, _): (T, i64) = tokio::try_join!(
-            self.backend.pipe(op, &pipe),
-            self.backend.query("index_session", &zadd),
-        )?;
+        let (written, _): (T, i64) =
+            tokio::try_join!(write, self.backend.query("index_session", &zadd))?;
         let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
         if indexed.len() >= INDEXED_MAX {
             indexed.clear();
@@ -221,13 +283,17 @@ impl RedisStore {
             // The member set goes as a whole once every tag is reaped.
             let mut take = TAKE_PRESENCE.prepare_invoke();
             take.key(keys.presence(session))
+                .key(keys.session_stats(session))
                 .arg(client_id)
                 .arg(instance);
-            let taken: Option<String> = self.backend.script("reap_take", &take).await?;
-            if let Some(client) = taken.and_then(|t| serde_json::from_str::<ClientInfo>(&t).ok()) {
+            let taken: Option<(String, u64)> = self.backend.script("reap_take", &take).await?;
+            if let Some((client, version)) =
+                taken.and_then(|(t, v)| serde_json::from_str::<ClientInfo>(&t).ok().map(|c| (c, v)))
+            {
                 reaped.push(Reaped::ClientLeft {
                     session: session.to_string(),
                     client,
+                    version,
                 });
             }
             let mut release = RELEASE_AGENT_IF.prepare_invoke();
@@ -508,7 +574,7 @@ impl SessionStore for RedisStore {
             .await?)
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<bool> {
+    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {
         // Two slots (the instance's member set, the session's presence), so
         // two commands, in this order: a member tag without presence is
         // harmless to a reaper, presence without a tag would never be reaped.
@@ -521,24 +587,30 @@ impl SessionStore for RedisStore {
                     .arg(member_tag(session, &client.client_id)),
             )
             .await?;
+        let mut invocation = JOIN_PRESENCE.prepare_invoke();
+        invocation
+            .key(self.backend.keys.presence(session))
+            .key(self.backend.keys.session_stats(session))
+            .arg(&client.client_id)
+            .arg(encode(client)?)
+            .arg(now_millis());
         // HSET answers how many fields it created: 1 = the entry was missing.
-        let mut pipe = ::redis::pipe();
-        pipe.hset(
-            self.backend.keys.presence(session),
-            &client.client_id,
-            encode(client)?,
-        );
-        let (created,): (i64,) = self.write("join", session, pipe).await?;
-        Ok(created == 1)
+        let (created, version): (i64, u64) =
+            self.write_script("join", session, &invocation).await?;
+        Ok(PresenceChange {
+            changed: created == 1,
+            version,
+        })
     }
 
-    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+    async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange> {
         let mut invocation = TAKE_PRESENCE.prepare_invoke();
         invocation
             .key(self.backend.keys.presence(session))
+            .key(self.backend.keys.session_stats(session))
             .arg(client_id)
             .arg(&self.instance);
-        let removed: Option<String> = self.backend.script("leave", &invocation).await?;
+        let removed: Option<(String, u64)> = self.backend.script("leave", &invocation).await?;
         // After the take (another slot): a tag left behind by a failure here
         // only makes a reaper find nothing to take.
         let _: i64 = self
@@ -550,30 +622,38 @@ impl SessionStore for RedisStore {
                     .arg(member_tag(session, client_id)),
             )
             .await?;
-        Ok(removed.is_some())
+        Ok(PresenceChange {
+            changed: removed.is_some(),
+            version: removed.map_or(0, |(_, v)| v),
+        })
     }
 
-    async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
+    async fn presence(&self, session: &str) -> StoreResult<Presence> {
         let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
         // Two slots (the session's, the membership's): two commands at once.
-        let mut presence = ::redis::cmd("HVALS");
-        presence.arg(self.backend.keys.presence(session));
+        let mut presence = READ_PRESENCE.prepare_invoke();
+        presence
+            .key(self.backend.keys.presence(session))
+            .key(self.backend.keys.session_stats(session));
         let mut live = ::redis::cmd("ZRANGEBYSCORE");
         live.arg(self.backend.keys.instances())
             .arg(alive_since)
             .arg("+inf");
         let (raw, alive): (Vec<String>, Vec<String>) = tokio::try_join!(
-            self.backend.query("members", &presence),
+            self.backend.script("members", &presence),
             self.backend.query("members_alive", &live),
         )?;
-        let mut members: Vec<ClientInfo> = raw
+        let (version, entries) = raw.split_first().map_or((0, &[][..]), |(v, rest)| {
+            (v.parse::<u64>().unwrap_or(0), rest)
+        });
+        let mut members: Vec<ClientInfo> = entries
             .iter()
             .filter_map(|r| decode::<ClientInfo>("presence", r).ok())
             // Clients of dead instances linger until reaped; hide them now.
             .filter(|c| c.instance == self.instance || alive.contains(&c.instance))
             .collect();
         members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        Ok(members)
+        Ok(Presence { members, version })
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {

@@ -328,6 +328,20 @@ impl TestRedis {
         }
     }
 
+    /// Empties every node, as a Redis that restarted without its data.
+    pub fn flushall(&self) {
+        match self {
+            TestRedis::Single(r) => {
+                r.cmd(&["FLUSHALL"]);
+            }
+            TestRedis::Cluster(c) => {
+                for &p in &c.ports {
+                    c.cli(p, &["FLUSHALL"]);
+                }
+            }
+        }
+    }
+
     /// Every key name, one a line (of every node of a cluster).
     pub fn all_keys(&self) -> String {
         match self {
