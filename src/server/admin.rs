@@ -347,7 +347,7 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket) {
             let len = out.frame.len();
             let sent = tokio::select! {
                 _ = kicked(&writer_handle) => break,
-                sent = sink.send(Message::Text(out.frame)) => sent,
+                sent = sink.send(Message::Text(out.frame.as_str().into())) => sent,
             };
             writer_handle.dequeued(len);
             if sent.is_err() {

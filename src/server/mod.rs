@@ -10,17 +10,18 @@ pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod listener;
 pub mod mcp;
 pub mod openapi;
 pub mod rate;
 pub mod rest;
+pub mod upgrade;
 pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -61,7 +62,7 @@ async fn root(
     slots: Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
     uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<upgrade::Upgrade, Response>,
 ) -> Response {
     match ws {
         Ok(ws) => ws_upgrade(state, slots, headers, uri, ws).await,
@@ -78,7 +79,7 @@ async fn ws_upgrade(
     Extension(slots): Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
     uri: Uri,
-    ws: WebSocketUpgrade,
+    ws: upgrade::Upgrade,
 ) -> Response {
     if !browser::origin_allowed(&headers, &hub.config.allowed_origins) {
         hub.metrics
@@ -95,7 +96,7 @@ async fn ws_upgrade(
             .error(crate::protocol::ErrorCode::TooManyConnections);
         return browser::too_many_connections();
     };
-    connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
+    ws.on_upgrade(move |socket| {
         let tracker = hub.connections.clone();
         tracker.track_future(async move {
             connection::handle_socket(hub, socket, identity).await;
@@ -119,16 +120,11 @@ pub async fn serve(
     hub.mark_started();
     let app = router(hub.clone());
     let drain = hub.clone();
-    // Real-time events: write each frame at once instead of letting Nagle
-    // hold it until the client acknowledges the previous one (up to the
-    // peer's delayed-ACK time, ~40 ms, whenever two frames follow closely).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // The peer address keys the REST rate limit of anonymous callers.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // TCP_NODELAY, and each request knows its peer: the address keys the
+    // REST rate limit of anonymous callers, the socket is what a WebSocket
+    // connection writes to.
+    let listener = listener::HubListener(listener);
+    let app = app.into_make_service_with_connect_info::<listener::Peer>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested: draining connections");

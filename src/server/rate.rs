@@ -131,8 +131,8 @@ pub async fn limit(
     // needs first.
     let peer = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
+        .get::<ConnectInfo<super::listener::Peer>>()
+        .map(|ConnectInfo(peer)| peer.addr);
     let headers = req.headers().clone();
     if !limit.allow(&caller_key(&hub, &headers, peer).await) {
         let body = json!({
