@@ -23,16 +23,43 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A registered client on the raw library stream.
 async fn open(url: &str, session: &str, id: &str) -> Ws {
-    let (mut ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url))
+    let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url))
         .await
         .expect("connect in time")
         .expect("connect");
+    register(ws, session, id).await
+}
+
+/// [`open`] with a 4 KiB socket receive buffer, so the hub's writes to it
+/// fill its socket quickly.
+async fn open_small(url: &str, session: &str, id: &str) -> Ws {
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("ws://ip:port/");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let (ws, _) = tokio::time::timeout(
+        RECV_TIMEOUT,
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    register(ws, session, id).await
+}
+
+async fn register(mut ws: Ws, session: &str, id: &str) -> Ws {
     let register = json!({"type": "register", "session": session, "client_id": id});
     ws.send(Message::text(register.to_string()))
         .await
         .expect("send");
     let confirmed = next_json(&mut ws).await;
     assert_eq!(confirmed["type"], "registration_confirmed", "{confirmed}");
+    // Registration is followed by the contact list.
+    next_of(&mut ws, "contact_list_broadcast").await;
     ws
 }
 
@@ -262,7 +289,7 @@ async fn partly_written_frames_never_interleave_with_others() {
     ])
     .await;
     let url = hub.ws_url();
-    let mut reader = open(&url, "torn", "reader").await;
+    let mut reader = open_small(&url, "torn", "reader").await;
     let (mut producer, _) = WsClient::register(&url, "torn", "producer").await;
     assert_eq!(
         next_of(&mut reader, "client_joined").await["client_id"],
@@ -282,8 +309,9 @@ async fn partly_written_frames_never_interleave_with_others() {
                 .expect("ping");
         }
     }
-    // 6 MB for the reader: far more than its socket buffers hold, so the
-    // hub had to queue and write frames in parts. Now read it all.
+    // 6 MB for the reader: far more than the socket buffers hold (the
+    // reader's is 4 KiB), so the hub had to queue and write frames in
+    // parts. Now read it all.
     let mut round = 0;
     let mut pongs = 0;
     while round < ROUNDS {
