@@ -1,6 +1,6 @@
 //! The TCP listener of the HTTP server. Every accepted socket is shared
 //! ([`SharedTcp`]): HTTP reads and writes it as usual, and a connection
-//! upgraded to WebSocket keeps a second reference ([`Peer::socket`]) through
+//! upgraded to WebSocket takes a second reference ([`Peer::socket`]) through
 //! which the hub writes pre-framed events straight to the socket from the
 //! task that delivers them (`hub/registry.rs`), without waking the
 //! connection's task.
@@ -8,7 +8,7 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,11 +25,12 @@ use crate::hub::registry::DirectSocket;
 pub struct HubListener(pub TcpListener);
 
 /// Who is on the other end of a request: its address (the REST rate limit
-/// of anonymous callers) and the socket (for a WebSocket upgrade).
+/// of anonymous callers) and the socket (for a WebSocket upgrade). Weak:
+/// whatever keeps a request's extensions does not keep its socket open.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
-    pub socket: Arc<TcpStream>,
+    pub socket: Weak<TcpStream>,
 }
 
 impl axum::serve::Listener for HubListener {
@@ -44,7 +45,11 @@ impl axum::serve::Listener for HubListener {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
                     let socket = Arc::new(tcp);
-                    return (SharedTcp(socket.clone()), Peer { addr, socket });
+                    let peer = Peer {
+                        addr,
+                        socket: Arc::downgrade(&socket),
+                    };
+                    return (SharedTcp(socket), peer);
                 }
                 // As axum's own listener: a connection that failed before
                 // it was accepted is skipped; anything else (out of file

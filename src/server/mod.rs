@@ -1,7 +1,8 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
 //! graceful shutdown. What is checked before an upgrade (Origin, connection
-//! cap) is in [`browser`]. Every REST route is registered through
+//! cap) is in [`browser`]; the upgrade itself in [`upgrade`], over the
+//! shared sockets of [`listener`]. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
 //! are listed in [`openapi::NON_REST_ROUTES`].
 

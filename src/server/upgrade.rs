@@ -44,7 +44,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         let socket = parts
             .extensions
             .get::<ConnectInfo<Peer>>()
-            .map(|ConnectInfo(peer)| peer.socket.clone());
+            .and_then(|ConnectInfo(peer)| peer.socket.upgrade());
         // Only its checks are wanted: the answer is ours.
         let _checked = WebSocketUpgrade::from_request_parts(parts, state)
             .await
