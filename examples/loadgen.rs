@@ -75,6 +75,9 @@ struct Args {
     mode: Mode,
     urls: Vec<String>,
     pids: Vec<u32>,
+    /// fanout: other processes (or kernel threads) whose CPU over the
+    /// publish phase is printed apart from the hubs', by name.
+    others: Vec<(String, u32)>,
     /// idle: clients to register; fanout: subscribers.
     clients: usize,
     per_session: usize,
@@ -95,6 +98,7 @@ const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1
   idle:   [--clients 10000] [--per-session 5] [--hold-secs 0]
   sessions: [--clients 100] [--per-session 5] [--messages 200] [--rate 0]
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
+          [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
 fn parse_args(raw: Vec<String>) -> Result<Args> {
@@ -117,6 +121,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         mode,
         urls: Vec::new(),
         pids: Vec::new(),
+        others: Vec::new(),
         clients: if mode == Mode::Idle { 10_000 } else { 100 },
         per_session: 5,
         messages: 200,
@@ -147,6 +152,15 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                     .parse()
                     .with_context(|| format!("{value} does not hold a pid"))?;
                 args.pids.push(pid);
+            }
+            "--other-pid" => {
+                let (name, pid) = value
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--other-pid takes NAME=PID, not `{value}`"))?;
+                let pid = pid
+                    .parse()
+                    .with_context(|| format!("--other-pid {value}: not a pid"))?;
+                args.others.push((name.to_string(), pid));
             }
             "--clients" | "--subscribers" => args.clients = num("a count")? as usize,
             "--per-session" => args.per_session = num("a count")?.max(1) as usize,
@@ -821,6 +835,11 @@ async fn run_fanout(args: &Args) -> Result<()> {
 
     let filler = "x".repeat(args.payload_bytes);
     let cpu_before = total_cpu_ticks(&args.pids)?;
+    let others_before = args
+        .others
+        .iter()
+        .map(|(_, p)| cpu_ticks(*p))
+        .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
     let gap = (args.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate_per_sec));
     let mut send_error = None;
@@ -844,6 +863,12 @@ async fn run_fanout(args: &Args) -> Result<()> {
         seen.push(t.await?);
     }
     let cpu_after = total_cpu_ticks(&args.pids)?;
+    let others: Vec<(String, CpuTicks)> = args
+        .others
+        .iter()
+        .zip(others_before)
+        .map(|((name, p), before)| Ok((name.clone(), cpu_ticks(*p)?.since(before))))
+        .collect::<Result<_>>()?;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     let publisher_errors =
         match tokio::time::timeout(Duration::from_secs(5), publisher_reader).await {
@@ -857,6 +882,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
         t0,
         publish_secs,
         cpu_after.since(cpu_before),
+        &others,
         &publisher_errors,
     );
     if let Some(e) = send_error {
@@ -946,6 +972,7 @@ fn report_fanout(
     t0: Instant,
     publish_secs: f64,
     cpu_ticks: CpuTicks,
+    others: &[(String, CpuTicks)],
     publisher_errors: &HashMap<String, u64>,
 ) {
     let m = args.messages as u64;
@@ -1059,6 +1086,14 @@ fn report_fanout(
             per_delivery(cpu_ticks.system),
             1000 / hz
         );
+        for (name, t) in others {
+            println!(
+                "other cpu {name} (publish phase): {:.2} us/delivery (user {:.2} us, system {:.2} us)",
+                per_delivery(t.user + t.system),
+                per_delivery(t.user),
+                per_delivery(t.system)
+            );
+        }
     }
 }
 

@@ -1199,7 +1199,11 @@ fn kustomize_renders_the_manifests() {
 
 #[test]
 fn cluster_script_is_valid_bash() {
-    for script in ["scripts/cluster", "scripts/redis-topology.sh"] {
+    for script in [
+        "scripts/cluster",
+        "scripts/redis-topology.sh",
+        "scripts/bench-fanout",
+    ] {
         let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
         assert!(ok, "{script}: {out}");
         if tool("shellcheck", "shellcheck") {

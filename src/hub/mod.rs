@@ -511,6 +511,9 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {
+                // Events behind this one: deliveries are queued and
+                // coalesced per connection instead of written one by one.
+                hub.registry.set_backlogged(!inbound.is_empty());
                 hub.handle_inbound(msg).await;
             }
         });

@@ -5,8 +5,12 @@
 //! queue bounded in bytes (`OUTBOUND_QUEUE_BYTES`, and in frames by
 //! `OUTBOUND_QUEUE_LEN`), and a client whose queue would overflow is
 //! disconnected as a slow consumer instead of being buffered without limit.
-//! A frame is queued as shared bytes (one clone per recipient is a
-//! reference count), and queueing wakes the connection's single task.
+//! A frame is a complete WebSocket frame in shared bytes (one clone per
+//! recipient is a reference count). When a client's connection has
+//! attached its socket and nothing waits in its queue, the delivering task
+//! writes the frame straight to the socket (no wake-up, no copy); only what
+//! the socket does not take is queued, and queueing wakes the connection's
+//! single task, which writes the rest.
 //!
 //! Logged session events go through [`Registry::deliver_logged`], which
 //! keeps, per session, the position (epoch, offset) this instance last
@@ -31,13 +35,15 @@
 //! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, ready};
 
 use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
-use crate::protocol::{ClientInfo, Frame};
+use crate::protocol::{ClientInfo, Frame, now_millis};
 
 /// One queued outgoing message.
 #[derive(Debug, Clone)]
@@ -116,6 +122,17 @@ impl CloseReason {
     }
 }
 
+/// A socket the hub may write to from any task (tokio's `TcpStream`, whose
+/// I/O works through `&self`).
+pub trait DirectSocket: Send + Sync {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// [`Outbound::kind`] of control frames (ping, pong, close): not counted
+/// as messages sent.
+pub const CONTROL: &str = "control";
+
 /// What every handle of one connection shares: the close reason, the kick
 /// and the outbound queue. One allocation per connection.
 struct Shared {
@@ -135,19 +152,34 @@ struct Shared {
     presence_floor: AtomicU64,
 }
 
-/// The frames waiting for the connection's task. The deque is allocated by
-/// the first frame and released again when a burst has drained, so an idle
-/// connection keeps (almost) no queue memory.
+/// The frames waiting for the connection's socket. The deque is allocated
+/// by the first frame and released again when a burst has drained, so an
+/// idle connection keeps (almost) no queue memory.
+///
+/// With a socket attached, every write to it happens under this lock, and
+/// the first frame may be partly written (`head_written`): its rest goes
+/// out before anything else, so frames never interleave.
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Outbound>,
+    /// Bytes of the first frame's wire form already written.
+    head_written: usize,
     /// The connection ended: frames are refused.
     closed: bool,
+    /// The connection's socket, while frames may be written straight to it.
+    socket: Option<Arc<dyn DirectSocket>>,
 }
 
 /// A drained queue keeps at most this many slots (a few hundred bytes); a
 /// larger one, left by a burst, is released.
 const KEPT_SLOTS: usize = 8;
+
+/// At most this many frames go into one `writev`.
+const MAX_IOV: usize = 64;
+
+/// At most this many bytes are written per [`ClientHandle::poll_write`]
+/// before the connection yields to the others.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// The handle through which anything can send to, or disconnect, a client.
 /// Cloning it is two reference-count bumps and a copy of the id.
@@ -209,42 +241,73 @@ impl ClientHandle {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame; false if the client was disconnected for being slow
-    /// or is already gone. A frame that would take the queue over its byte
-    /// bound (or its frame cap) disconnects the client with 1008, counted
-    /// once however many frames are refused.
+    /// From now on frames are written straight to `socket` by whoever sends
+    /// them while nothing is queued; the connection's task writes the rest
+    /// with [`Self::poll_write`].
+    pub fn attach(&self, socket: Arc<dyn DirectSocket>) {
+        self.queue().socket = Some(socket);
+    }
+
+    /// Sends a frame: written to the socket at once when nothing is queued
+    /// before it and the socket takes it, else queued (the connection's
+    /// task is woken to write it). False if the client was disconnected for
+    /// being slow or is already gone. A frame that would take the queue
+    /// over its byte bound (or its frame cap) disconnects the client with
+    /// 1008, counted once however many frames are refused.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
+        self.send_with(out, metrics, true)
+    }
+
+    /// [`Self::send`], writing to the socket directly only if `direct`
+    /// (else the frame is queued for the connection's task).
+    pub fn send_with(&self, out: Outbound, metrics: &Metrics, direct: bool) -> bool {
         let len = out.frame.len();
         let shared = &*self.shared;
+        let mut queue = self.queue();
+        if queue.closed {
+            return false;
+        }
+        // Frames are never interleaved: a direct write only when nothing
+        // (not even the rest of a frame) waits.
+        let mut partial = false;
+        if direct
+            && queue.frames.is_empty()
+            && let Some(socket) = &queue.socket
+        {
+            let wire = out.frame.wire();
+            match socket.try_write_vectored(&[IoSlice::new(wire)]) {
+                Ok(n) if n == wire.len() => {
+                    drop(queue);
+                    written(&out, metrics, &mut None);
+                    return true;
+                }
+                Ok(n) if n > 0 => {
+                    queue.head_written = n;
+                    partial = true;
+                }
+                // Full (or failed: the connection's task finds out when it
+                // writes): queued.
+                _ => {}
+            }
+        }
         let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before.saturating_add(len) > shared.max_queued_bytes {
+        let over = before.saturating_add(len) > shared.max_queued_bytes
+            || queue.frames.len() >= shared.max_queued_frames;
+        if over && !partial {
+            drop(queue);
             shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.slow_consumer(metrics);
             return false;
         }
-        let mut queue = self.queue();
-        let refused = if queue.closed {
-            Some(false)
-        } else if queue.frames.len() >= shared.max_queued_frames {
-            Some(true)
-        } else {
-            queue.frames.push_back(out);
-            None
-        };
+        // A partly written frame is queued whatever the bound: its rest
+        // must go out before the close frame.
+        queue.frames.push_back(out);
         drop(queue);
-        match refused {
-            None => {
-                shared.waker.wake();
-                true
-            }
-            Some(full) => {
-                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if full {
-                    self.slow_consumer(metrics);
-                }
-                false
-            }
+        shared.waker.wake();
+        if over {
+            self.slow_consumer(metrics);
         }
+        true
     }
 
     fn slow_consumer(&self, metrics: &Metrics) {
@@ -253,9 +316,118 @@ impl ClientHandle {
         }
     }
 
-    /// The connection's task is woken by the next [`Self::send`] or
-    /// [`Self::disconnect`]. Call it before looking at the queue and at
-    /// [`Self::is_kicked`], so nothing slips in between unseen.
+    /// Writes what is queued to the attached socket: Ready when the queue
+    /// is empty, Pending when the socket is full (the task is woken when it
+    /// drains) or after [`MAX_BATCH_BYTES`] (woken at once, so the other
+    /// connections get their turn). Ready at once without a socket.
+    pub fn poll_write(&self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<io::Result<()>> {
+        let mut now = None;
+        let mut total = 0;
+        let mut queue = self.queue();
+        let Some(socket) = queue.socket.clone() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if queue.frames.is_empty() {
+                if queue.frames.capacity() > KEPT_SLOTS {
+                    queue.frames = VecDeque::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if total >= MAX_BATCH_BYTES {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let result = {
+                let mut bufs = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                let mut offset = queue.head_written;
+                for out in queue.frames.iter().take(MAX_IOV) {
+                    bufs[n] = IoSlice::new(&out.frame.wire()[offset..]);
+                    offset = 0;
+                    n += 1;
+                }
+                socket.try_write_vectored(&bufs[..n])
+            };
+            match result {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    total += n;
+                    self.advance(&mut queue, n, metrics, &mut now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(queue);
+                    ready!(socket.poll_write_ready(cx))?;
+                    queue = self.queue();
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// `n` bytes of the queue's frames were written: the frames done leave
+    /// the queue and its byte count.
+    fn advance(&self, queue: &mut Queue, mut n: usize, metrics: &Metrics, now: &mut Option<u64>) {
+        let mut done = 0;
+        while n > 0 {
+            let Some(head) = queue.frames.front() else {
+                break;
+            };
+            let rest = head.frame.wire().len() - queue.head_written;
+            if n < rest {
+                queue.head_written += n;
+                break;
+            }
+            n -= rest;
+            queue.head_written = 0;
+            if let Some(out) = queue.frames.pop_front() {
+                done += out.frame.len();
+                written(&out, metrics, now);
+            }
+        }
+        self.dequeued(done);
+    }
+
+    /// The connection ends: later frames are refused, `close` (the close
+    /// frame) is queued last, and what was queued before it is dropped
+    /// unless `deliver_queued` (the rest of a partly written frame always
+    /// goes out first). Write it with [`Self::poll_write`], then
+    /// [`Self::detach`].
+    pub fn finish(&self, close: Option<Frame>, deliver_queued: bool) {
+        let mut queue = self.queue();
+        queue.closed = true;
+        if !deliver_queued {
+            let keep = usize::from(queue.head_written > 0);
+            let dropped: usize = queue.frames.drain(keep..).map(|o| o.frame.len()).sum();
+            self.dequeued(dropped);
+        }
+        if let Some(frame) = close {
+            self.shared
+                .queued_bytes
+                .fetch_add(frame.len(), Ordering::AcqRel);
+            queue.frames.push_back(Outbound {
+                frame,
+                kind: CONTROL,
+                produced_at: 0,
+            });
+        }
+    }
+
+    /// Lets go of the socket; frames never written leave the byte count.
+    pub fn detach(&self) {
+        let mut queue = self.queue();
+        queue.closed = true;
+        queue.socket = None;
+        queue.head_written = 0;
+        let dropped: usize = queue.frames.drain(..).map(|o| o.frame.len()).sum();
+        queue.frames = VecDeque::new();
+        drop(queue);
+        self.dequeued(dropped);
+    }
+
+    /// The connection's task is woken by the next [`Self::send`] that
+    /// queues or [`Self::disconnect`]. Call it before looking at the queue
+    /// and at [`Self::is_kicked`], so nothing slips in between unseen.
     pub fn wake_on_send(&self, waker: &std::task::Waker) {
         self.shared.waker.register(waker);
     }
@@ -265,7 +437,8 @@ impl ClientHandle {
         self.shared.kicked.load(Ordering::Acquire)
     }
 
-    /// The next queued frame, if any.
+    /// The next queued frame, if any (for a connection without an attached
+    /// socket, which writes its frames itself).
     pub fn next_frame(&self) -> Option<Outbound> {
         let mut queue = self.queue();
         let out = queue.frames.pop_front();
@@ -283,7 +456,9 @@ impl ClientHandle {
 
     /// The writer took `bytes` of frames off the queue (written or dropped).
     pub fn dequeued(&self, bytes: usize) {
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if bytes > 0 {
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -318,6 +493,22 @@ impl ClientHandle {
     }
 }
 
+/// A frame went out: counted, and an event's delivery latency observed
+/// (one clock read per batch).
+fn written(out: &Outbound, metrics: &Metrics, now: &mut Option<u64>) {
+    if out.kind == CONTROL {
+        return;
+    }
+    metrics.message_sent(out.kind);
+    if out.produced_at > 0 {
+        let now = *now.get_or_insert_with(now_millis);
+        let latency_ms = now.saturating_sub(out.produced_at);
+        metrics
+            .broadcast_latency
+            .observe(latency_ms as f64 / 1000.0);
+    }
+}
+
 /// Told `(session, true)` when a session gets its first local subscriber
 /// and `(session, false)` when its last one leaves; must not block.
 pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
@@ -339,6 +530,8 @@ pub struct Registry {
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
+    /// More events wait to be delivered ([`Registry::set_backlogged`]).
+    backlogged: AtomicBool,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -384,6 +577,16 @@ impl Registry {
             interest: Some(hook),
             ..Registry::default()
         }
+    }
+
+    /// Whether more events wait behind the one being delivered. While they
+    /// do, deliveries are queued rather than written to each socket at
+    /// once, so every connection writes its backlog in one `writev` (a
+    /// burst costs a socket write per connection and batch, not per
+    /// delivery); when the hub keeps up, each delivery is one direct write
+    /// and no wake-up.
+    pub fn set_backlogged(&self, backlogged: bool) {
+        self.backlogged.store(backlogged, Ordering::Relaxed);
     }
 
     /// Adds a client; returns the handle it replaced (same client id).
@@ -518,13 +721,14 @@ impl Registry {
             presence: event.presence,
         });
         let except = event.except.as_deref();
+        let direct = !self.backlogged.load(Ordering::Relaxed);
         for h in clients.values() {
             if h.wants(except, event.presence) {
-                h.send(out.clone(), metrics);
+                h.send_with(out.clone(), metrics, direct);
             }
         }
         for h in watching.into_iter().flat_map(HashMap::values) {
-            h.send(out.clone(), metrics);
+            h.send_with(out.clone(), metrics, direct);
         }
         self.progress.notify_waiters();
         Delivery::Delivered
@@ -736,6 +940,98 @@ mod tests {
         assert_eq!(h.queued_bytes(), 4);
         assert_eq!(h.next_frame().map(|o| o.frame), Some("kept".into()));
         assert!(h.next_frame().is_none());
+    }
+
+    /// A socket that takes at most `room` more bytes, then WouldBlock.
+    #[derive(Default)]
+    struct FakeSocket {
+        room: Mutex<usize>,
+        got: Mutex<Vec<u8>>,
+    }
+
+    impl FakeSocket {
+        fn open(&self, bytes: usize) {
+            *self.room.lock().unwrap() = bytes;
+        }
+    }
+
+    impl DirectSocket for FakeSocket {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(*room - n);
+                self.got.lock().unwrap().extend_from_slice(&b[..take]);
+                n += take;
+            }
+            *room -= n;
+            Ok(n)
+        }
+
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if *self.room.lock().unwrap() > 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_write(h: &ClientHandle, metrics: &Metrics) -> Poll<io::Result<()>> {
+        h.poll_write(&mut Context::from_waker(std::task::Waker::noop()), metrics)
+    }
+
+    #[test]
+    fn frames_go_straight_to_the_socket_and_a_partial_one_is_finished_first() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 100);
+        let socket = Arc::new(FakeSocket::default());
+        h.attach(socket.clone());
+        socket.open(1000);
+        assert!(h.send(frame("one"), &metrics));
+        assert_eq!(h.queued_bytes(), 0, "written at once, never queued");
+        // The socket takes 3 bytes of "two" (2 header + "t"), then is full.
+        socket.open(3);
+        assert!(h.send(frame("two"), &metrics));
+        assert!(h.send(frame("three"), &metrics));
+        assert_eq!(h.queued_bytes(), 8);
+        assert!(poll_write(&h, &metrics).is_pending());
+        // The kick keeps the rest of the torn frame, drops the others, and
+        // the close frame follows it.
+        h.disconnect(CloseReason::SlowConsumer);
+        h.finish(Some(Frame::close(1008, "x")), false);
+        socket.open(1000);
+        assert!(poll_write(&h, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x03one\x81\x03two\x88\x03\x03\xf0x"
+        );
+        assert!(!h.send(frame("late"), &metrics));
+        h.detach();
+        assert_eq!(h.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_queues_up_to_the_byte_bound() {
+        let metrics = Metrics::new("i");
+        let h = handle(10, 8);
+        let socket = Arc::new(FakeSocket::default());
+        h.attach(socket.clone());
+        assert!(h.send(frame("1234"), &metrics));
+        assert!(h.send(frame("5678"), &metrics));
+        assert!(!h.send(frame("9"), &metrics));
+        assert_eq!(h.close_reason(), Some(CloseReason::SlowConsumer));
+        // What was queued goes out in order once the socket drains.
+        socket.open(1000);
+        assert!(poll_write(&h, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x041234\x81\x045678"
+        );
+        assert_eq!(h.queued_bytes(), 0);
     }
 
     #[test]

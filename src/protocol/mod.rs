@@ -6,6 +6,7 @@
 //! and the `request_id` can be echoed even when the rest of the frame is bad.
 
 mod errors;
+mod frame;
 mod inbound;
 mod outbound;
 

@@ -11,9 +11,7 @@ use super::errors::HubError;
 /// everybody (docs/protocol.md, limits).
 pub const REGISTRATION_CLIENTS_MAX: usize = 100;
 
-/// A serialized outgoing text frame. Cloning is a reference-count bump, so
-/// one event is serialized once and shared by every recipient's queue.
-pub type Frame = axum::extract::ws::Utf8Bytes;
+pub use super::frame::Frame;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {

@@ -443,7 +443,7 @@ async fn write_feed(
             out = next_frame(&handle) => match out {
                 Some(out) => {
                     let len = out.frame.len();
-                    (Message::Text(out.frame), len)
+                    (Message::Text(out.frame.as_str().into()), len)
                 }
                 None => break,
             },

@@ -6,10 +6,17 @@
 //! Memory per idle connection is kept small (docs/performance.md): one task
 //! whose state holds no request (a request in progress is boxed, so the
 //! large futures of `register` and friends are not part of every idle
-//! connection), a queue that allocates only while frames wait, a socket read
-//! buffer of [`READ_BUFFER_BYTES`] that only grows for a large message, and
-//! coalesced writes: whatever is queued goes out in one socket write of up
-//! to [`MAX_BATCH_BYTES`] per flush.
+//! connection), a queue that allocates only while frames wait, and a socket
+//! read buffer of [`READ_BUFFER_BYTES`] that only grows for a large message.
+//!
+//! Reading (frames, masking, fragments, UTF-8, size limits, pong and
+//! close replies) is tungstenite's. Writing is ours: every frame the client
+//! gets is pre-framed ([`crate::protocol::Frame`]) and goes through the
+//! connection's [`ClientHandle`], which writes it straight to the socket
+//! from the delivering task when nothing is queued, or queues it for this
+//! task, which writes whatever is queued in one `writev`. tungstenite's own
+//! replies (pong, the close echo) are taken from it as bytes ([`ReadSide`])
+//! and sent the same way, so frames never interleave.
 //!
 //! What a message means (registration, requests) is decided in `hub/`;
 //! this loop only asks [`crate::protocol::ClientMessage::execution`] whether
@@ -23,26 +30,36 @@
 //! keep its role, and closes it (4401) when its token expires.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use axum::extract::WebSocketUpgrade;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::client::ClientSession;
-use crate::hub::registry::{ClientHandle, CloseReason};
+use crate::hub::registry::{CONTROL, ClientHandle, CloseReason, Outbound};
 use crate::protocol::{
-    ClientInfo, ErrorCode, Execution, HubError, now_millis, parse_client_message_with,
+    ClientInfo, ErrorCode, Execution, Frame, HubError, parse_client_message_with,
 };
+
+use super::listener::shutdown_write;
+use super::upgrade::UpgradedSocket;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -57,16 +74,12 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// part of every idle connection.
 pub const READ_BUFFER_BYTES: usize = 512;
 
-/// Frames are gathered up to this many bytes before a socket write; a flush
-/// writes the rest. tungstenite's default (128 KiB) is a buffer each busy
-/// connection keeps at that size.
+/// Frames are gathered up to this many bytes before a socket write (the
+/// admin feed's axum socket; client connections write through their
+/// handle).
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// At most this many queued bytes go into one flush, so one busy connection
-/// yields to the others between batches.
-const MAX_BATCH_BYTES: usize = 64 * 1024;
-
-/// The WebSocket settings of every connection: message and frame size limit
+/// The WebSocket settings of the admin feed: message and frame size limit
 /// (close 1009 above it) and small socket buffers.
 pub fn configure(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpgrade {
     ws.max_message_size(max_message_bytes)
@@ -74,6 +87,65 @@ pub fn configure(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpg
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
 }
+
+/// The reading settings of a client connection: message and frame size
+/// limit (close 1009 above it), a small read buffer; tungstenite's own
+/// writes (pong, close echo) go to [`ReadSide`] as soon as it makes them.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+}
+
+/// What tungstenite reads from and writes to: it reads the upgraded
+/// connection; what it writes (a pong, the echo of a close) is kept here
+/// and sent through the connection's handle, in order with the hub's
+/// frames.
+pub struct ReadSide {
+    io: TokioIo<Upgraded>,
+    written: Vec<u8>,
+}
+
+impl ReadSide {
+    /// What tungstenite wrote since the last call, as one raw frame.
+    fn take_written(&mut self) -> Option<Frame> {
+        (!self.written.is_empty())
+            .then(|| Frame::raw(Bytes::from(std::mem::take(&mut self.written))))
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.written.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type Socket = WebSocketStream<ReadSide>;
 
 /// Token bucket for the per-connection message rate limit.
 struct RateLimiter {
@@ -188,12 +260,12 @@ enum Event {
     Answered(Connection),
     /// The socket write failed (the peer is gone).
     WriteFailed,
-    Inbound(Option<Result<Message, axum::Error>>),
+    Inbound(Option<Result<Message, WsError>>),
 }
 
 /// Serves one upgraded connection; `identity` is its verified token (None
 /// with auth off), whose `exp` closes the connection with 4401.
-pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Option<Identity>) {
+pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Option<Identity>) {
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let placeholder = ClientInfo {
         client_id: String::new(),
@@ -209,6 +281,17 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
         hub.config.outbound_queue_len,
         hub.config.outbound_queue_bytes,
     );
+    let tcp = upgraded.socket;
+    handle.attach(tcp.clone());
+    let mut socket = WebSocketStream::from_raw_socket(
+        ReadSide {
+            io: upgraded.io,
+            written: Vec::new(),
+        },
+        Role::Server,
+        Some(ws_config(hub.config.max_message_bytes)),
+    )
+    .await;
     hub.metrics.connections.inc();
     hub.metrics.connections_opened.inc();
 
@@ -228,7 +311,8 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
         session: ClientSession::new(hub.clone(), handle.clone(), identity.map(Arc::new)),
     });
     let mut answering: Option<Answering> = None;
-    let mut writer = Writer::default();
+    // The client sent a close frame (tungstenite echoes it).
+    let mut peer_closed = false;
     let read_ready = Arc::new(ReadReady {
         ready: AtomicBool::new(true),
         task: AtomicWaker::new(),
@@ -265,7 +349,9 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
             {
                 return Poll::Ready(Event::Answered(conn));
             }
-            if let Poll::Ready(Err(e)) = writer.poll_write(cx, &mut socket, &handle, &hub) {
+            // A full socket only pauses writing: the loop still reads,
+            // pings and notices a kick.
+            if let Poll::Ready(Err(e)) = handle.poll_write(cx, &hub.metrics) {
                 tracing::debug!(error = %e, conn_id, "websocket write failed");
                 return Poll::Ready(Event::WriteFailed);
             }
@@ -273,9 +359,13 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
             // only when the socket may have one.
             if answering.is_none() && read_ready.ready.swap(false, Ordering::AcqRel) {
                 read_ready.task.register(cx.waker());
-                if let Poll::Ready(msg) =
-                    socket.poll_next_unpin(&mut Context::from_waker(&read_waker))
-                {
+                let polled = socket.poll_next_unpin(&mut Context::from_waker(&read_waker));
+                // A ping read is answered with a pong, in order with the
+                // rest of what the client gets.
+                if let Some(reply) = socket.get_mut().take_written() {
+                    send_control(&handle, &hub, reply);
+                }
+                if let Poll::Ready(msg) = polled {
                     // There may be more: read again on the next turn.
                     read_ready.ready.store(true, Ordering::Release);
                     return Poll::Ready(Event::Inbound(msg));
@@ -301,7 +391,7 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
                         handle.disconnect(CloseReason::IdleTimeout);
                         break;
                     }
-                    Due::Ping => writer.ping = true,
+                    Due::Ping => send_control(&handle, &hub, Frame::ping()),
                     Due::Nothing => {}
                 }
                 timer.as_mut().reset(liveness.deadline().into());
@@ -332,14 +422,19 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
                         ),
                         None,
                     ),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        peer_closed = true;
+                        handle.disconnect(CloseReason::Normal);
+                        break;
+                    }
+                    None => {
                         handle.disconnect(CloseReason::Normal);
                         break;
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, conn_id, "websocket read failed");
-                        let reason = if is_too_large(e) {
+                        let reason = if is_too_large(&e) {
                             CloseReason::TooLarge
                         } else {
                             CloseReason::Normal
@@ -353,10 +448,10 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
     }
 
     let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
-    handle.close_queue();
     // Boxed: the goodbye and the leave are not part of an idle connection's
     // state.
-    Box::pin(farewell(socket, writer, &handle, &hub, reason)).await;
+    Box::pin(farewell(socket, &tcp, &handle, &hub, reason, peer_closed)).await;
+    drop(tcp);
     // A request that was being answered completes (a join half done would
     // leave the session inconsistent); then the client leaves.
     if let Some(request) = answering {
@@ -370,6 +465,18 @@ pub async fn handle_socket(hub: Arc<Hub>, mut socket: WebSocket, identity: Optio
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
+}
+
+/// Sends a control frame (ping, pong) in order with the other frames.
+fn send_control(handle: &ClientHandle, hub: &Hub, frame: Frame) {
+    handle.send(
+        Outbound {
+            frame,
+            kind: CONTROL,
+            produced_at: 0,
+        },
+        &hub.metrics,
+    );
 }
 
 /// The waker the socket's read side is polled with: it marks the socket as
@@ -402,155 +509,40 @@ impl Wake for ShutdownKick {
     }
 }
 
-/// Sends what is still queued when the hub shuts down, then the close frame.
-/// Bounded: a peer that reads nothing must not keep the connection.
+/// Sends the close frame: after what is still queued when the hub shuts
+/// down, else after the rest of a partly written frame only; the echo
+/// tungstenite made if the client closed first. Bounded: a peer that reads
+/// nothing must not keep the connection. Then the socket is half-closed and
+/// let go.
 async fn farewell(
-    mut socket: WebSocket,
-    mut writer: Writer,
+    mut socket: Socket,
+    tcp: &tokio::net::TcpStream,
     handle: &ClientHandle,
     hub: &Hub,
     reason: CloseReason,
+    peer_closed: bool,
 ) {
-    let goodbye = async {
-        if reason == CloseReason::ShuttingDown {
-            // Deliver what is already queued before saying goodbye.
-            if std::future::poll_fn(|cx| writer.poll_drain(cx, &mut socket, handle, hub))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let close = CloseFrame {
-            code: reason.code(),
-            reason: reason.text().into(),
-        };
-        if socket.send(Message::Close(Some(close))).await.is_ok() {
-            let _ = socket.close().await;
-        }
+    let close = if peer_closed {
+        // tungstenite writes its echo of the client's close on a flush.
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Sink::<Message>::poll_flush(Pin::new(&mut socket), &mut cx);
+        socket.get_mut().take_written()
+    } else {
+        None
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-    // Frames never written leave the queue's byte count.
-    while let Some(out) = handle.next_frame() {
-        handle.dequeued(out.frame.len());
+    let close = close.unwrap_or_else(|| Frame::close(reason.code(), reason.text()));
+    handle.finish(Some(close), reason == CloseReason::ShuttingDown);
+    let goodbye = std::future::poll_fn(|cx| handle.poll_write(cx, &hub.metrics));
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, goodbye).await {
+        let _ = shutdown_write(tcp);
     }
-    handle.dequeued(writer.fed);
-}
-
-/// The write side of the connection's loop: takes frames off the queue,
-/// feeds them to the socket and flushes once per batch (many frames, one
-/// socket write). A full socket only pauses writing: the loop still reads,
-/// pings and notices a kick.
-#[derive(Default)]
-struct Writer {
-    /// Bytes of the frames fed since the last flush.
-    fed: usize,
-    /// Something was fed and not flushed yet.
-    dirty: bool,
-    /// The liveness timer asked for a ping.
-    ping: bool,
-}
-
-impl Writer {
-    /// Writes whatever is queued; Pending when done (woken by the next
-    /// frame) or when the socket is full (woken when it drains).
-    fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        socket: &mut WebSocket,
-        handle: &ClientHandle,
-        hub: &Hub,
-    ) -> Poll<Result<(), axum::Error>> {
-        loop {
-            ready!(self.poll_batch(cx, socket, handle, hub))?;
-            if !self.dirty {
-                return Poll::Pending;
-            }
-            let full = self.fed >= MAX_BATCH_BYTES;
-            ready!(self.poll_flush(cx, socket, handle))?;
-            if full {
-                // Let the other connections write before the next batch.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        }
-    }
-
-    /// Writes everything queued (at shutdown); Ready once it is flushed.
-    fn poll_drain(
-        &mut self,
-        cx: &mut Context<'_>,
-        socket: &mut WebSocket,
-        handle: &ClientHandle,
-        hub: &Hub,
-    ) -> Poll<Result<(), axum::Error>> {
-        loop {
-            ready!(self.poll_batch(cx, socket, handle, hub))?;
-            if !self.dirty {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(self.poll_flush(cx, socket, handle))?;
-        }
-    }
-
-    /// Feeds queued frames (and a due ping) to the socket until the batch
-    /// is full or the queue empty. Ready when it stopped for either reason.
-    fn poll_batch(
-        &mut self,
-        cx: &mut Context<'_>,
-        socket: &mut WebSocket,
-        handle: &ClientHandle,
-        hub: &Hub,
-    ) -> Poll<Result<(), axum::Error>> {
-        // One clock read per batch for the delivery latency.
-        let mut now = None;
-        while self.fed < MAX_BATCH_BYTES {
-            ready!(socket.poll_ready_unpin(cx))?;
-            if self.ping {
-                self.ping = false;
-                socket.start_send_unpin(Message::Ping(Default::default()))?;
-                self.dirty = true;
-                continue;
-            }
-            let Some(out) = handle.next_frame() else {
-                break;
-            };
-            self.fed += out.frame.len();
-            self.dirty = true;
-            hub.metrics.message_sent(out.kind);
-            if out.produced_at > 0 {
-                let now = *now.get_or_insert_with(now_millis);
-                let latency_ms = now.saturating_sub(out.produced_at);
-                hub.metrics
-                    .broadcast_latency
-                    .observe(latency_ms as f64 / 1000.0);
-            }
-            socket.start_send_unpin(Message::Text(out.frame))?;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Flushes what was fed; its bytes then leave the queue's byte count.
-    fn poll_flush(
-        &mut self,
-        cx: &mut Context<'_>,
-        socket: &mut WebSocket,
-        handle: &ClientHandle,
-    ) -> Poll<Result<(), axum::Error>> {
-        ready!(socket.poll_flush_unpin(cx))?;
-        handle.dequeued(std::mem::take(&mut self.fed));
-        self.dirty = false;
-        Poll::Ready(Ok(()))
-    }
+    handle.detach();
 }
 
 /// A message or frame over `max_message_size` / `max_frame_size` (close
-/// 1009). axum wraps the tungstenite error it got from the socket.
-fn is_too_large(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner().downcast_ref::<WsError>(),
-        Some(WsError::Capacity(CapacityError::MessageTooLong { .. }))
-    )
+/// 1009).
+fn is_too_large(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. }))
 }
 
 impl Connection {
@@ -639,10 +631,10 @@ mod tests {
             size: 10,
             max_size: 5,
         });
-        assert!(is_too_large(axum::Error::new(too_long)));
-        assert!(!is_too_large(axum::Error::new(WsError::ConnectionClosed)));
+        assert!(is_too_large(&too_long));
+        assert!(!is_too_large(&WsError::ConnectionClosed));
         let io = std::io::Error::other("message too long");
-        assert!(!is_too_large(axum::Error::new(io)));
+        assert!(!is_too_large(&WsError::Io(io)));
     }
 
     #[test]

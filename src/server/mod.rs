@@ -1,7 +1,8 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
 //! graceful shutdown. What is checked before an upgrade (Origin, connection
-//! cap) is in [`browser`]. Every REST route is registered through
+//! cap) is in [`browser`]; the upgrade itself in [`upgrade`], over the
+//! shared sockets of [`listener`]. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
 //! are listed in [`openapi::NON_REST_ROUTES`].
 
@@ -10,17 +11,18 @@ pub mod auth;
 pub mod browser;
 pub mod connection;
 pub mod http;
+pub mod listener;
 pub mod mcp;
 pub mod openapi;
 pub mod rate;
 pub mod rest;
+pub mod upgrade;
 pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -62,7 +64,7 @@ async fn root(
     slots: Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
     uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<upgrade::Upgrade, Response>,
 ) -> Response {
     match ws {
         Ok(ws) => ws_upgrade(state, slots, headers, uri, ws).await,
@@ -79,7 +81,7 @@ async fn ws_upgrade(
     Extension(slots): Extension<browser::ConnectionSlots>,
     headers: HeaderMap,
     uri: Uri,
-    ws: WebSocketUpgrade,
+    ws: upgrade::Upgrade,
 ) -> Response {
     if !browser::origin_allowed(&headers, &hub.config.allowed_origins) {
         hub.metrics
@@ -96,7 +98,7 @@ async fn ws_upgrade(
             .error(crate::protocol::ErrorCode::TooManyConnections);
         return browser::too_many_connections();
     };
-    connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
+    ws.on_upgrade(move |socket| {
         let tracker = hub.connections.clone();
         tracker.track_future(async move {
             connection::handle_socket(hub, socket, identity).await;
@@ -120,16 +122,11 @@ pub async fn serve(
     hub.mark_started();
     let app = router(hub.clone());
     let drain = hub.clone();
-    // Real-time events: write each frame at once instead of letting Nagle
-    // hold it until the client acknowledges the previous one (up to the
-    // peer's delayed-ACK time, ~40 ms, whenever two frames follow closely).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // The peer address keys the REST rate limit of anonymous callers.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // TCP_NODELAY, and each request knows its peer: the address keys the
+    // REST rate limit of anonymous callers, the socket is what a WebSocket
+    // connection writes to.
+    let listener = listener::HubListener(listener);
+    let app = app.into_make_service_with_connect_info::<listener::Peer>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested: draining connections");

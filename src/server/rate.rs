@@ -139,8 +139,8 @@ pub async fn limit(
     let bearer = Bearer::of(&hub, &mut parts).await;
     let peer = parts
         .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
+        .get::<ConnectInfo<super::listener::Peer>>()
+        .map(|ConnectInfo(peer)| peer.addr);
     let key = caller_key(&hub, &parts.headers, &bearer, peer);
     parts.extensions.insert(bearer);
     let req = Request::from_parts(parts, body);
