@@ -643,6 +643,28 @@ async fn a_lost_presence_version_starts_again_above_the_old_ones() {
     assert!(again.version > last, "{} after {last}", again.version);
 }
 
+/// A presence version a failover rolled back (the promoted replica had not
+/// received the last changes) still moves above every version given out
+/// before it, so a client whose list is as of a lost version is still told
+/// of the next change.
+#[tokio::test]
+async fn a_rolled_back_presence_version_still_moves_above_the_old_ones() {
+    let f = redis_store();
+    let s = &f.store;
+    let first = s.join("rolled", &client("c1", ME)).await.unwrap().version;
+    let mut last = first;
+    for c in ["c2", "c3"] {
+        last = s.join("rolled", &client(c, ME)).await.unwrap().version;
+    }
+    // The replica had only the first change when it was promoted.
+    let stats = mcp_hub::redis::Keys::new("contract").session_stats("rolled");
+    let redis = f._redis.as_ref().expect("redis");
+    redis.cmd_any(&["HSET", &stats, "presence_version", &first.to_string()]);
+    assert_eq!(s.presence("rolled").await.unwrap().version, first);
+    let next = s.join("rolled", &client("c4", ME)).await.unwrap();
+    assert!(next.version > last, "{} after {last}", next.version);
+}
+
 #[tokio::test]
 async fn redis_reaping_leaves_a_client_that_moved_to_a_live_instance() {
     let f = redis_store();

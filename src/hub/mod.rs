@@ -256,6 +256,22 @@ impl Hub {
         );
     }
 
+    /// [`Self::send_direct`], but only queued for the connection's task
+    /// (never written to the socket here): for frames sent under the
+    /// registry's locks, where a socket write per frame would keep every
+    /// session's deliveries waiting.
+    pub fn send_queued(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
+        handle.send_with(
+            Outbound {
+                frame: event.to_frame(),
+                kind,
+                produced_at: 0,
+            },
+            &self.metrics,
+            false,
+        );
+    }
+
     /// Answers one client with `error`, counting the code.
     pub fn reply_error(&self, handle: &ClientHandle, err: &HubError, request_id: Option<&str>) {
         self.metrics.error(err.code);

@@ -436,9 +436,11 @@ impl Hub {
                             epoch: live.epoch.clone(),
                             offset,
                         };
+                        // Queued, not written: this runs under the
+                        // registry's write lock.
                         self.send_first_frames(h, confirm, recovered, &at);
                         for out in replay {
-                            h.send(out, &self.metrics);
+                            h.send_with(out, &self.metrics, false);
                         }
                         Some(live)
                     });
@@ -462,7 +464,7 @@ impl Hub {
         recovered: bool,
         at: &Position,
     ) {
-        self.send_direct(
+        self.send_queued(
             handle,
             &ServerEvent::RegistrationConfirmed {
                 client_id: &c.info.client_id,
@@ -479,7 +481,7 @@ impl Hub {
             },
             "registration_confirmed",
         );
-        self.send_direct(
+        self.send_queued(
             handle,
             &ServerEvent::ContactListBroadcast {
                 contacts: c.contacts,

@@ -39,16 +39,19 @@ static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
 
 /// Lua: `bump_presence(stats)` increases the session's presence version
 /// (field `presence_version` of its stats hash, [`super::PresenceChange`])
-/// and returns it. A missing version starts from the server's clock in
-/// microseconds, so a version Redis lost never goes back below one a
-/// client was given before.
+/// and returns it: the larger of the previous version + 1 and the server's
+/// clock in microseconds (a hybrid clock). A version Redis lost — flushed,
+/// or rolled back by a failover that promoted a replica behind its master
+/// — so never goes back below one a client was given before (the new
+/// master's clock is past the lost writes').
 const BUMP_PRESENCE: &str = r"
 local function bump_presence(stats)
-  if redis.call('HEXISTS', stats, 'presence_version') == 0 then
-    local t = redis.call('TIME')
-    redis.call('HSET', stats, 'presence_version', t[1] .. string.format('%06d', tonumber(t[2])))
-  end
-  return redis.call('HINCRBY', stats, 'presence_version', 1)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local old = tonumber(redis.call('HGET', stats, 'presence_version') or '0') or 0
+  local new = math.max(old + 1, now)
+  redis.call('HSET', stats, 'presence_version', string.format('%d', new))
+  return new
 end
 ";
 

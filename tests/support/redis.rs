@@ -342,6 +342,19 @@ impl TestRedis {
         }
     }
 
+    /// `redis-cli ARGS...` on the node that owns the key (a cluster's
+    /// redirections followed).
+    pub fn cmd_any(&self, args: &[&str]) -> String {
+        match self {
+            TestRedis::Single(r) => r.cmd(args),
+            TestRedis::Cluster(c) => {
+                let mut with_redirects = vec!["-c"];
+                with_redirects.extend_from_slice(args);
+                c.cli(c.ports[0], &with_redirects)
+            }
+        }
+    }
+
     /// Every key name, one a line (of every node of a cluster).
     pub fn all_keys(&self) -> String {
         match self {
