@@ -49,8 +49,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         let _checked = WebSocketUpgrade::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        // axum accepted it as HTTP/1.1, so the key is there.
-        let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+        // axum also accepts HTTP/2's extended CONNECT (RFC 8441), but our
+        // writes go to the TCP socket, which HTTP/2 multiplexes: HTTP/1.1
+        // only, whatever headers an HTTP/2 request carries.
+        let key = (parts.version == axum::http::Version::HTTP_11)
+            .then(|| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned())
+            .flatten();
         match (key, on_upgrade, socket) {
             (Some(key), Some(on_upgrade), Some(socket)) => Ok(Upgrade {
                 key,
