@@ -246,19 +246,8 @@ async fn an_unmasked_frame_from_a_client_ends_the_connection() {
     let mut ws = open(&hub.ws_url(), "mask", "a").await;
     let text = br#"{"type":"ping","request_id":"unmasked"}"#;
     write_raw(&mut ws, &frame(true, 0x1, text, None)).await;
-    // Never answered: the connection is closed instead.
-    loop {
-        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Text(t))) => {
-                assert!(!t.as_str().contains("unmasked"), "answered: {t}")
-            }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            Some(Ok(_)) => continue,
-        }
-    }
+    // Never answered: the connection is closed with 1002 instead.
+    assert_eq!(close_code(&mut ws).await, CloseCode::Protocol);
     // The hub still serves others.
     let mut other = open(&hub.ws_url(), "mask", "b").await;
     other
@@ -268,6 +257,36 @@ async fn an_unmasked_frame_from_a_client_ends_the_connection() {
         .await
         .expect("send");
     assert_eq!(next_of(&mut other, "pong").await["request_id"], "ok");
+}
+
+/// A text frame that is not UTF-8 closes the connection with 1007.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let hub = TestHub::start(&[]).await;
+    let mut ws = open(&hub.ws_url(), "utf8", "a").await;
+    write_raw(
+        &mut ws,
+        &frame(true, 0x1, b"{\"type\":\"\xff\"}", Some([1, 2, 3, 4])),
+    )
+    .await;
+    assert_eq!(close_code(&mut ws).await, CloseCode::Invalid);
+}
+
+/// Reads past anything else until the hub's close frame; its code.
+async fn close_code(ws: &mut Ws) -> CloseCode {
+    loop {
+        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(close)))) => return close.code,
+            Some(Ok(Message::Text(t))) => {
+                assert!(!t.as_str().contains("type\":\"pong"), "answered: {t}")
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
 }
 
 /// Large broadcasts to a client that pauses reading: the socket takes

@@ -68,11 +68,16 @@ pub enum CloseReason {
     IdleTimeout,
     /// An admin disconnected the client (`DELETE .../clients/{id}`).
     AdminDisconnect,
+    /// The client broke the WebSocket protocol (an unmasked frame, a bad
+    /// opcode or fragment sequence, reserved bits).
+    ProtocolError,
+    /// A text message (or close reason) that is not UTF-8.
+    InvalidPayload,
 }
 
 impl CloseReason {
     /// Every reason, e.g. to start their metric series at 0.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::TooLarge,
@@ -81,12 +86,16 @@ impl CloseReason {
         CloseReason::TokenExpired,
         CloseReason::IdleTimeout,
         CloseReason::AdminDisconnect,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidPayload,
     ];
 
     pub fn code(self) -> u16 {
         match self {
             CloseReason::Normal => 1000,
             CloseReason::ShuttingDown | CloseReason::IdleTimeout => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
             CloseReason::SlowConsumer => 1008,
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
@@ -105,6 +114,8 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::AdminDisconnect => "admin_disconnect",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidPayload => "invalid_payload",
         }
     }
 
@@ -118,6 +129,8 @@ impl CloseReason {
             CloseReason::TokenExpired => "token expired",
             CloseReason::IdleTimeout => "idle timeout: no traffic, pongs included",
             CloseReason::AdminDisconnect => "disconnected by an admin",
+            CloseReason::ProtocolError => "websocket protocol error",
+            CloseReason::InvalidPayload => "text is not valid UTF-8",
         }
     }
 }

@@ -46,7 +46,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -434,12 +434,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, conn_id, "websocket read failed");
-                        let reason = if is_too_large(&e) {
-                            CloseReason::TooLarge
-                        } else {
-                            CloseReason::Normal
-                        };
-                        handle.disconnect(reason);
+                        handle.disconnect(close_for(&e));
                         break;
                     }
                 }
@@ -539,10 +534,18 @@ async fn farewell(
     handle.detach();
 }
 
-/// A message or frame over `max_message_size` / `max_frame_size` (close
-/// 1009).
-fn is_too_large(e: &WsError) -> bool {
-    matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. }))
+/// How a read error closes the connection (RFC 6455 §7.4.1): 1009 for a
+/// message or frame over `max_message_size` / `max_frame_size`, 1002 for a
+/// frame that breaks the protocol, 1007 for text that is not UTF-8; a
+/// connection that broke (or was reset without a close) just ends (1000).
+fn close_for(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::TooLarge,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Normal,
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        WsError::Utf8(_) => CloseReason::InvalidPayload,
+        _ => CloseReason::Normal,
+    }
 }
 
 impl Connection {
@@ -626,15 +629,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn too_large_is_the_typed_capacity_error() {
+    fn read_errors_close_with_their_rfc_6455_codes() {
         let too_long = WsError::Capacity(CapacityError::MessageTooLong {
             size: 10,
             max_size: 5,
         });
-        assert!(is_too_large(&too_long));
-        assert!(!is_too_large(&WsError::ConnectionClosed));
+        assert_eq!(close_for(&too_long), CloseReason::TooLarge);
+        let unmasked = WsError::Protocol(ProtocolError::UnmaskedFrameFromClient);
+        assert_eq!(close_for(&unmasked).code(), 1002);
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(close_for(&reset), CloseReason::Normal);
+        assert_eq!(close_for(&WsError::Utf8("bad".into())).code(), 1007);
+        assert_eq!(close_for(&WsError::ConnectionClosed), CloseReason::Normal);
+        // Typed, not read from the text.
         let io = std::io::Error::other("message too long");
-        assert!(!is_too_large(&WsError::Io(io)));
+        assert_eq!(close_for(&WsError::Io(io)), CloseReason::Normal);
     }
 
     #[test]
