@@ -215,11 +215,7 @@ impl Hub {
                     command: &command,
                 }
                 .to_frame();
-                let out = Outbound {
-                    frame,
-                    kind: "execute",
-                    produced_at: 0,
-                };
+                let out = Outbound::reply(frame, "execute");
                 if !agent.send(out, &self.metrics)
                     && let Some(f) = self.agents.take_forwarded(&call_id, &agent.info.client_id)
                 {

@@ -158,7 +158,6 @@ impl Hub {
         except: Option<&str>,
         presence: Option<u64>,
     ) -> Result<Published, HubError> {
-        let frame = event.to_frame();
         let published = self.broker.publish_event(EventEnvelope {
             session: session.to_string(),
             origin: self.instance().to_string(),
@@ -166,7 +165,7 @@ impl Hub {
             produced_at: now_millis(),
             except: except.map(str::to_string),
             presence,
-            frame: frame.as_str().to_string(),
+            frame: event.to_json(),
         });
         if let Err(e) = &published {
             self.metrics.error(e.code);
@@ -246,14 +245,7 @@ impl Hub {
 
     /// Queues a frame for one client only (a reply, not a session event).
     pub fn send_direct(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
-        handle.send(
-            Outbound {
-                frame: event.to_frame(),
-                kind,
-                produced_at: 0,
-            },
-            &self.metrics,
-        );
+        handle.send(Outbound::reply(event.to_frame(), kind), &self.metrics);
     }
 
     /// [`Self::send_direct`], but only queued for the connection's task
@@ -262,11 +254,7 @@ impl Hub {
     /// session's deliveries waiting.
     pub fn send_queued(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
         handle.send_with(
-            Outbound {
-                frame: event.to_frame(),
-                kind,
-                produced_at: 0,
-            },
+            Outbound::reply(event.to_frame(), kind),
             &self.metrics,
             false,
         );
@@ -276,11 +264,7 @@ impl Hub {
     pub fn reply_error(&self, handle: &ClientHandle, err: &HubError, request_id: Option<&str>) {
         self.metrics.error(err.code);
         handle.send(
-            Outbound {
-                frame: ServerEvent::error(err, request_id),
-                kind: "error",
-                produced_at: 0,
-            },
+            Outbound::reply(ServerEvent::error(err, request_id), "error"),
             &self.metrics,
         );
     }

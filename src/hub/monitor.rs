@@ -134,11 +134,7 @@ impl MonitorFeeds {
         if feeds.is_empty() {
             return;
         }
-        let out = Outbound {
-            frame: text.into(),
-            kind: "other",
-            produced_at: 0,
-        };
+        let out = Outbound::reply(text.into(), "other");
         for feed in feeds.values() {
             feed.send(out.clone(), metrics);
         }

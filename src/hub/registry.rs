@@ -55,6 +55,18 @@ pub struct Outbound {
     pub produced_at: u64,
 }
 
+impl Outbound {
+    /// A frame for one connection only (a reply, a control frame), not a
+    /// session event: it has no production time.
+    pub fn reply(frame: Frame, kind: &'static str) -> Outbound {
+        Outbound {
+            frame,
+            kind,
+            produced_at: 0,
+        }
+    }
+}
+
 /// Why the hub closes a connection; decides the close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -418,11 +430,7 @@ impl ClientHandle {
             self.shared
                 .queued_bytes
                 .fetch_add(frame.len(), Ordering::AcqRel);
-            queue.frames.push_back(Outbound {
-                frame,
-                kind: CONTROL,
-                produced_at: 0,
-            });
+            queue.frames.push_back(Outbound::reply(frame, CONTROL));
         }
     }
 
@@ -902,11 +910,7 @@ mod tests {
     }
 
     fn frame(text: &str) -> Outbound {
-        Outbound {
-            frame: text.into(),
-            kind: "broadcast",
-            produced_at: 0,
-        }
+        Outbound::reply(text.into(), "broadcast")
     }
 
     #[test]

@@ -206,22 +206,26 @@ pub enum ServerEvent<'a> {
 }
 
 impl ServerEvent<'_> {
-    /// Serializes once into a shareable frame.
-    pub fn to_frame(&self) -> Frame {
+    /// The event's JSON text (what a published event carries until it is
+    /// logged and framed).
+    pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail: no maps with
         // non-string keys, no custom serializers that error.
-        let text = serde_json::to_string(self).unwrap_or_else(|e| {
+        serde_json::to_string(self).unwrap_or_else(|e| {
             format!(r#"{{"type":"error","code":"internal_error","message":"serialize: {e}"}}"#)
-        });
-        Frame::from(text)
+        })
+    }
+
+    /// Serializes once into a shareable frame.
+    pub fn to_frame(&self) -> Frame {
+        Frame::from(self.to_json())
     }
 
     /// Serializes a session event with its log position in front:
     /// `{"offset":N,"epoch":"E",` + the rest of the event. The same bytes
     /// go to the log and to every recipient.
     pub fn to_logged_frame(&self, offset: u64, epoch: &str) -> String {
-        let body = self.to_frame();
-        logged_frame(offset, epoch, body.as_str())
+        logged_frame(offset, epoch, &self.to_json())
     }
 
     pub fn error(err: &'_ HubError, request_id: Option<&'_ str>) -> Frame {

@@ -502,10 +502,6 @@ async fn kicked(handle: &ClientHandle) {
 
 /// Queues a reply for the feed itself.
 fn send_text(hub: &Hub, handle: &ClientHandle, text: String) {
-    let out = Outbound {
-        frame: text.into(),
-        kind: "other",
-        produced_at: 0,
-    };
+    let out = Outbound::reply(text.into(), "other");
     handle.send(out, &hub.metrics);
 }

@@ -464,14 +464,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
 
 /// Sends a control frame (ping, pong) in order with the other frames.
 fn send_control(handle: &ClientHandle, hub: &Hub, frame: Frame) {
-    handle.send(
-        Outbound {
-            frame,
-            kind: CONTROL,
-            produced_at: 0,
-        },
-        &hub.metrics,
-    );
+    handle.send(Outbound::reply(frame, CONTROL), &hub.metrics);
 }
 
 /// The waker the socket's read side is polled with: it marks the socket as

@@ -38,28 +38,10 @@ pub struct ClusterMaster {
 /// ports): parallel tests in one binary must not pick each other's.
 static RESERVED_CLUSTER_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
 
-/// A free loopback port for a cluster node: Redis Cluster's bus listens on
-/// port + 10000, so both must be free (and not reserved by another test of
-/// this process) and the port at most 55535.
-fn free_cluster_port() -> u16 {
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let mut reserved = RESERVED_CLUSTER_PORTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1000 {
-        let port = 20_000 + (rand::random::<u16>() % 25_000);
-        let bus = port + 10_000;
-        if !reserved.iter().any(|r| *r == port || *r == bus) && free(port) && free(bus) {
-            reserved.extend([port, bus]);
-            return port;
-        }
-    }
-    panic!("no free port pair (p, p+10000) for a Redis Cluster node");
-}
-
-/// The first of `n` consecutive free ports for Redis Cluster nodes (each
-/// with its bus port + 10000 free too), e.g. for `scripts/cluster up
-/// --redis cluster --redis-port P`.
+/// The first of `n` consecutive free ports for Redis Cluster nodes: Redis
+/// Cluster's bus listens on port + 10000, so both must be free (and not
+/// reserved by another test of this process), e.g. for `scripts/cluster
+/// up --redis cluster --redis-port P`.
 pub fn free_cluster_ports(n: u16) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let mut reserved = RESERVED_CLUSTER_PORTS
@@ -90,25 +72,29 @@ impl RedisCluster {
         };
         for _ in 0..masters * (1 + replicas) {
             let dir = cluster.dir.clone();
-            let (port, child) = spawn_redis("a cluster node", free_cluster_port, |port| {
-                let node_dir = dir.join(port.to_string());
-                std::fs::create_dir_all(&node_dir).expect("node dir");
-                let mut cmd = Command::new("redis-server");
-                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args([
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                    ])
-                    // Fast failure detection, so a failover test stays short.
-                    .args(["--cluster-node-timeout", "1000"])
-                    // Replicas sync at once (the default waits 5 s).
-                    .args(["--repl-diskless-sync-delay", "0"])
-                    .args(["--save", "", "--appendonly", "no", "--dir"])
-                    .arg(&node_dir);
-                cmd
-            });
+            let (port, child) = spawn_redis(
+                "a cluster node",
+                || free_cluster_ports(1),
+                |port| {
+                    let node_dir = dir.join(port.to_string());
+                    std::fs::create_dir_all(&node_dir).expect("node dir");
+                    let mut cmd = Command::new("redis-server");
+                    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                        .args([
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                        ])
+                        // Fast failure detection, so a failover test stays short.
+                        .args(["--cluster-node-timeout", "1000"])
+                        // Replicas sync at once (the default waits 5 s).
+                        .args(["--repl-diskless-sync-delay", "0"])
+                        .args(["--save", "", "--appendonly", "no", "--dir"])
+                        .arg(&node_dir);
+                    cmd
+                },
+            );
             cluster.ports.push(port);
             cluster.children.push(Some(child));
         }
