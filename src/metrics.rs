@@ -31,6 +31,8 @@ pub struct Metrics {
     pub agent_calls: IntCounterVec,
     pub store_up: IntGauge,
     pub token_verifications: IntCounterVec,
+    /// What a hostile-input limit shed, by [`Shed`] (docs/security.md §12).
+    pub limit_shed: IntCounterVec,
     /// `messages_sent` series of the known message types, resolved on first
     /// use instead of a label lookup per written frame.
     sent_by_kind: [std::sync::OnceLock<IntCounter>; SENT_KINDS.len()],
@@ -53,6 +55,51 @@ const SENT_KINDS: [&str; 13] = [
     "execute",
     "other",
 ];
+
+/// The `limit` label of `hub_limit_shed_total`: which hostile-input limit
+/// shed something. docs/security.md §12 maps each to its attack and setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum Shed {
+    /// A request head not complete within HEADER_READ_TIMEOUT_MS.
+    HeaderTimeout,
+    /// A request head over MAX_HEADER_BYTES.
+    HeaderTooLarge,
+    /// A connection accepted over MAX_PENDING_CONNECTIONS.
+    PendingConnections,
+    /// A keep-alive connection idle past KEEPALIVE_TIMEOUT_MS.
+    KeepaliveIdle,
+    /// A WebSocket not registered within REGISTER_TIMEOUT_MS.
+    RegisterTimeout,
+    /// A connection over MAX_CONNECTIONS_PER_IP.
+    ConnectionsPerIp,
+    /// A WebSocket over MAX_CONNECTIONS_PER_IDENTITY.
+    ConnectionsPerIdentity,
+    /// An accept that failed for want of file descriptors (backed off).
+    AcceptExhausted,
+    /// A request whose `Host` is not in ALLOWED_HOSTS.
+    HostNotAllowed,
+    /// An events page cut at EVENTS_PAGE_MAX_BYTES / EVENTS_PAGE_MAX_EVENTS.
+    EventsPage,
+    /// A resume whose backlog passed REPLAY_MAX_BYTES (`recovered: false`).
+    ReplayBudget,
+    /// An idempotency result over IDEMPOTENCY_MAX_RESULT_BYTES, kept as a digest.
+    IdempotencyDigest,
+    /// An idempotency record forgotten early (per-caller or total cap).
+    IdempotencyEvicted,
+    /// A fuzzy contact match cut short by its budget.
+    FuzzyBudget,
+    /// A contact dropped at MAX_CONTACTS_PER_SESSION from a webhook.
+    WebhookContactCap,
+    /// A webhook message older than the accepted window.
+    WebhookStale,
+    /// A timed-out agent call removed before the agent answered.
+    AgentCallPruned,
+    /// A session removed after SESSION_IDLE_TTL_MS without activity.
+    SessionIdleExpired,
+    /// A JWKS response over its size cap.
+    JwksTooLarge,
+}
 
 /// `hub_ws_messages_received_total`'s `type` for a frame that is not a
 /// valid client message.
@@ -196,6 +243,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            limit_shed: IntCounterVec::new(
+                Opts::new(
+                    "hub_limit_shed_total",
+                    "Connections, requests and records shed by a hostile-input limit, by limit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             registry,
             sent_by_kind: Default::default(),
         };
@@ -228,6 +283,7 @@ impl Metrics {
             Box::new(m.agent_calls.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
+            Box::new(m.limit_shed.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -249,6 +305,9 @@ impl Metrics {
         }
         for result in ["accepted", "expired", "invalid"] {
             m.token_verifications.with_label_values(&[result]);
+        }
+        for limit in <Shed as strum::IntoEnumIterator>::iter() {
+            m.limit_shed.with_label_values(&[limit.into()]);
         }
         for (i, kind) in SENT_KINDS.iter().enumerate() {
             m.sent_by_kind[i].get_or_init(|| m.messages_sent.with_label_values(&[kind]));
@@ -274,6 +333,11 @@ impl Metrics {
                 .inc(),
             None => self.messages_sent.with_label_values(&[kind]).inc(),
         }
+    }
+
+    /// Counts one connection, request or record shed by `limit`.
+    pub fn shed(&self, limit: Shed) {
+        self.limit_shed.with_label_values(&[limit.into()]).inc();
     }
 
     pub fn error(&self, code: crate::protocol::ErrorCode) {

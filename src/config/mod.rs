@@ -6,6 +6,7 @@
 //! Config owns every setting; the AI ones live in [`ai`].
 
 pub mod ai;
+pub mod limits;
 pub mod redis;
 pub mod whatsapp;
 
@@ -18,6 +19,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use self::redis::RedisArgs;
 pub use self::redis::{RedisTopology, SentinelTopology};
 use ai::AiArgs;
+use limits::LimitArgs;
+pub use limits::{Limits, SessionCreation};
 pub use whatsapp::ConnectorKind;
 use whatsapp::{WhatsAppArgs, WhatsAppConfig};
 
@@ -165,6 +168,9 @@ pub struct ServeArgs {
     /// An instance silent for this long is dead: its clients leave presence.
     #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..))]
     pub presence_ttl_ms: u64,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     #[command(flatten)]
     pub ai: AiArgs,
@@ -477,6 +483,8 @@ pub struct HubConfig {
     pub redis_key_prefix: String,
     pub heartbeat: Duration,
     pub presence_ttl: Duration,
+    /// The hostile-input limits (docs/security.md §12).
+    pub limits: Limits,
     pub ai: AiArgs,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppConfig,
@@ -545,6 +553,7 @@ impl ServeArgs {
             None => default_instance_id(),
         };
         let whatsapp = self.whatsapp.validate(self.connector)?;
+        let limits = self.limits.validate(self.outbound_queue_bytes as usize)?;
         Ok(HubConfig {
             host: self.host,
             port: self.port,
@@ -564,6 +573,8 @@ impl ServeArgs {
                 max_text_chars: self.max_text_chars as usize,
                 max_client_name_chars: self.max_client_name_chars as usize,
                 max_capabilities: self.max_capabilities as usize,
+                max_name_chars: limits.max_name_chars,
+                max_ai_context_bytes: limits.max_ai_context_bytes,
             },
             allowed_origins,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
@@ -581,6 +592,7 @@ impl ServeArgs {
             redis_key_prefix: self.redis_key_prefix,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
+            limits,
             ai: self.ai,
             auth,
             whatsapp,

@@ -309,6 +309,10 @@ pub struct FieldLimits {
     pub max_text_chars: usize,
     pub max_client_name_chars: usize,
     pub max_capabilities: usize,
+    /// A contact's name or phone, wherever one is given (`MAX_NAME_CHARS`).
+    pub max_name_chars: usize,
+    /// An AI `context`, in bytes of JSON (`MAX_AI_CONTEXT_BYTES`).
+    pub max_ai_context_bytes: usize,
 }
 
 impl Default for FieldLimits {
@@ -317,6 +321,8 @@ impl Default for FieldLimits {
             max_text_chars: 4096,
             max_client_name_chars: 64,
             max_capabilities: 8,
+            max_name_chars: 128,
+            max_ai_context_bytes: 32 * 1024,
         }
     }
 }

@@ -169,3 +169,24 @@ impl DirectSocket for TcpStream {
         TcpStream::poll_write_ready(self, cx)
     }
 }
+
+/// The client's address: the peer's, or, when the peer is one of the
+/// `TRUSTED_PROXIES`, the last hop its `X-Forwarded-For` names (the one the
+/// proxy itself appended; earlier entries are the client's to forge).
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    limits: &crate::config::Limits,
+) -> std::net::IpAddr {
+    if !limits.is_trusted_proxy(peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .next_back()
+        .unwrap_or(peer)
+}

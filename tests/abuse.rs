@@ -1,0 +1,20 @@
+//! The abuse suite (issue 19): one test per hostile-input finding, each
+//! against a hub exposed directly (no HAProxy in front), each failing on a
+//! hub without the limit it proves. docs/security.md §12 maps every test
+//! to its attack, limit, setting and metric.
+//!
+//! - [`listener`]: slowloris, fd exhaustion, idle and unregistered
+//!   sockets, per-address and per-identity caps, Host allow-list, pages'
+//!   security headers, binary frames.
+//! - [`bounds`]: every response and stored record bounded in bytes
+//!   (events pages, replay, idempotency records, agent calls).
+//! - [`cpu`]: every name and text bounded; fuzzy matching bounded.
+//! - [`identity`]: sessions, webhooks, tokens, REST keys, logs, secrets.
+
+#[path = "support/mod.rs"]
+mod support;
+
+mod bounds;
+mod cpu;
+mod identity;
+mod listener;

@@ -1,0 +1,4 @@
+//! See tests/abuse.rs.
+
+#[allow(unused_imports)]
+use crate::support::*;
