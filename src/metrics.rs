@@ -101,6 +101,13 @@ pub enum Shed {
     JwksTooLarge,
 }
 
+impl Shed {
+    /// The `limit` label value.
+    pub fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// `hub_ws_messages_received_total`'s `type` for a frame that is not a
 /// valid client message.
 pub const RECEIVED_INVALID: &str = "invalid";
@@ -307,7 +314,7 @@ impl Metrics {
             m.token_verifications.with_label_values(&[result]);
         }
         for limit in <Shed as strum::IntoEnumIterator>::iter() {
-            m.limit_shed.with_label_values(&[limit.into()]);
+            m.limit_shed.with_label_values(&[limit.label()]);
         }
         for (i, kind) in SENT_KINDS.iter().enumerate() {
             m.sent_by_kind[i].get_or_init(|| m.messages_sent.with_label_values(&[kind]));
@@ -337,7 +344,7 @@ impl Metrics {
 
     /// Counts one connection, request or record shed by `limit`.
     pub fn shed(&self, limit: Shed) {
-        self.limit_shed.with_label_values(&[limit.into()]).inc();
+        self.limit_shed.with_label_values(&[limit.label()]).inc();
     }
 
     pub fn error(&self, code: crate::protocol::ErrorCode) {

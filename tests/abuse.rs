@@ -11,10 +11,13 @@
 //! - [`cpu`]: every name and text bounded; fuzzy matching bounded.
 //! - [`identity`]: sessions, webhooks, tokens, REST keys, logs, secrets.
 
-#[path = "support/mod.rs"]
 mod support;
 
+#[path = "abuse/bounds.rs"]
 mod bounds;
+#[path = "abuse/cpu.rs"]
 mod cpu;
+#[path = "abuse/identity.rs"]
 mod identity;
+#[path = "abuse/listener.rs"]
 mod listener;

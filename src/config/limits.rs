@@ -77,12 +77,7 @@ pub struct LimitArgs {
     // -- Sessions ----------------------------------------------------------
     /// Which requests may create a session that does not exist yet:
     /// `register` (a WebSocket registration) or `any_write` (also REST and MCP writes). Reads never do.
-    #[arg(
-        long,
-        env = "SESSION_CREATION",
-        value_enum,
-        default_value = "register"
-    )]
+    #[arg(long, env = "SESSION_CREATION", value_enum, default_value = "register")]
     pub session_creation: SessionCreation,
     /// A session with no connected member and no activity for this long is removed (contacts, history, events).
     #[arg(long, env = "SESSION_IDLE_TTL_MS", default_value_t = 7 * 86_400_000, value_parser = clap::value_parser!(u64).range(60_000..))]
@@ -206,7 +201,9 @@ impl IpNet {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -316,12 +313,14 @@ impl HostAllowList {
         if name.parse::<IpAddr>().is_ok() {
             return true;
         }
-        self.names.iter().any(|allowed| match allowed.strip_prefix("*.") {
-            Some(parent) => name
-                .strip_suffix(parent)
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => name == allowed,
-        })
+        self.names
+            .iter()
+            .any(|allowed| match allowed.strip_prefix("*.") {
+                Some(parent) => name
+                    .strip_suffix(parent)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => name == allowed,
+            })
     }
 }
 
