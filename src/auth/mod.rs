@@ -435,7 +435,9 @@ mod tests {
 
     #[tokio::test]
     async fn minted_tokens_verify_with_their_claims() {
-        let auth = Authenticator::from_settings(&settings(), metrics()).await.unwrap();
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
         let token = mint(
             SECRET,
             "alice",
@@ -454,7 +456,9 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_secret_and_garbage_are_invalid() {
-        let auth = Authenticator::from_settings(&settings(), metrics()).await.unwrap();
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
         let other = mint(
             "ffffffffffffffffffffffffffffffffff",
             "a",

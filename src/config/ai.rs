@@ -101,9 +101,15 @@ impl std::fmt::Debug for AiArgs {
             .field("ai_provider", &self.ai_provider)
             .field("gemini_api_key", &redact(&self.gemini_api_key))
             .field("gemini_model", &self.gemini_model)
-            .field("gemini_base_url", &super::url_for_log(&self.gemini_base_url))
+            .field(
+                "gemini_base_url",
+                &super::url_for_log(&self.gemini_base_url),
+            )
             .field("openai_api_key", &redact(&self.openai_api_key))
-            .field("openai_base_url", &super::url_for_log(&self.openai_base_url))
+            .field(
+                "openai_base_url",
+                &super::url_for_log(&self.openai_base_url),
+            )
             .field("openai_model", &self.openai_model)
             .field("coordination", &self.coordination())
             .finish()

@@ -926,7 +926,14 @@ mod tests {
             "--url",
             "ws://127.0.0.1:8002/?token=jwkstoken",
         ];
-        let token = ["mcp-hub", "token", "--sub", "a", "--auth-jwt-secret", secrets[0]];
+        let token = [
+            "mcp-hub",
+            "token",
+            "--sub",
+            "a",
+            "--auth-jwt-secret",
+            secrets[0],
+        ];
         let mut shown = Vec::new();
         for argv in [&serve[..], &terminal, &token] {
             shown.push(format!("{:?}", Cli::try_parse_from(argv).unwrap()));
@@ -960,7 +967,10 @@ mod tests {
             assert!(check_jwks_url(bad).is_err(), "{bad}");
         }
         let err = parse(&["--auth-jwks-url", "http://u:pw@idp.example/jwks?t=tok"]).unwrap_err();
-        assert!(err.contains("AUTH_JWKS_URL") && err.contains("https"), "{err}");
+        assert!(
+            err.contains("AUTH_JWKS_URL") && err.contains("https"),
+            "{err}"
+        );
         assert!(!err.contains("pw") && !err.contains("tok"), "{err}");
     }
 

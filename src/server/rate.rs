@@ -42,10 +42,7 @@ pub fn caller_key(
         return format!("sub:{}", identity.sub);
     }
     match peer {
-        Some(addr) => format!(
-            "ip:{}",
-            client_ip(addr.ip(), headers, &hub.config.limits)
-        ),
+        Some(addr) => format!("ip:{}", client_ip(addr.ip(), headers, &hub.config.limits)),
         None => "anonymous".to_string(),
     }
 }

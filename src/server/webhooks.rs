@@ -125,7 +125,10 @@ async fn delivery(
         .and_then(|v| v.to_str().ok());
     if !signature_valid(secret.expose(), &body, signature) {
         if let Some(suppressed) = BAD_SIGNATURE.admit() {
-            tracing::warn!(suppressed, "webhook with a missing or bad signature refused");
+            tracing::warn!(
+                suppressed,
+                "webhook with a missing or bad signature refused"
+            );
         }
         return StatusCode::UNAUTHORIZED.into_response();
     }
