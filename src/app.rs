@@ -188,7 +188,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
     };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
-    let auth = Arc::new(Authenticator::from_settings(&config.auth).await?);
+    let auth = Arc::new(Authenticator::from_settings(&config.auth, metrics.clone()).await?);
     let jwks_refresh = config.auth.jwks_refresh;
     // Debug: a refused setting or a taken port must stay the only line.
     tracing::debug!(connector = config.connector.as_str(), "whatsapp connector");

@@ -10,6 +10,8 @@
 //!   (events pages, replay, idempotency records, agent calls).
 //! - [`cpu`]: every name and text bounded; fuzzy matching bounded.
 //! - [`identity`]: sessions, webhooks, tokens, REST keys, logs, secrets.
+//! - [`low`]: JWKS fetching, `nbf`, the REST limit's key without auth,
+//!   webhook logging and freshness, secrets in `Debug`.
 
 mod support;
 
@@ -21,3 +23,5 @@ mod cpu;
 mod identity;
 #[path = "abuse/listener.rs"]
 mod listener;
+#[path = "abuse/low.rs"]
+mod low;

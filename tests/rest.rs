@@ -697,10 +697,14 @@ async fn rest_calls_are_rate_limited_per_caller() {
     // A burst of 3 and (practically) no refill during the test.
     let hub = TestHub::start(&["--rate-limit-per-sec", "0.01", "--rate-limit-burst", "3"]).await;
     let (_ws, _) = WsClient::register(&hub.ws_url(), "rl", "w").await;
-    let call = |id: Option<&'static str>| {
+    let call_from = |from: &'static str, id: Option<&'static str>| {
         let url = hub.http_url("/api/v1/sessions/rl");
         async move {
-            let mut req = reqwest::Client::new().get(url);
+            let client = reqwest::Client::builder()
+                .local_address(from.parse::<std::net::IpAddr>().ok())
+                .build()
+                .expect("client");
+            let mut req = client.get(url);
             if let Some(id) = id {
                 req = req.header("x-client-id", id);
             }
@@ -709,6 +713,7 @@ async fn rest_calls_are_rate_limited_per_caller() {
             (status, r.json::<Value>().await.expect("JSON"))
         }
     };
+    let call = |id| call_from("127.0.0.1", id);
     for n in 0..3 {
         assert_eq!(call(Some("crm")).await.0, 200, "call {n} within the burst");
     }
@@ -716,12 +721,14 @@ async fn rest_calls_are_rate_limited_per_caller() {
     assert_eq!(status, 429, "{e}");
     assert_eq!(keys(&e), ["code", "message"], "{e}");
     assert_eq!(e["code"], "rate_limited");
-    // Another caller has its own bucket; so do anonymous callers (by address).
-    assert_eq!(call(Some("billing")).await.0, 200);
-    for _ in 0..3 {
-        assert_eq!(call(None).await.0, 200);
-    }
+    // Without auth a caller is its address: another X-Client-Id from it
+    // shares the bucket, another address has its own.
+    assert_eq!(call(Some("billing")).await.0, 429);
     assert_eq!(call(None).await.0, 429);
+    for _ in 0..3 {
+        assert_eq!(call_from("127.0.0.2", Some("billing")).await.0, 200);
+    }
+    assert_eq!(call_from("127.0.0.2", None).await.0, 429);
     // Health, readiness and metrics are never limited.
     for _ in 0..5 {
         assert_eq!(hub.get("/health").await.0, 200);

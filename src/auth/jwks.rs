@@ -1,19 +1,33 @@
-//! The JWKS (`AUTH_JWKS_URL`): RS256/ES256 keys fetched over HTTP, kept by
+//! The JWKS (`AUTH_JWKS_URL`): RS256/ES256 keys fetched over HTTPS, kept by
 //! `kid`, refreshed periodically and on an unknown `kid` (at most once per
 //! [`MIN_REFETCH`]); a failed fetch keeps the last good set.
+//!
+//! The set decides who gets in, and its server is not ours: the URL must be
+//! `https` (plain `http` only on loopback, [`check_jwks_url`]), redirects
+//! are not followed, the body is read chunk by chunk and dropped past
+//! [`MAX_BODY`] (counted as `jwks_too_large`), and logs show only the URL's
+//! scheme and host (its userinfo, path or query may carry credentials).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{Mutex, RwLock};
 
+use crate::config::{check_jwks_url, url_for_log};
+use crate::metrics::{Metrics, Shed};
+
 /// Unknown `kid`s trigger a fetch at most this often, so a flood of forged
 /// tokens cannot turn the hub into a load generator for the IdP.
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 
-/// Largest JWKS document accepted.
-const MAX_BODY: usize = 1024 * 1024;
+/// Largest JWKS document accepted. Real sets are a few KiB (a key is about
+/// 500 bytes); this leaves room for hundreds of keys.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// Bound on one fetch, body included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct JwkEntry {
@@ -23,28 +37,51 @@ struct JwkEntry {
 }
 
 pub struct JwksCache {
-    url: String,
+    url: reqwest::Url,
+    /// `scheme://host[:port]`: what logs and errors show of the URL.
+    shown: String,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
     keys: RwLock<Vec<JwkEntry>>,
     /// When the last fetch (successful or not) started; serializes fetches.
     last_fetch: Mutex<Option<Instant>>,
 }
 
+/// Why a fetch failed, never naming the URL.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl JwksCache {
-    pub fn new(url: String) -> Result<Self, String> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("`{url}` is not an http:// or https:// URL"));
-        }
+    pub fn new(url: &str, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let parsed = check_jwks_url(url)?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(FETCH_TIMEOUT)
+            // A redirect could lead anywhere, plain http included.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(describe)?;
         Ok(JwksCache {
-            url,
+            shown: url_for_log(url),
+            url: parsed,
             http,
+            metrics,
             keys: RwLock::new(Vec::new()),
             last_fetch: Mutex::new(None),
         })
+    }
+
+    /// `scheme://host[:port]` of the set, for logs.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     /// Fetches the set now; on failure the current set stays.
@@ -54,23 +91,36 @@ impl JwksCache {
         let keys = self.fetch().await?;
         let n = keys.len();
         *self.keys.write().await = keys;
-        tracing::info!(url = %self.url, keys = n, "JWKS loaded");
+        tracing::info!(jwks = %self.shown, keys = n, "JWKS loaded");
         Ok(n)
     }
 
     async fn fetch(&self) -> Result<Vec<JwkEntry>, String> {
-        let resp = self
+        let mut resp = self
             .http
-            .get(&self.url)
+            .get(self.url.clone())
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(describe)?;
         if !resp.status().is_success() {
+            // A 3xx too: redirects are not followed.
             return Err(format!("HTTP {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > MAX_BODY {
-            return Err("JWKS document too large".into());
+        let too_large = || {
+            self.metrics.shed(Shed::JwksTooLarge);
+            format!("JWKS document over {MAX_BODY} bytes; not read further")
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        // Chunk by chunk: a huge (or endless) body is dropped at the cap,
+        // never buffered.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         parse_set(&body)
     }

@@ -11,12 +11,14 @@
 pub mod jwks;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthMode, AuthSettings, ConfigError};
+use crate::metrics::Metrics;
 use crate::protocol::now_millis;
 
 use jwks::JwksCache;
@@ -150,8 +152,12 @@ impl Authenticator {
 
     /// From the validated settings; reads and parses the PEM key file (an
     /// unreadable or invalid one names `AUTH_JWT_PUBLIC_KEY_FILE`). A JWKS
-    /// is fetched once here and refreshed by [`Authenticator::spawn_refresh`].
-    pub async fn from_settings(settings: &AuthSettings) -> Result<Self, ConfigError> {
+    /// is fetched once here and refreshed by [`Authenticator::spawn_refresh`];
+    /// what its fetches shed is counted in `metrics`.
+    pub async fn from_settings(
+        settings: &AuthSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
         if settings.mode == AuthMode::None {
             return Ok(Self::disabled());
         }
@@ -166,14 +172,14 @@ impl Authenticator {
         let jwks = match &settings.jwks_url {
             None => None,
             Some(url) => {
-                let cache = JwksCache::new(url.clone()).map_err(|reason| ConfigError {
+                let cache = JwksCache::new(url, metrics).map_err(|reason| ConfigError {
                     setting: "AUTH_JWKS_URL",
                     reason,
                 })?;
                 // A failed first fetch is not fatal: the set is fetched
                 // again on the first token and periodically.
                 if let Err(e) = cache.refresh().await {
-                    tracing::warn!(url, error = %e, "could not fetch the JWKS; retrying later");
+                    tracing::warn!(jwks = %cache.shown(), error = %e, "could not fetch the JWKS; retrying later");
                 }
                 Some(cache)
             }
@@ -214,21 +220,23 @@ impl Authenticator {
                 if let Some(jwks) = &me.jwks
                     && let Err(e) = jwks.refresh().await
                 {
-                    tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good set");
+                    tracing::warn!(jwks = %jwks.shown(), error = %e, "JWKS refresh failed; keeping the last good set");
                 }
             }
         });
     }
 
-    /// Verifies a token: signature, `exp` (no leeway: a token is valid
-    /// until `exp`, when a live connection is closed with 4401), `sub`,
-    /// and `iss`/`aud` when configured.
+    /// Verifies a token: signature, `exp` and `nbf` when present (no
+    /// leeway: a token is valid from `nbf` until `exp`, when a live
+    /// connection is closed with 4401), `sub`, and `iss`/`aud` when
+    /// configured.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token ({e})")))?;
         let candidates = self.keys_for(&header).await?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = self.audience.is_some();
         if let Some(aud) = &self.audience {
@@ -247,6 +255,9 @@ impl Authenticator {
                     use jsonwebtoken::errors::ErrorKind;
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::ImmatureSignature => {
+                            AuthError::Invalid("token not valid yet (`nbf`)".into())
+                        }
                         ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                         other => AuthError::Invalid(format!("{other:?}")),
                     };
@@ -410,6 +421,10 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new("t"))
+    }
+
     fn settings() -> AuthSettings {
         AuthSettings {
             mode: AuthMode::Jwt,
@@ -420,7 +435,9 @@ mod tests {
 
     #[tokio::test]
     async fn minted_tokens_verify_with_their_claims() {
-        let auth = Authenticator::from_settings(&settings()).await.unwrap();
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
         let token = mint(
             SECRET,
             "alice",
@@ -439,7 +456,9 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_secret_and_garbage_are_invalid() {
-        let auth = Authenticator::from_settings(&settings()).await.unwrap();
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
         let other = mint(
             "ffffffffffffffffffffffffffffffffff",
             "a",
@@ -464,9 +483,31 @@ mod tests {
         let previous = "abcdefabcdefabcdefabcdefabcdefab";
         let mut s = settings();
         s.previous_secret = Some(previous.into());
-        let auth = Authenticator::from_settings(&s).await.unwrap();
+        let auth = Authenticator::from_settings(&s, metrics()).await.unwrap();
         let old = mint(previous, "a", &[], Role::Client, Duration::from_secs(60)).unwrap();
         assert_eq!(auth.verify(&old).await.unwrap().sub, "a");
+    }
+
+    #[tokio::test]
+    async fn a_token_is_refused_before_its_nbf() {
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
+        let now = now_millis() / 1000;
+        let with_nbf = |nbf: u64| {
+            let claims = serde_json::json!({"sub": "a", "exp": now + 600, "nbf": nbf});
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        };
+        match auth.verify(&with_nbf(now + 300)).await {
+            Err(AuthError::Invalid(m)) => assert!(m.contains("nbf"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth.verify(&with_nbf(now - 1)).await.unwrap().sub, "a");
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub struct AiArgs {
     pub ai_breaker_cooldown_ms: u64,
 }
 
-/// Keys are secrets: never print them (HubConfig is Debug-logged).
+/// Keys are secrets: never print them (HubConfig is Debug-logged); of the
+/// base URLs only scheme and host (a proxy URL may carry credentials).
 impl std::fmt::Debug for AiArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let redact = |k: &str| if k.is_empty() { "" } else { "<redacted>" };
@@ -100,9 +101,15 @@ impl std::fmt::Debug for AiArgs {
             .field("ai_provider", &self.ai_provider)
             .field("gemini_api_key", &redact(&self.gemini_api_key))
             .field("gemini_model", &self.gemini_model)
-            .field("gemini_base_url", &self.gemini_base_url)
+            .field(
+                "gemini_base_url",
+                &super::url_for_log(&self.gemini_base_url),
+            )
             .field("openai_api_key", &redact(&self.openai_api_key))
-            .field("openai_base_url", &self.openai_base_url)
+            .field(
+                "openai_base_url",
+                &super::url_for_log(&self.openai_base_url),
+            )
             .field("openai_model", &self.openai_model)
             .field("coordination", &self.coordination())
             .finish()

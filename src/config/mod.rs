@@ -189,8 +189,9 @@ pub enum AuthMode {
     None,
 }
 
-/// The authentication settings (docs/security.md §2).
-#[derive(Debug, Clone, Args)]
+/// The authentication settings (docs/security.md §2). `Debug` redacts
+/// the secrets and shows only the JWKS URL's scheme and host.
+#[derive(Clone, Args)]
 pub struct AuthArgs {
     /// jwt or none; unset: jwt when a key is given, none only on a loopback host.
     #[arg(long = "auth-mode", env = "AUTH_MODE", value_enum)]
@@ -212,8 +213,8 @@ pub struct AuthArgs {
     /// PEM public key (RSA: RS256, EC P-256: ES256).
     #[arg(long = "auth-jwt-public-key-file", env = "AUTH_JWT_PUBLIC_KEY_FILE")]
     pub auth_jwt_public_key_file: Option<PathBuf>,
-    /// JWKS URL with RS256/ES256 keys.
-    #[arg(long = "auth-jwks-url", env = "AUTH_JWKS_URL")]
+    /// JWKS URL with RS256/ES256 keys: https (plain http only on a loopback host).
+    #[arg(long = "auth-jwks-url", env = "AUTH_JWKS_URL", hide_env_values = true)]
     pub auth_jwks_url: Option<String>,
     /// How often the JWKS is fetched again.
     #[arg(long = "auth-jwks-refresh-ms", env = "AUTH_JWKS_REFRESH_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..))]
@@ -224,6 +225,68 @@ pub struct AuthArgs {
     /// Required `aud` claim.
     #[arg(long = "auth-jwt-audience", env = "AUTH_JWT_AUDIENCE")]
     pub auth_jwt_audience: Option<String>,
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("auth_mode", &self.auth_mode)
+            .field("auth_jwt_secret", &redacted(&self.auth_jwt_secret))
+            .field(
+                "auth_jwt_previous_secret",
+                &redacted(&self.auth_jwt_previous_secret),
+            )
+            .field("auth_jwt_public_key_file", &self.auth_jwt_public_key_file)
+            .field(
+                "auth_jwks_url",
+                &self.auth_jwks_url.as_deref().map(url_for_log),
+            )
+            .field("auth_jwks_refresh_ms", &self.auth_jwks_refresh_ms)
+            .field("auth_jwt_issuer", &self.auth_jwt_issuer)
+            .field("auth_jwt_audience", &self.auth_jwt_audience)
+            .finish()
+    }
+}
+
+/// What `Debug` shows of an optional secret: whether it is set.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+/// A URL as logs and `Debug` may show it: `scheme://host[:port]` only,
+/// since userinfo, path and query may all carry credentials.
+pub fn url_for_log(raw: &str) -> String {
+    match reqwest::Url::parse(raw) {
+        Ok(url) => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+            (Some(host), None) => format!("{}://{host}", url.scheme()),
+            (None, _) => format!("{}:<redacted>", url.scheme()),
+        },
+        Err(_) => "<not a URL>".to_string(),
+    }
+}
+
+/// `AUTH_JWKS_URL` must be `https://`, so the keys that decide who gets in
+/// are not fetched in the clear; plain `http://` is accepted only from a
+/// loopback host (`127.0.0.0/8`, `[::1]`, `localhost`: a local IdP, tests).
+/// The reason never repeats the URL (it may carry credentials).
+pub fn check_jwks_url(raw: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("not a URL ({e})"))?;
+    let Some(host) = url.host_str() else {
+        return Err("has no host".into());
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err(format!(
+            "must be an https:// URL (plain http:// only on a loopback host), not {}",
+            url_for_log(raw)
+        )),
+        other => Err(format!("must be an https:// URL, not {other}://")),
+    }
 }
 
 /// Validated authentication settings. Secrets are redacted from `Debug`.
@@ -252,7 +315,7 @@ impl std::fmt::Debug for AuthSettings {
                 &self.previous_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("public_key_file", &self.public_key_file)
-            .field("jwks_url", &self.jwks_url)
+            .field("jwks_url", &self.jwks_url.as_deref().map(url_for_log))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -290,6 +353,9 @@ impl AuthArgs {
         let secret = nonempty(self.auth_jwt_secret);
         let previous_secret = nonempty(self.auth_jwt_previous_secret);
         let jwks_url = nonempty(self.auth_jwks_url);
+        if let Some(url) = &jwks_url {
+            check_jwks_url(url).map_err(|reason| invalid("AUTH_JWKS_URL", reason))?;
+        }
         if let Some(s) = &secret {
             check_secret(s)?;
         }
@@ -338,8 +404,8 @@ impl AuthArgs {
     }
 }
 
-/// `mcp-hub token`: mint an HS256 token.
-#[derive(Debug, Clone, Args)]
+/// `mcp-hub token`: mint an HS256 token. `Debug` redacts the secret.
+#[derive(Clone, Args)]
 pub struct TokenArgs {
     /// Who the token is for (`sub`).
     #[arg(long)]
@@ -362,7 +428,20 @@ pub struct TokenArgs {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Args)]
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("sub", &self.sub)
+            .field("sessions", &self.sessions)
+            .field("role", &self.role)
+            .field("ttl", &self.ttl)
+            .field("secret", &redacted(&self.secret))
+            .finish()
+    }
+}
+
+/// `mcp-hub terminal`. `Debug` redacts the token.
+#[derive(Clone, Args)]
 pub struct TerminalArgs {
     /// Hub WebSocket URL.
     #[arg(long, env = "MCP_HUB_URL", default_value = "ws://127.0.0.1:8002")]
@@ -389,6 +468,22 @@ pub struct TerminalArgs {
     /// Reconnection attempts (backoff 200 ms doubling to 5 s) after the connection is lost; 0 disables.
     #[arg(long, default_value_t = 30)]
     pub reconnect_attempts: usize,
+}
+
+impl std::fmt::Debug for TerminalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminalArgs")
+            .field("url", &url_for_log(&self.url))
+            .field("session", &self.session)
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .field("linger_ms", &self.linger_ms)
+            .field("wait_ms", &self.wait_ms)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("reconnect_attempts", &self.reconnect_attempts)
+            .finish()
+    }
 }
 
 /// Parses flags and environment. `--help`/`--version` print and exit 0; an
@@ -774,6 +869,109 @@ mod tests {
             !format!("{cfg:?}").contains(&secret),
             "secrets are redacted"
         );
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let secrets = [
+            "auth-secret-0123456789abcdef0123456789",
+            "prev-secret-0123456789abcdef0123456789",
+            "jwkspass",
+            "jwkstoken",
+            "wa-access-token-x",
+            "wa-app-secret-x",
+            "wa-verify-token-x",
+            "gemini-key-x",
+            "openai-key-x",
+            "aipass",
+            "redispass",
+            "clusterpass",
+            "sentinelpass",
+            "sentinel-own-pass",
+        ];
+        let serve = [
+            "mcp-hub",
+            "--auth-jwt-secret",
+            secrets[0],
+            "--auth-jwt-previous-secret",
+            secrets[1],
+            "--auth-jwks-url",
+            "https://jwksuser:jwkspass@idp.example/jwks.json?access_token=jwkstoken",
+            "--whatsapp-access-token",
+            secrets[4],
+            "--whatsapp-app-secret",
+            secrets[5],
+            "--whatsapp-verify-token",
+            secrets[6],
+            "--gemini-api-key",
+            secrets[7],
+            "--openai-api-key",
+            secrets[8],
+            "--openai-base-url",
+            "https://aiuser:aipass@proxy.example/v1",
+            "--redis-url",
+            "redis://:redispass@10.0.0.1:6379",
+            "--redis-cluster-urls",
+            "redis://:clusterpass@10.0.0.2:7001",
+            "--redis-sentinels",
+            "redis://:sentinelpass@10.0.0.3:26379",
+            "--redis-sentinel-password",
+            secrets[13],
+        ];
+        let terminal = [
+            "mcp-hub",
+            "terminal",
+            "--token",
+            secrets[0],
+            "--url",
+            "ws://127.0.0.1:8002/?token=jwkstoken",
+        ];
+        let token = [
+            "mcp-hub",
+            "token",
+            "--sub",
+            "a",
+            "--auth-jwt-secret",
+            secrets[0],
+        ];
+        let mut shown = Vec::new();
+        for argv in [&serve[..], &terminal, &token] {
+            shown.push(format!("{:?}", Cli::try_parse_from(argv).unwrap()));
+        }
+        // Validated (REDIS_URL alone: the topologies are exclusive).
+        shown.push(format!("{:?}", parse(&serve[1..21]).unwrap()));
+        for text in &shown {
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(shown[0].contains("idp.example") && shown[3].contains("<redacted>"));
+    }
+
+    #[test]
+    fn jwks_url_is_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example/jwks.json",
+            "http://127.0.0.1:9000/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert!(check_jwks_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://idp.example/jwks.json",
+            "http://10.0.0.1/jwks",
+            "ftp://idp.example/jwks",
+            "idp.example/jwks",
+        ] {
+            assert!(check_jwks_url(bad).is_err(), "{bad}");
+        }
+        let err = parse(&["--auth-jwks-url", "http://u:pw@idp.example/jwks?t=tok"]).unwrap_err();
+        assert!(
+            err.contains("AUTH_JWKS_URL") && err.contains("https"),
+            "{err}"
+        );
+        assert!(!err.contains("pw") && !err.contains("tok"), "{err}");
     }
 
     #[test]

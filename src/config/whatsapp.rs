@@ -1,6 +1,7 @@
 //! WhatsApp connector settings: which connector, the Cloud API credentials
-//! and webhook secrets, and the idempotency window of sends. The secrets
-//! never appear in `Debug` output (and so never in logs).
+//! and webhook secrets, the webhooks' freshness window, and the idempotency
+//! window of sends. The secrets never appear in `Debug` output (and so
+//! never in logs).
 
 use std::time::Duration;
 
@@ -80,15 +81,27 @@ pub struct WhatsAppArgs {
     /// How long an idempotency key's first result is kept (and replayed).
     #[arg(long, env = "IDEMPOTENCY_TTL_MS", default_value_t = 86_400_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub idempotency_ttl_ms: u64,
+    /// Webhook items (messages, statuses) whose `timestamp` is older than
+    /// this are acknowledged but not delivered (Meta retries for up to 7 days).
+    #[arg(long, env = "WHATSAPP_WEBHOOK_MAX_AGE_MS", default_value_t = WEBHOOK_MAX_AGE_MS_MAX, value_parser = clap::value_parser!(u64).range(60_000..=WEBHOOK_MAX_AGE_MS_MAX))]
+    pub whatsapp_webhook_max_age_ms: u64,
 }
+
+/// Meta retries an unacknowledged webhook for up to 7 days: the default
+/// and largest freshness window. Seen items are remembered at least this
+/// long (`whatsapp::webhooks::DEDUP_TTL`), so a replay inside the window
+/// is a duplicate and one outside it is stale.
+pub const WEBHOOK_MAX_AGE_MS_MAX: u64 = 7 * 86_400_000;
 
 impl std::fmt::Debug for WhatsAppArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WhatsAppArgs")
             .field("phone_number_id", &self.whatsapp_phone_number_id)
             .field("api_version", &self.whatsapp_api_version)
-            .field("base_url", &self.whatsapp_base_url)
+            .field("base_url", &super::url_for_log(&self.whatsapp_base_url))
             .field("session", &self.whatsapp_session)
+            .field("idempotency_ttl_ms", &self.idempotency_ttl_ms)
+            .field("webhook_max_age_ms", &self.whatsapp_webhook_max_age_ms)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +127,8 @@ pub struct WhatsAppConfig {
     pub verify_token: Option<Secret>,
     pub session: String,
     pub idempotency_ttl: Duration,
+    /// Webhook items older than this are acknowledged, not delivered.
+    pub webhook_max_age: Duration,
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -192,6 +207,7 @@ impl WhatsAppArgs {
             verify_token: verify.map(Secret::new),
             session,
             idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
+            webhook_max_age: Duration::from_millis(self.whatsapp_webhook_max_age_ms),
         })
     }
 }

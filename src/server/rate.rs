@@ -1,7 +1,7 @@
-//! The REST API's rate limit: one token bucket per caller identity, with
-//! the WebSocket's settings (`RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`), in
-//! a bounded map that forgets idle callers. Over the limit a call gets 429
-//! `rate_limited`.
+//! The REST API's rate limit: one token bucket per caller (the token's
+//! `sub`, else the client's address), with the WebSocket's settings
+//! (`RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`), in a bounded map that
+//! forgets idle callers. Over the limit a call gets 429 `rate_limited`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::Bearer;
+use super::listener::client_ip;
 use crate::config::HubConfig;
 use crate::hub::Hub;
 use crate::protocol::ErrorCode;
@@ -23,28 +24,25 @@ use crate::protocol::ErrorCode;
 /// Callers remembered at once; past it idle callers are forgotten first.
 const MAX_CALLERS: usize = 10_000;
 
-/// Whose bucket a call draws from: with auth on, the token's `sub` (a
-/// call without a valid token is keyed by its address; the handler then
-/// answers 401); without auth, `X-Client-Id`, else the peer address.
+/// Whose bucket a call draws from: with auth on, the token's `sub`;
+/// otherwise (auth off, or a call without a valid token, which the handler
+/// then answers 401) the client's address ([`client_ip`]: the peer, or
+/// behind a `TRUSTED_PROXIES` proxy the hop it appended). Never a header
+/// the caller chooses: `X-Client-Id` only names the caller, one address
+/// cycling through ids still draws from one bucket.
 pub fn caller_key(
     hub: &Hub,
     headers: &HeaderMap,
     bearer: &Bearer,
     peer: Option<SocketAddr>,
 ) -> String {
-    if hub.auth.enabled() {
-        if let Some(identity) = bearer.verified() {
-            return format!("sub:{}", identity.sub);
-        }
-    } else if let Some(id) = headers
-        .get("x-client-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty() && v.len() <= 128)
+    if hub.auth.enabled()
+        && let Some(identity) = bearer.verified()
     {
-        return format!("id:{id}");
+        return format!("sub:{}", identity.sub);
     }
     match peer {
-        Some(addr) => format!("ip:{}", addr.ip()),
+        Some(addr) => format!("ip:{}", client_ip(addr.ip(), headers, &hub.config.limits)),
         None => "anonymous".to_string(),
     }
 }

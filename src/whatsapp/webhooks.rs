@@ -1,7 +1,8 @@
-//! Cloud API webhooks, the transport-free part: the signature check and
-//! turning a delivery's JSON into [`WebhookEvent`]s (inbound messages and
-//! delivery statuses). Queuing and processing them is the hub's
-//! (`hub::webhooks`); the HTTP surface is `server::webhooks`.
+//! Cloud API webhooks, the transport-free part: the signature check, the
+//! freshness window ([`drop_stale`]) and turning a delivery's JSON into
+//! [`WebhookEvent`]s (inbound messages and delivery statuses). Queuing and
+//! processing them is the hub's (`hub::webhooks`); the HTTP surface is
+//! `server::webhooks`.
 
 use std::time::Duration;
 
@@ -10,11 +11,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cloud_api::{OUTSIDE_WINDOW_CODE, outside_window_error};
+use crate::config::whatsapp::WEBHOOK_MAX_AGE_MS_MAX;
 use crate::protocol::{DeliveryStatus, ErrorCode, StatusError, now_millis};
 
-/// How long a seen wamid (or wamid + status) is remembered; Meta retries
-/// for hours to days.
-pub const DEDUP_TTL: Duration = Duration::from_secs(72 * 3600);
+/// How far ahead of this host's clock an item's `timestamp` may be (clock
+/// skew); later ones are not delivered.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// How long a seen wamid (or wamid + status) is remembered: the largest
+/// freshness window (`WHATSAPP_WEBHOOK_MAX_AGE_MS`, Meta's 7 days of
+/// retries) plus the skew, so a replayed delivery is either a duplicate or
+/// stale, never delivered twice.
+pub const DEDUP_TTL: Duration =
+    Duration::from_millis(WEBHOOK_MAX_AGE_MS_MAX + MAX_FUTURE_SKEW.as_millis() as u64);
 /// How long a message's delivery status is kept.
 pub const STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -125,6 +134,43 @@ fn status_error(errors: Option<&Value>) -> StatusError {
     }
 }
 
+/// An item's `timestamp` (Unix seconds as a string, as Meta sends it) in
+/// milliseconds.
+fn timestamp_ms(item: &Value) -> Option<u64> {
+    str_at(item, "timestamp")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000))
+}
+
+/// Removes from a delivery every message and status whose `timestamp` is
+/// older than `max_age` or more than [`MAX_FUTURE_SKEW`] ahead of `now_ms`
+/// (an item without one stays); how many were removed. Meta stops retrying
+/// after 7 days, so an older item is a replay or a stuck queue: it is
+/// acknowledged (200) and not delivered.
+pub fn drop_stale(payload: &mut Value, now_ms: u64, max_age: Duration) -> usize {
+    let oldest = now_ms.saturating_sub(max_age.as_millis() as u64);
+    let newest = now_ms.saturating_add(MAX_FUTURE_SKEW.as_millis() as u64);
+    let fresh = |item: &Value| timestamp_ms(item).is_none_or(|t| (oldest..=newest).contains(&t));
+    let mut dropped = 0;
+    let entries = payload.get_mut("entry").and_then(Value::as_array_mut);
+    for entry in entries.into_iter().flatten() {
+        let changes = entry.get_mut("changes").and_then(Value::as_array_mut);
+        for change in changes.into_iter().flatten() {
+            for kind in ["messages", "statuses"] {
+                if let Some(items) = change
+                    .pointer_mut(&format!("/value/{kind}"))
+                    .and_then(Value::as_array_mut)
+                {
+                    let before = items.len();
+                    items.retain(fresh);
+                    dropped += before - items.len();
+                }
+            }
+        }
+    }
+    dropped
+}
+
 /// The events of one delivery for `session`, in order. Items for another
 /// phone number id (when one is configured) and unknown kinds are skipped.
 pub fn events_of(
@@ -165,10 +211,7 @@ pub fn events_of(
                         .to_string(),
                     other => format!("[{other} message]"),
                 };
-                let timestamp = str_at(m, "timestamp")
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .map(|s| s.saturating_mul(1000))
-                    .unwrap_or_else(now_millis);
+                let timestamp = timestamp_ms(m).unwrap_or_else(now_millis);
                 events.push(WebhookEvent::Inbound {
                     session: session.to_string(),
                     message_id: id.to_string(),
@@ -217,6 +260,36 @@ mod tests {
         assert!(!signature_valid("secret", b"test", None));
         assert!(!signature_valid("secret", b"test", Some("sha256=zz")));
         assert!(!signature_valid("secret", b"test", Some("0329a0")));
+    }
+
+    #[test]
+    fn items_outside_the_window_are_dropped() {
+        let now = 1_000_000_000_000;
+        let day = 86_400;
+        let secs = now / 1000;
+        let item = |id: &str, ts: Option<u64>| match ts {
+            Some(ts) => json!({"id": id, "from": "1", "timestamp": ts.to_string()}),
+            None => json!({"id": id, "from": "1"}),
+        };
+        let mut payload = json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"value": {
+            "messages": [item("old", Some(secs - 8 * day)), item("edge", Some(secs - 7 * day)),
+                         item("now", Some(secs)), item("none", None),
+                         item("skewed", Some(secs + 300)), item("future", Some(secs + 301))],
+            "statuses": [item("st-old", Some(secs - 8 * day)), item("st", Some(secs - day))],
+        }}]}]});
+        let max_age = Duration::from_secs(7 * day);
+        assert_eq!(drop_stale(&mut payload, now, max_age), 3);
+        let ids = |kind: &str| -> Vec<String> {
+            payload["entry"][0]["changes"][0]["value"][kind]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids("messages"), ["edge", "now", "none", "skewed"]);
+        assert_eq!(ids("statuses"), ["st"]);
+        assert!(DEDUP_TTL >= max_age + MAX_FUTURE_SKEW);
     }
 
     #[test]
