@@ -31,7 +31,9 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
         .goto(&hubs[0].http_url("/ui"))
         .await
         .expect("open the web page");
-    browser.wait_for("#status", |t| t.contains(" @ hub-1")).await;
+    browser
+        .wait_for("#status", |t| t.contains(" @ hub-1"))
+        .await;
     assert_eq!(header_background(&browser).await, "rgb(31, 41, 55)");
     browser.click("a[href='/dashboard']").await;
     browser.wait_for("#feed-status", |t| t == "live").await;
