@@ -3,9 +3,10 @@
 //! hub without the limit it proves. docs/security.md §12 maps every test
 //! to its attack, limit, setting and metric.
 //!
-//! - [`listener`]: slowloris, fd exhaustion, idle and unregistered
-//!   sockets, per-address and per-identity caps, Host allow-list, pages'
-//!   security headers, binary frames.
+//! - [`listener`]: slowloris, fd exhaustion, idle sockets, the
+//!   per-address cap.
+//! - [`guards`]: the registration deadline, the per-identity cap, binary
+//!   frames under the rate limit, the Host allow-list, the pages' headers.
 //! - [`bounds`]: every response and stored record bounded in bytes
 //!   (events pages, replay, idempotency records, agent calls).
 //! - [`cpu`]: every name and text bounded; fuzzy matching bounded.
@@ -19,6 +20,8 @@ mod support;
 mod bounds;
 #[path = "abuse/cpu.rs"]
 mod cpu;
+#[path = "abuse/guards.rs"]
+mod guards;
 #[path = "abuse/identity.rs"]
 mod identity;
 #[path = "abuse/listener.rs"]

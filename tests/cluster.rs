@@ -423,6 +423,10 @@ async fn a_hub_started_before_redis_waits_then_serves() {
             HEARTBEAT_MS,
             "--presence-ttl-ms",
             PRESENCE_TTL_MS,
+            // `early` stays unregistered until Redis is up: however long
+            // that takes here, its registration deadline is not the point.
+            "--register-timeout-ms",
+            "60000",
         ],
         &[("REDIS_URL", &url)],
     )

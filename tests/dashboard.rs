@@ -4,7 +4,9 @@
 //! first through the web page's link, showing the whole cluster and
 //! following it live — a client connecting on another instance appears
 //! without a reload, and disconnecting it from the page closes it (4002)
-//! and removes it.
+//! and removes it. Both pages run under their Content-Security-Policy
+//! (issue 19): their inline script and style apply, and the web page's
+//! WebSocket to its own origin connects.
 
 mod support;
 
@@ -23,14 +25,19 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
     let hubs = start_cluster(&redis, &["hub-1", "hub-2", "hub-3"], &[]).await;
     let browser = Browser::start().await;
 
-    // The web page links to the dashboard.
+    // The web page registers by itself, then links to the dashboard.
     browser
         .client
         .goto(&hubs[0].http_url("/ui"))
         .await
         .expect("open the web page");
+    browser
+        .wait_for("#status", |t| t.contains(" @ hub-1"))
+        .await;
+    assert_eq!(header_background(&browser).await, "rgb(31, 41, 55)");
     browser.click("a[href='/dashboard']").await;
     browser.wait_for("#feed-status", |t| t == "live").await;
+    assert_eq!(header_background(&browser).await, "rgb(29, 36, 48)");
     for id in ["hub-1", "hub-2", "hub-3"] {
         browser
             .wait_for(&format!("tr[data-instance='{id}']"), |t| {
@@ -89,4 +96,17 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
     let left = laptop.recv_type("client_left").await;
     assert_eq!(left["client_id"], "phone", "{left}");
     browser.quit().await;
+}
+
+/// The page's `<header>` background: its inline `<style>` applied.
+async fn header_background(browser: &Browser) -> String {
+    let color = browser
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('header')).backgroundColor",
+            vec![],
+        )
+        .await
+        .expect("run a script in the page");
+    color.as_str().unwrap_or_default().to_string()
 }

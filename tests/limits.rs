@@ -1,7 +1,7 @@
 //! Per-connection limits and forced closes, against an in-process hub:
 //! message size (close 1009, inclusive bound), slow consumers (close 1008,
 //! by queued frames or queued bytes; a burst within the bound is fine),
-//! rate limit (`rate_limited`, request ids echoed, binary frames spared),
+//! rate limit (`rate_limited`, request ids echoed, binary frames counted),
 //! requests in flight (`too_many_in_flight`), and a client id registered
 //! again (close 4001). The hard limits of issue 10, each at its boundary:
 //! `MAX_CONNECTIONS` (503 before the upgrade), `MAX_CLIENTS_PER_SESSION`
@@ -429,7 +429,7 @@ async fn registering_a_connected_client_id_again_closes_the_old_connection_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_echoes_request_ids_and_spares_binary_frames() {
+async fn rate_limit_echoes_request_ids_and_counts_binary_frames() {
     // 2 tokens, refilled at one per 100 s: the test never sees a refill.
     let hub = TestHub::start(&["--rate-limit-per-sec", "0.01", "--rate-limit-burst", "2"]).await;
     let mut c = WsClient::connect(&hub.ws_url()).await;
@@ -458,10 +458,11 @@ async fn rate_limit_echoes_request_ids_and_spares_binary_frames() {
         (err["code"].as_str(), err["request_id"].as_str()),
         (Some("rate_limited"), Some("u4"))
     );
-    // Binary frames are not counted (and are answered as such).
+    // Binary frames are counted too (issue 19: they were spared, so a
+    // client could flood them without limit): refused like text.
     for _ in 0..3 {
         c.send_binary(vec![1, 2, 3]).await;
-        assert_eq!(c.recv().await["code"], "binary_not_supported");
+        assert_eq!(c.recv().await["code"], "rate_limited");
     }
     assert!(c.closed().is_none(), "the connection stays open");
     assert!(

@@ -286,7 +286,7 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
         .expect("initialize");
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers().get("mcp-session-id").is_none());
-    // Open on loopback: a rebound DNS name is not a loopback Host.
+    // A rebound DNS name is not in ALLOWED_HOSTS (default: localhost).
     let r = reqwest::Client::new()
         .post(mcp_url(hub.addr))
         .header("host", "evil.example")

@@ -37,6 +37,11 @@ impl ClientSession {
         self.hub.reply_error(&self.handle, err, request_id);
     }
 
+    /// Whether a `register` of this connection succeeded.
+    pub fn is_registered(&self) -> bool {
+        self.member.is_some()
+    }
+
     /// `ping` and `register` (see [`crate::protocol::Execution::Immediate`]).
     pub async fn immediate(
         &mut self,

@@ -85,11 +85,13 @@ pub enum CloseReason {
     ProtocolError,
     /// A text message (or close reason) that is not UTF-8.
     InvalidPayload,
+    /// No completed `register` within `REGISTER_TIMEOUT_MS` of the upgrade.
+    RegisterTimeout,
 }
 
 impl CloseReason {
     /// Every reason, e.g. to start their metric series at 0.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::TooLarge,
@@ -100,6 +102,7 @@ impl CloseReason {
         CloseReason::AdminDisconnect,
         CloseReason::ProtocolError,
         CloseReason::InvalidPayload,
+        CloseReason::RegisterTimeout,
     ];
 
     pub fn code(self) -> u16 {
@@ -112,6 +115,7 @@ impl CloseReason {
             CloseReason::TooLarge => 1009,
             CloseReason::Replaced => 4001,
             CloseReason::AdminDisconnect => 4002,
+            CloseReason::RegisterTimeout => 4408,
             CloseReason::TokenExpired => 4401,
         }
     }
@@ -128,6 +132,7 @@ impl CloseReason {
             CloseReason::AdminDisconnect => "admin_disconnect",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidPayload => "invalid_payload",
+            CloseReason::RegisterTimeout => "register_timeout",
         }
     }
 
@@ -143,6 +148,7 @@ impl CloseReason {
             CloseReason::AdminDisconnect => "disconnected by an admin",
             CloseReason::ProtocolError => "websocket protocol error",
             CloseReason::InvalidPayload => "text is not valid UTF-8",
+            CloseReason::RegisterTimeout => "registration timeout",
         }
     }
 }

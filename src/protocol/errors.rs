@@ -59,8 +59,11 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A browser `Origin` this hub does not accept (HTTP 403 on the upgrade).
     ForbiddenOrigin,
-    /// The instance holds `MAX_CONNECTIONS` already (HTTP 503 on the upgrade).
+    /// The instance holds `MAX_CONNECTIONS` already (HTTP 503 on the
+    /// upgrade), or the token's `sub` `MAX_CONNECTIONS_PER_IDENTITY` (429).
     TooManyConnections,
+    /// A request whose `Host` is not in `ALLOWED_HOSTS` (HTTP 403, any route).
+    HostNotAllowed,
     /// The session holds `MAX_CLIENTS_PER_SESSION` clients already.
     SessionFull,
     /// A REST read of a session that does not exist (HTTP 404).

@@ -9,15 +9,15 @@
 //! ([`crate::hub::monitor`]) and, on request, one session's events;
 //! protocol in docs/admin.md.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use futures_util::stream::SplitSink;
@@ -30,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Bearer;
-use super::browser::ConnectionSlots;
+use super::browser::{ConnectionSlots, Page};
 use super::openapi::ErrorBody;
 use super::rest::{ApiError, check_session, require_session};
 use crate::auth::Identity;
@@ -61,8 +61,11 @@ pub fn pages() -> Router<Arc<Hub>> {
         .route("/dashboard/feed", get(feed_upgrade))
 }
 
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard/index.html"))
+pub(super) static DASHBOARD: LazyLock<Page> =
+    LazyLock::new(|| Page::new(include_str!("dashboard/index.html")));
+
+async fn dashboard() -> Response {
+    DASHBOARD.response()
 }
 
 /// The admin identity of a call (`admin` without auth), or its refusal.
@@ -282,8 +285,8 @@ enum FeedRequest {
 
 /// The monitoring feed: admins only, checked before the upgrade (401 /
 /// 403 as plain HTTP) like a client connection's token and `Origin`, and
-/// holding one of the `MAX_CONNECTIONS` slots like any WebSocket (503
-/// `too_many_connections` when none is free).
+/// holding a connection slot like any WebSocket (503 / 429
+/// `too_many_connections` when the instance's or the `sub`'s are taken).
 async fn feed_upgrade(
     State(hub): State<Arc<Hub>>,
     Extension(slots): Extension<ConnectionSlots>,
@@ -302,9 +305,9 @@ async fn feed_upgrade(
         }
         Ok(identity) => identity,
     };
-    let Some(slot) = slots.take() else {
-        hub.metrics.error(ErrorCode::TooManyConnections);
-        return super::browser::too_many_connections();
+    let slot = match slots.take(identity.as_ref(), &hub.metrics) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
     };
     super::connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
         let tracker = hub.connections.clone();

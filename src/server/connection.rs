@@ -27,7 +27,9 @@
 //! Liveness ([`Liveness`]) is one timer: it pings every `PING_INTERVAL_MS`,
 //! closes the connection (1001) after `IDLE_TIMEOUT_MS` without inbound
 //! traffic, so a half-open peer (an agent whose network vanished) does not
-//! keep its role, and closes it (4401) when its token expires.
+//! keep its role, closes it (4401) when its token expires, and (4408) when
+//! it has not registered within `REGISTER_TIMEOUT_MS` of the upgrade, so a
+//! socket that never registers does not hold a connection slot for good.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +56,7 @@ use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::client::ClientSession;
 use crate::hub::registry::{CONTROL, ClientHandle, CloseReason, Outbound};
+use crate::metrics::Shed;
 use crate::protocol::{
     ClientInfo, ErrorCode, Execution, Frame, HubError, parse_client_message_with,
 };
@@ -179,9 +182,10 @@ impl RateLimiter {
     }
 }
 
-/// When to ping, when to give up on a silent peer and when the token
-/// expires. Inbound traffic only moves `last_inbound`; the single timer is
-/// re-armed when it fires, so a busy connection costs no timer resets.
+/// When to ping, when to give up on a silent peer, when the token
+/// expires and by when the connection must have registered. Inbound
+/// traffic only moves `last_inbound`; the single timer is re-armed when it
+/// fires, so a busy connection costs no timer resets.
 struct Liveness {
     ping_interval: Duration,
     idle_timeout: Duration,
@@ -189,6 +193,18 @@ struct Liveness {
     last_inbound: Instant,
     /// The token's `exp` (None without a token: never).
     expires_at: Option<Instant>,
+    registration: Registration,
+}
+
+/// Where the connection is with its `register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    /// Not registered; closed (4408) if still not at this instant.
+    Due(Instant),
+    /// The deadline passed while a request (its `register`) was being
+    /// answered: that answer decides.
+    Overdue,
+    Done,
 }
 
 /// What the liveness timer asks for when it fires.
@@ -198,13 +214,16 @@ enum Due {
     Ping,
     Idle,
     Expired,
+    Unregistered,
 }
 
 impl Liveness {
+    /// `register_by`: None when the connection needs no `register` deadline.
     fn new(
         ping_interval: Duration,
         idle_timeout: Duration,
         expires_at: Option<Instant>,
+        register_by: Option<Instant>,
         now: Instant,
     ) -> Self {
         Liveness {
@@ -213,22 +232,46 @@ impl Liveness {
             next_ping: now + ping_interval,
             last_inbound: now,
             expires_at,
+            registration: register_by.map_or(Registration::Done, Registration::Due),
         }
     }
 
     /// The next instant the timer must fire.
     fn deadline(&self) -> Instant {
-        let live = self.next_ping.min(self.last_inbound + self.idle_timeout);
-        self.expires_at.map_or(live, |exp| exp.min(live))
+        let mut at = self.next_ping.min(self.last_inbound + self.idle_timeout);
+        if let Some(exp) = self.expires_at {
+            at = at.min(exp);
+        }
+        if let Registration::Due(by) = self.registration {
+            at = at.min(by);
+        }
+        at
     }
 
     fn on_inbound(&mut self, now: Instant) {
         self.last_inbound = now;
     }
 
+    /// An inline request was answered; true when the connection missed its
+    /// registration deadline (the request was not a successful `register`).
+    fn on_answered(&mut self, registered: bool) -> bool {
+        if registered {
+            self.registration = Registration::Done;
+        }
+        self.registration == Registration::Overdue
+    }
+
+    /// The deadline passed while a request was being answered.
+    fn register_overdue(&mut self) {
+        self.registration = Registration::Overdue;
+    }
+
     fn on_timer(&mut self, now: Instant) -> Due {
         if self.expires_at.is_some_and(|exp| now >= exp) {
             return Due::Expired;
+        }
+        if matches!(self.registration, Registration::Due(by) if now >= by) {
+            return Due::Unregistered;
         }
         if now >= self.last_inbound + self.idle_timeout {
             return Due::Idle;
@@ -300,6 +343,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
         hub.config.ping_interval,
         hub.config.idle_timeout,
         identity.as_ref().map(|id| now + id.expires_in()),
+        Some(now + hub.config.limits.register_timeout),
         now,
     );
     // Idle between messages: Some. While an inline request runs, it holds
@@ -391,6 +435,12 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
                         handle.disconnect(CloseReason::IdleTimeout);
                         break;
                     }
+                    // A `register` in progress may still complete.
+                    Due::Unregistered if answering.is_some() => liveness.register_overdue(),
+                    Due::Unregistered => {
+                        close_unregistered(&handle, &hub, conn_id);
+                        break;
+                    }
                     Due::Ping => send_control(&handle, &hub, Frame::ping()),
                     Due::Nothing => {}
                 }
@@ -398,7 +448,12 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
             }
             Event::Answered(done) => {
                 answering = None;
+                let overdue = liveness.on_answered(done.session.is_registered());
                 conn = Some(done);
+                if overdue {
+                    close_unregistered(&handle, &hub, conn_id);
+                    break;
+                }
             }
             Event::WriteFailed => {
                 handle.disconnect(CloseReason::Normal);
@@ -415,13 +470,19 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
                             c
                         }));
                     }
-                    Some(Ok(Message::Binary(_))) => c.reply_error(
-                        HubError::new(
-                            ErrorCode::BinaryNotSupported,
-                            "binary frames are not supported; send JSON text frames",
-                        ),
-                        None,
-                    ),
+                    // Counted by the rate limit like text: answering each
+                    // one costs as much as answering a bad text frame.
+                    Some(Ok(Message::Binary(_))) => {
+                        if c.within_rate(None) {
+                            c.reply_error(
+                                HubError::new(
+                                    ErrorCode::BinaryNotSupported,
+                                    "binary frames are not supported; send JSON text frames",
+                                ),
+                                None,
+                            );
+                        }
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) => {
                         peer_closed = true;
@@ -460,6 +521,13 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
+}
+
+/// Closes (4408) a connection that did not register in time.
+fn close_unregistered(handle: &ClientHandle, hub: &Hub, conn_id: u64) {
+    tracing::debug!(conn_id, "not registered within the registration timeout");
+    hub.metrics.shed(Shed::RegisterTimeout);
+    handle.disconnect(CloseReason::RegisterTimeout);
 }
 
 /// Sends a control frame (ping, pong) in order with the other frames.
@@ -546,6 +614,25 @@ impl Connection {
         self.session.reply_error(&err, request_id);
     }
 
+    /// Takes a token from the connection's rate limit; without one the
+    /// frame is dropped and answered with `rate_limited`.
+    fn within_rate(&mut self, request_id: Option<&str>) -> bool {
+        if self.rate.allow() {
+            return true;
+        }
+        self.reply_error(
+            HubError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second; slow down",
+                    self.hub.config.rate_limit_per_sec
+                ),
+            ),
+            request_id,
+        );
+        false
+    }
+
     async fn on_text(&mut self, text: Utf8Bytes) {
         let parsed = parse_client_message_with(text.as_str(), &self.hub.config.field_limits);
         let kind = match &parsed {
@@ -557,22 +644,12 @@ impl Connection {
             .messages_received
             .with_label_values(&[kind])
             .inc();
-        if !self.rate.allow() {
-            // Echo the request_id whenever it could be read, even from a
-            // message that is otherwise invalid (docs/protocol.md §2).
-            let rid = match &parsed {
-                Ok((_, r)) | Err((_, r)) => r.clone(),
-            };
-            self.reply_error(
-                HubError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} messages per second; slow down",
-                        self.hub.config.rate_limit_per_sec
-                    ),
-                ),
-                rid.as_deref(),
-            );
+        // Echo the request_id whenever it could be read, even from a
+        // message that is otherwise invalid (docs/protocol.md §2).
+        let rid = match &parsed {
+            Ok((_, r)) | Err((_, r)) => r.as_deref(),
+        };
+        if !self.within_rate(rid) {
             return;
         }
         let (msg, request_id) = match parsed {
@@ -643,7 +720,7 @@ mod tests {
     fn liveness_pings_on_schedule_and_gives_up_after_silence() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), None, t0);
+        let mut l = Liveness::new(ms(100), ms(250), None, None, t0);
         assert_eq!(l.deadline(), t0 + ms(100));
         assert_eq!(l.on_timer(t0 + ms(50)), Due::Nothing);
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
@@ -662,12 +739,38 @@ mod tests {
     fn liveness_fires_at_token_expiry_first() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(150)), t0);
+        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(150)), None, t0);
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
         assert_eq!(l.deadline(), t0 + ms(150));
         assert_eq!(l.on_timer(t0 + ms(150)), Due::Expired);
         // Expiry wins over a silent peer due at the same instant.
-        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(250)), t0);
+        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(250)), None, t0);
         assert_eq!(l.on_timer(t0 + ms(250)), Due::Expired);
+    }
+
+    #[test]
+    fn liveness_closes_a_connection_not_registered_by_its_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        assert_eq!(l.deadline(), t0 + ms(50));
+        assert_eq!(l.on_timer(t0 + ms(50)), Due::Unregistered);
+        // Registered in time: the deadline no longer applies.
+        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        assert!(!l.on_answered(true));
+        assert_eq!(l.deadline(), t0 + ms(100));
+        assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
+        // Due while its `register` was answered: that answer decides.
+        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        l.register_overdue();
+        assert_eq!(l.deadline(), t0 + ms(100));
+        assert!(l.on_answered(false));
+        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        l.register_overdue();
+        assert!(!l.on_answered(true));
+        // Unregistered but not yet due: an answer changes nothing.
+        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        assert!(!l.on_answered(false));
+        assert_eq!(l.deadline(), t0 + ms(50));
     }
 }

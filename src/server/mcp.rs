@@ -60,15 +60,10 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         .with_json_response(true)
         .with_sse_keep_alive(None)
         .with_max_request_body_bytes(hub.config.max_rest_body_bytes)
-        .with_cancellation_token(hub.shutdown.child_token());
-    // The SDK's Host allow-list (loopback names) guards an open hub against
-    // DNS rebinding; with a token required, or listening beyond loopback
-    // (AUTH_MODE=none on purpose), the Host is whatever clients use.
-    let config = if hub.auth.enabled() || !hub.config.host.is_loopback() {
-        config.disable_allowed_hosts()
-    } else {
-        config
-    };
+        .with_cancellation_token(hub.shutdown.child_token())
+        // `Host` is checked for every route, this one included, against
+        // ALLOWED_HOSTS (`super::browser::allowed_host`): one list, one answer.
+        .disable_allowed_hosts();
     let tools = HubTools { hub: hub.clone() };
     let service = StreamableHttpService::new(
         move || Ok(tools.clone()),

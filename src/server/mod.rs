@@ -1,7 +1,9 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
-//! graceful shutdown. What is checked before an upgrade (Origin, connection
-//! cap) is in [`browser`]; the upgrade itself in [`upgrade`], over the
+//! graceful shutdown. Every route first checks `Host` against
+//! `ALLOWED_HOSTS`; what is checked before an upgrade (Origin, connection
+//! caps) and the pages' security headers are in [`browser`]; the upgrade
+//! itself in [`upgrade`], over the
 //! shared sockets of [`listener`]. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
 //! are listed in [`openapi::NON_REST_ROUTES`].
@@ -20,11 +22,11 @@ pub mod upgrade;
 pub mod webhooks;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
@@ -32,8 +34,14 @@ use tokio::net::TcpListener;
 use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
-    let slots = browser::ConnectionSlots::new(hub.config.max_connections);
+    let slots = browser::ConnectionSlots::new(
+        hub.config.max_connections,
+        hub.config.limits.max_connections_per_identity,
+    );
     let (api, doc) = rest_api(&hub).split_for_parts();
+    // The pages' CSP hashes are computed now, not by a first visitor.
+    LazyLock::force(&WEB_PAGE);
+    LazyLock::force(&admin::DASHBOARD);
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
@@ -44,6 +52,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(mcp::routes(&hub))
         .merge(api)
         .layer(Extension(openapi::Document::new(&doc)))
+        // Outermost: a request for a name this hub does not serve reaches
+        // no handler (DNS rebinding).
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            browser::allowed_host,
+        ))
         .with_state(hub)
 }
 
@@ -68,12 +82,15 @@ async fn root(
 ) -> Response {
     match ws {
         Ok(ws) => ws_upgrade(state, slots, headers, uri, ws).await,
-        Err(_) => web_page().await.into_response(),
+        Err(_) => web_page().await,
     }
 }
 
-async fn web_page() -> Html<&'static str> {
-    Html(include_str!("../../web/index.html"))
+static WEB_PAGE: LazyLock<browser::Page> =
+    LazyLock::new(|| browser::Page::new(include_str!("../../web/index.html")));
+
+async fn web_page() -> Response {
+    WEB_PAGE.response()
 }
 
 async fn ws_upgrade(
@@ -93,10 +110,9 @@ async fn ws_upgrade(
         Ok(identity) => identity,
         Err(refusal) => return refusal,
     };
-    let Some(slot) = slots.take() else {
-        hub.metrics
-            .error(crate::protocol::ErrorCode::TooManyConnections);
-        return browser::too_many_connections();
+    let slot = match slots.take(identity.as_ref(), &hub.metrics) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
     };
     ws.on_upgrade(move |socket| {
         let tracker = hub.connections.clone();
