@@ -576,7 +576,9 @@ async fn idempotency_records_are_capped_per_caller(f: StoreFixture) {
     let bob = idem("bob", "b", &send);
     s.idempotency_begin(&bob, "t", ttl).await.unwrap();
     assert_eq!(
-        s.idempotency_finish(&bob, "t", "bob's", ttl, 3).await.unwrap(),
+        s.idempotency_finish(&bob, "t", "bob's", ttl, 3)
+            .await
+            .unwrap(),
         0
     );
     let keys: Vec<String> = (0..5).map(|n| format!("k{n}")).collect();
@@ -587,11 +589,7 @@ async fn idempotency_records_are_capped_per_caller(f: StoreFixture) {
             s.idempotency_begin(&key, "t", ttl).await.unwrap(),
             IdempotencyBegin::Acquired
         );
-        evicted.push(
-            s.idempotency_finish(&key, "t", k, ttl, 3)
-                .await
-                .unwrap(),
-        );
+        evicted.push(s.idempotency_finish(&key, "t", k, ttl, 3).await.unwrap());
     }
     assert_eq!(evicted, [0, 0, 0, 1, 1]);
     for (n, k) in keys.iter().enumerate() {
@@ -680,17 +678,26 @@ async fn sender_contacts_are_capped_atomically(f: StoreFixture) {
     }
     // Twenty new senders at once on two instances: one more fits.
     let numbers: Vec<(String, String, String)> = (0..20)
-        .map(|n| (format!("2{n:02}"), format!("Sender {n}"), format!("+2{n:02}")))
+        .map(|n| {
+            (
+                format!("2{n:02}"),
+                format!("Sender {n}"),
+                format!("+2{n:02}"),
+            )
+        })
         .collect();
-    let adds = numbers.iter().enumerate().map(|(n, (digits, name, phone))| {
-        let store = if n % 2 == 0 { s.clone() } else { other.clone() };
-        async move {
-            store
-                .add_sender_contact("s", &sender(digits, name, name, phone), 4)
-                .await
-                .unwrap()
-        }
-    });
+    let adds = numbers
+        .iter()
+        .enumerate()
+        .map(|(n, (digits, name, phone))| {
+            let store = if n % 2 == 0 { s.clone() } else { other.clone() };
+            async move {
+                store
+                    .add_sender_contact("s", &sender(digits, name, name, phone), 4)
+                    .await
+                    .unwrap()
+            }
+        });
     let outcomes = futures_util::future::join_all(adds).await;
     let added = outcomes
         .iter()
@@ -722,7 +729,10 @@ async fn idle_sessions_expire(f: StoreFixture) {
     s.record_message("idle", &entry("Jane", 2)).await.unwrap();
     s.claim_agent("idle", &agent("a1", ME)).await.unwrap();
     s.join("busy", &client("c1", ME)).await.unwrap();
-    assert!(s.expire_idle(idle, 100).await.unwrap().is_empty(), "not yet");
+    assert!(
+        s.expire_idle(idle, 100).await.unwrap().is_empty(),
+        "not yet"
+    );
     wait_until_async("the idle session to be removed", WAIT, || async {
         s.expire_idle(idle, 100).await.unwrap() == ["idle"]
     })

@@ -33,7 +33,9 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// `text` cut to at most `max` characters.
 fn at_most(text: &str, max: usize) -> &str {
-    text.char_indices().nth(max).map_or(text, |(end, _)| &text[..end])
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 impl Hub {
@@ -176,7 +178,11 @@ impl Hub {
             }
             SenderContact::Full => {
                 self.metrics.shed(Shed::WebhookContactCap);
-                tracing::debug!(session, max, "webhook sender not added: the session's contacts are full");
+                tracing::debug!(
+                    session,
+                    max,
+                    "webhook sender not added: the session's contacts are full"
+                );
                 Ok(number)
             }
         }

@@ -232,7 +232,11 @@ impl Keys {
     /// `P:{idem:<caller>}:<what>`: one slot for everything of one caller's
     /// idempotency keys, so its cap is kept by one script.
     fn idempotency_key_of(&self, caller: &str, what: &str) -> String {
-        format!("{}:{{idem:{}}}:{what}", self.prefix, escape_key_part(caller))
+        format!(
+            "{}:{{idem:{}}}:{what}",
+            self.prefix,
+            escape_key_part(caller)
+        )
     }
 
     /// Lock of one of a caller's idempotency keys while its first request

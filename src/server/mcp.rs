@@ -371,7 +371,9 @@ impl Call<'_> {
 
     async fn list_contacts(&self, args: Args) -> Result<CallToolResult, HubError> {
         let args: SessionOnly = arguments(args)?;
-        let session = self.existing_session(args.session, SessionUse::Read).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Read)
+            .await?;
         let content = self
             .hub
             .run_command(&session, &WhatsAppCommand::ListContacts, &self.client())
@@ -414,7 +416,9 @@ impl Call<'_> {
             command["limit"] = json!(limit);
         }
         let command = self.command(command)?;
-        let session = self.existing_session(args.session, SessionUse::Read).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Read)
+            .await?;
         let content = self
             .hub
             .run_command(&session, &command, &self.client())
@@ -440,7 +444,9 @@ impl Call<'_> {
             &args.text,
             self.hub.config.field_limits.max_text_chars,
         )?;
-        let session = self.existing_session(args.session, SessionUse::Write).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Write)
+            .await?;
         let client = self.client();
         let payload = json!({"text": args.text});
         self.hub
@@ -469,7 +475,9 @@ impl Call<'_> {
             &args.text,
             self.hub.config.field_limits.max_text_chars,
         )?;
-        let session = self.existing_session(args.session, SessionUse::Write).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Write)
+            .await?;
         // Exactly a `whatsapp_ai_command` (and a REST `{"text"}` command).
         let content = self
             .hub

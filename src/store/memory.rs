@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange,
-    SenderContact, SessionListing, SessionPage, SessionStore, StoreResult, phone_digits,
+    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange, SenderContact,
+    SessionListing, SessionPage, SessionStore, StoreResult, phone_digits,
 };
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, MessageDirection, StatusError, now_millis,
@@ -171,7 +171,12 @@ impl Idempotency {
         }
     }
 
-    fn begin(&mut self, key: &IdempotencyKey<'_>, token: &str, lock_ttl: Duration) -> IdempotencyBegin {
+    fn begin(
+        &mut self,
+        key: &IdempotencyKey<'_>,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> IdempotencyBegin {
         let id = Self::id(key);
         if let Some(done) = self.done.get(&id) {
             return if done.fingerprint == key.fingerprint {

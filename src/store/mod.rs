@@ -64,7 +64,10 @@ pub enum SenderContact {
     /// A contact with this phone number was there already, by this name.
     Known(String),
     /// Added by this name; the session's contacts now.
-    Added { name: String, contacts: Vec<Contact> },
+    Added {
+        name: String,
+        contacts: Vec<Contact>,
+    },
     /// The session holds its `MAX_CONTACTS_PER_SESSION` already: not added.
     Full,
 }

@@ -476,12 +476,9 @@ impl RedisStore {
             Some("removed") => Expiry::Removed,
             Some("gone") => Expiry::Gone,
             Some("busy") => Expiry::Busy,
-            Some("active") => Expiry::Active(
-                answer
-                    .get(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(cutoff),
-            ),
+            Some("active") => {
+                Expiry::Active(answer.get(1).and_then(|v| v.parse().ok()).unwrap_or(cutoff))
+            }
             _ => Expiry::Changed,
         })
     }

@@ -9,9 +9,9 @@ use mcp_hub::auth::{Role, mint};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::fake_graph::{FakeGraph, PHONE_NUMBER_ID};
 #[allow(unused_imports)]
 use crate::support::*;
-use crate::support::fake_graph::{FakeGraph, PHONE_NUMBER_ID};
 
 /// `hub_limit_shed_total{limit="<limit>"}` right now (0 when absent).
 async fn shed(hub: &TestHub, limit: &str) -> f64 {
@@ -73,7 +73,8 @@ fn many_contacts(dir: &TempDir) -> String {
 
 /// The sessions the admin API lists.
 async fn listed_sessions(hub: &TestHub) -> Vec<String> {
-    let (status, page) = http_call(hub, Method::GET, "/api/v1/sessions?limit=500", None, None).await;
+    let (status, page) =
+        http_call(hub, Method::GET, "/api/v1/sessions?limit=500", None, None).await;
     assert_eq!(status, 200, "{page}");
     page["sessions"]
         .as_array()
@@ -102,8 +103,14 @@ async fn results_over_the_byte_cap_are_kept_as_digests() {
     let (_member, _) = WsClient::register(&hub.ws_url(), "default", "member").await;
     let caller = Caller::ClientId("lister");
     for n in 0..50 {
-        let (status, body) =
-            post_command(&hub, "default", caller, Some(&format!("k{n}")), list_contacts()).await;
+        let (status, body) = post_command(
+            &hub,
+            "default",
+            caller,
+            Some(&format!("k{n}")),
+            list_contacts(),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["total_count"], 200, "the first answer is whole");
     }
@@ -137,18 +144,33 @@ async fn fresh_keys_past_the_per_caller_cap_forget_the_oldest() {
     let (_member, _) = WsClient::register(&hub.ws_url(), "default", "member").await;
     let caller = Caller::ClientId("lister");
     for n in 0..40 {
-        let (status, _) =
-            post_command(&hub, "default", caller, Some(&format!("k{n}")), list_contacts()).await;
+        let (status, _) = post_command(
+            &hub,
+            "default",
+            caller,
+            Some(&format!("k{n}")),
+            list_contacts(),
+        )
+        .await;
         assert_eq!(status, 200);
     }
     assert_eq!(shed(&hub, "idempotency_evicted").await, 30.0);
     let (_, oldest) = post_command(&hub, "default", caller, Some("k0"), list_contacts()).await;
-    assert_eq!(oldest["total_count"], 200, "k0 was forgotten: it ran again: {oldest}");
+    assert_eq!(
+        oldest["total_count"], 200,
+        "k0 was forgotten: it ran again: {oldest}"
+    );
     let (_, newest) = post_command(&hub, "default", caller, Some("k39"), list_contacts()).await;
     assert_eq!(newest["duplicate"], true, "k39 is kept: {newest}");
     // Another caller's keys are its own: its first key evicts none of these.
-    let (_, other) =
-        post_command(&hub, "default", Caller::ClientId("other"), Some("k39"), list_contacts()).await;
+    let (_, other) = post_command(
+        &hub,
+        "default",
+        Caller::ClientId("other"),
+        Some("k39"),
+        list_contacts(),
+    )
+    .await;
     assert_eq!(other["total_count"], 200, "{other}");
 }
 
@@ -196,7 +218,10 @@ async fn another_callers_key_is_another_key() {
     .await;
     assert_eq!(status, 200, "{second}");
     assert_eq!(second["success"], true, "{second}");
-    assert_eq!(second["contact"], "Jane", "bob's message was sent: {second}");
+    assert_eq!(
+        second["contact"], "Jane",
+        "bob's message was sent: {second}"
+    );
     assert_eq!(second["message"], "bob's own", "{second}");
     assert_ne!(second["message_id"], first["message_id"]);
     // Both went out.
@@ -225,7 +250,8 @@ async fn a_key_reused_for_another_request_is_refused() {
     let caller = Caller::ClientId("alice");
     let (status, _) = post_command(&hub, "default", caller, Some("k"), send("john", "one")).await;
     assert_eq!(status, 200);
-    let (status, body) = post_command(&hub, "default", caller, Some("k"), send("john", "two")).await;
+    let (status, body) =
+        post_command(&hub, "default", caller, Some("k"), send("john", "two")).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "idempotency_key_reused", "{body}");
     // Over WebSocket alike.
@@ -235,7 +261,8 @@ async fn a_key_reused_for_another_request_is_refused() {
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["code"], "idempotency_key_reused", "{answer}");
     // The same request with the key is still its first answer.
-    let (status, again) = post_command(&hub, "default", caller, Some("k"), send("john", "one")).await;
+    let (status, again) =
+        post_command(&hub, "default", caller, Some("k"), send("john", "one")).await;
     assert_eq!((status, &again["message"]), (200, &json!("one")), "{again}");
     let history = user.request(history_cmd("john")).await;
     assert_eq!(history["content"]["count"], 1, "sent once: {history}");
@@ -251,14 +278,14 @@ fn signature(body: &str) -> String {
 
 fn inbound(wamid: &str, from: &str, name: &str) -> String {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
-        "field": "messages",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
-            "contacts": [{"profile": {"name": name}, "wa_id": from}],
-            "messages": [{"from": from, "id": wamid, "timestamp": "1749416383", "type": "text",
-                          "text": {"body": "hello"}}],
-        }}]}]})
+    "field": "messages",
+    "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+        "contacts": [{"profile": {"name": name}, "wa_id": from}],
+        "messages": [{"from": from, "id": wamid, "timestamp": "1749416383", "type": "text",
+                      "text": {"body": "hello"}}],
+    }}]}]})
     .to_string()
 }
 
@@ -287,7 +314,11 @@ async fn webhook_senders_past_the_contact_cap_are_not_added() {
     let hub = TestHub::start(&args).await;
     let (mut user, _) = WsClient::register(&hub.ws_url(), "default", "alice").await;
     for n in 0..8 {
-        let body = inbound(&format!("wamid.in.{n}"), &format!("4915100000{n:02}"), &format!("Sender {n}"));
+        let body = inbound(
+            &format!("wamid.in.{n}"),
+            &format!("4915100000{n:02}"),
+            &format!("Sender {n}"),
+        );
         let status = reqwest::Client::new()
             .post(hub.http_url("/webhooks/whatsapp"))
             .header("content-type", "application/json")
@@ -330,8 +361,14 @@ async fn webhook_senders_past_the_contact_cap_are_not_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_write_to_an_unknown_session_is_refused() {
     let hub = TestHub::start(&[]).await;
-    let (status, body) =
-        post_command(&hub, "ghost", Caller::ClientId("x"), None, send("john", "hi")).await;
+    let (status, body) = post_command(
+        &hub,
+        "ghost",
+        Caller::ClientId("x"),
+        None,
+        send("john", "hi"),
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["code"], "session_not_found", "{body}");
     let (status, body) = post_command(
@@ -342,7 +379,11 @@ async fn a_rest_write_to_an_unknown_session_is_refused() {
         json!({"text": "send john hi"}),
     )
     .await;
-    assert_eq!((status, &body["code"]), (404, &json!("session_not_found")), "{body}");
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &json!("session_not_found")),
+        "{body}"
+    );
     assert_eq!(listed_sessions(&hub).await, Vec::<String>::new());
 }
 
