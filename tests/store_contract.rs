@@ -1367,3 +1367,24 @@ async fn a_new_local_bus_starts_a_new_epoch() {
     );
     assert_ne!(ea, eb);
 }
+
+/// Standalone: the log of a session removed as idle is forgotten; a later
+/// log of the same name continues above its offsets, so a `since` from
+/// the old one is never replayed from the new one.
+#[tokio::test]
+async fn a_forgotten_local_log_continues_above_its_offsets() {
+    let f = local_bus();
+    let bus = f.nodes[0].broker.clone();
+    for n in 0..3 {
+        bus.publish_event(envelope("solo", n)).unwrap();
+    }
+    let before = bus.read_log("s", None).await.unwrap();
+    assert_eq!(before.head, 3);
+    bus.forget_log("s");
+    let after = bus.read_log("s", Some(3)).await.unwrap();
+    assert_eq!(after.epoch, before.epoch);
+    assert_eq!(after.head, 4);
+    assert!(after.events.is_none(), "offset 3 is not this log's");
+    bus.publish_event(envelope("solo", 9)).unwrap();
+    assert_eq!(bus.read_log("s", None).await.unwrap().head, 5);
+}

@@ -31,9 +31,11 @@ pub struct LocalBroker {
     ttl: Duration,
     rings: Mutex<HashMap<String, Ring>>,
     published: AtomicU64,
-    /// The highest head of a forgotten ring ([`Broker::forget_log`]): a
-    /// session without a ring starts there, so no offset of this epoch is
-    /// ever given twice to a session name. Changed under the rings lock.
+    /// One above the highest head of a forgotten ring
+    /// ([`Broker::forget_log`]): a session without a ring starts there, so
+    /// no offset of this epoch is ever given twice to a session name, and a
+    /// `since` from a forgotten log is never taken for this one (its next
+    /// offset is missing). Changed under the rings lock.
     forgotten_head: AtomicU64,
 }
 
@@ -163,7 +165,8 @@ impl Broker for LocalBroker {
     fn forget_log(&self, session: &str) {
         let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ring) = rings.remove(session) {
-            self.forgotten_head.fetch_max(ring.head, Ordering::Relaxed);
+            self.forgotten_head
+                .fetch_max(ring.head + 1, Ordering::Relaxed);
         }
     }
 

@@ -131,13 +131,12 @@ impl Idempotency {
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((&(until, seq), _)) = self.by_expiry.first_key_value() {
-            if until > now {
+        while let Some(oldest) = self.by_expiry.first_entry() {
+            if oldest.key().0 > now {
                 break;
             }
-            if let Some(id) = self.by_expiry.get(&(until, seq)).cloned() {
-                self.remove_done(&id);
-            }
+            let id = oldest.remove();
+            self.remove_done(&id);
         }
         while let Some((until, id)) = self.held_expiry.first().cloned() {
             if until > now {
@@ -236,24 +235,21 @@ impl Idempotency {
         // The caller's oldest first...
         while let Some(oldest) = self
             .by_caller
-            .get(key.caller)
+            .get_mut(key.caller)
             .filter(|mine| mine.len() > per_caller.max(1))
-            .and_then(|mine| mine.first().copied())
+            .and_then(|mine| mine.pop_first())
         {
-            if let Some(old) = self.by_expiry.get(&oldest).cloned() {
+            if let Some(old) = self.by_expiry.remove(&oldest) {
                 self.remove_done(&old);
-            } else if let Some(mine) = self.by_caller.get_mut(key.caller) {
-                mine.remove(&oldest);
             }
             evicted += 1;
         }
         // ...then everyone's oldest, past the byte budget (the newest
         // result is kept even alone over it).
         while self.bytes > self.max_bytes && self.by_expiry.len() > 1 {
-            let Some((_, old)) = self.by_expiry.first_key_value() else {
+            let Some((_, old)) = self.by_expiry.pop_first() else {
                 break;
             };
-            let old = old.clone();
             self.remove_done(&old);
             evicted += 1;
         }
