@@ -733,6 +733,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_sweep_removes_at_most_its_batch() {
+        let store = MemoryStore::new(3);
+        for n in 0..10 {
+            store
+                .record_message(&format!("s{n}"), &entry("John", n))
+                .await
+                .unwrap();
+        }
+        let idle = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.expire_idle(idle, 3).await.unwrap().len(), 3);
+        assert_eq!(store.expire_idle(idle, 100).await.unwrap().len(), 7);
+        let sessions = store.lock();
+        assert!(sessions.map.is_empty() && sessions.idle.is_empty());
+    }
+
+    #[tokio::test]
     async fn newest_agent_wins_and_release_is_conditional() {
         let store = MemoryStore::new(3);
         let a = AgentRef {
