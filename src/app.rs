@@ -139,7 +139,10 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis {
         None => (
             (
-                Arc::new(MemoryStore::new(config.history_limit)),
+                Arc::new(MemoryStore::with_idempotency_budget(
+                    config.history_limit,
+                    config.limits.idempotency_max_total_bytes,
+                )),
                 Arc::new(LocalBroker::new(
                     config.instance_id.clone(),
                     inbound_tx,
@@ -157,12 +160,15 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                     reason: e.kind.to_string(),
                 })?;
             tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?topology, "cluster mode: state in Redis");
-            let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(
-                backend.clone(),
-                config.instance_id.clone(),
-                config.history_limit,
-                config.presence_ttl.as_millis() as u64,
-            ));
+            let store: Arc<dyn SessionStore> = Arc::new(
+                RedisStore::new(
+                    backend.clone(),
+                    config.instance_id.clone(),
+                    config.history_limit,
+                    config.presence_ttl.as_millis() as u64,
+                )
+                .with_session_idle_ttl(config.limits.session_idle_ttl),
+            );
             let membership = Arc::new(RedisMembership::new(
                 backend.clone(),
                 store.clone(),

@@ -266,7 +266,10 @@ async fn rest_needs_a_token_and_the_caller_is_its_sub() {
     .await;
     assert_eq!(status, 403);
 
-    // The caller is the token's sub; X-Client-Id is ignored with auth on.
+    // The caller is the token's sub; X-Client-Id is ignored with auth on
+    // (in a session that exists: a client registered in it).
+    let (_member, _) =
+        WsClient::register_with_token(&hub.ws_url(), &alice, register("default", "member")).await;
     let (status, body) = rest(
         &hub,
         "POST",

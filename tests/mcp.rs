@@ -228,7 +228,14 @@ async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {
     let (_, answer) = call_tool(&hub, Some(&several), "broadcast", json!({"text": "hi"})).await;
     assert_eq!(tool_error_code(&answer), "missing_field", "which session?");
 
-    // Command failures and bad arguments map to the hub's codes.
+    // Command failures and bad arguments map to the hub's codes (in a
+    // session that exists: a client registered in it).
+    let (_member, _) = WsClient::register_with_token(
+        &hub.ws_url(),
+        &alice,
+        json!({"type": "register", "session": "default", "client_id": "member"}),
+    )
+    .await;
     let (_, answer) = call_tool(
         &hub,
         Some(&alice),
@@ -264,6 +271,34 @@ async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {
     )
     .await;
     assert_eq!(tool_error_code(&answer), "session_not_found");
+    // Nor does a write (SESSION_CREATION=register): only registering does.
+    for (tool, args) in [
+        (
+            "send_message",
+            json!({"contact": "John", "message": "hi", "session": "never-used"}),
+        ),
+        ("broadcast", json!({"text": "hi", "session": "never-used"})),
+        (
+            "run_command",
+            json!({"text": "send john hi", "session": "never-used"}),
+        ),
+    ] {
+        let (_, answer) = call_tool(&hub, Some(&admin), tool, args).await;
+        assert_eq!(tool_error_code(&answer), "session_not_found", "{tool}");
+    }
+    let (_, listed) = http_call(
+        &hub,
+        reqwest::Method::GET,
+        "/api/v1/sessions",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

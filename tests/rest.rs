@@ -614,16 +614,54 @@ async fn unknown_session_reads_are_404(hub: &TestHub) {
 async fn reads_of_an_unknown_session_are_404_and_create_nothing_in_memory() {
     let hub = TestHub::start(&[]).await;
     unknown_session_reads_are_404(&hub).await;
-    // A write path creates it: a REST command runs like a client's.
+    // A read by POST creates nothing either, and neither does a write
+    // (SESSION_CREATION=register): registering does.
+    for command in [
+        json!({"action": "list_contacts"}),
+        json!({"action": "send", "contact": "john", "message": "hi"}),
+    ] {
+        let (status, r) = post(&hub, "ghost", json!({"command": command}), None).await;
+        assert_eq!(status, 404, "{r}");
+        assert_eq!(r["code"], "session_not_found", "{r}");
+    }
+    assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 404);
+    let (_ws, _) = WsClient::register(&hub.ws_url(), "ghost", "c").await;
+    assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 200);
+}
+
+/// SESSION_CREATION=any_write: a REST write creates its session (with
+/// the connector's contacts, as a registration would); a read still not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_write_lets_a_rest_command_create_its_session() {
+    let hub = TestHub::start(&["--session-creation", "any_write"]).await;
     let (status, r) = post(
         &hub,
-        "ghost",
+        "fresh",
         json!({"command": {"action": "list_contacts"}}),
         None,
     )
     .await;
+    assert_eq!(
+        (status, &r["code"]),
+        (404, &json!("session_not_found")),
+        "{r}"
+    );
+    let (status, r) = post(
+        &hub,
+        "fresh",
+        json!({"command": {"action": "send", "contact": "john", "message": "hi"}}),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!(http_get_json(&hub, "/api/v1/sessions/ghost").await.0, 200);
+    assert_eq!(r["success"], true, "{r}");
+    let (status, summary) = http_get_json(&hub, "/api/v1/sessions/fresh").await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["last_contact"], "John", "{summary}");
+    assert!(
+        summary["total_count"].as_u64().unwrap() > 0,
+        "seeded: {summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

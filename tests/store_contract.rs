@@ -20,7 +20,9 @@ use mcp_hub::protocol::{
 use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
-use mcp_hub::store::{AgentRef, IdempotencyBegin, Reaped, SessionStore};
+use mcp_hub::store::{
+    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Reaped, SenderContact, SessionStore,
+};
 use support::{TestRedis, wait_until_async};
 use tokio::sync::mpsc;
 
@@ -464,40 +466,300 @@ async fn statuses_only_move_forward(f: StoreFixture) {
     assert_eq!(h[1].status_error.as_ref(), Some(&why));
 }
 
+/// A fingerprint as the hub makes them (64 hex characters).
+fn fp(request: &str) -> String {
+    format!("{:0>64}", request)
+}
+
+/// Key `key` of `caller` for the request `request`.
+fn idem<'a>(caller: &'a str, key: &'a str, fingerprint: &'a str) -> IdempotencyKey<'a> {
+    IdempotencyKey {
+        caller,
+        key,
+        fingerprint,
+    }
+}
+
 async fn idempotency_keys_run_once(f: StoreFixture) {
     let s = &f.store;
     let other = f.peer.clone().unwrap_or_else(|| s.clone());
     let ttl = Duration::from_secs(60);
+    let send = fp("send");
+    let (k, k2) = (idem("alice", "k", &send), idem("alice", "k2", &send));
     assert_eq!(
-        s.idempotency_begin("k", "t1", ttl).await.unwrap(),
+        s.idempotency_begin(&k, "t1", ttl).await.unwrap(),
         IdempotencyBegin::Acquired
     );
     assert_eq!(
-        other.idempotency_begin("k", "t2", ttl).await.unwrap(),
+        other.idempotency_begin(&k, "t2", ttl).await.unwrap(),
         IdempotencyBegin::Busy
     );
-    s.idempotency_finish("k", "t1", "{\"ok\":1}", ttl)
+    s.idempotency_finish(&k, "t1", "{\"ok\":1}", ttl, 100)
         .await
         .unwrap();
     assert_eq!(
-        other.idempotency_begin("k", "t2", ttl).await.unwrap(),
+        other.idempotency_begin(&k, "t2", ttl).await.unwrap(),
         IdempotencyBegin::Done("{\"ok\":1}".into())
     );
     // Abandoned: free again, but only by its holder.
     assert_eq!(
-        s.idempotency_begin("k2", "t1", ttl).await.unwrap(),
+        s.idempotency_begin(&k2, "t1", ttl).await.unwrap(),
         IdempotencyBegin::Acquired
     );
-    other.idempotency_abandon("k2", "t2").await.unwrap();
+    other.idempotency_abandon(&k2, "t2").await.unwrap();
     assert_eq!(
-        other.idempotency_begin("k2", "t2", ttl).await.unwrap(),
+        other.idempotency_begin(&k2, "t2", ttl).await.unwrap(),
         IdempotencyBegin::Busy
     );
-    s.idempotency_abandon("k2", "t1").await.unwrap();
+    s.idempotency_abandon(&k2, "t1").await.unwrap();
     assert_eq!(
-        other.idempotency_begin("k2", "t2", ttl).await.unwrap(),
+        other.idempotency_begin(&k2, "t2", ttl).await.unwrap(),
         IdempotencyBegin::Acquired
     );
+}
+
+/// A key belongs to its caller and is bound to its first request.
+async fn idempotency_keys_are_scoped_and_bound(f: StoreFixture) {
+    let s = &f.store;
+    let other = f.peer.clone().unwrap_or_else(|| s.clone());
+    let ttl = Duration::from_secs(60);
+    let (send, other_send) = (fp("send"), fp("other send"));
+    let alice = idem("alice", "k", &send);
+    assert_eq!(
+        s.idempotency_begin(&alice, "t1", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired
+    );
+    // Held: another request with the key is refused, not made to wait.
+    assert_eq!(
+        other
+            .idempotency_begin(&idem("alice", "k", &other_send), "t2", ttl)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Reused
+    );
+    // Another caller's same key is another key.
+    let bob = idem("bob", "k", &other_send);
+    assert_eq!(
+        other.idempotency_begin(&bob, "t3", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired
+    );
+    s.idempotency_finish(&alice, "t1", "alice's", ttl, 100)
+        .await
+        .unwrap();
+    other
+        .idempotency_finish(&bob, "t3", "bob's", ttl, 100)
+        .await
+        .unwrap();
+    // Done: the same request gets its own caller's result, another is refused.
+    assert_eq!(
+        other.idempotency_begin(&alice, "t4", ttl).await.unwrap(),
+        IdempotencyBegin::Done("alice's".into())
+    );
+    assert_eq!(
+        s.idempotency_begin(&bob, "t4", ttl).await.unwrap(),
+        IdempotencyBegin::Done("bob's".into())
+    );
+    assert_eq!(
+        s.idempotency_begin(&idem("alice", "k", &other_send), "t4", ttl)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Reused
+    );
+}
+
+/// A caller keeps at most `per_caller` results, its oldest forgotten
+/// first; other callers keep theirs.
+async fn idempotency_records_are_capped_per_caller(f: StoreFixture) {
+    let s = &f.store;
+    let ttl = Duration::from_secs(60);
+    let send = fp("send");
+    let bob = idem("bob", "b", &send);
+    s.idempotency_begin(&bob, "t", ttl).await.unwrap();
+    assert_eq!(
+        s.idempotency_finish(&bob, "t", "bob's", ttl, 3)
+            .await
+            .unwrap(),
+        0
+    );
+    let keys: Vec<String> = (0..5).map(|n| format!("k{n}")).collect();
+    let mut evicted = Vec::new();
+    for k in &keys {
+        let key = idem("alice", k, &send);
+        assert_eq!(
+            s.idempotency_begin(&key, "t", ttl).await.unwrap(),
+            IdempotencyBegin::Acquired
+        );
+        evicted.push(s.idempotency_finish(&key, "t", k, ttl, 3).await.unwrap());
+    }
+    assert_eq!(evicted, [0, 0, 0, 1, 1]);
+    for (n, k) in keys.iter().enumerate() {
+        let begun = s
+            .idempotency_begin(&idem("alice", k, &send), "again", ttl)
+            .await
+            .unwrap();
+        if n < 2 {
+            assert_eq!(begun, IdempotencyBegin::Acquired, "{k} was forgotten");
+        } else {
+            assert_eq!(begun, IdempotencyBegin::Done(k.clone()), "{k} is kept");
+        }
+    }
+    assert_eq!(
+        s.idempotency_begin(&bob, "t", ttl).await.unwrap(),
+        IdempotencyBegin::Done("bob's".into())
+    );
+}
+
+/// A result lives `ttl`; then the key is free again.
+async fn idempotency_records_expire(f: StoreFixture) {
+    let s = &f.store;
+    let send = fp("send");
+    let key = idem("alice", "k", &send);
+    let long = Duration::from_secs(60);
+    s.idempotency_begin(&key, "t", long).await.unwrap();
+    s.idempotency_finish(&key, "t", "r", Duration::from_millis(100), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.idempotency_begin(&key, "t2", long).await.unwrap(),
+        IdempotencyBegin::Done("r".into())
+    );
+    wait_until_async("the result to expire", WAIT, || async {
+        s.idempotency_begin(&key, "t2", long).await.unwrap() == IdempotencyBegin::Acquired
+    })
+    .await;
+}
+
+fn sender<'a>(digits: &'a str, name: &'a str, if_taken: &'a str, phone: &'a str) -> NewSender<'a> {
+    NewSender {
+        digits,
+        name,
+        name_if_taken: if_taken,
+        phone,
+    }
+}
+
+/// Webhook senders join the contacts atomically and never past the cap,
+/// however many instances add them at once.
+async fn sender_contacts_are_capped_atomically(f: StoreFixture) {
+    let s = &f.store;
+    let other = f.peer.clone().unwrap_or_else(|| s.clone());
+    let with_phone = |name: &str, phone: &str| Contact {
+        name: name.to_string(),
+        phone: Some(phone.to_string()),
+    };
+    s.seed_contacts(
+        "s",
+        &[
+            with_phone("John", "+1 555 0100"),
+            with_phone("Jane", "+15550102"),
+        ],
+    )
+    .await
+    .unwrap();
+    // A known number is its contact (phones compared by digits).
+    assert_eq!(
+        s.add_sender_contact("s", &sender("15550100", "Johnny", "x", "+15550100"), 4)
+            .await
+            .unwrap(),
+        SenderContact::Known("John".into())
+    );
+    // A taken name gets the other one.
+    match s
+        .add_sender_contact("s", &sender("100", "JANE", "JANE (+100)", "+100"), 4)
+        .await
+        .unwrap()
+    {
+        SenderContact::Added { name, contacts } => {
+            assert_eq!(name, "JANE (+100)");
+            assert_eq!(contacts.len(), 3);
+            assert_eq!(contacts[2].phone.as_deref(), Some("+100"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Twenty new senders at once on two instances: one more fits.
+    let numbers: Vec<(String, String, String)> = (0..20)
+        .map(|n| {
+            (
+                format!("2{n:02}"),
+                format!("Sender {n}"),
+                format!("+2{n:02}"),
+            )
+        })
+        .collect();
+    let adds = numbers
+        .iter()
+        .enumerate()
+        .map(|(n, (digits, name, phone))| {
+            let store = if n % 2 == 0 { s.clone() } else { other.clone() };
+            async move {
+                store
+                    .add_sender_contact("s", &sender(digits, name, name, phone), 4)
+                    .await
+                    .unwrap()
+            }
+        });
+    let outcomes = futures_util::future::join_all(adds).await;
+    let added = outcomes
+        .iter()
+        .filter(|o| matches!(o, SenderContact::Added { .. }))
+        .count();
+    let full = outcomes
+        .iter()
+        .filter(|o| **o == SenderContact::Full)
+        .count();
+    assert_eq!((added, full), (1, 19), "{outcomes:?}");
+    assert_eq!(s.contacts("s").await.unwrap().len(), 4);
+    // Full, but a known sender is still found.
+    assert_eq!(
+        other
+            .add_sender_contact("s", &sender("100", "Jane", "x", "+100"), 4)
+            .await
+            .unwrap(),
+        SenderContact::Known("JANE (+100)".into())
+    );
+}
+
+/// A session without clients and without activity for the idle time is
+/// removed with everything of it; one with a client is kept.
+async fn idle_sessions_expire(f: StoreFixture) {
+    let s = &f.store;
+    let idle = Duration::from_millis(300);
+    s.seed_contacts("idle", &[contact("John")]).await.unwrap();
+    s.record_message("idle", &entry("John", 1)).await.unwrap();
+    s.record_message("idle", &entry("Jane", 2)).await.unwrap();
+    s.claim_agent("idle", &agent("a1", ME)).await.unwrap();
+    s.join("busy", &client("c1", ME)).await.unwrap();
+    assert!(
+        s.expire_idle(idle, 100).await.unwrap().is_empty(),
+        "not yet"
+    );
+    wait_until_async("the idle session to be removed", WAIT, || async {
+        s.expire_idle(idle, 100).await.unwrap() == ["idle"]
+    })
+    .await;
+    assert!(!s.exists("idle").await.unwrap());
+    assert!(s.history("idle", "John", 10).await.unwrap().is_empty());
+    assert!(s.contacts("idle").await.unwrap().is_empty());
+    let listed = s.list_sessions(None, 10).await.unwrap().sessions;
+    let names: Vec<&str> = listed.iter().map(|l| l.session.as_str()).collect();
+    assert_eq!(names, ["busy"]);
+    if let Some(keys) = redis_keys(&f) {
+        assert!(!keys.contains("{s:idle}"), "keys left behind:\n{keys}");
+    }
+    // The client's session stays while it is there, and goes once it left
+    // and stayed idle.
+    assert!(s.exists("busy").await.unwrap());
+    s.leave("busy", "c1").await.unwrap();
+    wait_until_async("the left session to be removed", WAIT, || async {
+        s.expire_idle(idle, 100).await.unwrap() == ["busy"]
+    })
+    .await;
+    assert!(s.list_sessions(None, 10).await.unwrap().sessions.is_empty());
+    // A removed session written again exists again, and is listed.
+    s.record_message("idle", &entry("John", 3)).await.unwrap();
+    let listed = s.list_sessions(None, 10).await.unwrap().sessions;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session, "idle");
 }
 
 async fn webhook_items_are_seen_once_and_queued_in_order(f: StoreFixture) {
@@ -554,8 +816,46 @@ store_contract!(
     adversarial_names_stay_apart,
     statuses_only_move_forward,
     idempotency_keys_run_once,
+    idempotency_keys_are_scoped_and_bound,
+    idempotency_records_are_capped_per_caller,
+    idempotency_records_expire,
+    sender_contacts_are_capped_atomically,
+    idle_sessions_expire,
     webhook_items_are_seen_once_and_queued_in_order,
 );
+
+/// The memory store also caps everyone's idempotency records together, in
+/// bytes, forgetting the oldest first.
+#[tokio::test]
+async fn memory_idempotency_records_are_capped_in_bytes() {
+    let store = MemoryStore::with_idempotency_budget(HISTORY_CAP, 64 * 1024);
+    let ttl = Duration::from_secs(60);
+    let send = fp("send");
+    let result = "x".repeat(4000);
+    let mut evicted = 0;
+    // 32 callers with one 4 KB result each: about half fit.
+    for n in 0..32 {
+        let caller = format!("caller{n}");
+        let key = idem(&caller, "k", &send);
+        store.idempotency_begin(&key, "t", ttl).await.unwrap();
+        evicted += store
+            .idempotency_finish(&key, "t", &result, ttl, 100)
+            .await
+            .unwrap();
+    }
+    assert!((14..=18).contains(&evicted), "{evicted} evicted");
+    let first = idem("caller0", "k", &send);
+    assert_eq!(
+        store.idempotency_begin(&first, "t", ttl).await.unwrap(),
+        IdempotencyBegin::Acquired,
+        "the oldest went first"
+    );
+    let last = idem("caller31", "k", &send);
+    assert_eq!(
+        store.idempotency_begin(&last, "t", ttl).await.unwrap(),
+        IdempotencyBegin::Done(result)
+    );
+}
 
 // ------------------------------------------------------------- reaping
 
@@ -1066,4 +1366,25 @@ async fn a_new_local_bus_starts_a_new_epoch() {
         epoch(&b).read_log("s", None).await.unwrap().epoch,
     );
     assert_ne!(ea, eb);
+}
+
+/// Standalone: the log of a session removed as idle is forgotten; a later
+/// log of the same name continues above its offsets, so a `since` from
+/// the old one is never replayed from the new one.
+#[tokio::test]
+async fn a_forgotten_local_log_continues_above_its_offsets() {
+    let f = local_bus();
+    let bus = f.nodes[0].broker.clone();
+    for n in 0..3 {
+        bus.publish_event(envelope("solo", n)).unwrap();
+    }
+    let before = bus.read_log("s", None).await.unwrap();
+    assert_eq!(before.head, 3);
+    bus.forget_log("s");
+    let after = bus.read_log("s", Some(3)).await.unwrap();
+    assert_eq!(after.epoch, before.epoch);
+    assert_eq!(after.head, 4);
+    assert!(after.events.is_none(), "offset 3 is not this log's");
+    bus.publish_event(envelope("solo", 9)).unwrap();
+    assert_eq!(bus.read_log("s", None).await.unwrap().head, 5);
 }

@@ -474,11 +474,12 @@ async fn three_cloud_hubs(
     dir: &TempDir,
     redis: &RedisServer,
     ids: [&str; 3],
+    extra: &[&str],
 ) -> Vec<TestHub> {
     let url = redis.url();
     let mut hubs = Vec::new();
     for id in ids {
-        let args = [
+        let mut args = vec![
             "--redis-url",
             &url,
             "--instance-id",
@@ -488,6 +489,7 @@ async fn three_cloud_hubs(
             "--presence-ttl-ms",
             "1000",
         ];
+        args.extend_from_slice(extra);
         hubs.push(cloud_hub(graph, dir, &args).await);
     }
     hubs
@@ -498,7 +500,7 @@ async fn inbound_webhooks_reach_every_instance_once() {
     let redis = RedisServer::start();
     let graph = FakeGraph::start().await;
     let dir = TempDir::new();
-    let hubs = three_cloud_hubs(&graph, &dir, &redis, ["wa-a", "wa-b", "wa-c"]).await;
+    let hubs = three_cloud_hubs(&graph, &dir, &redis, ["wa-a", "wa-b", "wa-c"], &[]).await;
     let mut clients = Vec::new();
     for (i, hub) in hubs.iter().enumerate() {
         let (c, _) = WsClient::register(&hub.ws_url(), "default", &format!("c{i}")).await;
@@ -547,16 +549,40 @@ async fn inbound_webhooks_reach_every_instance_once() {
     assert_eq!(ids, ["wamid.one", "wamid.two"]);
 }
 
+const IDEM_SECRET: &str = "0123456789abcdef0123456789abcdef-whatsapp-idem";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_sends_with_one_key_over_three_instances_send_once() {
     let redis = RedisServer::start();
     let graph = FakeGraph::start().await;
     graph.set_delay(Duration::from_millis(300));
     let dir = TempDir::new();
-    let hubs = three_cloud_hubs(&graph, &dir, &redis, ["idem-a", "idem-b", "idem-c"]).await;
+    let hubs = three_cloud_hubs(
+        &graph,
+        &dir,
+        &redis,
+        ["idem-a", "idem-b", "idem-c"],
+        &["--auth-jwt-secret", IDEM_SECRET],
+    )
+    .await;
+    // One caller (a key is its caller's: the token's `sub`) on twenty
+    // connections.
+    let shop = mcp_hub::auth::mint(
+        IDEM_SECRET,
+        "shop",
+        &["default".to_string()],
+        mcp_hub::auth::Role::Client,
+        Duration::from_secs(600),
+    )
+    .expect("mint");
     let mut clients = Vec::new();
     for i in 0..20 {
-        let (c, _) = WsClient::register(&hubs[i % 3].ws_url(), "default", &format!("u{i}")).await;
+        let (c, _) = WsClient::register_with_token(
+            &hubs[i % 3].ws_url(),
+            &shop,
+            json!({"type": "register", "session": "default", "client_id": format!("u{i}")}),
+        )
+        .await;
         clients.push(c);
     }
     let mut sent = Vec::new();
@@ -575,16 +601,17 @@ async fn twenty_concurrent_sends_with_one_key_over_three_instances_send_once() {
     assert_eq!(graph.call_count(), 1, "one upstream POST");
     assert_eq!(answers[0]["success"], true, "{}", answers[0]);
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
-    // Over REST, later, the same key still answers the first result.
+    // Over REST, later, the same caller's key still answers the first result.
     let r = reqwest::Client::new()
         .post(hubs[1].http_url("/api/v1/sessions/default/commands"))
+        .bearer_auth(&shop)
         .header("Idempotency-Key", "order-42")
         .json(&json!({"command": {"action": "send", "contact": "john", "message": "exactly once"}}))
         .send()
         .await
         .expect("POST");
     assert_eq!(r.status().as_u16(), 200);
-    // REST and WebSocket keys share one namespace per session.
+    // REST and WebSocket keys share one namespace per caller and session.
     let body: Value = r.json().await.expect("json");
     assert_eq!(body, answers[0]);
     assert_eq!(graph.call_count(), 1);

@@ -31,6 +31,12 @@ pub struct LocalBroker {
     ttl: Duration,
     rings: Mutex<HashMap<String, Ring>>,
     published: AtomicU64,
+    /// One above the highest head of a forgotten ring
+    /// ([`Broker::forget_log`]): a session without a ring starts there, so
+    /// no offset of this epoch is ever given twice to a session name, and a
+    /// `since` from a forgotten log is never taken for this one (its next
+    /// offset is missing). Changed under the rings lock.
+    forgotten_head: AtomicU64,
 }
 
 impl LocalBroker {
@@ -48,6 +54,7 @@ impl LocalBroker {
             ttl: log_ttl,
             rings: Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
+            forgotten_head: AtomicU64::new(0),
         }
     }
 
@@ -79,7 +86,12 @@ impl Broker for LocalBroker {
                 }
             }
         }
-        let ring = rings.entry(envelope.session.clone()).or_default();
+        let ring = rings
+            .entry(envelope.session.clone())
+            .or_insert_with(|| Ring {
+                head: self.forgotten_head.load(Ordering::Relaxed),
+                events: VecDeque::new(),
+            });
         ring.head += 1;
         let event = LoggedEvent {
             offset: ring.head,
@@ -108,7 +120,7 @@ impl Broker for LocalBroker {
         let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
         let (head, kept) = match rings.get(session) {
             Some(r) => (r.head, r.events.iter().cloned().collect::<Vec<_>>()),
-            None => (0, Vec::new()),
+            None => (self.forgotten_head.load(Ordering::Relaxed), Vec::new()),
         };
         let events = after.map_or(Some(Vec::new()), |after| {
             replay_window(
@@ -148,6 +160,14 @@ impl Broker for LocalBroker {
         // Lossy by design: a full dispatcher queue drops a monitor event.
         let _ = self.inbound.try_send(Inbound::Monitor(payload));
         Ok(())
+    }
+
+    fn forget_log(&self, session: &str) {
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ring) = rings.remove(session) {
+            self.forgotten_head
+                .fetch_max(ring.head + 1, Ordering::Relaxed);
+        }
     }
 
     fn is_healthy(&self) -> bool {

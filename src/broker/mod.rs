@@ -201,6 +201,13 @@ pub trait Broker: Send + Sync + 'static {
     /// not logged: a monitor event lost to an outage is superseded by the
     /// next periodic one.
     async fn publish_monitor(&self, payload: String) -> Result<(), HubError>;
+    /// Forgets the log of a session the idle sweep removed
+    /// (SESSION_IDLE_TTL_MS). The standalone log frees its ring (a later
+    /// log of the same name continues above every forgotten offset, so an
+    /// old offset is never taken for a new event); on Redis the store's
+    /// expiry deleted the log's keys with the session's, so the default
+    /// has nothing to do.
+    fn forget_log(&self, _session: &str) {}
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
     /// Counts (re)connections to the backend; a change means the backend

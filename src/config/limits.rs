@@ -80,7 +80,8 @@ pub struct LimitArgs {
     #[arg(long, env = "SESSION_CREATION", value_enum, default_value = "register")]
     pub session_creation: SessionCreation,
     /// A session with no connected member and no activity for this long is removed (contacts, history, events).
-    #[arg(long, env = "SESSION_IDLE_TTL_MS", default_value_t = 7 * 86_400_000, value_parser = clap::value_parser!(u64).range(60_000..))]
+    /// Minimum 1000 ms (small values are for tests).
+    #[arg(long, env = "SESSION_IDLE_TTL_MS", default_value_t = 7 * 86_400_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub session_idle_ttl_ms: u64,
 }
 

@@ -24,10 +24,11 @@ use tokio_util::task::TaskTracker;
 use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, EventEnvelope, Inbound, LogRead, LoggedEvent, Published};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, SessionCreation};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ClientInfo, Contact, HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis,
+    ClientInfo, Contact, ErrorCode, HistoryEntry, HubError, MessageDirection, ServerEvent,
+    WhatsAppCommand, now_millis,
 };
 use crate::store::SessionStore;
 use crate::store::membership::Membership;
@@ -35,6 +36,26 @@ use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use agents::AgentRouter;
 use registry::{ClientHandle, Delivery, Outbound, Registry};
+
+/// Whether a REST or MCP request reads its session or writes to it
+/// ([`Hub::require_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionUse {
+    Read,
+    Write,
+}
+
+impl SessionUse {
+    /// `list_contacts` and `get_history` read; sends write.
+    pub fn of(command: &WhatsAppCommand) -> SessionUse {
+        match command {
+            WhatsAppCommand::ListContacts | WhatsAppCommand::GetHistory { .. } => SessionUse::Read,
+            WhatsAppCommand::Send { .. } | WhatsAppCommand::SendTemplate { .. } => {
+                SessionUse::Write
+            }
+        }
+    }
+}
 
 /// Everything one hub instance shares between its connections.
 pub struct Hub {
@@ -267,6 +288,36 @@ impl Hub {
             Outbound::reply(ServerEvent::error(err, request_id), "error"),
             &self.metrics,
         );
+    }
+
+    /// The session rule of REST and MCP requests (docs/protocol.md §3): a
+    /// session exists while the store holds anything of it (contacts,
+    /// history, a client in presence, an agent). A read of an unknown
+    /// session is `session_not_found` and creates nothing; so is a write,
+    /// unless SESSION_CREATION=any_write, which creates the session first
+    /// (its contacts seeded, as a registration would). A WebSocket
+    /// `register` always creates its session; webhooks create the account's.
+    pub async fn require_session(&self, session: &str, usage: SessionUse) -> Result<(), HubError> {
+        if self.store.exists(session).await? {
+            return Ok(());
+        }
+        match (usage, self.config.limits.session_creation) {
+            (SessionUse::Write, SessionCreation::AnyWrite) => {
+                self.store
+                    .seed_contacts(session, &self.connector.initial_contacts())
+                    .await
+            }
+            (SessionUse::Read, _) => Err(HubError::new(
+                ErrorCode::SessionNotFound,
+                format!("no session `{session}` (a session exists once a client registered in it)"),
+            )),
+            (SessionUse::Write, SessionCreation::Register) => Err(HubError::new(
+                ErrorCode::SessionNotFound,
+                format!(
+                    "no session `{session}`: a session is created by a client registering in it (SESSION_CREATION=register)"
+                ),
+            )),
+        }
     }
 
     /// The session's contacts, seeding them from the connector when the
@@ -518,12 +569,52 @@ impl Hub {
             }
         });
         webhooks::spawn_drain(self.clone());
+        self.spawn_idle_sweep();
         self.spawn_monitor();
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.recv().await {
                 if let Err(e) = hub.record_incoming(msg).await {
                     tracing::warn!(error = %e, "could not record an incoming message");
+                }
+            }
+        });
+    }
+}
+
+/// Most sessions one idle sweep removes: its cost per tick is bounded.
+const IDLE_SWEEP_BATCH: usize = 256;
+
+impl Hub {
+    /// Removes idle sessions until shutdown (SESSION_IDLE_TTL_MS,
+    /// docs/protocol.md §3): four times per idle period, at most once a
+    /// minute, each tick at most [`IDLE_SWEEP_BATCH`] sessions. Every
+    /// instance of a cluster sweeps; the store's removal is atomic per
+    /// session, so a session is removed (and counted) once.
+    fn spawn_idle_sweep(self: &Arc<Self>) {
+        let hub = self.clone();
+        let idle = hub.config.limits.session_idle_ttl;
+        let period = (idle / 4).clamp(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(60),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match hub.store.expire_idle(idle, IDLE_SWEEP_BATCH).await {
+                    Ok(removed) => {
+                        for session in removed {
+                            hub.broker.forget_log(&session);
+                            hub.metrics.shed(crate::metrics::Shed::SessionIdleExpired);
+                            tracing::info!(session, "idle session removed");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "idle sweep failed"),
                 }
             }
         });

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::Hub;
 use super::executor::failure_content;
+use super::idempotency::Keyed;
 use super::registry::ClientHandle;
 use super::session::Member;
 use crate::protocol::{
@@ -166,13 +167,9 @@ impl Hub {
         requester: &ClientInfo,
         idempotency_key: Option<&str>,
     ) -> Result<Value, HubError> {
+        let keyed = idempotency_key.map(|key| Keyed::command(session, requester, key, command));
         let executed = self
-            .idempotent(
-                session,
-                "whatsapp_command",
-                idempotency_key,
-                self.execute(session, command, requester),
-            )
+            .idempotent(keyed, self.execute(session, command, requester))
             .await;
         match executed {
             Ok(content) => Ok(content),
@@ -182,6 +179,25 @@ impl Hub {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A natural-language command ([`Hub::execute_ai_command`]) at most
+    /// once per idempotency key.
+    pub async fn run_ai_command_once(
+        self: &Arc<Self>,
+        session: &str,
+        text: &str,
+        context: Option<AiContext>,
+        requester: &ClientInfo,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, HubError> {
+        let keyed = idempotency_key
+            .map(|key| Keyed::ai_command(session, requester, key, text, context.as_ref()));
+        self.idempotent(
+            keyed,
+            self.execute_ai_command(session, text, context, requester),
+        )
+        .await
     }
 }
 
@@ -203,13 +219,14 @@ async fn whatsapp_ai_command(
     context: Option<AiContext>,
     idempotency_key: Option<&str>,
 ) -> Result<Option<Reply>, HubError> {
-    let hub = cx.hub;
-    let content = hub
-        .idempotent(
+    let content = cx
+        .hub
+        .run_ai_command_once(
             cx.session(),
-            "whatsapp_ai_command",
+            command,
+            context,
+            &cx.member.info,
             idempotency_key,
-            hub.execute_ai_command(cx.session(), command, context, &cx.member.info),
         )
         .await?;
     Ok(Reply::new("whatsapp_ai_command_result", content))

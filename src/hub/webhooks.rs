@@ -8,6 +8,14 @@
 //! contacts, record inbound text, advance statuses. So a redelivery is
 //! processed once, and an instance dying right after its 200 loses
 //! nothing: the events are already in Redis for the others.
+//!
+//! Webhooks act on the account's session (`WHATSAPP_SESSION`) only, and
+//! may create it (docs/protocol.md §3). A new sender joins its contacts
+//! atomically and only below MAX_CONTACTS_PER_SESSION
+//! ([`crate::store::SessionStore::add_sender_contact`]); past the cap its
+//! messages are still recorded, under its number, and the refusal is
+//! counted (`hub_limit_shed_total{limit="webhook_contact_cap"}`). A
+//! sender's profile name is cut to MAX_NAME_CHARS characters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +23,19 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Hub;
-use crate::protocol::{Contact, HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis};
+use crate::metrics::Shed;
+use crate::protocol::{HistoryEntry, HubError, MessageDirection, ServerEvent, now_millis};
+use crate::store::{NewSender, SenderContact, phone_digits as digits};
 use crate::whatsapp::webhooks::{DEDUP_TTL, STATUS_TTL, WebhookEvent, events_of};
 
 /// How often each instance looks at the shared queue when not woken.
 const POLL: Duration = Duration::from_millis(250);
 
-fn digits(s: &str) -> String {
-    s.chars().filter(char::is_ascii_digit).collect()
+/// `text` cut to at most `max` characters.
+fn at_most(text: &str, max: usize) -> &str {
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 impl Hub {
@@ -124,38 +137,55 @@ impl Hub {
     }
 
     /// The contact name of a sender, adding it to the session (and telling
-    /// every client) when it is new.
+    /// every client) when it is new and the session has room; past
+    /// MAX_CONTACTS_PER_SESSION it is not added and is named by its number.
     async fn contact_for_sender(
         &self,
         session: &str,
         wa_id: &str,
         profile_name: Option<String>,
     ) -> Result<String, HubError> {
-        let mut contacts = self.session_contacts(session).await?;
+        let max_name = self.config.limits.max_name_chars;
+        // Seeded first, as for any session: the connector's contacts come
+        // before the senders.
+        self.session_contacts(session).await?;
         let wanted = digits(wa_id);
-        if let Some(known) = contacts
-            .iter()
-            .find(|c| c.phone.as_deref().is_some_and(|p| digits(p) == wanted))
-        {
-            return Ok(known.name.clone());
-        }
+        // Every name stored here fits MAX_NAME_CHARS, "+" included.
+        let wanted = at_most(&wanted, max_name.saturating_sub(1).max(1));
+        let number = format!("+{wanted}");
         let base = profile_name
-            .map(|n| n.trim().to_string())
+            .map(|n| at_most(n.trim(), max_name).trim_end().to_string())
             .filter(|n| !n.is_empty() && !n.chars().any(char::is_control))
-            .unwrap_or_else(|| format!("+{wanted}"));
-        let taken = |n: &str| contacts.iter().any(|c| c.name.eq_ignore_ascii_case(n));
-        let name = if taken(&base) {
-            format!("{base} (+{wanted})")
+            .unwrap_or_else(|| number.clone());
+        let room = max_name.saturating_sub(number.chars().count() + 3);
+        let if_taken = if room == 0 {
+            number.clone()
         } else {
-            base
+            format!("{} ({number})", at_most(&base, room).trim_end())
         };
-        contacts.push(Contact {
-            name: name.clone(),
-            phone: Some(format!("+{wanted}")),
-        });
-        self.store.set_contacts(session, &contacts).await?;
-        self.publish_contacts(session, &contacts);
-        Ok(name)
+        let sender = NewSender {
+            digits: wanted,
+            name: &base,
+            name_if_taken: &if_taken,
+            phone: &number,
+        };
+        let max = self.config.max_contacts_per_session;
+        match self.store.add_sender_contact(session, &sender, max).await? {
+            SenderContact::Known(name) => Ok(name),
+            SenderContact::Added { name, contacts } => {
+                self.publish_contacts(session, &contacts);
+                Ok(name)
+            }
+            SenderContact::Full => {
+                self.metrics.shed(Shed::WebhookContactCap);
+                tracing::debug!(
+                    session,
+                    max,
+                    "webhook sender not added: the session's contacts are full"
+                );
+                Ok(number)
+            }
+        }
     }
 }
 

@@ -66,8 +66,11 @@ pub enum ErrorCode {
     HostNotAllowed,
     /// The session holds `MAX_CLIENTS_PER_SESSION` clients already.
     SessionFull,
-    /// A REST read of a session that does not exist (HTTP 404).
+    /// A REST or MCP request on a session that does not exist (HTTP 404):
+    /// any read, and a write unless SESSION_CREATION=any_write.
     SessionNotFound,
+    /// An idempotency key used again for a different request (HTTP 422).
+    IdempotencyKeyReused,
     /// An admin call naming a client that is not in the session (HTTP 404).
     ClientNotFound,
     /// A REST body over the limit (HTTP 413).
@@ -164,6 +167,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 39);
+        assert_eq!(ErrorCode::all().count(), 40);
     }
 }

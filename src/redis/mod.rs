@@ -170,6 +170,19 @@ impl Keys {
         self.session_key(session, "stats")
     }
 
+    /// SET: the (lower-cased) contacts the session has a history with, so
+    /// idle expiry can name every history key.
+    pub fn session_histories(&self, session: &str) -> String {
+        self.session_key(session, "histories")
+    }
+
+    /// ZSET: session → its last indexed activity (ms), which the idle
+    /// sweep reads oldest first. Beside [`Self::sessions`] (same slot), so
+    /// both are updated and cleaned up together.
+    pub fn sessions_activity(&self) -> String {
+        format!("{}:{{sessions}}:activity", self.prefix)
+    }
+
     /// Pub/sub channel of the cluster-wide admin monitoring feed; a shard
     /// channel of its own slot (`{monitor}`) on a Redis Cluster.
     pub fn monitor_channel(&self) -> String {
@@ -216,14 +229,31 @@ impl Keys {
         format!("{}:{{ai:{}}}:result", self.prefix, escape_key_part(hash))
     }
 
-    /// Lock of an idempotency key while its first request runs.
-    pub fn idempotency_lock(&self, key: &str) -> String {
-        format!("{}:{{idem:{}}}:lock", self.prefix, escape_key_part(key))
+    /// `P:{idem:<caller>}:<what>`: one slot for everything of one caller's
+    /// idempotency keys, so its cap is kept by one script.
+    fn idempotency_key_of(&self, caller: &str, what: &str) -> String {
+        format!(
+            "{}:{{idem:{}}}:{what}",
+            self.prefix,
+            escape_key_part(caller)
+        )
     }
 
-    /// The first result of an idempotency key (JSON, expiring).
-    pub fn idempotency_result(&self, key: &str) -> String {
-        format!("{}:{{idem:{}}}:result", self.prefix, escape_key_part(key))
+    /// Lock of one of a caller's idempotency keys while its first request
+    /// runs (string: fingerprint and holder token).
+    pub fn idempotency_lock(&self, caller: &str, key: &str) -> String {
+        self.idempotency_key_of(caller, &format!("lock:{}", escape_key_part(key)))
+    }
+
+    /// HASH of a caller's stored results: key → fingerprint and result.
+    pub fn idempotency_results(&self, caller: &str) -> String {
+        self.idempotency_key_of(caller, "results")
+    }
+
+    /// ZSET of a caller's stored results: key → when it expires (ms);
+    /// the lowest scores are the oldest, forgotten first past the cap.
+    pub fn idempotency_index(&self, caller: &str) -> String {
+        self.idempotency_key_of(caller, "keys")
     }
 
     /// Marker of a webhook item already accepted (SET NX, expiring).
@@ -530,6 +560,7 @@ mod tests {
                 k.session_channel(session),
                 k.message_status(session, "wamid.{1}"),
                 k.session_stats(session),
+                k.session_histories(session),
             ] {
                 assert_eq!(hash_tag(&key), tag, "{key}");
             }
@@ -544,7 +575,9 @@ mod tests {
             (k.instance_members("hub-1"), k.inbox_channel("hub-1")),
             (k.ai_lock("h"), k.ai_result("h")),
             (k.ai_calls("gemini"), k.ai_slots("gemini")),
-            (k.idempotency_lock("x"), k.idempotency_result("x")),
+            (k.idempotency_lock("x", "k"), k.idempotency_results("x")),
+            (k.idempotency_lock("x", "k2"), k.idempotency_index("x")),
+            (k.sessions(), k.sessions_activity()),
         ];
         for (a, b) in pairs {
             assert_eq!(hash_tag(&a), hash_tag(&b), "{a} / {b}");

@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use super::auth::Bearer;
 use super::{browser, rate};
 use crate::auth::Identity;
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionUse};
 use crate::protocol::{
     ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand, check_id, check_idempotency_key,
     check_text_len, now_millis, parse_whatsapp_command_with,
@@ -347,17 +347,17 @@ impl Call<'_> {
         }
     }
 
-    /// Reads never create state: an unknown session is `session_not_found`.
-    async fn existing_session(&self, asked: Option<String>) -> Result<String, HubError> {
+    /// The session a call acts on, which must exist: reads never create
+    /// one, writes only with SESSION_CREATION=any_write
+    /// ([`Hub::require_session`]).
+    async fn existing_session(
+        &self,
+        asked: Option<String>,
+        usage: SessionUse,
+    ) -> Result<String, HubError> {
         let session = self.session(asked)?;
-        if self.hub.store.exists(&session).await? {
-            Ok(session)
-        } else {
-            Err(HubError::new(
-                ErrorCode::SessionNotFound,
-                format!("no session `{session}` (a session exists once a client registered in it)"),
-            ))
-        }
+        self.hub.require_session(&session, usage).await?;
+        Ok(session)
     }
 
     fn command(&self, command: Value) -> Result<WhatsAppCommand, HubError> {
@@ -366,7 +366,9 @@ impl Call<'_> {
 
     async fn list_contacts(&self, args: Args) -> Result<CallToolResult, HubError> {
         let args: SessionOnly = arguments(args)?;
-        let session = self.existing_session(args.session).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Read)
+            .await?;
         let content = self
             .hub
             .run_command(&session, &WhatsAppCommand::ListContacts, &self.client())
@@ -391,7 +393,7 @@ impl Call<'_> {
         let command =
             self.command(json!({"action": "send", "contact": &contact, "message": &message}))?;
         let key = check_idempotency_key(idempotency_key)?;
-        let session = self.session(session)?;
+        let session = self.existing_session(session, SessionUse::Write).await?;
         let content = self
             .hub
             .run_command_once(&session, &command, &self.client(), key.as_deref())
@@ -409,7 +411,9 @@ impl Call<'_> {
             command["limit"] = json!(limit);
         }
         let command = self.command(command)?;
-        let session = self.existing_session(args.session).await?;
+        let session = self
+            .existing_session(args.session, SessionUse::Read)
+            .await?;
         let content = self
             .hub
             .run_command(&session, &command, &self.client())
@@ -435,7 +439,9 @@ impl Call<'_> {
             &args.text,
             self.hub.config.field_limits.max_text_chars,
         )?;
-        let session = self.session(args.session)?;
+        let session = self
+            .existing_session(args.session, SessionUse::Write)
+            .await?;
         let client = self.client();
         let payload = json!({"text": args.text});
         self.hub
@@ -464,17 +470,13 @@ impl Call<'_> {
             &args.text,
             self.hub.config.field_limits.max_text_chars,
         )?;
-        let session = self.session(args.session)?;
-        let hub = self.hub;
-        let client = self.client();
+        let session = self
+            .existing_session(args.session, SessionUse::Write)
+            .await?;
         // Exactly a `whatsapp_ai_command` (and a REST `{"text"}` command).
-        let content = hub
-            .idempotent(
-                &session,
-                "whatsapp_ai_command",
-                None,
-                hub.execute_ai_command(&session, &args.text, None, &client),
-            )
+        let content = self
+            .hub
+            .run_ai_command_once(&session, &args.text, None, &self.client(), None)
             .await?;
         let action = content["interpretation"]["action"]
             .as_str()

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 
 use super::auth::Bearer;
 use super::{browser, rate};
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionUse};
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_idempotency_key, check_text_len,
     parse_whatsapp_command_with,
@@ -83,6 +83,7 @@ impl IntoResponse for ApiError {
             ErrorCode::AiRateLimited | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::SessionNotFound | ErrorCode::ClientNotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -156,15 +157,7 @@ pub(super) fn check_session(session: &str) -> Result<(), ApiError> {
 
 /// Reads never create state: an unknown session is a 404, not a new one.
 pub(super) async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
-    if hub.store.exists(session).await? {
-        Ok(())
-    } else {
-        Err(HubError::new(
-            ErrorCode::SessionNotFound,
-            format!("no session `{session}` (a session exists once a client registered in it)"),
-        )
-        .into())
-    }
+    Ok(hub.require_session(session, SessionUse::Read).await?)
 }
 
 /// The session's contacts, last contact, clients (with instance,
@@ -354,7 +347,9 @@ struct CommandBody {
         (status = 400, description = "an invalid command", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
         (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 404, description = "`session_not_found`: no such session (SESSION_CREATION=register creates none here)", body = super::openapi::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = super::openapi::ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for a different request", body = super::openapi::ErrorBody),
         (status = 429, description = "`rate_limited` or `ai_rate_limited`", body = super::openapi::ErrorBody),
         (status = 503, description = "the agent, AI or store is unavailable", body = super::openapi::ErrorBody),
     ))]
@@ -384,6 +379,8 @@ async fn command(
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command_with(cmd, &hub.config.field_limits)?;
+            hub.require_session(&session, SessionUse::of(&command))
+                .await?;
             Ok(Json(
                 hub.run_command_once(&session, &command, &client, key)
                     .await?,
@@ -391,14 +388,10 @@ async fn command(
         }
         (None, Some(text)) => {
             check_text_len("text", &text, hub.config.field_limits.max_text_chars)?;
+            hub.require_session(&session, SessionUse::Write).await?;
             Ok(Json(
-                hub.idempotent(
-                    &session,
-                    "whatsapp_ai_command",
-                    key,
-                    hub.execute_ai_command(&session, &text, body.context, &client),
-                )
-                .await?,
+                hub.run_ai_command_once(&session, &text, body.context, &client, key)
+                    .await?,
             ))
         }
         _ => Err(HubError::new(

@@ -1,18 +1,27 @@
-//! In-process session store for standalone mode.
+//! In-process session store for standalone mode. Whatever expires is
+//! kept in an ordered index beside its map (idle sessions, idempotency
+//! records and locks, seen webhook items), so expiring costs what expired,
+//! never a scan of everything.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    AgentRef, IdempotencyBegin, Presence, PresenceChange, SessionListing, SessionPage,
-    SessionStore, StoreResult,
+    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange, SenderContact,
+    SessionListing, SessionPage, SessionStore, StoreResult, phone_digits,
 };
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, MessageDirection, StatusError, now_millis,
 };
+
+/// IDEMPOTENCY_MAX_TOTAL_BYTES's default, for stores made without one.
+const DEFAULT_IDEMPOTENCY_BYTES: u64 = 64 * 1024 * 1024;
+/// What a stored idempotency record costs beside its strings: its map
+/// entries and index nodes, counted against the byte budget.
+const RECORD_OVERHEAD: usize = 160;
 
 #[derive(Default)]
 struct SessionState {
@@ -32,6 +41,8 @@ struct SessionState {
     last_activity: Option<u64>,
     messages_in: u64,
     messages_out: u64,
+    /// The last write, join or leave: what idle expiry measures from.
+    touched: Option<Instant>,
 }
 
 impl SessionState {
@@ -50,43 +61,249 @@ impl SessionState {
     }
 }
 
-/// An idempotency key: held by a token until its result is stored.
-enum Idempotency {
-    Held { token: String, until: Instant },
-    Done { result: String, until: Instant },
+/// The sessions, and when each is next looked at by the idle sweep.
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<String, SessionState>,
+    /// Every session of `map` exactly once, by the time it is next checked
+    /// for idleness: its creation, then (re-queued by the sweep) its last
+    /// touch. Writes do not move it, so they cost no index update; the
+    /// sweep re-queues a session it finds touched since.
+    idle: BTreeSet<(Instant, String)>,
+}
+
+/// An idempotency key held by a running request.
+struct Held {
+    token: String,
+    fingerprint: String,
+    until: Instant,
+}
+
+/// A stored idempotency result.
+struct Done {
+    fingerprint: String,
+    result: String,
+    caller: String,
+    /// Its place in [`Idempotency::by_expiry`] and its caller's set.
+    at: (Instant, u64),
+}
+
+impl Done {
+    fn cost(&self, id: &str) -> usize {
+        id.len() + self.fingerprint.len() + self.result.len() + self.caller.len() + RECORD_OVERHEAD
+    }
+}
+
+/// Idempotency records: capped per caller and in bytes in all, every
+/// removal by an ordered index (O(log n), no scan).
+struct Idempotency {
+    held: HashMap<String, Held>,
+    /// Every held key by when its lock expires.
+    held_expiry: BTreeSet<(Instant, String)>,
+    done: HashMap<String, Done>,
+    /// Every result by expiry (all results live IDEMPOTENCY_TTL_MS, so
+    /// this is also their age): the front expires, or is evicted, first.
+    by_expiry: std::collections::BTreeMap<(Instant, u64), String>,
+    /// Each caller's results, oldest first.
+    by_caller: HashMap<String, BTreeSet<(Instant, u64)>>,
+    bytes: usize,
+    max_bytes: usize,
+    seq: u64,
+}
+
+impl Idempotency {
+    fn new(max_bytes: u64) -> Self {
+        Idempotency {
+            held: HashMap::new(),
+            held_expiry: BTreeSet::new(),
+            done: HashMap::new(),
+            by_expiry: std::collections::BTreeMap::new(),
+            by_caller: HashMap::new(),
+            bytes: 0,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            seq: 0,
+        }
+    }
+
+    /// The map key of an idempotency key: its caller's and its own hash.
+    fn id(key: &IdempotencyKey<'_>) -> String {
+        format!("{}:{}", key.caller, key.key)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(oldest) = self.by_expiry.first_entry() {
+            if oldest.key().0 > now {
+                break;
+            }
+            let id = oldest.remove();
+            self.remove_done(&id);
+        }
+        while let Some((until, id)) = self.held_expiry.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.held_expiry.pop_first();
+            self.held.remove(&id);
+        }
+    }
+
+    fn remove_done(&mut self, id: &str) {
+        let Some(done) = self.done.remove(id) else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(done.cost(id));
+        self.by_expiry.remove(&done.at);
+        if let Some(mine) = self.by_caller.get_mut(&done.caller) {
+            mine.remove(&done.at);
+            if mine.is_empty() {
+                self.by_caller.remove(&done.caller);
+            }
+        }
+    }
+
+    fn release(&mut self, id: &str, token: &str) {
+        if let Some(held) = self.held.get(id)
+            && held.token == token
+        {
+            self.held_expiry.remove(&(held.until, id.to_string()));
+            self.held.remove(id);
+        }
+    }
+
+    fn begin(
+        &mut self,
+        key: &IdempotencyKey<'_>,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> IdempotencyBegin {
+        let id = Self::id(key);
+        if let Some(done) = self.done.get(&id) {
+            return if done.fingerprint == key.fingerprint {
+                IdempotencyBegin::Done(done.result.clone())
+            } else {
+                IdempotencyBegin::Reused
+            };
+        }
+        if let Some(held) = self.held.get(&id) {
+            return if held.fingerprint == key.fingerprint {
+                IdempotencyBegin::Busy
+            } else {
+                IdempotencyBegin::Reused
+            };
+        }
+        let until = Instant::now() + lock_ttl;
+        self.held_expiry.insert((until, id.clone()));
+        self.held.insert(
+            id,
+            Held {
+                token: token.to_string(),
+                fingerprint: key.fingerprint.to_string(),
+                until,
+            },
+        );
+        IdempotencyBegin::Acquired
+    }
+
+    /// Stores a result; how many records were forgotten for it.
+    fn finish(
+        &mut self,
+        key: &IdempotencyKey<'_>,
+        token: &str,
+        result: &str,
+        ttl: Duration,
+        per_caller: usize,
+    ) -> usize {
+        let id = Self::id(key);
+        self.release(&id, token);
+        self.remove_done(&id);
+        self.seq += 1;
+        let at = (Instant::now() + ttl, self.seq);
+        let done = Done {
+            fingerprint: key.fingerprint.to_string(),
+            result: result.to_string(),
+            caller: key.caller.to_string(),
+            at,
+        };
+        self.bytes += done.cost(&id);
+        self.by_expiry.insert(at, id.clone());
+        self.by_caller
+            .entry(key.caller.to_string())
+            .or_default()
+            .insert(at);
+        self.done.insert(id, done);
+        let mut evicted = 0;
+        // The caller's oldest first...
+        while let Some(oldest) = self
+            .by_caller
+            .get_mut(key.caller)
+            .filter(|mine| mine.len() > per_caller.max(1))
+            .and_then(|mine| mine.pop_first())
+        {
+            if let Some(old) = self.by_expiry.remove(&oldest) {
+                self.remove_done(&old);
+            }
+            evicted += 1;
+        }
+        // ...then everyone's oldest, past the byte budget (the newest
+        // result is kept even alone over it).
+        while self.bytes > self.max_bytes && self.by_expiry.len() > 1 {
+            let Some((_, old)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            self.remove_done(&old);
+            evicted += 1;
+        }
+        evicted
+    }
 }
 
 /// Expiring WhatsApp bookkeeping: idempotency keys, seen webhook items and
 /// the queue of accepted webhook events.
-#[derive(Default)]
 struct Traffic {
-    idempotency: HashMap<String, Idempotency>,
+    idempotency: Idempotency,
     seen: HashMap<String, Instant>,
+    /// Every seen item by expiry.
+    seen_expiry: BTreeSet<(Instant, String)>,
     queue: VecDeque<String>,
 }
 
 impl Traffic {
-    /// Drops what expired (cheap enough at a standalone hub's volume).
+    /// Drops what expired: the fronts of the expiry indexes only.
     fn expire(&mut self, now: Instant) {
-        self.seen.retain(|_, until| *until > now);
-        self.idempotency.retain(|_, e| match e {
-            Idempotency::Held { until, .. } | Idempotency::Done { until, .. } => *until > now,
-        });
+        self.idempotency.expire(now);
+        while let Some((until, key)) = self.seen_expiry.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.seen_expiry.pop_first();
+            self.seen.remove(&key);
+        }
     }
 }
 
 pub struct MemoryStore {
     history_limit: usize,
-    sessions: Mutex<HashMap<String, SessionState>>,
+    sessions: Mutex<Sessions>,
     traffic: Mutex<Traffic>,
 }
 
 impl MemoryStore {
     pub fn new(history_limit: usize) -> Self {
+        Self::with_idempotency_budget(history_limit, DEFAULT_IDEMPOTENCY_BYTES)
+    }
+
+    /// A store whose idempotency records take at most `max_bytes` in all
+    /// (IDEMPOTENCY_MAX_TOTAL_BYTES): past it the oldest are forgotten.
+    pub fn with_idempotency_budget(history_limit: usize, max_bytes: u64) -> Self {
         MemoryStore {
             history_limit,
-            sessions: Mutex::new(HashMap::new()),
-            traffic: Mutex::new(Traffic::default()),
+            sessions: Mutex::new(Sessions::default()),
+            traffic: Mutex::new(Traffic {
+                idempotency: Idempotency::new(max_bytes),
+                seen: HashMap::new(),
+                seen_expiry: BTreeSet::new(),
+                queue: VecDeque::new(),
+            }),
         }
     }
 
@@ -96,25 +313,44 @@ impl MemoryStore {
         f(&mut t)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         // A poisoned lock only means another thread panicked mid-update of
         // plain data; the data itself is still usable.
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A write: creates the session when it is new.
+    /// A write: creates the session when it is new (queued for the idle
+    /// sweep), and touches it.
     fn with<T>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
-        f(self.lock().entry(session.to_string()).or_default())
+        let mut sessions = self.lock();
+        let Sessions { map, idle } = &mut *sessions;
+        let now = Instant::now();
+        let state = match map.get_mut(session) {
+            Some(state) => state,
+            None => {
+                idle.insert((now, session.to_string()));
+                map.entry(session.to_string()).or_default()
+            }
+        };
+        state.touched = Some(now);
+        f(state)
     }
 
     /// A read: an unknown session reads as empty and is not created.
     fn read<T: Default>(&self, session: &str, f: impl FnOnce(&SessionState) -> T) -> T {
-        self.lock().get(session).map(f).unwrap_or_default()
+        self.lock().map.get(session).map(f).unwrap_or_default()
     }
 
-    /// A removal: changes an existing session only.
+    /// A removal: changes (and touches) an existing session only.
     fn update<T: Default>(&self, session: &str, f: impl FnOnce(&mut SessionState) -> T) -> T {
-        self.lock().get_mut(session).map(f).unwrap_or_default()
+        self.lock()
+            .map
+            .get_mut(session)
+            .map(|state| {
+                state.touched = Some(Instant::now());
+                f(state)
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -122,6 +358,76 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     async fn exists(&self, session: &str) -> StoreResult<bool> {
         Ok(self.read(session, SessionState::exists))
+    }
+
+    async fn add_sender_contact(
+        &self,
+        session: &str,
+        sender: &NewSender<'_>,
+        max: usize,
+    ) -> StoreResult<SenderContact> {
+        Ok(self.with(session, |s| {
+            if let Some(known) = s.contacts.iter().find(|c| {
+                c.phone
+                    .as_deref()
+                    .is_some_and(|p| phone_digits(p) == sender.digits)
+            }) {
+                return SenderContact::Known(known.name.clone());
+            }
+            if s.contacts.len() >= max {
+                return SenderContact::Full;
+            }
+            let taken = s
+                .contacts
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(sender.name));
+            let name = if taken {
+                sender.name_if_taken
+            } else {
+                sender.name
+            };
+            s.touch();
+            s.seeded = true;
+            s.contacts.push(Contact {
+                name: name.to_string(),
+                phone: Some(sender.phone.to_string()),
+            });
+            SenderContact::Added {
+                name: name.to_string(),
+                contacts: s.contacts.clone(),
+            }
+        }))
+    }
+
+    async fn expire_idle(&self, idle: Duration, max: usize) -> StoreResult<Vec<String>> {
+        let now = Instant::now();
+        let Some(cutoff) = now.checked_sub(idle) else {
+            return Ok(Vec::new());
+        };
+        let mut sessions = self.lock();
+        let Sessions { map, idle: queue } = &mut *sessions;
+        let mut removed = Vec::new();
+        for _ in 0..max {
+            if queue.first().is_none_or(|(at, _)| *at > cutoff) {
+                break;
+            }
+            let Some((_, name)) = queue.pop_first() else {
+                break;
+            };
+            let Some(state) = map.get(&name) else {
+                continue;
+            };
+            if !state.members.is_empty() {
+                // In use: looked at again one idle period from now.
+                queue.insert((now, name));
+            } else if let Some(touched) = state.touched.filter(|t| *t > cutoff) {
+                queue.insert((touched, name));
+            } else {
+                map.remove(&name);
+                removed.push(name);
+            }
+        }
+        Ok(removed)
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
@@ -224,52 +530,26 @@ impl SessionStore for MemoryStore {
 
     async fn idempotency_begin(
         &self,
-        key: &str,
+        key: &IdempotencyKey<'_>,
         token: &str,
         lock_ttl: Duration,
     ) -> StoreResult<IdempotencyBegin> {
-        Ok(self.traffic(|t| match t.idempotency.get(key) {
-            Some(Idempotency::Done { result, .. }) => IdempotencyBegin::Done(result.clone()),
-            Some(Idempotency::Held { .. }) => IdempotencyBegin::Busy,
-            None => {
-                t.idempotency.insert(
-                    key.to_string(),
-                    Idempotency::Held {
-                        token: token.to_string(),
-                        until: Instant::now() + lock_ttl,
-                    },
-                );
-                IdempotencyBegin::Acquired
-            }
-        }))
+        Ok(self.traffic(|t| t.idempotency.begin(key, token, lock_ttl)))
     }
 
     async fn idempotency_finish(
         &self,
-        key: &str,
-        _token: &str,
+        key: &IdempotencyKey<'_>,
+        token: &str,
         result: &str,
         ttl: Duration,
-    ) -> StoreResult<()> {
-        self.traffic(|t| {
-            t.idempotency.insert(
-                key.to_string(),
-                Idempotency::Done {
-                    result: result.to_string(),
-                    until: Instant::now() + ttl,
-                },
-            )
-        });
-        Ok(())
+        per_caller: usize,
+    ) -> StoreResult<usize> {
+        Ok(self.traffic(|t| t.idempotency.finish(key, token, result, ttl, per_caller)))
     }
 
-    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()> {
-        self.traffic(|t| {
-            if matches!(t.idempotency.get(key), Some(Idempotency::Held { token: held, .. }) if held == token)
-            {
-                t.idempotency.remove(key);
-            }
-        });
+    async fn idempotency_abandon(&self, key: &IdempotencyKey<'_>, token: &str) -> StoreResult<()> {
+        self.traffic(|t| t.idempotency.release(&Idempotency::id(key), token));
         Ok(())
     }
 
@@ -278,13 +558,19 @@ impl SessionStore for MemoryStore {
             if t.seen.contains_key(key) {
                 return false;
             }
-            t.seen.insert(key.to_string(), Instant::now() + ttl);
+            let until = Instant::now() + ttl;
+            t.seen.insert(key.to_string(), until);
+            t.seen_expiry.insert((until, key.to_string()));
             true
         }))
     }
 
     async fn forget_seen(&self, key: &str) -> StoreResult<()> {
-        self.traffic(|t| t.seen.remove(key));
+        self.traffic(|t| {
+            if let Some(until) = t.seen.remove(key) {
+                t.seen_expiry.remove(&(until, key.to_string()));
+            }
+        });
         Ok(())
     }
 
@@ -320,6 +606,7 @@ impl SessionStore for MemoryStore {
                 let removed = before != s.members.len();
                 if removed {
                     s.presence_version += 1;
+                    s.touch();
                 }
                 Some(PresenceChange {
                     changed: removed,
@@ -369,7 +656,8 @@ impl SessionStore for MemoryStore {
     }
 
     async fn list_sessions(&self, cursor: Option<&str>, limit: usize) -> StoreResult<SessionPage> {
-        let sessions = self.lock();
+        let guard = self.lock();
+        let sessions = &guard.map;
         // A standalone hub holds few sessions: sorting the names per page is
         // cheaper than keeping a second, ordered index in step.
         let mut names: Vec<&String> = sessions
@@ -442,6 +730,23 @@ mod tests {
             Some("John")
         );
         assert!(store.history("other", "John", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_idle_sweep_removes_at_most_its_batch() {
+        let store = MemoryStore::new(3);
+        for n in 0..10 {
+            store
+                .record_message(&format!("s{n}"), &entry("John", n))
+                .await
+                .unwrap();
+        }
+        let idle = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.expire_idle(idle, 3).await.unwrap().len(), 3);
+        assert_eq!(store.expire_idle(idle, 100).await.unwrap().len(), 7);
+        let sessions = store.lock();
+        assert!(sessions.map.is_empty() && sessions.idle.is_empty());
     }
 
     #[tokio::test]

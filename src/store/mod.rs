@@ -2,7 +2,9 @@
 //! (with the latest delivery status of each sent message), presence and
 //! the session's active agent; plus the cluster-wide bookkeeping of
 //! WhatsApp traffic: idempotent sends, webhook deduplication and the
-//! queue of accepted webhook events.
+//! queue of accepted webhook events. It also ends what it keeps: an idle
+//! session is removed ([`SessionStore::expire_idle`]), idempotency records
+//! are capped per caller (and in total in memory).
 //!
 //! [`memory::MemoryStore`] keeps it in this process (standalone);
 //! `redis::RedisStore` keeps it in Redis so every instance of a cluster
@@ -34,10 +36,62 @@ pub type StoreResult<T> = Result<T, HubError>;
 pub enum IdempotencyBegin {
     /// This request holds the key: run, then finish (or abandon) it.
     Acquired,
-    /// Another request holds it; its result is not there yet.
+    /// Another request with the same fingerprint holds it; its result is
+    /// not there yet.
     Busy,
     /// The first request's stored result (JSON).
     Done(String),
+    /// The key is held or done for a request with another fingerprint.
+    Reused,
+}
+
+/// One idempotency key as the store keeps it. Every part is a hash made
+/// by the hub (`hub::idempotency`), so the store never sees a client's text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdempotencyKey<'a> {
+    /// The caller's scope: its records are counted and capped together.
+    pub caller: &'a str,
+    /// The key within the caller's scope (session and the client's key).
+    pub key: &'a str,
+    /// The request the key was first used for: the same key with another
+    /// fingerprint is [`IdempotencyBegin::Reused`].
+    pub fingerprint: &'a str,
+}
+
+/// What [`SessionStore::add_sender_contact`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SenderContact {
+    /// A contact with this phone number was there already, by this name.
+    Known(String),
+    /// Added by this name; the session's contacts now.
+    Added {
+        name: String,
+        contacts: Vec<Contact>,
+    },
+    /// The session holds its `MAX_CONTACTS_PER_SESSION` already: not added.
+    Full,
+}
+
+/// A webhook sender to add to a session's contacts
+/// ([`SessionStore::add_sender_contact`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSender<'a> {
+    /// The sender's number, ASCII digits only: a contact whose phone has
+    /// the same digits is this sender.
+    pub digits: &'a str,
+    /// The name to add it by...
+    pub name: &'a str,
+    /// ...or this one when a contact has that name already (ASCII case
+    /// ignored).
+    pub name_if_taken: &'a str,
+    /// The phone stored with it.
+    pub phone: &'a str,
+}
+
+/// The ASCII digits of a phone number: two numbers are the same contact
+/// when these are equal (`+1 555 0100` is `15550100`).
+pub fn phone_digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
 }
 
 /// One session as the admin API lists it.
@@ -47,7 +101,8 @@ pub struct SessionListing {
     /// Clients in the session's presence, on every instance.
     pub clients: usize,
     pub agent: Option<AgentRef>,
-    /// The last join, contact change or recorded message (ms since epoch).
+    /// The last join, leave, contact change or recorded message (ms since
+    /// epoch).
     pub last_activity: Option<u64>,
     /// Messages recorded in the session's history, by direction.
     pub messages_in: u64,
@@ -116,12 +171,30 @@ pub struct PartialReap {
 /// Reads never create state: only the write methods (seeding, setting
 /// contacts, recording a message, joining, claiming the agent role) may
 /// bring a session into existence; every read of an unknown session
-/// answers empty and leaves nothing behind.
+/// answers empty and leaves nothing behind. Which requests may call a
+/// write on an unknown session is the hub's rule (`SESSION_CREATION`,
+/// `Hub::require_session`).
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Whether the session exists: it has contacts (seeded or set), a
     /// history (and so a last contact), a client in presence or an agent.
     async fn exists(&self, session: &str) -> StoreResult<bool>;
+    /// Adds a webhook sender to the session's contacts unless a contact
+    /// has its number, or the session holds `max` contacts already: one
+    /// atomic read-modify-write (a Lua script on Redis, under the lock in
+    /// memory), so concurrent senders on several instances can neither
+    /// pass the cap nor lose each other's additions.
+    async fn add_sender_contact(
+        &self,
+        session: &str,
+        sender: &NewSender<'_>,
+        max: usize,
+    ) -> StoreResult<SenderContact>;
+    /// Removes at most `max` sessions that have no client in presence and
+    /// no activity (a write, a join or a leave) for `idle`, with their
+    /// contacts, history and log; returns their names. Bounded work per
+    /// call: the sweeper calls it periodically.
+    async fn expire_idle(&self, idle: Duration, max: usize) -> StoreResult<Vec<String>>;
     /// Seeds a session's contacts unless it already has some.
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()>;
     async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>>;
@@ -153,20 +226,24 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `lock_ttl` frees it if the holder dies without finishing.
     async fn idempotency_begin(
         &self,
-        key: &str,
+        key: &IdempotencyKey<'_>,
         token: &str,
         lock_ttl: Duration,
     ) -> StoreResult<IdempotencyBegin>;
-    /// Stores the result of key `key` (kept for `ttl`) and frees its lock.
+    /// Stores the result of `key` (kept for `ttl`) and frees its lock. The
+    /// caller keeps at most `per_caller` results, its oldest forgotten
+    /// first (the memory store also forgets the oldest of all callers past
+    /// its byte budget); returns how many were forgotten.
     async fn idempotency_finish(
         &self,
-        key: &str,
+        key: &IdempotencyKey<'_>,
         token: &str,
         result: &str,
         ttl: Duration,
-    ) -> StoreResult<()>;
+        per_caller: usize,
+    ) -> StoreResult<usize>;
     /// Frees the lock without a result (the request failed before sending).
-    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()>;
+    async fn idempotency_abandon(&self, key: &IdempotencyKey<'_>, token: &str) -> StoreResult<()>;
 
     /// Marks a webhook item (a wamid, or a wamid and a status) as seen for
     /// `ttl`; true the first time only, cluster-wide.

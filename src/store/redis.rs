@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use super::{
-    AgentRef, IdempotencyBegin, PartialReap, Presence, PresenceChange, Reaped, SessionListing,
-    SessionPage, SessionStore, StoreResult,
+    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, PartialReap, Presence, PresenceChange,
+    Reaped, SenderContact, SessionListing, SessionPage, SessionStore, StoreResult,
 };
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
@@ -72,9 +72,11 @@ static JOIN_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
 /// bumped (`{entry, version}`), so exactly one caller (the leaving
 /// client's instance, or one reaper) announces the departure. The entry is
 /// only taken if it belongs to instance ARGV[2]: the same client id may
-/// meanwhile have registered again on another instance. KEYS: presence,
-/// session stats. Touches the session's slot only: the instance's member
-/// set is another slot (Redis Cluster), updated by the caller.
+/// meanwhile have registered again on another instance. A leave is
+/// activity (ARGV[3], ms): a session's idle time starts at its last one.
+/// KEYS: presence, session stats. Touches the session's slot only: the
+/// instance's member set is another slot (Redis Cluster), updated by the
+/// caller.
 static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{BUMP_PRESENCE}
@@ -83,6 +85,7 @@ static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
         local ok, client = pcall(cjson.decode, v)
         if ok and client.instance ~= ARGV[2] then return nil end
         redis.call('HDEL', KEYS[1], ARGV[1])
+        redis.call('HSET', KEYS[2], 'last_activity', ARGV[3])
         return {{v, bump_presence(KEYS[2])}}
         "
     ))
@@ -120,37 +123,170 @@ static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Takes an idempotency key: the stored result if there is one, else the
-/// lock if free. One script, so a result stored between the two checks
-/// cannot be missed (which would send twice).
+/// Lua: `now_ms()`, the server's clock in ms: every instance's scripts
+/// judge expiry by the same clock.
+const NOW_MS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// Takes an idempotency key: the stored (unexpired) result if there is
+/// one, else the lock if free; either one held for another fingerprint is
+/// `reused`. One script, so a result stored between the checks cannot be
+/// missed (which would send twice). KEYS: lock, the caller's results hash,
+/// its index. ARGV: fingerprint (64 hex), token, lock TTL ms, key.
+/// Values are the fingerprint followed by the token or the result.
 static IDEMPOTENCY_BEGIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local r = redis.call('GET', KEYS[2])
-        if r then return {'done', r} end
-        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-            return {'acquired', ''}
+    Script::new(&format!(
+        r"{NOW_MS}
+        local fp = ARGV[1]
+        local until_ms = redis.call('ZSCORE', KEYS[3], ARGV[4])
+        if until_ms and tonumber(until_ms) > now_ms() then
+            local r = redis.call('HGET', KEYS[2], ARGV[4])
+            if r then
+                if string.sub(r, 1, 64) ~= fp then return {{'reused', ''}} end
+                return {{'done', string.sub(r, 65)}}
+            end
         end
-        return {'busy', ''}
-        ",
-    )
+        local held = redis.call('GET', KEYS[1])
+        if held then
+            if string.sub(held, 1, 64) ~= fp then return {{'reused', ''}} end
+            return {{'busy', ''}}
+        end
+        redis.call('SET', KEYS[1], fp .. ARGV[2], 'PX', ARGV[3])
+        return {{'acquired', ''}}
+        "
+    ))
 });
 
-/// Stores the result, then frees the lock if this token still holds it.
+/// Stores a result in the caller's hash and index, frees the lock if this
+/// token still holds it, forgets (a bounded number of) expired results,
+/// then the caller's oldest past its cap; returns how many it forgot for
+/// the cap. Both structures expire whole after a TTL without a result.
+/// KEYS: lock, results hash, index. ARGV: fingerprint, token, result,
+/// TTL ms, key, cap.
 static IDEMPOTENCY_FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{NOW_MS}
+        local now = now_ms()
+        local ttl = tonumber(ARGV[4])
+        if redis.call('GET', KEYS[1]) == ARGV[1] .. ARGV[2] then redis.call('DEL', KEYS[1]) end
+        redis.call('HSET', KEYS[2], ARGV[5], ARGV[1] .. ARGV[3])
+        redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
+        local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+        if #expired > 0 then
+            redis.call('HDEL', KEYS[2], unpack(expired))
+            redis.call('ZREM', KEYS[3], unpack(expired))
+        end
+        local over = math.min(redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6]), 1000)
+        local evicted = 0
+        if over > 0 then
+            local oldest = redis.call('ZRANGE', KEYS[3], 0, over - 1)
+            redis.call('HDEL', KEYS[2], unpack(oldest))
+            redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1)
+            evicted = #oldest
+        end
+        redis.call('PEXPIRE', KEYS[2], ttl)
+        redis.call('PEXPIRE', KEYS[3], ttl)
+        return evicted
+        "
+    ))
+});
+
+/// Frees the lock if ARGV[1] (fingerprint and token) still holds it.
+static IDEMPOTENCY_ABANDON: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
         if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
         return 1
         ",
     )
 });
 
-static IDEMPOTENCY_ABANDON: LazyLock<Script> = LazyLock::new(|| {
+/// Adds a webhook sender to a session's contacts: the read, the cap and
+/// the write in one step, so concurrent senders (on any instance) never
+/// pass `MAX_CONTACTS_PER_SESSION` nor overwrite each other. The list's
+/// JSON is extended as text (serde wrote it; cjson only reads it).
+/// KEYS: contacts, stats. ARGV: digits, max, name, name if taken, phone,
+/// now ms. Returns `{'known', name}`, `{'full'}` or `{'added', name, list}`.
+static ADD_SENDER_CONTACT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        local raw = redis.call('GET', KEYS[1])
+        local list = {}
+        if raw then
+            local ok, v = pcall(cjson.decode, raw)
+            if not ok or type(v) ~= 'table' then
+                return redis.error_reply('corrupt contacts list')
+            end
+            list = v
+        end
+        local wanted = string.lower(ARGV[3])
+        local taken = false
+        for _, c in ipairs(list) do
+            if type(c.phone) == 'string' and (string.gsub(c.phone, '%D', '')) == ARGV[1] then
+                return {'known', tostring(c.name)}
+            end
+            if type(c.name) == 'string' and string.lower(c.name) == wanted then taken = true end
+        end
+        if #list >= tonumber(ARGV[2]) then return {'full'} end
+        local name = ARGV[3]
+        if taken then name = ARGV[4] end
+        local entry = cjson.encode({name = name, phone = ARGV[5]})
+        local new
+        if raw and #list > 0 then
+            new = string.sub(raw, 1, -2) .. ',' .. entry .. ']'
+        else
+            new = '[' .. entry .. ']'
+        end
+        redis.call('SET', KEYS[1], new)
+        redis.call('HSET', KEYS[2], 'last_activity', ARGV[6])
+        return {'added', name, new}
+        ",
+    )
+});
+
+/// Removes an idle session: if it has no client in presence and its last
+/// activity is at or before ARGV[1] (ms), and its `histories` set is still
+/// exactly the contacts the caller read (ARGV[3..], their history keys
+/// KEYS[11..]), every key of it goes. KEYS: stats, presence, histories,
+/// contacts, last_contact, agent, log, log epoch, log offset, log seen,
+/// history keys. ARGV: cutoff, number of history keys, their contacts.
+/// Returns `{'removed'}`, `{'gone'}` (nothing was there), `{'busy'}`,
+/// `{'active', last_activity}` or `{'changed'}` (read the set again).
+static EXPIRE_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('HLEN', KEYS[2]) > 0 then return {'busy'} end
+        local last = tonumber(redis.call('HGET', KEYS[1], 'last_activity') or '0') or 0
+        if last > tonumber(ARGV[1]) then return {'active', tostring(last)} end
+        local n = tonumber(ARGV[2])
+        if redis.call('SCARD', KEYS[3]) ~= n then return {'changed'} end
+        for i = 1, n do
+            if redis.call('SISMEMBER', KEYS[3], ARGV[2 + i]) == 0 then return {'changed'} end
+        end
+        local deleted = 0
+        for i = 1, #KEYS, 500 do
+            deleted = deleted + redis.call('DEL', unpack(KEYS, i, math.min(i + 499, #KEYS)))
+        end
+        if deleted == 0 then return {'gone'} end
+        return {'removed'}
+        ",
+    )
+});
+
+/// Takes a removed (or never-there) session out of the admin index and the
+/// activity index, unless its activity was indexed after ARGV[2] (a write
+/// brought it back). KEYS: sessions, activity. ARGV: session, cutoff ms.
+static UNINDEX_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
+        if at and tonumber(at) > tonumber(ARGV[2]) then return 0 end
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('ZREM', KEYS[1], ARGV[1])
         return 1
         ",
     )
@@ -170,7 +306,11 @@ fn millis(d: Duration) -> u64 {
 
 /// How long an instance trusts that a session it put in the index is still
 /// there (Redis may have lost it since); its next write then puts it again.
+/// At most half of SESSION_IDLE_TTL_MS ([`RedisStore::with_session_idle_ttl`]):
+/// a write after the sweep removed a session always indexes it again.
 const INDEX_REFRESH_MS: u64 = 60_000;
+/// SESSION_IDLE_TTL_MS's default, for stores made without one.
+const DEFAULT_IDLE_TTL_MS: u64 = 7 * 86_400_000;
 /// Bound of [`RedisStore::indexed`]: reaching it forgets everything (the
 /// next writes just index their sessions again).
 const INDEXED_MAX: usize = 100_000;
@@ -180,6 +320,8 @@ pub struct RedisStore {
     instance: String,
     history_limit: usize,
     presence_ttl_ms: u64,
+    /// How often this instance indexes a session it writes again.
+    index_refresh_ms: u64,
     /// Sessions this instance put in the index, and when (ms since epoch).
     indexed: Mutex<HashMap<String, u64>>,
 }
@@ -196,8 +338,17 @@ impl RedisStore {
             instance,
             history_limit,
             presence_ttl_ms,
+            index_refresh_ms: INDEX_REFRESH_MS.min(DEFAULT_IDLE_TTL_MS / 2),
             indexed: Mutex::default(),
         }
+    }
+
+    /// Idle sessions are removed after `idle` (SESSION_IDLE_TTL_MS): the
+    /// index is refreshed at least twice as often, so a write to a session
+    /// the sweep removed always puts it back.
+    pub fn with_session_idle_ttl(mut self, idle: Duration) -> Self {
+        self.index_refresh_ms = INDEX_REFRESH_MS.min(millis(idle) / 2).max(1);
+        self
     }
 }
 
@@ -232,8 +383,10 @@ impl RedisStore {
             .await
     }
 
-    /// Runs `write`, with the session's `ZADD` to the index at the same
-    /// time when this instance's (re-)indexing of it is due.
+    /// Runs `write`, with the session's `ZADD`s to the index and the
+    /// activity index at the same time when this instance's (re-)indexing
+    /// of it is due. The activity first: the sweep's unindexing, seeing it
+    /// new, then leaves both.
     async fn indexing<T>(
         &self,
         session: &str,
@@ -245,21 +398,106 @@ impl RedisStore {
             let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
             indexed
                 .get(session)
-                .is_none_or(|&at| now.saturating_sub(at) >= INDEX_REFRESH_MS)
+                .is_none_or(|&at| now.saturating_sub(at) >= self.index_refresh_ms)
         };
         if !due {
             return write.await;
         }
-        let mut zadd = ::redis::cmd("ZADD");
-        zadd.arg(keys.sessions()).arg(0).arg(session);
-        let (written, _): (T, i64) =
-            tokio::try_join!(write, self.backend.query("index_session", &zadd))?;
+        let mut zadd = ::redis::pipe();
+        zadd.cmd("ZADD")
+            .arg(keys.sessions_activity())
+            .arg(now)
+            .arg(session)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.sessions())
+            .arg(0)
+            .arg(session)
+            .ignore();
+        let (written, ()): (T, ()) =
+            tokio::try_join!(write, self.backend.pipe("index_session", &zadd))?;
         let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
         if indexed.len() >= INDEXED_MAX {
             indexed.clear();
         }
         indexed.insert(session.to_string(), now);
         Ok(written)
+    }
+}
+
+/// What [`RedisStore::expire_session`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expiry {
+    Removed,
+    /// Nothing of it was left (another instance's sweep took it).
+    Gone,
+    /// A client is in its presence.
+    Busy,
+    /// Its last activity (ms) is after the cutoff.
+    Active(u64),
+    /// Its histories changed between the read and the script.
+    Changed,
+}
+
+impl RedisStore {
+    /// Removes `session` if it is idle since `cutoff` (ms): reads the
+    /// contacts it has a history with, then runs [`EXPIRE_SESSION`] over
+    /// every key of it (all in its slot).
+    async fn expire_session(&self, session: &str, cutoff: u64) -> StoreResult<Expiry> {
+        let keys = &self.backend.keys;
+        let contacts: Vec<String> = self
+            .backend
+            .query(
+                "idle_histories",
+                ::redis::cmd("SMEMBERS").arg(keys.session_histories(session)),
+            )
+            .await?;
+        let mut invocation = EXPIRE_SESSION.prepare_invoke();
+        invocation
+            .key(keys.session_stats(session))
+            .key(keys.presence(session))
+            .key(keys.session_histories(session))
+            .key(keys.contacts(session))
+            .key(keys.last_contact(session))
+            .key(keys.agent(session))
+            .key(keys.session_log(session))
+            .key(keys.session_log_epoch(session))
+            .key(keys.session_log_offset(session))
+            .key(keys.session_log_seen(session));
+        for contact in &contacts {
+            invocation.key(keys.history(session, contact));
+        }
+        invocation.arg(cutoff).arg(contacts.len());
+        for contact in &contacts {
+            invocation.arg(contact);
+        }
+        let answer: Vec<String> = self.backend.script("idle_expire", &invocation).await?;
+        Ok(match answer.first().map(String::as_str) {
+            Some("removed") => Expiry::Removed,
+            Some("gone") => Expiry::Gone,
+            Some("busy") => Expiry::Busy,
+            Some("active") => {
+                Expiry::Active(answer.get(1).and_then(|v| v.parse().ok()).unwrap_or(cutoff))
+            }
+            _ => Expiry::Changed,
+        })
+    }
+
+    /// Moves a session's place in the activity index to `at` (ms), if it is
+    /// still there.
+    async fn reindex_activity(&self, session: &str, at: u64) -> StoreResult<()> {
+        let _: i64 = self
+            .backend
+            .query(
+                "idle_reindex",
+                ::redis::cmd("ZADD")
+                    .arg(self.backend.keys.sessions_activity())
+                    .arg("XX")
+                    .arg(at)
+                    .arg(session),
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -288,7 +526,8 @@ impl RedisStore {
             take.key(keys.presence(session))
                 .key(keys.session_stats(session))
                 .arg(client_id)
-                .arg(instance);
+                .arg(instance)
+                .arg(now_millis());
             let taken: Option<(String, u64)> = self.backend.script("reap_take", &take).await?;
             if let Some((client, version)) =
                 taken.and_then(|(t, v)| serde_json::from_str::<ClientInfo>(&t).ok().map(|c| (c, v)))
@@ -323,6 +562,18 @@ impl RedisStore {
     }
 }
 
+/// The fingerprint the scripts compare: exactly 64 characters (a SHA-256
+/// in hex, as the hub makes it), the prefix of every stored value.
+fn fingerprint<'a>(key: &IdempotencyKey<'a>) -> Result<&'a str, HubError> {
+    if key.fingerprint.len() == 64 && key.fingerprint.is_ascii() {
+        Ok(key.fingerprint)
+    } else {
+        Err(HubError::internal(
+            "an idempotency fingerprint must be 64 ASCII characters",
+        ))
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, HubError> {
     serde_json::from_str(raw)
         .map_err(|e| HubError::store_unavailable(format!("corrupt {what} in Redis: {e}")))
@@ -345,6 +596,85 @@ impl SessionStore for RedisStore {
             .arg(keys.agent(session));
         let found: i64 = self.backend.query("exists", &cmd).await?;
         Ok(found > 0)
+    }
+
+    async fn add_sender_contact(
+        &self,
+        session: &str,
+        sender: &NewSender<'_>,
+        max: usize,
+    ) -> StoreResult<SenderContact> {
+        let keys = &self.backend.keys;
+        let mut invocation = ADD_SENDER_CONTACT.prepare_invoke();
+        invocation
+            .key(keys.contacts(session))
+            .key(keys.session_stats(session))
+            .arg(sender.digits)
+            .arg(max)
+            .arg(sender.name)
+            .arg(sender.name_if_taken)
+            .arg(sender.phone)
+            .arg(now_millis());
+        let answer: Vec<String> = self
+            .write_script("add_sender_contact", session, &invocation)
+            .await?;
+        match answer.as_slice() {
+            [known, name] if known == "known" => Ok(SenderContact::Known(name.clone())),
+            [full] if full == "full" => Ok(SenderContact::Full),
+            [added, name, list] if added == "added" => Ok(SenderContact::Added {
+                name: name.clone(),
+                contacts: decode("contacts", list)?,
+            }),
+            other => Err(HubError::store_unavailable(format!(
+                "unexpected answer of the contact script: {other:?}"
+            ))),
+        }
+    }
+
+    async fn expire_idle(&self, idle: Duration, max: usize) -> StoreResult<Vec<String>> {
+        let keys = &self.backend.keys;
+        let now = now_millis();
+        let cutoff = now.saturating_sub(millis(idle));
+        let candidates: Vec<String> = self
+            .backend
+            .query(
+                "idle_candidates",
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(keys.sessions_activity())
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max),
+            )
+            .await?;
+        let mut removed = Vec::new();
+        for session in candidates {
+            match self.expire_session(&session, cutoff).await? {
+                outcome @ (Expiry::Removed | Expiry::Gone) => {
+                    let mut unindex = UNINDEX_SESSION.prepare_invoke();
+                    unindex
+                        .key(keys.sessions())
+                        .key(keys.sessions_activity())
+                        .arg(&session)
+                        .arg(cutoff);
+                    let _: i64 = self.backend.script("idle_unindex", &unindex).await?;
+                    self.indexed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&session);
+                    if outcome == Expiry::Removed {
+                        removed.push(session);
+                    }
+                }
+                // In use: looked at again one idle period from now.
+                Expiry::Busy => self.reindex_activity(&session, now).await?,
+                Expiry::Active(last) => self.reindex_activity(&session, last).await?,
+                // A message meanwhile: its activity says so at the next sweep.
+                Expiry::Changed => {}
+            }
+        }
+        Ok(removed)
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
@@ -399,6 +729,11 @@ impl SessionStore for RedisStore {
             .ltrim(&key, -cap, -1)
             .ignore()
             .set(self.backend.keys.last_contact(session), &entry.contact)
+            .ignore()
+            .sadd(
+                self.backend.keys.session_histories(session),
+                entry.contact.to_lowercase(),
+            )
             .ignore()
             .hincr(
                 self.backend.keys.session_stats(session),
@@ -478,16 +813,20 @@ impl SessionStore for RedisStore {
 
     async fn idempotency_begin(
         &self,
-        key: &str,
+        key: &IdempotencyKey<'_>,
         token: &str,
         lock_ttl: Duration,
     ) -> StoreResult<IdempotencyBegin> {
+        let keys = &self.backend.keys;
         let mut invocation = IDEMPOTENCY_BEGIN.prepare_invoke();
         invocation
-            .key(self.backend.keys.idempotency_lock(key))
-            .key(self.backend.keys.idempotency_result(key))
+            .key(keys.idempotency_lock(key.caller, key.key))
+            .key(keys.idempotency_results(key.caller))
+            .key(keys.idempotency_index(key.caller))
+            .arg(fingerprint(key)?)
             .arg(token)
-            .arg(millis(lock_ttl));
+            .arg(millis(lock_ttl))
+            .arg(key.key);
         let answer: Vec<String> = self
             .backend
             .script("idempotency_begin", &invocation)
@@ -495,36 +834,43 @@ impl SessionStore for RedisStore {
         Ok(match answer.first().map(String::as_str) {
             Some("done") => IdempotencyBegin::Done(answer.get(1).cloned().unwrap_or_default()),
             Some("acquired") => IdempotencyBegin::Acquired,
+            Some("reused") => IdempotencyBegin::Reused,
             _ => IdempotencyBegin::Busy,
         })
     }
 
     async fn idempotency_finish(
         &self,
-        key: &str,
+        key: &IdempotencyKey<'_>,
         token: &str,
         result: &str,
         ttl: Duration,
-    ) -> StoreResult<()> {
+        per_caller: usize,
+    ) -> StoreResult<usize> {
+        let keys = &self.backend.keys;
         let mut invocation = IDEMPOTENCY_FINISH.prepare_invoke();
         invocation
-            .key(self.backend.keys.idempotency_lock(key))
-            .key(self.backend.keys.idempotency_result(key))
+            .key(keys.idempotency_lock(key.caller, key.key))
+            .key(keys.idempotency_results(key.caller))
+            .key(keys.idempotency_index(key.caller))
+            .arg(fingerprint(key)?)
             .arg(token)
             .arg(result)
-            .arg(millis(ttl));
-        let _: i64 = self
+            .arg(millis(ttl))
+            .arg(key.key)
+            .arg(per_caller.max(1));
+        let evicted: usize = self
             .backend
             .script("idempotency_finish", &invocation)
             .await?;
-        Ok(())
+        Ok(evicted)
     }
 
-    async fn idempotency_abandon(&self, key: &str, token: &str) -> StoreResult<()> {
+    async fn idempotency_abandon(&self, key: &IdempotencyKey<'_>, token: &str) -> StoreResult<()> {
         let mut invocation = IDEMPOTENCY_ABANDON.prepare_invoke();
         invocation
-            .key(self.backend.keys.idempotency_lock(key))
-            .arg(token);
+            .key(self.backend.keys.idempotency_lock(key.caller, key.key))
+            .arg(format!("{}{token}", fingerprint(key)?));
         let _: i64 = self
             .backend
             .script("idempotency_abandon", &invocation)
@@ -612,7 +958,8 @@ impl SessionStore for RedisStore {
             .key(self.backend.keys.presence(session))
             .key(self.backend.keys.session_stats(session))
             .arg(client_id)
-            .arg(&self.instance);
+            .arg(&self.instance)
+            .arg(now_millis());
         let removed: Option<(String, u64)> = self.backend.script("leave", &invocation).await?;
         // After the take (another slot): a tag left behind by a failure here
         // only makes a reaper find nothing to take.
