@@ -68,6 +68,13 @@ fn serve(runtime: &tokio::runtime::Runtime, args: mcp_hub::config::ServeArgs) ->
         }
     };
     mcp_hub::telemetry::init(config.log_format);
+    // As Go's runtime does: the soft descriptor limit (often 1024) up to
+    // the hard one, so connection caps, not the OS default, decide what
+    // the hub holds.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     match runtime.block_on(mcp_hub::app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,11 +3,12 @@
 //! graceful shutdown. Every route first checks `Host` against
 //! `ALLOWED_HOSTS`; what is checked before an upgrade (Origin, connection
 //! caps) and the pages' security headers are in [`browser`]; the upgrade
-//! itself in [`upgrade`], over the
-//! shared sockets of [`listener`]. Every REST route is registered through
+//! itself in [`upgrade`], over the shared sockets of [`listener`], which
+//! the accept loop ([`accept`]) admits, watches and sheds. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
 //! are listed in [`openapi::NON_REST_ROUTES`].
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod browser;
@@ -30,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 
@@ -138,37 +140,36 @@ pub async fn serve(
     hub.mark_started();
     let app = router(hub.clone());
     let drain = hub.clone();
-    // TCP_NODELAY, and each request knows its peer: the address keys the
-    // REST rate limit of anonymous callers, the socket is what a WebSocket
-    // connection writes to.
-    let listener = listener::HubListener(listener);
-    let app = app.into_make_service_with_connect_info::<listener::Peer>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: draining connections");
-        drain.shutdown.cancel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutdown requested: draining connections");
+                drain.shutdown.cancel();
+            }
+            _ = drain.shutdown.cancelled() => {}
+        }
     });
-    let server = tokio::spawn(async move { server.await });
-    hub.shutdown.cancelled().await;
-    // Upgraded WebSockets are not tracked by the HTTP server: wait for them
-    // (each sends close 1001 and leaves presence) as well as for it.
+    // HTTP connections (each finishes its request in flight on shutdown);
+    // upgraded WebSockets are tracked by the hub (each sends close 1001 and
+    // leaves presence).
+    let http = TaskTracker::new();
+    accept::run(listener, app, hub.clone(), http.clone()).await;
+    http.close();
     hub.connections.close();
     let drained = async {
-        let result = server.await;
+        http.wait().await;
         hub.connections.wait().await;
-        result
     };
-    match tokio::time::timeout(hub.config.shutdown_timeout, drained).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(std::io::Error::other(join)),
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = hub.config.shutdown_timeout.as_millis() as u64,
-                "shutdown timeout reached; exiting with connections still open"
-            );
-            Ok(())
-        }
+    if tokio::time::timeout(hub.config.shutdown_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = hub.config.shutdown_timeout.as_millis() as u64,
+            "shutdown timeout reached; exiting with connections still open"
+        );
     }
+    Ok(())
 }
 
 /// SIGTERM and SIGINT, registered with the OS when created.

@@ -1,0 +1,342 @@
+//! The hub's own accept loop, in place of `axum::serve`: every TCP
+//! connection is admitted, watched and shed here before any request reaches
+//! the router, so a hub exposed directly holds against slowloris and fd
+//! exhaustion without a proxy in front (docs/security.md §12).
+//!
+//! - At accept: `MAX_CONNECTIONS_PER_IP` (the address's slot lives with the
+//!   socket), then `MAX_PENDING_CONNECTIONS` over the connections not (yet)
+//!   upgraded; at that cap the oldest idle one makes room.
+//! - While a connection is HTTP: a request head must arrive whole within
+//!   `HEADER_READ_TIMEOUT_MS` however slowly it trickles, is at most
+//!   `MAX_HEADER_BYTES` (431), and a connection silent between requests for
+//!   `KEEPALIVE_TIMEOUT_MS` is closed. Once upgraded, a WebSocket leaves
+//!   this loop's care (the registration deadline is the connection's).
+//! - When accept fails for want of descriptors, the loop backs off
+//!   (exponentially, to 1 s) instead of spinning, logs at most once a
+//!   period, and frees a descriptor by shedding the oldest idle
+//!   connection, so the next client (a `/health` probe) gets in.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::listener::{Activity, AddressSlots, Idle, Peer, SharedTcp, now_ms};
+use crate::config::Limits;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, Shed};
+use crate::telemetry::LogThrottle;
+
+static ACCEPT_FAILED: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+static ADDRESS_FULL: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+
+/// Accepts until `hub.shutdown` is cancelled; every connection task is
+/// spawned on `connections`, which the caller waits for (each finishes its
+/// request in flight, then closes).
+pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections: TaskTracker) {
+    let limits = &hub.config.limits;
+    let gate = Gate {
+        per_address: AddressSlots::new(limits.max_connections_per_ip),
+        pending: Pending::new(limits.max_pending_connections),
+    };
+    let shutdown = hub.shutdown.clone();
+    let mut backoff = None;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, addr)) => {
+                backoff = None;
+                let Some((io, peer, watch)) = gate.admit(tcp, addr, limits, &hub.metrics) else {
+                    continue;
+                };
+                connections.spawn(serve_connection(io, peer, watch, app.clone(), hub.clone()));
+            }
+            // As axum's own listener: a connection that failed before it
+            // was accepted is skipped.
+            Err(e) if is_connection_error(&e) => {}
+            // Out of file descriptors (EMFILE/ENFILE) or kernel memory.
+            Err(e) => {
+                hub.metrics.shed(Shed::AcceptExhausted);
+                // A descriptor freed by shedding the oldest idle connection
+                // is free once its task drops it: retry after a moment,
+                // without growing the backoff.
+                let evicted = gate.pending.evict_oldest_idle();
+                if evicted {
+                    hub.metrics.shed(Shed::PendingConnections);
+                }
+                let delay = if evicted {
+                    Duration::from_millis(1)
+                } else {
+                    backoff
+                        .get_or_insert_with(|| {
+                            ExponentialBuilder::default()
+                                .with_min_delay(Duration::from_millis(5))
+                                .with_max_delay(Duration::from_secs(1))
+                                .without_max_times()
+                                .build()
+                        })
+                        .next()
+                        .unwrap_or(Duration::from_secs(1))
+                };
+                if let Some(suppressed) = ACCEPT_FAILED.admit() {
+                    tracing::error!(
+                        error = %e,
+                        suppressed,
+                        retry_ms = delay.as_millis() as u64,
+                        "accept failed; backing off"
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The admission checks at accept.
+struct Gate {
+    per_address: Arc<AddressSlots>,
+    pending: Arc<Pending>,
+}
+
+/// What the connection's task watches: its activity, its place among the
+/// pending connections, and the signal that it was chosen to make room.
+struct Watch {
+    activity: Arc<Activity>,
+    _pending: PendingSlot,
+    evicted: Arc<Notify>,
+}
+
+impl Gate {
+    fn admit(
+        &self,
+        tcp: TcpStream,
+        addr: std::net::SocketAddr,
+        limits: &Limits,
+        metrics: &Metrics,
+    ) -> Option<(SharedTcp, Peer, Watch)> {
+        let ip = addr.ip();
+        let address_slot = if limits.is_trusted_proxy(ip) {
+            None
+        } else {
+            match self.per_address.take(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics.shed(Shed::ConnectionsPerIp);
+                    if let Some(suppressed) = ADDRESS_FULL.admit() {
+                        tracing::warn!(
+                            %ip,
+                            suppressed,
+                            max = limits.max_connections_per_ip,
+                            "connection refused: its address holds MAX_CONNECTIONS_PER_IP"
+                        );
+                    }
+                    return None;
+                }
+            }
+        };
+        let activity = Arc::new(Activity::default());
+        let evicted = Arc::new(Notify::new());
+        let pending = self
+            .pending
+            .admit(activity.clone(), evicted.clone(), metrics)?;
+        if let Err(e) = tcp.set_nodelay(true) {
+            // TCP_NODELAY: real-time events go out at once instead of Nagle
+            // holding a frame for the peer's delayed ACK (~40 ms).
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let tcp = Arc::new(tcp);
+        let peer = Peer {
+            addr,
+            socket: Arc::downgrade(&tcp),
+        };
+        let io = SharedTcp::new(tcp, activity.clone(), address_slot);
+        Some((
+            io,
+            peer,
+            Watch {
+                activity,
+                _pending: pending,
+                evicted,
+            },
+        ))
+    }
+}
+
+/// `MAX_PENDING_CONNECTIONS`: the connections not (yet) upgraded, oldest
+/// first. At the cap, the oldest one with no request in flight is shed to
+/// admit the newcomer: a slowloris crowd then only pushes its own members
+/// out, while requests that complete in milliseconds keep getting through.
+struct Pending {
+    max: usize,
+    next_id: AtomicU64,
+    conns: Mutex<BTreeMap<u64, PendingEntry>>,
+}
+
+struct PendingEntry {
+    activity: Arc<Activity>,
+    evicted: Arc<Notify>,
+}
+
+/// A connection's place in [`Pending`], given up when it upgrades or ends.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    id: u64,
+}
+
+impl Pending {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Pending {
+            max,
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn admit(
+        self: &Arc<Self>,
+        activity: Arc<Activity>,
+        evicted: Arc<Notify>,
+        metrics: &Metrics,
+    ) -> Option<PendingSlot> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= self.max {
+            // Shed the oldest idle one for this one, or, every one busy,
+            // refuse this one.
+            metrics.shed(Shed::PendingConnections);
+            if !Self::evict_locked(&mut conns) {
+                return None;
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        conns.insert(id, PendingEntry { activity, evicted });
+        Some(PendingSlot {
+            pending: self.clone(),
+            id,
+        })
+    }
+
+    /// Sheds the oldest connection with no request in flight; false if
+    /// there is none.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        Self::evict_locked(&mut conns)
+    }
+
+    fn evict_locked(conns: &mut BTreeMap<u64, PendingEntry>) -> bool {
+        let Some(id) = conns
+            .iter()
+            .find(|(_, entry)| entry.activity.is_idle())
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if let Some(entry) = conns.remove(&id) {
+            // A stored permit: the task closes the connection even if it is
+            // not waiting on the signal at this instant.
+            entry.evicted.notify_one();
+        }
+        true
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut conns = self.pending.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.remove(&self.id);
+    }
+}
+
+/// Serves one connection's HTTP requests until it closes, upgrades, is shed
+/// by a deadline or for room, or the hub shuts down (the request in flight
+/// is finished first).
+async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, hub: Arc<Hub>) {
+    let limits = &hub.config.limits;
+    let header_ms = limits.header_read_timeout.as_millis() as u64;
+    let keepalive_ms = limits.keepalive_timeout.as_millis() as u64;
+    let activity = watch.activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let in_flight = activity.begin_request();
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer.clone()));
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await;
+            drop(in_flight);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The bytes hyper buffers for a request head; past it, 431.
+    builder.max_buf_size(limits.max_header_bytes.max(8192));
+    let mut conn = pin!(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+    );
+    let shutdown = hub.shutdown.clone();
+    let mut draining = false;
+    loop {
+        // While a handler runs, its own timeouts bound it: look again later.
+        let due = watch
+            .activity
+            .deadline(header_ms, keepalive_ms)
+            .map_or(now_ms() + header_ms, |(due, _)| due);
+        let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    if e.is_parse_too_large() {
+                        hub.metrics.shed(Shed::HeaderTooLarge);
+                    } else {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                }
+                return;
+            }
+            _ = watch.evicted.notified() => return,
+            _ = shutdown.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = tokio::time::sleep(wait) => {
+                if let Some((due, why)) = watch.activity.deadline(header_ms, keepalive_ms)
+                    && due <= now_ms()
+                {
+                    hub.metrics.shed(match why {
+                        Idle::HeaderTimeout => Shed::HeaderTimeout,
+                        Idle::KeepaliveIdle => Shed::KeepaliveIdle,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
