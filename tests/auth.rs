@@ -33,12 +33,6 @@ fn token_with(claims: Value, secret: &str) -> String {
     .expect("encode")
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
 
 async fn auth_hub() -> TestHub {
     TestHub::start(&["--auth-jwt-secret", SECRET]).await

@@ -86,26 +86,17 @@ fn value_with(inner: Value) -> String {
     .to_string()
 }
 
-/// Now, as Meta's `timestamp` (Unix seconds as a string): items outside
-/// the freshness window (WHATSAPP_WEBHOOK_MAX_AGE_MS) are not delivered.
-fn now_secs() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        .to_string()
-}
 
 fn inbound(wamid: &str, from: &str, name: &str, text: &str) -> String {
     value_with(json!({
         "contacts": [{"profile": {"name": name}, "wa_id": from}],
-        "messages": [{"from": from, "id": wamid, "timestamp": now_secs(), "type": "text",
+        "messages": [{"from": from, "id": wamid, "timestamp": now_secs().to_string(), "type": "text",
                       "text": {"body": text}}],
     }))
 }
 
 fn status(wamid: &str, status: &str, recipient: &str, errors: Option<Value>) -> String {
-    let mut st = json!({"id": wamid, "status": status, "timestamp": now_secs(),
+    let mut st = json!({"id": wamid, "status": status, "timestamp": now_secs().to_string(),
                         "recipient_id": recipient});
     if let Some(e) = errors {
         st["errors"] = e;

@@ -283,7 +283,7 @@ fn inbound(wamid: &str, from: &str, name: &str) -> String {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
         "contacts": [{"profile": {"name": name}, "wa_id": from}],
-        "messages": [{"from": from, "id": wamid, "timestamp": "1749416383", "type": "text",
+        "messages": [{"from": from, "id": wamid, "timestamp": now_secs().to_string(), "type": "text",
                       "text": {"body": "hello"}}],
     }}]}]})
     .to_string()

@@ -247,3 +247,12 @@ pub async fn http_call(
     let text = r.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// Now in Unix seconds (token `exp`/`nbf`, Meta's webhook `timestamp`:
+/// items outside WHATSAPP_WEBHOOK_MAX_AGE_MS are not delivered).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
