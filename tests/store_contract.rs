@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
-use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage, LoggedEvent};
+use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage, LoggedEvent, ReadBudget};
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{
     ClientInfo, Contact, DeliveryStatus, ErrorCode, HistoryEntry, MessageDirection, StatusError,
@@ -1041,6 +1041,12 @@ async fn redis_bus() -> BrokerFixture {
     }
 }
 
+/// A read budget no test log reaches.
+const WHOLE: ReadBudget = ReadBudget {
+    max_bytes: 1 << 30,
+    max_events: 1 << 20,
+};
+
 fn envelope(origin: &str, n: usize) -> EventEnvelope {
     EventEnvelope {
         session: "s".into(),
@@ -1142,7 +1148,7 @@ async fn events_reach_every_instance_once_in_offset_order(mut f: BrokerFixture) 
 async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
     const N: usize = 80;
     let origin = f.nodes[0].instance.clone();
-    let empty = f.nodes[0].broker.read_log("s", None).await.unwrap();
+    let empty = f.nodes[0].broker.log_head("s").await.unwrap();
     assert_eq!(empty.head, 0);
     for n in 0..N {
         // Produced now: the log replays nothing older than its TTL.
@@ -1155,7 +1161,7 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
         live.push(next_event_from(&mut f.nodes[0], &origin).await);
     }
     for node in &f.nodes {
-        let read = node.broker.read_log("s", Some(60)).await.unwrap();
+        let read = node.broker.read_log("s", Some(60), WHOLE).await.unwrap();
         assert_eq!(
             (read.head, read.epoch.as_str()),
             (N as u64, empty.epoch.as_str())
@@ -1165,16 +1171,75 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
         let expected: Vec<&str> = live[60..].iter().map(|e| e.frame.as_str()).collect();
         assert_eq!(frames, expected, "{}", node.instance);
         // Up to date: nothing to replay, but recoverable.
-        let current = node.broker.read_log("s", Some(N as u64)).await.unwrap();
+        let current = node.broker.read_log("s", Some(N as u64), WHOLE).await.unwrap();
         assert_eq!(current.events.map(|e| e.len()), Some(0));
         // Older than the last LOG_LEN events, or from the future: gone.
         let old = node
             .broker
-            .read_log("s", Some(N as u64 - LOG_LEN as u64 - 1))
+            .read_log("s", Some(N as u64 - LOG_LEN as u64 - 1), WHOLE)
             .await;
         assert!(old.unwrap().events.is_none(), "{}", node.instance);
-        let ahead = node.broker.read_log("s", Some(N as u64 + 1)).await;
+        let ahead = node.broker.read_log("s", Some(N as u64 + 1), WHOLE).await;
         assert!(ahead.unwrap().events.is_none(), "{}", node.instance);
+    }
+}
+
+/// A read stops at its budget (events or frame bytes, at least one event)
+/// and says more are left; reading on from the last offset given pages
+/// through every event once, in order.
+async fn a_log_read_stops_at_its_budget(mut f: BrokerFixture) {
+    const N: usize = 50;
+    let origin = f.nodes[0].instance.clone();
+    for n in 0..N {
+        let mut event = envelope(&origin, n);
+        event.produced_at = mcp_hub::protocol::now_millis();
+        f.nodes[0].broker.publish_event(event).unwrap();
+    }
+    for _ in 0..N {
+        next_event_from(&mut f.nodes[0], &origin).await;
+    }
+    let frame_bytes = |e: &LoggedEvent| e.frame.len();
+    for node in &f.nodes {
+        let by_count = ReadBudget {
+            max_bytes: 1 << 30,
+            max_events: 7,
+        };
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let read = node.broker.read_log("s", Some(after), by_count).await.unwrap();
+            let events = read.events.expect("kept");
+            assert!(events.len() <= 7);
+            let offsets: Vec<u64> = events.iter().map(|e| e.offset).collect();
+            let expected: Vec<u64> = (after + 1..after + 1 + events.len() as u64).collect();
+            assert_eq!(offsets, expected, "{}", node.instance);
+            pages += 1;
+            after = events.last().map_or(after, |e| e.offset);
+            if !read.more {
+                break;
+            }
+        }
+        assert_eq!((after, pages), (N as u64, N.div_ceil(7)), "{}", node.instance);
+        // Three frames' bytes hold three events (the frames are alike in
+        // size to within a digit); a budget smaller than one frame still
+        // gives one.
+        let first = node.broker.read_log("s", Some(10), WHOLE).await.unwrap();
+        let three: usize = first.events.unwrap()[..3].iter().map(frame_bytes).sum();
+        let by_bytes = ReadBudget {
+            max_bytes: three,
+            max_events: 1 << 20,
+        };
+        let read = node.broker.read_log("s", Some(10), by_bytes).await.unwrap();
+        assert_eq!((read.events.map(|e| e.len()), read.more), (Some(3), true));
+        let tiny = ReadBudget {
+            max_bytes: 1,
+            max_events: 1 << 20,
+        };
+        let read = node.broker.read_log("s", Some(10), tiny).await.unwrap();
+        assert_eq!((read.events.map(|e| e.len()), read.more), (Some(1), true));
+        // The last page is not cut.
+        let read = node.broker.read_log("s", Some(N as u64 - 2), by_bytes).await.unwrap();
+        assert_eq!((read.events.map(|e| e.len()), read.more), (Some(2), false));
     }
 }
 
@@ -1300,6 +1365,7 @@ macro_rules! broker_contract {
 broker_contract!(
     events_reach_every_instance_once_in_offset_order,
     the_log_replays_the_last_events_in_order,
+    a_log_read_stops_at_its_budget,
     send_to_instance_delivers_once,
     send_to_unknown_instance_is_agent_unavailable,
     monitor_events_reach_every_instance,
@@ -1351,7 +1417,7 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     let got = next_event_from(&mut f.nodes[0], &origin).await;
     assert_eq!((got.session.as_str(), got.produced_at), ("s", 4));
     // The log has both of `t`'s events all the same.
-    let t = f.nodes[1].broker.read_log("t", None).await.unwrap();
+    let t = f.nodes[1].broker.log_head("t").await.unwrap();
     assert_eq!(t.head, 2);
 }
 
@@ -1362,8 +1428,8 @@ async fn a_new_local_bus_starts_a_new_epoch() {
     let b = local_bus();
     let epoch = |f: &BrokerFixture| f.nodes[0].broker.clone();
     let (ea, eb) = (
-        epoch(&a).read_log("s", None).await.unwrap().epoch,
-        epoch(&b).read_log("s", None).await.unwrap().epoch,
+        epoch(&a).log_head("s").await.unwrap().epoch,
+        epoch(&b).log_head("s").await.unwrap().epoch,
     );
     assert_ne!(ea, eb);
 }
@@ -1378,13 +1444,13 @@ async fn a_forgotten_local_log_continues_above_its_offsets() {
     for n in 0..3 {
         bus.publish_event(envelope("solo", n)).unwrap();
     }
-    let before = bus.read_log("s", None).await.unwrap();
+    let before = bus.log_head("s").await.unwrap();
     assert_eq!(before.head, 3);
     bus.forget_log("s");
-    let after = bus.read_log("s", Some(3)).await.unwrap();
+    let after = bus.read_log("s", Some(3), WHOLE).await.unwrap();
     assert_eq!(after.epoch, before.epoch);
     assert_eq!(after.head, 4);
     assert!(after.events.is_none(), "offset 3 is not this log's");
     bus.publish_event(envelope("solo", 9)).unwrap();
-    assert_eq!(bus.read_log("s", None).await.unwrap().head, 5);
+    assert_eq!(bus.log_head("s").await.unwrap().head, 5);
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{
-    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, ReadBudget,
+    replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
 
@@ -116,26 +117,46 @@ impl Broker for LocalBroker {
         Ok(published)
     }
 
-    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {
+    async fn read_log(
+        &self,
+        session: &str,
+        after: Option<u64>,
+        budget: ReadBudget,
+    ) -> Result<LogRead, HubError> {
         let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
         let (head, kept) = match rings.get(session) {
-            Some(r) => (r.head, r.events.iter().cloned().collect::<Vec<_>>()),
-            None => (self.forgotten_head.load(Ordering::Relaxed), Vec::new()),
+            Some(r) => (r.head, Some(&r.events)),
+            None => (self.forgotten_head.load(Ordering::Relaxed), None),
         };
-        let events = after.map_or(Some(Vec::new()), |after| {
+        let window = after.map_or(Some((Vec::new(), false)), |after| {
+            // Only what the budget takes is copied: offsets in a ring are
+            // contiguous, so the wanted ones start at a known index.
+            let skip = kept
+                .and_then(|k| k.front())
+                .map_or(0, |first| after.saturating_add(1).saturating_sub(first.offset));
+            let wanted = kept
+                .into_iter()
+                .flatten()
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                .cloned();
             replay_window(
-                kept,
+                wanted,
                 head,
                 after,
-                self.len as u64,
-                self.ttl_ms(),
+                (self.len as u64, self.ttl_ms()),
+                budget,
                 now_millis(),
             )
         });
+        let (events, more) = match window {
+            Some((events, more)) => (Some(events), more),
+            None => (None, false),
+        };
         Ok(LogRead {
             epoch: self.epoch.clone(),
             head,
             events,
+            more,
         })
     }
 

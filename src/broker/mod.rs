@@ -89,47 +89,86 @@ pub struct LogRead {
     pub epoch: String,
     /// The offset of the session's latest event (0: none yet).
     pub head: u64,
-    /// The events after the requested offset, oldest first; `None` when
-    /// they are not all in the log any more (trimmed, older than the TTL,
-    /// or the offset is not from this log's history).
+    /// The events after the requested offset, oldest first, as many as the
+    /// read's [`ReadBudget`] allows; `None` when they are not all in the
+    /// log any more (trimmed, older than the TTL, or the offset is not from
+    /// this log's history).
     pub events: Option<Vec<LoggedEvent>>,
+    /// Whether events after the last one given were left for a next read
+    /// (the budget was reached before the head).
+    pub more: bool,
 }
 
-/// Which events after `after` a log with these bounds can still replay.
-/// `kept` are the logged events (oldest first), `head` the latest offset,
-/// `len`/`ttl_ms` the retention. Shared by both logs, so both answer alike.
+/// How much one read of a log may return: it stops before the event that
+/// would pass either bound (always giving at least one event), so a read
+/// costs at most this much memory whatever the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Bytes of event frames.
+    pub max_bytes: usize,
+    pub max_events: usize,
+}
+
+impl ReadBudget {
+    /// For a read of the head alone (no `after`).
+    pub const HEAD_ONLY: ReadBudget = ReadBudget {
+        max_bytes: 0,
+        max_events: 0,
+    };
+
+    /// Whether one more event of `frame_bytes` passes the budget, after
+    /// `events` events of `bytes` (the first event always fits).
+    pub fn exceeded_by(&self, events: usize, bytes: usize, frame_bytes: usize) -> bool {
+        events >= self.max_events || (events > 0 && bytes + frame_bytes > self.max_bytes)
+    }
+}
+
+/// Which events after `after` a log with these bounds can still replay,
+/// within `budget`. `kept` are the logged events (oldest first; consumed
+/// lazily, only up to the budget), `head` the latest offset, `len`/`ttl_ms`
+/// the retention. Shared by both logs, so both answer alike. Returns the
+/// events and whether more are left after them.
 pub fn replay_window(
     kept: impl IntoIterator<Item = LoggedEvent>,
     head: u64,
     after: u64,
-    len: u64,
-    ttl_ms: u64,
+    retention: (u64, u64),
+    budget: ReadBudget,
     now: u64,
-) -> Option<Vec<LoggedEvent>> {
+) -> Option<(Vec<LoggedEvent>, bool)> {
+    let (len, ttl_ms) = retention;
     if after > head {
         return None;
     }
     if after == head {
-        return Some(Vec::new());
+        return Some((Vec::new(), false));
     }
     // The oldest offset still promised: the last `len` events.
     if after + 1 + len <= head {
         return None;
     }
-    let events: Vec<LoggedEvent> = kept.into_iter().filter(|e| e.offset > after).collect();
+    let mut events: Vec<LoggedEvent> = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    for e in kept.into_iter().filter(|e| e.offset > after) {
+        if budget.exceeded_by(events.len(), bytes, e.frame.len()) {
+            more = true;
+            break;
+        }
+        // Contiguous from `after + 1`, or the log lost some.
+        if e.offset != after + 1 + events.len() as u64 {
+            return None;
+        }
+        bytes += e.frame.len();
+        events.push(e);
+    }
     let first = events.first()?;
-    let contiguous = events
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e.offset == after + 1 + i as u64);
-    if first.offset != after + 1
-        || !contiguous
-        || events.last().map(|e| e.offset) != Some(head)
-        || now.saturating_sub(first.produced_at) > ttl_ms
+    if now.saturating_sub(first.produced_at) > ttl_ms
+        || (!more && events.last().map(|e| e.offset) != Some(head))
     {
         return None;
     }
-    Some(events)
+    Some((events, more))
 }
 
 /// Point-to-point messages between instances (agent routing).
@@ -180,8 +219,17 @@ pub trait Broker: Send + Sync + 'static {
     /// delivered to no one.
     fn publish_event(&self, envelope: EventEnvelope) -> Result<Published, HubError>;
     /// Reads the session's log: its epoch, latest offset and, with `after`,
-    /// the events after it (see [`LogRead::events`]).
-    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError>;
+    /// the events after it, within `budget` (see [`LogRead::events`]).
+    async fn read_log(
+        &self,
+        session: &str,
+        after: Option<u64>,
+        budget: ReadBudget,
+    ) -> Result<LogRead, HubError>;
+    /// The log's epoch and latest offset, without events.
+    async fn log_head(&self, session: &str) -> Result<LogRead, HubError> {
+        self.read_log(session, None, ReadBudget::HEAD_ONLY).await
+    }
     /// Delivers a message to one instance (possibly this one).
     async fn send_to_instance(
         &self,

@@ -45,7 +45,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, replay_window,
+    Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, ReadBudget,
+    replay_window,
 };
 use crate::protocol::{ErrorCode, HubError, now_millis};
 use crate::redis::{COMMAND_TIMEOUT, DedicatedConnection, MasterEvent, RedisBackend, RedisError};
@@ -86,10 +87,15 @@ redis.call(ARGV[4], KEYS[5], payload)
 return {offset, epoch}
 "#;
 
-/// Reads a session's log: `{epoch, head, entries after ARGV[3]...}`.
+/// Reads a session's log: `{epoch, head, entries from ARGV[3]...}`.
 /// KEYS: log stream, epoch, offset counter. ARGV: candidate epoch, TTL ms,
-/// first offset wanted ('' for none). A missing epoch is created (and the
-/// stale stream and counter dropped), exactly as the append script would.
+/// first offset wanted ('' for none), max events, max frame bytes. A
+/// missing epoch is created (and the stale stream and counter dropped),
+/// exactly as the append script would. The entries are read in chunks and
+/// stop one past the budget ([`ReadBudget::exceeded_by`], counted on the
+/// frame after the header line, as the reader counts): that last entry
+/// tells the reader more are left, and no read holds more than the budget
+/// in Redis's memory or on the wire.
 const READ_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -100,8 +106,25 @@ end
 local head = redis.call('GET', KEYS[3]) or '0'
 local out = {epoch, head}
 if ARGV[3] ~= '' then
-  for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[3] .. '-0', '+')) do
-    out[#out + 1] = e[2][2]
+  local max_events = tonumber(ARGV[4])
+  local max_bytes = tonumber(ARGV[5])
+  local n, bytes = 0, 0
+  local start = ARGV[3] .. '-0'
+  while true do
+    local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 64)
+    if #chunk == 0 then return out end
+    for _, e in ipairs(chunk) do
+      local payload = e[2][2]
+      local nl = string.find(payload, '\n', 1, true) or 0
+      local frame = #payload - nl
+      out[#out + 1] = payload
+      if n >= max_events or (n > 0 and bytes + frame > max_bytes) then
+        return out
+      end
+      n = n + 1
+      bytes = bytes + frame
+      start = '(' .. e[1]
+    end
   end
 end
 return out
@@ -270,7 +293,12 @@ impl Broker for RedisBroker {
         Ok(published)
     }
 
-    async fn read_log(&self, session: &str, after: Option<u64>) -> Result<LogRead, HubError> {
+    async fn read_log(
+        &self,
+        session: &str,
+        after: Option<u64>,
+        budget: ReadBudget,
+    ) -> Result<LogRead, HubError> {
         let keys = &self.backend.keys;
         let mut invocation = self.read_script.prepare_invoke();
         invocation
@@ -279,7 +307,9 @@ impl Broker for RedisBroker {
             .key(keys.session_log_offset(session))
             .arg(epoch_candidate())
             .arg(self.settings.ttl_ms)
-            .arg(after.map(|a| (a + 1).to_string()).unwrap_or_default());
+            .arg(after.map(|a| (a + 1).to_string()).unwrap_or_default())
+            .arg(budget.max_events)
+            .arg(budget.max_bytes);
         let reply: Vec<String> = self.backend.script("read_log", &invocation).await?;
         let mut reply = reply.into_iter();
         let (Some(epoch), Some(head)) = (reply.next(), reply.next()) else {
@@ -287,20 +317,25 @@ impl Broker for RedisBroker {
         };
         let head: u64 = head.parse().map_err(HubError::internal)?;
         let kept = reply.filter_map(|e| LoggedEvent::parse(&e));
-        let events = after.map_or(Some(Vec::new()), |after| {
+        let window = after.map_or(Some((Vec::new(), false)), |after| {
             replay_window(
                 kept,
                 head,
                 after,
-                self.settings.len,
-                self.settings.ttl_ms,
+                (self.settings.len, self.settings.ttl_ms),
+                budget,
                 now_millis(),
             )
         });
+        let (events, more) = match window {
+            Some((events, more)) => (Some(events), more),
+            None => (None, false),
+        };
         Ok(LogRead {
             epoch,
             head,
             events,
+            more,
         })
     }
 

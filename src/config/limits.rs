@@ -54,8 +54,9 @@ pub struct LimitArgs {
     #[arg(long, env = "EVENTS_PAGE_MAX_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub events_page_max_events: u32,
     /// Bytes of missed events a resuming registration replays; more and it gets `recovered: false`.
-    #[arg(long, env = "REPLAY_MAX_BYTES", default_value_t = 512 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
-    pub replay_max_bytes: u32,
+    /// Default: half of OUTBOUND_QUEUE_BYTES, at most 512 KiB; must be smaller than OUTBOUND_QUEUE_BYTES.
+    #[arg(long, env = "REPLAY_MAX_BYTES", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub replay_max_bytes: Option<u32>,
     /// Largest result stored whole under an idempotency key; a larger one is stored as its digest.
     #[arg(long, env = "IDEMPOTENCY_MAX_RESULT_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     pub idempotency_max_result_bytes: u32,
@@ -139,7 +140,10 @@ impl Default for Limits {
 impl LimitArgs {
     /// `outbound_queue_bytes`: a replay must fit a connection's queue.
     pub fn validate(self, outbound_queue_bytes: usize) -> Result<Limits, ConfigError> {
-        if self.replay_max_bytes as usize >= outbound_queue_bytes {
+        let replay_max_bytes = self
+            .replay_max_bytes
+            .map_or((outbound_queue_bytes / 2).min(512 * 1024), |b| b as usize);
+        if replay_max_bytes >= outbound_queue_bytes {
             return Err(invalid(
                 "REPLAY_MAX_BYTES",
                 format!(
@@ -167,7 +171,7 @@ impl LimitArgs {
             allowed_hosts,
             events_page_max_bytes: self.events_page_max_bytes as usize,
             events_page_max_events: self.events_page_max_events as usize,
-            replay_max_bytes: self.replay_max_bytes as usize,
+            replay_max_bytes,
             idempotency_max_result_bytes: self.idempotency_max_result_bytes as usize,
             idempotency_keys_per_caller: self.idempotency_keys_per_caller as usize,
             idempotency_max_total_bytes: self.idempotency_max_total_bytes,

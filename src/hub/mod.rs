@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, EventEnvelope, Inbound, LogRead, LoggedEvent, Published};
+use crate::broker::{Broker, EventEnvelope, Inbound, LoggedEvent, Published, ReadBudget};
 use crate::config::{HubConfig, SessionCreation};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -501,24 +501,11 @@ impl Hub {
         else {
             return;
         };
-        match self.broker.read_log(&event.session, Some(after)).await {
-            Ok(LogRead {
-                epoch,
-                events: Some(missed),
-                ..
-            }) if epoch == event.epoch => {
-                for missed in missed.iter().filter(|m| m.offset < event.offset) {
-                    let out = logged_outbound(missed);
-                    self.registry
-                        .deliver_logged(missed, &out, true, &self.metrics);
-                }
-            }
-            Ok(_) => {
-                tracing::warn!(session = %event.session, after, offset = event.offset, "events missing from the log; delivering past the gap");
-            }
-            Err(error) => {
-                tracing::warn!(session = %event.session, %error, "cannot read the log to fill a gap");
-            }
+        if let Err(gap) = self
+            .deliver_from_log(&event.session, after, Some(&event.epoch), event.offset)
+            .await
+        {
+            tracing::warn!(session = %event.session, after, offset = event.offset, "{gap}; delivering past the gap");
         }
         self.registry
             .deliver_logged(&event, &out, true, &self.metrics);
@@ -530,26 +517,62 @@ impl Hub {
         let Some(position) = self.registry.position(session) else {
             return;
         };
-        let mut read = self.broker.read_log(session, Some(position.offset)).await;
-        if let Ok(r) = &read
-            && r.epoch != position.epoch
-        {
+        let after = match self.broker.log_head(session).await {
             // The log was lost and began again: all of the new one is due.
-            read = self.broker.read_log(session, Some(0)).await;
-        }
-        match read {
-            Ok(LogRead {
-                events: Some(events),
-                ..
-            }) => {
-                for event in &events {
-                    let out = logged_outbound(event);
-                    self.registry
-                        .deliver_logged(event, &out, true, &self.metrics);
-                }
+            Ok(head) if head.epoch != position.epoch => 0,
+            Ok(_) => position.offset,
+            Err(error) => {
+                tracing::warn!(session, %error, "cannot read the log to catch up");
+                return;
             }
-            Ok(_) => tracing::warn!(session, "missed events are no longer in the log"),
-            Err(error) => tracing::warn!(session, %error, "cannot read the log to catch up"),
+        };
+        if let Err(gap) = self.deliver_from_log(session, after, None, u64::MAX).await {
+            tracing::warn!(session, "{gap}; missed events are not delivered");
+        }
+    }
+
+    /// Delivers the session's logged events after `after` and before
+    /// `until` to the local clients, read a page (EVENTS_PAGE_MAX_BYTES /
+    /// _EVENTS) at a time, so a long backlog is never held whole. With
+    /// `epoch`, only from that log. Err: why some could not be read.
+    async fn deliver_from_log(
+        &self,
+        session: &str,
+        mut after: u64,
+        epoch: Option<&str>,
+        until: u64,
+    ) -> Result<(), String> {
+        let budget = self.events_page_budget();
+        while after + 1 < until {
+            let read = self
+                .broker
+                .read_log(session, Some(after), budget)
+                .await
+                .map_err(|e| format!("cannot read the log: {e}"))?;
+            if epoch.is_some_and(|epoch| epoch != read.epoch) {
+                return Err("the log began again".into());
+            }
+            let events = read
+                .events
+                .ok_or_else(|| "events missing from the log".to_string())?;
+            for event in events.iter().filter(|e| e.offset < until) {
+                let out = logged_outbound(event);
+                self.registry
+                    .deliver_logged(event, &out, true, &self.metrics);
+            }
+            match events.last() {
+                Some(last) if read.more => after = last.offset,
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of a session's log (EVENTS_PAGE_MAX_BYTES, _EVENTS).
+    pub fn events_page_budget(&self) -> ReadBudget {
+        ReadBudget {
+            max_bytes: self.config.limits.events_page_max_bytes,
+            max_events: self.config.limits.events_page_max_events,
         }
     }
 

@@ -224,7 +224,7 @@ impl Hub {
         let conn_id = handle.conn_id;
         // Where the watch starts if it is the session's first local
         // subscriber (its channel is subscribed only now).
-        let read = match self.broker.read_log(session, None).await {
+        let read = match self.broker.log_head(session).await {
             Ok(read) => Some(Position {
                 epoch: read.epoch,
                 offset: read.head,

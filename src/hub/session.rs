@@ -16,7 +16,8 @@ use std::collections::VecDeque;
 use super::logged_outbound;
 use super::registry::{ClientHandle, CloseReason, Outbound, Position, Recent};
 use crate::auth::Identity;
-use crate::broker::LogRead;
+use crate::broker::{LogRead, ReadBudget};
+use crate::metrics::Shed;
 use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
     Since, check_id, now_millis,
@@ -342,7 +343,7 @@ impl Hub {
         if let Some(live) = self.registry.live_position(session) {
             return Ok(live);
         }
-        let read = self.broker.read_log(session, None).await?;
+        let read = self.broker.log_head(session).await?;
         Ok(Position {
             epoch: read.epoch,
             offset: read.head,
@@ -380,7 +381,13 @@ impl Hub {
                 StartAt::Resume(s) => s.offset,
                 StartAt::Cut(c, _) => c.offset,
             };
-            let read = self.broker.read_log(session, Some(after)).await?;
+            // REPLAY_MAX_BYTES bounds what is read, not only what is sent:
+            // a resume from far behind costs one budget, then the client
+            // reloads (`recovered: false`).
+            let read = self
+                .broker
+                .read_log(session, Some(after), self.replay_budget())
+                .await?;
             // Two reads in a row saw this epoch: it is the log's, and what
             // this instance delivered belongs to a log that is gone. Its
             // offsets start again at 1.
@@ -404,22 +411,38 @@ impl Hub {
                             live.clone()
                         };
                         let from_live = || (false, live.offset, Vec::new());
-                        let (recovered, offset, replay) =
-                            match plan_start(from, &read, &live, recent, h) {
-                                Start::Go {
+                        let over_budget = |replay: &[Outbound]| {
+                            replay.iter().map(|o| o.frame.len()).sum::<usize>()
+                                > self.config.limits.replay_max_bytes
+                        };
+                        // Past the byte budget (the read stopped short of
+                        // the head, or the replay with what delivery added
+                        // is larger), the client reloads instead
+                        // (docs/protocol.md §12.1).
+                        let plan = (!read.more).then(|| plan_start(from, &read, &live, recent, h));
+                        let (recovered, offset, replay) = match plan {
+                                None => {
+                                    self.metrics.shed(Shed::ReplayBudget);
+                                    from_live()
+                                }
+                                Some(Start::Go { replay, .. }) if over_budget(&replay) => {
+                                    self.metrics.shed(Shed::ReplayBudget);
+                                    from_live()
+                                }
+                                Some(Start::Go {
                                     recovered,
                                     offset,
                                     replay,
-                                } => (recovered, offset, replay),
-                                Start::Unrecoverable if !give_up => {
+                                }) => (recovered, offset, replay),
+                                Some(Start::Unrecoverable) if !give_up => {
                                     unrecoverable = true;
                                     return None;
                                 }
-                                Start::Retry { wait: w } if !give_up => {
+                                Some(Start::Retry { wait: w }) if !give_up => {
                                     wait = w;
                                     return None;
                                 }
-                                Start::Retry { .. } | Start::Unrecoverable => from_live(),
+                                Some(Start::Retry { .. } | Start::Unrecoverable) => from_live(),
                             };
                         // A replay that does not fit the connection's queue would
                         // disconnect it as a slow consumer half-way: the client
@@ -453,6 +476,14 @@ impl Hub {
         }
         // Unreachable: the last attempt always joins.
         Err(HubError::internal("join: the session log kept moving"))
+    }
+
+    /// What a joining client's replay may read of the log (REPLAY_MAX_BYTES).
+    fn replay_budget(&self) -> ReadBudget {
+        ReadBudget {
+            max_bytes: self.config.limits.replay_max_bytes,
+            max_events: self.config.session_log_len,
+        }
     }
 
     /// `registration_confirmed` and the contact list snapshot (replies:

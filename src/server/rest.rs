@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 use super::auth::Bearer;
 use super::{browser, rate};
 use crate::hub::{Hub, SessionUse};
+use crate::metrics::Shed;
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_idempotency_key, check_text_len,
     parse_whatsapp_command_with,
@@ -258,9 +259,11 @@ struct EventsQuery {
 }
 
 /// The session's event log after `since` (the same replay as a WebSocket
-/// `register` with `since`): `recovered` is true when `epoch` is the log's
-/// and every event after `since` is still kept; only then are `events`
-/// (oldest first, exactly as clients received them) given.
+/// `register` with `since`), a page at a time: `recovered` is true when
+/// `epoch` is the log's and every event after `since` is still kept; only
+/// then are `events` (oldest first, exactly as clients received them)
+/// given, at most EVENTS_PAGE_MAX_BYTES of them and EVENTS_PAGE_MAX_EVENTS.
+/// `has_more`: the next page starts at `next_since` (same `epoch`).
 #[utoipa::path(get, path = "/api/v1/sessions/{session}/events", tag = "sessions",
     params(
         ("session" = String, Path, description = "the session id"),
@@ -269,7 +272,7 @@ struct EventsQuery {
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "`{recovered, offset, epoch, events}`", body = Object),
+        (status = 200, description = "`{recovered, offset, epoch, has_more, next_since, events}`", body = Object),
         (status = 400, description = "an invalid field", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
         (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
@@ -281,7 +284,7 @@ async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
     bearer: Bearer,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     caller(&hub, &headers, bearer, &session)?;
     require_session(&hub, &session).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
@@ -298,23 +301,54 @@ async fn events(
     };
     let read = hub
         .broker
-        .read_log(&session, since.as_ref().map(|(offset, _)| *offset))
+        .read_log(
+            &session,
+            since.as_ref().map(|(offset, _)| *offset),
+            hub.events_page_budget(),
+        )
         .await?;
     let replay = match (&since, read.events) {
         (Some((_, epoch)), Some(events)) if *epoch == read.epoch => Some(events),
         _ => None,
     };
-    let events: Vec<Value> = replay
-        .iter()
-        .flatten()
-        .filter_map(|e| serde_json::from_str(&e.frame).ok())
-        .collect();
-    Ok(Json(json!({
+    let has_more = replay.is_some() && read.more;
+    if has_more {
+        hub.metrics.shed(Shed::EventsPage);
+    }
+    let next_since = match (&replay, &since) {
+        (Some(events), Some((after, _))) => {
+            Value::from(events.last().map_or(*after, |last| last.offset))
+        }
+        _ => Value::Null,
+    };
+    let head = json!({
         "recovered": replay.is_some(),
         "offset": read.head,
         "epoch": read.epoch,
-        "events": events,
-    })))
+        "has_more": has_more,
+        "next_since": next_since,
+    })
+    .to_string();
+    // The logged frames are JSON already: the page is spliced from them,
+    // not parsed and serialized again (a page is up to 8 MiB).
+    let frames = replay.unwrap_or_default();
+    let mut body = String::with_capacity(
+        head.len() + 16 + frames.iter().map(|e| e.frame.len() + 1).sum::<usize>(),
+    );
+    body.push_str(&head[..head.len() - 1]);
+    body.push_str(",\"events\":[");
+    for (i, event) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event.frame);
+    }
+    body.push_str("]}");
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// `{"command": {"action": ...}}` runs a whatsapp_command;
