@@ -29,6 +29,10 @@ pub struct Metrics {
     pub ai_lock_waits: IntCounter,
     pub ai_rate_limited: IntCounter,
     pub agent_calls: IntCounterVec,
+    /// Agent calls an instance holds, by table (`pending`: awaiting an
+    /// answer here; `forwarded`: sent to a local agent; `late`: timed out,
+    /// kept for a late answer).
+    pub agent_calls_held: IntGaugeVec,
     pub store_up: IntGauge,
     pub token_verifications: IntCounterVec,
     /// What a hostile-input limit shed, by [`Shed`] (docs/security.md §12).
@@ -93,7 +97,8 @@ pub enum Shed {
     WebhookContactCap,
     /// A webhook message older than the accepted window.
     WebhookStale,
-    /// A timed-out agent call removed before the agent answered.
+    /// A timed-out agent call forgotten before the agent answered: its
+    /// grace ended, or MAX_LATE_AGENT_CALLS were held.
     AgentCallPruned,
     /// A session removed after SESSION_IDLE_TTL_MS without activity.
     SessionIdleExpired,
@@ -237,6 +242,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            agent_calls_held: IntGaugeVec::new(
+                Opts::new(
+                    "hub_agent_calls_held",
+                    "Agent calls this instance holds, by table (pending, forwarded, late)",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
             store_up: IntGauge::new(
                 "hub_store_up",
                 "1 when the session store (Redis in cluster mode) is reachable",
@@ -288,6 +301,7 @@ impl Metrics {
             Box::new(m.ai_lock_waits.clone()),
             Box::new(m.ai_rate_limited.clone()),
             Box::new(m.agent_calls.clone()),
+            Box::new(m.agent_calls_held.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),
@@ -309,6 +323,9 @@ impl Metrics {
             .chain(&[RECEIVED_INVALID])
         {
             m.messages_received.with_label_values(&[kind]);
+        }
+        for table in ["pending", "forwarded", "late"] {
+            m.agent_calls_held.with_label_values(&[table]);
         }
         for result in ["accepted", "expired", "invalid"] {
             m.token_verifications.with_label_values(&[result]);

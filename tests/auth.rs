@@ -33,7 +33,6 @@ fn token_with(claims: Value, secret: &str) -> String {
     .expect("encode")
 }
 
-
 async fn auth_hub() -> TestHub {
     TestHub::start(&["--auth-jwt-secret", SECRET]).await
 }

@@ -1171,7 +1171,11 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
         let expected: Vec<&str> = live[60..].iter().map(|e| e.frame.as_str()).collect();
         assert_eq!(frames, expected, "{}", node.instance);
         // Up to date: nothing to replay, but recoverable.
-        let current = node.broker.read_log("s", Some(N as u64), WHOLE).await.unwrap();
+        let current = node
+            .broker
+            .read_log("s", Some(N as u64), WHOLE)
+            .await
+            .unwrap();
         assert_eq!(current.events.map(|e| e.len()), Some(0));
         // Older than the last LOG_LEN events, or from the future: gone.
         let old = node
@@ -1207,7 +1211,11 @@ async fn a_log_read_stops_at_its_budget(mut f: BrokerFixture) {
         let mut after = 0;
         let mut pages = 0;
         loop {
-            let read = node.broker.read_log("s", Some(after), by_count).await.unwrap();
+            let read = node
+                .broker
+                .read_log("s", Some(after), by_count)
+                .await
+                .unwrap();
             let events = read.events.expect("kept");
             assert!(events.len() <= 7);
             let offsets: Vec<u64> = events.iter().map(|e| e.offset).collect();
@@ -1219,7 +1227,12 @@ async fn a_log_read_stops_at_its_budget(mut f: BrokerFixture) {
                 break;
             }
         }
-        assert_eq!((after, pages), (N as u64, N.div_ceil(7)), "{}", node.instance);
+        assert_eq!(
+            (after, pages),
+            (N as u64, N.div_ceil(7)),
+            "{}",
+            node.instance
+        );
         // Three frames' bytes hold three events (the frames are alike in
         // size to within a digit); a budget smaller than one frame still
         // gives one.
@@ -1238,7 +1251,11 @@ async fn a_log_read_stops_at_its_budget(mut f: BrokerFixture) {
         let read = node.broker.read_log("s", Some(10), tiny).await.unwrap();
         assert_eq!((read.events.map(|e| e.len()), read.more), (Some(1), true));
         // The last page is not cut.
-        let read = node.broker.read_log("s", Some(N as u64 - 2), by_bytes).await.unwrap();
+        let read = node
+            .broker
+            .read_log("s", Some(N as u64 - 2), by_bytes)
+            .await
+            .unwrap();
         assert_eq!((read.events.map(|e| e.len()), read.more), (Some(2), false));
     }
 }

@@ -86,7 +86,6 @@ fn value_with(inner: Value) -> String {
     .to_string()
 }
 
-
 fn inbound(wamid: &str, from: &str, name: &str, text: &str) -> String {
     value_with(json!({
         "contacts": [{"profile": {"name": name}, "wa_id": from}],

@@ -131,9 +131,9 @@ impl Broker for LocalBroker {
         let window = after.map_or(Some((Vec::new(), false)), |after| {
             // Only what the budget takes is copied: offsets in a ring are
             // contiguous, so the wanted ones start at a known index.
-            let skip = kept
-                .and_then(|k| k.front())
-                .map_or(0, |first| after.saturating_add(1).saturating_sub(first.offset));
+            let skip = kept.and_then(|k| k.front()).map_or(0, |first| {
+                after.saturating_add(1).saturating_sub(first.offset)
+            });
             let wanted = kept
                 .into_iter()
                 .flatten()

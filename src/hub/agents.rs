@@ -11,7 +11,7 @@
 //! successful send in history and announces it (a message that was sent
 //! is never missing from history).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::Hub;
 use super::registry::Outbound;
 use crate::broker::InstanceMessage;
+use crate::metrics::{Metrics, Shed};
 use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand};
 use crate::store::AgentRef;
 
@@ -29,6 +30,12 @@ type CallResult = Result<Value, HubError>;
 /// How long after the requester's timeout an agent's answer is still
 /// accepted and recorded.
 pub const LATE_REPLY_GRACE: Duration = Duration::from_secs(120);
+
+/// Most timed-out calls one instance keeps for a late answer; past it the
+/// oldest is forgotten (a late answer to it is then not recorded). Each
+/// holds its command (bounded by the message size), so this bounds their
+/// memory whatever a flood of unanswered calls does.
+pub const MAX_LATE_AGENT_CALLS: usize = 10_000;
 
 /// What the requester's instance needs to record a late answer.
 #[derive(Clone)]
@@ -49,7 +56,61 @@ pub struct AgentRouter {
     pending: Mutex<HashMap<String, oneshot::Sender<CallResult>>>,
     forwarded: Mutex<HashMap<String, Forwarded>>,
     /// Calls whose requester timed out, until their grace ends.
-    late: Mutex<HashMap<String, (LateCall, Instant)>>,
+    late: Mutex<LateCalls>,
+}
+
+/// The timed-out calls, with their grace deadlines in insertion order (one
+/// grace for all, so the oldest expires first): pruning costs only what it
+/// removes.
+#[derive(Default)]
+struct LateCalls {
+    by_id: HashMap<String, (LateCall, Instant)>,
+    /// May name calls already answered (skipped when popped).
+    order: VecDeque<(Instant, String)>,
+}
+
+impl LateCalls {
+    /// Keeps `call` until `until`; returns how many calls were forgotten
+    /// to make room or because their grace ended.
+    fn insert(&mut self, call_id: String, call: LateCall, until: Instant) -> usize {
+        let mut pruned = self.prune(Instant::now());
+        while self.by_id.len() >= MAX_LATE_AGENT_CALLS {
+            let Some((_, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            pruned += usize::from(self.by_id.remove(&oldest).is_some());
+        }
+        if self.order.len() > 2 * MAX_LATE_AGENT_CALLS {
+            let by_id = &self.by_id;
+            self.order.retain(|(_, id)| by_id.contains_key(id));
+        }
+        self.order.push_back((until, call_id.clone()));
+        self.by_id.insert(call_id, (call, until));
+        pruned
+    }
+
+    /// Forgets the calls whose grace ended; how many.
+    fn prune(&mut self, now: Instant) -> usize {
+        let mut pruned = 0;
+        while let Some((until, _)) = self.order.front()
+            && *until <= now
+        {
+            if let Some((_, id)) = self.order.pop_front()
+                && self.by_id.get(&id).is_some_and(|(_, u)| *u <= now)
+            {
+                self.by_id.remove(&id);
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
+    fn remove(&mut self, call_id: &str) -> Option<LateCall> {
+        let now = Instant::now();
+        self.by_id
+            .remove(call_id)
+            .and_then(|(call, until)| (until > now).then_some(call))
+    }
 }
 
 impl AgentRouter {
@@ -65,16 +126,26 @@ impl AgentRouter {
             match tx.send(result) {
                 Ok(()) => return None,
                 Err(result) => {
-                    return lock(&self.late)
-                        .remove(call_id)
-                        .map(|(late, _)| (late, result));
+                    return lock(&self.late).remove(call_id).map(|late| (late, result));
                 }
             }
         }
-        let now = Instant::now();
-        let mut late = lock(&self.late);
-        late.retain(|_, (_, until)| *until > now);
-        late.remove(call_id).map(|(call, _)| (call, result))
+        lock(&self.late).remove(call_id).map(|call| (call, result))
+    }
+
+    /// Sets `hub_agent_calls_held`.
+    fn report_held(&self, metrics: &Metrics) {
+        let held = [
+            ("pending", lock(&self.pending).len()),
+            ("forwarded", lock(&self.forwarded).len()),
+            ("late", lock(&self.late).by_id.len()),
+        ];
+        for (table, n) in held {
+            metrics
+                .agent_calls_held
+                .with_label_values(&[table])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     fn take_forwarded(&self, call_id: &str, agent_client_id: &str) -> Option<Forwarded> {
@@ -150,8 +221,14 @@ impl Hub {
                 // The agent may still answer (and may have sent the
                 // message): keep what is needed to record it then.
                 if let Some(late) = late {
-                    lock(&self.agents.late)
-                        .insert(call_id.clone(), (late, Instant::now() + LATE_REPLY_GRACE));
+                    let pruned = lock(&self.agents.late).insert(
+                        call_id.clone(),
+                        late,
+                        Instant::now() + LATE_REPLY_GRACE,
+                    );
+                    for _ in 0..pruned {
+                        self.metrics.shed(Shed::AgentCallPruned);
+                    }
                 }
                 lock(&self.agents.pending).remove(&call_id);
                 Err(HubError::new(
@@ -169,6 +246,7 @@ impl Hub {
             Err(_) => "unavailable",
         };
         self.metrics.agent_calls.with_label_values(&[outcome]).inc();
+        self.agents.report_held(&self.metrics);
         result
     }
 
@@ -209,7 +287,9 @@ impl Hub {
                 tokio::spawn(async move {
                     tokio::time::sleep(hub.config.agent_timeout + LATE_REPLY_GRACE).await;
                     hub.agents.take_forwarded(&expired_id, &agent_client_id);
+                    hub.agents.report_held(&hub.metrics);
                 });
+                self.agents.report_held(&self.metrics);
                 let frame = ServerEvent::Execute {
                     request_id: &call_id,
                     command: &command,
@@ -272,7 +352,9 @@ impl Hub {
 
     /// Delivers a call's result; records a late one.
     async fn complete_call(self: &Arc<Self>, call_id: &str, result: CallResult) {
-        let Some((late, result)) = self.agents.complete(call_id, result) else {
+        let completed = self.agents.complete(call_id, result);
+        self.agents.report_held(&self.metrics);
+        let Some((late, result)) = completed else {
             return;
         };
         if let Ok(content) = result {
@@ -304,5 +386,41 @@ impl Hub {
         if let Err(e) = self.broker.send_to_instance(reply_to, reply).await {
             tracing::warn!(error = %e, instance = reply_to, "could not relay an agent reply");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> LateCall {
+        LateCall {
+            session: "s".into(),
+            command: WhatsAppCommand::ListContacts,
+            requester: serde_json::from_value(serde_json::json!({
+                "client_id": "c", "client_name": "c", "instance": "i"
+            }))
+            .expect("a client"),
+        }
+    }
+
+    #[test]
+    fn late_calls_are_forgotten_past_their_grace_or_the_cap() {
+        let mut late = LateCalls::default();
+        let now = Instant::now();
+        // Already past its grace: pruned by the next insert.
+        assert_eq!(late.insert("old".into(), call(), now), 0);
+        assert_eq!(late.insert("a".into(), call(), now + LATE_REPLY_GRACE), 1);
+        assert!(late.remove("old").is_none());
+        assert!(late.remove("a").is_some());
+        let mut pruned = 0;
+        for i in 0..MAX_LATE_AGENT_CALLS + 5 {
+            pruned += late.insert(format!("c{i}"), call(), now + LATE_REPLY_GRACE);
+        }
+        assert_eq!(pruned, 5);
+        assert_eq!(late.by_id.len(), MAX_LATE_AGENT_CALLS);
+        assert!(late.remove("c0").is_none(), "the oldest went first");
+        assert!(late.remove("c5").is_some());
+        assert!(late.order.len() <= 2 * MAX_LATE_AGENT_CALLS + 1);
     }
 }

@@ -421,29 +421,29 @@ impl Hub {
                         // (docs/protocol.md §12.1).
                         let plan = (!read.more).then(|| plan_start(from, &read, &live, recent, h));
                         let (recovered, offset, replay) = match plan {
-                                None => {
-                                    self.metrics.shed(Shed::ReplayBudget);
-                                    from_live()
-                                }
-                                Some(Start::Go { replay, .. }) if over_budget(&replay) => {
-                                    self.metrics.shed(Shed::ReplayBudget);
-                                    from_live()
-                                }
-                                Some(Start::Go {
-                                    recovered,
-                                    offset,
-                                    replay,
-                                }) => (recovered, offset, replay),
-                                Some(Start::Unrecoverable) if !give_up => {
-                                    unrecoverable = true;
-                                    return None;
-                                }
-                                Some(Start::Retry { wait: w }) if !give_up => {
-                                    wait = w;
-                                    return None;
-                                }
-                                Some(Start::Retry { .. } | Start::Unrecoverable) => from_live(),
-                            };
+                            None => {
+                                self.metrics.shed(Shed::ReplayBudget);
+                                from_live()
+                            }
+                            Some(Start::Go { replay, .. }) if over_budget(&replay) => {
+                                self.metrics.shed(Shed::ReplayBudget);
+                                from_live()
+                            }
+                            Some(Start::Go {
+                                recovered,
+                                offset,
+                                replay,
+                            }) => (recovered, offset, replay),
+                            Some(Start::Unrecoverable) if !give_up => {
+                                unrecoverable = true;
+                                return None;
+                            }
+                            Some(Start::Retry { wait: w }) if !give_up => {
+                                wait = w;
+                                return None;
+                            }
+                            Some(Start::Retry { .. } | Start::Unrecoverable) => from_live(),
+                        };
                         // A replay that does not fit the connection's queue would
                         // disconnect it as a slow consumer half-way: the client
                         // reloads instead (docs/protocol.md §12.1).
