@@ -95,6 +95,22 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         None if config.connector == ConnectorKind::Simulated => builtin_contacts(),
         None => Vec::new(),
     };
+    let max_name = config.limits.max_name_chars;
+    if let Some(long) = contacts.iter().find(|c| {
+        c.name.chars().count() > max_name
+            || c.phone
+                .as_ref()
+                .is_some_and(|p| p.chars().count() > max_name)
+    }) {
+        return Err(ConfigError {
+            setting: "CONTACTS_FILE",
+            reason: format!(
+                "contact `{}…` has a name or phone longer than MAX_NAME_CHARS ({max_name})",
+                long.name.chars().take(32).collect::<String>()
+            ),
+        }
+        .into());
+    }
     if contacts.len() > config.max_contacts_per_session {
         // Every new session is seeded with these: they must fit.
         let (setting, what) = match &config.contacts_file {

@@ -564,7 +564,10 @@ async fn model_output_is_validated_not_trusted() {
             n.ai.interpret("s", &request(&format!("command {i}")))
                 .await
                 .unwrap();
-        codes.push(validate(&o.value, &contacts).map_err(|e| e.code));
+        codes.push(
+            validate(&o.value, &contacts, &mcp_hub::metrics::Metrics::new("test"))
+                .map_err(|e| e.code),
+        );
     }
     assert_eq!(codes[0], Err(ErrorCode::InvalidInterpretation));
     assert_eq!(codes[1], Err(ErrorCode::ContactNotFound));

@@ -215,6 +215,7 @@ const MAX_HISTORY_LIMIT: usize = 500;
 pub fn validate(
     interpretation: &Interpretation,
     contacts: &[String],
+    metrics: &crate::metrics::Metrics,
 ) -> Result<WhatsAppCommand, HubError> {
     let contact = || -> Result<String, HubError> {
         let name = interpretation
@@ -228,7 +229,7 @@ pub fn validate(
                     format!("action `{}` needs a contact", interpretation.action),
                 )
             })?;
-        resolve_contact(name, contacts).map(str::to_string)
+        resolve_contact(name, contacts, metrics).map(str::to_string)
     };
     match interpretation.action.as_str() {
         "send" => {
@@ -300,7 +301,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&bad_action, &names()).unwrap_err().code,
+            validate(&bad_action, &names(), &crate::metrics::Metrics::new("test"))
+                .unwrap_err()
+                .code,
             ErrorCode::InvalidInterpretation
         );
         let no_message = Interpretation {
@@ -310,7 +313,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&no_message, &names()).unwrap_err().code,
+            validate(&no_message, &names(), &crate::metrics::Metrics::new("test"))
+                .unwrap_err()
+                .code,
             ErrorCode::InvalidInterpretation
         );
         let stranger = Interpretation {
@@ -320,7 +325,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&stranger, &names()).unwrap_err().code,
+            validate(&stranger, &names(), &crate::metrics::Metrics::new("test"))
+                .unwrap_err()
+                .code,
             ErrorCode::ContactNotFound
         );
         let ok = Interpretation {
@@ -330,7 +337,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&ok, &names()).unwrap(),
+            validate(&ok, &names(), &crate::metrics::Metrics::new("test")).unwrap(),
             WhatsAppCommand::Send {
                 contact: "John".into(),
                 message: "hi".into()

@@ -670,6 +670,7 @@ impl ServeArgs {
                 max_capabilities: self.max_capabilities as usize,
                 max_name_chars: limits.max_name_chars,
                 max_ai_context_bytes: limits.max_ai_context_bytes,
+                max_contacts: self.max_contacts_per_session as usize,
             },
             allowed_origins,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),

@@ -101,7 +101,7 @@ impl Hub {
                 .into_iter()
                 .map(|c| c.name)
                 .collect();
-            if let Ok(name) = resolve_contact(contact, &names) {
+            if let Ok(name) = resolve_contact(contact, &names, &self.metrics) {
                 *contact = name.to_string();
             }
         }
@@ -158,7 +158,7 @@ impl Hub {
         let contacts = self.session_contacts(session).await?;
         let names: Vec<String> = contacts.iter().map(|c| c.name.clone()).collect();
         let target = |contact: &str| {
-            let name = resolve_contact(contact, &names)?;
+            let name = resolve_contact(contact, &names, &self.metrics)?;
             contacts
                 .iter()
                 .find(|c| c.name == name)
@@ -199,7 +199,7 @@ impl Hub {
                 "executed_by": self.connector.name(),
             })),
             WhatsAppCommand::GetHistory { contact, limit } => {
-                let name = resolve_contact(contact, &names)?;
+                let name = resolve_contact(contact, &names, &self.metrics)?;
                 let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).max(1);
                 let messages = self.store.history(session, name, limit).await?;
                 Ok(json!({
@@ -285,7 +285,7 @@ impl Hub {
         };
         let outcome = self.ai.interpret(session, &request).await?;
         let interpretation = &outcome.value;
-        let command = match validate(interpretation, &request.contacts) {
+        let command = match validate(interpretation, &request.contacts, &self.metrics) {
             Ok(c) => c,
             Err(e) => {
                 let mut content = failure_content(&e);

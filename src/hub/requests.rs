@@ -283,6 +283,9 @@ async fn execute_result(cx: Cx<'_>, content: Value) -> Result<Option<Reply>, Hub
     Ok(None)
 }
 
+/// A contact's JSON besides its name and phone (`{"name":"","phone":""},`).
+const CONTACT_JSON_OVERHEAD: usize = 26;
+
 async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Reply>, HubError> {
     cx.require_agent().await?;
     let max = cx.hub.config.max_contacts_per_session;
@@ -300,6 +303,22 @@ async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Repl
         return Err(HubError::new(
             ErrorCode::InvalidField,
             "field `contacts` must not contain an empty name",
+        ));
+    }
+    // Every client is sent the whole list (contact_list_broadcast): one
+    // larger than half a connection's queue would cut every client off as
+    // a slow consumer.
+    let list_bytes: usize = contacts
+        .iter()
+        .map(|c| c.name.len() + c.phone.as_ref().map_or(0, String::len) + CONTACT_JSON_OVERHEAD)
+        .sum();
+    let max_bytes = cx.hub.config.outbound_queue_bytes / 2;
+    if list_bytes > max_bytes {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field `contacts` holds about {list_bytes} bytes; a contact list is at most {max_bytes} (half of OUTBOUND_QUEUE_BYTES)"
+            ),
         ));
     }
     cx.hub.store.set_contacts(cx.session(), contacts).await?;

@@ -200,6 +200,13 @@ pub enum ContactRef {
 }
 
 impl ContactRef {
+    pub fn name_and_phone(&self) -> (&str, Option<&str>) {
+        match self {
+            ContactRef::Name(name) => (name, None),
+            ContactRef::Contact(c) => (&c.name, c.phone.as_deref()),
+        }
+    }
+
     pub fn into_contact(self) -> Contact {
         match self {
             ContactRef::Name(name) => Contact { name, phone: None },
@@ -300,8 +307,10 @@ struct IncomingBody {
 }
 
 /// Bounds on single fields of inbound messages (settings `MAX_TEXT_CHARS`,
-/// `MAX_CLIENT_NAME_CHARS`, `MAX_CAPABILITIES`); over a bound the message is
-/// refused with `invalid_field`. Lengths count characters, not bytes.
+/// `MAX_CLIENT_NAME_CHARS`, `MAX_CAPABILITIES`, `MAX_NAME_CHARS`,
+/// `MAX_AI_CONTEXT_BYTES`, `MAX_CONTACTS_PER_SESSION`); over a bound the
+/// message is refused with `invalid_field` before any work is done with it.
+/// Lengths count characters, not bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldLimits {
     /// A WhatsApp message text: `send`'s `message`, `incoming_message`'s
@@ -313,6 +322,9 @@ pub struct FieldLimits {
     pub max_name_chars: usize,
     /// An AI `context`, in bytes of JSON (`MAX_AI_CONTEXT_BYTES`).
     pub max_ai_context_bytes: usize,
+    /// Entries of a `contact_list` in an AI context, and of a
+    /// `contacts_update` (`MAX_CONTACTS_PER_SESSION`).
+    pub max_contacts: usize,
 }
 
 impl Default for FieldLimits {
@@ -323,9 +335,101 @@ impl Default for FieldLimits {
             max_capabilities: 8,
             max_name_chars: 128,
             max_ai_context_bytes: 32 * 1024,
+            max_contacts: 10_000,
         }
     }
 }
+
+/// `invalid_field` when a contact name or phone (`field`) is longer than
+/// `MAX_NAME_CHARS`: every name the hub matches, stores or sends is
+/// bounded, so matching one costs a bounded amount of CPU.
+pub fn check_name(field: &str, value: &str, limits: &FieldLimits) -> Result<(), HubError> {
+    check_text_len(field, value, limits.max_name_chars)
+}
+
+/// Checks the contacts of a `contacts_update` or an AI context's
+/// `contact_list` (`field`): at most `MAX_CONTACTS_PER_SESSION`, each name
+/// and phone within `MAX_NAME_CHARS`.
+pub fn check_contacts<'a>(
+    field: &str,
+    contacts: impl ExactSizeIterator<Item = (&'a str, Option<&'a str>)>,
+    limits: &FieldLimits,
+) -> Result<(), HubError> {
+    if contacts.len() > limits.max_contacts {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field `{field}` may list at most {} contacts",
+                limits.max_contacts
+            ),
+        ));
+    }
+    for (name, phone) in contacts {
+        check_name(&format!("{field}.name"), name, limits)?;
+        if let Some(phone) = phone {
+            check_name(&format!("{field}.phone"), phone, limits)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks an AI context: at most `MAX_AI_CONTEXT_BYTES` of JSON (measured
+/// without building it: the count stops at the cap), and, when it is the
+/// structured one, its names and its contact list's length.
+pub fn check_ai_context(
+    context: &impl Serialize,
+    structured: Option<&AiContext>,
+    limits: &FieldLimits,
+) -> Result<(), HubError> {
+    let mut counter = ByteCounter {
+        left: limits.max_ai_context_bytes,
+    };
+    if serde_json::to_writer(&mut counter, context).is_err() {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field `context` must be at most {} bytes of JSON",
+                limits.max_ai_context_bytes
+            ),
+        ));
+    }
+    let Some(ctx) = structured else {
+        return Ok(());
+    };
+    if let Some(last) = &ctx.last_contact {
+        check_name("context.last_contact", last, limits)?;
+    }
+    if let Some(list) = &ctx.contact_list {
+        check_contacts(
+            "context.contact_list",
+            list.iter().map(ContactRef::name_and_phone),
+            limits,
+        )?;
+    }
+    Ok(())
+}
+
+/// A writer that only counts, and fails once more than `left` bytes came.
+struct ByteCounter {
+    left: usize,
+}
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.left = self
+            .left
+            .checked_sub(buf.len())
+            .ok_or_else(|| std::io::Error::other("over the byte cap"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Longest accepted `request_id` (it is echoed in every answer).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// `invalid_field` when `value` is longer than `max` characters.
 pub fn check_text_len(field: &str, value: &str, max: usize) -> Result<(), HubError> {
@@ -366,8 +470,18 @@ pub fn parse_client_message_with(
     };
     let request_id = match obj.remove("request_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Some(s),
         Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::String(_)) => {
+            // Not echoed: an answer is no bigger than its request's bounds.
+            return Err((
+                HubError::new(
+                    ErrorCode::InvalidField,
+                    format!("field `request_id` must be at most {MAX_REQUEST_ID_LEN} bytes"),
+                ),
+                None,
+            ));
+        }
         Some(_) => {
             return Err((
                 HubError::new(
@@ -406,31 +520,46 @@ pub fn parse_client_message_with(
         }),
         "whatsapp_ai_command" => body_as::<AiCommandBody>(body, &kind).and_then(|b| {
             check_text_len("command", &b.command, limits.max_text_chars)?;
+            if let Some(context) = &b.context {
+                check_ai_context(context, Some(context), limits)?;
+            }
             Ok(ClientMessage::WhatsAppAiCommand {
                 command: b.command,
                 context: b.context,
                 idempotency_key: check_idempotency_key(b.idempotency_key)?,
             })
         }),
-        "ai_request" => body_as::<AiRequestBody>(body, &kind).map(|b| ClientMessage::AiRequest {
-            prompt: b.prompt,
-            context: b.context,
+        "ai_request" => body_as::<AiRequestBody>(body, &kind).and_then(|b| {
+            check_text_len("prompt", &b.prompt, limits.max_text_chars)?;
+            if let Some(context) = &b.context {
+                check_ai_context(context, None, limits)?;
+            }
+            Ok(ClientMessage::AiRequest {
+                prompt: b.prompt,
+                context: b.context,
+            })
         }),
         "ping" => Ok(ClientMessage::Ping),
         "broadcast" => body_as::<BroadcastBody>(body, &kind)
             .map(|b| ClientMessage::Broadcast { payload: b.payload }),
         "execute_result" => body_as::<ExecuteResultBody>(body, &kind)
             .map(|b| ClientMessage::ExecuteResult { content: b.content }),
-        "contacts_update" => {
-            body_as::<ContactsUpdateBody>(body, &kind).map(|b| ClientMessage::ContactsUpdate {
+        "contacts_update" => body_as::<ContactsUpdateBody>(body, &kind).and_then(|b| {
+            check_contacts(
+                "contacts",
+                b.contacts.iter().map(ContactRef::name_and_phone),
+                limits,
+            )?;
+            Ok(ClientMessage::ContactsUpdate {
                 contacts: b
                     .contacts
                     .into_iter()
                     .map(ContactRef::into_contact)
                     .collect(),
             })
-        }
+        }),
         "incoming_message" => body_as::<IncomingBody>(body, &kind).and_then(|b| {
+            check_name("contact", &b.contact, limits)?;
             check_text_len("message", &b.message, limits.max_text_chars)?;
             Ok(ClientMessage::IncomingMessage {
                 contact: b.contact,
@@ -521,6 +650,22 @@ pub fn parse_whatsapp_command_with(
             ErrorCode::InvalidField,
             format!("field `command.limit` must be between 1 and {MAX_HISTORY_LIMIT}"),
         ));
+    }
+    match &cmd {
+        WhatsAppCommand::Send { contact, .. } | WhatsAppCommand::GetHistory { contact, .. } => {
+            check_name("command.contact", contact, limits)?
+        }
+        WhatsAppCommand::SendTemplate {
+            contact,
+            template,
+            language,
+            ..
+        } => {
+            check_name("command.contact", contact, limits)?;
+            check_name("command.template", template, limits)?;
+            check_name("command.language", language, limits)?;
+        }
+        WhatsAppCommand::ListContacts => {}
     }
     if let WhatsAppCommand::Send { contact, message } = &cmd {
         if contact.trim().is_empty() {

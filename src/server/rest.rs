@@ -27,8 +27,8 @@ use super::{browser, rate};
 use crate::hub::{Hub, SessionUse};
 use crate::metrics::Shed;
 use crate::protocol::{
-    AiContext, ClientInfo, ErrorCode, HubError, check_idempotency_key, check_text_len,
-    parse_whatsapp_command_with,
+    AiContext, ClientInfo, ErrorCode, HubError, check_ai_context, check_idempotency_key,
+    check_text_len, parse_whatsapp_command_with,
 };
 
 /// The session API.
@@ -422,6 +422,9 @@ async fn command(
         }
         (None, Some(text)) => {
             check_text_len("text", &text, hub.config.field_limits.max_text_chars)?;
+            if let Some(context) = &body.context {
+                check_ai_context(context, Some(context), &hub.config.field_limits)?;
+            }
             hub.require_session(&session, SessionUse::Write).await?;
             Ok(Json(
                 hub.run_ai_command_once(&session, &text, body.context, &client, key)
