@@ -53,7 +53,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -316,6 +316,32 @@ fn total_cpu_ticks(pids: &[u32]) -> Result<CpuTicks> {
     })
 }
 
+/// Opens a WebSocket to `url` (a loopback address) from the next of many
+/// loopback source addresses, 200 connections each: a hub caps the
+/// connections of one address (MAX_CONNECTIONS_PER_IP, 512), as it would
+/// for clients on the Internet.
+async fn connect_spread(
+    url: &str,
+) -> Result<(
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / 200;
+    let source = std::net::Ipv4Addr::new(127, 1, (n / 250 % 250) as u8, (n % 250 + 1) as u8);
+    let parsed: axum::http::Uri = url.parse().context("a ws:// URL")?;
+    let host = parsed.host().context("a host")?.trim_matches(['[', ']']);
+    let target = tokio::net::lookup_host((host, parsed.port_u16().unwrap_or(80)))
+        .await?
+        .find(std::net::SocketAddr::is_ipv4)
+        .context("an IPv4 address")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let tcp = socket.connect(target).await?;
+    tcp.set_nodelay(true)?;
+    Ok(client_async_with_config(url, MaybeTlsStream::Plain(tcp), None).await?)
+}
+
 /// Connects and registers; returns once `registration_confirmed` arrived
 /// (the frames after it are the reader's business).
 async fn register(url: &str, session: &str, id: &str) -> Result<Ws> {
@@ -326,7 +352,7 @@ async fn register(url: &str, session: &str, id: &str) -> Result<Ws> {
 /// bytes.
 async fn register_sized(url: &str, session: &str, id: &str) -> Result<(Ws, usize)> {
     let work = async {
-        let (mut ws, _) = connect_async_with_config(url, None, true)
+        let (mut ws, _) = connect_spread(url)
             .await
             .with_context(|| format!("connect {url}"))?;
         let reg = json!({"type":"register","session":session,"client_id":id});

@@ -304,7 +304,8 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
     let shutdown = hub.shutdown.clone();
     let mut draining = false;
     loop {
-        // While a handler runs, its own timeouts bound it: look again later.
+        // While a handler runs, its own timeouts bound it: look again when
+        // it ends.
         let due = watch
             .activity
             .deadline(header_ms, keepalive_ms)
@@ -322,6 +323,7 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
                 return;
             }
             _ = watch.evicted.notified() => return,
+            _ = watch.activity.request_ended() => {}
             _ = shutdown.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;

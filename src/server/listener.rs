@@ -52,6 +52,9 @@ pub struct Activity {
     busy: AtomicU32,
     /// Whether any request was handled (later silence is keep-alive idle).
     served: AtomicBool,
+    /// Signalled when a request's handler ends: the watchdog, which waits
+    /// without a deadline while one runs, arms its deadline again.
+    request_ended: tokio::sync::Notify,
 }
 
 /// What the watchdog finds when an [`Activity`] deadline passes.
@@ -71,6 +74,7 @@ impl Default for Activity {
             head_started_ms: AtomicU64::new(0),
             busy: AtomicU32::new(0),
             served: AtomicBool::new(false),
+            request_ended: tokio::sync::Notify::new(),
         }
     }
 }
@@ -101,6 +105,12 @@ impl Activity {
         self.served.store(true, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
         RequestInFlight(self.clone())
+    }
+
+    /// Resolves when a request's handler ends (or has ended since the last
+    /// wait: the signal is kept).
+    pub async fn request_ended(&self) {
+        self.request_ended.notified().await
     }
 
     /// Whether no request is being handled (the connection may be shed).
@@ -137,6 +147,7 @@ impl Drop for RequestInFlight {
     fn drop(&mut self) {
         self.0.last_io_ms.store(now_ms(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.request_ended.notify_one();
     }
 }
 
