@@ -148,16 +148,7 @@ impl Broker for LocalBroker {
                 now_millis(),
             )
         });
-        let (events, more) = match window {
-            Some((events, more)) => (Some(events), more),
-            None => (None, false),
-        };
-        Ok(LogRead {
-            epoch: self.epoch.clone(),
-            head,
-            events,
-            more,
-        })
+        Ok(LogRead::new(self.epoch.clone(), head, window))
     }
 
     async fn send_to_instance(

@@ -99,6 +99,23 @@ pub struct LogRead {
     pub more: bool,
 }
 
+impl LogRead {
+    /// A read's answer from what [`replay_window`] found (None: the events
+    /// after the offset are not all kept).
+    pub fn new(epoch: String, head: u64, window: Option<(Vec<LoggedEvent>, bool)>) -> Self {
+        let (events, more) = match window {
+            Some((events, more)) => (Some(events), more),
+            None => (None, false),
+        };
+        LogRead {
+            epoch,
+            head,
+            events,
+            more,
+        }
+    }
+}
+
 /// How much one read of a log may return: it stops before the event that
 /// would pass either bound (always giving at least one event), so a read
 /// costs at most this much memory whatever the log holds.

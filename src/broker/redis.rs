@@ -327,16 +327,7 @@ impl Broker for RedisBroker {
                 now_millis(),
             )
         });
-        let (events, more) = match window {
-            Some((events, more)) => (Some(events), more),
-            None => (None, false),
-        };
-        Ok(LogRead {
-            epoch,
-            head,
-            events,
-            more,
-        })
+        Ok(LogRead::new(epoch, head, window))
     }
 
     async fn send_to_instance(
