@@ -191,9 +191,11 @@ impl Gate {
 }
 
 /// `MAX_PENDING_CONNECTIONS`: the connections not (yet) upgraded, oldest
-/// first. At the cap, the oldest one with no request in flight is shed to
-/// admit the newcomer: a slowloris crowd then only pushes its own members
-/// out, while requests that complete in milliseconds keep getting through.
+/// first. At the cap one with no request in flight is shed to admit the
+/// newcomer: the oldest kept-alive one (it was served; its client only
+/// reconnects), else the oldest that has sent no complete request yet. A
+/// slowloris crowd then only pushes its own members out, while requests
+/// that complete in milliseconds keep getting through.
 struct Pending {
     max: usize,
     next_id: AtomicU64,
@@ -243,19 +245,27 @@ impl Pending {
         })
     }
 
-    /// Sheds the oldest connection with no request in flight; false if
-    /// there is none.
+    /// Sheds a connection with no request in flight (see [`Pending`]);
+    /// false if there is none.
     fn evict_oldest_idle(&self) -> bool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         Self::evict_locked(&mut conns)
     }
 
     fn evict_locked(conns: &mut BTreeMap<u64, PendingEntry>) -> bool {
-        let Some(id) = conns
-            .iter()
-            .find(|(_, entry)| entry.activity.is_idle())
-            .map(|(id, _)| *id)
-        else {
+        let victim = |keep_alive_only: bool| {
+            conns
+                .iter()
+                .find(|(_, e)| {
+                    if keep_alive_only {
+                        e.activity.is_kept_alive()
+                    } else {
+                        e.activity.is_idle()
+                    }
+                })
+                .map(|(id, _)| *id)
+        };
+        let Some(id) = victim(true).or_else(|| victim(false)) else {
             return false;
         };
         if let Some(entry) = conns.remove(&id) {

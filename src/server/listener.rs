@@ -113,6 +113,12 @@ impl Activity {
         self.request_ended.notified().await
     }
 
+    /// Whether a request was handled and none is now: the connection has
+    /// been served and waits for another (the first to shed for room).
+    pub fn is_kept_alive(&self) -> bool {
+        self.is_idle() && self.served.load(Ordering::Relaxed)
+    }
+
     /// Whether no request is being handled (the connection may be shed).
     pub fn is_idle(&self) -> bool {
         self.busy.load(Ordering::Relaxed) == 0

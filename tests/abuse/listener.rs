@@ -182,6 +182,29 @@ async fn at_the_pending_cap_the_oldest_idle_connection_makes_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_pending_cap_a_kept_alive_connection_goes_before_a_fresh_one() {
+    let hub = TestHub::start(&[
+        "--max-pending-connections",
+        "3",
+        "--header-read-timeout-ms",
+        "60000",
+    ])
+    .await;
+    // The oldest has sent nothing yet (a client about to ask); the second
+    // was served and idles.
+    let mut fresh = TcpStream::connect(hub.addr).await.expect("connect");
+    let mut served = TcpStream::connect(hub.addr).await.expect("connect");
+    assert_eq!(health_over(&mut served).await, "HTTP/1.1 200 OK");
+    let _third = TcpStream::connect(hub.addr).await.expect("connect");
+    let mut client = TcpStream::connect(hub.addr).await.expect("connect");
+    assert_eq!(health_over(&mut client).await, "HTTP/1.1 200 OK");
+    let rest = read_until_closed(&mut served, RECV_TIMEOUT).await;
+    assert!(rest.len() < 1024);
+    // The fresh one is still served.
+    assert_eq!(health_over(&mut fresh).await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_at_most_max_connections_per_ip() {
     let hub = TestHub::start(&["--max-connections-per-ip", "3"]).await;
     let mut held = Vec::new();
