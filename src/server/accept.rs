@@ -5,7 +5,8 @@
 //!
 //! - At accept: `MAX_CONNECTIONS_PER_IP` (the address's slot lives with the
 //!   socket), then `MAX_PENDING_CONNECTIONS` over the connections not (yet)
-//!   upgraded; at that cap the oldest idle one makes room.
+//!   upgraded; at that cap an idle one of the address holding the most
+//!   makes room ([`Pending`]).
 //! - While a connection is HTTP: a request head must arrive whole within
 //!   `HEADER_READ_TIMEOUT_MS` however slowly it trickles, is at most
 //!   `MAX_HEADER_BYTES` (431), and a connection silent between requests for
@@ -13,11 +14,12 @@
 //!   this loop's care (the registration deadline is the connection's).
 //! - When accept fails for want of descriptors, the loop backs off
 //!   (exponentially, to 1 s) instead of spinning, logs at most once a
-//!   period, and frees a descriptor by shedding the oldest idle
-//!   connection, so the next client (a `/health` probe) gets in.
+//!   period, and frees a descriptor by shedding an idle connection the
+//!   same way, so the next client (a `/health` probe) gets in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,7 +78,7 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
                 // A descriptor freed by shedding the oldest idle connection
                 // is free once its task drops it: retry after a moment,
                 // without growing the backoff.
-                let evicted = gate.pending.evict_oldest_idle();
+                let evicted = gate.pending.evict_one();
                 if evicted {
                     hub.metrics.shed(Shed::PendingConnections);
                 }
@@ -164,9 +166,14 @@ impl Gate {
         };
         let activity = Arc::new(Activity::default());
         let evicted = Arc::new(Notify::new());
-        let pending = self
-            .pending
-            .admit(activity.clone(), evicted.clone(), metrics)?;
+        let pending = self.pending.admit(
+            PendingEntry {
+                ip,
+                activity: activity.clone(),
+                evicted: evicted.clone(),
+            },
+            metrics,
+        )?;
         if let Err(e) = tcp.set_nodelay(true) {
             // TCP_NODELAY: real-time events go out at once instead of Nagle
             // holding a frame for the peer's delayed ACK (~40 ms).
@@ -192,17 +199,26 @@ impl Gate {
 
 /// `MAX_PENDING_CONNECTIONS`: the connections not (yet) upgraded, oldest
 /// first. At the cap one with no request in flight is shed to admit the
-/// newcomer: the oldest kept-alive one (it was served; its client only
-/// reconnects), else the oldest that has sent no complete request yet. A
-/// slowloris crowd then only pushes its own members out, while requests
-/// that complete in milliseconds keep getting through.
+/// newcomer, taken from the address that holds the most pending
+/// connections (a crowd's, not a lone client's), and there the oldest
+/// kept-alive one (it was served; its client only reconnects), else the
+/// oldest that has sent no complete request yet. A slowloris crowd then
+/// only pushes its own members out, while requests that complete in
+/// milliseconds keep getting through.
 struct Pending {
     max: usize,
     next_id: AtomicU64,
-    conns: Mutex<BTreeMap<u64, PendingEntry>>,
+    table: Mutex<PendingTable>,
+}
+
+#[derive(Default)]
+struct PendingTable {
+    conns: BTreeMap<u64, PendingEntry>,
+    per_address: HashMap<IpAddr, usize>,
 }
 
 struct PendingEntry {
+    ip: IpAddr,
     activity: Arc<Activity>,
     evicted: Arc<Notify>,
 }
@@ -218,27 +234,26 @@ impl Pending {
         Arc::new(Pending {
             max,
             next_id: AtomicU64::new(0),
-            conns: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(PendingTable::default()),
         })
     }
 
-    fn admit(
-        self: &Arc<Self>,
-        activity: Arc<Activity>,
-        evicted: Arc<Notify>,
-        metrics: &Metrics,
-    ) -> Option<PendingSlot> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= self.max {
-            // Shed the oldest idle one for this one, or, every one busy,
-            // refuse this one.
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, entry: PendingEntry, metrics: &Metrics) -> Option<PendingSlot> {
+        let mut table = self.lock();
+        if table.conns.len() >= self.max {
+            // Shed one for this one, or, every one busy, refuse this one.
             metrics.shed(Shed::PendingConnections);
-            if !Self::evict_locked(&mut conns) {
+            if !table.evict() {
                 return None;
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        conns.insert(id, PendingEntry { activity, evicted });
+        *table.per_address.entry(entry.ip).or_insert(0) += 1;
+        table.conns.insert(id, entry);
         Some(PendingSlot {
             pending: self.clone(),
             id,
@@ -247,40 +262,61 @@ impl Pending {
 
     /// Sheds a connection with no request in flight (see [`Pending`]);
     /// false if there is none.
-    fn evict_oldest_idle(&self) -> bool {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        Self::evict_locked(&mut conns)
+    fn evict_one(&self) -> bool {
+        self.lock().evict()
     }
+}
 
-    fn evict_locked(conns: &mut BTreeMap<u64, PendingEntry>) -> bool {
-        let victim = |keep_alive_only: bool| {
-            conns
+impl PendingTable {
+    fn evict(&mut self) -> bool {
+        let crowd = self
+            .per_address
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(ip, _)| *ip);
+        let pick = |from: Option<IpAddr>, kept_alive_only: bool| {
+            self.conns
                 .iter()
                 .find(|(_, e)| {
-                    if keep_alive_only {
-                        e.activity.is_kept_alive()
-                    } else {
-                        e.activity.is_idle()
-                    }
+                    from.is_none_or(|ip| e.ip == ip)
+                        && if kept_alive_only {
+                            e.activity.is_kept_alive()
+                        } else {
+                            e.activity.is_idle()
+                        }
                 })
                 .map(|(id, _)| *id)
         };
-        let Some(id) = victim(true).or_else(|| victim(false)) else {
+        let Some(id) = pick(crowd, true)
+            .or_else(|| pick(crowd, false))
+            .or_else(|| pick(None, true))
+            .or_else(|| pick(None, false))
+        else {
             return false;
         };
-        if let Some(entry) = conns.remove(&id) {
+        if let Some(entry) = self.remove(id) {
             // A stored permit: the task closes the connection even if it is
             // not waiting on the signal at this instant.
             entry.evicted.notify_one();
         }
         true
     }
+
+    fn remove(&mut self, id: u64) -> Option<PendingEntry> {
+        let entry = self.conns.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&entry.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&entry.ip);
+            }
+        }
+        Some(entry)
+    }
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut conns = self.pending.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.remove(&self.id);
+        self.pending.lock().remove(self.id);
     }
 }
 

@@ -205,6 +205,28 @@ async fn at_the_pending_cap_a_kept_alive_connection_goes_before_a_fresh_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_pending_cap_the_crowded_address_makes_room_not_a_lone_client() {
+    let hub = TestHub::start(&[
+        "--max-pending-connections",
+        "4",
+        "--header-read-timeout-ms",
+        "60000",
+    ])
+    .await;
+    // A client connects first, then a crowd from another address fills
+    // the cap while the client's request is still on its way.
+    let mut client = connect_from(hub.addr, "127.0.0.5").await;
+    let mut crowd = Vec::new();
+    for _ in 0..3 {
+        crowd.push(connect_from(hub.addr, "127.0.0.6").await);
+    }
+    let _newcomer = connect_from(hub.addr, "127.0.0.6").await;
+    let gone = read_until_closed(&mut crowd[0], RECV_TIMEOUT).await;
+    assert!(gone.is_empty());
+    assert_eq!(health_over(&mut client).await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_at_most_max_connections_per_ip() {
     let hub = TestHub::start(&["--max-connections-per-ip", "3"]).await;
     let mut held = Vec::new();
