@@ -56,11 +56,10 @@ pub async fn run(config: HubConfig) -> Result<(), StartupError> {
 /// Builds the hub and binds its listener (port 0 picks a free one; read it
 /// back with `listener.local_addr()`).
 pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupError> {
-    let addr = format!("{}:{}", config.host, config.port);
+    let socket_addr = std::net::SocketAddr::new(config.host, config.port);
+    let addr = socket_addr.to_string();
     let hub = build(config).await?;
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartupError::Bind { addr, source })?;
+    let listener = listen(socket_addr).map_err(|source| StartupError::Bind { addr, source })?;
     // Once it is certain the hub runs (a refused start prints one line).
     if hub.config.auth.open_by_default {
         tracing::warn!(
@@ -69,6 +68,24 @@ pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupE
         );
     }
     Ok((hub, listener))
+}
+
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`). A burst of connects larger than the queue drops
+/// SYNs, and a dropped SYN is retried after a second: the accept loop sheds
+/// what it must itself, so the queue in front of it is deep.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds as `TcpListener::bind` does (SO_REUSEADDR), with [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves until `shutdown` completes, then drains the connections and

@@ -48,7 +48,7 @@ pub struct LimitArgs {
 
     // -- Responses and stored records ------------------------------------
     /// Largest page of `GET /api/v1/sessions/{session}/events`, in bytes of event JSON.
-    #[arg(long, env = "EVENTS_PAGE_MAX_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65_536..=67_108_864))]
+    #[arg(long, env = "EVENTS_PAGE_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(65_536..=67_108_864))]
     pub events_page_max_bytes: u32,
     /// Most events on one page of `GET /api/v1/sessions/{session}/events`.
     #[arg(long, env = "EVENTS_PAGE_MAX_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -395,7 +395,7 @@ mod tests {
     fn replay_budget_must_fit_the_queue() {
         let limits = Limits::default();
         assert!(limits.replay_max_bytes < 1024 * 1024);
-        assert_eq!(limits.events_page_max_bytes, 8 * 1024 * 1024);
+        assert_eq!(limits.events_page_max_bytes, 1024 * 1024);
         assert!(limits.header_read_timeout <= Duration::from_secs(30));
         assert!(limits.register_timeout <= Duration::from_secs(30));
     }

@@ -330,7 +330,7 @@ async fn events(
     })
     .to_string();
     // The logged frames are JSON already: the page is spliced from them,
-    // not parsed and serialized again (a page is up to 8 MiB).
+    // not parsed and serialized again (a page is up to EVENTS_PAGE_MAX_BYTES).
     let frames = replay.unwrap_or_default();
     let mut body = String::with_capacity(
         head.len() + 16 + frames.iter().map(|e| e.frame.len() + 1).sum::<usize>(),
