@@ -153,15 +153,21 @@ async fn an_idle_keepalive_connection_is_closed() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_pending_cap_the_oldest_idle_connection_makes_room() {
-    let hub = TestHub::start(&[
+/// A hub holding at most `cap` connections not upgraded, with a header
+/// deadline no test here waits for.
+async fn pending_capped_hub(cap: &str) -> TestHub {
+    TestHub::start(&[
         "--max-pending-connections",
-        "4",
+        cap,
         "--header-read-timeout-ms",
         "60000",
     ])
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_pending_cap_the_oldest_idle_connection_makes_room() {
+    let hub = pending_capped_hub("4").await;
     let mut silent = Vec::new();
     for _ in 0..4 {
         silent.push(TcpStream::connect(hub.addr).await.expect("connect"));
@@ -183,13 +189,7 @@ async fn at_the_pending_cap_the_oldest_idle_connection_makes_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_pending_cap_a_kept_alive_connection_goes_before_a_fresh_one() {
-    let hub = TestHub::start(&[
-        "--max-pending-connections",
-        "3",
-        "--header-read-timeout-ms",
-        "60000",
-    ])
-    .await;
+    let hub = pending_capped_hub("3").await;
     // The oldest has sent nothing yet (a client about to ask); the second
     // was served and idles.
     let mut fresh = TcpStream::connect(hub.addr).await.expect("connect");
@@ -206,13 +206,7 @@ async fn at_the_pending_cap_a_kept_alive_connection_goes_before_a_fresh_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_pending_cap_the_crowded_address_makes_room_not_a_lone_client() {
-    let hub = TestHub::start(&[
-        "--max-pending-connections",
-        "4",
-        "--header-read-timeout-ms",
-        "60000",
-    ])
-    .await;
+    let hub = pending_capped_hub("4").await;
     // A client connects first, then a crowd from another address fills
     // the cap while the client's request is still on its way.
     let mut client = connect_from(hub.addr, "127.0.0.5").await;
