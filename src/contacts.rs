@@ -57,8 +57,26 @@ pub fn resolve_contact<'a>(
     let mut best: Vec<(usize, usize)> = Vec::new();
     for (i, n) in lowered.iter().enumerate() {
         if cells > FUZZY_BUDGET_CELLS {
+            // A closer name may lie among those not compared: no guess,
+            // the names found so far are offered instead.
             metrics.shed(Shed::FuzzyBudget);
-            break;
+            best.sort();
+            let shown = if best.is_empty() {
+                names.iter().take(MAX_CANDIDATES).cloned().collect()
+            } else {
+                best.iter()
+                    .take(MAX_CANDIDATES)
+                    .map(|&(_, i)| names[i].clone())
+                    .collect()
+            };
+            return Err(HubError::new(
+                ErrorCode::ContactNotFound,
+                format!(
+                    "no contact named `{}` (typo matching stopped at its budget; give the name exactly)",
+                    query.iter().collect::<String>()
+                ),
+            )
+            .with_candidates(shown));
         }
         let name: Vec<char> = n.chars().collect();
         let first_len = name.iter().position(|c| *c == ' ').unwrap_or(name.len());
@@ -238,9 +256,12 @@ mod tests {
         let metrics = Metrics::new("test");
         // Names alike in length and spelling: no tier before the typo one
         // hits, and every name passes the length filter.
-        let names: Vec<String> = (0..20_000)
+        let mut names: Vec<String> = (0..20_000)
             .map(|i| format!("{}{i:0>6}", "x".repeat(120)))
             .collect();
+        // One typo away, but past the budget: never guessed from a
+        // partial scan.
+        names.push(format!("{}y", "x".repeat(125)));
         let query = "x".repeat(126);
         let err = resolve_contact(&query, &names, &metrics).unwrap_err();
         assert_eq!(err.code, ErrorCode::ContactNotFound);

@@ -67,6 +67,11 @@ const SENT_KINDS: [&str; 13] = [
 pub enum Shed {
     /// A request head not complete within HEADER_READ_TIMEOUT_MS.
     HeaderTimeout,
+    /// A request body not complete within HEADER_READ_TIMEOUT_MS of its head.
+    BodyTimeout,
+    /// A response that made no progress for KEEPALIVE_TIMEOUT_MS (the
+    /// client stopped reading).
+    ResponseStalled,
     /// A request head over MAX_HEADER_BYTES.
     HeaderTooLarge,
     /// A connection accepted over MAX_PENDING_CONNECTIONS.

@@ -517,16 +517,21 @@ impl Hub {
         let Some(position) = self.registry.position(session) else {
             return;
         };
-        let after = match self.broker.log_head(session).await {
+        let (epoch, after) = match self.broker.log_head(session).await {
             // The log was lost and began again: all of the new one is due.
-            Ok(head) if head.epoch != position.epoch => 0,
-            Ok(_) => position.offset,
+            Ok(head) if head.epoch != position.epoch => (head.epoch, 0),
+            Ok(head) => (head.epoch, position.offset),
             Err(error) => {
                 tracing::warn!(session, %error, "cannot read the log to catch up");
                 return;
             }
         };
-        if let Err(gap) = self.deliver_from_log(session, after, None, u64::MAX).await {
+        // Pinned to that log: should it begin again meanwhile, its offsets
+        // are not this one's.
+        if let Err(gap) = self
+            .deliver_from_log(session, after, Some(&epoch), u64::MAX)
+            .await
+        {
             tracing::warn!(session, "{gap}; missed events are not delivered");
         }
     }

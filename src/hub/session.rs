@@ -419,7 +419,16 @@ impl Hub {
                         // the head, or the replay with what delivery added
                         // is larger), the client reloads instead
                         // (docs/protocol.md §12.1).
-                        let plan = (!read.more).then(|| plan_start(from, &read, &live, recent, h));
+                        // Only a read of the very log the client and
+                        // delivery are on is cut short for its size; any
+                        // other goes through the plan (retry, cut).
+                        let from_epoch = match from {
+                            StartAt::Resume(s) => s.epoch.as_str(),
+                            StartAt::Cut(c, _) => c.epoch.as_str(),
+                        };
+                        let too_long =
+                            read.more && live.epoch == read.epoch && from_epoch == read.epoch;
+                        let plan = (!too_long).then(|| plan_start(from, &read, &live, recent, h));
                         let (recovered, offset, replay) = match plan {
                             None => {
                                 self.metrics.shed(Shed::ReplayBudget);

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use hyper::body::Incoming;
@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::listener::{Activity, AddressSlots, Idle, Peer, SharedTcp, now_ms};
+use super::listener::{Activity, AddressSlots, Idle, Peer, Phase, SharedTcp, now_ms};
 use crate::config::Limits;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Shed};
@@ -56,6 +56,7 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
     };
     let shutdown = hub.shutdown.clone();
     let mut backoff = None;
+    let mut shed_last_time = false;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -64,26 +65,29 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
         match accepted {
             Ok((tcp, addr)) => {
                 backoff = None;
+                shed_last_time = false;
                 let Some((io, peer, watch)) = gate.admit(tcp, addr, limits, &hub.metrics) else {
                     continue;
                 };
                 connections.spawn(serve_connection(io, peer, watch, app.clone(), hub.clone()));
             }
-            // As axum's own listener: a connection that failed before it
-            // was accepted is skipped.
-            Err(e) if is_connection_error(&e) => {}
+            // A connection that failed before it was accepted (reset, or
+            // a network error Linux reports at accept) is skipped.
+            Err(e) if !is_exhaustion(&e) => {}
             // Out of file descriptors (EMFILE/ENFILE) or kernel memory.
             Err(e) => {
                 hub.metrics.shed(Shed::AcceptExhausted);
-                // A descriptor freed by shedding the oldest idle connection
-                // is free once its task drops it: retry after a moment,
-                // without growing the backoff.
-                let evicted = gate.pending.evict_one();
+                // A descriptor freed by shedding an idle connection is free
+                // once its task drops it: retry after a moment, without
+                // growing the backoff, and shed no second one before that
+                // retry has been made.
+                let evicted = !shed_last_time && gate.pending.evict_one();
+                shed_last_time = evicted;
                 if evicted {
                     hub.metrics.shed(Shed::PendingConnections);
                 }
                 let delay = if evicted {
-                    Duration::from_millis(1)
+                    Duration::from_millis(5)
                 } else {
                     backoff
                         .get_or_insert_with(|| {
@@ -113,13 +117,61 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
     }
 }
 
-fn is_connection_error(e: &io::Error) -> bool {
+/// Whether accept failed for want of a resource (descriptors, buffers,
+/// memory), not because of the one connection it was accepting.
+fn is_exhaustion(e: &io::Error) -> bool {
     matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// A body whose end (or drop) ends a request phase; an empty one has
+/// nothing to wait for.
+fn tracked<B>(body: B, begin: impl FnOnce() -> Phase) -> Body
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    if body.is_end_stream() {
+        return Body::new(body);
+    }
+    Body::new(Tracked {
+        inner: body,
+        phase: Some(begin()),
+    })
+}
+
+/// A body that ends its [`Phase`] when it ends, fails or is dropped.
+struct Tracked<B> {
+    inner: B,
+    phase: Option<Phase>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.phase = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The admission checks at accept.
@@ -269,29 +321,22 @@ impl Pending {
 
 impl PendingTable {
     fn evict(&mut self) -> bool {
-        let crowd = self
-            .per_address
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(ip, _)| *ip);
-        let pick = |from: Option<IpAddr>, kept_alive_only: bool| {
-            self.conns
-                .iter()
-                .find(|(_, e)| {
-                    from.is_none_or(|ip| e.ip == ip)
-                        && if kept_alive_only {
-                            e.activity.is_kept_alive()
-                        } else {
-                            e.activity.is_idle()
-                        }
-                })
-                .map(|(id, _)| *id)
-        };
-        let Some(id) = pick(crowd, true)
-            .or_else(|| pick(crowd, false))
-            .or_else(|| pick(None, true))
-            .or_else(|| pick(None, false))
-        else {
+        // One pass, oldest first: the idle connection whose address holds
+        // the most, kept-alive before fresh, the oldest among equals.
+        let mut victim: Option<((usize, bool), u64)> = None;
+        for (id, e) in &self.conns {
+            if !e.activity.is_idle() {
+                continue;
+            }
+            let rank = (
+                self.per_address.get(&e.ip).copied().unwrap_or(0),
+                e.activity.is_kept_alive(),
+            );
+            if victim.is_none_or(|(best, _)| rank > best) {
+                victim = Some((rank, *id));
+            }
+        }
+        let Some((_, id)) = victim else {
             return false;
         };
         if let Some(entry) = self.remove(id) {
@@ -329,13 +374,18 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
     let keepalive_ms = limits.keepalive_timeout.as_millis() as u64;
     let activity = watch.activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let in_flight = activity.begin_request();
-        let mut request = request.map(Body::new);
+        // The phases the watchdog's deadlines follow: the body until read
+        // to its end, the handler, the response until written to its end.
+        let handling = activity.begin_request();
+        let mut request = request.map(|body| tracked(body, || activity.begin_body()));
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
         let app = app.clone();
+        let activity = activity.clone();
         async move {
             let response = app.oneshot(request).await;
-            drop(in_flight);
+            let response = response
+                .map(|response| response.map(|body| tracked(body, || activity.begin_response())));
+            drop(handling);
             response
         }
     });
@@ -350,8 +400,8 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
     let shutdown = hub.shutdown.clone();
     let mut draining = false;
     loop {
-        // While a handler runs, its own timeouts bound it: look again when
-        // it ends.
+        // While a handler runs (its body read), its own timeouts bound it:
+        // look again when a phase ends.
         let due = watch
             .activity
             .deadline(header_ms, keepalive_ms)
@@ -369,7 +419,7 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
                 return;
             }
             _ = watch.evicted.notified() => return,
-            _ = watch.activity.request_ended() => {}
+            _ = watch.activity.phase_ended() => {}
             _ = shutdown.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
@@ -380,6 +430,8 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
                 {
                     hub.metrics.shed(match why {
                         Idle::HeaderTimeout => Shed::HeaderTimeout,
+                        Idle::BodyTimeout => Shed::BodyTimeout,
+                        Idle::ResponseStalled => Shed::ResponseStalled,
                         Idle::KeepaliveIdle => Shed::KeepaliveIdle,
                     });
                     return;

@@ -38,9 +38,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// What an HTTP connection is doing, as its socket and its requests see
-/// it: the accept loop closes it when a request head takes too long or it
-/// sits idle (`accept.rs`). Atomics: the socket's reads and writes and the
-/// request handlers update it; one watchdog reads it.
+/// it: the accept loop closes it when a request head or body takes too
+/// long, a response stalls, or it sits idle (`accept.rs`). Atomics: the
+/// socket's reads and writes and the request's phases update it; one
+/// watchdog reads it.
 #[derive(Debug)]
 pub struct Activity {
     /// The last read or write of any bytes.
@@ -48,13 +49,19 @@ pub struct Activity {
     /// When the first byte of a request head not yet handed to a handler
     /// arrived (0: none). Trickling more bytes does not move it.
     head_started_ms: AtomicU64,
-    /// Requests being handled now.
-    busy: AtomicU32,
+    /// When the latest request reached its handler (its head complete).
+    request_started_ms: AtomicU64,
+    /// Requests whose handler runs now.
+    handling: AtomicU32,
+    /// Request bodies not yet read to their end.
+    receiving: AtomicU32,
+    /// Response bodies not yet written to their end.
+    responding: AtomicU32,
     /// Whether any request was handled (later silence is keep-alive idle).
     served: AtomicBool,
-    /// Signalled when a request's handler ends: the watchdog, which waits
-    /// without a deadline while one runs, arms its deadline again.
-    request_ended: tokio::sync::Notify,
+    /// Signalled when a phase ends: the watchdog, which may be waiting
+    /// without a deadline, arms its deadline again.
+    phase_ended: tokio::sync::Notify,
 }
 
 /// What the watchdog finds when an [`Activity`] deadline passes.
@@ -63,8 +70,21 @@ pub enum Idle {
     /// A request head has not arrived whole in time (or, on a fresh
     /// connection, not at all).
     HeaderTimeout,
+    /// A request body has not arrived whole within the header deadline
+    /// after its head.
+    BodyTimeout,
+    /// A response has made no progress (the client stopped reading).
+    ResponseStalled,
     /// No request since the last one finished.
     KeepaliveIdle,
+}
+
+/// The phases of a request a [`Phase`] guard marks.
+#[derive(Debug, Clone, Copy)]
+enum PhaseKind {
+    Handling,
+    Receiving,
+    Responding,
 }
 
 impl Default for Activity {
@@ -72,9 +92,12 @@ impl Default for Activity {
         Activity {
             last_io_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),
-            busy: AtomicU32::new(0),
+            request_started_ms: AtomicU64::new(0),
+            handling: AtomicU32::new(0),
+            receiving: AtomicU32::new(0),
+            responding: AtomicU32::new(0),
             served: AtomicBool::new(false),
-            request_ended: tokio::sync::Notify::new(),
+            phase_ended: tokio::sync::Notify::new(),
         }
     }
 }
@@ -86,7 +109,7 @@ impl Activity {
         }
         let now = now_ms();
         self.last_io_ms.store(now, Ordering::Relaxed);
-        if self.busy.load(Ordering::Relaxed) == 0 {
+        if self.is_idle() {
             // Only the first byte of a head starts its clock.
             let _ =
                 self.head_started_ms
@@ -98,47 +121,86 @@ impl Activity {
         self.last_io_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// A request reached its handler: its head is complete. The returned
-    /// guard marks the handler's end when dropped.
-    pub fn begin_request(self: &Arc<Self>) -> RequestInFlight {
-        self.busy.fetch_add(1, Ordering::Relaxed);
+    fn counter(&self, kind: PhaseKind) -> &AtomicU32 {
+        match kind {
+            PhaseKind::Handling => &self.handling,
+            PhaseKind::Receiving => &self.receiving,
+            PhaseKind::Responding => &self.responding,
+        }
+    }
+
+    fn begin(self: &Arc<Self>, kind: PhaseKind) -> Phase {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+        Phase {
+            activity: self.clone(),
+            kind,
+        }
+    }
+
+    /// A request reached its handler: its head is complete. The guard
+    /// marks the handler's end when dropped.
+    pub fn begin_request(self: &Arc<Self>) -> Phase {
         self.served.store(true, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
-        RequestInFlight(self.clone())
+        self.request_started_ms.store(now_ms(), Ordering::Relaxed);
+        self.begin(PhaseKind::Handling)
     }
 
-    /// Resolves when a request's handler ends (or has ended since the last
-    /// wait: the signal is kept).
-    pub async fn request_ended(&self) {
-        self.request_ended.notified().await
+    /// A request body is being read (until the guard drops).
+    pub fn begin_body(self: &Arc<Self>) -> Phase {
+        self.begin(PhaseKind::Receiving)
     }
 
-    /// Whether a request was handled and none is now: the connection has
-    /// been served and waits for another (the first to shed for room).
+    /// A response body is being written (until the guard drops).
+    pub fn begin_response(self: &Arc<Self>) -> Phase {
+        self.begin(PhaseKind::Responding)
+    }
+
+    /// Resolves when a phase ends (or has ended since the last wait: the
+    /// signal is kept).
+    pub async fn phase_ended(&self) {
+        self.phase_ended.notified().await
+    }
+
+    /// Whether the connection was served, is idle and has not begun a next
+    /// request: it waits for one (the first to shed for room).
     pub fn is_kept_alive(&self) -> bool {
-        self.is_idle() && self.served.load(Ordering::Relaxed)
+        self.is_idle()
+            && self.served.load(Ordering::Relaxed)
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
     }
 
-    /// Whether no request is being handled (the connection may be shed).
+    /// Whether no request is being received, handled or answered (the
+    /// connection may be shed).
     pub fn is_idle(&self) -> bool {
-        self.busy.load(Ordering::Relaxed) == 0
+        self.handling.load(Ordering::Relaxed) == 0
+            && self.receiving.load(Ordering::Relaxed) == 0
+            && self.responding.load(Ordering::Relaxed) == 0
     }
 
-    /// When this connection is next due to be closed, and why; None while a
-    /// handler runs (its own timeouts bound it). `header` and `keepalive`
-    /// are the HEADER_READ_TIMEOUT_MS and KEEPALIVE_TIMEOUT_MS.
+    /// When this connection is next due to be closed, and why; None while
+    /// a handler runs with its body read (its own timeouts bound it).
+    /// `header` and `keepalive` are HEADER_READ_TIMEOUT_MS and
+    /// KEEPALIVE_TIMEOUT_MS.
     pub fn deadline(&self, header_ms: u64, keepalive_ms: u64) -> Option<(u64, Idle)> {
-        if !self.is_idle() {
+        let last = self.last_io_ms.load(Ordering::Relaxed);
+        if self.receiving.load(Ordering::Relaxed) > 0 {
+            // A body trickled byte by byte is a slowloris too.
+            let started = self.request_started_ms.load(Ordering::Relaxed);
+            return Some((started + header_ms, Idle::BodyTimeout));
+        }
+        if self.handling.load(Ordering::Relaxed) > 0 {
             return None;
+        }
+        if self.responding.load(Ordering::Relaxed) > 0 {
+            // A slow reader is fine while it reads; one that stopped is not.
+            return Some((last + keepalive_ms, Idle::ResponseStalled));
         }
         let head = self.head_started_ms.load(Ordering::Relaxed);
         if head != 0 {
             return Some((head + header_ms, Idle::HeaderTimeout));
         }
-        let last = self.last_io_ms.load(Ordering::Relaxed);
         Some(if self.served.load(Ordering::Relaxed) {
-            // A response still being written to a slow reader counts as
-            // activity: only silence in both directions is idle.
             (last + keepalive_ms, Idle::KeepaliveIdle)
         } else {
             (last + header_ms, Idle::HeaderTimeout)
@@ -146,14 +208,19 @@ impl Activity {
     }
 }
 
-/// A request being handled on a connection (see [`Activity::begin_request`]).
-pub struct RequestInFlight(Arc<Activity>);
+/// One phase of a request on a connection (see [`Activity::begin_request`],
+/// [`Activity::begin_body`], [`Activity::begin_response`]); ends on drop.
+pub struct Phase {
+    activity: Arc<Activity>,
+    kind: PhaseKind,
+}
 
-impl Drop for RequestInFlight {
+impl Drop for Phase {
     fn drop(&mut self) {
-        self.0.last_io_ms.store(now_ms(), Ordering::Relaxed);
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-        self.0.request_ended.notify_one();
+        let a = &self.activity;
+        a.last_io_ms.store(now_ms(), Ordering::Relaxed);
+        a.counter(self.kind).fetch_sub(1, Ordering::Relaxed);
+        a.phase_ended.notify_one();
     }
 }
 
@@ -338,4 +405,48 @@ pub fn client_ip(
         .filter_map(|hop| hop.trim().parse().ok())
         .next_back()
         .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_phase_of_a_request_has_its_deadline() {
+        let (header, keepalive) = (1_000, 5_000);
+        let a = Arc::new(Activity::default());
+        let why = |a: &Activity| a.deadline(header, keepalive).map(|(_, why)| why);
+        assert_eq!(why(&a), Some(Idle::HeaderTimeout), "fresh and silent");
+        a.on_read(10);
+        assert_eq!(why(&a), Some(Idle::HeaderTimeout), "a head under way");
+        let handling = a.begin_request();
+        let body = a.begin_body();
+        assert_eq!(why(&a), Some(Idle::BodyTimeout), "its body under way");
+        assert!(!a.is_idle());
+        drop(body);
+        assert_eq!(why(&a), None, "the handler runs");
+        let response = a.begin_response();
+        drop(handling);
+        assert_eq!(
+            why(&a),
+            Some(Idle::ResponseStalled),
+            "its response under way"
+        );
+        // Pipelined bytes of the next request do not start a head clock
+        // while the response is written.
+        a.on_read(10);
+        drop(response);
+        assert!(a.is_kept_alive());
+        assert_eq!(why(&a), Some(Idle::KeepaliveIdle), "served, waiting");
+        a.on_read(10);
+        assert_eq!(
+            why(&a),
+            Some(Idle::HeaderTimeout),
+            "the next head under way"
+        );
+        assert!(
+            !a.is_kept_alive(),
+            "a head under way is not kept-alive idle"
+        );
+    }
 }

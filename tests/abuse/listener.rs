@@ -116,6 +116,33 @@ async fn a_trickled_head_is_closed_at_the_header_deadline_however_slowly_it_arri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_closed_at_the_header_deadline_after_its_head() {
+    let hub = TestHub::start(&["--header-read-timeout-ms", "1000"]).await;
+    let mut slow = TcpStream::connect(hub.addr).await.expect("connect");
+    // The webhook reads its body before anything else: a complete head,
+    // then a body of 100,000 bytes one byte every 100 ms.
+    slow.write_all(
+        b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut sent = 0;
+    for _ in 0..100 {
+        if slow.write_all(b"x").await.is_err() || is_closed(&mut slow).await {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sent < 100,
+        "the trickling body was still read after {sent} bytes"
+    );
+    hub.wait_metric("hub_limit_shed_total{limit=\"body_timeout\"}", |v| v >= 1.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_over_max_header_bytes_gets_431_and_is_closed() {
     let hub = TestHub::start(&["--max-header-bytes", "8192"]).await;
     let mut big = TcpStream::connect(hub.addr).await.expect("connect");
