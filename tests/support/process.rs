@@ -241,13 +241,18 @@ impl HubProcess {
         }
     }
 
-    /// Waits for the process to exit (reaping it); None if it is still
-    /// running after `timeout` (or was already reaped).
+    /// Waits for the process to exit (reaping it) and for its stderr to be
+    /// read to the end, so [`HubProcess::log`] holds its last lines; None
+    /// if it is still running after `timeout` (or was already reaped).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => {
                 self.child = None;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Some(status)
             }
             _ => None,
