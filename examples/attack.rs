@@ -425,7 +425,7 @@ async fn events(args: &Args, stop: Instant) -> Result<String> {
     let epoch = head["epoch"].as_str().unwrap_or_default().to_string();
     let path = format!(
         "/api/v1/sessions/{session}/events?since={}&epoch={epoch}",
-        offset.saturating_sub(999)
+        offset.saturating_sub(900)
     );
     let mut rounds = 0;
     let mut largest = 0;
