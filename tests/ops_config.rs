@@ -15,7 +15,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::{http_get_blocking, repo_file, repo_path, repo_yaml, run, tool};
+use support::{
+    CLOSED_ADDR, free_port, http_get_blocking, repo_file, repo_path, repo_yaml, run, tool,
+};
 
 fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
     v.as_str()
@@ -185,13 +187,7 @@ fn haproxy_with_every_slot_empty_answers_503() {
     if !tool("haproxy", "haproxy") {
         return;
     }
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
-    };
-    let (port, stats) = (free(), free());
+    let (port, stats) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("mcp-hub-ops-lb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut cmd = Command::new("haproxy");
@@ -206,7 +202,7 @@ fn haproxy_with_every_slot_empty_answers_503() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for i in 1..=3 {
-        cmd.env(format!("HUB{i}_ADDR"), format!("127.0.0.1:{}", free()));
+        cmd.env(format!("HUB{i}_ADDR"), CLOSED_ADDR);
     }
     struct Kill(std::process::Child, PathBuf);
     impl Drop for Kill {

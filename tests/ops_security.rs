@@ -129,7 +129,7 @@ impl Lb {
             let addr = hubs
                 .get(slot)
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+                .unwrap_or_else(|| support::CLOSED_ADDR.to_string());
             cmd.env(format!("HUB{}_ADDR", slot + 1), addr);
         }
         for (k, v) in extra {

@@ -131,6 +131,13 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
         })
 }
 
+/// An address no test listens on, for a load balancer's server slot
+/// that must stay DOWN. A port that was merely free when asked may be
+/// taken by a hub another test starts meanwhile, which HAProxy then counts
+/// as up; nothing listens on 127.0.0.254 (tests bind 127.0.0.1) and the
+/// discard port 9 is not one anyone picks.
+pub const CLOSED_ADDR: &str = "127.0.0.254:9";
+
 /// Finds a free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -832,7 +832,7 @@ impl Haproxy {
             let addr = hubs
                 .get(slot)
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+                .unwrap_or_else(|| super::CLOSED_ADDR.to_string());
             cmd.env(format!("HUB{}_ADDR", slot + 1), addr);
         }
         // Only what the test gives, never the developer's own setting.
