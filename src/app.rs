@@ -146,6 +146,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     }
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+    let dispatch = inbound_tx.downgrade();
     let connector: Arc<dyn WhatsAppConnector> = match config.connector {
         ConnectorKind::Simulated => Arc::new(SimulatedConnector::new(
             contacts,
@@ -242,7 +243,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         auth: auth.clone(),
     });
     auth.spawn_refresh(jwks_refresh, hub.shutdown.clone());
-    hub.spawn_background(inbound_rx, incoming_rx);
+    hub.spawn_background(inbound_rx, dispatch, incoming_rx);
     if let Some(m) = redis_membership {
         crate::cluster::driver::spawn(m, hub.clone());
     }

@@ -1096,7 +1096,8 @@ async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
             Inbound::Event(_)
             | Inbound::Resubscribed(_)
             | Inbound::Subscribed(_)
-            | Inbound::Monitor(_) => continue,
+            | Inbound::Monitor(_)
+            | Inbound::Barrier(_) => continue,
             Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),
         }
     }
@@ -1285,7 +1286,8 @@ async fn send_to_instance_delivers_once(mut f: BrokerFixture) {
                         Inbound::Event(_)
                         | Inbound::Resubscribed(_)
                         | Inbound::Subscribed(_)
-                        | Inbound::Monitor(_) => {
+                        | Inbound::Monitor(_)
+                        | Inbound::Barrier(_) => {
                             continue;
                         }
                     }
@@ -1327,7 +1329,10 @@ async fn monitor_events_reach_every_instance(mut f: BrokerFixture) {
             let got = loop {
                 match next(node).await {
                     Inbound::Monitor(text) => break text,
-                    Inbound::Event(_) | Inbound::Resubscribed(_) | Inbound::Subscribed(_) => {
+                    Inbound::Event(_)
+                    | Inbound::Resubscribed(_)
+                    | Inbound::Subscribed(_)
+                    | Inbound::Barrier(_) => {
                         continue;
                     }
                     Inbound::Instance(m) => panic!("unexpected instance message {m:?}"),

@@ -226,6 +226,10 @@ pub enum Inbound {
     Subscribed(String),
     /// A cluster-wide monitoring event (JSON text) for the admin feeds.
     Monitor(String),
+    /// Answered once every message queued before it has been handled: at
+    /// shutdown, events already logged reach the local clients' queues
+    /// before the connections close.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 #[async_trait]

@@ -84,6 +84,9 @@ pub struct Hub {
     pub monitor: monitor::MonitorFeeds,
     /// When this hub was created (ms since epoch), for its uptime.
     pub started_at: u64,
+    /// The dispatcher's channel, to queue a [`Inbound::Barrier`] at
+    /// shutdown (weak: the brokers own it).
+    dispatch: std::sync::OnceLock<mpsc::WeakSender<Inbound>>,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -130,6 +133,7 @@ impl Hub {
             webhook_wake: tokio::sync::Notify::new(),
             monitor: monitor::MonitorFeeds::default(),
             started_at: now_millis(),
+            dispatch: std::sync::OnceLock::new(),
         })
     }
 
@@ -488,6 +492,9 @@ impl Hub {
             Inbound::Subscribed(session) => self.catch_up(&session).await,
             Inbound::Instance(msg) => self.handle_instance_message(msg).await,
             Inbound::Monitor(text) => self.monitor.relay(&text, &self.metrics),
+            Inbound::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -581,12 +588,34 @@ impl Hub {
         }
     }
 
+    /// Waits (at most `bound`) until every event the dispatcher had been
+    /// handed is delivered to the local clients' queues: called at
+    /// shutdown before the connections close, so an event acknowledged to
+    /// its producer is not dropped on its way to a local recipient.
+    pub async fn settle_dispatch(&self, bound: std::time::Duration) {
+        let Some(tx) = self.dispatch.get().and_then(mpsc::WeakSender::upgrade) else {
+            return;
+        };
+        let (done, settled) = tokio::sync::oneshot::channel();
+        let _ = tokio::time::timeout(bound, async move {
+            if tx.send(Inbound::Barrier(done)).await.is_ok() {
+                drop(tx);
+                let _ = settled.await;
+            }
+        })
+        .await;
+    }
+
     /// Runs until shutdown: broker inbound and connector incoming messages.
+    /// `dispatch` is the sending side of `inbound` (kept weakly, for
+    /// [`Self::settle_dispatch`]).
     pub fn spawn_background(
         self: &Arc<Self>,
         mut inbound: mpsc::Receiver<Inbound>,
+        dispatch: mpsc::WeakSender<Inbound>,
         mut incoming: mpsc::Receiver<IncomingMessage>,
     ) {
+        let _ = self.dispatch.set(dispatch);
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {

@@ -126,6 +126,10 @@ async fn ws_upgrade(
     })
 }
 
+/// Longest wait at shutdown for the dispatcher to hand out the events it
+/// holds ([`Hub::settle_dispatch`]).
+const SETTLE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves until `shutdown` completes, then drains: /ready turns 503, every
 /// client gets close 1001, and the call returns within the shutdown timeout.
 /// Like mini-redis's `server::run`, the caller decides what "shutdown"
@@ -144,6 +148,10 @@ pub async fn serve(
         tokio::select! {
             _ = shutdown => {
                 tracing::info!("shutdown requested: draining connections");
+                // Events already acknowledged reach the local clients'
+                // queues first; each connection then writes its queue
+                // before its close 1001.
+                drain.settle_dispatch(SETTLE_BOUND).await;
                 drain.shutdown.cancel();
             }
             _ = drain.shutdown.cancelled() => {}
