@@ -8,10 +8,13 @@
 //!   upgraded; at that cap an idle one of the address holding the most
 //!   makes room ([`Pending`]).
 //! - While a connection is HTTP: a request head must arrive whole within
-//!   `HEADER_READ_TIMEOUT_MS` however slowly it trickles, is at most
-//!   `MAX_HEADER_BYTES` (431), and a connection silent between requests for
-//!   `KEEPALIVE_TIMEOUT_MS` is closed. Once upgraded, a WebSocket leaves
-//!   this loop's care (the registration deadline is the connection's).
+//!   `HEADER_READ_TIMEOUT_MS` however slowly it trickles, and its body
+//!   within the same time after the head; a head is at most
+//!   `MAX_HEADER_BYTES` (431); a response that makes no progress for
+//!   `KEEPALIVE_TIMEOUT_MS`, and a connection silent that long between
+//!   requests, are closed (the phases are the listener's `Activity`). Once
+//!   upgraded, a WebSocket leaves this loop's care (the registration
+//!   deadline is the connection's).
 //! - When accept fails for want of descriptors, the loop backs off
 //!   (exponentially, to 1 s) instead of spinning, logs at most once a
 //!   period, and frees a descriptor by shedding an idle connection the
