@@ -51,8 +51,8 @@ pub fn resolve_contact<'a>(
     }
     // Typos: allow one edit per four characters, at least one, at most
     // MAX_TYPOS.
-    let query: Vec<char> = q.chars().collect();
-    let max_distance = (query.len() / 4).clamp(1, MAX_TYPOS);
+    let wanted: Vec<char> = q.chars().collect();
+    let max_distance = (wanted.len() / 4).clamp(1, MAX_TYPOS);
     let mut cells = 0;
     let mut best: Vec<(usize, usize)> = Vec::new();
     for (i, n) in lowered.iter().enumerate() {
@@ -73,7 +73,7 @@ pub fn resolve_contact<'a>(
                 ErrorCode::ContactNotFound,
                 format!(
                     "no contact named `{}` (typo matching stopped at its budget; give the name exactly)",
-                    query.iter().collect::<String>()
+                    query
                 ),
             )
             .with_candidates(shown));
@@ -82,9 +82,9 @@ pub fn resolve_contact<'a>(
         let first_len = name.iter().position(|c| *c == ' ').unwrap_or(name.len());
         // Optimal string alignment: edits plus adjacent transpositions,
         // so "alcie" is one typo away from "alice".
-        let whole = osa_within(&query, &name, max_distance, &mut cells);
+        let whole = osa_within(&wanted, &name, max_distance, &mut cells);
         let first = if first_len < name.len() {
-            osa_within(&query, &name[..first_len], max_distance, &mut cells)
+            osa_within(&wanted, &name[..first_len], max_distance, &mut cells)
         } else {
             None
         };
@@ -96,10 +96,7 @@ pub fn resolve_contact<'a>(
     match best.as_slice() {
         [] => Err(HubError::new(
             ErrorCode::ContactNotFound,
-            format!(
-                "no contact named `{query}`",
-                query = query.iter().collect::<String>()
-            ),
+            format!("no contact named `{query}`"),
         )
         .with_candidates(names.iter().take(MAX_CANDIDATES).cloned().collect())),
         [(_, i)] => Ok(&names[*i]),
@@ -107,7 +104,7 @@ pub fn resolve_contact<'a>(
         many => {
             let d0 = many[0].0;
             Err(ambiguous(
-                &query.iter().collect::<String>(),
+                query,
                 many.iter()
                     .filter(|(d, _)| *d == d0)
                     .map(|&(_, i)| &names[i]),

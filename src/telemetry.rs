@@ -39,10 +39,16 @@ pub struct LogThrottle {
     suppressed: AtomicU64,
 }
 
-/// The monotonic clock's origin for every throttle (first use).
+/// The monotonic clock's origin (first use).
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds on the process's monotonic clock, from 1 (so 0 can mean
+/// "never"): the throttles' and the listener's deadlines' clock.
+pub fn monotonic_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
 }
 
 impl LogThrottle {
@@ -57,7 +63,7 @@ impl LogThrottle {
     /// Some(events suppressed since the last admitted one) when this one
     /// may be logged; None (and counted) when it is to be suppressed.
     pub fn admit(&self) -> Option<u64> {
-        self.admit_at(epoch().elapsed().as_millis() as u64)
+        self.admit_at(monotonic_ms())
     }
 
     fn admit_at(&self, now_ms: u64) -> Option<u64> {

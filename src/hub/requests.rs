@@ -288,17 +288,8 @@ const CONTACT_JSON_OVERHEAD: usize = 26;
 
 async fn contacts_update(cx: Cx<'_>, contacts: &[Contact]) -> Result<Option<Reply>, HubError> {
     cx.require_agent().await?;
-    let max = cx.hub.config.max_contacts_per_session;
-    if contacts.len() > max {
-        // Refused whole: nothing stored, nothing announced.
-        return Err(HubError::new(
-            ErrorCode::InvalidField,
-            format!(
-                "field `contacts` lists {} contacts; a session holds at most {max} (MAX_CONTACTS_PER_SESSION)",
-                contacts.len()
-            ),
-        ));
-    }
+    // The count and every name were bounded at parsing
+    // (protocol::check_contacts, MAX_CONTACTS_PER_SESSION).
     if contacts.iter().any(|c| c.name.trim().is_empty()) {
         return Err(HubError::new(
             ErrorCode::InvalidField,

@@ -39,11 +39,11 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::listener::{Activity, AddressSlots, Idle, Peer, Phase, SharedTcp, now_ms};
+use super::listener::{Activity, AddressSlots, Idle, Peer, Phase, SharedTcp};
 use crate::config::Limits;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Shed};
-use crate::telemetry::LogThrottle;
+use crate::telemetry::{LogThrottle, monotonic_ms as now_ms};
 
 static ACCEPT_FAILED: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 static ADDRESS_FULL: LogThrottle = LogThrottle::new(Duration::from_secs(10));
@@ -189,6 +189,12 @@ struct Watch {
     activity: Arc<Activity>,
     _pending: PendingSlot,
     evicted: Arc<Notify>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.activity.unwatch();
+    }
 }
 
 impl Gate {

@@ -12,14 +12,14 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::hub::registry::DirectSocket;
+use crate::telemetry::monotonic_ms as now_ms;
 
 /// Who is on the other end of a request: its address (the REST rate limit
 /// of anonymous callers) and the socket (for a WebSocket upgrade). Weak:
@@ -28,13 +28,6 @@ use crate::hub::registry::DirectSocket;
 pub struct Peer {
     pub addr: SocketAddr,
     pub socket: Weak<TcpStream>,
-}
-
-/// Milliseconds on the process's monotonic clock (first use = 1, so 0 can
-/// mean "never").
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// What an HTTP connection is doing, as its socket and its requests see
@@ -62,6 +55,9 @@ pub struct Activity {
     /// Signalled when a phase ends: the watchdog, which may be waiting
     /// without a deadline, arms its deadline again.
     phase_ended: tokio::sync::Notify,
+    /// False once the watchdog is gone (the connection upgraded or ended):
+    /// a WebSocket's reads then cost no clock read.
+    watched: AtomicBool,
 }
 
 /// What the watchdog finds when an [`Activity`] deadline passes.
@@ -98,13 +94,14 @@ impl Default for Activity {
             responding: AtomicU32::new(0),
             served: AtomicBool::new(false),
             phase_ended: tokio::sync::Notify::new(),
+            watched: AtomicBool::new(true),
         }
     }
 }
 
 impl Activity {
     fn on_read(&self, n: usize) {
-        if n == 0 {
+        if n == 0 || !self.watched.load(Ordering::Relaxed) {
             return;
         }
         let now = now_ms();
@@ -118,7 +115,14 @@ impl Activity {
     }
 
     fn on_write(&self) {
-        self.last_io_ms.store(now_ms(), Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) {
+            self.last_io_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The watchdog is gone: stop recording the socket's I/O.
+    pub fn unwatch(&self) {
+        self.watched.store(false, Ordering::Relaxed);
     }
 
     fn counter(&self, kind: PhaseKind) -> &AtomicU32 {
@@ -258,12 +262,6 @@ impl AddressSlots {
             slots: self.clone(),
             ip,
         })
-    }
-
-    /// Connections `ip` holds now.
-    pub fn held(&self, ip: IpAddr) -> u32 {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.get(&ip).copied().unwrap_or(0)
     }
 }
 
