@@ -6,16 +6,20 @@
 //! and the `request_id` can be echoed even when the rest of the frame is bad.
 
 mod errors;
+mod fields;
 mod frame;
 mod inbound;
 mod outbound;
 
 pub use errors::{ErrorCode, HubError};
+pub use fields::{
+    FieldLimits, MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, check_contacts, check_id,
+    check_idempotency_key, check_name, check_text_len,
+};
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, FieldLimits, MAX_ID_LEN,
-    MAX_IDEMPOTENCY_KEY_LEN, Register, Since, WhatsAppCommand, check_ai_context, check_contacts,
-    check_id, check_idempotency_key, check_name, check_text_len, parse_client_message,
-    parse_client_message_with, parse_whatsapp_command, parse_whatsapp_command_with,
+    AiContext, ClientMessage, ContactRef, Execution, Register, Since, WhatsAppCommand,
+    check_ai_context, parse_client_message, parse_client_message_with, parse_whatsapp_command,
+    parse_whatsapp_command_with,
 };
 pub use outbound::{
     ClientInfo, Contact, DeliveryStatus, Frame, HistoryEntry, MessageDirection,
