@@ -18,6 +18,7 @@ pub mod config;
 pub mod contacts;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod redis;
 pub mod server;

@@ -19,9 +19,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::Hub;
-use super::registry::Outbound;
 use crate::broker::InstanceMessage;
 use crate::metrics::{Metrics, Shed};
+use crate::outbox::Outbound;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand};
 use crate::store::AgentRef;
 

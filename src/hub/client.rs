@@ -50,7 +50,7 @@ impl ClientSession {
     ) -> Result<(), HubError> {
         match msg {
             ClientMessage::Ping => {
-                self.hub.send_direct(
+                self.hub.send_to(
                     &self.handle,
                     &ServerEvent::Pong {
                         timestamp: now_millis(),

@@ -34,8 +34,9 @@ use crate::store::SessionStore;
 use crate::store::membership::Membership;
 use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
+use crate::outbox::Outbound;
 use agents::AgentRouter;
-use registry::{ClientHandle, Delivery, Outbound, Registry};
+use registry::{ClientHandle, Delivery, Registry};
 
 /// Whether a REST or MCP request reads its session or writes to it
 /// ([`Hub::require_session`]).
@@ -105,7 +106,7 @@ impl Hub {
     pub fn new(parts: HubParts) -> Arc<Hub> {
         // Known label values start at 0, so dashboards see "0 closed for
         // this reason" rather than no data.
-        for reason in registry::CloseReason::ALL {
+        for reason in crate::protocol::CloseReason::ALL {
             parts
                 .metrics
                 .connections_closed
@@ -269,20 +270,8 @@ impl Hub {
     }
 
     /// Queues a frame for one client only (a reply, not a session event).
-    pub fn send_direct(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
+    pub fn send_to(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
         handle.send(Outbound::reply(event.to_frame(), kind), &self.metrics);
-    }
-
-    /// [`Self::send_direct`], but only queued for the connection's task
-    /// (never written to the socket here): for frames sent under the
-    /// registry's locks, where a socket write per frame would keep every
-    /// session's deliveries waiting.
-    pub fn send_queued(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
-        handle.send_with(
-            Outbound::reply(event.to_frame(), kind),
-            &self.metrics,
-            false,
-        );
     }
 
     /// Answers one client with `error`, counting the code.
@@ -619,9 +608,6 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {
-                // Events behind this one: deliveries are queued and
-                // coalesced per connection instead of written one by one.
-                hub.registry.set_backlogged(!inbound.is_empty());
                 hub.handle_inbound(msg).await;
             }
         });

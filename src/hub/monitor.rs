@@ -26,8 +26,10 @@ use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 
 use super::Hub;
-use super::registry::{ClientHandle, CloseReason, Outbound, Position};
+use super::registry::{ClientHandle, Position};
 use crate::broker::InstanceMessage;
+use crate::outbox::Outbound;
+use crate::protocol::CloseReason;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
 
 /// How often each instance publishes its [`InstanceStats`]; the dashboard

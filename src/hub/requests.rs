@@ -41,7 +41,7 @@ impl Request {
         let outcome = self.run(request_id).await;
         release();
         match outcome {
-            Ok(Some(reply)) => hub.send_direct(
+            Ok(Some(reply)) => hub.send_to(
                 &handle,
                 &ServerEvent::Response {
                     response_type: reply.response_type,

@@ -14,10 +14,12 @@ use super::Hub;
 use std::collections::VecDeque;
 
 use super::logged_outbound;
-use super::registry::{ClientHandle, CloseReason, Outbound, Position, Recent};
+use super::registry::{ClientHandle, Position, Recent};
 use crate::auth::Identity;
 use crate::broker::{LogRead, ReadBudget};
 use crate::metrics::Shed;
+use crate::outbox::Outbound;
+use crate::protocol::CloseReason;
 use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
     Since, check_id, now_millis,
@@ -468,11 +470,9 @@ impl Hub {
                             epoch: live.epoch.clone(),
                             offset,
                         };
-                        // Queued, not written: this runs under the
-                        // registry's write lock.
                         self.send_first_frames(h, confirm, recovered, &at);
                         for out in replay {
-                            h.send_with(out, &self.metrics, false);
+                            h.send(out, &self.metrics);
                         }
                         Some(live)
                     });
@@ -504,7 +504,7 @@ impl Hub {
         recovered: bool,
         at: &Position,
     ) {
-        self.send_queued(
+        self.send_to(
             handle,
             &ServerEvent::RegistrationConfirmed {
                 client_id: &c.info.client_id,
@@ -521,7 +521,7 @@ impl Hub {
             },
             "registration_confirmed",
         );
-        self.send_queued(
+        self.send_to(
             handle,
             &ServerEvent::ContactListBroadcast {
                 contacts: c.contacts,

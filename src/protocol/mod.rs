@@ -5,12 +5,14 @@
 //! typed message) so that every failure maps to a precise, stable error code
 //! and the `request_id` can be echoed even when the rest of the frame is bad.
 
+mod close;
 mod errors;
 mod fields;
 mod frame;
 mod inbound;
 mod outbound;
 
+pub use close::CloseReason;
 pub use errors::{ErrorCode, HubError};
 pub use fields::{
     FieldLimits, MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, check_contacts, check_id,

@@ -36,7 +36,9 @@ use super::rest::{ApiError, check_session, require_session};
 use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::monitor::{STATS_INTERVAL, WatchGuard};
-use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
+use crate::hub::registry::ClientHandle;
+use crate::outbox::Outbound;
+use crate::protocol::CloseReason;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, now_millis};
 use crate::store::SessionPage;
 use crate::store::membership::InstanceInfo;
@@ -456,7 +458,7 @@ async fn write_feed(
             _ = kicked(&handle) => break,
             sent = sink.send(msg) => sent,
         };
-        handle.dequeued(len);
+        handle.outbox().dequeued(len, usize::from(len > 0));
         if sent.is_err() {
             handle.disconnect(CloseReason::Normal);
             return;
@@ -478,11 +480,11 @@ async fn write_feed(
 /// The next queued frame; None once the feed was asked to close.
 async fn next_frame(handle: &ClientHandle) -> Option<Outbound> {
     std::future::poll_fn(|cx| {
-        handle.wake_on_send(cx.waker());
-        if handle.is_kicked() {
+        handle.outbox().register(cx.waker());
+        if handle.outbox().is_kicked() {
             return Poll::Ready(None);
         }
-        match handle.next_frame() {
+        match handle.outbox().next_frame() {
             Some(out) => Poll::Ready(Some(out)),
             None => Poll::Pending,
         }
@@ -493,8 +495,8 @@ async fn next_frame(handle: &ClientHandle) -> Option<Outbound> {
 /// Resolves once the feed was asked to close ([`ClientHandle::disconnect`]).
 async fn kicked(handle: &ClientHandle) {
     std::future::poll_fn(|cx| {
-        handle.wake_on_send(cx.waker());
-        if handle.is_kicked() {
+        handle.outbox().register(cx.waker());
+        if handle.outbox().is_kicked() {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -11,10 +11,10 @@
 //!
 //! Reading (frames, masking, fragments, UTF-8, size limits, pong and
 //! close replies) is tungstenite's. Writing is ours: every frame the client
-//! gets is pre-framed ([`crate::protocol::Frame`]) and goes through the
-//! connection's [`ClientHandle`], which writes it straight to the socket
-//! from the delivering task when nothing is queued, or queues it for this
-//! task, which writes whatever is queued in one `writev`. tungstenite's own
+//! gets is pre-framed ([`crate::protocol::Frame`]) and handed to the
+//! connection's [`crate::outbox::Outbox`]; this task alone writes to the
+//! socket ([`SocketWriter`]), whatever is queued in one `writev`, under no
+//! shared lock. tungstenite's own
 //! replies (pong, the close echo) are taken from it as bytes ([`ReadSide`])
 //! and sent the same way, so frames never interleave.
 //!
@@ -55,11 +55,13 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::client::ClientSession;
-use crate::hub::registry::{CONTROL, ClientHandle, CloseReason, Outbound};
+use crate::hub::registry::ClientHandle;
 use crate::metrics::Shed;
+use crate::outbox::{CONTROL, Outbound};
 use crate::protocol::{
-    ClientInfo, ErrorCode, Execution, Frame, HubError, parse_client_message_with,
+    ClientInfo, CloseReason, ErrorCode, Execution, Frame, HubError, parse_client_message_with,
 };
+use crate::server::outbox::SocketWriter;
 
 use super::listener::shutdown_write;
 use super::upgrade::UpgradedSocket;
@@ -325,7 +327,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
         hub.config.outbound_queue_bytes,
     );
     let tcp = upgraded.socket;
-    handle.attach(tcp.clone());
+    let mut writer = SocketWriter::new(tcp.clone());
     let mut socket = WebSocketStream::from_raw_socket(
         ReadSide {
             io: upgraded.io,
@@ -381,8 +383,8 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     loop {
         let event = std::future::poll_fn(|cx| {
             // Register before looking: a frame or a kick after this wakes us.
-            handle.wake_on_send(cx.waker());
-            if handle.is_kicked() {
+            handle.outbox().register(cx.waker());
+            if handle.outbox().is_kicked() {
                 return Poll::Ready(Event::Kicked);
             }
             if timer.as_mut().poll(cx).is_ready() {
@@ -395,7 +397,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
             }
             // A full socket only pauses writing: the loop still reads,
             // pings and notices a kick.
-            if let Poll::Ready(Err(e)) = handle.poll_write(cx, &hub.metrics) {
+            if let Poll::Ready(Err(e)) = writer.poll_write(handle.outbox(), cx, &hub.metrics) {
                 tracing::debug!(error = %e, conn_id, "websocket write failed");
                 return Poll::Ready(Event::WriteFailed);
             }
@@ -506,7 +508,16 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
     // Boxed: the goodbye and the leave are not part of an idle connection's
     // state.
-    Box::pin(farewell(socket, &tcp, &handle, &hub, reason, peer_closed)).await;
+    Box::pin(farewell(
+        socket,
+        &tcp,
+        writer,
+        &handle,
+        &hub,
+        reason,
+        peer_closed,
+    ))
+    .await;
     drop(tcp);
     // A request that was being answered completes (a join half done would
     // leave the session inconsistent); then the client leaves.
@@ -573,6 +584,7 @@ impl Wake for ShutdownKick {
 async fn farewell(
     mut socket: Socket,
     tcp: &tokio::net::TcpStream,
+    mut writer: SocketWriter,
     handle: &ClientHandle,
     hub: &Hub,
     reason: CloseReason,
@@ -587,12 +599,13 @@ async fn farewell(
         None
     };
     let close = close.unwrap_or_else(|| Frame::close(reason.code(), reason.text()));
-    handle.finish(Some(close), reason == CloseReason::ShuttingDown);
-    let goodbye = std::future::poll_fn(|cx| handle.poll_write(cx, &hub.metrics));
+    let outbox = handle.outbox();
+    writer.finish(outbox, Some(close), reason == CloseReason::ShuttingDown);
+    let goodbye = std::future::poll_fn(|cx| writer.poll_write(outbox, cx, &hub.metrics));
     if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, goodbye).await {
         let _ = shutdown_write(tcp);
     }
-    handle.detach();
+    writer.detach(outbox);
 }
 
 /// How a read error closes the connection (RFC 6455 §7.4.1): 1009 for a

@@ -18,7 +18,6 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::hub::registry::DirectSocket;
 use crate::telemetry::monotonic_ms as now_ms;
 
 /// Who is on the other end of a request: its address (the REST rate limit
@@ -371,16 +370,6 @@ pub fn shutdown_write(tcp: &TcpStream) -> io::Result<()> {
     match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
         done => done,
-    }
-}
-
-impl DirectSocket for TcpStream {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        TcpStream::try_write_vectored(self, bufs)
-    }
-
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_write_ready(self, cx)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod listener;
 pub mod mcp;
 pub mod openapi;
+pub mod outbox;
 pub mod rate;
 pub mod rest;
 pub mod upgrade;

@@ -2,8 +2,8 @@
 //! checks the request (and answers a bad one with its usual rejection); we
 //! answer 101 ourselves and keep both halves of the upgraded connection:
 //! hyper's upgraded I/O, which the WebSocket library reads (handshake
-//! leftovers included), and the socket, which the hub writes pre-framed
-//! events to ([`crate::hub::registry::ClientHandle::attach`]).
+//! leftovers included), and the socket, which the connection's task writes
+//! pre-framed events to ([`crate::server::outbox::SocketWriter`]).
 
 use std::sync::Arc;
 

@@ -1,0 +1,306 @@
+//! The outbox of one connection: the queue of shared, pre-framed frames the
+//! hub fills and the connection's transport drains, the wake-up between
+//! them, and the request to close.
+//!
+//! There is no I/O here. The hub hands each recipient a frame (a reference
+//! count on shared bytes) and a wake-up, under its own locks at most; only
+//! the connection's task writes to its socket
+//! (`crate::server::outbox::SocketWriter`), under no shared lock.
+//!
+//! The queue is bounded in bytes (`OUTBOUND_QUEUE_BYTES`) and in frames
+//! (`OUTBOUND_QUEUE_LEN`), counting what was handed over and not yet
+//! written, so the writer's batch in flight counts too. A frame that would
+//! take it over either bound is refused and asks the connection to close
+//! as a slow consumer (1008), instead of buffering without limit. The deque
+//! is allocated by the first frame and released when a burst has drained,
+//! so an idle connection keeps (almost) no queue memory.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Waker;
+
+use futures_util::task::AtomicWaker;
+
+use crate::protocol::{CloseReason, Frame};
+
+/// One queued outgoing message.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Frame,
+    /// Message type, for metrics.
+    pub kind: &'static str,
+    /// When the event was produced (ms since epoch); 0 for direct replies.
+    pub produced_at: u64,
+}
+
+impl Outbound {
+    /// A frame for one connection only (a reply, a control frame), not a
+    /// session event: it has no production time.
+    pub fn reply(frame: Frame, kind: &'static str) -> Outbound {
+        Outbound {
+            frame,
+            kind,
+            produced_at: 0,
+        }
+    }
+}
+
+/// [`Outbound::kind`] of control frames (ping, pong, close): not counted
+/// as messages sent.
+pub const CONTROL: &str = "control";
+
+/// Why [`Outbox::push`] did not take a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The connection is ending.
+    Closed,
+    /// The frame would overflow the queue: the connection is asked to close
+    /// as a slow consumer. `first` if this refusal decided the close reason
+    /// (count the eviction once).
+    SlowConsumer { first: bool },
+}
+
+/// A drained queue keeps at most this many slots (a few hundred bytes); a
+/// larger one, left by a burst, is released.
+const KEPT_SLOTS: usize = 8;
+
+/// See the module docs. One per connection, shared by the hub's handles to
+/// it and the connection's task.
+pub struct Outbox {
+    close: Mutex<Option<CloseReason>>,
+    /// Set (before the wake) when the connection is asked to close; read on
+    /// every wake-up, so it is an atomic rather than the mutex above.
+    kicked: AtomicBool,
+    queue: Mutex<Queue>,
+    /// The connection's task, woken when a frame is queued or it is kicked.
+    waker: AtomicWaker,
+    /// Bytes and frames handed over and not yet written (or dropped).
+    queued_bytes: AtomicUsize,
+    queued_frames: AtomicUsize,
+    max_queued_bytes: usize,
+    max_queued_frames: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    /// The connection ended: frames are refused.
+    closed: bool,
+}
+
+impl Outbox {
+    /// At most `max_queued_frames` frames and `max_queued_bytes` bytes of
+    /// frames may wait to be written.
+    pub fn new(max_queued_frames: usize, max_queued_bytes: usize) -> Self {
+        Outbox {
+            close: Mutex::new(None),
+            kicked: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
+            queued_bytes: AtomicUsize::new(0),
+            queued_frames: AtomicUsize::new(0),
+            max_queued_bytes,
+            max_queued_frames,
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame and wakes the connection's task. Never blocks, never
+    /// writes.
+    pub fn push(&self, out: Outbound) -> Result<(), Refused> {
+        let len = out.frame.len();
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(Refused::Closed);
+        }
+        let bytes = self.queued_bytes.load(Ordering::Acquire);
+        let frames = self.queued_frames.load(Ordering::Acquire);
+        if bytes.saturating_add(len) > self.max_queued_bytes || frames >= self.max_queued_frames {
+            drop(queue);
+            let first = self.disconnect(CloseReason::SlowConsumer);
+            return Err(Refused::SlowConsumer { first });
+        }
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        self.queued_frames.fetch_add(1, Ordering::AcqRel);
+        queue.frames.push_back(out);
+        drop(queue);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Moves every queued frame to the end of `into` (the writer's batch);
+    /// they stay counted until [`Self::dequeued`].
+    pub fn take_into(&self, into: &mut VecDeque<Outbound>) {
+        let mut queue = self.queue();
+        if queue.frames.is_empty() {
+            return;
+        }
+        into.append(&mut queue.frames);
+        if queue.frames.capacity() > KEPT_SLOTS {
+            queue.frames = VecDeque::new();
+        }
+    }
+
+    /// The next queued frame, if any (for a writer that takes frames one
+    /// at a time); it stays counted until [`Self::dequeued`].
+    pub fn next_frame(&self) -> Option<Outbound> {
+        let mut queue = self.queue();
+        let out = queue.frames.pop_front();
+        if queue.frames.is_empty() && queue.frames.capacity() > KEPT_SLOTS {
+            queue.frames = VecDeque::new();
+        }
+        out
+    }
+
+    /// The writer is done with `frames` frames of `bytes` bytes (written or
+    /// dropped).
+    pub fn dequeued(&self, bytes: usize, frames: usize) {
+        if frames > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.queued_frames.fetch_sub(frames, Ordering::AcqRel);
+        }
+    }
+
+    /// The connection ends: later frames are refused. Frames still queued
+    /// are dropped unless `keep_queued`; `last` (the close frame) is queued
+    /// after them whatever the bounds.
+    pub fn close(&self, keep_queued: bool, last: Option<Outbound>) {
+        let mut queue = self.queue();
+        queue.closed = true;
+        if !keep_queued {
+            let dropped = std::mem::take(&mut queue.frames);
+            self.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
+        }
+        if let Some(out) = last {
+            self.queued_bytes
+                .fetch_add(out.frame.len(), Ordering::AcqRel);
+            self.queued_frames.fetch_add(1, Ordering::AcqRel);
+            queue.frames.push_back(out);
+        }
+    }
+
+    /// Bytes handed over and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// How many more frames the queue takes right now (the frame cap; the
+    /// byte bound still applies to each frame).
+    pub fn room(&self) -> usize {
+        self.max_queued_frames
+            .saturating_sub(self.queued_frames.load(Ordering::Acquire))
+    }
+
+    /// The connection's task is woken by the next [`Self::push`] or
+    /// [`Self::disconnect`]. Call it before looking at the queue and at
+    /// [`Self::is_kicked`], so nothing slips in between unseen.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Asks the connection to close; the first reason given wins. True if
+    /// this call decided the reason.
+    pub fn disconnect(&self, reason: CloseReason) -> bool {
+        let first = {
+            let mut slot = self.close.lock().unwrap_or_else(|p| p.into_inner());
+            let first = slot.is_none();
+            slot.get_or_insert(reason);
+            first
+        };
+        self.kicked.store(true, Ordering::Release);
+        self.waker.wake();
+        first
+    }
+
+    /// The connection was asked to close ([`Self::disconnect`]).
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Outbound {
+        Outbound::reply(text.into(), "broadcast")
+    }
+
+    fn texts(frames: &VecDeque<Outbound>) -> Vec<&str> {
+        frames.iter().map(|o| o.frame.as_str()).collect()
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_leave_the_counts_when_dequeued() {
+        let outbox = Outbox::new(10, 100);
+        outbox.push(frame("one")).unwrap();
+        outbox.push(frame("two")).unwrap();
+        assert_eq!((outbox.queued_bytes(), outbox.room()), (6, 8));
+        let mut batch = VecDeque::new();
+        outbox.take_into(&mut batch);
+        assert_eq!(texts(&batch), ["one", "two"]);
+        assert_eq!(outbox.room(), 8, "taken frames count until written");
+        outbox.dequeued(6, 2);
+        assert_eq!((outbox.queued_bytes(), outbox.room()), (0, 10));
+        assert!(!outbox.is_kicked());
+    }
+
+    #[test]
+    fn the_byte_bound_and_the_frame_cap_each_ask_once_for_a_1008_close() {
+        let by_bytes = Outbox::new(10, 5);
+        by_bytes.push(frame("12345")).unwrap();
+        assert_eq!(
+            by_bytes.push(frame("6")),
+            Err(Refused::SlowConsumer { first: true })
+        );
+        assert_eq!(
+            by_bytes.push(frame("7")),
+            Err(Refused::SlowConsumer { first: false })
+        );
+        assert!(by_bytes.is_kicked());
+        assert_eq!(by_bytes.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(by_bytes.queued_bytes(), 5, "refused frames are not counted");
+
+        let by_frames = Outbox::new(1, 100);
+        by_frames.push(frame("a")).unwrap();
+        assert_eq!(
+            by_frames.push(frame("b")),
+            Err(Refused::SlowConsumer { first: true })
+        );
+    }
+
+    #[test]
+    fn a_closed_outbox_refuses_frames_and_queues_the_close_frame_last() {
+        let outbox = Outbox::new(1, 100);
+        outbox.push(frame("kept")).unwrap();
+        outbox.close(true, Some(frame("bye")));
+        assert_eq!(outbox.push(frame("late")), Err(Refused::Closed));
+        assert_eq!(outbox.close_reason(), None);
+        assert_eq!(outbox.queued_bytes(), 7, "the close frame passes the cap");
+        assert_eq!(outbox.next_frame().map(|o| o.frame), Some("kept".into()));
+        assert_eq!(outbox.next_frame().map(|o| o.frame), Some("bye".into()));
+
+        let dropping = Outbox::new(10, 100);
+        dropping.push(frame("dropped")).unwrap();
+        dropping.close(false, None);
+        assert_eq!(dropping.queued_bytes(), 0);
+        assert!(dropping.next_frame().is_none());
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let outbox = Outbox::new(10, 100);
+        assert!(outbox.disconnect(CloseReason::TokenExpired));
+        assert!(!outbox.disconnect(CloseReason::ShuttingDown));
+        assert!(outbox.is_kicked());
+        assert_eq!(outbox.close_reason(), Some(CloseReason::TokenExpired));
+    }
+}

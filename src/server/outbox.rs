@@ -1,0 +1,307 @@
+//! The write half of a WebSocket connection: drains the connection's
+//! [`Outbox`] into its socket. Only the connection's own task writes, and
+//! it holds no shared lock while it does: it takes the queued frames into
+//! its own batch (one short lock), then writes the batch with `writev`.
+//!
+//! Frames never interleave: a frame the socket took in part is finished
+//! before anything else, the close frame included.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
+use crate::outbox::{CONTROL, Outbound, Outbox};
+use crate::protocol::{Frame, now_millis};
+
+/// A socket written through `&self` without blocking (tokio's `TcpStream`).
+pub trait NonBlockingWrite: Send + Sync {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl NonBlockingWrite for TcpStream {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+}
+
+/// At most this many frames go into one `writev`.
+const MAX_IOV: usize = 64;
+
+/// At most this many bytes are written per [`SocketWriter::poll_write`]
+/// before the connection yields to the others.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// A batch that held more slots than this is released once written.
+const KEPT_SLOTS: usize = 8;
+
+/// See the module docs.
+pub struct SocketWriter<S = TcpStream> {
+    socket: Arc<S>,
+    /// Frames taken from the outbox and not yet (wholly) written.
+    batch: VecDeque<Outbound>,
+    /// Bytes of the batch's first frame already written.
+    head_written: usize,
+}
+
+impl<S: NonBlockingWrite> SocketWriter<S> {
+    pub fn new(socket: Arc<S>) -> Self {
+        SocketWriter {
+            socket,
+            batch: VecDeque::new(),
+            head_written: 0,
+        }
+    }
+
+    /// Writes what the outbox holds: Ready when it is empty, Pending when
+    /// the socket is full (the task is woken when it drains) or after
+    /// [`MAX_BATCH_BYTES`] (woken at once, so the other connections get
+    /// their turn).
+    pub fn poll_write(
+        &mut self,
+        outbox: &Outbox,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> Poll<io::Result<()>> {
+        let mut now = None;
+        let mut total = 0;
+        loop {
+            if self.batch.len() < MAX_IOV {
+                outbox.take_into(&mut self.batch);
+            }
+            if self.batch.is_empty() {
+                if self.batch.capacity() > KEPT_SLOTS {
+                    self.batch = VecDeque::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if total >= MAX_BATCH_BYTES {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let result = {
+                let mut bufs = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                let mut offset = self.head_written;
+                for out in self.batch.iter().take(MAX_IOV) {
+                    bufs[n] = IoSlice::new(&out.frame.wire()[offset..]);
+                    offset = 0;
+                    n += 1;
+                }
+                self.socket.try_write_vectored(&bufs[..n])
+            };
+            match result {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n, outbox, metrics, &mut now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.socket.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// `n` bytes of the batch were written: the frames done leave it and
+    /// the outbox's counts.
+    fn advance(&mut self, mut n: usize, outbox: &Outbox, metrics: &Metrics, now: &mut Option<u64>) {
+        let (mut bytes, mut frames) = (0, 0);
+        while n > 0 {
+            let Some(head) = self.batch.front() else {
+                break;
+            };
+            let rest = head.frame.wire().len() - self.head_written;
+            if n < rest {
+                self.head_written += n;
+                break;
+            }
+            n -= rest;
+            self.head_written = 0;
+            if let Some(out) = self.batch.pop_front() {
+                bytes += out.frame.len();
+                frames += 1;
+                written(&out, metrics, now);
+            }
+        }
+        outbox.dequeued(bytes, frames);
+    }
+
+    /// The connection ends: the outbox refuses later frames, `close` (the
+    /// close frame) goes out last, and what was queued before it is dropped
+    /// unless `deliver_queued` (the rest of a partly written frame always
+    /// goes out first). Write it with [`Self::poll_write`], then
+    /// [`Self::detach`].
+    pub fn finish(&mut self, outbox: &Outbox, close: Option<Frame>, deliver_queued: bool) {
+        if !deliver_queued {
+            let keep = usize::from(self.head_written > 0);
+            self.drop_batch(outbox, keep);
+        }
+        outbox.close(deliver_queued, close.map(|f| Outbound::reply(f, CONTROL)));
+    }
+
+    /// Lets go of what was never written; it leaves the outbox's counts.
+    pub fn detach(&mut self, outbox: &Outbox) {
+        outbox.close(false, None);
+        self.drop_batch(outbox, 0);
+        self.head_written = 0;
+        self.batch = VecDeque::new();
+    }
+
+    fn drop_batch(&mut self, outbox: &Outbox, keep: usize) {
+        let keep = keep.min(self.batch.len());
+        let dropped: Vec<_> = self.batch.drain(keep..).collect();
+        outbox.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
+    }
+}
+
+/// A frame went out: counted, and an event's delivery latency observed
+/// (one clock read per batch).
+fn written(out: &Outbound, metrics: &Metrics, now: &mut Option<u64>) {
+    if out.kind == CONTROL {
+        return;
+    }
+    metrics.message_sent(out.kind);
+    if out.produced_at > 0 {
+        let now = *now.get_or_insert_with(now_millis);
+        let latency_ms = now.saturating_sub(out.produced_at);
+        metrics
+            .broadcast_latency
+            .observe(latency_ms as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::protocol::CloseReason;
+
+    /// A socket that takes at most `room` more bytes, then WouldBlock.
+    #[derive(Default)]
+    struct FakeSocket {
+        room: Mutex<usize>,
+        got: Mutex<Vec<u8>>,
+    }
+
+    impl FakeSocket {
+        fn open(&self, bytes: usize) {
+            *self.room.lock().unwrap() = bytes;
+        }
+    }
+
+    impl NonBlockingWrite for FakeSocket {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(*room - n);
+                self.got.lock().unwrap().extend_from_slice(&b[..take]);
+                n += take;
+            }
+            *room -= n;
+            Ok(n)
+        }
+
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if *self.room.lock().unwrap() > 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn frame(text: &str) -> Outbound {
+        Outbound::reply(text.into(), "broadcast")
+    }
+
+    fn poll(
+        writer: &mut SocketWriter<FakeSocket>,
+        outbox: &Outbox,
+        metrics: &Metrics,
+    ) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        writer.poll_write(outbox, &mut cx, metrics)
+    }
+
+    #[test]
+    fn a_partly_written_frame_is_finished_before_the_close_frame() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(10, 100);
+        let socket = Arc::new(FakeSocket::default());
+        let mut writer = SocketWriter::new(socket.clone());
+        socket.open(1000);
+        outbox.push(frame("one")).unwrap();
+        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert_eq!(outbox.queued_bytes(), 0, "written and uncounted");
+        // The socket takes 3 bytes of "two" (2 header + "t"), then is full.
+        socket.open(3);
+        outbox.push(frame("two")).unwrap();
+        outbox.push(frame("three")).unwrap();
+        assert!(poll(&mut writer, &outbox, &metrics).is_pending());
+        assert_eq!(outbox.queued_bytes(), 8);
+        // The kick keeps the rest of the torn frame, drops the others, and
+        // the close frame follows it.
+        outbox.disconnect(CloseReason::SlowConsumer);
+        writer.finish(&outbox, Some(Frame::close(1008, "x")), false);
+        socket.open(1000);
+        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x03one\x81\x03two\x88\x03\x03\xf0x"
+        );
+        assert!(outbox.push(frame("late")).is_err());
+        writer.detach(&outbox);
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_leaves_frames_queued_and_in_order() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(10, 8);
+        let socket = Arc::new(FakeSocket::default());
+        let mut writer = SocketWriter::new(socket.clone());
+        outbox.push(frame("1234")).unwrap();
+        assert!(poll(&mut writer, &outbox, &metrics).is_pending());
+        outbox.push(frame("5678")).unwrap();
+        assert!(outbox.push(frame("9")).is_err(), "the batch still counts");
+        assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
+        socket.open(1000);
+        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x041234\x81\x045678"
+        );
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn shutdown_delivers_what_was_queued_before_the_close_frame() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(10, 100);
+        let socket = Arc::new(FakeSocket::default());
+        let mut writer = SocketWriter::new(socket.clone());
+        outbox.push(frame("a")).unwrap();
+        writer.finish(&outbox, Some(Frame::close(1001, "")), true);
+        socket.open(1000);
+        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x01a\x88\x02\x03\xe9"
+        );
+    }
+}
