@@ -19,11 +19,9 @@ fn assert_client_info(v: &Value, client_id: &str, name: &str, instance: &str, ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_ping_commands_ai_and_broadcast() {
+async fn register_without_an_id_gets_a_generated_one_in_the_default_session() {
     let hub = TestHub::start(&["--instance-id", "proto-hub"]).await;
     let url = hub.ws_url();
-
-    // register without client_id or session: generated id, session "default".
     let mut anon = WsClient::connect(&url).await;
     anon.send_json(json!({"type": "register"})).await;
     let conf = anon.recv().await;
@@ -60,48 +58,70 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(conf2["clients"].as_array().map(Vec::len), Some(2));
     let joined = anon.recv_type("client_joined").await;
     assert_eq!(joined["client_id"], conf2["client_id"]);
-    // A blank name counts as absent.
-    let (_named, conf3) = WsClient::register_with(
-        &url,
-        json!({"type": "register", "client_id": "blank-name", "client_name": "  "}),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_only_a_session_gets_a_generated_id_in_that_session() {
+    let hub = TestHub::start(&[]).await;
+    let (_only_session, conf) = WsClient::register_with(
+        &hub.ws_url(),
+        json!({"type": "register", "session": "only-session"}),
     )
     .await;
-    assert_eq!(conf3["client_name"], "blank-name");
+    let generated = conf["client_id"].as_str().expect("client_id");
+    assert!(generated.starts_with("client-"), "{conf}");
+    assert_eq!(conf["session"], "only-session");
+    assert_eq!(ids(&conf["clients"]), [generated]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_client_name_counts_as_absent() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let [mut watcher] = join_session(&url, "blank", ["watcher"]).await;
+    let (_named, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "session": "blank", "client_id": "blank-name", "client_name": "  "}),
+    )
+    .await;
+    assert_eq!(conf["client_name"], "blank-name");
     assert_eq!(
-        anon.recv_type("client_joined").await["client_name"],
+        watcher.recv_type("client_joined").await["client_name"],
         "blank-name"
     );
-    // Only a session: a generated id in that session.
-    let (_only_session, conf4) =
-        WsClient::register_with(&url, json!({"type": "register", "session": "only-session"})).await;
-    let generated = conf4["client_id"].as_str().expect("client_id");
-    assert!(generated.starts_with("client-"), "{conf4}");
-    assert_eq!(conf4["session"], "only-session");
-    assert_eq!(ids(&conf4["clients"]), [generated]);
-    // Ids of exactly 128 characters are accepted (129 are not: see the bad
-    // input test); fields the hub does not know are ignored.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_accepts_128_character_ids_and_ignores_unknown_fields() {
+    // 129 are refused: every_bad_input_gets_its_code_and_the_connection_survives.
+    let hub = TestHub::start(&[]).await;
     let long = "x".repeat(128);
-    let (_long, conf5) = WsClient::register_with(
-        &url,
+    let (_long, conf) = WsClient::register_with(
+        &hub.ws_url(),
         json!({"type": "register", "client_id": long, "session": long,
                "colour": "blue", "request_id": "reg-1"}),
     )
     .await;
-    assert_eq!(conf5["client_id"].as_str().map(str::len), Some(128));
-    assert_eq!(conf5["session"].as_str().map(str::len), Some(128));
-    assert_eq!(conf5["request_id"], "reg-1");
+    assert_eq!(conf["client_id"].as_str().map(str::len), Some(128));
+    assert_eq!(conf["session"].as_str().map(str::len), Some(128));
+    assert_eq!(conf["request_id"], "reg-1");
+}
 
-    // register with everything, and a numeric request_id (echoed as a string).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_every_field_is_confirmed_and_announced_in_its_session_only() {
+    let hub = TestHub::start(&["--instance-id", "proto-hub"]).await;
+    let url = hub.ws_url();
+    let [mut elsewhere] = join_session(&url, "default", ["elsewhere"]).await;
     let (mut alice, conf) = WsClient::register_with(
         &url,
         json!({"type": "register", "client_id": "alice", "client_name": "Alice (test)",
-               "session": "proto", "capabilities": ["reader"], "request_id": 5}),
+               "session": "proto", "capabilities": ["reader"], "request_id": "r"}),
     )
     .await;
     assert_eq!(conf["client_id"], "alice");
     assert_eq!(conf["client_name"], "Alice (test)");
     assert_eq!(conf["session"], "proto");
-    assert_eq!(conf["request_id"], "5");
+    assert_eq!(conf["request_id"], "r");
     assert_client_info(
         &conf["clients"][0],
         "alice",
@@ -109,7 +129,7 @@ async fn register_ping_commands_ai_and_broadcast() {
         "proto-hub",
         json!(["reader"]),
     );
-    let (mut bob, conf) = WsClient::register(&url, "proto", "bob").await;
+    let (_bob, conf) = WsClient::register(&url, "proto", "bob").await;
     let members: Vec<&str> = conf["clients"]
         .as_array()
         .expect("clients")
@@ -117,14 +137,32 @@ async fn register_ping_commands_ai_and_broadcast() {
         .map(|c| c["client_id"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(members, ["alice", "bob"], "join order");
+    assert_client_info(
+        &conf["clients"][0],
+        "alice",
+        "Alice (test)",
+        "proto-hub",
+        json!(["reader"]),
+    );
     let joined = alice.recv().await;
     assert_eq!(joined["type"], "client_joined", "{joined}");
     assert_client_info(&joined, "bob", "bob", "proto-hub", json!([]));
     assert!(joined["timestamp"].as_u64().is_some());
-    assert_quiet(&mut anon, "another session's joins are not seen").await;
+    assert_quiet(&mut elsewhere, "another session's joins are not seen").await;
+}
 
-    // ping → pong; request_id echoed: strings as is, numbers as strings,
-    // null as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_request_ids_are_echoed_as_strings_and_null_as_absent() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    // On register...
+    let (mut alice, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "client_id": "alice", "session": "ids", "request_id": 5}),
+    )
+    .await;
+    assert_eq!(conf["request_id"], "5");
+    // ...on ping: strings as is, numbers as strings, null as absent...
     for (given, echoed) in [
         (json!("p-1"), json!("p-1")),
         (json!(7), json!("7")),
@@ -148,9 +186,28 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert!(pong.get("request_id").is_none(), "{pong}");
     alice.send_json(json!({"type": "ping"})).await;
     assert!(alice.recv().await.get("request_id").is_none());
+    // ...on a command...
+    alice
+        .send_json(json!({"type": "whatsapp_command", "request_id": 42,
+                          "command": {"action": "list_contacts"}}))
+        .await;
+    let list = alice.recv().await;
+    assert_eq!(list["type"], "response", "{list}");
+    assert_eq!(list["request_id"], "42");
+    // ...and on an error.
+    alice
+        .send_json(json!({"type": "whatsapp_command", "request_id": 99,
+                          "command": {"action": "fly"}}))
+        .await;
+    let e = alice.recv().await;
+    assert_eq!(e["code"], "unknown_action");
+    assert_eq!(e["request_id"], "99");
+}
 
-    // whatsapp_command send: the requester sees the message_event first,
-    // then the response; everyone else sees the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_answers_the_event_first_then_the_response_and_others_get_the_event() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice, mut bob] = join_session(&hub.ws_url(), "proto", ["alice", "bob"]).await;
     // Fields the hub does not know are ignored in commands too.
     let mut send = send_cmd("john", "Hello!");
     send["command"]["extra"] = json!("ignored");
@@ -195,13 +252,16 @@ async fn register_ping_commands_ai_and_broadcast() {
         "events carry no request_id"
     );
     assert_eq!(bob.recv().await, *event, "the same event reaches bob");
+    assert_quiet(&mut bob, "only the event").await;
+}
 
-    // Numeric request_id on a command.
-    bob.send_json(json!({"type": "whatsapp_command", "request_id": 42,
-                         "command": {"action": "list_contacts"}}))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_contacts_answers_the_contacts_with_their_phones() {
+    let hub = TestHub::start(&[]).await;
+    let [mut bob] = join_session(&hub.ws_url(), "proto", ["bob"]).await;
+    let list = bob
+        .request(ws_command(json!({"action": "list_contacts"})))
         .await;
-    let list = bob.recv().await;
-    assert_eq!(list["request_id"], "42");
     let c = &list["content"];
     assert_eq!(
         keys(c),
@@ -215,8 +275,12 @@ async fn register_ping_commands_ai_and_broadcast() {
         json!({"name": "Mom", "phone": "+15550100006"})
     );
     assert_eq!(c["executed_by"], "simulated");
+}
 
-    // get_history: oldest first, `limit` keeps the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_history_is_oldest_first_and_its_limit_keeps_the_newest() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice, mut bob] = join_session(&hub.ws_url(), "proto", ["alice", "bob"]).await;
     for text in ["one", "two", "three"] {
         let r = bob.request(send_cmd("JANE", text)).await;
         assert_eq!(r["content"]["contact"], "Jane", "{r}");
@@ -224,6 +288,14 @@ async fn register_ping_commands_ai_and_broadcast() {
             assert_eq!(c.recv_type("message_event").await["message"], text);
         }
     }
+    let messages = |h: &Value| -> Vec<String> {
+        h["content"]["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
     let h = bob
         .request(ws_command(
             json!({"action": "get_history", "contact": "jane"}),
@@ -236,13 +308,7 @@ async fn register_ping_commands_ai_and_broadcast() {
     );
     assert_eq!(c["contact"], "Jane");
     assert_eq!(c["count"], 3);
-    let texts: Vec<&str> = c["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["message"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(texts, ["one", "two", "three"]);
+    assert_eq!(messages(&h), ["one", "two", "three"]);
     let first = &c["messages"][0];
     assert_eq!(
         keys(first),
@@ -264,13 +330,11 @@ async fn register_ping_commands_ai_and_broadcast() {
             json!({"action": "get_history", "contact": "Jane", "limit": 2}),
         ))
         .await;
-    let texts: Vec<&str> = h["content"]["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["message"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(texts, ["two", "three"], "the newest two, oldest first");
+    assert_eq!(
+        messages(&h),
+        ["two", "three"],
+        "the newest two, oldest first"
+    );
     assert_eq!(h["content"]["count"], 2);
     let h = bob
         .request(ws_command(
@@ -279,8 +343,12 @@ async fn register_ping_commands_ai_and_broadcast() {
         .await;
     assert_eq!(h["content"]["messages"], json!([]));
     assert_eq!(h["content"]["count"], 0);
+}
 
-    // Unknown and ambiguous contacts are `success:false` responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_ambiguous_contacts_are_unsuccessful_responses_with_candidates() {
+    let hub = TestHub::start(&[]).await;
+    let [mut bob] = join_session(&hub.ws_url(), "proto", ["bob"]).await;
     let r = bob.request(send_cmd("Zed", "hi")).await;
     assert_eq!(r["type"], "response", "{r}");
     assert_eq!(r["content"]["success"], false);
@@ -295,27 +363,13 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(r["content"]["success"], false);
     assert_eq!(r["content"]["code"], "ambiguous_contact");
     assert_eq!(names(&r["content"]["candidates"]), ["Maria", "Mom"]);
+    assert_quiet(&mut bob, "nothing was sent, so no message_event").await;
+}
 
-    // Errors echo the request_id too (strings and numbers).
-    bob.send_json(json!({"type": "teleport", "request_id": "e-1"}))
-        .await;
-    let e = bob.recv().await;
-    assert_eq!(
-        (
-            e["type"].as_str(),
-            e["code"].as_str(),
-            e["request_id"].as_str()
-        ),
-        (Some("error"), Some("unknown_type"), Some("e-1"))
-    );
-    bob.send_json(json!({"type": "whatsapp_command", "request_id": 99,
-                         "command": {"action": "fly"}}))
-        .await;
-    let e = bob.recv().await;
-    assert_eq!(e["code"], "unknown_action");
-    assert_eq!(e["request_id"], "99");
-
-    // ai_request
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_request_answers_with_the_rules_provider() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice] = join_session(&hub.ws_url(), "proto", ["alice"]).await;
     let r = alice
         .request(json!({"type": "ai_request", "prompt": "tell john that I'm late"}))
         .await;
@@ -332,12 +386,17 @@ async fn register_ping_commands_ai_and_broadcast() {
         r["content"]["text"].as_str().is_some_and(|t| !t.is_empty()),
         "{r}"
     );
+}
 
-    // broadcast: every other client gets {type, from, payload}; the sender
-    // gets broadcast_sent only with a request_id, never its own broadcast.
-    let (mut carol, _) = WsClient::register(&url, "proto", "carol").await;
-    alice.recv_type("client_joined").await;
-    bob.recv_type("client_joined").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_other_member_of_its_session_only() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let [mut alice, mut bob, mut carol] =
+        join_session(&url, "proto", ["alice", "bob", "carol"]).await;
+    let [mut elsewhere] = join_session(&url, "default", ["elsewhere"]).await;
+    // Every other client gets {type, from, payload}; the sender gets
+    // broadcast_sent only with a request_id, never its own broadcast.
     let payload = json!({"text": "lunch?", "n": [1, 2, {"deep": null}], "ok": true});
     let sent = alice
         .request(json!({"type": "broadcast", "payload": payload}))
@@ -369,7 +428,7 @@ async fn register_ping_commands_ai_and_broadcast() {
             (Some("carol"), Some("plain string"))
         );
     }
-    assert_quiet(&mut anon, "broadcasts stay in their session").await;
+    assert_quiet(&mut elsewhere, "broadcasts stay in their session").await;
 }
 
 /// Natural-language commands with the offline rules provider and the
