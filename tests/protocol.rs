@@ -431,22 +431,38 @@ async fn a_broadcast_reaches_every_other_member_of_its_session_only() {
     assert_quiet(&mut elsewhere, "broadcasts stay in their session").await;
 }
 
-/// Natural-language commands with the offline rules provider and the
-/// built-in contacts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ai_commands_understand_phrasings_and_resolve_names() {
-    let hub = TestHub::start(&[]).await;
-    let url = hub.ws_url();
-    let (mut me, _) = WsClient::register(&url, "ai", "me").await;
-    let (mut watcher, _) = WsClient::register(&url, "ai", "watcher").await;
-    me.recv_type("client_joined").await;
+/// `me` and `watcher`, registered in session "ai" of a fresh hub.
+async fn ai_session(hub: &TestHub) -> [WsClient; 2] {
+    join_session(&hub.ws_url(), "ai", ["me", "watcher"]).await
+}
 
-    // A fresh session has no last contact to reply to.
-    let r = me.request(ai_command("reply hi")).await;
+/// Sends `text` as a whatsapp_ai_command and asserts it was understood as
+/// a send of `message` to `contact` and executed; returns the response.
+async fn assert_ai_send(me: &mut WsClient, text: &str, contact: &str, message: &str) -> Value {
+    let r = me.request(ai_command(text)).await;
+    assert_eq!(r["type"], "response", "{text}: {r}");
     assert_eq!(r["response_type"], "whatsapp_ai_command_result");
-    assert_eq!(r["content"]["success"], false, "{r}");
-    assert_eq!(r["content"]["code"], "unparseable_command");
+    let c = &r["content"];
+    assert_eq!(c["success"], true, "{text}: {r}");
+    assert_eq!(
+        c["interpretation"],
+        json!({"action": "send", "contact": contact, "message": message}),
+        "{text}"
+    );
+    assert_eq!(c["provider"], "rules");
+    assert_eq!(c["result"]["success"], true);
+    assert_eq!(c["result"]["contact"], contact);
+    assert_eq!(c["result"]["message"], message);
+    assert_eq!(c["result"]["executed_by"], "simulated");
+    r
+}
 
+/// Natural-language commands with the offline rules provider and the
+/// built-in contacts: every send phrasing, typos and case included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_send_phrasings_send_to_the_resolved_contact() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
     // (text, contact, message) for every send phrasing.
     let sends = [
         (
@@ -467,28 +483,27 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         ("message bob: see you at 5", "Bob", "see you at 5"),
         ("text maria \"call me\"", "Maria", "call me"),
         ("send hello mom to mom", "Mom", "hello mom"),
+        ("send hello to mom", "Mom", "hello"),
         ("TELL JOHN HELLO", "John", "HELLO"),
-        // Typos and case: jon, jhon, JOHN all mean John.
+        // `tell` without `that`, an apostrophe, the `whatsapp` verb.
+        (
+            "please tell JOHN dinner is ready",
+            "John",
+            "dinner is ready",
+        ),
+        (
+            "tell jane that I'm running late",
+            "Jane",
+            "I'm running late",
+        ),
+        // Typos and case: jon, jhon, JOHN all mean John; alcie is Alice.
         ("send jon a message saying typo", "John", "typo"),
         ("tell jhon that transposed", "John", "transposed"),
         ("please message JOHN saying caps", "John", "caps"),
+        ("whatsapp alcie are you there", "Alice", "are you there"),
     ];
     for (text, contact, message) in sends {
-        let r = me.request(ai_command(text)).await;
-        assert_eq!(r["type"], "response", "{text}: {r}");
-        assert_eq!(r["response_type"], "whatsapp_ai_command_result");
-        let c = &r["content"];
-        assert_eq!(c["success"], true, "{text}: {r}");
-        assert_eq!(
-            c["interpretation"],
-            json!({"action": "send", "contact": contact, "message": message}),
-            "{text}"
-        );
-        assert_eq!(c["provider"], "rules");
-        assert_eq!(c["result"]["success"], true);
-        assert_eq!(c["result"]["contact"], contact);
-        assert_eq!(c["result"]["message"], message);
-        assert_eq!(c["result"]["executed_by"], "simulated");
+        let r = assert_ai_send(&mut me, text, contact, message).await;
         // Everyone sees the message it sent, attributed to the requester.
         let ev = watcher.recv_type("message_event").await;
         assert_eq!(
@@ -500,29 +515,64 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
             (Some(contact), Some(message), Some("me")),
             "{text}"
         );
-        assert_eq!(ev["message_id"], c["result"]["message_id"]);
+        assert_eq!(ev["message_id"], r["content"]["result"]["message_id"]);
     }
+}
 
-    // "reply" goes to the session's last contact (John, from the last send).
-    let r = me.request(ai_command("reply sounds good")).await;
-    assert_eq!(
-        r["content"]["interpretation"],
-        json!({"action": "send", "contact": "John", "message": "sounds good"}),
-        "{r}"
-    );
-    me.request(ai_command("tell maria that switching")).await;
-    let r = me
-        .request(ai_command("reply to the last contact saying ok then"))
-        .await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Maria", "{r}");
-    assert_eq!(r["content"]["interpretation"]["message"], "ok then");
-    for expected in ["sounds good", "switching", "ok then"] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_goes_to_the_sessions_last_contact() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
+    // A fresh session has no last contact to reply to.
+    let r = me.request(ai_command("reply hi")).await;
+    assert_eq!(r["response_type"], "whatsapp_ai_command_result");
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command");
+    assert_quiet(&mut watcher, "nothing sent").await;
+    // The last contact is the last one an AI command sent to...
+    assert_ai_send(&mut me, "tell jon that first", "John", "first").await;
+    assert_ai_send(&mut me, "reply sounds good", "John", "sounds good").await;
+    assert_ai_send(&mut me, "tell maria that switching", "Maria", "switching").await;
+    assert_ai_send(
+        &mut me,
+        "reply to the last contact saying ok then",
+        "Maria",
+        "ok then",
+    )
+    .await;
+    // ...or a plain whatsapp_command.
+    let r = me.request(send_cmd("mom", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_ai_send(&mut me, "respond: ok", "Mom", "ok").await;
+    let r = me.request(send_cmd("bob", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_ai_send(&mut me, "reply how are you?", "Bob", "how are you?").await;
+    for expected in [
+        "first",
+        "sounds good",
+        "switching",
+        "ok then",
+        "hey",
+        "ok",
+        "hey",
+        "how are you?",
+    ] {
         assert_eq!(
             watcher.recv_type("message_event").await["message"],
             expected
         );
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_history_phrasings_read_the_contacts_history() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, _watcher] = ai_session(&hub).await;
+    for text in ["one", "two", "three"] {
+        let r = me.request(send_cmd("john", text)).await;
+        assert_eq!(r["content"]["success"], true, "{r}");
+    }
+    me.request(send_cmd("jane", "not john's")).await;
     // History with someone, with and without a count.
     let r = me.request(ai_command("show history with john")).await;
     let c = &r["content"];
@@ -537,17 +587,7 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .iter()
         .map(|m| m["message"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(
-        texts,
-        [
-            "hello there",
-            "HELLO",
-            "typo",
-            "transposed",
-            "caps",
-            "sounds good"
-        ]
-    );
+    assert_eq!(texts, ["one", "two", "three"]);
     let r = me
         .request(ai_command("read the last 2 messages from jon"))
         .await;
@@ -557,12 +597,14 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         "{r}"
     );
     assert_eq!(r["content"]["result"]["count"], 2);
-    assert_eq!(
-        r["content"]["result"]["messages"][1]["message"],
-        "sounds good"
-    );
+    assert_eq!(r["content"]["result"]["messages"][0]["message"], "two");
+    assert_eq!(r["content"]["result"]["messages"][1]["message"], "three");
+}
 
-    // Listing contacts, several phrasings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_list_contacts_phrasings_list_every_contact() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
     for text in [
         "list contacts",
         "Show me my contacts",
@@ -580,8 +622,14 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         assert_eq!(names(&c["result"]["contacts"]), BUILTIN);
         assert_eq!(c["result"]["total_count"], 6);
     }
+    assert_quiet(&mut watcher, "listing sends nothing").await;
+}
 
-    // Unknown name: success:false with every contact as candidate, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ambiguous_or_unparseable_ai_commands_send_nothing() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
+    // Unknown name: success:false with every contact as candidate.
     let r = me
         .request(ai_command("send zebedee a message saying hi"))
         .await;
@@ -598,16 +646,30 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
     let r = me.request(ai_command("tell m that which one?")).await;
     assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
     assert_eq!(names(&r["content"]["candidates"]), ["Maria", "Mom"]);
-    // Not understood.
+    let r = me.request(ai_command("send j a message saying hi")).await;
+    assert_eq!(r["type"], "response");
+    assert_eq!(r["content"]["success"], false);
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
+    // Not understood, empty text included.
     let r = me.request(ai_command("what is the meaning of life")).await;
     let c = &r["content"];
     assert_eq!(c["success"], false);
     assert_eq!(c["code"], "unparseable_command");
     assert_eq!(c["interpretation"]["action"], "unknown");
     assert!(c["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let r = me.request(ai_command("")).await;
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
     assert_quiet(&mut watcher, "failed commands send nothing").await;
+}
 
-    // A given context is used instead of the session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_context_is_used_instead_of_the_sessions() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, _watcher] = ai_session(&hub).await;
+    assert_ai_send(&mut me, "tell john that first", "John", "first").await;
+    // Its last contact replaces the session's...
     let r = me
         .request(json!({"type": "whatsapp_ai_command", "command": "reply on my way",
             "context": {"last_contact": "Bob", "contact_list": ["Bob", {"name": "John", "phone": "+1"}]}}))
@@ -618,7 +680,7 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         "{r}"
     );
     assert_eq!(r["content"]["result"]["contact"], "Bob");
-    // Its contact list is the only one the interpretation may use...
+    // ...its contact list is the only one the interpretation may use...
     let r = me
         .request(
             json!({"type": "whatsapp_ai_command", "command": "tell jane that hi",
@@ -627,6 +689,16 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .await;
     assert_eq!(r["content"]["code"], "contact_not_found", "{r}");
     assert_eq!(names(&r["content"]["candidates"]), ["Bob", "John"]);
+    // ...names resolve against it only: "jo" is ambiguous in it, though
+    // the session has a single John...
+    let r = me
+        .request(
+            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
+            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
+        )
+        .await;
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
     // ...and with a list but no last contact, "reply" has no one to go to
     // (no fallback to the session's last contact).
     let r = me
@@ -643,67 +715,11 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
     assert_eq!(r["content"]["success"], true);
-    // The session's own last contact is now Alice.
+    // What it sent moves the session's own last contact: Alice now.
     let r = me.request(ai_command("reply and again")).await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
-    // Names resolve against a given list only: "jo" is ambiguous in it,
-    // though the session has a single John.
-    let r = me
-        .request(
-            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
-            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
-        )
-        .await;
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
-
-    // More phrasings: the `whatsapp` verb with a typo, `tell` without
-    // `that`, an apostrophe, `send <message> to <name>`, and `respond`
-    // (to the last contact, Mom by then).
-    for (text, contact, message) in [
-        ("whatsapp alcie are you there", "Alice", "are you there"),
-        (
-            "please tell JOHN dinner is ready",
-            "John",
-            "dinner is ready",
-        ),
-        (
-            "tell jane that I'm running late",
-            "Jane",
-            "I'm running late",
-        ),
-        ("send hello to mom", "Mom", "hello"),
-        ("respond: ok", "Mom", "ok"),
-    ] {
-        let r = me.request(ai_command(text)).await;
-        let c = &r["content"];
-        assert_eq!(c["success"], true, "{text}: {r}");
-        assert_eq!(c["provider"], "rules");
-        assert_eq!(
-            c["interpretation"],
-            json!({"action": "send", "contact": contact, "message": message}),
-            "{text}"
-        );
-        assert_eq!(c["result"]["contact"], contact);
-        assert_eq!(c["result"]["executed_by"], "simulated");
-    }
-    // A plain whatsapp_command moves the last contact too.
-    let r = me.request(send_cmd("bob", "hey")).await;
-    assert_eq!(r["content"]["success"], true, "{r}");
-    let r = me.request(ai_command("reply how are you?")).await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Bob", "{r}");
-    // Ambiguous among the built-in contacts; empty text is not understood.
-    let r = me.request(ai_command("send j a message saying hi")).await;
-    assert_eq!(r["type"], "response");
-    assert_eq!(r["content"]["success"], false);
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
-    let r = me.request(ai_command("")).await;
-    assert_eq!(r["content"]["success"], false, "{r}");
-    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
 }
 
-/// Ambiguity needs names that share a prefix: a contacts file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_from_a_contacts_file_resolve_or_are_ambiguous() {
     let dir = std::env::temp_dir().join(format!("mcp-hub-protocol-{}", std::process::id()));
