@@ -24,14 +24,22 @@ async fn answer(agent: &mut WsClient, call_id: &str, content: Value) {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_executes_other_clients_commands_and_reports() {
+/// A hub with `user` and `watcher` in session "s", then `phone` as its
+/// agent; nothing pending for any of them.
+async fn agent_session() -> (TestHub, WsClient, WsClient, WsClient) {
     let hub = TestHub::start(&["--instance-id", "agent-hub"]).await;
     let url = hub.ws_url();
-    let (mut user, _) = WsClient::register(&url, "s", "user").await;
-    let (mut watcher, _) = WsClient::register(&url, "s", "watcher").await;
-    user.recv_type("client_joined").await;
+    let mut members = join_session(&url, "s", ["user", "watcher"]).await;
+    let agent = join_agent(&url, "s", "phone", &mut members).await;
+    let [user, watcher] = members;
+    (hub, user, watcher, agent)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_an_agent_announces_agent_changed_to_everyone() {
+    let hub = TestHub::start(&["--instance-id", "agent-hub"]).await;
+    let url = hub.ws_url();
+    let [mut user, mut watcher] = join_session(&url, "s", ["user", "watcher"]).await;
     // Registering as agent: confirmed with agent:true; everyone, the agent
     // included, gets agent_changed naming it.
     let (mut agent, conf) = register_agent(&url, "s", "phone").await;
@@ -50,8 +58,17 @@ async fn agent_executes_other_clients_commands_and_reports() {
             without_volatile(&changed)
         );
     }
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/s").await;
+    assert_eq!(
+        summary["agent"],
+        json!({"client_id": "phone", "instance": "agent-hub"})
+    );
+}
 
-    // send: forwarded with the contact resolved, the agent's content is the
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_executed_by_the_agent_is_recorded_and_broadcast_before_the_response() {
+    let (_hub, mut user, mut watcher, mut agent) = agent_session().await;
+    // Forwarded with the contact resolved, the agent's content is the
     // response, and a successful send is recorded and broadcast (before
     // the response).
     user.send_json(json!({"type": "whatsapp_command", "request_id": "q1",
@@ -106,8 +123,11 @@ async fn agent_executes_other_clients_commands_and_reports() {
     );
     agent.recv_type("message_event").await;
     watcher.recv_type("message_event").await;
+}
 
-    // A failure from the agent is passed through; nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_from_the_agent_is_passed_through_and_not_recorded() {
+    let (_hub, mut user, mut watcher, mut agent) = agent_session().await;
     user.send_json(json!({"type": "whatsapp_command", "request_id": "q3",
         "command": {"action": "send", "contact": "jane", "message": "lost"}}))
         .await;
@@ -127,26 +147,32 @@ async fn agent_executes_other_clients_commands_and_reports() {
         resp["content"],
         json!({"success": false, "error": "phone offline"})
     );
+    assert_quiet(&mut watcher, "nothing recorded").await;
+    assert_quiet(&mut agent, "nothing recorded").await;
+}
 
-    // list_contacts and get_history go to the agent too.
-    let r = {
-        user.send_json(json!({"type": "whatsapp_command", "request_id": "q4",
-            "command": {"action": "get_history", "contact": "JOHN", "limit": 3}}))
-            .await;
-        let (call, command) = next_execute(&mut agent).await;
-        assert_eq!(
-            command,
-            json!({"action": "get_history", "contact": "John", "limit": 3})
-        );
-        answer(
-            &mut agent,
-            &call,
-            json!({"success": true, "messages": [], "count": 0}),
-        )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_contacts_and_get_history_go_to_the_agent() {
+    let (_hub, mut user, _watcher, mut agent) = agent_session().await;
+    user.send_json(json!({"type": "whatsapp_command", "request_id": "q4",
+        "command": {"action": "get_history", "contact": "JOHN", "limit": 3}}))
         .await;
-        until_answer(&mut user, "q4").await.1
-    };
-    assert_eq!(r["content"]["count"], 0);
+    let (call, command) = next_execute(&mut agent).await;
+    assert_eq!(
+        command,
+        json!({"action": "get_history", "contact": "John", "limit": 3})
+    );
+    answer(
+        &mut agent,
+        &call,
+        json!({"success": true, "messages": [], "count": 0}),
+    )
+    .await;
+    let (_, r) = until_answer(&mut user, "q4").await;
+    assert_eq!(
+        r["content"],
+        json!({"success": true, "messages": [], "count": 0})
+    );
     user.send_json(json!({"type": "whatsapp_command", "request_id": 5,
         "command": {"action": "list_contacts"}}))
         .await;
@@ -160,8 +186,11 @@ async fn agent_executes_other_clients_commands_and_reports() {
     .await;
     let (_, resp) = until_answer(&mut user, "5").await;
     assert_eq!(names(&resp["content"]["contacts"]), ["Real"]);
+}
 
-    // A natural-language command is interpreted, then executed by the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ai_command_is_interpreted_then_executed_by_the_agent() {
+    let (_hub, mut user, _watcher, mut agent) = agent_session().await;
     user.send_json(json!({"type": "whatsapp_ai_command", "request_id": "q6",
         "command": "tell maria that via the phone"}))
         .await;
@@ -177,9 +206,15 @@ async fn agent_executes_other_clients_commands_and_reports() {
     assert_eq!(resp["content"]["success"], true, "{resp}");
     assert_eq!(resp["content"]["result"], content);
     assert_eq!(events[0]["message_id"], "wamid.6");
-    agent.recv_type("message_event").await;
+    assert_eq!(
+        agent.recv_type("message_event").await["message_id"],
+        "wamid.6"
+    );
+}
 
-    // The agent's own commands are executed by the connector, not sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_commands_are_executed_by_the_connector() {
+    let (_hub, _user, _watcher, mut agent) = agent_session().await;
     let r = agent
         .request(send_cmd("alice", "from the agent itself"))
         .await;
@@ -189,8 +224,12 @@ async fn agent_executes_other_clients_commands_and_reports() {
         pending.iter().all(|m| m["type"] == "message_event"),
         "no execute for the agent's own command: {pending:?}"
     );
+}
 
-    // execute_result: wrong id, no id, someone else's call, answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_called_agent_may_answer_a_call_and_only_once() {
+    let (_hub, mut user, mut watcher, mut agent) = agent_session().await;
+    // No such call; no id at all.
     let e = agent
         .request(json!({"type": "execute_result", "content": {"success": true}}))
         .await;
@@ -200,6 +239,7 @@ async fn agent_executes_other_clients_commands_and_reports() {
         .await;
     let e = agent.recv_type("error").await;
     assert_eq!(e["code"], "missing_field", "{e}");
+    // Someone else's answer to the agent's call.
     user.send_json(json!({"type": "whatsapp_command", "request_id": "q7",
         "command": {"action": "list_contacts"}}))
         .await;
@@ -218,6 +258,7 @@ async fn agent_executes_other_clients_commands_and_reports() {
     answer(&mut agent, &call, json!({"success": true, "n": 7})).await;
     let (_, resp) = until_answer(&mut user, "q7").await;
     assert_eq!(resp["content"], json!({"success": true, "n": 7}));
+    // Answered twice.
     answer(&mut agent, &call, json!({"success": true})).await;
     let e = agent.recv_type("error").await;
     assert_eq!(
@@ -225,9 +266,12 @@ async fn agent_executes_other_clients_commands_and_reports() {
         (Some("unknown_request"), Some(call.as_str())),
         "answered twice"
     );
+    assert_quiet(&mut user, "one answer per request").await;
+}
 
-    // contacts_update: acknowledged, everyone (the agent too) gets the list,
-    // and names now resolve against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_update_is_acknowledged_broadcast_and_resolves_names() {
+    let (_hub, mut user, mut watcher, mut agent) = agent_session().await;
     let ack = agent
         .request(json!({"type": "contacts_update",
             "contacts": [{"name": "Grandma", "phone": "+1"}, "Bob", {"name": "John Smith"}]}))
@@ -273,8 +317,20 @@ async fn agent_executes_other_clients_commands_and_reports() {
     .await;
     let (events, _) = until_answer(&mut user, "q8").await;
     assert_eq!(events[0]["message_id"], "wamid.8", "{events:?}");
+}
 
-    // incoming_message: recorded and sent to everyone as an incoming event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_message_is_recorded_broadcast_and_becomes_the_last_contact() {
+    let (hub, mut user, mut watcher, mut agent) = agent_session().await;
+    // The phone's contacts, then something outgoing to another contact.
+    agent
+        .send_json(json!({"type": "contacts_update", "contacts": ["Grandma", "Bob"]}))
+        .await;
+    for c in [&mut user, &mut watcher, &mut agent] {
+        c.recv_type("contact_list_broadcast").await;
+    }
+    let r = agent.request(send_cmd("bob", "earlier")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
     let ack = agent
         .request(json!({"type": "incoming_message", "contact": "Grandma", "message": "bring cake"}))
         .await;
@@ -306,15 +362,15 @@ async fn agent_executes_other_clients_commands_and_reports() {
         .iter()
         .map(|m| m["message"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(texts, ["see you sunday", "bring cake"], "{h}");
+    assert_eq!(texts, ["bring cake"], "{h}");
     let (_, summary) = http_get_json(&hub, "/api/v1/sessions/s").await;
     assert_eq!(summary["last_contact"], "Grandma");
-    assert_eq!(
-        summary["agent"],
-        json!({"client_id": "phone", "instance": "agent-hub"})
-    );
+}
 
-    // Reports from anyone but the agent: not_agent. Bad reports: invalid_field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_from_anyone_but_the_agent_or_malformed_are_refused_without_effect() {
+    let (_hub, mut user, _watcher, mut agent) = agent_session().await;
+    // Reports from anyone but the agent: not_agent.
     for body in [
         json!({"type": "contacts_update", "contacts": ["X"]}),
         json!({"type": "incoming_message", "contact": "X", "message": "fake"}),
@@ -323,8 +379,10 @@ async fn agent_executes_other_clients_commands_and_reports() {
         assert_eq!(e["type"], "error", "{body}: {e}");
         assert_eq!(e["code"], "not_agent", "{body}: {e}");
     }
+    // Bad reports: invalid_field or missing_field.
     for body in [
         json!({"type": "contacts_update", "contacts": ["ok", " "]}),
+        json!({"type": "contacts_update", "contacts": "Grandma"}),
         json!({"type": "incoming_message", "contact": "Grandma", "message": ""}),
         json!({"type": "incoming_message", "contact": "", "message": "who?"}),
     ] {
@@ -338,17 +396,8 @@ async fn agent_executes_other_clients_commands_and_reports() {
         let e = agent.request(body.clone()).await;
         assert_eq!(e["code"], "missing_field", "{body}: {e}");
     }
-    let e = agent
-        .request(json!({"type": "contacts_update", "contacts": "Grandma"}))
-        .await;
-    assert_eq!(e["code"], "invalid_field", "{e}");
-    let pending = barrier(&mut user).await;
-    assert!(
-        pending
-            .iter()
-            .all(|m| m["type"] != "contact_list_broadcast" && m["type"] != "message_event"),
-        "rejected reports must have no effect: {pending:?}"
-    );
+    assert_quiet(&mut user, "rejected reports must have no effect").await;
+    assert_quiet(&mut agent, "rejected reports must have no effect").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

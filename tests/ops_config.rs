@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use support::{
-    CLOSED_ADDR, free_port, http_get_blocking, repo_file, repo_path, repo_yaml, run, tool,
+    CLOSED_ADDR, TempDir, TestCa, free_port, http_get_blocking, interpolate, repo_file, repo_path,
+    repo_yaml, run, tool,
 };
 
 fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
@@ -36,12 +37,20 @@ const HAPROXY_VARS: &[&str] = &[
     "ADMIN_ALLOW_FROM",
 ];
 
+/// The variables haproxy.cfg reads that compose leaves to `.env`.
+const HAPROXY_OPTIONAL_VARS: &[&str] = &[
+    "HAPROXY_STATS_USER",
+    "HAPROXY_STATS_PASSWORD",
+    "TLS_BIND",
+    "TLS_CERT",
+];
+
 fn haproxy_check(env: &[(String, String)]) -> (bool, String) {
     let mut cmd = Command::new("haproxy");
     cmd.arg("-c")
         .arg("-f")
         .arg(repo_path("haproxy/haproxy.cfg"));
-    for var in HAPROXY_VARS {
+    for var in HAPROXY_VARS.iter().chain(HAPROXY_OPTIONAL_VARS) {
         cmd.env_remove(var);
     }
     for (k, v) in env {
@@ -61,8 +70,9 @@ fn haproxy_cfg_is_valid_with_the_loopback_defaults() {
     assert!(!out.contains("ALERT"), "{out}");
 }
 
-/// The environment docker-compose.yml gives the haproxy service.
-fn compose_haproxy_env() -> Vec<(String, String)> {
+/// The environment docker-compose.yml gives the haproxy service, as
+/// compose would pass it with `dotenv` as `.env`.
+fn compose_haproxy_env(dotenv: &BTreeMap<&str, &str>) -> Vec<(String, String)> {
     let compose = repo_yaml("docker-compose.yml");
     let env = compose["services"]["haproxy"]["environment"]
         .as_mapping()
@@ -75,47 +85,66 @@ fn compose_haproxy_env() -> Vec<(String, String)> {
                 Yaml::Number(n) => n.to_string(),
                 other => panic!("haproxy.environment.{k}: unexpected {other:?}"),
             };
-            // `${NAME:-default}` from an .env that does not set NAME.
-            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                Some(inner) => inner
-                    .split_once(":-")
-                    .map(|(_, default)| default.to_string())
-                    .unwrap_or_default(),
-                None => v,
-            };
+            let v = interpolate(&v, dotenv).unwrap_or_else(|e| panic!("haproxy.{k}: {e}"));
             (k, v)
         })
         .collect()
 }
 
 #[test]
-fn haproxy_cfg_is_valid_with_the_compose_environment() {
+fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
     if !tool("haproxy", "haproxy") {
         return;
     }
-    let mut env = compose_haproxy_env();
-    let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    let names: BTreeSet<String> = compose_haproxy_env(&BTreeMap::new())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     for var in HAPROXY_VARS {
         assert!(
-            names.contains(var),
+            names.contains(*var),
             "docker-compose.yml's haproxy service does not set {var}"
         );
     }
     // The compose socket path is inside the container; check with a
     // writable one (the path is the only thing that differs).
-    let dir = std::env::temp_dir().join(format!("mcp-hub-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for (k, v) in env.iter_mut() {
-        if k == "HAPROXY_SOCKET" {
-            *v = dir.join("haproxy.sock").display().to_string();
+    let dir = TempDir::new();
+    let socket = dir.path().join("haproxy.sock").display().to_string();
+    let check = |mut env: Vec<(String, String)>, what: &str| {
+        for (k, v) in env.iter_mut() {
+            if k == "HAPROXY_SOCKET" {
+                v.clone_from(&socket);
+            }
         }
+        // hub1..hub3 do not resolve here, as in compose before the hubs
+        // start: HAProxy must still start (init-addr none) and mark them
+        // DOWN.
+        let (ok, out) = haproxy_check(&env);
+        assert!(
+            ok,
+            "haproxy -c failed with the compose variables {what}:\n{out}"
+        );
+        assert!(!out.contains("ALERT"), "{what}: {out}");
+    };
+    let plain = BTreeMap::new();
+    let with_stats: BTreeMap<&str, &str> = [
+        ("HAPROXY_STATS_USER", "ops"),
+        ("HAPROXY_STATS_PASSWORD", "pw with spaces"),
+    ]
+    .into();
+    let admin_networks: BTreeMap<&str, &str> =
+        [("ADMIN_ALLOW_FROM", "203.0.113.0/24 2001:db8::/32")].into();
+    for dotenv in [&plain, &with_stats, &admin_networks] {
+        check(compose_haproxy_env(dotenv), &format!("and .env {dotenv:?}"));
     }
-    // hub1..hub3 do not resolve here, as in compose before the hubs start:
-    // HAProxy must still start (init-addr none) and mark them DOWN.
-    let (ok, out) = haproxy_check(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(ok, "haproxy -c failed with the compose variables:\n{out}");
-    assert!(!out.contains("ALERT"), "{out}");
+    // TLS on, with a real certificate.
+    if tool("openssl", "openssl") {
+        let certs = TestCa::make();
+        let mut env = compose_haproxy_env(&with_stats);
+        env.push(("TLS_BIND".into(), ":8443".into()));
+        env.push(("TLS_CERT".into(), certs.bundle().display().to_string()));
+        check(env, "and TLS");
+    }
 }
 
 #[test]
@@ -270,7 +299,7 @@ fn prometheus_config_targets_and_rules_pass_promtool() {
 }
 
 #[test]
-fn prometheus_scrapes_every_hub_and_haproxy_through_file_sd() {
+fn prometheus_scrapes_every_hub_directly_and_haproxy_through_file_sd_without_credentials() {
     let cfg = repo_yaml("deploy/prometheus/prometheus.yml");
     let jobs: BTreeMap<String, &Yaml> = cfg["scrape_configs"]
         .as_sequence()
@@ -300,6 +329,25 @@ fn prometheus_scrapes_every_hub_and_haproxy_through_file_sd() {
             j.get("static_configs").is_none(),
             "job {job}: no fixed targets"
         );
+    }
+    // The exporter is outside the stats page's auth: no credentials.
+    for (job, j) in &jobs {
+        assert!(
+            j.get("basic_auth").is_none(),
+            "job {job}: the exporter needs no credentials in prometheus.yml"
+        );
+        assert_eq!(j["metrics_path"].as_str(), Some("/metrics"), "job {job}");
+    }
+    // Hubs are scraped directly, not through the load balancer.
+    let hubs = repo_yaml("deploy/prometheus/targets/hubs.yml");
+    for group in hubs.as_sequence().expect("target groups") {
+        for t in group["targets"].as_sequence().expect("targets") {
+            let t = str_of(t, "target");
+            assert!(
+                t.starts_with("hub") && !t.starts_with("haproxy"),
+                "hubs are scraped directly, not through the load balancer: {t}"
+            );
+        }
     }
 }
 
@@ -441,15 +489,9 @@ fn compose_has_the_whole_stack() {
         assert_eq!(env["INSTANCE_ID"], format!("hub{i}"));
     }
 
-    // HAProxy: published on 8002, the repo's haproxy.cfg, one slot per hub.
+    // HAProxy: the repo's haproxy.cfg, listening on 8002, one slot per hub
+    // (that it publishes exactly LB_BIND's port: ops_security).
     let lb = service(&c, "haproxy");
-    let ports: Vec<&str> = lb["ports"]
-        .as_sequence()
-        .expect("haproxy ports")
-        .iter()
-        .map(|p| str_of(p, "port"))
-        .collect();
-    assert!(ports.contains(&"8002:8002"), "{ports:?}");
     assert_eq!(
         mount_of(lb, "haproxy/haproxy.cfg"),
         "/usr/local/etc/haproxy/haproxy.cfg"
@@ -755,7 +797,8 @@ fn dockerfile_builds_locked_and_runs_unprivileged_with_a_healthcheck() {
     for needed in ["Cargo.toml", "Cargo.lock", "src", "web"] {
         assert!(copied.iter().any(|c| c == needed), "{needed} is not copied");
     }
-    for never in ["target", ".git", ".env"] {
+    // (.env, a secret: ops_security::env_example_lists_every_variable_compose_reads_with_no_value)
+    for never in ["target", ".git"] {
         assert!(
             ignored.iter().any(|g| g == never),
             ".dockerignore must exclude {never}"

@@ -28,7 +28,8 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use support::{
-    Haproxy, TempDir, TestCa, free_port, have, repo_file, repo_path, repo_yaml, tool, wait_until,
+    Haproxy, TempDir, TestCa, free_port, have, interpolate, repo_file, repo_path, repo_yaml, tool,
+    wait_until,
 };
 use tokio_tungstenite::tungstenite;
 
@@ -687,43 +688,6 @@ fn interpolations(value: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Compose's interpolation with the given `.env` values (`${V:?..}` fails
-/// when V is unset or empty, `${V:-d}` falls back to d).
-fn interpolate(value: &str, env: &BTreeMap<&str, &str>) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = value;
-    while let Some(at) = rest.find("${") {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at + 2..];
-        let end = tail.find('}').ok_or("unclosed ${")?;
-        let inner = &tail[..end];
-        let (name, modifier) = inner.split_at(
-            inner
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(inner.len()),
-        );
-        let present = env.get(name).copied();
-        let set = present.filter(|v| !v.is_empty());
-        match (set, modifier) {
-            (Some(v), _) => out.push_str(v),
-            (None, m) if m.starts_with(":?") => return Err(format!("{name}: {}", &m[2..])),
-            (None, m) if m.starts_with(":-") => out.push_str(&m[2..]),
-            // `-` without `:`: the default only when unset (set but empty
-            // stays empty).
-            (None, m) if m.starts_with('-') => {
-                if present.is_none() {
-                    out.push_str(&m[1..]);
-                }
-            }
-            (None, "") => {}
-            (None, m) => return Err(format!("unsupported ${{{name}{m}}}")),
-        }
-        rest = &tail[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 fn env_map(service: &Yaml) -> BTreeMap<String, String> {
     service["environment"]
         .as_mapping()
@@ -981,95 +945,6 @@ fn compose_tls_override_binds_the_mounted_certificate() {
     );
     let port = bind.rsplit(':').next().unwrap_or_default();
     assert_eq!(published(lb), [format!("{port}:{port}")]);
-}
-
-/// The haproxy service's environment as compose would pass it with `.env`.
-fn compose_haproxy_env(dotenv: &BTreeMap<&str, &str>) -> Vec<(String, String)> {
-    let c = repo_yaml("docker-compose.yml");
-    env_map(&c["services"]["haproxy"])
-        .into_iter()
-        .map(|(k, v)| {
-            let v = interpolate(&v, dotenv).unwrap_or_else(|e| panic!("haproxy.{k}: {e}"));
-            (k, v)
-        })
-        .collect()
-}
-
-fn haproxy_check(env: &[(String, String)], dir: &TempDir) -> (bool, String) {
-    let mut cmd = Command::new("haproxy");
-    cmd.arg("-c")
-        .arg("-f")
-        .arg(repo_path("haproxy/haproxy.cfg"));
-    for var in LB_OPTIONAL_VARS {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        // The compose socket path is inside the container.
-        if k == "HAPROXY_SOCKET" {
-            cmd.env(k, dir.path().join("haproxy.sock"));
-        } else {
-            cmd.env(k, v);
-        }
-    }
-    let out = cmd.output().expect("haproxy -c");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && !text.contains("ALERT"), text)
-}
-
-#[test]
-fn haproxy_cfg_is_valid_with_the_compose_environment_and_each_option() {
-    if !tool("haproxy", "haproxy") {
-        return;
-    }
-    let dir = TempDir::new();
-    let plain = BTreeMap::new();
-    let with_stats: BTreeMap<&str, &str> = [
-        ("HAPROXY_STATS_USER", "ops"),
-        ("HAPROXY_STATS_PASSWORD", "pw with spaces"),
-    ]
-    .into();
-    let admin_networks: BTreeMap<&str, &str> =
-        [("ADMIN_ALLOW_FROM", "203.0.113.0/24 2001:db8::/32")].into();
-    for dotenv in [&plain, &with_stats, &admin_networks] {
-        let env = compose_haproxy_env(dotenv);
-        let (ok, out) = haproxy_check(&env, &dir);
-        assert!(ok, "haproxy -c with compose env {dotenv:?}:\n{out}");
-    }
-    // TLS on, with a real certificate.
-    if tool("openssl", "openssl") {
-        let certs = TestCa::make();
-        let mut env = compose_haproxy_env(&with_stats);
-        env.push(("TLS_BIND".into(), ":8443".into()));
-        env.push(("TLS_CERT".into(), certs.bundle().display().to_string()));
-        let (ok, out) = haproxy_check(&env, &dir);
-        assert!(ok, "haproxy -c with TLS:\n{out}");
-    }
-}
-
-#[test]
-fn prometheus_scrapes_the_hubs_directly_and_the_exporter_without_credentials() {
-    let hubs = repo_yaml("deploy/prometheus/targets/hubs.yml");
-    for group in hubs.as_sequence().expect("target groups") {
-        for t in group["targets"].as_sequence().expect("targets") {
-            let t = t.as_str().expect("target");
-            assert!(
-                t.starts_with("hub") && !t.starts_with("haproxy"),
-                "hubs are scraped directly, not through the load balancer: {t}"
-            );
-        }
-    }
-    let cfg = repo_yaml("deploy/prometheus/prometheus.yml");
-    for job in cfg["scrape_configs"].as_sequence().expect("jobs") {
-        assert!(
-            job.get("basic_auth").is_none(),
-            "the exporter is outside the stats auth: no credentials in prometheus.yml"
-        );
-        assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
-    }
 }
 
 // ----------------------------------------------------------- Kubernetes

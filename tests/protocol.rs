@@ -19,11 +19,9 @@ fn assert_client_info(v: &Value, client_id: &str, name: &str, instance: &str, ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_ping_commands_ai_and_broadcast() {
+async fn register_without_an_id_gets_a_generated_one_in_the_default_session() {
     let hub = TestHub::start(&["--instance-id", "proto-hub"]).await;
     let url = hub.ws_url();
-
-    // register without client_id or session: generated id, session "default".
     let mut anon = WsClient::connect(&url).await;
     anon.send_json(json!({"type": "register"})).await;
     let conf = anon.recv().await;
@@ -60,48 +58,70 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(conf2["clients"].as_array().map(Vec::len), Some(2));
     let joined = anon.recv_type("client_joined").await;
     assert_eq!(joined["client_id"], conf2["client_id"]);
-    // A blank name counts as absent.
-    let (_named, conf3) = WsClient::register_with(
-        &url,
-        json!({"type": "register", "client_id": "blank-name", "client_name": "  "}),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_only_a_session_gets_a_generated_id_in_that_session() {
+    let hub = TestHub::start(&[]).await;
+    let (_only_session, conf) = WsClient::register_with(
+        &hub.ws_url(),
+        json!({"type": "register", "session": "only-session"}),
     )
     .await;
-    assert_eq!(conf3["client_name"], "blank-name");
+    let generated = conf["client_id"].as_str().expect("client_id");
+    assert!(generated.starts_with("client-"), "{conf}");
+    assert_eq!(conf["session"], "only-session");
+    assert_eq!(ids(&conf["clients"]), [generated]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_client_name_counts_as_absent() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let [mut watcher] = join_session(&url, "blank", ["watcher"]).await;
+    let (_named, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "session": "blank", "client_id": "blank-name", "client_name": "  "}),
+    )
+    .await;
+    assert_eq!(conf["client_name"], "blank-name");
     assert_eq!(
-        anon.recv_type("client_joined").await["client_name"],
+        watcher.recv_type("client_joined").await["client_name"],
         "blank-name"
     );
-    // Only a session: a generated id in that session.
-    let (_only_session, conf4) =
-        WsClient::register_with(&url, json!({"type": "register", "session": "only-session"})).await;
-    let generated = conf4["client_id"].as_str().expect("client_id");
-    assert!(generated.starts_with("client-"), "{conf4}");
-    assert_eq!(conf4["session"], "only-session");
-    assert_eq!(ids(&conf4["clients"]), [generated]);
-    // Ids of exactly 128 characters are accepted (129 are not: see the bad
-    // input test); fields the hub does not know are ignored.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_accepts_128_character_ids_and_ignores_unknown_fields() {
+    // 129 are refused: an_invalid_registration_is_refused_joins_nobody_and_may_be_retried.
+    let hub = TestHub::start(&[]).await;
     let long = "x".repeat(128);
-    let (_long, conf5) = WsClient::register_with(
-        &url,
+    let (_long, conf) = WsClient::register_with(
+        &hub.ws_url(),
         json!({"type": "register", "client_id": long, "session": long,
                "colour": "blue", "request_id": "reg-1"}),
     )
     .await;
-    assert_eq!(conf5["client_id"].as_str().map(str::len), Some(128));
-    assert_eq!(conf5["session"].as_str().map(str::len), Some(128));
-    assert_eq!(conf5["request_id"], "reg-1");
+    assert_eq!(conf["client_id"].as_str().map(str::len), Some(128));
+    assert_eq!(conf["session"].as_str().map(str::len), Some(128));
+    assert_eq!(conf["request_id"], "reg-1");
+}
 
-    // register with everything, and a numeric request_id (echoed as a string).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_every_field_is_confirmed_and_announced_in_its_session_only() {
+    let hub = TestHub::start(&["--instance-id", "proto-hub"]).await;
+    let url = hub.ws_url();
+    let [mut elsewhere] = join_session(&url, "default", ["elsewhere"]).await;
     let (mut alice, conf) = WsClient::register_with(
         &url,
         json!({"type": "register", "client_id": "alice", "client_name": "Alice (test)",
-               "session": "proto", "capabilities": ["reader"], "request_id": 5}),
+               "session": "proto", "capabilities": ["reader"], "request_id": "r"}),
     )
     .await;
     assert_eq!(conf["client_id"], "alice");
     assert_eq!(conf["client_name"], "Alice (test)");
     assert_eq!(conf["session"], "proto");
-    assert_eq!(conf["request_id"], "5");
+    assert_eq!(conf["request_id"], "r");
     assert_client_info(
         &conf["clients"][0],
         "alice",
@@ -109,7 +129,7 @@ async fn register_ping_commands_ai_and_broadcast() {
         "proto-hub",
         json!(["reader"]),
     );
-    let (mut bob, conf) = WsClient::register(&url, "proto", "bob").await;
+    let (_bob, conf) = WsClient::register(&url, "proto", "bob").await;
     let members: Vec<&str> = conf["clients"]
         .as_array()
         .expect("clients")
@@ -117,14 +137,32 @@ async fn register_ping_commands_ai_and_broadcast() {
         .map(|c| c["client_id"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(members, ["alice", "bob"], "join order");
+    assert_client_info(
+        &conf["clients"][0],
+        "alice",
+        "Alice (test)",
+        "proto-hub",
+        json!(["reader"]),
+    );
     let joined = alice.recv().await;
     assert_eq!(joined["type"], "client_joined", "{joined}");
     assert_client_info(&joined, "bob", "bob", "proto-hub", json!([]));
     assert!(joined["timestamp"].as_u64().is_some());
-    assert_quiet(&mut anon, "another session's joins are not seen").await;
+    assert_quiet(&mut elsewhere, "another session's joins are not seen").await;
+}
 
-    // ping → pong; request_id echoed: strings as is, numbers as strings,
-    // null as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_request_ids_are_echoed_as_strings_and_null_as_absent() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    // On register...
+    let (mut alice, conf) = WsClient::register_with(
+        &url,
+        json!({"type": "register", "client_id": "alice", "session": "ids", "request_id": 5}),
+    )
+    .await;
+    assert_eq!(conf["request_id"], "5");
+    // ...on ping: strings as is, numbers as strings, null as absent...
     for (given, echoed) in [
         (json!("p-1"), json!("p-1")),
         (json!(7), json!("7")),
@@ -148,9 +186,28 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert!(pong.get("request_id").is_none(), "{pong}");
     alice.send_json(json!({"type": "ping"})).await;
     assert!(alice.recv().await.get("request_id").is_none());
+    // ...on a command...
+    alice
+        .send_json(json!({"type": "whatsapp_command", "request_id": 42,
+                          "command": {"action": "list_contacts"}}))
+        .await;
+    let list = alice.recv().await;
+    assert_eq!(list["type"], "response", "{list}");
+    assert_eq!(list["request_id"], "42");
+    // ...and on an error.
+    alice
+        .send_json(json!({"type": "whatsapp_command", "request_id": 99,
+                          "command": {"action": "fly"}}))
+        .await;
+    let e = alice.recv().await;
+    assert_eq!(e["code"], "unknown_action");
+    assert_eq!(e["request_id"], "99");
+}
 
-    // whatsapp_command send: the requester sees the message_event first,
-    // then the response; everyone else sees the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_answers_the_event_first_then_the_response_and_others_get_the_event() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice, mut bob] = join_session(&hub.ws_url(), "proto", ["alice", "bob"]).await;
     // Fields the hub does not know are ignored in commands too.
     let mut send = send_cmd("john", "Hello!");
     send["command"]["extra"] = json!("ignored");
@@ -195,13 +252,16 @@ async fn register_ping_commands_ai_and_broadcast() {
         "events carry no request_id"
     );
     assert_eq!(bob.recv().await, *event, "the same event reaches bob");
+    assert_quiet(&mut bob, "only the event").await;
+}
 
-    // Numeric request_id on a command.
-    bob.send_json(json!({"type": "whatsapp_command", "request_id": 42,
-                         "command": {"action": "list_contacts"}}))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_contacts_answers_the_contacts_with_their_phones() {
+    let hub = TestHub::start(&[]).await;
+    let [mut bob] = join_session(&hub.ws_url(), "proto", ["bob"]).await;
+    let list = bob
+        .request(ws_command(json!({"action": "list_contacts"})))
         .await;
-    let list = bob.recv().await;
-    assert_eq!(list["request_id"], "42");
     let c = &list["content"];
     assert_eq!(
         keys(c),
@@ -215,8 +275,12 @@ async fn register_ping_commands_ai_and_broadcast() {
         json!({"name": "Mom", "phone": "+15550100006"})
     );
     assert_eq!(c["executed_by"], "simulated");
+}
 
-    // get_history: oldest first, `limit` keeps the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_history_is_oldest_first_and_its_limit_keeps_the_newest() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice, mut bob] = join_session(&hub.ws_url(), "proto", ["alice", "bob"]).await;
     for text in ["one", "two", "three"] {
         let r = bob.request(send_cmd("JANE", text)).await;
         assert_eq!(r["content"]["contact"], "Jane", "{r}");
@@ -224,6 +288,14 @@ async fn register_ping_commands_ai_and_broadcast() {
             assert_eq!(c.recv_type("message_event").await["message"], text);
         }
     }
+    let messages = |h: &Value| -> Vec<String> {
+        h["content"]["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
     let h = bob
         .request(ws_command(
             json!({"action": "get_history", "contact": "jane"}),
@@ -236,13 +308,7 @@ async fn register_ping_commands_ai_and_broadcast() {
     );
     assert_eq!(c["contact"], "Jane");
     assert_eq!(c["count"], 3);
-    let texts: Vec<&str> = c["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["message"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(texts, ["one", "two", "three"]);
+    assert_eq!(messages(&h), ["one", "two", "three"]);
     let first = &c["messages"][0];
     assert_eq!(
         keys(first),
@@ -264,13 +330,11 @@ async fn register_ping_commands_ai_and_broadcast() {
             json!({"action": "get_history", "contact": "Jane", "limit": 2}),
         ))
         .await;
-    let texts: Vec<&str> = h["content"]["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["message"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(texts, ["two", "three"], "the newest two, oldest first");
+    assert_eq!(
+        messages(&h),
+        ["two", "three"],
+        "the newest two, oldest first"
+    );
     assert_eq!(h["content"]["count"], 2);
     let h = bob
         .request(ws_command(
@@ -279,8 +343,12 @@ async fn register_ping_commands_ai_and_broadcast() {
         .await;
     assert_eq!(h["content"]["messages"], json!([]));
     assert_eq!(h["content"]["count"], 0);
+}
 
-    // Unknown and ambiguous contacts are `success:false` responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_ambiguous_contacts_are_unsuccessful_responses_with_candidates() {
+    let hub = TestHub::start(&[]).await;
+    let [mut bob] = join_session(&hub.ws_url(), "proto", ["bob"]).await;
     let r = bob.request(send_cmd("Zed", "hi")).await;
     assert_eq!(r["type"], "response", "{r}");
     assert_eq!(r["content"]["success"], false);
@@ -295,27 +363,13 @@ async fn register_ping_commands_ai_and_broadcast() {
     assert_eq!(r["content"]["success"], false);
     assert_eq!(r["content"]["code"], "ambiguous_contact");
     assert_eq!(names(&r["content"]["candidates"]), ["Maria", "Mom"]);
+    assert_quiet(&mut bob, "nothing was sent, so no message_event").await;
+}
 
-    // Errors echo the request_id too (strings and numbers).
-    bob.send_json(json!({"type": "teleport", "request_id": "e-1"}))
-        .await;
-    let e = bob.recv().await;
-    assert_eq!(
-        (
-            e["type"].as_str(),
-            e["code"].as_str(),
-            e["request_id"].as_str()
-        ),
-        (Some("error"), Some("unknown_type"), Some("e-1"))
-    );
-    bob.send_json(json!({"type": "whatsapp_command", "request_id": 99,
-                         "command": {"action": "fly"}}))
-        .await;
-    let e = bob.recv().await;
-    assert_eq!(e["code"], "unknown_action");
-    assert_eq!(e["request_id"], "99");
-
-    // ai_request
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_request_answers_with_the_rules_provider() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice] = join_session(&hub.ws_url(), "proto", ["alice"]).await;
     let r = alice
         .request(json!({"type": "ai_request", "prompt": "tell john that I'm late"}))
         .await;
@@ -332,12 +386,17 @@ async fn register_ping_commands_ai_and_broadcast() {
         r["content"]["text"].as_str().is_some_and(|t| !t.is_empty()),
         "{r}"
     );
+}
 
-    // broadcast: every other client gets {type, from, payload}; the sender
-    // gets broadcast_sent only with a request_id, never its own broadcast.
-    let (mut carol, _) = WsClient::register(&url, "proto", "carol").await;
-    alice.recv_type("client_joined").await;
-    bob.recv_type("client_joined").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_other_member_of_its_session_only() {
+    let hub = TestHub::start(&[]).await;
+    let url = hub.ws_url();
+    let [mut alice, mut bob, mut carol] =
+        join_session(&url, "proto", ["alice", "bob", "carol"]).await;
+    let [mut elsewhere] = join_session(&url, "default", ["elsewhere"]).await;
+    // Every other client gets {type, from, payload}; the sender gets
+    // broadcast_sent only with a request_id, never its own broadcast.
     let payload = json!({"text": "lunch?", "n": [1, 2, {"deep": null}], "ok": true});
     let sent = alice
         .request(json!({"type": "broadcast", "payload": payload}))
@@ -369,25 +428,41 @@ async fn register_ping_commands_ai_and_broadcast() {
             (Some("carol"), Some("plain string"))
         );
     }
-    assert_quiet(&mut anon, "broadcasts stay in their session").await;
+    assert_quiet(&mut elsewhere, "broadcasts stay in their session").await;
+}
+
+/// `me` and `watcher`, registered in session "ai" of a fresh hub.
+async fn ai_session(hub: &TestHub) -> [WsClient; 2] {
+    join_session(&hub.ws_url(), "ai", ["me", "watcher"]).await
+}
+
+/// Sends `text` as a whatsapp_ai_command and asserts it was understood as
+/// a send of `message` to `contact` and executed; returns the response.
+async fn assert_ai_send(me: &mut WsClient, text: &str, contact: &str, message: &str) -> Value {
+    let r = me.request(ai_command(text)).await;
+    assert_eq!(r["type"], "response", "{text}: {r}");
+    assert_eq!(r["response_type"], "whatsapp_ai_command_result");
+    let c = &r["content"];
+    assert_eq!(c["success"], true, "{text}: {r}");
+    assert_eq!(
+        c["interpretation"],
+        json!({"action": "send", "contact": contact, "message": message}),
+        "{text}"
+    );
+    assert_eq!(c["provider"], "rules");
+    assert_eq!(c["result"]["success"], true);
+    assert_eq!(c["result"]["contact"], contact);
+    assert_eq!(c["result"]["message"], message);
+    assert_eq!(c["result"]["executed_by"], "simulated");
+    r
 }
 
 /// Natural-language commands with the offline rules provider and the
-/// built-in contacts.
+/// built-in contacts: every send phrasing, typos and case included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ai_commands_understand_phrasings_and_resolve_names() {
+async fn ai_send_phrasings_send_to_the_resolved_contact() {
     let hub = TestHub::start(&[]).await;
-    let url = hub.ws_url();
-    let (mut me, _) = WsClient::register(&url, "ai", "me").await;
-    let (mut watcher, _) = WsClient::register(&url, "ai", "watcher").await;
-    me.recv_type("client_joined").await;
-
-    // A fresh session has no last contact to reply to.
-    let r = me.request(ai_command("reply hi")).await;
-    assert_eq!(r["response_type"], "whatsapp_ai_command_result");
-    assert_eq!(r["content"]["success"], false, "{r}");
-    assert_eq!(r["content"]["code"], "unparseable_command");
-
+    let [mut me, mut watcher] = ai_session(&hub).await;
     // (text, contact, message) for every send phrasing.
     let sends = [
         (
@@ -408,28 +483,27 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         ("message bob: see you at 5", "Bob", "see you at 5"),
         ("text maria \"call me\"", "Maria", "call me"),
         ("send hello mom to mom", "Mom", "hello mom"),
+        ("send hello to mom", "Mom", "hello"),
         ("TELL JOHN HELLO", "John", "HELLO"),
-        // Typos and case: jon, jhon, JOHN all mean John.
+        // `tell` without `that`, an apostrophe, the `whatsapp` verb.
+        (
+            "please tell JOHN dinner is ready",
+            "John",
+            "dinner is ready",
+        ),
+        (
+            "tell jane that I'm running late",
+            "Jane",
+            "I'm running late",
+        ),
+        // Typos and case: jon, jhon, JOHN all mean John; alcie is Alice.
         ("send jon a message saying typo", "John", "typo"),
         ("tell jhon that transposed", "John", "transposed"),
         ("please message JOHN saying caps", "John", "caps"),
+        ("whatsapp alcie are you there", "Alice", "are you there"),
     ];
     for (text, contact, message) in sends {
-        let r = me.request(ai_command(text)).await;
-        assert_eq!(r["type"], "response", "{text}: {r}");
-        assert_eq!(r["response_type"], "whatsapp_ai_command_result");
-        let c = &r["content"];
-        assert_eq!(c["success"], true, "{text}: {r}");
-        assert_eq!(
-            c["interpretation"],
-            json!({"action": "send", "contact": contact, "message": message}),
-            "{text}"
-        );
-        assert_eq!(c["provider"], "rules");
-        assert_eq!(c["result"]["success"], true);
-        assert_eq!(c["result"]["contact"], contact);
-        assert_eq!(c["result"]["message"], message);
-        assert_eq!(c["result"]["executed_by"], "simulated");
+        let r = assert_ai_send(&mut me, text, contact, message).await;
         // Everyone sees the message it sent, attributed to the requester.
         let ev = watcher.recv_type("message_event").await;
         assert_eq!(
@@ -441,29 +515,64 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
             (Some(contact), Some(message), Some("me")),
             "{text}"
         );
-        assert_eq!(ev["message_id"], c["result"]["message_id"]);
+        assert_eq!(ev["message_id"], r["content"]["result"]["message_id"]);
     }
+}
 
-    // "reply" goes to the session's last contact (John, from the last send).
-    let r = me.request(ai_command("reply sounds good")).await;
-    assert_eq!(
-        r["content"]["interpretation"],
-        json!({"action": "send", "contact": "John", "message": "sounds good"}),
-        "{r}"
-    );
-    me.request(ai_command("tell maria that switching")).await;
-    let r = me
-        .request(ai_command("reply to the last contact saying ok then"))
-        .await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Maria", "{r}");
-    assert_eq!(r["content"]["interpretation"]["message"], "ok then");
-    for expected in ["sounds good", "switching", "ok then"] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_goes_to_the_sessions_last_contact() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
+    // A fresh session has no last contact to reply to.
+    let r = me.request(ai_command("reply hi")).await;
+    assert_eq!(r["response_type"], "whatsapp_ai_command_result");
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command");
+    assert_quiet(&mut watcher, "nothing sent").await;
+    // The last contact is the last one an AI command sent to...
+    assert_ai_send(&mut me, "tell jon that first", "John", "first").await;
+    assert_ai_send(&mut me, "reply sounds good", "John", "sounds good").await;
+    assert_ai_send(&mut me, "tell maria that switching", "Maria", "switching").await;
+    assert_ai_send(
+        &mut me,
+        "reply to the last contact saying ok then",
+        "Maria",
+        "ok then",
+    )
+    .await;
+    // ...or a plain whatsapp_command.
+    let r = me.request(send_cmd("mom", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_ai_send(&mut me, "respond: ok", "Mom", "ok").await;
+    let r = me.request(send_cmd("bob", "hey")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_ai_send(&mut me, "reply how are you?", "Bob", "how are you?").await;
+    for expected in [
+        "first",
+        "sounds good",
+        "switching",
+        "ok then",
+        "hey",
+        "ok",
+        "hey",
+        "how are you?",
+    ] {
         assert_eq!(
             watcher.recv_type("message_event").await["message"],
             expected
         );
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_history_phrasings_read_the_contacts_history() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, _watcher] = ai_session(&hub).await;
+    for text in ["one", "two", "three"] {
+        let r = me.request(send_cmd("john", text)).await;
+        assert_eq!(r["content"]["success"], true, "{r}");
+    }
+    me.request(send_cmd("jane", "not john's")).await;
     // History with someone, with and without a count.
     let r = me.request(ai_command("show history with john")).await;
     let c = &r["content"];
@@ -478,17 +587,7 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .iter()
         .map(|m| m["message"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(
-        texts,
-        [
-            "hello there",
-            "HELLO",
-            "typo",
-            "transposed",
-            "caps",
-            "sounds good"
-        ]
-    );
+    assert_eq!(texts, ["one", "two", "three"]);
     let r = me
         .request(ai_command("read the last 2 messages from jon"))
         .await;
@@ -498,12 +597,14 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         "{r}"
     );
     assert_eq!(r["content"]["result"]["count"], 2);
-    assert_eq!(
-        r["content"]["result"]["messages"][1]["message"],
-        "sounds good"
-    );
+    assert_eq!(r["content"]["result"]["messages"][0]["message"], "two");
+    assert_eq!(r["content"]["result"]["messages"][1]["message"], "three");
+}
 
-    // Listing contacts, several phrasings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_list_contacts_phrasings_list_every_contact() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
     for text in [
         "list contacts",
         "Show me my contacts",
@@ -521,8 +622,14 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         assert_eq!(names(&c["result"]["contacts"]), BUILTIN);
         assert_eq!(c["result"]["total_count"], 6);
     }
+    assert_quiet(&mut watcher, "listing sends nothing").await;
+}
 
-    // Unknown name: success:false with every contact as candidate, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ambiguous_or_unparseable_ai_commands_send_nothing() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, mut watcher] = ai_session(&hub).await;
+    // Unknown name: success:false with every contact as candidate.
     let r = me
         .request(ai_command("send zebedee a message saying hi"))
         .await;
@@ -539,16 +646,30 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
     let r = me.request(ai_command("tell m that which one?")).await;
     assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
     assert_eq!(names(&r["content"]["candidates"]), ["Maria", "Mom"]);
-    // Not understood.
+    let r = me.request(ai_command("send j a message saying hi")).await;
+    assert_eq!(r["type"], "response");
+    assert_eq!(r["content"]["success"], false);
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
+    // Not understood, empty text included.
     let r = me.request(ai_command("what is the meaning of life")).await;
     let c = &r["content"];
     assert_eq!(c["success"], false);
     assert_eq!(c["code"], "unparseable_command");
     assert_eq!(c["interpretation"]["action"], "unknown");
     assert!(c["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let r = me.request(ai_command("")).await;
+    assert_eq!(r["content"]["success"], false, "{r}");
+    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
     assert_quiet(&mut watcher, "failed commands send nothing").await;
+}
 
-    // A given context is used instead of the session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_context_is_used_instead_of_the_sessions() {
+    let hub = TestHub::start(&[]).await;
+    let [mut me, _watcher] = ai_session(&hub).await;
+    assert_ai_send(&mut me, "tell john that first", "John", "first").await;
+    // Its last contact replaces the session's...
     let r = me
         .request(json!({"type": "whatsapp_ai_command", "command": "reply on my way",
             "context": {"last_contact": "Bob", "contact_list": ["Bob", {"name": "John", "phone": "+1"}]}}))
@@ -559,7 +680,7 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         "{r}"
     );
     assert_eq!(r["content"]["result"]["contact"], "Bob");
-    // Its contact list is the only one the interpretation may use...
+    // ...its contact list is the only one the interpretation may use...
     let r = me
         .request(
             json!({"type": "whatsapp_ai_command", "command": "tell jane that hi",
@@ -568,6 +689,16 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .await;
     assert_eq!(r["content"]["code"], "contact_not_found", "{r}");
     assert_eq!(names(&r["content"]["candidates"]), ["Bob", "John"]);
+    // ...names resolve against it only: "jo" is ambiguous in it, though
+    // the session has a single John...
+    let r = me
+        .request(
+            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
+            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
+        )
+        .await;
+    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
+    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
     // ...and with a list but no last contact, "reply" has no one to go to
     // (no fallback to the session's last contact).
     let r = me
@@ -584,67 +715,11 @@ async fn ai_commands_understand_phrasings_and_resolve_names() {
         .await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
     assert_eq!(r["content"]["success"], true);
-    // The session's own last contact is now Alice.
+    // What it sent moves the session's own last contact: Alice now.
     let r = me.request(ai_command("reply and again")).await;
     assert_eq!(r["content"]["interpretation"]["contact"], "Alice", "{r}");
-    // Names resolve against a given list only: "jo" is ambiguous in it,
-    // though the session has a single John.
-    let r = me
-        .request(
-            json!({"type": "whatsapp_ai_command", "command": "send jo a message saying hi",
-            "context": {"contact_list": ["John", {"name": "Joanna", "phone": "+1"}]}}),
-        )
-        .await;
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Joanna"]);
-
-    // More phrasings: the `whatsapp` verb with a typo, `tell` without
-    // `that`, an apostrophe, `send <message> to <name>`, and `respond`
-    // (to the last contact, Mom by then).
-    for (text, contact, message) in [
-        ("whatsapp alcie are you there", "Alice", "are you there"),
-        (
-            "please tell JOHN dinner is ready",
-            "John",
-            "dinner is ready",
-        ),
-        (
-            "tell jane that I'm running late",
-            "Jane",
-            "I'm running late",
-        ),
-        ("send hello to mom", "Mom", "hello"),
-        ("respond: ok", "Mom", "ok"),
-    ] {
-        let r = me.request(ai_command(text)).await;
-        let c = &r["content"];
-        assert_eq!(c["success"], true, "{text}: {r}");
-        assert_eq!(c["provider"], "rules");
-        assert_eq!(
-            c["interpretation"],
-            json!({"action": "send", "contact": contact, "message": message}),
-            "{text}"
-        );
-        assert_eq!(c["result"]["contact"], contact);
-        assert_eq!(c["result"]["executed_by"], "simulated");
-    }
-    // A plain whatsapp_command moves the last contact too.
-    let r = me.request(send_cmd("bob", "hey")).await;
-    assert_eq!(r["content"]["success"], true, "{r}");
-    let r = me.request(ai_command("reply how are you?")).await;
-    assert_eq!(r["content"]["interpretation"]["contact"], "Bob", "{r}");
-    // Ambiguous among the built-in contacts; empty text is not understood.
-    let r = me.request(ai_command("send j a message saying hi")).await;
-    assert_eq!(r["type"], "response");
-    assert_eq!(r["content"]["success"], false);
-    assert_eq!(r["content"]["code"], "ambiguous_contact", "{r}");
-    assert_eq!(names(&r["content"]["candidates"]), ["John", "Jane"]);
-    let r = me.request(ai_command("")).await;
-    assert_eq!(r["content"]["success"], false, "{r}");
-    assert_eq!(r["content"]["code"], "unparseable_command", "{r}");
 }
 
-/// Ambiguity needs names that share a prefix: a contacts file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_from_a_contacts_file_resolve_or_are_ambiguous() {
     let dir = std::env::temp_dir().join(format!("mcp-hub-protocol-{}", std::process::id()));
@@ -797,70 +872,177 @@ async fn expect_error(c: &mut WsClient, frame: &str, code: &str, rid: Option<&st
     err
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bad_input_gets_its_code_and_the_connection_survives() {
-    // Far more frames than the default rate limit lets through.
-    let hub = TestHub::start(&[
+/// A hub whose rate limit is far above what the bad-input tests send.
+async fn bad_input_hub() -> TestHub {
+    TestHub::start(&[
         "--rate-limit-per-sec",
         "10000",
         "--rate-limit-burst",
         "10000",
     ])
-    .await;
-    let url = hub.ws_url();
-    let (mut peer, _) = WsClient::register(&url, "bad", "peer").await;
-    let mut c = WsClient::connect(&url).await;
+    .await
+}
 
-    // Before register: everything but ping and register is refused.
-    for frame in [
-        r#"{"type":"whatsapp_command","request_id":"n1","command":{"action":"list_contacts"}}"#,
-        r#"{"type":"whatsapp_ai_command","request_id":"n1","command":"list contacts"}"#,
-        r#"{"type":"ai_request","request_id":"n1","prompt":"hi"}"#,
-        r#"{"type":"broadcast","request_id":"n1","payload":1}"#,
-        r#"{"type":"execute_result","request_id":"n1","content":{}}"#,
-        r#"{"type":"contacts_update","request_id":"n1","contacts":[]}"#,
-        r#"{"type":"incoming_message","request_id":"n1","contact":"a","message":"b"}"#,
-    ] {
-        expect_error(&mut c, frame, "not_registered", Some("n1")).await;
+/// Sends every case through [`expect_error`], then asserts that each code
+/// was counted once per case in `hub_errors_total` (each test has its own
+/// hub).
+async fn expect_errors(hub: &TestHub, c: &mut WsClient, cases: &[(&str, &str, Option<&str>)]) {
+    for (frame, code, rid) in cases {
+        expect_error(c, frame, code, *rid).await;
     }
-    // Parse errors come before the registration check.
-    expect_error(&mut c, "{nope", "invalid_json", None).await;
-    // Invalid registrations.
-    for (frame, code) in [
-        (r#"{"type":"register","client_id":"   "}"#, "invalid_field"),
-        (r#"{"type":"register","session":""}"#, "invalid_field"),
-        (
-            r#"{"type":"register","session":"a\u0007b"}"#,
-            "invalid_field",
-        ),
-        (r#"{"type":"register","client_id":7}"#, "invalid_field"),
-        (
-            r#"{"type":"register","capabilities":"whatsapp"}"#,
-            "invalid_field",
-        ),
-    ] {
-        expect_error(&mut c, frame, code, None).await;
+    assert_error_counts(hub, cases.iter().map(|(_, code, _)| *code)).await;
+}
+
+async fn assert_error_counts<'a>(hub: &TestHub, codes: impl Iterator<Item = &'a str>) {
+    let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
+    for code in codes {
+        *expected.entry(code).or_default() += 1.0;
     }
-    let long = "x".repeat(129);
-    expect_error(
+    let body = metrics_text(hub).await;
+    for (code, n) in expected {
+        let series = format!("hub_errors_total{{code=\"{code}\"}}");
+        assert_eq!(metric_value(&body, &series), Some(n), "{series}");
+    }
+}
+
+/// `peer` got nothing of the bad input, and `c` is still its registered
+/// self: its next command runs and reaches `peer`.
+async fn assert_nothing_leaked(peer: &mut WsClient, c: &mut WsClient, by: &str) {
+    let pending = barrier(peer).await;
+    assert!(
+        pending.is_empty(),
+        "bad input leaked to the session: {pending:?}"
+    );
+    let r = c.request(send_cmd("john", "still here")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    assert_eq!(peer.recv_type("message_event").await["by"], by);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_registering_only_ping_and_register_are_accepted() {
+    let hub = bad_input_hub().await;
+    let mut c = WsClient::connect(&hub.ws_url()).await;
+    expect_errors(
+        &hub,
         &mut c,
-        &json!({"type": "register", "client_id": long, "request_id": "long"}).to_string(),
-        "invalid_field",
-        Some("long"),
+        &[
+            (
+                r#"{"type":"whatsapp_command","request_id":"n1","command":{"action":"list_contacts"}}"#,
+                "not_registered",
+                Some("n1"),
+            ),
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"n2","command":"list contacts"}"#,
+                "not_registered",
+                Some("n2"),
+            ),
+            (
+                r#"{"type":"ai_request","request_id":"n3","prompt":"hi"}"#,
+                "not_registered",
+                Some("n3"),
+            ),
+            (
+                r#"{"type":"broadcast","request_id":"n4","payload":1}"#,
+                "not_registered",
+                Some("n4"),
+            ),
+            (
+                r#"{"type":"execute_result","request_id":"n5","content":{}}"#,
+                "not_registered",
+                Some("n5"),
+            ),
+            (
+                r#"{"type":"contacts_update","request_id":"n6","contacts":[]}"#,
+                "not_registered",
+                Some("n6"),
+            ),
+            (
+                r#"{"type":"incoming_message","request_id":"n7","contact":"a","message":"b"}"#,
+                "not_registered",
+                Some("n7"),
+            ),
+            // Parse errors come before the registration check.
+            ("{nope", "invalid_json", None),
+            (r#""just a string""#, "invalid_message", None),
+            (r#"{"request_id":"x1"}"#, "missing_field", Some("x1")),
+            (
+                r#"{"type":5,"request_id":"x2"}"#,
+                "invalid_field",
+                Some("x2"),
+            ),
+            (
+                r#"{"type":"ping","request_id":{"a":1}}"#,
+                "invalid_field",
+                None,
+            ),
+        ],
     )
     .await;
-    let none = barrier(&mut peer).await;
-    assert!(
-        none.is_empty(),
-        "failed registrations join nobody: {none:?}"
-    );
+    // Ping is answered, unregistered.
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}
 
-    c.send_json(json!({"type": "register", "client_id": "x", "session": "bad"}))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_registration_is_refused_joins_nobody_and_may_be_retried() {
+    let hub = bad_input_hub().await;
+    let url = hub.ws_url();
+    let [mut peer] = join_session(&url, "bad", ["peer"]).await;
+    let mut c = WsClient::connect(&url).await;
+    let long = "x".repeat(129);
+    let long_id =
+        json!({"type": "register", "client_id": long, "session": "bad", "request_id": "long"})
+            .to_string();
+    let long_session = json!({"type": "register", "session": long}).to_string();
+    expect_errors(
+        &hub,
+        &mut c,
+        &[
+            (
+                r#"{"type":"register","client_id":"   "}"#,
+                "invalid_field",
+                None,
+            ),
+            (
+                r#"{"type":"register","client_id":"a\u0007b"}"#,
+                "invalid_field",
+                None,
+            ),
+            (r#"{"type":"register","session":""}"#, "invalid_field", None),
+            (
+                r#"{"type":"register","session":"a\u0007b"}"#,
+                "invalid_field",
+                None,
+            ),
+            (
+                r#"{"type":"register","client_id":42,"request_id":"x5"}"#,
+                "invalid_field",
+                Some("x5"),
+            ),
+            (
+                r#"{"type":"register","capabilities":"whatsapp","request_id":"x6"}"#,
+                "invalid_field",
+                Some("x6"),
+            ),
+            (&long_id, "invalid_field", Some("long")),
+            (&long_session, "invalid_field", None),
+        ],
+    )
+    .await;
+    assert_quiet(&mut peer, "failed registrations join nobody").await;
+    // The connection is still unregistered, free to retry.
+    let conf = c
+        .request(json!({"type": "register", "client_id": "x", "session": "bad"}))
         .await;
-    assert_eq!(c.recv().await["type"], "registration_confirmed");
+    assert_eq!(conf["type"], "registration_confirmed", "{conf}");
     assert_eq!(c.recv().await["type"], "contact_list_broadcast");
     assert_eq!(peer.recv().await["type"], "client_joined");
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_envelopes_get_their_codes() {
+    let hub = bad_input_hub().await;
+    let [mut peer, mut c] = join_session(&hub.ws_url(), "bad", ["peer", "x"]).await;
     let cases: &[(&str, &str, Option<&str>)] = &[
         // Not JSON / not an object: no request_id can be read.
         ("{nope", "invalid_json", None),
@@ -912,160 +1094,230 @@ async fn every_bad_input_gets_its_code_and_the_connection_survives() {
             "unknown_type",
             Some("r5"),
         ),
-        // whatsapp_command.
-        (
-            r#"{"type":"whatsapp_command","request_id":"w1"}"#,
-            "missing_field",
-            Some("w1"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w2","command":"send"}"#,
-            "invalid_field",
-            Some("w2"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w3","command":{}}"#,
-            "missing_field",
-            Some("w3"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w4","command":{"action":7}}"#,
-            "invalid_field",
-            Some("w4"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w5","command":{"action":"dance"}}"#,
-            "unknown_action",
-            Some("w5"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w6","command":{"action":"send","contact":"bob"}}"#,
-            "missing_field",
-            Some("w6"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w7","command":{"action":"send","message":"hi"}}"#,
-            "missing_field",
-            Some("w7"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w8","command":{"action":"send","contact":" ","message":"hi"}}"#,
-            "invalid_field",
-            Some("w8"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w9","command":{"action":"send","contact":"bob","message":""}}"#,
-            "invalid_field",
-            Some("w9"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w10","command":{"action":"send","contact":"bob","message":5}}"#,
-            "invalid_field",
-            Some("w10"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w11","command":{"action":"get_history"}}"#,
-            "missing_field",
-            Some("w11"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w12","command":{"action":"get_history","contact":"bob","limit":0}}"#,
-            "invalid_field",
-            Some("w12"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w13","command":{"action":"get_history","contact":"bob","limit":1000}}"#,
-            "invalid_field",
-            Some("w13"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w14","command":{"action":"get_history","contact":"bob","limit":-1}}"#,
-            "invalid_field",
-            Some("w14"),
-        ),
-        (
-            r#"{"type":"whatsapp_command","request_id":"w15","command":{"action":"get_history","contact":"bob","limit":"5"}}"#,
-            "invalid_field",
-            Some("w15"),
-        ),
-        // whatsapp_ai_command, ai_request, broadcast.
-        (
-            r#"{"type":"whatsapp_ai_command","request_id":"a1"}"#,
-            "missing_field",
-            Some("a1"),
-        ),
-        (
-            r#"{"type":"whatsapp_ai_command","request_id":"a2","command":{"action":"send"}}"#,
-            "invalid_field",
-            Some("a2"),
-        ),
-        (
-            r#"{"type":"whatsapp_ai_command","request_id":"a3","command":"reply hi","context":"bob"}"#,
-            "invalid_field",
-            Some("a3"),
-        ),
-        (
-            r#"{"type":"whatsapp_ai_command","request_id":"a4","command":"reply hi","context":{"contact_list":"bob"}}"#,
-            "invalid_field",
-            Some("a4"),
-        ),
-        (
-            r#"{"type":"ai_request","request_id":"a5"}"#,
-            "missing_field",
-            Some("a5"),
-        ),
-        (
-            r#"{"type":"ai_request","request_id":"a6","prompt":42}"#,
-            "invalid_field",
-            Some("a6"),
-        ),
-        (
-            r#"{"type":"broadcast","request_id":"b1"}"#,
-            "missing_field",
-            Some("b1"),
-        ),
-        // Agent-only messages from a plain client.
-        (
-            r#"{"type":"execute_result","request_id":"x1"}"#,
-            "missing_field",
-            Some("x1"),
-        ),
-        (
-            r#"{"type":"execute_result","content":{}}"#,
-            "missing_field",
-            None,
-        ),
-        (
-            r#"{"type":"execute_result","request_id":"call-nope","content":{}}"#,
-            "unknown_request",
-            Some("call-nope"),
-        ),
-        (
-            r#"{"type":"contacts_update","request_id":"c1","contacts":["A"]}"#,
-            "not_agent",
-            Some("c1"),
-        ),
-        (
-            r#"{"type":"incoming_message","request_id":"c2","contact":"A","message":"b"}"#,
-            "not_agent",
-            Some("c2"),
-        ),
-        // Registering twice.
-        (
-            r#"{"type":"register","request_id":"again"}"#,
-            "already_registered",
-            Some("again"),
-        ),
-        (
-            r#"{"type":"register","client_id":"other","session":"other"}"#,
-            "already_registered",
-            None,
-        ),
     ];
-    for (frame, code, rid) in cases {
-        expect_error(&mut c, frame, code, *rid).await;
-    }
-    // Binary frames are refused but harmless.
+    expect_errors(&hub, &mut c, cases).await;
+    // Every one of them is counted as an invalid message received.
+    assert_eq!(
+        hub.metric("hub_ws_messages_received_total{type=\"invalid\"}")
+            .await,
+        Some(cases.len() as f64)
+    );
+    // Unknown fields are ignored, not errors.
+    let pong = c
+        .request(json!({"type": "ping", "extra": {"anything": [1]}}))
+        .await;
+    assert_eq!(pong["type"], "pong");
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_commands_get_their_codes_and_run_nothing() {
+    let hub = bad_input_hub().await;
+    let [mut peer, mut c] = join_session(&hub.ws_url(), "bad", ["peer", "x"]).await;
+    expect_errors(
+        &hub,
+        &mut c,
+        &[
+            // whatsapp_command.
+            (
+                r#"{"type":"whatsapp_command","request_id":"w1"}"#,
+                "missing_field",
+                Some("w1"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w2","command":"send"}"#,
+                "invalid_field",
+                Some("w2"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w3","command":{}}"#,
+                "missing_field",
+                Some("w3"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w4","command":{"action":7}}"#,
+                "invalid_field",
+                Some("w4"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w5","command":{"action":"dance"}}"#,
+                "unknown_action",
+                Some("w5"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w6","command":{"action":"send","contact":"bob"}}"#,
+                "missing_field",
+                Some("w6"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w7","command":{"action":"send","message":"hi"}}"#,
+                "missing_field",
+                Some("w7"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w8","command":{"action":"send","contact":" ","message":"hi"}}"#,
+                "invalid_field",
+                Some("w8"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w9","command":{"action":"send","contact":"bob","message":""}}"#,
+                "invalid_field",
+                Some("w9"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w10","command":{"action":"send","contact":"bob","message":5}}"#,
+                "invalid_field",
+                Some("w10"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w11","command":{"action":"get_history"}}"#,
+                "missing_field",
+                Some("w11"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w12","command":{"action":"get_history","contact":"bob","limit":0}}"#,
+                "invalid_field",
+                Some("w12"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w13","command":{"action":"get_history","contact":"bob","limit":501}}"#,
+                "invalid_field",
+                Some("w13"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w14","command":{"action":"get_history","contact":"bob","limit":-1}}"#,
+                "invalid_field",
+                Some("w14"),
+            ),
+            (
+                r#"{"type":"whatsapp_command","request_id":"w15","command":{"action":"get_history","contact":"bob","limit":"5"}}"#,
+                "invalid_field",
+                Some("w15"),
+            ),
+            // whatsapp_ai_command, ai_request, broadcast.
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"a1"}"#,
+                "missing_field",
+                Some("a1"),
+            ),
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"a2","command":{"action":"send"}}"#,
+                "invalid_field",
+                Some("a2"),
+            ),
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"a3","command":["send"]}"#,
+                "invalid_field",
+                Some("a3"),
+            ),
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"a4","command":"reply hi","context":"bob"}"#,
+                "invalid_field",
+                Some("a4"),
+            ),
+            (
+                r#"{"type":"whatsapp_ai_command","request_id":"a5","command":"reply hi","context":{"contact_list":"bob"}}"#,
+                "invalid_field",
+                Some("a5"),
+            ),
+            (
+                r#"{"type":"ai_request","request_id":"a6"}"#,
+                "missing_field",
+                Some("a6"),
+            ),
+            (
+                r#"{"type":"ai_request","request_id":"a7","prompt":42}"#,
+                "invalid_field",
+                Some("a7"),
+            ),
+            (
+                r#"{"type":"broadcast","request_id":"b1"}"#,
+                "missing_field",
+                Some("b1"),
+            ),
+        ],
+    )
+    .await;
+    // Nothing was sent or stored.
+    let h = c.request(history_cmd("bob")).await;
+    assert_eq!(h["content"]["count"], 0, "{h}");
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_only_messages_from_a_plain_client_are_refused() {
+    let hub = bad_input_hub().await;
+    let [mut peer, mut c] = join_session(&hub.ws_url(), "bad", ["peer", "x"]).await;
+    expect_errors(
+        &hub,
+        &mut c,
+        &[
+            (
+                r#"{"type":"execute_result","request_id":"x1"}"#,
+                "missing_field",
+                Some("x1"),
+            ),
+            // Without a request_id it cannot be matched.
+            (
+                r#"{"type":"execute_result","content":{}}"#,
+                "missing_field",
+                None,
+            ),
+            (
+                r#"{"type":"execute_result","request_id":"call-nope","content":{}}"#,
+                "unknown_request",
+                Some("call-nope"),
+            ),
+            (
+                r#"{"type":"execute_result","request_id":"call-nope2","content":{"success":true}}"#,
+                "unknown_request",
+                Some("call-nope2"),
+            ),
+            (
+                r#"{"type":"contacts_update","request_id":"c1","contacts":["A"]}"#,
+                "not_agent",
+                Some("c1"),
+            ),
+            (
+                r#"{"type":"incoming_message","request_id":"c2","contact":"A","message":"b"}"#,
+                "not_agent",
+                Some("c2"),
+            ),
+        ],
+    )
+    .await;
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_twice_is_refused_with_already_registered() {
+    let hub = bad_input_hub().await;
+    let [mut peer, mut c] = join_session(&hub.ws_url(), "bad", ["peer", "x"]).await;
+    expect_errors(
+        &hub,
+        &mut c,
+        &[
+            (
+                r#"{"type":"register","request_id":"again"}"#,
+                "already_registered",
+                Some("again"),
+            ),
+            (
+                r#"{"type":"register","client_id":"other","session":"other"}"#,
+                "already_registered",
+                None,
+            ),
+        ],
+    )
+    .await;
+    // The registration stands.
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_are_refused_but_harmless() {
+    let hub = bad_input_hub().await;
+    let [mut peer, mut c] = join_session(&hub.ws_url(), "bad", ["peer", "x"]).await;
     c.send_binary(vec![0, 1, 2, 255]).await;
     let e = c.recv().await;
     assert_eq!(e["code"], "binary_not_supported", "{e}");
@@ -1073,172 +1325,6 @@ async fn every_bad_input_gets_its_code_and_the_connection_survives() {
     c.send_binary(br#"{"type":"ping"}"#.to_vec()).await;
     assert_eq!(c.recv().await["code"], "binary_not_supported");
     assert_quiet(&mut c, "binary JSON is still binary").await;
-
-    // Unknown fields are ignored, not errors.
-    let pong = c
-        .request(json!({"type": "ping", "extra": {"anything": [1]}}))
-        .await;
-    assert_eq!(pong["type"], "pong");
-
-    // None of it reached the other client, and the registration stands.
-    let pending = barrier(&mut peer).await;
-    assert!(
-        pending.is_empty(),
-        "bad input leaked to the session: {pending:?}"
-    );
-    let r = c.request(send_cmd("john", "still here")).await;
-    assert_eq!(r["content"]["success"], true, "{r}");
-    assert_eq!(peer.recv_type("message_event").await["by"], "x");
-
-    // Errors are counted by code.
-    let body = metrics_text(&hub).await;
-    for (code, at_least) in [
-        ("invalid_json", 4.0),
-        ("invalid_message", 4.0),
-        ("missing_field", 10.0),
-        ("invalid_field", 15.0),
-        ("unknown_type", 3.0),
-        ("unknown_action", 1.0),
-        ("not_registered", 7.0),
-        ("already_registered", 2.0),
-        ("binary_not_supported", 2.0),
-        ("not_agent", 2.0),
-        ("unknown_request", 1.0),
-    ] {
-        let series = format!("hub_errors_total{{code=\"{code}\"}}");
-        let v = metric_value(&body, &series);
-        assert!(v >= Some(at_least), "{series} = {v:?}");
-    }
-    assert!(metric_value(&body, "hub_ws_messages_received_total{type=\"invalid\"}") >= Some(30.0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_bad_input_keeps_the_connection_usable() {
-    let hub = TestHub::start(&[]).await;
-    let mut c = WsClient::connect(&hub.ws_url()).await;
-
-    // (frame, code, echoed request_id)
-    let before_register: [(&str, &str, Option<&str>); 9] = [
-        (
-            r#"{"type":"ping","request_id":{"a":1}}"#,
-            "invalid_field",
-            None,
-        ),
-        (r#"{"type":"ping","request_id":[1]}"#, "invalid_field", None),
-        (r#"{"request_id":"x1"}"#, "missing_field", Some("x1")),
-        (
-            r#"{"type":5,"request_id":"x2"}"#,
-            "invalid_field",
-            Some("x2"),
-        ),
-        (
-            r#"{"type":"broadcast","payload":1,"request_id":"x3"}"#,
-            "not_registered",
-            Some("x3"),
-        ),
-        (
-            r#"{"type":"execute_result","content":{},"request_id":"x4"}"#,
-            "not_registered",
-            Some("x4"),
-        ),
-        (r#""just a string""#, "invalid_message", None),
-        (
-            r#"{"type":"register","client_id":42,"request_id":"x5"}"#,
-            "invalid_field",
-            Some("x5"),
-        ),
-        (
-            r#"{"type":"register","capabilities":"whatsapp","request_id":"x6"}"#,
-            "invalid_field",
-            Some("x6"),
-        ),
-    ];
-    for (frame, code, rid) in before_register {
-        c.send_text(frame).await;
-        let err = c.recv().await;
-        assert_eq!(err["type"], "error", "{frame} → {err}");
-        assert_eq!(err["code"], code, "{frame} → {err}");
-        assert_eq!(err["request_id"].as_str(), rid, "{frame} → {err}");
-        assert!(c.flush().await.is_empty(), "after {frame}");
-    }
-    // Ids: blank, control characters, too long.
-    let long = "x".repeat(129);
-    for body in [
-        json!({"type":"register","client_id":"   "}),
-        json!({"type":"register","client_id":"a\u{7}b"}),
-        json!({"type":"register","session":""}),
-        json!({"type":"register","session":long}),
-        json!({"type":"register","client_id":long}),
-    ] {
-        let err = c.request(body.clone()).await;
-        assert_eq!(err["code"], "invalid_field", "{body} → {err}");
-    }
-    // A failed register leaves the connection unregistered, free to retry.
-    let conf = c
-        .request(json!({"type":"register","client_id":"ok","session":"bad2"}))
-        .await;
-    assert_eq!(conf["type"], "registration_confirmed");
-    assert_eq!(c.recv().await["type"], "contact_list_broadcast");
-
-    let after_register: [(Value, &str); 12] = [
-        (json!({"type":"whatsapp_command"}), "missing_field"),
-        (
-            json!({"type":"whatsapp_command","command":"send"}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{}}),
-            "missing_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{"action":7}}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{"action":"send","contact":"  ","message":"x"}}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{"action":"send","contact":"bob","message":""}}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob","limit":501}}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob","limit":-1}}),
-            "invalid_field",
-        ),
-        (
-            json!({"type":"whatsapp_ai_command","command":["send"]}),
-            "invalid_field",
-        ),
-        (json!({"type":"broadcast"}), "missing_field"),
-        (
-            json!({"type":"execute_result","content":{"success":true}}),
-            "unknown_request",
-        ),
-        (
-            json!({"type":"incoming_message","contact":"Bob","message":"hi"}),
-            "not_agent",
-        ),
-    ];
-    for (body, code) in after_register {
-        let err = c.request(body.clone()).await;
-        assert_eq!(err["type"], "error", "{body} → {err}");
-        assert_eq!(err["code"], code, "{body} → {err}");
-    }
-    // execute_result without a request_id cannot be matched.
-    c.send_json(json!({"type":"execute_result","content":{}}))
-        .await;
-    assert_eq!(c.recv().await["code"], "missing_field");
-    // Nothing above was executed or broadcast.
-    assert!(c.flush().await.is_empty());
-    let h = c
-        .request(
-            json!({"type":"whatsapp_command","command":{"action":"get_history","contact":"bob"}}),
-        )
-        .await;
-    assert_eq!(h["content"]["count"], 0, "{h}");
+    assert_error_counts(&hub, ["binary_not_supported"; 2].into_iter()).await;
+    assert_nothing_leaked(&mut peer, &mut c, "x").await;
 }

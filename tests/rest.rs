@@ -94,22 +94,23 @@ async fn health_ready_web_client_and_cluster() {
     assert_eq!(cluster["instances"][0]["clients"], 2, "{cluster}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
+/// A hub with `watcher` ("Watcher") registered in session "rest".
+async fn rest_session() -> (TestHub, WsClient) {
     let hub = TestHub::start(&["--instance-id", "rest-hub"]).await;
-    let url = hub.ws_url();
+    let (ws, _) = WsClient::register_with(
+        &hub.ws_url(),
+        json!({"type": "register", "session": "rest", "client_id": "watcher", "client_name": "Watcher"}),
+    )
+    .await;
+    (hub, ws)
+}
 
-    // An untouched session does not exist: reads answer 404 and create
-    // nothing.
-    let (status, s) = http_get_json(&hub, "/api/v1/sessions/fresh").await;
-    assert_eq!(
-        (status, s["code"].as_str()),
-        (404, Some("session_not_found")),
-        "{s}"
-    );
-
-    // A session a client joined: the connector's contacts, nobody else, no agent.
-    let (joined, _) = WsClient::register(&url, "fresh", "visitor").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_session_reads_its_contacts_with_no_clients_and_no_agent() {
+    // (An untouched session reads 404:
+    // reads_of_an_unknown_session_are_404_and_create_nothing_in_memory.)
+    let hub = TestHub::start(&["--instance-id", "rest-hub"]).await;
+    let (joined, _) = WsClient::register(&hub.ws_url(), "fresh", "visitor").await;
     joined.close().await;
     wait_connections(&hub, 0).await;
     let (status, s) = http_get_json(&hub, "/api/v1/sessions/fresh").await;
@@ -131,14 +132,11 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
     assert_eq!(s["clients"], json!([]));
     assert_eq!(s["last_contact"], Value::Null);
     assert_eq!(s["agent"], Value::Null);
+}
 
-    let (mut ws, _) = WsClient::register_with(
-        &url,
-        json!({"type": "register", "session": "rest", "client_id": "watcher", "client_name": "Watcher"}),
-    )
-    .await;
-
-    // {"command": ...} gives the same content as a whatsapp_command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_command_gives_the_same_content_as_a_whatsapp_command() {
+    let (hub, mut ws) = rest_session().await;
     let (status, via_rest) = post(
         &hub,
         "rest",
@@ -173,8 +171,11 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
         let via_ws = ws.request(ws_command(command.clone())).await;
         assert_eq!(via_rest, via_ws["content"], "{command}");
     }
+}
 
-    // {"text": ...} gives the same content as a whatsapp_ai_command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_text_gives_the_same_content_as_a_whatsapp_ai_command() {
+    let (hub, mut ws) = rest_session().await;
     let (status, via_rest) = post(&hub, "rest", json!({"text": "send jane hi"}), None).await;
     assert_eq!(status, 200);
     assert_eq!(via_rest["success"], true, "{via_rest}");
@@ -204,7 +205,7 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
         let via_ws = ws.request(ai_command(text)).await;
         assert_eq!(via_rest, via_ws["content"], "{text}");
     }
-    // A context is honoured.
+    // A context is honoured, and what it sent moves the last contact.
     let (_, r) = post(
         &hub,
         "rest",
@@ -214,8 +215,22 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
     .await;
     assert_eq!(r["interpretation"]["contact"], "Bob", "{r}");
     assert_eq!(ws.recv_type("message_event").await["contact"], "Bob");
+    let (_, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
+    assert_eq!(s["last_contact"], "Bob", "{s}");
+}
 
-    // History over REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_over_rest_is_validated_like_get_history() {
+    let (hub, mut ws) = rest_session().await;
+    let john = json!({"command": {"action": "send", "contact": "john", "message": "first"}});
+    assert_eq!(post(&hub, "rest", john, Some("crm-bot")).await.0, 200);
+    ws.request(send_cmd("john", "second")).await;
+    assert_eq!(
+        post(&hub, "rest", json!({"text": "send jane hi"}), None)
+            .await
+            .0,
+        200
+    );
     let (status, h) = http_get_json(&hub, "/api/v1/sessions/rest/history/jane?limit=1").await;
     assert_eq!(status, 200);
     assert_eq!(h["contact"], "Jane");
@@ -224,6 +239,7 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
     let (_, h) = http_get_json(&hub, "/api/v1/sessions/rest/history/JOHN").await;
     assert_eq!(h["count"], 2, "{h}");
     assert_eq!(h["messages"][0]["by"], "crm-bot");
+    assert_eq!(h["messages"][1]["by"], "watcher");
     let (status, h) = http_get_json(&hub, "/api/v1/sessions/rest/history/zed").await;
     assert_eq!(
         (status, h["code"].as_str()),
@@ -240,13 +256,16 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
         );
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
     }
+}
 
-    // The session as REST sees it.
-    let (mut agent, _) = register_agent(&url, "rest", "phone").await;
-    ws.recv_type("agent_changed").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_summary_follows_its_clients_agent_and_contacts() {
+    let (hub, ws) = rest_session().await;
+    let mut members = [ws];
+    let mut agent = join_agent(&hub.ws_url(), "rest", "phone", &mut members).await;
+    let [mut ws] = members;
     let (status, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
     assert_eq!(status, 200);
-    assert_eq!(s["last_contact"], "Bob");
     let clients: Vec<&str> = s["clients"]
         .as_array()
         .expect("clients")
@@ -263,7 +282,26 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
         s["agent"],
         json!({"client_id": "phone", "instance": "rest-hub"})
     );
-    // REST commands go through the agent like any other.
+    let ack = agent
+        .request(json!({"type": "contacts_update", "contacts": ["Bob", "Grandma"]}))
+        .await;
+    assert_eq!(ack["response_type"], "ack");
+    let (_, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
+    assert_eq!(names(&s["contacts"]), ["Bob", "Grandma"]);
+    assert_eq!(s["total_count"], 2);
+    agent.close().await;
+    ws.recv_type("client_left").await;
+    let (_, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
+    assert_eq!(s["agent"], Value::Null);
+    assert_eq!(s["clients"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_commands_go_through_the_agent_like_any_other() {
+    let (hub, ws) = rest_session().await;
+    let mut members = [ws];
+    let mut agent = join_agent(&hub.ws_url(), "rest", "phone", &mut members).await;
+    let [mut ws] = members;
     let rest_call = tokio::spawn({
         let url = hub.http_url("/api/v1/sessions/rest/commands");
         async move {
@@ -296,19 +334,11 @@ async fn rest_api_reads_sessions_and_runs_commands_like_websocket_clients() {
         ws.recv_type("message_event").await["message_id"],
         "wamid.rest"
     );
-    let ack = agent
-        .request(json!({"type": "contacts_update", "contacts": ["Bob", "Grandma"]}))
-        .await;
-    assert_eq!(ack["response_type"], "ack");
-    let (_, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
-    assert_eq!(names(&s["contacts"]), ["Bob", "Grandma"]);
-    assert_eq!(s["total_count"], 2);
-    agent.close().await;
-    ws.recv_type("client_left").await;
-    let (_, s) = http_get_json(&hub, "/api/v1/sessions/rest").await;
-    assert_eq!(s["agent"], Value::Null);
-    assert_eq!(s["clients"].as_array().map(Vec::len), Some(1));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rest_bodies_get_400_with_code_and_message_and_have_no_effect() {
+    let (hub, mut ws) = rest_session().await;
     // Bad bodies: 400 with {code, message}; nothing happens.
     let long_session = "s".repeat(129);
     let bad: Vec<(String, String, Option<&str>, &str)> = vec![

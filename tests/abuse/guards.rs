@@ -124,6 +124,15 @@ async fn binary_frames_use_up_the_rate_limit_like_text_frames() {
         (err["code"].as_str(), err["request_id"].as_str()),
         (Some("rate_limited"), Some("p"))
     );
+    // Binary frames over the limit keep being refused, never relayed or
+    // silently dropped, and the connection stays open.
+    for _ in 0..3 {
+        c.send_binary(vec![1, 2, 3]).await;
+        assert_eq!(c.recv().await["code"], "rate_limited");
+    }
+    assert!(c.closed().is_none(), "the connection stays open");
+    hub.wait_metric("hub_errors_total{code=\"rate_limited\"}", |v| v >= 5.0)
+        .await;
 }
 
 /// What a DNS-rebinding page sends: its own name as `Host`, and its own

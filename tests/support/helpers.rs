@@ -256,3 +256,49 @@ pub fn now_secs() -> u64 {
         .expect("clock")
         .as_secs()
 }
+
+/// Registers `client_ids`, in order, in `session`, and reads every
+/// `client_joined` the earlier members get for the later ones, so each
+/// client starts with nothing pending.
+pub async fn join_session<const N: usize>(
+    url: &str,
+    session: &str,
+    client_ids: [&str; N],
+) -> [WsClient; N] {
+    let mut members: Vec<WsClient> = Vec::with_capacity(N);
+    for id in client_ids {
+        let (client, _) = WsClient::register(url, session, id).await;
+        for earlier in members.iter_mut() {
+            let joined = earlier.recv_type("client_joined").await;
+            assert_eq!(joined["client_id"], *id, "{joined}");
+        }
+        members.push(client);
+    }
+    match members.try_into() {
+        Ok(all) => all,
+        Err(_) => unreachable!("N clients registered"),
+    }
+}
+
+/// Registers `client_id` as the agent of `session` after `members` (already
+/// registered there), and reads the `agent_changed` it gets and the
+/// `client_joined` and `agent_changed` each member gets, so every client
+/// starts with nothing pending.
+pub async fn join_agent(
+    url: &str,
+    session: &str,
+    client_id: &str,
+    members: &mut [WsClient],
+) -> WsClient {
+    let (mut agent, conf) = register_agent(url, session, client_id).await;
+    assert_eq!(conf["agent"], true, "{conf}");
+    assert_eq!(
+        agent.recv_type("agent_changed").await["client_id"],
+        client_id
+    );
+    for m in members.iter_mut() {
+        assert_eq!(m.recv_type("client_joined").await["client_id"], client_id);
+        assert_eq!(m.recv_type("agent_changed").await["client_id"], client_id);
+    }
+    agent
+}
