@@ -37,9 +37,9 @@ use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::monitor::{STATS_INTERVAL, WatchGuard};
 use crate::hub::registry::{ClientHandle, CloseReason, Outbound};
+use crate::membership::InstanceInfo;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, now_millis};
 use crate::store::SessionPage;
-use crate::store::membership::InstanceInfo;
 
 /// Sessions per page when `limit` is not given, and the most allowed.
 const DEFAULT_PAGE: usize = 50;
