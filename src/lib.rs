@@ -4,8 +4,9 @@
 //! Layout: [`protocol`] (wire types), [`server`] (HTTP + the connection
 //! loop), [`hub`] (shared state, routing, execution), [`store`] (session
 //! state: memory / Redis), [`broker`] (broadcast bus: local / Redis pub/sub),
+//! [`membership`] (live instances: local / Redis heartbeats and reaping),
 //! [`redis`] (the low-level Redis layer under store, broker and AI),
-//! [`cluster`] (membership and its loop, above the hub), [`config`] (every
+//! [`cluster`] (the membership loop, above the hub), [`config`] (every
 //! setting), [`ai`] (providers and their coordinator), [`whatsapp`]
 //! (connectors), [`terminal`] (the terminal client).
 
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod contacts;
 pub mod hub;
+pub mod membership;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

@@ -56,7 +56,8 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
 /// holders purged) and an entry in the one-minute sliding window (ZSET
 /// call token -> time). Time is Redis's own clock, the same for every
 /// instance. KEYS: calls window, slots. ARGV: token, per-minute limit (0 =
-/// none), concurrency cap (0 = none), lease ms.
+/// none), concurrency cap (0 = none), lease ms, window ms (60000 but in
+/// tests).
 /// Returns 0 when granted, -1 when every slot is taken (poll again), or
 /// the milliseconds until the window has room.
 static QUOTA_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -66,6 +67,7 @@ static QUOTA_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
           local limit = tonumber(ARGV[2])
           local cap = tonumber(ARGV[3])
           local lease = tonumber(ARGV[4])
+          local window = tonumber(ARGV[5])
           if cap > 0 then
             redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
             if redis.call('ZCARD', KEYS[2]) >= cap then
@@ -73,15 +75,15 @@ static QUOTA_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
             end
           end
           if limit > 0 then
-            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
             if redis.call('ZCARD', KEYS[1]) >= limit then
               local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-              local wait = tonumber(oldest[2]) + 60000 - now
+              local wait = tonumber(oldest[2]) + window - now
               if wait < 1 then wait = 1 end
               return wait
             end
             redis.call('ZADD', KEYS[1], now, ARGV[1])
-            redis.call('PEXPIRE', KEYS[1], 61000)
+            redis.call('PEXPIRE', KEYS[1], window + 1000)
           end
           if cap > 0 then
             redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
@@ -291,12 +293,28 @@ impl RedisAi {
         Ok((raw.and_then(|r| serde_json::from_str(&r).ok()), locked))
     }
 
-    /// One attempt at taking quota; see [`QUOTA_ACQUIRE`].
+    /// One attempt at taking quota, `per_minute` calls in any minute; see
+    /// [`QUOTA_ACQUIRE`].
     pub async fn quota_acquire(
         &self,
         provider: &str,
         token: &str,
         per_minute: u32,
+        cap: u32,
+        lease: Duration,
+    ) -> Result<i64, AiError> {
+        let minute = Duration::from_secs(60);
+        self.quota_acquire_in(provider, token, per_minute, minute, cap, lease)
+            .await
+    }
+
+    /// [`Self::quota_acquire`] with `per_minute` calls in any `window`.
+    pub async fn quota_acquire_in(
+        &self,
+        provider: &str,
+        token: &str,
+        per_minute: u32,
+        window: Duration,
         cap: u32,
         lease: Duration,
     ) -> Result<i64, AiError> {
@@ -308,7 +326,8 @@ impl RedisAi {
                 .arg(token)
                 .arg(per_minute)
                 .arg(cap)
-                .arg(lease.as_millis() as u64),
+                .arg(lease.as_millis() as u64)
+                .arg(window.as_millis() as u64),
         )
         .await
     }

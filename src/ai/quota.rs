@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AiError;
 use super::cluster::{RedisAi, spawn_cleanup};
 
+/// The sliding window of the per-minute limit (shorter only in tests).
 const WINDOW: Duration = Duration::from_secs(60);
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(100);
@@ -25,14 +26,17 @@ pub enum Quotas {
 
 pub struct LocalQuotas {
     per_minute: u32,
+    window: Duration,
     slots: Option<Arc<Semaphore>>,
-    window: Mutex<VecDeque<Instant>>,
+    /// When the calls still in the window started, oldest first.
+    calls: Mutex<VecDeque<Instant>>,
 }
 
 pub struct RedisQuotas {
     redis: RedisAi,
     provider: &'static str,
     per_minute: u32,
+    window: Duration,
     cap: u32,
     lease: Duration,
 }
@@ -56,9 +60,10 @@ impl Quotas {
     pub fn local(per_minute: u32, max_concurrency: u32) -> Self {
         Quotas::Local(LocalQuotas {
             per_minute,
+            window: WINDOW,
             slots: (max_concurrency > 0)
                 .then(|| Arc::new(Semaphore::new(max_concurrency as usize))),
-            window: Mutex::new(VecDeque::new()),
+            calls: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -73,9 +78,21 @@ impl Quotas {
             redis,
             provider,
             per_minute,
+            window: WINDOW,
             cap: max_concurrency,
             lease,
         })
+    }
+
+    /// The same quotas with `per_minute` calls allowed in any `window`
+    /// instead of any minute (a test's short window; at least 1 ms).
+    pub fn with_window(mut self, window: Duration) -> Self {
+        let window = window.max(Duration::from_millis(1));
+        match &mut self {
+            Quotas::Local(q) => q.window = window,
+            Quotas::Redis(q) => q.window = window,
+        }
+        self
     }
 
     /// Waits for room until `until`. `Err(RateLimited)` when there was none
@@ -109,20 +126,20 @@ impl LocalQuotas {
         loop {
             let now = Instant::now();
             let wait = {
-                let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-                while window
+                let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+                while calls
                     .front()
-                    .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
                 {
-                    window.pop_front();
+                    calls.pop_front();
                 }
-                if window.len() < self.per_minute as usize {
-                    window.push_back(now);
+                if calls.len() < self.per_minute as usize {
+                    calls.push_back(now);
                     None
                 } else {
-                    window
+                    calls
                         .front()
-                        .map(|t| WINDOW.saturating_sub(now.duration_since(*t)))
+                        .map(|t| self.window.saturating_sub(now.duration_since(*t)))
                 }
             };
             match wait {
@@ -156,7 +173,14 @@ impl RedisQuotas {
         loop {
             let answer = self
                 .redis
-                .quota_acquire(self.provider, &token, self.per_minute, self.cap, self.lease)
+                .quota_acquire_in(
+                    self.provider,
+                    &token,
+                    self.per_minute,
+                    self.window,
+                    self.cap,
+                    self.lease,
+                )
                 .await?;
             let now = Instant::now();
             let (wait, why) = match answer {

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use super::membership::RedisMembership;
 use crate::hub::Hub;
+use crate::membership::Membership;
+use crate::membership::redis::RedisMembership;
 use crate::protocol::HubError;
-use crate::store::membership::Membership;
 use crate::store::{AgentRef, Reaped};
 
 /// Runs the loop until the hub shuts down, then leaves the cluster.

@@ -1,8 +1,9 @@
-//! Cluster mode above the hub: instance membership with heartbeats and
-//! reaping ([`membership`]), and the loop that drives it against a hub
-//! ([`driver`]). The Redis connection and key layout are in
-//! [`crate::redis`]; the Redis-backed store and broker live beside their
-//! in-memory twins in `store::redis` and `broker::redis`.
+//! Cluster mode above the hub: the loop that drives this instance's
+//! membership against a hub ([`driver`]): heartbeats, re-announcing the
+//! local clients, reaping dead instances. Membership itself (the trait and
+//! its memory and Redis twins) is in [`crate::membership`]; the Redis
+//! connection and key layout are in [`crate::redis`]; the Redis-backed
+//! store and broker live beside their in-memory twins in `store::redis` and
+//! `broker::redis`.
 
 pub mod driver;
-pub mod membership;

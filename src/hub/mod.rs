@@ -25,13 +25,13 @@ use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, EventEnvelope, Inbound, LoggedEvent, Published, ReadBudget};
 use crate::config::{HubConfig, SessionCreation};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HistoryEntry, HubError, MessageDirection, ServerEvent,
     WhatsAppCommand, now_millis,
 };
 use crate::store::SessionStore;
-use crate::store::membership::Membership;
 use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use crate::outbox::Outbound;

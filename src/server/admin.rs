@@ -37,11 +37,11 @@ use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::hub::monitor::{STATS_INTERVAL, WatchGuard};
 use crate::hub::registry::ClientHandle;
+use crate::membership::InstanceInfo;
 use crate::outbox::Outbound;
 use crate::protocol::CloseReason;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, now_millis};
 use crate::store::SessionPage;
-use crate::store::membership::InstanceInfo;
 
 /// Sessions per page when `limit` is not given, and the most allowed.
 const DEFAULT_PAGE: usize = 50;

@@ -91,5 +91,5 @@ pub struct ClusterView {
     mode: String,
     /// The instance that answered.
     instance: String,
-    instances: Vec<crate::store::membership::InstanceInfo>,
+    instances: Vec<crate::membership::InstanceInfo>,
 }

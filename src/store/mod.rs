@@ -12,7 +12,6 @@
 //! store's job too ([`SessionStore::reap_instance`]): it is the store's
 //! data, taken with the store's own atomic scripts.
 
-pub mod membership;
 pub mod memory;
 pub mod redis;
 

@@ -314,6 +314,14 @@ impl TestRedis {
         }
     }
 
+    /// A backend on this Redis with key prefix `prefix`, as an instance
+    /// named `instance` uses it (for the contract suites, which drive the
+    /// Redis twins without a hub).
+    pub fn backend(&self, prefix: &str, instance: &str) -> mcp_hub::redis::RedisBackend {
+        let metrics = std::sync::Arc::new(mcp_hub::metrics::Metrics::new(instance));
+        mcp_hub::redis::RedisBackend::new(&self.topology(), prefix, metrics).expect("redis backend")
+    }
+
     /// Empties every node, as a Redis that restarted without its data.
     pub fn flushall(&self) {
         match self {

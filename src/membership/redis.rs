@@ -8,7 +8,7 @@
 //! each) and hands them back as [`Reaped`] events for the caller to
 //! announce. So the clients of a crashed instance disappear within the
 //! presence TTL plus one heartbeat. Nothing here knows the hub: the
-//! [`super::driver`] loop feeds it the client count and applies its events.
+//! `cluster::driver` loop feeds it the client count and applies its events.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::{InstanceInfo, Membership};
 use crate::protocol::{HubError, now_millis};
 use crate::redis::{RedisBackend, RedisError};
-use crate::store::membership::{InstanceInfo, Membership};
 use crate::store::{PartialReap, Reaped, SessionStore};
 
 pub struct RedisMembership {
