@@ -92,12 +92,17 @@ struct Args {
     settle_timeout: Duration,
     /// idle: keep the clients connected this long after the measurement.
     hold: Duration,
+    /// fanout: broadcasts per second of a second, small session (a
+    /// publisher and one subscriber on the first URL) during the publish
+    /// phase, whose latency shows how much the big fan-out delays others.
+    probe_rate: f64,
 }
 
 const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
   idle:   [--clients 10000] [--per-session 5] [--hold-secs 0]
   sessions: [--clients 100] [--per-session 5] [--messages 200] [--rate 0]
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
+          [--probe-rate 0] (a second, small session's latency during the fan-out)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
@@ -131,6 +136,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         idle_timeout: Duration::from_secs(10),
         settle_timeout: Duration::from_secs(120),
         hold: Duration::ZERO,
+        probe_rate: 0.0,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -177,6 +183,13 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
             "--idle-timeout-secs" => args.idle_timeout = Duration::from_secs(num("seconds")?),
             "--settle-timeout-secs" => args.settle_timeout = Duration::from_secs(num("seconds")?),
             "--hold-secs" => args.hold = Duration::from_secs(num("seconds")?),
+            "--probe-rate" => {
+                args.probe_rate = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r >= 0.0)
+                    .ok_or_else(|| anyhow!("--probe-rate takes messages per second (0 = off)"))?
+            }
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -859,6 +872,11 @@ async fn run_fanout(args: &Args) -> Result<()> {
         errors
     });
 
+    let probe = if args.probe_rate > 0.0 {
+        Some(Probe::start(&args.urls[0], args.probe_rate, published.clone()).await?)
+    } else {
+        None
+    };
     let filler = "x".repeat(args.payload_bytes);
     let cpu_before = total_cpu_ticks(&args.pids)?;
     let others_before = args
@@ -911,10 +929,92 @@ async fn run_fanout(args: &Args) -> Result<()> {
         &others,
         &publisher_errors,
     );
+    if let Some(probe) = probe {
+        probe.report().await;
+    }
     if let Some(e) = send_error {
         println!("{e}");
     }
     Ok(())
+}
+
+/// A second session, small (one publisher, one subscriber), broadcasting
+/// at its own rate while the big one fans out: its latency is what the
+/// fan-out costs everybody else on the instance.
+struct Probe {
+    publisher: tokio::task::JoinHandle<u64>,
+    subscriber: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl Probe {
+    async fn start(url: &str, rate: f64, published: Arc<AtomicBool>) -> Result<Probe> {
+        let session = format!("probe-{}", now_micros());
+        let mut reader = register(url, &session, "probe-reader").await?;
+        let writer = register(url, &session, PUBLISHER_ID).await?;
+        let (mut sink, mut stream) = writer.split();
+        // The publisher's own frames (presence, errors) are read and dropped.
+        tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        let done = published.clone();
+        let publisher = tokio::spawn(async move {
+            let gap = Duration::from_secs_f64(1.0 / rate);
+            let t0 = Instant::now();
+            let mut seq = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
+                let frame = json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros()}});
+                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+                seq += 1;
+            }
+            seq
+        });
+        let subscriber = tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(2), reader.next()).await;
+                let msg = match next {
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                    Err(_) if published.load(Ordering::Relaxed) => break,
+                    Err(_) => continue,
+                    Ok(_) => break,
+                };
+                let received = now_micros();
+                if let Ok(f) = serde_json::from_str::<Head>(msg.as_str())
+                    && f.kind == "broadcast"
+                    && let Some(sent) = f.payload.and_then(|p| p.t)
+                {
+                    latencies.push(received.saturating_sub(sent));
+                }
+            }
+            latencies
+        });
+        Ok(Probe {
+            publisher,
+            subscriber,
+        })
+    }
+
+    async fn report(self) {
+        let sent = self.publisher.await.unwrap_or(0);
+        let mut latencies = self.subscriber.await.unwrap_or_default();
+        latencies.sort_unstable();
+        let pct = |q: f64| {
+            if latencies.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i] as f64 / 1000.0
+        };
+        println!(
+            "probe session: sent={sent} received={} latency ms: p50={:.2} p99={:.2} max={:.2}",
+            latencies.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
 }
 
 async fn subscribe(
