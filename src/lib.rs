@@ -27,4 +27,5 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod terminal;
+pub mod transport;
 pub mod whatsapp;

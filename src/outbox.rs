@@ -5,7 +5,7 @@
 //! There is no I/O here. The hub hands each recipient a frame (a reference
 //! count on shared bytes) and a wake-up, under its own locks at most; only
 //! the connection's task writes to its socket
-//! (`crate::server::outbox::SocketWriter`), under no shared lock.
+//! (`crate::transport::SocketWriter`), under no shared lock.
 //!
 //! The queue is bounded in bytes (`OUTBOUND_QUEUE_BYTES`) and in frames
 //! (`OUTBOUND_QUEUE_LEN`), counting what was handed over and not yet
@@ -22,6 +22,7 @@ use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 
+use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, Frame};
 
 /// One queued outgoing message.
@@ -130,6 +131,19 @@ impl Outbox {
         drop(queue);
         self.waker.wake();
         Ok(())
+    }
+
+    /// [`Self::push`], counting an eviction (1008) once, in the connection
+    /// the frame would have overflowed. False if the frame was not taken.
+    pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
+        match self.push(out) {
+            Ok(()) => true,
+            Err(Refused::SlowConsumer { first: true }) => {
+                metrics.slow_consumer_disconnects.inc();
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::metrics::Metrics;
-use crate::outbox::{self, Outbound, Outbox};
+use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{ClientInfo, CloseReason};
 
 /// What every handle of one connection shares. One allocation per
@@ -109,14 +109,7 @@ impl ClientHandle {
     /// False if the client is gone, or was disconnected (1008) because the
     /// frame would overflow its queue; the eviction is counted once.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
-        match self.shared.outbox.push(out) {
-            Ok(()) => true,
-            Err(outbox::Refused::SlowConsumer { first: true }) => {
-                metrics.slow_consumer_disconnects.inc();
-                false
-            }
-            Err(_) => false,
-        }
+        self.shared.outbox.send(out, metrics)
     }
 
     /// How many more frames the client's queue takes right now.
@@ -132,6 +125,12 @@ impl ClientHandle {
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.outbox.close_reason()
+    }
+}
+
+impl AsRef<Outbox> for ClientHandle {
+    fn as_ref(&self) -> &Outbox {
+        &self.shared.outbox
     }
 }
 

@@ -361,15 +361,7 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(shutdown_write(&self.tcp))
-    }
-}
-
-/// Half-closes the socket (FIN), as `TcpStream`'s own `poll_shutdown`.
-pub fn shutdown_write(tcp: &TcpStream) -> io::Result<()> {
-    match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        done => done,
+        Poll::Ready(crate::transport::shutdown_write(&self.tcp))
     }
 }
 

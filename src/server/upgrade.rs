@@ -3,7 +3,7 @@
 //! answer 101 ourselves and keep both halves of the upgraded connection:
 //! hyper's upgraded I/O, which the WebSocket library reads (handshake
 //! leftovers included), and the socket, which the connection's task writes
-//! pre-framed events to ([`crate::server::outbox::SocketWriter`]).
+//! pre-framed events to ([`crate::transport::SocketWriter`]).
 
 use std::sync::Arc;
 
@@ -13,25 +13,19 @@ use axum::extract::{FromRequestParts, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::listener::Peer;
+use crate::transport::UpgradedSocket;
 
 /// A checked upgrade request, answered by [`Upgrade::on_upgrade`].
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
     socket: Arc<TcpStream>,
-}
-
-/// The upgraded connection: what the client sends is read from `io`;
-/// frames are written to `socket`.
-pub struct UpgradedSocket {
-    pub io: TokioIo<Upgraded>,
-    pub socket: Arc<TcpStream>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {

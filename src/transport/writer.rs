@@ -5,6 +5,10 @@
 //!
 //! Frames never interleave: a frame the socket took in part is finished
 //! before anything else, the close frame included.
+//!
+//! The socket is written directly (not through hyper's upgraded I/O, which
+//! tungstenite reads): `writev` of the shared frames, with no copy into a
+//! write buffer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -161,6 +165,14 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
         let keep = keep.min(self.batch.len());
         let dropped: Vec<_> = self.batch.drain(keep..).collect();
         outbox.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
+    }
+}
+
+/// Half-closes the socket (FIN), as `TcpStream`'s own `poll_shutdown`.
+pub fn shutdown_write(tcp: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        done => done,
     }
 }
 
