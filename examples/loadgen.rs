@@ -962,7 +962,11 @@ impl Probe {
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
                 let frame = json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros()}});
-                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                if sink
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 seq += 1;

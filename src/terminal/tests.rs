@@ -1,6 +1,6 @@
 //! The session logic against a scripted fake hub, for what the real hub
 //! never does (ignore a request, send odd frames) or does rarely (close
-//! with a code). The real hub is exercised in tests/terminal.rs.
+//! with a code). The real hub is exercised in tests/terminal_cli.rs.
 
 use std::sync::{Arc, Mutex};
 
