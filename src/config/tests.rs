@@ -1,0 +1,274 @@
+//! The settings as parsed from a command line: defaults, errors naming the
+//! setting, the auth mode rules and what `Debug` keeps secret.
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<HubConfig, String> {
+    let cli = Cli::try_parse_from(std::iter::once("mcp-hub").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())?;
+    let serve = match cli.command {
+        Some(Command::Serve(s)) => *s,
+        _ => cli.serve,
+    };
+    serve.validate().map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_are_standalone_on_8002() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.port, 8002);
+    assert!(cfg.redis.is_none());
+    assert_eq!(cfg.max_message_bytes, 65536);
+    assert_eq!(cfg.max_connections, 10_000);
+    assert_eq!(cfg.max_clients_per_session, 100);
+    assert_eq!(cfg.max_contacts_per_session, 10_000);
+    assert_eq!(cfg.max_rest_body_bytes, 64 * 1024);
+    assert_eq!(cfg.field_limits, FieldLimits::default());
+    assert!(cfg.allowed_origins.is_empty());
+}
+
+#[test]
+fn allowed_origins_are_normalized() {
+    let cfg = parse(&[
+        "--allowed-origins",
+        " https://App.Example.com/ ,http://localhost:3000",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.allowed_origins,
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+}
+
+#[test]
+fn serve_subcommand_and_flags() {
+    let cfg = parse(&["serve", "--port", "0", "--instance-id", "a"]).unwrap();
+    assert_eq!(cfg.port, 0);
+    assert_eq!(cfg.instance_id, "a");
+}
+
+#[test]
+fn bad_settings_name_themselves() {
+    let err = parse(&["--redis-url", "http://x"]).unwrap_err();
+    assert!(err.contains("REDIS_URL"), "{err}");
+    let err = parse(&["--heartbeat-ms", "5000", "--presence-ttl-ms", "1000"]).unwrap_err();
+    assert!(err.contains("PRESENCE_TTL_MS"), "{err}");
+    let err = parse(&["--allowed-origins", "https://a.example/path"]).unwrap_err();
+    assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
+    let err = parse(&["--allowed-origins", "*"]).unwrap_err();
+    assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
+    let err = parse(&["--ping-interval-ms", "5000", "--idle-timeout-ms", "5000"]).unwrap_err();
+    assert!(err.contains("IDLE_TIMEOUT_MS"), "{err}");
+    let err = parse(&["--port", "notaport"]).unwrap_err();
+    assert!(err.contains("--port"), "{err}");
+}
+
+#[test]
+fn redis_topology_is_one_of_the_exclusive_settings() {
+    let cfg = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+    assert_eq!(
+        cfg.redis,
+        Some(RedisTopology::Single {
+            url: "redis://127.0.0.1:6379".into()
+        })
+    );
+    let cfg = parse(&[
+        "--redis-cluster-urls",
+        "127.0.0.1:7001, rediss://:pw@10.0.0.2:7002/",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.redis,
+        Some(RedisTopology::Cluster {
+            nodes: vec![
+                "redis://127.0.0.1:7001".into(),
+                "rediss://:pw@10.0.0.2:7002/".into()
+            ]
+        })
+    );
+    for bad in [
+        &["--redis-cluster-urls", "127.0.0.1"][..],
+        &["--redis-cluster-urls", "http://h:1"],
+        &["--redis-cluster-urls", " , "],
+        &["--redis-cluster-urls", "h:1", "--redis-url", "redis://h:2"],
+        &[
+            "--redis-cluster-urls",
+            "h:1",
+            "--redis-sentinels",
+            "h:26379",
+            "--redis-sentinel-master",
+            "m",
+        ],
+    ] {
+        let err = parse(bad).unwrap_err();
+        assert!(err.contains("REDIS_CLUSTER_URLS"), "{bad:?}: {err}");
+    }
+    let err = parse(&["--redis-key-prefix", "a{b}"]).unwrap_err();
+    assert!(err.contains("REDIS_KEY_PREFIX"), "{err}");
+}
+
+#[test]
+fn auth_mode_rules() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.auth.mode, AuthMode::None);
+    assert!(cfg.auth.open_by_default);
+    let err = parse(&["--host", "0.0.0.0"]).unwrap_err();
+    assert!(
+        err.contains("AUTH_JWT_SECRET") && err.contains("AUTH_MODE=none"),
+        "{err}"
+    );
+    let cfg = parse(&["--host", "0.0.0.0", "--auth-mode", "none"]).unwrap();
+    assert_eq!(cfg.auth.mode, AuthMode::None);
+    assert!(!cfg.auth.open_by_default);
+    let err = parse(&["--auth-mode", "jwt"]).unwrap_err();
+    assert!(err.contains("AUTH_JWT_SECRET"), "{err}");
+    let err = parse(&["--auth-jwt-secret", "short"]).unwrap_err();
+    assert!(err.contains("AUTH_JWT_SECRET"), "{err}");
+    let secret = "x".repeat(32);
+    let cfg = parse(&["--host", "0.0.0.0", "--auth-jwt-secret", &secret]).unwrap();
+    assert_eq!(cfg.auth.mode, AuthMode::Jwt);
+    assert!(
+        !format!("{cfg:?}").contains(&secret),
+        "secrets are redacted"
+    );
+}
+
+#[test]
+fn debug_output_shows_no_secret() {
+    let secrets = [
+        "auth-secret-0123456789abcdef0123456789",
+        "prev-secret-0123456789abcdef0123456789",
+        "jwkspass",
+        "jwkstoken",
+        "wa-access-token-x",
+        "wa-app-secret-x",
+        "wa-verify-token-x",
+        "gemini-key-x",
+        "openai-key-x",
+        "aipass",
+        "redispass",
+        "clusterpass",
+        "sentinelpass",
+        "sentinel-own-pass",
+    ];
+    let serve = [
+        "mcp-hub",
+        "--auth-jwt-secret",
+        secrets[0],
+        "--auth-jwt-previous-secret",
+        secrets[1],
+        "--auth-jwks-url",
+        "https://jwksuser:jwkspass@idp.example/jwks.json?access_token=jwkstoken",
+        "--whatsapp-access-token",
+        secrets[4],
+        "--whatsapp-app-secret",
+        secrets[5],
+        "--whatsapp-verify-token",
+        secrets[6],
+        "--gemini-api-key",
+        secrets[7],
+        "--openai-api-key",
+        secrets[8],
+        "--openai-base-url",
+        "https://aiuser:aipass@proxy.example/v1",
+        "--redis-url",
+        "redis://:redispass@10.0.0.1:6379",
+        "--redis-cluster-urls",
+        "redis://:clusterpass@10.0.0.2:7001",
+        "--redis-sentinels",
+        "redis://:sentinelpass@10.0.0.3:26379",
+        "--redis-sentinel-password",
+        secrets[13],
+    ];
+    let terminal = [
+        "mcp-hub",
+        "terminal",
+        "--token",
+        secrets[0],
+        "--url",
+        "ws://127.0.0.1:8002/?token=jwkstoken",
+    ];
+    let token = [
+        "mcp-hub",
+        "token",
+        "--sub",
+        "a",
+        "--auth-jwt-secret",
+        secrets[0],
+    ];
+    let mut shown = Vec::new();
+    for argv in [&serve[..], &terminal, &token] {
+        shown.push(format!("{:?}", Cli::try_parse_from(argv).unwrap()));
+    }
+    // Validated (REDIS_URL alone: the topologies are exclusive).
+    shown.push(format!("{:?}", parse(&serve[1..21]).unwrap()));
+    for text in &shown {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    assert!(shown[0].contains("idp.example") && shown[3].contains("<redacted>"));
+}
+
+#[test]
+fn jwks_url_is_https_or_loopback_http() {
+    for ok in [
+        "https://idp.example/jwks.json",
+        "http://127.0.0.1:9000/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:8080/jwks",
+    ] {
+        assert!(check_jwks_url(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://idp.example/jwks.json",
+        "http://10.0.0.1/jwks",
+        "ftp://idp.example/jwks",
+        "idp.example/jwks",
+    ] {
+        assert!(check_jwks_url(bad).is_err(), "{bad}");
+    }
+    let err = parse(&["--auth-jwks-url", "http://u:pw@idp.example/jwks?t=tok"]).unwrap_err();
+    assert!(
+        err.contains("AUTH_JWKS_URL") && err.contains("https"),
+        "{err}"
+    );
+    assert!(!err.contains("pw") && !err.contains("tok"), "{err}");
+}
+
+#[test]
+fn cloud_api_needs_its_settings_and_hides_the_token() {
+    let err = parse(&["--connector", "cloud_api"]).unwrap_err();
+    assert!(err.contains("WHATSAPP_ACCESS_TOKEN"), "{err}");
+    let err = parse(&[
+        "--connector",
+        "cloud_api",
+        "--whatsapp-access-token",
+        "tok-secret",
+        "--whatsapp-phone-number-id",
+        "123",
+        "--whatsapp-app-secret",
+        "s",
+    ])
+    .unwrap_err();
+    assert!(err.contains("WHATSAPP_VERIFY_TOKEN"), "{err}");
+    let cfg = parse(&[
+        "--connector",
+        "cloud_api",
+        "--whatsapp-access-token",
+        "tok-secret",
+        "--whatsapp-phone-number-id",
+        "123",
+        "--whatsapp-app-secret",
+        "s",
+        "--whatsapp-verify-token",
+        "v",
+    ])
+    .unwrap();
+    assert_eq!(cfg.connector, ConnectorKind::CloudApi);
+    assert!(!format!("{cfg:?}").contains("tok-secret"));
+    assert_eq!(
+        parse(&["--connector", "none"]).unwrap().connector,
+        ConnectorKind::None
+    );
+}
