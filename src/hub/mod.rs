@@ -1,13 +1,16 @@
-//! The hub's core: shared state of one instance and the operations the
-//! connection loop calls (join and leave a session, run a request, publish
-//! an event, execute a command, route to an agent). Transport-agnostic:
-//! nothing here knows about WebSockets.
+//! The hub's core: the one owner of an instance's shared state ([`Hub`])
+//! and the operations every door calls (join and leave a session, run a
+//! request or command, broadcast, publish an event, read a session's
+//! summary, route to an agent). Transport-agnostic: nothing here knows
+//! about WebSockets or HTTP.
 
 pub mod agents;
 pub mod client;
 pub mod executor;
 pub mod idempotency;
 pub mod monitor;
+mod presence;
+mod queries;
 pub mod registry;
 pub mod requests;
 pub mod session;
@@ -36,7 +39,9 @@ use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use crate::outbox::Outbound;
 use agents::AgentRouter;
+pub use queries::{EventsPage, SessionSummary};
 use registry::{ClientHandle, Delivery, Registry};
+pub use requests::Broadcaster;
 
 /// Whether a REST or MCP request reads its session or writes to it
 /// ([`Hub::require_session`]).
@@ -140,6 +145,50 @@ impl Hub {
 
     pub fn instance(&self) -> &str {
         &self.config.instance_id
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Verifies tokens (or lets everyone in with auth off).
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Cancelled when the hub starts draining (cancel it to drain).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Tracks every live WebSocket connection, so shutdown can wait for them.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
+    /// Clients registered on this instance.
+    pub fn local_client_count(&self) -> usize {
+        self.registry.client_count()
+    }
+
+    /// Whether the broker reaches its backend.
+    pub fn broker_healthy(&self) -> bool {
+        self.broker.is_healthy()
+    }
+
+    /// The broker's connection epoch (see [`Broker::connection_epoch`]).
+    pub fn broker_epoch(&self) -> u64 {
+        self.broker.connection_epoch()
+    }
+
+    /// Flushes the broker's queued events and stops it: at shutdown, once
+    /// every connection closed, so their `client_left` still goes out.
+    pub async fn close_broker(&self) {
+        self.broker.close().await;
     }
 
     /// Ready to take new clients: listening, backend reachable, not draining.
