@@ -63,33 +63,38 @@ impl SessionUse {
     }
 }
 
-/// Everything one hub instance shares between its connections.
+/// Everything one hub instance shares between its connections: the one
+/// owner of its state (like mini-redis's `Db`). The fields are private;
+/// the server and the cluster loop read configuration, metrics and the
+/// shutdown token through accessors and do everything else through the
+/// hub's operations, so every door (WebSocket, REST, MCP, admin) runs the
+/// same code.
 pub struct Hub {
-    pub config: HubConfig,
-    pub store: Arc<dyn SessionStore>,
-    pub broker: Arc<dyn Broker>,
-    pub membership: Arc<dyn Membership>,
-    pub connector: Arc<dyn WhatsAppConnector>,
-    pub ai: AiCoordinator,
-    pub metrics: Arc<Metrics>,
+    config: HubConfig,
+    store: Arc<dyn SessionStore>,
+    broker: Arc<dyn Broker>,
+    membership: Arc<dyn Membership>,
+    connector: Arc<dyn WhatsAppConnector>,
+    ai: AiCoordinator,
+    metrics: Arc<Metrics>,
     /// Verifies tokens (or lets everyone in with auth off).
-    pub auth: Arc<Authenticator>,
-    pub registry: Registry,
-    pub agents: AgentRouter,
+    auth: Arc<Authenticator>,
+    registry: Registry,
+    agents: AgentRouter,
     /// Cancelled when the hub starts draining.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Every live WebSocket connection, so shutdown can wait for them.
-    pub connections: TaskTracker,
+    connections: TaskTracker,
     started: AtomicBool,
     /// The broker connection epoch whose missed events were delivered.
     caught_up: AtomicU64,
     /// Woken when this instance queued webhook events, so they are
     /// processed at once rather than at the next poll.
-    pub webhook_wake: tokio::sync::Notify,
+    webhook_wake: tokio::sync::Notify,
     /// This instance's admin feeds (the dashboard).
-    pub monitor: monitor::MonitorFeeds,
+    monitor: monitor::MonitorFeeds,
     /// When this hub was created (ms since epoch), for its uptime.
-    pub started_at: u64,
+    started_at: u64,
     /// The dispatcher's channel, to queue a [`Inbound::Barrier`] at
     /// shutdown (weak: the brokers own it).
     dispatch: std::sync::OnceLock<mpsc::WeakSender<Inbound>>,
@@ -448,7 +453,7 @@ impl Hub {
 
     /// `client_joined` again for a client Redis lost, back in presence at
     /// `version` (see [`Self::announce_retrying`]).
-    pub async fn reannounce_client(&self, session: &str, client: &ClientInfo, version: u64) {
+    async fn reannounce_client(&self, session: &str, client: &ClientInfo, version: u64) {
         let event = ServerEvent::ClientJoined {
             client,
             timestamp: now_millis(),
@@ -464,7 +469,7 @@ impl Hub {
     }
 
     /// `agent_changed` again for an agent role re-claimed after Redis lost it.
-    pub async fn reannounce_agent(&self, session: &str, client_id: &str) {
+    async fn reannounce_agent(&self, session: &str, client_id: &str) {
         let event = ServerEvent::AgentChanged {
             client_id: Some(client_id),
             instance: Some(self.instance()),
@@ -619,7 +624,7 @@ impl Hub {
     }
 
     /// One page of a session's log (EVENTS_PAGE_MAX_BYTES, _EVENTS).
-    pub fn events_page_budget(&self) -> ReadBudget {
+    fn events_page_budget(&self) -> ReadBudget {
         ReadBudget {
             max_bytes: self.config.limits.events_page_max_bytes,
             max_events: self.config.limits.events_page_max_events,

@@ -32,15 +32,15 @@ use utoipa_axum::routes;
 use super::auth::Bearer;
 use super::browser::{ConnectionSlots, Page};
 use super::openapi::ErrorBody;
-use super::rest::{ApiError, check_session, require_session};
+use super::rest::{ApiError, check_session};
 use crate::auth::Identity;
-use crate::hub::Hub;
 use crate::hub::monitor::{STATS_INTERVAL, WatchGuard};
 use crate::hub::registry::ClientHandle;
+use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::membership::InstanceInfo;
 use crate::outbox::Outbound;
 use crate::protocol::CloseReason;
-use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, now_millis};
+use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
 use crate::store::SessionPage;
 
 /// Sessions per page when `limit` is not given, and the most allowed.
@@ -119,9 +119,7 @@ async fn list_sessions(
         .into());
     }
     let cursor = q.cursor.filter(|c| !c.is_empty());
-    Ok(Json(
-        hub.store.list_sessions(cursor.as_deref(), limit).await?,
-    ))
+    Ok(Json(hub.list_sessions(cursor.as_deref(), limit).await?))
 }
 
 /// What `DELETE .../clients/{client_id}` did.
@@ -196,13 +194,9 @@ async fn broadcast(
     let from = admin(bearer)?;
     check_session(&session)?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
-    require_session(&hub, &session).await?;
-    let event = ServerEvent::Broadcast {
-        from: &from,
-        payload: &body.payload,
-        timestamp: now_millis(),
-    };
-    hub.publish_delivered(&session, &event, "broadcast", None)
+    // A test broadcast never creates its session.
+    hub.require_session(&session, SessionUse::Read).await?;
+    hub.broadcast(&session, Broadcaster::Caller(&from), &body.payload)
         .await?;
     Ok(Json(json!({"sent": true, "from": from})))
 }
@@ -240,26 +234,18 @@ async fn instances(
     bearer: Bearer,
 ) -> Result<Json<Instances>, ApiError> {
     admin(bearer)?;
-    let clients = hub.registry.client_count();
     let now = now_millis();
     let instances = hub
-        .membership
-        .instances(clients)
+        .instances_with_live_self()
         .await?
         .into_iter()
-        .map(|mut info| {
-            if info.instance == hub.instance() {
-                info.clients = clients;
-                info.ready = hub.is_ready();
-            }
-            InstanceView {
-                uptime_ms: now.saturating_sub(info.started_at),
-                info,
-            }
+        .map(|info| InstanceView {
+            uptime_ms: now.saturating_sub(info.started_at),
+            info,
         })
         .collect();
     Ok(Json(Instances {
-        mode: hub.membership.mode(),
+        mode: hub.cluster_mode(),
         instance: hub.instance().to_string(),
         instances,
     }))
@@ -296,8 +282,8 @@ async fn feed_upgrade(
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !super::browser::origin_allowed(&headers, &hub.config.allowed_origins) {
-        hub.metrics.error(ErrorCode::ForbiddenOrigin);
+    if !super::browser::origin_allowed(&headers, &hub.config().allowed_origins) {
+        hub.metrics().error(ErrorCode::ForbiddenOrigin);
         return super::browser::forbidden_origin();
     }
     let identity = match super::auth::upgrade_identity(&hub, &headers, &uri).await {
@@ -307,12 +293,12 @@ async fn feed_upgrade(
         }
         Ok(identity) => identity,
     };
-    let slot = match slots.take(identity.as_ref(), &hub.metrics) {
+    let slot = match slots.take(identity.as_ref(), hub.metrics()) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
-    super::connection::configure(ws, hub.config.max_message_bytes).on_upgrade(move |socket| {
-        let tracker = hub.connections.clone();
+    super::connection::configure(ws, hub.config().max_message_bytes).on_upgrade(move |socket| {
+        let tracker = hub.connections().clone();
         tracker.track_future(async move {
             serve_feed(hub, socket, identity).await;
             // The slot is free once the feed is gone.
@@ -342,11 +328,11 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>
     let handle = ClientHandle::new(
         info,
         conn_id,
-        hub.config.outbound_queue_len,
-        hub.config.outbound_queue_bytes,
+        hub.config().outbound_queue_len,
+        hub.config().outbound_queue_bytes,
     );
-    hub.metrics.connections.inc();
-    hub.metrics.connections_opened.inc();
+    hub.metrics().connections.inc();
+    hub.metrics().connections_opened.inc();
     let _feed = hub.add_monitor_feed(handle.clone());
     let hello = json!({
         "type": "hello",
@@ -360,7 +346,7 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>
     let writer = tokio::spawn(write_feed(
         sink,
         handle.clone(),
-        hub.config.ping_interval,
+        hub.config().ping_interval,
         done.clone().drop_guard(),
     ));
 
@@ -369,11 +355,11 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>
     let mut last_inbound = now;
     let mut watching: Option<WatchGuard> = None;
     loop {
-        let idle_at = last_inbound + hub.config.idle_timeout;
+        let idle_at = last_inbound + hub.config().idle_timeout;
         let deadline = expires_at.map_or(idle_at, |exp| exp.min(idle_at));
         let msg = tokio::select! {
             _ = done.cancelled() => break,
-            _ = hub.shutdown.cancelled() => {
+            _ = hub.shutdown().cancelled() => {
                 handle.disconnect(CloseReason::ShuttingDown);
                 break;
             }
@@ -423,8 +409,8 @@ async fn serve_feed(hub: Arc<Hub>, socket: WebSocket, identity: Option<Identity>
     drop(watching);
     let _ = writer.await;
     let reason = handle.close_reason().unwrap_or(CloseReason::Normal);
-    hub.metrics.connections.dec();
-    hub.metrics
+    hub.metrics().connections.dec();
+    hub.metrics()
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
@@ -508,5 +494,5 @@ async fn kicked(handle: &ClientHandle) {
 /// Queues a reply for the feed itself.
 fn send_text(hub: &Hub, handle: &ClientHandle, text: String) {
     let out = Outbound::reply(text.into(), "other");
-    handle.send(out, &hub.metrics);
+    handle.send(out, hub.metrics());
 }

@@ -323,8 +323,8 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     let handle = ClientHandle::new(
         placeholder,
         conn_id,
-        hub.config.outbound_queue_len,
-        hub.config.outbound_queue_bytes,
+        hub.config().outbound_queue_len,
+        hub.config().outbound_queue_bytes,
     );
     let tcp = upgraded.socket;
     let mut writer = SocketWriter::new(tcp.clone());
@@ -334,25 +334,28 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
             written: Vec::new(),
         },
         Role::Server,
-        Some(ws_config(hub.config.max_message_bytes)),
+        Some(ws_config(hub.config().max_message_bytes)),
     )
     .await;
-    hub.metrics.connections.inc();
-    hub.metrics.connections_opened.inc();
+    hub.metrics().connections.inc();
+    hub.metrics().connections_opened.inc();
 
     let now = Instant::now();
     let mut liveness = Liveness::new(
-        hub.config.ping_interval,
-        hub.config.idle_timeout,
+        hub.config().ping_interval,
+        hub.config().idle_timeout,
         identity.as_ref().map(|id| now + id.expires_in()),
-        Some(now + hub.config.limits.register_timeout),
+        Some(now + hub.config().limits.register_timeout),
         now,
     );
     // Idle between messages: Some. While an inline request runs, it holds
     // the connection and `answering` holds the request.
     let mut conn = Some(Connection {
-        rate: RateLimiter::new(hub.config.rate_limit_per_sec, hub.config.rate_limit_burst),
-        in_flight: Arc::new(Semaphore::new(hub.config.max_in_flight)),
+        rate: RateLimiter::new(
+            hub.config().rate_limit_per_sec,
+            hub.config().rate_limit_burst,
+        ),
+        in_flight: Arc::new(Semaphore::new(hub.config().max_in_flight)),
         hub: hub.clone(),
         session: ClientSession::new(hub.clone(), handle.clone(), identity.map(Arc::new)),
     });
@@ -369,7 +372,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     // Draining the hub kicks the connection: its shutdown future is polled
     // once, with a waker that disconnects (so the loop does not poll the
     // hub-wide token on every wake-up).
-    let shutdown = hub.shutdown.cancelled();
+    let shutdown = hub.shutdown().cancelled();
     tokio::pin!(shutdown);
     let on_shutdown = Waker::from(Arc::new(ShutdownKick(handle.clone())));
     if shutdown
@@ -397,7 +400,7 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
             }
             // A full socket only pauses writing: the loop still reads,
             // pings and notices a kick.
-            if let Poll::Ready(Err(e)) = writer.poll_write(handle.outbox(), cx, &hub.metrics) {
+            if let Poll::Ready(Err(e)) = writer.poll_write(handle.outbox(), cx, hub.metrics()) {
                 tracing::debug!(error = %e, conn_id, "websocket write failed");
                 return Poll::Ready(Event::WriteFailed);
             }
@@ -527,8 +530,8 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     if let Some(mut conn) = conn {
         Box::pin(conn.session.leave()).await;
     }
-    hub.metrics.connections.dec();
-    hub.metrics
+    hub.metrics().connections.dec();
+    hub.metrics()
         .connections_closed
         .with_label_values(&[reason.label()])
         .inc();
@@ -537,13 +540,13 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
 /// Closes (4408) a connection that did not register in time.
 fn close_unregistered(handle: &ClientHandle, hub: &Hub, conn_id: u64) {
     tracing::debug!(conn_id, "not registered within the registration timeout");
-    hub.metrics.shed(Shed::RegisterTimeout);
+    hub.metrics().shed(Shed::RegisterTimeout);
     handle.disconnect(CloseReason::RegisterTimeout);
 }
 
 /// Sends a control frame (ping, pong) in order with the other frames.
 fn send_control(handle: &ClientHandle, hub: &Hub, frame: Frame) {
-    handle.send(Outbound::reply(frame, CONTROL), &hub.metrics);
+    handle.send(Outbound::reply(frame, CONTROL), hub.metrics());
 }
 
 /// The waker the socket's read side is polled with: it marks the socket as
@@ -601,7 +604,7 @@ async fn farewell(
     let close = close.unwrap_or_else(|| Frame::close(reason.code(), reason.text()));
     let outbox = handle.outbox();
     writer.finish(outbox, Some(close), reason == CloseReason::ShuttingDown);
-    let goodbye = std::future::poll_fn(|cx| writer.poll_write(outbox, cx, &hub.metrics));
+    let goodbye = std::future::poll_fn(|cx| writer.poll_write(outbox, cx, hub.metrics()));
     if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, goodbye).await {
         let _ = shutdown_write(tcp);
     }
@@ -638,7 +641,7 @@ impl Connection {
                 ErrorCode::RateLimited,
                 format!(
                     "more than {} messages per second; slow down",
-                    self.hub.config.rate_limit_per_sec
+                    self.hub.config().rate_limit_per_sec
                 ),
             ),
             request_id,
@@ -647,13 +650,13 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {
-        let parsed = parse_client_message_with(text.as_str(), &self.hub.config.field_limits);
+        let parsed = parse_client_message_with(text.as_str(), &self.hub.config().field_limits);
         let kind = match &parsed {
             Ok((msg, _)) => msg.kind(),
             Err(_) => crate::metrics::RECEIVED_INVALID,
         };
         self.hub
-            .metrics
+            .metrics()
             .messages_received
             .with_label_values(&[kind])
             .inc();
@@ -691,7 +694,7 @@ impl Connection {
                             ErrorCode::TooManyInFlight,
                             format!(
                                 "at most {} requests may be in progress per connection",
-                                self.hub.config.max_in_flight
+                                self.hub.config().max_in_flight
                             ),
                         ),
                         rid,
