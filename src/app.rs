@@ -62,9 +62,9 @@ pub async fn bind(config: HubConfig) -> Result<(Arc<Hub>, TcpListener), StartupE
     let hub = build(config).await?;
     let listener = listen(socket_addr).map_err(|source| StartupError::Bind { addr, source })?;
     // Once it is certain the hub runs (a refused start prints one line).
-    if hub.config.auth.open_by_default {
+    if hub.config().auth.open_by_default {
         tracing::warn!(
-            host = %hub.config.host,
+            host = %hub.config().host,
             "authentication is off (no AUTH_JWT_SECRET, loopback host): anyone who can reach this port may use every session"
         );
     }
@@ -98,7 +98,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let served = crate::server::serve(hub.clone(), listener, shutdown).await;
     // Every connection has closed: flush their last events to the cluster.
-    hub.broker.close().await;
+    hub.close_broker().await;
     served
 }
 
@@ -243,7 +243,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         metrics,
         auth: auth.clone(),
     });
-    auth.spawn_refresh(jwks_refresh, hub.shutdown.clone());
+    auth.spawn_refresh(jwks_refresh, hub.shutdown().clone());
     hub.spawn_background(inbound_rx, dispatch, incoming_rx);
     if let Some(m) = redis_membership {
         crate::cluster::driver::spawn(m, hub.clone());

@@ -355,3 +355,49 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
         (&json!("the meeting moved to 3"), &json!("mcp"))
     );
 }
+
+/// One broadcast operation behind every door: a WebSocket member's, an MCP
+/// caller's and an admin's broadcast reach the session's clients as the
+/// same event (only `from` differs); a member gets no copy of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_is_the_same_event_from_websocket_mcp_and_the_admin_api() {
+    let hub = TestHub::start(&[]).await;
+    let [mut alice, mut watcher] =
+        join_session(&hub.ws_url(), "default", ["alice", "watcher"]).await;
+    let payload = json!({"text": "lunch?"});
+
+    alice
+        .request(json!({"type": "broadcast", "payload": payload}))
+        .await;
+    let (_, answer) = call_tool(&hub, None, "broadcast", json!({"text": "lunch?"})).await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let (status, sent) = http_call(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/sessions/default/broadcast",
+        None,
+        Some(json!({"payload": payload})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+
+    let mut offsets = Vec::new();
+    for from in ["alice", "mcp", "admin"] {
+        let event = watcher.recv_type("broadcast").await;
+        assert_eq!(
+            without_volatile(&event),
+            json!({"type": "broadcast", "from": from, "payload": payload}),
+            "{event}"
+        );
+        assert_eq!(
+            keys(&event),
+            ["epoch", "from", "offset", "payload", "timestamp", "type"]
+        );
+        offsets.push(event["offset"].as_u64().expect("an offset"));
+    }
+    assert!(offsets.is_sorted(), "in the order sent: {offsets:?}");
+    for from in ["mcp", "admin"] {
+        assert_eq!(alice.recv_type("broadcast").await["from"], from);
+    }
+    assert_quiet(&mut alice, "a member gets no copy of its own broadcast").await;
+}

@@ -1,16 +1,15 @@
 //! The cluster loop of one instance: heartbeat, re-announce the local
 //! clients after a Redis outage or reconnection (telling the sessions what
 //! was missing: `client_joined`, `agent_changed`), reap dead instances and
-//! announce what was reaped. It sits above the hub, so it reads the hub's
-//! registry and publishes through it; membership and store stay hub-free.
+//! announce what was reaped. It sits above the hub and calls its
+//! operations ([`Hub::restore_local_presence`], [`Hub::announce_reaped`]);
+//! membership and store stay hub-free.
 
 use std::sync::Arc;
 
 use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::membership::redis::RedisMembership;
-use crate::protocol::HubError;
-use crate::store::{AgentRef, Reaped};
 
 /// Runs the loop until the hub shuts down, then leaves the cluster.
 pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
@@ -25,10 +24,10 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = hub.shutdown.cancelled() => break,
+                _ = hub.shutdown().cancelled() => break,
             }
             let ok = match membership
-                .beat(hub.registry.client_count(), hub.is_ready())
+                .beat(hub.local_client_count(), hub.is_ready())
                 .await
             {
                 Ok(()) => true,
@@ -42,19 +41,19 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
             };
             // After an outage or a reconnection (Redis may have restarted
             // empty), put this instance's clients back.
-            let epoch = hub.broker.connection_epoch();
+            let epoch = hub.broker_epoch();
             // Announce once this instance has been subscribed again for a
             // whole heartbeat: the other instances lost Redis at the same
             // moment and reconnect on the same schedule, so by then they
             // are listening too (the event log closes what is left of the
             // race). With no local client there is nothing to announce.
-            let subscribed = hub.broker.is_healthy();
+            let subscribed = hub.broker_healthy();
             let settled =
-                subscribed && (subscribed_on == Some(epoch) || hub.registry.client_count() == 0);
+                subscribed && (subscribed_on == Some(epoch) || hub.local_client_count() == 0);
             subscribed_on = subscribed.then_some(epoch);
             if ok && settled && (need_resync || epoch != membership.synced_epoch()) {
                 tracing::info!("redis reachable: re-announcing local clients");
-                match resync(&hub).await {
+                match hub.restore_local_presence().await {
                     Ok(()) => {
                         membership.mark_synced(epoch);
                         need_resync = false;
@@ -63,13 +62,13 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
                 }
             }
             membership.set_healthy(ok);
-            hub.metrics.store_up.set(i64::from(ok));
+            hub.metrics().store_up.set(i64::from(ok));
             was_healthy = ok;
             if ok {
                 match membership.reap().await {
-                    Ok(reaped) => announce(&hub, &reaped),
+                    Ok(reaped) => hub.announce_reaped(&reaped),
                     Err(partial) => {
-                        announce(&hub, &partial.reaped);
+                        hub.announce_reaped(&partial.reaped);
                         tracing::warn!(error = %partial.error, "reaping dead instances failed");
                     }
                 }
@@ -79,42 +78,4 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
             tracing::debug!(error = %e, "leaving the cluster failed; others reap after the TTL");
         }
     });
-}
-
-/// Puts this instance's clients and agents back into the store, and tells
-/// each session what it had lost (Redis restarted empty, or another
-/// instance reaped them while this one was cut off): only entries that
-/// were actually missing are announced, so a plain reconnection is silent.
-async fn resync(hub: &Hub) -> Result<(), HubError> {
-    for (session, handle) in hub.registry.all() {
-        let joined = hub.store.join(&session, &handle.info).await?;
-        if joined.changed {
-            hub.reannounce_client(&session, &handle.info, joined.version)
-                .await;
-        }
-        if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
-            let me = AgentRef {
-                client_id: handle.info.client_id.clone(),
-                instance: hub.instance().to_string(),
-            };
-            if hub.store.claim_agent_if_vacant(&session, &me).await? {
-                hub.reannounce_agent(&session, &me.client_id).await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Tells the sessions what the reaper took.
-fn announce(hub: &Hub, reaped: &[Reaped]) {
-    for event in reaped {
-        match event {
-            Reaped::ClientLeft {
-                session,
-                client,
-                version,
-            } => hub.publish_client_event(session, client, false, *version),
-            Reaped::AgentReleased { session } => hub.publish_agent_changed(session, None),
-        }
-    }
 }

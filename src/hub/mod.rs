@@ -1,13 +1,16 @@
-//! The hub's core: shared state of one instance and the operations the
-//! connection loop calls (join and leave a session, run a request, publish
-//! an event, execute a command, route to an agent). Transport-agnostic:
-//! nothing here knows about WebSockets.
+//! The hub's core: the one owner of an instance's shared state ([`Hub`])
+//! and the operations every door calls (join and leave a session, run a
+//! request or command, broadcast, publish an event, read a session's
+//! summary, route to an agent). Transport-agnostic: nothing here knows
+//! about WebSockets or HTTP.
 
 pub mod agents;
 pub mod client;
 pub mod executor;
 pub mod idempotency;
 pub mod monitor;
+mod presence;
+mod queries;
 pub mod registry;
 pub mod requests;
 pub mod session;
@@ -36,7 +39,9 @@ use crate::whatsapp::{IncomingMessage, WhatsAppConnector};
 
 use crate::outbox::Outbound;
 use agents::AgentRouter;
+pub use queries::{EventsPage, SessionSummary};
 use registry::{ClientHandle, Delivery, Registry};
+pub use requests::Broadcaster;
 
 /// Whether a REST or MCP request reads its session or writes to it
 /// ([`Hub::require_session`]).
@@ -58,33 +63,38 @@ impl SessionUse {
     }
 }
 
-/// Everything one hub instance shares between its connections.
+/// Everything one hub instance shares between its connections: the one
+/// owner of its state (like mini-redis's `Db`). The fields are private;
+/// the server and the cluster loop read configuration, metrics and the
+/// shutdown token through accessors and do everything else through the
+/// hub's operations, so every door (WebSocket, REST, MCP, admin) runs the
+/// same code.
 pub struct Hub {
-    pub config: HubConfig,
-    pub store: Arc<dyn SessionStore>,
-    pub broker: Arc<dyn Broker>,
-    pub membership: Arc<dyn Membership>,
-    pub connector: Arc<dyn WhatsAppConnector>,
-    pub ai: AiCoordinator,
-    pub metrics: Arc<Metrics>,
+    config: HubConfig,
+    store: Arc<dyn SessionStore>,
+    broker: Arc<dyn Broker>,
+    membership: Arc<dyn Membership>,
+    connector: Arc<dyn WhatsAppConnector>,
+    ai: AiCoordinator,
+    metrics: Arc<Metrics>,
     /// Verifies tokens (or lets everyone in with auth off).
-    pub auth: Arc<Authenticator>,
-    pub registry: Registry,
-    pub agents: AgentRouter,
+    auth: Arc<Authenticator>,
+    registry: Registry,
+    agents: AgentRouter,
     /// Cancelled when the hub starts draining.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Every live WebSocket connection, so shutdown can wait for them.
-    pub connections: TaskTracker,
+    connections: TaskTracker,
     started: AtomicBool,
     /// The broker connection epoch whose missed events were delivered.
     caught_up: AtomicU64,
     /// Woken when this instance queued webhook events, so they are
     /// processed at once rather than at the next poll.
-    pub webhook_wake: tokio::sync::Notify,
+    webhook_wake: tokio::sync::Notify,
     /// This instance's admin feeds (the dashboard).
-    pub monitor: monitor::MonitorFeeds,
+    monitor: monitor::MonitorFeeds,
     /// When this hub was created (ms since epoch), for its uptime.
-    pub started_at: u64,
+    started_at: u64,
     /// The dispatcher's channel, to queue a [`Inbound::Barrier`] at
     /// shutdown (weak: the brokers own it).
     dispatch: std::sync::OnceLock<mpsc::WeakSender<Inbound>>,
@@ -140,6 +150,50 @@ impl Hub {
 
     pub fn instance(&self) -> &str {
         &self.config.instance_id
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Verifies tokens (or lets everyone in with auth off).
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Cancelled when the hub starts draining (cancel it to drain).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Tracks every live WebSocket connection, so shutdown can wait for them.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
+    /// Clients registered on this instance.
+    pub fn local_client_count(&self) -> usize {
+        self.registry.client_count()
+    }
+
+    /// Whether the broker reaches its backend.
+    pub fn broker_healthy(&self) -> bool {
+        self.broker.is_healthy()
+    }
+
+    /// The broker's connection epoch (see [`Broker::connection_epoch`]).
+    pub fn broker_epoch(&self) -> u64 {
+        self.broker.connection_epoch()
+    }
+
+    /// Flushes the broker's queued events and stops it: at shutdown, once
+    /// every connection closed, so their `client_left` still goes out.
+    pub async fn close_broker(&self) {
+        self.broker.close().await;
     }
 
     /// Ready to take new clients: listening, backend reachable, not draining.
@@ -399,7 +453,7 @@ impl Hub {
 
     /// `client_joined` again for a client Redis lost, back in presence at
     /// `version` (see [`Self::announce_retrying`]).
-    pub async fn reannounce_client(&self, session: &str, client: &ClientInfo, version: u64) {
+    async fn reannounce_client(&self, session: &str, client: &ClientInfo, version: u64) {
         let event = ServerEvent::ClientJoined {
             client,
             timestamp: now_millis(),
@@ -415,7 +469,7 @@ impl Hub {
     }
 
     /// `agent_changed` again for an agent role re-claimed after Redis lost it.
-    pub async fn reannounce_agent(&self, session: &str, client_id: &str) {
+    async fn reannounce_agent(&self, session: &str, client_id: &str) {
         let event = ServerEvent::AgentChanged {
             client_id: Some(client_id),
             instance: Some(self.instance()),
@@ -570,7 +624,7 @@ impl Hub {
     }
 
     /// One page of a session's log (EVENTS_PAGE_MAX_BYTES, _EVENTS).
-    pub fn events_page_budget(&self) -> ReadBudget {
+    fn events_page_budget(&self) -> ReadBudget {
         ReadBudget {
             max_bytes: self.config.limits.events_page_max_bytes,
             max_events: self.config.limits.events_page_max_events,

@@ -82,7 +82,7 @@ impl Request {
             ClientMessage::AiRequest { prompt, context } => {
                 ai_request(cx, &prompt, context.as_ref()).await
             }
-            ClientMessage::Broadcast { payload } => broadcast(cx, &payload),
+            ClientMessage::Broadcast { payload } => broadcast(cx, &payload).await,
             ClientMessage::ExecuteResult { content } => execute_result(cx, content).await,
             ClientMessage::ContactsUpdate { contacts } => contacts_update(cx, &contacts).await,
             ClientMessage::IncomingMessage { contact, message } => {
@@ -145,7 +145,47 @@ impl Cx<'_> {
     }
 }
 
+/// Who sends a `broadcast` event (its `from`), and so who gets it.
+#[derive(Debug, Clone, Copy)]
+pub enum Broadcaster<'a> {
+    /// A client of the session (WebSocket): it gets no copy of its own
+    /// broadcast.
+    Member(&'a str),
+    /// A caller outside the session (MCP, the admin API): every client of
+    /// the session gets it.
+    Caller(&'a str),
+}
+
 impl Hub {
+    /// Sends a `broadcast` event with `payload` to the session's clients on
+    /// every instance. A member's broadcast returns once logged (it gets no
+    /// copy, so its ack need not wait); a caller's once this instance's
+    /// clients have it, so its answer follows the event.
+    pub async fn broadcast(
+        &self,
+        session: &str,
+        from: Broadcaster<'_>,
+        payload: &Value,
+    ) -> Result<(), HubError> {
+        let sender = match from {
+            Broadcaster::Member(id) | Broadcaster::Caller(id) => id,
+        };
+        let event = ServerEvent::Broadcast {
+            from: sender,
+            payload,
+            timestamp: now_millis(),
+        };
+        match from {
+            Broadcaster::Member(_) => self
+                .publish(session, &event, "broadcast", Some(sender))
+                .map(drop),
+            Broadcaster::Caller(_) => {
+                self.publish_delivered(session, &event, "broadcast", None)
+                    .await
+            }
+        }
+    }
+
     /// Runs a WhatsApp command for a WebSocket client or a REST caller. A
     /// command that was carried out but failed (unknown contact...) is an
     /// answer (`success: false`), not an error.
@@ -247,19 +287,9 @@ async fn ai_request(
     Ok(Reply::new("ai_response", content))
 }
 
-fn broadcast(cx: Cx<'_>, payload: &Value) -> Result<Option<Reply>, HubError> {
-    let from = &cx.member.info.client_id;
-    cx.hub.publish(
-        cx.session(),
-        &ServerEvent::Broadcast {
-            from,
-            payload,
-            timestamp: now_millis(),
-        },
-        "broadcast",
-        Some(from),
-    )?;
-    // The sender gets no copy, so its ack need not wait for delivery.
+async fn broadcast(cx: Cx<'_>, payload: &Value) -> Result<Option<Reply>, HubError> {
+    let from = Broadcaster::Member(&cx.member.info.client_id);
+    cx.hub.broadcast(cx.session(), from, payload).await?;
     Ok(cx.acknowledge("broadcast_sent"))
 }
 

@@ -48,16 +48,16 @@ use crate::telemetry::{LogThrottle, monotonic_ms as now_ms};
 static ACCEPT_FAILED: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 static ADDRESS_FULL: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 
-/// Accepts until `hub.shutdown` is cancelled; every connection task is
+/// Accepts until `hub.shutdown()` is cancelled; every connection task is
 /// spawned on `connections`, which the caller waits for (each finishes its
 /// request in flight, then closes).
 pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections: TaskTracker) {
-    let limits = &hub.config.limits;
+    let limits = &hub.config().limits;
     let gate = Gate {
         per_address: AddressSlots::new(limits.max_connections_per_ip),
         pending: Pending::new(limits.max_pending_connections),
     };
-    let shutdown = hub.shutdown.clone();
+    let shutdown = hub.shutdown().clone();
     let mut backoff = None;
     let mut shed_last_time = false;
     loop {
@@ -69,7 +69,7 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
             Ok((tcp, addr)) => {
                 backoff = None;
                 shed_last_time = false;
-                let Some((io, peer, watch)) = gate.admit(tcp, addr, limits, &hub.metrics) else {
+                let Some((io, peer, watch)) = gate.admit(tcp, addr, limits, hub.metrics()) else {
                     continue;
                 };
                 connections.spawn(serve_connection(io, peer, watch, app.clone(), hub.clone()));
@@ -79,7 +79,7 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
             Err(e) if !is_exhaustion(&e) => {}
             // Out of file descriptors (EMFILE/ENFILE) or kernel memory.
             Err(e) => {
-                hub.metrics.shed(Shed::AcceptExhausted);
+                hub.metrics().shed(Shed::AcceptExhausted);
                 // A descriptor freed by shedding an idle connection is free
                 // once its task drops it: retry after a moment, without
                 // growing the backoff, and shed no second one before that
@@ -87,7 +87,7 @@ pub async fn run(listener: TcpListener, app: Router, hub: Arc<Hub>, connections:
                 let evicted = !shed_last_time && gate.pending.evict_one();
                 shed_last_time = evicted;
                 if evicted {
-                    hub.metrics.shed(Shed::PendingConnections);
+                    hub.metrics().shed(Shed::PendingConnections);
                 }
                 let delay = if evicted {
                     Duration::from_millis(5)
@@ -378,7 +378,7 @@ impl Drop for PendingSlot {
 /// by a deadline or for room, or the hub shuts down (the request in flight
 /// is finished first).
 async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, hub: Arc<Hub>) {
-    let limits = &hub.config.limits;
+    let limits = &hub.config().limits;
     let header_ms = limits.header_read_timeout.as_millis() as u64;
     let keepalive_ms = limits.keepalive_timeout.as_millis() as u64;
     let activity = watch.activity.clone();
@@ -406,7 +406,7 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
     );
-    let shutdown = hub.shutdown.clone();
+    let shutdown = hub.shutdown().clone();
     let mut draining = false;
     loop {
         // While a handler runs (its body read), its own timeouts bound it:
@@ -420,7 +420,7 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     if e.is_parse_too_large() {
-                        hub.metrics.shed(Shed::HeaderTooLarge);
+                        hub.metrics().shed(Shed::HeaderTooLarge);
                     } else {
                         tracing::debug!(error = %e, "http connection ended with an error");
                     }
@@ -437,7 +437,7 @@ async fn serve_connection(io: SharedTcp, peer: Peer, watch: Watch, app: Router, 
                 if let Some((due, why)) = watch.activity.deadline(header_ms, keepalive_ms)
                     && due <= now_ms()
                 {
-                    hub.metrics.shed(match why {
+                    hub.metrics().shed(match why {
                         Idle::HeaderTimeout => Shed::HeaderTimeout,
                         Idle::BodyTimeout => Shed::BodyTimeout,
                         Idle::ResponseStalled => Shed::ResponseStalled,

@@ -24,11 +24,11 @@ use utoipa_axum::routes;
 use super::auth::Bearer;
 use super::browser::Page;
 use super::openapi::ErrorBody;
-use super::rest::{ApiError, check_session, require_session};
-use crate::hub::Hub;
+use super::rest::{ApiError, check_session};
+use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::membership::InstanceInfo;
 use crate::protocol::CloseReason;
-use crate::protocol::{ClientInfo, ErrorCode, HubError, ServerEvent, now_millis};
+use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
 use crate::store::SessionPage;
 
 /// Sessions per page when `limit` is not given, and the most allowed.
@@ -107,9 +107,7 @@ async fn list_sessions(
         .into());
     }
     let cursor = q.cursor.filter(|c| !c.is_empty());
-    Ok(Json(
-        hub.store.list_sessions(cursor.as_deref(), limit).await?,
-    ))
+    Ok(Json(hub.list_sessions(cursor.as_deref(), limit).await?))
 }
 
 /// What `DELETE .../clients/{client_id}` did.
@@ -184,13 +182,9 @@ async fn broadcast(
     let from = admin(bearer)?;
     check_session(&session)?;
     let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
-    require_session(&hub, &session).await?;
-    let event = ServerEvent::Broadcast {
-        from: &from,
-        payload: &body.payload,
-        timestamp: now_millis(),
-    };
-    hub.publish_delivered(&session, &event, "broadcast", None)
+    // A test broadcast never creates its session.
+    hub.require_session(&session, SessionUse::Read).await?;
+    hub.broadcast(&session, Broadcaster::Caller(&from), &body.payload)
         .await?;
     Ok(Json(json!({"sent": true, "from": from})))
 }
@@ -228,26 +222,18 @@ async fn instances(
     bearer: Bearer,
 ) -> Result<Json<Instances>, ApiError> {
     admin(bearer)?;
-    let clients = hub.registry.client_count();
     let now = now_millis();
     let instances = hub
-        .membership
-        .instances(clients)
+        .instances_with_live_self()
         .await?
         .into_iter()
-        .map(|mut info| {
-            if info.instance == hub.instance() {
-                info.clients = clients;
-                info.ready = hub.is_ready();
-            }
-            InstanceView {
-                uptime_ms: now.saturating_sub(info.started_at),
-                info,
-            }
+        .map(|info| InstanceView {
+            uptime_ms: now.saturating_sub(info.started_at),
+            info,
         })
         .collect();
     Ok(Json(Instances {
-        mode: hub.membership.mode(),
+        mode: hub.cluster_mode(),
         instance: hub.instance().to_string(),
         instances,
     }))

@@ -79,7 +79,7 @@ pub async fn upgrade_identity(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Option<Identity>, Response> {
-    if !hub.auth.enabled() {
+    if !hub.auth().enabled() {
         return Ok(None);
     }
     let token = match bearer(headers) {
@@ -100,7 +100,7 @@ pub struct Bearer(Result<Option<Identity>, AuthError>);
 impl Bearer {
     /// Verifies the bearer token of `headers` (header only, never `?token=`).
     pub async fn verify(hub: &Hub, headers: &HeaderMap) -> Bearer {
-        if !hub.auth.enabled() {
+        if !hub.auth().enabled() {
             return Bearer(Ok(None));
         }
         let verdict = match bearer(headers) {
@@ -161,13 +161,13 @@ async fn verify(hub: &Hub, token: &str) -> Result<Identity, Response> {
 
 /// Every token check goes through here (and is counted once).
 async fn verify_token(hub: &Hub, token: &str) -> Result<Identity, AuthError> {
-    let verdict = hub.auth.verify(token).await;
+    let verdict = hub.auth().verify(token).await;
     let result = match &verdict {
         Ok(_) => "accepted",
         Err(AuthError::Expired) => "expired",
         Err(_) => "invalid",
     };
-    hub.metrics
+    hub.metrics()
         .token_verifications
         .with_label_values(&[result])
         .inc();

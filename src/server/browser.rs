@@ -42,7 +42,7 @@ pub fn upgrade_error(status: StatusCode, code: ErrorCode, message: &str) -> Resp
 /// refusing the name is what keeps the same-host `Origin` rule sound.
 /// Without a `Host` header (HTTP/2) the URI's authority is checked.
 pub async fn allowed_host(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
-    let hosts = &hub.config.limits.allowed_hosts;
+    let hosts = &hub.config().limits.allowed_hosts;
     let allowed = match req.headers().get(header::HOST) {
         Some(host) => host.to_str().is_ok_and(|host| hosts.allows(Some(host))),
         None => hosts.allows(req.uri().authority().map(|a| a.host())),
@@ -50,8 +50,8 @@ pub async fn allowed_host(State(hub): State<Arc<Hub>>, req: Request, next: Next)
     if allowed {
         return next.run(req).await;
     }
-    hub.metrics.shed(Shed::HostNotAllowed);
-    hub.metrics.error(ErrorCode::HostNotAllowed);
+    hub.metrics().shed(Shed::HostNotAllowed);
+    hub.metrics().error(ErrorCode::HostNotAllowed);
     upgrade_error(
         StatusCode::FORBIDDEN,
         ErrorCode::HostNotAllowed,

@@ -38,19 +38,22 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
     let handle = ClientHandle::new(
         placeholder,
         conn_id,
-        hub.config.outbound_queue_len,
-        hub.config.outbound_queue_bytes,
+        hub.config().outbound_queue_len,
+        hub.config().outbound_queue_bytes,
     );
     let limits = Limits {
-        max_message_bytes: hub.config.max_message_bytes,
-        ping_interval: hub.config.ping_interval,
-        idle_timeout: hub.config.idle_timeout,
+        max_message_bytes: hub.config().max_message_bytes,
+        ping_interval: hub.config().ping_interval,
+        idle_timeout: hub.config().idle_timeout,
         expires_in: identity.as_ref().map(|id| id.expires_in()),
-        register_within: Some(hub.config.limits.register_timeout),
+        register_within: Some(hub.config().limits.register_timeout),
     };
     let connection = Connection {
-        rate: RateLimiter::new(hub.config.rate_limit_per_sec, hub.config.rate_limit_burst),
-        in_flight: Arc::new(Semaphore::new(hub.config.max_in_flight)),
+        rate: RateLimiter::new(
+            hub.config().rate_limit_per_sec,
+            hub.config().rate_limit_burst,
+        ),
+        in_flight: Arc::new(Semaphore::new(hub.config().max_in_flight)),
         hub: hub.clone(),
         session: ClientSession::new(hub.clone(), handle.clone(), identity.map(Arc::new)),
     };
@@ -59,8 +62,8 @@ pub async fn handle_socket(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Op
         handle,
         connection,
         limits,
-        &hub.metrics,
-        &hub.shutdown,
+        hub.metrics(),
+        hub.shutdown(),
         conn_id,
     )
     .await;
@@ -150,7 +153,7 @@ impl Connection {
                 ErrorCode::RateLimited,
                 format!(
                     "more than {} messages per second; slow down",
-                    self.hub.config.rate_limit_per_sec
+                    self.hub.config().rate_limit_per_sec
                 ),
             ),
             request_id,
@@ -159,13 +162,13 @@ impl Connection {
     }
 
     async fn answer(&mut self, text: Utf8Bytes) {
-        let parsed = parse_client_message_with(text.as_str(), &self.hub.config.field_limits);
+        let parsed = parse_client_message_with(text.as_str(), &self.hub.config().field_limits);
         let kind = match &parsed {
             Ok((msg, _)) => msg.kind(),
             Err(_) => crate::metrics::RECEIVED_INVALID,
         };
         self.hub
-            .metrics
+            .metrics()
             .messages_received
             .with_label_values(&[kind])
             .inc();
@@ -203,7 +206,7 @@ impl Connection {
                             ErrorCode::TooManyInFlight,
                             format!(
                                 "at most {} requests may be in progress per connection",
-                                self.hub.config.max_in_flight
+                                self.hub.config().max_in_flight
                             ),
                         ),
                         rid,

@@ -57,8 +57,8 @@ pub(super) async fn feed_upgrade(
     uri: Uri,
     ws: Upgrade,
 ) -> Response {
-    if !super::browser::origin_allowed(&headers, &hub.config.allowed_origins) {
-        hub.metrics.error(ErrorCode::ForbiddenOrigin);
+    if !super::browser::origin_allowed(&headers, &hub.config().allowed_origins) {
+        hub.metrics().error(ErrorCode::ForbiddenOrigin);
         return super::browser::forbidden_origin();
     }
     let identity = match super::auth::upgrade_identity(&hub, &headers, &uri).await {
@@ -68,12 +68,12 @@ pub(super) async fn feed_upgrade(
         }
         Ok(identity) => identity,
     };
-    let slot = match slots.take(identity.as_ref(), &hub.metrics) {
+    let slot = match slots.take(identity.as_ref(), hub.metrics()) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
     ws.on_upgrade(move |socket| {
-        let tracker = hub.connections.clone();
+        let tracker = hub.connections().clone();
         tracker.track_future(async move {
             serve_feed(hub, socket, identity).await;
             // The slot is free once the feed is gone.
@@ -96,13 +96,13 @@ async fn serve_feed(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Option<Id
     let handle = ClientHandle::new(
         info,
         conn_id,
-        hub.config.outbound_queue_len,
-        hub.config.outbound_queue_bytes,
+        hub.config().outbound_queue_len,
+        hub.config().outbound_queue_bytes,
     );
     let limits = Limits {
-        max_message_bytes: hub.config.max_message_bytes,
-        ping_interval: hub.config.ping_interval,
-        idle_timeout: hub.config.idle_timeout,
+        max_message_bytes: hub.config().max_message_bytes,
+        ping_interval: hub.config().ping_interval,
+        idle_timeout: hub.config().idle_timeout,
         expires_in: identity.as_ref().map(|id| id.expires_in()),
         register_within: None,
     };
@@ -123,8 +123,8 @@ async fn serve_feed(hub: Arc<Hub>, upgraded: UpgradedSocket, identity: Option<Id
         handle,
         feed,
         limits,
-        &hub.metrics,
-        &hub.shutdown,
+        hub.metrics(),
+        hub.shutdown(),
         conn_id,
     )
     .await;
@@ -143,7 +143,7 @@ impl Feed {
     /// Queues a reply for the feed itself.
     fn send(&self, reply: serde_json::Value) {
         let out = Outbound::reply(reply.to_string().into(), "other");
-        self.handle.send(out, &self.hub.metrics);
+        self.handle.send(out, self.hub.metrics());
     }
 
     async fn answer(&mut self, text: &str) {

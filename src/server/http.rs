@@ -33,7 +33,7 @@ async fn health() -> impl IntoResponse {
 async fn ready(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     if hub.is_ready() {
         (StatusCode::OK, "ready\n")
-    } else if hub.shutdown.is_cancelled() {
+    } else if hub.shutdown().is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -45,13 +45,13 @@ async fn ready(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
 ))]
 async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    hub.metrics.store_up.set(i64::from(hub.broker.is_healthy()));
+    hub.metrics().store_up.set(i64::from(hub.broker_healthy()));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        hub.metrics.render(),
+        hub.metrics().render(),
     )
 }
 
@@ -68,9 +68,9 @@ async fn cluster(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> axum::respo
     if let Err(refusal) = super::auth::require_admin(&hub, &headers).await {
         return refusal;
     }
-    match hub.membership.instances(hub.registry.client_count()).await {
+    match hub.instances().await {
         Ok(instances) => axum::Json(serde_json::json!({
-            "mode": hub.membership.mode(),
+            "mode": hub.cluster_mode(),
             "instance": hub.instance(),
             "instances": instances,
         }))

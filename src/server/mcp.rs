@@ -9,10 +9,11 @@
 //!
 //! A tool call is a REST call in another envelope: the same bearer check
 //! ([`super::auth::Bearer`], verified once per request), the same session rule
-//! ([`crate::auth::Identity::may_use_session`]) and the same hub functions
-//! (`run_command_once`, `execute_ai_command`, `publish`), so every
-//! WebSocket client of the session sees what the MCP caller did, `by` the
-//! token's `sub` (without auth: `X-Client-Id`, else `mcp`).
+//! ([`crate::auth::Identity::may_use_session`]) and the same hub operations
+//! (`require_session`, `run_command_once`, `run_ai_command_once`,
+//! `broadcast`), so every WebSocket client of the session sees what the MCP
+//! caller did, `by` the token's `sub` (without auth: `X-Client-Id`, else
+//! `mcp`).
 //!
 //! Failures are MCP tool errors (`isError: true`) whose structured content
 //! is `{code, message}` with the hub's stable error code; a missing or bad
@@ -43,10 +44,10 @@ use serde_json::{Value, json};
 use super::auth::Bearer;
 use super::{browser, rate};
 use crate::auth::Identity;
-use crate::hub::{Hub, SessionUse};
+use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::protocol::{
-    ClientInfo, ErrorCode, HubError, ServerEvent, WhatsAppCommand, check_id, check_idempotency_key,
-    check_text_len, now_millis, parse_whatsapp_command_with,
+    ClientInfo, ErrorCode, HubError, WhatsAppCommand, check_id, check_idempotency_key,
+    check_text_len, parse_whatsapp_command_with,
 };
 
 /// `by` of an MCP caller without auth and without `X-Client-Id`.
@@ -59,8 +60,8 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_sse_keep_alive(None)
-        .with_max_request_body_bytes(hub.config.max_rest_body_bytes)
-        .with_cancellation_token(hub.shutdown.child_token())
+        .with_max_request_body_bytes(hub.config().max_rest_body_bytes)
+        .with_cancellation_token(hub.shutdown().child_token())
         // `Host` is checked for every route, this one included, against
         // ALLOWED_HOSTS (`super::browser::allowed_host`): one list, one answer.
         .disable_allowed_hosts();
@@ -70,7 +71,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         Arc::new(NeverSessionManager::default()),
         config,
     );
-    let limit = Arc::new(rate::RestRateLimit::new(&hub.config));
+    let limit = Arc::new(rate::RestRateLimit::new(hub.config()));
     Router::new()
         .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(
@@ -91,8 +92,8 @@ struct Caller(Option<Identity>);
 /// Browser `Origin` as for the WebSocket upgrade (403), then the token as
 /// for REST (401): refused before any MCP message is read.
 async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
-    if !browser::origin_allowed(req.headers(), &hub.config.allowed_origins) {
-        hub.metrics.error(ErrorCode::ForbiddenOrigin);
+    if !browser::origin_allowed(req.headers(), &hub.config().allowed_origins) {
+        hub.metrics().error(ErrorCode::ForbiddenOrigin);
         return browser::forbidden_origin();
     }
     // Verified once, by the rate limit's middleware in front of this one.
@@ -361,7 +362,7 @@ impl Call<'_> {
     }
 
     fn command(&self, command: Value) -> Result<WhatsAppCommand, HubError> {
-        parse_whatsapp_command_with(command, &self.hub.config.field_limits)
+        parse_whatsapp_command_with(command, &self.hub.config().field_limits)
     }
 
     async fn list_contacts(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -437,7 +438,7 @@ impl Call<'_> {
         check_text_len(
             "text",
             &args.text,
-            self.hub.config.field_limits.max_text_chars,
+            self.hub.config().field_limits.max_text_chars,
         )?;
         let session = self
             .existing_session(args.session, SessionUse::Write)
@@ -445,16 +446,7 @@ impl Call<'_> {
         let client = self.client();
         let payload = json!({"text": args.text});
         self.hub
-            .publish_delivered(
-                &session,
-                &ServerEvent::Broadcast {
-                    from: &client.client_id,
-                    payload: &payload,
-                    timestamp: now_millis(),
-                },
-                "broadcast",
-                None,
-            )
+            .broadcast(&session, Broadcaster::Caller(&client.client_id), &payload)
             .await?;
         let mut result = CallToolResult::structured(json!({"success": true, "session": session}));
         result.content = vec![ContentBlock::text(format!(
@@ -468,7 +460,7 @@ impl Call<'_> {
         check_text_len(
             "text",
             &args.text,
-            self.hub.config.field_limits.max_text_chars,
+            self.hub.config().field_limits.max_text_chars,
         )?;
         let session = self
             .existing_session(args.session, SessionUse::Write)

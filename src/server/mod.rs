@@ -38,8 +38,8 @@ use crate::hub::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     let slots = browser::ConnectionSlots::new(
-        hub.config.max_connections,
-        hub.config.limits.max_connections_per_identity,
+        hub.config().max_connections,
+        hub.config().limits.max_connections_per_identity,
     );
     let (api, doc) = rest_api(&hub).split_for_parts();
     // The pages' CSP hashes are computed now, not by a first visitor.
@@ -103,8 +103,8 @@ async fn ws_upgrade(
     uri: Uri,
     ws: upgrade::Upgrade,
 ) -> Response {
-    if !browser::origin_allowed(&headers, &hub.config.allowed_origins) {
-        hub.metrics
+    if !browser::origin_allowed(&headers, &hub.config().allowed_origins) {
+        hub.metrics()
             .error(crate::protocol::ErrorCode::ForbiddenOrigin);
         return browser::forbidden_origin();
     }
@@ -113,12 +113,12 @@ async fn ws_upgrade(
         Ok(identity) => identity,
         Err(refusal) => return refusal,
     };
-    let slot = match slots.take(identity.as_ref(), &hub.metrics) {
+    let slot = match slots.take(identity.as_ref(), hub.metrics()) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
     ws.on_upgrade(move |socket| {
-        let tracker = hub.connections.clone();
+        let tracker = hub.connections().clone();
         tracker.track_future(async move {
             connection::handle_socket(hub, socket, identity).await;
             // The slot is free once the connection is gone.
@@ -153,9 +153,9 @@ pub async fn serve(
                 // queues first; each connection then writes its queue
                 // before its close 1001.
                 drain.settle_dispatch(SETTLE_BOUND).await;
-                drain.shutdown.cancel();
+                drain.shutdown().cancel();
             }
-            _ = drain.shutdown.cancelled() => {}
+            _ = drain.shutdown().cancelled() => {}
         }
     });
     // HTTP connections (each finishes its request in flight on shutdown);
@@ -164,17 +164,17 @@ pub async fn serve(
     let http = TaskTracker::new();
     accept::run(listener, app, hub.clone(), http.clone()).await;
     http.close();
-    hub.connections.close();
+    hub.connections().close();
     let drained = async {
         http.wait().await;
-        hub.connections.wait().await;
+        hub.connections().wait().await;
     };
-    if tokio::time::timeout(hub.config.shutdown_timeout, drained)
+    if tokio::time::timeout(hub.config().shutdown_timeout, drained)
         .await
         .is_err()
     {
         tracing::warn!(
-            timeout_ms = hub.config.shutdown_timeout.as_millis() as u64,
+            timeout_ms = hub.config().shutdown_timeout.as_millis() as u64,
             "shutdown timeout reached; exiting with connections still open"
         );
     }

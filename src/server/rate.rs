@@ -36,13 +36,13 @@ pub fn caller_key(
     bearer: &Bearer,
     peer: Option<SocketAddr>,
 ) -> String {
-    if hub.auth.enabled()
+    if hub.auth().enabled()
         && let Some(identity) = bearer.verified()
     {
         return format!("sub:{}", identity.sub);
     }
     match peer {
-        Some(addr) => format!("ip:{}", client_ip(addr.ip(), headers, &hub.config.limits)),
+        Some(addr) => format!("ip:{}", client_ip(addr.ip(), headers, &hub.config().limits)),
         None => "anonymous".to_string(),
     }
 }

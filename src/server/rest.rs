@@ -24,8 +24,7 @@ use utoipa_axum::routes;
 
 use super::auth::Bearer;
 use super::{browser, rate};
-use crate::hub::{Hub, SessionUse};
-use crate::metrics::Shed;
+use crate::hub::{Hub, SessionSummary, SessionUse};
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_ai_context, check_idempotency_key,
     check_text_len, parse_whatsapp_command_with,
@@ -42,7 +41,7 @@ pub fn routes() -> OpenApiRouter<Arc<Hub>> {
 
 /// `api` under the REST API's body limit, rate limit and CORS policy.
 pub fn limited(hub: &Arc<Hub>, api: OpenApiRouter<Arc<Hub>>) -> OpenApiRouter<Arc<Hub>> {
-    let config = &hub.config;
+    let config = hub.config();
     let limit = Arc::new(rate::RestRateLimit::new(config));
     let routes = api
         .layer(DefaultBodyLimit::max(config.max_rest_body_bytes))
@@ -156,14 +155,9 @@ pub(super) fn check_session(session: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Reads never create state: an unknown session is a 404, not a new one.
-pub(super) async fn require_session(hub: &Hub, session: &str) -> Result<(), ApiError> {
-    Ok(hub.require_session(session, SessionUse::Read).await?)
-}
-
 /// The session's contacts, last contact, clients (with instance,
-/// capabilities and `connected_at`) and agent: for its members, and for
-/// admins (any session).
+/// capabilities and `connected_at`) and agent ([`Hub::session_summary`]):
+/// for its members, and for admins (any session).
 #[utoipa::path(get, path = "/api/v1/sessions/{session}", tag = "sessions",
     params(("session" = String, Path, description = "the session id")),
     security(("bearer" = [])),
@@ -179,37 +173,9 @@ async fn session_summary(
     Path(session): Path<String>,
     headers: HeaderMap,
     bearer: Bearer,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionSummary>, ApiError> {
     caller(&hub, &headers, bearer, &session)?;
-    require_session(&hub, &session).await?;
-    // Plain reads: the session was seeded when it was joined.
-    let contacts = hub.store.contacts(&session).await?;
-    let last_contact = hub.store.last_contact(&session).await?;
-    let clients = hub.store.members(&session).await?;
-    let agent = hub.store.agent(&session).await?;
-    Ok(Json(json!({
-        "session": session,
-        "contacts": contacts,
-        "total_count": contacts.len(),
-        "last_contact": last_contact,
-        "clients": clients,
-        "agent": agent,
-    })))
-}
-
-/// `GET /api/v1/sessions/{session}` (documentation only: built as JSON).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct SessionSummary {
-    session: String,
-    #[schema(value_type = Vec<Object>)]
-    contacts: Vec<Value>,
-    /// The number of contacts.
-    total_count: usize,
-    last_contact: Option<String>,
-    /// Every client in the session's presence, on every instance.
-    clients: Vec<ClientInfo>,
-    agent: Option<crate::store::AgentRef>,
+    Ok(Json(hub.session_summary(&session).await?))
 }
 
 #[derive(Deserialize)]
@@ -247,8 +213,8 @@ async fn history(
     if let Some(limit) = q.limit {
         command["limit"] = json!(limit);
     }
-    let command = parse_whatsapp_command_with(command, &hub.config.field_limits)?;
-    require_session(&hub, &session).await?;
+    let command = parse_whatsapp_command_with(command, &hub.config().field_limits)?;
+    hub.require_session(&session, SessionUse::Read).await?;
     run(&hub, &session, command, &client).await.map(Json)
 }
 
@@ -286,9 +252,9 @@ async fn events(
     bearer: Bearer,
 ) -> Result<Response, ApiError> {
     caller(&hub, &headers, bearer, &session)?;
-    require_session(&hub, &session).await?;
+    hub.require_session(&session, SessionUse::Read).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
-    let since = match (q.since, q.epoch) {
+    let since = match (q.since, q.epoch.as_deref()) {
         (None, None) => None,
         (Some(since), Some(epoch)) if !epoch.is_empty() => Some((since, epoch)),
         _ => {
@@ -299,39 +265,18 @@ async fn events(
             .into());
         }
     };
-    let read = hub
-        .broker
-        .read_log(
-            &session,
-            since.as_ref().map(|(offset, _)| *offset),
-            hub.events_page_budget(),
-        )
-        .await?;
-    let replay = match (&since, read.events) {
-        (Some((_, epoch)), Some(events)) if *epoch == read.epoch => Some(events),
-        _ => None,
-    };
-    let has_more = replay.is_some() && read.more;
-    if has_more {
-        hub.metrics.shed(Shed::EventsPage);
-    }
-    let next_since = match (&replay, &since) {
-        (Some(events), Some((after, _))) => {
-            Value::from(events.last().map_or(*after, |last| last.offset))
-        }
-        _ => Value::Null,
-    };
+    let page = hub.events_page(&session, since).await?;
     let head = json!({
-        "recovered": replay.is_some(),
-        "offset": read.head,
-        "epoch": read.epoch,
-        "has_more": has_more,
-        "next_since": next_since,
+        "recovered": page.events.is_some(),
+        "offset": page.head,
+        "epoch": page.epoch,
+        "has_more": page.has_more,
+        "next_since": page.next_since,
     })
     .to_string();
     // The logged frames are JSON already: the page is spliced from them,
     // not parsed and serialized again (a page is up to EVENTS_PAGE_MAX_BYTES).
-    let frames = replay.unwrap_or_default();
+    let frames = page.events.unwrap_or_default();
     let mut body = String::with_capacity(
         head.len() + 16 + frames.iter().map(|e| e.frame.len() + 1).sum::<usize>(),
     );
@@ -401,7 +346,7 @@ async fn command(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "the body is larger than {} bytes (MAX_REST_BODY_BYTES)",
-                    hub.config.max_rest_body_bytes
+                    hub.config().max_rest_body_bytes
                 ),
             )
         } else {
@@ -412,7 +357,7 @@ async fn command(
     let key = key.as_deref();
     match (body.command, body.text) {
         (Some(cmd), None) => {
-            let command = parse_whatsapp_command_with(cmd, &hub.config.field_limits)?;
+            let command = parse_whatsapp_command_with(cmd, &hub.config().field_limits)?;
             hub.require_session(&session, SessionUse::of(&command))
                 .await?;
             Ok(Json(
@@ -421,9 +366,9 @@ async fn command(
             ))
         }
         (None, Some(text)) => {
-            check_text_len("text", &text, hub.config.field_limits.max_text_chars)?;
+            check_text_len("text", &text, hub.config().field_limits.max_text_chars)?;
             if let Some(context) = &body.context {
-                check_ai_context(context, Some(context), &hub.config.field_limits)?;
+                check_ai_context(context, Some(context), &hub.config().field_limits)?;
             }
             hub.require_session(&session, SessionUse::Write).await?;
             Ok(Json(

@@ -64,7 +64,7 @@ async fn handshake(
     State(hub): State<Arc<Hub>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let Some(expected) = hub.config.whatsapp.verify_token.as_ref() else {
+    let Some(expected) = hub.config().whatsapp.verify_token.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Ok(Query(params)) = query else {
@@ -107,7 +107,7 @@ async fn delivery(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(secret) = hub.config.whatsapp.app_secret.as_ref() else {
+    let Some(secret) = hub.config().whatsapp.app_secret.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let body = match body {
@@ -139,10 +139,10 @@ async fn delivery(
         }
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let max_age = hub.config.whatsapp.webhook_max_age;
+    let max_age = hub.config().whatsapp.webhook_max_age;
     let stale = drop_stale(&mut payload, now_millis(), max_age);
     if stale > 0 {
-        hub.metrics
+        hub.metrics()
             .limit_shed
             .with_label_values(&[Shed::WebhookStale.label()])
             .inc_by(stale as u64);
