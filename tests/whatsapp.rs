@@ -189,7 +189,9 @@ async fn sends_go_to_the_graph_api_and_the_wamid_is_the_message_id() {
 async fn graph_errors_map_to_codes_and_retries_stay_within_the_deadline() {
     let graph = FakeGraph::start().await;
     let dir = TempDir::new();
-    let hub = cloud_hub(&graph, &dir, &["--agent-timeout-ms", "2500"]).await;
+    // Three retries pause 200 + 400 + 800 ms, each up to doubled by jitter
+    // (2.8 s at worst): the deadline leaves room for all three.
+    let hub = cloud_hub(&graph, &dir, &["--agent-timeout-ms", "4000"]).await;
     let (mut user, _) = WsClient::register(&hub.ws_url(), "default", "alice").await;
     let fails_with = |r: &Value, code: &str| {
         assert_eq!(r["type"], "response", "{r}");

@@ -21,6 +21,15 @@
 //! reflects it (its version is at or below the list's, see
 //! [`ClientHandle::wants`]).
 //!
+//! A large session's events are *paced* ([`FANOUT_CHUNK`]): its recipients
+//! are taken under the locks, as for any event, but handed the frame by a
+//! task of the session's own, a chunk at a time, yielding between chunks.
+//! Every chunk wakes that many connection tasks; pacing keeps the runtime's
+//! queue short, so a small session's event delivered meanwhile waits for
+//! one chunk, not for the whole fan-out (docs/performance.md, "Isolation").
+//! Once a session has paced events, its later ones queue behind them, so
+//! each client still gets a session's events in offset order.
+//!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
 //! as a local subscriber, but are no member (not in presence, not listed,
@@ -149,12 +158,83 @@ pub struct Registry {
     /// frame, except), so a join that read the log just before live
     /// delivery passed it takes the difference from here. Same lock order.
     recent: Mutex<HashMap<String, VecDeque<Recent>>>,
-    /// Woken after each logged delivery, for [`Registry::delivered`].
-    progress: tokio::sync::Notify,
+    /// Large sessions' events being handed out, and the wake-up after
+    /// each logged delivery, for [`Registry::delivered`]. Lock order: last.
+    pacing: Arc<Pacing>,
     /// Hidden watchers per session (admin feeds, by connection id): they
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
+}
+
+/// Sessions with more local recipients than this get their events paced
+/// (see the module docs): a chunk of recipients is handed the frame, then
+/// the session's pacer yields to the connections it woke.
+pub const FANOUT_CHUNK: usize = 256;
+
+/// One paced event: its log position and who gets it, taken when it was
+/// delivered.
+struct PacedEvent {
+    epoch: String,
+    offset: u64,
+    out: Outbound,
+    recipients: Vec<Arc<Recipient>>,
+}
+
+/// The paced events of the sessions that have some, in offset order; a
+/// session is listed while its pacer task runs.
+#[derive(Default)]
+struct Pacing {
+    sessions: Mutex<HashMap<String, VecDeque<PacedEvent>>>,
+    progress: tokio::sync::Notify,
+}
+
+impl Pacing {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<PacedEvent>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an event of `session` at or before `offset` of `epoch` is
+    /// still being handed out.
+    fn pending(&self, session: &str, epoch: &str, offset: u64) -> bool {
+        self.sessions()
+            .get(session)
+            .is_some_and(|q| q.iter().any(|e| e.epoch == epoch && e.offset <= offset))
+    }
+
+    /// Hands out the session's paced events in order, a chunk at a time;
+    /// ends (and unlists the session) when none is left.
+    async fn run(self: Arc<Self>, session: String, metrics: Arc<Metrics>) {
+        loop {
+            // The event stays listed (pending) until every chunk went out.
+            let Some((out, recipients)) = self
+                .sessions()
+                .get_mut(&session)
+                .and_then(|q| q.front_mut())
+                .map(|e| (e.out.clone(), std::mem::take(&mut e.recipients)))
+            else {
+                return;
+            };
+            for chunk in recipients.chunks(FANOUT_CHUNK) {
+                for recipient in chunk {
+                    recipient.outbox.send(out.clone(), &metrics);
+                }
+                tokio::task::yield_now().await;
+            }
+            drop(recipients);
+            {
+                let mut sessions = self.sessions();
+                let done = sessions.get_mut(&session).is_none_or(|q| {
+                    q.pop_front();
+                    q.is_empty()
+                });
+                if done {
+                    sessions.remove(&session);
+                }
+            }
+            self.progress.notify_waiters();
+        }
+    }
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -286,7 +366,7 @@ impl Registry {
         event: &crate::broker::LoggedEvent,
         out: &Outbound,
         force: bool,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Delivery {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
@@ -334,28 +414,55 @@ impl Registry {
             presence: event.presence,
         });
         let except = event.except.as_deref();
-        for h in clients.values() {
-            if h.wants(except, event.presence) {
+        let recipients = clients
+            .values()
+            .filter(|h| h.wants(except, event.presence))
+            .chain(watching.into_iter().flat_map(HashMap::values));
+        let mut paced = self.pacing.sessions();
+        let queued = paced.get_mut(&event.session);
+        if queued.is_none() && clients.len() + watching.map_or(0, HashMap::len) <= FANOUT_CHUNK {
+            drop(paced);
+            for h in recipients {
                 h.send(out.clone(), metrics);
             }
+            self.pacing.progress.notify_waiters();
+            return Delivery::Delivered;
         }
-        for h in watching.into_iter().flat_map(HashMap::values) {
-            h.send(out.clone(), metrics);
+        let paced_event = PacedEvent {
+            epoch: event.epoch.clone(),
+            offset: event.offset,
+            out: out.clone(),
+            recipients: recipients.map(|h| h.shared.clone()).collect(),
+        };
+        match queued {
+            // Behind the session's earlier paced events.
+            Some(queue) => queue.push_back(paced_event),
+            None => {
+                paced.insert(event.session.clone(), VecDeque::from([paced_event]));
+                let pacer = self
+                    .pacing
+                    .clone()
+                    .run(event.session.clone(), metrics.clone());
+                tokio::spawn(pacer);
+            }
         }
-        self.progress.notify_waiters();
         Delivery::Delivered
     }
 
-    /// Waits until the session's local clients got `offset` of `epoch` (or
+    /// Waits until the session's local clients were handed `offset` of `epoch` (or
     /// it has none, or its log moved to another epoch).
     pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
         loop {
-            let progressed = self.progress.notified();
+            let progressed = self.pacing.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            match self.position(session) {
-                Some(p) if p.epoch == epoch && p.offset < offset => {}
-                _ => return,
+            let behind = match self.position(session) {
+                Some(p) if p.epoch == epoch && p.offset < offset => true,
+                // Delivered, but maybe still being handed out (paced).
+                _ => self.pacing.pending(session, epoch, offset),
+            };
+            if !behind {
+                return;
             }
             progressed.await;
         }
@@ -489,15 +596,79 @@ mod tests {
     use super::*;
 
     fn handle(max_frames: usize) -> ClientHandle {
+        named("c", max_frames)
+    }
+
+    fn named(client_id: &str, max_frames: usize) -> ClientHandle {
         let info = ClientInfo {
-            client_id: "c".into(),
+            client_id: client_id.into(),
             client_name: "c".into(),
             instance: "i".into(),
             capabilities: Vec::new(),
             owner: None,
             connected_at: None,
         };
-        ClientHandle::new(info, 1, max_frames, 1000)
+        ClientHandle::new(info, 1, max_frames, 1 << 20)
+    }
+
+    fn event(session: &str, offset: u64) -> (crate::broker::LoggedEvent, Outbound) {
+        let frame = format!("{session} {offset}");
+        let event = crate::broker::LoggedEvent {
+            offset,
+            epoch: "e".into(),
+            session: session.into(),
+            origin: "i".into(),
+            kind: "broadcast".into(),
+            produced_at: 1,
+            except: None,
+            presence: None,
+            frame: frame.clone(),
+        };
+        (event, Outbound::reply(frame.as_str().into(), "broadcast"))
+    }
+
+    fn frames(h: &ClientHandle) -> Vec<String> {
+        std::iter::from_fn(|| h.outbox().next_frame())
+            .map(|out| out.frame.as_str().to_string())
+            .collect()
+    }
+
+    /// A small session's event is handed out while a large session's
+    /// fan-out is still under way; the large session's clients still get
+    /// its events in order, and `delivered` waits for the whole fan-out.
+    #[tokio::test]
+    async fn a_large_fan_out_is_paced_and_a_small_session_does_not_wait_for_it() {
+        let metrics = Arc::new(Metrics::new("i"));
+        let registry = Registry::default();
+        let big: Vec<ClientHandle> = (0..FANOUT_CHUNK * 3)
+            .map(|i| named(&format!("big{i}"), 8))
+            .collect();
+        for h in &big {
+            registry.insert("big", h.clone());
+        }
+        let small = named("small", 8);
+        registry.insert("small", small.clone());
+
+        for offset in 1..=2 {
+            let (e, out) = event("big", offset);
+            assert!(matches!(
+                registry.deliver_logged(&e, &out, false, &metrics),
+                Delivery::Delivered
+            ));
+        }
+        // Let the pacer hand out its first chunk, then deliver to the small
+        // session: it is served at once, before the fan-out is done.
+        tokio::task::yield_now().await;
+        let (e, out) = event("small", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(frames(&small), ["small 1"]);
+        let served = big.iter().filter(|h| h.outbox().queued_bytes() > 0).count();
+        assert!(served < big.len(), "the whole fan-out ran at once");
+
+        registry.delivered("big", "e", 2).await;
+        for h in &big {
+            assert_eq!(frames(h), ["big 1", "big 2"]);
+        }
     }
 
     #[test]
