@@ -29,6 +29,9 @@ pub struct Metrics {
     pub ai_lock_waits: IntCounter,
     pub ai_rate_limited: IntCounter,
     pub agent_calls: IntCounterVec,
+    /// `/mcp` tool calls, by tool and outcome (`ok`, `error`: a tool
+    /// error; an unknown tool is counted as tool `unknown`).
+    pub mcp_tool_calls: IntCounterVec,
     /// Agent calls an instance holds, by table (`pending`: awaiting an
     /// answer here; `forwarded`: sent to a local agent; `late`: timed out,
     /// kept for a late answer).
@@ -247,6 +250,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            mcp_tool_calls: IntCounterVec::new(
+                Opts::new(
+                    "hub_mcp_tool_calls_total",
+                    "MCP tool calls, by tool and outcome (ok, error)",
+                ),
+                &["tool", "outcome"],
+            )
+            .expect("valid metric"),
             agent_calls_held: IntGaugeVec::new(
                 Opts::new(
                     "hub_agent_calls_held",
@@ -307,6 +318,7 @@ impl Metrics {
             Box::new(m.ai_rate_limited.clone()),
             Box::new(m.agent_calls.clone()),
             Box::new(m.agent_calls_held.clone()),
+            Box::new(m.mcp_tool_calls.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),

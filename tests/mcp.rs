@@ -92,7 +92,47 @@ async fn assert_interop(report: &Value, watcher: &mut WsClient, message: &str, b
     let sent = &report["send"];
     assert_eq!(sent["is_error"], false, "{sent}");
     assert_eq!(sent["structured"]["contact"], "John", "{sent}");
-    assert_eq!(sent["text"][0], format!("sent to John: {message}"));
+    // A client that reads only `content` sees the whole result.
+    let text_of = |call: &Value| -> Value {
+        serde_json::from_str(call["text"][0].as_str().expect("a text block")).expect("JSON text")
+    };
+    assert_eq!(text_of(sent), sent["structured"], "{sent}");
+    // Every result, the error too, validated against the tool's outputSchema.
+    assert_eq!(report["validated"], 3, "{report}");
+    let titles = &report["titles"];
+    assert!(
+        titles
+            .as_object()
+            .expect("titles")
+            .values()
+            .all(Value::is_string),
+        "{titles}"
+    );
+    let annotations = &report["annotations"];
+    assert_eq!(
+        annotations["get_history"]["readOnlyHint"], true,
+        "{annotations}"
+    );
+    assert_eq!(
+        annotations["list_contacts"]["readOnlyHint"], true,
+        "{annotations}"
+    );
+    for send in ["send_message", "run_command", "broadcast"] {
+        let a = &annotations[send];
+        assert_eq!(
+            (&a["readOnlyHint"], &a["destructiveHint"]),
+            (&json!(false), &json!(false)),
+            "{send}: {annotations}"
+        );
+    }
+    assert_eq!(annotations["send_message"]["openWorldHint"], true);
+    let unknown = &report["unknown"];
+    assert_eq!(unknown["is_error"], true, "{unknown}");
+    assert_eq!(
+        unknown["structured"]["code"], "contact_not_found",
+        "{unknown}"
+    );
+    assert_eq!(text_of(unknown), unknown["structured"], "{unknown}");
 
     let event = watcher.recv_type("message_event").await;
     assert_eq!(event["message"], message, "{event}");
@@ -109,6 +149,10 @@ async fn assert_interop(report: &Value, watcher: &mut WsClient, message: &str, b
             .iter()
             .any(|m| m["message"] == message && m["by"] == by),
         "the history holds the message sent by {by}: {history}"
+    );
+    assert_eq!(
+        text_of(history)["messages"],
+        history["structured"]["messages"]
     );
 }
 
@@ -183,8 +227,11 @@ fn tool_error_code(answer: &Value) -> &str {
     let code = result["structuredContent"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("a code: {answer}"));
+    assert_eq!(result["structuredContent"]["success"], false, "{answer}");
+    // The text block is the structured content's JSON.
     let text = result["content"][0]["text"].as_str().unwrap_or_default();
-    assert!(text.starts_with(code), "the text names the code: {answer}");
+    let text: Value = serde_json::from_str(text).expect("the text block is JSON");
+    assert_eq!(text, result["structuredContent"], "{answer}");
     code
 }
 
@@ -354,6 +401,42 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
         (&event["message"], &event["by"]),
         (&json!("the meeting moved to 3"), &json!("mcp"))
     );
+}
+
+/// `run_command` with an `idempotency_key` runs once: a retry (say, after
+/// HAProxy's `timeout server` cut a slow AI step) gets the first answer and
+/// sends nothing; calls are counted by tool and outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_command_with_an_idempotency_key_sends_once_and_calls_are_counted() {
+    let hub = TestHub::start(&[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
+    let args = json!({"text": "tell jane lunch at noon", "idempotency_key": "k-1"});
+    let (_, first) = call_tool(&hub, None, "run_command", args.clone()).await;
+    let (_, retry) = call_tool(&hub, None, "run_command", args).await;
+    let first = &first["result"];
+    assert_eq!(first["isError"], false, "{first}");
+    assert_eq!(retry["result"], *first, "the retry gets the first answer");
+    watcher.recv_type("message_event").await;
+    let (_, history) = call_tool(&hub, None, "get_history", json!({"contact": "jane"})).await;
+    assert_eq!(
+        history["result"]["structuredContent"]["count"], 1,
+        "{history}"
+    );
+    let (_, reused) = call_tool(
+        &hub,
+        None,
+        "run_command",
+        json!({"text": "tell jane something else", "idempotency_key": "k-1"}),
+    )
+    .await;
+    assert_eq!(tool_error_code(&reused), "idempotency_key_reused");
+
+    let calls = |tool: &str, outcome: &str| {
+        format!("hub_mcp_tool_calls_total{{outcome=\"{outcome}\",tool=\"{tool}\"}}")
+    };
+    assert_eq!(hub.metric(&calls("run_command", "ok")).await, Some(2.0));
+    assert_eq!(hub.metric(&calls("run_command", "error")).await, Some(1.0));
+    assert_eq!(hub.metric(&calls("get_history", "ok")).await, Some(1.0));
 }
 
 /// One broadcast operation behind every door: a WebSocket member's, an MCP

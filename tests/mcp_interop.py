@@ -4,16 +4,23 @@
   mcp_interop.py URL CONTACT MESSAGE [TOKEN]
       connects to the hub's /mcp with Streamable HTTP (sending
       `Authorization: Bearer TOKEN` when given), initializes, lists the
-      tools, calls send_message {contact, message}, then get_history
-      {contact}, and prints one JSON object:
-      {"server": name, "tools": [names], "send": {...}, "history": {...}}
-      where each call is {"is_error", "structured", "text"}. Exit 1 (with
-      the error on stderr) if the SDK fails.
+      tools, calls send_message {contact, message}, get_history
+      {contact}, then get_history of a contact no one has, and prints one
+      JSON object:
+      {"server": name, "tools": [names], "titles": {name: title},
+       "annotations": {name: {...}}, "send": {...}, "history": {...},
+       "unknown": {...}, "validated": n}
+      where each call is {"is_error", "structured", "text"}. Every
+      structured result, errors included, is validated against its tool's
+      outputSchema with the jsonschema package (the SDK's own dependency),
+      besides the SDK's own check of successful results. Exit 1 (with the
+      error on stderr) if the SDK or a validation fails.
 """
 import asyncio
 import json
 import sys
 
+import jsonschema
 from mcp import ClientSession
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
@@ -32,18 +39,32 @@ async def run(url, contact, message, token):
         async with streamable_http_client(url, http_client=http) as streams:
             async with ClientSession(streams[0], streams[1]) as session:
                 init = await session.initialize()
-                tools = (await session.list_tools()).tools
-                sent = await session.call_tool(
-                    "send_message", {"contact": contact, "message": message}
-                )
-                history = await session.call_tool(
-                    "get_history", {"contact": contact, "limit": 5}
-                )
+                tools = {t.name: t for t in (await session.list_tools()).tools}
+                calls = [
+                    ("send_message", {"contact": contact, "message": message}),
+                    ("get_history", {"contact": contact, "limit": 5}),
+                    ("get_history", {"contact": "zzzz-nobody-qqqq"}),
+                ]
+                results = []
+                for name, args in calls:
+                    result = await session.call_tool(name, args)
+                    jsonschema.Draft202012Validator(
+                        tools[name].output_schema
+                    ).validate(result.structured_content)
+                    results.append(outcome(result))
                 return {
                     "server": init.server_info.name,
-                    "tools": [t.name for t in tools],
-                    "send": outcome(sent),
-                    "history": outcome(history),
+                    "tools": list(tools),
+                    "titles": {n: t.title for n, t in tools.items()},
+                    "annotations": {
+                        n: t.annotations.model_dump(by_alias=True, exclude_none=True)
+                        for n, t in tools.items()
+                        if t.annotations
+                    },
+                    "send": results[0],
+                    "history": results[1],
+                    "unknown": results[2],
+                    "validated": len(results),
                 }
 
 

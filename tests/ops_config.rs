@@ -1043,6 +1043,7 @@ fn dashboard_queries_only_existing_metrics() {
         "hub_ai_lock_waits_total",
         "hub_ai_rate_limited_total",
         "hub_agent_calls_total",
+        "hub_mcp_tool_calls_total",
         "hub_slow_consumer_disconnects_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

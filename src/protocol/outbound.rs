@@ -13,14 +13,14 @@ pub const REGISTRATION_CLIENTS_MAX: usize = 100;
 
 pub use super::frame::Frame;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Contact {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageDirection {
     Outgoing,
@@ -28,7 +28,7 @@ pub enum MessageDirection {
 }
 
 /// One message of a conversation, as stored and as sent in `message_event`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
     pub direction: MessageDirection,
     pub contact: String,
@@ -52,7 +52,9 @@ pub struct HistoryEntry {
 
 /// Delivery progress of a sent message, lowest first: a status never moves
 /// backwards (`read` may arrive before `delivered`), `failed` is final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Sent,
@@ -92,7 +94,7 @@ impl DeliveryStatus {
 }
 
 /// The reason of a `failed` status: the hub's code plus the upstream's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusError {
     pub code: String,
     pub message: String,

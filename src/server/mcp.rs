@@ -15,9 +15,16 @@
 //! caller did, `by` the token's `sub` (without auth: `X-Client-Id`, else
 //! `mcp`).
 //!
-//! Failures are MCP tool errors (`isError: true`) whose structured content
-//! is `{code, message}` with the hub's stable error code; a missing or bad
-//! token is an HTTP 401 before the protocol starts, like REST.
+//! Every tool has a `title`, annotations that say what it does (reads are
+//! read-only; sends are not destructive but reach the outside world) and
+//! an `outputSchema` its results always validate against ([`output`]);
+//! the text block is the JSON of the structured result. Failures are MCP
+//! tool errors (`isError: true`) whose structured content is
+//! `{success: false, code, message}` with the hub's stable error code; a
+//! missing or bad token is an HTTP 401 before the protocol starts, like
+//! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
+
+mod output;
 
 use std::sync::{Arc, LazyLock};
 
@@ -28,19 +35,19 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::schemars::JsonSchema;
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use self::output::{Broadcasted, CommandRun, ContactList, Failure, History, SentMessage};
 use super::auth::Bearer;
 use super::{browser, rate};
 use crate::auth::Identity;
@@ -163,41 +170,64 @@ struct Broadcast {
 struct RunCommand {
     /// A command in plain language, e.g. "send john a message saying hello".
     text: String,
+    /// Runs at most once per key and session (retries get the first answer).
+    idempotency_key: Option<String>,
     #[schemars(description = SESSION_DOC)]
     session: Option<String>,
 }
 
 /// The tools, as `tools/list` shows them (built once).
 static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
-    let read_only = || ToolAnnotations::new().read_only(true);
+    let read_only = || ToolAnnotations::new().read_only(true).open_world(false);
+    // Sends add a message; they never change or remove anything.
+    let sends = |open_world| {
+        ToolAnnotations::new()
+            .read_only(false)
+            .destructive(false)
+            .idempotent(false)
+            .open_world(open_world)
+    };
     vec![
         Tool::new(
             "list_contacts",
             "List the contacts of the shared WhatsApp session (name and phone).",
             schema_for_type::<SessionOnly>(),
         )
+        .with_title("List contacts")
+        .with_raw_output_schema(output::schema::<ContactList>())
         .with_annotations(read_only()),
         Tool::new(
             "send_message",
             "Send a WhatsApp message to a contact of the session. Every client of the session sees it, sent by you.",
             schema_for_type::<SendMessage>(),
-        ),
+        )
+        .with_title("Send a WhatsApp message")
+        .with_raw_output_schema(output::schema::<SentMessage>())
+        .with_annotations(sends(true)),
         Tool::new(
             "get_history",
             "Read the newest messages exchanged with a contact, oldest first.",
             schema_for_type::<GetHistory>(),
         )
+        .with_title("Read a conversation")
+        .with_raw_output_schema(output::schema::<History>())
         .with_annotations(read_only()),
         Tool::new(
             "broadcast",
             "Show a short text to every client connected to the session (not sent over WhatsApp).",
             schema_for_type::<Broadcast>(),
-        ),
+        )
+        .with_title("Broadcast to the session's clients")
+        .with_raw_output_schema(output::schema::<Broadcasted>())
+        .with_annotations(sends(false)),
         Tool::new(
             "run_command",
             "Run a natural-language command (e.g. \"tell jane the meeting moved to 3\") through the hub's AI coordinator, exactly as a client's whatsapp_ai_command.",
             schema_for_type::<RunCommand>(),
-        ),
+        )
+        .with_title("Run a plain-language command")
+        .with_raw_output_schema(output::schema::<CommandRun>())
+        .with_annotations(sends(true)),
     ]
 });
 
@@ -279,6 +309,7 @@ impl ServerHandler for HubTools {
             "broadcast" => call.broadcast(args).await,
             "run_command" => call.run_command(args).await,
             other => {
+                self.count("unknown", "error");
                 // The spec's answer to an unknown tool: a protocol error.
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool `{other}`"),
@@ -286,7 +317,20 @@ impl ServerHandler for HubTools {
                 ));
             }
         };
-        Ok(outcome.unwrap_or_else(|e| tool_error(&e)).into())
+        let result = outcome.unwrap_or_else(|e| tool_error(&e));
+        let failed = result.is_error == Some(true);
+        self.count(name, if failed { "error" } else { "ok" });
+        Ok(result.into())
+    }
+}
+
+impl HubTools {
+    fn count(&self, tool: &str, outcome: &str) {
+        self.hub
+            .metrics()
+            .mcp_tool_calls
+            .with_label_values(&[tool, outcome])
+            .inc();
     }
 }
 
@@ -374,14 +418,7 @@ impl Call<'_> {
             .hub
             .run_command(&session, &WhatsAppCommand::ListContacts, &self.client())
             .await?;
-        let names: Vec<&str> = content["contacts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str())
-            .collect();
-        let text = format!("{} contacts: {}", names.len(), names.join(", "));
-        Ok(command_result(content, text))
+        Ok(command_result::<ContactList>(content))
     }
 
     async fn send_message(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -395,19 +432,21 @@ impl Call<'_> {
             self.command(json!({"action": "send", "contact": &contact, "message": &message}))?;
         let key = check_idempotency_key(idempotency_key)?;
         let session = self.existing_session(session, SessionUse::Write).await?;
-        let content = self
+        let mut content = self
             .hub
             .run_command_once(&session, &command, &self.client(), key.as_deref())
             .await?;
-        // The resolved name when known (an agent's answer need not say).
-        let to = content["contact"].as_str().unwrap_or(&contact);
-        let text = format!("sent to {to}: {message}");
-        Ok(command_result(content, text))
+        // What was asked, where an agent's answer does not say.
+        if let Value::Object(answer) = &mut content {
+            answer.entry("contact").or_insert(json!(contact));
+            answer.entry("message").or_insert(json!(message));
+        }
+        Ok(command_result::<SentMessage>(content))
     }
 
     async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {
         let args: GetHistory = arguments(args)?;
-        let mut command = json!({"action": "get_history", "contact": args.contact});
+        let mut command = json!({"action": "get_history", "contact": &args.contact});
         if let Some(limit) = args.limit {
             command["limit"] = json!(limit);
         }
@@ -415,16 +454,22 @@ impl Call<'_> {
         let session = self
             .existing_session(args.session, SessionUse::Read)
             .await?;
-        let content = self
+        let mut content = self
             .hub
             .run_command(&session, &command, &self.client())
             .await?;
-        let text = format!(
-            "{} messages with {}",
-            content["count"].as_u64().unwrap_or_default(),
-            content["contact"].as_str().unwrap_or_default()
-        );
-        Ok(command_result(content, text))
+        // What was asked and what came, where an agent's answer does not say.
+        if let Value::Object(answer) = &mut content {
+            let count = answer
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::len);
+            answer.entry("contact").or_insert(json!(args.contact));
+            if let Some(count) = count {
+                answer.entry("count").or_insert(json!(count));
+            }
+        }
+        Ok(command_result::<History>(content))
     }
 
     async fn broadcast(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -448,11 +493,13 @@ impl Call<'_> {
         self.hub
             .broadcast(&session, Broadcaster::Caller(&client.client_id), &payload)
             .await?;
-        let mut result = CallToolResult::structured(json!({"success": true, "session": session}));
-        result.content = vec![ContentBlock::text(format!(
-            "broadcast to session {session}"
-        ))];
-        Ok(result)
+        Ok(output::result(
+            &Broadcasted {
+                success: true,
+                session,
+            },
+            false,
+        ))
     }
 
     async fn run_command(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -465,64 +512,40 @@ impl Call<'_> {
         let session = self
             .existing_session(args.session, SessionUse::Write)
             .await?;
+        let key = check_idempotency_key(args.idempotency_key)?;
         // Exactly a `whatsapp_ai_command` (and a REST `{"text"}` command).
         let content = self
             .hub
-            .run_ai_command_once(&session, &args.text, None, &self.client(), None)
+            .run_ai_command_once(&session, &args.text, None, &self.client(), key.as_deref())
             .await?;
-        let action = content["interpretation"]["action"]
-            .as_str()
-            .unwrap_or("nothing");
-        let text = format!("understood `{action}`");
-        Ok(command_result(content, text))
+        Ok(command_result::<CommandRun>(content))
     }
 }
 
-/// A command's content: success as structured content with `text`; a
+/// A command's content: success as the tool's output type `T`; a
 /// `success:false` answer (unknown contact, ...) as a tool error with its
 /// code (for `run_command` the code of the executed command's `result`).
 /// An agent may answer any JSON: what is not an object is kept under
-/// `result`, and a failure without a code is `connector_failed`.
-fn command_result(content: Value, text: String) -> CallToolResult {
-    let mut content = match content {
+/// `result`, a failure without a code is `connector_failed`, and a success
+/// that does not fit `T` is `connector_failed` too.
+fn command_result<T: DeserializeOwned + Serialize>(content: Value) -> CallToolResult {
+    let content = match content {
         Value::Object(map) => map,
         other => serde_json::Map::from_iter([("result".to_string(), other)]),
     };
-    if content.get("success") == Some(&Value::Bool(true)) {
-        let mut result = CallToolResult::structured(Value::Object(content));
-        result.content = vec![ContentBlock::text(text)];
-        return result;
+    if content.get("success") != Some(&Value::Bool(true)) {
+        return output::result(&Failure::of_content(content), true);
     }
-    let field = |key: &str| {
-        let top = content.get(key);
-        let nested = || content.get("result").and_then(|r| r.get(key));
-        top.or_else(nested)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let code = field("code").unwrap_or_else(|| ErrorCode::ConnectorFailed.as_str().to_string());
-    let message = field("error").unwrap_or_else(|| "the command failed".to_string());
-    let text = format!("{code}: {message}");
-    content.insert("code".into(), json!(code));
-    content.insert("message".into(), json!(message));
-    let mut result = CallToolResult::structured_error(Value::Object(content));
-    result.content = vec![ContentBlock::text(text)];
-    result
+    match output::parse::<T>(Value::Object(content)) {
+        Ok(value) => output::result(&value, false),
+        Err(e) => tool_error(&e),
+    }
 }
 
-/// A hub error as an MCP tool error: `{code, message, candidates?}`.
+/// A hub error as an MCP tool error: `{success: false, code, message,
+/// candidates?}`.
 fn tool_error(e: &HubError) -> CallToolResult {
-    let mut structured = json!({"code": e.code.as_str(), "message": e.message});
-    if !e.candidates.is_empty() {
-        structured["candidates"] = json!(e.candidates);
-    }
-    let mut result = CallToolResult::structured_error(structured);
-    result.content = vec![ContentBlock::text(format!(
-        "{}: {}",
-        e.code.as_str(),
-        e.message
-    ))];
-    result
+    output::result(&Failure::of(e), true)
 }
 
 #[cfg(test)]
@@ -530,7 +553,7 @@ mod tests {
     use super::*;
 
     fn outcome(content: Value) -> (bool, Value) {
-        let r = command_result(content, "text".into());
+        let r = command_result::<SentMessage>(content);
         (
             r.is_error == Some(true),
             r.structured_content.unwrap_or_default(),
@@ -539,9 +562,13 @@ mod tests {
 
     #[test]
     fn command_results_become_tool_results_whatever_an_agent_answers() {
-        let (failed, s) = outcome(json!({"success": true, "contact": "John"}));
+        let (failed, s) = outcome(json!({"success": true, "contact": "John", "message": "hi"}));
         assert!(!failed);
         assert_eq!(s["contact"], "John");
+        // A success that does not fit the output type.
+        let (failed, s) = outcome(json!({"success": true, "contact": 7}));
+        assert!(failed);
+        assert_eq!(s["code"], "connector_failed");
         // The code of run_command's executed command.
         let (failed, s) = outcome(json!({"success": false, "result": {
             "success": false, "code": "contact_not_found", "error": "no contact"}}));
