@@ -81,14 +81,14 @@ impl Broker for LocalBroker {
                 if ring
                     .events
                     .back()
-                    .is_some_and(|e| now.saturating_sub(e.produced_at) > ttl)
+                    .is_some_and(|e| now.saturating_sub(e.header.produced_at) > ttl)
                 {
                     ring.events = VecDeque::new();
                 }
             }
         }
         let ring = rings
-            .entry(envelope.session.clone())
+            .entry(envelope.header.session.clone())
             .or_insert_with(|| Ring {
                 head: self.forgotten_head.load(Ordering::Relaxed),
                 events: VecDeque::new(),
@@ -97,12 +97,7 @@ impl Broker for LocalBroker {
         let event = LoggedEvent {
             offset: ring.head,
             epoch: self.epoch.clone(),
-            session: envelope.session,
-            origin: envelope.origin,
-            kind: envelope.kind,
-            produced_at: envelope.produced_at,
-            except: envelope.except,
-            presence: envelope.presence,
+            header: envelope.header,
             frame: logged_frame(ring.head, &self.epoch, &envelope.frame),
         };
         ring.events.push_back(event.clone());

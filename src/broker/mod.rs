@@ -23,11 +23,13 @@ use serde_json::Value;
 
 use crate::protocol::HubError;
 
-/// A session event on its way to the log: already serialized (without its
-/// offset, which the log assigns).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventEnvelope {
+/// What the log keeps of a session event besides its position and frame:
+/// the fields of a log entry's header line, the same before the event is
+/// logged ([`EventEnvelope`]) and after ([`LoggedEvent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHeader {
     pub session: String,
+    /// The instance that published it.
     pub origin: String,
     /// Message type, for metrics.
     pub kind: String,
@@ -37,30 +39,29 @@ pub struct EventEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
     /// A `client_joined`/`client_left`: the presence version of the change
-    /// it announces (the store's `PresenceChange`).
+    /// it announces (the store's `PresenceChange`). A client whose member
+    /// list is as of this version or a later one is not sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<u64>,
+}
+
+/// A session event on its way to the log: already serialized (without its
+/// offset, which the log assigns).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    #[serde(flatten)]
+    pub header: EventHeader,
     pub frame: String,
 }
 
 /// A session event as the log holds it: its position, and the frame every
 /// recipient gets (`{"offset":N,"epoch":"E",...}`), serialized once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedEvent {
     pub offset: u64,
     pub epoch: String,
-    pub session: String,
-    /// The instance that published it.
-    pub origin: String,
-    pub kind: String,
-    pub produced_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub except: Option<String>,
-    /// The presence version a presence event announces (see
-    /// [`EventEnvelope::presence`]): a client whose member list is as of
-    /// this version or a later one is not sent it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<u64>,
+    #[serde(flatten)]
+    pub header: EventHeader,
     /// Not part of the header on the wire: the text after the header line.
     #[serde(skip)]
     pub frame: String,
@@ -180,7 +181,7 @@ pub fn replay_window(
         events.push(e);
     }
     let first = events.first()?;
-    if now.saturating_sub(first.produced_at) > ttl_ms
+    if now.saturating_sub(first.header.produced_at) > ttl_ms
         || (!more && events.last().map(|e| e.offset) != Some(head))
     {
         return None;
@@ -287,4 +288,43 @@ pub trait Broker: Send + Sync + 'static {
     /// Flushes queued events and stops background work (at shutdown, after
     /// the last client is gone, so their `client_left` still goes out).
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header line's JSON, as the log has always held it (the Redis
+    /// append script writes it too): the position, then the header's fields
+    /// in this order, absent options left out.
+    #[test]
+    fn a_logged_event_header_keeps_its_json() {
+        let header = EventHeader {
+            session: "s".into(),
+            origin: "hub1".into(),
+            kind: "client_left".into(),
+            produced_at: 7,
+            except: Some("c1".into()),
+            presence: Some(9),
+        };
+        let event = LoggedEvent {
+            offset: 3,
+            epoch: "e1".into(),
+            header: header.clone(),
+            frame: "{}".into(),
+        };
+        let line = r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1","presence":9}"#;
+        assert_eq!(serde_json::to_string(&event).unwrap(), line);
+        let parsed = LoggedEvent::parse(&format!("{line}\n{{}}")).unwrap();
+        assert_eq!(parsed, event);
+        let bare = EventHeader {
+            except: None,
+            presence: None,
+            ..header
+        };
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"session":"s","origin":"hub1","kind":"client_left","produced_at":7}"#
+        );
+    }
 }

@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, EventEnvelope, Inbound, LoggedEvent, Published, ReadBudget};
+use crate::broker::{
+    Broker, EventEnvelope, EventHeader, Inbound, LoggedEvent, Published, ReadBudget,
+};
 use crate::config::{HubConfig, SessionCreation};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -239,12 +241,14 @@ impl Hub {
         presence: Option<u64>,
     ) -> Result<Published, HubError> {
         let published = self.broker.publish_event(EventEnvelope {
-            session: session.to_string(),
-            origin: self.instance().to_string(),
-            kind: kind.to_string(),
-            produced_at: now_millis(),
-            except: except.map(str::to_string),
-            presence,
+            header: EventHeader {
+                session: session.to_string(),
+                origin: self.instance().to_string(),
+                kind: kind.to_string(),
+                produced_at: now_millis(),
+                except: except.map(str::to_string),
+                presence,
+            },
             frame: event.to_json(),
         });
         if let Err(e) = &published {
@@ -552,10 +556,15 @@ impl Hub {
             return;
         };
         if let Err(gap) = self
-            .deliver_from_log(&event.session, after, Some(&event.epoch), event.offset)
+            .deliver_from_log(
+                &event.header.session,
+                after,
+                Some(&event.epoch),
+                event.offset,
+            )
             .await
         {
-            tracing::warn!(session = %event.session, after, offset = event.offset, "{gap}; delivering past the gap");
+            tracing::warn!(session = %event.header.session, after, offset = event.offset, "{gap}; delivering past the gap");
         }
         self.registry
             .deliver_logged(&event, &out, true, &self.metrics);
@@ -722,8 +731,8 @@ impl Hub {
 pub(crate) fn logged_outbound(event: &LoggedEvent) -> Outbound {
     Outbound {
         frame: event.frame.as_str().into(),
-        kind: static_kind(&event.kind),
-        produced_at: event.produced_at,
+        kind: static_kind(&event.header.kind),
+        produced_at: event.header.produced_at,
     }
 }
 

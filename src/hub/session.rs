@@ -138,7 +138,7 @@ fn plan_start(
     let mut replay: Vec<Outbound> = Vec::new();
     let mut next = after + 1;
     for e in events.iter().filter(|e| e.offset <= live.offset) {
-        if wanted(e.except.as_deref(), e.presence) {
+        if wanted(e.header.except.as_deref(), e.header.presence) {
             replay.push(logged_outbound(e));
         }
         next = e.offset + 1;

@@ -173,33 +173,14 @@ impl Broker for RedisBroker {
         if !self.publisher_ok.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        #[derive(serde::Serialize)]
-        struct Header<'a> {
-            session: &'a str,
-            origin: &'a str,
-            kind: &'a str,
-            produced_at: u64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            except: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            presence: Option<u64>,
-        }
-        let header = serde_json::to_string(&Header {
-            session: &envelope.session,
-            origin: &envelope.origin,
-            kind: &envelope.kind,
-            produced_at: envelope.produced_at,
-            except: envelope.except.as_deref(),
-            presence: envelope.presence,
-        })
-        .map_err(HubError::internal)?;
+        let header = serde_json::to_string(&envelope.header).map_err(HubError::internal)?;
         let rest = |s: &str| s.strip_prefix('{').unwrap_or(s).to_string();
         let (done, published) = tokio::sync::oneshot::channel();
         let queued = Queued {
             done: Some(done),
             header: rest(&header),
             frame: rest(&envelope.frame),
-            session: envelope.session,
+            session: envelope.header.session,
             // Numbered by the publisher task, in queue order (see there).
             seq: 0,
         };
