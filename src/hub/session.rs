@@ -519,7 +519,6 @@ impl Hub {
                 epoch: &at.epoch,
                 request_id: c.request_id,
             },
-            "registration_confirmed",
         );
         self.send_to(
             handle,
@@ -528,7 +527,6 @@ impl Hub {
                 total_count: c.contacts.len(),
                 timestamp: now_millis(),
             },
-            "contact_list_broadcast",
         );
     }
 
