@@ -1453,6 +1453,52 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     assert_eq!(t.head, 2);
 }
 
+/// The Redis log holds exactly the entry Rust writes: the append script
+/// puts the position in front of the header line and the frame as
+/// `LoggedEvent::to_entry` does (a field the script names or orders
+/// differently fails here), and `LoggedEvent::parse` reads the entry, as
+/// logged and as heard on pub/sub, back as the event published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_log_entry_is_the_one_rust_writes_and_parses() {
+    let mut f = redis_bus().await;
+    let origin = f.nodes[0].instance.clone();
+    let mut event = envelope(&origin, 1);
+    event.header.kind = "client_joined".into();
+    event.header.except = Some("c1".into());
+    event.header.presence = Some(42);
+    event.frame = serde_json::json!({
+        "type": "client_joined",
+        "client_id": "c1",
+        "client_name": "Zoë \"q\"\n{",
+        "timestamp": 1,
+    })
+    .to_string();
+    let (epoch, offset) = f.nodes[0]
+        .broker
+        .publish_event(event.clone())
+        .unwrap()
+        .await
+        .expect("logged");
+    let expected = event.logged(offset, epoch);
+
+    let key = mcp_hub::redis::Keys::new("contract").session_log("s");
+    let id = format!("{offset}-0");
+    let redis = f._redis.as_ref().expect("redis");
+    let entries: Vec<(String, Vec<String>)> = redis
+        .query(::redis::cmd("XRANGE").arg(&key).arg(&id).arg(&id))
+        .await;
+    let [(_, fields)] = entries.as_slice() else {
+        panic!("one entry {id} in {key}: {entries:?}");
+    };
+    let [field, raw] = fields.as_slice() else {
+        panic!("one field in entry {id}: {fields:?}");
+    };
+    assert_eq!(field, "e");
+    assert_eq!(*raw, expected.to_entry().unwrap());
+    assert_eq!(LoggedEvent::parse(raw).as_ref(), Some(&expected));
+    assert_eq!(next_event_from(&mut f.nodes[1], &origin).await, expected);
+}
+
 #[tokio::test]
 async fn a_new_local_bus_starts_a_new_epoch() {
     // Standalone: a restart loses the log, so its epoch must differ.

@@ -15,7 +15,7 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, ReadBudget,
     replay_window,
 };
-use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
+use crate::protocol::{ErrorCode, HubError, now_millis};
 
 /// One session's log.
 #[derive(Default)]
@@ -94,12 +94,7 @@ impl Broker for LocalBroker {
                 events: VecDeque::new(),
             });
         ring.head += 1;
-        let event = LoggedEvent {
-            offset: ring.head,
-            epoch: self.epoch.clone(),
-            header: envelope.header,
-            frame: logged_frame(ring.head, &self.epoch, &envelope.frame),
-        };
+        let event = envelope.logged(ring.head, self.epoch.clone());
         ring.events.push_back(event.clone());
         while ring.events.len() > self.len {
             ring.events.pop_front();

@@ -54,6 +54,45 @@ pub struct EventEnvelope {
     pub frame: String,
 }
 
+impl EventEnvelope {
+    /// The event as logged at `offset` of the log `epoch`: its frame with
+    /// the position in front.
+    pub fn logged(self, offset: u64, epoch: String) -> LoggedEvent {
+        let frame = positioned(offset, &epoch, &self.frame);
+        LoggedEvent {
+            offset,
+            epoch,
+            header: self.header,
+            frame,
+        }
+    }
+
+    /// The event's log entry ([`LoggedEvent::to_entry`]) without the
+    /// position, which only the log can assign: the header line and the
+    /// frame, each cut after its `{"offset":N,"epoch":"E",`. The Redis
+    /// append script puts the position back in front of both, so the entry
+    /// it logs is the one Rust writes. None: the entry did not start with
+    /// the position on both lines.
+    pub fn entry_without_position(self) -> Option<(String, String)> {
+        let entry = self.logged(0, String::new()).to_entry().ok()?;
+        let position = positioned(0, "", "");
+        let (header, frame) = entry.split_once('\n')?;
+        Some((
+            header.strip_prefix(&position)?.to_string(),
+            frame.strip_prefix(&position)?.to_string(),
+        ))
+    }
+}
+
+/// `{"offset":N,"epoch":"E",` + `object` without its opening brace: the
+/// position in front of a logged event's frame, written as serde writes
+/// it in front of the header line. Epochs are hex tokens made by the hub,
+/// so they need no escaping.
+fn positioned(offset: u64, epoch: &str, object: &str) -> String {
+    let rest = object.strip_prefix('{').unwrap_or(object);
+    format!("{{\"offset\":{offset},\"epoch\":\"{epoch}\",{rest}")
+}
+
 /// A session event as the log holds it: its position, and the frame every
 /// recipient gets (`{"offset":N,"epoch":"E",...}`), serialized once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +107,18 @@ pub struct LoggedEvent {
 }
 
 impl LoggedEvent {
-    /// Parses the log's and pub/sub's form: a JSON header line (offset,
-    /// epoch, session, origin, kind, produced_at, except, presence), `\n`,
-    /// the frame.
+    /// The log's and pub/sub's form, the one writer of it: a JSON header
+    /// line (offset, epoch, then the [`EventHeader`]), `\n`, the frame.
+    /// Redis's append script writes the same bytes (see
+    /// [`EventEnvelope::entry_without_position`]).
+    pub fn to_entry(&self) -> serde_json::Result<String> {
+        let mut entry = serde_json::to_string(self)?;
+        entry.push('\n');
+        entry.push_str(&self.frame);
+        Ok(entry)
+    }
+
+    /// Parses [`Self::to_entry`]'s form (from the log or pub/sub).
     pub fn parse(text: &str) -> Option<LoggedEvent> {
         let (header, frame) = text.split_once('\n')?;
         let mut event: LoggedEvent = serde_json::from_str(header).ok()?;
@@ -294,37 +342,54 @@ pub trait Broker: Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    /// The header line's JSON, as the log has always held it (the Redis
-    /// append script writes it too): the position, then the header's fields
-    /// in this order, absent options left out.
+    fn envelope(except: Option<&str>, presence: Option<u64>) -> EventEnvelope {
+        EventEnvelope {
+            header: EventHeader {
+                session: "s".into(),
+                origin: "hub1".into(),
+                kind: "client_left".into(),
+                produced_at: 7,
+                except: except.map(str::to_string),
+                presence,
+            },
+            frame: r#"{"type":"client_left","client_id":"c1"}"#.into(),
+        }
+    }
+
+    /// The entry as the log has always held it (the Redis append script
+    /// writes it too): the position, then the header's fields in this
+    /// order, absent options left out; `\n`; the frame with the position
+    /// in front.
     #[test]
-    fn a_logged_event_header_keeps_its_json() {
-        let header = EventHeader {
-            session: "s".into(),
-            origin: "hub1".into(),
-            kind: "client_left".into(),
-            produced_at: 7,
-            except: Some("c1".into()),
-            presence: Some(9),
-        };
-        let event = LoggedEvent {
-            offset: 3,
-            epoch: "e1".into(),
-            header: header.clone(),
-            frame: "{}".into(),
-        };
-        let line = r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1","presence":9}"#;
-        assert_eq!(serde_json::to_string(&event).unwrap(), line);
-        let parsed = LoggedEvent::parse(&format!("{line}\n{{}}")).unwrap();
-        assert_eq!(parsed, event);
-        let bare = EventHeader {
-            except: None,
-            presence: None,
-            ..header
-        };
-        assert_eq!(
-            serde_json::to_string(&bare).unwrap(),
-            r#"{"session":"s","origin":"hub1","kind":"client_left","produced_at":7}"#
+    fn a_log_entry_keeps_its_bytes_and_parses_back() {
+        let event = envelope(Some("c1"), Some(9)).logged(3, "e1".into());
+        let entry = concat!(
+            r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1","presence":9}"#,
+            "\n",
+            r#"{"offset":3,"epoch":"e1","type":"client_left","client_id":"c1"}"#,
         );
+        assert_eq!(event.to_entry().unwrap(), entry);
+        assert_eq!(LoggedEvent::parse(entry), Some(event));
+        let bare = envelope(None, None).logged(3, "e1".into());
+        let bare_entry = bare.to_entry().unwrap();
+        assert!(
+            bare_entry.starts_with(
+                r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7}"#
+            ),
+            "{bare_entry}"
+        );
+        assert_eq!(LoggedEvent::parse(&bare_entry), Some(bare));
+    }
+
+    /// What the Redis append script gets: the entry after each line's
+    /// position.
+    #[test]
+    fn an_entry_without_its_position_is_what_follows_it() {
+        let (header, frame) = envelope(Some("c1"), None).entry_without_position().unwrap();
+        assert_eq!(
+            header,
+            r#""session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1"}"#
+        );
+        assert_eq!(frame, r#""type":"client_left","client_id":"c1"}"#);
     }
 }

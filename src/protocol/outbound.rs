@@ -230,13 +230,6 @@ impl<'a> ServerEvent<'a> {
         Frame::from(self.to_json())
     }
 
-    /// Serializes a session event with its log position in front:
-    /// `{"offset":N,"epoch":"E",` + the rest of the event. The same bytes
-    /// go to the log and to every recipient.
-    pub fn to_logged_frame(&self, offset: u64, epoch: &str) -> String {
-        logged_frame(offset, epoch, &self.to_json())
-    }
-
     pub fn error(err: &'a HubError, request_id: Option<&'a str>) -> Self {
         ServerEvent::Error {
             code: err.code.as_str(),
@@ -244,20 +237,6 @@ impl<'a> ServerEvent<'a> {
             request_id,
         }
     }
-}
-
-/// `{"offset":N,"epoch":"E",` + `event` without its opening brace. Epochs
-/// are hex tokens made by the hub, so they need no escaping.
-pub fn logged_frame(offset: u64, epoch: &str, event: &str) -> String {
-    let rest = event.strip_prefix('{').unwrap_or(event);
-    let mut out = String::with_capacity(rest.len() + epoch.len() + 32);
-    out.push_str("{\"offset\":");
-    out.push_str(&offset.to_string());
-    out.push_str(",\"epoch\":\"");
-    out.push_str(epoch);
-    out.push_str("\",");
-    out.push_str(rest);
-    out
 }
 
 pub fn now_millis() -> u64 {

@@ -8,7 +8,10 @@
 /// of the session's slot).
 /// ARGV: candidate epoch, max len, TTL ms, publish command (`PUBLISH`, or
 /// `SPUBLISH` on a Redis Cluster), publisher id, sequence number, header
-/// rest (JSON object without `{`), frame rest (same).
+/// rest, frame rest: the entry `LoggedEvent::to_entry` writes, without the
+/// position this script puts in front of both lines
+/// ([`crate::broker::EventEnvelope::entry_without_position`]; a contract
+/// test holds the two to the same bytes).
 /// The epoch candidate comes from the caller: scripts make no randomness.
 /// Returns `{offset, epoch}`, or `{0, ''}` when this publisher's event was
 /// already logged.

@@ -173,14 +173,16 @@ impl Broker for RedisBroker {
         if !self.publisher_ok.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        let header = serde_json::to_string(&envelope.header).map_err(HubError::internal)?;
-        let rest = |s: &str| s.strip_prefix('{').unwrap_or(s).to_string();
+        let session = envelope.header.session.clone();
+        let (header, frame) = envelope
+            .entry_without_position()
+            .ok_or_else(|| HubError::internal("a log entry without its position in front"))?;
         let (done, published) = tokio::sync::oneshot::channel();
         let queued = Queued {
             done: Some(done),
-            header: rest(&header),
-            frame: rest(&envelope.frame),
-            session: envelope.header.session,
+            header,
+            frame,
+            session,
             // Numbered by the publisher task, in queue order (see there).
             seq: 0,
         };

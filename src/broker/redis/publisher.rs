@@ -24,6 +24,8 @@ const MAX_BATCH: usize = 256;
 pub(super) struct Queued {
     pub(super) session: String,
     pub(super) seq: u64,
+    /// The entry's header line and frame after the position (the
+    /// script's ARGV[7] and ARGV[8]).
     pub(super) header: String,
     pub(super) frame: String,
     pub(super) done: Option<tokio::sync::oneshot::Sender<(String, u64)>>,
