@@ -42,26 +42,20 @@ pub struct Metrics {
     pub limit_shed: IntCounterVec,
     /// `messages_sent` series of the known message types, resolved on first
     /// use instead of a label lookup per written frame.
-    sent_by_kind: [std::sync::OnceLock<IntCounter>; SENT_KINDS.len()],
+    sent_by_kind: [std::sync::OnceLock<IntCounter>; EVENT_KINDS.len() + 1],
 }
 
 /// Message types the hub sends (`Outbound::kind`, and what
-/// `hub::static_kind` maps a logged event's kind to).
-const SENT_KINDS: [&str; 13] = [
-    "broadcast",
-    "message_event",
-    "message_status",
-    "client_joined",
-    "client_left",
-    "contact_list_broadcast",
-    "agent_changed",
-    "registration_confirmed",
-    "response",
-    "error",
-    "pong",
-    "execute",
-    "other",
-];
+/// `hub::static_kind` maps a logged event's kind to): every
+/// [`ServerEvent`](crate::protocol::ServerEvent) kind, then [`OTHER_KIND`].
+const EVENT_KINDS: &[&str] =
+    <crate::protocol::ServerEvent<'static> as strum::VariantNames>::VARIANTS;
+/// The `messages_sent` label of a frame that is no `ServerEvent`.
+const OTHER_KIND: &str = "other";
+
+fn sent_kinds() -> impl Iterator<Item = &'static str> {
+    EVENT_KINDS.iter().copied().chain([OTHER_KIND])
+}
 
 /// The `limit` label of `hub_limit_shed_total`: which hostile-input limit
 /// shed something. docs/security.md §12 maps each to its attack and setting.
@@ -350,7 +344,7 @@ impl Metrics {
         for limit in <Shed as strum::IntoEnumIterator>::iter() {
             m.limit_shed.with_label_values(&[limit.label()]);
         }
-        for (i, kind) in SENT_KINDS.iter().enumerate() {
+        for (i, kind) in sent_kinds().enumerate() {
             m.sent_by_kind[i].get_or_init(|| m.messages_sent.with_label_values(&[kind]));
         }
         m
@@ -368,7 +362,7 @@ impl Metrics {
 
     /// Counts one frame of type `kind` written to a client.
     pub fn message_sent(&self, kind: &str) {
-        match SENT_KINDS.iter().position(|k| *k == kind) {
+        match sent_kinds().position(|k| k == kind) {
             Some(i) => self.sent_by_kind[i]
                 .get_or_init(|| self.messages_sent.with_label_values(&[kind]))
                 .inc(),

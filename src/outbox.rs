@@ -23,7 +23,7 @@ use std::task::Waker;
 use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
-use crate::protocol::{CloseReason, Frame};
+use crate::protocol::{CloseReason, Frame, ServerEvent};
 
 /// One queued outgoing message.
 #[derive(Debug, Clone)]
@@ -44,6 +44,11 @@ impl Outbound {
             kind,
             produced_at: 0,
         }
+    }
+
+    /// [`Self::reply`] of an event, serialized once, of its own kind.
+    pub fn event(event: &ServerEvent<'_>) -> Outbound {
+        Outbound::reply(event.to_frame(), event.kind())
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use mcp_hub::broker::local::LocalBroker;
 use mcp_hub::broker::redis::RedisBroker;
-use mcp_hub::broker::{Broker, EventEnvelope, Inbound, InstanceMessage, LoggedEvent, ReadBudget};
+use mcp_hub::broker::{
+    Broker, EventEnvelope, EventHeader, Inbound, InstanceMessage, LoggedEvent, ReadBudget,
+};
 use mcp_hub::metrics::Metrics;
 use mcp_hub::protocol::{
     ClientInfo, Contact, DeliveryStatus, ErrorCode, HistoryEntry, MessageDirection, StatusError,
@@ -1049,12 +1051,14 @@ const WHOLE: ReadBudget = ReadBudget {
 
 fn envelope(origin: &str, n: usize) -> EventEnvelope {
     EventEnvelope {
-        session: "s".into(),
-        origin: origin.into(),
-        kind: "message_event".into(),
-        produced_at: n as u64,
-        except: None,
-        presence: None,
+        header: EventHeader {
+            session: "s".into(),
+            origin: origin.into(),
+            kind: "message_event".into(),
+            produced_at: n as u64,
+            except: None,
+            presence: None,
+        },
         frame: format!("{{\"n\":{n}}}"),
     }
 }
@@ -1092,7 +1096,7 @@ async fn wait_subscribed(node: &mut Node, session: &str) {
 async fn next_event_from(node: &mut Node, origin: &str) -> LoggedEvent {
     loop {
         match next(node).await {
-            Inbound::Event(e) if e.origin == origin => return e,
+            Inbound::Event(e) if e.header.origin == origin => return e,
             Inbound::Event(_)
             | Inbound::Resubscribed(_)
             | Inbound::Subscribed(_)
@@ -1130,10 +1134,10 @@ async fn events_reach_every_instance_once_in_offset_order(mut f: BrokerFixture) 
                 assert!(e.frame.starts_with(&prefix), "{}", e.frame);
                 epochs.push(e.epoch.clone());
                 offsets.push(e.offset);
-                if e.produced_at == usize::MAX as u64 {
+                if e.header.produced_at == usize::MAX as u64 {
                     break;
                 }
-                got.push(e.produced_at);
+                got.push(e.header.produced_at);
             }
             let expected: Vec<u64> = (0..N as u64).collect();
             assert_eq!(got, expected, "{} from {origin}", node.instance);
@@ -1154,7 +1158,7 @@ async fn the_log_replays_the_last_events_in_order(mut f: BrokerFixture) {
     for n in 0..N {
         // Produced now: the log replays nothing older than its TTL.
         let mut event = envelope(&origin, n);
-        event.produced_at = mcp_hub::protocol::now_millis();
+        event.header.produced_at = mcp_hub::protocol::now_millis();
         f.nodes[0].broker.publish_event(event).unwrap();
     }
     let mut live = Vec::new();
@@ -1197,7 +1201,7 @@ async fn a_log_read_stops_at_its_budget(mut f: BrokerFixture) {
     let origin = f.nodes[0].instance.clone();
     for n in 0..N {
         let mut event = envelope(&origin, n);
-        event.produced_at = mcp_hub::protocol::now_millis();
+        event.header.produced_at = mcp_hub::protocol::now_millis();
         f.nodes[0].broker.publish_event(event).unwrap();
     }
     for _ in 0..N {
@@ -1357,7 +1361,7 @@ async fn close_flushes_queued_events(mut f: BrokerFixture) {
     for node in f.nodes.iter_mut().skip(1) {
         let mut got = Vec::new();
         while got.len() < N {
-            got.push(next_event_from(node, &origin).await.produced_at);
+            got.push(next_event_from(node, &origin).await.header.produced_at);
         }
         assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "{}", node.instance);
     }
@@ -1402,9 +1406,10 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     let origin = f.nodes[0].instance.clone();
     f.nodes[0].broker.interest("t", true);
     wait_subscribed(&mut f.nodes[0], "t").await;
-    let in_t = |n: usize| EventEnvelope {
-        session: "t".into(),
-        ..envelope(&origin, n)
+    let in_t = |n: usize| {
+        let mut event = envelope(&origin, n);
+        event.header.session = "t".into();
+        event
     };
     f.nodes[0].broker.publish_event(in_t(1)).unwrap();
     // Node b is not interested in `t`: the next event it gets is from `s`.
@@ -1413,7 +1418,9 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
         .publish_event(envelope(&origin, 2))
         .unwrap();
     match next(&mut f.nodes[1]).await {
-        Inbound::Event(e) => assert_eq!((e.session.as_str(), e.produced_at), ("s", 2)),
+        Inbound::Event(e) => {
+            assert_eq!((e.header.session.as_str(), e.header.produced_at), ("s", 2))
+        }
         other => panic!("unexpected {other:?}"),
     }
     // Node a hears both. Order is per session: on a Redis Cluster `t` and
@@ -1421,7 +1428,7 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
     let mut heard = Vec::new();
     for _ in 0..2 {
         let got = next_event_from(&mut f.nodes[0], &origin).await;
-        heard.push((got.session.clone(), got.produced_at));
+        heard.push((got.header.session.clone(), got.header.produced_at));
     }
     heard.sort();
     assert_eq!(heard, [("s".to_string(), 2), ("t".to_string(), 1)]);
@@ -1437,10 +1444,59 @@ async fn a_redis_node_hears_only_the_sessions_it_is_interested_in() {
         .publish_event(envelope(&origin, 4))
         .unwrap();
     let got = next_event_from(&mut f.nodes[0], &origin).await;
-    assert_eq!((got.session.as_str(), got.produced_at), ("s", 4));
+    assert_eq!(
+        (got.header.session.as_str(), got.header.produced_at),
+        ("s", 4)
+    );
     // The log has both of `t`'s events all the same.
     let t = f.nodes[1].broker.log_head("t").await.unwrap();
     assert_eq!(t.head, 2);
+}
+
+/// The Redis log holds exactly the entry Rust writes: the append script
+/// puts the position in front of the header line and the frame as
+/// `LoggedEvent::to_entry` does (a field the script names or orders
+/// differently fails here), and `LoggedEvent::parse` reads the entry, as
+/// logged and as heard on pub/sub, back as the event published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_log_entry_is_the_one_rust_writes_and_parses() {
+    let mut f = redis_bus().await;
+    let origin = f.nodes[0].instance.clone();
+    let mut event = envelope(&origin, 1);
+    event.header.kind = "client_joined".into();
+    event.header.except = Some("c1".into());
+    event.header.presence = Some(42);
+    event.frame = serde_json::json!({
+        "type": "client_joined",
+        "client_id": "c1",
+        "client_name": "Zoë \"q\"\n{",
+        "timestamp": 1,
+    })
+    .to_string();
+    let (epoch, offset) = f.nodes[0]
+        .broker
+        .publish_event(event.clone())
+        .unwrap()
+        .await
+        .expect("logged");
+    let expected = event.logged(offset, epoch);
+
+    let key = mcp_hub::redis::Keys::new("contract").session_log("s");
+    let id = format!("{offset}-0");
+    let redis = f._redis.as_ref().expect("redis");
+    let entries: Vec<(String, Vec<String>)> = redis
+        .query(::redis::cmd("XRANGE").arg(&key).arg(&id).arg(&id))
+        .await;
+    let [(_, fields)] = entries.as_slice() else {
+        panic!("one entry {id} in {key}: {entries:?}");
+    };
+    let [field, raw] = fields.as_slice() else {
+        panic!("one field in entry {id}: {fields:?}");
+    };
+    assert_eq!(field, "e");
+    assert_eq!(*raw, expected.to_entry().unwrap());
+    assert_eq!(LoggedEvent::parse(raw).as_ref(), Some(&expected));
+    assert_eq!(next_event_from(&mut f.nodes[1], &origin).await, expected);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, ReadBudget,
     replay_window,
 };
-use crate::protocol::{ErrorCode, HubError, logged_frame, now_millis};
+use crate::protocol::{ErrorCode, HubError, now_millis};
 
 /// One session's log.
 #[derive(Default)]
@@ -81,30 +81,20 @@ impl Broker for LocalBroker {
                 if ring
                     .events
                     .back()
-                    .is_some_and(|e| now.saturating_sub(e.produced_at) > ttl)
+                    .is_some_and(|e| now.saturating_sub(e.header.produced_at) > ttl)
                 {
                     ring.events = VecDeque::new();
                 }
             }
         }
         let ring = rings
-            .entry(envelope.session.clone())
+            .entry(envelope.header.session.clone())
             .or_insert_with(|| Ring {
                 head: self.forgotten_head.load(Ordering::Relaxed),
                 events: VecDeque::new(),
             });
         ring.head += 1;
-        let event = LoggedEvent {
-            offset: ring.head,
-            epoch: self.epoch.clone(),
-            session: envelope.session,
-            origin: envelope.origin,
-            kind: envelope.kind,
-            produced_at: envelope.produced_at,
-            except: envelope.except,
-            presence: envelope.presence,
-            frame: logged_frame(ring.head, &self.epoch, &envelope.frame),
-        };
+        let event = envelope.logged(ring.head, self.epoch.clone());
         ring.events.push_back(event.clone());
         while ring.events.len() > self.len {
             ring.events.pop_front();

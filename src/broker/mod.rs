@@ -23,11 +23,13 @@ use serde_json::Value;
 
 use crate::protocol::HubError;
 
-/// A session event on its way to the log: already serialized (without its
-/// offset, which the log assigns).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventEnvelope {
+/// What the log keeps of a session event besides its position and frame:
+/// the fields of a log entry's header line, the same before the event is
+/// logged ([`EventEnvelope`]) and after ([`LoggedEvent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHeader {
     pub session: String,
+    /// The instance that published it.
     pub origin: String,
     /// Message type, for metrics.
     pub kind: String,
@@ -37,39 +39,86 @@ pub struct EventEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
     /// A `client_joined`/`client_left`: the presence version of the change
-    /// it announces (the store's `PresenceChange`).
+    /// it announces (the store's `PresenceChange`). A client whose member
+    /// list is as of this version or a later one is not sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<u64>,
+}
+
+/// A session event on its way to the log: already serialized (without its
+/// offset, which the log assigns).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    #[serde(flatten)]
+    pub header: EventHeader,
     pub frame: String,
+}
+
+impl EventEnvelope {
+    /// The event as logged at `offset` of the log `epoch`: its frame with
+    /// the position in front.
+    pub fn logged(self, offset: u64, epoch: String) -> LoggedEvent {
+        let frame = positioned(offset, &epoch, &self.frame);
+        LoggedEvent {
+            offset,
+            epoch,
+            header: self.header,
+            frame,
+        }
+    }
+
+    /// The event's log entry ([`LoggedEvent::to_entry`]) without the
+    /// position, which only the log can assign: the header line and the
+    /// frame, each cut after its `{"offset":N,"epoch":"E",`. The Redis
+    /// append script puts the position back in front of both, so the entry
+    /// it logs is the one Rust writes. None: the entry did not start with
+    /// the position on both lines.
+    pub fn entry_without_position(self) -> Option<(String, String)> {
+        let entry = self.logged(0, String::new()).to_entry().ok()?;
+        let position = positioned(0, "", "");
+        let (header, frame) = entry.split_once('\n')?;
+        Some((
+            header.strip_prefix(&position)?.to_string(),
+            frame.strip_prefix(&position)?.to_string(),
+        ))
+    }
+}
+
+/// `{"offset":N,"epoch":"E",` + `object` without its opening brace: the
+/// position in front of a logged event's frame, written as serde writes
+/// it in front of the header line. Epochs are hex tokens made by the hub,
+/// so they need no escaping.
+fn positioned(offset: u64, epoch: &str, object: &str) -> String {
+    let rest = object.strip_prefix('{').unwrap_or(object);
+    format!("{{\"offset\":{offset},\"epoch\":\"{epoch}\",{rest}")
 }
 
 /// A session event as the log holds it: its position, and the frame every
 /// recipient gets (`{"offset":N,"epoch":"E",...}`), serialized once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedEvent {
     pub offset: u64,
     pub epoch: String,
-    pub session: String,
-    /// The instance that published it.
-    pub origin: String,
-    pub kind: String,
-    pub produced_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub except: Option<String>,
-    /// The presence version a presence event announces (see
-    /// [`EventEnvelope::presence`]): a client whose member list is as of
-    /// this version or a later one is not sent it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<u64>,
+    #[serde(flatten)]
+    pub header: EventHeader,
     /// Not part of the header on the wire: the text after the header line.
     #[serde(skip)]
     pub frame: String,
 }
 
 impl LoggedEvent {
-    /// Parses the log's and pub/sub's form: a JSON header line (offset,
-    /// epoch, session, origin, kind, produced_at, except, presence), `\n`,
-    /// the frame.
+    /// The log's and pub/sub's form, the one writer of it: a JSON header
+    /// line (offset, epoch, then the [`EventHeader`]), `\n`, the frame.
+    /// Redis's append script writes the same bytes (see
+    /// [`EventEnvelope::entry_without_position`]).
+    pub fn to_entry(&self) -> serde_json::Result<String> {
+        let mut entry = serde_json::to_string(self)?;
+        entry.push('\n');
+        entry.push_str(&self.frame);
+        Ok(entry)
+    }
+
+    /// Parses [`Self::to_entry`]'s form (from the log or pub/sub).
     pub fn parse(text: &str) -> Option<LoggedEvent> {
         let (header, frame) = text.split_once('\n')?;
         let mut event: LoggedEvent = serde_json::from_str(header).ok()?;
@@ -180,7 +229,7 @@ pub fn replay_window(
         events.push(e);
     }
     let first = events.first()?;
-    if now.saturating_sub(first.produced_at) > ttl_ms
+    if now.saturating_sub(first.header.produced_at) > ttl_ms
         || (!more && events.last().map(|e| e.offset) != Some(head))
     {
         return None;
@@ -287,4 +336,60 @@ pub trait Broker: Send + Sync + 'static {
     /// Flushes queued events and stops background work (at shutdown, after
     /// the last client is gone, so their `client_left` still goes out).
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(except: Option<&str>, presence: Option<u64>) -> EventEnvelope {
+        EventEnvelope {
+            header: EventHeader {
+                session: "s".into(),
+                origin: "hub1".into(),
+                kind: "client_left".into(),
+                produced_at: 7,
+                except: except.map(str::to_string),
+                presence,
+            },
+            frame: r#"{"type":"client_left","client_id":"c1"}"#.into(),
+        }
+    }
+
+    /// The entry as the log has always held it (the Redis append script
+    /// writes it too): the position, then the header's fields in this
+    /// order, absent options left out; `\n`; the frame with the position
+    /// in front.
+    #[test]
+    fn a_log_entry_keeps_its_bytes_and_parses_back() {
+        let event = envelope(Some("c1"), Some(9)).logged(3, "e1".into());
+        let entry = concat!(
+            r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1","presence":9}"#,
+            "\n",
+            r#"{"offset":3,"epoch":"e1","type":"client_left","client_id":"c1"}"#,
+        );
+        assert_eq!(event.to_entry().unwrap(), entry);
+        assert_eq!(LoggedEvent::parse(entry), Some(event));
+        let bare = envelope(None, None).logged(3, "e1".into());
+        let bare_entry = bare.to_entry().unwrap();
+        assert!(
+            bare_entry.starts_with(
+                r#"{"offset":3,"epoch":"e1","session":"s","origin":"hub1","kind":"client_left","produced_at":7}"#
+            ),
+            "{bare_entry}"
+        );
+        assert_eq!(LoggedEvent::parse(&bare_entry), Some(bare));
+    }
+
+    /// What the Redis append script gets: the entry after each line's
+    /// position.
+    #[test]
+    fn an_entry_without_its_position_is_what_follows_it() {
+        let (header, frame) = envelope(Some("c1"), None).entry_without_position().unwrap();
+        assert_eq!(
+            header,
+            r#""session":"s","origin":"hub1","kind":"client_left","produced_at":7,"except":"c1"}"#
+        );
+        assert_eq!(frame, r#""type":"client_left","client_id":"c1"}"#);
+    }
 }

@@ -290,12 +290,10 @@ impl Hub {
                     hub.agents.report_held(&hub.metrics);
                 });
                 self.agents.report_held(&self.metrics);
-                let frame = ServerEvent::Execute {
+                let out = Outbound::event(&ServerEvent::Execute {
                     request_id: &call_id,
                     command: &command,
-                }
-                .to_frame();
-                let out = Outbound::reply(frame, "execute");
+                });
                 if !agent.send(out, &self.metrics)
                     && let Some(f) = self.agents.take_forwarded(&call_id, &agent.info.client_id)
                 {

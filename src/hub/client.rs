@@ -56,7 +56,6 @@ impl ClientSession {
                         timestamp: now_millis(),
                         request_id,
                     },
-                    "pong",
                 );
                 Ok(())
             }

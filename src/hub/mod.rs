@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::ai::coordinator::AiCoordinator;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, EventEnvelope, Inbound, LoggedEvent, Published, ReadBudget};
+use crate::broker::{
+    Broker, EventEnvelope, EventHeader, Inbound, LoggedEvent, Published, ReadBudget,
+};
 use crate::config::{HubConfig, SessionCreation};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -221,10 +223,9 @@ impl Hub {
         &self,
         session: &str,
         event: &ServerEvent<'_>,
-        kind: &'static str,
         except: Option<&str>,
     ) -> Result<Published, HubError> {
-        self.publish_presence(session, event, kind, except, None)
+        self.publish_presence(session, event, except, None)
     }
 
     /// [`Self::publish`] of a `client_joined`/`client_left` announcing the
@@ -234,17 +235,18 @@ impl Hub {
         &self,
         session: &str,
         event: &ServerEvent<'_>,
-        kind: &'static str,
         except: Option<&str>,
         presence: Option<u64>,
     ) -> Result<Published, HubError> {
         let published = self.broker.publish_event(EventEnvelope {
-            session: session.to_string(),
-            origin: self.instance().to_string(),
-            kind: kind.to_string(),
-            produced_at: now_millis(),
-            except: except.map(str::to_string),
-            presence,
+            header: EventHeader {
+                session: session.to_string(),
+                origin: self.instance().to_string(),
+                kind: event.kind().to_string(),
+                produced_at: now_millis(),
+                except: except.map(str::to_string),
+                presence,
+            },
             frame: event.to_json(),
         });
         if let Err(e) = &published {
@@ -255,15 +257,9 @@ impl Hub {
 
     /// [`Self::publish`] for announcements nobody waits on: a failure is
     /// logged (the event reached no one, so no one saw half of it).
-    pub fn announce(
-        &self,
-        session: &str,
-        event: &ServerEvent<'_>,
-        kind: &'static str,
-        except: Option<&str>,
-    ) {
-        if let Err(error) = self.publish(session, event, kind, except) {
-            tracing::warn!(session, kind, %error, "event not published");
+    pub fn announce(&self, session: &str, event: &ServerEvent<'_>, except: Option<&str>) {
+        if let Err(error) = self.publish(session, event, except) {
+            tracing::warn!(session, kind = event.kind(), %error, "event not published");
         }
     }
 
@@ -275,7 +271,6 @@ impl Hub {
         &self,
         session: &str,
         event: &ServerEvent<'_>,
-        kind: &'static str,
         except: Option<&str>,
         presence: Option<u64>,
     ) {
@@ -285,14 +280,14 @@ impl Hub {
             .with_max_times(12)
             .build();
         loop {
-            match self.publish_presence(session, event, kind, except, presence) {
+            match self.publish_presence(session, event, except, presence) {
                 Ok(_) => return,
                 Err(error) => match delays.next() {
                     Some(delay) if error.code == crate::protocol::ErrorCode::StoreUnavailable => {
                         tokio::time::sleep(delay).await
                     }
                     _ => {
-                        tracing::warn!(session, kind, %error, "event not published");
+                        tracing::warn!(session, kind = event.kind(), %error, "event not published");
                         return;
                     }
                 },
@@ -309,10 +304,9 @@ impl Hub {
         &self,
         session: &str,
         event: &ServerEvent<'_>,
-        kind: &'static str,
         except: Option<&str>,
     ) -> Result<(), HubError> {
-        let published = self.publish(session, event, kind, except)?;
+        let published = self.publish(session, event, except)?;
         let wait = async {
             let Ok((epoch, offset)) = published.await else {
                 return;
@@ -324,15 +318,15 @@ impl Hub {
     }
 
     /// Queues a frame for one client only (a reply, not a session event).
-    pub fn send_to(&self, handle: &ClientHandle, event: &ServerEvent<'_>, kind: &'static str) {
-        handle.send(Outbound::reply(event.to_frame(), kind), &self.metrics);
+    pub fn send_to(&self, handle: &ClientHandle, event: &ServerEvent<'_>) {
+        handle.send(Outbound::event(event), &self.metrics);
     }
 
     /// Answers one client with `error`, counting the code.
     pub fn reply_error(&self, handle: &ClientHandle, err: &HubError, request_id: Option<&str>) {
         self.metrics.error(err.code);
         handle.send(
-            Outbound::reply(ServerEvent::error(err, request_id), "error"),
+            Outbound::event(&ServerEvent::error(err, request_id)),
             &self.metrics,
         );
     }
@@ -386,7 +380,7 @@ impl Hub {
             total_count: contacts.len(),
             timestamp: now_millis(),
         };
-        self.announce(session, &event, "contact_list_broadcast", None);
+        self.announce(session, &event, None);
     }
 
     /// [`Self::publish_contacts`] for the agent that sent them: answered
@@ -401,8 +395,7 @@ impl Hub {
             total_count: contacts.len(),
             timestamp: now_millis(),
         };
-        self.publish_delivered(session, &event, "contact_list_broadcast", None)
-            .await
+        self.publish_delivered(session, &event, None).await
     }
 
     /// Records a message in the session history and tells every client.
@@ -412,13 +405,8 @@ impl Hub {
         entry: &HistoryEntry,
     ) -> Result<(), HubError> {
         self.store.record_message(session, entry).await?;
-        self.publish_delivered(
-            session,
-            &ServerEvent::MessageEvent { entry },
-            "message_event",
-            None,
-        )
-        .await
+        self.publish_delivered(session, &ServerEvent::MessageEvent { entry }, None)
+            .await
     }
 
     pub async fn record_incoming(&self, incoming: IncomingMessage) -> Result<(), HubError> {
@@ -443,7 +431,7 @@ impl Hub {
             instance: client_id.map(|_| self.instance()),
             timestamp: now_millis(),
         };
-        self.announce(session, &event, "agent_changed", None);
+        self.announce(session, &event, None);
         self.publish_monitor(&monitor::MonitorEvent::Agent {
             session,
             client_id,
@@ -458,14 +446,8 @@ impl Hub {
             client,
             timestamp: now_millis(),
         };
-        self.announce_retrying(
-            session,
-            &event,
-            "client_joined",
-            Some(&client.client_id),
-            Some(version),
-        )
-        .await;
+        self.announce_retrying(session, &event, Some(&client.client_id), Some(version))
+            .await;
     }
 
     /// `agent_changed` again for an agent role re-claimed after Redis lost it.
@@ -475,8 +457,7 @@ impl Hub {
             instance: Some(self.instance()),
             timestamp: now_millis(),
         };
-        self.announce_retrying(session, &event, "agent_changed", None, None)
-            .await;
+        self.announce_retrying(session, &event, None, None).await;
     }
 
     /// `client_joined` (`joined`) or `client_left` about `client`, for the
@@ -489,23 +470,15 @@ impl Hub {
         version: u64,
     ) {
         let timestamp = now_millis();
-        let (event, kind) = if joined {
-            (
-                ServerEvent::ClientJoined { client, timestamp },
-                "client_joined",
-            )
+        let event = if joined {
+            ServerEvent::ClientJoined { client, timestamp }
         } else {
-            (ServerEvent::ClientLeft { client, timestamp }, "client_left")
+            ServerEvent::ClientLeft { client, timestamp }
         };
-        let published = self.publish_presence(
-            session,
-            &event,
-            kind,
-            Some(&client.client_id),
-            Some(version),
-        );
+        let published =
+            self.publish_presence(session, &event, Some(&client.client_id), Some(version));
         if let Err(error) = published {
-            tracing::warn!(session, kind, %error, "event not published");
+            tracing::warn!(session, kind = event.kind(), %error, "event not published");
         }
         self.publish_monitor(&monitor::MonitorEvent::Presence {
             session,
@@ -552,10 +525,15 @@ impl Hub {
             return;
         };
         if let Err(gap) = self
-            .deliver_from_log(&event.session, after, Some(&event.epoch), event.offset)
+            .deliver_from_log(
+                &event.header.session,
+                after,
+                Some(&event.epoch),
+                event.offset,
+            )
             .await
         {
-            tracing::warn!(session = %event.session, after, offset = event.offset, "{gap}; delivering past the gap");
+            tracing::warn!(session = %event.header.session, after, offset = event.offset, "{gap}; delivering past the gap");
         }
         self.registry
             .deliver_logged(&event, &out, true, &self.metrics);
@@ -722,21 +700,18 @@ impl Hub {
 pub(crate) fn logged_outbound(event: &LoggedEvent) -> Outbound {
     Outbound {
         frame: event.frame.as_str().into(),
-        kind: static_kind(&event.kind),
-        produced_at: event.produced_at,
+        kind: static_kind(&event.header.kind),
+        produced_at: event.header.produced_at,
     }
 }
 
-/// Maps a message type received from another instance to a metrics label.
+/// Maps a message type received from another instance to a metrics label
+/// (`other`: a kind this build does not know).
 pub(crate) fn static_kind(kind: &str) -> &'static str {
-    match kind {
-        "contact_list_broadcast" => "contact_list_broadcast",
-        "message_event" => "message_event",
-        "message_status" => "message_status",
-        "client_joined" => "client_joined",
-        "client_left" => "client_left",
-        "broadcast" => "broadcast",
-        "agent_changed" => "agent_changed",
-        _ => "other",
-    }
+    let kinds = <ServerEvent<'_> as strum::VariantNames>::VARIANTS;
+    kinds
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }

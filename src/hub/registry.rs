@@ -372,21 +372,21 @@ impl Registry {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
-        let watching = watchers.get(&event.session);
+        let watching = watchers.get(&event.header.session);
         let no_clients = HashMap::new();
-        let clients = sessions.get(&event.session).unwrap_or(&no_clients);
+        let clients = sessions.get(&event.header.session).unwrap_or(&no_clients);
         if clients.is_empty() && watching.is_none() {
-            positions.remove(&event.session);
-            recent.remove(&event.session);
+            positions.remove(&event.header.session);
+            recent.remove(&event.header.session);
             return Delivery::NoClients;
         };
         let position = positions
-            .entry(event.session.clone())
+            .entry(event.header.session.clone())
             .or_insert_with(|| Position {
                 epoch: event.epoch.clone(),
                 offset: event.offset.saturating_sub(1),
             });
-        let kept = recent.entry(event.session.clone()).or_default();
+        let kept = recent.entry(event.header.session.clone()).or_default();
         if position.epoch != event.epoch {
             // The log was lost and began again: its offsets restart at 1.
             *position = Position {
@@ -410,16 +410,16 @@ impl Registry {
         kept.push_back(Recent {
             offset: event.offset,
             out: out.clone(),
-            except: event.except.clone(),
-            presence: event.presence,
+            except: event.header.except.clone(),
+            presence: event.header.presence,
         });
-        let except = event.except.as_deref();
+        let except = event.header.except.as_deref();
         let recipients = clients
             .values()
-            .filter(|h| h.wants(except, event.presence))
+            .filter(|h| h.wants(except, event.header.presence))
             .chain(watching.into_iter().flat_map(HashMap::values));
         let mut paced = self.pacing.sessions();
-        let queued = paced.get_mut(&event.session);
+        let queued = paced.get_mut(&event.header.session);
         if queued.is_none() && clients.len() + watching.map_or(0, HashMap::len) <= FANOUT_CHUNK {
             drop(paced);
             for h in recipients {
@@ -438,11 +438,11 @@ impl Registry {
             // Behind the session's earlier paced events.
             Some(queue) => queue.push_back(paced_event),
             None => {
-                paced.insert(event.session.clone(), VecDeque::from([paced_event]));
+                paced.insert(event.header.session.clone(), VecDeque::from([paced_event]));
                 let pacer = self
                     .pacing
                     .clone()
-                    .run(event.session.clone(), metrics.clone());
+                    .run(event.header.session.clone(), metrics.clone());
                 tokio::spawn(pacer);
             }
         }
@@ -616,12 +616,14 @@ mod tests {
         let event = crate::broker::LoggedEvent {
             offset,
             epoch: "e".into(),
-            session: session.into(),
-            origin: "i".into(),
-            kind: "broadcast".into(),
-            produced_at: 1,
-            except: None,
-            presence: None,
+            header: crate::broker::EventHeader {
+                session: session.into(),
+                origin: "i".into(),
+                kind: "broadcast".into(),
+                produced_at: 1,
+                except: None,
+                presence: None,
+            },
             frame: frame.clone(),
         };
         (event, Outbound::reply(frame.as_str().into(), "broadcast"))

@@ -48,7 +48,6 @@ impl Request {
                     content: reply.content,
                     request_id,
                 },
-                "response",
             ),
             Ok(None) => {}
             Err(e) => hub.reply_error(&handle, &e, request_id),
@@ -176,13 +175,8 @@ impl Hub {
             timestamp: now_millis(),
         };
         match from {
-            Broadcaster::Member(_) => self
-                .publish(session, &event, "broadcast", Some(sender))
-                .map(drop),
-            Broadcaster::Caller(_) => {
-                self.publish_delivered(session, &event, "broadcast", None)
-                    .await
-            }
+            Broadcaster::Member(_) => self.publish(session, &event, Some(sender)).map(drop),
+            Broadcaster::Caller(_) => self.publish_delivered(session, &event, None).await,
         }
     }
 

@@ -138,7 +138,7 @@ fn plan_start(
     let mut replay: Vec<Outbound> = Vec::new();
     let mut next = after + 1;
     for e in events.iter().filter(|e| e.offset <= live.offset) {
-        if wanted(e.except.as_deref(), e.presence) {
+        if wanted(e.header.except.as_deref(), e.header.presence) {
             replay.push(logged_outbound(e));
         }
         next = e.offset + 1;
@@ -519,7 +519,6 @@ impl Hub {
                 epoch: &at.epoch,
                 request_id: c.request_id,
             },
-            "registration_confirmed",
         );
         self.send_to(
             handle,
@@ -528,7 +527,6 @@ impl Hub {
                 total_count: c.contacts.len(),
                 timestamp: now_millis(),
             },
-            "contact_list_broadcast",
         );
     }
 

@@ -128,7 +128,6 @@ impl Hub {
                         error: error.as_ref(),
                         timestamp: now_millis(),
                     },
-                    "message_status",
                     None,
                 )?;
                 Ok(())

@@ -25,5 +25,5 @@ pub use inbound::{
 };
 pub use outbound::{
     ClientInfo, Contact, DeliveryStatus, Frame, HistoryEntry, MessageDirection,
-    REGISTRATION_CLIENTS_MAX, ServerEvent, StatusError, logged_frame, now_millis,
+    REGISTRATION_CLIENTS_MAX, ServerEvent, StatusError, now_millis,
 };

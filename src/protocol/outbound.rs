@@ -121,8 +121,12 @@ pub struct ClientInfo {
 }
 
 /// Everything the hub sends. `request_id` is echoed where the protocol says.
-#[derive(Debug, Clone, Serialize)]
+/// strum names each variant as serde does (its wire `type`, also its
+/// metrics label): [`Self::kind`], and every kind in
+/// [`strum::VariantNames::VARIANTS`].
+#[derive(Debug, Clone, Serialize, strum::IntoStaticStr, strum::VariantNames)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ServerEvent<'a> {
     RegistrationConfirmed {
         client_id: &'a str,
@@ -207,7 +211,12 @@ pub enum ServerEvent<'a> {
     },
 }
 
-impl ServerEvent<'_> {
+impl<'a> ServerEvent<'a> {
+    /// The wire `type`, also the `messages_sent` and log label.
+    pub fn kind(&self) -> &'static str {
+        self.into()
+    }
+
     /// The event's JSON text (what a published event carries until it is
     /// logged and framed).
     pub fn to_json(&self) -> String {
@@ -223,35 +232,13 @@ impl ServerEvent<'_> {
         Frame::from(self.to_json())
     }
 
-    /// Serializes a session event with its log position in front:
-    /// `{"offset":N,"epoch":"E",` + the rest of the event. The same bytes
-    /// go to the log and to every recipient.
-    pub fn to_logged_frame(&self, offset: u64, epoch: &str) -> String {
-        logged_frame(offset, epoch, &self.to_json())
-    }
-
-    pub fn error(err: &'_ HubError, request_id: Option<&'_ str>) -> Frame {
+    pub fn error(err: &'a HubError, request_id: Option<&'a str>) -> Self {
         ServerEvent::Error {
             code: err.code.as_str(),
             message: &err.message,
             request_id,
         }
-        .to_frame()
     }
-}
-
-/// `{"offset":N,"epoch":"E",` + `event` without its opening brace. Epochs
-/// are hex tokens made by the hub, so they need no escaping.
-pub fn logged_frame(offset: u64, epoch: &str, event: &str) -> String {
-    let rest = event.strip_prefix('{').unwrap_or(event);
-    let mut out = String::with_capacity(rest.len() + epoch.len() + 32);
-    out.push_str("{\"offset\":");
-    out.push_str(&offset.to_string());
-    out.push_str(",\"epoch\":\"");
-    out.push_str(epoch);
-    out.push_str("\",");
-    out.push_str(rest);
-    out
 }
 
 pub fn now_millis() -> u64 {
@@ -309,5 +296,124 @@ mod tests {
         );
         let value: Value = serde_json::from_str(event(None).to_frame().as_str()).unwrap();
         assert!(value.get("request_id").is_none());
+    }
+
+    /// Each event's kind (the metrics label) is its wire `type`, and the
+    /// kinds are the labels the metrics and dashboards have always used.
+    #[test]
+    fn an_events_kind_is_its_wire_type() {
+        let client = ClientInfo {
+            client_id: "c1".into(),
+            client_name: "n1".into(),
+            instance: "hub1".into(),
+            capabilities: Vec::new(),
+            owner: None,
+            connected_at: None,
+        };
+        let entry = HistoryEntry {
+            direction: MessageDirection::Outgoing,
+            contact: "John".into(),
+            message: "hi".into(),
+            message_id: "m1".into(),
+            timestamp: 1,
+            by: "c1".into(),
+            executed_by: None,
+            status: None,
+            status_error: None,
+        };
+        let payload = Value::Null;
+        let events = [
+            ServerEvent::RegistrationConfirmed {
+                client_id: "c1",
+                client_name: "n1",
+                session: "s",
+                instance: "hub1",
+                agent: false,
+                clients: &[],
+                clients_total: 0,
+                recovered: false,
+                offset: 0,
+                epoch: "e1",
+                request_id: None,
+            },
+            ServerEvent::Response {
+                response_type: "r",
+                content: Value::Null,
+                request_id: None,
+            },
+            ServerEvent::Error {
+                code: "internal_error",
+                message: "m",
+                request_id: None,
+            },
+            ServerEvent::Pong {
+                timestamp: 1,
+                request_id: None,
+            },
+            ServerEvent::ContactListBroadcast {
+                contacts: &[],
+                total_count: 0,
+                timestamp: 1,
+            },
+            ServerEvent::MessageEvent { entry: &entry },
+            ServerEvent::MessageStatus {
+                message_id: "m1",
+                status: DeliveryStatus::Read,
+                contact: None,
+                error: None,
+                timestamp: 1,
+            },
+            ServerEvent::ClientJoined {
+                client: &client,
+                timestamp: 1,
+            },
+            ServerEvent::ClientLeft {
+                client: &client,
+                timestamp: 1,
+            },
+            ServerEvent::Broadcast {
+                from: "c1",
+                payload: &payload,
+                timestamp: 1,
+            },
+            ServerEvent::AgentChanged {
+                client_id: None,
+                instance: None,
+                timestamp: 1,
+            },
+            ServerEvent::Execute {
+                request_id: "r1",
+                command: &payload,
+            },
+        ];
+        for event in &events {
+            let value: Value = serde_json::from_str(&event.to_json()).unwrap();
+            assert_eq!(value["type"], event.kind());
+        }
+        let kinds: Vec<&str> = events.iter().map(ServerEvent::kind).collect();
+        assert_eq!(
+            kinds,
+            <ServerEvent<'_> as strum::VariantNames>::VARIANTS,
+            "one event of each kind above"
+        );
+        let mut labels = kinds.clone();
+        labels.sort_unstable();
+        assert_eq!(
+            labels,
+            [
+                "agent_changed",
+                "broadcast",
+                "client_joined",
+                "client_left",
+                "contact_list_broadcast",
+                "error",
+                "execute",
+                "message_event",
+                "message_status",
+                "pong",
+                "registration_confirmed",
+                "response",
+            ]
+        );
     }
 }

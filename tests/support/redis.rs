@@ -349,6 +349,34 @@ impl TestRedis {
         }
     }
 
+    /// `cmd` through a plain redis-rs client, not the hub's backend: what
+    /// Redis holds, as any client reads it.
+    pub async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
+        match self {
+            TestRedis::Single(r) => {
+                let client = ::redis::Client::open(r.url()).expect("redis client");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis connection");
+                cmd.query_async(&mut conn).await.expect("redis query")
+            }
+            TestRedis::Cluster(c) => {
+                let nodes: Vec<String> = c
+                    .ports
+                    .iter()
+                    .map(|p| format!("redis://127.0.0.1:{p}"))
+                    .collect();
+                let client = ::redis::cluster::ClusterClient::new(nodes).expect("cluster client");
+                let mut conn = client
+                    .get_async_connection()
+                    .await
+                    .expect("cluster connection");
+                cmd.query_async(&mut conn).await.expect("redis query")
+            }
+        }
+    }
+
     /// Every key name, one a line (of every node of a cluster).
     pub fn all_keys(&self) -> String {
         match self {
