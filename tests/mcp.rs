@@ -204,13 +204,21 @@ async fn python_sdk_through_haproxy_to_three_hubs_on_redis() {
 /// One `tools/call` without `initialize` (the endpoint is stateless):
 /// the HTTP status and the JSON-RPC answer.
 async fn call_tool(hub: &TestHub, token: Option<&str>, tool: &str, args: Value) -> (u16, Value) {
+    rpc(
+        hub,
+        token,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+    )
+    .await
+}
+
+/// One JSON-RPC request to `/mcp`: the HTTP status and the answer.
+async fn rpc(hub: &TestHub, token: Option<&str>, method: &str, params: Value) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .post(mcp_url(hub.addr))
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({
-            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": args},
-        }));
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}));
     if let Some(t) = token {
         request = request.bearer_auth(t);
     }
@@ -483,4 +491,213 @@ async fn a_broadcast_is_the_same_event_from_websocket_mcp_and_the_admin_api() {
         assert_eq!(alice.recv_type("broadcast").await["from"], from);
     }
     assert_quiet(&mut alice, "a member gets no copy of its own broadcast").await;
+}
+
+/// The official conformance suite (`@modelcontextprotocol/conformance`
+/// 0.1.13, installed by scripts/test into tests/conformance): every server
+/// scenario passes but the ones tests/conformance/baseline.yml lists, with
+/// why; one of those that starts passing fails the run too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_conformance_suite_passes_every_scenario_that_applies() {
+    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let cli = suite.join("node_modules/.bin/conformance");
+    if !cli.exists() {
+        eprintln!(
+            "skipping: the MCP conformance suite is missing (cd tests/conformance && npm ci, or ./scripts/test)"
+        );
+        return;
+    }
+    // The suite connects once per scenario from one address, faster than
+    // the default per-address rate limit allows.
+    let hub = TestHub::start(&[
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ])
+    .await;
+    let results = TempDir::new();
+    let run = tokio::process::Command::new(&cli)
+        .args(["server", "--url", &mcp_url(hub.addr), "--expected-failures"])
+        .arg(suite.join("baseline.yml"))
+        .current_dir(&results.0)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs the suite");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// What `initialize` agrees to: each revision the hub meets, as asked;
+/// an older one gets the newest met; `server/discover` lists only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_agrees_only_to_the_revisions_the_hub_meets() {
+    let hub = TestHub::start(&[]).await;
+    let initialize = |version: &str| {
+        json!({"protocolVersion": version, "capabilities": {},
+               "clientInfo": {"name": "test", "version": "1"}})
+    };
+    for (asked, agreed) in [
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2024-11-05", "2025-11-25"),
+    ] {
+        let (status, answer) = rpc(&hub, None, "initialize", initialize(asked)).await;
+        assert_eq!(status, 200, "{answer}");
+        let result = &answer["result"];
+        assert_eq!(result["protocolVersion"], agreed, "{asked}: {answer}");
+        assert_eq!(result["serverInfo"]["name"], "mcp-hub");
+        for capability in ["tools", "prompts", "resources", "completions", "logging"] {
+            assert!(
+                result["capabilities"][capability].is_object(),
+                "{capability}: {answer}"
+            );
+        }
+    }
+}
+
+/// Prompts with the conversation in them, contact completion, resources
+/// that read the session like the tools, and logging/setLevel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_resources_and_completion_read_the_shared_session() {
+    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let alice = token("alice", &["default"], Role::Client);
+    let (mut watcher, _) = WsClient::register_with_token(
+        &hub.ws_url(),
+        &alice,
+        json!({"type": "register", "session": "default", "client_id": "watcher"}),
+    )
+    .await;
+    let alice = Some(alice.as_str());
+    let args = json!({"contact": "john", "message": "see you at 5"});
+    let (_, sent) = call_tool(&hub, alice, "send_message", args).await;
+    assert_eq!(sent["result"]["isError"], false, "{sent}");
+    watcher.recv_type("message_event").await;
+
+    let (_, listed) = rpc(&hub, alice, "prompts/list", json!({})).await;
+    let prompts = listed["result"]["prompts"].as_array().expect("prompts");
+    let names: Vec<&str> = prompts.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["reply_to_last_message", "summarize_conversation"]);
+    for p in prompts {
+        assert!(p["description"].is_string(), "{p}");
+        assert_eq!(p["arguments"][0]["name"], "contact");
+        assert_eq!(p["arguments"][0]["required"], true);
+    }
+    let (_, prompt) = rpc(
+        &hub,
+        alice,
+        "prompts/get",
+        json!({"name": "summarize_conversation", "arguments": {"contact": "john"}}),
+    )
+    .await;
+    let message = &prompt["result"]["messages"][0];
+    assert_eq!(message["role"], "user", "{prompt}");
+    let text = message["content"]["text"].as_str().expect("text");
+    assert!(
+        text.contains("John") && text.contains("see you at 5"),
+        "{text}"
+    );
+    let (_, unknown) = rpc(
+        &hub,
+        alice,
+        "prompts/get",
+        json!({"name": "reply_to_last_message", "arguments": {"contact": "zed-nobody"}}),
+    )
+    .await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    assert_eq!(unknown["error"]["data"]["code"], "contact_not_found");
+
+    // Completion: names that start with the text first.
+    let complete = |reference: Value, value: &str| json!({"ref": reference, "argument": {"name": "contact", "value": value}});
+    let prompt_ref = json!({"type": "ref/prompt", "name": "reply_to_last_message"});
+    let (_, done) = rpc(
+        &hub,
+        alice,
+        "completion/complete",
+        complete(prompt_ref, "JO"),
+    )
+    .await;
+    assert_eq!(done["result"]["completion"]["values"][0], "John", "{done}");
+    let template = "whatsapp://sessions/{session}/conversations/{contact}";
+    let resource_ref = json!({"type": "ref/resource", "uri": template});
+    let (_, done) = rpc(
+        &hub,
+        alice,
+        "completion/complete",
+        complete(resource_ref, "jan"),
+    )
+    .await;
+    assert_eq!(
+        done["result"]["completion"]["values"],
+        json!(["Jane"]),
+        "{done}"
+    );
+
+    // Resources: the templates, the session's resources, a conversation.
+    let (_, templates) = rpc(&hub, alice, "resources/templates/list", json!({})).await;
+    let uris: Vec<&str> = templates["result"]["resourceTemplates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["uriTemplate"].as_str())
+        .collect();
+    assert!(uris.contains(&template), "{templates}");
+    let (_, listed) = rpc(&hub, alice, "resources/list", json!({})).await;
+    let uris: Vec<&str> = listed["result"]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    let conversation = "whatsapp://sessions/default/conversations/John";
+    for uri in [
+        "whatsapp://sessions/default/contacts",
+        "whatsapp://sessions/default/members",
+        conversation,
+    ] {
+        assert!(uris.contains(&uri), "{uri}: {listed}");
+    }
+    let (_, read) = rpc(&hub, alice, "resources/read", json!({"uri": conversation})).await;
+    let contents = &read["result"]["contents"][0];
+    assert_eq!(contents["mimeType"], "application/json", "{read}");
+    assert_eq!(contents["uri"], conversation);
+    let body: Value = serde_json::from_str(contents["text"].as_str().expect("text")).unwrap();
+    assert_eq!(body["messages"][0]["message"], "see you at 5", "{body}");
+    let (_, read) = rpc(
+        &hub,
+        alice,
+        "resources/read",
+        json!({"uri": "whatsapp://sessions/default/members"}),
+    )
+    .await;
+    let body: Value =
+        serde_json::from_str(read["result"]["contents"][0]["text"].as_str().unwrap()).unwrap();
+    let members: Vec<&str> = body["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["client_id"].as_str())
+        .collect();
+    assert_eq!(members, ["watcher"], "{body}");
+
+    // No such resource (-32002), and the session rule of the tools.
+    let (_, missing) = rpc(
+        &hub,
+        alice,
+        "resources/read",
+        json!({"uri": "file:///etc/passwd"}),
+    )
+    .await;
+    assert_eq!(missing["error"]["code"], -32002, "{missing}");
+    let other = "whatsapp://sessions/other/contacts";
+    let (_, refused) = rpc(&hub, alice, "resources/read", json!({"uri": other})).await;
+    assert_eq!(refused["error"]["data"]["code"], "forbidden", "{refused}");
+
+    let (_, level) = rpc(&hub, alice, "logging/setLevel", json!({"level": "info"})).await;
+    assert_eq!(level["result"], json!({}), "{level}");
 }

@@ -25,6 +25,8 @@
 //! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
 
 mod output;
+mod prompts;
+mod resources;
 
 use std::sync::{Arc, LazyLock};
 
@@ -34,9 +36,14 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use rmcp::handler::server::common::schema_for_type;
+#[allow(deprecated, reason = "logging/setLevel is still in 2025-11-25")]
+use rmcp::model::SetLevelRequestParams;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::schemars::JsonSchema;
 use rmcp::service::RequestContext;
@@ -256,9 +263,26 @@ struct HubTools {
     hub: Arc<Hub>,
 }
 
+/// The protocol revisions `/mcp` meets and tests (tests/mcp.rs): not
+/// every one the SDK knows.
+const VERSIONS: [ProtocolVersion; 2] =
+    [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25];
+
 impl ServerHandler for HubTools {
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(&VERSIONS)
+    }
+
+    #[allow(deprecated, reason = "logging/setLevel is still in 2025-11-25")]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_completions()
+            .enable_prompts()
+            .enable_resources()
+            .enable_tools()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("mcp-hub", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Tools act on a WhatsApp account shared by several clients: every client of the session sees what you send. \
@@ -278,26 +302,99 @@ impl ServerHandler for HubTools {
         TOOLS.iter().find(|t| t.name == name).cloned()
     }
 
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(prompts::PROMPTS.clone()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let call = Call::of(&self.hub, &context).map_err(|e| protocol_error(&e))?;
+        call.prompt(&request.name, request.arguments)
+            .await
+            .map(Into::into)
+            .map_err(|e| protocol_error(&e))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let call = Call::of(&self.hub, &context).map_err(|e| protocol_error(&e))?;
+        call.complete(&request)
+            .await
+            .map(CompleteResult::new)
+            .map_err(|e| protocol_error(&e))
+    }
+
+    /// Accepted, but there is nothing to send at any level: the endpoint
+    /// is stateless (no stream between requests; docs/mcp.md).
+    #[allow(deprecated, reason = "logging/setLevel is still in 2025-11-25")]
+    async fn set_level(
+        &self,
+        _request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let call = Call::of(&self.hub, &context).map_err(|e| protocol_error(&e))?;
+        let listed = call
+            .list_resources()
+            .await
+            .map_err(|e| protocol_error(&e))?;
+        Ok(ListResourcesResult::with_all_items(listed))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resources::templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let call = Call::of(&self.hub, &context).map_err(|e| protocol_error(&e))?;
+        match call.read_resource(&request.uri).await {
+            Ok(result) => Ok(result.into()),
+            // The spec's code for a resource that is not there.
+            Err(e) if e.code == ErrorCode::InvalidField || e.code == ErrorCode::SessionNotFound => {
+                Err(ErrorData::resource_not_found(
+                    e.message.clone(),
+                    Some(json!({"code": e.code.as_str(), "uri": request.uri})),
+                ))
+            }
+            Err(e) => Err(protocol_error(&e)),
+        }
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let parts = context.extensions.get::<Parts>();
-        let Some(Caller(identity)) = parts.and_then(|p| p.extensions.get::<Caller>()) else {
-            // Only reachable if the router lost the auth layer: refuse.
-            return Ok(tool_error(&HubError::new(
-                ErrorCode::Unauthorized,
-                "the request was not authenticated",
-            ))
-            .into());
-        };
-        let call = Call {
-            hub: &self.hub,
-            identity: identity.as_ref(),
-            client_id_header: parts
-                .and_then(|p| p.headers.get("x-client-id"))
-                .and_then(|v| v.to_str().ok()),
+        let call = match Call::of(&self.hub, &context) {
+            Ok(call) => call,
+            Err(e) => return Ok(tool_error(&e).into()),
         };
         let name = request.name.as_ref();
         tracing::debug!(tool = name, "mcp tool call");
@@ -341,7 +438,26 @@ struct Call<'a> {
     client_id_header: Option<&'a str>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// The request's caller, as the auth layer found it.
+    fn of(hub: &'a Arc<Hub>, context: &'a RequestContext<RoleServer>) -> Result<Self, HubError> {
+        let parts = context.extensions.get::<Parts>();
+        let Some(Caller(identity)) = parts.and_then(|p| p.extensions.get::<Caller>()) else {
+            // Only reachable if the router lost the auth layer: refuse.
+            return Err(HubError::new(
+                ErrorCode::Unauthorized,
+                "the request was not authenticated",
+            ));
+        };
+        Ok(Call {
+            hub,
+            identity: identity.as_ref(),
+            client_id_header: parts
+                .and_then(|p| p.headers.get("x-client-id"))
+                .and_then(|v| v.to_str().ok()),
+        })
+    }
+
     /// The session a call acts on, allowed for the caller.
     fn session(&self, asked: Option<String>) -> Result<String, HubError> {
         let session = match (asked, self.identity) {
@@ -539,6 +655,19 @@ fn command_result<T: DeserializeOwned + Serialize>(content: Value) -> CallToolRe
     match output::parse::<T>(Value::Object(content)) {
         Ok(value) => output::result(&value, false),
         Err(e) => tool_error(&e),
+    }
+}
+
+/// A hub error outside a tool call (prompts, resources, completion): a
+/// JSON-RPC error whose `data` carries the hub's code; the caller's
+/// mistakes are invalid params, the hub's own trouble an internal error.
+fn protocol_error(e: &HubError) -> ErrorData {
+    let data = Some(json!({"code": e.code.as_str()}));
+    match e.code {
+        ErrorCode::Internal | ErrorCode::StoreUnavailable => {
+            ErrorData::internal_error(e.message.clone(), data)
+        }
+        _ => ErrorData::invalid_params(e.message.clone(), data),
     }
 }
 
