@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 
 /// `mcp-hub token`: prints an HS256 token; exit 2 naming the setting.
 fn token(args: mcp_hub::config::TokenArgs) -> ExitCode {
-    use mcp_hub::auth::{Role, mint, parse_ttl};
+    use mcp_hub::auth::{Grant, Role, mint_with, parse_ttl};
     let Some(secret) = args.secret.filter(|s| !s.is_empty()) else {
         eprintln!(
             "error: invalid setting AUTH_JWT_SECRET: not set; export the hubs' secret (or pass --auth-jwt-secret)"
@@ -47,7 +47,11 @@ fn token(args: mcp_hub::config::TokenArgs) -> ExitCode {
         }
     };
     let role = Role::parse(&args.role).unwrap_or(Role::Client);
-    match mint(&secret, &args.sub, &args.sessions, role, ttl) {
+    let grant = Grant {
+        audience: args.audience.filter(|a| !a.is_empty()),
+        scope: args.scope.filter(|s| !s.is_empty()),
+    };
+    match mint_with(&secret, &args.sub, &args.sessions, role, ttl, &grant) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

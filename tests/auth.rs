@@ -321,6 +321,88 @@ async fn the_cluster_endpoint_is_for_admins() {
     assert_eq!(confirmed["type"], "registration_confirmed");
 }
 
+/// A token with a `scope` claim gets its role's scopes narrowed to those:
+/// `whatsapp.read` registers and reads but cannot send or broadcast on the
+/// WebSocket or REST; `whatsapp.send` alone cannot register; a role-admin
+/// token without `admin` is refused by the admin API. All with
+/// `insufficient_scope` (403 over HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_narrow_what_a_token_may_do_on_every_door() {
+    let hub = auth_hub().await;
+    let scoped = |role, scope: &str| {
+        let grant = mcp_hub::auth::Grant {
+            audience: None,
+            scope: Some(scope.to_string()),
+        };
+        let sessions = ["default".to_string()];
+        mcp_hub::auth::mint_with(
+            SECRET,
+            "rita",
+            &sessions,
+            role,
+            Duration::from_secs(600),
+            &grant,
+        )
+        .expect("mint")
+    };
+    let reader = scoped(Role::Client, "whatsapp.read");
+
+    let (mut ws, confirmed) =
+        WsClient::register_with_token(&hub.ws_url(), &reader, register("default", "rita")).await;
+    assert_eq!(confirmed["type"], "registration_confirmed", "{confirmed}");
+    let list = ws
+        .request(json!({"type": "whatsapp_command", "command": {"action": "list_contacts"}}))
+        .await;
+    assert_eq!(list["content"]["success"], true, "{list}");
+    for refused in [
+        json!({"type": "whatsapp_command", "command": {"action": "send", "contact": "john", "message": "hi"}}),
+        json!({"type": "whatsapp_ai_command", "command": "tell john hi"}),
+        json!({"type": "broadcast", "payload": {"text": "hi"}}),
+    ] {
+        let answer = ws.request(refused.clone()).await;
+        assert_eq!(answer["type"], "error", "{refused}: {answer}");
+        assert_eq!(answer["code"], "insufficient_scope", "{refused}: {answer}");
+    }
+
+    let path = "/api/v1/sessions/default";
+    assert_eq!(
+        rest(&hub, "GET", path, Some(&reader), None, None).await.0,
+        200
+    );
+    let commands = "/api/v1/sessions/default/commands";
+    let send = json!({"command": {"action": "send", "contact": "john", "message": "hi"}});
+    let (status, body) = rest(&hub, "POST", commands, Some(&reader), Some(send), None).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("insufficient_scope")),
+        "{body}"
+    );
+    let list = json!({"command": {"action": "list_contacts"}});
+    let (status, body) = rest(&hub, "POST", commands, Some(&reader), Some(list), None).await;
+    assert_eq!(status, 200, "a read through /commands: {body}");
+
+    let sender = scoped(Role::Client, "whatsapp.send");
+    let mut ws = WsClient::connect_with_token(&hub.ws_url(), &sender).await;
+    let refused = ws.request(register("default", "sam")).await;
+    assert_eq!(refused["code"], "insufficient_scope", "{refused}");
+
+    let narrow_admin = scoped(Role::Admin, "whatsapp.read whatsapp.send");
+    let (status, body) = rest(
+        &hub,
+        "GET",
+        "/api/v1/cluster",
+        Some(&narrow_admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("insufficient_scope")),
+        "{body}"
+    );
+}
+
 /// A REST, admin or MCP call's token is verified once per request (the
 /// rate limit keys callers by it; the handler reads the same verdict), and
 /// the answers are those of a single check: 404 / 200 / 403 / 401.
@@ -457,6 +539,32 @@ fn token_command_mints_and_refuses_without_a_secret() {
     assert_eq!(claims.role.as_deref(), Some("agent"));
     let ttl = claims.exp - now_secs();
     assert!((3590..=3600).contains(&ttl), "{ttl}");
+
+    // A narrowed token for /mcp: `scope` and `aud` as given.
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "token",
+            "--sub",
+            "claude",
+            "--scope",
+            "whatsapp.read",
+            "--audience",
+            "https://hub.example",
+        ],
+        &[("AUTH_JWT_SECRET", SECRET)],
+        &dir,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+    validation.set_audience(&["https://hub.example"]);
+    let claims: Claims = jsonwebtoken::decode(
+        stdout.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .expect("valid token for the audience")
+    .claims;
+    assert_eq!(claims.scope.as_deref(), Some("whatsapp.read"));
 }
 
 // ---------------------------------------------------------------- JWKS

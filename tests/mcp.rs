@@ -8,15 +8,42 @@ mod support;
 
 use std::time::Duration;
 
-use mcp_hub::auth::{Role, mint};
+use mcp_hub::auth::{Grant, Role, mint_with};
 use serde_json::{Value, json};
 use support::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-mcp-tests";
 
+/// The hubs' PUBLIC_URL: `/mcp` tokens carry it in `aud`.
+const PUBLIC_URL: &str = "https://hub.example";
+
+/// A token for `/mcp` (all its role's scopes).
 fn token(sub: &str, sessions: &[&str], role: Role) -> String {
+    scoped_token(sub, sessions, role, None)
+}
+
+fn scoped_token(sub: &str, sessions: &[&str], role: Role, scope: Option<&str>) -> String {
     let sessions: Vec<String> = sessions.iter().map(|s| s.to_string()).collect();
-    mint(SECRET, sub, &sessions, role, Duration::from_secs(600)).expect("mint")
+    let grant = Grant {
+        audience: Some(PUBLIC_URL.into()),
+        scope: scope.map(str::to_string),
+    };
+    mint_with(
+        SECRET,
+        sub,
+        &sessions,
+        role,
+        Duration::from_secs(600),
+        &grant,
+    )
+    .expect("mint")
+}
+
+/// A hub with authentication on, at [`PUBLIC_URL`].
+async fn auth_hub(extra: &[&str]) -> TestHub {
+    let mut args = vec!["--auth-jwt-secret", SECRET, "--public-url", PUBLIC_URL];
+    args.extend_from_slice(extra);
+    TestHub::start(&args).await
 }
 
 fn mcp_url(addr: impl std::fmt::Display) -> String {
@@ -161,7 +188,7 @@ async fn python_sdk_with_a_bearer_token_acts_as_its_sub() {
     if !python_sdk() {
         return;
     }
-    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let hub = auth_hub(&[]).await;
     let (mut watcher, _) = WsClient::register_with_token(
         &hub.ws_url(),
         &token("alice", &["default"], Role::Client),
@@ -245,7 +272,7 @@ fn tool_error_code(answer: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {
-    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let hub = auth_hub(&[]).await;
     let alice = token("alice", &["default"], Role::Client);
 
     let (status, body) = call_tool(&hub, None, "list_contacts", json!({})).await;
@@ -565,7 +592,7 @@ async fn initialize_agrees_only_to_the_revisions_the_hub_meets() {
 /// that read the session like the tools, and logging/setLevel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_resources_and_completion_read_the_shared_session() {
-    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let hub = auth_hub(&[]).await;
     let alice = token("alice", &["default"], Role::Client);
     let (mut watcher, _) = WsClient::register_with_token(
         &hub.ws_url(),
@@ -700,4 +727,99 @@ async fn prompts_resources_and_completion_read_the_shared_session() {
 
     let (_, level) = rpc(&hub, alice, "logging/setLevel", json!({"level": "info"})).await;
     assert_eq!(level["result"], json!({}), "{level}");
+}
+
+/// `/mcp` is an OAuth protected resource (RFC 9728): its metadata, the
+/// challenges that point there, the audience its tokens need, and a 403
+/// `insufficient_scope` for what the token's scopes leave out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_is_an_oauth_protected_resource_with_audience_and_scopes() {
+    let hub = auth_hub(&["--auth-authorization-servers", "https://login.example/"]).await;
+    let metadata = format!("{PUBLIC_URL}/.well-known/oauth-protected-resource/mcp");
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let (status, body) = hub.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["resource"], format!("{PUBLIC_URL}/mcp"));
+        assert_eq!(
+            body["authorization_servers"],
+            json!(["https://login.example"])
+        );
+        assert_eq!(
+            body["scopes_supported"],
+            json!(["whatsapp.read", "whatsapp.send", "admin"])
+        );
+    }
+
+    let post = |token: Option<String>, tool: &str| {
+        let mut request = reqwest::Client::new()
+            .post(mcp_url(hub.addr))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": tool, "arguments": {}}}));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        async move {
+            let r = request.send().await.expect("POST /mcp");
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let status = r.status().as_u16();
+            (status, challenge, r.text().await.unwrap())
+        }
+    };
+    let (status, challenge, _) = post(None, "list_contacts").await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{metadata}\"")
+    );
+    let (status, challenge, _) = post(Some("not-a-jwt".into()), "list_contacts").await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.ends_with(", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    // A good token for someone else: no `aud`, or another server's.
+    let no_audience = mcp_hub::auth::mint(
+        SECRET,
+        "alice",
+        &["default".into()],
+        Role::Client,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let (status, challenge, body) = post(Some(no_audience), "list_contacts").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(body.contains("aud"), "{body}");
+
+    // whatsapp.read only: reads go through, sends are refused before
+    // anything runs.
+    let reader = scoped_token("alice", &["default"], Role::Client, Some("whatsapp.read"));
+    let (status, _, body) = post(Some(reader.clone()), "list_contacts").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, challenge, body) = post(Some(reader), "send_message").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "insufficient_scope"
+    );
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer resource_metadata=\"{metadata}\", error=\"insufficient_scope\", scope=\"whatsapp.send\""
+        )
+    );
+
+    // Without authentication there is nothing to describe.
+    let open = TestHub::start(&[]).await;
+    let (status, _) = open.get("/.well-known/oauth-protected-resource").await;
+    assert_eq!(status, 404);
 }

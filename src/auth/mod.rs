@@ -51,6 +51,46 @@ impl Role {
     }
 }
 
+/// What a token may do, from its `scope` claim (docs/security.md §3):
+/// read a session, send on it, use the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+pub enum Scope {
+    #[strum(serialize = "whatsapp.read")]
+    Read,
+    #[strum(serialize = "whatsapp.send")]
+    Send,
+    #[strum(serialize = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Every scope a role may hold: a `scope` claim can only narrow it.
+    pub fn of_role(role: Role) -> &'static [Scope] {
+        match role {
+            Role::Client | Role::Agent => &[Scope::Read, Scope::Send],
+            Role::Admin => &[Scope::Read, Scope::Send, Scope::Admin],
+        }
+    }
+
+    /// The role's scopes, narrowed to those a `scope` claim (space
+    /// separated) names when there is one; unknown names are ignored.
+    pub fn granted(role: Role, claim: Option<&str>) -> Vec<Scope> {
+        let allowed = Scope::of_role(role);
+        match claim {
+            None => allowed.to_vec(),
+            Some(claim) => allowed
+                .iter()
+                .copied()
+                .filter(|s| claim.split_ascii_whitespace().any(|c| c == s.as_str()))
+                .collect(),
+        }
+    }
+}
+
 /// The verified claims of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -60,9 +100,29 @@ pub struct Identity {
     pub sessions: Vec<String>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// What the token may do: its role's scopes, narrowed by `scope`.
+    pub scopes: Vec<Scope>,
+    /// The token's `aud` (checked by `/mcp`, and everywhere when
+    /// AUTH_JWT_AUDIENCE is set).
+    pub audiences: Vec<String>,
 }
 
 impl Identity {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// `insufficient_scope` unless the token holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), crate::protocol::HubError> {
+        if self.has_scope(scope) {
+            return Ok(());
+        }
+        Err(crate::protocol::HubError::new(
+            crate::protocol::ErrorCode::InsufficientScope,
+            format!("this needs a token with the `{}` scope", scope.as_str()),
+        ))
+    }
+
     /// May register into (and use) `session`.
     pub fn may_use_session(&self, session: &str) -> bool {
         self.role == Role::Admin || self.sessions.iter().any(|s| s == "*" || s == session)
@@ -73,8 +133,9 @@ impl Identity {
         matches!(self.role, Role::Agent | Role::Admin)
     }
 
+    /// The admin API: role admin, with the `admin` scope.
     pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
+        self.role == Role::Admin && self.has_scope(Scope::Admin)
     }
 
     /// Time left until `exp` (zero when already past).
@@ -95,6 +156,19 @@ pub struct Claims {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Space-separated scopes (`whatsapp.read whatsapp.send admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Why a token was refused; the message goes into the 401 body (it never
@@ -318,6 +392,12 @@ fn identity(claims: Claims) -> Result<Identity, AuthError> {
         role,
         sessions: claims.sessions,
         exp: claims.exp,
+        scopes: Scope::granted(role, claims.scope.as_deref()),
+        audiences: match claims.aud {
+            None => Vec::new(),
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(a)) => a,
+        },
     })
 }
 
@@ -360,6 +440,27 @@ pub fn mint(
     role: Role,
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_with(secret, sub, sessions, role, ttl, &Grant::default())
+}
+
+/// What a token is for beyond its role: `aud` and `scope`.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// `aud`: `/mcp` requires the hub's public URL (or AUTH_JWT_AUDIENCE).
+    pub audience: Option<String>,
+    /// `scope`, space-separated; None: every scope of the role.
+    pub scope: Option<String>,
+}
+
+/// [`mint`] with an audience and scopes.
+pub fn mint_with(
+    secret: &str,
+    sub: &str,
+    sessions: &[String],
+    role: Role,
+    ttl: Duration,
+    grant: &Grant,
+) -> Result<String, MintError> {
     crate::config::check_secret(secret).map_err(|e| MintError::Secret(e.reason))?;
     if sub.trim().is_empty() {
         return Err(MintError::Arg("sub: must not be empty".into()));
@@ -371,6 +472,8 @@ pub fn mint(
         sessions: dedup(sessions),
         role: Some(role.as_str().to_string()),
         iat: Some(now),
+        scope: grant.scope.clone(),
+        aud: grant.audience.clone().map(Audience::One),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -517,6 +620,8 @@ mod tests {
             role: Role::Admin,
             sessions: vec![],
             exp: 0,
+            scopes: Scope::of_role(Role::Admin).to_vec(),
+            audiences: vec![],
         };
         assert!(admin.may_use_session("x") && admin.may_be_agent() && admin.is_admin());
         let star = Identity {
@@ -525,6 +630,31 @@ mod tests {
             ..admin
         };
         assert!(star.may_use_session("x") && !star.may_be_agent());
+    }
+
+    #[tokio::test]
+    async fn a_scope_claim_narrows_the_role_and_never_widens_it() {
+        let auth = Authenticator::from_settings(&settings(), metrics())
+            .await
+            .unwrap();
+        let verify = |role, scope: Option<&str>| {
+            let grant = Grant {
+                audience: Some("https://hub.example".into()),
+                scope: scope.map(str::to_string),
+            };
+            let token = mint_with(SECRET, "a", &[], role, Duration::from_secs(60), &grant).unwrap();
+            let auth = &auth;
+            async move { auth.verify(&token).await.unwrap() }
+        };
+        let all = verify(Role::Admin, None).await;
+        assert_eq!(all.scopes, [Scope::Read, Scope::Send, Scope::Admin]);
+        assert_eq!(all.audiences, ["https://hub.example"]);
+        assert!(all.is_admin());
+        let reader = verify(Role::Admin, Some("whatsapp.read unknown")).await;
+        assert_eq!(reader.scopes, [Scope::Read]);
+        assert!(!reader.is_admin(), "role admin without the admin scope");
+        let client = verify(Role::Client, Some("admin whatsapp.send")).await;
+        assert_eq!(client.scopes, [Scope::Send], "a client cannot claim admin");
     }
 
     #[test]

@@ -54,6 +54,19 @@ pub struct AuthArgs {
     /// Required `aud` claim.
     #[arg(long = "auth-jwt-audience", env = "AUTH_JWT_AUDIENCE")]
     pub auth_jwt_audience: Option<String>,
+    /// The hub's public base URL (https://hub.example.com): `/mcp` tokens
+    /// must name it in `aud` (unless AUTH_JWT_AUDIENCE is set) and the
+    /// OAuth metadata names it. Unset: http://MCP_SERVER_HOST:MCP_SERVER_PORT.
+    #[arg(long = "public-url", env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Comma-separated OAuth authorization servers (issuer URLs) that
+    /// issue tokens for `/mcp`, named in its protected resource metadata.
+    #[arg(
+        long = "auth-authorization-servers",
+        env = "AUTH_AUTHORIZATION_SERVERS",
+        value_delimiter = ','
+    )]
+    pub auth_authorization_servers: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthArgs {
@@ -100,6 +113,19 @@ pub fn check_jwks_url(raw: &str) -> Result<reqwest::Url, String> {
     }
 }
 
+/// PUBLIC_URL: an http(s) URL with a host and no query or fragment; its
+/// trailing `/` is dropped.
+fn check_public_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 /// Validated authentication settings. Secrets are redacted from `Debug`.
 #[derive(Clone, Default)]
 pub struct AuthSettings {
@@ -111,6 +137,9 @@ pub struct AuthSettings {
     pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// PUBLIC_URL without a trailing `/`; None: from the host and port.
+    pub public_url: Option<String>,
+    pub authorization_servers: Vec<String>,
     /// Auth is off only because the host is loopback and nothing was set:
     /// worth one warning at start.
     pub open_by_default: bool,
@@ -129,6 +158,8 @@ impl std::fmt::Debug for AuthSettings {
             .field("jwks_url", &self.jwks_url.as_deref().map(url_for_log))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("public_url", &self.public_url)
+            .field("authorization_servers", &self.authorization_servers)
             .finish()
     }
 }
@@ -179,6 +210,18 @@ impl AuthArgs {
                 ));
             }
         }
+        let public_url = match nonempty(self.public_url) {
+            None => None,
+            Some(raw) => Some(check_public_url(&raw).map_err(|r| invalid("PUBLIC_URL", r))?),
+        };
+        let mut authorization_servers = Vec::new();
+        for raw in self.auth_authorization_servers.iter().map(|s| s.trim()) {
+            if !raw.is_empty() {
+                let url =
+                    check_jwks_url(raw).map_err(|r| invalid("AUTH_AUTHORIZATION_SERVERS", r))?;
+                authorization_servers.push(url.as_str().trim_end_matches('/').to_string());
+            }
+        }
         let has_key =
             secret.is_some() || self.auth_jwt_public_key_file.is_some() || jwks_url.is_some();
         let (mode, open_by_default) = match self.auth_mode {
@@ -210,6 +253,8 @@ impl AuthArgs {
             jwks_refresh: Duration::from_millis(self.auth_jwks_refresh_ms),
             issuer: nonempty(self.auth_jwt_issuer),
             audience: nonempty(self.auth_jwt_audience),
+            public_url,
+            authorization_servers,
             open_by_default,
         })
     }

@@ -217,6 +217,13 @@ pub struct TokenArgs {
     /// Lifetime: 90s, 15m, 1h, 30d.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
+    /// `aud`: the hub's PUBLIC_URL for a token that calls `/mcp`.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// `scope`, space-separated (whatsapp.read whatsapp.send admin);
+    /// unset: every scope of the role.
+    #[arg(long)]
+    pub scope: Option<String>,
     /// The hubs' HS256 secret.
     #[arg(
         long = "auth-jwt-secret",
@@ -233,6 +240,8 @@ impl std::fmt::Debug for TokenArgs {
             .field("sessions", &self.sessions)
             .field("role", &self.role)
             .field("ttl", &self.ttl)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
             .field("secret", &redacted(&self.secret))
             .finish()
     }
@@ -381,6 +390,16 @@ pub struct HubConfig {
     pub ai: AiArgs,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppConfig,
+}
+
+impl HubConfig {
+    /// The hub's public base URL: PUBLIC_URL, else where it listens.
+    pub fn public_url(&self) -> String {
+        match &self.auth.public_url {
+            Some(url) => url.clone(),
+            None => format!("http://{}", std::net::SocketAddr::new(self.host, self.port)),
+        }
+    }
 }
 
 /// A setting that parsed but makes no sense; printed as one line, exit 2.

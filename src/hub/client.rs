@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use super::Hub;
 use super::registry::ClientHandle;
 use super::requests::Request;
 use super::session::Member;
-use crate::auth::Identity;
+use super::{Hub, SessionUse};
+use crate::auth::{Identity, Scope};
 use crate::protocol::{ClientMessage, ErrorCode, HubError, ServerEvent, now_millis};
 
 /// One connection's side of the session: the transport feeds it messages,
@@ -91,6 +91,9 @@ impl ClientSession {
                 "send `register` before any other request",
             ));
         };
+        if let Some(identity) = &self.identity {
+            identity.require(needed_scope(&msg))?;
+        }
         Ok(Request {
             hub: self.hub.clone(),
             handle: self.handle.clone(),
@@ -104,5 +107,24 @@ impl ClientSession {
         if let Some(member) = self.member.take() {
             self.hub.leave(&member, self.handle.conn_id).await;
         }
+    }
+}
+
+/// What a registered client's message needs of its token: reading for
+/// reads, sending for anything that sends or writes into the session.
+fn needed_scope(msg: &ClientMessage) -> Scope {
+    match msg {
+        ClientMessage::WhatsAppCommand { command, .. } => match SessionUse::of(command) {
+            SessionUse::Read => Scope::Read,
+            SessionUse::Write => Scope::Send,
+        },
+        ClientMessage::Register(_) | ClientMessage::Ping | ClientMessage::AiRequest { .. } => {
+            Scope::Read
+        }
+        ClientMessage::WhatsAppAiCommand { .. }
+        | ClientMessage::Broadcast { .. }
+        | ClientMessage::ExecuteResult { .. }
+        | ClientMessage::ContactsUpdate { .. }
+        | ClientMessage::IncomingMessage { .. } => Scope::Send,
     }
 }

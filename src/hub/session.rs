@@ -605,6 +605,7 @@ fn check_room(
 /// What the token allows (docs/security.md §3): the session must be in
 /// `sessions` (admin: any), and the agent role needs role agent or admin.
 fn authorize(identity: &Identity, session: &str, is_agent: bool) -> Result<(), HubError> {
+    identity.require(crate::auth::Scope::Read)?;
     if !identity.may_use_session(session) {
         return Err(HubError::new(
             ErrorCode::Forbidden,

@@ -80,6 +80,9 @@ pub enum ErrorCode {
     /// The token does not allow this: another session, the agent role
     /// without the role claim, another `sub`'s client id, an admin endpoint.
     Forbidden,
+    /// HTTP 403: the token lacks the scope this needs (`whatsapp.read`,
+    /// `whatsapp.send` or `admin`, from its `scope` claim).
+    InsufficientScope,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -167,6 +170,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 41);
+        assert_eq!(ErrorCode::all().count(), 42);
     }
 }

@@ -62,10 +62,10 @@ async fn dashboard() -> Response {
 fn admin(bearer: Bearer) -> Result<String, ApiError> {
     match bearer.identity() {
         Err(refusal) => Err(ApiError::Refused(refusal)),
-        Ok(Some(id)) if !id.is_admin() => Err(ApiError::Refused(Box::new(super::auth::forbidden(
-            "this endpoint needs a token with role admin",
-        )))),
-        Ok(Some(id)) => Ok(id.sub),
+        Ok(Some(id)) => match super::auth::not_admin(&id, "this endpoint") {
+            Some(refusal) => Err(ApiError::Refused(Box::new(refusal))),
+            None => Ok(id.sub),
+        },
         Ok(None) => Ok("admin".to_string()),
     }
 }
@@ -88,7 +88,7 @@ struct PageQuery {
         (status = 200, description = "one page of sessions", body = SessionPage),
         (status = 400, description = "`invalid_field`", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 403, description = "the token lacks role admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
         (status = 503, description = "`store_unavailable`", body = ErrorBody),
     ))]
 async fn list_sessions(
@@ -131,7 +131,7 @@ struct Disconnected {
     responses(
         (status = 202, description = "the client is being disconnected", body = Disconnected),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 403, description = "the token lacks role admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
         (status = 404, description = "`client_not_found`", body = ErrorBody),
         (status = 503, description = "its instance or the store is unreachable", body = ErrorBody),
     ))]
@@ -169,7 +169,7 @@ struct BroadcastBody {
         (status = 200, description = "`{sent: true, from}`", body = Object),
         (status = 400, description = "an invalid body", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 403, description = "the token lacks role admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 503, description = "`store_unavailable`", body = ErrorBody),
     ))]
@@ -214,7 +214,7 @@ struct InstanceView {
     responses(
         (status = 200, description = "the live instances", body = Instances),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 403, description = "the token lacks role admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
         (status = 503, description = "`store_unavailable`", body = ErrorBody),
     ))]
 async fn instances(

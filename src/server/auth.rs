@@ -150,9 +150,26 @@ pub async fn bearer_identity(hub: &Hub, headers: &HeaderMap) -> Result<Option<Id
 /// Admin endpoints: with auth on, a token with role admin (401 / 403).
 pub async fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
     match bearer_identity(hub, headers).await? {
-        Some(id) if !id.is_admin() => Err(forbidden("this endpoint needs a token with role admin")),
-        _ => Ok(()),
+        Some(id) => not_admin(&id, "this endpoint").map_or(Ok(()), Err),
+        None => Ok(()),
     }
+}
+
+/// Why `id` may not use the admin API `what`, if it may not: not role
+/// admin (`forbidden`), or an admin token whose `scope` leaves `admin`
+/// out (`insufficient_scope`).
+pub fn not_admin(id: &Identity, what: &str) -> Option<Response> {
+    if id.is_admin() {
+        return None;
+    }
+    if id.role != crate::auth::Role::Admin {
+        return Some(forbidden(format!("{what} needs a token with role admin")));
+    }
+    Some(refusal(
+        StatusCode::FORBIDDEN,
+        ErrorCode::InsufficientScope,
+        format!("{what} needs a token with the `admin` scope"),
+    ))
 }
 
 async fn verify(hub: &Hub, token: &str) -> Result<Identity, Response> {

@@ -391,6 +391,8 @@ mod tests {
             role: crate::auth::Role::Client,
             sessions: vec!["*".into()],
             exp: u64::MAX,
+            scopes: vec![],
+            audiences: vec![],
         };
         let (alice, bob) = (id("alice"), id("bob"));
         let a1 = slots.take(Some(&alice), &metrics).unwrap();

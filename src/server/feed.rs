@@ -63,10 +63,11 @@ pub(super) async fn feed_upgrade(
     }
     let identity = match super::auth::upgrade_identity(&hub, &headers, &uri).await {
         Err(refusal) => return refusal,
-        Ok(Some(id)) if !id.is_admin() => {
-            return super::auth::forbidden("the monitoring feed needs a token with role admin");
-        }
-        Ok(identity) => identity,
+        Ok(Some(id)) => match super::auth::not_admin(&id, "the monitoring feed") {
+            Some(refusal) => return refusal,
+            None => Some(id),
+        },
+        Ok(None) => None,
     };
     let slot = match slots.take(identity.as_ref(), hub.metrics()) {
         Ok(slot) => slot,

@@ -61,7 +61,7 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     responses(
         (status = 200, description = "the cluster's mode and live instances", body = ClusterView),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "the token lacks role admin", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = super::openapi::ErrorBody),
         (status = 503, description = "the backend is unreachable", body = super::openapi::ErrorBody),
     ))]
 async fn cluster(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> axum::response::Response {

@@ -24,6 +24,7 @@
 //! missing or bad token is an HTTP 401 before the protocol starts, like
 //! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
 
+mod oauth;
 mod output;
 mod prompts;
 mod resources;
@@ -96,6 +97,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
             (limit, hub.clone()),
             rate::limit,
         ))
+        .merge(oauth::routes(hub))
 }
 
 /// Who called, as the auth check found it; read by the tools from the
@@ -104,7 +106,9 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
 struct Caller(Option<Identity>);
 
 /// Browser `Origin` as for the WebSocket upgrade (403), then the token as
-/// for REST (401): refused before any MCP message is read.
+/// for REST, plus the audience (401 with the OAuth challenge), then the
+/// scope the request needs (403 `insufficient_scope`): refused before any
+/// MCP message is handled.
 async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
     if !browser::origin_allowed(req.headers(), &hub.config().allowed_origins) {
         hub.metrics().error(ErrorCode::ForbiddenOrigin);
@@ -112,13 +116,40 @@ async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> 
     }
     // Verified once, by the rate limit's middleware in front of this one.
     let (mut parts, body) = req.into_parts();
-    match Bearer::of(&hub, &mut parts).await.identity() {
-        Ok(identity) => {
-            parts.extensions.insert(Caller(identity));
-            next.run(Request::from_parts(parts, body)).await
+    let identity = match Bearer::of(&hub, &mut parts).await.identity() {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            let presented = parts
+                .headers
+                .contains_key(axum::http::header::AUTHORIZATION);
+            return oauth::unauthorized(&hub, *refusal, presented);
         }
-        Err(refusal) => *refusal,
+    };
+    let Some(identity) = identity else {
+        parts.extensions.insert(Caller(None));
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    if !oauth::audience_ok(&hub, &identity) {
+        return oauth::wrong_audience(&hub);
     }
+    // The body is read here (within the REST body limit) to see what the
+    // request does, and handed on as it came.
+    let limit = hub.config().max_rest_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return super::auth::refusal(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over {limit} bytes"),
+        );
+    };
+    if let Some(scope) = oauth::required_scope(&bytes)
+        && !identity.has_scope(scope)
+    {
+        return oauth::insufficient_scope(&hub, scope);
+    }
+    parts.extensions.insert(Caller(Some(identity)));
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 // ------------------------------------------------------------ arguments

@@ -28,6 +28,10 @@ pub const NON_REST_ROUTES: &[&str] = &[
     "/dashboard/feed",
     // The Model Context Protocol endpoint (Streamable HTTP, docs/mcp.md).
     "/mcp",
+    // /mcp's OAuth protected resource metadata (RFC 9728, docs/mcp.md): a
+    // document of its own standard, served only with authentication on.
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
 ];
 
 /// The document's frame: title, version, the bearer scheme; the paths come

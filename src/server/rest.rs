@@ -24,6 +24,7 @@ use utoipa_axum::routes;
 
 use super::auth::Bearer;
 use super::{browser, rate};
+use crate::auth::Scope;
 use crate::hub::{Hub, SessionSummary, SessionUse};
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_ai_context, check_idempotency_key,
@@ -86,7 +87,7 @@ impl IntoResponse for ApiError {
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
         if matches!(e.code, ErrorCode::Unauthorized | ErrorCode::Forbidden) {
@@ -106,9 +107,13 @@ pub(super) fn caller(
     headers: &HeaderMap,
     bearer: Bearer,
     session: &str,
+    scope: Scope,
 ) -> Result<ClientInfo, ApiError> {
     check_session(session)?;
     let identity = bearer.identity().map_err(ApiError::Refused)?;
+    if let Some(id) = &identity {
+        id.require(scope)?;
+    }
     match identity {
         None => Ok(rest_client(hub, headers)),
         Some(id) if !id.may_use_session(session) => Err(HubError::new(
@@ -164,7 +169,7 @@ pub(super) fn check_session(session: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "the session", body = SessionSummary),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token does not allow this session; `insufficient_scope`: its `scope` leaves out what this needs", body = super::openapi::ErrorBody),
         (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
         (status = 429, description = "`rate_limited`", body = super::openapi::ErrorBody),
     ))]
@@ -174,7 +179,7 @@ async fn session_summary(
     headers: HeaderMap,
     bearer: Bearer,
 ) -> Result<Json<SessionSummary>, ApiError> {
-    caller(&hub, &headers, bearer, &session)?;
+    caller(&hub, &headers, bearer, &session, Scope::Read)?;
     Ok(Json(hub.session_summary(&session).await?))
 }
 
@@ -195,7 +200,7 @@ struct HistoryQuery {
         (status = 200, description = "the command's result, as a WebSocket `response` content", body = Object),
         (status = 400, description = "an invalid field", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token does not allow this session; `insufficient_scope`: its `scope` leaves out what this needs", body = super::openapi::ErrorBody),
         (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
         (status = 429, description = "`rate_limited`", body = super::openapi::ErrorBody),
     ))]
@@ -206,7 +211,7 @@ async fn history(
     headers: HeaderMap,
     bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    let client = caller(&hub, &headers, bearer, &session)?;
+    let client = caller(&hub, &headers, bearer, &session, Scope::Read)?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     // Validated like a WebSocket get_history (limit 1 to 500).
     let mut command = json!({"action": "get_history", "contact": contact});
@@ -241,7 +246,7 @@ struct EventsQuery {
         (status = 200, description = "`{recovered, offset, epoch, has_more, next_since, events}`", body = Object),
         (status = 400, description = "an invalid field", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token does not allow this session; `insufficient_scope`: its `scope` leaves out what this needs", body = super::openapi::ErrorBody),
         (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
     ))]
 async fn events(
@@ -251,7 +256,7 @@ async fn events(
     headers: HeaderMap,
     bearer: Bearer,
 ) -> Result<Response, ApiError> {
-    caller(&hub, &headers, bearer, &session)?;
+    caller(&hub, &headers, bearer, &session, Scope::Read)?;
     hub.require_session(&session, SessionUse::Read).await?;
     let Query(q) = query.map_err(|e| HubError::new(ErrorCode::InvalidField, e.body_text()))?;
     let since = match (q.since, q.epoch.as_deref()) {
@@ -325,7 +330,7 @@ struct CommandBody {
         (status = 200, description = "the command's result", body = Object),
         (status = 400, description = "an invalid command", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "the token does not allow this session", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token does not allow this session; `insufficient_scope`: its `scope` leaves out what this needs", body = super::openapi::ErrorBody),
         (status = 404, description = "`session_not_found`: no such session (SESSION_CREATION=register creates none here)", body = super::openapi::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = super::openapi::ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for a different request", body = super::openapi::ErrorBody),
@@ -339,7 +344,10 @@ async fn command(
     bearer: Bearer,
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let client = caller(&hub, &headers, bearer, &session)?;
+    // Reading is the least any command needs; sending is checked below.
+    let identity = bearer.verified().cloned();
+    let client = caller(&hub, &headers, bearer, &session, Scope::Read)?;
+    let needs = |scope| identity.as_ref().map_or(Ok(()), |id| id.require(scope));
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HubError::new(
@@ -358,6 +366,9 @@ async fn command(
     match (body.command, body.text) {
         (Some(cmd), None) => {
             let command = parse_whatsapp_command_with(cmd, &hub.config().field_limits)?;
+            if SessionUse::of(&command) == SessionUse::Write {
+                needs(Scope::Send)?;
+            }
             hub.require_session(&session, SessionUse::of(&command))
                 .await?;
             Ok(Json(
@@ -366,6 +377,7 @@ async fn command(
             ))
         }
         (None, Some(text)) => {
+            needs(Scope::Send)?;
             check_text_len("text", &text, hub.config().field_limits.max_text_chars)?;
             if let Some(context) = &body.context {
                 check_ai_context(context, Some(context), &hub.config().field_limits)?;
