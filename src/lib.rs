@@ -13,6 +13,7 @@
 pub mod ai;
 pub mod app;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod cluster;
 pub mod config;

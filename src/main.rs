@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         Some(Command::Terminal(args)) => runtime.block_on(mcp_hub::terminal::run(args)),
         Some(Command::Serve(args)) => serve(&runtime, *args),
         Some(Command::Token(args)) => token(args),
+        Some(Command::McpStdio(args)) => {
+            ExitCode::from(runtime.block_on(mcp_hub::bridge::run(args)))
+        }
         None => serve(&runtime, cli.serve),
     }
 }

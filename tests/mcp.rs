@@ -74,10 +74,21 @@ fn python_sdk() -> bool {
 /// Runs tests/mcp_interop.py: initialize, list tools, send_message,
 /// get_history; its JSON report.
 async fn python_client(url: &str, contact: &str, message: &str, token: Option<&str>) -> Value {
+    python_run(&[], url, contact, message, token).await
+}
+
+async fn python_run(
+    mode: &[&str],
+    url: &str,
+    contact: &str,
+    message: &str,
+    token: Option<&str>,
+) -> Value {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("python3")
             .arg(repo_path("tests/mcp_interop.py"))
+            .args(mode)
             .args([url, contact, message])
             .args(token)
             .kill_on_drop(true)
@@ -198,6 +209,69 @@ async fn python_sdk_with_a_bearer_token_acts_as_its_sub() {
     let claude = token("claude", &["default"], Role::Client);
     let report = python_client(&mcp_url(hub.addr), "john", "hello from MCP", Some(&claude)).await;
     assert_interop(&report, &mut watcher, "hello from MCP", "claude").await;
+}
+
+/// A client that speaks only stdio (the Python SDK's stdio client, which
+/// spawns `mcp-hub mcp-stdio`) reaches a hub with auth through the bridge,
+/// as the token's `sub`; a bad token is a JSON-RPC error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_stdio_through_the_bridge() {
+    if !python_sdk() {
+        return;
+    }
+    let hub = auth_hub(&[]).await;
+    let (mut watcher, _) = WsClient::register_with_token(
+        &hub.ws_url(),
+        &token("alice", &["default"], Role::Client),
+        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
+    )
+    .await;
+    let desktop = token("desktop", &["default"], Role::Client);
+    let bridge = env!("CARGO_BIN_EXE_mcp-hub");
+    let report = python_run(
+        &["--stdio", bridge],
+        &mcp_url(hub.addr),
+        "john",
+        "hello over stdio",
+        Some(&desktop),
+    )
+    .await;
+    assert_interop(&report, &mut watcher, "hello over stdio", "desktop").await;
+
+    // A refused token: the bridge answers the request itself.
+    let mut child = tokio::process::Command::new(bridge)
+        .args(["mcp-stdio", "--url", &mcp_url(hub.addr)])
+        .env("MCP_HUB_TOKEN", "not-a-jwt")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bridge starts");
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/list\"}\n")
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+        .expect("a line");
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(answer["error"]["code"], -32000, "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("401"),
+        "{answer}"
+    );
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the bridge ends with stdin")
+        .unwrap();
+    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,11 @@
 """Interop with the official Python MCP SDK, driven by tests/mcp.rs.
 
   mcp_interop.py URL CONTACT MESSAGE [TOKEN]
+  mcp_interop.py --stdio BINARY URL CONTACT MESSAGE [TOKEN]
       connects to the hub's /mcp with Streamable HTTP (sending
-      `Authorization: Bearer TOKEN` when given), initializes, lists the
+      `Authorization: Bearer TOKEN` when given) or, with --stdio, over
+      stdio through `BINARY mcp-stdio --url URL` (the token in
+      MCP_HUB_TOKEN), initializes, lists the
       tools, calls send_message {contact, message}, get_history
       {contact}, then get_history of a contact no one has, and prints one
       JSON object:
@@ -21,7 +24,8 @@ import json
 import sys
 
 import jsonschema
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 
@@ -33,48 +37,65 @@ def outcome(result):
     }
 
 
-async def run(url, contact, message, token):
+async def run(url, contact, message, token, bridge=None):
+    if bridge:
+        env = {"PATH": "/usr/bin:/bin"}
+        if token:
+            env["MCP_HUB_TOKEN"] = token
+        params = StdioServerParameters(
+            command=bridge, args=["mcp-stdio", "--url", url], env=env
+        )
+        async with stdio_client(params) as streams:
+            return await exercise(streams, contact, message)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     async with create_mcp_http_client(headers=headers) as http:
         async with streamable_http_client(url, http_client=http) as streams:
-            async with ClientSession(streams[0], streams[1]) as session:
-                init = await session.initialize()
-                tools = {t.name: t for t in (await session.list_tools()).tools}
-                calls = [
-                    ("send_message", {"contact": contact, "message": message}),
-                    ("get_history", {"contact": contact, "limit": 5}),
-                    ("get_history", {"contact": "zzzz-nobody-qqqq"}),
-                ]
-                results = []
-                for name, args in calls:
-                    result = await session.call_tool(name, args)
-                    jsonschema.Draft202012Validator(
-                        tools[name].output_schema
-                    ).validate(result.structured_content)
-                    results.append(outcome(result))
-                return {
-                    "server": init.server_info.name,
-                    "tools": list(tools),
-                    "titles": {n: t.title for n, t in tools.items()},
-                    "annotations": {
-                        n: t.annotations.model_dump(by_alias=True, exclude_none=True)
-                        for n, t in tools.items()
-                        if t.annotations
-                    },
-                    "send": results[0],
-                    "history": results[1],
-                    "unknown": results[2],
-                    "validated": len(results),
-                }
+            return await exercise(streams, contact, message)
+
+
+async def exercise(streams, contact, message):
+    async with ClientSession(streams[0], streams[1]) as session:
+        init = await session.initialize()
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        calls = [
+            ("send_message", {"contact": contact, "message": message}),
+            ("get_history", {"contact": contact, "limit": 5}),
+            ("get_history", {"contact": "zzzz-nobody-qqqq"}),
+        ]
+        results = []
+        for name, args in calls:
+            result = await session.call_tool(name, args)
+            jsonschema.Draft202012Validator(
+                tools[name].output_schema
+            ).validate(result.structured_content)
+            results.append(outcome(result))
+        return {
+            "server": init.server_info.name,
+            "tools": list(tools),
+            "titles": {n: t.title for n, t in tools.items()},
+            "annotations": {
+                n: t.annotations.model_dump(by_alias=True, exclude_none=True)
+                for n, t in tools.items()
+                if t.annotations
+            },
+            "send": results[0],
+            "history": results[1],
+            "unknown": results[2],
+            "validated": len(results),
+        }
 
 
 def main(argv):
+    bridge = None
+    if len(argv) > 2 and argv[1] == "--stdio":
+        bridge = argv[2]
+        argv = argv[:1] + argv[3:]
     if len(argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
         return 2
     url, contact, message = argv[1:4]
     token = argv[4] if len(argv) == 5 else None
-    print(json.dumps(asyncio.run(run(url, contact, message, token))))
+    print(json.dumps(asyncio.run(run(url, contact, message, token, bridge))))
     return 0
 
 

@@ -51,6 +51,8 @@ pub enum Command {
     Terminal(TerminalArgs),
     /// Print an HS256 token signed with AUTH_JWT_SECRET.
     Token(TokenArgs),
+    /// Bridge an MCP client that speaks only stdio to a hub's `/mcp`.
+    McpStdio(McpStdioArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,6 +245,34 @@ impl std::fmt::Debug for TokenArgs {
             .field("audience", &self.audience)
             .field("scope", &self.scope)
             .field("secret", &redacted(&self.secret))
+            .finish()
+    }
+}
+
+/// `mcp-hub mcp-stdio`. `Debug` redacts the token.
+#[derive(Clone, Args)]
+pub struct McpStdioArgs {
+    /// The hub's MCP endpoint.
+    #[arg(
+        long,
+        env = "MCP_HUB_MCP_URL",
+        default_value = "http://127.0.0.1:8002/mcp"
+    )]
+    pub url: String,
+    /// JWT sent as `Authorization: Bearer` with every request.
+    #[arg(long, env = "MCP_HUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Give up on one request after this long (answered with a JSON-RPC error).
+    #[arg(long, default_value_t = 120_000)]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for McpStdioArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpStdioArgs")
+            .field("url", &url_for_log(&self.url))
+            .field("token", &redacted(&self.token))
+            .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
 }
