@@ -594,17 +594,117 @@ async fn a_broadcast_is_the_same_event_from_websocket_mcp_and_the_admin_api() {
     assert_quiet(&mut alice, "a member gets no copy of its own broadcast").await;
 }
 
+/// tests/node/mcp_interop.mjs (the official TypeScript SDK); None, saying
+/// so, when scripts/test has not installed it.
+async fn typescript_client(
+    url: &str,
+    contact: &str,
+    message: &str,
+    token: Option<&str>,
+) -> Option<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if !dir.join("node_modules/@modelcontextprotocol/sdk").exists() {
+        eprintln!(
+            "skipping: the TypeScript MCP SDK is missing (cd tests/node && npm ci, or ./scripts/test)"
+        );
+        return None;
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(dir.join("mcp_interop.mjs"))
+            .args([url, contact, message])
+            .args(token)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the TypeScript MCP client finished within 60 s")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the TypeScript MCP client failed: {stdout}{stderr}"
+    );
+    assert!(stderr.trim().is_empty(), "the SDK warned: {stderr}");
+    Some(serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}")))
+}
+
+/// The TypeScript SDK as a second client, through HAProxy to three hubs
+/// on Redis with auth: tools (results validated by the SDK against their
+/// outputSchema), the conversation resource and the prompts; a WebSocket
+/// client on one instance sees the send live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_through_haproxy_to_three_hubs_with_auth() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ["t1", "t2", "t3"] {
+        hubs.push(auth_hub(&["--redis-url", &url, "--instance-id", id]).await);
+    }
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 3);
+    let (mut watcher, _) = WsClient::register_with_token(
+        &hubs[1].ws_url(),
+        &token("alice", &["default"], Role::Client),
+        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
+    )
+    .await;
+    let app = token("ts-app", &["default"], Role::Client);
+    let lb_url = mcp_url(format!("127.0.0.1:{}", lb.port));
+    let Some(report) =
+        typescript_client(&lb_url, "john", "hello from TypeScript", Some(&app)).await
+    else {
+        return;
+    };
+    assert_eq!(report["server"], "mcp-hub", "{report}");
+    assert_eq!(report["protocol"], "2025-11-25", "{report}");
+    assert_eq!(
+        report["tools"].as_array().map(Vec::len),
+        Some(5),
+        "{report}"
+    );
+    let sent = &report["send"];
+    assert_eq!(sent["is_error"], false, "{sent}");
+    let text: Value = serde_json::from_str(sent["text"][0].as_str().unwrap()).unwrap();
+    assert_eq!(
+        text, sent["structured"],
+        "the text block is the result's JSON"
+    );
+    let event = watcher.recv_type("message_event").await;
+    assert_eq!(
+        (&event["message"], &event["by"]),
+        (&json!("hello from TypeScript"), &json!("ts-app"))
+    );
+    assert_eq!(event["message_id"], sent["structured"]["message_id"]);
+    let history = report["history"]["structured"]["messages"]
+        .as_array()
+        .unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|m| m["message"] == "hello from TypeScript")
+    );
+    let resource = report["resource"]["messages"].as_array().expect("resource");
+    assert!(resource.iter().any(|m| m["by"] == "ts-app"), "{report}");
+    assert_eq!(
+        report["prompts"],
+        json!(["reply_to_last_message", "summarize_conversation"])
+    );
+}
+
 /// The official conformance suite (`@modelcontextprotocol/conformance`
-/// 0.1.13, installed by scripts/test into tests/conformance): every server
-/// scenario passes but the ones tests/conformance/baseline.yml lists, with
+/// 0.1.13, installed by scripts/test into tests/node): every server
+/// scenario passes but the ones tests/node/baseline.yml lists, with
 /// why; one of those that starts passing fails the run too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_conformance_suite_passes_every_scenario_that_applies() {
-    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     let cli = suite.join("node_modules/.bin/conformance");
     if !cli.exists() {
         eprintln!(
-            "skipping: the MCP conformance suite is missing (cd tests/conformance && npm ci, or ./scripts/test)"
+            "skipping: the MCP conformance suite is missing (cd tests/node && npm ci, or ./scripts/test)"
         );
         return;
     }

@@ -214,6 +214,12 @@ struct RunCommand {
     session: Option<String>,
 }
 
+/// A tool's `inputSchema`, without integer-width formats
+/// ([`output::portable`]).
+fn input<T: JsonSchema + 'static>() -> Arc<rmcp::model::JsonObject> {
+    Arc::new(output::portable((*schema_for_type::<T>()).clone()))
+}
+
 /// The tools, as `tools/list` shows them (built once).
 static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
     let read_only = || ToolAnnotations::new().read_only(true).open_world(false);
@@ -229,7 +235,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         Tool::new(
             "list_contacts",
             "List the contacts of the shared WhatsApp session (name and phone).",
-            schema_for_type::<SessionOnly>(),
+            input::<SessionOnly>(),
         )
         .with_title("List contacts")
         .with_raw_output_schema(output::schema::<ContactList>())
@@ -237,7 +243,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         Tool::new(
             "send_message",
             "Send a WhatsApp message to a contact of the session. Every client of the session sees it, sent by you.",
-            schema_for_type::<SendMessage>(),
+            input::<SendMessage>(),
         )
         .with_title("Send a WhatsApp message")
         .with_raw_output_schema(output::schema::<SentMessage>())
@@ -245,7 +251,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         Tool::new(
             "get_history",
             "Read the newest messages exchanged with a contact, oldest first.",
-            schema_for_type::<GetHistory>(),
+            input::<GetHistory>(),
         )
         .with_title("Read a conversation")
         .with_raw_output_schema(output::schema::<History>())
@@ -253,7 +259,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         Tool::new(
             "broadcast",
             "Show a short text to every client connected to the session (not sent over WhatsApp).",
-            schema_for_type::<Broadcast>(),
+            input::<Broadcast>(),
         )
         .with_title("Broadcast to the session's clients")
         .with_raw_output_schema(output::schema::<Broadcasted>())
@@ -261,7 +267,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         Tool::new(
             "run_command",
             "Run a natural-language command (e.g. \"tell jane the meeting moved to 3\") through the hub's AI coordinator, exactly as a client's whatsapp_ai_command.",
-            schema_for_type::<RunCommand>(),
+            input::<RunCommand>(),
         )
         .with_title("Run a plain-language command")
         .with_raw_output_schema(output::schema::<CommandRun>())

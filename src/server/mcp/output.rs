@@ -188,7 +188,31 @@ pub fn schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
     if !defs.is_empty() {
         root.insert("$defs".into(), Value::Object(defs));
     }
-    Arc::new(root)
+    Arc::new(portable(root))
+}
+
+/// `schema` without schemars' integer-width formats (`uint64`, `uint`,
+/// …): they are no JSON Schema format, so validators warn about them (the
+/// TypeScript SDK's ajv does, on every list); `minimum` already says it.
+pub fn portable(mut schema: JsonObject) -> JsonObject {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                let width = map
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint") || f.starts_with("int"));
+                if width {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    schema.values_mut().for_each(strip);
+    schema
 }
 
 /// The hub's answer as `T`, or `connector_failed` if it does not fit.
@@ -232,6 +256,7 @@ mod tests {
         assert!(text.contains("#/$defs/HistoryEntry"), "{text}");
         assert!(schema["$defs"]["HistoryEntry"].is_object(), "{text}");
         assert!(!branches[0].as_object().unwrap().contains_key("$defs"));
+        assert!(!text.contains("uint64"), "{text}");
     }
 
     #[test]
