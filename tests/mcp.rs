@@ -39,6 +39,18 @@ fn scoped_token(sub: &str, sessions: &[&str], role: Role, scope: Option<&str>) -
     .expect("mint")
 }
 
+/// alice's desk, a WebSocket client of `default` that watches what MCP
+/// callers do (auth on).
+async fn alice_watching(ws_url: &str) -> WsClient {
+    let (watcher, _) = WsClient::register_with_token(
+        ws_url,
+        &token("alice", &["default"], Role::Client),
+        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
+    )
+    .await;
+    watcher
+}
+
 /// A hub with authentication on, at [`PUBLIC_URL`].
 async fn auth_hub(extra: &[&str]) -> TestHub {
     let mut args = vec!["--auth-jwt-secret", SECRET, "--public-url", PUBLIC_URL];
@@ -200,12 +212,7 @@ async fn python_sdk_with_a_bearer_token_acts_as_its_sub() {
         return;
     }
     let hub = auth_hub(&[]).await;
-    let (mut watcher, _) = WsClient::register_with_token(
-        &hub.ws_url(),
-        &token("alice", &["default"], Role::Client),
-        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
-    )
-    .await;
+    let mut watcher = alice_watching(&hub.ws_url()).await;
     let claude = token("claude", &["default"], Role::Client);
     let report = python_client(&mcp_url(hub.addr), "john", "hello from MCP", Some(&claude)).await;
     assert_interop(&report, &mut watcher, "hello from MCP", "claude").await;
@@ -220,12 +227,7 @@ async fn python_sdk_over_stdio_through_the_bridge() {
         return;
     }
     let hub = auth_hub(&[]).await;
-    let (mut watcher, _) = WsClient::register_with_token(
-        &hub.ws_url(),
-        &token("alice", &["default"], Role::Client),
-        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
-    )
-    .await;
+    let mut watcher = alice_watching(&hub.ws_url()).await;
     let desktop = token("desktop", &["default"], Role::Client);
     let bridge = env!("CARGO_BIN_EXE_mcp-hub");
     let report = python_run(
@@ -645,12 +647,7 @@ async fn typescript_sdk_through_haproxy_to_three_hubs_with_auth() {
     }
     let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
     let lb = Haproxy::start(&addrs, 3);
-    let (mut watcher, _) = WsClient::register_with_token(
-        &hubs[1].ws_url(),
-        &token("alice", &["default"], Role::Client),
-        json!({"type": "register", "session": "default", "client_id": "alice-desk"}),
-    )
-    .await;
+    let mut watcher = alice_watching(&hubs[1].ws_url()).await;
     let app = token("ts-app", &["default"], Role::Client);
     let lb_url = mcp_url(format!("127.0.0.1:{}", lb.port));
     let Some(report) =

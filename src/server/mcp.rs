@@ -275,6 +275,9 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
     ]
 });
 
+/// `get_history`'s `limit` when none is given.
+const DEFAULT_HISTORY_LIMIT: u64 = 20;
+
 /// A call's raw arguments.
 type Args = Option<rmcp::model::JsonObject>;
 
@@ -599,30 +602,11 @@ impl<'a> Call<'a> {
 
     async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {
         let args: GetHistory = arguments(args)?;
-        let mut command = json!({"action": "get_history", "contact": &args.contact});
-        if let Some(limit) = args.limit {
-            command["limit"] = json!(limit);
-        }
-        let command = self.command(command)?;
-        let session = self
-            .existing_session(args.session, SessionUse::Read)
+        let limit = args.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let history = self
+            .conversation(args.session, &args.contact, limit)
             .await?;
-        let mut content = self
-            .hub
-            .run_command(&session, &command, &self.client())
-            .await?;
-        // What was asked and what came, where an agent's answer does not say.
-        if let Value::Object(answer) = &mut content {
-            let count = answer
-                .get("messages")
-                .and_then(Value::as_array)
-                .map(Vec::len);
-            answer.entry("contact").or_insert(json!(args.contact));
-            if let Some(count) = count {
-                answer.entry("count").or_insert(json!(count));
-            }
-        }
-        Ok(command_result::<History>(content))
+        Ok(output::result(&history, false))
     }
 
     async fn broadcast(&self, args: Args) -> Result<CallToolResult, HubError> {

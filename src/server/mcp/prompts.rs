@@ -118,7 +118,8 @@ impl Call<'_> {
     }
 
     /// The newest `limit` messages with `contact`, typed as `get_history`
-    /// returns them.
+    /// returns them; a command that failed (unknown contact, …) is its
+    /// error, candidates included.
     pub(super) async fn conversation(
         &self,
         session: Option<String>,
@@ -138,7 +139,9 @@ impl Call<'_> {
                 other => serde_json::Map::from_iter([("result".to_string(), other)]),
             });
             let code = failure.code.parse().unwrap_or(ErrorCode::ConnectorFailed);
-            return Err(HubError::new(code, failure.message));
+            let mut error = HubError::new(code, failure.message);
+            error.candidates = failure.candidates;
+            return Err(error);
         }
         let mut content = content;
         if let Value::Object(answer) = &mut content {
