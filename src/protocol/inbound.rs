@@ -11,16 +11,20 @@ use super::fields::{
 };
 use super::outbound::Contact;
 
-/// One inbound message after validation.
-#[derive(Debug, Clone, PartialEq)]
+/// One inbound message after validation. Its kind (the wire `type`, also
+/// the metrics label) comes from the variant's name.
+#[derive(Debug, Clone, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "snake_case")]
 pub enum ClientMessage {
     Register(Register),
+    #[strum(serialize = "whatsapp_command")]
     WhatsAppCommand {
         command: WhatsAppCommand,
         /// Same key, same session, within IDEMPOTENCY_TTL_MS: the first
         /// result again, never a second send.
         idempotency_key: Option<String>,
     },
+    #[strum(serialize = "whatsapp_ai_command")]
     WhatsAppAiCommand {
         command: String,
         context: Option<AiContext>,
@@ -65,31 +69,11 @@ pub enum Execution {
 
 impl ClientMessage {
     /// Every value [`Self::kind`] gives (the metrics start them at 0).
-    pub const KINDS: [&'static str; 9] = [
-        "register",
-        "whatsapp_command",
-        "whatsapp_ai_command",
-        "ai_request",
-        "ping",
-        "broadcast",
-        "execute_result",
-        "contacts_update",
-        "incoming_message",
-    ];
+    pub const KINDS: &'static [&'static str] = <Self as strum::VariantNames>::VARIANTS;
 
     /// The wire `type`, also the metrics label.
     pub fn kind(&self) -> &'static str {
-        match self {
-            ClientMessage::Register(_) => "register",
-            ClientMessage::WhatsAppCommand { .. } => "whatsapp_command",
-            ClientMessage::WhatsAppAiCommand { .. } => "whatsapp_ai_command",
-            ClientMessage::AiRequest { .. } => "ai_request",
-            ClientMessage::Ping => "ping",
-            ClientMessage::Broadcast { .. } => "broadcast",
-            ClientMessage::ExecuteResult { .. } => "execute_result",
-            ClientMessage::ContactsUpdate { .. } => "contacts_update",
-            ClientMessage::IncomingMessage { .. } => "incoming_message",
-        }
+        self.into()
     }
 
     pub fn execution(&self) -> Execution {
@@ -599,6 +583,30 @@ mod tests {
 
     fn code_of(text: &str) -> ErrorCode {
         parse_client_message(text).unwrap_err().0.code
+    }
+
+    /// A message's kind is the `type` it arrived with, for every kind.
+    #[test]
+    fn each_kind_is_the_wire_type() {
+        let frames = [
+            r#"{"type":"register","session":"s","client_id":"c"}"#,
+            r#"{"type":"whatsapp_command","command":{"action":"list_contacts"}}"#,
+            r#"{"type":"whatsapp_ai_command","command":"tell john hi"}"#,
+            r#"{"type":"ai_request","prompt":"hi"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"broadcast","payload":{}}"#,
+            r#"{"type":"execute_result","content":{}}"#,
+            r#"{"type":"contacts_update","contacts":[]}"#,
+            r#"{"type":"incoming_message","contact":"John","message":"hi"}"#,
+        ];
+        let mut kinds = Vec::new();
+        for frame in frames {
+            let wire: Value = serde_json::from_str(frame).unwrap();
+            let (msg, _) = parse_client_message(frame).unwrap_or_else(|e| panic!("{frame}: {e:?}"));
+            assert_eq!(msg.kind(), wire["type"], "{frame}");
+            kinds.push(msg.kind());
+        }
+        assert_eq!(kinds, ClientMessage::KINDS);
     }
 
     #[test]
