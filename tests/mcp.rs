@@ -328,7 +328,20 @@ async fn rpc(hub: &TestHub, token: Option<&str>, method: &str, params: Value) ->
     let r = request.send().await.expect("POST /mcp");
     let status = r.status().as_u16();
     let body = r.text().await.expect("body");
-    (status, serde_json::from_str(&body).unwrap_or(json!(body)))
+    (status, json_rpc_answer(&body))
+}
+
+/// The JSON-RPC answer of a plain JSON body, or of an SSE body (an MCP
+/// session's answers come as events).
+fn json_rpc_answer(body: &str) -> Value {
+    if let Ok(answer) = serde_json::from_str(body) {
+        return answer;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|m| m.get("jsonrpc").is_some())
+        .unwrap_or(json!(body))
 }
 
 /// The tool error's code, from the structured content and the text.
@@ -464,8 +477,9 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
     let hub = TestHub::start(&[]).await;
     let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
 
-    // Stateless: `initialize` opens no MCP session a later request would
-    // need, so any instance can answer any request.
+    // `initialize` opens an MCP session (for resource subscriptions); a
+    // request without one is still answered on its own, as every
+    // `call_tool` below is.
     let r = reqwest::Client::new()
         .post(mcp_url(hub.addr))
         .header("accept", "application/json, text/event-stream")
@@ -478,7 +492,7 @@ async fn broadcast_and_run_command_reach_every_client_by_the_mcp_caller() {
         .await
         .expect("initialize");
     assert_eq!(r.status().as_u16(), 200);
-    assert!(r.headers().get("mcp-session-id").is_none());
+    assert!(r.headers().get("mcp-session-id").is_some());
     // A rebound DNS name is not in ALLOWED_HOSTS (default: localhost).
     let r = reqwest::Client::new()
         .post(mcp_url(hub.addr))
@@ -689,6 +703,88 @@ async fn typescript_sdk_through_haproxy_to_three_hubs_with_auth() {
         report["prompts"],
         json!(["reply_to_last_message", "summarize_conversation"])
     );
+}
+
+/// A resource subscription, through HAProxy to three hubs with auth: the
+/// TypeScript SDK subscribes to John's conversation in an MCP session (the
+/// session sticks to the hub that opened it), the phone's agent reports an
+/// inbound WhatsApp message on another hub, and the subscriber is told
+/// within a second (the session's clients see the message itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_hears_of_an_inbound_message_on_another_instance() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if !dir.join("node_modules/@modelcontextprotocol/sdk").exists() {
+        eprintln!(
+            "skipping: the TypeScript MCP SDK is missing (cd tests/node && npm ci, or ./scripts/test)"
+        );
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ["s1", "s2", "s3"] {
+        hubs.push(auth_hub(&["--redis-url", &url, "--instance-id", id]).await);
+    }
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 3);
+    // The session must exist before anything reads it.
+    let mut desk = alice_watching(&hubs[0].ws_url()).await;
+
+    let uri = "whatsapp://sessions/default/conversations/John";
+    let app = token("ts-app", &["default"], Role::Client);
+    let mut subscriber = tokio::process::Command::new("node")
+        .arg(dir.join("mcp_interop.mjs"))
+        .args([
+            "--subscribe",
+            &mcp_url(format!("127.0.0.1:{}", lb.port)),
+            uri,
+            &app,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let mut next_line = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the subscriber answers")
+            .expect("stdout")
+            .expect("a line (the subscriber failed: see its stderr)");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    assert_eq!(next_line().await["subscribed"], uri);
+
+    let agent = token("phone", &["default"], Role::Agent);
+    let (mut phone, _) = WsClient::register_with_token(
+        &hubs[2].ws_url(),
+        &agent,
+        json!({"type": "register", "session": "default", "client_id": "phone",
+               "capabilities": ["whatsapp"]}),
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    phone
+        .send_json(
+            json!({"type": "incoming_message", "contact": "John", "message": "are we still on?"}),
+        )
+        .await;
+    let updated = next_line().await;
+    let latency = sent.elapsed();
+    assert_eq!(updated["updated"], uri, "{updated}");
+    assert!(latency < Duration::from_secs(1), "told after {latency:?}");
+    let event = desk.recv_type("message_event").await;
+    assert_eq!(
+        (&event["contact"], &event["direction"]),
+        (&json!("John"), &json!("incoming")),
+        "{event}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), subscriber.wait())
+        .await
+        .expect("the subscriber ends")
+        .unwrap();
+    assert!(status.success());
 }
 
 /// The official conformance suite (`@modelcontextprotocol/conformance`

@@ -24,18 +24,18 @@
 //! missing or bad token is an HTTP 401 before the protocol starts, like
 //! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
 
+mod http;
 mod oauth;
 mod output;
 mod prompts;
 mod resources;
+mod subscriptions;
+
+pub use http::routes;
 
 use std::sync::{Arc, LazyLock};
 
-use axum::Router;
-use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
 use rmcp::handler::server::common::schema_for_type;
 #[allow(deprecated, reason = "logging/setLevel is still in 2025-11-25")]
 use rmcp::model::SetLevelRequestParams;
@@ -46,18 +46,16 @@ use rmcp::model::{
     ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
     ServerConfig, Tool, ToolAnnotations,
 };
+#[allow(deprecated, reason = "resources/subscribe is the 2025-11-25 way")]
+use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
 use rmcp::schemars::JsonSchema;
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use self::output::{Broadcasted, CommandRun, ContactList, Failure, History, SentMessage};
-use super::auth::Bearer;
-use super::{browser, rate};
 use crate::auth::Identity;
 use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::protocol::{
@@ -67,90 +65,6 @@ use crate::protocol::{
 
 /// `by` of an MCP caller without auth and without `X-Client-Id`.
 pub const DEFAULT_CALLER: &str = "mcp";
-
-/// `/mcp`: the origin and bearer checks, the REST rate limit (a bucket map
-/// of its own), then the SDK's service.
-pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
-    let config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
-        .with_json_response(true)
-        .with_sse_keep_alive(None)
-        .with_max_request_body_bytes(hub.config().max_rest_body_bytes)
-        .with_cancellation_token(hub.shutdown().child_token())
-        // `Host` is checked for every route, this one included, against
-        // ALLOWED_HOSTS (`super::browser::allowed_host`): one list, one answer.
-        .disable_allowed_hosts();
-    let tools = HubTools { hub: hub.clone() };
-    let service = StreamableHttpService::new(
-        move || Ok(tools.clone()),
-        Arc::new(NeverSessionManager::default()),
-        config,
-    );
-    let limit = Arc::new(rate::RestRateLimit::new(hub.config()));
-    Router::new()
-        .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(
-            hub.clone(),
-            authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            (limit, hub.clone()),
-            rate::limit,
-        ))
-        .merge(oauth::routes(hub))
-}
-
-/// Who called, as the auth check found it; read by the tools from the
-/// request's parts.
-#[derive(Clone)]
-struct Caller(Option<Identity>);
-
-/// Browser `Origin` as for the WebSocket upgrade (403), then the token as
-/// for REST, plus the audience (401 with the OAuth challenge), then the
-/// scope the request needs (403 `insufficient_scope`): refused before any
-/// MCP message is handled.
-async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
-    if !browser::origin_allowed(req.headers(), &hub.config().allowed_origins) {
-        hub.metrics().error(ErrorCode::ForbiddenOrigin);
-        return browser::forbidden_origin();
-    }
-    // Verified once, by the rate limit's middleware in front of this one.
-    let (mut parts, body) = req.into_parts();
-    let identity = match Bearer::of(&hub, &mut parts).await.identity() {
-        Ok(identity) => identity,
-        Err(refusal) => {
-            let presented = parts
-                .headers
-                .contains_key(axum::http::header::AUTHORIZATION);
-            return oauth::unauthorized(&hub, *refusal, presented);
-        }
-    };
-    let Some(identity) = identity else {
-        parts.extensions.insert(Caller(None));
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    if !oauth::audience_ok(&hub, &identity) {
-        return oauth::wrong_audience(&hub);
-    }
-    // The body is read here (within the REST body limit) to see what the
-    // request does, and handed on as it came.
-    let limit = hub.config().max_rest_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return super::auth::refusal(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is over {limit} bytes"),
-        );
-    };
-    if let Some(scope) = oauth::required_scope(&bytes)
-        && !identity.has_scope(scope)
-    {
-        return oauth::insufficient_scope(&hub, scope);
-    }
-    parts.extensions.insert(Caller(Some(identity)));
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
-}
 
 // ------------------------------------------------------------ arguments
 
@@ -297,10 +211,12 @@ fn arguments<T: DeserializeOwned>(args: Args) -> Result<T, HubError> {
 
 // ---------------------------------------------------------------- tools
 
-/// The rmcp handler: one per request (stateless), cheap to clone.
+/// The rmcp handler: one per request (stateless) or session, cheap to
+/// clone.
 #[derive(Clone)]
 struct HubTools {
     hub: Arc<Hub>,
+    subscriptions: Arc<subscriptions::Subscriptions>,
 }
 
 /// The protocol revisions `/mcp` meets and tests (tests/mcp.rs): not
@@ -320,6 +236,7 @@ impl ServerHandler for HubTools {
             .enable_completions()
             .enable_prompts()
             .enable_resources()
+            .enable_resources_subscribe()
             .enable_tools()
             .build();
         ServerConfig::new(capabilities)
@@ -398,6 +315,41 @@ impl ServerHandler for HubTools {
         Ok(ListResourcesResult::with_all_items(listed))
     }
 
+    #[allow(deprecated, reason = "resources/subscribe is the 2025-11-25 way")]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let call = Call::of(&self.hub, &context).map_err(|e| protocol_error(&e))?;
+        let Some(mcp_session) = mcp_session(&context) else {
+            return Err(ErrorData::invalid_request(
+                "resources/subscribe needs an MCP session: send `initialize` first and its Mcp-Session-Id with every request",
+                None,
+            ));
+        };
+        call.subscribe(
+            &self.subscriptions,
+            request.uri,
+            mcp_session,
+            context.peer.clone(),
+        )
+        .await
+        .map_err(|e| protocol_error(&e))
+    }
+
+    #[allow(deprecated, reason = "resources/unsubscribe is the 2025-11-25 way")]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Some(mcp_session) = mcp_session(&context) {
+            self.subscriptions.unsubscribe(&mcp_session, &request.uri);
+        }
+        Ok(())
+    }
+
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -470,6 +422,11 @@ impl HubTools {
             .inc();
     }
 }
+
+/// Who called, as the auth check found it ([`http`]); read by the tools
+/// from the request's parts.
+#[derive(Clone)]
+struct Caller(Option<Identity>);
 
 /// One tool call: who calls, and how to act for them.
 struct Call<'a> {
@@ -677,6 +634,16 @@ fn command_result<T: DeserializeOwned + Serialize>(content: Value) -> CallToolRe
         Ok(value) => output::result(&value, false),
         Err(e) => tool_error(&e),
     }
+}
+
+/// The request's `Mcp-Session-Id`, when it belongs to a session.
+fn mcp_session(context: &RequestContext<RoleServer>) -> Option<String> {
+    context
+        .extensions
+        .get::<Parts>()
+        .and_then(|p| p.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// A hub error outside a tool call (prompts, resources, completion): a
