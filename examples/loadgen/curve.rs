@@ -1,0 +1,1060 @@
+//! `loadgen curve` (issue 20, "The cost curve"): CPU per delivery, delivery
+//! latency and idle memory at 1 000 to 100 000 connections, on hubs or on a
+//! NATS server (WebSocket listener) as a reference.
+//!
+//! One process may hold at most ~20 000 descriptors here, so the parent
+//! process holds no connection: it starts `--shards` copies of itself
+//! (`--shard i/n`), each holding at most ~15 000 connections from loopback
+//! source addresses of its own (`127.(10+i).x.y`, 200 connections per
+//! address: the hub caps one address at `MAX_CONNECTIONS_PER_IP`, and each
+//! address has its own ephemeral ports), and talks to them over their
+//! stdin/stdout:
+//!
+//! 1. each shard connects and registers its sessions (a session never spans
+//!    shards; its members go round-robin over the `--url`s, so a session
+//!    of 10 on 5 hubs has 2 members on each), reads everything, waits until
+//!    registration's frames stopped and prints `READY`;
+//! 2. the parent waits until the hubs' `VmRSS` settled (idle memory per
+//!    connection), samples the hubs' idle CPU for `--idle-secs`, then reads
+//!    CPU (`/proc/PID/stat` of `--pid`s and `--other-pid`s), Redis `INFO
+//!    commandstats` (`--redis`) and the hubs' `/metrics`, and sends `GO`;
+//! 3. each shard publishes the events of its own sessions on one shared
+//!    schedule (`--deliveries-per-sec` in all, for `--seconds`), from the
+//!    session's first member; the other members receive (latency = receive
+//!    time - the send time stamped in the payload, one clock);
+//! 4. once every expected delivery arrived (or nothing moved for
+//!    `--idle-timeout-secs`), each shard prints `DONE` and a latency
+//!    histogram; the parent reads CPU, Redis and metrics again, tells the
+//!    shards to exit and prints the figures and one `RESULT` line.
+//!
+//! Shapes: `--big S` puts S connections in one session (1 publisher, S-1
+//! subscribers; the only session that gets events) and the other
+//! connections, idle, in sessions of `--per-session`; without `--big`
+//! every connection is in a session of `--per-session` and every session
+//! gets events (round-robin).
+//!
+//! `--proto nats`: the same over a NATS server's WebSocket listener (text
+//! protocol: `CONNECT`, `SUB subject sid`, `PUB subject n`, `MSG`, and
+//! `PONG` to its `PING`); a session is a subject, the publisher does not
+//! subscribe.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    CpuTicks, Head, PUBLISHER_ID, READ_BUFFER, SOURCE_NET, Stamp, Ws, check_loopback,
+    clock_ticks_per_sec, connect_spread, cpu_ticks, now_micros, raise_fd_limit, register, rss_kib,
+    settle_rss, total_cpu_ticks,
+};
+
+const USAGE: &str =
+    "usage: loadgen curve --url ws://127.0.0.1:PORT/... [--proto hub|nats] --connections N
+  [--big S] [--per-session 10] [--deliveries-per-sec 20000] [--seconds 30] [--payload-bytes 100]
+  [--pid PID]... [--other-pid NAME=PID]... [--redis 127.0.0.1:PORT] [--idle-secs 5]
+  [--shards 0 (auto: one per 15000 connections)] [--connect-concurrency 100]
+  [--settle-timeout-secs 900] [--idle-timeout-secs 5] [--label TEXT]";
+
+/// Connections one shard holds at most (the hard fd limit is 20 000).
+const PER_SHARD: usize = 15_000;
+/// Latency histogram: bucket = ln(1 + us) * SCALE (2 % wide buckets).
+const SCALE: f64 = 50.0;
+const BUCKETS: usize = 1_200;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Proto {
+    Hub,
+    Nats,
+}
+
+#[derive(Debug, Clone)]
+struct CurveArgs {
+    raw: Vec<String>,
+    proto: Proto,
+    urls: Vec<String>,
+    pids: Vec<u32>,
+    others: Vec<(String, u32)>,
+    redis: Option<String>,
+    connections: usize,
+    big: usize,
+    per_session: usize,
+    deliveries_per_sec: f64,
+    seconds: f64,
+    payload_bytes: usize,
+    idle_secs: f64,
+    shards: usize,
+    shard: Option<usize>,
+    run_id: u64,
+    connect_concurrency: usize,
+    settle_timeout: Duration,
+    idle_timeout: Duration,
+    label: String,
+}
+
+fn parse(raw: Vec<String>) -> Result<CurveArgs> {
+    let mut a = CurveArgs {
+        raw: raw.clone(),
+        proto: Proto::Hub,
+        urls: Vec::new(),
+        pids: Vec::new(),
+        others: Vec::new(),
+        redis: None,
+        connections: 1000,
+        big: 0,
+        per_session: 10,
+        deliveries_per_sec: 20_000.0,
+        seconds: 30.0,
+        payload_bytes: 100,
+        idle_secs: 5.0,
+        shards: 0,
+        shard: None,
+        run_id: now_micros(),
+        connect_concurrency: 100,
+        settle_timeout: Duration::from_secs(900),
+        idle_timeout: Duration::from_secs(5),
+        label: String::new(),
+    };
+    let mut it = raw.into_iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))?;
+        let int = || -> Result<u64> {
+            value
+                .parse::<u64>()
+                .with_context(|| format!("{flag} takes a whole number, not `{value}`"))
+        };
+        let float = || -> Result<f64> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| anyhow!("{flag} takes a number, not `{value}`"))
+        };
+        match flag.as_str() {
+            "--proto" => {
+                a.proto = match value.as_str() {
+                    "hub" => Proto::Hub,
+                    "nats" => Proto::Nats,
+                    _ => bail!("--proto takes hub or nats"),
+                }
+            }
+            "--url" => a.urls.push(check_loopback(&value)?),
+            "--pid" => a.pids.push(int()? as u32),
+            "--hub-pid-file" => {
+                let text = std::fs::read_to_string(&value)
+                    .with_context(|| format!("reading --hub-pid-file {value}"))?;
+                a.pids.push(text.trim().parse().context("a pid")?);
+            }
+            "--other-pid" => {
+                let (name, pid) = value
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--other-pid takes NAME=PID"))?;
+                a.others
+                    .push((name.to_string(), pid.parse().context("--other-pid: a pid")?));
+            }
+            "--redis" => a.redis = Some(value),
+            "--connections" | "--clients" => a.connections = int()? as usize,
+            "--big" => a.big = int()? as usize,
+            "--per-session" => a.per_session = (int()? as usize).max(2),
+            "--deliveries-per-sec" => a.deliveries_per_sec = float()?,
+            "--seconds" => a.seconds = float()?,
+            "--payload-bytes" => a.payload_bytes = int()? as usize,
+            "--idle-secs" => a.idle_secs = float()?,
+            "--shards" => a.shards = int()? as usize,
+            "--shard" => {
+                let (i, n) = value
+                    .split_once('/')
+                    .ok_or_else(|| anyhow!("--shard takes i/n"))?;
+                a.shard = Some(i.parse().context("--shard i/n")?);
+                a.shards = n.parse().context("--shard i/n")?;
+            }
+            "--source-net" => {
+                let net: u8 = value.parse().context("--source-net takes 1..=254")?;
+                if net == 0 || net == 255 {
+                    bail!("--source-net takes 1..=254");
+                }
+                SOURCE_NET.store(net, Ordering::Relaxed);
+            }
+            "--run-id" => a.run_id = int()?,
+            "--connect-concurrency" => a.connect_concurrency = (int()? as usize).max(1),
+            "--settle-timeout-secs" => a.settle_timeout = Duration::from_secs(int()?),
+            "--idle-timeout-secs" => a.idle_timeout = Duration::from_secs(int()?),
+            "--label" => a.label = value,
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    if a.urls.is_empty() {
+        bail!("curve needs at least one --url\n{USAGE}");
+    }
+    if a.connections < 2 {
+        bail!("--connections must be at least 2");
+    }
+    if a.big == 1 || a.big > a.connections {
+        bail!("--big must be 0 or 2..=--connections");
+    }
+    if a.shards == 0 {
+        a.shards = a.connections.div_ceil(PER_SHARD).max(1);
+    }
+    if let Some(i) = a.shard
+        && i >= a.shards
+    {
+        bail!("--shard {i}/{}: i must be below n", a.shards);
+    }
+    let mut seen = std::collections::HashSet::new();
+    a.pids.retain(|p| seen.insert(*p));
+    Ok(a)
+}
+
+/// One session of the plan.
+#[derive(Clone, Copy, Debug)]
+struct Sess {
+    size: usize,
+    active: bool,
+    shard: usize,
+}
+
+/// Sessions and their shards, the same in every process.
+fn plan(a: &CurveArgs) -> Vec<Sess> {
+    let mut sessions = Vec::new();
+    let mut rest = a.connections;
+    if a.big > 0 {
+        sessions.push(Sess {
+            size: a.big,
+            active: true,
+            shard: 0,
+        });
+        rest -= a.big;
+    }
+    while rest > 0 {
+        let size = a.per_session.min(rest);
+        sessions.push(Sess {
+            size,
+            active: a.big == 0 && size >= 2,
+            shard: 0,
+        });
+        rest -= size;
+    }
+    let mut load = vec![0usize; a.shards];
+    for s in sessions.iter_mut() {
+        let shard = if a.big > 0 && s.size == a.big && s.active {
+            0
+        } else {
+            (0..a.shards).min_by_key(|&i| (load[i], i)).unwrap_or(0)
+        };
+        s.shard = shard;
+        load[shard] += s.size;
+    }
+    sessions
+}
+
+/// Events per second in all: deliveries per second / receivers per event.
+fn event_rate(a: &CurveArgs, sessions: &[Sess]) -> (f64, Vec<usize>) {
+    let active: Vec<usize> = (0..sessions.len())
+        .filter(|&i| sessions[i].active)
+        .collect();
+    let receivers: usize = active.iter().map(|&i| sessions[i].size - 1).sum();
+    let per_event = receivers as f64 / active.len().max(1) as f64;
+    (a.deliveries_per_sec / per_event.max(1.0), active)
+}
+
+pub async fn main(raw: Vec<String>) -> Result<()> {
+    let a = parse(raw)?;
+    if event_rate(&a, &plan(&a)).1.is_empty() {
+        bail!("no session with a publisher and a receiver");
+    }
+    match a.shard {
+        Some(i) => run_shard(&a, i).await,
+        None => run_parent(&a).await,
+    }
+}
+
+// ------------------------------------------------------------- parent
+
+struct Child {
+    proc: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    /// The next line starting with `word`; other lines are echoed.
+    async fn expect(&mut self, i: usize, word: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.next_line())
+                .await
+                .map_err(|_| anyhow!("shard {i}: no {word} within {}s", limit.as_secs()))??
+                .ok_or_else(|| anyhow!("shard {i} exited before {word}"))?;
+            if let Some(rest) = line.strip_prefix(word) {
+                return Ok(rest.trim().to_string());
+            }
+            println!("shard {i}: {line}");
+        }
+    }
+}
+
+/// `key=value` pairs of a line.
+fn fields(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn num(f: &HashMap<String, String>, k: &str) -> u64 {
+    f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+async fn run_parent(a: &CurveArgs) -> Result<()> {
+    let sessions = plan(a);
+    let (rate, active) = event_rate(a, &sessions);
+    let events_total = (rate * a.seconds).round() as u64;
+    println!(
+        "mode=curve proto={:?} connections={} big={} per_session={} sessions={} active={} \
+         shards={} deliveries/s={} events/s={rate:.2} seconds={} events={events_total} urls={}",
+        a.proto,
+        a.connections,
+        a.big,
+        a.per_session,
+        sessions.len(),
+        active.len(),
+        a.shards,
+        a.deliveries_per_sec,
+        a.seconds,
+        a.urls.join(",")
+    );
+    let rss_before: Vec<u64> = a.pids.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+    let exe = std::env::current_exe().context("own executable")?;
+    let mut children = Vec::new();
+    for i in 0..a.shards {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("curve")
+            .args(&a.raw)
+            .args(["--shard", &format!("{i}/{}", a.shards)])
+            .args(["--source-net", &(10 + i).to_string()])
+            .args(["--run-id", &a.run_id.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut proc = cmd.spawn().context("starting a shard")?;
+        let stdin = proc.stdin.take().context("shard stdin")?;
+        let stdout = proc.stdout.take().context("shard stdout")?;
+        children.push(Child {
+            proc,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        });
+    }
+    let started = Instant::now();
+    let mut connected = 0u64;
+    let mut failed = 0u64;
+    for (i, c) in children.iter_mut().enumerate() {
+        let f = fields(&c.expect(i, "READY", a.settle_timeout).await?);
+        connected += num(&f, "connected");
+        failed += num(&f, "failed");
+    }
+    println!(
+        "registered {connected} connections ({failed} failed) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut rss_per_conn = f64::NAN;
+    if !a.pids.is_empty() {
+        let after = settle_rss(&a.pids, Duration::from_secs(60)).await?;
+        let delta: u64 = after
+            .iter()
+            .sum::<u64>()
+            .saturating_sub(rss_before.iter().sum());
+        rss_per_conn = delta as f64 / connected.max(1) as f64;
+        println!(
+            "servers VmRSS before={} KiB after={} KiB delta={delta} KiB => {rss_per_conn:.2} KiB per connection ({connected} connections)",
+            rss_before.iter().sum::<u64>(),
+            after.iter().sum::<u64>()
+        );
+    }
+    let hz = clock_ticks_per_sec() as f64;
+    let mut idle_pct = f64::NAN;
+    if !a.pids.is_empty() && a.idle_secs > 0.0 {
+        let t = Instant::now();
+        let before = total_cpu_ticks(&a.pids)?;
+        tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
+        let d = total_cpu_ticks(&a.pids)?.since(before);
+        idle_pct = (d.user + d.system) as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
+        println!(
+            "servers idle CPU before publishing: {idle_pct:.2} % of one core ({:.1}s sampled)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let redis_before = match &a.redis {
+        Some(r) => Some(redis_counts(r).await?),
+        None => None,
+    };
+    let metrics_before = pubsub_total(a).await;
+    let others_before = a
+        .others
+        .iter()
+        .map(|(_, p)| cpu_ticks(*p))
+        .collect::<Result<Vec<_>>>()?;
+    let cpu_before = total_cpu_ticks(&a.pids)?;
+    let t_cpu = Instant::now();
+    let t0 = now_micros() + 300_000;
+    for c in children.iter_mut() {
+        c.stdin.write_all(format!("GO {t0}\n").as_bytes()).await?;
+        c.stdin.flush().await?;
+    }
+    let mut sent = 0u64;
+    let mut expected = 0u64;
+    let mut received = 0u64;
+    let mut dup = 0u64;
+    let mut ooo = 0u64;
+    let mut closed = 0u64;
+    let mut hist = vec![0u64; BUCKETS];
+    let limit = Duration::from_secs_f64(a.seconds) + a.settle_timeout;
+    for (i, c) in children.iter_mut().enumerate() {
+        let f = fields(&c.expect(i, "DONE", limit).await?);
+        sent += num(&f, "sent");
+        expected += num(&f, "expected");
+        received += num(&f, "received");
+        dup += num(&f, "dup");
+        ooo += num(&f, "ooo");
+        closed += num(&f, "closed");
+        let h = c.expect(i, "HIST", Duration::from_secs(30)).await?;
+        for kv in h.split(',').filter(|s| !s.is_empty()) {
+            if let Some((b, n)) = kv.split_once(':')
+                && let (Ok(b), Ok(n)) = (b.parse::<usize>(), n.parse::<u64>())
+                && b < BUCKETS
+            {
+                hist[b] += n;
+            }
+        }
+    }
+    let cpu = total_cpu_ticks(&a.pids)?.since(cpu_before);
+    let window = t_cpu.elapsed().as_secs_f64();
+    let others: Vec<(String, CpuTicks)> = a
+        .others
+        .iter()
+        .zip(others_before)
+        .map(|((name, p), before)| Ok((name.clone(), cpu_ticks(*p)?.since(before))))
+        .collect::<Result<_>>()?;
+    let redis_after = match &a.redis {
+        Some(r) => Some(redis_counts(r).await?),
+        None => None,
+    };
+    let metrics_after = pubsub_total(a).await;
+    for c in children.iter_mut() {
+        let _ = c.stdin.write_all(b"EXIT\n").await;
+    }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(60), c.proc.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.proc.kill().await;
+        }
+    }
+
+    // Every delivery, duplicates included, cost the server a write.
+    let deliveries = received + dup + ooo;
+    let per = |ticks: u64| {
+        if deliveries > 0 {
+            ticks as f64 / hz * 1e6 / deliveries as f64
+        } else {
+            f64::NAN
+        }
+    };
+    let total_samples: u64 = hist.iter().sum();
+    let pct = |q: f64| -> f64 {
+        if total_samples == 0 {
+            return f64::NAN;
+        }
+        let want = ((total_samples as f64 * q).ceil() as u64).max(1);
+        let mut acc = 0;
+        for (b, &n) in hist.iter().enumerate() {
+            acc += n;
+            if acc >= want {
+                return (((b as f64 + 0.5) / SCALE).exp() - 1.0) / 1000.0;
+            }
+        }
+        f64::NAN
+    };
+    let lost = expected.saturating_sub(received);
+    println!(
+        "published {sent} events; deliveries {deliveries} of {expected} expected (lost {lost}, duplicated {dup}, out of order {ooo}); {closed} connections closed by the server"
+    );
+    println!(
+        "latency ms (2 % buckets): p50={:.2} p90={:.2} p99={:.2} p999={:.2} max={:.2}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+    let mut result = format!(
+        "RESULT label={} proto={:?} connections={} connected={connected} big={} per_session={} events={sent} deliveries={deliveries} expected={expected} lost={lost} dup={dup} ooo={ooo} closed={closed} p50_ms={:.2} p99_ms={:.2} window_s={window:.1}",
+        if a.label.is_empty() { "-" } else { &a.label },
+        a.proto,
+        a.connections,
+        a.big,
+        a.per_session,
+        pct(0.5),
+        pct(0.99)
+    );
+    if !a.pids.is_empty() {
+        println!(
+            "server cpu (publish phase, {} pid(s)): {:.2}s over {window:.1}s => {:.2} us/delivery (user {:.2} us, system {:.2} us)",
+            a.pids.len(),
+            (cpu.user + cpu.system) as f64 / hz,
+            per(cpu.user + cpu.system),
+            per(cpu.user),
+            per(cpu.system)
+        );
+        result += &format!(
+            " cpu_us={:.2} user_us={:.2} sys_us={:.2} idle_cpu_pct={idle_pct:.2} rss_kib_per_conn={rss_per_conn:.2}",
+            per(cpu.user + cpu.system),
+            per(cpu.user),
+            per(cpu.system)
+        );
+    }
+    for (name, t) in &others {
+        println!(
+            "other cpu {name} (publish phase): {:.2} us/delivery (user {:.2} us, system {:.2} us), {:.1} % of one core",
+            per(t.user + t.system),
+            per(t.user),
+            per(t.system),
+            (t.user + t.system) as f64 / hz / window * 100.0
+        );
+        result += &format!(" {name}_us={:.2}", per(t.user + t.system));
+    }
+    if let (Some(b), Some(af)) = (redis_before, redis_after) {
+        let d = |k: &str| af.get(k).copied().unwrap_or(0) - b.get(k).copied().unwrap_or(0);
+        let publishes = d("publish") + d("spublish");
+        let ev = sent.max(1) as f64;
+        println!(
+            "redis: PUBLISH/SPUBLISH {publishes} ({:.3} per event), EVALSHA {} ({:.3} per event), commands {} ({:.2} per event)",
+            publishes as f64 / ev,
+            d("evalsha"),
+            d("evalsha") as f64 / ev,
+            d("total_commands_processed"),
+            d("total_commands_processed") as f64 / ev
+        );
+        let mut by_command: Vec<(u64, &String)> = af
+            .keys()
+            .filter(|k| k.as_str() != "total_commands_processed")
+            .map(|k| (d(k), k))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        by_command.sort_unstable_by(|x, y| y.cmp(x));
+        println!(
+            "redis commands in the publish phase: {}",
+            by_command
+                .iter()
+                .map(|(n, k)| format!("{k} {n} ({:.2}/event)", *n as f64 / ev))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        result += &format!(
+            " redis_publish_per_event={:.3} redis_cmds_per_event={:.2}",
+            publishes as f64 / ev,
+            d("total_commands_processed") as f64 / ev
+        );
+    }
+    if let (Some(b), Some(af)) = (metrics_before, metrics_after) {
+        let per_event = (af - b) / sent.max(1) as f64;
+        println!(
+            "hub_pubsub_messages_received_total (all hubs): +{} ({per_event:.3} per event)",
+            af - b
+        );
+        result += &format!(" pubsub_msgs_per_event={per_event:.3}");
+    }
+    println!("{result}");
+    Ok(())
+}
+
+/// Command calls (`cmdstat_<name>` calls) and `total_commands_processed`
+/// of a Redis server, by one plain RESP `INFO` over TCP.
+async fn redis_counts(addr: &str) -> Result<HashMap<String, u64>> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("--redis {addr}"))?;
+    s.write_all(b"*1\r\n$4\r\nINFO\r\n*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let mut out = HashMap::new();
+    let mut replies = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Two bulk replies: `$len\r\n` + len bytes + `\r\n` each.
+    while replies < 2 && Instant::now() < deadline {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut s, &mut chunk),
+        )
+        .await
+        .map_err(|_| anyhow!("redis INFO timed out"))??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        replies = 0;
+        let mut pos = 0;
+        while let Some(eol) = find(&buf[pos..], b"\r\n") {
+            let head = std::str::from_utf8(&buf[pos..pos + eol]).unwrap_or("");
+            let Some(len) = head.strip_prefix('$').and_then(|l| l.parse::<usize>().ok()) else {
+                bail!("redis INFO: unexpected reply {head}");
+            };
+            let start = pos + eol + 2;
+            if buf.len() < start + len + 2 {
+                break;
+            }
+            replies += 1;
+            pos = start + len + 2;
+        }
+    }
+    if replies < 2 {
+        bail!("redis INFO: incomplete reply");
+    }
+    let text = String::from_utf8_lossy(&buf);
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("total_commands_processed:") {
+            out.insert(
+                "total_commands_processed".into(),
+                v.trim().parse().unwrap_or(0),
+            );
+        } else if let Some(rest) = line.strip_prefix("cmdstat_")
+            && let Some((name, stats)) = rest.split_once(':')
+        {
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            out.insert(name.to_string(), calls);
+        }
+    }
+    Ok(out)
+}
+
+/// Sum of `hub_pubsub_messages_received_total` over the `--url`s (hubs
+/// reached directly); None for NATS or when a hub does not answer.
+async fn pubsub_total(a: &CurveArgs) -> Option<f64> {
+    if a.proto != Proto::Hub || a.redis.is_none() {
+        return None;
+    }
+    let mut sum = 0.0;
+    for u in &a.urls {
+        sum += super::pubsub_received(u).await.ok()?;
+    }
+    Some(sum)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// -------------------------------------------------------------- shard
+
+/// What one shard's receivers counted.
+struct Counters {
+    /// Frames that are not a measured delivery (registration, presence).
+    setup: AtomicU64,
+    /// Deliveries with a sequence number above the connection's last.
+    received: AtomicU64,
+    dup: AtomicU64,
+    ooo: AtomicU64,
+    /// Connections the server closed (or that failed) after registering.
+    closed: AtomicU64,
+    hist: Vec<AtomicU64>,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            setup: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dup: AtomicU64::new(0),
+            ooo: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// One measured delivery; `last` is the connection's highest seq.
+    fn delivery(&self, stamp: Stamp, last: &mut Option<u64>) {
+        let (Some(seq), Some(sent)) = (stamp.seq, stamp.t) else {
+            self.setup.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let latency = now_micros().saturating_sub(sent);
+        match *last {
+            Some(l) if seq == l => {
+                self.dup.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(l) if seq < l => {
+                self.ooo.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                *last = Some(seq);
+                self.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let b = (((latency as f64) + 1.0).ln() * SCALE) as usize;
+        self.hist[b.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
+
+async fn run_shard(a: &CurveArgs, me: usize) -> Result<()> {
+    // A shard never outlives its parent (killed by a script's trap).
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+    raise_fd_limit();
+    READ_BUFFER.store(4096, Ordering::Relaxed);
+    let sessions = plan(a);
+    let (rate, active) = event_rate(a, &sessions);
+    let mine: Vec<usize> = (0..sessions.len())
+        .filter(|&s| sessions[s].shard == me)
+        .collect();
+    let counters = Arc::new(Counters::new());
+    let pairs: Vec<(usize, usize)> = mine
+        .iter()
+        .flat_map(|&s| (0..sessions[s].size).map(move |j| (s, j)))
+        .collect();
+    let results: Vec<Result<(usize, usize, Option<Sink>)>> = futures_util::stream::iter(pairs)
+        .map(|(s, j)| {
+            let counters = counters.clone();
+            let url = a.urls[(s + j) % a.urls.len()].clone();
+            let publisher = j == 0 && sessions[s].active;
+            let name = session_name(a, s);
+            let proto = a.proto;
+            async move {
+                let ws = match proto {
+                    Proto::Hub => {
+                        let id = if publisher {
+                            PUBLISHER_ID.to_string()
+                        } else {
+                            format!("c{j}")
+                        };
+                        register(&url, &name, &id).await?
+                    }
+                    Proto::Nats => nats_connect(&url, (!publisher).then_some(&name)).await?,
+                };
+                if publisher {
+                    let (sink, stream) = ws.split();
+                    let sink = Arc::new(Mutex::new(sink));
+                    tokio::spawn(drain(stream, sink.clone(), proto));
+                    Ok((s, j, Some(sink)))
+                } else {
+                    tokio::spawn(receive(ws, counters, proto));
+                    Ok((s, j, None))
+                }
+            }
+        })
+        .buffer_unordered(a.connect_concurrency)
+        .collect()
+        .await;
+    let mut sinks: HashMap<usize, Sink> = HashMap::new();
+    let mut receivers: HashMap<usize, u64> = HashMap::new();
+    let mut failed = 0u64;
+    let mut connected = 0u64;
+    for r in results {
+        match r {
+            Ok((s, j, sink)) => {
+                connected += 1;
+                if let Some(sink) = sink {
+                    sinks.insert(s, sink);
+                } else if j > 0 {
+                    *receivers.entry(s).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("shard {me}: {e:#}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    // Registration's frames (presence of each member to each other) done.
+    super::wait_for_count(
+        &counters.setup,
+        u64::MAX,
+        Duration::from_secs(3),
+        a.settle_timeout,
+    )
+    .await;
+    say(&format!(
+        "READY connected={connected} failed={failed} setup_frames={}",
+        counters.setup.load(Ordering::Relaxed)
+    ));
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let t0 = loop {
+        let line = stdin.next_line().await?.ok_or_else(|| anyhow!("no GO"))?;
+        if let Some(t) = line.strip_prefix("GO ") {
+            break t.trim().parse::<u64>().context("GO t0")?;
+        }
+    };
+    // The shared schedule, in this process's clock (same machine).
+    let start = Instant::now() + Duration::from_micros(t0.saturating_sub(now_micros()));
+    let events = (rate * a.seconds).round() as u64;
+    let filler = "x".repeat(a.payload_bytes);
+    let mut seq: HashMap<usize, u64> = HashMap::new();
+    let mut sent = 0u64;
+    for e in 0..events {
+        let s = active[(e % active.len() as u64) as usize];
+        let Some(sink) = sinks.get(&s) else { continue };
+        tokio::time::sleep_until((start + Duration::from_secs_f64(e as f64 / rate)).into()).await;
+        let n = seq.entry(s).or_default();
+        let payload = json!({"seq": *n, "t": now_micros(), "fill": filler});
+        *n += 1;
+        let frame = match a.proto {
+            Proto::Hub => Message::Text(
+                json!({"type":"broadcast","payload":payload})
+                    .to_string()
+                    .into(),
+            ),
+            Proto::Nats => {
+                let body = payload.to_string();
+                Message::Binary(
+                    format!("PUB {} {}\r\n{body}\r\n", session_name(a, s), body.len())
+                        .into_bytes()
+                        .into(),
+                )
+            }
+        };
+        if let Err(e) = sink.lock().await.send(frame).await {
+            eprintln!("shard {me}: publish to session {s} failed: {e}");
+            continue;
+        }
+        sent += 1;
+    }
+    let expected: u64 = seq
+        .iter()
+        .map(|(s, &n)| n * receivers.get(s).copied().unwrap_or(0))
+        .sum();
+    // Until every expected delivery arrived, or nothing moved for a while.
+    let seen = || {
+        counters.received.load(Ordering::Relaxed)
+            + counters.dup.load(Ordering::Relaxed)
+            + counters.ooo.load(Ordering::Relaxed)
+    };
+    let mut last = seen();
+    let mut moved = Instant::now();
+    while counters.received.load(Ordering::Relaxed) < expected && moved.elapsed() < a.idle_timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = seen();
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
+    }
+    say(&format!(
+        "DONE sent={sent} expected={expected} received={} dup={} ooo={} closed={}",
+        counters.received.load(Ordering::Relaxed),
+        counters.dup.load(Ordering::Relaxed),
+        counters.ooo.load(Ordering::Relaxed),
+        counters.closed.load(Ordering::Relaxed)
+    ));
+    let hist: Vec<String> = counters
+        .hist
+        .iter()
+        .enumerate()
+        .filter_map(|(b, n)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then(|| format!("{b}:{n}"))
+        })
+        .collect();
+    say(&format!("HIST {}", hist.join(",")));
+    // Held until the parent read the servers' CPU, then dropped at exit.
+    while let Ok(Some(line)) = stdin.next_line().await {
+        if line.starts_with("EXIT") {
+            break;
+        }
+    }
+    std::process::exit(0);
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn session_name(a: &CurveArgs, s: usize) -> String {
+    match a.proto {
+        Proto::Hub => format!("curve-{}-{s}", a.run_id),
+        Proto::Nats => format!("curve.{}.{s}", a.run_id),
+    }
+}
+
+/// Reads a publisher's socket (registration frames, pings) until it ends.
+async fn drain(mut stream: futures_util::stream::SplitStream<Ws>, sink: Sink, proto: Proto) {
+    let mut buf = Vec::new();
+    while let Some(Ok(msg)) = stream.next().await {
+        if proto == Proto::Nats {
+            buf.extend_from_slice(&msg.into_data());
+            let pings = nats_parse(&mut buf, |_| {});
+            for _ in 0..pings {
+                let _ = sink
+                    .lock()
+                    .await
+                    .send(Message::Binary(b"PONG\r\n".to_vec().into()))
+                    .await;
+            }
+        }
+    }
+}
+
+/// A receiver: counts deliveries (and everything else as setup frames).
+async fn receive(mut ws: Ws, c: Arc<Counters>, proto: Proto) {
+    let mut last = None;
+    let mut buf = Vec::new();
+    loop {
+        let msg = match ws.next().await {
+            Some(Ok(m)) => m,
+            _ => {
+                c.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match proto {
+            Proto::Hub => {
+                let Message::Text(t) = msg else {
+                    if let Message::Close(_) = msg {
+                        c.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    continue;
+                };
+                // Presence and registration frames need no parsing.
+                if !t.as_str().contains("\"type\":\"broadcast\"") {
+                    c.setup.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match serde_json::from_str::<Head>(t.as_str()) {
+                    Ok(h) if h.kind == "broadcast" && h.payload.is_some() => {
+                        if let Some(p) = h.payload {
+                            c.delivery(p, &mut last);
+                        }
+                    }
+                    _ => {
+                        c.setup.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Proto::Nats => {
+                if let Message::Close(_) = msg {
+                    c.closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                buf.extend_from_slice(&msg.into_data());
+                let pings = nats_parse(&mut buf, |payload| {
+                    match serde_json::from_slice::<Stamp>(payload) {
+                        Ok(p) => c.delivery(p, &mut last),
+                        Err(_) => {
+                            c.setup.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+                for _ in 0..pings {
+                    if ws
+                        .send(Message::Binary(b"PONG\r\n".to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        c.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Consumes whole NATS protocol lines (and MSG payloads) from `buf`,
+/// calling `on_msg` with each MSG payload; returns the PINGs seen. What
+/// is incomplete stays in `buf`.
+fn nats_parse(buf: &mut Vec<u8>, mut on_msg: impl FnMut(&[u8])) -> usize {
+    let mut pos = 0;
+    let mut pings = 0;
+    while let Some(eol) = find(&buf[pos..], b"\r\n") {
+        let line = &buf[pos..pos + eol];
+        if line.starts_with(b"MSG ") || line.starts_with(b"HMSG ") {
+            let len = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|n| n.parse::<usize>().ok());
+            let Some(len) = len else {
+                // Not a MSG line we understand: skip it.
+                pos += eol + 2;
+                continue;
+            };
+            let start = pos + eol + 2;
+            if buf.len() < start + len + 2 {
+                break;
+            }
+            on_msg(&buf[start..start + len]);
+            pos = start + len + 2;
+        } else {
+            if line == b"PING" {
+                pings += 1;
+            }
+            pos += eol + 2;
+        }
+    }
+    buf.drain(..pos);
+    pings
+}
+
+/// A NATS connection over its WebSocket listener: CONNECT (and SUB to
+/// `subject`), confirmed by the PONG to a PING.
+async fn nats_connect(url: &str, subject: Option<&str>) -> Result<Ws> {
+    let work = async {
+        let (mut ws, _) = connect_spread(url)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        let mut hello =
+            String::from("CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false}\r\n");
+        if let Some(s) = subject {
+            hello += &format!("SUB {s} 1\r\n");
+        }
+        hello += "PING\r\n";
+        ws.send(Message::Binary(hello.into_bytes().into())).await?;
+        let mut buf = Vec::new();
+        loop {
+            match ws.next().await {
+                Some(Ok(m)) => buf.extend_from_slice(&m.into_data()),
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("nats closed the connection"),
+            }
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(err) = text.lines().find(|l| l.starts_with("-ERR")) {
+                bail!("nats: {err}");
+            }
+            if text.contains("PONG\r\n") {
+                return Ok(ws);
+            }
+            if buf.len() > 1 << 20 {
+                bail!("nats: no PONG in the first MiB");
+            }
+        }
+    };
+    tokio::time::timeout(super::REGISTER_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("nats connect {url}: timed out"))?
+}
