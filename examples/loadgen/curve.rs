@@ -61,8 +61,8 @@ use super::{
 const USAGE: &str =
     "usage: loadgen curve --url ws://127.0.0.1:PORT/... [--proto hub|nats] --connections N
   [--big S] [--per-session 10] [--deliveries-per-sec 20000] [--seconds 30] [--payload-bytes 100]
-  [--pid PID]... [--other-pid NAME=PID]... [--redis 127.0.0.1:PORT] [--idle-secs 5]
-  [--shards 0 (auto: one per 15000 connections)] [--connect-concurrency 100]
+  [--pid PID]... [--other-pid NAME=PID]... [--redis 127.0.0.1:PORT] [--idle-secs 10]
+  [--shards 0 (auto: one per 15000 connections)] [--connect-concurrency 100] [--big-concurrency 4]
   [--settle-timeout-secs 900] [--idle-timeout-secs 5] [--label TEXT]";
 
 /// Connections one shard holds at most (the hard fd limit is 20 000).
@@ -96,6 +96,7 @@ struct CurveArgs {
     shard: Option<usize>,
     run_id: u64,
     connect_concurrency: usize,
+    big_concurrency: usize,
     settle_timeout: Duration,
     idle_timeout: Duration,
     label: String,
@@ -115,11 +116,12 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
         deliveries_per_sec: 20_000.0,
         seconds: 30.0,
         payload_bytes: 100,
-        idle_secs: 5.0,
+        idle_secs: 10.0,
         shards: 0,
         shard: None,
         run_id: now_micros(),
         connect_concurrency: 100,
+        big_concurrency: 4,
         settle_timeout: Duration::from_secs(900),
         idle_timeout: Duration::from_secs(5),
         label: String::new(),
@@ -188,6 +190,7 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
             }
             "--run-id" => a.run_id = int()?,
             "--connect-concurrency" => a.connect_concurrency = (int()? as usize).max(1),
+            "--big-concurrency" => a.big_concurrency = (int()? as usize).max(1),
             "--settle-timeout-secs" => a.settle_timeout = Duration::from_secs(int()?),
             "--idle-timeout-secs" => a.idle_timeout = Duration::from_secs(int()?),
             "--label" => a.label = value,
@@ -384,23 +387,29 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
         );
     }
     let hz = clock_ticks_per_sec() as f64;
-    let mut idle_pct = f64::NAN;
-    if !a.pids.is_empty() && a.idle_secs > 0.0 {
-        let t = Instant::now();
-        let before = total_cpu_ticks(&a.pids)?;
-        tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
-        let d = total_cpu_ticks(&a.pids)?.since(before);
-        idle_pct = (d.user + d.system) as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
-        println!(
-            "servers idle CPU before publishing: {idle_pct:.2} % of one core ({:.1}s sampled)",
-            t.elapsed().as_secs_f64()
-        );
-    }
+    // The idle window: what the servers and Redis do with nobody
+    // publishing (pings, heartbeats, presence refresh), per second; its end
+    // is the publish phase's start.
+    let idle_start = Instant::now();
+    let idle_cpu0 = total_cpu_ticks(&a.pids)?;
+    let redis_idle0 = match &a.redis {
+        Some(r) => Some(redis_counts(r).await?),
+        None => None,
+    };
+    let metrics_idle0 = pubsub_total(a).await;
+    tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
     let redis_before = match &a.redis {
         Some(r) => Some(redis_counts(r).await?),
         None => None,
     };
     let metrics_before = pubsub_total(a).await;
+    let idle_cpu = total_cpu_ticks(&a.pids)?.since(idle_cpu0);
+    let idle_window = idle_start.elapsed().as_secs_f64();
+    let idle_cpu_per_sec = (idle_cpu.user + idle_cpu.system) as f64 / hz / idle_window;
+    let idle_pct = idle_cpu_per_sec * 100.0;
+    println!(
+        "servers idle CPU before publishing: {idle_pct:.2} % of one core ({idle_window:.1}s sampled)"
+    );
     let others_before = a
         .others
         .iter()
@@ -519,8 +528,16 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
             per(cpu.user),
             per(cpu.system)
         );
+        // Less what the servers spend idle in the same time.
+        let net = if deliveries > 0 {
+            ((cpu.user + cpu.system) as f64 / hz - idle_cpu_per_sec * window) * 1e6
+                / deliveries as f64
+        } else {
+            f64::NAN
+        };
+        println!("server cpu less the idle rate ({idle_pct:.2} % of a core): {net:.2} us/delivery");
         result += &format!(
-            " cpu_us={:.2} user_us={:.2} sys_us={:.2} idle_cpu_pct={idle_pct:.2} rss_kib_per_conn={rss_per_conn:.2}",
+            " cpu_us={:.2} user_us={:.2} sys_us={:.2} cpu_net_us={net:.2} idle_cpu_pct={idle_pct:.2} rss_kib_per_conn={rss_per_conn:.2}",
             per(cpu.user + cpu.system),
             per(cpu.user),
             per(cpu.system)
@@ -536,10 +553,18 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
         );
         result += &format!(" {name}_us={:.2}", per(t.user + t.system));
     }
-    if let (Some(b), Some(af)) = (redis_before, redis_after) {
+    if let (Some(b), Some(af), Some(i0)) = (redis_before, redis_after, redis_idle0) {
         let d = |k: &str| af.get(k).copied().unwrap_or(0) - b.get(k).copied().unwrap_or(0);
         let publishes = d("publish") + d("spublish");
         let ev = sent.max(1) as f64;
+        // PUBLISHes with nobody publishing (heartbeats), scaled to the window.
+        let idle_pub = |k: &str| b.get(k).copied().unwrap_or(0) - i0.get(k).copied().unwrap_or(0);
+        let background = (idle_pub("publish") + idle_pub("spublish")) as f64 / idle_window * window;
+        let net = (publishes as f64 - background) / ev;
+        println!(
+            "redis: PUBLISH less the idle rate ({background:.0} in the window): {net:.3} per event"
+        );
+        result += &format!(" redis_publish_net_per_event={net:.3}");
         println!(
             "redis: PUBLISH/SPUBLISH {publishes} ({:.3} per event), EVALSHA {} ({:.3} per event), commands {} ({:.2} per event)",
             publishes as f64 / ev,
@@ -569,13 +594,15 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
             d("total_commands_processed") as f64 / ev
         );
     }
-    if let (Some(b), Some(af)) = (metrics_before, metrics_after) {
+    if let (Some(b), Some(af), Some(i0)) = (metrics_before, metrics_after, metrics_idle0) {
         let per_event = (af - b) / sent.max(1) as f64;
+        let background = (b - i0) / idle_window * window;
+        let net = (af - b - background) / sent.max(1) as f64;
         println!(
-            "hub_pubsub_messages_received_total (all hubs): +{} ({per_event:.3} per event)",
+            "hub_pubsub_messages_received_total (all hubs): +{} ({per_event:.3} per event; less the idle rate, {background:.0} in the window: {net:.3})",
             af - b
         );
-        result += &format!(" pubsub_msgs_per_event={per_event:.3}");
+        result += &format!(" pubsub_msgs_per_event={per_event:.3} pubsub_net_per_event={net:.3}");
     }
     println!("{result}");
     Ok(())
@@ -734,39 +761,25 @@ async fn run_shard(a: &CurveArgs, me: usize) -> Result<()> {
         .iter()
         .flat_map(|&s| (0..sessions[s].size).map(move |j| (s, j)))
         .collect();
-    let results: Vec<Result<(usize, usize, Option<Sink>)>> = futures_util::stream::iter(pairs)
-        .map(|(s, j)| {
-            let counters = counters.clone();
-            let url = a.urls[(s + j) % a.urls.len()].clone();
-            let publisher = j == 0 && sessions[s].active;
-            let name = session_name(a, s);
-            let proto = a.proto;
-            async move {
-                let ws = match proto {
-                    Proto::Hub => {
-                        let id = if publisher {
-                            PUBLISHER_ID.to_string()
-                        } else {
-                            format!("c{j}")
-                        };
-                        register(&url, &name, &id).await?
-                    }
-                    Proto::Nats => nats_connect(&url, (!publisher).then_some(&name)).await?,
-                };
-                if publisher {
-                    let (sink, stream) = ws.split();
-                    let sink = Arc::new(Mutex::new(sink));
-                    tokio::spawn(drain(stream, sink.clone(), proto));
-                    Ok((s, j, Some(sink)))
-                } else {
-                    tokio::spawn(receive(ws, counters, proto));
-                    Ok((s, j, None))
-                }
-            }
-        })
-        .buffer_unordered(a.connect_concurrency)
-        .collect()
-        .await;
+    // Each join of a session reads its member list, so joins of one big
+    // session at once queue up in Redis (timeouts at 100 at once): the
+    // big session registers --big-concurrency at a time, the rest
+    // --connect-concurrency. A failed registration is retried twice.
+    let (big_pairs, rest): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|&(s, _)| a.big > 0 && s == 0 && sessions[0].shard == me);
+    let mut results: Vec<Result<(usize, usize, Option<Sink>)>> = Vec::new();
+    for (batch, width) in [
+        (big_pairs, a.big_concurrency),
+        (rest, a.connect_concurrency),
+    ] {
+        let done: Vec<_> = futures_util::stream::iter(batch)
+            .map(|(s, j)| join(a, &sessions, &counters, s, j))
+            .buffer_unordered(width)
+            .collect()
+            .await;
+        results.extend(done);
+    }
     let mut sinks: HashMap<usize, Sink> = HashMap::new();
     let mut receivers: HashMap<usize, u64> = HashMap::new();
     let mut failed = 0u64;
@@ -887,6 +900,53 @@ async fn run_shard(a: &CurveArgs, me: usize) -> Result<()> {
         }
     }
     std::process::exit(0);
+}
+
+/// Connects and registers member `j` of session `s` (up to 3 attempts),
+/// then reads its socket in a task of its own; a publisher's sink is
+/// returned.
+async fn join(
+    a: &CurveArgs,
+    sessions: &[Sess],
+    counters: &Arc<Counters>,
+    s: usize,
+    j: usize,
+) -> Result<(usize, usize, Option<Sink>)> {
+    let url = &a.urls[(s + j) % a.urls.len()];
+    let publisher = j == 0 && sessions[s].active;
+    let name = session_name(a, s);
+    let mut attempt = 0;
+    let ws = loop {
+        attempt += 1;
+        let ws = match a.proto {
+            Proto::Hub => {
+                let id = if publisher {
+                    PUBLISHER_ID.to_string()
+                } else {
+                    format!("c{j}")
+                };
+                register(url, &name, &id).await
+            }
+            Proto::Nats => nats_connect(url, (!publisher).then_some(&name)).await,
+        };
+        match ws {
+            Ok(ws) => break ws,
+            Err(e) if attempt >= 3 => return Err(e),
+            Err(e) => {
+                eprintln!("{name} member {j}: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    if publisher {
+        let (sink, stream) = ws.split();
+        let sink = Arc::new(Mutex::new(sink));
+        tokio::spawn(drain(stream, sink.clone(), a.proto));
+        Ok((s, j, Some(sink)))
+    } else {
+        tokio::spawn(receive(ws, counters.clone(), a.proto));
+        Ok((s, j, None))
+    }
 }
 
 fn say(line: &str) {
