@@ -60,10 +60,10 @@ use super::{
 
 const USAGE: &str =
     "usage: loadgen curve --url ws://127.0.0.1:PORT/... [--proto hub|nats] --connections N
-  [--big S] [--per-session 10] [--deliveries-per-sec 20000] [--seconds 30] [--payload-bytes 100]
+  [--big S [--big-first]] [--per-session 10] [--deliveries-per-sec 20000] [--seconds 30] [--payload-bytes 100]
   [--pid PID]... [--other-pid NAME=PID]... [--redis 127.0.0.1:PORT] [--idle-secs 10]
   [--shards 0 (auto: one per 15000 connections)] [--connect-concurrency 100] [--big-concurrency 4]
-  [--settle-timeout-secs 900] [--idle-timeout-secs 5] [--label TEXT]";
+  [--settle-timeout-secs 900] [--idle-timeout-secs 5] [--label TEXT ({n}: connections)]";
 
 /// Connections one shard holds at most (the hard fd limit is 20 000).
 const PER_SHARD: usize = 15_000;
@@ -97,6 +97,8 @@ struct CurveArgs {
     run_id: u64,
     connect_concurrency: usize,
     big_concurrency: usize,
+    /// Measure the big session alone first, then with the idle rest.
+    big_first: bool,
     settle_timeout: Duration,
     idle_timeout: Duration,
     label: String,
@@ -122,12 +124,17 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
         run_id: now_micros(),
         connect_concurrency: 100,
         big_concurrency: 4,
+        big_first: false,
         settle_timeout: Duration::from_secs(900),
         idle_timeout: Duration::from_secs(5),
         label: String::new(),
     };
     let mut it = raw.into_iter();
     while let Some(flag) = it.next() {
+        if flag == "--big-first" {
+            a.big_first = true;
+            continue;
+        }
         let value = it
             .next()
             .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))?;
@@ -193,6 +200,7 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
             "--big-concurrency" => a.big_concurrency = (int()? as usize).max(1),
             "--settle-timeout-secs" => a.settle_timeout = Duration::from_secs(int()?),
             "--idle-timeout-secs" => a.idle_timeout = Duration::from_secs(int()?),
+            // `{n}` in the label: the connections of the measurement.
             "--label" => a.label = value,
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -205,6 +213,9 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
     }
     if a.big == 1 || a.big > a.connections {
         bail!("--big must be 0 or 2..=--connections");
+    }
+    if a.big_first && (a.big == 0 || a.big == a.connections) {
+        bail!("--big-first needs --big below --connections");
     }
     if a.shards == 0 {
         a.shards = a.connections.div_ceil(PER_SHARD).max(1);
@@ -360,6 +371,43 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
             lines: tokio::io::BufReader::new(stdout).lines(),
         });
     }
+    let phases: Vec<usize> = if a.big_first {
+        vec![a.big, a.connections]
+    } else {
+        vec![a.connections]
+    };
+    for (k, &n) in phases.iter().enumerate() {
+        if k > 0 {
+            for c in children.iter_mut() {
+                c.stdin.write_all(b"FILL\n").await?;
+                c.stdin.flush().await?;
+            }
+        }
+        measure(a, &mut children, n, &rss_before).await?;
+    }
+    for c in children.iter_mut() {
+        let _ = c.stdin.write_all(b"EXIT\n").await;
+    }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(60), c.proc.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.proc.kill().await;
+        }
+    }
+
+    Ok(())
+}
+
+/// One measurement: READY from every shard, memory, the idle window, GO,
+/// DONE and the histograms; prints the figures and a RESULT line.
+async fn measure(
+    a: &CurveArgs,
+    children: &mut [Child],
+    connections: usize,
+    rss_before: &[u64],
+) -> Result<()> {
     let started = Instant::now();
     let mut connected = 0u64;
     let mut failed = 0u64;
@@ -461,18 +509,6 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
         None => None,
     };
     let metrics_after = pubsub_total(a).await;
-    for c in children.iter_mut() {
-        let _ = c.stdin.write_all(b"EXIT\n").await;
-    }
-    for c in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(60), c.proc.wait())
-            .await
-            .is_err()
-        {
-            let _ = c.proc.kill().await;
-        }
-    }
-
     // Every delivery, duplicates included, cost the server a write.
     let deliveries = received + dup + ooo;
     let per = |ticks: u64| {
@@ -511,9 +547,13 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
     );
     let mut result = format!(
         "RESULT label={} proto={:?} connections={} connected={connected} big={} per_session={} events={sent} deliveries={deliveries} expected={expected} lost={lost} dup={dup} ooo={ooo} closed={closed} p50_ms={:.2} p99_ms={:.2} window_s={window:.1}",
-        if a.label.is_empty() { "-" } else { &a.label },
+        if a.label.is_empty() {
+            "-".to_string()
+        } else {
+            a.label.replace("{n}", &connections.to_string())
+        },
         a.proto,
-        a.connections,
+        connections,
         a.big,
         a.per_session,
         pct(0.5),
@@ -604,6 +644,16 @@ async fn run_parent(a: &CurveArgs) -> Result<()> {
         );
         result += &format!(" pubsub_msgs_per_event={per_event:.3} pubsub_net_per_event={net:.3}");
     }
+    match subscribers_per_event(a).await {
+        Ok(Some(n)) => {
+            println!(
+                "redis pub/sub: each event's channel has {n:.3} subscribers (PUBSUB NUMSUB) => {n:.3} messages per event"
+            );
+            result += &format!(" numsub_per_event={n:.3}");
+        }
+        Ok(None) => {}
+        Err(e) => println!("redis PUBSUB NUMSUB: {e:#}"),
+    }
     println!("{result}");
     Ok(())
 }
@@ -672,6 +722,125 @@ async fn redis_counts(addr: &str) -> Result<HashMap<String, u64>> {
     Ok(out)
 }
 
+/// A RESP reply, as much of it as this tool reads.
+enum Resp {
+    Text(String),
+    Int(i64),
+    List(Vec<Resp>),
+    Nil,
+}
+
+/// One reply from the start of `buf`: `Ok(None)` while incomplete.
+fn resp_parse(buf: &[u8]) -> Result<Option<(Resp, usize)>> {
+    let Some(eol) = find(buf, b"\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[1..eol]).context("RESP header")?;
+    let next = eol + 2;
+    match buf.first() {
+        Some(b'+') => Ok(Some((Resp::Text(head.to_string()), next))),
+        Some(b'-') => bail!("redis: {head}"),
+        Some(b':') => Ok(Some((Resp::Int(head.parse().context("RESP int")?), next))),
+        Some(b'$') => {
+            let len: i64 = head.parse().context("RESP length")?;
+            if len < 0 {
+                return Ok(Some((Resp::Nil, next)));
+            }
+            let end = next + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            let text = String::from_utf8_lossy(&buf[next..end]).into_owned();
+            Ok(Some((Resp::Text(text), end + 2)))
+        }
+        Some(b'*') => {
+            let n: i64 = head.parse().context("RESP length")?;
+            let mut items = Vec::new();
+            let mut pos = next;
+            for _ in 0..n.max(0) {
+                match resp_parse(&buf[pos..])? {
+                    Some((item, used)) => {
+                        items.push(item);
+                        pos += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Resp::List(items), pos)))
+        }
+        _ => bail!("redis: unexpected reply"),
+    }
+}
+
+/// One command to Redis (plain RESP over TCP), its reply.
+async fn redis_cmd(addr: &str, args: &[String]) -> Result<Resp> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("--redis {addr}"))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((reply, _)) = resp_parse(&buf)? {
+            return Ok(reply);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(left, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+            .await
+            .map_err(|_| anyhow!("redis: no reply within 10 s"))??;
+        if n == 0 {
+            bail!("redis closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Pub/sub messages per event, exactly: the mean subscriber count
+/// (`PUBSUB NUMSUB`: the instances subscribed, one message each) of the
+/// channels of the sessions that get events.
+async fn subscribers_per_event(a: &CurveArgs) -> Result<Option<f64>> {
+    let (Some(redis), Proto::Hub) = (&a.redis, a.proto) else {
+        return Ok(None);
+    };
+    let pattern = if a.big > 0 {
+        format!("*{{s:{}}}:events", session_name(a, 0))
+    } else {
+        format!("*{{s:curve-{}-*}}:events", a.run_id)
+    };
+    let Resp::List(names) =
+        redis_cmd(redis, &["PUBSUB".into(), "CHANNELS".into(), pattern]).await?
+    else {
+        bail!("PUBSUB CHANNELS: not a list");
+    };
+    let mut args = vec!["PUBSUB".to_string(), "NUMSUB".to_string()];
+    args.extend(names.into_iter().filter_map(|n| match n {
+        Resp::Text(t) => Some(t),
+        _ => None,
+    }));
+    let channels = args.len() - 2;
+    if channels == 0 {
+        return Ok(Some(0.0));
+    }
+    let Resp::List(reply) = redis_cmd(redis, &args).await? else {
+        bail!("PUBSUB NUMSUB: not a list");
+    };
+    let total: i64 = reply
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|r| match r {
+            Resp::Int(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    Ok(Some(total as f64 / channels as f64))
+}
+
 /// Sum of `hub_pubsub_messages_received_total` over the `--url`s (hubs
 /// reached directly); None for NATS or when a hub does not answer.
 async fn pubsub_total(a: &CurveArgs) -> Option<f64> {
@@ -702,6 +871,8 @@ struct Counters {
     /// Connections the server closed (or that failed) after registering.
     closed: AtomicU64,
     hist: Vec<AtomicU64>,
+    /// Measurements done (phase 1: the big session alone).
+    phase: AtomicU64,
 }
 
 impl Counters {
@@ -713,7 +884,27 @@ impl Counters {
             ooo: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            phase: AtomicU64::new(0),
         }
+    }
+
+    /// Zeroes what one measurement counts (before its READY).
+    fn reset(&self) {
+        for n in [&self.received, &self.dup, &self.ooo, &self.closed] {
+            n.store(0, Ordering::Relaxed);
+        }
+        for n in &self.hist {
+            n.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sequence numbers of a later phase start above the earlier ones'.
+    fn phase_base(&self) -> u64 {
+        self.phase.load(Ordering::Relaxed) * 1_000_000_000
+    }
+
+    fn next_phase(&self) {
+        self.phase.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One measured delivery; `last` is the connection's highest seq.
@@ -752,11 +943,9 @@ async fn run_shard(a: &CurveArgs, me: usize) -> Result<()> {
     raise_fd_limit();
     READ_BUFFER.store(4096, Ordering::Relaxed);
     let sessions = plan(a);
-    let (rate, active) = event_rate(a, &sessions);
     let mine: Vec<usize> = (0..sessions.len())
         .filter(|&s| sessions[s].shard == me)
         .collect();
-    let counters = Arc::new(Counters::new());
     let pairs: Vec<(usize, usize)> = mine
         .iter()
         .flat_map(|&s| (0..sessions[s].size).map(move |j| (s, j)))
@@ -768,138 +957,185 @@ async fn run_shard(a: &CurveArgs, me: usize) -> Result<()> {
     let (big_pairs, rest): (Vec<_>, Vec<_>) = pairs
         .into_iter()
         .partition(|&(s, _)| a.big > 0 && s == 0 && sessions[0].shard == me);
-    let mut results: Vec<Result<(usize, usize, Option<Sink>)>> = Vec::new();
-    for (batch, width) in [
-        (big_pairs, a.big_concurrency),
-        (rest, a.connect_concurrency),
-    ] {
-        let done: Vec<_> = futures_util::stream::iter(batch)
-            .map(|(s, j)| join(a, &sessions, &counters, s, j))
+    let mut shard = Shard {
+        me,
+        counters: Arc::new(Counters::new()),
+        sinks: HashMap::new(),
+        receivers: HashMap::new(),
+        connected: 0,
+        failed: 0,
+        stdin: tokio::io::BufReader::new(tokio::io::stdin()).lines(),
+    };
+    shard
+        .register(a, &sessions, big_pairs, a.big_concurrency)
+        .await;
+    if a.big_first {
+        // Phase 1: the big session alone, measured; then the idle rest.
+        shard.measure(a, &sessions).await?;
+        shard.wait_for("FILL").await?;
+    }
+    shard
+        .register(a, &sessions, rest, a.connect_concurrency)
+        .await;
+    shard.measure(a, &sessions).await?;
+    // Held until the parent read the servers' CPU, then dropped at exit.
+    let _ = shard.wait_for("EXIT").await;
+    std::process::exit(0);
+}
+
+/// One shard's connections and its line to the parent.
+struct Shard {
+    me: usize,
+    counters: Arc<Counters>,
+    sinks: HashMap<usize, Sink>,
+    /// Receivers registered per session.
+    receivers: HashMap<usize, u64>,
+    connected: u64,
+    failed: u64,
+    stdin: tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+}
+
+impl Shard {
+    async fn register(
+        &mut self,
+        a: &CurveArgs,
+        sessions: &[Sess],
+        pairs: Vec<(usize, usize)>,
+        width: usize,
+    ) {
+        let counters = self.counters.clone();
+        let results: Vec<_> = futures_util::stream::iter(pairs)
+            .map(|(s, j)| join(a, sessions, &counters, s, j))
             .buffer_unordered(width)
             .collect()
             .await;
-        results.extend(done);
-    }
-    let mut sinks: HashMap<usize, Sink> = HashMap::new();
-    let mut receivers: HashMap<usize, u64> = HashMap::new();
-    let mut failed = 0u64;
-    let mut connected = 0u64;
-    for r in results {
-        match r {
-            Ok((s, j, sink)) => {
-                connected += 1;
-                if let Some(sink) = sink {
-                    sinks.insert(s, sink);
-                } else if j > 0 {
-                    *receivers.entry(s).or_default() += 1;
+        for r in results {
+            match r {
+                Ok((s, j, sink)) => {
+                    self.connected += 1;
+                    if let Some(sink) = sink {
+                        self.sinks.insert(s, sink);
+                    } else if j > 0 {
+                        *self.receivers.entry(s).or_default() += 1;
+                    }
                 }
-            }
-            Err(e) => {
-                if failed == 0 {
-                    eprintln!("shard {me}: {e:#}");
+                Err(e) => {
+                    if self.failed == 0 {
+                        eprintln!("shard {}: {e:#}", self.me);
+                    }
+                    self.failed += 1;
                 }
-                failed += 1;
             }
         }
     }
-    // Registration's frames (presence of each member to each other) done.
-    super::wait_for_count(
-        &counters.setup,
-        u64::MAX,
-        Duration::from_secs(3),
-        a.settle_timeout,
-    )
-    .await;
-    say(&format!(
-        "READY connected={connected} failed={failed} setup_frames={}",
-        counters.setup.load(Ordering::Relaxed)
-    ));
 
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let t0 = loop {
-        let line = stdin.next_line().await?.ok_or_else(|| anyhow!("no GO"))?;
-        if let Some(t) = line.strip_prefix("GO ") {
-            break t.trim().parse::<u64>().context("GO t0")?;
-        }
-    };
-    // The shared schedule, in this process's clock (same machine).
-    let start = Instant::now() + Duration::from_micros(t0.saturating_sub(now_micros()));
-    let events = (rate * a.seconds).round() as u64;
-    let filler = "x".repeat(a.payload_bytes);
-    let mut seq: HashMap<usize, u64> = HashMap::new();
-    let mut sent = 0u64;
-    for e in 0..events {
-        let s = active[(e % active.len() as u64) as usize];
-        let Some(sink) = sinks.get(&s) else { continue };
-        tokio::time::sleep_until((start + Duration::from_secs_f64(e as f64 / rate)).into()).await;
-        let n = seq.entry(s).or_default();
-        let payload = json!({"seq": *n, "t": now_micros(), "fill": filler});
-        *n += 1;
-        let frame = match a.proto {
-            Proto::Hub => Message::Text(
-                json!({"type":"broadcast","payload":payload})
-                    .to_string()
-                    .into(),
-            ),
-            Proto::Nats => {
-                let body = payload.to_string();
-                Message::Binary(
-                    format!("PUB {} {}\r\n{body}\r\n", session_name(a, s), body.len())
-                        .into_bytes()
-                        .into(),
-                )
+    /// The next line from the parent starting with `word` (its rest).
+    async fn wait_for(&mut self, word: &str) -> Result<String> {
+        loop {
+            let line = self
+                .stdin
+                .next_line()
+                .await?
+                .ok_or_else(|| anyhow!("no {word} from the parent"))?;
+            if let Some(rest) = line.strip_prefix(word) {
+                return Ok(rest.trim().to_string());
             }
+        }
+    }
+
+    /// READY once registration's frames stopped; on GO, this shard's part
+    /// of the schedule; DONE and HIST once the deliveries arrived.
+    async fn measure(&mut self, a: &CurveArgs, sessions: &[Sess]) -> Result<()> {
+        let c = self.counters.clone();
+        // Registration's frames (presence of each member to each other) done.
+        super::wait_for_count(&c.setup, u64::MAX, Duration::from_secs(3), a.settle_timeout).await;
+        c.reset();
+        say(&format!(
+            "READY connected={} failed={} setup_frames={}",
+            self.connected,
+            self.failed,
+            c.setup.load(Ordering::Relaxed)
+        ));
+        let t0: u64 = self.wait_for("GO").await?.parse().context("GO t0")?;
+        let (rate, active) = event_rate(a, sessions);
+        // The shared schedule, in this process's clock (same machine).
+        let start = Instant::now() + Duration::from_micros(t0.saturating_sub(now_micros()));
+        let events = (rate * a.seconds).round() as u64;
+        let filler = "x".repeat(a.payload_bytes);
+        let mut seq: HashMap<usize, u64> = HashMap::new();
+        let mut sent = 0u64;
+        for e in 0..events {
+            let s = active[(e % active.len() as u64) as usize];
+            let Some(sink) = self.sinks.get(&s) else {
+                continue;
+            };
+            tokio::time::sleep_until((start + Duration::from_secs_f64(e as f64 / rate)).into())
+                .await;
+            // Sequence numbers go on across phases (per connection order).
+            let n = seq.entry(s).or_default();
+            let payload = json!({"seq": c.phase_base() + *n, "t": now_micros(), "fill": filler});
+            *n += 1;
+            let frame = match a.proto {
+                Proto::Hub => Message::Text(
+                    json!({"type":"broadcast","payload":payload})
+                        .to_string()
+                        .into(),
+                ),
+                Proto::Nats => {
+                    let body = payload.to_string();
+                    Message::Binary(
+                        format!("PUB {} {}\r\n{body}\r\n", session_name(a, s), body.len())
+                            .into_bytes()
+                            .into(),
+                    )
+                }
+            };
+            if let Err(e) = sink.lock().await.send(frame).await {
+                eprintln!("shard {}: publish to session {s} failed: {e}", self.me);
+                continue;
+            }
+            sent += 1;
+        }
+        let expected: u64 = seq
+            .iter()
+            .map(|(s, &n)| n * self.receivers.get(s).copied().unwrap_or(0))
+            .sum();
+        // Until every expected delivery arrived, or nothing moved for a while.
+        let seen = || {
+            c.received.load(Ordering::Relaxed)
+                + c.dup.load(Ordering::Relaxed)
+                + c.ooo.load(Ordering::Relaxed)
         };
-        if let Err(e) = sink.lock().await.send(frame).await {
-            eprintln!("shard {me}: publish to session {s} failed: {e}");
-            continue;
+        let mut last = seen();
+        let mut moved = Instant::now();
+        while c.received.load(Ordering::Relaxed) < expected && moved.elapsed() < a.idle_timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = seen();
+            if now != last {
+                last = now;
+                moved = Instant::now();
+            }
         }
-        sent += 1;
+        say(&format!(
+            "DONE sent={sent} expected={expected} received={} dup={} ooo={} closed={}",
+            c.received.load(Ordering::Relaxed),
+            c.dup.load(Ordering::Relaxed),
+            c.ooo.load(Ordering::Relaxed),
+            c.closed.load(Ordering::Relaxed)
+        ));
+        let hist: Vec<String> = c
+            .hist
+            .iter()
+            .enumerate()
+            .filter_map(|(b, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| format!("{b}:{n}"))
+            })
+            .collect();
+        say(&format!("HIST {}", hist.join(",")));
+        c.next_phase();
+        Ok(())
     }
-    let expected: u64 = seq
-        .iter()
-        .map(|(s, &n)| n * receivers.get(s).copied().unwrap_or(0))
-        .sum();
-    // Until every expected delivery arrived, or nothing moved for a while.
-    let seen = || {
-        counters.received.load(Ordering::Relaxed)
-            + counters.dup.load(Ordering::Relaxed)
-            + counters.ooo.load(Ordering::Relaxed)
-    };
-    let mut last = seen();
-    let mut moved = Instant::now();
-    while counters.received.load(Ordering::Relaxed) < expected && moved.elapsed() < a.idle_timeout {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = seen();
-        if now != last {
-            last = now;
-            moved = Instant::now();
-        }
-    }
-    say(&format!(
-        "DONE sent={sent} expected={expected} received={} dup={} ooo={} closed={}",
-        counters.received.load(Ordering::Relaxed),
-        counters.dup.load(Ordering::Relaxed),
-        counters.ooo.load(Ordering::Relaxed),
-        counters.closed.load(Ordering::Relaxed)
-    ));
-    let hist: Vec<String> = counters
-        .hist
-        .iter()
-        .enumerate()
-        .filter_map(|(b, n)| {
-            let n = n.load(Ordering::Relaxed);
-            (n > 0).then(|| format!("{b}:{n}"))
-        })
-        .collect();
-    say(&format!("HIST {}", hist.join(",")));
-    // Held until the parent read the servers' CPU, then dropped at exit.
-    while let Ok(Some(line)) = stdin.next_line().await {
-        if line.starts_with("EXIT") {
-            break;
-        }
-    }
-    std::process::exit(0);
 }
 
 /// Connects and registers member `j` of session `s` (up to 3 attempts),
