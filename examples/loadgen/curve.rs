@@ -476,6 +476,7 @@ async fn measure(
     let mut dup = 0u64;
     let mut ooo = 0u64;
     let mut closed = 0u64;
+    let mut errors = 0u64;
     let mut hist = vec![0u64; BUCKETS];
     let limit = Duration::from_secs_f64(a.seconds) + a.settle_timeout;
     for (i, c) in children.iter_mut().enumerate() {
@@ -486,6 +487,7 @@ async fn measure(
         dup += num(&f, "dup");
         ooo += num(&f, "ooo");
         closed += num(&f, "closed");
+        errors += num(&f, "errors");
         let h = c.expect(i, "HIST", Duration::from_secs(30)).await?;
         for kv in h.split(',').filter(|s| !s.is_empty()) {
             if let Some((b, n)) = kv.split_once(':')
@@ -535,7 +537,7 @@ async fn measure(
     };
     let lost = expected.saturating_sub(received);
     println!(
-        "published {sent} events; deliveries {deliveries} of {expected} expected (lost {lost}, duplicated {dup}, out of order {ooo}); {closed} connections closed by the server"
+        "published {sent} events; deliveries {deliveries} of {expected} expected (lost {lost}, duplicated {dup}, out of order {ooo}); {closed} connections closed by the server; {errors} error frames to the publishers"
     );
     println!(
         "latency ms (2 % buckets): p50={:.2} p90={:.2} p99={:.2} p999={:.2} max={:.2}",
@@ -546,7 +548,7 @@ async fn measure(
         pct(1.0)
     );
     let mut result = format!(
-        "RESULT label={} proto={:?} connections={} connected={connected} big={} per_session={} events={sent} deliveries={deliveries} expected={expected} lost={lost} dup={dup} ooo={ooo} closed={closed} p50_ms={:.2} p99_ms={:.2} window_s={window:.1}",
+        "RESULT label={} proto={:?} connections={} connected={connected} big={} per_session={} events={sent} deliveries={deliveries} expected={expected} lost={lost} dup={dup} ooo={ooo} closed={closed} errors={errors} p50_ms={:.2} p99_ms={:.2} window_s={window:.1}",
         if a.label.is_empty() {
             "-".to_string()
         } else {
@@ -870,6 +872,8 @@ struct Counters {
     ooo: AtomicU64,
     /// Connections the server closed (or that failed) after registering.
     closed: AtomicU64,
+    /// Error frames the publishers got.
+    errors: AtomicU64,
     hist: Vec<AtomicU64>,
     /// Measurements done (phase 1: the big session alone).
     phase: AtomicU64,
@@ -883,6 +887,7 @@ impl Counters {
             dup: AtomicU64::new(0),
             ooo: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             phase: AtomicU64::new(0),
         }
@@ -890,7 +895,13 @@ impl Counters {
 
     /// Zeroes what one measurement counts (before its READY).
     fn reset(&self) {
-        for n in [&self.received, &self.dup, &self.ooo, &self.closed] {
+        for n in [
+            &self.received,
+            &self.dup,
+            &self.ooo,
+            &self.closed,
+            &self.errors,
+        ] {
             n.store(0, Ordering::Relaxed);
         }
         for n in &self.hist {
@@ -1117,11 +1128,12 @@ impl Shard {
             }
         }
         say(&format!(
-            "DONE sent={sent} expected={expected} received={} dup={} ooo={} closed={}",
+            "DONE sent={sent} expected={expected} received={} dup={} ooo={} closed={} errors={}",
             c.received.load(Ordering::Relaxed),
             c.dup.load(Ordering::Relaxed),
             c.ooo.load(Ordering::Relaxed),
-            c.closed.load(Ordering::Relaxed)
+            c.closed.load(Ordering::Relaxed),
+            c.errors.load(Ordering::Relaxed)
         ));
         let hist: Vec<String> = c
             .hist
@@ -1177,7 +1189,7 @@ async fn join(
     if publisher {
         let (sink, stream) = ws.split();
         let sink = Arc::new(Mutex::new(sink));
-        tokio::spawn(drain(stream, sink.clone(), a.proto));
+        tokio::spawn(drain(stream, sink.clone(), a.proto, counters.clone()));
         Ok((s, j, Some(sink)))
     } else {
         tokio::spawn(receive(ws, counters.clone(), a.proto));
@@ -1199,9 +1211,29 @@ fn session_name(a: &CurveArgs, s: usize) -> String {
 }
 
 /// Reads a publisher's socket (registration frames, pings) until it ends.
-async fn drain(mut stream: futures_util::stream::SplitStream<Ws>, sink: Sink, proto: Proto) {
+async fn drain(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    sink: Sink,
+    proto: Proto,
+    c: Arc<Counters>,
+) {
     let mut buf = Vec::new();
     while let Some(Ok(msg)) = stream.next().await {
+        // An error answering a publish (its event reaches nobody).
+        let error = match &msg {
+            Message::Text(t) => t.as_str().contains("\"type\":\"error\""),
+            Message::Binary(b) => b.starts_with(b"-ERR"),
+            _ => false,
+        };
+        if error {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            if c.errors.load(Ordering::Relaxed) <= 3 {
+                eprintln!(
+                    "publisher got: {}",
+                    String::from_utf8_lossy(&msg.clone().into_data())
+                );
+            }
+        }
         if proto == Proto::Nats {
             buf.extend_from_slice(&msg.into_data());
             let pings = nats_parse(&mut buf, |_| {});
