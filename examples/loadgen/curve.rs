@@ -75,6 +75,8 @@ const BUCKETS: usize = 1_200;
 enum Proto {
     Hub,
     Nats,
+    /// Socket.IO 4 (Engine.IO 4) over WebSocket: bench/socketio/server.js.
+    SocketIo,
 }
 
 #[derive(Debug, Clone)]
@@ -155,7 +157,8 @@ fn parse(raw: Vec<String>) -> Result<CurveArgs> {
                 a.proto = match value.as_str() {
                     "hub" => Proto::Hub,
                     "nats" => Proto::Nats,
-                    _ => bail!("--proto takes hub or nats"),
+                    "socketio" => Proto::SocketIo,
+                    _ => bail!("--proto takes hub, nats or socketio"),
                 }
             }
             "--url" => a.urls.push(check_loopback(&value)?),
@@ -1100,6 +1103,14 @@ impl Shard {
                             .into(),
                     )
                 }
+                // Engine.IO message (4), Socket.IO event (2): pub(room, text).
+                Proto::SocketIo => Message::Text(
+                    format!(
+                        "42{}",
+                        json!(["pub", session_name(a, s), payload.to_string()])
+                    )
+                    .into(),
+                ),
             };
             if let Err(e) = sink.lock().await.send(frame).await {
                 eprintln!("shard {}: publish to session {s} failed: {e}", self.me);
@@ -1176,6 +1187,7 @@ async fn join(
                 register(url, &name, &id).await
             }
             Proto::Nats => nats_connect(url, (!publisher).then_some(&name)).await,
+            Proto::SocketIo => sio_connect(url, (!publisher).then_some(&name)).await,
         };
         match ws {
             Ok(ws) => break ws,
@@ -1205,7 +1217,7 @@ fn say(line: &str) {
 
 fn session_name(a: &CurveArgs, s: usize) -> String {
     match a.proto {
-        Proto::Hub => format!("curve-{}-{s}", a.run_id),
+        Proto::Hub | Proto::SocketIo => format!("curve-{}-{s}", a.run_id),
         Proto::Nats => format!("curve.{}.{s}", a.run_id),
     }
 }
@@ -1224,7 +1236,8 @@ async fn drain(
             Message::Text(t) => t.as_str().contains("\"type\":\"error\""),
             Message::Binary(b) => b.starts_with(b"-ERR"),
             _ => false,
-        };
+        } || (proto == Proto::SocketIo
+            && matches!(&msg, Message::Text(t) if t.as_str().starts_with("44")));
         if error {
             c.errors.fetch_add(1, Ordering::Relaxed);
             if c.errors.load(Ordering::Relaxed) <= 3 {
@@ -1233,6 +1246,9 @@ async fn drain(
                     String::from_utf8_lossy(&msg.clone().into_data())
                 );
             }
+        }
+        if proto == Proto::SocketIo && matches!(&msg, Message::Text(t) if t.as_str() == "2") {
+            let _ = sink.lock().await.send(Message::Text("3".into())).await;
         }
         if proto == Proto::Nats {
             buf.extend_from_slice(&msg.into_data());
@@ -1281,6 +1297,36 @@ async fn receive(mut ws: Ws, c: Arc<Counters>, proto: Proto) {
                         }
                     }
                     _ => {
+                        c.setup.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Proto::SocketIo => {
+                let Message::Text(t) = msg else {
+                    if let Message::Close(_) = msg {
+                        c.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    continue;
+                };
+                let t = t.as_str();
+                if t == "2" {
+                    // Engine.IO ping: pong, or the server closes us.
+                    if ws.send(Message::Text("3".into())).await.is_err() {
+                        c.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    continue;
+                }
+                // 42["msg","<payload JSON>"]
+                let stamp = t
+                    .strip_prefix("42")
+                    .and_then(|rest| serde_json::from_str::<(String, String)>(rest).ok())
+                    .filter(|(event, _)| event == "msg")
+                    .and_then(|(_, text)| serde_json::from_str::<Stamp>(&text).ok());
+                match stamp {
+                    Some(p) => c.delivery(p, &mut last),
+                    None => {
                         c.setup.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -1347,6 +1393,55 @@ fn nats_parse(buf: &mut Vec<u8>, mut on_msg: impl FnMut(&[u8])) -> usize {
     }
     buf.drain(..pos);
     pings
+}
+
+/// A Socket.IO connection (Engine.IO 4 over WebSocket): the open packet,
+/// CONNECT to the main namespace (`40`), and for a receiver
+/// `join(room)` with an acknowledgement (`421[...]` answered by `431[]`).
+async fn sio_connect(url: &str, room: Option<&str>) -> Result<Ws> {
+    let work = async {
+        let (mut ws, _) = connect_spread(url)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        // 0{"sid":...} (open), then 40{"sid":...} (connected), then 431[].
+        let mut stage = 0;
+        for _ in 0..100 {
+            let t = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => bail!("socket.io closed the connection"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            };
+            let t = t.as_str();
+            if t == "2" {
+                ws.send(Message::Text("3".into())).await?;
+                continue;
+            }
+            if t.starts_with("44") {
+                bail!("socket.io: {t}");
+            }
+            match stage {
+                0 if t.starts_with('0') => {
+                    ws.send(Message::Text("40".into())).await?;
+                    stage = 1;
+                }
+                1 if t.starts_with("40") => match room {
+                    None => return Ok(ws),
+                    Some(r) => {
+                        ws.send(Message::Text(format!("421{}", json!(["join", r])).into()))
+                            .await?;
+                        stage = 2;
+                    }
+                },
+                2 if t.starts_with("431") => return Ok(ws),
+                _ => {}
+            }
+        }
+        bail!("socket.io: no connect/join acknowledgement")
+    };
+    tokio::time::timeout(super::REGISTER_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("socket.io connect {url}: timed out"))?
 }
 
 /// A NATS connection over its WebSocket listener: CONNECT (and SUB to
