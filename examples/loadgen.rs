@@ -40,6 +40,11 @@
 //! decides whether subscribers that fall behind are evicted (close 1008).
 //! See `docs/performance.md` for the measured numbers and exact commands.
 //!
+//! * `curve` (issue 20): CPU per delivery, latency and idle memory from
+//!   1 000 to 100 000 connections, spread over several processes and
+//!   loopback source addresses, on hubs or on NATS; see `loadgen/curve.rs`
+//!   and `scripts/bench-curve`.
+//!
 //! Only loopback URLs are accepted; every loop is bounded in count and time.
 
 use std::collections::HashMap;
@@ -53,8 +58,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
+
+#[path = "loadgen/curve.rs"]
+mod curve;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -329,10 +338,18 @@ fn total_cpu_ticks(pids: &[u32]) -> Result<CpuTicks> {
     })
 }
 
+/// Second octet of the loopback source addresses (127.N.x.y) this process
+/// connects from: 1 unless `--source-net` (each `curve` shard has its own).
+static SOURCE_NET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+/// tungstenite's read buffer per connection, bytes; 0 = its default
+/// (128 KiB, zero-filled on the first read: 13 GB at 100 000 connections).
+static READ_BUFFER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Opens a WebSocket to `url` (a loopback address) from the next of many
-/// loopback source addresses, 200 connections each: a hub caps the
-/// connections of one address (MAX_CONNECTIONS_PER_IP, 512), as it would
-/// for clients on the Internet.
+/// loopback source addresses (127.N.0.1, 127.N.0.2, ..., 127.N.1.1, ...;
+/// N = `--source-net`), 200 connections each: a hub caps the connections
+/// of one address (MAX_CONNECTIONS_PER_IP, 512), as it would for clients
+/// on the Internet, and each address has its own ephemeral ports.
 async fn connect_spread(
     url: &str,
 ) -> Result<(
@@ -341,7 +358,8 @@ async fn connect_spread(
 )> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / 200;
-    let source = std::net::Ipv4Addr::new(127, 1, (n / 250 % 250) as u8, (n % 250 + 1) as u8);
+    let net = SOURCE_NET.load(Ordering::Relaxed);
+    let source = std::net::Ipv4Addr::new(127, net, (n / 250 % 250) as u8, (n % 250 + 1) as u8);
     let parsed: axum::http::Uri = url.parse().context("a ws:// URL")?;
     let host = parsed.host().context("a host")?.trim_matches(['[', ']']);
     let target = tokio::net::lookup_host((host, parsed.port_u16().unwrap_or(80)))
@@ -352,7 +370,13 @@ async fn connect_spread(
     socket.bind((source, 0).into())?;
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
-    Ok(client_async_with_config(url, MaybeTlsStream::Plain(tcp), None).await?)
+    let small = READ_BUFFER.load(Ordering::Relaxed);
+    let config = (small > 0).then(|| {
+        WebSocketConfig::default()
+            .read_buffer_size(small)
+            .write_buffer_size(0)
+    });
+    Ok(client_async_with_config(url, MaybeTlsStream::Plain(tcp), config).await?)
 }
 
 /// Connects and registers; returns once `registration_confirmed` arrived
@@ -1229,7 +1253,15 @@ fn report_fanout(
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args(std::env::args().skip(1).collect()) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("curve") {
+        if let Err(e) = curve::main(raw[1..].to_vec()).await {
+            eprintln!("loadgen curve: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args = match parse_args(raw) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e:#}");

@@ -1243,6 +1243,7 @@ fn cluster_script_is_valid_bash() {
         "scripts/cluster",
         "scripts/redis-topology.sh",
         "scripts/bench-fanout",
+        "scripts/bench-curve",
     ] {
         let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
         assert!(ok, "{script}: {out}");
