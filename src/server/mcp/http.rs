@@ -64,6 +64,19 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         // `Host` is checked for every route, this one included, against
         // ALLOWED_HOSTS (`super::browser::allowed_host`): one list, one answer.
         .disable_allowed_hosts();
+    // The call counter's series start at 0 (dashboards and rate() see
+    // them before the first call).
+    for tool in super::TOOLS
+        .iter()
+        .map(|t| t.name.as_ref())
+        .chain(["unknown"])
+    {
+        for outcome in ["ok", "error"] {
+            hub.metrics()
+                .mcp_tool_calls
+                .with_label_values(&[tool, outcome]);
+        }
+    }
     let subscriptions = Subscriptions::new(hub.clone());
     let tools = HubTools {
         hub: hub.clone(),
