@@ -787,6 +787,65 @@ async fn a_subscription_hears_of_an_inbound_message_on_another_instance() {
     assert!(status.success());
 }
 
+/// An MCP session belongs to the `sub` that opened it: another valid
+/// token presenting its id gets the 404 of an unknown session, the owner
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_answers_only_its_owner() {
+    let hub = auth_hub(&[]).await;
+    let _desk = alice_watching(&hub.ws_url()).await;
+    let post = |token: String, session: Option<String>, body: Value| {
+        let mut request = reqwest::Client::new()
+            .post(mcp_url(hub.addr))
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(id) = session {
+            request = request
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        async move { request.send().await.expect("POST /mcp") }
+    };
+    let alice = token("alice", &["default"], Role::Client);
+    let opened = post(
+        alice.clone(),
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}),
+    )
+    .await;
+    let id = opened
+        .headers()
+        .get("mcp-session-id")
+        .expect("a session")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        post(alice.clone(), Some(id.clone()), initialized)
+            .await
+            .status(),
+        202
+    );
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+
+    let mallory = token("mallory", &["default"], Role::Client);
+    let stolen = post(mallory, Some(id.clone()), list.clone()).await;
+    assert_eq!(stolen.status().as_u16(), 404);
+
+    let own = post(alice, Some(id), list).await;
+    assert_eq!(own.status().as_u16(), 200);
+    let answer = json_rpc_answer(&own.text().await.unwrap());
+    assert_eq!(
+        answer["result"]["tools"].as_array().map(Vec::len),
+        Some(5),
+        "{answer}"
+    );
+}
+
 /// The official conformance suite (`@modelcontextprotocol/conformance`
 /// 0.1.13, installed by scripts/test into tests/node): every server
 /// scenario passes but the ones tests/node/baseline.yml lists, with

@@ -14,6 +14,8 @@
 //!
 //! A session idle for [`SESSION_KEEP_ALIVE`] ends; an instance holds at
 //! most [`MAX_SESSIONS`] (more `initialize`s get 503 `too_many_connections`).
+//! A session belongs to the token's `sub` that opened it: another caller
+//! presenting its id gets the 404 of an unknown session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,42 @@ struct Services {
     sessions: StreamableHttpService<HubTools, LocalSessionManager>,
     manager: Arc<LocalSessionManager>,
     stateless: StreamableHttpService<HubTools, NeverSessionManager>,
+    owners: Arc<Owners>,
+}
+
+/// Who opened each MCP session (the token's `sub`; None without auth): a
+/// session id is usable only by its owner, so a leaked id lets nobody
+/// else read its stream, subscribe into it or end it.
+#[derive(Default)]
+struct Owners(std::sync::Mutex<std::collections::HashMap<String, Option<String>>>);
+
+impl Owners {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Option<String>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `caller` may use session `id` (an id not recorded here is
+    /// left to the SDK, which answers 404 for a session it does not hold).
+    fn allows(&self, id: &str, caller: Option<&str>) -> bool {
+        self.map()
+            .get(id)
+            .is_none_or(|owner| owner.as_deref() == caller)
+    }
+
+    /// Whether ended sessions should be forgotten: the map outgrew what
+    /// the instance may hold.
+    fn full(&self) -> bool {
+        self.map().len() >= 2 * MAX_SESSIONS
+    }
+
+    /// Keeps only the sessions in `live`.
+    fn prune(&self, live: &std::collections::HashSet<String>) {
+        self.map().retain(|id, _| live.contains(id));
+    }
+
+    fn record(&self, id: String, owner: Option<String>) {
+        self.map().insert(id, owner);
+    }
 }
 
 /// A POST's JSON-RPC method, read by [`authenticate`] for [`dispatch`].
@@ -108,6 +146,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         sessions,
         manager,
         stateless,
+        owners: Arc::default(),
     };
     let limit = Arc::new(rate::RestRateLimit::new(hub.config()));
     Router::new()
@@ -141,17 +180,47 @@ async fn dispatch(services: Services, request: Request) -> Response {
             Err(never) => match never {},
         };
     }
-    if initialize && !has_session && services.manager.sessions.read().await.len() >= MAX_SESSIONS {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.0.as_ref())
+        .map(|identity| identity.sub.clone());
+    if let Some(id) = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        && !services.owners.allows(id, caller.as_deref())
+    {
+        // As for an unknown session: no hint that the id exists.
+        return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+    }
+    let opens = initialize && !has_session;
+    if opens && services.manager.sessions.read().await.len() >= MAX_SESSIONS {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManyConnections,
             format!("this instance holds {MAX_SESSIONS} MCP sessions; try again later"),
         );
     }
-    match services.sessions.oneshot(request).await {
+    let response = match services.sessions.oneshot(request).await {
         Ok(response) => response.map(Body::new),
         Err(never) => match never {},
+    };
+    if opens
+        && let Some(id) = response
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        if services.owners.full() {
+            let live = services.manager.sessions.read().await;
+            services
+                .owners
+                .prune(&live.keys().map(|k| k.to_string()).collect());
+        }
+        services.owners.record(id.to_string(), caller);
     }
+    response
 }
 
 /// Browser `Origin` as for the WebSocket upgrade (403), then the token as
