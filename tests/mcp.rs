@@ -789,7 +789,7 @@ async fn a_subscription_hears_of_an_inbound_message_on_another_instance() {
 
 /// An MCP session belongs to the `sub` that opened it: another valid
 /// token presenting its id gets the 404 of an unknown session, the owner
-/// goes on.
+/// goes on; one sub may hold 16 sessions on an instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_session_answers_only_its_owner() {
     let hub = auth_hub(&[]).await;
@@ -836,7 +836,7 @@ async fn an_mcp_session_answers_only_its_owner() {
     let stolen = post(mallory, Some(id.clone()), list.clone()).await;
     assert_eq!(stolen.status().as_u16(), 404);
 
-    let own = post(alice, Some(id), list).await;
+    let own = post(alice.clone(), Some(id), list).await;
     assert_eq!(own.status().as_u16(), 200);
     let answer = json_rpc_answer(&own.text().await.unwrap());
     assert_eq!(
@@ -844,6 +844,21 @@ async fn an_mcp_session_answers_only_its_owner() {
         Some(5),
         "{answer}"
     );
+
+    // One sub holds at most 16 sessions on an instance: the 17th is 429.
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    for _ in 1..16 {
+        let more = post(alice.clone(), None, initialize.clone()).await;
+        assert_eq!(more.status().as_u16(), 200);
+    }
+    let refused = post(alice, None, initialize.clone()).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_connections", "{body}");
+    let other = token("bob", &["default"], Role::Client);
+    assert_eq!(post(other, None, initialize).await.status().as_u16(), 200);
 }
 
 /// The official conformance suite (`@modelcontextprotocol/conformance`

@@ -15,7 +15,8 @@
 //! A session idle for [`SESSION_KEEP_ALIVE`] ends; an instance holds at
 //! most [`MAX_SESSIONS`] (more `initialize`s get 503 `too_many_connections`).
 //! A session belongs to the token's `sub` that opened it: another caller
-//! presenting its id gets the 404 of an unknown session.
+//! presenting its id gets the 404 of an unknown session; one `sub` holds
+//! at most [`MAX_SESSIONS_PER_CALLER`] (429 `too_many_connections`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ use crate::server::{browser, rate};
 pub const SESSION_KEEP_ALIVE: Duration = Duration::from_secs(600);
 /// MCP sessions one instance holds at most.
 pub const MAX_SESSIONS: usize = 1000;
+/// MCP sessions one token's `sub` may hold on an instance (an app with a
+/// few windows open), so one caller cannot take every session.
+pub const MAX_SESSIONS_PER_CALLER: usize = 16;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -82,6 +86,14 @@ impl Owners {
     /// Keeps only the sessions in `live`.
     fn prune(&self, live: &std::collections::HashSet<String>) {
         self.map().retain(|id, _| live.contains(id));
+    }
+
+    /// How many of `live`'s sessions `owner` opened.
+    fn held_by(&self, owner: &str, live: &std::collections::HashSet<String>) -> usize {
+        self.map()
+            .iter()
+            .filter(|(id, o)| o.as_deref() == Some(owner) && live.contains(*id))
+            .count()
     }
 
     fn record(&self, id: String, owner: Option<String>) {
@@ -195,12 +207,36 @@ async fn dispatch(services: Services, request: Request) -> Response {
         return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
     }
     let opens = initialize && !has_session;
-    if opens && services.manager.sessions.read().await.len() >= MAX_SESSIONS {
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::TooManyConnections,
-            format!("this instance holds {MAX_SESSIONS} MCP sessions; try again later"),
-        );
+    if opens {
+        let live: std::collections::HashSet<String> = services
+            .manager
+            .sessions
+            .read()
+            .await
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        if live.len() >= MAX_SESSIONS {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::TooManyConnections,
+                format!("this instance holds {MAX_SESSIONS} MCP sessions; try again later"),
+            );
+        }
+        if let Some(sub) = caller.as_deref()
+            && services.owners.held_by(sub, &live) >= MAX_SESSIONS_PER_CALLER
+        {
+            return refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyConnections,
+                format!(
+                    "this token holds {MAX_SESSIONS_PER_CALLER} MCP sessions here: end one (DELETE) or let it idle out"
+                ),
+            );
+        }
+        if services.owners.full() {
+            services.owners.prune(&live);
+        }
     }
     let response = match services.sessions.oneshot(request).await {
         Ok(response) => response.map(Body::new),
@@ -212,12 +248,6 @@ async fn dispatch(services: Services, request: Request) -> Response {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        if services.owners.full() {
-            let live = services.manager.sessions.read().await;
-            services
-                .owners
-                .prune(&live.keys().map(|k| k.to_string()).collect());
-        }
         services.owners.record(id.to_string(), caller);
     }
     response
