@@ -181,52 +181,6 @@ impl Call<'_> {
         Ok(listed)
     }
 
-    /// `resources/subscribe`: the resource, authorized as for a read and
-    /// named canonically (the contact as the session knows it), is watched
-    /// for `mcp_session`, whose stream `peer` is.
-    pub(super) async fn subscribe(
-        &self,
-        subscriptions: &std::sync::Arc<super::subscriptions::Subscriptions>,
-        uri: String,
-        mcp_session: String,
-        peer: rmcp::Peer<rmcp::RoleServer>,
-    ) -> Result<(), HubError> {
-        let Some(resource) = HubResource::parse(&uri) else {
-            return Err(HubError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "no resource at `{}`",
-                    uri.chars().take(200).collect::<String>()
-                ),
-            ));
-        };
-        let resource = match resource {
-            HubResource::Conversation { session, contact } => {
-                let history = self
-                    .conversation(Some(session.clone()), &contact, 1)
-                    .await?;
-                HubResource::Conversation {
-                    session,
-                    contact: history.contact,
-                }
-            }
-            HubResource::Contacts { session } => HubResource::Contacts {
-                session: self
-                    .existing_session(Some(session), SessionUse::Read)
-                    .await?,
-            },
-            HubResource::Members { session } => HubResource::Members {
-                session: self
-                    .existing_session(Some(session), SessionUse::Read)
-                    .await?,
-            },
-        };
-        let session = resource.session().to_string();
-        subscriptions
-            .subscribe(&session, resource, uri, mcp_session, peer)
-            .await
-    }
-
     /// `resources/read`.
     pub(super) async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, HubError> {
         let Some(resource) = HubResource::parse(uri) else {

@@ -23,8 +23,10 @@ use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::{Peer, RoleServer};
 use serde_json::Value;
 
+use super::Call;
 use super::resources::HubResource;
 use crate::hub::Hub;
+use crate::hub::SessionUse;
 use crate::hub::monitor::WatchGuard;
 use crate::hub::registry::ClientHandle;
 use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
@@ -217,6 +219,54 @@ impl Subscriptions {
                 self.unsubscribe(&mcp_session, &uri);
             }
         }
+    }
+}
+
+impl Call<'_> {
+    /// `resources/subscribe`: the resource, authorized as for a read and
+    /// named canonically (the contact as the session knows it), is watched
+    /// for `mcp_session`, whose stream `peer` is.
+    pub(super) async fn subscribe(
+        &self,
+        subscriptions: &Arc<Subscriptions>,
+        uri: String,
+        mcp_session: String,
+        peer: Peer<RoleServer>,
+    ) -> Result<(), HubError> {
+        let Some(resource) = HubResource::parse(&uri) else {
+            return Err(HubError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "no resource at `{}`",
+                    uri.chars().take(200).collect::<String>()
+                ),
+            ));
+        };
+        let resource = match resource {
+            HubResource::Conversation { session, contact } => {
+                let history = self
+                    .conversation(Some(session.clone()), &contact, 1)
+                    .await?;
+                HubResource::Conversation {
+                    session,
+                    contact: history.contact,
+                }
+            }
+            HubResource::Contacts { session } => HubResource::Contacts {
+                session: self
+                    .existing_session(Some(session), SessionUse::Read)
+                    .await?,
+            },
+            HubResource::Members { session } => HubResource::Members {
+                session: self
+                    .existing_session(Some(session), SessionUse::Read)
+                    .await?,
+            },
+        };
+        let session = resource.session().to_string();
+        subscriptions
+            .subscribe(&session, resource, uri, mcp_session, peer)
+            .await
     }
 }
 
