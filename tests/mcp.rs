@@ -96,26 +96,41 @@ async fn python_run(
     message: &str,
     token: Option<&str>,
 ) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("python3")
-            .arg(repo_path("tests/mcp_interop.py"))
-            .args(mode)
-            .args([url, contact, message])
-            .args(token)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the Python MCP client finished within 60 s")
-    .expect("python3 runs");
+    let mut client = tokio::process::Command::new("python3");
+    client
+        .arg(repo_path("tests/mcp_interop.py"))
+        .args(mode)
+        .args([url, contact, message])
+        .args(token);
+    run_client(client, "the Python MCP client").await.0
+}
+
+/// Runs an interop client to its end (at most 60 s): its JSON report and
+/// its stderr; panics, with both, if it failed.
+async fn run_client(mut client: tokio::process::Command, what: &str) -> (Value, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), client.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} finished within 60 s"))
+        .unwrap_or_else(|e| panic!("{what} runs: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the Python MCP client failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed: {stdout}{stderr}");
+    let report =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    (report, stderr)
+}
+
+/// tests/node, when scripts/test has installed the TypeScript SDK there;
+/// None, saying so, otherwise.
+fn typescript_sdk() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if dir.join("node_modules/@modelcontextprotocol/sdk").exists() {
+        return Some(dir);
+    }
+    eprintln!(
+        "skipping: the TypeScript MCP SDK is missing (cd tests/node && npm ci, or ./scripts/test)"
     );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    None
 }
 
 /// What every interop run must show: the five tools, the message sent,
@@ -618,33 +633,15 @@ async fn typescript_client(
     message: &str,
     token: Option<&str>,
 ) -> Option<Value> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
-    if !dir.join("node_modules/@modelcontextprotocol/sdk").exists() {
-        eprintln!(
-            "skipping: the TypeScript MCP SDK is missing (cd tests/node && npm ci, or ./scripts/test)"
-        );
-        return None;
-    }
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg(dir.join("mcp_interop.mjs"))
-            .args([url, contact, message])
-            .args(token)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the TypeScript MCP client finished within 60 s")
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the TypeScript MCP client failed: {stdout}{stderr}"
-    );
+    let dir = typescript_sdk()?;
+    let mut client = tokio::process::Command::new("node");
+    client
+        .arg(dir.join("mcp_interop.mjs"))
+        .args([url, contact, message])
+        .args(token);
+    let (report, stderr) = run_client(client, "the TypeScript MCP client").await;
     assert!(stderr.trim().is_empty(), "the SDK warned: {stderr}");
-    Some(serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}")))
+    Some(report)
 }
 
 /// The TypeScript SDK as a second client, through HAProxy to three hubs
@@ -713,13 +710,9 @@ async fn typescript_sdk_through_haproxy_to_three_hubs_with_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_hears_of_an_inbound_message_on_another_instance() {
     use tokio::io::AsyncBufReadExt;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
-    if !dir.join("node_modules/@modelcontextprotocol/sdk").exists() {
-        eprintln!(
-            "skipping: the TypeScript MCP SDK is missing (cd tests/node && npm ci, or ./scripts/test)"
-        );
+    let Some(dir) = typescript_sdk() else {
         return;
-    }
+    };
     let redis = RedisServer::start();
     let url = redis.url();
     let mut hubs = Vec::new();

@@ -1,11 +1,11 @@
 //! The Model Context Protocol endpoint at `/mcp`: five tools through which
 //! an MCP-capable LLM app acts on a shared session (docs/mcp.md).
 //!
-//! Transport: Streamable HTTP, served by the official SDK's
-//! [`StreamableHttpService`] in **stateless** mode: every POST is answered
-//! on its own (plain JSON), no `Mcp-Session-Id` is issued and no state is
-//! kept between requests, so any instance behind the load balancer can
-//! answer any request. The hub's state already lives in the store.
+//! Transport: Streamable HTTP, served by the official SDK ([`http`]): MCP
+//! sessions for clients that `initialize` (the only ones with a stream,
+//! so the only ones that can subscribe to resources), stateless answers
+//! for one-off requests. The hub's state lives in the store, so a session
+//! sees what every instance does.
 //!
 //! A tool call is a REST call in another envelope: the same bearer check
 //! ([`super::auth::Bearer`], verified once per request), the same session rule
@@ -188,9 +188,6 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         .with_annotations(sends(true)),
     ]
 });
-
-/// `get_history`'s `limit` when none is given.
-const DEFAULT_HISTORY_LIMIT: u64 = 20;
 
 /// A call's raw arguments.
 type Args = Option<rmcp::model::JsonObject>;
@@ -559,11 +556,45 @@ impl<'a> Call<'a> {
 
     async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {
         let args: GetHistory = arguments(args)?;
-        let limit = args.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         let history = self
-            .conversation(args.session, &args.contact, limit)
+            .conversation(args.session, &args.contact, args.limit)
             .await?;
         Ok(output::result(&history, false))
+    }
+
+    /// The newest `limit` messages with `contact` (the hub's default
+    /// without one), typed as `get_history` returns them: what the tool,
+    /// the prompts, the conversation resource and its subscriptions read.
+    /// A command that failed (unknown contact, ...) is its error,
+    /// candidates included.
+    async fn conversation(
+        &self,
+        session: Option<String>,
+        contact: &str,
+        limit: Option<u64>,
+    ) -> Result<History, HubError> {
+        let mut command = json!({"action": "get_history", "contact": contact});
+        if let Some(limit) = limit {
+            command["limit"] = json!(limit);
+        }
+        let command = self.command(command)?;
+        let session = self.existing_session(session, SessionUse::Read).await?;
+        let mut content = self
+            .hub
+            .run_command(&session, &command, &self.client())
+            .await?;
+        // What was asked and what came, where an agent's answer does not say.
+        if let Value::Object(answer) = &mut content {
+            let count = answer
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::len);
+            answer.entry("contact").or_insert(json!(contact));
+            if let Some(count) = count {
+                answer.entry("count").or_insert(json!(count));
+            }
+        }
+        Ok(output::answer(content)?)
     }
 
     async fn broadcast(&self, args: Args) -> Result<CallToolResult, HubError> {
@@ -616,23 +647,12 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A command's content: success as the tool's output type `T`; a
-/// `success:false` answer (unknown contact, ...) as a tool error with its
-/// code (for `run_command` the code of the executed command's `result`).
-/// An agent may answer any JSON: what is not an object is kept under
-/// `result`, a failure without a code is `connector_failed`, and a success
-/// that does not fit `T` is `connector_failed` too.
+/// A command's content as a tool result: `T`, or the tool error of
+/// [`output::answer`].
 fn command_result<T: DeserializeOwned + Serialize>(content: Value) -> CallToolResult {
-    let content = match content {
-        Value::Object(map) => map,
-        other => serde_json::Map::from_iter([("result".to_string(), other)]),
-    };
-    if content.get("success") != Some(&Value::Bool(true)) {
-        return output::result(&Failure::of_content(content), true);
-    }
-    match output::parse::<T>(Value::Object(content)) {
+    match output::answer::<T>(content) {
         Ok(value) => output::result(&value, false),
-        Err(e) => tool_error(&e),
+        Err(failure) => output::result(&failure, true),
     }
 }
 

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::Value;
 use tower::ServiceExt;
 
 use super::subscriptions::Subscriptions;
@@ -285,25 +286,20 @@ async fn authenticate(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> 
             format!("the request body is over {limit} bytes"),
         );
     };
+    // Parsed once here; the SDK parses again for itself. Not JSON: the SDK
+    // answers the parse error, and nothing needs a scope.
+    let message: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if let Some(identity) = &identity
-        && let Some(scope) = oauth::required_scope(&bytes)
+        && let Some(scope) = oauth::required_scope(&message)
         && !identity.has_scope(scope)
     {
         return oauth::insufficient_scope(&hub, scope);
     }
-    parts.extensions.insert(Initialize(is_initialize(&bytes)));
+    parts
+        .extensions
+        .insert(Initialize(message["method"] == "initialize"));
     parts.extensions.insert(Caller(identity));
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
         .into_response()
-}
-
-/// Whether a POST body is an `initialize` request.
-fn is_initialize(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Method<'a> {
-        #[serde(borrow)]
-        method: Option<&'a str>,
-    }
-    serde_json::from_slice::<Method>(body).is_ok_and(|m| m.method == Some("initialize"))
 }

@@ -36,24 +36,24 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     if !hub.auth().enabled() {
         return Router::new();
     }
-    let metadata = |axum::extract::State(hub): axum::extract::State<Arc<Hub>>| async move {
-        let config = hub.config();
-        let mut body = json!({
-            "resource": resource(&hub),
-            "authorization_servers": config.auth.authorization_servers,
-            "scopes_supported": [Scope::Read.as_str(), Scope::Send.as_str(), Scope::Admin.as_str()],
-            "bearer_methods_supported": ["header"],
-            "resource_name": "mcp-hub",
-        });
-        if config.auth.authorization_servers.is_empty() {
-            // RFC 9728 makes the list optional; say so rather than lie.
-            body.as_object_mut()
-                .map(|b| b.remove("authorization_servers"));
-        }
-        axum::Json(body)
-    };
+    // The configuration is fixed: the document is built once.
+    let config = hub.config();
+    let mut body = json!({
+        "resource": resource(hub),
+        "scopes_supported": [Scope::Read.as_str(), Scope::Send.as_str(), Scope::Admin.as_str()],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "mcp-hub",
+    });
+    // RFC 9728 makes the list optional: none configured, none named.
+    if !config.auth.authorization_servers.is_empty() {
+        body["authorization_servers"] = json!(config.auth.authorization_servers);
+    }
+    let metadata = move || std::future::ready(axum::Json(body.clone()));
     Router::new()
-        .route("/.well-known/oauth-protected-resource", get(metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata.clone()),
+        )
         .route("/.well-known/oauth-protected-resource/mcp", get(metadata))
 }
 
@@ -107,11 +107,8 @@ pub fn wrong_audience(hub: &Hub) -> Response {
 }
 
 /// The scope a JSON-RPC request (or a batch) needs, by method and tool.
-pub fn required_scope(body: &[u8]) -> Option<Scope> {
-    let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
-        // Not JSON: the SDK answers the parse error; nothing is read.
-        return None;
-    };
+/// `message` is the request's body, parsed once by the caller.
+pub fn required_scope(message: &Value) -> Option<Scope> {
     let needs = |message: &Value| {
         let method = message["method"].as_str().unwrap_or_default();
         match method {
@@ -126,7 +123,7 @@ pub fn required_scope(body: &[u8]) -> Option<Scope> {
             _ => None,
         }
     };
-    let all: Vec<Scope> = match &parsed {
+    let all: Vec<Scope> = match message {
         Value::Array(batch) => batch.iter().filter_map(needs).collect(),
         single => needs(single).into_iter().collect(),
     };
@@ -157,7 +154,7 @@ mod tests {
 
     #[test]
     fn each_request_needs_the_scope_of_what_it_does() {
-        let scope = |v: Value| required_scope(v.to_string().as_bytes());
+        let scope = |v: Value| required_scope(&v);
         let call = |tool: &str| json!({"method": "tools/call", "params": {"name": tool}});
         assert_eq!(scope(call("send_message")), Some(Scope::Send));
         assert_eq!(scope(call("get_history")), Some(Scope::Read));
@@ -171,6 +168,8 @@ mod tests {
             scope(json!([call("get_history"), call("run_command")])),
             Some(Scope::Send)
         );
-        assert_eq!(required_scope(b"not json"), None);
+        // A body that is not JSON is read as null (src/server/mcp/http.rs).
+        let not_json: Value = serde_json::from_slice(b"not json").unwrap_or_default();
+        assert_eq!(required_scope(&not_json), None);
     }
 }

@@ -215,6 +215,33 @@ pub fn portable(mut schema: JsonObject) -> JsonObject {
     schema
 }
 
+/// A command's answer as `T`, or its [`Failure`]: a `success:false`
+/// answer (unknown contact, ...) with its code (for `run_command` the code
+/// of the executed command's `result`). An agent may answer any JSON: what
+/// is not an object is kept under `result`, a failure without a code is
+/// `connector_failed`, and a success that does not fit `T` is
+/// `connector_failed` too.
+pub fn answer<T: DeserializeOwned>(content: Value) -> Result<T, Failure> {
+    let content = match content {
+        Value::Object(map) => map,
+        other => Map::from_iter([("result".to_string(), other)]),
+    };
+    if content.get("success") != Some(&Value::Bool(true)) {
+        return Err(Failure::of_content(content));
+    }
+    parse(Value::Object(content)).map_err(|e| Failure::of(&e))
+}
+
+impl From<Failure> for HubError {
+    /// The failure as an error (its code, message and candidates).
+    fn from(failure: Failure) -> HubError {
+        let code = failure.code.parse().unwrap_or(ErrorCode::ConnectorFailed);
+        let mut error = HubError::new(code, failure.message);
+        error.candidates = failure.candidates;
+        error
+    }
+}
+
 /// The hub's answer as `T`, or `connector_failed` if it does not fit.
 pub fn parse<T: DeserializeOwned>(content: Value) -> Result<T, HubError> {
     serde_json::from_value(content).map_err(|e| {

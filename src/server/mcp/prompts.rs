@@ -10,9 +10,8 @@ use rmcp::model::{
     CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt, PromptArgument,
     PromptMessage, Reference, Role,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::output::{self, History};
 use super::resources::CONVERSATION_TEMPLATE;
 use super::{Call, SESSION_DOC};
 use crate::hub::SessionUse;
@@ -74,10 +73,12 @@ impl Call<'_> {
             ));
         };
         let session = argument(&args, "session").map(str::to_string);
-        let history = self.conversation(session, contact, PROMPT_MESSAGES).await?;
+        let history = self
+            .conversation(session, contact, Some(PROMPT_MESSAGES))
+            .await?;
         let conversation = serde_json::to_string(&history.messages).map_err(HubError::internal)?;
         let who = &history.contact;
-        let text = match name {
+        let (text, title) = match name {
             REPLY => {
                 let last = history
                     .messages
@@ -93,12 +94,18 @@ impl Call<'_> {
                         "{who} has not written yet: draft a short message to start the conversation."
                     ),
                 };
-                format!(
-                    "You help the user answer on their WhatsApp account. The conversation with {who} so far, oldest first (JSON):\n{conversation}\n\n{ask} Show the draft to the user; when they agree, send it with the `send_message` tool (contact: {who:?})."
+                (
+                    format!(
+                        "You help the user answer on their WhatsApp account. The conversation with {who} so far, oldest first (JSON):\n{conversation}\n\n{ask} Show the draft to the user; when they agree, send it with the `send_message` tool (contact: {who:?})."
+                    ),
+                    format!("Reply to {who}"),
                 )
             }
-            SUMMARIZE => format!(
-                "Summarize the WhatsApp conversation with {who} below, oldest first (JSON): what was said, what is still open, and what the user should do next.\n{conversation}"
+            SUMMARIZE => (
+                format!(
+                    "Summarize the WhatsApp conversation with {who} below, oldest first (JSON): what was said, what is still open, and what the user should do next.\n{conversation}"
+                ),
+                format!("Summary of the conversation with {who}"),
             ),
             other => {
                 return Err(HubError::new(
@@ -107,54 +114,10 @@ impl Call<'_> {
                 ));
             }
         };
-        let title = match name {
-            REPLY => format!("Reply to {who}"),
-            _ => format!("Summary of the conversation with {who}"),
-        };
         Ok(
             GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
                 .with_description(title),
         )
-    }
-
-    /// The newest `limit` messages with `contact`, typed as `get_history`
-    /// returns them; a command that failed (unknown contact, …) is its
-    /// error, candidates included.
-    pub(super) async fn conversation(
-        &self,
-        session: Option<String>,
-        contact: &str,
-        limit: u64,
-    ) -> Result<History, HubError> {
-        let command =
-            self.command(json!({"action": "get_history", "contact": contact, "limit": limit}))?;
-        let session = self.existing_session(session, SessionUse::Read).await?;
-        let content = self
-            .hub
-            .run_command(&session, &command, &self.client())
-            .await?;
-        if content.get("success") != Some(&Value::Bool(true)) {
-            let failure = output::Failure::of_content(match content {
-                Value::Object(map) => map,
-                other => serde_json::Map::from_iter([("result".to_string(), other)]),
-            });
-            let code = failure.code.parse().unwrap_or(ErrorCode::ConnectorFailed);
-            let mut error = HubError::new(code, failure.message);
-            error.candidates = failure.candidates;
-            return Err(error);
-        }
-        let mut content = content;
-        if let Value::Object(answer) = &mut content {
-            let count = answer
-                .get("messages")
-                .and_then(Value::as_array)
-                .map(Vec::len);
-            answer.entry("contact").or_insert(json!(contact));
-            if let Some(count) = count {
-                answer.entry("count").or_insert(json!(count));
-            }
-        }
-        output::parse(content)
     }
 
     /// `completion/complete`: contact names for a prompt's or the

@@ -209,7 +209,7 @@ impl Call<'_> {
             }
             HubResource::Conversation { session, contact } => {
                 let history = self
-                    .conversation(Some(session.clone()), contact, CONVERSATION_MESSAGES)
+                    .conversation(Some(session.clone()), contact, Some(CONVERSATION_MESSAGES))
                     .await?;
                 serde_json::to_value(&history).map_err(HubError::internal)?
             }

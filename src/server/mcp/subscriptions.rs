@@ -245,7 +245,7 @@ impl Call<'_> {
         let resource = match resource {
             HubResource::Conversation { session, contact } => {
                 let history = self
-                    .conversation(Some(session.clone()), &contact, 1)
+                    .conversation(Some(session.clone()), &contact, Some(1))
                     .await?;
                 HubResource::Conversation {
                     session,
