@@ -228,6 +228,12 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             )
         }
     };
+    let approvals: Arc<dyn crate::approvals::ApprovalStore> = match &redis_backend {
+        Some(backend) => Arc::new(crate::approvals::redis::RedisApprovals::new(
+            backend.clone(),
+        )),
+        None => Arc::new(crate::approvals::memory::MemoryApprovals::new()),
+    };
     let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
     let auth = Arc::new(Authenticator::from_settings(&config.auth, metrics.clone()).await?);
     let jwks_refresh = config.auth.jwks_refresh;
@@ -242,6 +248,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         ai,
         metrics,
         auth: auth.clone(),
+        approvals,
     });
     auth.spawn_refresh(jwks_refresh, hub.shutdown().clone());
     hub.spawn_background(inbound_rx, dispatch, incoming_rx);

@@ -12,6 +12,7 @@
 
 pub mod ai;
 pub mod app;
+pub mod approvals;
 pub mod auth;
 pub mod bridge;
 pub mod broker;

@@ -32,6 +32,7 @@ pub struct Metrics {
     /// `/mcp` tool calls, by tool and outcome (`ok`, `error`: a tool
     /// error; an unknown tool is counted as tool `unknown`).
     pub mcp_tool_calls: IntCounterVec,
+    pub approvals: IntCounterVec,
     /// Agent calls an instance holds, by table (`pending`: awaiting an
     /// answer here; `forwarded`: sent to a local agent; `late`: timed out,
     /// kept for a late answer).
@@ -252,6 +253,14 @@ impl Metrics {
                 &["tool", "outcome"],
             )
             .expect("valid metric"),
+            approvals: IntCounterVec::new(
+                Opts::new(
+                    "hub_approvals_total",
+                    "Sends held for a person's approval (held, refused) and how they ended (approved, rejected, expired)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             agent_calls_held: IntGaugeVec::new(
                 Opts::new(
                     "hub_agent_calls_held",
@@ -313,6 +322,7 @@ impl Metrics {
             Box::new(m.agent_calls.clone()),
             Box::new(m.agent_calls_held.clone()),
             Box::new(m.mcp_tool_calls.clone()),
+            Box::new(m.approvals.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),
@@ -334,6 +344,9 @@ impl Metrics {
             .chain(&[RECEIVED_INVALID])
         {
             m.messages_received.with_label_values(&[kind]);
+        }
+        for outcome in ["held", "refused", "approved", "rejected", "expired"] {
+            m.approvals.with_label_values(&[outcome]);
         }
         for table in ["pending", "forwarded", "late"] {
             m.agent_calls_held.with_label_values(&[table]);

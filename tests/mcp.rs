@@ -58,10 +58,6 @@ async fn auth_hub(extra: &[&str]) -> TestHub {
     TestHub::start(&args).await
 }
 
-fn mcp_url(addr: impl std::fmt::Display) -> String {
-    format!("http://{addr}/mcp")
-}
-
 // ------------------------------------------------- interop: Python SDK
 
 /// The `mcp` package from scripts/test; without it (a bare `cargo test`)
@@ -318,61 +314,6 @@ async fn python_sdk_through_haproxy_to_three_hubs_on_redis() {
 }
 
 // --------------------------------------------- errors over plain JSON-RPC
-
-/// One `tools/call` without `initialize` (the endpoint is stateless):
-/// the HTTP status and the JSON-RPC answer.
-async fn call_tool(hub: &TestHub, token: Option<&str>, tool: &str, args: Value) -> (u16, Value) {
-    rpc(
-        hub,
-        token,
-        "tools/call",
-        json!({"name": tool, "arguments": args}),
-    )
-    .await
-}
-
-/// One JSON-RPC request to `/mcp`: the HTTP status and the answer.
-async fn rpc(hub: &TestHub, token: Option<&str>, method: &str, params: Value) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(mcp_url(hub.addr))
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}));
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    let r = request.send().await.expect("POST /mcp");
-    let status = r.status().as_u16();
-    let body = r.text().await.expect("body");
-    (status, json_rpc_answer(&body))
-}
-
-/// The JSON-RPC answer of a plain JSON body, or of an SSE body (an MCP
-/// session's answers come as events).
-fn json_rpc_answer(body: &str) -> Value {
-    if let Ok(answer) = serde_json::from_str(body) {
-        return answer;
-    }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|m| m.get("jsonrpc").is_some())
-        .unwrap_or(json!(body))
-}
-
-/// The tool error's code, from the structured content and the text.
-fn tool_error_code(answer: &Value) -> &str {
-    let result = &answer["result"];
-    assert_eq!(result["isError"], true, "a tool error: {answer}");
-    let code = result["structuredContent"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a code: {answer}"));
-    assert_eq!(result["structuredContent"]["success"], false, "{answer}");
-    // The text block is the structured content's JSON.
-    let text = result["content"][0]["text"].as_str().unwrap_or_default();
-    let text: Value = serde_json::from_str(text).expect("the text block is JSON");
-    assert_eq!(text, result["structuredContent"], "{answer}");
-    code
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_errors_carry_the_hub_code_and_tokens_are_checked_like_rest() {

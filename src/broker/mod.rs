@@ -260,6 +260,9 @@ pub enum InstanceMessage {
     /// An admin asked to disconnect `client_id` of `session`, connected to
     /// the receiving instance (close 4002).
     DisconnectClient { session: String, client_id: String },
+    /// A held send whose caller waits on the receiving instance was
+    /// decided: wake it.
+    ApprovalResolved { session: String, id: u64 },
 }
 
 /// What a broker hands to the hub.

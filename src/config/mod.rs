@@ -7,6 +7,7 @@
 //! ones in [`auth`].
 
 pub mod ai;
+pub mod approval;
 pub mod auth;
 pub mod limits;
 pub mod redis;
@@ -21,6 +22,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use self::redis::RedisArgs;
 pub use self::redis::{RedisTopology, SentinelTopology};
 use ai::AiArgs;
+use approval::ApprovalArgs;
+pub use approval::{ApprovalRequired, ApprovalSettings};
 pub use auth::{AuthArgs, AuthMode, AuthSettings, MIN_SECRET_BYTES, check_jwks_url, check_secret};
 use limits::LimitArgs;
 pub use limits::{Limits, SessionCreation};
@@ -176,6 +179,8 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub approval: ApprovalArgs,
 
     #[command(flatten)]
     pub ai: AiArgs,
@@ -417,6 +422,8 @@ pub struct HubConfig {
     pub presence_ttl: Duration,
     /// The hostile-input limits (docs/security.md §12).
     pub limits: Limits,
+    /// Which sends wait for a person's approval.
+    pub approval: ApprovalSettings,
     pub ai: AiArgs,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppConfig,
@@ -536,6 +543,7 @@ impl ServeArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             presence_ttl: Duration::from_millis(self.presence_ttl_ms),
             limits,
+            approval: self.approval.validate(),
             ai: self.ai,
             auth,
             whatsapp,

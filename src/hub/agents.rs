@@ -255,6 +255,9 @@ impl Hub {
             InstanceMessage::DisconnectClient { session, client_id } => {
                 self.disconnect_local(&session, &client_id)
             }
+            InstanceMessage::ApprovalResolved { session, id } => {
+                self.approval_resolved_elsewhere(&session, id)
+            }
             InstanceMessage::AgentCall {
                 call_id,
                 session,

@@ -125,6 +125,8 @@ fn needed_scope(msg: &ClientMessage) -> Scope {
         | ClientMessage::Broadcast { .. }
         | ClientMessage::ExecuteResult { .. }
         | ClientMessage::ContactsUpdate { .. }
-        | ClientMessage::IncomingMessage { .. } => Scope::Send,
+        | ClientMessage::IncomingMessage { .. }
+        | ClientMessage::Approve { .. }
+        | ClientMessage::Reject { .. } => Scope::Send,
     }
 }

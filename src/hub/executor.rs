@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::Hub;
 use super::agents::LateCall;
+use super::approvals::Door;
 use crate::ai::{InterpretRequest, validate};
 use crate::contacts::resolve_contact;
 use crate::protocol::{
@@ -253,6 +254,7 @@ impl Hub {
         text: &str,
         context: Option<AiContext>,
         requester: &ClientInfo,
+        door: &Door,
     ) -> Result<Value, HubError> {
         let (contacts, last_contact) = match context {
             Some(AiContext {
@@ -296,7 +298,10 @@ impl Hub {
                 return Ok(content);
             }
         };
-        let result = match self.execute(session, &command, requester).await {
+        let result = match self
+            .execute_via(session, &command, requester, door, true)
+            .await
+        {
             Ok(v) => v,
             Err(e) if e.is_command_failure() => failure_content(&e),
             Err(e) => return Err(e),

@@ -154,6 +154,7 @@ fn had_no_effect(e: &HubError) -> bool {
             | ErrorCode::AiUnavailable
             | ErrorCode::AiRateLimited
             | ErrorCode::SessionNotFound
+            | ErrorCode::ApprovalQueueFull
     )
 }
 
@@ -249,7 +250,11 @@ impl Hub {
         let ttl = self.config.whatsapp.idempotency_ttl;
         // Long enough for an agent call or a send with its retries; a
         // holder that died frees the key after this.
-        let lock_ttl = (self.config.agent_timeout * 3).max(Duration::from_secs(30));
+        let mut lock_ttl = (self.config.agent_timeout * 3).max(Duration::from_secs(30));
+        if self.config.approval.required != crate::config::ApprovalRequired::Off {
+            // ...and for the person who approves it.
+            lock_ttl += self.config.approval.ttl;
+        }
         let wait_until = Instant::now() + lock_ttl + Duration::from_secs(1);
         loop {
             match self.store.idempotency_begin(&key, &token, lock_ttl).await? {

@@ -5,6 +5,7 @@
 //! about WebSockets or HTTP.
 
 pub mod agents;
+pub mod approvals;
 pub mod client;
 pub mod executor;
 pub mod idempotency;
@@ -95,6 +96,8 @@ pub struct Hub {
     webhook_wake: tokio::sync::Notify,
     /// This instance's admin feeds (the dashboard).
     monitor: monitor::MonitorFeeds,
+    /// Sends held for a person's approval, and the callers waiting here.
+    approvals: approvals::ApprovalDesk,
     /// When this hub was created (ms since epoch), for its uptime.
     started_at: u64,
     /// The dispatcher's channel, to queue a [`Inbound::Barrier`] at
@@ -112,6 +115,7 @@ pub struct HubParts {
     pub ai: AiCoordinator,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    pub approvals: Arc<dyn crate::approvals::ApprovalStore>,
 }
 
 impl Hub {
@@ -145,6 +149,7 @@ impl Hub {
             caught_up: AtomicU64::new(0),
             webhook_wake: tokio::sync::Notify::new(),
             monitor: monitor::MonitorFeeds::default(),
+            approvals: approvals::ApprovalDesk::new(parts.approvals),
             started_at: now_millis(),
             dispatch: std::sync::OnceLock::new(),
         })
@@ -645,6 +650,7 @@ impl Hub {
         });
         webhooks::spawn_drain(self.clone());
         self.spawn_idle_sweep();
+        self.spawn_approval_sweep();
         self.spawn_monitor();
         let hub = self.clone();
         tokio::spawn(async move {

@@ -91,6 +91,12 @@ pub enum MonitorEvent<'a> {
         client_id: Option<&'a str>,
         timestamp: u64,
     },
+    /// A send was held for approval (no `resolution`) or decided.
+    Approval {
+        approval: &'a crate::protocol::Approval,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resolution: Option<&'a crate::protocol::Resolution>,
+    },
 }
 
 /// This instance's admin feeds, by connection id, and whether any

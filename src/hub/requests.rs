@@ -8,12 +8,13 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::Hub;
+use super::approvals::Door;
 use super::executor::failure_content;
 use super::idempotency::Keyed;
 use super::registry::ClientHandle;
 use super::session::Member;
 use crate::protocol::{
-    AiContext, ClientInfo, ClientMessage, Contact, ErrorCode, HubError, ServerEvent,
+    AiContext, ClientInfo, ClientMessage, Contact, Decision, ErrorCode, HubError, ServerEvent,
     WhatsAppCommand, now_millis,
 };
 
@@ -86,6 +87,12 @@ impl Request {
             ClientMessage::ContactsUpdate { contacts } => contacts_update(cx, &contacts).await,
             ClientMessage::IncomingMessage { contact, message } => {
                 incoming_message(cx, contact, message).await
+            }
+            ClientMessage::Approve { id, reason } => {
+                decide(cx, id, Decision::Approved, reason).await
+            }
+            ClientMessage::Reject { id, reason } => {
+                decide(cx, id, Decision::Rejected, reason).await
             }
             // Handled by the session before any request (ClientSession).
             ClientMessage::Ping | ClientMessage::Register(_) => Ok(None),
@@ -189,21 +196,26 @@ impl Hub {
         command: &WhatsAppCommand,
         requester: &ClientInfo,
     ) -> Result<Value, HubError> {
-        self.run_command_once(session, command, requester, None)
+        self.run_command_once(session, command, requester, None, &Door::Client)
             .await
     }
 
-    /// [`Hub::run_command`] at most once per idempotency key.
+    /// [`Hub::run_command`] at most once per idempotency key, through
+    /// `door` (a send may wait for approval, [`super::approvals`]).
     pub async fn run_command_once(
         self: &Arc<Self>,
         session: &str,
         command: &WhatsAppCommand,
         requester: &ClientInfo,
         idempotency_key: Option<&str>,
+        door: &Door,
     ) -> Result<Value, HubError> {
         let keyed = idempotency_key.map(|key| Keyed::command(session, requester, key, command));
         let executed = self
-            .idempotent(keyed, self.execute(session, command, requester))
+            .idempotent(
+                keyed,
+                self.execute_via(session, command, requester, door, false),
+            )
             .await;
         match executed {
             Ok(content) => Ok(content),
@@ -224,12 +236,13 @@ impl Hub {
         context: Option<AiContext>,
         requester: &ClientInfo,
         idempotency_key: Option<&str>,
+        door: &Door,
     ) -> Result<Value, HubError> {
         let keyed = idempotency_key
             .map(|key| Keyed::ai_command(session, requester, key, text, context.as_ref()));
         self.idempotent(
             keyed,
-            self.execute_ai_command(session, text, context, requester),
+            self.execute_ai_command(session, text, context, requester, door),
         )
         .await
     }
@@ -242,7 +255,13 @@ async fn whatsapp_command(
 ) -> Result<Option<Reply>, HubError> {
     let content = cx
         .hub
-        .run_command_once(cx.session(), cmd, &cx.member.info, idempotency_key)
+        .run_command_once(
+            cx.session(),
+            cmd,
+            &cx.member.info,
+            idempotency_key,
+            &Door::Client,
+        )
         .await?;
     Ok(Reply::new("whatsapp_command_result", content))
 }
@@ -261,6 +280,7 @@ async fn whatsapp_ai_command(
             context,
             &cx.member.info,
             idempotency_key,
+            &Door::Client,
         )
         .await?;
     Ok(Reply::new("whatsapp_ai_command_result", content))
@@ -305,6 +325,33 @@ async fn execute_result(cx: Cx<'_>, content: Value) -> Result<Option<Reply>, Hub
         ));
     }
     Ok(None)
+}
+
+/// A person's `approve` or `reject` of a held send: any member but an
+/// agent (the process that would carry the send out is not a person).
+async fn decide(
+    cx: Cx<'_>,
+    id: u64,
+    decision: Decision,
+    reason: Option<String>,
+) -> Result<Option<Reply>, HubError> {
+    if cx.member.is_agent {
+        return Err(HubError::new(
+            ErrorCode::Forbidden,
+            "an agent cannot decide a held send; a person (a client without the `whatsapp` capability) does",
+        ));
+    }
+    let content = cx
+        .hub
+        .decide_approval(
+            cx.session(),
+            id,
+            decision,
+            &cx.member.info.client_id,
+            reason,
+        )
+        .await?;
+    Ok(Reply::new("approval_decided", content))
 }
 
 /// A contact's JSON besides its name and phone (`{"name":"","phone":""},`).

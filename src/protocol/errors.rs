@@ -83,6 +83,14 @@ pub enum ErrorCode {
     /// HTTP 403: the token lacks the scope this needs (`whatsapp.read`,
     /// `whatsapp.send` or `admin`, from its `scope` claim).
     InsufficientScope,
+    /// A person rejected the held send (APPROVAL_REQUIRED).
+    ApprovalRejected,
+    /// Nobody approved the held send within APPROVAL_TTL_MS.
+    ApprovalExpired,
+    /// `approve`/`reject` of a held send that is unknown or decided already.
+    ApprovalNotPending,
+    /// The session has MAX_PENDING_APPROVALS_PER_SESSION sends waiting already.
+    ApprovalQueueFull,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -141,6 +149,9 @@ impl HubError {
                 | ErrorCode::ConnectorAuthFailed
                 | ErrorCode::ConnectorRateLimited
                 | ErrorCode::ConnectorUnavailable
+                | ErrorCode::ApprovalRejected
+                | ErrorCode::ApprovalExpired
+                | ErrorCode::ApprovalQueueFull
         )
     }
 
@@ -170,6 +181,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 42);
+        assert_eq!(ErrorCode::all().count(), 46);
     }
 }

@@ -51,6 +51,16 @@ pub enum ClientMessage {
         contact: String,
         message: String,
     },
+    /// A person approving a held send (APPROVAL_REQUIRED).
+    Approve {
+        id: u64,
+        reason: Option<String>,
+    },
+    /// A person rejecting a held send.
+    Reject {
+        id: u64,
+        reason: Option<String>,
+    },
 }
 
 /// How a connection runs a message relative to the ones it reads next.
@@ -85,7 +95,10 @@ impl ClientMessage {
             ClientMessage::WhatsAppCommand { .. }
             | ClientMessage::WhatsAppAiCommand { .. }
             | ClientMessage::AiRequest { .. }
-            | ClientMessage::ExecuteResult { .. } => Execution::Concurrent,
+            | ClientMessage::ExecuteResult { .. }
+            // Approving runs the send, which may be slow.
+            | ClientMessage::Approve { .. }
+            | ClientMessage::Reject { .. } => Execution::Concurrent,
         }
     }
 }
@@ -252,6 +265,16 @@ struct ContactsUpdateBody {
 }
 
 #[derive(Deserialize)]
+struct DecisionBody {
+    id: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest `reason` of a `reject`, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+#[derive(Deserialize)]
 struct IncomingBody {
     contact: String,
     message: String,
@@ -402,6 +425,17 @@ pub fn parse_client_message_with(
             Ok(ClientMessage::IncomingMessage {
                 contact: b.contact,
                 message: b.message,
+            })
+        }),
+        "approve" | "reject" => body_as::<DecisionBody>(body, &kind).and_then(|b| {
+            if let Some(reason) = &b.reason {
+                check_text_len("reason", reason, MAX_REASON_CHARS)?;
+            }
+            let (id, reason) = (b.id, b.reason);
+            Ok(if kind == "approve" {
+                ClientMessage::Approve { id, reason }
+            } else {
+                ClientMessage::Reject { id, reason }
             })
         }),
         other => Err(HubError::new(

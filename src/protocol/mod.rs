@@ -5,6 +5,7 @@
 //! typed message) so that every failure maps to a precise, stable error code
 //! and the `request_id` can be echoed even when the rest of the frame is bad.
 
+mod approval;
 mod close;
 mod errors;
 mod fields;
@@ -12,6 +13,7 @@ mod frame;
 mod inbound;
 mod outbound;
 
+pub use approval::{Approval, ApprovalVia, DECIDED_BY_HUB, Decision, Resolution};
 pub use close::CloseReason;
 pub use errors::{ErrorCode, HubError};
 pub use fields::{
@@ -19,9 +21,9 @@ pub use fields::{
     check_idempotency_key, check_name, check_text_len,
 };
 pub use inbound::{
-    AiContext, ClientMessage, ContactRef, Execution, Register, Since, WhatsAppCommand,
-    check_ai_context, parse_client_message, parse_client_message_with, parse_whatsapp_command,
-    parse_whatsapp_command_with,
+    AiContext, ClientMessage, ContactRef, Execution, MAX_REASON_CHARS, Register, Since,
+    WhatsAppCommand, check_ai_context, parse_client_message, parse_client_message_with,
+    parse_whatsapp_command, parse_whatsapp_command_with,
 };
 pub use outbound::{
     ClientInfo, Contact, DeliveryStatus, Frame, HistoryEntry, MessageDirection,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::approval::{Approval, Resolution};
 use super::errors::HubError;
 
 /// At most this many members are listed in `registration_confirmed`, so a
@@ -209,6 +210,20 @@ pub enum ServerEvent<'a> {
         request_id: &'a str,
         command: &'a Value,
     },
+    /// A send held for a person's `approve` (APPROVAL_REQUIRED).
+    ApprovalRequest {
+        #[serde(flatten)]
+        approval: &'a Approval,
+    },
+    /// A held send was decided (once, cluster-wide); `result`: what the
+    /// approved send answered.
+    ApprovalResolved {
+        id: u64,
+        #[serde(flatten)]
+        resolution: &'a Resolution,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a Value>,
+    },
 }
 
 impl<'a> ServerEvent<'a> {
@@ -322,6 +337,18 @@ mod tests {
             status_error: None,
         };
         let payload = Value::Null;
+        let approval = Approval {
+            id: 1,
+            session: "s".into(),
+            requested_by: "c1".into(),
+            via: super::super::approval::ApprovalVia::Mcp,
+            action: "send".into(),
+            contact: "John".into(),
+            text: "hi".into(),
+            created_at: 1,
+            expires_at: 2,
+        };
+        let resolution = Resolution::expiry(2);
         let events = [
             ServerEvent::RegistrationConfirmed {
                 client_id: "c1",
@@ -385,6 +412,14 @@ mod tests {
                 request_id: "r1",
                 command: &payload,
             },
+            ServerEvent::ApprovalRequest {
+                approval: &approval,
+            },
+            ServerEvent::ApprovalResolved {
+                id: 1,
+                resolution: &resolution,
+                result: None,
+            },
         ];
         for event in &events {
             let value: Value = serde_json::from_str(&event.to_json()).unwrap();
@@ -402,6 +437,8 @@ mod tests {
             labels,
             [
                 "agent_changed",
+                "approval_request",
+                "approval_resolved",
                 "broadcast",
                 "client_joined",
                 "client_left",

@@ -46,7 +46,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// session index `{sessions}` and monitor channel `{monitor}`; an instance's
 /// member set and inbox `{i:<instance>}`; an AI request's lock and answer
 /// `{ai:<hash>}`; a provider's quota windows `{q:<provider>}`; an
-/// idempotency key's lock and result `{idem:<key>}`. Keys always used
+/// idempotency key's lock and result `{idem:<key>}`; the approval expiry
+/// index `{approvals}`. Keys always used
 /// alone carry no tag. On a single Redis the tags are just characters.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -155,6 +156,29 @@ impl Keys {
             self.session_key(session, "status"),
             escape_key_part(message_id)
         )
+    }
+
+    /// String counter: a session's last approval number.
+    pub fn approval_seq(&self, session: &str) -> String {
+        self.session_key(session, "approvals:seq")
+    }
+
+    /// ZSET: a session's undecided held sends, number → expiry (ms).
+    pub fn approvals_pending(&self, session: &str) -> String {
+        self.session_key(session, "approvals")
+    }
+
+    /// HASH: one held send: `held` (JSON), `expires_at`, then `resolution`
+    /// and `outcome` (JSON) once decided and carried out.
+    pub fn approval(&self, session: &str, id: u64) -> String {
+        format!("{}:{id}", self.session_key(session, "approval"))
+    }
+
+    /// ZSET: `[session, number]` (JSON) → expiry (ms) of every undecided
+    /// held send, which the expiry sweep reads. Its own slot
+    /// (`{approvals}`): written apart from the session's keys.
+    pub fn approvals_due(&self) -> String {
+        format!("{}:{{approvals}}:due", self.prefix)
     }
 
     /// ZSET (all scores 0, so ordered by name): every session that ever

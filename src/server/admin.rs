@@ -28,7 +28,10 @@ use super::rest::{ApiError, check_session};
 use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::membership::InstanceInfo;
 use crate::protocol::CloseReason;
-use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
+use crate::protocol::{
+    Approval, ClientInfo, Decision, ErrorCode, HubError, MAX_REASON_CHARS, check_text_len,
+    now_millis,
+};
 use crate::store::SessionPage;
 
 /// Sessions per page when `limit` is not given, and the most allowed.
@@ -40,6 +43,8 @@ pub fn routes() -> OpenApiRouter<Arc<Hub>> {
         .routes(routes!(list_sessions))
         .routes(routes!(disconnect_client))
         .routes(routes!(broadcast))
+        .routes(routes!(pending_approvals))
+        .routes(routes!(decide_approval))
         .routes(routes!(instances))
         .routes(routes!(super::openapi::openapi_json))
 }
@@ -187,6 +192,96 @@ async fn broadcast(
     hub.broadcast(&session, Broadcaster::Caller(&from), &body.payload)
         .await?;
     Ok(Json(json!({"sent": true, "from": from})))
+}
+
+/// `GET /api/v1/sessions/{session}/approvals`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PendingApprovals {
+    session: String,
+    /// Held sends waiting for a decision, oldest first.
+    approvals: Vec<Approval>,
+}
+
+/// The session's sends held for a person's approval (APPROVAL_REQUIRED),
+/// oldest first.
+#[utoipa::path(get, path = "/api/v1/sessions/{session}/approvals", tag = "admin",
+    params(("session" = String, Path, description = "the session id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the held sends", body = PendingApprovals),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
+async fn pending_approvals(
+    State(hub): State<Arc<Hub>>,
+    Path(session): Path<String>,
+    bearer: Bearer,
+) -> Result<Json<PendingApprovals>, ApiError> {
+    admin(bearer)?;
+    check_session(&session)?;
+    let approvals = hub.pending_approvals(&session).await?;
+    Ok(Json(PendingApprovals { session, approvals }))
+}
+
+/// `approve` or `reject`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Verdict {
+    Approve,
+    Reject,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct DecisionBody {
+    decision: Verdict,
+    /// Shown to the session with the decision (at most 500 characters).
+    reason: Option<String>,
+}
+
+/// Approves or rejects a held send, as `admin:SUB` (`admin` without
+/// auth). Exactly one decision wins cluster-wide; an approved send is sent
+/// before this answers, with the send's answer as `result`.
+#[utoipa::path(post, path = "/api/v1/sessions/{session}/approvals/{id}", tag = "admin",
+    params(
+        ("session" = String, Path, description = "the session id"),
+        ("id" = u64, Path, description = "the held send's number"),
+    ),
+    request_body = DecisionBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{success, id, decision, result?}`", body = Object),
+        (status = 400, description = "an invalid body", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks role admin; `insufficient_scope`: its `scope` leaves out `admin`", body = ErrorBody),
+        (status = 409, description = "`approval_not_pending`: unknown, or decided already", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
+async fn decide_approval(
+    State(hub): State<Arc<Hub>>,
+    Path((session, id)): Path<(String, u64)>,
+    bearer: Bearer,
+    body: Result<Json<DecisionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let admin_sub = admin(bearer)?;
+    check_session(&session)?;
+    let Json(body) = body.map_err(|e| HubError::new(ErrorCode::InvalidJson, e.body_text()))?;
+    if let Some(reason) = &body.reason {
+        check_text_len("reason", reason, MAX_REASON_CHARS)?;
+    }
+    let decision = match body.decision {
+        Verdict::Approve => Decision::Approved,
+        Verdict::Reject => Decision::Rejected,
+    };
+    let decided_by = if admin_sub == "admin" {
+        admin_sub
+    } else {
+        format!("admin:{admin_sub}")
+    };
+    let content = hub
+        .decide_approval(&session, id, decision, &decided_by, body.reason)
+        .await?;
+    Ok(Json(content))
 }
 
 /// `GET /api/v1/instances`.

@@ -24,6 +24,7 @@
 //! missing or bad token is an HTTP 401 before the protocol starts, like
 //! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
 
+mod approval;
 mod http;
 mod oauth;
 mod output;
@@ -57,6 +58,7 @@ use serde_json::{Value, json};
 
 use self::output::{Broadcasted, CommandRun, ContactList, Failure, History, SentMessage};
 use crate::auth::Identity;
+use crate::hub::approvals::Door;
 use crate::hub::{Broadcaster, Hub, SessionUse};
 use crate::protocol::{
     ClientInfo, ErrorCode, HubError, WhatsAppCommand, check_id, check_idempotency_key,
@@ -430,6 +432,8 @@ struct Call<'a> {
     hub: &'a Arc<Hub>,
     identity: Option<&'a Identity>,
     client_id_header: Option<&'a str>,
+    /// The MCP client, to ask its user about a held send.
+    peer: &'a rmcp::Peer<RoleServer>,
 }
 
 impl<'a> Call<'a> {
@@ -449,7 +453,16 @@ impl<'a> Call<'a> {
             client_id_header: parts
                 .and_then(|p| p.headers.get("x-client-id"))
                 .and_then(|v| v.to_str().ok()),
+            peer: &context.peer,
         })
+    }
+
+    /// The door a send of this call goes through: an MCP one, asking the
+    /// user too when the client declared elicitation.
+    fn door(&self) -> Door {
+        let ttl = self.hub.config().approval.ttl;
+        let ask = approval::Elicit::for_peer(self.peer, ttl);
+        Door::Mcp(ask.map(|a| Arc::new(a) as Arc<dyn crate::hub::approvals::AskUser>))
     }
 
     /// The session a call acts on, allowed for the caller.
@@ -544,7 +557,13 @@ impl<'a> Call<'a> {
         let session = self.existing_session(session, SessionUse::Write).await?;
         let mut content = self
             .hub
-            .run_command_once(&session, &command, &self.client(), key.as_deref())
+            .run_command_once(
+                &session,
+                &command,
+                &self.client(),
+                key.as_deref(),
+                &self.door(),
+            )
             .await?;
         // What was asked, where an agent's answer does not say.
         if let Value::Object(answer) = &mut content {
@@ -641,7 +660,14 @@ impl<'a> Call<'a> {
         // Exactly a `whatsapp_ai_command` (and a REST `{"text"}` command).
         let content = self
             .hub
-            .run_ai_command_once(&session, &args.text, None, &self.client(), key.as_deref())
+            .run_ai_command_once(
+                &session,
+                &args.text,
+                None,
+                &self.client(),
+                key.as_deref(),
+                &self.door(),
+            )
             .await?;
         Ok(command_result::<CommandRun>(content))
     }

@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 use super::auth::Bearer;
 use super::{browser, rate};
 use crate::auth::Scope;
+use crate::hub::approvals::Door;
 use crate::hub::{Hub, SessionSummary, SessionUse};
 use crate::protocol::{
     AiContext, ClientInfo, ErrorCode, HubError, check_ai_context, check_idempotency_key,
@@ -85,6 +86,7 @@ impl IntoResponse for ApiError {
             ErrorCode::SessionNotFound | ErrorCode::ClientNotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ApprovalNotPending => StatusCode::CONFLICT,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
@@ -372,7 +374,7 @@ async fn command(
             hub.require_session(&session, SessionUse::of(&command))
                 .await?;
             Ok(Json(
-                hub.run_command_once(&session, &command, &client, key)
+                hub.run_command_once(&session, &command, &client, key, &Door::Client)
                     .await?,
             ))
         }
@@ -384,7 +386,7 @@ async fn command(
             }
             hub.require_session(&session, SessionUse::Write).await?;
             Ok(Json(
-                hub.run_ai_command_once(&session, &text, body.context, &client, key)
+                hub.run_ai_command_once(&session, &text, body.context, &client, key, &Door::Client)
                     .await?,
             ))
         }

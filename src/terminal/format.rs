@@ -77,6 +77,8 @@ fn format_known(event: &Value, names: &Names) -> Option<String> {
         Some("client_left") => client_left(event),
         Some("broadcast") => broadcast(event, names),
         Some("agent_changed") => Some(agent_changed(event)),
+        Some("approval_request") => approval_request(event, names),
+        Some("approval_resolved") => approval_resolved(event, names),
         Some("pong") => Some(format!("{}pong", rid_tag(event))),
         Some("registration_confirmed") => registered(event),
         Some("execute") => event
@@ -158,6 +160,46 @@ fn rid_tag(event: &Value) -> String {
         Some(id) => format!("[#{}] ", clean(&id)),
         None => String::new(),
     }
+}
+
+/// `⏸ #3 mcp-app wants to send John: hello — /approve 3 or /reject 3`.
+fn approval_request(event: &Value, names: &Names) -> Option<String> {
+    let id = event.get("id")?.as_u64()?;
+    let contact = str_field(event, "contact")?;
+    let text = str_field(event, "text")?;
+    let by = str_field(event, "requested_by").unwrap_or("?");
+    let via = match str_field(event, "via") {
+        Some("ai") => " (AI)",
+        _ => " (MCP)",
+    };
+    Some(format!(
+        "⏸ #{id} {}{via} wants to send {}: {} — /approve {id} or /reject {id}",
+        clean(names.display(by)),
+        clean(contact),
+        clean(text)
+    ))
+}
+
+/// `✔ #3 approved by t1` / `✘ #3 rejected by t1: reason` / `✘ #3 expired`.
+fn approval_resolved(event: &Value, names: &Names) -> Option<String> {
+    let id = event.get("id")?.as_u64()?;
+    let decision = str_field(event, "decision")?;
+    let by = str_field(event, "decided_by").unwrap_or("?");
+    let mut line = match decision {
+        "approved" => format!("✔ #{id} approved by {}", clean(names.display(by))),
+        "expired" => format!("✘ #{id} expired (nobody approved it in time)"),
+        _ => format!("✘ #{id} rejected by {}", clean(names.display(by))),
+    };
+    if let Some(reason) = str_field(event, "reason") {
+        let _ = write!(line, ": {}", clean(reason));
+    }
+    if let Some(result) = event.get("result")
+        && result.get("success").and_then(Value::as_bool) == Some(false)
+    {
+        let why = str_field(result, "error").unwrap_or("unknown error");
+        let _ = write!(line, " — the send failed: {}", clean(why));
+    }
+    Some(line)
 }
 
 /// `→ John: hello (by t1)` / `← John: hi`; `None` if it lacks the essentials.
@@ -365,6 +407,11 @@ fn response(event: &Value, names: &Names) -> Option<String> {
             None => format!("ai: {}", clean(&content.to_string())),
         },
         "broadcast_sent" => "broadcast sent".to_string(),
+        // The approval_resolved event says the rest.
+        "approval_decided" => match (content.get("id"), str_field(content, "decision")) {
+            (Some(id), Some(decision)) => format!("#{id} {}", clean(decision)),
+            _ => clean(&content.to_string()),
+        },
         other => format!("{}: {}", clean(other), clean(&content.to_string())),
     };
     Some(format!("{}{body}", rid_tag(event)))
@@ -690,6 +737,46 @@ mod tests {
         assert_eq!(
             fmt(json!({"type":"agent_changed","client_id":null,"instance":null})),
             "agent: none; the hub's connector executes commands"
+        );
+    }
+
+    #[test]
+    fn held_sends_say_how_to_decide_them() {
+        assert_eq!(
+            fmt(
+                json!({"type":"approval_request","id":3,"session":"s","requested_by":"claude",
+                "via":"mcp","action":"send","contact":"John","text":"hi\u{1b}[2J",
+                "created_at":1,"expires_at":2})
+            ),
+            "⏸ #3 claude (MCP) wants to send John: hi\\u{1b}[2J — /approve 3 or /reject 3"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"approval_resolved","id":3,"decision":"approved","decided_by":"t1",
+                "decided_at":2,"result":{"success":true,"message_id":"m1"}})
+            ),
+            "✔ #3 approved by t1"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"approval_resolved","id":3,"decision":"rejected","decided_by":"t1",
+                "decided_at":2,"reason":"not now"})
+            ),
+            "✘ #3 rejected by t1: not now"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"approval_resolved","id":4,"decision":"expired","decided_by":"hub",
+                "decided_at":2})
+            ),
+            "✘ #4 expired (nobody approved it in time)"
+        );
+        assert_eq!(
+            fmt(
+                json!({"type":"approval_resolved","id":5,"decision":"approved","decided_by":"t1",
+                "decided_at":2,"result":{"success":false,"error":"no contact Jon","code":"contact_not_found"}})
+            ),
+            "✔ #5 approved by t1 — the send failed: no contact Jon"
         );
     }
 

@@ -10,6 +10,8 @@ commands:
   /contacts                   list the account's contacts
   /history <contact> [N]      show the last N messages with a contact (default 20)
   /broadcast <text>           send a text to every other client in the session
+  /approve N                  approve held send N (APPROVAL_REQUIRED)
+  /reject N [reason]          reject held send N
   /ping                       measure the round trip to the hub
   /help                       show this help
   /quit                       leave (also: end of input, Ctrl-D)";
@@ -61,6 +63,8 @@ pub fn parse_line(line: &str) -> Input {
                 }
             }
         }
+        "approve" => parse_decision("approve", args),
+        "reject" => parse_decision("reject", args),
         "ping" => no_args(name, args, || Input::Request {
             kind: "ping",
             body: json!({"type": "ping"}),
@@ -77,6 +81,30 @@ fn whatsapp(command: Value) -> Input {
         kind: "whatsapp_command",
         body: json!({"type": "whatsapp_command", "command": command}),
     }
+}
+
+/// `/approve N` and `/reject N [reason]`: N is the held send's number in
+/// its `approval_request`.
+fn parse_decision(kind: &'static str, args: &str) -> Input {
+    let (number, reason) = match args.split_once(char::is_whitespace) {
+        Some((n, reason)) => (n, Some(reason.trim()).filter(|r| !r.is_empty())),
+        None => (args, None),
+    };
+    let Ok(id) = number.parse::<u64>() else {
+        return Input::Invalid(if kind == "approve" {
+            "usage: /approve N (N: the number of the held send)".into()
+        } else {
+            "usage: /reject N [reason] (N: the number of the held send)".into()
+        });
+    };
+    if kind == "approve" && reason.is_some() {
+        return Input::Invalid("usage: /approve N".into());
+    }
+    let mut body = json!({"type": kind, "id": id});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    Input::Request { kind, body }
 }
 
 fn no_args(name: &str, args: &str, ok: impl FnOnce() -> Input) -> Input {
@@ -209,6 +237,31 @@ mod tests {
         assert_eq!(parse_line("/help"), Input::Help);
         assert_eq!(parse_line("/quit"), Input::Quit);
         assert_eq!(parse_line("/exit"), Input::Quit);
+    }
+
+    #[test]
+    fn approve_and_reject_name_a_held_send() {
+        assert_eq!(
+            body(parse_line("/approve 3")),
+            json!({"type": "approve", "id": 3})
+        );
+        assert_eq!(
+            body(parse_line("/reject 4 not to my boss")),
+            json!({"type": "reject", "id": 4, "reason": "not to my boss"})
+        );
+        assert_eq!(
+            body(parse_line("/reject 4")),
+            json!({"type": "reject", "id": 4})
+        );
+        for bad in [
+            "/approve",
+            "/approve x",
+            "/approve -1",
+            "/approve 3 yes",
+            "/reject",
+        ] {
+            assert!(matches!(parse_line(bad), Input::Invalid(_)), "{bad}");
+        }
     }
 
     #[test]

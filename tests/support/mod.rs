@@ -15,6 +15,7 @@ pub mod fake_ai;
 pub mod fake_graph;
 mod helpers;
 mod in_process;
+mod mcp;
 mod ops;
 mod presence;
 mod process;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use helpers::*;
 pub use in_process::*;
+pub use mcp::*;
 pub use ops::*;
 pub use presence::*;
 pub use process::*;
@@ -100,6 +102,13 @@ pub trait Endpoint {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A hub known only by its address (for tasks that outlive a borrow).
+impl Endpoint for SocketAddr {
+    fn addr(&self) -> SocketAddr {
+        *self
     }
 }
 
