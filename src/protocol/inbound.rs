@@ -632,6 +632,8 @@ mod tests {
             r#"{"type":"execute_result","content":{}}"#,
             r#"{"type":"contacts_update","contacts":[]}"#,
             r#"{"type":"incoming_message","contact":"John","message":"hi"}"#,
+            r#"{"type":"approve","id":3}"#,
+            r#"{"type":"reject","id":3,"reason":"no"}"#,
         ];
         let mut kinds = Vec::new();
         for frame in frames {
