@@ -118,9 +118,10 @@ fn needed_scope(msg: &ClientMessage) -> Scope {
             SessionUse::Read => Scope::Read,
             SessionUse::Write => Scope::Send,
         },
-        ClientMessage::Register(_) | ClientMessage::Ping | ClientMessage::AiRequest { .. } => {
-            Scope::Read
-        }
+        ClientMessage::Register(_)
+        | ClientMessage::Ping
+        | ClientMessage::AiRequest { .. }
+        | ClientMessage::ListApprovals => Scope::Read,
         ClientMessage::WhatsAppAiCommand { .. }
         | ClientMessage::Broadcast { .. }
         | ClientMessage::ExecuteResult { .. }

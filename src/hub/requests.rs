@@ -94,6 +94,13 @@ impl Request {
             ClientMessage::Reject { id, reason } => {
                 decide(cx, id, Decision::Rejected, reason).await
             }
+            ClientMessage::ListApprovals => {
+                let approvals = cx.hub.pending_approvals(cx.session()).await?;
+                Ok(Reply::new(
+                    "approvals",
+                    json!({"success": true, "approvals": approvals}),
+                ))
+            }
             // Handled by the session before any request (ClientSession).
             ClientMessage::Ping | ClientMessage::Register(_) => Ok(None),
         }

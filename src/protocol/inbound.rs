@@ -61,6 +61,9 @@ pub enum ClientMessage {
         id: u64,
         reason: Option<String>,
     },
+    /// The session's held sends waiting for a decision (a client that
+    /// joined after their `approval_request`).
+    ListApprovals,
 }
 
 /// How a connection runs a message relative to the ones it reads next.
@@ -98,7 +101,8 @@ impl ClientMessage {
             | ClientMessage::ExecuteResult { .. }
             // Approving runs the send, which may be slow.
             | ClientMessage::Approve { .. }
-            | ClientMessage::Reject { .. } => Execution::Concurrent,
+            | ClientMessage::Reject { .. }
+            | ClientMessage::ListApprovals => Execution::Concurrent,
         }
     }
 }
@@ -401,6 +405,7 @@ pub fn parse_client_message_with(
             })
         }),
         "ping" => Ok(ClientMessage::Ping),
+        "list_approvals" => Ok(ClientMessage::ListApprovals),
         "broadcast" => body_as::<BroadcastBody>(body, &kind)
             .map(|b| ClientMessage::Broadcast { payload: b.payload }),
         "execute_result" => body_as::<ExecuteResultBody>(body, &kind)
@@ -634,6 +639,7 @@ mod tests {
             r#"{"type":"incoming_message","contact":"John","message":"hi"}"#,
             r#"{"type":"approve","id":3}"#,
             r#"{"type":"reject","id":3,"reason":"no"}"#,
+            r#"{"type":"list_approvals"}"#,
         ];
         let mut kinds = Vec::new();
         for frame in frames {

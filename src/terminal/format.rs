@@ -407,6 +407,17 @@ fn response(event: &Value, names: &Names) -> Option<String> {
             None => format!("ai: {}", clean(&content.to_string())),
         },
         "broadcast_sent" => "broadcast sent".to_string(),
+        "approvals" => match content.get("approvals").and_then(Value::as_array) {
+            Some(list) if list.is_empty() => "no sends wait for approval".to_string(),
+            Some(list) => {
+                let lines: Vec<String> = list
+                    .iter()
+                    .filter_map(|a| approval_request(a, names))
+                    .collect();
+                format!("waiting for approval:\n{}", lines.join("\n"))
+            }
+            None => clean(&content.to_string()),
+        },
         // The approval_resolved event says the rest.
         "approval_decided" => match (content.get("id"), str_field(content, "decision")) {
             (Some(id), Some(decision)) => format!("#{id} {}", clean(decision)),
@@ -777,6 +788,15 @@ mod tests {
                 "decided_at":2,"result":{"success":false,"error":"no contact Jon","code":"contact_not_found"}})
             ),
             "✔ #5 approved by t1 — the send failed: no contact Jon"
+        );
+        assert_eq!(
+            fmt(json!({"type":"response","response_type":"approvals","content":{"success":true,
+                "approvals":[{"id":7,"requested_by":"claude","via":"ai","contact":"Ann","text":"yo"}]}})),
+            "waiting for approval:\n⏸ #7 claude (AI) wants to send Ann: yo — /approve 7 or /reject 7"
+        );
+        assert_eq!(
+            fmt(json!({"type":"response","response_type":"approvals","content":{"success":true,"approvals":[]}})),
+            "no sends wait for approval"
         );
     }
 

@@ -10,7 +10,8 @@ commands:
   /contacts                   list the account's contacts
   /history <contact> [N]      show the last N messages with a contact (default 20)
   /broadcast <text>           send a text to every other client in the session
-  /approve N                  approve held send N (APPROVAL_REQUIRED)
+  /approvals                  list the sends waiting for approval (APPROVAL_REQUIRED)
+  /approve N                  approve held send N
   /reject N [reason]          reject held send N
   /ping                       measure the round trip to the hub
   /help                       show this help
@@ -63,6 +64,10 @@ pub fn parse_line(line: &str) -> Input {
                 }
             }
         }
+        "approvals" => no_args(name, args, || Input::Request {
+            kind: "list_approvals",
+            body: json!({"type": "list_approvals"}),
+        }),
         "approve" => parse_decision("approve", args),
         "reject" => parse_decision("reject", args),
         "ping" => no_args(name, args, || Input::Request {
