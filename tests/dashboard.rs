@@ -110,3 +110,64 @@ async fn header_background(browser: &Browser) -> String {
         .expect("run a script in the page");
     color.as_str().unwrap_or_default().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_sends_are_decided_with_the_buttons_of_the_web_page_and_the_dashboard() {
+    assert!(
+        Browser::available(),
+        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
+    );
+    let hub = TestHub::start(&["--approval-required", "mcp"]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
+    let browser = Browser::start().await;
+
+    // Held before the page opened: the page asks for what waits.
+    let first = mcp_send(hub.addr, "approved on the web page");
+    watcher.recv_type("approval_request").await;
+    browser
+        .client
+        .goto(&hub.http_url("/ui"))
+        .await
+        .expect("open the web page");
+    browser
+        .wait_for("#approvals li", |t| t.contains("approved on the web page"))
+        .await;
+    browser.click("#approvals li button.approve").await;
+    let result = first.await.unwrap();
+    assert_eq!(result["isError"], false, "{result}");
+    browser.wait_gone("#approvals li").await;
+    browser
+        .wait_for("#log div", |t| t.contains("approved by web"))
+        .await;
+
+    // The dashboard lists what waits, and hears of new ones live.
+    let second = mcp_send(hub.addr, "rejected on the dashboard");
+    watcher.recv_type("approval_request").await;
+    browser.click("a[href='/dashboard']").await;
+    browser.wait_for("#feed-status", |t| t == "live").await;
+    let row = "#approvals tr[data-approval]";
+    browser
+        .wait_for(row, |t| t.contains("rejected on the dashboard"))
+        .await;
+    browser.click(&format!("{row} button.reject")).await;
+    let result = second.await.unwrap();
+    assert_eq!(
+        result["structuredContent"]["code"], "approval_rejected",
+        "{result}"
+    );
+    browser.wait_gone(row).await;
+    let third = mcp_send(hub.addr, "approved on the dashboard");
+    browser
+        .wait_for(row, |t| t.contains("approved on the dashboard"))
+        .await;
+    browser.click(&format!("{row} button.approve")).await;
+    assert_eq!(third.await.unwrap()["isError"], false);
+    let resolved = loop {
+        let event = watcher.recv_type("approval_resolved").await;
+        if event["decision"] == "approved" && event["decided_by"] == "admin" {
+            break event;
+        }
+    };
+    assert_eq!(resolved["result"]["message"], "approved on the dashboard");
+    browser.quit().await;
+}

@@ -790,12 +790,16 @@ mod tests {
             "✔ #5 approved by t1 — the send failed: no contact Jon"
         );
         assert_eq!(
-            fmt(json!({"type":"response","response_type":"approvals","content":{"success":true,
-                "approvals":[{"id":7,"requested_by":"claude","via":"ai","contact":"Ann","text":"yo"}]}})),
+            fmt(
+                json!({"type":"response","response_type":"approvals","content":{"success":true,
+                "approvals":[{"id":7,"requested_by":"claude","via":"ai","contact":"Ann","text":"yo"}]}})
+            ),
             "waiting for approval:\n⏸ #7 claude (AI) wants to send Ann: yo — /approve 7 or /reject 7"
         );
         assert_eq!(
-            fmt(json!({"type":"response","response_type":"approvals","content":{"success":true,"approvals":[]}})),
+            fmt(
+                json!({"type":"response","response_type":"approvals","content":{"success":true,"approvals":[]}})
+            ),
             "no sends wait for approval"
         );
     }

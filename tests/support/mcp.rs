@@ -73,3 +73,34 @@ pub fn tool_error_code(answer: &Value) -> &str {
     assert_eq!(text, result["structuredContent"], "{answer}");
     code
 }
+
+/// `send_message` by an MCP caller (`claude`), in its own task: it waits
+/// for the decision.
+pub fn mcp_send(hub: std::net::SocketAddr, message: &str) -> tokio::task::JoinHandle<Value> {
+    let args = json!({"contact": "John", "message": message});
+    tokio::spawn(async move {
+        let (status, answer) = call_tool_as(&hub, "claude", "send_message", args).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["result"].clone()
+    })
+}
+
+/// One `tools/call` without auth, as `X-Client-Id: client_id`.
+pub async fn call_tool_as(
+    hub: &impl Endpoint,
+    client_id: &str,
+    tool: &str,
+    args: Value,
+) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(mcp_url(hub.addr()))
+        .header("accept", "application/json, text/event-stream")
+        .header("x-client-id", client_id)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": tool, "arguments": args}}))
+        .send()
+        .await
+        .expect("POST /mcp");
+    let status = r.status().as_u16();
+    (status, json_rpc_answer(&r.text().await.expect("body")))
+}
