@@ -1099,3 +1099,58 @@ async fn mcp_is_an_oauth_protected_resource_with_audience_and_scopes() {
     let (status, _) = open.get("/.well-known/oauth-protected-resource").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_declared_elicitation_is_asked_before_its_send_goes_out() {
+    if !python_sdk() {
+        return;
+    }
+    let hub = TestHub::start(&["--approval-required", "mcp"]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "default", "alice").await;
+    let url = mcp_url(hub.addr);
+    for (answer, message) in [
+        ("accept", "asked and approved"),
+        ("decline", "asked and declined"),
+    ] {
+        let report = python_run(&["--elicit", answer], &url, "John", message, None).await;
+        let asked = &report["asked"];
+        assert_eq!(asked.as_array().map(Vec::len), Some(1), "{report}");
+        let question = asked[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            question.contains("John") && question.contains(message),
+            "{question}"
+        );
+        assert_eq!(
+            asked[0]["schema"]["properties"]["approve"]["type"], "boolean",
+            "{report}"
+        );
+        // The members saw it held, and whose answer decided it (the
+        // approved send's message_event comes first).
+        let request = alice.recv_type("approval_request").await;
+        assert_eq!(request["text"], message);
+        let mut events = Vec::new();
+        let resolved = loop {
+            let event = alice.recv().await;
+            if event["type"] == "approval_resolved" {
+                break event;
+            }
+            events.push(event);
+        };
+        assert_eq!(resolved["decided_by"], "mcp:mcp", "{resolved}");
+        let sent: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "message_event")
+            .collect();
+        let send = &report["send"];
+        if answer == "accept" {
+            assert_eq!(resolved["decision"], "approved");
+            assert_eq!(send["is_error"], false, "{report}");
+            assert_eq!(sent.len(), 1, "{events:?}");
+            assert_eq!(sent[0]["message"], message);
+        } else {
+            assert_eq!(resolved["decision"], "rejected");
+            assert_eq!(send["structured"]["code"], "approval_rejected", "{report}");
+            assert!(sent.is_empty(), "{events:?}");
+        }
+    }
+}

@@ -18,13 +18,19 @@
       outputSchema with the jsonschema package (the SDK's own dependency),
       besides the SDK's own check of successful results. Exit 1 (with the
       error on stderr) if the SDK or a validation fails.
+
+  mcp_interop.py --elicit accept|decline URL CONTACT MESSAGE [TOKEN]
+      declares elicitation, calls send_message {contact, message} on a
+      hub that holds MCP sends for approval (APPROVAL_REQUIRED), answers
+      the hub's question with approve=true (accept) or declines it, and
+      prints {"asked": [{"message", "schema"}], "send": {...}}.
 """
 import asyncio
 import json
 import sys
 
 import jsonschema
-from mcp import ClientSession, StdioServerParameters
+from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
@@ -35,6 +41,29 @@ def outcome(result):
         "structured": result.structured_content,
         "text": [c.text for c in result.content if hasattr(c, "text")],
     }
+
+
+async def elicited(url, contact, message, token, answer):
+    """send_message, answering the hub's elicitation with `answer`."""
+    asked = []
+
+    async def on_elicit(context, params):
+        asked.append({"message": params.message, "schema": params.requested_schema})
+        if answer == "accept":
+            return types.ElicitResult(action="accept", content={"approve": True})
+        return types.ElicitResult(action="decline")
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with create_mcp_http_client(headers=headers) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(
+                streams[0], streams[1], elicitation_callback=on_elicit
+            ) as session:
+                await session.initialize()
+                result = await session.call_tool(
+                    "send_message", {"contact": contact, "message": message}
+                )
+                return {"asked": asked, "send": outcome(result)}
 
 
 async def run(url, contact, message, token, bridge=None):
@@ -86,6 +115,12 @@ async def exercise(streams, contact, message):
 
 
 def main(argv):
+    if len(argv) > 2 and argv[1] == "--elicit":
+        answer, argv = argv[2], argv[:1] + argv[3:]
+        url, contact, message = argv[1:4]
+        token = argv[4] if len(argv) == 5 else None
+        print(json.dumps(asyncio.run(elicited(url, contact, message, token, answer))))
+        return 0
     bridge = None
     if len(argv) > 2 and argv[1] == "--stdio":
         bridge = argv[2]
