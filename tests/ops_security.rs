@@ -317,6 +317,8 @@ const ADMIN_PATHS: &[&str] = &[
     "/api/v1/sessions/s/broadcast",
     "/api/v1/sessions/a%2Fb/broadcast",
     "/api/v1/sessions/s/%62roadcast",
+    "/api/v1/sessions/s/approvals",
+    "/api/v1/sessions/s/approvals/3",
     "/api/v1/instances",
     "/dashboard",
     "/dashboard/feed",
