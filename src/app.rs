@@ -7,9 +7,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::auth::Authenticator;
-use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, Inbound};
 use crate::config::{ConfigError, ConnectorKind, HubConfig};
 use crate::hub::{Hub, HubParts};
 use crate::membership::Membership;
@@ -169,32 +169,35 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
         ConnectorKind::None => Arc::new(NoConnector::new(contacts)),
     };
-    let mut redis_membership = None;
-    type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
-    let ((store, broker, membership), redis_backend): (Seams, _) = match &config.redis {
-        None => (
-            (
-                Arc::new(MemoryStore::with_idempotency_budget(
-                    config.history_limit,
-                    config.limits.idempotency_max_total_bytes,
-                )),
-                Arc::new(LocalBroker::new(
-                    config.instance_id.clone(),
-                    inbound_tx,
-                    config.session_log_len,
-                    config.session_log_ttl,
-                )),
-                Arc::new(LocalMembership::new(config.instance_id.clone())),
-            ),
-            None,
-        ),
-        Some(topology) => {
-            let backend = RedisBackend::new(topology, &config.redis_key_prefix, metrics.clone())
-                .map_err(|e| ConfigError {
+    // Every setting is checked before the state is opened: a refused one
+    // leaves no data directory behind and stays the only line.
+    let redis_backend = match &config.redis {
+        Some(topology) => Some(
+            RedisBackend::new(topology, &config.redis_key_prefix, metrics.clone()).map_err(
+                |e| ConfigError {
                     setting: topology.setting(),
                     reason: e.kind.to_string(),
-                })?;
-            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?topology, "cluster mode: state in Redis");
+                },
+            )?,
+        ),
+        None => None,
+    };
+    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend.clone())?;
+    let auth = Arc::new(Authenticator::from_settings(&config.auth, metrics.clone()).await?);
+    let mut redis_membership = None;
+    let (store, broker, membership, approvals): (
+        Arc<dyn SessionStore>,
+        Arc<dyn Broker>,
+        _,
+        Approvals,
+    ) = match redis_backend {
+        None => {
+            let (store, broker, membership) = standalone_seams(&config, inbound_tx)?;
+            let approvals = Arc::new(crate::approvals::memory::MemoryApprovals::new());
+            (store, broker, membership, approvals)
+        }
+        Some(backend) => {
+            tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?config.redis, "cluster mode: state in Redis");
             let store: Arc<dyn SessionStore> = Arc::new(
                 RedisStore::new(
                     backend.clone(),
@@ -212,30 +215,17 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
                 config.presence_ttl,
             ));
             redis_membership = Some(membership.clone());
-            (
-                (
-                    store,
-                    Arc::new(RedisBroker::start(
-                        backend.clone(),
-                        config.instance_id.clone(),
-                        inbound_tx,
-                        config.session_log_len,
-                        config.session_log_ttl,
-                    )),
-                    membership,
-                ),
-                Some(backend),
-            )
+            let broker = Arc::new(RedisBroker::start(
+                backend.clone(),
+                config.instance_id.clone(),
+                inbound_tx,
+                config.session_log_len,
+                config.session_log_ttl,
+            ));
+            let approvals = Arc::new(crate::approvals::redis::RedisApprovals::new(backend));
+            (store, broker, membership, approvals)
         }
     };
-    let approvals: Arc<dyn crate::approvals::ApprovalStore> = match &redis_backend {
-        Some(backend) => Arc::new(crate::approvals::redis::RedisApprovals::new(
-            backend.clone(),
-        )),
-        None => Arc::new(crate::approvals::memory::MemoryApprovals::new()),
-    };
-    let ai = crate::ai::build_coordinator(&config.ai, metrics.clone(), redis_backend)?;
-    let auth = Arc::new(Authenticator::from_settings(&config.auth, metrics.clone()).await?);
     let jwks_refresh = config.auth.jwks_refresh;
     // Debug: a refused setting or a taken port must stay the only line.
     tracing::debug!(connector = config.connector.as_str(), "whatsapp connector");
@@ -256,4 +246,55 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         crate::cluster::driver::spawn(m, hub.clone());
     }
     Ok(hub)
+}
+
+/// The store, log and membership a hub runs on.
+type Seams = (Arc<dyn SessionStore>, Arc<dyn Broker>, Arc<dyn Membership>);
+/// Where held sends are kept.
+type Approvals = Arc<dyn crate::approvals::ApprovalStore>;
+
+/// The standalone store, log and membership: durable in the data
+/// directory (DATA_DIR), or memory only.
+fn standalone_seams(
+    config: &HubConfig,
+    inbound_tx: mpsc::Sender<Inbound>,
+) -> Result<Seams, ConfigError> {
+    let membership = Arc::new(LocalMembership::new(config.instance_id.clone()));
+    let Some(dir) = &config.data_dir else {
+        return Ok((
+            Arc::new(MemoryStore::with_idempotency_budget(
+                config.history_limit,
+                config.limits.idempotency_max_total_bytes,
+            )),
+            Arc::new(LocalBroker::new(
+                config.instance_id.clone(),
+                inbound_tx,
+                config.session_log_len,
+                config.session_log_ttl,
+            )),
+            membership,
+        ));
+    };
+    let (journal, snapshot) = crate::durable::Journal::open(dir).map_err(|e| ConfigError {
+        setting: "DATA_DIR",
+        reason: e.to_string(),
+    })?;
+    // Debug: a refused setting must stay the only line (the listening line
+    // names the data directory).
+    tracing::debug!(path = %journal.path().display(), sessions = snapshot.sessions.len(), "standalone: state in the data directory");
+    let store = MemoryStore::restored(
+        config.history_limit,
+        config.limits.idempotency_max_total_bytes,
+        journal.clone(),
+        &snapshot,
+    );
+    let broker = LocalBroker::restored(
+        config.instance_id.clone(),
+        inbound_tx,
+        config.session_log_len,
+        config.session_log_ttl,
+        journal,
+        &snapshot,
+    );
+    Ok((Arc::new(store), Arc::new(broker), membership))
 }

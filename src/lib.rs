@@ -19,6 +19,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod contacts;
+pub mod durable;
 pub mod hub;
 pub mod membership;
 pub mod metrics;

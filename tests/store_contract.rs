@@ -1,7 +1,7 @@
-//! Contract tests: the same test functions run against both
-//! implementations of `SessionStore` (memory, Redis) and of `Broker`
-//! (local, Redis pub/sub), so the standalone and cluster backends cannot
-//! drift apart. Each Redis case runs on its own private redis-server
+//! Contract tests: the same test functions run against every
+//! implementation of `SessionStore` (memory, durable in a data directory,
+//! Redis) and of `Broker` (local, local durable, Redis pub/sub), so the
+//! standalone and cluster backends cannot drift apart. Each Redis case runs on its own private redis-server
 //! (killed when the test ends, also on failure), or its own 3-master Redis
 //! Cluster with `MCP_HUB_TEST_REDIS=cluster`.
 
@@ -25,7 +25,7 @@ use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{
     AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Reaped, SenderContact, SessionStore,
 };
-use support::{TestRedis, wait_until_async};
+use support::{TempDir, TestRedis, wait_until_async};
 use tokio::sync::mpsc;
 
 const HISTORY_CAP: usize = 5;
@@ -44,6 +44,7 @@ struct StoreFixture {
     /// A second instance's view of the same data (Redis only), for races.
     peer: Option<Arc<dyn SessionStore>>,
     _redis: Option<TestRedis>,
+    _dir: Option<TempDir>,
 }
 
 fn memory_store() -> StoreFixture {
@@ -51,6 +52,21 @@ fn memory_store() -> StoreFixture {
         store: Arc::new(MemoryStore::new(HISTORY_CAP)),
         peer: None,
         _redis: None,
+        _dir: None,
+    }
+}
+
+/// The embedded durable store: memory written through to a fresh data
+/// directory.
+fn durable_store() -> StoreFixture {
+    let dir = TempDir::new();
+    let (journal, snapshot) = mcp_hub::durable::Journal::open(dir.path()).expect("data dir");
+    let store = MemoryStore::restored(HISTORY_CAP, 64 * 1024 * 1024, journal, &snapshot);
+    StoreFixture {
+        store: Arc::new(store),
+        peer: None,
+        _redis: None,
+        _dir: Some(dir),
     }
 }
 
@@ -70,6 +86,7 @@ fn redis_store() -> StoreFixture {
         store: store(ME),
         peer: Some(store("inst-b")),
         _redis: Some(redis),
+        _dir: None,
     }
 }
 
@@ -794,6 +811,14 @@ macro_rules! store_contract {
                 }
             )*
         }
+        mod durable_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::durable_store()).await;
+                }
+            )*
+        }
         mod redis_store {
             $(
                 #[tokio::test]
@@ -992,6 +1017,7 @@ struct Node {
 struct BrokerFixture {
     nodes: Vec<Node>,
     _redis: Option<TestRedis>,
+    _dir: Option<TempDir>,
 }
 
 fn local_bus() -> BrokerFixture {
@@ -1003,6 +1029,24 @@ fn local_bus() -> BrokerFixture {
             inbound: rx,
         }],
         _redis: None,
+        _dir: None,
+    }
+}
+
+/// The standalone log written through to a fresh data directory.
+fn durable_bus() -> BrokerFixture {
+    let dir = TempDir::new();
+    let (journal, snapshot) = mcp_hub::durable::Journal::open(dir.path()).expect("data dir");
+    let (tx, rx) = mpsc::channel(1024);
+    let broker = LocalBroker::restored("solo".into(), tx, LOG_LEN, LOG_TTL, journal, &snapshot);
+    BrokerFixture {
+        nodes: vec![Node {
+            instance: "solo".into(),
+            broker: Arc::new(broker),
+            inbound: rx,
+        }],
+        _redis: None,
+        _dir: Some(dir),
     }
 }
 
@@ -1040,6 +1084,7 @@ async fn redis_bus() -> BrokerFixture {
     BrokerFixture {
         nodes,
         _redis: Some(redis),
+        _dir: None,
     }
 }
 
@@ -1374,6 +1419,14 @@ macro_rules! broker_contract {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::local_bus()).await;
+                }
+            )*
+        }
+        mod durable_broker {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::durable_bus()).await;
                 }
             )*
         }

@@ -1,7 +1,11 @@
 //! The standalone bus and log: one instance, so events need no transport.
 //! Each session's log is an in-memory ring of its last `SESSION_LOG_LEN`
-//! events; the epoch is random per process, so offsets from before a
-//! restart are never mistaken for new ones.
+//! events. Without a data directory the epoch is random per process, so
+//! offsets from before a restart are never mistaken for new ones. With one
+//! (DATA_DIR) the log is durable: every event is journaled and reaches the
+//! dispatcher only once it is on disk, the epoch belongs to the data
+//! directory, and a restarted hub carries on the same offsets, so its
+//! clients resume with `recovered: true` ([`crate::durable`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +19,7 @@ use super::{
     Broker, EventEnvelope, Inbound, InstanceMessage, LogRead, LoggedEvent, Published, ReadBudget,
     replay_window,
 };
+use crate::durable::{Journal, Op, Snapshot};
 use crate::protocol::{ErrorCode, HubError, now_millis};
 
 /// One session's log.
@@ -38,6 +43,8 @@ pub struct LocalBroker {
     /// `since` from a forgotten log is never taken for this one (its next
     /// offset is missing). Changed under the rings lock.
     forgotten_head: AtomicU64,
+    /// The data directory's journal (None: the log is memory only).
+    journal: Option<Journal>,
 }
 
 impl LocalBroker {
@@ -56,7 +63,46 @@ impl LocalBroker {
             rings: Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             forgotten_head: AtomicU64::new(0),
+            journal: None,
         }
+    }
+
+    /// The durable log of a data directory: its epoch, its forgotten head
+    /// and every session's kept events as `snapshot` read them back,
+    /// journaled from now on.
+    pub fn restored(
+        instance: String,
+        inbound: mpsc::Sender<Inbound>,
+        log_len: usize,
+        log_ttl: Duration,
+        journal: Journal,
+        snapshot: &Snapshot,
+    ) -> Self {
+        let mut broker = Self::new(instance, inbound, log_len, log_ttl);
+        broker.epoch = snapshot.epoch.clone();
+        broker.forgotten_head = AtomicU64::new(snapshot.forgotten_head);
+        let mut rings = HashMap::new();
+        for (session, entries) in &snapshot.logs {
+            let events: VecDeque<LoggedEvent> = entries
+                .iter()
+                .filter_map(|(_, entry)| LoggedEvent::parse(entry))
+                .filter(|e| e.epoch == snapshot.epoch)
+                .collect();
+            let Some(head) = events.back().map(|e| e.offset) else {
+                continue;
+            };
+            let skip = events.len().saturating_sub(broker.len);
+            rings.insert(
+                session.clone(),
+                Ring {
+                    head,
+                    events: events.into_iter().skip(skip).collect(),
+                },
+            );
+        }
+        broker.rings = Mutex::new(rings);
+        broker.journal = Some(journal);
+        broker
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -102,8 +148,34 @@ impl Broker for LocalBroker {
         // A full dispatcher queue only delays delivery: the event is in the
         // ring, and the dispatcher fills the gap from it at the next event.
         let (done, published) = tokio::sync::oneshot::channel();
-        let _ = done.send((event.epoch.clone(), event.offset));
-        let _ = self.inbound.try_send(Inbound::Event(event));
+        let position = (event.epoch.clone(), event.offset);
+        let Some(journal) = &self.journal else {
+            let _ = done.send(position);
+            let _ = self.inbound.try_send(Inbound::Event(event));
+            return Ok(published);
+        };
+        // Durable: handed to the dispatcher once on disk (queued under the
+        // rings lock, so the disk sees the offsets in order).
+        let entry = event.to_entry().map_err(HubError::internal)?;
+        let op = Op::Event {
+            session: event.header.session.clone(),
+            offset: event.offset,
+            entry,
+            keep: self.len,
+        };
+        let inbound = self.inbound.clone();
+        journal.submit_then(vec![op], move |written| {
+            if !written {
+                // Delivered anyway (it is in the ring); a restart may not
+                // replay it.
+                tracing::warn!(
+                    offset = event.offset,
+                    "event delivered without being on disk"
+                );
+            }
+            let _ = done.send(position);
+            let _ = inbound.try_send(Inbound::Event(event));
+        });
         Ok(published)
     }
 
@@ -169,6 +241,21 @@ impl Broker for LocalBroker {
         if let Some(ring) = rings.remove(session) {
             self.forgotten_head
                 .fetch_max(ring.head + 1, Ordering::Relaxed);
+        }
+        if let Some(journal) = &self.journal {
+            // Nobody waits for it: the session is gone either way.
+            drop(journal.submit(vec![Op::ForgetLog {
+                session: session.to_string(),
+                head: self.forgotten_head.load(Ordering::Relaxed),
+            }]));
+        }
+    }
+
+    async fn settle(&self) {
+        if let Some(journal) = &self.journal {
+            // Acknowledged after everything queued before it, whose events
+            // were handed over first.
+            let _ = journal.submit(Vec::new()).await;
         }
     }
 

@@ -329,6 +329,10 @@ pub trait Broker: Send + Sync + 'static {
     /// expiry deleted the log's keys with the session's, so the default
     /// has nothing to do.
     fn forget_log(&self, _session: &str) {}
+    /// Waits until every event published so far has been handed to the
+    /// dispatcher (the durable standalone log hands them over once on
+    /// disk); at shutdown, before the dispatcher's barrier.
+    async fn settle(&self) {}
     /// False while the broker cannot reach its backend.
     fn is_healthy(&self) -> bool;
     /// Counts (re)connections to the backend; a change means the backend

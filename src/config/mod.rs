@@ -158,6 +158,11 @@ pub struct ServeArgs {
     /// Messages kept per contact conversation.
     #[arg(long, env = "HISTORY_LIMIT", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub history_limit: u32,
+    /// Standalone: where the hub keeps its state (sessions, contacts, history, statuses,
+    /// the event log, idempotency records, webhook bookkeeping) across restarts.
+    /// Default `data` in the working directory; `:memory:` keeps nothing. Not with Redis.
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<String>,
     /// Events kept per session for resuming clients (`register.since`).
     #[arg(long, env = "SESSION_LOG_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub session_log_len: u32,
@@ -413,6 +418,8 @@ pub struct HubConfig {
     pub auto_reply: Option<String>,
     pub auto_reply_delay: Duration,
     pub history_limit: usize,
+    /// Standalone: the data directory (None: memory only, or Redis).
+    pub data_dir: Option<PathBuf>,
     pub session_log_len: usize,
     pub session_log_ttl: Duration,
     /// Where the cluster's state lives; None: standalone (in memory).
@@ -501,6 +508,7 @@ impl ServeArgs {
             Some(id) => id,
             None => default_instance_id(),
         };
+        let data_dir = data_dir(self.data_dir.as_deref(), redis.is_some())?;
         let whatsapp = self.whatsapp.validate(self.connector)?;
         let limits = self.limits.validate(self.outbound_queue_bytes as usize)?;
         Ok(HubConfig {
@@ -536,6 +544,7 @@ impl ServeArgs {
             auto_reply: Some(self.auto_reply).filter(|s| !s.is_empty()),
             auto_reply_delay: Duration::from_millis(self.auto_reply_delay_ms),
             history_limit: self.history_limit as usize,
+            data_dir,
             session_log_len: self.session_log_len as usize,
             session_log_ttl: Duration::from_millis(self.session_log_ttl_ms),
             redis,
@@ -548,6 +557,31 @@ impl ServeArgs {
             auth,
             whatsapp,
         })
+    }
+}
+
+/// The data directory when nothing says otherwise (standalone): beside
+/// where the hub runs, so `cargo run --release` keeps its state without
+/// setup, in plain sight.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// `DATA_DIR` that keeps nothing across restarts.
+pub const MEMORY_ONLY: &str = ":memory:";
+
+/// `DATA_DIR`: the directory, None for `:memory:` and with Redis (which
+/// holds the state then; naming a directory too is a mistake worth saying).
+fn data_dir(setting: Option<&str>, with_redis: bool) -> Result<Option<PathBuf>, ConfigError> {
+    match (setting.map(str::trim), with_redis) {
+        (Some(""), _) => Err(invalid(
+            "DATA_DIR",
+            format!("must not be empty (`{MEMORY_ONLY}` keeps the state in memory only)"),
+        )),
+        (Some(MEMORY_ONLY), _) | (None, true) => Ok(None),
+        (Some(_), true) => Err(invalid(
+            "DATA_DIR",
+            "is for a standalone hub; with Redis the state lives in Redis (unset DATA_DIR)",
+        )),
+        (Some(dir), false) => Ok(Some(PathBuf::from(dir))),
+        (None, false) => Ok(Some(PathBuf::from(DEFAULT_DATA_DIR))),
     }
 }
 

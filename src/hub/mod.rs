@@ -623,7 +623,9 @@ impl Hub {
             return;
         };
         let (done, settled) = tokio::sync::oneshot::channel();
+        let broker = self.broker.clone();
         let _ = tokio::time::timeout(bound, async move {
+            broker.settle().await;
             if tx.send(Inbound::Barrier(done)).await.is_ok() {
                 drop(tx);
                 let _ = settled.await;

@@ -141,7 +141,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, instance = hub.instance(), "mcp-hub listening on {addr}");
+    let state = match (&hub.config().redis, &hub.config().data_dir) {
+        (Some(_), _) => "redis".to_string(),
+        (None, Some(dir)) => dir.display().to_string(),
+        (None, None) => crate::config::MEMORY_ONLY.to_string(),
+    };
+    tracing::info!(%addr, instance = hub.instance(), %state, "mcp-hub listening on {addr}");
     hub.mark_started();
     let app = router(hub.clone());
     let drain = hub.clone();

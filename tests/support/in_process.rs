@@ -34,12 +34,20 @@ impl Endpoint for TestHub {
     }
 }
 
-/// Validated settings from flags (`--host 127.0.0.1 --port 0` first), the
-/// environment ignored. Err: clap's or the validation's message.
+/// Validated settings from flags (`--host 127.0.0.1 --port 0` first, and
+/// `--data-dir :memory:` unless given), the environment ignored. Err: clap's or the validation's message.
 pub fn config_from_flags(args: &[&str]) -> Result<mcp_hub::config::HubConfig, String> {
     let cmd = Cli::command().mut_args(|a| a.env(None::<&'static str>));
+    // In-process hubs keep their state in memory unless a test names a
+    // data directory (they would share the working directory's `data`).
+    let memory: &[&str] = if args.contains(&"--data-dir") {
+        &[]
+    } else {
+        &["--data-dir", ":memory:"]
+    };
     let argv = ["mcp-hub", "--host", "127.0.0.1", "--port", "0"]
         .into_iter()
+        .chain(memory.iter().copied())
         .chain(args.iter().copied());
     let matches = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
     let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;

@@ -2,26 +2,41 @@
 //! kept in an ordered index beside its map (idle sessions, idempotency
 //! records and locks, seen webhook items), so expiring costs what expired,
 //! never a scan of everything.
+//!
+//! With a data directory (DATA_DIR) it is the embedded durable store: the
+//! maps stay the working copy, and every write also hands the rows it
+//! changed to the [`Journal`] under the same lock, then waits until they
+//! are on disk before it returns ([`crate::durable`]). Presence, the agent
+//! role and idempotency locks are not kept: a restarted process has no
+//! connection, and a request it was running is gone.
+
+mod idempotency;
+mod restore;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use idempotency::Idempotency;
+use restore::{SessionMeta, status_json};
 
 use super::{
     AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange, SenderContact,
     SessionListing, SessionPage, SessionStore, StoreResult, phone_digits,
 };
+use crate::durable::{Commit, IdempotencyRow, Journal, Op, committed};
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, MessageDirection, StatusError, now_millis,
 };
 
+/// Most delivery statuses a session keeps (then they start over).
+const MAX_STATUSES: usize = 10_000;
+
 /// IDEMPOTENCY_MAX_TOTAL_BYTES's default, for stores made without one.
 const DEFAULT_IDEMPOTENCY_BYTES: u64 = 64 * 1024 * 1024;
-/// What a stored idempotency record costs beside its strings: its map
-/// entries and index nodes, counted against the byte budget.
-const RECORD_OVERHEAD: usize = 160;
 
 #[derive(Default)]
 struct SessionState {
@@ -72,191 +87,6 @@ struct Sessions {
     idle: BTreeSet<(Instant, String)>,
 }
 
-/// An idempotency key held by a running request.
-struct Held {
-    token: String,
-    fingerprint: String,
-    until: Instant,
-}
-
-/// A stored idempotency result.
-struct Done {
-    fingerprint: String,
-    result: String,
-    caller: String,
-    /// Its place in [`Idempotency::by_expiry`] and its caller's set.
-    at: (Instant, u64),
-}
-
-impl Done {
-    fn cost(&self, id: &str) -> usize {
-        id.len() + self.fingerprint.len() + self.result.len() + self.caller.len() + RECORD_OVERHEAD
-    }
-}
-
-/// Idempotency records: capped per caller and in bytes in all, every
-/// removal by an ordered index (O(log n), no scan).
-struct Idempotency {
-    held: HashMap<String, Held>,
-    /// Every held key by when its lock expires.
-    held_expiry: BTreeSet<(Instant, String)>,
-    done: HashMap<String, Done>,
-    /// Every result by expiry (all results live IDEMPOTENCY_TTL_MS, so
-    /// this is also their age): the front expires, or is evicted, first.
-    by_expiry: std::collections::BTreeMap<(Instant, u64), String>,
-    /// Each caller's results, oldest first.
-    by_caller: HashMap<String, BTreeSet<(Instant, u64)>>,
-    bytes: usize,
-    max_bytes: usize,
-    seq: u64,
-}
-
-impl Idempotency {
-    fn new(max_bytes: u64) -> Self {
-        Idempotency {
-            held: HashMap::new(),
-            held_expiry: BTreeSet::new(),
-            done: HashMap::new(),
-            by_expiry: std::collections::BTreeMap::new(),
-            by_caller: HashMap::new(),
-            bytes: 0,
-            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            seq: 0,
-        }
-    }
-
-    /// The map key of an idempotency key: its caller's and its own hash.
-    fn id(key: &IdempotencyKey<'_>) -> String {
-        format!("{}:{}", key.caller, key.key)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(oldest) = self.by_expiry.first_entry() {
-            if oldest.key().0 > now {
-                break;
-            }
-            let id = oldest.remove();
-            self.remove_done(&id);
-        }
-        while let Some((until, id)) = self.held_expiry.first().cloned() {
-            if until > now {
-                break;
-            }
-            self.held_expiry.pop_first();
-            self.held.remove(&id);
-        }
-    }
-
-    fn remove_done(&mut self, id: &str) {
-        let Some(done) = self.done.remove(id) else {
-            return;
-        };
-        self.bytes = self.bytes.saturating_sub(done.cost(id));
-        self.by_expiry.remove(&done.at);
-        if let Some(mine) = self.by_caller.get_mut(&done.caller) {
-            mine.remove(&done.at);
-            if mine.is_empty() {
-                self.by_caller.remove(&done.caller);
-            }
-        }
-    }
-
-    fn release(&mut self, id: &str, token: &str) {
-        if let Some(held) = self.held.get(id)
-            && held.token == token
-        {
-            self.held_expiry.remove(&(held.until, id.to_string()));
-            self.held.remove(id);
-        }
-    }
-
-    fn begin(
-        &mut self,
-        key: &IdempotencyKey<'_>,
-        token: &str,
-        lock_ttl: Duration,
-    ) -> IdempotencyBegin {
-        let id = Self::id(key);
-        if let Some(done) = self.done.get(&id) {
-            return if done.fingerprint == key.fingerprint {
-                IdempotencyBegin::Done(done.result.clone())
-            } else {
-                IdempotencyBegin::Reused
-            };
-        }
-        if let Some(held) = self.held.get(&id) {
-            return if held.fingerprint == key.fingerprint {
-                IdempotencyBegin::Busy
-            } else {
-                IdempotencyBegin::Reused
-            };
-        }
-        let until = Instant::now() + lock_ttl;
-        self.held_expiry.insert((until, id.clone()));
-        self.held.insert(
-            id,
-            Held {
-                token: token.to_string(),
-                fingerprint: key.fingerprint.to_string(),
-                until,
-            },
-        );
-        IdempotencyBegin::Acquired
-    }
-
-    /// Stores a result; how many records were forgotten for it.
-    fn finish(
-        &mut self,
-        key: &IdempotencyKey<'_>,
-        token: &str,
-        result: &str,
-        ttl: Duration,
-        per_caller: usize,
-    ) -> usize {
-        let id = Self::id(key);
-        self.release(&id, token);
-        self.remove_done(&id);
-        self.seq += 1;
-        let at = (Instant::now() + ttl, self.seq);
-        let done = Done {
-            fingerprint: key.fingerprint.to_string(),
-            result: result.to_string(),
-            caller: key.caller.to_string(),
-            at,
-        };
-        self.bytes += done.cost(&id);
-        self.by_expiry.insert(at, id.clone());
-        self.by_caller
-            .entry(key.caller.to_string())
-            .or_default()
-            .insert(at);
-        self.done.insert(id, done);
-        let mut evicted = 0;
-        // The caller's oldest first...
-        while let Some(oldest) = self
-            .by_caller
-            .get_mut(key.caller)
-            .filter(|mine| mine.len() > per_caller.max(1))
-            .and_then(|mine| mine.pop_first())
-        {
-            if let Some(old) = self.by_expiry.remove(&oldest) {
-                self.remove_done(&old);
-            }
-            evicted += 1;
-        }
-        // ...then everyone's oldest, past the byte budget (the newest
-        // result is kept even alone over it).
-        while self.bytes > self.max_bytes && self.by_expiry.len() > 1 {
-            let Some((_, old)) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.remove_done(&old);
-            evicted += 1;
-        }
-        evicted
-    }
-}
-
 /// Expiring WhatsApp bookkeeping: idempotency keys, seen webhook items and
 /// the queue of accepted webhook events.
 struct Traffic {
@@ -264,7 +94,9 @@ struct Traffic {
     seen: HashMap<String, Instant>,
     /// Every seen item by expiry.
     seen_expiry: BTreeSet<(Instant, String)>,
-    queue: VecDeque<String>,
+    /// Accepted webhook events with their number (the journal's key).
+    queue: VecDeque<(u64, String)>,
+    queue_seq: u64,
 }
 
 impl Traffic {
@@ -285,6 +117,10 @@ pub struct MemoryStore {
     history_limit: usize,
     sessions: Mutex<Sessions>,
     traffic: Mutex<Traffic>,
+    /// The data directory's journal (None: memory only).
+    journal: Option<Journal>,
+    /// Numbers the journal's history rows.
+    history_seq: AtomicU64,
 }
 
 impl MemoryStore {
@@ -303,8 +139,17 @@ impl MemoryStore {
                 seen: HashMap::new(),
                 seen_expiry: BTreeSet::new(),
                 queue: VecDeque::new(),
+                queue_seq: 0,
             }),
+            journal: None,
+            history_seq: AtomicU64::new(0),
         }
+    }
+
+    /// The journal's ops of `f`, queued (under the caller's lock) when the
+    /// store has a data directory.
+    fn journal(&self, ops: impl FnOnce() -> Vec<Op>) -> Option<Commit> {
+        self.journal.as_ref().map(|j| j.submit(ops()))
     }
 
     fn traffic<T>(&self, f: impl FnOnce(&mut Traffic) -> T) -> T {
@@ -354,55 +199,12 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl SessionStore for MemoryStore {
-    async fn exists(&self, session: &str) -> StoreResult<bool> {
-        Ok(self.read(session, SessionState::exists))
-    }
-
-    async fn add_sender_contact(
-        &self,
-        session: &str,
-        sender: &NewSender<'_>,
-        max: usize,
-    ) -> StoreResult<SenderContact> {
-        Ok(self.with(session, |s| {
-            if let Some(known) = s.contacts.iter().find(|c| {
-                c.phone
-                    .as_deref()
-                    .is_some_and(|p| phone_digits(p) == sender.digits)
-            }) {
-                return SenderContact::Known(known.name.clone());
-            }
-            if s.contacts.len() >= max {
-                return SenderContact::Full;
-            }
-            let taken = s
-                .contacts
-                .iter()
-                .any(|c| c.name.eq_ignore_ascii_case(sender.name));
-            let name = if taken {
-                sender.name_if_taken
-            } else {
-                sender.name
-            };
-            s.touch();
-            s.seeded = true;
-            s.contacts.push(Contact {
-                name: name.to_string(),
-                phone: Some(sender.phone.to_string()),
-            });
-            SenderContact::Added {
-                name: name.to_string(),
-                contacts: s.contacts.clone(),
-            }
-        }))
-    }
-
-    async fn expire_idle(&self, idle: Duration, max: usize) -> StoreResult<Vec<String>> {
+impl MemoryStore {
+    /// [`SessionStore::expire_idle`]'s work under the lock.
+    fn remove_idle(&self, idle: Duration, max: usize) -> (Vec<String>, Option<Commit>) {
         let now = Instant::now();
         let Some(cutoff) = now.checked_sub(idle) else {
-            return Ok(Vec::new());
+            return (Vec::new(), None);
         };
         let mut sessions = self.lock();
         let Sessions { map, idle: queue } = &mut *sessions;
@@ -427,20 +229,119 @@ impl SessionStore for MemoryStore {
                 removed.push(name);
             }
         }
+        // The sweep also drops the journal's expired records.
+        let commit = self.journal(|| {
+            let mut ops: Vec<Op> = removed
+                .iter()
+                .map(|session| Op::RemoveSession {
+                    session: session.clone(),
+                })
+                .collect();
+            ops.push(Op::Purge {
+                now_ms: now_millis(),
+            });
+            ops
+        });
+        (removed, commit)
+    }
+}
+
+/// Waits until a write is on disk (nothing to wait for without a journal).
+async fn durable(commit: Option<Commit>) -> StoreResult<()> {
+    match commit {
+        Some(commit) => committed(commit).await,
+        None => Ok(()),
+    }
+}
+
+impl SessionState {
+    /// The journal rows of the session's contacts and small state.
+    fn contact_ops(&self, session: &str) -> Vec<Op> {
+        vec![
+            Op::Contacts {
+                session: session.to_string(),
+                json: serde_json::to_string(&self.contacts).unwrap_or_default(),
+            },
+            self.meta_op(session),
+        ]
+    }
+
+    fn meta_op(&self, session: &str) -> Op {
+        Op::Meta {
+            session: session.to_string(),
+            json: SessionMeta::of(self).to_json(),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn exists(&self, session: &str) -> StoreResult<bool> {
+        Ok(self.read(session, SessionState::exists))
+    }
+
+    async fn add_sender_contact(
+        &self,
+        session: &str,
+        sender: &NewSender<'_>,
+        max: usize,
+    ) -> StoreResult<SenderContact> {
+        let (answer, commit) = self.with(session, |s| {
+            if let Some(known) = s.contacts.iter().find(|c| {
+                c.phone
+                    .as_deref()
+                    .is_some_and(|p| phone_digits(p) == sender.digits)
+            }) {
+                return (SenderContact::Known(known.name.clone()), None);
+            }
+            if s.contacts.len() >= max {
+                return (SenderContact::Full, None);
+            }
+            let taken = s
+                .contacts
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(sender.name));
+            let name = if taken {
+                sender.name_if_taken
+            } else {
+                sender.name
+            };
+            s.touch();
+            s.seeded = true;
+            s.contacts.push(Contact {
+                name: name.to_string(),
+                phone: Some(sender.phone.to_string()),
+            });
+            let commit = self.journal(|| s.contact_ops(session));
+            let added = SenderContact::Added {
+                name: name.to_string(),
+                contacts: s.contacts.clone(),
+            };
+            (added, commit)
+        });
+        durable(commit).await?;
+        Ok(answer)
+    }
+
+    async fn expire_idle(&self, idle: Duration, max: usize) -> StoreResult<Vec<String>> {
+        let (removed, commit) = self.remove_idle(idle, max);
+        durable(commit).await?;
         Ok(removed)
     }
 
     async fn seed_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        self.with(session, |s| {
-            if !s.seeded {
-                s.touch();
-                s.seeded = true;
-                if s.contacts.is_empty() {
-                    s.contacts = contacts.to_vec();
-                }
+        let commit = self.with(session, |s| {
+            if s.seeded {
+                return None;
             }
+            s.touch();
+            s.seeded = true;
+            if s.contacts.is_empty() {
+                s.contacts = contacts.to_vec();
+            }
+            self.journal(|| s.contact_ops(session))
         });
-        Ok(())
+        durable(commit).await
     }
 
     async fn contacts(&self, session: &str) -> StoreResult<Vec<Contact>> {
@@ -448,12 +349,13 @@ impl SessionStore for MemoryStore {
     }
 
     async fn set_contacts(&self, session: &str, contacts: &[Contact]) -> StoreResult<()> {
-        self.with(session, |s| {
+        let commit = self.with(session, |s| {
             s.touch();
             s.seeded = true;
             s.contacts = contacts.to_vec();
+            self.journal(|| s.contact_ops(session))
         });
-        Ok(())
+        durable(commit).await
     }
 
     async fn last_contact(&self, session: &str) -> StoreResult<Option<String>> {
@@ -462,20 +364,33 @@ impl SessionStore for MemoryStore {
 
     async fn record_message(&self, session: &str, entry: &HistoryEntry) -> StoreResult<()> {
         let limit = self.history_limit;
-        self.with(session, |s| {
+        let commit = self.with(session, |s| {
             s.touch();
             match entry.direction {
                 MessageDirection::Incoming => s.messages_in += 1,
                 MessageDirection::Outgoing => s.messages_out += 1,
             }
             s.last_contact = Some(entry.contact.clone());
-            let list = s.history.entry(entry.contact.to_lowercase()).or_default();
+            let contact = entry.contact.to_lowercase();
+            let list = s.history.entry(contact.clone()).or_default();
             list.push_back(entry.clone());
             while list.len() > limit {
                 list.pop_front();
             }
+            self.journal(|| {
+                vec![
+                    Op::History {
+                        session: session.to_string(),
+                        contact,
+                        seq: self.history_seq.fetch_add(1, Ordering::Relaxed) + 1,
+                        entry: serde_json::to_string(entry).unwrap_or_default(),
+                        keep: limit,
+                    },
+                    s.meta_op(session),
+                ]
+            })
         });
-        Ok(())
+        durable(commit).await
     }
 
     async fn history(
@@ -513,19 +428,30 @@ impl SessionStore for MemoryStore {
         error: Option<&StatusError>,
         _ttl: Duration,
     ) -> StoreResult<bool> {
-        Ok(self.with(session, |s| {
+        let (changed, commit) = self.with(session, |s| {
             let current = s.statuses.get(message_id).map(|(st, _)| *st);
             if !status.advances(current) {
-                return false;
+                return (false, None);
             }
             // Bounded like the history it annotates.
-            if s.statuses.len() >= 10_000 {
+            let reset = s.statuses.len() >= MAX_STATUSES;
+            if reset {
                 s.statuses.clear();
             }
             s.statuses
                 .insert(message_id.to_string(), (status, error.cloned()));
-            true
-        }))
+            let commit = self.journal(|| {
+                vec![Op::Status {
+                    session: session.to_string(),
+                    message_id: message_id.to_string(),
+                    json: status_json(status, error),
+                    reset,
+                }]
+            });
+            (true, commit)
+        });
+        durable(commit).await?;
+        Ok(changed)
     }
 
     async fn idempotency_begin(
@@ -545,7 +471,27 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
         per_caller: usize,
     ) -> StoreResult<usize> {
-        Ok(self.traffic(|t| t.idempotency.finish(key, token, result, ttl, per_caller)))
+        let (evicted, commit) = self.traffic(|t| {
+            let evicted = t.idempotency.finish(key, token, result, ttl, per_caller);
+            let commit = self.journal(|| {
+                let put = Op::IdempotencyPut {
+                    id: Idempotency::id(key),
+                    row: IdempotencyRow {
+                        caller: key.caller.to_string(),
+                        fingerprint: key.fingerprint.to_string(),
+                        result: result.to_string(),
+                        expires_ms: now_millis() + ttl.as_millis() as u64,
+                    },
+                };
+                let forgotten = evicted
+                    .iter()
+                    .map(|id| Op::IdempotencyDelete { id: id.clone() });
+                std::iter::once(put).chain(forgotten).collect()
+            });
+            (evicted.len(), commit)
+        });
+        durable(commit).await?;
+        Ok(evicted)
     }
 
     async fn idempotency_abandon(&self, key: &IdempotencyKey<'_>, token: &str) -> StoreResult<()> {
@@ -554,33 +500,61 @@ impl SessionStore for MemoryStore {
     }
 
     async fn mark_seen(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
-        Ok(self.traffic(|t| {
+        let (first, commit) = self.traffic(|t| {
             if t.seen.contains_key(key) {
-                return false;
+                return (false, None);
             }
             let until = Instant::now() + ttl;
             t.seen.insert(key.to_string(), until);
             t.seen_expiry.insert((until, key.to_string()));
-            true
-        }))
+            let commit = self.journal(|| {
+                vec![Op::SeenPut {
+                    key: key.to_string(),
+                    expires_ms: now_millis() + ttl.as_millis() as u64,
+                }]
+            });
+            (true, commit)
+        });
+        durable(commit).await?;
+        Ok(first)
     }
 
     async fn forget_seen(&self, key: &str) -> StoreResult<()> {
-        self.traffic(|t| {
+        let commit = self.traffic(|t| {
             if let Some(until) = t.seen.remove(key) {
                 t.seen_expiry.remove(&(until, key.to_string()));
             }
+            self.journal(|| {
+                vec![Op::SeenDelete {
+                    key: key.to_string(),
+                }]
+            })
         });
-        Ok(())
+        durable(commit).await
     }
 
     async fn push_webhook_event(&self, event: &str) -> StoreResult<()> {
-        self.traffic(|t| t.queue.push_back(event.to_string()));
-        Ok(())
+        let commit = self.traffic(|t| {
+            t.queue_seq += 1;
+            let seq = t.queue_seq;
+            t.queue.push_back((seq, event.to_string()));
+            self.journal(|| {
+                vec![Op::QueuePush {
+                    seq,
+                    event: event.to_string(),
+                }]
+            })
+        });
+        durable(commit).await
     }
 
     async fn pop_webhook_event(&self) -> StoreResult<Option<String>> {
-        Ok(self.traffic(|t| t.queue.pop_front()))
+        let (event, commit) = self.traffic(|t| match t.queue.pop_front() {
+            Some((seq, event)) => (Some(event), self.journal(|| vec![Op::QueuePop { seq }])),
+            None => (None, None),
+        });
+        durable(commit).await?;
+        Ok(event)
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {

@@ -1,0 +1,307 @@
+//! The standalone hub's data directory (DATA_DIR, docs/reliability.md):
+//! what the embedded store and the durable log write is read back after a
+//! restart — through their APIs, and for a real hub process killed with
+//! SIGKILL, whose clients then resume with `recovered: true` in the same
+//! epoch and whose idempotent sends stay sent once.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use mcp_hub::broker::local::LocalBroker;
+use mcp_hub::broker::{Broker, EventEnvelope, EventHeader, Inbound, ReadBudget};
+use mcp_hub::durable::{Journal, Snapshot};
+use mcp_hub::protocol::{Contact, DeliveryStatus, HistoryEntry, MessageDirection};
+use mcp_hub::store::memory::MemoryStore;
+use mcp_hub::store::{IdempotencyBegin, IdempotencyKey, SessionStore};
+use serde_json::json;
+use support::*;
+use tokio::sync::mpsc;
+
+const HISTORY_CAP: usize = 3;
+const LOG_LEN: usize = 4;
+
+/// Opens `dir`, waiting for the previous opener's writer to let go of it
+/// (its thread ends once every handle is dropped).
+async fn reopen(dir: &Path) -> (Journal, Snapshot) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Journal::open(dir) {
+            Ok(opened) => return opened,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the data directory never reopened: {e}"),
+        }
+    }
+}
+
+fn entry(contact: &str, n: usize) -> HistoryEntry {
+    HistoryEntry {
+        direction: MessageDirection::Outgoing,
+        contact: contact.into(),
+        message: format!("m{n}"),
+        message_id: format!("id{n}"),
+        timestamp: n as u64,
+        by: "alice".into(),
+        executed_by: Some("simulated".into()),
+        status: None,
+        status_error: None,
+    }
+}
+
+fn envelope(session: &str, n: usize) -> EventEnvelope {
+    EventEnvelope {
+        header: EventHeader {
+            session: session.into(),
+            origin: "solo".into(),
+            kind: "broadcast".into(),
+            produced_at: mcp_hub::protocol::now_millis(),
+            except: None,
+            presence: None,
+        },
+        frame: format!(r#"{{"type":"broadcast","from":"x","payload":{n},"timestamp":1}}"#),
+    }
+}
+
+const WHOLE: ReadBudget = ReadBudget {
+    max_bytes: 1 << 30,
+    max_events: 1 << 20,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_and_the_log_read_back_what_they_wrote() {
+    let dir = TempDir::new();
+    let key = IdempotencyKey {
+        caller: "alice",
+        key: "k1",
+        fingerprint: "f1",
+    };
+    let (epoch, head) = {
+        let (journal, snapshot) = reopen(dir.path()).await;
+        let store = MemoryStore::restored(HISTORY_CAP, 1 << 26, journal.clone(), &snapshot);
+        let (tx, _rx) = mpsc::channel::<Inbound>(1024);
+        let broker = LocalBroker::restored(
+            "solo".into(),
+            tx,
+            LOG_LEN,
+            Duration::from_secs(600),
+            journal,
+            &snapshot,
+        );
+        store
+            .set_contacts(
+                "s",
+                &[Contact {
+                    name: "John".into(),
+                    phone: Some("+1".into()),
+                }],
+            )
+            .await
+            .unwrap();
+        for n in 0..5 {
+            store.record_message("s", &entry("John", n)).await.unwrap();
+        }
+        store
+            .set_status(
+                "s",
+                "id4",
+                DeliveryStatus::Delivered,
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .idempotency_begin(&key, "t", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            IdempotencyBegin::Acquired
+        );
+        store
+            .idempotency_finish(
+                &key,
+                "t",
+                r#"{"ok":{"message_id":"id4"}}"#,
+                Duration::from_secs(600),
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .mark_seen("wamid.1", Duration::from_secs(600))
+                .await
+                .unwrap()
+        );
+        store.push_webhook_event("first").await.unwrap();
+        store.push_webhook_event("second").await.unwrap();
+        assert_eq!(
+            store.pop_webhook_event().await.unwrap().as_deref(),
+            Some("first")
+        );
+        // A session the idle sweep removes takes its rows along.
+        store
+            .record_message("gone", &entry("Ann", 9))
+            .await
+            .unwrap();
+        let mut published = None;
+        for n in 0..6 {
+            published = Some(broker.publish_event(envelope("s", n)).unwrap());
+        }
+        let (epoch, head) = published.unwrap().await.expect("logged");
+        broker
+            .publish_event(envelope("gone", 0))
+            .unwrap()
+            .await
+            .expect("logged");
+        broker.settle().await;
+        (epoch, head)
+    };
+    // A second life: everything above is back.
+    let (journal, snapshot) = reopen(dir.path()).await;
+    assert_eq!(
+        snapshot.epoch, epoch,
+        "the epoch belongs to the data directory"
+    );
+    let store = MemoryStore::restored(HISTORY_CAP, 1 << 26, journal.clone(), &snapshot);
+    let (tx, _rx) = mpsc::channel::<Inbound>(1024);
+    let broker = LocalBroker::restored(
+        "solo".into(),
+        tx,
+        LOG_LEN,
+        Duration::from_secs(600),
+        journal,
+        &snapshot,
+    );
+    assert!(store.exists("s").await.unwrap());
+    assert_eq!(store.contacts("s").await.unwrap()[0].name, "John");
+    assert_eq!(
+        store.last_contact("s").await.unwrap().as_deref(),
+        Some("John")
+    );
+    let history = store.history("s", "john", 10).await.unwrap();
+    let ids: Vec<&str> = history.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["id2", "id3", "id4"],
+        "capped at HISTORY_LIMIT, in order"
+    );
+    assert_eq!(history[2].status, Some(DeliveryStatus::Delivered));
+    assert_eq!(
+        store
+            .idempotency_begin(&key, "t2", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Done(r#"{"ok":{"message_id":"id4"}}"#.into())
+    );
+    assert!(
+        !store
+            .mark_seen("wamid.1", Duration::from_secs(600))
+            .await
+            .unwrap(),
+        "still seen"
+    );
+    assert_eq!(
+        store.pop_webhook_event().await.unwrap().as_deref(),
+        Some("second")
+    );
+    assert_eq!(store.pop_webhook_event().await.unwrap(), None);
+    let page = store.list_sessions(None, 10).await.unwrap();
+    let s = page
+        .sessions
+        .iter()
+        .find(|l| l.session == "s")
+        .expect("listed");
+    assert_eq!(s.messages_out, 5, "the counters survive too");
+    // The log carries on: same epoch, the last LOG_LEN events, next offset.
+    let read = broker.read_log("s", Some(head - 2), WHOLE).await.unwrap();
+    assert_eq!((read.epoch.as_str(), read.head), (epoch.as_str(), head));
+    let offsets: Vec<u64> = read.events.unwrap().iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, [head - 1, head]);
+    let (_, next) = broker
+        .publish_event(envelope("s", 7))
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(next, head + 1);
+
+    // The sweep removes `gone` (and its log): a third life has neither.
+    std::thread::sleep(Duration::from_millis(5));
+    let removed = store
+        .expire_idle(Duration::from_millis(1), 100)
+        .await
+        .unwrap();
+    assert!(removed.contains(&"gone".to_string()), "{removed:?}");
+    for session in &removed {
+        broker.forget_log(session);
+    }
+    broker.settle().await;
+    drop((store, broker));
+    let (_journal, snapshot) = reopen(dir.path()).await;
+    assert!(!snapshot.sessions.contains_key("gone"));
+    assert!(!snapshot.logs.contains_key("gone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_with_9_keeps_what_it_acknowledged_and_its_clients_resume() {
+    let data = TempDir::new();
+    let data_dir = data.path().to_str().expect("utf8").to_string();
+    let args = ["--data-dir", data_dir.as_str()];
+    let mut hub = HubProcess::start(&args, &[]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    let (bob, conf) = WsClient::register(&hub.ws_url(), "team", "bob").await;
+    let epoch = conf["epoch"].as_str().expect("epoch").to_string();
+    let bob_at = conf["offset"].as_u64().expect("offset");
+    bob.close().await;
+    // Acknowledged while bob is away: three sends and one idempotent send.
+    for n in 0..3 {
+        let answer = alice
+            .request(send_cmd("John", &format!("before the crash {n}")))
+            .await;
+        assert_eq!(answer["content"]["success"], true, "{answer}");
+    }
+    let keyed = json!({"type": "whatsapp_command", "idempotency_key": "order-42",
+        "command": {"action": "send", "contact": "John", "message": "exactly once"}});
+    let first = alice.request(keyed.clone()).await;
+    let message_id = first["content"]["message_id"].clone();
+    assert!(message_id.is_string(), "{first}");
+
+    hub.kill();
+    let mut hub = HubProcess::start(&args, &[]).await;
+    // bob resumes from where he left: every event he missed, same epoch.
+    let (mut bob, conf) = WsClient::register_with(
+        &hub.ws_url(),
+        json!({"type": "register", "session": "team", "client_id": "bob",
+               "since": {"offset": bob_at, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(conf["recovered"], true, "{conf}");
+    assert_eq!(conf["epoch"], epoch.as_str(), "{conf}");
+    let mut replayed = Vec::new();
+    while replayed.len() < 4 {
+        let event = bob.recv().await;
+        if event["type"] == "message_event" {
+            replayed.push(event["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(
+        replayed,
+        [
+            "before the crash 0",
+            "before the crash 1",
+            "before the crash 2",
+            "exactly once"
+        ]
+    );
+    // The history is there, and the idempotent send is not sent again.
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    let again = alice.request(keyed).await;
+    assert_eq!(again["content"]["message_id"], message_id, "{again}");
+    let history = alice.request(history_cmd("John")).await;
+    assert_eq!(history["content"]["count"], 4, "{history}");
+    hub.kill();
+}
