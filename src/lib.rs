@@ -30,5 +30,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod terminal;
+pub mod transfer;
 pub mod transport;
 pub mod whatsapp;

@@ -29,7 +29,52 @@ fn main() -> ExitCode {
         Some(Command::McpStdio(args)) => {
             ExitCode::from(runtime.block_on(mcp_hub::bridge::run(args)))
         }
+        Some(Command::Export(args)) => transfer(&runtime, *args, Transfer::Export),
+        Some(Command::Import(args)) => transfer(&runtime, *args, Transfer::Import),
         None => serve(&runtime, cli.serve),
+    }
+}
+
+enum Transfer {
+    Export,
+    Import,
+}
+
+/// `mcp-hub export` / `import`: the store as JSON lines on stdout / stdin;
+/// exit 2 naming a setting, 1 for a failure of the data.
+fn transfer(
+    runtime: &tokio::runtime::Runtime,
+    args: mcp_hub::config::ServeArgs,
+    direction: Transfer,
+) -> ExitCode {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let done = runtime.block_on(async {
+        match direction {
+            Transfer::Export => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                mcp_hub::transfer::export(&config, &mut out).await
+            }
+            Transfer::Import => {
+                let mut input = std::io::stdin().lock();
+                mcp_hub::transfer::import(&config, &mut input).await
+            }
+        }
+    });
+    match done {
+        Ok(lines) => {
+            eprintln!("{lines} lines");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -305,3 +305,108 @@ async fn a_hub_killed_with_9_keeps_what_it_acknowledged_and_its_clients_resume()
     assert_eq!(history["content"]["count"], 4, "{history}");
     hub.kill();
 }
+
+/// Runs `mcp-hub ARGS` with only `envs` for settings, `stdin` as input:
+/// exit code, stdout, stderr.
+async fn run_hub_command(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: &str,
+) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let cwd = TempDir::new();
+    let mut cmd = tokio::process::Command::new(hub_binary());
+    cmd.args(args)
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for var in hub_env_vars() {
+        cmd.env_remove(var);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn mcp-hub");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("finished within 30 s")
+        .expect("ran");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_move_a_store_from_a_data_directory_to_redis_and_back() {
+    let data = TempDir::new();
+    let data_dir = data.path().to_str().expect("utf8").to_string();
+    let mut hub = HubProcess::start(&["--data-dir", &data_dir], &[]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    for (contact, message) in [("John", "hello"), ("Jane", "see you at 5"), ("John", "bye")] {
+        let answer = alice.request(send_cmd(contact, message)).await;
+        assert_eq!(answer["content"]["success"], true, "{answer}");
+    }
+    // The directory is the hub's while it runs.
+    let dir_env = [("DATA_DIR", data_dir.as_str())];
+    let (code, _, err) = run_hub_command(&["export"], &dir_env, "").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("DATA_DIR"), "{err}");
+    hub.sigterm();
+    hub.wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the hub stops");
+
+    let (code, exported, err) = run_hub_command(&["export"], &dir_env, "").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines[0]["kind"], "session");
+    assert_eq!(lines[0]["session"], "team");
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "message")
+        .map(|l| l["message"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        messages,
+        ["see you at 5", "hello", "bye"],
+        "per conversation, oldest first"
+    );
+
+    // Into Redis, where a hub of a cluster serves it.
+    let redis = RedisServer::start();
+    let redis_env = [("REDIS_URL", redis.url())];
+    let redis_env: Vec<(&str, &str)> = redis_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = run_hub_command(&["import"], &redis_env, &exported).await;
+    assert_eq!(code, 0, "{err}");
+    let cluster_hub = TestHub::start(&["--redis-url", &redis.url()]).await;
+    let (status, history) = http_get_json(&cluster_hub, "/api/v1/sessions/team/history/john").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["count"], 2, "{history}");
+    // And back out of Redis: the same lines.
+    let (code, again, err) = run_hub_command(&["export"], &redis_env, "").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, exported);
+
+    // A line that is not a record stops the import, naming it.
+    let (code, _, err) = run_hub_command(
+        &["import"],
+        &redis_env,
+        "{\"kind\":\"session\",\"session\":\"x\",\"contacts\":[]}\nnot json\n",
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}

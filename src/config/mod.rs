@@ -56,6 +56,10 @@ pub enum Command {
     Token(TokenArgs),
     /// Bridge an MCP client that speaks only stdio to a hub's `/mcp`.
     McpStdio(McpStdioArgs),
+    /// Write the store the hub's settings name (DATA_DIR or Redis) to stdout as JSON lines.
+    Export(Box<ServeArgs>),
+    /// Read JSON lines (from `export`) on stdin into the store the hub's settings name.
+    Import(Box<ServeArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

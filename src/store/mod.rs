@@ -210,6 +210,10 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<HistoryEntry>>;
 
+    /// The (lower-cased) contacts the session has a history with: what
+    /// `mcp-hub export` walks.
+    async fn conversations(&self, session: &str) -> StoreResult<Vec<String>>;
+
     /// Records a delivery status of a sent message (kept for `ttl`) unless
     /// it would move it backwards; true if it changed.
     async fn set_status(

@@ -53,7 +53,13 @@ pub fn config_from_flags(args: &[&str]) -> Result<mcp_hub::config::HubConfig, St
     let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
     let serve = match cli.command {
         Some(Command::Serve(s)) => *s,
-        Some(Command::Terminal(_) | Command::Token(_) | Command::McpStdio(_)) => {
+        Some(
+            Command::Terminal(_)
+            | Command::Token(_)
+            | Command::McpStdio(_)
+            | Command::Export(_)
+            | Command::Import(_),
+        ) => {
             return Err("not a hub command line".into());
         }
         None => cli.serve,

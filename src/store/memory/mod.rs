@@ -420,6 +420,14 @@ impl SessionStore for MemoryStore {
         }))
     }
 
+    async fn conversations(&self, session: &str) -> StoreResult<Vec<String>> {
+        Ok(self.read(session, |s| {
+            let mut names: Vec<String> = s.history.keys().cloned().collect();
+            names.sort();
+            names
+        }))
+    }
+
     async fn set_status(
         &self,
         session: &str,

@@ -222,6 +222,18 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
+    async fn conversations(&self, session: &str) -> StoreResult<Vec<String>> {
+        let mut names: Vec<String> = self
+            .backend
+            .query(
+                "conversations",
+                ::redis::cmd("SMEMBERS").arg(self.backend.keys.session_histories(session)),
+            )
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
     async fn history(
         &self,
         session: &str,
