@@ -410,3 +410,53 @@ async fn export_and_import_move_a_store_from_a_data_directory_to_redis_and_back(
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_its_append_only_file_keeps_history_epoch_and_resume() {
+    let mut redis = RedisServer::start_with_aof();
+    let hub = TestHub::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--heartbeat-ms",
+        "200",
+        "--presence-ttl-ms",
+        "1000",
+    ])
+    .await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    let (bob, conf) = WsClient::register(&hub.ws_url(), "team", "bob").await;
+    let epoch = conf["epoch"].as_str().expect("epoch").to_string();
+    let bob_at = conf["offset"].as_u64().expect("offset");
+    bob.close().await;
+    for n in 0..3 {
+        let answer = alice.request(send_cmd("John", &format!("kept {n}"))).await;
+        assert_eq!(answer["content"]["success"], true, "{answer}");
+    }
+
+    redis.shutdown_and_restart();
+    hub.wait_ready().await;
+    let (mut bob, conf) = WsClient::register_with(
+        &hub.ws_url(),
+        json!({"type": "register", "session": "team", "client_id": "bob",
+               "since": {"offset": bob_at, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(
+        (&conf["recovered"], &conf["epoch"]),
+        (&json!(true), &json!(epoch)),
+        "{conf}"
+    );
+    let mut replayed = Vec::new();
+    while replayed.len() < 3 {
+        let event = bob.recv().await;
+        if event["type"] == "message_event" {
+            replayed.push(event["message"].clone());
+        }
+    }
+    assert_eq!(
+        replayed,
+        [json!("kept 0"), json!("kept 1"), json!("kept 2")]
+    );
+    let history = bob.request(history_cmd("John")).await;
+    assert_eq!(history["content"]["count"], 3, "{history}");
+}

@@ -1215,6 +1215,49 @@ fn kubernetes_sentinel_settings_are_hub_settings() {
     }
 }
 
+/// The Redis that compose and the Kubernetes example run keeps an
+/// append-only file, fsynced every second (docs/reliability.md).
+#[test]
+fn the_shipped_redis_keeps_an_append_only_file() {
+    let aof = ["--appendonly", "yes", "--appendfsync", "everysec"];
+    let has_aof = |args: &[String]| aof.iter().all(|a| args.iter().any(|x| x == a));
+    let compose = repo_yaml("docker-compose.yml");
+    for service in ["redis", "redis-replica"] {
+        let command: Vec<String> = compose["services"][service]["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{service} has a command"))
+            .iter()
+            .map(|a| str_of(a, "argument").to_string())
+            .collect();
+        assert!(has_aof(&command), "compose {service}: {command:?}");
+    }
+    let text = repo_file("deploy/kubernetes/redis.yaml");
+    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect();
+    let set = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("a StatefulSet");
+    let args: Vec<String> = set["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| str_of(a, "argument").to_string())
+        .collect();
+    assert!(has_aof(&args), "kubernetes redis: {args:?}");
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Service");
+    // The name the ConfigMap's REDIS_URL points at.
+    assert_eq!(service["metadata"]["name"], "redis");
+    assert_eq!(
+        k8s("configmap.yaml")["data"]["REDIS_URL"],
+        "redis://redis:6379"
+    );
+}
+
 #[test]
 fn kustomize_renders_the_manifests() {
     if !tool("kubectl", "kubectl (from Kubernetes' apt repository)") {

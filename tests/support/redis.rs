@@ -438,6 +438,33 @@ impl RedisServer {
         RedisServer::start_with(port, Vec::new())
     }
 
+    /// A server that keeps its data in an append-only file as compose
+    /// ships it (`--appendonly yes --appendfsync everysec`), so a restart
+    /// ([`RedisServer::shutdown_and_restart`]) reads it back.
+    pub fn start_with_aof() -> RedisServer {
+        RedisServer::start_picking(
+            free_port,
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+
+    /// Stops the server the way an operator's restart does (`SHUTDOWN`:
+    /// the append-only file is flushed), then starts it again on the same
+    /// port and directory.
+    pub fn shutdown_and_restart(&mut self) {
+        let _ = self.cmd(&["SHUTDOWN"]);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        let port = self.port;
+        wait_until("redis-server to stop", Duration::from_secs(10), || {
+            !ping(port)
+        });
+        self.spawn();
+    }
+
     /// A replica of the server on `master_port`, once its link is up.
     pub fn start_replica_of(master_port: u16) -> RedisServer {
         let replica = RedisServer::start_picking(
