@@ -40,6 +40,11 @@
 //! decides whether subscribers that fall behind are evicted (close 1008).
 //! See `docs/performance.md` for the measured numbers and exact commands.
 //!
+//! * `sends` (issue 22): `--clients` clients, each in a session of its
+//!   own on the first `--url`, send `--messages` WhatsApp sends in all,
+//!   each waiting for its answer before the next: acknowledged sends per
+//!   second and the latency of an answer, which with a data directory
+//!   (DATA_DIR) includes its fsync. `scripts/bench-durability`.
 //! * `curve` (issue 20): CPU per delivery, latency and idle memory from
 //!   1 000 to 100 000 connections, spread over several processes and
 //!   loopback source addresses, on hubs or on NATS; see `loadgen/curve.rs`
@@ -77,6 +82,7 @@ enum Mode {
     Idle,
     Fanout,
     Sessions,
+    Sends,
 }
 
 #[derive(Debug)]
@@ -110,6 +116,7 @@ struct Args {
 const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
   idle:   [--clients 10000] [--per-session 5] [--hold-secs 0]
   sessions: [--clients 100] [--per-session 5] [--messages 200] [--rate 0]
+  sends:  [--clients 8] [--messages 2000] (WhatsApp sends, each answered before the next)
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
           [--probe-rate 0] (a second, small session's latency during the fan-out)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
@@ -121,13 +128,14 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         Some("idle") => Mode::Idle,
         Some("fanout") => Mode::Fanout,
         Some("sessions") => Mode::Sessions,
+        Some("sends") => Mode::Sends,
         Some("-h" | "--help") => bail!("{USAGE}"),
         // No mode word: the original loadgen flags, i.e. fanout.
         _ => Mode::Fanout,
     };
     if matches!(
         it.peek().map(String::as_str),
-        Some("idle" | "fanout" | "sessions")
+        Some("idle" | "fanout" | "sessions" | "sends")
     ) {
         it.next();
     }
@@ -1251,6 +1259,78 @@ fn report_fanout(
     }
 }
 
+/// `sends`: acknowledged WhatsApp sends per second and their latency.
+async fn run_sends(args: &Args) -> Result<()> {
+    let url = &args.urls[0];
+    let clients = args.clients.max(1);
+    let per_client = args.messages.div_ceil(clients);
+    println!("mode=sends clients={clients} messages={} on={url}", per_client * clients);
+    let run = now_micros();
+    let mut sockets = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let session = format!("sends-{run}-{c}");
+        sockets.push(register(url, &session, &format!("sender-{c}")).await?);
+    }
+    let started = Instant::now();
+    let cpu_before = total_cpu_ticks(&args.pids).ok();
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut ws)| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for n in 0..per_client {
+                    let rid = format!("s{c}-{n}");
+                    let send = json!({"type": "whatsapp_command", "request_id": rid,
+                        "command": {"action": "send", "contact": "John", "message": format!("m{n}")}});
+                    let at = Instant::now();
+                    ws.send(Message::Text(send.to_string().into())).await?;
+                    loop {
+                        let Some(frame) = ws.next().await else {
+                            bail!("sender {c}: connection closed");
+                        };
+                        if let Message::Text(t) = frame? {
+                            let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                            if v["request_id"] == rid.as_str() {
+                                if v["content"]["success"] != true {
+                                    bail!("sender {c}: {v}");
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    latencies.push(at.elapsed().as_micros() as u64);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |q: f64| {
+        let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1;
+        all[i] as f64 / 1000.0
+    };
+    println!(
+        "acknowledged sends/s={:.0} latency ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        all.len() as f64 / elapsed,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    if let (Some(before), Ok(after)) = (cpu_before, total_cpu_ticks(&args.pids)) {
+        let ticks = (after.user + after.system).saturating_sub(before.user + before.system);
+        let secs = ticks as f64 / clock_ticks_per_sec() as f64;
+        println!("hub CPU per send µs={:.1}", secs * 1e6 / all.len() as f64);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -1272,6 +1352,7 @@ async fn main() {
         Mode::Idle => run_idle(&args).await,
         Mode::Fanout => run_fanout(&args).await,
         Mode::Sessions => run_sessions(&args).await,
+        Mode::Sends => run_sends(&args).await,
     };
     if let Err(e) = result {
         eprintln!("loadgen: {e:#}");
