@@ -1264,7 +1264,10 @@ async fn run_sends(args: &Args) -> Result<()> {
     let url = &args.urls[0];
     let clients = args.clients.max(1);
     let per_client = args.messages.div_ceil(clients);
-    println!("mode=sends clients={clients} messages={} on={url}", per_client * clients);
+    println!(
+        "mode=sends clients={clients} messages={} on={url}",
+        per_client * clients
+    );
     let run = now_micros();
     let mut sockets = Vec::with_capacity(clients);
     for c in 0..clients {

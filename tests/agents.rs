@@ -856,3 +856,51 @@ async fn the_agent_role_changes_hands_as_documented() {
         .await;
     assert_eq!(r["content"]["executed_by"], "simulated", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_timeout_is_not_kept_under_its_idempotency_key() {
+    let hub = TestHub::start(&["--agent-timeout-ms", "300"]).await;
+    let url = hub.ws_url();
+    let (mut user, _) = WsClient::register(&url, "t", "user").await;
+    let (mut agent, _) = register_agent(&url, "t", "phone").await;
+    agent.recv_type("agent_changed").await;
+    let keyed = json!({"type": "whatsapp_command", "idempotency_key": "retry-me",
+        "command": {"action": "send", "contact": "john", "message": "are you back?"}});
+    // The agent is busy: the first try times out.
+    let mut first = keyed.clone();
+    first["request_id"] = json!("first");
+    user.send_json(first).await;
+    next_execute(&mut agent).await;
+    let (_, err) = until_answer(&mut user, "first").await;
+    assert_eq!(err["code"], "agent_timeout", "{err}");
+    // It is back: the retry with the same key runs (it is not the stored
+    // timeout) and the agent's answer is the answer.
+    let mut retry = keyed.clone();
+    retry["request_id"] = json!("retry");
+    user.send_json(retry).await;
+    let (call, command) = next_execute(&mut agent).await;
+    assert_eq!(command["message"], "are you back?");
+    answer(
+        &mut agent,
+        &call,
+        json!({"success": true, "contact": "John", "message_id": "wamid.back"}),
+    )
+    .await;
+    let (_, answered) = until_answer(&mut user, "retry").await;
+    assert_eq!(
+        answered["content"]["message_id"], "wamid.back",
+        "{answered}"
+    );
+    // That outcome is final: a third try replays it, the agent hears nothing.
+    let mut third = keyed;
+    third["request_id"] = json!("third");
+    user.send_json(third).await;
+    let (_, replayed) = until_answer(&mut user, "third").await;
+    assert_eq!(
+        replayed["content"]["message_id"], "wamid.back",
+        "{replayed}"
+    );
+    agent
+        .expect_no("execute", std::time::Duration::from_millis(300))
+        .await;
+}

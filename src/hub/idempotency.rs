@@ -3,9 +3,10 @@
 //! The first request takes the key (a lock in the store), runs, and stores
 //! its result; a concurrent duplicate polls until that result is there
 //! (the single-flight shape of `ai::cluster`, without its pub/sub); a
-//! later one gets it at once. A request that certainly did nothing (no
-//! agent, store down, rate limited before sending...) frees the key
-//! instead, so a retry can succeed.
+//! later one gets it at once. Only a final outcome is stored: a request
+//! that certainly did nothing (no agent, store down, rate limited before
+//! sending...), or whose agent timed out (it may answer late), frees the
+//! key instead, so a retry can succeed.
 //!
 //! **Scope.** A key is the caller's own: the token's `sub` with auth on,
 //! the client id without (the WebSocket `client_id`, REST and MCP
@@ -158,6 +159,15 @@ fn had_no_effect(e: &HubError) -> bool {
     )
 }
 
+/// Whether an error is the request's final outcome, and so stored under
+/// its key. Not final: what certainly did nothing ([`had_no_effect`]), and
+/// an agent's timeout — the agent may still answer (its late answer is
+/// recorded and announced), so a retry after it is back runs rather than
+/// replaying the timeout.
+fn is_final(e: &HubError) -> bool {
+    !had_no_effect(e) && e.code != ErrorCode::AgentTimeout
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
@@ -289,7 +299,7 @@ impl Hub {
         }
         let result = work.await;
         let stored = match &result {
-            Err(e) if had_no_effect(e) => None,
+            Err(e) if !is_final(e) => None,
             Ok(v) => Some(StoredRef::Ok(v)),
             Err(e) => Some(StoredRef::Err(e)),
         };
