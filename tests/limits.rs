@@ -571,12 +571,16 @@ async fn max_clients_per_session_counts_every_instance() {
     let hub_b = TestHub::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let (_one, _) = WsClient::register(&hub_a.ws_url(), "shared", "one").await;
     let (_two, _) = WsClient::register(&hub_b.ws_url(), "shared", "two").await;
+    // A refused join counts the members; it never reads their list.
+    let members_read = "hub_redis_command_duration_seconds_count{op=\"members\"}";
     for hub in [&hub_a, &hub_b] {
+        let before = hub.metric(members_read).await.unwrap_or(0.0);
         let mut three = WsClient::connect(&hub.ws_url()).await;
         let answer = three
             .request(json!({"type": "register", "session": "shared", "client_id": "three"}))
             .await;
         assert_error(&answer, "session_full");
+        assert_eq!(hub.metric(members_read).await.unwrap_or(0.0), before);
     }
 }
 

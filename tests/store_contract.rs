@@ -209,6 +209,13 @@ async fn join_and_leave_exactly_once(f: StoreFixture) {
     assert!(!joined("c1").await);
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
     assert!(s.members("other").await.unwrap().is_empty());
+    // What a join's room and owner checks read: a count and one entry.
+    assert_eq!(
+        s.occupancy("s", "c2").await.unwrap(),
+        (2, Some(client("c2", ME)))
+    );
+    assert_eq!(s.occupancy("s", "c9").await.unwrap(), (2, None));
+    assert_eq!(s.occupancy("other", "c1").await.unwrap(), (0, None));
 
     // Two concurrent leaves of the same client: exactly one wins.
     let (a, b) = tokio::join!(s.leave("s", "c1"), s.leave("s", "c1"));

@@ -260,21 +260,22 @@ impl Hub {
             mut info,
             is_agent,
         } = admit(self, reg)?;
-        // One read of who is there serves the ownership and room checks
-        // (after the token's own checks, which need no I/O).
+        // One read of how many are there and who holds this id serves the
+        // ownership and room checks (after the token's own checks, which
+        // need no I/O); never the whole member list.
         if let Some(identity) = identity {
             authorize(identity, &session, is_agent)?;
         }
-        let present = self.store.members(&session).await?;
+        let (present, held) = self.store.occupancy(&session, &info.client_id).await?;
         if let Some(identity) = identity {
-            check_owner(identity, &info, &present)?;
+            check_owner(identity, &info, held.as_ref())?;
             info.owner = Some(identity.sub.clone());
         }
         let client_id = info.client_id.as_str();
         check_room(
             &session,
-            client_id,
-            &present,
+            present,
+            held.is_some(),
             self.config.max_clients_per_session,
         )?;
 
@@ -582,18 +583,13 @@ impl Hub {
 }
 
 /// `session_full` when the session holds `max` clients on every instance
-/// together (`present`, from the store) and `client_id` is not one of them
-/// (registering again replaces, it does not add). Two clients joining at
-/// the same moment on different instances may both pass: the bound is
-/// tight to within the joins in flight, which is what it is for (no
-/// session grows without limit).
-fn check_room(
-    session: &str,
-    client_id: &str,
-    present: &[ClientInfo],
-    max: usize,
-) -> Result<(), HubError> {
-    if present.len() >= max && !present.iter().any(|m| m.client_id == client_id) {
+/// together (`present`, counted by the store) and the joining id is not one
+/// of them (`replaces`: registering again replaces, it does not add). Two
+/// clients joining at the same moment on different instances may both
+/// pass: the bound is tight to within the joins in flight, which is what
+/// it is for (no session grows without limit).
+fn check_room(session: &str, present: usize, replaces: bool, max: usize) -> Result<(), HubError> {
+    if present >= max && !replaces {
         return Err(HubError::new(
             ErrorCode::SessionFull,
             format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
@@ -626,9 +622,9 @@ fn authorize(identity: &Identity, session: &str, is_agent: bool) -> Result<(), H
 fn check_owner(
     identity: &Identity,
     info: &ClientInfo,
-    present: &[ClientInfo],
+    held: Option<&ClientInfo>,
 ) -> Result<(), HubError> {
-    if let Some(held) = present.iter().find(|m| m.client_id == info.client_id)
+    if let Some(held) = held
         && held.owner.as_deref() != Some(identity.sub.as_str())
     {
         return Err(HubError::new(

@@ -265,6 +265,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes a client; `changed` if it was present (so exactly one caller
     /// announces its departure).
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange>;
+    /// How many clients the session's presence holds (on every instance,
+    /// a dead instance's not yet reaped included) and `client_id`'s entry
+    /// if it is one of them: what a join needs to cap the session and check
+    /// who holds the id, without reading the member list.
+    async fn occupancy(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> StoreResult<(usize, Option<ClientInfo>)>;
     /// The members and the presence version they are as of, read at once.
     async fn presence(&self, session: &str) -> StoreResult<Presence>;
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {

@@ -601,6 +601,17 @@ impl SessionStore for MemoryStore {
             }))
     }
 
+    async fn occupancy(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> StoreResult<(usize, Option<ClientInfo>)> {
+        Ok(self.read(session, |s| {
+            let held = s.members.iter().find(|m| m.client_id == client_id);
+            (s.members.len(), held.cloned())
+        }))
+    }
+
     async fn presence(&self, session: &str) -> StoreResult<Presence> {
         Ok(self.read(session, |s| Presence {
             members: s.members.clone(),

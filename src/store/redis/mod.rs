@@ -417,6 +417,18 @@ impl SessionStore for RedisStore {
         self.leave_presence(session, client_id).await
     }
 
+    async fn occupancy(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> StoreResult<(usize, Option<ClientInfo>)> {
+        let key = self.backend.keys.presence(session);
+        let mut pipe = ::redis::pipe();
+        pipe.hlen(&key).hget(&key, client_id);
+        let (count, held): (usize, Option<String>) = self.backend.pipe("occupancy", &pipe).await?;
+        Ok((count, held.and_then(|h| decode("presence", &h).ok())))
+    }
+
     async fn presence(&self, session: &str) -> StoreResult<Presence> {
         self.live_presence(session).await
     }
