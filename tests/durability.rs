@@ -460,3 +460,47 @@ async fn a_redis_restarted_with_its_append_only_file_keeps_history_epoch_and_res
     let history = bob.request(history_cmd("John")).await;
     assert_eq!(history["content"]["count"], 3, "{history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_refuses_no_send_once_the_hub_says_it_is_ready() {
+    let mut redis = RedisServer::start_with_aof();
+    let hub = TestHub::start(&["--redis-url", &redis.url(), "--instance-id", "quiet-hub"]).await;
+    // The session exists, nobody is connected: after the restart nothing
+    // makes the hub use its publishing connection before the sends do.
+    let (alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    alice.close().await;
+    wait_until_async("alice gone", Duration::from_secs(10), || {
+        let url = hub.http_url("/api/v1/sessions/team");
+        async move { !http_get_url(&url).await.1.contains("alice") }
+    })
+    .await;
+
+    redis.shutdown_and_restart();
+    // The hub noticed (its pub/sub connection is back) and says it is ready.
+    wait_until(
+        "the hub to subscribe again",
+        Duration::from_secs(20),
+        || {
+            redis
+                .cmd(&["PUBSUB", "CHANNELS", "*quiet-hub*"])
+                .contains("inbox")
+        },
+    );
+    hub.wait_ready().await;
+    let sends = (0..5).map(|n| {
+        let url = hub.http_url("/api/v1/sessions/team/commands");
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"command": {"action": "send", "contact": "john", "message": format!("after {n}")}}))
+                .send()
+                .await
+                .expect("POST");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    });
+    for send in sends {
+        let (status, body) = send.await.expect("join");
+        assert_eq!(status, 200, "a send refused after the restart: {body}");
+    }
+}
