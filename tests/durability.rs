@@ -38,6 +38,21 @@ async fn reopen(dir: &Path) -> (Journal, Snapshot) {
     }
 }
 
+/// Waits until no handle of this process holds `dir`'s database (its
+/// writer thread lets go once every handle is dropped), so another
+/// process can open it.
+async fn released(dir: &Path) {
+    let file = dir.join(mcp_hub::durable::FILE_NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redb::Database::create(&file).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data directory stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn entry(contact: &str, n: usize) -> HistoryEntry {
     HistoryEntry {
         direction: MessageDirection::Outgoing,
@@ -139,10 +154,14 @@ async fn the_store_and_the_log_read_back_what_they_wrote() {
         );
         store.push_webhook_event("first").await.unwrap();
         store.push_webhook_event("second").await.unwrap();
-        assert_eq!(
-            store.pop_webhook_event().await.unwrap().as_deref(),
-            Some("first")
-        );
+        store.push_webhook_event("third").await.unwrap();
+        let lease = Duration::from_secs(60);
+        let (first, event) = store.claim_webhook_event(lease).await.unwrap().unwrap();
+        assert_eq!(event, "first");
+        store.ack_webhook_event(&first).await.unwrap();
+        // Claimed, never acknowledged: the process dies while processing it.
+        let (_, event) = store.claim_webhook_event(lease).await.unwrap().unwrap();
+        assert_eq!(event, "second");
         // A session the idle sweep removes takes its rows along.
         store
             .record_message("gone", &entry("Ann", 9))
@@ -205,11 +224,14 @@ async fn the_store_and_the_log_read_back_what_they_wrote() {
             .unwrap(),
         "still seen"
     );
-    assert_eq!(
-        store.pop_webhook_event().await.unwrap().as_deref(),
-        Some("second")
-    );
-    assert_eq!(store.pop_webhook_event().await.unwrap(), None);
+    // The event it was processing is queued again, first; the acknowledged
+    // one is gone.
+    let lease = Duration::from_secs(60);
+    let mut taken = Vec::new();
+    while let Some((_, event)) = store.claim_webhook_event(lease).await.unwrap() {
+        taken.push(event);
+    }
+    assert_eq!(taken, ["second", "third"]);
     let page = store.list_sessions(None, 10).await.unwrap();
     let s = page
         .sessions
@@ -502,5 +524,84 @@ async fn a_redis_restart_refuses_no_send_once_the_hub_says_it_is_ready() {
     for send in sends {
         let (status, body) = send.await.expect("join");
         assert_eq!(status, 200, "a send refused after the restart: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_events_a_dead_hub_was_processing_are_processed_once_after_its_restart() {
+    use mcp_hub::whatsapp::webhooks::WebhookEvent;
+    let data = TempDir::new();
+    let inbound = |id: &str, text: &str| {
+        serde_json::to_string(&WebhookEvent::Inbound {
+            session: "default".into(),
+            message_id: id.into(),
+            from: "15550100009".into(),
+            name: Some("Zed".into()),
+            text: text.into(),
+            timestamp: 1,
+        })
+        .unwrap()
+    };
+    {
+        // The hub that died: it had taken both events; it had recorded the
+        // second but not acknowledged it.
+        let (journal, snapshot) = reopen(data.path()).await;
+        let store = MemoryStore::restored(200, 1 << 26, journal, &snapshot);
+        let lease = Duration::from_secs(60);
+        store
+            .push_webhook_event(&inbound("wamid.A", "one"))
+            .await
+            .unwrap();
+        store
+            .push_webhook_event(&inbound("wamid.B", "two"))
+            .await
+            .unwrap();
+        store.claim_webhook_event(lease).await.unwrap().expect("A");
+        store.claim_webhook_event(lease).await.unwrap().expect("B");
+        let mut recorded = entry("Zed", 2);
+        recorded.direction = MessageDirection::Incoming;
+        recorded.message_id = "wamid.B".into();
+        recorded.message = "two".into();
+        store.record_message("default", &recorded).await.unwrap();
+    }
+    released(data.path()).await;
+    let data_dir = data.path().to_str().expect("utf8").to_string();
+    let hub = HubProcess::start(&["--data-dir", &data_dir], &[]).await;
+    let history = hub.http_url("/api/v1/sessions/default/history/zed");
+    let ids = wait_until_value("both events processed", Duration::from_secs(10), || {
+        let url = history.clone();
+        async move {
+            let (_, body) = http_get_url(&url).await;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let ids: Vec<String> = v["messages"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+                .collect();
+            ids.contains(&"wamid.A".to_string()).then_some(ids)
+        }
+    })
+    .await;
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["wamid.A", "wamid.B"], "each once: {ids:?}");
+}
+
+/// Polls `check` until it gives a value (bounded), returning it.
+async fn wait_until_value<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

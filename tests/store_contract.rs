@@ -796,16 +796,29 @@ async fn webhook_items_are_seen_once_and_queued_in_order(f: StoreFixture) {
     assert!(!other.mark_seen("in:wamid.1", ttl).await.unwrap());
     other.forget_seen("in:wamid.1").await.unwrap();
     assert!(other.mark_seen("in:wamid.1", ttl).await.unwrap());
-    assert_eq!(s.pop_webhook_event().await.unwrap(), None);
+    let lease = Duration::from_secs(60);
+    assert_eq!(s.claim_webhook_event(lease).await.unwrap(), None);
     s.push_webhook_event("a").await.unwrap();
     s.push_webhook_event("b").await.unwrap();
-    // Any instance takes them, oldest first, once.
-    assert_eq!(
-        other.pop_webhook_event().await.unwrap().as_deref(),
-        Some("a")
-    );
-    assert_eq!(s.pop_webhook_event().await.unwrap().as_deref(), Some("b"));
-    assert_eq!(other.pop_webhook_event().await.unwrap(), None);
+    s.push_webhook_event("c").await.unwrap();
+    // Any instance takes them, oldest first, each once while claimed.
+    let (a, event) = other.claim_webhook_event(lease).await.unwrap().unwrap();
+    assert_eq!(event, "a");
+    let short = Duration::from_millis(50);
+    let (_, event) = s.claim_webhook_event(short).await.unwrap().unwrap();
+    assert_eq!(event, "b");
+    other.ack_webhook_event(&a).await.unwrap();
+    // `b`'s instance died before acknowledging it: once its lease lapsed,
+    // it is taken again, before `c`.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let (b, event) = other.claim_webhook_event(lease).await.unwrap().unwrap();
+    assert_eq!(event, "b");
+    other.ack_webhook_event(&b).await.unwrap();
+    let (c, event) = s.claim_webhook_event(lease).await.unwrap().unwrap();
+    assert_eq!(event, "c");
+    assert_eq!(other.claim_webhook_event(lease).await.unwrap(), None);
+    s.ack_webhook_event(&c).await.unwrap();
+    assert_eq!(s.claim_webhook_event(short).await.unwrap(), None);
 }
 
 macro_rules! store_contract {

@@ -30,6 +30,9 @@ use crate::whatsapp::webhooks::{DEDUP_TTL, STATUS_TTL, WebhookEvent, events_of};
 
 /// How often each instance looks at the shared queue when not woken.
 const POLL: Duration = Duration::from_millis(250);
+/// How long a claimed event is this instance's: past it (the instance
+/// died mid-processing), any instance takes it again.
+const LEASE: Duration = Duration::from_secs(60);
 
 /// `text` cut to at most `max` characters.
 fn at_most(text: &str, max: usize) -> &str {
@@ -81,6 +84,15 @@ impl Hub {
                 timestamp,
             } => {
                 let contact = self.contact_for_sender(&session, &from, name).await?;
+                // Taken again after a crash mid-processing: recorded once.
+                let recorded = self
+                    .store
+                    .history(&session, &contact, self.config.history_limit)
+                    .await?;
+                if recorded.iter().any(|e| e.message_id == message_id) {
+                    tracing::debug!(%message_id, "webhook message already recorded");
+                    return Ok(());
+                }
                 let entry = HistoryEntry {
                     direction: MessageDirection::Incoming,
                     contact: contact.clone(),
@@ -193,15 +205,38 @@ pub fn spawn_drain(hub: Arc<Hub>) {
     tokio::spawn(async move {
         loop {
             loop {
-                match hub.store.pop_webhook_event().await {
-                    Ok(Some(raw)) => match serde_json::from_str::<WebhookEvent>(&raw) {
-                        Ok(event) => {
-                            if let Err(e) = hub.process_webhook_event(event).await {
-                                tracing::warn!(error = %e, "could not process a webhook event");
+                match hub.store.claim_webhook_event(LEASE).await {
+                    Ok(Some((claim, raw))) => {
+                        let done = match serde_json::from_str::<WebhookEvent>(&raw) {
+                            Ok(event) => match hub.process_webhook_event(event).await {
+                                // The store is away: leave it claimed; it is
+                                // taken again once its lease lapses.
+                                Err(e)
+                                    if e.code == crate::protocol::ErrorCode::StoreUnavailable =>
+                                {
+                                    tracing::warn!(error = %e, "webhook event not processed; retried later");
+                                    false
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "could not process a webhook event");
+                                    true
+                                }
+                                Ok(()) => true,
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "dropping a corrupt webhook event");
+                                true
                             }
+                        };
+                        if done && let Err(e) = hub.store.ack_webhook_event(&claim).await {
+                            // Taken again after its lease: processed once
+                            // (inbound messages are recorded once).
+                            tracing::debug!(error = %e, "webhook event not acknowledged");
                         }
-                        Err(e) => tracing::warn!(error = %e, "dropping a corrupt webhook event"),
-                    },
+                        if !done {
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "webhook queue unavailable");

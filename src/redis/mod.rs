@@ -285,9 +285,20 @@ impl Keys {
         format!("{}:whatsapp:seen:{}", self.prefix, escape_key_part(key))
     }
 
-    /// LIST of accepted webhook events not yet processed.
+    /// LIST of accepted webhook events not yet claimed (LPUSH, RPOP).
+    /// Beside its claims (`{webhooks}`), so a claim is one script.
     pub fn webhook_queue(&self) -> String {
-        format!("{}:whatsapp:inbound", self.prefix)
+        format!("{}:{{webhooks}}:inbound", self.prefix)
+    }
+
+    /// HASH: claim id → a claimed webhook event, until acknowledged.
+    pub fn webhook_claims(&self) -> String {
+        format!("{}:{{webhooks}}:claims", self.prefix)
+    }
+
+    /// ZSET: claim id → when its lease lapses (ms).
+    pub fn webhook_leases(&self) -> String {
+        format!("{}:{{webhooks}}:leases", self.prefix)
     }
 
     /// Sliding one-minute window of upstream AI calls of one provider.

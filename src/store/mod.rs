@@ -255,8 +255,15 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn forget_seen(&self, key: &str) -> StoreResult<()>;
     /// Queues an accepted webhook event (JSON) for any instance to process.
     async fn push_webhook_event(&self, event: &str) -> StoreResult<()>;
-    /// Takes the oldest queued webhook event.
-    async fn pop_webhook_event(&self) -> StoreResult<Option<String>>;
+    /// Claims the oldest queued webhook event for `lease`: it stays in the
+    /// store, invisible to other claims, until [`Self::ack_webhook_event`]
+    /// removes it. An event whose lease lapsed (its instance died while
+    /// processing it) is queued again, first, by the next claim on any
+    /// instance: a crash between taking an event and finishing it loses
+    /// nothing. Returns the claim's id and the event.
+    async fn claim_webhook_event(&self, lease: Duration) -> StoreResult<Option<(String, String)>>;
+    /// Removes a claimed event: it was processed.
+    async fn ack_webhook_event(&self, claim: &str) -> StoreResult<()>;
 
     /// Adds (or replaces) a client's presence entry; `changed` if it was
     /// missing (so re-announcing after an outage tells the session only

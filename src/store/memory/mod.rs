@@ -97,6 +97,9 @@ struct Traffic {
     /// Accepted webhook events with their number (the journal's key).
     queue: VecDeque<(u64, String)>,
     queue_seq: u64,
+    /// Claimed events by number: their lease's end and the event. In the
+    /// journal until acknowledged, so a restart queues them again.
+    claimed: HashMap<u64, (Instant, String)>,
 }
 
 impl Traffic {
@@ -140,6 +143,7 @@ impl MemoryStore {
                 seen_expiry: BTreeSet::new(),
                 queue: VecDeque::new(),
                 queue_seq: 0,
+                claimed: HashMap::new(),
             }),
             journal: None,
             history_seq: AtomicU64::new(0),
@@ -556,13 +560,37 @@ impl SessionStore for MemoryStore {
         durable(commit).await
     }
 
-    async fn pop_webhook_event(&self) -> StoreResult<Option<String>> {
-        let (event, commit) = self.traffic(|t| match t.queue.pop_front() {
-            Some((seq, event)) => (Some(event), self.journal(|| vec![Op::QueuePop { seq }])),
-            None => (None, None),
+    async fn claim_webhook_event(&self, lease: Duration) -> StoreResult<Option<(String, String)>> {
+        Ok(self.traffic(|t| {
+            let now = Instant::now();
+            // Lapsed claims first: their instance (task) never finished.
+            let mut lapsed: Vec<u64> = t
+                .claimed
+                .iter()
+                .filter(|(_, (until, _))| *until <= now)
+                .map(|(seq, _)| *seq)
+                .collect();
+            lapsed.sort_unstable_by(|a, b| b.cmp(a));
+            for seq in lapsed {
+                if let Some((_, event)) = t.claimed.remove(&seq) {
+                    t.queue.push_front((seq, event));
+                }
+            }
+            let (seq, event) = t.queue.pop_front()?;
+            t.claimed.insert(seq, (now + lease, event.clone()));
+            Some((seq.to_string(), event))
+        }))
+    }
+
+    async fn ack_webhook_event(&self, claim: &str) -> StoreResult<()> {
+        let Ok(seq) = claim.parse::<u64>() else {
+            return Ok(());
+        };
+        let commit = self.traffic(|t| {
+            t.claimed.remove(&seq)?;
+            self.journal(|| vec![Op::QueuePop { seq }])
         });
-        durable(commit).await?;
-        Ok(event)
+        durable(commit).await
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {

@@ -399,14 +399,32 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn pop_webhook_event(&self) -> StoreResult<Option<String>> {
-        Ok(self
-            .backend
-            .query(
-                "webhook_pop",
-                ::redis::cmd("RPOP").arg(self.backend.keys.webhook_queue()),
-            )
-            .await?)
+    async fn claim_webhook_event(&self, lease: Duration) -> StoreResult<Option<(String, String)>> {
+        let keys = &self.backend.keys;
+        let claim = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_millis();
+        let mut invocation = scripts::CLAIM_WEBHOOK.prepare_invoke();
+        invocation
+            .key(keys.webhook_queue())
+            .key(keys.webhook_claims())
+            .key(keys.webhook_leases())
+            .arg(now)
+            .arg(now + millis(lease))
+            .arg(&claim);
+        let event: Option<String> = self.backend.script("webhook_claim", &invocation).await?;
+        Ok(event.map(|e| (claim, e)))
+    }
+
+    async fn ack_webhook_event(&self, claim: &str) -> StoreResult<()> {
+        let keys = &self.backend.keys;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .hdel(keys.webhook_claims(), claim)
+            .ignore()
+            .zrem(keys.webhook_leases(), claim)
+            .ignore();
+        let () = self.backend.pipe("webhook_ack", &pipe).await?;
+        Ok(())
     }
 
     async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {

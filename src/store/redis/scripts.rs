@@ -6,6 +6,29 @@ use std::sync::LazyLock;
 
 use ::redis::Script;
 
+/// Claims the oldest webhook event: first queues again (to be taken next)
+/// the claims whose lease lapsed, then moves the oldest event to the
+/// claims with its lease. KEYS: queue, claims, leases. ARGV: now (ms),
+/// lease end (ms), claim id. Returns the event, or nil.
+pub(super) static CLAIM_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 100)
+        for _, id in ipairs(lapsed) do
+          local event = redis.call('HGET', KEYS[2], id)
+          if event then redis.call('RPUSH', KEYS[1], event) end
+          redis.call('HDEL', KEYS[2], id)
+          redis.call('ZREM', KEYS[3], id)
+        end
+        local event = redis.call('RPOP', KEYS[1])
+        if not event then return false end
+        redis.call('HSET', KEYS[2], ARGV[3], event)
+        redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+        return event
+        ",
+    )
+});
+
 /// Deletes the agent key only if its field ARGV[1] (`client_id` or
 /// `instance`) still equals ARGV[2]: a newer agent is never released.
 pub(super) static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
