@@ -45,6 +45,9 @@ pub struct LocalBroker {
     forgotten_head: AtomicU64,
     /// The data directory's journal (None: the log is memory only).
     journal: Option<Journal>,
+    /// Sessions with local clients: their logs are never reclaimed, so
+    /// their offsets run on without a jump.
+    interested: Mutex<std::collections::HashSet<String>>,
 }
 
 impl LocalBroker {
@@ -64,6 +67,7 @@ impl LocalBroker {
             published: AtomicU64::new(0),
             forgotten_head: AtomicU64::new(0),
             journal: None,
+            interested: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -108,6 +112,12 @@ impl LocalBroker {
     fn ttl_ms(&self) -> u64 {
         self.ttl.as_millis() as u64
     }
+
+    /// Sessions whose log this instance holds (bounded: a log silent for
+    /// SESSION_LOG_TTL_MS is reclaimed).
+    pub fn logs_held(&self) -> usize {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 #[async_trait]
@@ -123,14 +133,36 @@ impl Broker for LocalBroker {
         // within this epoch). Checked every 1024 events: publishing stays
         // O(1).
         if self.published.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
-            for ring in rings.values_mut() {
-                if ring
-                    .events
-                    .back()
-                    .is_some_and(|e| now.saturating_sub(e.header.produced_at) > ttl)
-                {
-                    ring.events = VecDeque::new();
+            // Its entry goes too (a silent session costs nothing): its
+            // head lives on in the forgotten head, above which every later
+            // log starts, as with a log whose session expired. A client
+            // resuming from it then starts afresh, as on Redis after
+            // SESSION_LOG_TTL_MS of silence.
+            let mut forgotten = Vec::new();
+            let interested = self.interested.lock().unwrap_or_else(|p| p.into_inner());
+            rings.retain(|session, ring| {
+                let stale = !interested.contains(session)
+                    && ring
+                        .events
+                        .back()
+                        .is_none_or(|e| now.saturating_sub(e.header.produced_at) > ttl);
+                if stale {
+                    self.forgotten_head
+                        .fetch_max(ring.head + 1, Ordering::Relaxed);
+                    forgotten.push(session.clone());
                 }
+                !stale
+            });
+            drop(interested);
+            if let Some(journal) = &self.journal
+                && !forgotten.is_empty()
+            {
+                let head = self.forgotten_head.load(Ordering::Relaxed);
+                let ops = forgotten
+                    .into_iter()
+                    .map(|session| Op::ForgetLog { session, head })
+                    .collect();
+                drop(journal.submit(ops));
             }
         }
         let ring = rings
@@ -251,6 +283,15 @@ impl Broker for LocalBroker {
         }
     }
 
+    fn interest(&self, session: &str, interested: bool) {
+        let mut sessions = self.interested.lock().unwrap_or_else(|p| p.into_inner());
+        if interested {
+            sessions.insert(session.to_string());
+        } else {
+            sessions.remove(session);
+        }
+    }
+
     async fn settle(&self) {
         if let Some(journal) = &self.journal {
             // Acknowledged after everything queued before it, whose events
@@ -261,5 +302,49 @@ impl Broker for LocalBroker {
 
     fn is_healthy(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::EventHeader;
+
+    fn envelope(session: &str) -> EventEnvelope {
+        EventEnvelope {
+            header: EventHeader {
+                session: session.to_string(),
+                origin: "solo".into(),
+                kind: "broadcast".into(),
+                produced_at: now_millis(),
+                except: None,
+                presence: None,
+            },
+            frame: r#"{"type":"broadcast","from":"x","payload":1,"timestamp":1}"#.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_session_s_log_is_reclaimed_and_its_offsets_never_reused() {
+        let (tx, _rx) = mpsc::channel(1 << 16);
+        let broker = LocalBroker::new("solo".into(), tx, 10, Duration::from_millis(1));
+        // A session with a local client keeps its log however quiet.
+        broker.interest("watched", true);
+        drop(broker.publish_event(envelope("watched")));
+        // 2 000 sessions speak once, then fall silent past the TTL.
+        for n in 0..2000 {
+            drop(broker.publish_event(envelope(&format!("s{n}"))));
+        }
+        let head = broker.log_head("s7").await.unwrap().head;
+        std::thread::sleep(Duration::from_millis(5));
+        // One busy session keeps publishing: the sweep runs along.
+        for _ in 0..1100 {
+            drop(broker.publish_event(envelope("busy")));
+        }
+        assert_eq!(broker.logs_held(), 2, "busy and watched only");
+        assert_eq!(broker.log_head("watched").await.unwrap().head, 1);
+        // A session that speaks again starts above every offset it had.
+        let (_, offset) = broker.publish_event(envelope("s7")).unwrap().await.unwrap();
+        assert!(offset > head, "{offset} after {head}");
     }
 }
