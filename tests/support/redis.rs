@@ -450,6 +450,23 @@ impl RedisServer {
         )
     }
 
+    /// Freezes the server (SIGSTOP: alive, silent, connections open) until
+    /// [`RedisServer::resume`].
+    pub fn freeze(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGSTOP) };
+        }
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+
     /// Stops the server the way an operator's restart does (`SHUTDOWN`:
     /// the append-only file is flushed), then starts it again on the same
     /// port and directory.
