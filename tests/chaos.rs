@@ -317,3 +317,171 @@ async fn a_hub_killed_with_9_loses_nothing_its_subscribers_resume() {
     })
     .await;
 }
+
+// ------------------------------------------- one hub's link to Redis, faulty
+
+/// What the link does to the bytes crossing it.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Pass,
+    /// A partition: nothing crosses (held, as TCP retransmits, until healed).
+    Cut,
+    /// 200 ms each way, and 5 % of the chunks a retransmission late
+    /// (another 200-600 ms), in order, as TCP delivers over a lossy path.
+    Lossy,
+}
+
+/// A TCP forwarder from a port of its own to Redis: the path one hub takes,
+/// so a fault can be put on that hub's link alone. (`tc netem` would do it
+/// in the kernel; this box's kernel has no sch_netem, so the forwarder
+/// does it to the byte streams.)
+struct FaultyLink {
+    port: u16,
+    mode: Arc<std::sync::Mutex<Link>>,
+}
+
+impl FaultyLink {
+    async fn to(redis_port: u16) -> FaultyLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mode = Arc::new(std::sync::Mutex::new(Link::Pass));
+        let shared = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(carry(ri, wo, shared.clone()));
+                tokio::spawn(carry(ro, wi, shared.clone()));
+            }
+        });
+        FaultyLink { port, mode }
+    }
+
+    fn set(&self, mode: Link) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+/// One direction of the link: chunks are stamped when read and written
+/// when the link lets them through, in order.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<std::sync::Mutex<Link>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        let mut chunks = 0u64;
+        while let Some((read_at, chunk)) = rx.recv().await {
+            chunks += 1;
+            loop {
+                let now = *mode.lock().unwrap();
+                match now {
+                    Link::Pass => break,
+                    Link::Cut => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Link::Lossy => {
+                        // A deterministic 5 %: every twentieth chunk is a
+                        // retransmission late.
+                        let late = if chunks.is_multiple_of(20) { 400 } else { 0 };
+                        let due = read_at + Duration::from_millis(200 + late);
+                        tokio::time::sleep_until(due.into()).await;
+                        break;
+                    }
+                }
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// hub-a reaches Redis through a [`FaultyLink`]; hub-b directly. A long
+/// log, so a hub cut off for the whole fault catches up from it.
+async fn hubs_with_a_faulty_link(redis: &RedisServer) -> (Vec<TestHub>, FaultyLink) {
+    let link = FaultyLink::to(redis.port).await;
+    let mut hubs = Vec::new();
+    for (id, redis_port) in [("hub-a", link.port), ("hub-b", redis.port)] {
+        let url = format!("redis://127.0.0.1:{redis_port}");
+        let mut args = vec![
+            "--redis-url",
+            &url,
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "200",
+            "--presence-ttl-ms",
+            "1000",
+            "--session-log-len",
+            "20000",
+        ];
+        args.extend_from_slice(UNTHROTTLED);
+        hubs.push(TestHub::start(&args).await);
+    }
+    (hubs, link)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_partitioned_from_redis_loses_nothing_acknowledged() {
+    let redis = RedisServer::start();
+    let (hubs, link) = hubs_with_a_faulty_link(&redis).await;
+    let urls: Vec<String> = hubs.iter().map(|h| h.ws_url()).collect();
+    let fault_for = secs("CHAOS_FAULT_SECS", 3);
+    let hubs_ref = &hubs;
+    // The publisher is on the hub that keeps Redis.
+    under_load(
+        "partition-hub-redis",
+        urls.clone(),
+        vec![urls[1].clone()],
+        async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            link.set(Link::Cut);
+            tokio::time::sleep(fault_for).await;
+            link.set(Link::Pass);
+            let started = Instant::now();
+            hubs_ref[0].wait_ready_for(Duration::from_secs(60)).await;
+            started.elapsed()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_and_loss_on_a_hub_s_redis_link_lose_nothing_acknowledged() {
+    let redis = RedisServer::start();
+    let (hubs, link) = hubs_with_a_faulty_link(&redis).await;
+    let urls: Vec<String> = hubs.iter().map(|h| h.ws_url()).collect();
+    let fault_for = secs("CHAOS_FAULT_SECS", 3);
+    let hubs_ref = &hubs;
+    // The publisher is on the hub whose link suffers.
+    under_load(
+        "latency-200ms-loss-5pct",
+        urls.clone(),
+        vec![urls[0].clone()],
+        async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            link.set(Link::Lossy);
+            tokio::time::sleep(fault_for).await;
+            link.set(Link::Pass);
+            let started = Instant::now();
+            hubs_ref[0].wait_ready_for(Duration::from_secs(60)).await;
+            started.elapsed()
+        },
+    )
+    .await;
+}
