@@ -605,3 +605,129 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A small tmpfs mounted for a test, unmounted when dropped (None, saying
+/// why, where mounting is not allowed).
+struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = TempDir::new();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with a file, to the last byte.
+    fn fill(&self) {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", self.path().join("filler").display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_sends_loses_nothing_acknowledged_and_recovers() {
+    let Some(disk) = SmallDisk::mount(16) else {
+        return;
+    };
+    let data_dir = disk.path().join("data");
+    let data_dir = data_dir.to_str().expect("utf8").to_string();
+    let args = ["--data-dir", data_dir.as_str()];
+    let mut hub = HubProcess::start(&args, &[]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    let mut acknowledged = Vec::new();
+    let mut send = async |client: &mut WsClient, text: String| {
+        let answer = client.request(send_cmd("John", &text)).await;
+        if answer["content"]["success"] == true {
+            Some(text)
+        } else {
+            assert_eq!(answer["code"], "store_unavailable", "{answer}");
+            None
+        }
+    };
+    for n in 0..5 {
+        acknowledged.extend(send(&mut alice, format!("before {n}")).await);
+    }
+    assert_eq!(acknowledged.len(), 5);
+
+    // The disk fills up: sends are refused (the hub stays up), and what
+    // was acknowledged meanwhile is on disk.
+    disk.fill();
+    let mut refused = 0;
+    for n in 0..2000 {
+        match send(&mut alice, format!("full {n}")).await {
+            Some(text) => acknowledged.push(text),
+            None => refused += 1,
+        }
+        if refused >= 3 {
+            break;
+        }
+    }
+    assert!(refused >= 3, "a full disk refused nothing");
+    let pong = alice.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+
+    // Space again: sends are acknowledged again, without a restart.
+    disk.free();
+    let mut back = None;
+    for n in 0..50 {
+        if let Some(text) = send(&mut alice, format!("after {n}")).await {
+            back = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acknowledged.push(back.expect("sends are acknowledged once there is space"));
+
+    // Every acknowledged send survives a kill -9.
+    hub.kill();
+    let hub = HubProcess::start(&args, &[]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
+    let history = alice
+        .request(ws_command(
+            json!({"action": "get_history", "contact": "John", "limit": 500}),
+        ))
+        .await;
+    let kept: Vec<&str> = history["content"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["message"].as_str())
+        .collect();
+    for text in &acknowledged {
+        assert!(
+            kept.contains(&text.as_str()),
+            "acknowledged `{text}` was lost"
+        );
+    }
+}

@@ -143,7 +143,7 @@ impl Journal {
         })?;
         let snapshot = restore::read(&db)
             .map_err(|e| OpenError(format!("cannot read `{}`: {e}", path.display())))?;
-        let tx = writer::spawn(db);
+        let tx = writer::spawn(db, path.clone());
         Ok((
             Journal {
                 tx,

@@ -2,6 +2,7 @@
 //! applies it in one redb write transaction, commits (an fsync), then
 //! acknowledges each submission in order.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
@@ -23,11 +24,11 @@ pub(super) struct Submission {
     pub after: Option<After>,
 }
 
-pub(super) fn spawn(db: Database) -> mpsc::Sender<Submission> {
+pub(super) fn spawn(db: Database, path: PathBuf) -> mpsc::Sender<Submission> {
     let (tx, rx) = mpsc::channel::<Submission>();
     let spawned = std::thread::Builder::new()
         .name("mcp-hub-journal".into())
-        .spawn(move || run(&db, &rx));
+        .spawn(move || run(Some(db), &path, &rx));
     if let Err(e) = spawned {
         // Every submission then fails (its channel is closed): the store
         // answers store_unavailable rather than pretend.
@@ -36,7 +37,7 @@ pub(super) fn spawn(db: Database) -> mpsc::Sender<Submission> {
     tx
 }
 
-fn run(db: &Database, rx: &mpsc::Receiver<Submission>) {
+fn run(mut db: Option<Database>, path: &Path, rx: &mpsc::Receiver<Submission>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -45,9 +46,24 @@ fn run(db: &Database, rx: &mpsc::Receiver<Submission>) {
                 Err(_) => break,
             }
         }
-        let result = commit(db, &batch).map_err(|e| e.to_string());
+        // After a failed write (a full disk...) redb wants the database
+        // closed and opened again: done before the next batch, until it
+        // works. What failed was not acknowledged; what is on disk is the
+        // last commit, whole (copy-on-write).
+        if db.is_none() {
+            db = Database::create(path)
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "the data directory cannot be reopened yet"),
+                )
+                .ok();
+        }
+        let result = match &db {
+            Some(open) => commit(open, &batch).map_err(|e| e.to_string()),
+            None => Err("the data directory cannot be opened again yet".to_string()),
+        };
         if let Err(error) = &result {
             tracing::error!(%error, "the data directory could not be written");
+            db = None;
         }
         for submission in batch {
             if let Some(done) = submission.done {
