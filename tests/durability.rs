@@ -666,7 +666,7 @@ async fn a_full_disk_refuses_sends_loses_nothing_acknowledged_and_recovers() {
     let mut hub = HubProcess::start(&args, &[]).await;
     let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
     let mut acknowledged = Vec::new();
-    let mut send = async |client: &mut WsClient, text: String| {
+    let send = async |client: &mut WsClient, text: String| {
         let answer = client.request(send_cmd("John", &text)).await;
         if answer["content"]["success"] == true {
             Some(text)
