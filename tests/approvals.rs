@@ -409,3 +409,58 @@ async fn a_held_send_outlives_the_instance_that_held_it() {
     let messages: Vec<Value> = history_with_john(&mut bob).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_send_that_failed_keeps_its_error_and_frees_its_key() {
+    // No connector: an approved send fails with agent_unavailable (nothing
+    // was sent), which must free the idempotency key like any such error.
+    let dir = TempDir::new();
+    let contacts = dir.write(
+        "contacts.json",
+        r#"[{"name":"John","phone":"+15550100001"}]"#,
+    );
+    let contacts = contacts.to_str().expect("utf8");
+    let hub = holding_hub("mcp", &["--connector", "none", "--contacts-file", contacts]).await;
+    let (mut alice, _) = WsClient::register(&hub.ws_url(), "default", "alice").await;
+    let keyed = json!({"contact": "John", "message": "once it works", "idempotency_key": "k-1"});
+    let first = {
+        let addr = hub.addr;
+        let args = keyed.clone();
+        tokio::spawn(async move { call_tool_as(&addr, "claude", "send_message", args).await })
+    };
+    let request = alice.recv_type("approval_request").await;
+    let decided = decide(&mut alice, "approve", &request["id"]).await;
+    assert_eq!(
+        decided["content"]["result"]["code"], "agent_unavailable",
+        "{decided}"
+    );
+    let (_, answer) = first.await.unwrap();
+    assert_eq!(
+        answer["result"]["structuredContent"]["code"], "agent_unavailable",
+        "{answer}"
+    );
+    // The agent is here now: the retry with the same key is held again
+    // (it runs), not the failure replayed.
+    let (mut agent, _) = register_agent(&hub.ws_url(), "default", "phone").await;
+    agent.recv_type("agent_changed").await;
+    let retry = {
+        let addr = hub.addr;
+        tokio::spawn(async move { call_tool_as(&addr, "claude", "send_message", keyed).await })
+    };
+    let again = alice.recv_type("approval_request").await;
+    assert_ne!(again["id"], request["id"]);
+    let approving = tokio::spawn(async move { decide(&mut alice, "approve", &again["id"]).await });
+    let execute = agent.recv_type("execute").await;
+    agent
+        .send_json(
+            json!({"type": "execute_result", "request_id": execute["request_id"],
+            "content": {"success": true, "contact": "John", "message_id": "wamid.k1"}}),
+        )
+        .await;
+    approving.await.unwrap();
+    let (_, answer) = retry.await.unwrap();
+    assert_eq!(
+        answer["result"]["structuredContent"]["message_id"], "wamid.k1",
+        "{answer}"
+    );
+}

@@ -38,6 +38,10 @@ pub(super) fn spawn(db: Database, path: PathBuf) -> mpsc::Sender<Submission> {
 }
 
 fn run(mut db: Option<Database>, path: &Path, rx: &mpsc::Receiver<Submission>) {
+    // A failed commit may have taken events that clients were shown: the
+    // first commit after it gives the log a new epoch, so after a restart
+    // those offsets are never taken for others (clients start afresh).
+    let mut new_epoch = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -58,12 +62,15 @@ fn run(mut db: Option<Database>, path: &Path, rx: &mpsc::Receiver<Submission>) {
                 .ok();
         }
         let result = match &db {
-            Some(open) => commit(open, &batch).map_err(|e| e.to_string()),
+            Some(open) => commit(open, &batch, new_epoch).map_err(|e| e.to_string()),
             None => Err("the data directory cannot be opened again yet".to_string()),
         };
         if let Err(error) = &result {
             tracing::error!(%error, "the data directory could not be written");
             db = None;
+            new_epoch = true;
+        } else {
+            new_epoch = false;
         }
         for submission in batch {
             if let Some(done) = submission.done {
@@ -76,9 +83,13 @@ fn run(mut db: Option<Database>, path: &Path, rx: &mpsc::Receiver<Submission>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Submission]) -> Result<(), redb::Error> {
+fn commit(db: &Database, batch: &[Submission], new_epoch: bool) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     apply(&txn, batch.iter().flat_map(|s| &s.ops))?;
+    if new_epoch {
+        let epoch = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        txn.open_table(SETTINGS)?.insert("epoch", epoch.as_str())?;
+    }
     txn.commit()?;
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! instance rejects what nobody decided in time. A decider that dies
 //! between winning and sending leaves the send unsent (at most once: a
 //! message is never sent twice), and its waiter answers
-//! `agent_timeout`.
+//! `connector_unavailable` (final, so an idempotent retry does not send again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -115,6 +115,30 @@ fn refusal(resolution: &Resolution) -> HubError {
     }
 }
 
+/// The caller's answer from a decided send's recorded outcome: the send's
+/// answer, or its error (its code kept, so the idempotency layer and REST
+/// treat it as the error it was).
+fn outcome_result(outcome: Value) -> Result<Value, HubError> {
+    let failed_with = (outcome.get("success").and_then(Value::as_bool) == Some(false))
+        .then(|| outcome.get("code").and_then(Value::as_str))
+        .flatten()
+        .and_then(|c| c.parse::<ErrorCode>().ok());
+    match failed_with {
+        Some(code) => {
+            let message = outcome
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the approved send failed");
+            let candidates = outcome
+                .get("candidates")
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default();
+            Err(HubError::new(code, message).with_candidates(candidates))
+        }
+        None => Ok(outcome),
+    }
+}
+
 /// What a held send shows: its contact and text.
 fn shown(command: &WhatsAppCommand) -> Option<(&str, String)> {
     match command {
@@ -204,14 +228,28 @@ impl Hub {
             via = <&str>::from(approval.via),
             "send held for approval"
         );
-        self.publish_delivered(
-            session,
-            &ServerEvent::ApprovalRequest {
-                approval: &approval,
-            },
-            None,
-        )
-        .await?;
+        let announced = self
+            .publish_delivered(
+                session,
+                &ServerEvent::ApprovalRequest {
+                    approval: &approval,
+                },
+                None,
+            )
+            .await;
+        if let Err(e) = announced {
+            // Nobody saw it: it must not be approved later, after the
+            // caller got this error (and maybe retried).
+            let withdrawn = Resolution {
+                reason: Some("it could not be announced".into()),
+                ..Resolution::expiry(now_millis())
+            };
+            let _ = desk
+                .store
+                .decide(session, approval.id, &withdrawn, now_millis(), KEEP_DECIDED)
+                .await;
+            return Err(e);
+        }
         self.publish_monitor(&super::monitor::MonitorEvent::Approval {
             approval: &approval,
             resolution: None,
@@ -250,8 +288,10 @@ impl Hub {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if outcome_deadline.is_some() {
+                        // Final (not `agent_timeout`, which frees an
+                        // idempotency key): a retry must not send again.
                         return Err(HubError::new(
-                            ErrorCode::AgentTimeout,
+                            ErrorCode::ConnectorUnavailable,
                             "the held send's outcome did not arrive in time (the deciding instance may have stopped, or the store is unreachable); it was sent at most once",
                         ));
                     }
@@ -271,7 +311,7 @@ impl Hub {
                         return Err(refusal(&resolution));
                     }
                     if let Some(outcome) = outcome {
-                        return Ok(outcome);
+                        return outcome_result(outcome);
                     }
                     outcome_deadline.get_or_insert_with(|| self.outcome_deadline());
                 }
@@ -311,7 +351,7 @@ impl Hub {
             .decide(session, id, &resolution, now_millis(), KEEP_DECIDED)
             .await?;
         match decided {
-            Decide::Won(held, resolution) => Ok(self.carry_out(held, &resolution).await),
+            Decide::Won(held, resolution) => Ok(self.carry_out_detached(held, resolution).await),
             Decide::Lost(record) => {
                 let by = record
                     .resolution
@@ -350,11 +390,25 @@ impl Hub {
             .await;
         match decided {
             Ok(Decide::Won(held, resolution)) => {
-                self.carry_out(held, &resolution).await;
+                self.carry_out_detached(held, resolution).await;
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(session, id, error = %e, "cannot expire a held send"),
         }
+    }
+
+    /// [`Self::carry_out`] in a task of its own: a decision that won is
+    /// carried out even if the request that made it (an admin call, an MCP
+    /// tool call) is dropped meanwhile.
+    async fn carry_out_detached(self: &Arc<Self>, held: Held, resolution: Resolution) -> Value {
+        let hub = self.clone();
+        let id = held.approval.id;
+        tokio::spawn(async move { hub.carry_out(held, &resolution).await })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(id, error = %e, "carrying out a decision failed");
+                failure_content(&HubError::internal("carrying out the decision failed"))
+            })
     }
 
     /// Carries out a decision this instance won: sends when approved,

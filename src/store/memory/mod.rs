@@ -527,7 +527,16 @@ impl SessionStore for MemoryStore {
             });
             (true, commit)
         });
-        durable(commit).await?;
+        if let Err(e) = durable(commit).await {
+            // Not seen after all: the redelivery this error causes must
+            // get through.
+            self.traffic(|t| {
+                if let Some(until) = t.seen.remove(key) {
+                    t.seen_expiry.remove(&(until, key.to_string()));
+                }
+            });
+            return Err(e);
+        }
         Ok(first)
     }
 

@@ -14,7 +14,9 @@ pub(super) static CLAIM_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 100)
-        for _, id in ipairs(lapsed) do
+        -- Newest first onto the taking end: the oldest is taken next.
+        for i = #lapsed, 1, -1 do
+          local id = lapsed[i]
           local event = redis.call('HGET', KEYS[2], id)
           if event then redis.call('RPUSH', KEYS[1], event) end
           redis.call('HDEL', KEYS[2], id)
