@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::Hub;
+pub use super::door::{AskUser, Door};
 use super::executor::failure_content;
 use crate::approvals::{
     Approval, ApprovalStore, ApprovalVia, Decide, Decision, Held, Record, Resolution,
@@ -38,24 +38,6 @@ const KEEP_DECIDED: Duration = Duration::from_secs(600);
 const BACKSTOP: Duration = Duration::from_secs(2);
 /// Most held sends one expiry sweep decides.
 const SWEEP_BATCH: usize = 256;
-
-/// Asks the MCP user directly (elicitation) whether a held send goes out.
-#[async_trait]
-pub trait AskUser: Send + Sync {
-    /// `Some(true)`: approve; `Some(false)`: reject; None: no answer (the
-    /// client cannot ask, or the user dismissed the question).
-    async fn ask(&self, approval: &Approval) -> Option<bool>;
-}
-
-/// Through which door a command came, as approval sees it.
-#[derive(Clone, Default)]
-pub enum Door {
-    /// A WebSocket client or a REST caller.
-    #[default]
-    Client,
-    /// An MCP tool; with a way to ask its user when the client can.
-    Mcp(Option<Arc<dyn AskUser>>),
-}
 
 /// The hub's side of held sends: the shared records and this instance's
 /// waiting callers.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::Hub;
 use super::agents::LateCall;
-use super::approvals::Door;
+use super::door::Door;
 use crate::ai::{InterpretRequest, validate};
 use crate::contacts::resolve_contact;
 use crate::protocol::{

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod client;
+pub mod door;
 pub mod executor;
 pub mod idempotency;
 pub mod monitor;

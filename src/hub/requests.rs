@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::Hub;
-use super::approvals::Door;
+use super::door::Door;
 use super::executor::failure_content;
 use super::idempotency::Keyed;
 use super::registry::ClientHandle;
