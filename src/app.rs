@@ -198,15 +198,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
         }
         Some(backend) => {
             tracing::info!(instance = %config.instance_id, prefix = %config.redis_key_prefix, redis = ?config.redis, "cluster mode: state in Redis");
-            let store: Arc<dyn SessionStore> = Arc::new(
-                RedisStore::new(
-                    backend.clone(),
-                    config.instance_id.clone(),
-                    config.history_limit,
-                    config.presence_ttl.as_millis() as u64,
-                )
-                .with_session_idle_ttl(config.limits.session_idle_ttl),
-            );
+            let store: Arc<dyn SessionStore> = Arc::new(redis_store(&config, backend.clone()));
             let membership = Arc::new(RedisMembership::new(
                 backend.clone(),
                 store.clone(),
@@ -275,6 +267,43 @@ fn standalone_seams(
             membership,
         ));
     };
+    let (store, journal, snapshot) = data_dir_store(config, dir)?;
+    let broker = LocalBroker::restored(
+        config.instance_id.clone(),
+        inbound_tx,
+        config.session_log_len,
+        config.session_log_ttl,
+        journal,
+        &snapshot,
+    );
+    Ok((Arc::new(store), Arc::new(broker), membership))
+}
+
+/// The session store of a cluster member, on `backend`.
+pub fn redis_store(config: &HubConfig, backend: RedisBackend) -> RedisStore {
+    RedisStore::new(
+        backend,
+        config.instance_id.clone(),
+        config.history_limit,
+        config.presence_ttl.as_millis() as u64,
+    )
+    .with_session_idle_ttl(config.limits.session_idle_ttl)
+}
+
+/// Opens the data directory `dir`: the store it holds, written through its
+/// journal from now on, and what was read back (for the log). An unusable
+/// directory is a DATA_DIR error.
+pub fn data_dir_store(
+    config: &HubConfig,
+    dir: &std::path::Path,
+) -> Result<
+    (
+        MemoryStore,
+        crate::durable::Journal,
+        crate::durable::Snapshot,
+    ),
+    ConfigError,
+> {
     let (journal, snapshot) = crate::durable::Journal::open(dir).map_err(|e| ConfigError {
         setting: "DATA_DIR",
         reason: e.to_string(),
@@ -288,13 +317,5 @@ fn standalone_seams(
         journal.clone(),
         &snapshot,
     );
-    let broker = LocalBroker::restored(
-        config.instance_id.clone(),
-        inbound_tx,
-        config.session_log_len,
-        config.session_log_ttl,
-        journal,
-        &snapshot,
-    );
-    Ok((Arc::new(store), Arc::new(broker), membership))
+    Ok((store, journal, snapshot))
 }

@@ -23,8 +23,6 @@ use crate::durable::Journal;
 use crate::protocol::{Contact, HistoryEntry, check_id, check_name};
 use crate::redis::RedisBackend;
 use crate::store::SessionStore;
-use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
 use crate::whatsapp::webhooks::STATUS_TTL;
 
 /// Longest line `import` reads (a session line carries its contacts).
@@ -68,6 +66,15 @@ impl TransferError {
     }
 }
 
+impl From<crate::config::ConfigError> for TransferError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        TransferError::Setting {
+            setting: e.setting,
+            reason: e.reason,
+        }
+    }
+}
+
 fn failed(what: impl std::fmt::Display) -> TransferError {
     TransferError::Failed(what.to_string())
 }
@@ -86,14 +93,7 @@ fn open_store(
                     reason: e.kind.to_string(),
                 }
             })?;
-        let store = RedisStore::new(
-            backend,
-            config.instance_id.clone(),
-            config.history_limit,
-            config.presence_ttl.as_millis() as u64,
-        )
-        .with_session_idle_ttl(config.limits.session_idle_ttl);
-        return Ok((Arc::new(store), None));
+        return Ok((Arc::new(crate::app::redis_store(config, backend)), None));
     }
     let Some(dir) = &config.data_dir else {
         return Err(TransferError::Setting {
@@ -104,16 +104,7 @@ fn open_store(
             ),
         });
     };
-    let (journal, snapshot) = Journal::open(dir).map_err(|e| TransferError::Setting {
-        setting: "DATA_DIR",
-        reason: e.to_string(),
-    })?;
-    let store = MemoryStore::restored(
-        config.history_limit,
-        config.limits.idempotency_max_total_bytes,
-        journal.clone(),
-        &snapshot,
-    );
+    let (store, journal, _) = crate::app::data_dir_store(config, dir)?;
     Ok((Arc::new(store), Some(journal)))
 }
 

@@ -258,27 +258,6 @@ async fn ai_mode_holds_what_an_ai_interpreted_from_any_door() {
     assert_eq!(answer["content"]["result"]["message"], "hello from the AI");
 }
 
-/// Hub settings on `redis` for a cluster member `id` that holds MCP sends.
-fn member_args(redis: &TestRedis, id: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = redis.hub_args();
-    args.extend(
-        [
-            "--instance-id",
-            id,
-            "--heartbeat-ms",
-            "200",
-            "--presence-ttl-ms",
-            "1000",
-            "--approval-required",
-            "mcp",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|a| a.to_string()),
-    );
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deciders_racing_on_two_instances_send_each_held_send_at_most_once() {
     let redis = TestRedis::start();
@@ -353,7 +332,8 @@ async fn deciders_racing_on_two_instances_send_each_held_send_at_most_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_send_outlives_the_instance_that_held_it() {
     let redis = TestRedis::start();
-    let args = member_args(&redis, "hub-doomed", &["--approval-ttl-ms", "3000"]);
+    let holding = ["--approval-required", "mcp", "--approval-ttl-ms", "3000"];
+    let args = member_args(redis.hub_args(), "hub-doomed", &holding);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut doomed = HubProcess::start(&args, &[]).await;
     let hubs = start_cluster(

@@ -281,25 +281,8 @@ async fn redis_frozen_with_sigstop_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_killed_with_9_loses_nothing_its_subscribers_resume() {
     let redis = RedisServer::start();
-    let member = |id: &str| -> Vec<String> {
-        let mut args = redis.hub_args();
-        args.extend(
-            [
-                "--instance-id",
-                id,
-                "--heartbeat-ms",
-                "200",
-                "--presence-ttl-ms",
-                "1000",
-            ]
-            .iter()
-            .chain(UNTHROTTLED)
-            .map(|a| a.to_string()),
-        );
-        args
-    };
-    let a_args = member("hub-a");
-    let b_args = member("hub-b");
+    let a_args = member_args(redis.hub_args(), "hub-a", UNTHROTTLED);
+    let b_args = member_args(redis.hub_args(), "hub-b", UNTHROTTLED);
     let mut doomed =
         HubProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await;
     let survivor =
@@ -417,71 +400,46 @@ async fn hubs_with_a_faulty_link(redis: &RedisServer) -> (Vec<TestHub>, FaultyLi
     let link = FaultyLink::to(redis.port).await;
     let mut hubs = Vec::new();
     for (id, redis_port) in [("hub-a", link.port), ("hub-b", redis.port)] {
-        let url = format!("redis://127.0.0.1:{redis_port}");
-        let mut args = vec![
-            "--redis-url",
-            &url,
-            "--instance-id",
-            id,
-            "--heartbeat-ms",
-            "200",
-            "--presence-ttl-ms",
-            "1000",
-            "--session-log-len",
-            "20000",
+        let redis_args = vec![
+            "--redis-url".into(),
+            format!("redis://127.0.0.1:{redis_port}"),
         ];
-        args.extend_from_slice(UNTHROTTLED);
-        hubs.push(TestHub::start(&args).await);
+        let mut extra = vec!["--session-log-len", "20000"];
+        extra.extend_from_slice(UNTHROTTLED);
+        let args = member_args(redis_args, id, &extra);
+        hubs.push(TestHub::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await);
     }
     (hubs, link)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_partitioned_from_redis_loses_nothing_acknowledged() {
+/// `mode` on hub-a's Redis link for the fault's length, under load, the
+/// publisher on hub `publisher` (0: the faulty link's, 1: the other).
+async fn faulty_link_under_load(name: &str, mode: Link, publisher: usize) {
     let redis = RedisServer::start();
     let (hubs, link) = hubs_with_a_faulty_link(&redis).await;
     let urls: Vec<String> = hubs.iter().map(|h| h.ws_url()).collect();
     let fault_for = secs("CHAOS_FAULT_SECS", 3);
     let hubs_ref = &hubs;
-    // The publisher is on the hub that keeps Redis.
-    under_load(
-        "partition-hub-redis",
-        urls.clone(),
-        vec![urls[1].clone()],
-        async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            link.set(Link::Cut);
-            tokio::time::sleep(fault_for).await;
-            link.set(Link::Pass);
-            let started = Instant::now();
-            hubs_ref[0].wait_ready_for(Duration::from_secs(60)).await;
-            started.elapsed()
-        },
-    )
+    under_load(name, urls.clone(), vec![urls[publisher].clone()], async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        link.set(mode);
+        tokio::time::sleep(fault_for).await;
+        link.set(Link::Pass);
+        let started = Instant::now();
+        hubs_ref[0].wait_ready_for(Duration::from_secs(60)).await;
+        started.elapsed()
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_partitioned_from_redis_loses_nothing_acknowledged() {
+    // The publisher is on the hub that keeps Redis.
+    faulty_link_under_load("partition-hub-redis", Link::Cut, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_and_loss_on_a_hub_s_redis_link_lose_nothing_acknowledged() {
-    let redis = RedisServer::start();
-    let (hubs, link) = hubs_with_a_faulty_link(&redis).await;
-    let urls: Vec<String> = hubs.iter().map(|h| h.ws_url()).collect();
-    let fault_for = secs("CHAOS_FAULT_SECS", 3);
-    let hubs_ref = &hubs;
     // The publisher is on the hub whose link suffers.
-    under_load(
-        "latency-200ms-loss-5pct",
-        urls.clone(),
-        vec![urls[0].clone()],
-        async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            link.set(Link::Lossy);
-            tokio::time::sleep(fault_for).await;
-            link.set(Link::Pass);
-            let started = Instant::now();
-            hubs_ref[0].wait_ready_for(Duration::from_secs(60)).await;
-            started.elapsed()
-        },
-    )
-    .await;
+    faulty_link_under_load("latency-200ms-loss-5pct", Link::Lossy, 0).await;
 }

@@ -53,6 +53,54 @@ async fn released(dir: &Path) {
     }
 }
 
+/// The store and the log of `dir`, as a standalone hub opens them, and
+/// what was read back.
+async fn store_and_log(dir: &Path) -> (MemoryStore, LocalBroker, Snapshot) {
+    let (journal, snapshot) = reopen(dir).await;
+    let store = MemoryStore::restored(HISTORY_CAP, 1 << 26, journal.clone(), &snapshot);
+    // The dispatcher's side is dropped: these tests read the log directly.
+    let (tx, _) = mpsc::channel::<Inbound>(1024);
+    let log_ttl = Duration::from_secs(600);
+    let broker = LocalBroker::restored("solo".into(), tx, LOG_LEN, log_ttl, journal, &snapshot);
+    (store, broker, snapshot)
+}
+
+/// alice registers in `team` and stays; bob registers and leaves. alice,
+/// and where bob left off (offset, epoch).
+async fn alice_stays_bob_leaves(url: &str) -> (WsClient, (u64, String)) {
+    let (alice, _) = WsClient::register(url, "team", "alice").await;
+    let (bob, conf) = WsClient::register(url, "team", "bob").await;
+    let epoch = conf["epoch"].as_str().expect("epoch").to_string();
+    let offset = conf["offset"].as_u64().expect("offset");
+    bob.close().await;
+    (alice, (offset, epoch))
+}
+
+/// bob back where he left off: recovered, in the same epoch; the texts of
+/// the first `n` messages replayed to him.
+async fn bob_resumes(url: &str, left: &(u64, String), n: usize) -> (WsClient, Vec<String>) {
+    let (offset, epoch) = left;
+    let (mut bob, conf) = WsClient::register_with(
+        url,
+        json!({"type": "register", "session": "team", "client_id": "bob",
+               "since": {"offset": offset, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(
+        (&conf["recovered"], &conf["epoch"]),
+        (&json!(true), &json!(epoch)),
+        "{conf}"
+    );
+    let mut replayed = Vec::new();
+    while replayed.len() < n {
+        let event = bob.recv().await;
+        if event["type"] == "message_event" {
+            replayed.push(event["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    (bob, replayed)
+}
+
 fn entry(contact: &str, n: usize) -> HistoryEntry {
     HistoryEntry {
         direction: MessageDirection::Outgoing,
@@ -95,17 +143,7 @@ async fn the_store_and_the_log_read_back_what_they_wrote() {
         fingerprint: "f1",
     };
     let (epoch, head) = {
-        let (journal, snapshot) = reopen(dir.path()).await;
-        let store = MemoryStore::restored(HISTORY_CAP, 1 << 26, journal.clone(), &snapshot);
-        let (tx, _rx) = mpsc::channel::<Inbound>(1024);
-        let broker = LocalBroker::restored(
-            "solo".into(),
-            tx,
-            LOG_LEN,
-            Duration::from_secs(600),
-            journal,
-            &snapshot,
-        );
+        let (store, broker, _) = store_and_log(dir.path()).await;
         store
             .set_contacts(
                 "s",
@@ -181,20 +219,10 @@ async fn the_store_and_the_log_read_back_what_they_wrote() {
         (epoch, head)
     };
     // A second life: everything above is back.
-    let (journal, snapshot) = reopen(dir.path()).await;
+    let (store, broker, snapshot) = store_and_log(dir.path()).await;
     assert_eq!(
         snapshot.epoch, epoch,
         "the epoch belongs to the data directory"
-    );
-    let store = MemoryStore::restored(HISTORY_CAP, 1 << 26, journal.clone(), &snapshot);
-    let (tx, _rx) = mpsc::channel::<Inbound>(1024);
-    let broker = LocalBroker::restored(
-        "solo".into(),
-        tx,
-        LOG_LEN,
-        Duration::from_secs(600),
-        journal,
-        &snapshot,
     );
     assert!(store.exists("s").await.unwrap());
     assert_eq!(store.contacts("s").await.unwrap()[0].name, "John");
@@ -274,11 +302,7 @@ async fn a_hub_killed_with_9_keeps_what_it_acknowledged_and_its_clients_resume()
     let data_dir = data.path().to_str().expect("utf8").to_string();
     let args = ["--data-dir", data_dir.as_str()];
     let mut hub = HubProcess::start(&args, &[]).await;
-    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
-    let (bob, conf) = WsClient::register(&hub.ws_url(), "team", "bob").await;
-    let epoch = conf["epoch"].as_str().expect("epoch").to_string();
-    let bob_at = conf["offset"].as_u64().expect("offset");
-    bob.close().await;
+    let (mut alice, bob_left) = alice_stays_bob_leaves(&hub.ws_url()).await;
     // Acknowledged while bob is away: three sends and one idempotent send.
     for n in 0..3 {
         let answer = alice
@@ -295,21 +319,7 @@ async fn a_hub_killed_with_9_keeps_what_it_acknowledged_and_its_clients_resume()
     hub.kill();
     let mut hub = HubProcess::start(&args, &[]).await;
     // bob resumes from where he left: every event he missed, same epoch.
-    let (mut bob, conf) = WsClient::register_with(
-        &hub.ws_url(),
-        json!({"type": "register", "session": "team", "client_id": "bob",
-               "since": {"offset": bob_at, "epoch": epoch}}),
-    )
-    .await;
-    assert_eq!(conf["recovered"], true, "{conf}");
-    assert_eq!(conf["epoch"], epoch.as_str(), "{conf}");
-    let mut replayed = Vec::new();
-    while replayed.len() < 4 {
-        let event = bob.recv().await;
-        if event["type"] == "message_event" {
-            replayed.push(event["message"].as_str().unwrap_or_default().to_string());
-        }
-    }
+    let (_bob, replayed) = bob_resumes(&hub.ws_url(), &bob_left, 4).await;
     assert_eq!(
         replayed,
         [
@@ -445,11 +455,7 @@ async fn a_redis_restarted_with_its_append_only_file_keeps_history_epoch_and_res
         "1000",
     ])
     .await;
-    let (mut alice, _) = WsClient::register(&hub.ws_url(), "team", "alice").await;
-    let (bob, conf) = WsClient::register(&hub.ws_url(), "team", "bob").await;
-    let epoch = conf["epoch"].as_str().expect("epoch").to_string();
-    let bob_at = conf["offset"].as_u64().expect("offset");
-    bob.close().await;
+    let (mut alice, bob_left) = alice_stays_bob_leaves(&hub.ws_url()).await;
     for n in 0..3 {
         let answer = alice.request(send_cmd("John", &format!("kept {n}"))).await;
         assert_eq!(answer["content"]["success"], true, "{answer}");
@@ -457,28 +463,8 @@ async fn a_redis_restarted_with_its_append_only_file_keeps_history_epoch_and_res
 
     redis.shutdown_and_restart();
     hub.wait_ready().await;
-    let (mut bob, conf) = WsClient::register_with(
-        &hub.ws_url(),
-        json!({"type": "register", "session": "team", "client_id": "bob",
-               "since": {"offset": bob_at, "epoch": epoch}}),
-    )
-    .await;
-    assert_eq!(
-        (&conf["recovered"], &conf["epoch"]),
-        (&json!(true), &json!(epoch)),
-        "{conf}"
-    );
-    let mut replayed = Vec::new();
-    while replayed.len() < 3 {
-        let event = bob.recv().await;
-        if event["type"] == "message_event" {
-            replayed.push(event["message"].clone());
-        }
-    }
-    assert_eq!(
-        replayed,
-        [json!("kept 0"), json!("kept 1"), json!("kept 2")]
-    );
+    let (mut bob, replayed) = bob_resumes(&hub.ws_url(), &bob_left, 3).await;
+    assert_eq!(replayed, ["kept 0", "kept 1", "kept 2"]);
     let history = bob.request(history_cmd("John")).await;
     assert_eq!(history["content"]["count"], 3, "{history}");
 }
@@ -568,42 +554,24 @@ async fn webhook_events_a_dead_hub_was_processing_are_processed_once_after_its_r
     let data_dir = data.path().to_str().expect("utf8").to_string();
     let hub = HubProcess::start(&["--data-dir", &data_dir], &[]).await;
     let history = hub.http_url("/api/v1/sessions/default/history/zed");
-    let ids = wait_until_value("both events processed", Duration::from_secs(10), || {
-        let url = history.clone();
-        async move {
-            let (_, body) = http_get_url(&url).await;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let ids: Vec<String> = v["messages"]
-                .as_array()?
-                .iter()
-                .filter_map(|m| m["message_id"].as_str().map(str::to_string))
-                .collect();
-            ids.contains(&"wamid.A".to_string()).then_some(ids)
-        }
+    let ids = async || -> Vec<String> {
+        let (_, body) = http_get_url(&history).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until_async("both events processed", Duration::from_secs(10), || async {
+        ids().await.contains(&"wamid.A".to_string())
     })
     .await;
+    let ids = ids().await;
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(sorted, ["wamid.A", "wamid.B"], "each once: {ids:?}");
-}
-
-/// Polls `check` until it gives a value (bounded), returning it.
-async fn wait_until_value<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A small tmpfs mounted for a test, unmounted when dropped (None, saying

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{Approval, ApprovalStore, Decide, Held, Record, Resolution};
 use crate::protocol::{HubError, now_millis};
-use crate::redis::RedisBackend;
+use crate::redis::{RedisBackend, decode, encode, millis};
 
 /// Holds a send unless the session has ARGV[4] undecided ones that have
 /// not expired. KEYS: pending ZSET, the send's hash. ARGV: number, expiry
@@ -83,19 +83,6 @@ impl RedisApprovals {
     fn due_member(session: &str, id: u64) -> String {
         serde_json::json!([session, id]).to_string()
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, HubError> {
-    serde_json::from_str(raw)
-        .map_err(|e| HubError::store_unavailable(format!("corrupt {what} in Redis: {e}")))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, HubError> {
-    serde_json::to_string(value).map_err(HubError::internal)
-}
-
-fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
 
 #[async_trait]

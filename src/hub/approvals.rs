@@ -121,17 +121,6 @@ fn outcome_result(outcome: Value) -> Result<Value, HubError> {
     }
 }
 
-/// What a held send shows: its contact and text.
-fn shown(command: &WhatsAppCommand) -> Option<(&str, String)> {
-    match command {
-        WhatsAppCommand::Send { contact, message } => Some((contact, message.clone())),
-        WhatsAppCommand::SendTemplate {
-            contact, template, ..
-        } => Some((contact, format!("[template {template}]"))),
-        WhatsAppCommand::ListContacts | WhatsAppCommand::GetHistory { .. } => None,
-    }
-}
-
 impl Hub {
     /// Runs `command` for `requester`, holding it for a person's approval
     /// first when APPROVAL_REQUIRED says so (`from_ai`: an AI interpreted
@@ -145,12 +134,14 @@ impl Hub {
         from_ai: bool,
     ) -> Result<Value, HubError> {
         let from_mcp = matches!(door, Door::Mcp(_));
-        let Some((contact, text)) = shown(command) else {
-            return self.execute(session, command, requester).await;
-        };
+        // The setting first: with nothing held (the default), a send costs
+        // no copy of its text.
         if !self.config.approval.holds(from_mcp, from_ai) {
             return self.execute(session, command, requester).await;
         }
+        let Some((contact, text)) = command.sent_text() else {
+            return self.execute(session, command, requester).await;
+        };
         let id = self.approvals.store.next_id(session).await?;
         let now = now_millis();
         let held = Held {
@@ -481,25 +472,16 @@ impl Hub {
         if self.config.approval.required == crate::config::ApprovalRequired::Off {
             return;
         }
-        let hub = self.clone();
-        let period = (hub.config.approval.ttl / 10)
+        let period = (self.config.approval.ttl / 10)
             .clamp(Duration::from_millis(250), Duration::from_secs(5));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = hub.shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match hub.approvals.store.due(now_millis(), SWEEP_BATCH).await {
-                    Ok(due) => {
-                        for (session, id) in due {
-                            hub.expire(&session, id).await;
-                        }
+        self.every(period, |hub| async move {
+            match hub.approvals.store.due(now_millis(), SWEEP_BATCH).await {
+                Ok(due) => {
+                    for (session, id) in due {
+                        hub.expire(&session, id).await;
                     }
-                    Err(error) => tracing::debug!(%error, "approval sweep failed"),
                 }
+                Err(error) => tracing::debug!(%error, "approval sweep failed"),
             }
         });
     }

@@ -116,12 +116,8 @@ impl Hub {
         content: &Value,
         requester: &ClientInfo,
     ) {
-        let (contact, message) = match command {
-            WhatsAppCommand::Send { contact, message } => (contact, message.clone()),
-            WhatsAppCommand::SendTemplate {
-                contact, template, ..
-            } => (contact, format!("[template {template}]")),
-            _ => return,
+        let Some((contact, message)) = command.sent_text() else {
+            return;
         };
         if content.get("success").and_then(Value::as_bool) != Some(true) {
             return;
@@ -186,7 +182,10 @@ impl Hub {
                     components: components.clone(),
                 };
                 let message_id = self.connector.send_template(session, &target, &tpl).await?;
-                let shown = format!("[template {template}]");
+                let shown = command
+                    .sent_text()
+                    .map(|(_, text)| text)
+                    .unwrap_or_default();
                 let mut content = self
                     .record_sent(session, &target.name, &shown, message_id, requester)
                     .await?;

@@ -676,12 +676,33 @@ impl Hub {
     /// instance of a cluster sweeps; the store's removal is atomic per
     /// session, so a session is removed (and counted) once.
     fn spawn_idle_sweep(self: &Arc<Self>) {
-        let hub = self.clone();
-        let idle = hub.config.limits.session_idle_ttl;
+        let idle = self.config.limits.session_idle_ttl;
         let period = (idle / 4).clamp(
             std::time::Duration::from_millis(250),
             std::time::Duration::from_secs(60),
         );
+        self.every(period, move |hub| async move {
+            match hub.store.expire_idle(idle, IDLE_SWEEP_BATCH).await {
+                Ok(removed) => {
+                    for session in removed {
+                        hub.broker.forget_log(&session);
+                        hub.metrics.shed(crate::metrics::Shed::SessionIdleExpired);
+                        tracing::info!(session, "idle session removed");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "idle sweep failed"),
+            }
+        });
+    }
+
+    /// Runs `work` every `period` until shutdown, a tick late rather than
+    /// in bursts when one run takes longer (the sweeps).
+    pub(super) fn every<F, Fut>(self: &Arc<Self>, period: std::time::Duration, work: F)
+    where
+        F: Fn(Arc<Hub>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let hub = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -690,16 +711,7 @@ impl Hub {
                     _ = hub.shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                match hub.store.expire_idle(idle, IDLE_SWEEP_BATCH).await {
-                    Ok(removed) => {
-                        for session in removed {
-                            hub.broker.forget_log(&session);
-                            hub.metrics.shed(crate::metrics::Shed::SessionIdleExpired);
-                            tracing::info!(session, "idle session removed");
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "idle sweep failed"),
-                }
+                work(hub.clone()).await;
             }
         });
     }

@@ -204,46 +204,7 @@ impl Hub {
 pub fn spawn_drain(hub: Arc<Hub>) {
     tokio::spawn(async move {
         loop {
-            loop {
-                match hub.store.claim_webhook_event(LEASE).await {
-                    Ok(Some((claim, raw))) => {
-                        let done = match serde_json::from_str::<WebhookEvent>(&raw) {
-                            Ok(event) => match hub.process_webhook_event(event).await {
-                                // The store is away: leave it claimed; it is
-                                // taken again once its lease lapses.
-                                Err(e)
-                                    if e.code == crate::protocol::ErrorCode::StoreUnavailable =>
-                                {
-                                    tracing::warn!(error = %e, "webhook event not processed; retried later");
-                                    false
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "could not process a webhook event");
-                                    true
-                                }
-                                Ok(()) => true,
-                            },
-                            Err(e) => {
-                                tracing::warn!(error = %e, "dropping a corrupt webhook event");
-                                true
-                            }
-                        };
-                        if done && let Err(e) = hub.store.ack_webhook_event(&claim).await {
-                            // Taken again after its lease: processed once
-                            // (inbound messages are recorded once).
-                            tracing::debug!(error = %e, "webhook event not acknowledged");
-                        }
-                        if !done {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "webhook queue unavailable");
-                        break;
-                    }
-                }
-            }
+            while hub.take_webhook_event().await {}
             tokio::select! {
                 _ = hub.shutdown.cancelled() => return,
                 _ = hub.webhook_wake.notified() => {}
@@ -251,4 +212,41 @@ pub fn spawn_drain(hub: Arc<Hub>) {
             }
         }
     });
+}
+
+impl Hub {
+    /// Claims, processes and acknowledges the oldest queued webhook event;
+    /// false when there was none, or the store is away (then the event
+    /// stays claimed and is taken again once its lease lapses).
+    async fn take_webhook_event(&self) -> bool {
+        let (claim, raw) = match self.store.claim_webhook_event(LEASE).await {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "webhook queue unavailable");
+                return false;
+            }
+        };
+        let processed = match serde_json::from_str::<WebhookEvent>(&raw) {
+            Ok(event) => self.process_webhook_event(event).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping a corrupt webhook event");
+                Ok(())
+            }
+        };
+        match processed {
+            Err(e) if e.code == crate::protocol::ErrorCode::StoreUnavailable => {
+                tracing::warn!(error = %e, "webhook event not processed; retried later");
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not process a webhook event"),
+            Ok(()) => {}
+        }
+        if let Err(e) = self.store.ack_webhook_event(&claim).await {
+            // Taken again after its lease: processed once (inbound
+            // messages are recorded once).
+            tracing::debug!(error = %e, "webhook event not acknowledged");
+        }
+        true
+    }
 }

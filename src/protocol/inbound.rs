@@ -186,6 +186,18 @@ pub enum WhatsAppCommand {
 }
 
 impl WhatsAppCommand {
+    /// A send's contact, as asked, and the text its history entry shows
+    /// (`[template NAME]` for a template); None for the reads.
+    pub fn sent_text(&self) -> Option<(&str, String)> {
+        match self {
+            WhatsAppCommand::Send { contact, message } => Some((contact, message.clone())),
+            WhatsAppCommand::SendTemplate {
+                contact, template, ..
+            } => Some((contact, format!("[template {template}]"))),
+            WhatsAppCommand::ListContacts | WhatsAppCommand::GetHistory { .. } => None,
+        }
+    }
+
     pub fn action(&self) -> &'static str {
         match self {
             WhatsAppCommand::Send { .. } => "send",

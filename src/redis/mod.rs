@@ -19,6 +19,28 @@ mod topology;
 pub use error::{RedisError, RedisErrorKind};
 pub use topology::{DedicatedConnection, MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
+/// A value stored in Redis as JSON, read back; what does not parse is
+/// reported as the store's trouble (`store_unavailable`), naming `what`.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    raw: &str,
+) -> Result<T, crate::protocol::HubError> {
+    serde_json::from_str(raw).map_err(|e| {
+        crate::protocol::HubError::store_unavailable(format!("corrupt {what} in Redis: {e}"))
+    })
+}
+
+/// A value as the JSON Redis stores.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<String, crate::protocol::HubError> {
+    serde_json::to_string(value).map_err(crate::protocol::HubError::internal)
+}
+
+/// A time to live in milliseconds for Redis, never 0 (which would not
+/// expire, or be refused).
+pub fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -158,24 +158,33 @@ pub async fn start_cluster(
 ) -> Vec<TestHub> {
     let mut hubs = Vec::new();
     for id in ids {
-        let mut args = redis.hub_args();
-        args.extend(
-            [
-                "--instance-id",
-                id,
-                "--heartbeat-ms",
-                "200",
-                "--presence-ttl-ms",
-                "1000",
-            ]
-            .iter()
-            .chain(extra)
-            .map(|a| a.to_string()),
-        );
+        let args = member_args(redis.hub_args(), id, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         hubs.push(TestHub::start(&args).await);
     }
     hubs
+}
+
+/// The settings of cluster member `id` on the Redis `redis_args` name
+/// (heartbeat 200 ms, presence TTL 1 s, so failures are noticed fast),
+/// then `extra`: what [`start_cluster`] starts, for a hub started another
+/// way (a process to kill, a hub on another path to Redis).
+pub fn member_args(redis_args: Vec<String>, id: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = redis_args;
+    args.extend(
+        [
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "200",
+            "--presence-ttl-ms",
+            "1000",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string()),
+    );
+    args
 }
 
 impl Drop for TestHub {

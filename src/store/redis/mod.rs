@@ -22,7 +22,7 @@ use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
     now_millis,
 };
-use crate::redis::RedisBackend;
+use crate::redis::{RedisBackend, decode, encode, millis};
 use index::{DEFAULT_IDLE_TTL_MS, INDEX_REFRESH_MS};
 use scripts::{
     ADD_SENDER_CONTACT, IDEMPOTENCY_ABANDON, IDEMPOTENCY_BEGIN, IDEMPOTENCY_FINISH,
@@ -35,10 +35,6 @@ struct StoredStatus {
     status: DeliveryStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<StatusError>,
-}
-
-fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
 
 pub struct RedisStore {
@@ -88,15 +84,6 @@ fn fingerprint<'a>(key: &IdempotencyKey<'a>) -> Result<&'a str, HubError> {
             "an idempotency fingerprint must be 64 ASCII characters",
         ))
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, HubError> {
-    serde_json::from_str(raw)
-        .map_err(|e| HubError::store_unavailable(format!("corrupt {what} in Redis: {e}")))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, HubError> {
-    serde_json::to_string(value).map_err(HubError::internal)
 }
 
 #[async_trait]
