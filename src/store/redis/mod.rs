@@ -388,8 +388,17 @@ impl SessionStore for RedisStore {
 
     async fn claim_webhook_event(&self, lease: Duration) -> StoreResult<Option<(String, String)>> {
         let keys = &self.backend.keys;
-        let claim = uuid::Uuid::new_v4().simple().to_string();
         let now = now_millis();
+        // Every instance polls: an empty queue with no lapsed claim costs
+        // two plain reads, never a script.
+        let mut look = ::redis::pipe();
+        look.llen(keys.webhook_queue())
+            .zcount(keys.webhook_leases(), "-inf", now);
+        let (queued, lapsed): (u64, u64) = self.backend.pipe("webhook_peek", &look).await?;
+        if queued == 0 && lapsed == 0 {
+            return Ok(None);
+        }
+        let claim = uuid::Uuid::new_v4().simple().to_string();
         let mut invocation = scripts::CLAIM_WEBHOOK.prepare_invoke();
         invocation
             .key(keys.webhook_queue())
