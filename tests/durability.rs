@@ -112,6 +112,7 @@ fn entry(contact: &str, n: usize) -> HistoryEntry {
         executed_by: Some("simulated".into()),
         status: None,
         status_error: None,
+        content: Default::default(),
     }
 }
 
@@ -525,6 +526,7 @@ async fn webhook_events_a_dead_hub_was_processing_are_processed_once_after_its_r
             name: Some("Zed".into()),
             text: text.into(),
             timestamp: 1,
+            content: Default::default(),
         })
         .unwrap()
     };

@@ -126,6 +126,7 @@ fn entry(contact: &str, n: usize) -> HistoryEntry {
         executed_by: Some("simulated".to_string()),
         status: None,
         status_error: None,
+        content: Default::default(),
     }
 }
 

@@ -239,6 +239,14 @@ fn jwks_url_is_https_or_loopback_http() {
 #[test]
 fn cloud_api_needs_its_settings_and_hides_the_token() {
     let err = parse(&["--connector", "cloud_api"]).unwrap_err();
+    assert!(err.contains("WHATSAPP_PHONE_NUMBER_ID"), "{err}");
+    let err = parse(&[
+        "--connector",
+        "cloud_api",
+        "--whatsapp-phone-number-id",
+        "1",
+    ])
+    .unwrap_err();
     assert!(err.contains("WHATSAPP_ACCESS_TOKEN"), "{err}");
     let err = parse(&[
         "--connector",
@@ -271,4 +279,124 @@ fn cloud_api_needs_its_settings_and_hides_the_token() {
         parse(&["--connector", "none"]).unwrap().connector,
         ConnectorKind::None
     );
+}
+
+#[test]
+fn several_numbers_each_back_one_session_with_their_own_token() {
+    let base = [
+        "--connector",
+        "cloud_api",
+        "--whatsapp-app-secret",
+        "s",
+        "--whatsapp-verify-token",
+        "v",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        parse(&args)
+    };
+    let cfg = with(&[
+        "--whatsapp-access-token",
+        "shared-tok",
+        "--whatsapp-phone-number-id",
+        "100",
+        "--whatsapp-session",
+        "main",
+        "--whatsapp-numbers",
+        "200:sales:900, 300:support",
+        "--whatsapp-number-tokens",
+        "300:support-tok",
+        "--whatsapp-business-account-id",
+        "800",
+    ])
+    .unwrap();
+    let cloud = cfg.whatsapp.cloud_api.as_ref().unwrap();
+    let numbers: Vec<_> = cloud
+        .numbers
+        .iter()
+        .map(|n| {
+            (
+                n.phone_number_id.as_str(),
+                n.session.as_str(),
+                n.access_token.expose(),
+                n.business_account_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        [
+            ("100", "main", "shared-tok", Some("800")),
+            ("200", "sales", "shared-tok", Some("900")),
+            ("300", "support", "support-tok", Some("800")),
+        ]
+    );
+    let routes = &cfg.whatsapp.routes;
+    assert_eq!(routes.session_for(Some("200")), Some("sales"));
+    assert_eq!(routes.session_for(Some("999")), None);
+    assert_eq!(routes.session_for(None), None, "ambiguous without metadata");
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("-tok"), "{debug}");
+    // Only WHATSAPP_NUMBERS, each with its own token: no shared token needed.
+    let cfg = with(&[
+        "--whatsapp-numbers",
+        "200:sales",
+        "--whatsapp-number-tokens",
+        "200:t",
+    ])
+    .unwrap();
+    assert_eq!(cfg.whatsapp.routes.session_for(None), Some("sales"));
+    for (extra, setting) in [
+        (
+            &["--whatsapp-numbers", "200:sales"][..],
+            "WHATSAPP_ACCESS_TOKEN",
+        ),
+        (
+            &[
+                "--whatsapp-access-token",
+                "t",
+                "--whatsapp-numbers",
+                "200:a,300:a",
+            ][..],
+            "WHATSAPP_NUMBERS",
+        ),
+        (
+            &[
+                "--whatsapp-access-token",
+                "t",
+                "--whatsapp-numbers",
+                "200:a,200:b",
+            ][..],
+            "WHATSAPP_NUMBERS",
+        ),
+        (
+            &["--whatsapp-access-token", "t", "--whatsapp-numbers", "x2:a"][..],
+            "WHATSAPP_NUMBERS",
+        ),
+        (
+            &[
+                "--whatsapp-access-token",
+                "t",
+                "--whatsapp-numbers",
+                "200:a",
+                "--whatsapp-number-tokens",
+                "201:leak-me",
+            ][..],
+            "WHATSAPP_NUMBER_TOKENS",
+        ),
+        (
+            &[
+                "--whatsapp-numbers",
+                "200:a",
+                "--whatsapp-number-tokens",
+                "leak-me",
+            ][..],
+            "WHATSAPP_NUMBER_TOKENS",
+        ),
+    ] {
+        let err = with(extra).unwrap_err();
+        assert!(err.contains(setting), "{extra:?}: {err}");
+        assert!(!err.contains("leak-me"), "{err}");
+    }
 }

@@ -78,6 +78,22 @@ pub struct WhatsAppArgs {
     /// The hub session the Cloud API number backs (inbound webhooks land here).
     #[arg(long, env = "WHATSAPP_SESSION", default_value = "default")]
     pub whatsapp_session: String,
+    /// Several business numbers, each backing its own session:
+    /// `PHONE_ID:SESSION[:WABA_ID],...` (docs/whatsapp.md). Adds to
+    /// WHATSAPP_PHONE_NUMBER_ID (which backs WHATSAPP_SESSION).
+    #[arg(long, env = "WHATSAPP_NUMBERS")]
+    pub whatsapp_numbers: Option<String>,
+    /// A number's own access token: `PHONE_ID:TOKEN,...`; a number not
+    /// named here uses WHATSAPP_ACCESS_TOKEN.
+    #[arg(long, env = "WHATSAPP_NUMBER_TOKENS", hide_env_values = true)]
+    pub whatsapp_number_tokens: Option<String>,
+    /// The WhatsApp Business Account id whose templates `list_templates`
+    /// reads (a number's own `:WABA_ID` in WHATSAPP_NUMBERS wins).
+    #[arg(long, env = "WHATSAPP_BUSINESS_ACCOUNT_ID")]
+    pub whatsapp_business_account_id: Option<String>,
+    /// Bytes of downloaded media each instance keeps in memory.
+    #[arg(long, env = "MEDIA_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(16u64 << 30)))]
+    pub media_cache_bytes: u64,
     /// How long an idempotency key's first result is kept (and replayed).
     #[arg(long, env = "IDEMPOTENCY_TTL_MS", default_value_t = 86_400_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub idempotency_ttl_ms: u64,
@@ -100,20 +116,82 @@ impl std::fmt::Debug for WhatsAppArgs {
             .field("api_version", &self.whatsapp_api_version)
             .field("base_url", &super::url_for_log(&self.whatsapp_base_url))
             .field("session", &self.whatsapp_session)
+            .field("numbers", &self.whatsapp_numbers)
+            .field("business_account_id", &self.whatsapp_business_account_id)
+            .field("media_cache_bytes", &self.media_cache_bytes)
             .field("idempotency_ttl_ms", &self.idempotency_ttl_ms)
             .field("webhook_max_age_ms", &self.whatsapp_webhook_max_age_ms)
             .finish_non_exhaustive()
     }
 }
 
+/// One business phone number and the session it backs.
+#[derive(Debug, Clone)]
+pub struct NumberSettings {
+    pub phone_number_id: String,
+    pub session: String,
+    pub access_token: Secret,
+    /// Whose templates `list_templates` reads.
+    pub business_account_id: Option<String>,
+}
+
 /// Validated Cloud API settings.
 #[derive(Debug, Clone)]
 pub struct CloudApiSettings {
-    pub access_token: Secret,
-    pub phone_number_id: String,
+    /// At least one; phone number ids and sessions are each unique.
+    pub numbers: Vec<NumberSettings>,
     pub api_version: String,
     /// Without a trailing slash.
     pub base_url: String,
+}
+
+impl CloudApiSettings {
+    /// The number that backs `session`.
+    pub fn number_for_session(&self, session: &str) -> Option<&NumberSettings> {
+        self.numbers.iter().find(|n| n.session == session)
+    }
+
+    pub fn number(&self, phone_number_id: &str) -> Option<&NumberSettings> {
+        self.numbers
+            .iter()
+            .find(|n| n.phone_number_id == phone_number_id)
+    }
+}
+
+/// Which session a webhook change belongs to, by its
+/// `metadata.phone_number_id`.
+#[derive(Debug, Clone)]
+pub struct NumberRoutes {
+    /// (phone number id, session); empty without the Cloud API.
+    by_phone: Vec<(String, String)>,
+    /// WHATSAPP_SESSION.
+    default_session: String,
+}
+
+impl NumberRoutes {
+    pub fn new(by_phone: Vec<(String, String)>, default_session: String) -> Self {
+        NumberRoutes {
+            by_phone,
+            default_session,
+        }
+    }
+
+    /// The session of a change: its number's; with no number configured
+    /// (webhooks without the Cloud API connector), WHATSAPP_SESSION; a
+    /// change without metadata goes to the only number's session. None
+    /// (ignored) for a number this hub does not serve, or no metadata
+    /// when there are several.
+    pub fn session_for(&self, phone_number_id: Option<&str>) -> Option<&str> {
+        match (phone_number_id, self.by_phone.as_slice()) {
+            (_, []) => Some(&self.default_session),
+            (None, [(_, only)]) => Some(only),
+            (None, _) => None,
+            (Some(id), numbers) => numbers
+                .iter()
+                .find(|(phone, _)| phone == id)
+                .map(|(_, session)| session.as_str()),
+        }
+    }
 }
 
 /// Validated WhatsApp settings of a running hub.
@@ -126,6 +204,9 @@ pub struct WhatsAppConfig {
     pub app_secret: Option<Secret>,
     pub verify_token: Option<Secret>,
     pub session: String,
+    /// Webhook routing by phone number id.
+    pub routes: NumberRoutes,
+    pub media_cache_bytes: u64,
     pub idempotency_ttl: Duration,
     /// Webhook items older than this are acknowledged, not delivered.
     pub webhook_max_age: Duration,
@@ -149,16 +230,28 @@ impl WhatsAppArgs {
         let secret = non_empty(self.whatsapp_app_secret);
         let verify = non_empty(self.whatsapp_verify_token);
         let session = self.whatsapp_session.trim().to_string();
-        if session.is_empty() || session.len() > 128 || session.chars().any(char::is_control) {
+        if !valid_session(&session) {
             return Err(invalid(
                 "WHATSAPP_SESSION",
                 "must be 1 to 128 printable characters",
             ));
         }
         let cloud_api = if connector == ConnectorKind::CloudApi {
+            let numbers = parse_numbers(
+                &phone,
+                &session,
+                non_empty(self.whatsapp_numbers).as_deref(),
+                non_empty(self.whatsapp_number_tokens).as_deref(),
+                token.as_deref(),
+                non_empty(self.whatsapp_business_account_id).as_deref(),
+            )?;
+            if numbers.is_empty() {
+                return Err(invalid(
+                    "WHATSAPP_PHONE_NUMBER_ID",
+                    "required with WHATSAPP_CONNECTOR=cloud_api, unless WHATSAPP_NUMBERS is set (see docs/whatsapp.md)",
+                ));
+            }
             let required = [
-                ("WHATSAPP_ACCESS_TOKEN", &token),
-                ("WHATSAPP_PHONE_NUMBER_ID", &phone),
                 ("WHATSAPP_APP_SECRET", &secret),
                 ("WHATSAPP_VERIFY_TOKEN", &verify),
             ];
@@ -184,30 +277,165 @@ impl WhatsAppArgs {
                     "must look like v21.0 (no slashes)",
                 ));
             }
-            let phone = phone.unwrap_or_default();
-            if !phone.chars().all(|c| c.is_ascii_digit()) {
-                return Err(invalid(
-                    "WHATSAPP_PHONE_NUMBER_ID",
-                    "must be the numeric phone number id from the app dashboard",
-                ));
-            }
             Some(CloudApiSettings {
-                access_token: Secret::new(token.unwrap_or_default()),
-                phone_number_id: phone,
+                numbers,
                 api_version: version,
                 base_url: base,
             })
         } else {
             None
         };
+        let routes = NumberRoutes::new(
+            cloud_api
+                .iter()
+                .flat_map(|c| &c.numbers)
+                .map(|n| (n.phone_number_id.clone(), n.session.clone()))
+                .collect(),
+            session.clone(),
+        );
         Ok(WhatsAppConfig {
             connector,
             cloud_api,
             app_secret: secret.map(Secret::new),
             verify_token: verify.map(Secret::new),
             session,
+            routes,
+            media_cache_bytes: self.media_cache_bytes,
             idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
             webhook_max_age: Duration::from_millis(self.whatsapp_webhook_max_age_ms),
         })
     }
+}
+
+fn valid_session(session: &str) -> bool {
+    !session.is_empty() && session.len() <= 128 && !session.chars().any(char::is_control)
+}
+
+/// The numbers of WHATSAPP_PHONE_NUMBER_ID (backing `session`) and
+/// WHATSAPP_NUMBERS, each with its token (WHATSAPP_NUMBER_TOKENS, else
+/// WHATSAPP_ACCESS_TOKEN). Empty when neither names a number.
+fn parse_numbers(
+    single: &Option<String>,
+    session: &str,
+    list: Option<&str>,
+    tokens: Option<&str>,
+    shared_token: Option<&str>,
+    business_account_id: Option<&str>,
+) -> Result<Vec<NumberSettings>, ConfigError> {
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_digit());
+    let mut own_tokens: Vec<(&str, &str)> = Vec::new();
+    for pair in tokens
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once(':') {
+            Some((phone, token)) if numeric(phone.trim()) && !token.trim().is_empty() => {
+                own_tokens.push((phone.trim(), token.trim()))
+            }
+            // Never echo the value: it holds secrets.
+            _ => {
+                return Err(invalid(
+                    "WHATSAPP_NUMBER_TOKENS",
+                    "must be PHONE_ID:TOKEN pairs separated by commas",
+                ));
+            }
+        }
+    }
+    let mut wanted: Vec<(String, String, Option<String>)> = Vec::new();
+    if let Some(phone) = single {
+        let phone = phone.trim();
+        if !numeric(phone) {
+            return Err(invalid(
+                "WHATSAPP_PHONE_NUMBER_ID",
+                "must be the numeric phone number id from the app dashboard",
+            ));
+        }
+        wanted.push((phone.to_string(), session.to_string(), None));
+    }
+    for item in list
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let mut parts = item.splitn(3, ':').map(str::trim);
+        let (Some(phone), Some(sess)) = (parts.next(), parts.next()) else {
+            return Err(invalid(
+                "WHATSAPP_NUMBERS",
+                format!("`{item}` is not PHONE_ID:SESSION[:WABA_ID]"),
+            ));
+        };
+        let waba = parts.next().filter(|w| !w.is_empty());
+        if !numeric(phone) || !valid_session(sess) || waba.is_some_and(|w| !numeric(w)) {
+            return Err(invalid(
+                "WHATSAPP_NUMBERS",
+                format!(
+                    "`{item}` is not PHONE_ID:SESSION[:WABA_ID] (numeric ids, a 1 to 128 character session)"
+                ),
+            ));
+        }
+        match wanted.iter_mut().find(|(p, _, _)| p == phone) {
+            // The single number listed again: the same session only.
+            Some(existing) if existing.1 == sess => existing.2 = waba.map(str::to_string),
+            Some(_) => {
+                return Err(invalid(
+                    "WHATSAPP_NUMBERS",
+                    format!("phone number id {phone} is given twice with different sessions"),
+                ));
+            }
+            None => wanted.push((
+                phone.to_string(),
+                sess.to_string(),
+                waba.map(str::to_string),
+            )),
+        }
+    }
+    let mut numbers: Vec<NumberSettings> = Vec::new();
+    for (phone, sess, waba) in wanted {
+        if numbers.iter().any(|n| n.session == sess) {
+            return Err(invalid(
+                "WHATSAPP_NUMBERS",
+                format!(
+                    "session `{sess}` is backed by two numbers; each number needs its own session"
+                ),
+            ));
+        }
+        let token = own_tokens
+            .iter()
+            .find(|(p, _)| *p == phone)
+            .map(|(_, t)| *t)
+            .or(shared_token);
+        let Some(token) = token else {
+            return Err(invalid(
+                "WHATSAPP_ACCESS_TOKEN",
+                format!(
+                    "number {phone} has no token: set WHATSAPP_ACCESS_TOKEN or give it one in WHATSAPP_NUMBER_TOKENS"
+                ),
+            ));
+        };
+        numbers.push(NumberSettings {
+            phone_number_id: phone,
+            session: sess,
+            access_token: Secret::new(token),
+            business_account_id: waba.or_else(|| business_account_id.map(str::to_string)),
+        });
+    }
+    if let Some((phone, _)) = own_tokens
+        .iter()
+        .find(|(p, _)| !numbers.iter().any(|n| n.phone_number_id == *p))
+    {
+        return Err(invalid(
+            "WHATSAPP_NUMBER_TOKENS",
+            format!("names phone number id {phone}, which no number setting configures"),
+        ));
+    }
+    if business_account_id.is_some_and(|w| !numeric(w)) {
+        return Err(invalid(
+            "WHATSAPP_BUSINESS_ACCOUNT_ID",
+            "must be the numeric WhatsApp Business Account id",
+        ));
+    }
+    Ok(numbers)
 }

@@ -140,6 +140,7 @@ impl Hub {
             executed_by: Some(EXECUTED_BY_AGENT.to_string()),
             status: None,
             status_error: None,
+            content: Default::default(),
         };
         if let Err(e) = self.record_and_publish(session, &entry).await {
             tracing::warn!(error = %e, "could not record an agent-sent message");
@@ -233,6 +234,7 @@ impl Hub {
             executed_by: Some(self.connector.name().to_string()),
             status: None,
             status_error: None,
+            content: Default::default(),
         };
         self.record_and_publish(session, &entry).await?;
         Ok(json!({

@@ -426,6 +426,7 @@ impl Hub {
             executed_by: Some(incoming.executed_by.to_string()),
             status: None,
             status_error: None,
+            content: Default::default(),
         };
         self.record_and_publish(&incoming.session, &entry).await
     }

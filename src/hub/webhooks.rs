@@ -45,14 +45,8 @@ impl Hub {
     /// Accepts a verified delivery: queues every new item. Err (answer
     /// 500, Meta redelivers) if the store could not take them.
     pub async fn accept_webhook(&self, payload: &Value) -> Result<usize, HubError> {
-        let phone_id = self
-            .config
-            .whatsapp
-            .cloud_api
-            .as_ref()
-            .map(|c| c.phone_number_id.as_str());
         let mut queued = 0;
-        for event in events_of(payload, &self.config.whatsapp.session, phone_id) {
+        for event in events_of(payload, &self.config.whatsapp.routes) {
             let key = event.dedup_key();
             if !self.store.mark_seen(&key, DEDUP_TTL).await? {
                 tracing::debug!(%key, "webhook item already seen");
@@ -82,6 +76,7 @@ impl Hub {
                 name,
                 text,
                 timestamp,
+                content,
             } => {
                 let contact = self.contact_for_sender(&session, &from, name).await?;
                 // Taken again after a crash mid-processing: recorded once.
@@ -103,6 +98,7 @@ impl Hub {
                     executed_by: Some("cloud_api".to_string()),
                     status: None,
                     status_error: None,
+                    content,
                 };
                 self.record_and_publish(&session, &entry).await
             }

@@ -7,6 +7,7 @@
 
 mod approval;
 mod close;
+mod content;
 mod errors;
 mod fields;
 mod frame;
@@ -15,6 +16,10 @@ mod outbound;
 
 pub use approval::{Approval, ApprovalVia, DECIDED_BY_HUB, Decision, Resolution};
 pub use close::CloseReason;
+pub use content::{
+    Interactive, ListSection, Location, Media, MediaKind, MessageContent, Reaction, ReplyOption,
+    ReplyPicked, SharedContact,
+};
 pub use errors::{ErrorCode, HubError};
 pub use fields::{
     FieldLimits, MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, check_contacts, check_id,

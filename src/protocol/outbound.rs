@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::approval::{Approval, Resolution};
+use super::content::MessageContent;
 use super::errors::HubError;
 
 /// At most this many members are listed in `registration_confirmed`, so a
@@ -49,6 +50,9 @@ pub struct HistoryEntry {
     /// Why it failed, when `status` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_error: Option<StatusError>,
+    /// Media, a picked reply, a reaction, ... (absent for plain text).
+    #[serde(flatten)]
+    pub content: MessageContent,
 }
 
 /// Delivery progress of a sent message, lowest first: a status never moves
@@ -335,6 +339,7 @@ mod tests {
             executed_by: None,
             status: None,
             status_error: None,
+            content: Default::default(),
         };
         let payload = Value::Null;
         let approval = Approval {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Template, WhatsAppConnector};
 use crate::ai::http::retry_after_header;
-use crate::config::whatsapp::CloudApiSettings;
+use crate::config::whatsapp::{CloudApiSettings, NumberSettings};
 use crate::protocol::{Contact, ErrorCode, HubError};
 
 /// Graph error codes that mean "too fast, try again later".
@@ -69,16 +69,27 @@ impl CloudApiConnector {
         }
     }
 
-    fn url(&self) -> String {
+    /// The number that backs `session`.
+    fn number(&self, session: &str) -> Result<&NumberSettings, HubError> {
+        self.settings.number_for_session(session).ok_or_else(|| {
+            HubError::new(
+                ErrorCode::ConnectorUnavailable,
+                format!("no WhatsApp business number backs session `{session}` (WHATSAPP_NUMBERS)"),
+            )
+        })
+    }
+
+    /// `{base}/{version}/{path}`.
+    fn url(&self, path: &str) -> String {
         format!(
-            "{}/{}/{}/messages",
-            self.settings.base_url, self.settings.api_version, self.settings.phone_number_id
+            "{}/{}/{path}",
+            self.settings.base_url, self.settings.api_version
         )
     }
 
     /// Posts `body`, retrying rate limits and transient failures until the
     /// deadline; the returned wamid is the message id.
-    async fn post(&self, body: Value) -> Result<String, HubError> {
+    async fn post(&self, number: &NumberSettings, body: Value) -> Result<String, HubError> {
         let started = Instant::now();
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -88,7 +99,7 @@ impl CloudApiConnector {
             .build();
         loop {
             let remaining = self.deadline.saturating_sub(started.elapsed());
-            let (error, retry_after) = match self.attempt(&body, remaining).await {
+            let (error, retry_after) = match self.attempt(number, &body, remaining).await {
                 Attempt::Sent(id) => return Ok(id),
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Retry { error, retry_after } => (error, retry_after),
@@ -106,7 +117,7 @@ impl CloudApiConnector {
         }
     }
 
-    async fn attempt(&self, body: &Value, remaining: Duration) -> Attempt {
+    async fn attempt(&self, number: &NumberSettings, body: &Value, remaining: Duration) -> Attempt {
         if remaining.is_zero() {
             return Attempt::Fatal(HubError::new(
                 ErrorCode::ConnectorUnavailable,
@@ -115,8 +126,8 @@ impl CloudApiConnector {
         }
         let sent = self
             .http
-            .post(self.url())
-            .bearer_auth(self.settings.access_token.expose())
+            .post(self.url(&format!("{}/messages", number.phone_number_id)))
+            .bearer_auth(number.access_token.expose())
             .json(body)
             .timeout(remaining)
             .send()
@@ -252,10 +263,11 @@ impl WhatsAppConnector for CloudApiConnector {
 
     async fn send(
         &self,
-        _session: &str,
+        session: &str,
         contact: &Contact,
         message: &str,
     ) -> Result<String, HubError> {
+        let number = self.number(session)?;
         let body = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -263,15 +275,16 @@ impl WhatsAppConnector for CloudApiConnector {
             "type": "text",
             "text": { "preview_url": false, "body": message },
         });
-        self.post(body).await
+        self.post(number, body).await
     }
 
     async fn send_template(
         &self,
-        _session: &str,
+        session: &str,
         contact: &Contact,
         template: &Template,
     ) -> Result<String, HubError> {
+        let number = self.number(session)?;
         let mut tpl = json!({
             "name": template.name,
             "language": { "code": template.language },
@@ -286,7 +299,7 @@ impl WhatsAppConnector for CloudApiConnector {
             "type": "template",
             "template": tpl,
         });
-        self.post(body).await
+        self.post(number, body).await
     }
 }
 

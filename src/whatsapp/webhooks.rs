@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cloud_api::{OUTSIDE_WINDOW_CODE, outside_window_error};
-use crate::config::whatsapp::WEBHOOK_MAX_AGE_MS_MAX;
-use crate::protocol::{DeliveryStatus, ErrorCode, StatusError, now_millis};
+use crate::config::whatsapp::{NumberRoutes, WEBHOOK_MAX_AGE_MS_MAX};
+use crate::protocol::{DeliveryStatus, ErrorCode, MessageContent, StatusError, now_millis};
 
 /// How far ahead of this host's clock an item's `timestamp` may be (clock
 /// skew); later ones are not delivered.
@@ -37,8 +37,11 @@ pub enum WebhookEvent {
         from: String,
         #[serde(default)]
         name: Option<String>,
+        /// The text, or a readable summary of other content.
         text: String,
         timestamp: u64,
+        #[serde(default, skip_serializing_if = "MessageContent::is_empty")]
+        content: MessageContent,
     },
     Status {
         session: String,
@@ -173,11 +176,7 @@ pub fn drop_stale(payload: &mut Value, now_ms: u64, max_age: Duration) -> usize 
 
 /// The events of one delivery for `session`, in order. Items for another
 /// phone number id (when one is configured) and unknown kinds are skipped.
-pub fn events_of(
-    payload: &Value,
-    session: &str,
-    phone_number_id: Option<&str>,
-) -> Vec<WebhookEvent> {
+pub fn events_of(payload: &Value, routes: &NumberRoutes) -> Vec<WebhookEvent> {
     let mut events = Vec::new();
     if str_at(payload, "object") != Some("whatsapp_business_account") {
         return events;
@@ -187,14 +186,13 @@ pub fn events_of(
             let Some(value) = change.get("value") else {
                 continue;
             };
-            let for_us = match (phone_number_id, value.pointer("/metadata/phone_number_id")) {
-                (Some(ours), Some(Value::String(theirs))) => ours == theirs,
-                _ => true,
-            };
-            if !for_us {
-                tracing::info!("webhook for another phone number id ignored");
+            let phone = value
+                .pointer("/metadata/phone_number_id")
+                .and_then(Value::as_str);
+            let Some(session) = routes.session_for(phone) else {
+                tracing::info!("webhook for a phone number id this hub does not serve ignored");
                 continue;
-            }
+            };
             let names: Vec<(&str, &str)> = array(value, "contacts")
                 .filter_map(|c| Some((str_at(c, "wa_id")?, c.pointer("/profile/name")?.as_str()?)))
                 .collect();
@@ -222,6 +220,7 @@ pub fn events_of(
                         .map(|(_, n)| n.to_string()),
                     text,
                     timestamp,
+                    content: MessageContent::default(),
                 });
             }
             for st in array(value, "statuses") {
@@ -302,7 +301,8 @@ mod tests {
                           "errors": [{"code": 131047, "title": "Re-engagement message"}]},
                          {"id": "wamid.C", "status": "played"}]
         }}]}]});
-        let events = events_of(&payload, "s", Some("1"));
+        let routes = |phone: &str| NumberRoutes::new(vec![(phone.into(), "s".into())], "d".into());
+        let events = events_of(&payload, &routes("1"));
         assert_eq!(events.len(), 2);
         assert_eq!(
             events[0],
@@ -313,6 +313,7 @@ mod tests {
                 name: Some("Sheena".into()),
                 text: "hi".into(),
                 timestamp: 10_000,
+                content: MessageContent::default(),
             }
         );
         match &events[1] {
@@ -324,7 +325,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(events_of(&payload, "s", Some("2")).is_empty());
-        assert!(events_of(&json!({"object": "page"}), "s", None).is_empty());
+        assert!(events_of(&payload, &routes("2")).is_empty());
+        assert!(events_of(&json!({"object": "page"}), &routes("1")).is_empty());
     }
 }

@@ -739,6 +739,7 @@ mod tests {
             executed_by: None,
             status: None,
             status_error: None,
+            content: Default::default(),
         }
     }
 
