@@ -154,6 +154,7 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
             config.auto_reply.clone(),
             config.auto_reply_delay,
             incoming_tx,
+            config.whatsapp.media_cache_bytes,
         )),
         ConnectorKind::CloudApi => {
             let settings = config.whatsapp.cloud_api.clone().ok_or(ConfigError {

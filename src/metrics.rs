@@ -33,6 +33,7 @@ pub struct Metrics {
     /// error; an unknown tool is counted as tool `unknown`).
     pub mcp_tool_calls: IntCounterVec,
     pub approvals: IntCounterVec,
+    pub media: IntCounterVec,
     /// Agent calls an instance holds, by table (`pending`: awaiting an
     /// answer here; `forwarded`: sent to a local agent; `late`: timed out,
     /// kept for a late answer).
@@ -261,6 +262,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            media: IntCounterVec::new(
+                Opts::new(
+                    "hub_media_total",
+                    "Media handled by this instance: uploads, served from the cache (cache_hit), fetched from the connector (download, download_failed)",
+                ),
+                &["event"],
+            )
+            .expect("valid metric"),
             agent_calls_held: IntGaugeVec::new(
                 Opts::new(
                     "hub_agent_calls_held",
@@ -323,6 +332,7 @@ impl Metrics {
             Box::new(m.agent_calls_held.clone()),
             Box::new(m.mcp_tool_calls.clone()),
             Box::new(m.approvals.clone()),
+            Box::new(m.media.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),
@@ -347,6 +357,9 @@ impl Metrics {
         }
         for outcome in ["held", "refused", "approved", "rejected", "expired"] {
             m.approvals.with_label_values(&[outcome]);
+        }
+        for event in ["upload", "cache_hit", "download", "download_failed"] {
+            m.media.with_label_values(&[event]);
         }
         for table in ["pending", "forwarded", "late"] {
             m.agent_calls_held.with_label_values(&[table]);

@@ -41,7 +41,7 @@ enum Line {
     Message {
         session: String,
         #[serde(flatten)]
-        entry: HistoryEntry,
+        entry: Box<HistoryEntry>,
     },
 }
 
@@ -139,7 +139,7 @@ pub async fn export(config: &HubConfig, out: &mut impl Write) -> Result<u64, Tra
                         out,
                         &Line::Message {
                             session: session.clone(),
-                            entry,
+                            entry: Box::new(entry),
                         },
                     )?;
                     lines += 1;
@@ -206,7 +206,7 @@ pub async fn import(config: &HubConfig, input: &mut impl BufRead) -> Result<u64,
                 let entry = HistoryEntry {
                     status: None,
                     status_error: None,
-                    ..entry
+                    ..*entry
                 };
                 store
                     .record_message(&session, &entry)

@@ -53,10 +53,7 @@ async fn held(store: &dyn ApprovalStore, session: &str, ttl_ms: u64) -> Held {
             created_at: now,
             expires_at: now + ttl_ms,
         },
-        command: WhatsAppCommand::Send {
-            contact: "John".into(),
-            message: format!("hello {id}"),
-        },
+        command: WhatsAppCommand::text("John", format!("hello {id}")),
         requester: ClientInfo {
             client_id: "claude".into(),
             client_name: "claude".into(),

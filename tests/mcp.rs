@@ -145,6 +145,8 @@ async fn assert_interop(report: &Value, watcher: &mut WsClient, message: &str, b
             "broadcast",
             "get_history",
             "list_contacts",
+            "list_templates",
+            "mark_read",
             "run_command",
             "send_message"
         ]
@@ -611,7 +613,7 @@ async fn typescript_sdk_through_haproxy_to_three_hubs_with_auth() {
     assert_eq!(report["protocol"], "2025-11-25", "{report}");
     assert_eq!(
         report["tools"].as_array().map(Vec::len),
-        Some(5),
+        Some(7),
         "{report}"
     );
     let sent = &report["send"];
@@ -776,7 +778,7 @@ async fn an_mcp_session_answers_only_its_owner() {
     let answer = json_rpc_answer(&own.text().await.unwrap());
     assert_eq!(
         answer["result"]["tools"].as_array().map(Vec::len),
-        Some(5),
+        Some(7),
         "{answer}"
     );
 

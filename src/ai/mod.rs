@@ -251,10 +251,7 @@ pub fn validate(
                     format!("message longer than {MAX_MESSAGE_CHARS} characters"),
                 ));
             }
-            Ok(WhatsAppCommand::Send {
-                contact,
-                message: message.to_string(),
-            })
+            Ok(WhatsAppCommand::text(contact, message))
         }
         "list_contacts" => Ok(WhatsAppCommand::ListContacts),
         "get_history" => {
@@ -338,10 +335,7 @@ mod tests {
         };
         assert_eq!(
             validate(&ok, &names(), &crate::metrics::Metrics::new("test")).unwrap(),
-            WhatsAppCommand::Send {
-                contact: "John".into(),
-                message: "hi".into()
-            }
+            WhatsAppCommand::text("John", "hi")
         );
     }
 }

@@ -94,6 +94,11 @@ pub struct WhatsAppArgs {
     /// Bytes of downloaded media each instance keeps in memory.
     #[arg(long, env = "MEDIA_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(16u64 << 30)))]
     pub media_cache_bytes: u64,
+    /// The largest upload `POST …/media` takes (WhatsApp's own limits,
+    /// per kind, apply too: 5 MB images, 16 MB audio and video, 100 MB
+    /// documents).
+    #[arg(long, env = "MEDIA_MAX_UPLOAD_BYTES", default_value_t = 16_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub media_max_upload_bytes: u64,
     /// How long an idempotency key's first result is kept (and replayed).
     #[arg(long, env = "IDEMPOTENCY_TTL_MS", default_value_t = 86_400_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub idempotency_ttl_ms: u64,
@@ -119,6 +124,7 @@ impl std::fmt::Debug for WhatsAppArgs {
             .field("numbers", &self.whatsapp_numbers)
             .field("business_account_id", &self.whatsapp_business_account_id)
             .field("media_cache_bytes", &self.media_cache_bytes)
+            .field("media_max_upload_bytes", &self.media_max_upload_bytes)
             .field("idempotency_ttl_ms", &self.idempotency_ttl_ms)
             .field("webhook_max_age_ms", &self.whatsapp_webhook_max_age_ms)
             .finish_non_exhaustive()
@@ -207,6 +213,7 @@ pub struct WhatsAppConfig {
     /// Webhook routing by phone number id.
     pub routes: NumberRoutes,
     pub media_cache_bytes: u64,
+    pub media_max_upload_bytes: usize,
     pub idempotency_ttl: Duration,
     /// Webhook items older than this are acknowledged, not delivered.
     pub webhook_max_age: Duration,
@@ -301,6 +308,7 @@ impl WhatsAppArgs {
             session,
             routes,
             media_cache_bytes: self.media_cache_bytes,
+            media_max_upload_bytes: self.media_max_upload_bytes as usize,
             idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
             webhook_max_age: Duration::from_millis(self.whatsapp_webhook_max_age_ms),
         })

@@ -19,15 +19,19 @@ use super::door::Door;
 use crate::ai::{InterpretRequest, validate};
 use crate::contacts::resolve_contact;
 use crate::protocol::{
-    AiContext, ClientInfo, ErrorCode, HistoryEntry, HubError, MessageDirection, WhatsAppCommand,
-    now_millis,
+    AiContext, ClientInfo, ErrorCode, HistoryEntry, HubError, MessageContent, MessageDirection,
+    WhatsAppCommand, now_millis, summary,
 };
-use crate::whatsapp::Template;
+use crate::whatsapp::{Outgoing, Template, no_agent};
 
 /// `executed_by` of what an agent carried out.
 pub const EXECUTED_BY_AGENT: &str = "agent";
 
 const DEFAULT_HISTORY_LIMIT: usize = 20;
+
+/// WhatsApp's customer-service window: free-form messages only within 24
+/// hours of the contact's last message.
+pub const SERVICE_WINDOW_MS: u64 = 24 * 3_600_000;
 
 /// The `content` the original protocol returns for a failed command.
 pub fn failure_content(err: &HubError) -> Value {
@@ -153,6 +157,13 @@ impl Hub {
         command: &WhatsAppCommand,
         requester: &ClientInfo,
     ) -> Result<Value, HubError> {
+        // Without an agent and a connector that sends, the real cause first,
+        // before any contact lookup can fail.
+        if !self.connector.sends()
+            && (command.is_send() || matches!(command, WhatsAppCommand::MarkRead { .. }))
+        {
+            return Err(no_agent());
+        }
         let contacts = self.session_contacts(session).await?;
         let names: Vec<String> = contacts.iter().map(|c| c.name.clone()).collect();
         let target = |contact: &str| {
@@ -164,11 +175,29 @@ impl Hub {
                 .ok_or_else(|| HubError::internal("resolved contact vanished"))
         };
         match command {
-            WhatsAppCommand::Send { contact, message } => {
+            WhatsAppCommand::Send {
+                contact, message, ..
+            } => {
                 let target = target(contact)?;
-                let message_id = self.connector.send(session, &target, message).await?;
-                self.record_sent(session, &target.name, message, message_id, requester)
-                    .await
+                if self.connector.has_service_window() {
+                    self.check_service_window(session, &target.name).await?;
+                }
+                let outgoing = Outgoing {
+                    text: message.clone(),
+                    content: command.sent_content(),
+                };
+                let message_id = self.connector.send(session, &target, &outgoing).await?;
+                let shown = summary(message, &outgoing.content);
+                let content = self.media_urls(session, outgoing.content);
+                self.record_sent(
+                    session,
+                    &target.name,
+                    &shown,
+                    content,
+                    message_id,
+                    requester,
+                )
+                .await
             }
             WhatsAppCommand::SendTemplate {
                 contact,
@@ -188,7 +217,14 @@ impl Hub {
                     .map(|(_, text)| text)
                     .unwrap_or_default();
                 let mut content = self
-                    .record_sent(session, &target.name, &shown, message_id, requester)
+                    .record_sent(
+                        session,
+                        &target.name,
+                        &shown,
+                        MessageContent::default(),
+                        message_id,
+                        requester,
+                    )
                     .await?;
                 content["template"] = json!(template);
                 Ok(content)
@@ -211,7 +247,82 @@ impl Hub {
                     "executed_by": self.connector.name(),
                 }))
             }
+            WhatsAppCommand::MarkRead { contact, typing } => {
+                let name = resolve_contact(contact, &names, &self.metrics)?;
+                let marked = self.mark_read(session, name, *typing).await?;
+                Ok(json!({
+                    "success": true,
+                    "contact": name,
+                    "message_id": marked,
+                    "typing": *typing && marked.is_some(),
+                    "executed_by": self.connector.name(),
+                }))
+            }
+            WhatsAppCommand::ListTemplates => {
+                let templates = self.connector.list_templates(session).await?;
+                Ok(json!({
+                    "success": true,
+                    "templates": templates,
+                    "count": templates.len(),
+                    "executed_by": self.connector.name(),
+                }))
+            }
         }
+    }
+
+    /// The contact's latest incoming message id, if its history still
+    /// holds one.
+    async fn last_incoming(
+        &self,
+        session: &str,
+        contact: &str,
+    ) -> Result<Option<HistoryEntry>, HubError> {
+        let history = self
+            .store
+            .history(session, contact, self.config.history_limit)
+            .await?;
+        Ok(history
+            .into_iter()
+            .rev()
+            .find(|e| e.direction == MessageDirection::Incoming))
+    }
+
+    /// Refuses a free-form send when the contact's last message is known to
+    /// be more than 24 hours old. A contact whose last message the history
+    /// no longer (or never) holds is let through: the Cloud API's own
+    /// answer (131047, `outside_conversation_window`) then decides.
+    async fn check_service_window(&self, session: &str, contact: &str) -> Result<(), HubError> {
+        let Some(last) = self.last_incoming(session, contact).await? else {
+            return Ok(());
+        };
+        let age = now_millis().saturating_sub(last.timestamp);
+        if age <= SERVICE_WINDOW_MS {
+            return Ok(());
+        }
+        Err(HubError::new(
+            ErrorCode::OutsideServiceWindow,
+            format!(
+                "{contact} last wrote {} hours ago: outside WhatsApp's 24-hour customer-service window only an approved template may be sent (list_templates, then send_template)",
+                age / 3_600_000
+            ),
+        ))
+    }
+
+    /// Marks the contact's latest incoming message read; its id, or None
+    /// when there is none to mark.
+    pub(super) async fn mark_read(
+        &self,
+        session: &str,
+        contact: &str,
+        typing: bool,
+    ) -> Result<Option<String>, HubError> {
+        let Some(last) = self.last_incoming(session, contact).await? else {
+            return Ok(None);
+        };
+        self.connector
+            .mark_read(session, &last.message_id, typing)
+            .await?;
+        Ok(Some(last.message_id))
     }
 
     /// Records a message the connector accepted and tells every client;
@@ -221,6 +332,7 @@ impl Hub {
         session: &str,
         contact: &str,
         message: &str,
+        content: MessageContent,
         message_id: String,
         requester: &ClientInfo,
     ) -> Result<Value, HubError> {
@@ -234,17 +346,21 @@ impl Hub {
             executed_by: Some(self.connector.name().to_string()),
             status: None,
             status_error: None,
-            content: Default::default(),
+            content,
         };
         self.record_and_publish(session, &entry).await?;
-        Ok(json!({
+        let mut result = json!({
             "success": true,
             "contact": entry.contact,
             "message": entry.message,
             "message_id": entry.message_id,
             "timestamp": entry.timestamp,
             "executed_by": self.connector.name(),
-        }))
+        });
+        if let Some(media) = &entry.content.media {
+            result["media"] = json!(media);
+        }
+        Ok(result)
     }
 
     /// Interprets a natural-language command and executes it. The result is
@@ -313,9 +429,14 @@ impl Hub {
             .unwrap_or(false);
         let mut shown = json!({ "action": command.action() });
         match &command {
-            WhatsAppCommand::Send { contact, message } => {
+            WhatsAppCommand::Send {
+                contact, message, ..
+            } => {
                 shown["contact"] = json!(contact);
                 shown["message"] = json!(message);
+            }
+            WhatsAppCommand::MarkRead { contact, .. } => {
+                shown["contact"] = json!(contact);
             }
             WhatsAppCommand::GetHistory { contact, limit } => {
                 shown["contact"] = json!(contact);
@@ -329,7 +450,7 @@ impl Hub {
                 shown["contact"] = json!(contact);
                 shown["template"] = json!(template);
             }
-            WhatsAppCommand::ListContacts => {}
+            WhatsAppCommand::ListContacts | WhatsAppCommand::ListTemplates => {}
         }
         Ok(json!({
             "success": success,

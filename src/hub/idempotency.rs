@@ -368,10 +368,7 @@ mod tests {
     #[test]
     fn keys_are_scoped_to_caller_and_session_and_bound_to_the_request() {
         let alice = client("a", Some("alice"));
-        let send = |to: &str| WhatsAppCommand::Send {
-            contact: to.into(),
-            message: "hi".into(),
-        };
+        let send = |to: &str| WhatsAppCommand::text(to, "hi");
         let a = Keyed::command("s", &alice, "k", &send("john"));
         assert_eq!(a.fingerprint.len(), 64);
         // Another caller, another session: another key.

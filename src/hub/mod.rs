@@ -10,6 +10,7 @@ pub mod client;
 pub mod door;
 pub mod executor;
 pub mod idempotency;
+pub mod media;
 pub mod monitor;
 mod presence;
 mod queries;
@@ -56,13 +57,17 @@ pub enum SessionUse {
 }
 
 impl SessionUse {
-    /// `list_contacts` and `get_history` read; sends write.
+    /// `list_contacts`, `get_history` and `list_templates` read; sends and
+    /// read receipts write.
     pub fn of(command: &WhatsAppCommand) -> SessionUse {
         match command {
-            WhatsAppCommand::ListContacts | WhatsAppCommand::GetHistory { .. } => SessionUse::Read,
-            WhatsAppCommand::Send { .. } | WhatsAppCommand::SendTemplate { .. } => {
-                SessionUse::Write
-            }
+            WhatsAppCommand::ListContacts
+            | WhatsAppCommand::GetHistory { .. }
+            | WhatsAppCommand::ListTemplates => SessionUse::Read,
+            // A read receipt is visible to the contact: it acts for the account.
+            WhatsAppCommand::Send { .. }
+            | WhatsAppCommand::SendTemplate { .. }
+            | WhatsAppCommand::MarkRead { .. } => SessionUse::Write,
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct Hub {
     /// The dispatcher's channel, to queue a [`Inbound::Barrier`] at
     /// shutdown (weak: the brokers own it).
     dispatch: std::sync::OnceLock<mpsc::WeakSender<Inbound>>,
+    /// Media references, this instance's media cache and its downloads.
+    media: media::MediaDesk,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -133,7 +140,9 @@ impl Hub {
         let registry = Registry::with_interest(Box::new(move |session, interested| {
             broker.interest(session, interested)
         }));
+        let media = media::MediaDesk::new(&parts.config);
         Arc::new(Hub {
+            media,
             config: parts.config,
             store: parts.store,
             broker: parts.broker,

@@ -26,6 +26,9 @@ pub struct SessionSummary {
     pub session: String,
     /// The number of contacts.
     pub total_count: usize,
+    /// The WhatsApp business number backing it (Cloud API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
 }
 
 /// One page of a session's event log after a position the caller has.
@@ -58,6 +61,7 @@ impl Hub {
             contacts,
             last_contact: self.store.last_contact(session).await?,
             session: session.to_string(),
+            phone_number_id: self.phone_number_id(session),
         })
     }
 
@@ -105,7 +109,21 @@ impl Hub {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<SessionPage, HubError> {
-        self.store.list_sessions(cursor, limit).await
+        let mut page = self.store.list_sessions(cursor, limit).await?;
+        for listing in &mut page.sessions {
+            listing.phone_number_id = self.phone_number_id(&listing.session);
+        }
+        Ok(page)
+    }
+
+    /// The Cloud API number that backs `session`, if one does.
+    pub fn phone_number_id(&self, session: &str) -> Option<String> {
+        self.config
+            .whatsapp
+            .cloud_api
+            .as_ref()
+            .and_then(|c| c.number_for_session(session))
+            .map(|n| n.phone_number_id.clone())
     }
 
     /// The cluster's live instances as their last heartbeats describe them

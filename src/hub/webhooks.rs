@@ -79,6 +79,7 @@ impl Hub {
                 content,
             } => {
                 let contact = self.contact_for_sender(&session, &from, name).await?;
+                let content = self.media_urls(&session, content);
                 // Taken again after a crash mid-processing: recorded once.
                 let recorded = self
                     .store

@@ -83,6 +83,29 @@ pub enum ErrorCode {
     /// HTTP 403: the token lacks the scope this needs (`whatsapp.read`,
     /// `whatsapp.send` or `admin`, from its `scope` claim).
     InsufficientScope,
+    /// A free-form send to a contact whose last message is more than 24
+    /// hours old, refused by the hub before calling the Cloud API: send a
+    /// template (`send_template`, `list_templates`).
+    OutsideServiceWindow,
+    /// The Cloud API refused the message's media (131053, or 131052 for
+    /// media a contact sent), or its download failed.
+    MediaFailed,
+    /// The Cloud API refused a template send (1320xx: unknown or not
+    /// approved template, wrong parameters, paused or disabled template).
+    TemplateRejected,
+    /// The Cloud API cannot deliver to this contact (131026, 131049,
+    /// 131050, 137000).
+    Undeliverable,
+    /// The Cloud API refused a parameter of the request (100, 131008,
+    /// 131009): a media id it does not know, an option over its limits ...
+    ConnectorRejected,
+    /// An upload whose MIME type WhatsApp does not take (HTTP 415).
+    UnsupportedMediaType,
+    /// A media reference this session does not have (HTTP 404).
+    MediaNotFound,
+    /// The configured connector cannot do this (media with `none`, read
+    /// receipts with the simulator's ...).
+    NotSupported,
     /// A person rejected the held send (APPROVAL_REQUIRED).
     ApprovalRejected,
     /// Nobody approved the held send within APPROVAL_TTL_MS.
@@ -146,6 +169,11 @@ impl HubError {
                 | ErrorCode::InvalidInterpretation
                 | ErrorCode::ConnectorFailed
                 | ErrorCode::OutsideConversationWindow
+                | ErrorCode::OutsideServiceWindow
+                | ErrorCode::MediaFailed
+                | ErrorCode::TemplateRejected
+                | ErrorCode::Undeliverable
+                | ErrorCode::ConnectorRejected
                 | ErrorCode::ConnectorAuthFailed
                 | ErrorCode::ConnectorRateLimited
                 | ErrorCode::ConnectorUnavailable
@@ -181,6 +209,6 @@ mod tests {
             assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), code);
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
-        assert_eq!(ErrorCode::all().count(), 46);
+        assert_eq!(ErrorCode::all().count(), 54);
     }
 }

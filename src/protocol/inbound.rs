@@ -4,6 +4,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::content::{
+    Interactive, Location, Media, MessageContent, Reaction, check_outgoing, summary,
+};
 use super::errors::{ErrorCode, HubError};
 use super::fields::{
     FieldLimits, MAX_REQUEST_ID_LEN, check_contacts, check_idempotency_key, check_json_bytes,
@@ -164,9 +167,20 @@ fn since_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Since>, 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum WhatsAppCommand {
+    /// Text, or media, reply options, a reaction or a location (then
+    /// `message` is optional: a caption, or the options' body).
     Send {
         contact: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<Box<Media>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interactive: Option<Box<Interactive>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reaction: Option<Box<Reaction>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<Box<Location>>,
     },
     ListContacts,
     GetHistory {
@@ -183,19 +197,74 @@ pub enum WhatsAppCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         components: Option<Value>,
     },
+    /// Marks the contact's latest incoming message read (and earlier ones
+    /// with it); `typing` also shows "typing…" to them for up to 25 s.
+    MarkRead {
+        contact: String,
+        #[serde(default)]
+        typing: bool,
+    },
+    /// The account's message templates (Cloud API).
+    ListTemplates,
 }
 
 impl WhatsAppCommand {
+    /// A plain text send.
+    pub fn text(contact: impl Into<String>, message: impl Into<String>) -> Self {
+        WhatsAppCommand::Send {
+            contact: contact.into(),
+            message: message.into(),
+            media: None,
+            interactive: None,
+            reaction: None,
+            location: None,
+        }
+    }
+
     /// A send's contact, as asked, and the text its history entry shows
-    /// (`[template NAME]` for a template); None for the reads.
+    /// (a summary for media and the like, `[template NAME]` for a
+    /// template); None for everything else.
     pub fn sent_text(&self) -> Option<(&str, String)> {
         match self {
-            WhatsAppCommand::Send { contact, message } => Some((contact, message.clone())),
+            WhatsAppCommand::Send {
+                contact, message, ..
+            } => Some((contact, summary(message, &self.sent_content()))),
             WhatsAppCommand::SendTemplate {
                 contact, template, ..
             } => Some((contact, format!("[template {template}]"))),
-            WhatsAppCommand::ListContacts | WhatsAppCommand::GetHistory { .. } => None,
+            WhatsAppCommand::ListContacts
+            | WhatsAppCommand::GetHistory { .. }
+            | WhatsAppCommand::MarkRead { .. }
+            | WhatsAppCommand::ListTemplates => None,
         }
+    }
+
+    /// What a send carries besides its text (empty for other commands).
+    pub fn sent_content(&self) -> MessageContent {
+        match self {
+            WhatsAppCommand::Send {
+                media,
+                interactive,
+                reaction,
+                location,
+                ..
+            } => MessageContent {
+                media: media.clone(),
+                interactive: interactive.clone(),
+                reaction: reaction.clone(),
+                location: location.clone(),
+                ..MessageContent::default()
+            },
+            _ => MessageContent::default(),
+        }
+    }
+
+    /// Whether this command sends a message.
+    pub fn is_send(&self) -> bool {
+        matches!(
+            self,
+            WhatsAppCommand::Send { .. } | WhatsAppCommand::SendTemplate { .. }
+        )
     }
 
     pub fn action(&self) -> &'static str {
@@ -204,6 +273,8 @@ impl WhatsAppCommand {
             WhatsAppCommand::ListContacts => "list_contacts",
             WhatsAppCommand::GetHistory { .. } => "get_history",
             WhatsAppCommand::SendTemplate { .. } => "send_template",
+            WhatsAppCommand::MarkRead { .. } => "mark_read",
+            WhatsAppCommand::ListTemplates => "list_templates",
         }
     }
 }
@@ -519,13 +590,21 @@ pub fn parse_whatsapp_command_with(
     };
     if !matches!(
         action.as_str(),
-        "send" | "list_contacts" | "get_history" | "send_template"
+        "send" | "list_contacts" | "get_history" | "send_template" | "mark_read" | "list_templates"
     ) {
         return Err(HubError::new(
             ErrorCode::UnknownAction,
             format!(
-                "unknown action `{action}` (expected send, send_template, list_contacts or get_history)"
+                "unknown action `{action}` (expected send, send_template, list_contacts, get_history, mark_read or list_templates)"
             ),
+        ));
+    }
+    // `message` may be left out only when something else is sent.
+    let carried = ["message", "media", "interactive", "reaction", "location"];
+    if action == "send" && !carried.iter().any(|k| value.get(*k).is_some()) {
+        return Err(HubError::new(
+            ErrorCode::MissingField,
+            "missing field `command.message`",
         ));
     }
     let cmd: WhatsAppCommand =
@@ -541,7 +620,9 @@ pub fn parse_whatsapp_command_with(
         ));
     }
     match &cmd {
-        WhatsAppCommand::Send { contact, .. } | WhatsAppCommand::GetHistory { contact, .. } => {
+        WhatsAppCommand::Send { contact, .. }
+        | WhatsAppCommand::GetHistory { contact, .. }
+        | WhatsAppCommand::MarkRead { contact, .. } => {
             check_name("command.contact", contact, limits)?
         }
         WhatsAppCommand::SendTemplate {
@@ -554,22 +635,19 @@ pub fn parse_whatsapp_command_with(
             check_name("command.template", template, limits)?;
             check_name("command.language", language, limits)?;
         }
-        WhatsAppCommand::ListContacts => {}
+        WhatsAppCommand::ListContacts | WhatsAppCommand::ListTemplates => {}
     }
-    if let WhatsAppCommand::Send { contact, message } = &cmd {
-        if contact.trim().is_empty() {
-            return Err(HubError::new(
-                ErrorCode::InvalidField,
-                "field `command.contact` must not be empty",
-            ));
-        }
-        if message.is_empty() {
-            return Err(HubError::new(
-                ErrorCode::InvalidField,
-                "field `command.message` must not be empty",
-            ));
-        }
+    if let WhatsAppCommand::Send { contact, .. } | WhatsAppCommand::MarkRead { contact, .. } = &cmd
+        && contact.trim().is_empty()
+    {
+        return Err(HubError::new(
+            ErrorCode::InvalidField,
+            "field `command.contact` must not be empty",
+        ));
+    }
+    if let WhatsAppCommand::Send { message, .. } = &cmd {
         check_text_len("command.message", message, limits.max_text_chars)?;
+        check_outgoing(message, &cmd.sent_content())?;
     }
     if let WhatsAppCommand::SendTemplate {
         contact,

@@ -42,10 +42,7 @@ fn parses_original_messages() {
     assert_eq!(
         msg,
         ClientMessage::WhatsAppCommand {
-            command: WhatsAppCommand::Send {
-                contact: "John".into(),
-                message: "Hello!".into()
-            },
+            command: WhatsAppCommand::text("John", "Hello!"),
             idempotency_key: None,
         }
     );

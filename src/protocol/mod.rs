@@ -17,8 +17,8 @@ mod outbound;
 pub use approval::{Approval, ApprovalVia, DECIDED_BY_HUB, Decision, Resolution};
 pub use close::CloseReason;
 pub use content::{
-    Interactive, ListSection, Location, Media, MediaKind, MessageContent, Reaction, ReplyOption,
-    ReplyPicked, SharedContact,
+    Interactive, ListSection, Location, MAX_CAPTION_CHARS, Media, MediaKind, MessageContent,
+    Reaction, ReplyOption, ReplyPicked, SharedContact, check_outgoing, summary,
 };
 pub use errors::{ErrorCode, HubError};
 pub use fields::{

@@ -25,6 +25,7 @@
 //! REST. Calls are counted by tool and outcome (`hub_mcp_tool_calls_total`).
 
 mod approval;
+mod args;
 mod http;
 mod oauth;
 mod output;
@@ -52,11 +53,13 @@ use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
 use rmcp::schemars::JsonSchema;
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use self::output::{Broadcasted, CommandRun, ContactList, Failure, History, SentMessage};
+use self::output::{
+    Broadcasted, CommandRun, ContactList, Failure, History, ReadMarked, SentMessage, Templates,
+};
 use crate::auth::Identity;
 use crate::hub::approvals::Door;
 use crate::hub::{Broadcaster, Hub, SessionUse};
@@ -70,65 +73,9 @@ pub const DEFAULT_CALLER: &str = "mcp";
 
 // ------------------------------------------------------------ arguments
 
-/// Every tool's optional `session` argument.
-const SESSION_DOC: &str = "The hub session to act on. Default: the token's only session, or `default` without authentication.";
-
-#[derive(Deserialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(deny_unknown_fields)]
-struct SessionOnly {
-    #[schemars(description = SESSION_DOC)]
-    session: Option<String>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(deny_unknown_fields)]
-struct SendMessage {
-    /// The contact's name as the session knows it (case and small typos are forgiven).
-    contact: String,
-    /// The text to send.
-    message: String,
-    /// Sends at most once per key and session (retries get the first answer).
-    idempotency_key: Option<String>,
-    #[schemars(description = SESSION_DOC)]
-    session: Option<String>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(deny_unknown_fields)]
-struct GetHistory {
-    /// The contact's name as the session knows it.
-    contact: String,
-    /// How many of the newest messages to return (1 to 500, default 20).
-    #[schemars(range(min = 1, max = 500))]
-    limit: Option<u64>,
-    #[schemars(description = SESSION_DOC)]
-    session: Option<String>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(deny_unknown_fields)]
-struct Broadcast {
-    /// The text every client of the session receives as a `broadcast` event.
-    text: String,
-    #[schemars(description = SESSION_DOC)]
-    session: Option<String>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(deny_unknown_fields)]
-struct RunCommand {
-    /// A command in plain language, e.g. "send john a message saying hello".
-    text: String,
-    /// Runs at most once per key and session (retries get the first answer).
-    idempotency_key: Option<String>,
-    #[schemars(description = SESSION_DOC)]
-    session: Option<String>,
-}
+use self::args::{
+    Broadcast, GetHistory, MarkRead, RunCommand, SESSION_DOC, SendMessage, SessionOnly,
+};
 
 /// A tool's `inputSchema`, without integer-width formats
 /// ([`output::portable`]).
@@ -164,6 +111,28 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
         .with_title("Send a WhatsApp message")
         .with_raw_output_schema(output::schema::<SentMessage>())
         .with_annotations(sends(true)),
+        Tool::new(
+            "list_templates",
+            "List the WhatsApp account's message templates (name, language, status, parameters). Outside the 24-hour window after a contact's last message, only an APPROVED template can be sent.",
+            input::<SessionOnly>(),
+        )
+        .with_title("List message templates")
+        .with_raw_output_schema(output::schema::<Templates>())
+        .with_annotations(read_only()),
+        Tool::new(
+            "mark_read",
+            "Mark a contact's latest WhatsApp message as read (blue ticks), optionally showing \"typing…\" while you prepare an answer.",
+            input::<MarkRead>(),
+        )
+        .with_title("Mark a conversation read")
+        .with_raw_output_schema(output::schema::<ReadMarked>())
+        .with_annotations(
+            ToolAnnotations::new()
+                .read_only(false)
+                .destructive(false)
+                .idempotent(true)
+                .open_world(true),
+        ),
         Tool::new(
             "get_history",
             "Read the newest messages exchanged with a contact, oldest first.",
@@ -394,6 +363,8 @@ impl ServerHandler for HubTools {
             "list_contacts" => call.list_contacts(args).await,
             "send_message" => call.send_message(args).await,
             "get_history" => call.get_history(args).await,
+            "list_templates" => call.list_templates(args).await,
+            "mark_read" => call.mark_read(args).await,
             "broadcast" => call.broadcast(args).await,
             "run_command" => call.run_command(args).await,
             other => {
@@ -548,11 +519,30 @@ impl<'a> Call<'a> {
         let SendMessage {
             contact,
             message,
+            media,
+            buttons,
+            reaction,
+            location,
             idempotency_key,
             session,
         } = arguments(args)?;
-        let command =
-            self.command(json!({"action": "send", "contact": &contact, "message": &message}))?;
+        let mut send = json!({"action": "send", "contact": &contact});
+        if !message.is_empty() {
+            send["message"] = json!(message);
+        }
+        if let Some(media) = media {
+            send["media"] = json!(media);
+        }
+        if let Some(buttons) = buttons {
+            send["interactive"] = json!({"type": "buttons", "buttons": buttons});
+        }
+        if let Some(reaction) = reaction {
+            send["reaction"] = json!(reaction);
+        }
+        if let Some(location) = location {
+            send["location"] = json!(location);
+        }
+        let command = self.command(send)?;
         let key = check_idempotency_key(idempotency_key)?;
         let session = self.existing_session(session, SessionUse::Write).await?;
         let mut content = self
@@ -571,6 +561,33 @@ impl<'a> Call<'a> {
             answer.entry("message").or_insert(json!(message));
         }
         Ok(command_result::<SentMessage>(content))
+    }
+
+    async fn list_templates(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: SessionOnly = arguments(args)?;
+        let session = self
+            .existing_session(args.session, SessionUse::Read)
+            .await?;
+        let content = self
+            .hub
+            .run_command(&session, &WhatsAppCommand::ListTemplates, &self.client())
+            .await?;
+        Ok(command_result::<Templates>(content))
+    }
+
+    async fn mark_read(&self, args: Args) -> Result<CallToolResult, HubError> {
+        let args: MarkRead = arguments(args)?;
+        let command = self.command(
+            json!({"action": "mark_read", "contact": args.contact, "typing": args.typing}),
+        )?;
+        let session = self
+            .existing_session(args.session, SessionUse::Write)
+            .await?;
+        let content = self
+            .hub
+            .run_command(&session, &command, &self.client())
+            .await?;
+        Ok(command_result::<ReadMarked>(content))
     }
 
     async fn get_history(&self, args: Args) -> Result<CallToolResult, HubError> {

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod http;
 pub mod listener;
 pub mod mcp;
+pub mod media;
 pub mod openapi;
 pub mod rate;
 pub mod rest;
@@ -70,7 +71,12 @@ pub fn rest_api(hub: &Arc<Hub>) -> utoipa_axum::router::OpenApiRouter<Arc<Hub>> 
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(http::routes())
         // The session and admin APIs share one rate limit and CORS policy.
-        .merge(rest::limited(hub, rest::routes().merge(admin::routes())))
+        .merge(rest::limited(
+            hub,
+            rest::routes()
+                .merge(media::routes(hub))
+                .merge(admin::routes()),
+        ))
         .merge(webhooks::routes())
 }
 

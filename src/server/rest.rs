@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<Arc<Hub>> {
         .routes(routes!(history))
         .routes(routes!(command))
         .routes(routes!(events))
+        .routes(routes!(templates))
 }
 
 /// `api` under the REST API's body limit, rate limit and CORS policy.
@@ -83,8 +84,18 @@ impl IntoResponse for ApiError {
             | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AiRateLimited | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::SessionNotFound | ErrorCode::ClientNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::SessionNotFound | ErrorCode::ClientNotFound | ErrorCode::MediaNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::MediaFailed
+            | ErrorCode::ConnectorFailed
+            | ErrorCode::ConnectorRejected
+            | ErrorCode::ConnectorAuthFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::ConnectorUnavailable | ErrorCode::ConnectorRateLimited => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::ApprovalNotPending => StatusCode::CONFLICT,
             ErrorCode::Internal | ErrorCode::AiFailed => StatusCode::BAD_GATEWAY,
@@ -223,6 +234,46 @@ async fn history(
     let command = parse_whatsapp_command_with(command, &hub.config().field_limits)?;
     hub.require_session(&session, SessionUse::Read).await?;
     run(&hub, &session, command, &client).await.map(Json)
+}
+
+/// The account's message templates (a `list_templates` command): name,
+/// language, status, category, how many parameters, components.
+#[utoipa::path(get, path = "/api/v1/sessions/{session}/templates", tag = "sessions",
+    params(("session" = String, Path, description = "the session id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{success, templates, count, executed_by}`", body = Object),
+        (status = 400, description = "`not_supported`: the connector has no templates, or no WhatsApp Business Account id is configured", body = super::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden` or `insufficient_scope`", body = super::openapi::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::openapi::ErrorBody),
+    ))]
+async fn templates(
+    State(hub): State<Arc<Hub>>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    let client = caller(&hub, &headers, bearer, &session, Scope::Read)?;
+    hub.require_session(&session, SessionUse::Read).await?;
+    let command = parse_whatsapp_command_with(
+        json!({"action": "list_templates"}),
+        &hub.config().field_limits,
+    )?;
+    match run(&hub, &session, command, &client).await {
+        // A command failure is a `success:false` content elsewhere; here
+        // its code decides the status.
+        Ok(v) if v.get("success") == Some(&Value::Bool(false)) => {
+            let code = v
+                .get("code")
+                .and_then(Value::as_str)
+                .and_then(|c| c.parse::<ErrorCode>().ok())
+                .unwrap_or(ErrorCode::ConnectorFailed);
+            let message = v.get("error").and_then(Value::as_str).unwrap_or("failed");
+            Err(HubError::new(code, message).into())
+        }
+        other => other.map(Json),
+    }
 }
 
 #[derive(Deserialize)]

@@ -106,6 +106,9 @@ pub struct SessionListing {
     /// Messages recorded in the session's history, by direction.
     pub messages_in: u64,
     pub messages_out: u64,
+    /// The WhatsApp business number backing it (Cloud API), set by the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
 }
 
 /// One page of [`SessionStore::list_sessions`], ordered by session name.

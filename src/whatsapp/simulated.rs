@@ -6,16 +6,25 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use super::{IncomingMessage, IncomingSender, Template, WhatsAppConnector};
-use crate::protocol::{Contact, HubError};
+use super::media::{CachedMedia, MediaCache};
+use super::{
+    IncomingMessage, IncomingSender, MediaBytes, MediaUpload, Outgoing, Template, TemplateInfo,
+    WhatsAppConnector,
+};
+use crate::protocol::{Contact, ErrorCode, HubError};
 
 pub struct SimulatedConnector {
     contacts: Vec<Contact>,
     auto_reply: Option<String>,
     auto_reply_delay: Duration,
     incoming: IncomingSender,
+    /// Uploaded media, kept by this instance only (bounded like the media
+    /// cache): there is no Cloud API to keep it.
+    uploads: MediaCache,
 }
 
 pub fn builtin_contacts() -> Vec<Contact> {
@@ -53,12 +62,14 @@ impl SimulatedConnector {
         auto_reply: Option<String>,
         auto_reply_delay: Duration,
         incoming: IncomingSender,
+        upload_bytes: u64,
     ) -> Self {
         SimulatedConnector {
             contacts,
             auto_reply,
             auto_reply_delay,
             incoming,
+            uploads: MediaCache::new(upload_bytes),
         }
     }
 }
@@ -77,11 +88,20 @@ impl WhatsAppConnector for SimulatedConnector {
         &self,
         session: &str,
         contact: &Contact,
-        message: &str,
+        message: &Outgoing,
     ) -> Result<String, HubError> {
+        if let Some(media) = &message.content.media
+            && let Some(id) = &media.id
+            && self.uploads.get(id).is_none()
+        {
+            return Err(HubError::new(
+                ErrorCode::MediaNotFound,
+                format!("no uploaded media `{id}` on this hub instance"),
+            ));
+        }
         if let Some(template) = &self.auto_reply {
             let reply = template
-                .replace("{message}", message)
+                .replace("{message}", &message.text)
                 .replace("{contact}", &contact.name);
             let incoming = IncomingMessage {
                 session: session.to_string(),
@@ -107,5 +127,44 @@ impl WhatsAppConnector for SimulatedConnector {
         _template: &Template,
     ) -> Result<String, HubError> {
         Ok(format!("sim.{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn upload_media(&self, _session: &str, upload: MediaUpload) -> Result<String, HubError> {
+        let id = format!("sim{}", uuid::Uuid::new_v4().simple());
+        self.uploads.insert(
+            id.clone(),
+            Arc::new(CachedMedia {
+                mime_type: upload.mime_type,
+                bytes: upload.bytes,
+            }),
+        );
+        Ok(id)
+    }
+
+    async fn fetch_media(
+        &self,
+        _session: &str,
+        media_id: &str,
+        _max_bytes: usize,
+    ) -> Result<MediaBytes, HubError> {
+        let media = self.uploads.get(media_id).ok_or_else(|| {
+            HubError::new(
+                ErrorCode::MediaNotFound,
+                "the simulator keeps uploads in memory on the instance that took them; this one has none by that id",
+            )
+        })?;
+        Ok(MediaBytes {
+            mime_type: media.mime_type.clone(),
+            bytes: media.bytes.clone(),
+        })
+    }
+
+    /// Nobody reads a simulated account's messages: accepted, nothing to do.
+    async fn mark_read(&self, _: &str, _: &str, _: bool) -> Result<(), HubError> {
+        Ok(())
+    }
+
+    async fn list_templates(&self, _session: &str) -> Result<Vec<TemplateInfo>, HubError> {
+        Ok(Vec::new())
     }
 }

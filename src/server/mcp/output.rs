@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::protocol::{Contact, ErrorCode, HistoryEntry, HubError};
+use crate::protocol::{Contact, ErrorCode, HistoryEntry, HubError, Media};
 
 /// `list_contacts`.
 #[derive(Serialize, Deserialize, JsonSchema)]
@@ -46,6 +46,54 @@ pub struct SentMessage {
     /// Milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
+    /// The media sent, with the hub URL that serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+}
+
+/// `list_templates`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct Templates {
+    #[schemars(extend("const" = true))]
+    pub success: bool,
+    /// The account's templates: send one with `send_template`.
+    pub templates: Vec<TemplateListing>,
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
+}
+
+/// One template of `list_templates`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct TemplateListing {
+    pub name: String,
+    pub language: String,
+    /// `APPROVED` templates can be sent.
+    pub status: String,
+    pub category: String,
+    /// How many parameters a send must give.
+    pub parameters: u64,
+    /// Header, body and buttons as the Cloud API describes them.
+    pub components: Value,
+}
+
+/// `mark_read`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct ReadMarked {
+    #[schemars(extend("const" = true))]
+    pub success: bool,
+    pub contact: String,
+    /// The incoming message marked read (earlier ones with it); absent
+    /// when the contact has written nothing to mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// "typing…" is shown to the contact.
+    pub typing: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executed_by: Option<String>,
 }

@@ -709,6 +709,7 @@ impl SessionStore for MemoryStore {
                     last_activity: s.last_activity,
                     messages_in: s.messages_in,
                     messages_out: s.messages_out,
+                    phone_number_id: None,
                 })
             })
             .collect();

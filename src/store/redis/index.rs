@@ -246,6 +246,7 @@ impl RedisStore {
                     last_activity: last,
                     messages_in: inbound.unwrap_or(0),
                     messages_out: outbound.unwrap_or(0),
+                    phone_number_id: None,
                 },
             )
             .collect();
