@@ -22,6 +22,7 @@ mod process;
 mod redis;
 pub mod scripted;
 mod tls;
+pub mod wa_payloads;
 mod ws;
 
 use std::net::{SocketAddr, TcpStream};
