@@ -30,6 +30,10 @@ pub const STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// One accepted webhook item, as queued in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived and handled one at a time; boxing the content would only add an allocation"
+)]
 pub enum WebhookEvent {
     Inbound {
         session: String,
