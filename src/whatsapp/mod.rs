@@ -7,6 +7,7 @@
 //! simulator only ever runs when it is the configured connector.
 
 pub mod cloud_api;
+pub mod payloads;
 pub mod simulated;
 pub mod webhooks;
 
