@@ -648,3 +648,7 @@ fn with_caption(label: String, caption: Option<&str>) -> String {
         None => label,
     }
 }
+
+#[cfg(test)]
+#[path = "payloads_tests.rs"]
+mod tests;
