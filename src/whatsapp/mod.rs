@@ -8,6 +8,7 @@
 
 pub mod cloud_api;
 pub mod media;
+pub mod payloads;
 pub mod simulated;
 pub mod webhooks;
 

@@ -1,8 +1,9 @@
 //! Cloud API webhooks, the transport-free part: the signature check, the
-//! freshness window ([`drop_stale`]) and turning a delivery's JSON into
-//! [`WebhookEvent`]s (inbound messages and delivery statuses). Queuing and
-//! processing them is the hub's (`hub::webhooks`); the HTTP surface is
-//! `server::webhooks`.
+//! freshness window ([`drop_stale`]) and turning a delivery into
+//! [`WebhookEvent`]s (inbound messages and delivery statuses), routed per
+//! change by phone number id. The payload's shapes and what each message
+//! kind means are [`super::payloads`]'. Queuing and processing the events
+//! is the hub's (`hub::webhooks`); the HTTP surface is `server::webhooks`.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cloud_api::{OUTSIDE_WINDOW_CODE, outside_window_error};
+use super::payloads::{ApiError, Delivery, InboundMessage, Reading, SenderProfile, StatusItem};
 use crate::config::whatsapp::{NumberRoutes, WEBHOOK_MAX_AGE_MS_MAX};
 use crate::protocol::{DeliveryStatus, ErrorCode, MessageContent, StatusError, now_millis};
 
@@ -30,6 +32,10 @@ pub const STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// One accepted webhook item, as queued in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived and handled one at a time; boxing the content would only add an allocation"
+)]
 pub enum WebhookEvent {
     Inbound {
         session: String,
@@ -97,27 +103,20 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    v.get(key).and_then(Value::as_array).into_iter().flatten()
-}
-
 /// The status error of a `failed` status (131047: use a template).
-fn status_error(errors: Option<&Value>) -> StatusError {
-    let first = errors
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .cloned()
-        .unwrap_or(Value::Null);
-    let code = first.get("code").and_then(Value::as_i64);
+fn status_error(first: Option<&ApiError>) -> StatusError {
+    let code = first.and_then(|e| e.code);
     let detail = first
-        .pointer("/error_data/details")
-        .and_then(Value::as_str)
-        .or_else(|| str_at(&first, "message"))
-        .or_else(|| str_at(&first, "title"))
+        .and_then(|e| {
+            e.error_data
+                .as_ref()
+                .and_then(|d| d.details.as_deref())
+                .or(e.message.as_deref())
+                .or(e.title.as_deref())
+        })
+        // At most 300 characters: cut while parsing.
         .unwrap_or("")
-        .chars()
-        .take(300)
-        .collect::<String>();
+        .to_string();
     if code == Some(OUTSIDE_WINDOW_CODE) {
         let e = outside_window_error(&detail);
         return StatusError {
@@ -137,12 +136,14 @@ fn status_error(errors: Option<&Value>) -> StatusError {
     }
 }
 
-/// An item's `timestamp` (Unix seconds as a string, as Meta sends it) in
-/// milliseconds.
+/// Unix seconds as a string (as Meta sends them) in milliseconds.
+fn seconds_to_ms(seconds: &str) -> Option<u64> {
+    seconds.parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
+
+/// An item's `timestamp` in milliseconds.
 fn timestamp_ms(item: &Value) -> Option<u64> {
-    str_at(item, "timestamp")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(|s| s.saturating_mul(1000))
+    str_at(item, "timestamp").and_then(seconds_to_ms)
 }
 
 /// Removes from a delivery every message and status whose `timestamp` is
@@ -174,74 +175,93 @@ pub fn drop_stale(payload: &mut Value, now_ms: u64, max_age: Duration) -> usize 
     dropped
 }
 
-/// The events of one delivery for `session`, in order. Items for another
-/// phone number id (when one is configured) and unknown kinds are skipped.
+/// The events of one delivery, in order, each for the session of its
+/// change's number. Changes for a number this hub does not serve, unknown
+/// statuses, senderless messages and malformed items are skipped.
 pub fn events_of(payload: &Value, routes: &NumberRoutes) -> Vec<WebhookEvent> {
-    let mut events = Vec::new();
-    if str_at(payload, "object") != Some("whatsapp_business_account") {
-        return events;
-    }
-    for entry in array(payload, "entry") {
-        for change in array(entry, "changes") {
-            let Some(value) = change.get("value") else {
-                continue;
-            };
-            let phone = value
-                .pointer("/metadata/phone_number_id")
-                .and_then(Value::as_str);
-            let Some(session) = routes.session_for(phone) else {
-                tracing::info!("webhook for a phone number id this hub does not serve ignored");
-                continue;
-            };
-            let names: Vec<(&str, &str)> = array(value, "contacts")
-                .filter_map(|c| Some((str_at(c, "wa_id")?, c.pointer("/profile/name")?.as_str()?)))
-                .collect();
-            for m in array(value, "messages") {
-                let (Some(id), Some(from)) = (str_at(m, "id"), str_at(m, "from")) else {
-                    continue;
-                };
-                let kind = str_at(m, "type").unwrap_or("unknown");
-                let text = match kind {
-                    "text" => m
-                        .pointer("/text/body")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    other => format!("[{other} message]"),
-                };
-                let timestamp = timestamp_ms(m).unwrap_or_else(now_millis);
-                events.push(WebhookEvent::Inbound {
-                    session: session.to_string(),
-                    message_id: id.to_string(),
-                    from: from.to_string(),
-                    name: names
-                        .iter()
-                        .find(|(wa, _)| *wa == from)
-                        .map(|(_, n)| n.to_string()),
-                    text,
-                    timestamp,
-                    content: MessageContent::default(),
-                });
-            }
-            for st in array(value, "statuses") {
-                let (Some(id), Some(status)) = (
-                    str_at(st, "id"),
-                    str_at(st, "status").and_then(DeliveryStatus::parse),
-                ) else {
-                    continue;
-                };
-                events.push(WebhookEvent::Status {
-                    session: session.to_string(),
-                    message_id: id.to_string(),
-                    status,
-                    recipient: str_at(st, "recipient_id").map(str::to_string),
-                    error: (status == DeliveryStatus::Failed)
-                        .then(|| status_error(st.get("errors"))),
-                });
-            }
+    let delivery = match Delivery::deserialize(payload) {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            tracing::info!(%error, "webhook delivery is not a Cloud API payload: ignored");
+            return Vec::new();
         }
+    };
+    if delivery.object.as_deref() != Some("whatsapp_business_account") {
+        return Vec::new();
+    }
+    let mut events = Vec::new();
+    let changes = delivery.entry.iter().flat_map(|entry| &entry.changes);
+    for value in changes.filter_map(|change| change.value.as_ref()) {
+        let phone = value
+            .metadata
+            .as_ref()
+            .and_then(|m| m.phone_number_id.as_deref());
+        let Some(session) = routes.session_for(phone) else {
+            tracing::info!("webhook for a phone number id this hub does not serve ignored");
+            continue;
+        };
+        for error in &value.errors {
+            tracing::warn!(
+                session,
+                code = ?error.code,
+                title = error.title.as_deref().unwrap_or(""),
+                "Cloud API reported an account-level error"
+            );
+        }
+        events.extend(
+            value
+                .messages
+                .iter()
+                .filter_map(|m| inbound_event(session, m, &value.contacts)),
+        );
+        events.extend(
+            value
+                .statuses
+                .iter()
+                .filter_map(|st| status_event(session, st)),
+        );
     }
     events
+}
+
+fn inbound_event(
+    session: &str,
+    message: &InboundMessage,
+    senders: &[SenderProfile],
+) -> Option<WebhookEvent> {
+    let Some(from) = message.sender() else {
+        tracing::info!(message_id = %message.id, "webhook message without a sender skipped");
+        return None;
+    };
+    let name = senders
+        .iter()
+        .find(|profile| message.sent_by(profile))
+        .and_then(|profile| profile.profile.as_ref()?.name.clone());
+    let Reading { text, content } = message.read();
+    Some(WebhookEvent::Inbound {
+        session: session.to_string(),
+        message_id: message.id.clone(),
+        from: from.to_string(),
+        name,
+        text,
+        timestamp: message
+            .timestamp
+            .as_deref()
+            .and_then(seconds_to_ms)
+            .unwrap_or_else(now_millis),
+        content,
+    })
+}
+
+fn status_event(session: &str, item: &StatusItem) -> Option<WebhookEvent> {
+    let status = DeliveryStatus::parse(&item.status)?;
+    Some(WebhookEvent::Status {
+        session: session.to_string(),
+        message_id: item.id.clone(),
+        status,
+        recipient: item.recipient_id.clone(),
+        error: (status == DeliveryStatus::Failed).then(|| status_error(item.errors.first())),
+    })
 }
 
 #[cfg(test)]
