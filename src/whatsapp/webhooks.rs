@@ -11,7 +11,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::cloud_api::{OUTSIDE_WINDOW_CODE, outside_window_error};
+use super::cloud_api::{OUTSIDE_WINDOW_CODE, code_for_upstream, outside_window_error};
 use super::payloads::{ApiError, Delivery, InboundMessage, Reading, SenderProfile, StatusItem};
 use crate::config::whatsapp::{NumberRoutes, WEBHOOK_MAX_AGE_MS_MAX};
 use crate::protocol::{DeliveryStatus, ErrorCode, MessageContent, StatusError, now_millis};
@@ -32,10 +32,6 @@ pub const STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// One accepted webhook item, as queued in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "short-lived and handled one at a time; boxing the content would only add an allocation"
-)]
 pub enum WebhookEvent {
     Inbound {
         session: String,
@@ -125,8 +121,12 @@ fn status_error(first: Option<&ApiError>) -> StatusError {
             upstream_code: code,
         };
     }
+    // 131053 media, 131026/131049/131050 undeliverable ...: Meta's table.
+    let hub_code = code
+        .and_then(code_for_upstream)
+        .unwrap_or(ErrorCode::ConnectorFailed);
     StatusError {
-        code: ErrorCode::ConnectorFailed.as_str().to_string(),
+        code: hub_code.as_str().to_string(),
         message: if detail.is_empty() {
             "the message could not be delivered".to_string()
         } else {
