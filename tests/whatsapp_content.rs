@@ -446,6 +446,18 @@ async fn read_receipts_typing_and_templates_go_through_graph() {
         auth.headers["authorization"].to_str().unwrap(),
         format!("Bearer {TOKEN}")
     );
+
+    // While an AI-interpreted answer is on its way, John sees "typing…".
+    let r = user.request(ai_command("send john a message saying on my way")).await;
+    assert_eq!(r["content"]["success"], true, "{r}");
+    wait_until_async("the typing indicator", Duration::from_secs(5), || async {
+        graph.read_receipts().len() == 2
+    })
+    .await;
+    assert_eq!(
+        graph.read_receipts()[1],
+        (PHONE_NUMBER_ID.to_string(), "wamid.in1".to_string(), true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

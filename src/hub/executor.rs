@@ -325,6 +325,37 @@ impl Hub {
         Ok(Some(last.message_id))
     }
 
+    /// While an AI-interpreted send is on its way (held for approval,
+    /// perhaps), the contact sees "typing…" on their last message, marked
+    /// read with it: the Cloud API's typing indicator only exists on a
+    /// read receipt. Best effort, in the background; only where the
+    /// connector, not an agent, will send.
+    fn show_typing(self: &Arc<Self>, session: &str, command: &WhatsAppCommand) {
+        let Some((contact, _)) = command.sent_text() else {
+            return;
+        };
+        if !self.connector.has_service_window() {
+            return;
+        }
+        let hub = self.clone();
+        let (session, contact) = (session.to_string(), contact.to_string());
+        tokio::spawn(async move {
+            if matches!(hub.store.agent(&session).await, Ok(Some(_))) {
+                return;
+            }
+            let names: Vec<String> = match hub.session_contacts(&session).await {
+                Ok(contacts) => contacts.into_iter().map(|c| c.name).collect(),
+                Err(_) => return,
+            };
+            let Ok(name) = resolve_contact(&contact, &names, &hub.metrics) else {
+                return;
+            };
+            if let Err(e) = hub.mark_read(&session, name, true).await {
+                tracing::debug!(error = %e, "typing indicator not shown");
+            }
+        });
+    }
+
     /// Records a message the connector accepted and tells every client;
     /// the `send` result content.
     async fn record_sent(
@@ -415,6 +446,7 @@ impl Hub {
                 return Ok(content);
             }
         };
+        self.show_typing(session, &command);
         let result = match self
             .execute_via(session, &command, requester, door, true)
             .await
