@@ -3,7 +3,9 @@
 //! It registers in a session, turns every typed line into a request (plain
 //! text is a `whatsapp_ai_command`, `/send`, `/contacts`, `/history`,
 //! `/broadcast`, `/ping` map to the other requests, see [`input`]) and
-//! prints every event the hub sends as it arrives (see [`format`]).
+//! prints every event the hub sends as it arrives (see [`format`]; media,
+//! picked replies and the like are shown by [`content`] with absolute URLs
+//! on the hub's HTTP origin).
 //!
 //! With piped input it is scriptable: at the end of input it waits (at most
 //! `--wait-ms`) for the responses to its requests, keeps printing events for
@@ -19,6 +21,7 @@
 //! close with a 4xxx code (replaced, refused) is final: exit 1.
 
 mod console;
+pub mod content;
 mod failure;
 pub mod format;
 pub mod input;
@@ -122,12 +125,13 @@ const TOKEN_RENEW_WAIT: Duration = Duration::from_secs(60);
 
 impl Terminal {
     fn new(args: TerminalArgs, scripted: bool) -> Self {
+        let names = Names::with_origin(content::http_origin(&args.url));
         Terminal {
             args,
             scripted,
             pending: HashMap::new(),
             next_id: 1,
-            names: Names::default(),
+            names,
             out: Output::default(),
             token: None,
             client_id: None,
