@@ -9,6 +9,14 @@ pub const HELP: &str = "\
 commands:
   <text>                      natural-language command, e.g. \"send john a message saying hello\"
   /send <contact> <message>   send a message (quote a contact with spaces: /send \"John Smith\" hi)
+  /send-file <contact> <path> [caption]
+                              upload a file and send it: up to 100 MB of .jpg .png, .webp (sticker),
+                              .aac .amr .mp3 .m4a .ogg, .mp4 .3gp, .txt .pdf .doc(x) .xls(x) .ppt(x)
+                              (quote a path with spaces)
+  /buttons <contact> <text> | <option> | <option> | <option>
+                              send a text with up to 3 reply buttons
+  /read <contact>             mark the contact's latest message read
+  /templates                  list the account's message templates
   /contacts                   list the account's contacts
   /history <contact> [N]      show the last N messages with a contact (default 20)
   /broadcast <text>           send a text to every other client in the session
@@ -371,6 +379,12 @@ mod tests {
         );
         assert_eq!(body(parse_line("/PING")), json!({"type": "ping"}));
         assert_eq!(parse_line("/help"), Input::Help);
+        for command in ["/send-file", "/buttons", "/read", "/templates"] {
+            assert!(
+                HELP.contains(&format!("\n  {command} ")),
+                "{command} in HELP"
+            );
+        }
         assert_eq!(parse_line("/quit"), Input::Quit);
         assert_eq!(parse_line("/exit"), Input::Quit);
     }
