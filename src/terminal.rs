@@ -2,8 +2,11 @@
 //!
 //! It registers in a session, turns every typed line into a request (plain
 //! text is a `whatsapp_ai_command`, `/send`, `/contacts`, `/history`,
-//! `/broadcast`, `/ping` map to the other requests, see [`input`]) and
-//! prints every event the hub sends as it arrives (see [`format`]).
+//! `/buttons`, `/read`, `/templates`, `/broadcast`, `/ping` map to the
+//! other requests, see [`input`]; `/send-file` first uploads the file over
+//! HTTP, see [`upload`]) and prints every event the hub sends as it
+//! arrives (see [`format`]; media, picked replies and the like are shown by
+//! [`content`] with absolute URLs on the hub's HTTP origin).
 //!
 //! With piped input it is scriptable: at the end of input it waits (at most
 //! `--wait-ms`) for the responses to its requests, keeps printing events for
@@ -19,9 +22,11 @@
 //! close with a 4xxx code (replaced, refused) is final: exit 1.
 
 mod console;
+pub mod content;
 mod failure;
 pub mod format;
 pub mod input;
+mod upload;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -94,6 +99,31 @@ impl Position {
 struct Pending {
     kind: &'static str,
     sent: Instant,
+    /// What a successful answer means, where the hub's answer does not say
+    /// it well (`/read`, `/send-file`).
+    ok: Option<String>,
+}
+
+impl Pending {
+    fn new(kind: &'static str, ok: Option<String>) -> Pending {
+        Pending {
+            kind,
+            sent: Instant::now(),
+            ok,
+        }
+    }
+}
+
+/// The kind of a [`Pending`] file upload (HTTP, not yet a request).
+const UPLOAD: &str = "upload";
+
+/// A `/send-file` whose upload ended: the `send` to make of it, or why not.
+struct UploadDone {
+    id: String,
+    contact: String,
+    file: upload::FileToSend,
+    caption: Option<String>,
+    result: Result<upload::Uploaded, upload::UploadError>,
 }
 
 struct Terminal {
@@ -115,6 +145,9 @@ struct Terminal {
     /// The contact of the last message seen, whose history is reloaded
     /// when a resume fails.
     last_contact: Option<String>,
+    /// Where upload tasks report (the receiver is [`Terminal::run`]'s).
+    uploads: mpsc::Sender<UploadDone>,
+    uploaded: Option<mpsc::Receiver<UploadDone>>,
 }
 
 /// After a 4401, how long to wait for `--token-file` to hold a new token.
@@ -122,17 +155,21 @@ const TOKEN_RENEW_WAIT: Duration = Duration::from_secs(60);
 
 impl Terminal {
     fn new(args: TerminalArgs, scripted: bool) -> Self {
+        let names = Names::with_origin(content::http_origin(&args.url));
+        let (uploads, uploaded) = mpsc::channel(MAX_OUTSTANDING);
         Terminal {
             args,
             scripted,
             pending: HashMap::new(),
             next_id: 1,
-            names: Names::default(),
+            names,
             out: Output::default(),
             token: None,
             client_id: None,
             position: None,
             last_contact: None,
+            uploads,
+            uploaded: Some(uploaded),
         }
     }
 
@@ -145,8 +182,9 @@ impl Terminal {
     /// has been answered (or given up on) and the linger time has passed.
     async fn run(&mut self, mut lines: mpsc::Receiver<String>) -> Result<(), Failure> {
         self.token = self.read_token();
+        let mut uploaded = self.uploaded.take().expect("run is called once");
         loop {
-            match self.session(&mut lines).await {
+            match self.session(&mut lines, &mut uploaded).await {
                 Err(Failure::ClosedByHub(Some(frame))) if u16::from(frame.code) == 4401 => {
                     self.out
                         .note("the hub closed the connection: token expired (4401)");
@@ -197,8 +235,13 @@ impl Terminal {
         false
     }
 
-    /// One connection: connect, register, then serve input and events.
-    async fn session(&mut self, lines: &mut mpsc::Receiver<String>) -> Result<(), Failure> {
+    /// One connection: connect, register, then serve input, events and
+    /// finished uploads.
+    async fn session(
+        &mut self,
+        lines: &mut mpsc::Receiver<String>,
+        uploaded: &mut mpsc::Receiver<UploadDone>,
+    ) -> Result<(), Failure> {
         let mut ws = self.connect().await?;
         self.register(&mut ws, false).await?;
         let wait = Duration::from_millis(self.args.wait_ms);
@@ -233,6 +276,11 @@ impl Terminal {
                     },
                     None => input_open = false,
                 },
+                Some(done) = uploaded.recv() => {
+                    if let Err(failure) = self.on_uploaded(&mut ws, done).await {
+                        ws = self.reconnect(ws, failure).await?;
+                    }
+                }
                 _ = sleep_until(expiry), if expiry.is_some() => self.expire(wait),
                 _ = sleep_until(linger_until), if linger_until.is_some() => {
                     self.close(&mut ws).await;
@@ -274,7 +322,11 @@ impl Terminal {
             return Err(failure);
         }
         self.out.note(&format!("{failure}; reconnecting"));
-        let mut lost: Vec<(String, Pending)> = self.pending.drain().collect();
+        // Uploads go on over HTTP; their sends will use the new connection.
+        let (uploads, lost): (HashMap<_, _>, HashMap<_, _>) =
+            self.pending.drain().partition(|(_, p)| p.kind == UPLOAD);
+        self.pending = uploads;
+        let mut lost: Vec<(String, Pending)> = lost.into_iter().collect();
         lost.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(u64::MAX));
         for (id, p) in lost {
             self.out.note(&format!(
@@ -420,13 +472,8 @@ impl Terminal {
                 "command": {"action": "get_history", "contact": contact},
                 "request_id": id,
             });
-            self.pending.insert(
-                id,
-                Pending {
-                    kind: "whatsapp_command",
-                    sent: Instant::now(),
-                },
-            );
+            self.pending
+                .insert(id, Pending::new("whatsapp_command", None));
             send(ws, &body).await?;
         }
         Ok(())
@@ -471,15 +518,23 @@ impl Terminal {
         // From the text, so that anything unrecognized is shown as sent.
         let mut line = format::format_frame(text, &self.names);
         let answered = match event.get("type").and_then(Value::as_str) {
-            Some("response" | "error" | "pong") => {
-                format::request_id(&event).and_then(|id| self.pending.remove(&id))
-            }
+            Some("response" | "error" | "pong") => format::request_id(&event)
+                // An upload's id is not a request's yet.
+                .filter(|id| self.pending.get(id).is_some_and(|p| p.kind != UPLOAD))
+                .and_then(|id| self.pending.remove(&id)),
             _ => None,
         };
-        if let Some(p) = answered
+        if let Some(p) = &answered
             && p.kind == "ping"
         {
             let _ = write!(line, " ({} ms)", p.sent.elapsed().as_millis());
+        }
+        if let Some(ok) = answered.and_then(|p| p.ok)
+            && event.get("response_type").and_then(Value::as_str) == Some("whatsapp_command_result")
+            && event.pointer("/content/success").and_then(Value::as_bool) == Some(true)
+        {
+            let id = format::request_id(&event).unwrap_or_default();
+            line = format!("[#{}] ok: {ok}", format::clean(&id));
         }
         self.out.say(&line);
     }
@@ -506,24 +561,120 @@ impl Terminal {
             Input::Quit => return Ok(false),
             Input::Invalid(msg) => self.out.note(&format!("error: {msg}")),
             Input::Request { kind, mut body } => {
-                let id = self.next_id.to_string();
-                self.next_id += 1;
+                let id = self.take_id(line);
                 body["request_id"] = json!(id);
-                if self.scripted {
-                    self.out
-                        .say(&format!("[#{id}] > {}", format::clean(line.trim())));
-                }
-                self.pending.insert(
-                    id,
-                    Pending {
-                        kind,
-                        sent: Instant::now(),
-                    },
-                );
+                let ok = success_text(&body);
+                self.pending.insert(id, Pending::new(kind, ok));
                 send(ws, &body).await?;
             }
+            Input::SendFile {
+                contact,
+                path,
+                caption,
+            } => self.start_upload(line, contact, &path, caption),
         }
         Ok(true)
+    }
+
+    /// A new request id; piped input echoes the line with it.
+    fn take_id(&mut self, line: &str) -> String {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        if self.scripted {
+            self.out
+                .say(&format!("[#{id}] > {}", format::clean(line.trim())));
+        }
+        id
+    }
+
+    /// `/send-file`: checks the file here (a bad path or type is a local
+    /// error), then reads and uploads it on a task that reports to
+    /// [`Terminal::on_uploaded`]. The upload counts as a request in flight.
+    fn start_upload(
+        &mut self,
+        line: &str,
+        contact: String,
+        path: &std::path::Path,
+        caption: Option<String>,
+    ) {
+        let file = match upload::check(path) {
+            Ok(file) => file,
+            Err(msg) => return self.out.note(&format!("error: {msg}")),
+        };
+        let origin = content::http_origin(&self.args.url);
+        let Some(url) = origin.and_then(|o| upload::media_endpoint(&o, &self.args.session)) else {
+            let msg = format!("cannot upload: no HTTP address for {}", self.args.url);
+            return self.out.note(&format!("error: {}", format::clean(&msg)));
+        };
+        let target = upload::Target {
+            url,
+            token: self.token.clone(),
+            timeout: Duration::from_millis(self.args.wait_ms),
+        };
+        let id = self.take_id(line);
+        self.pending.insert(id.clone(), Pending::new(UPLOAD, None));
+        let tx = self.uploads.clone();
+        tokio::spawn(async move {
+            let result = upload::upload(&file, &target).await;
+            let done = UploadDone {
+                id,
+                contact,
+                file,
+                caption,
+                result,
+            };
+            // The terminal has ended if nobody receives.
+            let _ = tx.send(done).await;
+        });
+    }
+
+    /// An upload ended: its `send` goes out under the same request id, or
+    /// its failure is printed like a failed command.
+    async fn on_uploaded(&mut self, ws: &mut Ws, done: UploadDone) -> Result<(), Failure> {
+        if self.pending.remove(&done.id).is_none() {
+            // Given up on already (and said so): nothing is sent.
+            return Ok(());
+        }
+        let uploaded = match done.result {
+            Ok(uploaded) => uploaded,
+            Err(content) => {
+                self.out
+                    .say(&format!("[#{}] {}", done.id, format::failure(&content)));
+                return Ok(());
+            }
+        };
+        let mut body = upload::send_body(
+            &done.contact,
+            &done.file,
+            &uploaded.id,
+            done.caption.as_deref(),
+        );
+        body["request_id"] = json!(done.id);
+        let size = uploaded
+            .size
+            .map(|n| format!(" ({})", content::human_size(n)))
+            .unwrap_or_default();
+        let ok = format!(
+            "sent {}{size} to {}",
+            format::clean(&done.file.filename),
+            format::clean(&done.contact)
+        );
+        self.pending
+            .insert(done.id, Pending::new("whatsapp_command", Some(ok)));
+        send(ws, &body).await
+    }
+}
+
+/// What a successful answer to `body` means, where the hub's answer does
+/// not say it well: `/read`.
+fn success_text(body: &Value) -> Option<String> {
+    let command = body.get("command")?;
+    match format::str_field(command, "action")? {
+        "mark_read" => Some(format!(
+            "marked the latest message from {} read",
+            format::clean(format::str_field(command, "contact")?)
+        )),
+        _ => None,
     }
 }
 

@@ -64,6 +64,36 @@ async fn scripted_terminal_sends_lists_and_reads_history() {
     assert_eq!(ev["contact"], "John");
 }
 
+/// `/send-file` uploads the file to the hub's media endpoint, then sends it:
+/// the hub's `message_event` for the send names a document and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_file_uploads_to_the_hub_and_sends_a_document() {
+    let hub = TestHub::start(&[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "default", "watcher").await;
+    let dir = TempDir::new();
+    let path = dir.write("minutes 2024.pdf", "%PDF-1.4\n% minutes of the meeting\n");
+
+    let mut t = terminal(&hub.ws_url(), "t1");
+    let mut stdin = t.stdin.take().expect("stdin");
+    let line = format!("/send-file John \"{}\" as promised\n", path.display());
+    stdin.write_all(line.as_bytes()).await.expect("write stdin");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), t.wait_with_output())
+        .await
+        .expect("terminal exits after stdin ends")
+        .expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{text}", out.status);
+    assert!(text.contains("[#1] ok: sent minutes 2024.pdf"), "{text}");
+    assert!(text.contains("→ John: document minutes 2024.pdf"), "{text}");
+
+    let ev = watcher.recv_type("message_event").await;
+    assert_eq!(ev["contact"], "John", "{ev}");
+    assert_eq!(ev["direction"], "outgoing", "{ev}");
+    assert_eq!(ev["media"]["kind"], "document", "{ev}");
+    assert_eq!(ev["media"]["filename"], "minutes 2024.pdf", "{ev}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_terminals_see_each_other() {
     let hub = TestHub::start(&[]).await;

@@ -2,8 +2,9 @@
 //! whether it resumed. The page's own script runs in Node with a minimal
 //! DOM stand-in (`tests/web/harness.js`) against real hub processes, which
 //! can restart it quickly; without Node the test is skipped with a
-//! message. (The dashboard, and this page's link to it, are tested in a
-//! real chromium: tests/dashboard.rs.)
+//! message. (The dashboard, this page's link to it, and how both pages
+//! show an image in a message are tested in a real chromium:
+//! tests/dashboard.rs.)
 
 mod support;
 

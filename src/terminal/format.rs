@@ -3,28 +3,45 @@
 //!
 //! Every string that came from the wire goes through [`clean`], so another
 //! client cannot inject terminal escape sequences or fake extra lines.
+//! Media, picked replies and the rest of a message's content are shown by
+//! [`super::content`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::content;
+
 /// Contacts shown by name before the list is cut short.
 const MAX_NAMES: usize = 30;
 
 /// The display names of the clients seen so far, so a message sent by
-/// `client-3f2a…` shows as sent by `alice`.
+/// `client-3f2a…` shows as sent by `alice`; and the hub's HTTP origin, so
+/// a media path shows as a URL that can be opened.
 #[derive(Debug, Clone, Default)]
-pub struct Names(HashMap<String, String>);
+pub struct Names {
+    names: HashMap<String, String>,
+    origin: Option<String>,
+}
 
 impl Names {
+    /// Names that make media paths absolute with `origin`
+    /// (`http://host:port`, see [`content::http_origin`]).
+    pub fn with_origin(origin: Option<String>) -> Names {
+        Names {
+            names: HashMap::new(),
+            origin,
+        }
+    }
+
     /// Learns the names an event reveals: the `clients` of a
     /// `registration_confirmed`, a `client_joined`, or the event itself.
     pub fn learn(&mut self, event: &Value) {
         let mut add = |c: &Value| {
             if let (Some(id), Some(name)) = (str_field(c, "client_id"), str_field(c, "client_name"))
             {
-                self.0.insert(id.to_string(), name.to_string());
+                self.names.insert(id.to_string(), name.to_string());
             }
         };
         match str_field(event, "type") {
@@ -46,7 +63,7 @@ impl Names {
 
     /// The name of `client_id`, or the id itself when it is unknown.
     pub fn display<'a>(&'a self, client_id: &'a str) -> &'a str {
-        self.0.get(client_id).map_or(client_id, String::as_str)
+        self.names.get(client_id).map_or(client_id, String::as_str)
     }
 }
 
@@ -203,13 +220,15 @@ fn approval_resolved(event: &Value, names: &Names) -> Option<String> {
 }
 
 /// `→ John: hello (by t1)` / `← John: hi`; `None` if it lacks the essentials.
+/// Offered options follow on indented lines.
 fn message_line(entry: &Value, names: &Names) -> Option<String> {
     let contact = str_field(entry, "contact")?;
     let message = str_field(entry, "message")?;
     let by = str_field(entry, "by").filter(|b| !b.is_empty());
-    match str_field(entry, "direction") {
+    let shown = content::show(entry, message, names.origin.as_deref());
+    let mut line = match str_field(entry, "direction") {
         Some("outgoing") => {
-            let mut line = format!("→ {}: {}", clean(contact), clean(message));
+            let mut line = format!("→ {}: {}", clean(contact), shown.body);
             if let Some(by) = by {
                 let _ = write!(line, " (by {})", clean(names.display(by)));
             }
@@ -220,17 +239,21 @@ fn message_line(entry: &Value, names: &Names) -> Option<String> {
                     .and_then(|e| str_field(e, "message"));
                 let _ = write!(line, " {}", status_mark(status, reason));
             }
-            Some(line)
+            line
         }
         Some("incoming") => {
-            let mut line = format!("← {}: {}", clean(contact), clean(message));
+            let mut line = format!("← {}: {}", clean(contact), shown.body);
             if let Some(by) = by.filter(|b| *b != contact) {
                 let _ = write!(line, " (from {})", clean(by));
             }
-            Some(line)
+            line
         }
-        _ => None,
+        _ => return None,
+    };
+    for below in shown.below {
+        let _ = write!(line, "\n    {below}");
     }
+    Some(line)
 }
 
 /// ✓ sent, ✓✓ delivered, ✓✓ read, ✗ failed: reason.
@@ -429,7 +452,7 @@ fn response(event: &Value, names: &Names) -> Option<String> {
 }
 
 /// `failed [code]: message (candidates: A, B)`.
-fn failure(content: &Value) -> String {
+pub(super) fn failure(content: &Value) -> String {
     let mut line = String::from("failed");
     if let Some(code) = str_field(content, "code") {
         let _ = write!(line, " [{}]", clean(code));
@@ -461,9 +484,13 @@ fn command_result(content: &Value, names: &Names) -> String {
         let mut out = format!("ok: history with {contact} ({}):", messages.len());
         for m in messages {
             let line = message_line(m, names).unwrap_or_else(|| raw(&m.to_string()));
-            let _ = write!(out, "\n    {line}");
+            // An entry's own option lines go one level deeper.
+            let _ = write!(out, "\n    {}", line.replace('\n', "\n    "));
         }
         return out;
+    }
+    if let Some(templates) = content.get("templates").and_then(Value::as_array) {
+        return templates_table(templates);
     }
     if let Some(line) = contacts_line(content) {
         return format!("ok: {line}");
@@ -474,6 +501,47 @@ fn command_result(content: &Value, names: &Names) -> String {
         return format!("ok: sent to {}: {}", clean(contact), clean(message));
     }
     format!("ok: {}", clean(&content.to_string()))
+}
+
+/// `list_templates`: one row per template, columns aligned.
+fn templates_table(templates: &[Value]) -> String {
+    if templates.is_empty() {
+        return "ok: no templates".to_string();
+    }
+    let cell = |t: &Value, key: &str| match t.get(key) {
+        Some(Value::String(s)) => clean(s),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => clean(&other.to_string()),
+    };
+    const COLUMNS: [&str; 5] = ["name", "language", "status", "category", "parameters"];
+    let mut rows = vec![COLUMNS.map(str::to_string).to_vec()];
+    rows.extend(
+        templates
+            .iter()
+            .map(|t| COLUMNS.iter().map(|c| cell(t, c)).collect::<Vec<_>>()),
+    );
+    let widths: Vec<usize> = (0..COLUMNS.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let noun = if templates.len() == 1 {
+        "template"
+    } else {
+        "templates"
+    };
+    let mut out = format!("ok: {} {noun}:", templates.len());
+    for row in rows {
+        let mut line = String::new();
+        for (i, (text, width)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == COLUMNS.len() {
+                line.push_str(text);
+            } else {
+                let pad = width - text.chars().count();
+                let _ = write!(line, "{text}{}  ", " ".repeat(pad));
+            }
+        }
+        let _ = write!(out, "\n    {}", line.trim_end());
+    }
+    out
 }
 
 /// Summarizes a `whatsapp_ai_command_result` content: what the AI

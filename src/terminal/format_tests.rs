@@ -368,3 +368,240 @@ fn banner_lists_the_others() {
     let line = format_event(&confirmed, &Names::default());
     assert_eq!(line, "registered as c1 in session s");
 }
+
+/// A `message_event` with `content` flattened into it, formatted with the
+/// hub at `http://hub:8002`.
+fn content_line(direction: &str, message: &str, content: Value) -> String {
+    let mut event = json!({"type":"message_event","direction":direction,"contact":"John",
+        "message":message,"by":if direction == "incoming" { "John" } else { "t1" }});
+    for (k, v) in content.as_object().unwrap() {
+        event[k] = v.clone();
+    }
+    let names = Names::with_origin(content::http_origin("ws://hub:8002/ws"));
+    format_event(&event, &names)
+}
+
+#[test]
+fn media_shows_kind_size_caption_and_an_absolute_url() {
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[image] sunset",
+            json!({"media":{"kind":"image","id":"m1","url":"/api/v1/sessions/default/media/r1",
+                "mime_type":"image/jpeg","size":12595,"caption":"sunset"}})
+        ),
+        "← John: image (12.3 KB) \"sunset\" http://hub:8002/api/v1/sessions/default/media/r1"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[audio]",
+            json!({"media":{"kind":"audio","voice":true,"url":"/api/v1/sessions/s/media/v"}})
+        ),
+        "← John: voice note http://hub:8002/api/v1/sessions/s/media/v"
+    );
+    assert_eq!(
+        content_line(
+            "outgoing",
+            "[document] report.pdf",
+            json!({"media":{"kind":"document","id":"u1","filename":"report.pdf","size":1288490,
+                "url":"/api/v1/sessions/s/media/u1"},"status":"delivered"})
+        ),
+        "→ John: document report.pdf (1.2 MB) http://hub:8002/api/v1/sessions/s/media/u1 (by t1) ✓✓ delivered"
+    );
+    // Sent by link: the link is what there is to show.
+    assert_eq!(
+        content_line(
+            "outgoing",
+            "[video]",
+            json!({"media":{"kind":"video","link":"https://cdn.example/v.mp4"}})
+        ),
+        "→ John: video https://cdn.example/v.mp4 (by t1)"
+    );
+    assert_eq!(
+        content_line("incoming", "[sticker]", json!({"media":{"kind":"sticker"}})),
+        "← John: sticker"
+    );
+}
+
+#[test]
+fn picked_replies_reactions_locations_and_cards() {
+    assert_eq!(
+        content_line(
+            "incoming",
+            "Yes",
+            json!({"reply":{"source":"button","id":"yes","title":"Yes","context_message_id":"w1"}})
+        ),
+        "← John: ↩ picked \"Yes\" (yes)"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "9:00",
+            json!({"reply":{"source":"list","id":"slot-9","title":"9:00","description":"early"}})
+        ),
+        "← John: ↩ picked \"9:00\" (slot-9) — early"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[reaction 👍]",
+            json!({"reaction":{"message_id":"wamid.1","emoji":"👍"}})
+        ),
+        "← John: reacted 👍 to message wamid.1"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[reaction removed]",
+            json!({"reaction":{"message_id":"wamid.1","emoji":""}})
+        ),
+        "← John: removed the reaction to message wamid.1"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[location]",
+            json!({"location":{"latitude":52.520008,"longitude":13.404954,
+                "name":"Brandenburger Tor","address":"Pariser Platz"}})
+        ),
+        "← John: location 52.520008,13.404954 Brandenburger Tor, Pariser Platz"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[contacts]",
+            json!({"contacts":[{"name":"Ann Lee","phones":["+1 555 0101","+1 555 0102"]},
+                {"name":"Bob"}]})
+        ),
+        "← John: shared contacts: Ann Lee (+1 555 0101, +1 555 0102); Bob"
+    );
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[unsupported poll_update]",
+            json!({"unsupported":"poll_update"})
+        ),
+        "← John: unsupported message type poll_update"
+    );
+}
+
+#[test]
+fn offered_options_are_numbered_under_the_text() {
+    assert_eq!(
+        content_line(
+            "outgoing",
+            "Coming?",
+            json!({"interactive":{"type":"buttons","buttons":[{"id":"yes","title":"Yes"},
+                {"id":"no","title":"No"}]},"status":"sent"})
+        ),
+        "→ John: Coming? (by t1) ✓ sent\n    1. Yes\n    2. No"
+    );
+    let list = json!({"interactive":{"type":"list","button":"Times","sections":[
+        {"title":"Morning","rows":[{"id":"9","title":"9:00","description":"early"},{"id":"10","title":"10:00"}]},
+        {"rows":[{"id":"14","title":"14:00"}]}]}});
+    assert_eq!(
+        content_line("outgoing", "When?", list.clone()),
+        "→ John: When? (by t1)\n    list \"Times\":\n    Morning:\n    1. 9:00 — early\n    2. 10:00\n    3. 14:00"
+    );
+    // In a history, an entry's options go one level deeper.
+    let mut entry = json!({"direction":"outgoing","contact":"John","message":"When?","by":"t1"});
+    entry["interactive"] = list["interactive"].clone();
+    let history = fmt(
+        json!({"type":"response","response_type":"whatsapp_command_result",
+        "content":{"success":true,"contact":"John","messages":[entry]}}),
+    );
+    assert!(
+        history.starts_with("ok: history with John (1):\n    → John: When? (by t1)\n        list"),
+        "{history}"
+    );
+}
+
+#[test]
+fn odd_content_falls_back_to_the_summary_and_stays_on_its_line() {
+    // A media kind from a newer hub: the summary is shown.
+    assert_eq!(
+        content_line(
+            "incoming",
+            "[hologram]",
+            json!({"media":{"kind":"hologram"}})
+        ),
+        "← John: [hologram]"
+    );
+    assert_eq!(
+        content_line("incoming", "hi", json!({"reaction":"👍"})),
+        "← John: hi"
+    );
+    let line = content_line(
+        "incoming",
+        "x",
+        json!({"media":{"kind":"document","filename":"a\n← Bob: fake\u{1b}[2J.pdf",
+            "caption":"c\r\n","url":"/api/v1/sessions/s/media/r\n"},
+            "contacts":[{"name":"\u{1b}]0;title\u{7}","phones":["\n"]}]}),
+    );
+    assert!(
+        !line.contains('\n') && !line.contains('\u{1b}') && !line.contains('\r'),
+        "{line}"
+    );
+    let options = content_line(
+        "outgoing",
+        "pick",
+        json!({"interactive":{"type":"buttons","buttons":[{"id":"a","title":"A\n← Bob: fake"}]}}),
+    );
+    assert_eq!(options.lines().count(), 2, "{options}");
+}
+
+#[test]
+fn sizes_and_origins() {
+    use content::{http_origin, human_size};
+    assert_eq!(human_size(0), "0 B");
+    assert_eq!(human_size(1023), "1023 B");
+    assert_eq!(human_size(1024), "1.0 KB");
+    assert_eq!(human_size(12_595), "12.3 KB");
+    assert_eq!(human_size(1_048_535), "1.0 MB");
+    assert_eq!(human_size(5 * 1024 * 1024 * 1024), "5.0 GB");
+    assert_eq!(
+        http_origin("ws://127.0.0.1:8002").as_deref(),
+        Some("http://127.0.0.1:8002")
+    );
+    assert_eq!(
+        http_origin("wss://user:secret@hub.example:443/ws?x=1").as_deref(),
+        Some("https://hub.example")
+    );
+    assert_eq!(
+        http_origin("ws://[::1]:9/").as_deref(),
+        Some("http://[::1]:9")
+    );
+    assert_eq!(http_origin("ftp://h/"), None);
+    assert_eq!(http_origin("not a url"), None);
+    // Without an origin a hub path is shown as it is.
+    let line = format_event(
+        &json!({"type":"message_event","direction":"incoming","contact":"J","message":"[image]",
+            "by":"J","media":{"kind":"image","url":"/api/v1/sessions/s/media/r"}}),
+        &Names::default(),
+    );
+    assert_eq!(line, "← J: image /api/v1/sessions/s/media/r");
+}
+
+#[test]
+fn templates_are_a_table() {
+    assert_eq!(
+        fmt(
+            json!({"type":"response","response_type":"whatsapp_command_result","request_id":"3",
+            "content":{"success":true,"templates":[
+                {"name":"hello_world","language":"en_US","status":"APPROVED","category":"UTILITY","parameters":0},
+                {"name":"order_update","language":"de","status":"PENDING","category":"MARKETING","parameters":2}]}})
+        ),
+        "[#3] ok: 2 templates:\n\
+         \x20   name          language  status    category   parameters\n\
+         \x20   hello_world   en_US     APPROVED  UTILITY    0\n\
+         \x20   order_update  de        PENDING   MARKETING  2"
+    );
+    assert_eq!(
+        fmt(
+            json!({"type":"response","response_type":"whatsapp_command_result",
+            "content":{"success":true,"templates":[]}})
+        ),
+        "ok: no templates"
+    );
+}

@@ -1,12 +1,22 @@
 //! Turning one typed line into what the terminal does with it: a request to
 //! the hub, a local action, or a local error. Pure, so it is unit tested.
 
+use std::path::PathBuf;
+
 use serde_json::{Value, json};
 
 pub const HELP: &str = "\
 commands:
   <text>                      natural-language command, e.g. \"send john a message saying hello\"
   /send <contact> <message>   send a message (quote a contact with spaces: /send \"John Smith\" hi)
+  /send-file <contact> <path> [caption]
+                              upload a file and send it: up to 100 MB of .jpg .png, .webp (sticker),
+                              .aac .amr .mp3 .m4a .ogg, .mp4 .3gp, .txt .pdf .doc(x) .xls(x) .ppt(x)
+                              (quote a path with spaces)
+  /buttons <contact> <text> | <option> | <option> | <option>
+                              send a text with up to 3 reply buttons
+  /read <contact>             mark the contact's latest message read
+  /templates                  list the account's message templates
   /contacts                   list the account's contacts
   /history <contact> [N]      show the last N messages with a contact (default 20)
   /broadcast <text>           send a text to every other client in the session
@@ -28,11 +38,21 @@ pub enum Input {
         kind: &'static str,
         body: Value,
     },
+    /// `/send-file`: a local file to upload, then send.
+    SendFile {
+        contact: String,
+        path: PathBuf,
+        caption: Option<String>,
+    },
     Help,
     Quit,
     /// A line the terminal cannot use; printed locally, nothing is sent.
     Invalid(String),
 }
+
+/// Reply buttons WhatsApp shows at most, and the longest title it takes.
+const MAX_BUTTONS: usize = 3;
+const MAX_BUTTON_TITLE: usize = 20;
 
 /// Parses one line of input.
 pub fn parse_line(line: &str) -> Input {
@@ -52,6 +72,15 @@ pub fn parse_line(line: &str) -> Input {
     };
     match name.to_ascii_lowercase().as_str() {
         "send" => parse_send(args),
+        "send-file" => parse_send_file(args),
+        "buttons" => parse_buttons(args),
+        "read" => match unquote(args) {
+            "" => Input::Invalid("usage: /read <contact>".into()),
+            contact => {
+                whatsapp(json!({"action": "mark_read", "contact": contact, "typing": false}))
+            }
+        },
+        "templates" => no_args(name, args, || whatsapp(json!({"action": "list_templates"}))),
         "contacts" => no_args(name, args, || whatsapp(json!({"action": "list_contacts"}))),
         "history" => parse_history(args),
         "broadcast" => {
@@ -132,6 +161,102 @@ fn parse_send(args: &str) -> Input {
     whatsapp(json!({"action": "send", "contact": contact, "message": message}))
 }
 
+/// `/send-file John ~/report.pdf Q3 numbers`: contact and path are one word
+/// or quoted; the rest is the caption.
+fn parse_send_file(args: &str) -> Input {
+    const USAGE: &str = "usage: /send-file <contact> <path> [caption]";
+    let (contact, rest) = split_arg(args);
+    let (path, caption) = split_arg(rest);
+    let (Some(contact), Some(path)) = (contact, path) else {
+        return Input::Invalid(USAGE.into());
+    };
+    if contact.trim().is_empty() || path.is_empty() {
+        return Input::Invalid(USAGE.into());
+    }
+    let caption = caption.trim();
+    Input::SendFile {
+        contact: contact.to_string(),
+        path: expand_home(path),
+        caption: (!caption.is_empty()).then(|| caption.to_string()),
+    }
+}
+
+/// `~/x` is under `$HOME`, as in a shell.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// `/buttons John Coming tonight? | Yes | No | Maybe`: a `send` whose
+/// options are reply buttons, their ids made from their titles (`yes`).
+fn parse_buttons(args: &str) -> Input {
+    const USAGE: &str = "usage: /buttons <contact> <text> | <option> | <option> | <option>";
+    let (Some(contact), rest) = split_arg(args) else {
+        return Input::Invalid(USAGE.into());
+    };
+    let mut parts = rest.split('|').map(str::trim);
+    let text = parts.next().unwrap_or_default();
+    let titles: Vec<&str> = parts.collect();
+    if contact.trim().is_empty() || text.is_empty() || titles.is_empty() {
+        return Input::Invalid(USAGE.into());
+    }
+    if titles.len() > MAX_BUTTONS {
+        return Input::Invalid(format!("at most {MAX_BUTTONS} buttons; {USAGE}"));
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for (i, title) in titles.iter().enumerate() {
+        if title.is_empty() {
+            return Input::Invalid(format!("an empty option; {USAGE}"));
+        }
+        if title.chars().count() > MAX_BUTTON_TITLE {
+            return Input::Invalid(format!(
+                "\"{title}\" is too long for a button (at most {MAX_BUTTON_TITLE} characters)"
+            ));
+        }
+        if titles[..i].contains(title) {
+            return Input::Invalid(format!("\"{title}\" is offered twice"));
+        }
+        ids.push(button_id(title, i + 1, &ids));
+    }
+    let buttons: Vec<Value> = titles
+        .iter()
+        .zip(&ids)
+        .map(|(title, id)| json!({"id": id, "title": title}))
+        .collect();
+    whatsapp(
+        json!({"action": "send", "contact": contact, "message": text,
+        "interactive": {"type": "buttons", "buttons": buttons}}),
+    )
+}
+
+/// A button's id from its title: lowercase letters and digits joined by
+/// `_` (`Not now!` → `not_now`), `option_N` when nothing is left (an emoji),
+/// suffixed to stay unique.
+fn button_id(title: &str, n: usize, taken: &[String]) -> String {
+    let mut id = String::new();
+    for word in title
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if !id.is_empty() {
+            id.push('_');
+        }
+        id.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    if id.is_empty() {
+        id = format!("option_{n}");
+    }
+    let mut unique = id.clone();
+    let mut k = 2;
+    while taken.contains(&unique) {
+        unique = format!("{id}_{k}");
+        k += 1;
+    }
+    unique
+}
+
 /// `/history John Smith 5`: an optional trailing number is the limit, the
 /// rest is the contact (quotes are allowed but not needed).
 fn parse_history(args: &str) -> Input {
@@ -164,6 +289,20 @@ fn split_first_arg(args: &str) -> Option<(&str, &str)> {
         Some((&quoted[..end], &quoted[end + 1..]))
     } else {
         args.split_once(char::is_whitespace)
+    }
+}
+
+/// The first argument (a `"quoted string"` or one word) and the rest;
+/// `None` for no argument or an unclosed quote.
+fn split_arg(args: &str) -> (Option<&str>, &str) {
+    let args = args.trim_start();
+    if args.is_empty() {
+        return (None, "");
+    }
+    match split_first_arg(args) {
+        Some((first, rest)) => (Some(first), rest.trim_start()),
+        None if args.starts_with('"') => (None, ""),
+        None => (Some(args.trim_end()), ""),
     }
 }
 
@@ -240,8 +379,101 @@ mod tests {
         );
         assert_eq!(body(parse_line("/PING")), json!({"type": "ping"}));
         assert_eq!(parse_line("/help"), Input::Help);
+        for command in ["/send-file", "/buttons", "/read", "/templates"] {
+            assert!(
+                HELP.contains(&format!("\n  {command} ")),
+                "{command} in HELP"
+            );
+        }
         assert_eq!(parse_line("/quit"), Input::Quit);
         assert_eq!(parse_line("/exit"), Input::Quit);
+    }
+
+    #[test]
+    fn send_file_takes_a_path_and_an_optional_caption() {
+        assert_eq!(
+            parse_line("/send-file John /tmp/report.pdf"),
+            Input::SendFile {
+                contact: "John".into(),
+                path: "/tmp/report.pdf".into(),
+                caption: None
+            }
+        );
+        assert_eq!(
+            parse_line(r#"/send-file "John Smith" "/tmp/my photos/a.jpg"  at the beach "#),
+            Input::SendFile {
+                contact: "John Smith".into(),
+                path: "/tmp/my photos/a.jpg".into(),
+                caption: Some("at the beach".into())
+            }
+        );
+        if let Some(home) = std::env::var_os("HOME") {
+            assert_eq!(
+                parse_line("/send-file John ~/a.png"),
+                Input::SendFile {
+                    contact: "John".into(),
+                    path: PathBuf::from(home).join("a.png"),
+                    caption: None
+                }
+            );
+        }
+        for bad in [
+            "/send-file",
+            "/send-file John",
+            r#"/send-file John "/tmp/a.pdf"#,
+            r#"/send-file "John a.pdf"#,
+        ] {
+            assert!(matches!(parse_line(bad), Input::Invalid(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn buttons_get_ids_from_their_titles() {
+        assert_eq!(
+            body(parse_line(
+                "/buttons John Coming tonight? | Yes | Not now! | 🤷"
+            )),
+            json!({"type": "whatsapp_command", "command": {"action": "send", "contact": "John",
+                "message": "Coming tonight?", "interactive": {"type": "buttons", "buttons": [
+                    {"id": "yes", "title": "Yes"},
+                    {"id": "not_now", "title": "Not now!"},
+                    {"id": "option_3", "title": "🤷"}]}}})
+        );
+        let ids: Vec<Value> = body(parse_line(r#"/buttons "Room 1" Pick | Ja! | ja | Élan"#))
+            ["command"]["interactive"]["buttons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!("ja"), json!("ja_2"), json!("élan")]);
+        for bad in [
+            "/buttons",
+            "/buttons John",
+            "/buttons John hello",
+            "/buttons John | Yes",
+            "/buttons John hi | Yes | | No",
+            "/buttons John hi | a | b | c | d",
+            "/buttons John hi | Yes | Yes",
+            "/buttons John hi | this title is far too long",
+        ] {
+            assert!(matches!(parse_line(bad), Input::Invalid(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn read_and_templates() {
+        assert_eq!(
+            body(parse_line(r#"/read "John Smith""#)),
+            json!({"type": "whatsapp_command",
+                   "command": {"action": "mark_read", "contact": "John Smith", "typing": false}})
+        );
+        assert_eq!(
+            body(parse_line("/templates")),
+            json!({"type": "whatsapp_command", "command": {"action": "list_templates"}})
+        );
+        assert!(matches!(parse_line("/read"), Input::Invalid(_)));
+        assert!(matches!(parse_line("/templates all"), Input::Invalid(_)));
     }
 
     #[test]

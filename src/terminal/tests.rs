@@ -433,3 +433,198 @@ async fn connecting_to_nothing_fails() {
             .starts_with("cannot connect: ws://127.0.0.1:")
     );
 }
+
+/// One upload the fake media hub took: session, Authorization header,
+/// filename, content type, bytes.
+type Upload = (String, Option<String>, String, String, Vec<u8>);
+
+/// What the fake media hub saw: uploads and `whatsapp_command` commands.
+#[derive(Clone, Default)]
+struct MediaHubLog {
+    uploads: Arc<Mutex<Vec<Upload>>>,
+    commands: Arc<Mutex<Vec<Value>>>,
+}
+
+/// A fake hub serving, on one port as the real one does, the media
+/// endpoint (`POST /api/v1/sessions/{session}/media`: 401 without the
+/// token `tok`, 413 over 64 bytes) and the WebSocket, which confirms the
+/// registration and answers `send` (with the hub's `message_event`) and
+/// `mark_read`.
+async fn fake_media_hub() -> (String, MediaHubLog) {
+    use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+    use axum::extract::{Multipart, Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+
+    async fn upload(
+        State(log): State<MediaHubLog>,
+        Path(session): Path<String>,
+        headers: HeaderMap,
+        mut form: Multipart,
+    ) -> Response {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if auth.as_deref() != Some("Bearer tok") {
+            let body = json!({"code": "unauthorized", "message": "a token is needed"});
+            return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+        }
+        let field = form.next_field().await.unwrap().expect("a part");
+        assert_eq!(field.name(), Some("file"));
+        let filename = field.file_name().unwrap_or_default().to_string();
+        let mime = field.content_type().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.unwrap().to_vec();
+        if bytes.len() > 64 {
+            let body = json!({"code": "payload_too_large", "message": "over 64 bytes"});
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+        }
+        let size = bytes.len();
+        let mut uploads = log.uploads.lock().unwrap();
+        uploads.push((session, auth, filename, mime.clone(), bytes));
+        let id = format!("media-{}", uploads.len());
+        axum::Json(json!({"id": id, "kind": "document", "mime_type": mime, "size": size}))
+            .into_response()
+    }
+
+    async fn serve(mut ws: WebSocket, log: MediaHubLog) {
+        let next = async |ws: &mut WebSocket| loop {
+            match ws.recv().await {
+                Some(Ok(AxMessage::Text(t))) => return serde_json::from_str::<Value>(&t).ok(),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        };
+        let reg = next(&mut ws).await.expect("register");
+        assert_eq!(reg["type"], "register");
+        let confirmed = json!({"type":"registration_confirmed","client_id":"t",
+            "client_name":"t","session":"default","instance":"fake","agent":false,"clients":[]});
+        let send = |v: Value| AxMessage::Text(v.to_string().into());
+        ws.send(send(confirmed)).await.unwrap();
+        while let Some(request) = next(&mut ws).await {
+            let command = request["command"].clone();
+            log.commands.lock().unwrap().push(command.clone());
+            let rid = request["request_id"].clone();
+            let content = match command["action"].as_str() {
+                Some("send") => {
+                    let mut media = command["media"].clone();
+                    let path = format!("/api/v1/sessions/default/media/{}", media["id"]);
+                    media["url"] = json!(path.replace('"', ""));
+                    media["size"] = json!(8);
+                    let event = json!({"type":"message_event","direction":"outgoing",
+                        "contact":"John","message":"[document] report.pdf","by":"t",
+                        "message_id":"sim.1","media":media});
+                    ws.send(send(event)).await.unwrap();
+                    json!({"success":true,"contact":"John","message_id":"sim.1"})
+                }
+                _ => json!({"success":true,"contact":"John","message_id":"in.1"}),
+            };
+            let answer = json!({"type":"response","response_type":"whatsapp_command_result",
+                "request_id":rid,"content":content});
+            ws.send(send(answer)).await.unwrap();
+        }
+    }
+
+    let log = MediaHubLog::default();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(
+                |up: WebSocketUpgrade, State(log): State<MediaHubLog>| async move {
+                    up.on_upgrade(move |ws| serve(ws, log))
+                },
+            ),
+        )
+        .route("/api/v1/sessions/{session}/media", post(upload))
+        .with_state(log.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, log)
+}
+
+#[tokio::test]
+async fn send_file_uploads_then_sends_and_read_marks_read() {
+    let (url, log) = fake_media_hub().await;
+    let dir = std::env::temp_dir().join(format!("mcp-hub-send-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.pdf");
+    std::fs::write(&report, b"%PDF-1.4").unwrap();
+    let big = dir.join("big.pdf");
+    std::fs::write(&big, [b'x'; 100]).unwrap();
+    let lines = [
+        format!("/send-file John {} Q3 numbers", report.display()),
+        format!("/send-file John {}", dir.join("setup.exe").display()),
+        format!("/send-file John {}", big.display()),
+        "/read John".to_string(),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let args = args(&url, &["--token", "tok", "--linger-ms", "100"]);
+    let (run, _) = run_session(args, &lines, true).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(run.result.is_ok(), "{:?} {:#?}", run.result, run.transcript);
+
+    let origin = url.trim_end_matches('/').replace("ws://", "http://");
+    let shown = run.position(&format!(
+        "→ John: document report.pdf (8 B) \"Q3 numbers\" {origin}/api/v1/sessions/default/media/media-1 (by t)"
+    ));
+    assert!(run.position("[#1] > /send-file John") < shown);
+    assert!(
+        run.has("[#1] ok: sent report.pdf (8 B) to John"),
+        "{:#?}",
+        run.transcript
+    );
+    assert!(run.has("stderr: error: cannot send setup.exe: WhatsApp does not take that type"));
+    assert!(
+        run.has("[#2] failed [payload_too_large]: the hub refused the upload (HTTP 413 Payload Too Large): over 64 bytes"),
+        "{:#?}",
+        run.transcript
+    );
+    assert!(run.has("[#3] ok: marked the latest message from John read"));
+
+    let uploads = log.uploads.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1);
+    let (session, auth, filename, mime, bytes) = &uploads[0];
+    assert_eq!(
+        (
+            session.as_str(),
+            auth.as_deref(),
+            filename.as_str(),
+            mime.as_str()
+        ),
+        (
+            "default",
+            Some("Bearer tok"),
+            "report.pdf",
+            "application/pdf"
+        )
+    );
+    assert_eq!(bytes, b"%PDF-1.4");
+    let commands = log.commands.lock().unwrap().clone();
+    assert_eq!(
+        commands,
+        [
+            json!({"action":"send","contact":"John","media":{"kind":"document","id":"media-1",
+                "filename":"report.pdf","caption":"Q3 numbers"}}),
+            json!({"action":"mark_read","contact":"John","typing":false}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_upload_prints_as_a_failure_and_sends_nothing() {
+    let (url, log) = fake_media_hub().await;
+    let path = std::env::temp_dir().join(format!("mcp-hub-no-token-{}.png", std::process::id()));
+    std::fs::write(&path, b"\x89PNG").unwrap();
+    let line = format!("/send-file John {}", path.display());
+    let (run, _) = run_session(args(&url, &["--linger-ms", "50"]), &[&line], true).await;
+    std::fs::remove_file(&path).unwrap();
+    assert!(run.result.is_ok(), "{:?}", run.result);
+    assert!(
+        run.has("[#1] failed [unauthorized]: the hub refused the upload (HTTP 401 Unauthorized): a token is needed"),
+        "{:#?}",
+        run.transcript
+    );
+    assert!(log.commands.lock().unwrap().is_empty());
+}
