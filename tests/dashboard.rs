@@ -205,7 +205,14 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
         token("root", &[], Role::Admin),
     );
 
-    // The image reaches the hub as an upload.
+    // The phone joins (REST writes need an existing session), then the
+    // image reaches the hub as an upload.
+    let (_phone_ws, _) = WsClient::register_with_token(
+        &hub.ws_url(),
+        &phone,
+        json!({"type": "register", "session": "default", "client_id": "phone"}),
+    )
+    .await;
     let png = base64::engine::general_purpose::STANDARD
         .decode(PNG_1X1)
         .expect("base64");

@@ -448,7 +448,9 @@ async fn read_receipts_typing_and_templates_go_through_graph() {
     );
 
     // While an AI-interpreted answer is on its way, John sees "typing…".
-    let r = user.request(ai_command("send john a message saying on my way")).await;
+    let r = user
+        .request(ai_command("send john a message saying on my way"))
+        .await;
     assert_eq!(r["content"]["success"], true, "{r}");
     wait_until_async("the typing indicator", Duration::from_secs(5), || async {
         graph.read_receipts().len() == 2

@@ -253,7 +253,7 @@ impl Page {
                 .collect()
         };
         let csp = format!(
-            "default-src 'none'; script-src{}; style-src{}; connect-src 'self'; img-src 'self'; \
+            "default-src 'none'; script-src{}; style-src{}; connect-src 'self'; img-src 'self' blob:; media-src 'self' blob:; \
              base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             hashes("script"),
             hashes("style"),
