@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use mcp_hub::auth::{Role, mint};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use support::fake_graph::{FakeGraph, PHONE_NUMBER_ID, TOKEN, VERSION, WABA_ID};
 use support::wa_payloads as wa;
 use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-media-tests";
 const CONTACTS: &str =
@@ -191,6 +193,68 @@ async fn a_photo_and_a_voice_note_reach_members_at_urls_strangers_cannot_read() 
     assert_eq!(kinds, ["image", "audio"], "{r}");
 }
 
+/// The README's terminal client, as a person runs it: the photo and the
+/// voice note arrive as lines with their kind, size and a URL that serves
+/// their bytes to the member and 401s a stranger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_and_a_voice_note_show_in_the_terminal_with_working_urls() {
+    let graph = FakeGraph::start().await;
+    let dir = TempDir::new();
+    let hub = cloud_hub(&graph, &dir, &["--auth-jwt-secret", SECRET]).await;
+    let alice = token("alice", &["default"]);
+    let mut terminal = tokio::process::Command::new(hub_binary())
+        .args(["terminal", "--url", &hub.ws_url(), "--name", "alice"])
+        .env("MCP_HUB_TOKEN", &alice)
+        .env_remove("MCP_HUB_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the terminal client");
+    let mut lines = BufReader::new(terminal.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    wait_for_line(&mut lines, "connected to", &mut seen).await;
+
+    let photo = vec![7u8; 3 * 1024];
+    let photo_id = graph.put_media(PHONE_NUMBER_ID, "image/jpeg", photo.clone());
+    let voice = vec![9u8; 2048];
+    let voice_id = graph.put_media(PHONE_NUMBER_ID, "audio/ogg", voice.clone());
+    post_signed(
+        &hub,
+        &wa::image(
+            PHONE_NUMBER_ID,
+            "wamid.t1",
+            JOHN,
+            &photo_id,
+            Some("the view"),
+        ),
+    )
+    .await;
+    wait_for_line(&mut lines, "image (3.0 KB) \"the view\"", &mut seen).await;
+    post_signed(
+        &hub,
+        &wa::voice(PHONE_NUMBER_ID, "wamid.t2", JOHN, &voice_id),
+    )
+    .await;
+    wait_for_line(&mut lines, "voice note (2.0 KB)", &mut seen).await;
+
+    let origin = hub.http_url("");
+    for (line, bytes) in [
+        (&seen[seen.len() - 2], &photo),
+        (&seen[seen.len() - 1], &voice),
+    ] {
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with(origin.trim_end_matches('/')))
+            .unwrap_or_else(|| panic!("no hub URL in {line:?}"));
+        let path = &url[origin.trim_end_matches('/').len()..];
+        let (status, got, _) = get_bytes(&hub, path, Some(&alice)).await;
+        assert_eq!((status, &got), (200, bytes), "{line}");
+        assert_eq!(get_bytes(&hub, path, None).await.0, 401, "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uploaded_pdf_goes_to_graph_then_out_as_a_document() {
     let graph = FakeGraph::start().await;
@@ -205,40 +269,59 @@ async fn an_uploaded_pdf_goes_to_graph_then_out_as_a_document() {
     .await;
     next_message(&mut user, "incoming").await;
 
+    // From the terminal client, as a person sends it.
     let pdf = b"%PDF-1.4 fake report".to_vec();
-    let (status, up) = upload(
-        &hub,
-        "default",
-        None,
-        "report.pdf",
-        "application/pdf",
-        pdf.clone(),
-    )
-    .await;
-    assert_eq!(status, 200, "{up}");
-    assert_eq!(up["kind"], "document", "{up}");
-    assert_eq!(up["size"], pdf.len(), "{up}");
+    let path = dir.path().join("report.pdf");
+    std::fs::write(&path, &pdf).expect("write the pdf");
+    let mut terminal = tokio::process::Command::new(hub_binary())
+        .args([
+            "terminal",
+            "--url",
+            &hub.ws_url(),
+            "--name",
+            "bob",
+            "--linger-ms",
+            "300",
+        ])
+        .env_remove("MCP_HUB_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the terminal client");
+    let mut stdin = terminal.stdin.take().expect("stdin");
+    let line = format!("/send-file john {} Q3\n", path.display());
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, line.as_bytes())
+        .await
+        .expect("type the command");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), terminal.wait_with_output())
+        .await
+        .expect("the terminal ends with its input")
+        .expect("its output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+
+    // Graph got the upload first, then a document message with its id.
     let uploads = graph.uploads();
-    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads.len(), 1, "{text}");
     assert_eq!(uploads[0].filename.as_deref(), Some("report.pdf"));
     assert_eq!(uploads[0].mime.as_deref(), Some("application/pdf"));
     assert_eq!(uploads[0].phone, PHONE_NUMBER_ID);
-    assert_eq!(graph.media(up["id"].as_str().unwrap()).unwrap().bytes, pdf);
-
-    let r = user
-        .request(ws_command(
-            json!({"action": "send", "contact": "john", "message": "Q3",
-            "media": {"kind": "document", "id": up["id"], "filename": "report.pdf"}}),
-        ))
-        .await;
-    assert_eq!(r["content"]["success"], true, "{r}");
+    let media_id = uploads[0].media_id.clone().expect("accepted");
+    assert_eq!(graph.media(&media_id).unwrap().bytes, pdf);
     let sent = graph.sends();
     let doc = sent.last().expect("a send");
     assert_eq!(doc["type"], "document", "{doc}");
     assert_eq!(
         doc["document"],
-        json!({"id": up["id"], "caption": "Q3", "filename": "report.pdf"})
+        json!({"id": media_id, "caption": "Q3", "filename": "report.pdf"})
     );
+    let requests = graph.requests();
+    let upload_at = requests.iter().position(|r| r.upload.is_some());
+    let send_at = requests.iter().position(|r| r.body["type"] == "document");
+    assert!(upload_at < send_at, "upload, then send");
     let ev = next_message(&mut user, "outgoing").await;
     assert_eq!(ev["message"], "[document report.pdf] Q3", "{ev}");
     assert_eq!(ev["media"]["filename"], "report.pdf", "{ev}");
@@ -248,8 +331,23 @@ async fn an_uploaded_pdf_goes_to_graph_then_out_as_a_document() {
     assert_eq!((status, bytes), (200, pdf));
     assert_eq!(graph.downloads(), 0);
 
-    // Types WhatsApp does not take, and sizes over the limits, are refused
-    // before Graph hears of them.
+    // Over REST: the answer names the id; types WhatsApp does not take,
+    // and sizes over the limits, are refused before Graph hears of them.
+    let (status, up) = upload(
+        &hub,
+        "default",
+        None,
+        "r.pdf",
+        "application/pdf",
+        b"%PDF".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, up["kind"].as_str()),
+        (200, Some("document")),
+        "{up}"
+    );
+    assert_eq!(up["size"], 4, "{up}");
     let (status, body) = upload(
         &hub,
         "default",
@@ -269,7 +367,7 @@ async fn an_uploaded_pdf_goes_to_graph_then_out_as_a_document() {
         (status, body["code"].as_str()),
         (413, Some("payload_too_large"))
     );
-    assert_eq!(graph.uploads().len(), 1);
+    assert_eq!(graph.uploads().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,9 @@ use crate::whatsapp::media::{
     CachedMedia, MAX_MEDIA_BYTES, MediaCache, MediaRefs, accepted_types, kind_of_mime, max_bytes,
 };
 
+/// How long an inbound message waits for its media's size.
+const MEDIA_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Downloads in progress at once on one instance.
 const CONCURRENT_DOWNLOADS: usize = 4;
 
@@ -74,6 +77,23 @@ impl Hub {
             media.url = Some(self.media.refs.url(session, id));
         }
         content
+    }
+
+    /// An inbound media's size, asked of the connector (no download),
+    /// within `MEDIA_LOOKUP_TIMEOUT`; None when it cannot tell in time.
+    pub(super) async fn inbound_media_size(&self, session: &str, content: &mut MessageContent) {
+        let Some(media) = &mut content.media else {
+            return;
+        };
+        let Some(id) = media.id.clone() else {
+            return;
+        };
+        let asked = self.connector.media_size(session, &id);
+        match tokio::time::timeout(MEDIA_LOOKUP_TIMEOUT, asked).await {
+            Ok(Ok(size)) => media.size = size,
+            Ok(Err(e)) => tracing::debug!(error = %e, "media size unknown"),
+            Err(_) => tracing::debug!("media size lookup timed out"),
+        }
     }
 
     /// Takes a client's upload for a later send: its type must be one

@@ -79,7 +79,7 @@ impl Hub {
                 content,
             } => {
                 let contact = self.contact_for_sender(&session, &from, name).await?;
-                let content = self.media_urls(&session, content);
+                let mut content = self.media_urls(&session, content);
                 // Taken again after a crash mid-processing: recorded once.
                 let recorded = self
                     .store
@@ -89,6 +89,8 @@ impl Hub {
                     tracing::debug!(%message_id, "webhook message already recorded");
                     return Ok(());
                 }
+                // Clients show how big a file is before fetching it.
+                self.inbound_media_size(&session, &mut content).await;
                 let entry = HistoryEntry {
                     direction: MessageDirection::Incoming,
                     contact: contact.clone(),

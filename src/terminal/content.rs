@@ -98,7 +98,10 @@ pub(super) fn show(entry: &Value, message: &str, origin: Option<&str>) -> Shown 
     } else {
         parts.join(" ")
     };
-    let below = content.interactive.as_ref().map_or_else(Vec::new, |i| options(i));
+    let below = content
+        .interactive
+        .as_ref()
+        .map_or_else(Vec::new, |i| options(i));
     Shown { body, below }
 }
 

@@ -126,6 +126,11 @@ pub trait WhatsAppConnector: Send + Sync + 'static {
     ) -> Result<MediaBytes, HubError> {
         Err(not_supported(self.name(), "download media"))
     }
+    /// A media's size in bytes, when the connector can tell without
+    /// downloading it.
+    async fn media_size(&self, _session: &str, _media_id: &str) -> Result<Option<u64>, HubError> {
+        Ok(None)
+    }
     /// Marks an incoming message read (and shows "typing…" with `typing`).
     async fn mark_read(
         &self,

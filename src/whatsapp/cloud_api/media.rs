@@ -47,10 +47,20 @@ pub(super) async fn upload(
         })
 }
 
-/// Where the bytes are now, and their type.
+/// Where the bytes are now, their type and (when Graph says) size.
 struct Located {
     url: String,
     mime_type: String,
+    size: Option<u64>,
+}
+
+/// The media's size as the Cloud API reports it (no download).
+pub(super) async fn size(
+    api: &CloudApiConnector,
+    number: &NumberSettings,
+    media_id: &str,
+) -> Result<Option<u64>, HubError> {
+    Ok(locate(api, number, media_id, usize::MAX).await?.size)
 }
 
 async fn locate(
@@ -100,6 +110,7 @@ async fn locate(
                 .chars()
                 .take(128)
                 .collect(),
+            size,
         });
     located.ok_or_else(|| {
         HubError::new(

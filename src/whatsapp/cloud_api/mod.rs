@@ -151,6 +151,11 @@ impl WhatsAppConnector for CloudApiConnector {
         media::download(self, number, media_id, max_bytes).await
     }
 
+    async fn media_size(&self, session: &str, media_id: &str) -> Result<Option<u64>, HubError> {
+        let number = self.number(session)?;
+        media::size(self, number, media_id).await
+    }
+
     async fn mark_read(
         &self,
         session: &str,
