@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::format::clean;
 use crate::protocol::{Interactive, Location, Media, MessageContent, ReplyOption};
 
 /// How a message shows: the text after `contact: ` and the lines under it
@@ -222,4 +221,21 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Makes untrusted text safe to print on one line: control characters
+/// (newlines, escape sequences, ...) are shown escaped instead of acting.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

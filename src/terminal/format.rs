@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::content;
+pub use super::content::clean;
 
 /// Contacts shown by name before the list is cut short.
 const MAX_NAMES: usize = 30;
@@ -145,23 +146,6 @@ pub fn request_id(event: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-/// Makes untrusted text safe to print on one line: control characters
-/// (newlines, escape sequences, ...) are shown escaped instead of acting.
-pub fn clean(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn raw(text: &str) -> String {
