@@ -1101,8 +1101,19 @@ fn kubernetes_manifests_are_consistent() {
         "Service",
         "ConfigMap",
         "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.contains_key(kind), "no {kind}");
+    }
+    // The manifests carry their labels themselves (no `labels:`
+    // transformer, which kubectl 1.20's kustomize does not know).
+    for (kind, doc) in &kinds {
+        for (k, v) in [
+            ("app.kubernetes.io/name", "mcp-hub"),
+            ("app.kubernetes.io/part-of", "mcp-hub"),
+        ] {
+            assert_eq!(doc["metadata"]["labels"][k], v, "{kind}: label {k}");
+        }
     }
     let config = &kinds["ConfigMap"]["data"];
     let port: i64 = str_of(&config["MCP_SERVER_PORT"], "port")
@@ -1167,6 +1178,17 @@ fn kubernetes_manifests_are_consistent() {
         ),
         str_of(&c["ports"][0]["name"], "port name")
     );
+    // Every selector of the hub pods is the Deployment's.
+    assert_eq!(labels["app.kubernetes.io/name"], "mcp-hub");
+    assert_eq!(
+        &pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"],
+        selector
+    );
+    assert_eq!(
+        &kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+        selector
+    );
+    assert_eq!(&kinds["Service"]["spec"]["selector"], selector);
     let hpa = &kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"];
     assert_eq!(hpa["kind"], "Deployment");
     assert_eq!(hpa["name"], deploy["metadata"]["name"]);
@@ -1255,6 +1277,53 @@ fn the_shipped_redis_keeps_an_append_only_file() {
     assert_eq!(
         k8s("configmap.yaml")["data"]["REDIS_URL"],
         "redis://redis:6379"
+    );
+}
+
+/// The image is set once, in kustomization.yaml's `images:`, to the crate's
+/// version; nothing runs `latest`.
+#[test]
+fn kubernetes_image_is_the_crate_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let images = k8s("kustomization.yaml")["images"].clone();
+    let images = images.as_sequence().expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["name"], "mcp-hub");
+    assert_eq!(
+        str_of(&images[0]["newTag"], "newTag (quote it)"),
+        version,
+        "kustomization.yaml's newTag must be Cargo.toml's version"
+    );
+    let c = &k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "mcp-hub", "the tag comes from `images:` only");
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    // No manifest names `latest`, and every other image has a tag.
+    for entry in std::fs::read_dir(repo_path("deploy/kubernetes")).expect("deploy/kubernetes") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') {
+                continue;
+            }
+            assert!(!line.contains("latest"), "{}: {line}", path.display());
+            if let Some(image) = line.strip_prefix("image:") {
+                let image = image.trim();
+                assert!(
+                    image == "mcp-hub" || image.rsplit('/').next().unwrap().contains(':'),
+                    "{}: image {image} without a tag",
+                    path.display()
+                );
+            }
+        }
+    }
+    // The README's build commands tag the same version.
+    let readme = repo_file("deploy/kubernetes/README.md");
+    assert!(
+        readme.contains(&format!("mcp-hub:{version}")),
+        "deploy/kubernetes/README.md should build mcp-hub:{version}"
     );
 }
 
