@@ -1102,6 +1102,9 @@ fn kubernetes_manifests_are_consistent() {
         "ConfigMap",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
     ] {
         assert!(kinds.contains_key(kind), "no {kind}");
     }
@@ -1186,6 +1189,10 @@ fn kubernetes_manifests_are_consistent() {
     );
     assert_eq!(
         &kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+        selector
+    );
+    assert_eq!(
+        &kinds["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"],
         selector
     );
     assert_eq!(&kinds["Service"]["spec"]["selector"], selector);
@@ -1325,6 +1332,129 @@ fn kubernetes_image_is_the_crate_version() {
         readme.contains(&format!("mcp-hub:{version}")),
         "deploy/kubernetes/README.md should build mcp-hub:{version}"
     );
+}
+
+#[test]
+fn kubernetes_monitoring_scrapes_the_hubs_with_the_alert_rules() {
+    let service = k8s("service.yaml");
+    let monitor = k8s("servicemonitor.yaml");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    let spec = &monitor["spec"];
+    for (k, v) in spec["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("selector")
+    {
+        assert_eq!(&service["metadata"]["labels"][k], v, "Service label {k:?}");
+    }
+    let endpoint = &spec["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    // instance = pod name = INSTANCE_ID, as the dashboard and alerts expect.
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "instance");
+    assert_eq!(
+        endpoint["relabelings"][0]["sourceLabels"][0],
+        "__meta_kubernetes_pod_name"
+    );
+    // The job is named after a Service label: "hub", the job the alert
+    // rules and prometheus.yml use.
+    let job_label = str_of(&spec["jobLabel"], "jobLabel");
+    assert_eq!(service["metadata"]["labels"][job_label], "hub");
+    assert!(repo_file("deploy/prometheus/rules/mcp-hub.yml").contains("up{job=\"hub\"}"));
+
+    // The PrometheusRule carries the rules file's groups, unchanged.
+    let rule = k8s("prometheusrule.yaml");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let rules = repo_yaml("deploy/prometheus/rules/mcp-hub.yml");
+    assert!(
+        rule["spec"]["groups"] == rules["groups"],
+        "deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/rules/mcp-hub.yml: \
+         regenerate it with the command in its header"
+    );
+    assert_eq!(
+        rule["spec"].as_mapping().expect("spec").len(),
+        1,
+        "spec has only groups"
+    );
+}
+
+#[test]
+fn kubernetes_network_policies_admit_the_front_prometheus_and_the_hubs() {
+    let port = str_of(&k8s("configmap.yaml")["data"]["MCP_SERVER_PORT"], "port")
+        .parse::<i64>()
+        .expect("port");
+    let pod_labels = k8s("deployment.yaml")["spec"]["template"]["metadata"]["labels"].clone();
+    let policy = k8s("networkpolicy.yaml");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"].as_sequence().expect("types").len(), 1);
+    assert_eq!(spec["policyTypes"][0], "Ingress");
+    let rules = spec["ingress"].as_sequence().expect("ingress");
+    assert_eq!(rules.len(), 1, "one rule: these peers, this port");
+    let ports = rules[0]["ports"].as_sequence().expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["port"].as_i64(), Some(port));
+    assert_eq!(ports[0]["protocol"], "TCP");
+    let peers = rules[0]["from"].as_sequence().expect("from");
+    let namespaces: Vec<&Yaml> = peers
+        .iter()
+        .map(|p| &p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+        .collect();
+    assert!(
+        namespaces.contains(&&Yaml::from("ingress-nginx")),
+        "{peers:?}"
+    );
+    let prometheus = peers
+        .iter()
+        .find(|p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus")
+        .expect("a Prometheus peer");
+    assert!(
+        prometheus.get("namespaceSelector").is_some(),
+        "{prometheus:?}"
+    );
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "haproxy"),
+        "an HAProxy peer"
+    );
+
+    // redis.yaml: Redis only from the hub pods, on its port.
+    let text = repo_file("deploy/kubernetes/redis.yaml");
+    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect();
+    let set = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("StatefulSet");
+    let redis_port = set["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        .as_i64()
+        .expect("redis port");
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+        .expect("NetworkPolicy");
+    let spec = &policy["spec"];
+    for (k, v) in spec["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("podSelector")
+    {
+        assert_eq!(&set["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    assert_eq!(spec["policyTypes"][0], "Ingress");
+    let rules = spec["ingress"].as_sequence().expect("ingress");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["ports"][0]["port"].as_i64(), Some(redis_port));
+    let peers = rules[0]["from"].as_sequence().expect("from");
+    assert_eq!(peers.len(), 1, "only the hubs: {peers:?}");
+    assert!(peers[0].get("namespaceSelector").is_none());
+    let hubs = peers[0]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("hub selector");
+    assert!(hubs.contains_key("app.kubernetes.io/component"));
+    for (k, v) in hubs {
+        assert_eq!(&pod_labels[k], v, "the Redis policy selects the hub pods");
+    }
 }
 
 #[test]
