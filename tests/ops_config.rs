@@ -4,8 +4,10 @@
 //! the real tools (haproxy -c, promtool) and check that docker compose and
 //! the local loopback cluster use the very same files.
 //!
-//! A test whose tool is not installed says so on stderr and passes;
-//! ./scripts/test installs haproxy, prometheus (promtool) and redis-server.
+//! A test whose tool is not installed says so on stderr and passes, except
+//! the Kubernetes ones, which fail with the command that installs kubectl or
+//! kubernetes-validate; ./scripts/test installs haproxy, prometheus
+//! (promtool), redis-server, kubectl and kubernetes-validate.
 
 mod support;
 
@@ -16,8 +18,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use support::{
-    CLOSED_ADDR, TempDir, TestCa, free_port, http_get_blocking, interpolate, repo_file, repo_path,
-    repo_yaml, run, tool,
+    CLOSED_ADDR, TempDir, TestCa, free_port, have, http_get_blocking, interpolate, repo_file,
+    repo_path, repo_yaml, run, tool,
 };
 
 fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
@@ -1457,24 +1459,334 @@ fn kubernetes_network_policies_admit_the_front_prometheus_and_the_hubs() {
     }
 }
 
+/// A tool these tests need: a failure with the way to install it, never a
+/// silent skip.
+fn required(tool: &str, install: &str) {
+    assert!(
+        have(tool),
+        "`{tool}` is not installed: {install}, or run ./scripts/test, which installs it"
+    );
+}
+
+const KUBECTL_HINT: &str =
+    "apt-get install -y kubernetes-client (Debian's kubectl; any kubectl from 1.20 on works)";
+
+/// kubernetes-validate (`python3 -m kubernetes_validate`, so that pip's
+/// script directory need not be on PATH) and the newest Kubernetes version
+/// its schemas cover.
+fn kubernetes_validate() -> String {
+    let (ok, out) = run(Command::new("python3")
+        .arg("-c")
+        .arg("import kubernetes_validate.utils as u; print(u.latest_version())"));
+    assert!(
+        ok,
+        "kubernetes-validate is not installed: python3 -m pip install kubernetes-validate, \
+         or run ./scripts/test, which installs it\n{out}"
+    );
+    out.trim().to_string()
+}
+
+/// `kubectl kustomize deploy/kubernetes`: the rendered documents.
+fn kustomize() -> (String, Vec<Json>) {
+    required("kubectl", KUBECTL_HINT);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo_path("deploy/kubernetes"))
+        .output()
+        .expect("running kubectl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl kustomize:\n{stderr}");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect();
+    (text, docs)
+}
+
 #[test]
 fn kustomize_renders_the_manifests() {
-    if !tool("kubectl", "kubectl (from Kubernetes' apt repository)") {
-        return;
-    }
-    let (ok, out) = run(Command::new("kubectl")
-        .arg("kustomize")
-        .arg(repo_path("deploy/kubernetes")));
-    assert!(ok, "kubectl kustomize:\n{out}");
+    let (text, docs) = kustomize();
+    let kinds: BTreeSet<&str> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().expect("kind"))
+        .collect();
     for kind in [
-        "kind: Deployment",
-        "kind: Service",
-        "kind: ConfigMap",
-        "kind: HorizontalPodAutoscaler",
-        "kind: PodDisruptionBudget",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
     ] {
-        assert!(out.contains(kind), "{kind} missing from:\n{out}");
+        assert!(kinds.contains(kind), "{kind} missing from:\n{text}");
     }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("mcp-hub:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(!text.contains(":latest"), "{text}");
+}
+
+/// JSON Schemas of the Prometheus Operator's kinds (monitoring.coreos.com/v1),
+/// for the fields the manifests use, as the operator's CRDs define them:
+/// kubernetes-validate has schemas for Kubernetes' own kinds only. Unknown
+/// fields are refused, as the strict built-in schemas do.
+fn operator_schemas() -> Json {
+    let duration = serde_json::json!({
+        "type": "string",
+        "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    });
+    let labels = serde_json::json!({
+        "type": "object", "additionalProperties": {"type": "string"}
+    });
+    let metadata = serde_json::json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+            "namespace": {"type": "string"},
+            "labels": labels,
+            "annotations": labels
+        },
+        "additionalProperties": false
+    });
+    let head = |kind: &str| {
+        serde_json::json!({
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": metadata,
+        })
+    };
+    let with_spec = |kind: &str, spec: Json| {
+        let mut properties = head(kind);
+        properties["spec"] = spec;
+        serde_json::json!({
+            "type": "object",
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": properties,
+            "additionalProperties": false
+        })
+    };
+    let service_monitor = with_spec(
+        "ServiceMonitor",
+        serde_json::json!({
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "properties": {"matchLabels": labels},
+                    "additionalProperties": false
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": duration,
+                            "scrapeTimeout": duration,
+                            "relabelings": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "sourceLabels": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "string",
+                                                "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"
+                                            }
+                                        },
+                                        "targetLabel": {"type": "string"},
+                                        "regex": {"type": "string"},
+                                        "replacement": {"type": "string"},
+                                        "separator": {"type": "string"},
+                                        "action": {"enum": [
+                                            "replace", "keep", "drop", "hashmod",
+                                            "labelmap", "labeldrop", "labelkeep",
+                                            "lowercase", "uppercase", "keepequal",
+                                            "dropequal"
+                                        ]}
+                                    },
+                                    "additionalProperties": false
+                                }
+                            }
+                        },
+                        "additionalProperties": false
+                    }
+                }
+            },
+            "additionalProperties": false
+        }),
+    );
+    let prometheus_rule = with_spec(
+        "PrometheusRule",
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": duration,
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "oneOf": [
+                                        {"required": ["alert"]},
+                                        {"required": ["record"]}
+                                    ],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": duration,
+                                        "keep_firing_for": duration,
+                                        "labels": labels,
+                                        "annotations": labels
+                                    },
+                                    "additionalProperties": false
+                                }
+                            }
+                        },
+                        "additionalProperties": false
+                    }
+                }
+            },
+            "additionalProperties": false
+        }),
+    );
+    serde_json::json!({
+        "monitoring.coreos.com/v1/ServiceMonitor": service_monitor,
+        "monitoring.coreos.com/v1/PrometheusRule": prometheus_rule,
+    })
+}
+
+/// Validates `docs` against [`operator_schemas`] with Python's jsonschema
+/// (a dependency of kubernetes-validate): success and the report.
+fn validate_operator_kinds(dir: &TempDir, docs: &[Json]) -> (bool, String) {
+    let schemas = dir.write("schemas.json", &operator_schemas().to_string());
+    let docs = dir.write("docs.json", &Json::from(docs.to_vec()).to_string());
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import json, sys, jsonschema
+schemas = json.load(open(sys.argv[1]))
+bad = 0
+for doc in json.load(open(sys.argv[2])):
+    key = doc["apiVersion"] + "/" + doc["kind"]
+    errors = list(jsonschema.Draft202012Validator(schemas[key]).iter_errors(doc))
+    for e in errors:
+        print("ERROR", key, ".".join(map(str, e.absolute_path)), e.message)
+    if not errors:
+        print("INFO", key, doc["metadata"]["name"], "passed")
+    bad = bad or errors
+sys.exit(1 if bad else 0)
+"#,
+        )
+        .arg(schemas)
+        .arg(docs))
+}
+
+/// The oldest Kubernetes the manifests are checked against, besides the
+/// newest kubernetes-validate knows (autoscaling/v2 and policy/v1 need 1.23
+/// or later; kubernetes-validate's schemas start at 1.25).
+const OLDEST_KUBERNETES: &str = "1.25";
+
+/// The rendered set, and redis.yaml, pass kubernetes-validate's strict
+/// schemas; the Prometheus Operator's kinds, which it has no schema for,
+/// pass [`operator_schemas`]. A kind neither knows fails the test.
+#[test]
+fn kubernetes_manifests_pass_schema_validation() {
+    let newest = kubernetes_validate();
+    let versions = [OLDEST_KUBERNETES, newest.as_str()];
+    let (text, docs) = kustomize();
+    let dir = TempDir::new();
+    let rendered = dir.write("rendered.yaml", &text);
+    let schemas = operator_schemas();
+    let operator_kind = |d: &Json| {
+        schemas
+            .get(format!(
+                "{}/{}",
+                d["apiVersion"].as_str().unwrap_or_default(),
+                d["kind"].as_str().unwrap_or_default()
+            ))
+            .is_some()
+    };
+    for file in [rendered, repo_path("deploy/kubernetes/redis.yaml")] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "kubernetes_validate", "--strict"]);
+        for v in versions {
+            cmd.arg("-k").arg(v);
+        }
+        let (ok, out) = run(cmd.arg(&file));
+        assert!(ok, "kubernetes-validate {}:\n{out}", file.display());
+        let file_docs: Vec<Json> = if file.ends_with("rendered.yaml") {
+            docs.clone()
+        } else {
+            serde_yaml::Deserializer::from_str(&repo_file("deploy/kubernetes/redis.yaml"))
+                .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+                .collect()
+        };
+        let builtin = file_docs.iter().filter(|d| !operator_kind(d)).count();
+        let passed = out.lines().filter(|l| l.starts_with("INFO ")).count();
+        assert_eq!(
+            passed,
+            builtin * versions.len(),
+            "every built-in kind passes on every version:\n{out}"
+        );
+        for line in out.lines().filter(|l| !l.starts_with("INFO ")) {
+            assert!(
+                line.starts_with("WARN ")
+                    && line.contains("Couldn't find schema for kind")
+                    && (line
+                        .contains("kind ServiceMonitor with api version monitoring.coreos.com/v1")
+                        || line.contains(
+                            "kind PrometheusRule with api version monitoring.coreos.com/v1"
+                        )),
+                "kubernetes-validate has no schema and neither has this test: {line}"
+            );
+        }
+    }
+    let operator_docs: Vec<Json> = docs.iter().filter(|d| operator_kind(d)).cloned().collect();
+    assert_eq!(operator_docs.len(), 2, "ServiceMonitor and PrometheusRule");
+    let (ok, out) = validate_operator_kinds(&dir, &operator_docs);
+    assert!(ok, "Prometheus Operator kinds:\n{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" passed")).count(),
+        2,
+        "{out}"
+    );
+
+    // The operator schemas do refuse what the operator would: a misspelt
+    // field and a bad duration.
+    let mut typo = operator_docs.clone();
+    for d in &mut typo {
+        if d["kind"] == "ServiceMonitor" {
+            d["spec"]["endpoints"][0]["intervall"] = Json::from("15s");
+        } else {
+            d["spec"]["groups"][0]["rules"][0]["for"] = Json::from("1 minute");
+        }
+    }
+    let (ok, out) = validate_operator_kinds(&dir, &typo);
+    assert!(!ok, "{out}");
+    assert!(out.contains("'intervall' was unexpected"), "{out}");
+    assert!(out.contains("'1 minute' does not match"), "{out}");
 }
 
 // ---------------------------------------------------------- scripts/cluster
