@@ -3,7 +3,8 @@
 //! a send and its `message_event`, a typed `HubError`, the bounded send
 //! queue; a hub killed with `kill -9` and restarted on its port (same data
 //! directory) while the client resumes with nothing lost; and tokens
-//! renewed through `getToken()`, before `exp` and after the hub's 4401.
+//! renewed through `getToken()`, before `exp` and after the hub's 4401;
+//! a connection gone silent, noticed by the heartbeat.
 //!
 //! The SDK must be built: `cd clients/typescript && npm ci && npx tsc`
 //! (./scripts/test does it).
@@ -249,4 +250,30 @@ async fn the_sdk_renews_its_token_before_it_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_reconnects_with_a_fresh_token_after_the_hub_closes_4401() {
     renews_its_token("expire").await;
+}
+
+/// A connection that goes silent without closing (a relay in the script
+/// drops every byte both ways): no frame for the heartbeat timeout, and
+/// the client drops it, reconnects and resumes with the sends it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_notices_a_silent_connection_and_resumes() {
+    let hub = TestHub::start(&[]).await;
+    let mut script = Script::start(&["heartbeat", &hub.ws_url()]);
+    let report = script.next().await;
+    script.finish().await;
+    assert_eq!(
+        report["received"],
+        json!(["while frozen 0", "while frozen 1", "while frozen 2"]),
+        "{report}"
+    );
+    assert_eq!(report["recovered"], true, "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no frame for")),
+        "{report}"
+    );
+    // Heartbeat timeout 1.2 s, checked every 300 ms.
+    let detected = report["detectedMs"].as_u64().expect("detectedMs");
+    assert!((1000..5000).contains(&detected), "{report}");
 }

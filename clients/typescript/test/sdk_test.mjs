@@ -9,8 +9,12 @@
 //                             across the hub's restart; report once all came.
 //   token URL FILE MODE       getToken() reads FILE on every connection;
 //                             MODE `refresh` (before exp) or `expire` (4401).
+//   heartbeat URL             through a TCP relay that goes silent (no
+//                             close, no FIN: a half-open link): the client
+//                             notices, reconnects and resumes.
 import { WebSocket } from "ws";
 import { readFileSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
 import { connect, HubError, HubClient } from "../dist/index.js";
 
 const [mode, url, ...rest] = process.argv.slice(2);
@@ -124,6 +128,53 @@ async function token() {
   say({ event: event.message, tokens: new Set(tokens).size, calls: tokens.length, disconnects });
 }
 
-const modes = { basic, resume, token };
+async function heartbeat() {
+  // A relay to the hub whose links can be frozen: bytes dropped both ways.
+  const hub = new URL(url);
+  const links = [];
+  const relay = createServer((down) => {
+    const link = { frozen: false };
+    const up = tcpConnect(Number(hub.port), hub.hostname);
+    down.on("data", (d) => link.frozen || up.write(d));
+    up.on("data", (d) => link.frozen || down.write(d));
+    for (const [a, b] of [[down, up], [up, down]]) {
+      a.on("error", () => undefined);
+      a.on("close", () => b.destroy());
+    }
+    links.push(link);
+  });
+  await new Promise((r) => relay.listen(0, "127.0.0.1", r));
+  const client = await connect({
+    url: `ws://127.0.0.1:${relay.address().port}/`,
+    WebSocket,
+    session: "sdk-heartbeat",
+    clientId: "sdk-heartbeat",
+    heartbeat: { intervalMs: 300, timeoutMs: 1200 },
+    reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+  });
+  const sender = await connect({ url, WebSocket, session: "sdk-heartbeat", clientId: "sender" });
+  const received = [];
+  const all = new Promise((resolve) =>
+    client.on("message_event", (e) => {
+      received.push(e.message);
+      if (received.length === 3) resolve();
+    }),
+  );
+  const disconnected = until(client, "disconnected", () => true);
+  const resumed = until(client, "registered", (r) => r.reconnect);
+  for (const link of links) link.frozen = true;
+  const frozenAt = Date.now();
+  for (let n = 0; n < 3; n++) await sender.sendMessage("John", `while frozen ${n}`);
+  const lost = await disconnected;
+  const detectedMs = Date.now() - frozenAt;
+  const again = await resumed;
+  await all;
+  client.close();
+  sender.close();
+  relay.close();
+  say({ received, detectedMs, code: lost.code, reason: lost.reason, recovered: again.recovered });
+}
+
+const modes = { basic, resume, token, heartbeat };
 if (!modes[mode]) fail(`unknown mode ${mode}`);
 modes[mode]().then(() => process.exit(0), fail);
