@@ -172,6 +172,7 @@ export class HubClient {
   private seq = 0;
   private readonly prefix = `sdk${Math.random().toString(36).slice(2, 8)}-`;
   private registerRid: string | undefined;
+  private readonly heartbeatRid = `${this.prefix}hb`;
   private registerSince: Position | null = null;
   private token: string | undefined;
   private lastSeen = 0;
@@ -518,6 +519,7 @@ export class HubClient {
       return;
     }
     if (rid !== undefined) {
+      if (rid === this.heartbeatRid) return; // the heartbeat's own pong
       const pending = this.pending.get(rid);
       if (pending) {
         if (frame.type === "error") pending.reject(HubError.fromFrame(frame));
@@ -586,7 +588,7 @@ export class HubClient {
         this.lost(gen, 1006, `no frame for ${idle} ms`);
       } else if (idle >= interval && this.state === "open" && this.writable()) {
         // Browsers cannot send ping control frames: the hub answers `pong`.
-        this.ws!.send(JSON.stringify({ type: "ping", request_id: `${this.prefix}hb` }));
+        this.ws!.send(JSON.stringify({ type: "ping", request_id: this.heartbeatRid }));
       }
     }, tick);
   }
