@@ -2,7 +2,8 @@
 //! the `ws` package, driven through clients/typescript/test/sdk_test.mjs:
 //! a send and its `message_event`, a typed `HubError`, the bounded send
 //! queue; a hub killed with `kill -9` and restarted on its port (same data
-//! directory) while the client resumes with nothing lost; and tokens
+//! directory), and one of two hubs on Redis behind HAProxy, while the
+//! client resumes with nothing lost; tokens
 //! renewed through `getToken()`, before `exp` and after the hub's 4401;
 //! a connection gone silent, noticed by the heartbeat.
 //!
@@ -276,4 +277,76 @@ async fn the_sdk_notices_a_silent_connection_and_resumes() {
     // Heartbeat timeout 1.2 s, checked every 300 ms.
     let detected = report["detectedMs"].as_u64().expect("detectedMs");
     assert!((1000..5000).contains(&detected), "{report}");
+}
+
+/// The same through HAProxy to two hubs on Redis: the hub the SDK client
+/// is on is killed (`kill -9`); sends made on the other meanwhile, and
+/// after, all reach the client once, in order, once it has resumed
+/// through the load balancer; then the killed hub comes back on its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_a_killed_hub_loses_nothing_for_a_resuming_sdk_client() {
+    const AWAY: usize = 12;
+    const AFTER: usize = 3;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let hub_args = |id: &'static str| -> Vec<String> {
+        [
+            "--redis-url",
+            &redis_url,
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "500",
+            "--presence-ttl-ms",
+            "5000",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let mut hubs = Vec::new();
+    for id in ["ts1", "ts2"] {
+        let args = hub_args(id);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hubs.push(HubProcess::start(&args, &[]).await);
+    }
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 2);
+    let lb_url = format!("ws://127.0.0.1:{}/", lb.port);
+    let mut script = Script::start(&["resume", &lb_url, &AWAY.to_string(), &AFTER.to_string()]);
+    let first = script.next().await;
+    let on = match first["instance"].as_str() {
+        Some("ts1") => 0,
+        Some("ts2") => 1,
+        other => panic!("an instance of ours: {other:?} {first}"),
+    };
+    let (killed_id, survivor) = (["ts1", "ts2"][on], 1 - on);
+    let port = hubs[on].addr.port().to_string();
+
+    hubs[on].kill();
+    let (mut producer, _) =
+        WsClient::register(&hubs[survivor].ws_url(), "sdk-resume", "producer").await;
+    for n in 0..AWAY {
+        send(&mut producer, &format!("away {n}")).await;
+    }
+    let resumed = script.next().await;
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["since"]["epoch"], first["epoch"], "{resumed}");
+    for n in 0..AFTER {
+        send(&mut producer, &format!("after {n}")).await;
+    }
+    let report = script.next().await;
+    script.finish().await;
+    let expected: Vec<String> = (0..AWAY)
+        .map(|n| format!("away {n}"))
+        .chain((0..AFTER).map(|n| format!("after {n}")))
+        .collect();
+    assert_eq!(report["received"], json!(expected), "{report}");
+
+    // The killed hub comes back on its port and serves again.
+    let mut args = hub_args(killed_id);
+    args.extend(["--port".to_string(), port]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let back = HubProcess::start(&args, &[]).await;
+    let (_, conf) = WsClient::register(&back.ws_url(), "sdk-resume", "late").await;
+    assert_eq!(conf["epoch"], first["epoch"], "{conf}");
 }

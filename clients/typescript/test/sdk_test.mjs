@@ -95,7 +95,8 @@ async function resume() {
       if (received.length === away + after) resolve();
     });
   });
-  say({ registered: client.confirmation.offset, epoch: client.confirmation.epoch });
+  const { offset, epoch, instance } = client.confirmation;
+  say({ registered: offset, epoch, instance });
   await done;
   client.close();
   say({ received, replayed, registrations, disconnects });
