@@ -3,9 +3,9 @@
 //! a send and its `message_event`, a typed `HubError`, the bounded send
 //! queue; a hub killed with `kill -9` and restarted on its port (same data
 //! directory), and one of two hubs on Redis behind HAProxy, while the
-//! client resumes with nothing lost; tokens
-//! renewed through `getToken()`, before `exp` and after the hub's 4401;
-//! a connection gone silent, noticed by the heartbeat.
+//! client resumes with nothing lost; tokens renewed through `getToken()`,
+//! before `exp` and after the hub's 4401; a connection gone silent,
+//! noticed by the heartbeat.
 //!
 //! The SDK must be built: `cd clients/typescript && npm ci && npx tsc`
 //! (./scripts/test does it).
