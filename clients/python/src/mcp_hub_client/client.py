@@ -292,6 +292,8 @@ class HubClient:
                 continue
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed):
                 continue
+            except Exception:  # get_token failed (its auth server, say): retry
+                continue
             await self._emit(Reconnected(self.registration, self.registration.recovered, attempt))
             for frame in extra:
                 await self._emit(frame)
