@@ -343,3 +343,30 @@ async fn real_frames_validate_against_their_messages() {
         assert!(covered.contains(id), "no real {id} frame checked");
     }
 }
+
+/// The document is served like the OpenAPI one: only to a `Host` the hub
+/// serves, with CORS headers for the allowed origins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_follows_the_rest_apis_host_and_cors_rules() {
+    const LISTED: &str = "https://app.example";
+    let hub = TestHub::start(&["--allowed-origins", LISTED]).await;
+    let get = |path: &str, header: (&'static str, &'static str)| {
+        reqwest::Client::new()
+            .get(hub.http_url(path))
+            .header(header.0, header.1)
+            .send()
+    };
+    for path in ["/api/v1/openapi.json", "/api/v1/asyncapi.json"] {
+        let r = get(path, ("host", "evil.example")).await.expect("GET");
+        assert_eq!(r.status().as_u16(), 403, "{path} for a foreign Host");
+        for (origin, allowed) in [(LISTED, Some(LISTED)), ("https://evil.example", None)] {
+            let r = get(path, ("origin", origin)).await.expect("GET");
+            assert_eq!(r.status().as_u16(), 200, "{path}");
+            let allow = r
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap_or_default().to_string());
+            assert_eq!(allow.as_deref(), allowed, "{path} from {origin}");
+        }
+    }
+}
