@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
     Deserialize,
     strum::IntoStaticStr,
     utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -35,6 +36,7 @@ pub enum ApprovalVia {
     strum::IntoStaticStr,
     strum::EnumString,
     utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -52,7 +54,9 @@ impl Decision {
 }
 
 /// A held send as the session's clients see it (`approval_request`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 pub struct Approval {
     /// The session's number for it: what `approve`, `/approve N` and the
     /// admin API name.
@@ -71,7 +75,9 @@ pub struct Approval {
 }
 
 /// Who decided what, and when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 pub struct Resolution {
     pub decision: Decision,
     /// A member's client id, `admin:SUB`, `mcp:CALLER` (elicitation), or

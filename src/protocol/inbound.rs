@@ -110,7 +110,7 @@ impl ClientMessage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, schemars::JsonSchema)]
 pub struct Register {
     #[serde(default)]
     pub client_id: Option<String>,
@@ -122,13 +122,16 @@ pub struct Register {
     pub capabilities: Vec<String>,
     /// Resume point: the last offset this client received, and its epoch.
     #[serde(default, deserialize_with = "since_field")]
+    #[schemars(with = "Option<Since>")]
     pub since: Option<Since>,
 }
 
 /// Where a resuming client left off (`register.since`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
 pub struct Since {
     pub offset: u64,
+    #[schemars(length(min = 1, max = 64))]
     pub epoch: String,
 }
 
@@ -164,7 +167,7 @@ fn since_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Since>, 
 
 /// A WhatsApp action, as sent in `whatsapp_command.command` and as produced
 /// by an AI interpretation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum WhatsAppCommand {
     /// Text, or media, reply options, a reaction or a location (then
@@ -195,6 +198,7 @@ pub enum WhatsAppCommand {
         template: String,
         language: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<Vec<Value>>")]
         components: Option<Value>,
     },
     /// Marks the contact's latest incoming message read (and earlier ones
@@ -280,7 +284,7 @@ impl WhatsAppCommand {
 }
 
 /// A contact as clients may give it in a context: a bare name or an object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ContactRef {
     Name(String),
@@ -305,7 +309,7 @@ impl ContactRef {
 
 /// The context a client may attach to an AI command; when absent the hub
 /// uses the session's own.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AiContext {
     #[serde(default)]
     pub last_contact: Option<String>,
@@ -313,15 +317,15 @@ pub struct AiContext {
     pub contact_list: Option<Vec<ContactRef>>,
 }
 
-#[derive(Deserialize)]
-struct WhatsAppCommandBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct WhatsAppCommandBody {
     command: Value,
     #[serde(default)]
     idempotency_key: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct AiCommandBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct AiCommandBody {
     command: String,
     #[serde(default)]
     context: Option<AiContext>,
@@ -329,30 +333,30 @@ struct AiCommandBody {
     idempotency_key: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct AiRequestBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct AiRequestBody {
     prompt: String,
     #[serde(default)]
     context: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct BroadcastBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct BroadcastBody {
     payload: Value,
 }
 
-#[derive(Deserialize)]
-struct ExecuteResultBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct ExecuteResultBody {
     content: Value,
 }
 
-#[derive(Deserialize)]
-struct ContactsUpdateBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct ContactsUpdateBody {
     contacts: Vec<ContactRef>,
 }
 
-#[derive(Deserialize)]
-struct DecisionBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct DecisionBody {
     id: u64,
     #[serde(default)]
     reason: Option<String>,
@@ -361,8 +365,8 @@ struct DecisionBody {
 /// Longest `reason` of a `reject`, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
 
-#[derive(Deserialize)]
-struct IncomingBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct IncomingBody {
     contact: String,
     message: String,
 }

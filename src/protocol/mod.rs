@@ -13,6 +13,7 @@ mod fields;
 mod frame;
 mod inbound;
 mod outbound;
+pub mod schema;
 
 pub use approval::{Approval, ApprovalVia, DECIDED_BY_HUB, Decision, Resolution};
 pub use close::CloseReason;

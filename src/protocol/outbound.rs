@@ -108,7 +108,9 @@ pub struct StatusError {
 }
 
 /// A connected client as other clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 pub struct ClientInfo {
     pub client_id: String,
     pub client_name: String,
@@ -129,7 +131,9 @@ pub struct ClientInfo {
 /// strum names each variant as serde does (its wire `type`, also its
 /// metrics label): [`Self::kind`], and every kind in
 /// [`strum::VariantNames::VARIANTS`].
-#[derive(Debug, Clone, Serialize, strum::IntoStaticStr, strum::VariantNames)]
+#[derive(
+    Debug, Clone, Serialize, strum::IntoStaticStr, strum::VariantNames, schemars::JsonSchema,
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum ServerEvent<'a> {
@@ -161,6 +165,7 @@ pub enum ServerEvent<'a> {
         request_id: Option<&'a str>,
     },
     Error {
+        #[schemars(with = "super::errors::ErrorCode")]
         code: &'a str,
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -47,6 +47,7 @@ pub fn routes() -> OpenApiRouter<Arc<Hub>> {
         .routes(routes!(decide_approval))
         .routes(routes!(instances))
         .routes(routes!(super::openapi::openapi_json))
+        .routes(routes!(super::asyncapi::asyncapi_json))
 }
 
 /// The dashboard page and its feed (not REST: see `NON_REST_ROUTES`).

@@ -10,6 +10,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod asyncapi;
 pub mod auth;
 pub mod browser;
 pub mod connection;
