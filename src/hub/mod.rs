@@ -253,6 +253,18 @@ impl Hub {
         except: Option<&str>,
         presence: Option<u64>,
     ) -> Result<Published, HubError> {
+        // With traces on, a span whose context the event carries.
+        let span = if crate::telemetry::tracing_enabled() {
+            tracing::info_span!(
+                "publish",
+                session,
+                kind = event.kind(),
+                otel.kind = "producer"
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.enter();
         let published = self.broker.publish_event(EventEnvelope {
             header: EventHeader {
                 session: session.to_string(),
@@ -261,6 +273,7 @@ impl Hub {
                 produced_at: now_millis(),
                 except: except.map(str::to_string),
                 presence,
+                traceparent: crate::telemetry::current_traceparent(),
             },
             frame: event.to_json(),
         });
@@ -530,9 +543,30 @@ impl Hub {
         }
     }
 
+    /// [`Self::deliver_logged_event`], in a span continuing the publisher's
+    /// trace when the event carries one (traces on).
+    async fn deliver_event(&self, event: LoggedEvent) {
+        use tracing::Instrument;
+        let span = match &event.header.traceparent {
+            Some(parent) if crate::telemetry::tracing_enabled() => {
+                let span = tracing::info_span!(
+                    "deliver",
+                    session = %event.header.session,
+                    kind = %event.header.kind,
+                    offset = event.offset,
+                    otel.kind = "consumer"
+                );
+                crate::telemetry::set_traceparent(&span, parent);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        self.deliver_logged_event(event).instrument(span).await
+    }
+
     /// Delivers one logged event to the local clients, first filling any
     /// gap before it from the log (an offset never skipped, never twice).
-    async fn deliver_event(&self, event: LoggedEvent) {
+    async fn deliver_logged_event(&self, event: LoggedEvent) {
         let out = logged_outbound(&event);
         let Delivery::Gap { after } =
             self.registry
