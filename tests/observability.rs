@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -133,6 +133,8 @@ struct ReceivedSpan {
     span_id: String,
     parent_span_id: String,
     name: String,
+    /// The span's string attributes.
+    attributes: Vec<(String, String)>,
 }
 
 /// A fake OTLP/HTTP collector: `POST /v1/traces` with a protobuf
@@ -146,6 +148,7 @@ impl FakeCollector {
     async fn start() -> FakeCollector {
         use axum::body::Bytes;
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
         use prost::Message;
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
         let sink = spans.clone();
@@ -169,6 +172,14 @@ impl FakeCollector {
                             span_id: hex(&span.span_id),
                             parent_span_id: hex(&span.parent_span_id),
                             name: span.name.clone(),
+                            attributes: span
+                                .attributes
+                                .iter()
+                                .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                                    Value::StringValue(v) => Some((kv.key.clone(), v.clone())),
+                                    _ => None,
+                                })
+                                .collect(),
                         });
                     }
                     axum::http::StatusCode::OK
@@ -197,56 +208,95 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The one test of this binary that installs the process's trace exporter
-/// (a global subscriber): the other tests' requests are exported too, under
-/// other trace ids.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rest_broadcast_continues_the_callers_trace() {
-    let collector = FakeCollector::start().await;
-    let config = config_from_flags(&["--otel-exporter-otlp-endpoint", &collector.url])
-        .expect("valid settings");
-    let telemetry = Arc::new(mcp_hub::telemetry::init(&config));
-    assert!(telemetry.exporting(), "traces are on with an endpoint");
+/// The process's trace exporter (a global subscriber, installed once for
+/// this binary) and the fake collector it sends to, which runs on its own
+/// runtime so it outlives every test's. The other tests' requests are
+/// exported too, under other trace ids.
+struct Tracing {
+    collector: FakeCollector,
+    telemetry: mcp_hub::telemetry::Telemetry,
+}
 
-    let hub = TestHub::start(&[]).await;
-    let (mut member, _) = WsClient::register(&hub.ws_url(), "traced", "member").await;
-    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+fn tracing() -> &'static Tracing {
+    static TRACING: OnceLock<Tracing> = OnceLock::new();
+    TRACING.get_or_init(|| {
+        let (started, collector) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let _ = started.send(FakeCollector::start().await);
+                std::future::pending::<()>().await
+            })
+        });
+        let collector = collector.recv().expect("the fake collector starts");
+        let config = config_from_flags(&["--otel-exporter-otlp-endpoint", &collector.url])
+            .expect("valid settings");
+        let telemetry = mcp_hub::telemetry::init(&config);
+        assert!(telemetry.exporting(), "traces are on with an endpoint");
+        Tracing {
+            collector,
+            telemetry,
+        }
+    })
+}
+
+/// The spans of `trace` once `complete` holds for them, flushing the
+/// exporter's batch each round; panics after 20 s.
+async fn spans_until(trace: &str, complete: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::task::spawn_blocking(|| tracing().telemetry.flush())
+            .await
+            .expect("flush");
+        let spans = tracing().collector.spans_of(trace);
+        if complete(&spans) {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of trace {trace} incomplete after 20 s: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// POSTs a test broadcast into `session` as a caller whose span is
+/// `caller_span` of trace `trace`.
+async fn traced_broadcast(hub: &TestHub, session: &str, trace: &str, caller_span: &str) {
     let response = reqwest::Client::new()
-        .post(hub.http_url("/api/v1/sessions/traced/broadcast"))
-        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .post(hub.http_url(&format!("/api/v1/sessions/{session}/broadcast")))
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
         .json(&json!({"payload": {"n": 1}}))
         .send()
         .await
         .expect("POST");
     assert_eq!(response.status(), 200);
+}
+
+const BROADCAST_SPAN: &str = "POST /api/v1/sessions/{session}/broadcast";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_broadcast_continues_the_callers_trace() {
+    tracing();
+    let hub = TestHub::start(&[]).await;
+    let (mut member, _) = WsClient::register(&hub.ws_url(), "traced", "member").await;
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    traced_broadcast(&hub, "traced", TRACE, CALLER_SPAN).await;
     member.recv_type("broadcast").await;
 
-    // Poll the collector, flushing the batch each round, until the
-    // request's, the publish's and the delivery's spans are in.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let flushing = telemetry.clone();
-        tokio::task::spawn_blocking(move || flushing.flush())
-            .await
-            .expect("flush");
-        let spans = collector.spans_of(TRACE);
-        let named = |name: &str| spans.iter().any(|s| s.name == name);
-        if named("POST /api/v1/sessions/{session}/broadcast")
-            && named("publish")
-            && named("deliver")
-        {
-            break spans;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans of trace {TRACE} missing after 20 s: {spans:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spans = spans_until(TRACE, |spans| {
+        ["publish", "deliver", BROADCAST_SPAN]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+    })
+    .await;
     let server = spans
         .iter()
-        .find(|s| s.name == "POST /api/v1/sessions/{session}/broadcast")
+        .find(|s| s.name == BROADCAST_SPAN)
         .expect("the request's span");
     assert_eq!(
         server.parent_span_id, CALLER_SPAN,
@@ -262,4 +312,46 @@ async fn a_rest_broadcast_continues_the_callers_trace() {
         deliver.parent_span_id, publish.span_id,
         "the delivery continues the published event's trace: {spans:#?}"
     );
+}
+
+/// Through Redis: the event's header carries the publish span's
+/// `traceparent`, so both instances' deliveries are in the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broadcast_is_one_trace_across_instances() {
+    tracing();
+    let redis = TestRedis::start();
+    let hubs = start_cluster(&redis, &["trace-a", "trace-b"], &[]).await;
+    let (mut on_a, _) = WsClient::register(&hubs[0].ws_url(), "relay", "on-a").await;
+    let (mut on_b, _) = WsClient::register(&hubs[1].ws_url(), "relay", "on-b").await;
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER_SPAN: &str = "b7ad6b7169203331";
+    traced_broadcast(&hubs[0], "relay", TRACE, CALLER_SPAN).await;
+    on_a.recv_type("broadcast").await;
+    on_b.recv_type("broadcast").await;
+
+    let delivered_on = |spans: &[ReceivedSpan], instance: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "deliver"
+                    && s.attributes
+                        .iter()
+                        .any(|(k, v)| k == "instance" && v == instance)
+            })
+            .cloned()
+    };
+    let spans = spans_until(TRACE, |spans| {
+        spans.iter().any(|s| s.name == "publish")
+            && delivered_on(spans, "trace-a").is_some()
+            && delivered_on(spans, "trace-b").is_some()
+    })
+    .await;
+    let publish = spans.iter().find(|s| s.name == "publish").expect("publish");
+    for instance in ["trace-a", "trace-b"] {
+        let deliver = delivered_on(&spans, instance).expect("a delivery");
+        assert_eq!(
+            deliver.parent_span_id, publish.span_id,
+            "{instance}'s delivery is the publish's child: {spans:#?}"
+        );
+    }
 }

@@ -547,21 +547,28 @@ impl Hub {
     /// trace when the event carries one (traces on).
     async fn deliver_event(&self, event: LoggedEvent) {
         use tracing::Instrument;
-        let span = match &event.header.traceparent {
+        let span = self.delivery_span(&event);
+        self.deliver_logged_event(event).instrument(span).await
+    }
+
+    /// With traces on, the span of this instance's delivery of `event`: a
+    /// child of the span that published it, whichever instance that was.
+    fn delivery_span(&self, event: &LoggedEvent) -> tracing::Span {
+        match &event.header.traceparent {
             Some(parent) if crate::telemetry::tracing_enabled() => {
                 let span = tracing::info_span!(
                     "deliver",
                     session = %event.header.session,
                     kind = %event.header.kind,
                     offset = event.offset,
+                    instance = self.instance(),
                     otel.kind = "consumer"
                 );
                 crate::telemetry::set_traceparent(&span, parent);
                 span
             }
             _ => tracing::Span::none(),
-        };
-        self.deliver_logged_event(event).instrument(span).await
+        }
     }
 
     /// Delivers one logged event to the local clients, first filling any
@@ -639,6 +646,7 @@ impl Hub {
                 .events
                 .ok_or_else(|| "events missing from the log".to_string())?;
             for event in events.iter().filter(|e| e.offset < until) {
+                let _delivery = self.delivery_span(event).entered();
                 let out = logged_outbound(event);
                 self.registry
                     .deliver_logged(event, &out, true, &self.metrics);
