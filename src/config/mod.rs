@@ -86,7 +86,7 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// OpenTelemetry traces: the OTLP/HTTP collector's base URL (`http://collector:4318`); spans are sent to `<url>/v1/traces`. Unset: no traces.
+    /// OpenTelemetry traces: the OTLP/HTTP collector's base URL (`http://collector:4318`, no https); spans are sent to `<url>/v1/traces`. Unset: no traces.
     #[arg(
         long = "otel-exporter-otlp-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -525,10 +525,12 @@ impl ServeArgs {
         let limits = self.limits.validate(self.outbound_queue_bytes as usize)?;
         let otlp_endpoint = match self.otel_exporter_otlp_endpoint {
             Some(url) if url.trim().is_empty() => None,
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            // The exporter's HTTP client is built without TLS: https
+            // would fail at every export, so it is refused at start.
+            Some(url) if !url.starts_with("http://") => {
                 return Err(invalid(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "must be an http:// or https:// URL (OTLP over HTTP)",
+                    "must be an http:// URL (OTLP over HTTP; https is not supported: send to a local collector)",
                 ));
             }
             other => other.map(|url| url.trim_end_matches('/').to_string()),
