@@ -119,7 +119,8 @@ fn serve(runtime: &tokio::runtime::Runtime, args: mcp_hub::config::ServeArgs) ->
             return ExitCode::from(2);
         }
     };
-    mcp_hub::telemetry::init(config.log_format);
+    // Spans still batched are sent when this is dropped, after the drain.
+    let _telemetry = mcp_hub::telemetry::init(&config);
     // As Go's runtime does: the soft descriptor limit (often 1024) up to
     // the hard one, so connection caps, not the OS default, decide what
     // the hub holds.

@@ -42,6 +42,14 @@ pub struct Metrics {
     pub token_verifications: IntCounterVec,
     /// What a hostile-input limit shed, by [`Shed`] (docs/security.md §12).
     pub limit_shed: IntCounterVec,
+    /// HTTP requests answered, by route (the matched route template, e.g.
+    /// `/api/v1/sessions/{session}`, or [`UNMATCHED_ROUTE`]), method (or
+    /// `other`) and status; WebSocket upgrades included (status 101).
+    pub http_requests: IntCounterVec,
+    /// Time from a request's arrival to its response head, by route and
+    /// method: a stream or an upgraded WebSocket is timed to its head,
+    /// never for its life.
+    pub http_request_duration: HistogramVec,
     /// `messages_sent` series of the known message types, resolved on first
     /// use instead of a label lookup per written frame.
     sent_by_kind: [std::sync::OnceLock<IntCounter>; EVENT_KINDS.len() + 1],
@@ -123,6 +131,12 @@ pub const RECEIVED_INVALID: &str = "invalid";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// `route` of a request that matched no route (a 404 of the router).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+const HTTP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const UPSTREAM_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
 
@@ -299,6 +313,23 @@ impl Metrics {
                 &["limit"],
             )
             .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "hub_http_requests_total",
+                    "HTTP requests answered, by route template, method and status",
+                ),
+                &["route", "method", "status"],
+            )
+            .expect("valid metric"),
+            http_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "hub_http_request_duration_seconds",
+                    "Time to an HTTP response's head, by route template and method",
+                )
+                .buckets(HTTP_BUCKETS.to_vec()),
+                &["route", "method"],
+            )
+            .expect("valid metric"),
             registry,
             sent_by_kind: Default::default(),
         };
@@ -336,6 +367,8 @@ impl Metrics {
             Box::new(m.store_up.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_request_duration.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -394,6 +427,17 @@ impl Metrics {
                 .inc(),
             None => self.messages_sent.with_label_values(&[kind]).inc(),
         }
+    }
+
+    /// Counts one HTTP request answered with `status` after `seconds`.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.http_requests
+            .with_label_values(&[route, method, status.as_str()])
+            .inc();
+        self.http_request_duration
+            .with_label_values(&[route, method])
+            .observe(seconds);
     }
 
     /// Counts one connection, request or record shed by `limit`.

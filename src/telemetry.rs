@@ -1,30 +1,179 @@
 //! Logging setup (`RUST_LOG` filters, `LOG_FORMAT` picks text or JSON),
-//! and [`LogThrottle`], for the lines a stranger can cause at will.
+//! OpenTelemetry traces over OTLP/HTTP (`OTEL_EXPORTER_OTLP_ENDPOINT`; off
+//! when unset) with the W3C trace-context helpers the HTTP layer and the
+//! event bus use, and [`LogThrottle`], for the lines a stranger can cause
+//! at will.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+use crate::config::{HubConfig, LogFormat};
 
-pub fn init(format: LogFormat) {
+/// Whether spans are exported (set once, by [`init`] with an endpoint):
+/// while false the trace-context helpers cost nothing.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// What [`init`] set up: the span exporter, flushed and stopped on drop
+/// (every span ended before is sent).
+#[must_use = "dropping it stops the span exporter"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT is set).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends every span ended so far now (blocking; for tests and exit).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(e) = provider.force_flush()
+        {
+            tracing::debug!(error = %e, "flushing spans failed");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the process's log (and, with `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// trace) subscriber. A second call installs nothing (the first one stays).
+pub fn init(config: &HubConfig) -> Telemetry {
     // rmcp logs every stateless /mcp request at info (three lines each).
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // A failed write to stderr (its reader went away: `mcp-hub | head`,
         // a dead log shipper) is otherwise reported with eprintln!, which
         // panics and kills whatever task was logging - a connection's
         // reader, or the shutdown signal handler. Lose the line instead.
         .log_internal_errors(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match config.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    }];
+    let provider = match config.otlp_endpoint.as_deref() {
+        None => None,
+        Some(endpoint) => match tracer_provider(endpoint, &config.instance_id) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("warning: traces are off: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint}: {e}");
+                None
+            }
+        },
     };
+    if let Some(provider) = &provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("mcp-hub"))
+                .boxed(),
+        );
+    }
+    let installed = tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        TRACING.store(true, Ordering::Release);
+    }
+    Telemetry { provider }
+}
+
+/// Spans batched to `<endpoint>/v1/traces` (protobuf over HTTP), as
+/// service `mcp-hub`, instance INSTANCE_ID. The batch's schedule and size
+/// follow the standard `OTEL_BSP_*` variables.
+fn tracer_provider(endpoint: &str, instance: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("mcp-hub")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.to_string(),
+        ))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Whether spans are exported (see [`init`]).
+pub fn tracing_enabled() -> bool {
+    TRACING.load(Ordering::Acquire)
+}
+
+/// HTTP request headers as a trace-context carrier.
+pub struct HeaderCarrier<'a>(pub &'a axum::http::HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Makes `span` the child of the remote span that `carrier` names (its
+/// W3C `traceparent`, e.g. an HTTP caller's); nothing while traces are off
+/// or the carrier names none.
+pub fn set_remote_parent(span: &tracing::Span, carrier: &dyn Extractor) {
+    if !tracing_enabled() || carrier.get("traceparent").is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(carrier);
+    let _ = span.set_parent(parent);
+}
+
+/// [`set_remote_parent`] from a `traceparent` value (an event's header).
+pub fn set_traceparent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    set_remote_parent(span, &carrier);
+}
+
+/// The W3C `traceparent` of the current span, to carry it on (an event
+/// published to the cluster); None while traces are off.
+pub fn current_traceparent() -> Option<String> {
+    if !tracing_enabled() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
 }
 
 /// At most one line per period for one kind of event a caller can repeat

@@ -125,6 +125,7 @@ fn envelope(session: &str, n: usize) -> EventEnvelope {
             produced_at: mcp_hub::protocol::now_millis(),
             except: None,
             presence: None,
+            traceparent: None,
         },
         frame: format!(r#"{{"type":"broadcast","from":"x","payload":{n},"timestamp":1}}"#),
     }

@@ -1124,6 +1124,7 @@ fn envelope(origin: &str, n: usize) -> EventEnvelope {
             produced_at: n as u64,
             except: None,
             presence: None,
+            traceparent: None,
         },
         frame: format!("{{\"n\":{n}}}"),
     }

@@ -319,6 +319,7 @@ mod tests {
                 produced_at: now_millis(),
                 except: None,
                 presence: None,
+                traceparent: None,
             },
             frame: r#"{"type":"broadcast","from":"x","payload":1,"timestamp":1}"#.into(),
         }

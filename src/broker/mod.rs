@@ -43,6 +43,10 @@ pub struct EventHeader {
     /// list is as of this version or a later one is not sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<u64>,
+    /// The W3C `traceparent` of the span that published it (traces on):
+    /// every instance's delivery continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A session event on its way to the log: already serialized (without its
@@ -358,6 +362,7 @@ mod tests {
                 produced_at: 7,
                 except: except.map(str::to_string),
                 presence,
+                traceparent: None,
             },
             frame: r#"{"type":"client_left","client_id":"c1"}"#.into(),
         }

@@ -86,6 +86,12 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// OpenTelemetry traces: the OTLP/HTTP collector's base URL (`http://collector:4318`, no https); spans are sent to `<url>/v1/traces`. Unset: no traces.
+    #[arg(
+        long = "otel-exporter-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    pub otel_exporter_otlp_endpoint: Option<String>,
 
     /// Largest accepted WebSocket message in bytes; larger ones close the connection with 1009.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(256..))]
@@ -399,6 +405,8 @@ pub struct HubConfig {
     pub port: u16,
     pub instance_id: String,
     pub log_format: LogFormat,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (None: no traces).
+    pub otlp_endpoint: Option<String>,
     pub max_message_bytes: usize,
     pub outbound_queue_bytes: usize,
     pub outbound_queue_len: usize,
@@ -515,11 +523,24 @@ impl ServeArgs {
         let data_dir = data_dir(self.data_dir.as_deref(), redis.is_some())?;
         let whatsapp = self.whatsapp.validate(self.connector)?;
         let limits = self.limits.validate(self.outbound_queue_bytes as usize)?;
+        let otlp_endpoint = match self.otel_exporter_otlp_endpoint {
+            Some(url) if url.trim().is_empty() => None,
+            // The exporter's HTTP client is built without TLS: https
+            // would fail at every export, so it is refused at start.
+            Some(url) if !url.starts_with("http://") => {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "must be an http:// URL (OTLP over HTTP; https is not supported: send to a local collector)",
+                ));
+            }
+            other => other.map(|url| url.trim_end_matches('/').to_string()),
+        };
         Ok(HubConfig {
             host: self.host,
             port: self.port,
             instance_id,
             log_format: self.log_format,
+            otlp_endpoint,
             max_message_bytes: self.max_message_bytes as usize,
             outbound_queue_bytes: self.outbound_queue_bytes as usize,
             outbound_queue_len: self.outbound_queue_len as usize,

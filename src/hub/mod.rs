@@ -253,6 +253,18 @@ impl Hub {
         except: Option<&str>,
         presence: Option<u64>,
     ) -> Result<Published, HubError> {
+        // With traces on, a span whose context the event carries.
+        let span = if crate::telemetry::tracing_enabled() {
+            tracing::info_span!(
+                "publish",
+                session,
+                kind = event.kind(),
+                otel.kind = "producer"
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.enter();
         let published = self.broker.publish_event(EventEnvelope {
             header: EventHeader {
                 session: session.to_string(),
@@ -261,6 +273,7 @@ impl Hub {
                 produced_at: now_millis(),
                 except: except.map(str::to_string),
                 presence,
+                traceparent: crate::telemetry::current_traceparent(),
             },
             frame: event.to_json(),
         });
@@ -530,9 +543,37 @@ impl Hub {
         }
     }
 
+    /// [`Self::deliver_logged_event`], in a span continuing the publisher's
+    /// trace when the event carries one (traces on).
+    async fn deliver_event(&self, event: LoggedEvent) {
+        use tracing::Instrument;
+        let span = self.delivery_span(&event);
+        self.deliver_logged_event(event).instrument(span).await
+    }
+
+    /// With traces on, the span of this instance's delivery of `event`: a
+    /// child of the span that published it, whichever instance that was.
+    fn delivery_span(&self, event: &LoggedEvent) -> tracing::Span {
+        match &event.header.traceparent {
+            Some(parent) if crate::telemetry::tracing_enabled() => {
+                let span = tracing::info_span!(
+                    "deliver",
+                    session = %event.header.session,
+                    kind = %event.header.kind,
+                    offset = event.offset,
+                    instance = self.instance(),
+                    otel.kind = "consumer"
+                );
+                crate::telemetry::set_traceparent(&span, parent);
+                span
+            }
+            _ => tracing::Span::none(),
+        }
+    }
+
     /// Delivers one logged event to the local clients, first filling any
     /// gap before it from the log (an offset never skipped, never twice).
-    async fn deliver_event(&self, event: LoggedEvent) {
+    async fn deliver_logged_event(&self, event: LoggedEvent) {
         let out = logged_outbound(&event);
         let Delivery::Gap { after } =
             self.registry
@@ -605,6 +646,7 @@ impl Hub {
                 .events
                 .ok_or_else(|| "events missing from the log".to_string())?;
             for event in events.iter().filter(|e| e.offset < until) {
+                let _delivery = self.delivery_span(event).entered();
                 let out = logged_outbound(event);
                 self.registry
                     .deliver_logged(event, &out, true, &self.metrics);

@@ -623,6 +623,7 @@ mod tests {
                 produced_at: 1,
                 except: None,
                 presence: None,
+                traceparent: None,
             },
             frame: frame.clone(),
         };

@@ -6,7 +6,9 @@
 //! itself in [`upgrade`], over the shared sockets of [`listener`], which
 //! the accept loop ([`accept`]) admits, watches and sheds. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
-//! are listed in [`openapi::NON_REST_ROUTES`].
+//! are listed in [`openapi::NON_REST_ROUTES`]. Every request, matched or
+//! not, gets a request id, per-route metrics, an access log line and (with
+//! traces on) a span ([`observe`]).
 
 pub mod accept;
 pub mod admin;
@@ -19,6 +21,7 @@ pub mod http;
 pub mod listener;
 pub mod mcp;
 pub mod media;
+pub mod observe;
 pub mod openapi;
 pub mod rate;
 pub mod rest;
@@ -47,7 +50,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
     // The pages' CSP hashes are computed now, not by a first visitor.
     LazyLock::force(&WEB_PAGE);
     LazyLock::force(&admin::DASHBOARD);
-    Router::new()
+    let observed = hub.clone();
+    let app = Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
         // Every WebSocket holds a slot: clients and dashboard feeds.
@@ -63,7 +67,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
             hub.clone(),
             browser::allowed_host,
         ))
-        .with_state(hub)
+        .with_state(hub);
+    // Around all of it, the fallback included: request ids, per-route
+    // metrics, the access log and trace spans ([`observe`]).
+    observe::layer(app, observed)
 }
 
 /// Every REST route, with its OpenAPI description.
