@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = match parse_invocation() {
-        Invocation::Hub(cli) => cli,
+        Invocation::Hub(cli) => *cli,
         Invocation::Ops(OpsCommand::CheckConfig(args)) => {
             return ops::check_config(*args, &before_dotenv);
         }

@@ -118,7 +118,7 @@ pub struct CompletionsArgs {
 /// What the command line asks for: the hub's commands or an operator's.
 #[derive(Debug)]
 pub enum Invocation {
-    Hub(Cli),
+    Hub(Box<Cli>),
     Ops(OpsCommand),
 }
 
@@ -442,7 +442,7 @@ where
             .map_err(|e| e.format(&mut cmd))
     } else {
         Cli::from_arg_matches(&matches)
-            .map(Invocation::Hub)
+            .map(|cli| Invocation::Hub(Box::new(cli)))
             .map_err(|e| e.format(&mut cmd))
     }
 }
