@@ -160,4 +160,5 @@ async fn man_prints_a_roff_page() {
         out.contains("check\\-config"),
         "the page lists the subcommands"
     );
+    assert!(out.contains("Real\\-time hub"), "the hub's own description");
 }

@@ -63,9 +63,10 @@ pub enum Command {
     Import(Box<ServeArgs>),
 }
 
-/// Commands for operators and packagers, beside the hub's own. An enum of
-/// its own, added to [`Cli`]'s command line by [`command`], so that
-/// [`Command`] (which the test harness matches) keeps its variants.
+// Commands for operators and packagers, beside the hub's own. An enum of
+// its own, added to `Cli`'s command line by `command()`, so that `Command`
+// (which the test harness matches) keeps its variants. (Not a doc comment:
+// clap would make it the whole program's description.)
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
     /// Check the settings (flags, environment, `.env`) as `serve` would, print them with

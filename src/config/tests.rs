@@ -500,6 +500,11 @@ fn effective_settings_redact_secrets_and_url_credentials() {
 
 #[test]
 fn ops_commands_parse_beside_the_hub_commands() {
+    // The program's description stays the hub's (help, man page).
+    assert_eq!(
+        command().get_about().map(ToString::to_string),
+        Cli::command().get_about().map(ToString::to_string)
+    );
     let ops = |args: &[&str]| {
         try_parse_invocation(std::iter::once("mcp-hub").chain(args.iter().copied())).unwrap()
     };
