@@ -1,8 +1,15 @@
 use std::process::ExitCode;
 
-use mcp_hub::config::{Command, parse_cli};
+use mcp_hub::config::{Command, Invocation, OpsCommand, parse_invocation};
+
+mod ops;
 
 fn main() -> ExitCode {
+    // What the environment held before .env (check-config says which
+    // settings came from where).
+    let before_dotenv: std::collections::HashSet<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
     // .env fills in only what the environment does not already set. A
     // missing file is fine; a malformed one is reported, not half-applied.
     if let Err(e) = dotenvy::dotenv()
@@ -11,7 +18,18 @@ fn main() -> ExitCode {
         eprintln!("error: invalid .env file: {e}");
         return ExitCode::from(2);
     }
-    let cli = parse_cli();
+    let cli = match parse_invocation() {
+        Invocation::Hub(cli) => *cli,
+        Invocation::Ops(OpsCommand::CheckConfig(args)) => {
+            return ops::check_config(*args, &before_dotenv);
+        }
+        Invocation::Ops(OpsCommand::Completions(args)) => return ops::completions(args.shell),
+        Invocation::Ops(OpsCommand::Man) => return ops::man(),
+        Invocation::Ops(OpsCommand::Health(args)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            return ops::health(&args);
+        }
+    };
     // rediss:// and HTTPS share one TLS crypto provider; an error only
     // means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -9,6 +9,7 @@
 pub mod ai;
 pub mod approval;
 pub mod auth;
+pub mod check;
 pub mod limits;
 pub mod redis;
 pub mod whatsapp;
@@ -60,6 +61,72 @@ pub enum Command {
     Export(Box<ServeArgs>),
     /// Read JSON lines (from `export`) on stdin into the store the hub's settings name.
     Import(Box<ServeArgs>),
+}
+
+// Commands for operators and packagers, beside the hub's own. An enum of
+// its own, added to `Cli`'s command line by `command()`, so that `Command`
+// (which the test harness matches) keeps its variants. (Not a doc comment:
+// clap would make it the whole program's description.)
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Check the settings (flags, environment, `.env`) as `serve` would, print them with
+    /// secrets redacted and warn on unknown ones; exit 0 if valid, 2 naming the setting.
+    CheckConfig(Box<CheckConfigArgs>),
+    /// Ask a running hub's `/ready` (or `/health` with --live): exit 0 on 200, 1 otherwise.
+    Health(HealthArgs),
+    /// Print a shell completion script for mcp-hub.
+    Completions(CompletionsArgs),
+    /// Print mcp-hub's man page (roff) to stdout.
+    Man,
+}
+
+/// `mcp-hub check-config`: the hub's own settings plus `--strict`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// An unknown setting (a hub-like name no setting has, e.g. a typo) is
+    /// an error, exit 2, instead of a warning.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `mcp-hub health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The hub's base URL (`/ready` or `/health` is appended), or a full URL
+    /// with its path. Default: `http://127.0.0.1:PORT` with PORT from
+    /// MCP_SERVER_PORT (8002), the host from MCP_SERVER_HOST unless that is
+    /// unspecified (0.0.0.0, ::).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Liveness: ask `/health` instead of `/ready`.
+    #[arg(long)]
+    pub live: bool,
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+}
+
+/// `mcp-hub completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// What the command line asks for: the hub's commands or an operator's.
+#[derive(Debug)]
+pub enum Invocation {
+    Hub(Box<Cli>),
+    Ops(OpsCommand),
+}
+
+/// The whole command line: [`Cli`] with the [`OpsCommand`]s added (what
+/// `--help`, completions and the man page describe).
+pub fn command() -> clap::Command {
+    OpsCommand::augment_subcommands(Cli::command())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -345,9 +412,9 @@ impl std::fmt::Debug for TerminalArgs {
 
 /// Parses flags and environment. `--help`/`--version` print and exit 0; an
 /// invalid value prints one line naming the setting and exits 2.
-pub fn parse_cli() -> Cli {
-    match Cli::try_parse() {
-        Ok(cli) => cli,
+pub fn parse_invocation() -> Invocation {
+    match try_parse_invocation(std::env::args_os()) {
+        Ok(invocation) => invocation,
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
@@ -361,6 +428,29 @@ pub fn parse_cli() -> Cli {
             eprintln!("error: {}", one_line_error(&e));
             std::process::exit(2);
         }
+    }
+}
+
+/// [`parse_invocation`] on given arguments (the program name first).
+pub fn try_parse_invocation<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let ops = matches
+        .subcommand_name()
+        .is_some_and(OpsCommand::has_subcommand);
+    if ops {
+        OpsCommand::from_arg_matches(&matches)
+            .map(Invocation::Ops)
+            .map_err(|e| e.format(&mut cmd))
+    } else {
+        Cli::from_arg_matches(&matches)
+            .map(|cli| Invocation::Hub(Box::new(cli)))
+            .map_err(|e| e.format(&mut cmd))
     }
 }
 
@@ -385,7 +475,7 @@ fn one_line_error(e: &clap::Error) -> String {
         .unwrap_or_default()
         .trim_start_matches("--")
         .to_string();
-    let cmd = Cli::command();
+    let cmd = command();
     let env = cmd
         .get_arguments()
         .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))

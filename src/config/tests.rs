@@ -400,3 +400,127 @@ fn several_numbers_each_back_one_session_with_their_own_token() {
         assert!(!err.contains("leak-me"), "{err}");
     }
 }
+
+// ------------------------------------------------------- check-config
+
+fn known() -> std::collections::BTreeSet<String> {
+    check::known_settings(&command())
+}
+
+#[test]
+fn the_known_settings_come_from_every_env_attribute() {
+    let known = known();
+    for name in [
+        "RATE_LIMIT_PER_SEC",
+        "REDIS_URL",
+        "AUTH_JWT_SECRET",
+        "WHATSAPP_ACCESS_TOKEN",
+        "MCP_HUB_TOKEN",
+        "APPROVAL_TTL_MS",
+        "MEDIA_CACHE_BYTES",
+    ] {
+        assert!(known.contains(name), "{name}");
+    }
+    let prefixes = check::setting_prefixes(&known);
+    for p in [
+        "RATE_",
+        "MAX_",
+        "REDIS_",
+        "AI_",
+        "WHATSAPP_",
+        "HUB_",
+        "MCP_",
+    ] {
+        assert!(prefixes.contains(p), "{p}: {prefixes:?}");
+    }
+}
+
+#[test]
+fn a_typo_is_unknown_with_the_closest_setting() {
+    let known = known();
+    let found = check::unknown_settings(
+        &known,
+        [
+            ("RATE_LIMIT_PER_SECOND", "environment"),
+            ("REDIS_URI", ".env"),
+            ("rate_limit_per_sec", ".env"),
+            ("MAX_SOMETHING_ELSE_ENTIRELY", "environment"),
+            ("RATE_LIMIT_PER_SEC", "environment"),
+            ("PATH", "environment"),
+            ("SESSION_MANAGER", "environment"),
+            ("MCP_HUB_TEST_REDIS", "environment"),
+        ],
+    );
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "unknown setting MAX_SOMETHING_ELSE_ENTIRELY (in environment); no setting has this name",
+            "unknown setting RATE_LIMIT_PER_SECOND (in environment); did you mean RATE_LIMIT_PER_SEC?",
+            "unknown setting REDIS_URI (in .env); did you mean REDIS_URL?",
+            "unknown setting rate_limit_per_sec (in .env); did you mean RATE_LIMIT_PER_SEC?",
+        ]
+    );
+}
+
+#[test]
+fn effective_settings_redact_secrets_and_url_credentials() {
+    let mut cmd = command();
+    let matches = cmd
+        .try_get_matches_from_mut([
+            "mcp-hub",
+            "check-config",
+            "--auth-jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+            "--openai-base-url",
+            "https://user:pw@proxy.example/v1",
+        ])
+        .unwrap();
+    let sub = cmd.find_subcommand("check-config").unwrap();
+    let (_, sub_matches) = matches.subcommand().unwrap();
+    let settings = check::effective_settings(sub, sub_matches, |_| false);
+    let text = check::render(&settings);
+    assert!(!text.contains("0123456789abcdef"), "{text}");
+    assert!(!text.contains("pw@"), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .to_string()
+    };
+    assert!(
+        line("AUTH_JWT_SECRET").contains("<redacted>")
+            && line("AUTH_JWT_SECRET").ends_with("# flag")
+    );
+    assert!(line("OPENAI_BASE_URL").contains("https://<redacted>@proxy.example/v1"));
+    assert!(
+        line("MCP_SERVER_PORT").contains("=8002") && line("MCP_SERVER_PORT").ends_with("# default")
+    );
+}
+
+#[test]
+fn ops_commands_parse_beside_the_hub_commands() {
+    // The program's description stays the hub's (help, man page).
+    assert_eq!(
+        command().get_about().map(ToString::to_string),
+        Cli::command().get_about().map(ToString::to_string)
+    );
+    let ops = |args: &[&str]| {
+        try_parse_invocation(std::iter::once("mcp-hub").chain(args.iter().copied())).unwrap()
+    };
+    assert!(
+        matches!(ops(&["check-config", "--strict"]), Invocation::Ops(OpsCommand::CheckConfig(a)) if a.strict)
+    );
+    assert!(matches!(ops(&["health", "--live"]), Invocation::Ops(OpsCommand::Health(a)) if a.live));
+    assert!(matches!(ops(&["man"]), Invocation::Ops(OpsCommand::Man)));
+    assert!(matches!(
+        ops(&["completions", "zsh"]),
+        Invocation::Ops(OpsCommand::Completions(_))
+    ));
+    assert!(
+        matches!(ops(&["serve", "--port", "1"]), Invocation::Hub(cli) if matches!(&cli.command, Some(Command::Serve(s)) if s.port == 1))
+    );
+    assert!(
+        matches!(ops(&["--port", "2"]), Invocation::Hub(cli) if cli.command.is_none() && cli.serve.port == 2)
+    );
+}
