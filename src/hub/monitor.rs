@@ -197,7 +197,7 @@ fn counter_sum(vec: &prometheus::IntCounterVec) -> u64 {
     vec.collect()
         .iter()
         .flat_map(|family| family.get_metric())
-        .map(|m| m.get_counter().value() as u64)
+        .map(|m| m.get_counter().get_value() as u64)
         .sum()
 }
 
