@@ -128,10 +128,19 @@ async fn every_invalid_setting_exits_2_with_one_line_naming_it() {
             vec![("WHATSAPP_CONNECTOR", "real")],
             "WHATSAPP_CONNECTOR",
         ),
-        // cloud_api without a required setting names the first missing one.
+        // cloud_api without a required setting names the first missing one:
+        // the number, then its token.
         (
             vec![],
             vec![("WHATSAPP_CONNECTOR", "cloud_api")],
+            "WHATSAPP_PHONE_NUMBER_ID",
+        ),
+        (
+            vec![],
+            vec![
+                ("WHATSAPP_CONNECTOR", "cloud_api"),
+                ("WHATSAPP_PHONE_NUMBER_ID", "1"),
+            ],
             "WHATSAPP_ACCESS_TOKEN",
         ),
         (
