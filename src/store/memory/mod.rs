@@ -12,6 +12,7 @@
 
 mod idempotency;
 mod restore;
+mod webhooks;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 
 use idempotency::Idempotency;
 use restore::{SessionMeta, status_json};
+use webhooks::WebhookBook;
 
 use super::{
     AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange, SenderContact,
@@ -91,28 +93,14 @@ struct Sessions {
 /// the queue of accepted webhook events.
 struct Traffic {
     idempotency: Idempotency,
-    seen: HashMap<String, Instant>,
-    /// Every seen item by expiry.
-    seen_expiry: BTreeSet<(Instant, String)>,
-    /// Accepted webhook events with their number (the journal's key).
-    queue: VecDeque<(u64, String)>,
-    queue_seq: u64,
-    /// Claimed events by number: their lease's end and the event. In the
-    /// journal until acknowledged, so a restart queues them again.
-    claimed: HashMap<u64, (Instant, String)>,
+    webhooks: WebhookBook,
 }
 
 impl Traffic {
     /// Drops what expired: the fronts of the expiry indexes only.
     fn expire(&mut self, now: Instant) {
         self.idempotency.expire(now);
-        while let Some((until, key)) = self.seen_expiry.first().cloned() {
-            if until > now {
-                break;
-            }
-            self.seen_expiry.pop_first();
-            self.seen.remove(&key);
-        }
+        self.webhooks.expire(now);
     }
 }
 
@@ -139,11 +127,7 @@ impl MemoryStore {
             sessions: Mutex::new(Sessions::default()),
             traffic: Mutex::new(Traffic {
                 idempotency: Idempotency::new(max_bytes),
-                seen: HashMap::new(),
-                seen_expiry: BTreeSet::new(),
-                queue: VecDeque::new(),
-                queue_seq: 0,
-                claimed: HashMap::new(),
+                webhooks: WebhookBook::default(),
             }),
             journal: None,
             history_seq: AtomicU64::new(0),
@@ -513,12 +497,9 @@ impl SessionStore for MemoryStore {
 
     async fn mark_seen(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
         let (first, commit) = self.traffic(|t| {
-            if t.seen.contains_key(key) {
+            if !t.webhooks.mark_seen(key, Instant::now() + ttl) {
                 return (false, None);
             }
-            let until = Instant::now() + ttl;
-            t.seen.insert(key.to_string(), until);
-            t.seen_expiry.insert((until, key.to_string()));
             let commit = self.journal(|| {
                 vec![Op::SeenPut {
                     key: key.to_string(),
@@ -530,11 +511,7 @@ impl SessionStore for MemoryStore {
         if let Err(e) = durable(commit).await {
             // Not seen after all: the redelivery this error causes must
             // get through.
-            self.traffic(|t| {
-                if let Some(until) = t.seen.remove(key) {
-                    t.seen_expiry.remove(&(until, key.to_string()));
-                }
-            });
+            self.traffic(|t| t.webhooks.forget_seen(key));
             return Err(e);
         }
         Ok(first)
@@ -542,9 +519,7 @@ impl SessionStore for MemoryStore {
 
     async fn forget_seen(&self, key: &str) -> StoreResult<()> {
         let commit = self.traffic(|t| {
-            if let Some(until) = t.seen.remove(key) {
-                t.seen_expiry.remove(&(until, key.to_string()));
-            }
+            t.webhooks.forget_seen(key);
             self.journal(|| {
                 vec![Op::SeenDelete {
                     key: key.to_string(),
@@ -556,9 +531,7 @@ impl SessionStore for MemoryStore {
 
     async fn push_webhook_event(&self, event: &str) -> StoreResult<()> {
         let commit = self.traffic(|t| {
-            t.queue_seq += 1;
-            let seq = t.queue_seq;
-            t.queue.push_back((seq, event.to_string()));
+            let seq = t.webhooks.push(event);
             self.journal(|| {
                 vec![Op::QueuePush {
                     seq,
@@ -571,22 +544,7 @@ impl SessionStore for MemoryStore {
 
     async fn claim_webhook_event(&self, lease: Duration) -> StoreResult<Option<(String, String)>> {
         Ok(self.traffic(|t| {
-            let now = Instant::now();
-            // Lapsed claims first: their instance (task) never finished.
-            let mut lapsed: Vec<u64> = t
-                .claimed
-                .iter()
-                .filter(|(_, (until, _))| *until <= now)
-                .map(|(seq, _)| *seq)
-                .collect();
-            lapsed.sort_unstable_by(|a, b| b.cmp(a));
-            for seq in lapsed {
-                if let Some((_, event)) = t.claimed.remove(&seq) {
-                    t.queue.push_front((seq, event));
-                }
-            }
-            let (seq, event) = t.queue.pop_front()?;
-            t.claimed.insert(seq, (now + lease, event.clone()));
+            let (seq, event) = t.webhooks.claim(Instant::now(), lease)?;
             Some((seq.to_string(), event))
         }))
     }
@@ -596,7 +554,9 @@ impl SessionStore for MemoryStore {
             return Ok(());
         };
         let commit = self.traffic(|t| {
-            t.claimed.remove(&seq)?;
+            if !t.webhooks.ack(seq) {
+                return None;
+            }
             self.journal(|| vec![Op::QueuePop { seq }])
         });
         durable(commit).await

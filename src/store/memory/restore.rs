@@ -124,14 +124,13 @@ impl MemoryStore {
             }
             for (item, expires_ms) in &snapshot.seen {
                 if *expires_ms > now_ms {
-                    let until = Instant::now() + in_ms(*expires_ms);
-                    traffic.seen.insert(item.clone(), until);
-                    traffic.seen_expiry.insert((until, item.clone()));
+                    traffic
+                        .webhooks
+                        .mark_seen(item, Instant::now() + in_ms(*expires_ms));
                 }
             }
             for (seq, event) in &snapshot.queue {
-                traffic.queue.push_back((*seq, event.clone()));
-                traffic.queue_seq = traffic.queue_seq.max(*seq);
+                traffic.webhooks.restore(*seq, event.clone());
             }
         }
         if skipped > 0 {
