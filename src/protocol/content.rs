@@ -481,7 +481,15 @@ pub fn summary(text: &str, content: &MessageContent) -> String {
         };
     }
     if let Some(cards) = &content.contacts {
-        let names: Vec<&str> = cards.iter().map(|c| c.name.as_str()).collect();
+        // A card without a name reads as its first phone.
+        let names: Vec<&str> = cards
+            .iter()
+            .map(|c| match (c.name.as_str(), c.phones.first()) {
+                ("", Some(phone)) => phone.as_str(),
+                ("", None) => "(no name)",
+                (name, _) => name,
+            })
+            .collect();
         let label = if names.len() == 1 {
             "contact card"
         } else {

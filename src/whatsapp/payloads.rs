@@ -13,6 +13,7 @@
 //!
 //! Routing, freshness and the events themselves are `webhooks`'.
 
+use crate::protocol::summary;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::Value;
@@ -396,20 +397,28 @@ impl InboundMessage {
     /// data is missing or out of range) reads as `[unsupported TYPE]`.
     pub fn read(&self) -> Reading {
         let kind = self.kind.as_deref().unwrap_or("unknown");
-        self.read_known(kind)
-            .unwrap_or_else(|unsupported| self.read_unsupported(unsupported))
-    }
-
-    fn read_known(&self, kind: &str) -> Result<Reading, Unsupported> {
-        match kind {
-            "text" => Ok(Reading {
+        if kind == "text" {
+            return Reading {
                 text: self
                     .text
                     .as_ref()
                     .and_then(|t| t.body.clone())
                     .unwrap_or_default(),
                 content: MessageContent::default(),
-            }),
+            };
+        }
+        match self.read_known(kind) {
+            // The same summary as everywhere (`protocol::summary`).
+            Ok(content) => Reading {
+                text: summary("", &content),
+                content,
+            },
+            Err(unsupported) => self.read_unsupported(unsupported),
+        }
+    }
+
+    fn read_known(&self, kind: &str) -> Result<MessageContent, Unsupported> {
+        match kind {
             "image" | "video" | "audio" | "document" | "sticker" => self.read_media(kind),
             "interactive" => self.read_interactive(),
             "button" => self.read_quick_reply(),
@@ -426,7 +435,11 @@ impl InboundMessage {
     }
 
     fn read_unsupported(&self, kind: Unsupported) -> Reading {
-        let mut text = format!("[unsupported {kind}]");
+        let content = MessageContent {
+            unsupported: Some(kind),
+            ..MessageContent::default()
+        };
+        let mut text = summary("", &content);
         // Meta's reason (131051 unknown type, 131052 media download error...).
         let details = self.errors.first().and_then(|e| {
             let details = e.error_data.as_ref().and_then(|d| d.details.as_deref());
@@ -438,16 +451,10 @@ impl InboundMessage {
         if let Some(details) = details {
             text = format!("{text} ({details})");
         }
-        Reading {
-            text,
-            content: MessageContent {
-                unsupported: Some(kind),
-                ..MessageContent::default()
-            },
-        }
+        Reading { text, content }
     }
 
-    fn read_media(&self, kind: &str) -> Result<Reading, Unsupported> {
+    fn read_media(&self, kind: &str) -> Result<MessageContent, Unsupported> {
         let unsupported = || kind.to_string();
         let media_kind: MediaKind = kind.parse().map_err(|_| unsupported())?;
         let object = match media_kind {
@@ -464,33 +471,25 @@ impl InboundMessage {
             .clone()
             .filter(|_| media_kind == MediaKind::Document);
         let voice = media_kind == MediaKind::Audio && object.voice;
-        let label = match (&filename, voice) {
-            (_, true) => "[voice note]".to_string(),
-            (Some(name), _) => format!("[{kind} {name}]"),
-            (None, _) => format!("[{kind}]"),
-        };
         let caption = object.caption.clone().filter(|c| !c.is_empty());
-        Ok(Reading {
-            text: with_caption(label, caption.as_deref()),
-            content: MessageContent {
-                media: Some(Box::new(Media {
-                    kind: media_kind,
-                    id: Some(id),
-                    link: None,
-                    url: None,
-                    mime_type: object.mime_type.clone(),
-                    sha256: object.sha256.clone(),
-                    size: None,
-                    caption,
-                    filename,
-                    voice,
-                })),
-                ..MessageContent::default()
-            },
+        Ok(MessageContent {
+            media: Some(Box::new(Media {
+                kind: media_kind,
+                id: Some(id),
+                link: None,
+                url: None,
+                mime_type: object.mime_type.clone(),
+                sha256: object.sha256.clone(),
+                size: None,
+                caption,
+                filename,
+                voice,
+            })),
+            ..MessageContent::default()
         })
     }
 
-    fn read_interactive(&self) -> Result<Reading, Unsupported> {
+    fn read_interactive(&self) -> Result<MessageContent, Unsupported> {
         let interactive = self.interactive.as_ref().ok_or("interactive")?;
         let kind = interactive.kind.as_deref().unwrap_or("unknown");
         let unsupported = || format!("interactive:{kind}");
@@ -506,7 +505,7 @@ impl InboundMessage {
         Ok(self.picked(source, id, title, description))
     }
 
-    fn read_quick_reply(&self) -> Result<Reading, Unsupported> {
+    fn read_quick_reply(&self) -> Result<MessageContent, Unsupported> {
         let button = self.button.as_ref().ok_or("button")?;
         // Without a payload set on the template, Meta sends the label.
         let id = button
@@ -524,41 +523,30 @@ impl InboundMessage {
         id: String,
         title: String,
         description: Option<String>,
-    ) -> Reading {
-        Reading {
-            text: title.clone(),
-            content: MessageContent {
-                reply: Some(Box::new(ReplyPicked {
-                    source: source.to_string(),
-                    id,
-                    title,
-                    description,
-                    context_message_id: self.context.as_ref().and_then(|c| c.id.clone()),
-                })),
-                ..MessageContent::default()
-            },
+    ) -> MessageContent {
+        MessageContent {
+            reply: Some(Box::new(ReplyPicked {
+                source: source.to_string(),
+                id,
+                title,
+                description,
+                context_message_id: self.context.as_ref().and_then(|c| c.id.clone()),
+            })),
+            ..MessageContent::default()
         }
     }
 
-    fn read_reaction(&self) -> Result<Reading, Unsupported> {
+    fn read_reaction(&self) -> Result<MessageContent, Unsupported> {
         let reaction = self.reaction.as_ref().ok_or("reaction")?;
         let message_id = reaction.message_id.clone().ok_or("reaction")?;
         let emoji = reaction.emoji.clone().unwrap_or_default();
-        let text = if emoji.is_empty() {
-            "[reaction removed]".to_string()
-        } else {
-            format!("[reaction {emoji}]")
-        };
-        Ok(Reading {
-            text,
-            content: MessageContent {
-                reaction: Some(Box::new(Reaction { message_id, emoji })),
-                ..MessageContent::default()
-            },
+        Ok(MessageContent {
+            reaction: Some(Box::new(Reaction { message_id, emoji })),
+            ..MessageContent::default()
         })
     }
 
-    fn read_location(&self) -> Result<Reading, Unsupported> {
+    fn read_location(&self) -> Result<MessageContent, Unsupported> {
         let location = self.location.as_ref().ok_or("location")?;
         let degrees = |d: &Option<Degrees>, max: f64| {
             d.as_ref()
@@ -568,55 +556,25 @@ impl InboundMessage {
         let latitude = degrees(&location.latitude, 90.0).ok_or("location")?;
         let longitude = degrees(&location.longitude, 180.0).ok_or("location")?;
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
-        let (name, address) = (non_empty(&location.name), non_empty(&location.address));
-        let place: Vec<&str> = [name.as_deref(), address.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let text = if place.is_empty() {
-            format!("[location {latitude},{longitude}]")
-        } else {
-            format!("[location {}]", place.join(", "))
-        };
-        Ok(Reading {
-            text,
-            content: MessageContent {
-                location: Some(Box::new(Location {
-                    latitude,
-                    longitude,
-                    name,
-                    address,
-                    url: non_empty(&location.url),
-                })),
-                ..MessageContent::default()
-            },
+        Ok(MessageContent {
+            location: Some(Box::new(Location {
+                latitude,
+                longitude,
+                name: non_empty(&location.name),
+                address: non_empty(&location.address),
+                url: non_empty(&location.url),
+            })),
+            ..MessageContent::default()
         })
     }
 
-    fn read_contacts(&self) -> Result<Reading, Unsupported> {
+    fn read_contacts(&self) -> Result<MessageContent, Unsupported> {
         if self.contacts.is_empty() {
             return Err("contacts".to_string());
         }
-        let cards: Vec<SharedContact> = self.contacts.iter().map(ContactCard::shared).collect();
-        let names: Vec<&str> = cards
-            .iter()
-            .map(|c| match (c.name.as_str(), c.phones.first()) {
-                ("", Some(phone)) => phone.as_str(),
-                ("", None) => "(no name)",
-                (name, _) => name,
-            })
-            .collect();
-        let label = if cards.len() == 1 {
-            "contact card"
-        } else {
-            "contact cards"
-        };
-        Ok(Reading {
-            text: format!("[{label}: {}]", names.join(", ")),
-            content: MessageContent {
-                contacts: Some(cards),
-                ..MessageContent::default()
-            },
+        Ok(MessageContent {
+            contacts: Some(self.contacts.iter().map(ContactCard::shared).collect()),
+            ..MessageContent::default()
         })
     }
 }
@@ -638,14 +596,6 @@ impl ContactCard {
             name,
             phones: self.phones.iter().filter_map(|p| p.phone.clone()).collect(),
         }
-    }
-}
-
-/// `label`, then the caption after a space when there is one.
-fn with_caption(label: String, caption: Option<&str>) -> String {
-    match caption {
-        Some(caption) => format!("{label} {caption}"),
-        None => label,
     }
 }
 
