@@ -58,17 +58,27 @@ impl CloudApiConnector {
         )
     }
 
-    /// Posts a message body on `number`; its wamid.
-    async fn post_message(&self, number: &NumberSettings, body: Value) -> Result<String, HubError> {
+    /// Posts `body` to `number`'s messages endpoint (sends and read
+    /// receipts); the answer.
+    async fn post_messages(
+        &self,
+        number: &NumberSettings,
+        body: &Value,
+    ) -> Result<Value, HubError> {
         let url = self.url(&format!("{}/messages", number.phone_number_id));
-        let answer = request::call(self.deadline, |_| {
+        request::call(self.deadline, |_| {
             self.http
                 .post(&url)
                 .bearer_auth(number.access_token.expose())
-                .json(&body)
+                .json(body)
         })
-        .await?;
-        answer
+        .await
+    }
+
+    /// Posts a message body on `number`; its wamid.
+    async fn post_message(&self, number: &NumberSettings, body: Value) -> Result<String, HubError> {
+        self.post_messages(number, &body)
+            .await?
             .pointer("/messages/0/id")
             .and_then(Value::as_str)
             .filter(|id| !id.is_empty() && id.len() <= 256)
@@ -171,14 +181,7 @@ impl WhatsAppConnector for CloudApiConnector {
         if typing {
             body["typing_indicator"] = json!({"type": "text"});
         }
-        let url = self.url(&format!("{}/messages", number.phone_number_id));
-        let answer = request::call(self.deadline, |_| {
-            self.http
-                .post(&url)
-                .bearer_auth(number.access_token.expose())
-                .json(&body)
-        })
-        .await?;
+        let answer = self.post_messages(number, &body).await?;
         if answer.get("success").and_then(Value::as_bool) == Some(true) {
             Ok(())
         } else {
