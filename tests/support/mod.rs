@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod fake_ai;
 pub mod fake_graph;
+mod faulty_link;
 mod helpers;
 mod in_process;
 mod mcp;
@@ -31,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use faulty_link::*;
 pub use helpers::*;
 pub use in_process::*;
 pub use mcp::*;
