@@ -167,6 +167,43 @@ async fn another_subs_client_id_is_forbidden_and_the_holder_untouched() {
     assert_eq!(held.expect_close().await, Some(4001));
 }
 
+/// Two users registering the same brand-new client id at the same moment,
+/// on two hubs of one cluster: exactly one gets it (issue 22, the
+/// `client_id` race). The owner check and the presence write are one step
+/// in Redis; when they were two, both passed the check and the second
+/// silently took the first one's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_racing_for_a_new_client_id_on_two_hubs_get_it_once() {
+    let redis = RedisServer::start();
+    let mut hubs = Vec::new();
+    for id in ["r1", "r2"] {
+        let args = ["--redis-url", &redis.url(), "--instance-id", id];
+        hubs.push(TestHub::start(&[&args[..], &["--auth-jwt-secret", SECRET]].concat()).await);
+    }
+    let alice = token("alice", &["default"], Role::Client);
+    let bob = token("bob", &["default"], Role::Client);
+    for round in 0..20 {
+        let mut a = WsClient::connect_with_token(&hubs[0].ws_url(), &alice).await;
+        let mut b = WsClient::connect_with_token(&hubs[1].ws_url(), &bob).await;
+        let id = format!("fresh-{round}");
+        let (to_a, to_b) = tokio::join!(
+            a.request(register("default", &id)),
+            b.request(register("default", &id))
+        );
+        let won: Vec<&Value> = [&to_a, &to_b]
+            .into_iter()
+            .filter(|answer| answer["type"] == "registration_confirmed")
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {to_a} / {to_b}");
+        let lost = if to_a["type"] == "error" {
+            &to_a
+        } else {
+            &to_b
+        };
+        assert_eq!(lost["code"], "forbidden", "round {round}: {lost}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_closed_with_4401_when_its_token_expires() {
     let hub = auth_hub().await;

@@ -21,7 +21,7 @@ use mcp_hub::membership::{InstanceInfo, Membership};
 use mcp_hub::protocol::{ClientInfo, now_millis};
 use mcp_hub::redis::{Keys, RedisBackend};
 use mcp_hub::store::redis::RedisStore;
-use mcp_hub::store::{Reaped, SessionStore};
+use mcp_hub::store::{JoinRule, Reaped, SessionStore};
 use support::{TestRedis, wait_until_async};
 use tokio::sync::mpsc;
 
@@ -304,10 +304,26 @@ async fn a_dead_redis_member_is_reaped_once_and_forgotten() {
         member(&backend, "dead", SHORT_TTL),
     );
     let sessions = store(&backend, ME);
-    sessions.join("s", &client("d1", "dead")).await.unwrap();
-    sessions.join("s", &client("d2", "dead")).await.unwrap();
-    sessions.join("s", &client("b1", "inst-b")).await.unwrap();
-    sessions.join("s", &client("mine", ME)).await.unwrap();
+    sessions
+        .join("s", &client("d1", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    sessions
+        .join("s", &client("d2", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    sessions
+        .join("s", &client("b1", "inst-b"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    sessions
+        .join("s", &client("mine", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     dead.beat(2, true).await.unwrap();
     me.beat(1, true).await.unwrap();
     peer.beat(1, true).await.unwrap();

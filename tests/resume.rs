@@ -8,7 +8,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -868,4 +870,110 @@ async fn a_killed_master_fails_over_and_the_hubs_recover() {
     assert_eq!(conf["type"], "registration_confirmed");
     producer.close().await;
     reader.close().await;
+}
+
+/// A client joining a busy session (issue 22, the replay window): its
+/// member list is read a few round trips before it joins live delivery,
+/// and every presence change in between must still reach it. The joiners'
+/// hub reaches Redis over a link 40 ms each way, so that window holds a
+/// few kilobytes of a steady stream of broadcasts and several members
+/// arriving on the other hub: more than REPLAY_MAX_BYTES (1 KiB here),
+/// which bounds a resume's backlog, not this window. When the window was
+/// held to it, such a join started from live delivery and its member
+/// list missed whoever arrived meanwhile; now each joiner's view (its
+/// list, then `client_joined` / `client_left`) ends up exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_into_a_busy_session_misses_no_presence_change() {
+    const SESSION: &str = "busy";
+    let redis = RedisServer::start();
+    let link = FaultyLink::to(redis.port).await;
+    link.set(Link::Delay(Duration::from_millis(40)));
+    let (slow_url, fast_url) = (format!("redis://127.0.0.1:{}", link.port), redis.url());
+    let small_replay = ["--replay-max-bytes", "1024"];
+    let slow =
+        TestHub::start(&[&cluster_args(&slow_url, "slow")[..], &small_replay].concat()).await;
+    let fast =
+        TestHub::start(&[&cluster_args(&fast_url, "fast")[..], &small_replay].concat()).await;
+    // The slow hub has a subscriber, so a join's cut is its live position.
+    let (_watcher, _) = WsClient::register(&slow.ws_url(), SESSION, "watcher").await;
+
+    // On the fast hub: a broadcast every 5 ms, a member arriving every
+    // 20 ms (and, past ten, the oldest leaving).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, url) = (stop.clone(), fast.ws_url());
+        tokio::spawn(async move {
+            let (mut talker, _) = WsClient::register(&url, SESSION, "talker").await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let ack = talker
+                    .request(
+                        json!({"type": "broadcast", "payload": {"n": n, "pad": "x".repeat(200)}}),
+                    )
+                    .await;
+                assert_eq!(ack["response_type"], "broadcast_sent", "{ack}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let churn = {
+        let (stop, url) = (stop.clone(), fast.ws_url());
+        tokio::spawn(async move {
+            let mut staying = std::collections::VecDeque::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let id = format!("arrival-{i:03}");
+                let (c, _) = WsClient::register(&url, SESSION, &id).await;
+                staying.push_back((id, c));
+                if staying.len() > 10
+                    && let Some((_, oldest)) = staying.pop_front()
+                {
+                    oldest.close().await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            staying
+        })
+    };
+
+    // Joiners on the slow hub, one after another, each keeping its view.
+    let mut joiners = Vec::new();
+    for j in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (client, conf) =
+            WsClient::register(&slow.ws_url(), SESSION, &format!("joiner-{j}")).await;
+        let view: BTreeSet<String> = ids(&conf["clients"]).into_iter().collect();
+        joiners.push((format!("joiner-{j}"), client, view));
+    }
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    let staying = churn.await.unwrap();
+
+    // Who is in the session now (the talker has gone): each joiner's view
+    // must come to exactly that, learning of each member once. A change a
+    // join missed is never announced again, so the view would stay wrong.
+    let mut truth: BTreeSet<String> = ["watcher".to_string()].into();
+    truth.extend(joiners.iter().map(|(id, ..)| id.clone()));
+    truth.extend(staying.iter().map(|(id, _)| id.clone()));
+    for (id, client, view) in &mut joiners {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while *view != truth {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = client.try_recv(left).await else {
+                panic!("{id}'s view of the members stayed {view:?}, not {truth:?}");
+            };
+            let who = frame["client_id"].as_str().unwrap_or_default().to_string();
+            match frame["type"].as_str() {
+                Some("client_joined") => {
+                    assert!(view.insert(who.clone()), "{id} was told twice of {who}")
+                }
+                Some("client_left") => {
+                    assert!(view.remove(&who), "{id} was told {who} left, unknown to it")
+                }
+                _ => {}
+            }
+        }
+    }
 }

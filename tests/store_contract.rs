@@ -23,7 +23,8 @@ use mcp_hub::redis::RedisBackend;
 use mcp_hub::store::memory::MemoryStore;
 use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{
-    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Reaped, SenderContact, SessionStore,
+    AgentRef, IdempotencyBegin, IdempotencyKey, JoinRefused, JoinRule, NewSender, Reaped,
+    SenderContact, SessionStore,
 };
 use support::{TempDir, TestRedis, wait_until_async};
 use tokio::sync::mpsc;
@@ -203,20 +204,36 @@ async fn history_is_capped_ordered_and_per_contact(f: StoreFixture) {
 
 async fn join_and_leave_exactly_once(f: StoreFixture) {
     let s = &f.store;
-    let joined = async |c: &str| s.join("s", &client(c, ME)).await.unwrap().changed;
+    let joined = async |c: &str| {
+        s.join("s", &client(c, ME), JoinRule::UNBOUNDED)
+            .await
+            .unwrap()
+            .unwrap()
+            .changed
+    };
     assert!(joined("c1").await, "new entry");
     assert!(joined("c2").await);
     // Joining again replaces, never duplicates, and says it was there.
     assert!(!joined("c1").await);
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
     assert!(s.members("other").await.unwrap().is_empty());
-    // What a join's room and owner checks read: a count and one entry.
+
+    // The session's room: a third client is refused when two is the most,
+    // and nothing is written; the same id registering again replaces.
+    let two = JoinRule { max_members: 2 };
     assert_eq!(
-        s.occupancy("s", "c2").await.unwrap(),
-        (2, Some(client("c2", ME)))
+        s.join("s", &client("c3", ME), two).await.unwrap(),
+        Err(JoinRefused::Full)
     );
-    assert_eq!(s.occupancy("s", "c9").await.unwrap(), (2, None));
-    assert_eq!(s.occupancy("other", "c1").await.unwrap(), (0, None));
+    assert_eq!(ids(&s.members("s").await.unwrap()), ["c1", "c2"]);
+    assert!(s.join("s", &client("c2", ME), two).await.unwrap().is_ok());
+    assert!(
+        s.join("other", &client("c1", ME), two)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(s.leave("other", "c1").await.unwrap().changed);
 
     // Two concurrent leaves of the same client: exactly one wins.
     let (a, b) = tokio::join!(s.leave("s", "c1"), s.leave("s", "c1"));
@@ -235,20 +252,88 @@ async fn join_and_leave_exactly_once(f: StoreFixture) {
     assert_eq!(member, &client("c2", ME), "presence round-trips intact");
 }
 
+/// An id registered by one user cannot be taken by another, even when both
+/// join it for the first time at once: the owner check and the write are
+/// one step. Without owners (no authentication) registering again
+/// replaces.
+async fn an_owned_id_is_joined_by_one_owner_only(f: StoreFixture) {
+    let s = &f.store;
+    let owned = |id: &str, owner: &str| ClientInfo {
+        owner: Some(owner.to_string()),
+        ..client(id, ME)
+    };
+    for round in 0..20 {
+        let id = format!("new-{round}");
+        let (alice, bob) = (owned(&id, "alice"), owned(&id, "bob"));
+        let (a, b) = tokio::join!(
+            s.join("owned", &alice, JoinRule::UNBOUNDED),
+            s.join("owned", &bob, JoinRule::UNBOUNDED),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "round {round}: exactly one owner joins: {a:?} {b:?}"
+        );
+        let refused = if a.is_ok() { b } else { a };
+        assert_eq!(refused, Err(JoinRefused::HeldByAnother));
+        let winner = if a.is_ok() { "alice" } else { "bob" };
+        let held = s.members("owned").await.unwrap();
+        let entry = held.iter().find(|m| m.client_id == id).unwrap();
+        assert_eq!(
+            entry.owner.as_deref(),
+            Some(winner),
+            "the refused join wrote nothing"
+        );
+    }
+    // The owner itself registers again; another user cannot, even with room.
+    let me = owned("me", "alice");
+    let solo = || s.join("solo", &me, JoinRule::UNBOUNDED);
+    assert!(solo().await.unwrap().is_ok_and(|c| c.changed));
+    assert!(solo().await.unwrap().is_ok_and(|c| !c.changed));
+    let bob = s
+        .join("solo", &owned("me", "bob"), JoinRule::UNBOUNDED)
+        .await;
+    assert_eq!(bob.unwrap(), Err(JoinRefused::HeldByAnother));
+    // Without an owner, registering again replaces.
+    assert!(
+        s.join("open", &client("c1", ME), JoinRule::UNBOUNDED)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let again = s
+        .join("open", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap();
+    assert!(again.is_ok_and(|c| !c.changed));
+}
+
 /// Every change of presence has a larger version than the one before, and
 /// the member list is read with the version it is as of: a change at or
 /// below a list's version is in the list, one above it is not.
 async fn presence_versions_order_changes_and_lists(f: StoreFixture) {
     let s = &f.store;
-    let j1 = s.join("v", &client("c1", ME)).await.unwrap();
+    let j1 = s
+        .join("v", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     let listed = s.presence("v").await.unwrap();
     assert_eq!(ids(&listed.members), ["c1"]);
     assert_eq!(
         listed.version, j1.version,
         "the list is as of the last change"
     );
-    let j2 = s.join("v", &client("c2", ME)).await.unwrap();
-    let again = s.join("v", &client("c2", ME)).await.unwrap();
+    let j2 = s
+        .join("v", &client("c2", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    let again = s
+        .join("v", &client("c2", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     let left = s.leave("v", "c1").await.unwrap();
     assert!(j1.version < j2.version && j2.version < again.version);
     assert!(again.version < left.version && left.changed);
@@ -322,7 +407,10 @@ async fn every_write_makes_a_session_exist(f: StoreFixture) {
     s.seed_contacts("seeded", &[]).await.unwrap();
     s.set_contacts("set", &[contact("John")]).await.unwrap();
     s.record_message("talked", &entry("John", 1)).await.unwrap();
-    s.join("joined", &client("c1", ME)).await.unwrap();
+    s.join("joined", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     s.claim_agent("claimed", &agent("a1", ME)).await.unwrap();
     for session in ["seeded", "set", "talked", "joined", "claimed"] {
         assert!(s.exists(session).await.unwrap(), "{session}");
@@ -347,8 +435,14 @@ async fn sessions_are_listed_in_pages(f: StoreFixture) {
     s.record_message("d-talked", &entry("John", 2))
         .await
         .unwrap();
-    s.join("a-joined", &client("c1", ME)).await.unwrap();
-    s.join("a-joined", &client("c2", ME)).await.unwrap();
+    s.join("a-joined", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    s.join("a-joined", &client("c2", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     s.claim_agent("a-joined", &agent("c1", ME)).await.unwrap();
     s.claim_agent("e-claimed", &agent("a1", ME)).await.unwrap();
     // A read creates nothing, so lists nothing.
@@ -407,7 +501,10 @@ async fn adversarial_names_stay_apart(f: StoreFixture) {
     s.set_contacts("x:contacts", &[contact("Mallory")])
         .await
         .unwrap();
-    s.join("x:presence", &client("intruder", ME)).await.unwrap();
+    s.join("x:presence", &client("intruder", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!s.exists("x").await.unwrap());
     assert!(s.contacts("x").await.unwrap().is_empty());
     assert!(s.members("x").await.unwrap().is_empty());
@@ -755,7 +852,10 @@ async fn idle_sessions_expire(f: StoreFixture) {
     s.record_message("idle", &entry("John", 1)).await.unwrap();
     s.record_message("idle", &entry("Jane", 2)).await.unwrap();
     s.claim_agent("idle", &agent("a1", ME)).await.unwrap();
-    s.join("busy", &client("c1", ME)).await.unwrap();
+    s.join("busy", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         s.expire_idle(idle, 100).await.unwrap().is_empty(),
         "not yet"
@@ -856,6 +956,7 @@ store_contract!(
     last_contact_follows_messages,
     history_is_capped_ordered_and_per_contact,
     join_and_leave_exactly_once,
+    an_owned_id_is_joined_by_one_owner_only,
     presence_versions_order_changes_and_lists,
     agent_claim_release,
     reads_never_create_a_session,
@@ -910,7 +1011,11 @@ async fn memory_idempotency_records_are_capped_in_bytes() {
 #[tokio::test]
 async fn memory_store_has_nothing_to_reap() {
     let f = memory_store();
-    f.store.join("s", &client("c1", "dead")).await.unwrap();
+    f.store
+        .join("s", &client("c1", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     f.store
         .claim_agent("s", &agent("c1", "dead"))
         .await
@@ -925,9 +1030,18 @@ async fn redis_store_reaps_a_dead_instance_exactly_once() {
     let (s, peer) = (&f.store, f.peer.as_ref().expect("redis has a peer"));
     // "dead" had two clients in two sessions and was s1's agent; a client
     // of this instance shares s1 and survives.
-    s.join("s1", &client("d1", "dead")).await.unwrap();
-    s.join("s2", &client("d2", "dead")).await.unwrap();
-    s.join("s1", &client("live", ME)).await.unwrap();
+    s.join("s1", &client("d1", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    s.join("s2", &client("d2", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    s.join("s1", &client("live", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     s.claim_agent("s1", &agent("d1", "dead")).await.unwrap();
     s.claim_agent("s2", &agent("other", ME)).await.unwrap();
 
@@ -982,11 +1096,20 @@ async fn a_lost_presence_version_starts_again_above_the_old_ones() {
     let s = &f.store;
     let mut last = 0;
     for c in ["c1", "c2", "c3"] {
-        last = s.join("lost", &client(c, ME)).await.unwrap().version;
+        last = s
+            .join("lost", &client(c, ME), JoinRule::UNBOUNDED)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
     }
     f._redis.as_ref().expect("redis").flushall();
     assert_eq!(s.presence("lost").await.unwrap().version, 0, "nothing left");
-    let again = s.join("lost", &client("c1", ME)).await.unwrap();
+    let again = s
+        .join("lost", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(again.changed, "c1 was lost with the rest");
     assert!(again.version > last, "{} after {last}", again.version);
 }
@@ -999,17 +1122,31 @@ async fn a_lost_presence_version_starts_again_above_the_old_ones() {
 async fn a_rolled_back_presence_version_still_moves_above_the_old_ones() {
     let f = redis_store();
     let s = &f.store;
-    let first = s.join("rolled", &client("c1", ME)).await.unwrap().version;
+    let first = s
+        .join("rolled", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
     let mut last = first;
     for c in ["c2", "c3"] {
-        last = s.join("rolled", &client(c, ME)).await.unwrap().version;
+        last = s
+            .join("rolled", &client(c, ME), JoinRule::UNBOUNDED)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
     }
     // The replica had only the first change when it was promoted.
     let stats = mcp_hub::redis::Keys::new("contract").session_stats("rolled");
     let redis = f._redis.as_ref().expect("redis");
     redis.cmd_any(&["HSET", &stats, "presence_version", &first.to_string()]);
     assert_eq!(s.presence("rolled").await.unwrap().version, first);
-    let next = s.join("rolled", &client("c4", ME)).await.unwrap();
+    let next = s
+        .join("rolled", &client("c4", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(next.version > last, "{} after {last}", next.version);
 }
 
@@ -1017,9 +1154,15 @@ async fn a_rolled_back_presence_version_still_moves_above_the_old_ones() {
 async fn redis_reaping_leaves_a_client_that_moved_to_a_live_instance() {
     let f = redis_store();
     let s = &f.store;
-    s.join("s", &client("c1", "dead")).await.unwrap();
+    s.join("s", &client("c1", "dead"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     // The same client id registered again on this instance.
-    s.join("s", &client("c1", ME)).await.unwrap();
+    s.join("s", &client("c1", ME), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
     s.claim_agent("s", &agent("c1", ME)).await.unwrap();
     assert_eq!(s.reap_instance("dead").await.unwrap(), []);
     assert_eq!(s.members("s").await.unwrap(), [client("c1", ME)]);

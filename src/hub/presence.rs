@@ -5,7 +5,7 @@
 
 use super::Hub;
 use crate::protocol::HubError;
-use crate::store::{AgentRef, Reaped};
+use crate::store::{AgentRef, JoinRule, Reaped};
 
 impl Hub {
     /// Puts this instance's clients and agents back into the store, and
@@ -15,7 +15,15 @@ impl Hub {
     /// reconnection is silent.
     pub async fn restore_local_presence(&self) -> Result<(), HubError> {
         for (session, handle) in self.registry.all() {
-            let joined = self.store.join(&session, &handle.info).await?;
+            // The id taken meanwhile by another user's client: that one is
+            // the member now.
+            let Ok(joined) = self
+                .store
+                .join(&session, &handle.info, JoinRule::UNBOUNDED)
+                .await?
+            else {
+                continue;
+            };
             if joined.changed {
                 self.reannounce_client(&session, &handle.info, joined.version)
                     .await;

@@ -24,7 +24,7 @@ use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
     Since, check_id, now_millis,
 };
-use crate::store::AgentRef;
+use crate::store::{AgentRef, JoinRefused, JoinRule};
 
 /// A registered client's identity on one connection.
 #[derive(Debug)]
@@ -58,6 +58,29 @@ enum Start {
     /// The log cannot replay what the resuming client missed: start it
     /// afresh, from the cut (read again from there).
     Unrecoverable,
+}
+
+/// What [`Hub::join_at_log_position`] did.
+enum Started {
+    /// The client joined; the handle it replaced, if any.
+    Joined(Option<ClientHandle>),
+    /// Its start could not be served from this cut: read a fresh one (and
+    /// the member list with it).
+    ReadAgain,
+}
+
+/// What a join attempt that did not join does next.
+#[derive(Clone, Copy)]
+enum Next {
+    /// Live delivery has to catch up with the client first: pause.
+    Wait,
+    /// Live delivery moved past the read: read again now.
+    Yield,
+    /// The start cannot be served from here (a resume the log lost, or a
+    /// window past the replay budget or the queue's room).
+    Unservable,
+    /// Nothing decided (the attempts ran out): read a fresh cut.
+    ReadAgain,
 }
 
 /// Where a joining client's events start.
@@ -260,67 +283,61 @@ impl Hub {
             mut info,
             is_agent,
         } = admit(self, reg)?;
-        // One read of how many are there and who holds this id serves the
-        // ownership and room checks (after the token's own checks, which
-        // need no I/O); never the whole member list.
         if let Some(identity) = identity {
             authorize(identity, &session, is_agent)?;
-        }
-        let (present, held) = self.store.occupancy(&session, &info.client_id).await?;
-        if let Some(identity) = identity {
-            check_owner(identity, &info, held.as_ref())?;
             info.owner = Some(identity.sub.clone());
         }
         let client_id = info.client_id.as_str();
-        check_room(
-            &session,
-            present,
-            held.is_some(),
-            self.config.max_clients_per_session,
-        )?;
 
-        // 2. Contacts and presence. The cut, a log position read before
-        // the member list, and the list's presence version make the list
-        // and the events exact together: every presence change after the
-        // cut not reflected in the list is announced to the client, and
-        // none that is.
-        self.store
-            .seed_contacts(&session, &self.connector.initial_contacts())
-            .await?;
-        let change = self.store.join(&session, &info).await?;
-        let contacts = self.store.contacts(&session).await?;
-        let cut = self.log_cut(&session).await?;
-        let presence = self.store.presence(&session).await?;
-        let members = presence.members;
-
-        // 3. The agent role, before anyone is told `agent: true`.
-        if is_agent {
-            let me = AgentRef {
-                client_id: client_id.to_string(),
-                instance: self.instance().to_string(),
-            };
-            self.store.claim_agent(&session, &me).await?;
-        }
-
-        // 4 + 5. The first frames, the replay of a resume, and the join,
-        // atomically with respect to live delivery.
-        let handle = conn.with_info(info.clone());
-        let confirm = Confirmation {
-            session: &session,
-            info: &info,
-            is_agent,
-            members: &members,
-            contacts: &contacts,
-            request_id,
+        // 2. Presence, with the room and the id's owner checked in the same
+        // atomic step (two brand-new registrations of one id by different
+        // users, or of the last place, cannot both pass), then contacts.
+        // The cut, a log position read before the member list, and the
+        // list's presence version make the list and the events exact
+        // together: every presence change after the cut not reflected in
+        // the list is announced to the client, and none that is.
+        let rule = JoinRule {
+            max_members: self.config.max_clients_per_session,
         };
-        let cut = StartAt::Cut(&cut, presence.version);
-        if let Some(old) = self
-            .join_at_log_position(&handle, since.as_ref(), cut, &confirm)
+        let change = self
+            .store
+            .join(&session, &info, rule)
             .await?
-            && old.conn_id != handle.conn_id
-        {
-            self.replaced(&session, &old, client_id, is_agent).await?;
-        }
+            .map_err(|refused| refusal(refused, &session, &info, rule))?;
+        let joined = self
+            .start_session_delivery(conn, &session, &info, is_agent, since.as_ref(), request_id)
+            .await;
+        let handle = match joined {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Nothing of this registration may outlive its failure: a
+                // presence entry or agent role it took would belong to no
+                // connection. Those who read the list meanwhile are told. (A
+                // registration that replaced an id leaves it to the
+                // connection still holding it.)
+                if change.changed
+                    && is_agent
+                    && matches!(
+                        self.store.release_agent(&session, client_id).await,
+                        Ok(true)
+                    )
+                {
+                    self.publish_agent_changed(&session, None);
+                }
+                if change.changed {
+                    match self.store.leave(&session, client_id).await {
+                        Ok(left) if left.changed => {
+                            self.publish_client_event(&session, &info, false, left.version)
+                        }
+                        Ok(_) => {}
+                        Err(left) => {
+                            tracing::warn!(error = %left, "could not undo a failed join's presence")
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
 
         // 6. Announce.
         self.publish_client_event(&session, &info, true, change.version);
@@ -336,6 +353,77 @@ impl Hub {
             }),
             handle,
         })
+    }
+
+    /// Steps 2 (after presence) to 5 of [`Self::join`]: seeds and reads
+    /// the contacts, reads a cut and the member list, claims the agent
+    /// role, then sends the first frames and the replay and joins the
+    /// registry ([`Self::join_at_log_position`]). When the client's start
+    /// cannot be served exactly from that cut (the events since it
+    /// outgrew the replay budget or the connection's queue, or live
+    /// delivery kept moving past the reads), the contacts, the cut and the
+    /// members are read again: a client never starts from live delivery
+    /// with a member list that lacks what happened in between. Returns the
+    /// connection's handle under the registered identity.
+    async fn start_session_delivery(
+        self: &Arc<Self>,
+        conn: &ClientHandle,
+        session: &str,
+        info: &ClientInfo,
+        is_agent: bool,
+        since: Option<&Since>,
+        request_id: Option<&str>,
+    ) -> Result<ClientHandle, HubError> {
+        // Each round reads a fresh cut, whose replay is what arrived during
+        // one round trip: more rounds mean a log moving faster than it can
+        // be read, and the client is better told to come back.
+        const ROUNDS: usize = 8;
+        let client_id = info.client_id.as_str();
+        self.store
+            .seed_contacts(session, &self.connector.initial_contacts())
+            .await?;
+        // 3. The agent role, before anyone is told `agent: true`.
+        if is_agent {
+            let me = AgentRef {
+                client_id: client_id.to_string(),
+                instance: self.instance().to_string(),
+            };
+            self.store.claim_agent(session, &me).await?;
+        }
+        let handle = conn.with_info(info.clone());
+        let mut since = since;
+        for _ in 0..ROUNDS {
+            let contacts = self.store.contacts(session).await?;
+            let cut = self.log_cut(session).await?;
+            let presence = self.store.presence(session).await?;
+            // 4 + 5. The first frames, the replay of a resume, and the
+            // join, atomically with respect to live delivery.
+            let confirm = Confirmation {
+                session,
+                info,
+                is_agent,
+                members: &presence.members,
+                contacts: &contacts,
+                request_id,
+            };
+            let cut = StartAt::Cut(&cut, presence.version);
+            match self
+                .join_at_log_position(&handle, since, cut, &confirm)
+                .await?
+            {
+                Started::Joined(Some(old)) if old.conn_id != handle.conn_id => {
+                    self.replaced(session, &old, client_id, is_agent).await?;
+                    return Ok(handle);
+                }
+                Started::Joined(_) => return Ok(handle),
+                // A resume that could not be served starts afresh from the
+                // next cut, like any new client.
+                Started::ReadAgain => since = None,
+            }
+        }
+        Err(HubError::store_unavailable(format!(
+            "session `{session}`'s log moved on faster than registration could read it; register again"
+        )))
     }
 
     /// A log position of `session` no later than now: every event up to it
@@ -359,18 +447,21 @@ impl Hub {
     /// the client's start that live delivery has already passed — after a
     /// `since` the log can still serve, else after the `cut` — and joins
     /// the registry. Live delivery then goes on from exactly there: no
-    /// gap, no duplicate. Returns the handle it replaced.
+    /// gap, no duplicate. Returns the handle it replaced, or
+    /// [`Started::ReadAgain`] when the events after the cut cannot be
+    /// served exactly (past the replay budget or the connection's queue,
+    /// or live delivery kept moving): the caller reads a fresh cut.
     async fn join_at_log_position(
         &self,
         handle: &ClientHandle,
         since: Option<&Since>,
         cut: StartAt<'_>,
         confirm: &Confirmation<'_>,
-    ) -> Result<Option<ClientHandle>, HubError> {
+    ) -> Result<Started, HubError> {
         let session = confirm.session;
         // Live delivery may be ahead of a read (read again) or behind a
         // resuming client (wait for it); both are short-lived. Past these
-        // attempts the client starts from live delivery.
+        // attempts the caller reads a fresh cut.
         const ATTEMPTS: usize = 50;
         let mut from = since.map_or(cut, StartAt::Resume);
         let floor = match cut {
@@ -384,13 +475,11 @@ impl Hub {
                 StartAt::Resume(s) => s.offset,
                 StartAt::Cut(c, _) => c.offset,
             };
-            // REPLAY_MAX_BYTES bounds what is read, not only what is sent:
-            // a resume from far behind costs one budget, then the client
+            // The budget bounds what is read, not only what is sent: a
+            // resume from far behind costs one budget, then the client
             // reloads (`recovered: false`).
-            let read = self
-                .broker
-                .read_log(session, Some(after), self.replay_budget())
-                .await?;
+            let budget = self.replay_budget(from);
+            let read = self.broker.read_log(session, Some(after), budget).await?;
             // Two reads in a row saw this epoch: it is the log's, and what
             // this instance delivered belongs to a log that is gone. Its
             // offsets start again at 1.
@@ -400,8 +489,7 @@ impl Hub {
                 epoch: read.epoch.clone(),
                 offset: read.head,
             };
-            let mut wait = false;
-            let mut unrecoverable = false;
+            let mut next = Next::ReadAgain;
             let joined =
                 self.registry
                     .insert_at(session, handle.clone(), at_read, |live, recent, h| {
@@ -413,18 +501,20 @@ impl Hub {
                         } else {
                             live.clone()
                         };
-                        let from_live = || (false, live.offset, Vec::new());
-                        let over_budget = |replay: &[Outbound]| {
-                            replay.iter().map(|o| o.frame.len()).sum::<usize>()
-                                > self.config.limits.replay_max_bytes
+                        let fits = |replay: &[Outbound]| {
+                            replay.iter().map(|o| o.frame.len()).sum::<usize>() <= budget.max_bytes
+                                // A replay that does not fit the connection's
+                                // queue would disconnect it as a slow
+                                // consumer half-way.
+                                && replay.len() + 2 <= h.room()
                         };
                         // Past the byte budget (the read stopped short of
                         // the head, or the replay with what delivery added
-                        // is larger), the client reloads instead
-                        // (docs/protocol.md §12.1).
-                        // Only a read of the very log the client and
-                        // delivery are on is cut short for its size; any
-                        // other goes through the plan (retry, cut).
+                        // is larger) a resume cannot be served: the client
+                        // reloads (docs/protocol.md §12.1). Only a read of
+                        // the very log the client and delivery are on is
+                        // cut short for its size; any other goes through
+                        // the plan (retry, cut).
                         let from_epoch = match from {
                             StartAt::Resume(s) => s.epoch.as_str(),
                             StartAt::Cut(c, _) => c.epoch.as_str(),
@@ -433,36 +523,24 @@ impl Hub {
                             read.more && live.epoch == read.epoch && from_epoch == read.epoch;
                         let plan = (!too_long).then(|| plan_start(from, &read, &live, recent, h));
                         let (recovered, offset, replay) = match plan {
-                            None => {
-                                self.metrics.shed(Shed::ReplayBudget);
-                                from_live()
-                            }
-                            Some(Start::Go { replay, .. }) if over_budget(&replay) => {
-                                self.metrics.shed(Shed::ReplayBudget);
-                                from_live()
-                            }
                             Some(Start::Go {
                                 recovered,
                                 offset,
                                 replay,
-                            }) => (recovered, offset, replay),
-                            Some(Start::Unrecoverable) if !give_up => {
-                                unrecoverable = true;
+                            }) if fits(&replay) => (recovered, offset, replay),
+                            Some(Start::Retry { wait }) if !give_up => {
+                                next = if wait { Next::Wait } else { Next::Yield };
                                 return None;
                             }
-                            Some(Start::Retry { wait: w }) if !give_up => {
-                                wait = w;
+                            None | Some(Start::Go { .. }) => {
+                                self.metrics.shed(Shed::ReplayBudget);
+                                next = Next::Unservable;
                                 return None;
                             }
-                            Some(Start::Retry { .. } | Start::Unrecoverable) => from_live(),
-                        };
-                        // A replay that does not fit the connection's queue would
-                        // disconnect it as a slow consumer half-way: the client
-                        // reloads instead (docs/protocol.md §12.1).
-                        let (recovered, offset, replay) = if replay.len() + 2 > h.room() {
-                            from_live()
-                        } else {
-                            (recovered, offset, replay)
+                            Some(Start::Unrecoverable | Start::Retry { .. }) => {
+                                next = Next::Unservable;
+                                return None;
+                            }
                         };
                         // A resumed client takes every presence event after
                         // its `since`; any other one those its list lacks.
@@ -477,21 +555,34 @@ impl Hub {
                         }
                         Some(live)
                     });
-            match joined {
-                Ok(replaced) => return Ok(replaced),
-                Err(_) if unrecoverable => from = cut,
-                Err(_) if wait => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                Err(_) => tokio::task::yield_now().await,
+            match (joined, next) {
+                (Ok(replaced), _) => return Ok(Started::Joined(replaced)),
+                // A resume the log cannot serve starts afresh, from the cut.
+                (Err(_), Next::Unservable) if matches!(from, StartAt::Resume(_)) => from = cut,
+                (Err(_), Next::Unservable | Next::ReadAgain) => return Ok(Started::ReadAgain),
+                (Err(_), Next::Wait) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                (Err(_), Next::Yield) => tokio::task::yield_now().await,
             }
         }
-        // Unreachable: the last attempt always joins.
-        Err(HubError::internal("join: the session log kept moving"))
+        Ok(Started::ReadAgain)
     }
 
-    /// What a joining client's replay may read of the log (REPLAY_MAX_BYTES).
-    fn replay_budget(&self) -> ReadBudget {
+    /// What a joining client's replay may read of the log. A resume's
+    /// backlog can be anything up to the whole log: REPLAY_MAX_BYTES, past
+    /// which the client reloads instead. A start from a cut replays only
+    /// what arrived while the join read its snapshot (a few round trips
+    /// of traffic), whatever REPLAY_MAX_BYTES is: it is bounded by the
+    /// connection's queue (half of it, as a default replay budget), and
+    /// past that the join reads a fresh cut.
+    fn replay_budget(&self, from: StartAt<'_>) -> ReadBudget {
+        let max_bytes = match from {
+            StartAt::Resume(_) => self.config.limits.replay_max_bytes,
+            StartAt::Cut(..) => self.config.outbound_queue_bytes / 2,
+        };
         ReadBudget {
-            max_bytes: self.config.limits.replay_max_bytes,
+            max_bytes,
             max_events: self.config.session_log_len,
         }
     }
@@ -582,20 +673,28 @@ impl Hub {
     }
 }
 
-/// `session_full` when the session holds `max` clients on every instance
-/// together (`present`, counted by the store) and the joining id is not one
-/// of them (`replaces`: registering again replaces, it does not add). Two
-/// clients joining at the same moment on different instances may both
-/// pass: the bound is tight to within the joins in flight, which is what
-/// it is for (no session grows without limit).
-fn check_room(session: &str, present: usize, replaces: bool, max: usize) -> Result<(), HubError> {
-    if present >= max && !replaces {
-        return Err(HubError::new(
+/// The error a refused join answers: `session_full` when the session
+/// holds its `MAX_CLIENTS_PER_SESSION` clients on every instance together
+/// and the joining id is not one of them (registering again replaces, it
+/// does not add); `forbidden` when the id is held in the session by a
+/// client another user (`sub`) registered.
+fn refusal(refused: JoinRefused, session: &str, info: &ClientInfo, rule: JoinRule) -> HubError {
+    match refused {
+        JoinRefused::Full => HubError::new(
             ErrorCode::SessionFull,
-            format!("session `{session}` already has {max} clients (MAX_CLIENTS_PER_SESSION)"),
-        ));
+            format!(
+                "session `{session}` already has {} clients (MAX_CLIENTS_PER_SESSION)",
+                rule.max_members
+            ),
+        ),
+        JoinRefused::HeldByAnother => HubError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "client_id `{}` is held by another user in this session",
+                info.client_id
+            ),
+        ),
     }
-    Ok(())
 }
 
 /// What the token allows (docs/security.md §3): the session must be in
@@ -612,27 +711,6 @@ fn authorize(identity: &Identity, session: &str, is_agent: bool) -> Result<(), H
         return Err(HubError::new(
             ErrorCode::Forbidden,
             "the `whatsapp` capability (the agent role) needs a token with role agent or admin",
-        ));
-    }
-    Ok(())
-}
-
-/// A client id present in the session (on any instance) must have been
-/// registered by the same `sub`.
-fn check_owner(
-    identity: &Identity,
-    info: &ClientInfo,
-    held: Option<&ClientInfo>,
-) -> Result<(), HubError> {
-    if let Some(held) = held
-        && held.owner.as_deref() != Some(identity.sub.as_str())
-    {
-        return Err(HubError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "client_id `{}` is held by another user in this session",
-                info.client_id
-            ),
         ));
     }
     Ok(())

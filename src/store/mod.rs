@@ -147,6 +147,42 @@ pub struct PresenceChange {
     pub version: u64,
 }
 
+/// What a join must respect, checked atomically with it
+/// ([`SessionStore::join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinRule {
+    /// The session's room: a join that would add a client to a session
+    /// already holding this many is refused; one that replaces its own id
+    /// is not (registering again replaces, it does not add).
+    pub max_members: usize,
+}
+
+impl JoinRule {
+    /// No room limit: for putting back clients the store lost (they were
+    /// in already).
+    pub const UNBOUNDED: JoinRule = JoinRule {
+        max_members: usize::MAX,
+    };
+}
+
+/// Why [`SessionStore::join`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The session holds [`JoinRule::max_members`] clients and the id is
+    /// not one of them.
+    Full,
+    /// The id is held by a client another user registered: the joining
+    /// client has an `owner` and the held entry's differs.
+    HeldByAnother,
+}
+
+/// Whether `held` (the id's current entry) may be replaced by `joining`:
+/// without an owner (no authentication) anyone may; with one, only an
+/// entry of the same owner (or none at all).
+pub fn may_replace(held: &ClientInfo, joining: &ClientInfo) -> bool {
+    joining.owner.is_none() || held.owner == joining.owner
+}
+
 /// Something a dead instance left behind, taken by the reaper: the caller
 /// announces it (`client_left`, `agent_changed`) exactly once.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,22 +304,21 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes a claimed event: it was processed.
     async fn ack_webhook_event(&self, claim: &str) -> StoreResult<()>;
 
-    /// Adds (or replaces) a client's presence entry; `changed` if it was
-    /// missing (so re-announcing after an outage tells the session only
-    /// what it lost).
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange>;
+    /// Adds (or replaces) a client's presence entry, unless `rule` refuses
+    /// it; `changed` if it was missing (so re-announcing after an outage
+    /// tells the session only what it lost). The rule is checked in the
+    /// same atomic step as the write, so two registrations of one brand-new
+    /// id by different users, or two last places taken at once, cannot both
+    /// pass; and it reads a count and one entry, never the member list.
+    async fn join(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        rule: JoinRule,
+    ) -> StoreResult<Result<PresenceChange, JoinRefused>>;
     /// Removes a client; `changed` if it was present (so exactly one caller
     /// announces its departure).
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange>;
-    /// How many clients the session's presence holds (on every instance,
-    /// a dead instance's not yet reaped included) and `client_id`'s entry
-    /// if it is one of them: what a join needs to cap the session and check
-    /// who holds the id, without reading the member list.
-    async fn occupancy(
-        &self,
-        session: &str,
-        client_id: &str,
-    ) -> StoreResult<(usize, Option<ClientInfo>)>;
     /// The members and the presence version they are as of, read at once.
     async fn presence(&self, session: &str) -> StoreResult<Presence>;
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {

@@ -26,8 +26,9 @@ use restore::{SessionMeta, status_json};
 use webhooks::WebhookBook;
 
 use super::{
-    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, Presence, PresenceChange, SenderContact,
-    SessionListing, SessionPage, SessionStore, StoreResult, phone_digits,
+    AgentRef, IdempotencyBegin, IdempotencyKey, JoinRefused, JoinRule, NewSender, Presence,
+    PresenceChange, SenderContact, SessionListing, SessionPage, SessionStore, StoreResult,
+    may_replace, phone_digits,
 };
 use crate::durable::{Commit, IdempotencyRow, Journal, Op, committed};
 use crate::protocol::{
@@ -562,18 +563,34 @@ impl SessionStore for MemoryStore {
         durable(commit).await
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {
+    async fn join(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        rule: JoinRule,
+    ) -> StoreResult<Result<PresenceChange, JoinRefused>> {
         Ok(self.with(session, |s| {
+            let held = s
+                .members
+                .iter()
+                .position(|m| m.client_id == client.client_id);
+            match held {
+                Some(i) if !may_replace(&s.members[i], client) => {
+                    return Err(JoinRefused::HeldByAnother);
+                }
+                None if s.members.len() >= rule.max_members => return Err(JoinRefused::Full),
+                _ => {}
+            }
             s.touch();
-            let before = s.members.len();
-            s.members.retain(|m| m.client_id != client.client_id);
-            let added = before == s.members.len();
+            if let Some(i) = held {
+                s.members.remove(i);
+            }
             s.members.push(client.clone());
             s.presence_version += 1;
-            PresenceChange {
-                changed: added,
+            Ok(PresenceChange {
+                changed: held.is_none(),
                 version: s.presence_version,
-            }
+            })
         }))
     }
 
@@ -596,17 +613,6 @@ impl SessionStore for MemoryStore {
                 changed: false,
                 version: 0,
             }))
-    }
-
-    async fn occupancy(
-        &self,
-        session: &str,
-        client_id: &str,
-    ) -> StoreResult<(usize, Option<ClientInfo>)> {
-        Ok(self.read(session, |s| {
-            let held = s.members.iter().find(|m| m.client_id == client_id);
-            (s.members.len(), held.cloned())
-        }))
     }
 
     async fn presence(&self, session: &str) -> StoreResult<Presence> {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AgentRef, IdempotencyBegin, IdempotencyKey, NewSender, PartialReap, Presence, PresenceChange,
-    Reaped, SenderContact, SessionPage, SessionStore, StoreResult,
+    AgentRef, IdempotencyBegin, IdempotencyKey, JoinRefused, JoinRule, NewSender, PartialReap,
+    Presence, PresenceChange, Reaped, SenderContact, SessionPage, SessionStore, StoreResult,
 };
 use crate::protocol::{
     ClientInfo, Contact, DeliveryStatus, HistoryEntry, HubError, MessageDirection, StatusError,
@@ -423,24 +423,17 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn join(&self, session: &str, client: &ClientInfo) -> StoreResult<PresenceChange> {
-        self.join_presence(session, client).await
+    async fn join(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        rule: JoinRule,
+    ) -> StoreResult<Result<PresenceChange, JoinRefused>> {
+        self.join_presence(session, client, rule).await
     }
 
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange> {
         self.leave_presence(session, client_id).await
-    }
-
-    async fn occupancy(
-        &self,
-        session: &str,
-        client_id: &str,
-    ) -> StoreResult<(usize, Option<ClientInfo>)> {
-        let key = self.backend.keys.presence(session);
-        let mut pipe = ::redis::pipe();
-        pipe.hlen(&key).hget(&key, client_id);
-        let (count, held): (usize, Option<String>) = self.backend.pipe("occupancy", &pipe).await?;
-        Ok((count, held.and_then(|h| decode("presence", &h).ok())))
     }
 
     async fn presence(&self, session: &str) -> StoreResult<Presence> {

@@ -5,8 +5,8 @@
 
 use super::scripts::{JOIN_PRESENCE, READ_PRESENCE, RELEASE_AGENT_IF, TAKE_PRESENCE};
 use super::{RedisStore, decode, encode};
-use crate::protocol::{ClientInfo, now_millis};
-use crate::store::{Presence, PresenceChange, Reaped, StoreResult};
+use crate::protocol::{ClientInfo, HubError, now_millis};
+use crate::store::{JoinRefused, JoinRule, Presence, PresenceChange, Reaped, StoreResult};
 
 fn member_tag(session: &str, client_id: &str) -> String {
     format!("{session}\t{client_id}")
@@ -17,18 +17,16 @@ impl RedisStore {
         &self,
         session: &str,
         client: &ClientInfo,
-    ) -> StoreResult<PresenceChange> {
+        rule: JoinRule,
+    ) -> StoreResult<Result<PresenceChange, JoinRefused>> {
         // Two slots (the instance's member set, the session's presence), so
         // two commands, in this order: a member tag without presence is
         // harmless to a reaper, presence without a tag would never be reaped.
+        let tag_key = self.backend.keys.instance_members(&client.instance);
+        let tag = member_tag(session, &client.client_id);
         let _: i64 = self
             .backend
-            .query(
-                "join_member",
-                ::redis::cmd("SADD")
-                    .arg(self.backend.keys.instance_members(&client.instance))
-                    .arg(member_tag(session, &client.client_id)),
-            )
+            .query("join_member", ::redis::cmd("SADD").arg(&tag_key).arg(&tag))
             .await?;
         let mut invocation = JOIN_PRESENCE.prepare_invoke();
         invocation
@@ -36,14 +34,33 @@ impl RedisStore {
             .key(self.backend.keys.session_stats(session))
             .arg(&client.client_id)
             .arg(encode(client)?)
-            .arg(now_millis());
-        // HSET answers how many fields it created: 1 = the entry was missing.
-        let (created, version): (i64, u64) =
-            self.write_script("join", session, &invocation).await?;
-        Ok(PresenceChange {
-            changed: created == 1,
-            version,
-        })
+            .arg(now_millis())
+            .arg(rule.max_members)
+            .arg(client.owner.as_deref().unwrap_or(""));
+        // `{created, version}`: HSET answers how many fields it created, 1 =
+        // the entry was missing; or `{-1}` (full) or `{-2}` (held by another
+        // user), with nothing written.
+        let answer: Vec<i64> = self.write_script("join", session, &invocation).await?;
+        match answer.as_slice() {
+            [-1] => {
+                // The id is in no presence entry, so its tag guards nothing:
+                // refused joins must not grow the instance's member set.
+                let _: i64 = self
+                    .backend
+                    .query("join_member", ::redis::cmd("SREM").arg(&tag_key).arg(&tag))
+                    .await?;
+                Ok(Err(JoinRefused::Full))
+            }
+            // The id is held: by this instance maybe, whose tag it is too.
+            [-2] => Ok(Err(JoinRefused::HeldByAnother)),
+            &[created, version] => Ok(Ok(PresenceChange {
+                changed: created == 1,
+                version: u64::try_from(version).unwrap_or_default(),
+            })),
+            other => Err(HubError::store_unavailable(format!(
+                "join: unexpected answer {other:?} from Redis"
+            ))),
+        }
     }
 
     pub(super) async fn leave_presence(

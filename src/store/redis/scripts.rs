@@ -67,11 +67,24 @@ end
 ";
 
 /// Adds or replaces a presence entry and bumps the presence version, at
-/// once. KEYS: presence, session stats. ARGV: client id, entry, now (ms).
-/// Returns `{created, version}`.
+/// once, unless the join rule refuses it. KEYS: presence, session stats.
+/// ARGV: client id, entry, now (ms), the session's room (max members), the
+/// joining owner ('' for none). Returns `{created, version}`, or `{-1}`
+/// when the session is full and the id not in it, `{-2}` when the id is
+/// held by another owner (an entry that does not decode is replaced). The
+/// same rule as `store::may_replace`, and the memory store's join.
 pub(super) static JOIN_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{BUMP_PRESENCE}
+        local held = redis.call('HGET', KEYS[1], ARGV[1])
+        if held then
+          if ARGV[5] ~= '' then
+            local ok, c = pcall(cjson.decode, held)
+            if ok and type(c) == 'table' and c.owner ~= ARGV[5] then return {{-2}} end
+          end
+        elseif redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+          return {{-1}}
+        end
         local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('HSET', KEYS[2], 'last_activity', ARGV[3])
         return {{created, bump_presence(KEYS[2])}}
