@@ -16,7 +16,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -51,7 +51,13 @@ struct Seen {
 
 /// Subscribes (on `urls[first]`, then the next one after every drop) and
 /// resumes from the last offset it saw, until `done` and quiet.
-async fn subscriber(urls: Vec<String>, first: usize, id: String, done: Arc<AtomicBool>) -> Seen {
+async fn subscriber(
+    urls: Vec<String>,
+    first: usize,
+    id: String,
+    registered: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+) -> Seen {
     let mut seen = Seen::default();
     let mut since: Option<(u64, String)> = None;
     let mut at = first;
@@ -88,6 +94,9 @@ async fn subscriber(urls: Vec<String>, first: usize, id: String, done: Arc<Atomi
         };
         if since.is_some() && confirmed["recovered"] != true {
             seen.resets += 1;
+        }
+        if since.is_none() {
+            registered.fetch_add(1, Ordering::AcqRel);
         }
         if let (Some(offset), Some(epoch)) =
             (confirmed["offset"].as_u64(), confirmed["epoch"].as_str())
@@ -232,19 +241,29 @@ async fn under_load(
     fault: impl Future<Output = Duration>,
 ) {
     let done = Arc::new(AtomicBool::new(false));
+    let registered = Arc::new(AtomicUsize::new(0));
     let subscribers: Vec<_> = (0..SUBSCRIBERS)
         .map(|i| {
             tokio::spawn(subscriber(
                 urls.clone(),
                 i,
                 format!("sub-{i}"),
+                registered.clone(),
                 done.clone(),
             ))
         })
         .collect();
-    // Subscribers register before the first broadcast (one that missed
-    // some would resume from its registration and is owed them anyway).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every subscriber registers before the first broadcast: one that
+    // registered later would not be owed the earlier ones.
+    wait_until_async(
+        "every subscriber registered",
+        Duration::from_secs(30),
+        || {
+            let registered = registered.clone();
+            async move { registered.load(Ordering::Acquire) == SUBSCRIBERS }
+        },
+    )
+    .await;
     let publishing = tokio::spawn(publisher(publisher_urls, secs("CHAOS_RUN_SECS", 6)));
     let recovery = fault.await;
     let (acked, refused) = publishing.await.expect("publisher");
