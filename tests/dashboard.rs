@@ -5,8 +5,9 @@
 //! following it live — a client connecting on another instance appears
 //! without a reload, and disconnecting it from the page closes it (4002)
 //! and removes it. Both pages run under their Content-Security-Policy
-//! (issue 19): their inline script and style apply, and the web page's
-//! WebSocket to its own origin connects. An image in a message shows
+//! (issue 19): their inline style and their scripts served by the hub
+//! (the SDK bundle among them) apply, and the web page's WebSocket to its
+//! own origin connects. An image in a message shows
 //! inline on both pages, its bytes fetched with the page's token.
 
 mod support;
@@ -280,14 +281,14 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
     );
 
     // The same image arriving from John, handed to the page's handler of
-    // hub frames as the hub delivers an inbound one.
+    // hub frames (the one it gives the SDK) as the hub delivers an inbound one.
     let inbound = json!({"type": "message_event", "direction": "incoming", "contact": "John",
         "message": "[image] from John", "message_id": "in.page-test", "timestamp": 1, "by": "John",
         "media": {"kind": "image", "id": "in-media", "url": path, "mime_type": "image/png",
             "size": 67, "caption": "from John"}});
     browser
         .client
-        .execute("onEvent(arguments[0])", vec![inbound.clone()])
+        .execute("mcpHubPage.onEvent(arguments[0])", vec![inbound.clone()])
         .await
         .expect("deliver the inbound event");
     let loaded = loaded_images(&browser, "#log img.media", |imgs| {
@@ -313,7 +314,7 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
         "interactive": {"type": "buttons", "buttons": [{"id": "a", "title": "<script>window.pwned=2</script>"}]}});
     browser
         .client
-        .execute("onEvent(arguments[0])", vec![hostile])
+        .execute("mcpHubPage.onEvent(arguments[0])", vec![hostile])
         .await
         .expect("deliver the hostile event");
     browser
@@ -348,7 +349,7 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
         .await;
     browser
         .client
-        .execute("showEvent(arguments[0])", vec![inbound])
+        .execute("mcpHubDashboard.showEvent(arguments[0])", vec![inbound])
         .await
         .expect("show the inbound event");
     let loaded = loaded_images(&browser, "#events img.media", |imgs| {

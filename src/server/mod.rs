@@ -1,6 +1,6 @@
 //! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
 //! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
-//! graceful shutdown. Every route first checks `Host` against
+//! graceful shutdown; the pages' scripts are served by [`assets`]. Every route first checks `Host` against
 //! `ALLOWED_HOSTS`; what is checked before an upgrade (Origin, connection
 //! caps) and the pages' security headers are in [`browser`]; the upgrade
 //! itself in [`upgrade`], over the shared sockets of [`listener`], which
@@ -12,6 +12,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod assets;
 pub mod asyncapi;
 pub mod auth;
 pub mod browser;
@@ -58,6 +59,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(admin::pages())
         .layer(Extension(slots))
         .route("/ui", get(web_page))
+        .route("/assets/{name}", get(assets::serve))
         .merge(mcp::routes(&hub))
         .merge(api)
         .layer(Extension(openapi::Document::new(&doc)))
