@@ -8,7 +8,8 @@
 //! (issue 19): their inline style and their scripts served by the hub
 //! (the SDK bundle among them) apply, and the web page's WebSocket to its
 //! own origin connects. An image in a message shows
-//! inline on both pages, its bytes fetched with the page's token.
+//! inline on both pages, its bytes fetched with the page's token. The
+//! dashboard's feed comes back after its hub restarts, still watching.
 
 mod support;
 
@@ -102,6 +103,78 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
     let left = laptop.recv_type("client_left").await;
     assert_eq!(left["client_id"], "phone", "{left}");
     browser.quit().await;
+}
+
+/// The dashboard's feed (the SDK's feed client) comes back by itself after
+/// its hub restarts, live again and still watching its session: what the
+/// session gets after the restart shows in the live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_feed_comes_back_after_a_hub_restart_still_watching() {
+    assert!(
+        Browser::available(),
+        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
+    );
+    let port = free_port().to_string();
+    let mut hub = HubProcess::start(&["--port", &port], &[]).await;
+    let (_laptop, _) = WsClient::register(&hub.ws_url(), "demo", "laptop").await;
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&hub.http_url("/dashboard"))
+        .await
+        .expect("open the dashboard");
+    browser.wait_for("#feed-status", |t| t == "live").await;
+    browser.click("div[data-session='demo'] h3 button").await;
+    broadcast(&hub, "before the restart").await;
+    browser
+        .wait_for("#events div", |t| t.contains("before the restart"))
+        .await;
+
+    hub.sigterm();
+    assert!(hub.wait_exit(Duration::from_secs(15)).await.is_some());
+    browser
+        .wait_for("#feed-status", |t| t.starts_with("disconnected"))
+        .await;
+    let hub = HubProcess::start(&["--port", &port], &[]).await;
+    let (_laptop, _) = WsClient::register(&hub.ws_url(), "demo", "laptop").await;
+    browser.wait_for("#feed-status", |t| t == "live").await;
+    // The watch is sent again on the new connection: poll with broadcasts
+    // until one shows (the page may still be re-reading the API).
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        broadcast(&hub, "after the restart").await;
+        let shown = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('#events div')]
+                    .some((d) => d.textContent.includes('after the restart'))",
+                vec![],
+            )
+            .await
+            .expect("read the events");
+        if shown == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted hub's events never reached the dashboard"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.quit().await;
+}
+
+/// A test broadcast to session `demo` through the admin API.
+async fn broadcast(hub: &HubProcess, text: &str) {
+    let (status, body) = http_call(
+        hub,
+        reqwest::Method::POST,
+        "/api/v1/sessions/demo/broadcast",
+        None,
+        Some(json!({"payload": {"text": text}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The page's `<header>` background: its inline `<style>` applied.
