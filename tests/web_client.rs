@@ -3,7 +3,8 @@
 //! can restart on the same port: the page runs on the TypeScript SDK the
 //! hub serves (`/assets/mcp-hub-client.js`), reconnects by itself and says
 //! whether it resumed; with the hub's state kept (`--data-dir`) it shows
-//! what was sent while it was away, once. And the SDK bundle the binary
+//! what was sent while it was away, once; with authentication on it
+//! explains a refused connection and an expired token. And the SDK bundle the binary
 //! serves is a fresh build of clients/typescript/src. (The dashboard, this
 //! page's link to it, and how both pages show an image in a message:
 //! tests/dashboard.rs.)
@@ -169,7 +170,11 @@ async fn the_web_page_resumes_after_a_restart_and_shows_what_it_missed_once() {
 
     hub.sigterm();
     assert!(hub.wait_exit(Duration::from_secs(15)).await.is_some());
-    let closed_to_pages = [&args[..], &["--allowed-origins", "https://elsewhere.example"]].concat();
+    let closed_to_pages = [
+        &args[..],
+        &["--allowed-origins", "https://elsewhere.example"],
+    ]
+    .concat();
     let mut away = HubProcess::start(&closed_to_pages, &[]).await;
     let (mut phone, _) = WsClient::register(&away.ws_url(), "default", "phone").await;
     let answer = phone
@@ -198,8 +203,75 @@ async fn the_web_page_resumes_after_a_restart_and_shows_what_it_missed_once() {
         "the missed message shows once"
     );
     assert!(
-        log_lines_with(&browser, "could not resume").await.is_empty(),
+        log_lines_with(&browser, "could not resume")
+            .await
+            .is_empty(),
         "it resumed"
+    );
+    browser.quit().await;
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-web-client";
+
+/// With authentication on, the page explains a refused connection (a 401
+/// is invisible to a WebSocket: it asks the REST API) and stops; with a
+/// token it registers, and when the token expires (close 4401) it says so
+/// instead of reconnecting with it. Its prompts for a new token are
+/// dismissed here (chromedriver's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_explains_a_missing_token_and_an_expired_one() {
+    assert!(
+        Browser::available(),
+        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
+    );
+    let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&hub.http_url("/ui"))
+        .await
+        .expect("open the web page");
+    browser
+        .wait_for("#log div.err", |t| {
+            t.contains("the hub needs a valid token (401")
+        })
+        .await;
+    browser
+        .wait_for("#status", |t| t.starts_with("closed (1006"))
+        .await;
+
+    let short = mcp_hub::auth::mint(
+        SECRET,
+        "web",
+        &["default".to_string()],
+        mcp_hub::auth::Role::Client,
+        Duration::from_secs(2),
+    )
+    .expect("mint");
+    browser
+        .client
+        .execute(
+            "sessionStorage.setItem('mcp-hub-token', arguments[0])",
+            vec![json!(short)],
+        )
+        .await
+        .expect("store the token");
+    browser
+        .client
+        .goto(&hub.http_url("/ui"))
+        .await
+        .expect("open the web page again");
+    browser
+        .wait_for("#log div", |t| t.contains("registered as"))
+        .await;
+    browser
+        .wait_for("#log div.err", |t| {
+            t.contains("token expired: enter a new one")
+        })
+        .await;
+    assert!(
+        log_lines_with(&browser, "reconnecting").await.is_empty(),
+        "an expired token is not retried"
     );
     browser.quit().await;
 }

@@ -21,7 +21,10 @@ use base64::Engine;
 
 /// Every served module: its name under `/assets/` and its text.
 const MODULES: &[(&str, &str)] = &[
-    ("mcp-hub-client.js", include_str!("assets/mcp-hub-client.js")),
+    (
+        "mcp-hub-client.js",
+        include_str!("assets/mcp-hub-client.js"),
+    ),
     ("content-view.js", include_str!("assets/content-view.js")),
     ("web-page.js", include_str!("../../web/index.js")),
     ("dashboard.js", include_str!("dashboard/dashboard.js")),

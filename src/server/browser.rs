@@ -385,7 +385,8 @@ mod tests {
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");
         // A page whose scripts are all served modules: `'self'` alone.
-        let modules = Page::new("<style>a{}</style><script type=\"module\" src=\"/assets/x.js\"></script>");
+        let modules =
+            Page::new("<style>a{}</style><script type=\"module\" src=\"/assets/x.js\"></script>");
         let csp = modules.csp.to_str().unwrap();
         assert!(csp.contains("script-src 'self';"), "{csp}");
         assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
