@@ -5,9 +5,11 @@
 //! following it live — a client connecting on another instance appears
 //! without a reload, and disconnecting it from the page closes it (4002)
 //! and removes it. Both pages run under their Content-Security-Policy
-//! (issue 19): their inline script and style apply, and the web page's
-//! WebSocket to its own origin connects. An image in a message shows
-//! inline on both pages, its bytes fetched with the page's token.
+//! (issue 19): their inline style and their scripts served by the hub
+//! (the SDK bundle among them) apply, and the web page's WebSocket to its
+//! own origin connects. An image in a message shows
+//! inline on both pages, its bytes fetched with the page's token. The
+//! dashboard's feed comes back after its hub restarts, still watching.
 
 mod support;
 
@@ -101,6 +103,78 @@ async fn the_dashboard_shows_the_cluster_live_and_disconnects_a_client() {
     let left = laptop.recv_type("client_left").await;
     assert_eq!(left["client_id"], "phone", "{left}");
     browser.quit().await;
+}
+
+/// The dashboard's feed (the SDK's feed client) comes back by itself after
+/// its hub restarts, live again and still watching its session: what the
+/// session gets after the restart shows in the live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_feed_comes_back_after_a_hub_restart_still_watching() {
+    assert!(
+        Browser::available(),
+        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
+    );
+    let port = free_port().to_string();
+    let mut hub = HubProcess::start(&["--port", &port], &[]).await;
+    let (_laptop, _) = WsClient::register(&hub.ws_url(), "demo", "laptop").await;
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&hub.http_url("/dashboard"))
+        .await
+        .expect("open the dashboard");
+    browser.wait_for("#feed-status", |t| t == "live").await;
+    browser.click("div[data-session='demo'] h3 button").await;
+    broadcast(&hub, "before the restart").await;
+    browser
+        .wait_for("#events div", |t| t.contains("before the restart"))
+        .await;
+
+    hub.sigterm();
+    assert!(hub.wait_exit(Duration::from_secs(15)).await.is_some());
+    browser
+        .wait_for("#feed-status", |t| t.starts_with("disconnected"))
+        .await;
+    let hub = HubProcess::start(&["--port", &port], &[]).await;
+    let (_laptop, _) = WsClient::register(&hub.ws_url(), "demo", "laptop").await;
+    browser.wait_for("#feed-status", |t| t == "live").await;
+    // The watch is sent again on the new connection: poll with broadcasts
+    // until one shows (the page may still be re-reading the API).
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        broadcast(&hub, "after the restart").await;
+        let shown = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('#events div')]
+                    .some((d) => d.textContent.includes('after the restart'))",
+                vec![],
+            )
+            .await
+            .expect("read the events");
+        if shown == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted hub's events never reached the dashboard"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.quit().await;
+}
+
+/// A test broadcast to session `demo` through the admin API.
+async fn broadcast(hub: &HubProcess, text: &str) {
+    let (status, body) = http_call(
+        hub,
+        reqwest::Method::POST,
+        "/api/v1/sessions/demo/broadcast",
+        None,
+        Some(json!({"payload": {"text": text}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The page's `<header>` background: its inline `<style>` applied.
@@ -280,14 +354,14 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
     );
 
     // The same image arriving from John, handed to the page's handler of
-    // hub frames as the hub delivers an inbound one.
+    // hub frames (the one it gives the SDK) as the hub delivers an inbound one.
     let inbound = json!({"type": "message_event", "direction": "incoming", "contact": "John",
         "message": "[image] from John", "message_id": "in.page-test", "timestamp": 1, "by": "John",
         "media": {"kind": "image", "id": "in-media", "url": path, "mime_type": "image/png",
             "size": 67, "caption": "from John"}});
     browser
         .client
-        .execute("onEvent(arguments[0])", vec![inbound.clone()])
+        .execute("mcpHubPage.onEvent(arguments[0])", vec![inbound.clone()])
         .await
         .expect("deliver the inbound event");
     let loaded = loaded_images(&browser, "#log img.media", |imgs| {
@@ -313,7 +387,7 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
         "interactive": {"type": "buttons", "buttons": [{"id": "a", "title": "<script>window.pwned=2</script>"}]}});
     browser
         .client
-        .execute("onEvent(arguments[0])", vec![hostile])
+        .execute("mcpHubPage.onEvent(arguments[0])", vec![hostile])
         .await
         .expect("deliver the hostile event");
     browser
@@ -348,7 +422,7 @@ async fn an_image_in_a_message_shows_inline_on_the_web_page_and_the_dashboard() 
         .await;
     browser
         .client
-        .execute("showEvent(arguments[0])", vec![inbound])
+        .execute("mcpHubDashboard.showEvent(arguments[0])", vec![inbound])
         .await
         .expect("show the inbound event");
     let loaded = loaded_images(&browser, "#events img.media", |imgs| {

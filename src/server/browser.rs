@@ -233,9 +233,10 @@ impl IntoResponse for NoSlot {
 
 /// A page served from the binary (the web client, the dashboard) with the
 /// headers that keep it from being framed or sniffed, and a
-/// Content-Security-Policy that runs only its own inline script and style
-/// (by their SHA-256, computed once), talks only to its own origin, and
-/// loads nothing else.
+/// Content-Security-Policy that runs only scripts served by this hub (the
+/// modules of [`super::assets`]: `'self'`) and, should a page carry any,
+/// its own inline scripts and styles (by their SHA-256, computed once),
+/// talks only to its own origin, and loads nothing else.
 pub struct Page {
     html: &'static str,
     csp: HeaderValue,
@@ -253,7 +254,7 @@ impl Page {
                 .collect()
         };
         let csp = format!(
-            "default-src 'none'; script-src{}; style-src{}; connect-src 'self'; img-src 'self' blob:; media-src 'self' blob:; \
+            "default-src 'none'; script-src 'self'{}; style-src{}; connect-src 'self'; img-src 'self' blob:; media-src 'self' blob:; \
              base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             hashes("script"),
             hashes("style"),
@@ -281,20 +282,23 @@ impl Page {
     }
 }
 
-/// The text of every `<tag …>…</tag>` element of `html`, as a browser
-/// hashes it for the CSP.
+/// The text of every inline `<tag …>…</tag>` element of `html`, as a
+/// browser hashes it for the CSP; an element loaded from a `src` has none.
 fn inline_blocks<'a>(html: &'a str, tag: &str) -> impl Iterator<Item = &'a str> {
     let open = format!("<{tag}");
     let close = format!("</{tag}>");
     let mut rest = html;
-    std::iter::from_fn(move || {
+    let elements = std::iter::from_fn(move || {
         let start = rest.find(&open)?;
-        let body = &rest[start..];
-        let body = &body[body.find('>')? + 1..];
+        let element = &rest[start..];
+        let tag_end = element.find('>')?;
+        let loaded = element[..tag_end].contains(" src=");
+        let body = &element[tag_end + 1..];
         let end = body.find(&close)?;
         rest = &body[end + close.len()..];
-        Some(&body[..end])
-    })
+        Some((loaded, &body[..end]))
+    });
+    elements.filter_map(|(loaded, body)| (!loaded).then_some(body))
 }
 
 /// CORS for the REST API, for exactly the `ALLOWED_ORIGINS`; None (no CORS
@@ -357,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pages_csp_hashes_each_inline_script_and_style() {
+    fn a_pages_csp_allows_the_hubs_scripts_and_hashes_each_inline_one() {
         let page = Page::new(
             "<style>a{}</style><p>x</p><script>\"use strict\";</script><script>1</script>",
         );
@@ -368,7 +372,7 @@ mod tests {
         };
         assert!(
             csp.contains(&format!(
-                "script-src 'sha256-{}' 'sha256-{}';",
+                "script-src 'self' 'sha256-{}' 'sha256-{}';",
                 sha("\"use strict\";"),
                 sha("1")
             )),
@@ -380,6 +384,12 @@ mod tests {
         );
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");
+        // A page whose scripts are all served modules: `'self'` alone.
+        let modules =
+            Page::new("<style>a{}</style><script type=\"module\" src=\"/assets/x.js\"></script>");
+        let csp = modules.csp.to_str().unwrap();
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The network surface: the axum router (WebSocket at `/` and `/ws`, health,
-//! readiness, metrics, REST, the MCP endpoint at `/mcp`), the listener, and
-//! graceful shutdown. Every route first checks `Host` against
-//! `ALLOWED_HOSTS`; what is checked before an upgrade (Origin, connection
-//! caps) and the pages' security headers are in [`browser`]; the upgrade
-//! itself in [`upgrade`], over the shared sockets of [`listener`], which
-//! the accept loop ([`accept`]) admits, watches and sheds. Every REST route is registered through
+//! The network surface: the axum router (WebSocket at `/` and `/ws`,
+//! health, readiness, metrics, REST, the MCP endpoint at `/mcp`, the pages
+//! and their scripts, [`assets`]), the listener, and graceful shutdown.
+//! Every route first checks `Host` against `ALLOWED_HOSTS`; what is checked
+//! before an upgrade (Origin, connection caps) and the pages' security
+//! headers are in [`browser`]; the upgrade itself in [`upgrade`], over the
+//! shared sockets of [`listener`], which the accept loop ([`accept`])
+//! admits, watches and sheds. Every REST route is registered through
 //! `utoipa_axum`, so it is in the OpenAPI document ([`openapi`]); the rest
 //! are listed in [`openapi::NON_REST_ROUTES`]. Every request, matched or
 //! not, gets a request id, per-route metrics, an access log line and (with
@@ -12,6 +13,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod assets;
 pub mod asyncapi;
 pub mod auth;
 pub mod browser;
@@ -58,6 +60,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(admin::pages())
         .layer(Extension(slots))
         .route("/ui", get(web_page))
+        .route("/assets/{name}", get(assets::serve))
         .merge(mcp::routes(&hub))
         .merge(api)
         .layer(Extension(openapi::Document::new(&doc)))

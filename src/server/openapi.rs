@@ -22,6 +22,8 @@ pub const NON_REST_ROUTES: &[&str] = &[
     "/ws",
     // The web client page (HTML).
     "/ui",
+    // The pages' JavaScript modules (the SDK bundle, their scripts).
+    "/assets/{name}",
     // The admin dashboard page (HTML, docs/dashboard.md).
     "/dashboard",
     // The dashboard's monitoring feed, a WebSocket (docs/admin.md).

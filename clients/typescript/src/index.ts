@@ -10,4 +10,17 @@ export type {
   WebSocketLike,
 } from "./client.js";
 export { HubError } from "./errors.js";
+export { connectFeed, FeedClient } from "./feed.js";
+export type {
+  AgentChange,
+  ApprovalChange,
+  FeedError,
+  FeedEvents,
+  FeedHello,
+  FeedOptions,
+  InstanceStats,
+  MonitorFrames,
+  Presence,
+  Watching,
+} from "./feed.js";
 export type * from "./frames.js";
