@@ -11,7 +11,7 @@ and named here. The rest is hand-written: the client's own notices
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, TypedDict, Union
+from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union
 
 from .protocol_generated import (
     HubContactListBroadcastContactsItem,
@@ -57,9 +57,10 @@ class Position:
     epoch: str
 
     @staticmethod
-    def of(frame: Frame) -> Optional["Position"]:
+    def of(frame: Mapping[str, Any]) -> Optional["Position"]:
+        """The frame's ``offset`` (a non-negative integer) and ``epoch``."""
         offset, epoch = frame.get("offset"), frame.get("epoch")
-        if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 and isinstance(epoch, str):
             return Position(offset, epoch)
         return None
 
