@@ -1,8 +1,9 @@
 //! Logging setup (`RUST_LOG` filters, `LOG_FORMAT` picks text or JSON),
 //! OpenTelemetry traces over OTLP/HTTP (`OTEL_EXPORTER_OTLP_ENDPOINT`; off
-//! when unset) with the W3C trace-context helpers the HTTP layer and the
-//! event bus use, and [`LogThrottle`], for the lines a stranger can cause
-//! at will.
+//! when unset; http or https, a private CA trusted through
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`) with the W3C trace-context helpers the
+//! HTTP layer and the event bus use, and [`LogThrottle`], for the lines a
+//! stranger can cause at will.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -74,7 +75,11 @@ pub fn init(config: &HubConfig) -> Telemetry {
     }];
     let provider = match config.otlp_endpoint.as_deref() {
         None => None,
-        Some(endpoint) => match tracer_provider(endpoint, &config.instance_id) {
+        Some(endpoint) => match tracer_provider(
+            endpoint,
+            config.otlp_certificate.as_deref(),
+            &config.instance_id,
+        ) {
             Ok(provider) => Some(provider),
             Err(e) => {
                 eprintln!("warning: traces are off: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint}: {e}");
@@ -101,13 +106,19 @@ pub fn init(config: &HubConfig) -> Telemetry {
     Telemetry { provider }
 }
 
-/// Spans batched to `<endpoint>/v1/traces` (protobuf over HTTP), as
-/// service `mcp-hub`, instance INSTANCE_ID. The batch's schedule and size
-/// follow the standard `OTEL_BSP_*` variables.
-fn tracer_provider(endpoint: &str, instance: &str) -> Result<SdkTracerProvider, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+/// Spans batched to `<endpoint>/v1/traces` (protobuf over HTTP or HTTPS),
+/// as service `mcp-hub`, instance INSTANCE_ID. The batch's schedule and
+/// size follow the standard `OTEL_BSP_*` variables.
+fn tracer_provider(
+    endpoint: &str,
+    certificate: Option<&std::path::Path>,
+    instance: &str,
+) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+    let client = export_client::OtlpHttpClient::new(certificate)?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .build()
@@ -127,6 +138,78 @@ fn tracer_provider(endpoint: &str, instance: &str) -> Result<SdkTracerProvider, 
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The exporter's HTTP client: the crate's own reqwest (rustls with ring
+/// and the web roots, as every other outbound call), blocking because the
+/// batch exporter sends from its own thread, outside any runtime.
+mod export_client {
+    use std::io::Read;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+
+    /// A collector's answer is a small protobuf; more is not read.
+    const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+    /// One export's deadline (the SDK's default, OTEL_EXPORTER_OTLP_TIMEOUT).
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[derive(Debug)]
+    pub struct OtlpHttpClient(reqwest::blocking::Client);
+
+    impl OtlpHttpClient {
+        /// Trusting the web roots plus every certificate of the PEM file
+        /// `certificate` (OTEL_EXPORTER_OTLP_CERTIFICATE), never fewer.
+        pub fn new(certificate: Option<&Path>) -> Result<Self, String> {
+            let mut builder = reqwest::blocking::Client::builder().timeout(TIMEOUT);
+            if let Some(path) = certificate {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("OTEL_EXPORTER_OTLP_CERTIFICATE {}: {e}", path.display())
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    format!("OTEL_EXPORTER_OTLP_CERTIFICATE {}: {e}", path.display())
+                })?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "OTEL_EXPORTER_OTLP_CERTIFICATE {}: no PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            // The blocking client runs a runtime of its own, which must not
+            // be built (or dropped) on a runtime's thread: build it apart.
+            std::thread::spawn(move || builder.build())
+                .join()
+                .map_err(|_| "building the OTLP HTTP client panicked".to_string())?
+                .map(OtlpHttpClient)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for OtlpHttpClient {
+        async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+            let (parts, body) = request.into_parts();
+            let mut response = self
+                .0
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body.to_vec())
+                .send()?;
+            let status = response.status();
+            let headers = std::mem::take(response.headers_mut());
+            let mut body = Vec::new();
+            response.take(MAX_RESPONSE_BYTES).read_to_end(&mut body)?;
+            let mut answer = Response::builder().status(status).body(Bytes::from(body))?;
+            *answer.headers_mut() = headers;
+            Ok(answer)
+        }
+    }
 }
 
 /// Whether spans are exported (see [`init`]).

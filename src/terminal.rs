@@ -26,6 +26,7 @@ pub mod content;
 mod failure;
 pub mod format;
 pub mod input;
+pub mod protocol;
 mod upload;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use console::{Output, spawn_stdin_reader};
 use failure::Failure;
 use format::Names;
 use input::{HELP, Input, parse_line};
+use protocol::{AfterClose, Position, after_close, after_registration, answered_request, track};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -76,23 +78,6 @@ pub async fn run(args: TerminalArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Where this client is in the session's event log (docs/protocol.md):
-/// sent back as `since` when registering again.
-#[derive(Debug, Clone, PartialEq)]
-struct Position {
-    offset: u64,
-    epoch: String,
-}
-
-impl Position {
-    fn of(event: &Value) -> Option<Position> {
-        Some(Position {
-            offset: event.get("offset")?.as_u64()?,
-            epoch: event.get("epoch")?.as_str()?.to_string(),
-        })
     }
 }
 
@@ -185,7 +170,10 @@ impl Terminal {
         let mut uploaded = self.uploaded.take().expect("run is called once");
         loop {
             match self.session(&mut lines, &mut uploaded).await {
-                Err(Failure::ClosedByHub(Some(frame))) if u16::from(frame.code) == 4401 => {
+                Err(Failure::ClosedByHub(Some(frame)))
+                    if after_close(Some(u16::from(frame.code)), self.args.token_file.is_some())
+                        == AfterClose::RenewToken =>
+                {
                     self.out
                         .note("the hub closed the connection: token expired (4401)");
                     if !self.await_fresh_token().await {
@@ -423,7 +411,7 @@ impl Terminal {
                     if resuming {
                         self.on_resumed(ws, &event, since).await?;
                     } else {
-                        self.position = Position::of(&event);
+                        self.position = after_registration(None, &event).1;
                         self.out.say(&format::banner(&self.args.url, &event));
                     }
                     return Ok(());
@@ -450,19 +438,19 @@ impl Terminal {
         since: Option<Position>,
     ) -> Result<(), Failure> {
         let now = Position::of(confirmed);
-        let recovered = confirmed.get("recovered").and_then(Value::as_bool) == Some(true);
+        let (recovered, position) = after_registration(since.as_ref(), confirmed);
         self.out.say(&format!(
             "reconnected to {} (instance {})",
             format::clean(&self.args.url),
             format::clean(format::str_field(confirmed, "instance").unwrap_or("?")),
         ));
+        self.position = position;
         if let (true, Some(since)) = (recovered, since) {
             // The replay follows; each replayed event moves the position.
             let missed = now.map_or(0, |n| n.offset.saturating_sub(since.offset));
             self.out.say(&format!("(resumed: {missed} missed events)"));
             return Ok(());
         }
-        self.position = now;
         self.out.say("(could not resume: history reloaded)");
         if let Some(contact) = self.last_contact.clone() {
             let id = self.next_id.to_string();
@@ -506,10 +494,12 @@ impl Terminal {
     /// Prints one text frame and settles the request it answers, if any.
     fn on_text(&mut self, text: &str) {
         let event = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
-        self.names.learn(&event);
-        if let Some(p) = Position::of(&event) {
-            self.position = Some(p);
+        let (position, duplicate) = track(self.position.as_ref(), &event);
+        if duplicate {
+            return; // shown already, before a reconnect
         }
+        self.position = position;
+        self.names.learn(&event);
         if event.get("type").and_then(Value::as_str) == Some("message_event")
             && let Some(contact) = format::str_field(&event, "contact")
         {
@@ -517,13 +507,10 @@ impl Terminal {
         }
         // From the text, so that anything unrecognized is shown as sent.
         let mut line = format::format_frame(text, &self.names);
-        let answered = match event.get("type").and_then(Value::as_str) {
-            Some("response" | "error" | "pong") => format::request_id(&event)
-                // An upload's id is not a request's yet.
-                .filter(|id| self.pending.get(id).is_some_and(|p| p.kind != UPLOAD))
-                .and_then(|id| self.pending.remove(&id)),
-            _ => None,
-        };
+        let answered = answered_request(&event)
+            // An upload's id is not a request's yet.
+            .filter(|id| self.pending.get(*id).is_some_and(|p| p.kind != UPLOAD))
+            .and_then(|id| self.pending.remove(id));
         if let Some(p) = &answered
             && p.kind == "ping"
         {

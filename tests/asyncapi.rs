@@ -370,3 +370,47 @@ async fn the_document_follows_the_rest_apis_host_and_cors_rules() {
         }
     }
 }
+
+/// The SDKs' frame types (clients/typescript/src/protocol.generated.ts,
+/// clients/python/src/mcp_hub_client/protocol_generated.py) are what
+/// clients/codegen/generate.py makes of this document: regenerated here
+/// and compared, so they cannot drift from the Rust types.
+/// `MCP_HUB_REGENERATE=1 cargo test --test asyncapi generated` rewrites them.
+#[test]
+fn the_sdks_generated_frame_types_match_the_document() {
+    let dir = TempDir::new();
+    let doc = dir.write(
+        "asyncapi.json",
+        &mcp_hub::server::asyncapi::document().to_string(),
+    );
+    let committed = [
+        repo_path("clients/typescript/src/protocol.generated.ts"),
+        repo_path("clients/python/src/mcp_hub_client/protocol_generated.py"),
+    ];
+    let fresh = [dir.path().join("frames.ts"), dir.path().join("frames.py")];
+    let out = std::process::Command::new("python3")
+        .arg(repo_path("clients/codegen/generate.py"))
+        .arg(&doc)
+        .args(&fresh)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "generate.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let regenerate = std::env::var_os("MCP_HUB_REGENERATE").is_some();
+    for (committed, fresh) in committed.iter().zip(&fresh) {
+        let fresh = std::fs::read_to_string(fresh).expect("generated");
+        if regenerate {
+            std::fs::write(committed, &fresh).expect("rewrite the generated file");
+        }
+        let current = std::fs::read_to_string(committed).unwrap_or_default();
+        assert!(
+            current == fresh,
+            "{} differs from what the AsyncAPI document generates: run \
+             MCP_HUB_REGENERATE=1 cargo test --test asyncapi generated",
+            committed.display()
+        );
+    }
+}

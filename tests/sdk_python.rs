@@ -383,3 +383,25 @@ async fn after_a_4401_the_client_reconnects_with_a_new_token() {
     assert_eq!(lost["code"], 4401, "{report:#}");
     assert_eq!(lost["will_reconnect"], true, "{report:#}");
 }
+
+/// The SDK's protocol decisions (close codes, resume positions, offsets,
+/// request ids) agree with the terminal client's and the TypeScript SDK's
+/// on every case of clients/cases/protocol-cases.json (tests/cases.py).
+#[test]
+fn the_sdk_agrees_with_every_shared_protocol_case() {
+    if !sdk_runs() {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(repo_path("clients/python/tests/cases.py"))
+        .env("PYTHONPATH", repo_path("clients/python/src"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["failures"], json!([]), "{report:#}");
+    assert!(report["cases"].as_u64() > Some(30), "{report}");
+    assert!(out.status.success());
+}

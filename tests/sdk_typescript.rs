@@ -350,3 +350,22 @@ async fn behind_haproxy_a_killed_hub_loses_nothing_for_a_resuming_sdk_client() {
     let (_, conf) = WsClient::register(&back.ws_url(), "sdk-resume", "late").await;
     assert_eq!(conf["epoch"], first["epoch"], "{conf}");
 }
+
+/// The SDK's protocol decisions (close codes, resume positions, offsets,
+/// request ids) agree with the terminal client's and the Python SDK's on
+/// every case of clients/cases/protocol-cases.json (test/cases_test.mjs).
+#[test]
+fn the_sdk_agrees_with_every_shared_protocol_case() {
+    let dir = sdk_dir();
+    let out = std::process::Command::new("node")
+        .arg(dir.join("test/cases_test.mjs"))
+        .current_dir(&dir)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["failures"], json!([]), "{report:#}");
+    assert!(report["cases"].as_u64() > Some(30), "{report}");
+    assert!(out.status.success());
+}

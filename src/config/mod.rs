@@ -153,12 +153,18 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// OpenTelemetry traces: the OTLP/HTTP collector's base URL (`http://collector:4318`, no https); spans are sent to `<url>/v1/traces`. Unset: no traces.
+    /// OpenTelemetry traces: the OTLP/HTTP collector's base URL (`http://collector:4318` or `https://...`); spans are sent to `<url>/v1/traces`. Unset: no traces.
     #[arg(
         long = "otel-exporter-otlp-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT"
     )]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// PEM file of the CA(s) that signed an https collector's certificate, trusted besides the built-in web roots.
+    #[arg(
+        long = "otel-exporter-otlp-certificate",
+        env = "OTEL_EXPORTER_OTLP_CERTIFICATE"
+    )]
+    pub otel_exporter_otlp_certificate: Option<PathBuf>,
 
     /// Largest accepted WebSocket message in bytes; larger ones close the connection with 1009.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(256..))]
@@ -497,6 +503,9 @@ pub struct HubConfig {
     pub log_format: LogFormat,
     /// OTEL_EXPORTER_OTLP_ENDPOINT (None: no traces).
     pub otlp_endpoint: Option<String>,
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE: extra CA certificates (PEM) for an
+    /// https collector.
+    pub otlp_certificate: Option<PathBuf>,
     pub max_message_bytes: usize,
     pub outbound_queue_bytes: usize,
     pub outbound_queue_len: usize,
@@ -615,12 +624,10 @@ impl ServeArgs {
         let limits = self.limits.validate(self.outbound_queue_bytes as usize)?;
         let otlp_endpoint = match self.otel_exporter_otlp_endpoint {
             Some(url) if url.trim().is_empty() => None,
-            // The exporter's HTTP client is built without TLS: https
-            // would fail at every export, so it is refused at start.
-            Some(url) if !url.starts_with("http://") => {
+            Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {
                 return Err(invalid(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "must be an http:// URL (OTLP over HTTP; https is not supported: send to a local collector)",
+                    "must be an http:// or https:// URL (OTLP over HTTP)",
                 ));
             }
             other => other.map(|url| url.trim_end_matches('/').to_string()),
@@ -631,6 +638,7 @@ impl ServeArgs {
             instance_id,
             log_format: self.log_format,
             otlp_endpoint,
+            otlp_certificate: self.otel_exporter_otlp_certificate,
             max_message_bytes: self.max_message_bytes as usize,
             outbound_queue_bytes: self.outbound_queue_bytes as usize,
             outbound_queue_len: self.outbound_queue_len as usize,

@@ -6,6 +6,7 @@ use std::fmt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::format;
+use super::protocol::{AfterClose, after_close};
 
 /// Why the terminal stopped with a failure.
 #[derive(Debug)]
@@ -49,11 +50,15 @@ impl fmt::Display for Failure {
 
 impl Failure {
     /// Worth reconnecting after: the connection went away, not the hub
-    /// refusing this client (4xxx: replaced by a newer connection, auth).
+    /// refusing this client (4xxx: replaced by a newer connection, auth;
+    /// [`after_close`] decides).
     pub(super) fn is_transient(&self) -> bool {
         match self {
-            Failure::Lost(_) | Failure::Connect(_) | Failure::ClosedByHub(None) => true,
-            Failure::ClosedByHub(Some(frame)) => !(4000..5000).contains(&u16::from(frame.code)),
+            Failure::Lost(_) | Failure::Connect(_) => true,
+            Failure::ClosedByHub(frame) => {
+                let code = frame.as_ref().map(|f| u16::from(f.code));
+                after_close(code, false) == AfterClose::Reconnect
+            }
             Failure::Registration(_) | Failure::TokenExpired => false,
         }
     }

@@ -1,4 +1,5 @@
 import { HubError } from "./errors.js";
+import { afterClose, afterRegistration, answeredRequest, track } from "./protocol.js";
 import type {
   ClientRequest,
   CommandResult,
@@ -137,8 +138,6 @@ interface Pending {
 }
 
 const OPEN = 1;
-/** Closes after which reconnecting cannot help (§11). */
-const FINAL_CLOSES = new Set([4001, 4002]);
 /** Refusals of `register` worth retrying (the others are final). */
 const RETRY_REGISTER = new Set(["session_full", "store_unavailable", "shutting_down", "rate_limited", "internal_error"]);
 
@@ -482,7 +481,7 @@ export class HubClient {
       });
     }
     this.registerTimer = setTimeout(() => {
-      if (gen === this.gen && this.state !== "open") this.lost(gen, 4408, "registration not confirmed in time");
+      if (gen === this.gen && this.state !== "open") this.lost(gen, 1006, "registration not confirmed in time");
     }, this.opts.registerTimeoutMs ?? 10_000);
     this.startHeartbeat(gen);
   }
@@ -513,12 +512,12 @@ export class HubClient {
       return;
     }
     if (!frame || typeof frame !== "object" || typeof frame.type !== "string") return;
-    const rid = (frame as { request_id?: string }).request_id;
-    if (rid !== undefined && rid === this.registerRid) {
+    const rid = answeredRequest(frame);
+    if (rid !== null && rid === this.registerRid) {
       this.onRegisterAnswer(gen, frame);
       return;
     }
-    if (rid !== undefined) {
+    if (rid !== null) {
       if (rid === this.heartbeatRid) return; // the heartbeat's own pong
       const pending = this.pending.get(rid);
       if (pending) {
@@ -527,14 +526,11 @@ export class HubClient {
         return;
       }
     }
-    const { offset, epoch } = frame as { offset?: unknown; epoch?: unknown };
-    if (typeof offset === "number" && typeof epoch === "string") {
-      const last = this.position;
-      // The hub never delivers an offset twice to a connection; across
-      // reconnects this keeps it so.
-      if (last && last.epoch === epoch && offset <= last.offset) return;
-      this.position = { offset, epoch };
-    }
+    // The hub never delivers an offset twice to a connection; across
+    // reconnects this keeps it so.
+    const { position, duplicate } = track(this.position, frame);
+    if (duplicate) return;
+    this.position = position;
     this.emit(frame.type as keyof HubFrames, frame as never);
     this.emit("frame", frame);
   }
@@ -558,10 +554,11 @@ export class HubClient {
     this.state = "open";
     this.attempt = 0;
     const since = this.registerSince;
-    const recovered = since !== null && conf.recovered === true;
+    const resumed = afterRegistration(since, conf);
+    const recovered = resumed.recovered;
     if (!recovered) {
       // Start from the confirmation: the next event has a larger offset.
-      this.position = { offset: conf.offset, epoch: conf.epoch };
+      this.position = resumed.position;
     }
     const reconnect = this.registrations > 0;
     this.registrations += 1;
@@ -626,11 +623,12 @@ export class HubClient {
       if (p.sent) p.reject(new HubError("connection_lost", `the connection closed (${code} ${reason}) before the answer`));
     }
     const reconnect = this.opts.reconnect;
+    const action = afterClose(code, this.opts.getToken !== undefined);
     let fatal: HubError | undefined;
-    if (FINAL_CLOSES.has(code)) {
-      fatal = new HubError("closed", `the hub closed the connection for good: ${code} ${reason}`);
-    } else if (code === 4401 && !this.opts.getToken) {
+    if (action === "stop" && code === 4401) {
       fatal = new HubError("closed", "the token expired (4401) and there is no getToken to renew it");
+    } else if (action === "stop") {
+      fatal = new HubError("closed", `the hub closed the connection for good: ${code} ${reason}`);
     } else if (reconnect === false) {
       fatal = new HubError("connection_lost", `the connection closed: ${code} ${reason}`);
     }
@@ -647,7 +645,7 @@ export class HubClient {
     let delay: number;
     if (delayOverride !== undefined) {
       delay = delayOverride;
-    } else if (code === 4401) {
+    } else if (action === "renew_token") {
       delay = 0; // a new token is all it takes
     } else {
       const base = Math.min(max, initial * factor ** this.attempt);

@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .protocol import after_close, after_registration, answered_request, track
 from .models import (
     ClientClosed,
     ConnectionLost,
@@ -33,14 +34,8 @@ from .models import (
 #: An async callable returning a fresh token; called before every connection.
 TokenSource = Callable[[], Awaitable[str]]
 
-#: Closes after which reconnecting with the same client id is wrong (§11):
-#: replaced by another connection, removed by an admin, registration timeout.
-FINAL_CLOSES = frozenset({4001, 4002, 4408})
-TOKEN_EXPIRED = 4401
 #: Registration refusals worth retrying (anything else is final).
 RETRYABLE_CODES = frozenset({"rate_limited", "store_unavailable", "shutting_down", "session_full"})
-#: Answers to a request (the frames that carry its ``request_id``).
-ANSWERS = frozenset({"response", "pong", "error", "registration_confirmed"})
 
 
 class _Lost(Exception):
@@ -253,16 +248,15 @@ class HubClient:
                 lost = await self._serve(ws)
                 self._ws = None
                 self._fail_sent(ConnectionLost(f"connection lost: {lost.reason}"))
-                final = (
-                    self._closed
-                    or lost.code in FINAL_CLOSES
-                    or (lost.code == TOKEN_EXPIRED and self._get_token is None)
-                )
+                # Which closes end the client, and which need a new token:
+                # protocol.after_close (clients/cases/protocol-cases.json).
+                action = after_close(lost.code, self._get_token is not None)
+                final = self._closed or action == "stop"
                 await self._emit(Disconnected(lost.code, lost.reason, not final))
                 if final:
                     return
                 # A token being replaced: no reason to wait.
-                immediate = self._refreshing or lost.code == TOKEN_EXPIRED
+                immediate = self._refreshing or action == "renew_token"
                 self._refreshing = False
                 try:
                     ws = await self._reconnect(immediate)
@@ -346,11 +340,12 @@ class HubClient:
             if frame.get("type") == "registration_confirmed":
                 break
         registration = Registration.of(frame)
-        registration.recovered = since is not None and registration.recovered
+        recovered, position = after_registration(since, frame)
+        registration.recovered = recovered
         # The hub's id (generated when we gave none) is kept for resuming.
         self.client_id = registration.client_id
-        if not registration.recovered and registration.epoch:
-            self._position = Position(registration.offset, registration.epoch)
+        if not recovered:
+            self._position = position
         self.registration = registration
         # The contact list follows every confirmation (§3).
         contacts = _parse(await ws.recv())
@@ -432,8 +427,8 @@ class HubClient:
 
     async def _dispatch(self, frame: Frame) -> None:
         kind = frame.get("type")
-        rid = frame.get("request_id")
-        if kind in ANSWERS and isinstance(rid, str):
+        rid = answered_request(frame)
+        if rid is not None:
             pending = self._pending.get(rid)
             if pending is not None:
                 if not pending.future.done():
@@ -445,12 +440,10 @@ class HubClient:
                 return
             if kind == "pong":
                 return  # a heartbeat's
-        position = Position.of(frame)
-        if position is not None:
-            known = self._position
-            if known is not None and known.epoch == position.epoch and position.offset <= known.offset:
-                return  # delivered already (on an earlier connection)
-            self._position = position
+        position, duplicate = track(self._position, frame)
+        if duplicate:
+            return  # delivered already (on an earlier connection)
+        self._position = position
         if kind == "contact_list_broadcast":
             self.registration.contacts = list(frame.get("contacts", []))
         await self._emit(frame)

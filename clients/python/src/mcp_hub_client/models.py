@@ -1,79 +1,48 @@
 """Typed shapes of the frames this client exposes (docs/protocol.md §5).
 
-Hub frames stay plain dicts (JSON objects) typed with ``TypedDict``; the
-client's own notices (:class:`Reconnected`, :class:`Disconnected`) and the
-registration it keeps are dataclasses.
+Hub frames stay plain dicts (JSON objects) typed with ``TypedDict``: those
+are generated from the hub's AsyncAPI document into protocol_generated.py
+(by clients/codegen/generate.py; tests/asyncapi.rs fails when it differs)
+and named here. The rest is hand-written: the client's own notices
+(:class:`Reconnected`, :class:`Disconnected`), the registration it keeps
+(dataclasses), and :data:`Response`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, TypedDict, Union
+from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union
+
+from .protocol_generated import (
+    HubContactListBroadcastContactsItem,
+    HubErrorFrame,
+    HubMessageEvent,
+    HubRegistrationConfirmed,
+    HubRegistrationConfirmedClientsItem,
+)
 
 
-class Contact(TypedDict, total=False):
-    name: str
-    phone: str
+# The hub's frames, generated from its AsyncAPI document
+# (protocol_generated.py), under this package's names.
+Contact = HubContactListBroadcastContactsItem
+ClientInfo = HubRegistrationConfirmedClientsItem
+RegistrationConfirmed = HubRegistrationConfirmed
+MessageEvent = HubMessageEvent
+ErrorFrame = HubErrorFrame
 
 
-class ClientInfo(TypedDict, total=False):
-    client_id: str
-    client_name: str
-    instance: str
-    capabilities: List[str]
-    connected_at: int
-    owner: str
-
-
-class RegistrationConfirmed(TypedDict, total=False):
-    type: Literal["registration_confirmed"]
-    client_id: str
-    client_name: str
-    session: str
-    instance: str
-    agent: bool
-    clients: List[ClientInfo]
-    clients_total: int
-    recovered: bool
-    offset: int
-    epoch: str
-    request_id: str
-
-
-class MessageEvent(TypedDict, total=False):
-    """One message of a conversation (§5 `message_event`)."""
-
-    type: Literal["message_event"]
-    offset: int
-    epoch: str
-    direction: Literal["outgoing", "incoming"]
-    contact: str
-    message: str
-    message_id: str
-    timestamp: int
-    by: str
-    executed_by: str
-    media: Dict[str, Any]
-    reply: Dict[str, Any]
-    reaction: Dict[str, Any]
-    location: Dict[str, Any]
+# Hand-written from here on: what the schema cannot say.
 
 
 class Response(TypedDict, total=False):
-    """The answer to a request (§5 `response`, or `pong`)."""
+    """The answer to a request: a `response` (§5) or, to `ping`, a `pong`
+    (one shape for both, which the schema has as two messages)."""
 
     type: str
     response_type: str
     content: Dict[str, Any]
     request_id: str
     timestamp: int
-
-
-class ErrorFrame(TypedDict, total=False):
-    type: Literal["error"]
-    code: str
-    message: str
-    request_id: str
 
 
 #: Any frame the hub sent: a JSON object with a ``type``.
@@ -88,9 +57,10 @@ class Position:
     epoch: str
 
     @staticmethod
-    def of(frame: Frame) -> Optional["Position"]:
+    def of(frame: Mapping[str, Any]) -> Optional["Position"]:
+        """The frame's ``offset`` (a non-negative integer) and ``epoch``."""
         offset, epoch = frame.get("offset"), frame.get("epoch")
-        if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 and isinstance(epoch, str):
             return Position(offset, epoch)
         return None
 
