@@ -31,6 +31,9 @@ const USAGE: &str = "usage: soak --url WS_URL... (--hub NAME=PID | --hub-pid-fil
   [--secs 180] [--sample-secs 5] [--warmup-fraction 0.2] [--drain-secs 60] [--csv FILE] [--summary FILE]
   [--sessions 12] [--subscribers 24] [--rate 30] [--resumes-per-sec 5] [--abandoned-per-sec 1]";
 
+/// Longest run and drain accepted (a week).
+const MAX_SECS: f64 = 7.0 * 86_400.0;
+
 struct Args {
     load: Load,
     plan: Plan,
@@ -104,10 +107,14 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                 hubs.push(HubPid { name, pid });
             }
             "--redis-url" => redis_url = Some(value),
-            "--secs" => plan.duration = Duration::from_secs_f64(num(&value)?.max(1.0)),
-            "--sample-secs" => plan.sample_every = Duration::from_secs_f64(num(&value)?.max(0.5)),
+            "--secs" => plan.duration = Duration::from_secs_f64(num(&value)?.clamp(1.0, MAX_SECS)),
+            "--sample-secs" => {
+                plan.sample_every = Duration::from_secs_f64(num(&value)?.clamp(0.5, 3600.0))
+            }
             "--warmup-fraction" => plan.warmup_fraction = num(&value)?.min(0.9),
-            "--drain-secs" => plan.drain_bound = Duration::from_secs_f64(num(&value)?),
+            "--drain-secs" => {
+                plan.drain_bound = Duration::from_secs_f64(num(&value)?.min(MAX_SECS))
+            }
             "--csv" => plan.csv = Some(value.into()),
             "--summary" => summary = Some(PathBuf::from(value)),
             "--sessions" => load.sessions = num(&value)?.clamp(1.0, 1000.0) as usize,
