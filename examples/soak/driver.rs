@@ -37,6 +37,8 @@ pub const ABANDONED_PREFIX: &str = "soak-gone-";
 pub const ABANDONED_KEYS: &str = "*{s:soak-gone-*";
 pub const STEADY_PRESENCE_KEYS: &str = "*{s:soak-steady-*}:presence";
 pub const MEMBER_SET_KEYS: &str = "*{i:*}:members";
+/// The session index and the idle sweep's activity index (sorted sets).
+pub const SESSION_INDEX_KEYS: &str = "*{sessions}*";
 
 /// What load to drive.
 #[derive(Clone, Debug)]

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::driver::{ABANDONED_KEYS, Driver, Load, MEMBER_SET_KEYS, STEADY_PRESENCE_KEYS};
+use crate::driver::{
+    ABANDONED_KEYS, ABANDONED_PREFIX, Driver, Load, MEMBER_SET_KEYS, SESSION_INDEX_KEYS,
+    STEADY_PRESENCE_KEYS,
+};
 use crate::judge::{Verdict, judge};
 use crate::sample::{HubPid, RedisProbe, Row, csv_header, csv_line, measure, series};
 
@@ -41,6 +44,8 @@ pub struct Outcome {
     pub final_keys: u64,
     /// Keys of abandoned sessions still there when the drain ended.
     pub leftover: Vec<String>,
+    /// Abandoned sessions still in the session indexes then.
+    pub indexed: u64,
     /// How long after the load stopped the abandoned keys were gone.
     pub drained_after: Option<Duration>,
     /// Steady clients, and the entries presence and the instances' member
@@ -90,12 +95,13 @@ impl Outcome {
         }
         out.push_str(&format!("load: {}\n", self.driver_summary));
         out.push_str(&format!(
-            "expiry: abandoned-session keys {} {}; redis keys {} at the end vs baseline {} before churn\n",
+            "expiry: abandoned-session keys {} {}; {} abandoned sessions left in the session indexes; redis keys {} at the end vs baseline {} before churn\n",
             if self.leftover.is_empty() { "all gone" } else { "LEFT" },
             match self.drained_after {
                 Some(d) => format!("{:.1} s after the load stopped", d.as_secs_f64()),
                 None => format!("({} still there: {:?})", self.leftover.len(), &self.leftover[..self.leftover.len().min(10)]),
             },
+            self.indexed,
             self.final_keys,
             self.baseline_keys,
         ));
@@ -163,14 +169,19 @@ pub async fn run(load: Load, hubs: Vec<HubPid>, redis_url: &str, plan: Plan) -> 
 
     driver.stop_churn().await?;
     let stopped = Instant::now();
-    let (leftover, final_keys, drained_after) = loop {
+    let index_keys = redis.keys_matching(SESSION_INDEX_KEYS).await?;
+    let (leftover, indexed, final_keys, drained_after) = loop {
         let leftover = redis.keys_matching(ABANDONED_KEYS).await?;
+        // Inside the index sorted sets, where DBSIZE does not see them.
+        let indexed = redis
+            .zset_members_with_prefix(&index_keys, ABANDONED_PREFIX)
+            .await?;
         let keys = redis.dbsize().await?;
-        if leftover.is_empty() && keys <= baseline_keys {
-            break (leftover, keys, Some(stopped.elapsed()));
+        if leftover.is_empty() && indexed == 0 && keys <= baseline_keys {
+            break (leftover, indexed, keys, Some(stopped.elapsed()));
         }
         if stopped.elapsed() >= plan.drain_bound {
-            break (leftover, keys, None);
+            break (leftover, indexed, keys, None);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -197,6 +208,7 @@ pub async fn run(load: Load, hubs: Vec<HubPid>, redis_url: &str, plan: Plan) -> 
         baseline_keys,
         final_keys,
         leftover,
+        indexed,
         drained_after,
         expected_members,
         presence_entries,

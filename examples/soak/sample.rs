@@ -97,6 +97,26 @@ impl RedisProbe {
         bail!("SCAN {pattern} did not finish in {MAX_SCAN_ROUNDS} rounds")
     }
 
+    /// Members of the sorted sets `keys` whose name starts with `prefix`
+    /// (sessions in the hub's session indexes), read 1000 at a time.
+    pub async fn zset_members_with_prefix(&mut self, keys: &[String], prefix: &str) -> Result<u64> {
+        let mut count = 0;
+        for key in keys {
+            let mut start = 0u64;
+            loop {
+                let page: Vec<String> = self
+                    .query(redis::cmd("ZRANGE").arg(key).arg(start).arg(start + 999))
+                    .await?;
+                count += page.iter().filter(|m| m.starts_with(prefix)).count() as u64;
+                if page.len() < 1000 {
+                    break;
+                }
+                start += 1000;
+            }
+        }
+        Ok(count)
+    }
+
     /// Sum of `HLEN` over `keys` (presence hashes).
     pub async fn hlen_sum(&mut self, keys: &[String]) -> Result<u64> {
         let mut sum = 0;
