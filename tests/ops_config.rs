@@ -1805,6 +1805,7 @@ fn cluster_script_is_valid_bash() {
         "scripts/redis-topology.sh",
         "scripts/bench-fanout",
         "scripts/bench-curve",
+        "scripts/soak",
     ] {
         let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
         assert!(ok, "{script}: {out}");

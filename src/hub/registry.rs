@@ -313,8 +313,12 @@ impl Registry {
             .contains_key(session)
     }
 
-    /// Removes a client if it is still this connection.
+    /// Removes a client if it is still this connection. The session's last
+    /// local subscriber also takes its delivery position and recent events
+    /// along: the instance unsubscribes, so no later event would (the
+    /// soak found every abandoned session left them behind).
     pub fn remove(&self, session: &str, client_id: &str, conn_id: u64) -> bool {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let Some(clients) = sessions.get_mut(session) else {
             return false;
@@ -325,13 +329,34 @@ impl Registry {
         clients.remove(client_id);
         if clients.is_empty() {
             sessions.remove(session);
-            if !self.is_watched(session)
-                && let Some(hook) = &self.interest
-            {
-                hook(session, false);
+            if !self.is_watched(session) {
+                self.forget_delivery(&mut positions, session);
+                if let Some(hook) = &self.interest {
+                    hook(session, false);
+                }
             }
         }
         true
+    }
+
+    /// Drops what live delivery kept of a session nobody here subscribes
+    /// to any more. Called with `positions` and `sessions` held, and not
+    /// `watchers` (lock order).
+    fn forget_delivery(&self, positions: &mut HashMap<String, Position>, session: &str) {
+        positions.remove(session);
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
+    }
+
+    /// Sessions this instance keeps a delivery position or recent events
+    /// of (each should have local subscribers).
+    #[cfg(test)]
+    fn delivery_state_len(&self) -> (usize, usize) {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (positions.len(), recent.len())
     }
 
     pub fn get(&self, session: &str, client_id: &str) -> Option<ClientHandle> {
@@ -562,6 +587,7 @@ impl Registry {
     /// Removes the watcher `conn_id` of `session`; the last local
     /// subscriber out reports the end of interest.
     pub fn unwatch(&self, session: &str, conn_id: u64) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = watchers.get_mut(session)
@@ -569,10 +595,12 @@ impl Registry {
             && w.is_empty()
         {
             watchers.remove(session);
-            if !sessions.contains_key(session)
-                && let Some(hook) = &self.interest
-            {
-                hook(session, false);
+            drop(watchers);
+            if !sessions.contains_key(session) {
+                self.forget_delivery(&mut positions, session);
+                if let Some(hook) = &self.interest {
+                    hook(session, false);
+                }
             }
         }
     }
@@ -672,6 +700,33 @@ mod tests {
         for h in &big {
             assert_eq!(frames(h), ["big 1", "big 2"]);
         }
+    }
+
+    /// A session's last client leaving (or last watcher) takes its
+    /// delivery position and recent events with it: nothing per session
+    /// stays behind once nobody here subscribes.
+    #[test]
+    fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
+        let metrics = Arc::new(Metrics::new("i"));
+        let registry = Registry::default();
+        let (a, b) = (named("a", 8), named("b", 8));
+        registry.insert("s", a.clone());
+        registry.insert("s", b.clone());
+        let (e, out) = event("s", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(registry.delivery_state_len(), (1, 1));
+        assert!(registry.remove("s", "a", a.conn_id));
+        assert_eq!(registry.delivery_state_len(), (1, 1), "b is still here");
+        assert!(registry.remove("s", "b", b.conn_id));
+        assert_eq!(registry.delivery_state_len(), (0, 0));
+
+        let watcher = named("w", 8);
+        registry.watch("w", watcher.clone(), None);
+        let (e, out) = event("w", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(registry.delivery_state_len(), (1, 1));
+        registry.unwatch("w", watcher.conn_id);
+        assert_eq!(registry.delivery_state_len(), (0, 0));
     }
 
     #[test]
