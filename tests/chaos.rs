@@ -629,7 +629,7 @@ async fn a_slow_disk_slows_acknowledgements_and_loses_nothing_across_a_kill_9() 
     let args_ref = &args;
     let fault_for = secs("CHAOS_FAULT_SECS", 3);
     under_load(
-        "slow-disk-fsync-100ms",
+        "slow-disk-40-writes-per-s",
         vec![url.clone()],
         vec![url],
         async move {
@@ -648,7 +648,7 @@ async fn a_slow_disk_slows_acknowledgements_and_loses_nothing_across_a_kill_9() 
     )
     .await;
     let fsync = disk.probe_fsync();
-    println!("chaos slow-disk-fsync-100ms: fsync after the run {fsync:?}");
+    println!("chaos slow-disk-40-writes-per-s: fsync after the run {fsync:?}");
     drop(restarted);
 }
 
