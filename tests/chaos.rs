@@ -682,10 +682,15 @@ async fn a_wall_clock_step_on_one_hub_loses_nothing_and_both_stay_ready() {
         publisher_urls,
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            clock_ref.set_offset_secs(-3600);
-            tokio::time::sleep(fault_for / 2).await;
-            clock_ref.set_offset_secs(3600);
-            tokio::time::sleep(fault_for / 2).await;
+            let everyone = presence_seen_by(&[stepped_ref, steady_ref]).await;
+            assert_eq!(everyone, [SUBSCRIBERS; 2], "before the steps");
+            for offset in [-3600, 3600] {
+                clock_ref.set_offset_secs(offset);
+                // Several presence TTLs (1 s): a reaper would have struck.
+                tokio::time::sleep((fault_for / 2).max(Duration::from_millis(2500))).await;
+                let seen = presence_seen_by(&[stepped_ref, steady_ref]).await;
+                assert_eq!(seen, everyone, "the clients each hub lists, {offset:+} s");
+            }
             let started = Instant::now();
             for hub in [stepped_ref, steady_ref] {
                 hub.wait_ready().await;
@@ -694,4 +699,24 @@ async fn a_wall_clock_step_on_one_hub_loses_nothing_and_both_stay_ready() {
         },
     )
     .await;
+}
+
+/// How many of the subscribers each hub lists (its session summary; the
+/// publisher may have finished).
+async fn presence_seen_by(hubs: &[&HubProcess]) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for hub in hubs {
+        let (_, summary) = http_get_json(*hub, &format!("/api/v1/sessions/{SESSION}")).await;
+        let clients = summary["clients"].as_array().cloned().unwrap_or_default();
+        let subscribers = clients
+            .iter()
+            .filter(|c| {
+                c["client_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("sub-"))
+            })
+            .count();
+        seen.push(subscribers);
+    }
+    seen
 }
