@@ -14,6 +14,7 @@
 //! [`topology`]'s business.
 
 mod error;
+mod heartbeats;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
