@@ -1,13 +1,16 @@
 //! Faults injected on purpose under load (docs/reliability.md §3): a
 //! steady publisher and 30 resuming subscribers spread over two hubs on
-//! Redis, then a fault — Redis frozen with SIGSTOP, or the hub holding
-//! half the subscribers killed with SIGKILL. Every subscriber counts what
-//! it received of the broadcasts the publisher had acknowledged: lost,
-//! duplicated, out of order, and how often it had to start afresh
-//! (`recovered: false`). The figures are printed (`scripts/chaos` runs
-//! longer faults and collects them); the assertions are the guarantees:
-//! nothing acknowledged is lost, nothing is delivered twice or out of
-//! order, every resume recovers.
+//! Redis, then a fault — Redis frozen with SIGSTOP, the hub holding half
+//! the subscribers killed with SIGKILL, one hub's Redis link cut or lossy,
+//! the hub holding the agent killed in the middle of a send, a wall-clock
+//! step on one hub (libfaketime) — or a standalone hub on a slow disk,
+//! killed and restarted on it. Every subscriber counts what it received
+//! of the broadcasts the publisher had acknowledged: lost, duplicated, out
+//! of order, and how often it had to start afresh (`recovered: false`).
+//! The figures are printed (`scripts/chaos` runs longer faults and
+//! collects them); the assertions are the guarantees: nothing
+//! acknowledged is lost, nothing is delivered twice or out of order, every
+//! resume recovers.
 //!
 //! CI runs the short form; `CHAOS_FAULT_SECS` (default 3) sets how long a
 //! fault lasts and `CHAOS_RUN_SECS` (default 6) how long the publisher runs.
