@@ -1,13 +1,16 @@
 //! Faults injected on purpose under load (docs/reliability.md §3): a
 //! steady publisher and 30 resuming subscribers spread over two hubs on
-//! Redis, then a fault — Redis frozen with SIGSTOP, or the hub holding
-//! half the subscribers killed with SIGKILL. Every subscriber counts what
-//! it received of the broadcasts the publisher had acknowledged: lost,
-//! duplicated, out of order, and how often it had to start afresh
-//! (`recovered: false`). The figures are printed (`scripts/chaos` runs
-//! longer faults and collects them); the assertions are the guarantees:
-//! nothing acknowledged is lost, nothing is delivered twice or out of
-//! order, every resume recovers.
+//! Redis, then a fault — Redis frozen with SIGSTOP, the hub holding half
+//! the subscribers killed with SIGKILL, one hub's Redis link cut or lossy,
+//! the hub holding the agent killed in the middle of a send, a wall-clock
+//! step on one hub (libfaketime) — or a standalone hub on a slow disk,
+//! killed and restarted on it. Every subscriber counts what it received
+//! of the broadcasts the publisher had acknowledged: lost, duplicated, out
+//! of order, and how often it had to start afresh (`recovered: false`).
+//! The figures are printed (`scripts/chaos` runs longer faults and
+//! collects them); the assertions are the guarantees: nothing
+//! acknowledged is lost, nothing is delivered twice or out of order, every
+//! resume recovers.
 //!
 //! CI runs the short form; `CHAOS_FAULT_SECS` (default 3) sets how long a
 //! fault lasts and `CHAOS_RUN_SECS` (default 6) how long the publisher runs.
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 const SUBSCRIBERS: usize = 30;
@@ -66,7 +69,7 @@ async fn subscriber(
     'connect: loop {
         assert!(Instant::now() < give_up, "{id}: never settled");
         let url = &urls[at % urls.len()];
-        let Ok(mut client) = WsClient::try_connect(url, None).await else {
+        let Some(mut client) = WsClient::connect_if_up(url).await else {
             at += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -134,17 +137,28 @@ async fn subscriber(
     }
 }
 
-/// Broadcasts `{n}` every 10 ms for `run` from a client of `urls[0]`
-/// (then the next hub after a drop); the numbers the hub acknowledged.
-async fn publisher(urls: Vec<String>, run: Duration) -> (HashSet<u64>, Vec<String>) {
-    let mut acked = HashSet::new();
-    let mut refused = Vec::new();
-    let until = Instant::now() + run;
+/// What the publisher got: the numbers the hub acknowledged, its refusals,
+/// and how long each acknowledgement took.
+#[derive(Default)]
+struct Published {
+    acked: HashSet<u64>,
+    refused: Vec<String>,
+    ack_latencies: Vec<Duration>,
+    ran_for: Duration,
+}
+
+/// Broadcasts `{n}` every 10 ms (or as fast as the acknowledgements come,
+/// one at a time) for `run` from a client of `urls[0]` (then the next hub
+/// after a drop).
+async fn publisher(urls: Vec<String>, run: Duration) -> Published {
+    let mut out = Published::default();
+    let started = Instant::now();
+    let until = started + run;
     let mut n = 0u64;
     let mut at = 0;
     while Instant::now() < until {
         let url = &urls[at % urls.len()];
-        let Ok(mut client) = WsClient::try_connect(url, None).await else {
+        let Some(mut client) = WsClient::connect_if_up(url).await else {
             at += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -166,6 +180,7 @@ async fn publisher(urls: Vec<String>, run: Duration) -> (HashSet<u64>, Vec<Strin
             tick.tick().await;
             n += 1;
             let rid = format!("p{n}");
+            let sent_at = Instant::now();
             client
                 .send_json(json!({"type": "broadcast", "payload": {"n": n}, "request_id": rid}))
                 .await;
@@ -180,9 +195,12 @@ async fn publisher(urls: Vec<String>, run: Duration) -> (HashSet<u64>, Vec<Strin
             };
             match answer {
                 Some(a) if a["type"] == "response" => {
-                    acked.insert(n);
+                    out.acked.insert(n);
+                    out.ack_latencies.push(sent_at.elapsed());
                 }
-                Some(a) => refused.push(a["code"].as_str().unwrap_or("?").to_string()),
+                Some(a) => out
+                    .refused
+                    .push(a["code"].as_str().unwrap_or("?").to_string()),
                 None => {
                     at += 1;
                     break;
@@ -190,17 +208,25 @@ async fn publisher(urls: Vec<String>, run: Duration) -> (HashSet<u64>, Vec<Strin
             }
         }
     }
-    (acked, refused)
+    out.ran_for = started.elapsed();
+    out
+}
+
+/// The `q` quantile of `samples`, in milliseconds.
+fn quantile_ms(samples: &[Duration], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let at = ((last as f64) * q).round() as usize;
+    sorted[at.min(last)].as_secs_f64() * 1000.0
 }
 
 /// Checks and prints what every subscriber saw of the acknowledged numbers.
-fn report(
-    fault: &str,
-    acked: &HashSet<u64>,
-    refused: &[String],
-    seen: &[Seen],
-    recovery: Duration,
-) {
+fn report(fault: &str, published: &Published, seen: &[Seen], recovery: Duration) {
+    let acked = &published.acked;
+    let refused = &published.refused;
     let mut lost = 0;
     let mut duplicated = 0;
     let mut out_of_order = 0;
@@ -216,13 +242,16 @@ fn report(
     println!(
         "chaos {fault}: acknowledged={} refused={} {:?} subscribers={} reconnects={reconnects} \
          lost={lost} duplicated={duplicated} out_of_order={out_of_order} resets={resets} \
-         longest_gap_ms={} ready_again_ms={}",
+         longest_gap_ms={} ready_again_ms={} ack_p50_ms={:.1} ack_p99_ms={:.1} acks_per_s={:.1}",
         acked.len(),
         refused.len(),
         refused.iter().collect::<HashSet<_>>(),
         seen.len(),
         gap.as_millis(),
-        recovery.as_millis()
+        recovery.as_millis(),
+        quantile_ms(&published.ack_latencies, 0.5),
+        quantile_ms(&published.ack_latencies, 0.99),
+        acked.len() as f64 / published.ran_for.as_secs_f64().max(0.001),
     );
     assert!(!acked.is_empty(), "the publisher got nothing through");
     assert_eq!(
@@ -266,13 +295,13 @@ async fn under_load(
     .await;
     let publishing = tokio::spawn(publisher(publisher_urls, secs("CHAOS_RUN_SECS", 6)));
     let recovery = fault.await;
-    let (acked, refused) = publishing.await.expect("publisher");
+    let published = publishing.await.expect("publisher");
     done.store(true, Ordering::Release);
     let mut seen = Vec::new();
     for s in subscribers {
         seen.push(s.await.expect("subscriber"));
     }
-    report(name, &acked, &refused, &seen, recovery);
+    report(name, &published, &seen, recovery);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,4 +399,346 @@ async fn a_hub_partitioned_from_redis_loses_nothing_acknowledged() {
 async fn latency_and_loss_on_a_hub_s_redis_link_lose_nothing_acknowledged() {
     // The publisher is on the hub whose link suffers.
     faulty_link_under_load("latency-200ms-loss-5pct", Link::Lossy, 0).await;
+}
+
+// ------------------------------------- the agent's hub killed mid-send
+
+const AGENT: &str = "wa-agent";
+const SENDER: &str = "sender";
+const ORDER_TEXT: &str = "order 42 shipped";
+const ORDER_KEY: &str = "order-42-shipped";
+
+/// What the agent was asked to do: the `execute` call ids of the order.
+#[derive(Default)]
+struct AgentLog {
+    executed: Vec<String>,
+}
+
+/// An agent (`capabilities: ["whatsapp"]`) that knows Alice and answers
+/// every `execute` of the order with a success — except the first, which
+/// it holds (a send still in flight), telling `holding`. After a drop it
+/// registers again on the next hub. Runs until `stop`.
+async fn agent(
+    urls: Vec<String>,
+    holding: tokio::sync::oneshot::Sender<()>,
+    log: Arc<std::sync::Mutex<AgentLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut holding = Some(holding);
+    let mut at = 0;
+    while !stop.load(Ordering::Acquire) {
+        let url = &urls[at % urls.len()];
+        let Some(mut client) = WsClient::connect_if_up(url).await else {
+            at += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        client
+            .send_json(
+                json!({"type": "register", "session": SESSION, "client_id": AGENT,
+                              "capabilities": ["whatsapp"], "request_id": "reg"}),
+            )
+            .await;
+        client
+            .send_json(json!({"type": "contacts_update", "request_id": "contacts",
+                              "contacts": [{"name": "Alice", "phone": "+15550001"}]}))
+            .await;
+        loop {
+            match client.try_recv(Duration::from_millis(100)).await {
+                Some(f) if f["type"] == "execute" => {
+                    let call = f["request_id"].as_str().unwrap_or_default().to_string();
+                    if f["command"]["message"] != ORDER_TEXT {
+                        // Anything else (none expected) fails plainly.
+                        client
+                            .send_json(json!({"type": "execute_result", "request_id": call,
+                                              "content": {"success": false, "error": "unexpected"}}))
+                            .await;
+                        continue;
+                    }
+                    let n = {
+                        let mut log = log.lock().unwrap();
+                        log.executed.push(call.clone());
+                        log.executed.len()
+                    };
+                    if let Some(tell) = holding.take() {
+                        let _ = tell.send(());
+                        continue;
+                    }
+                    client
+                        .send_json(json!({"type": "execute_result", "request_id": call,
+                                          "content": {"success": true, "contact": "Alice",
+                                                      "message": ORDER_TEXT,
+                                                      "message_id": format!("wamid.order-{n}")}}))
+                        .await;
+                }
+                Some(_) => {}
+                None if client.closed().is_some() => {
+                    at += 1;
+                    break;
+                }
+                None if stop.load(Ordering::Acquire) => {
+                    client.close().await;
+                    return;
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Sends the order on `url` with its idempotency key until an answer is
+/// final; every answer the sender got, in order.
+async fn sender(url: String) -> Vec<Value> {
+    let (mut client, _) = WsClient::register(&url, SESSION, SENDER).await;
+    let mut answers = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < give_up,
+            "the order never got a final answer: {answers:?}"
+        );
+        let mut order = send_cmd("alice", ORDER_TEXT);
+        order["idempotency_key"] = json!(ORDER_KEY);
+        let answer = client.request(order).await;
+        answers.push(answer.clone());
+        let retry = answer["type"] == "error"
+            && matches!(
+                answer["code"].as_str(),
+                Some("agent_timeout" | "agent_unavailable")
+            );
+        if !retry {
+            return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_s_hub_killed_with_9_mid_send_sends_once_per_attempt() {
+    let redis = RedisServer::start();
+    // No connector but the agent: nothing is "sent" unless the agent says so.
+    let mut extra = vec!["--connector", "none", "--agent-timeout-ms", "1500"];
+    extra.extend_from_slice(UNTHROTTLED);
+    let x_args = member_args(redis.hub_args(), "hub-x", &extra);
+    let y_args = member_args(redis.hub_args(), "hub-y", &extra);
+    let mut hub_x =
+        HubProcess::start(&x_args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await;
+    let hub_y =
+        HubProcess::start(&y_args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await;
+    let (x_url, y_url) = (hub_x.ws_url(), hub_y.ws_url());
+    let log = Arc::new(std::sync::Mutex::new(AgentLog::default()));
+    let stop_agent = Arc::new(AtomicBool::new(false));
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let agent_task = tokio::spawn(agent(
+        vec![x_url.clone(), y_url.clone()],
+        held_tx,
+        log.clone(),
+        stop_agent.clone(),
+    ));
+    let session_path = format!("/api/v1/sessions/{SESSION}");
+    wait_until_async("hub-y sees the agent on hub-x", RECV_TIMEOUT, || async {
+        let (_, summary) = http_get_json(&hub_y, &session_path).await;
+        summary["agent"]["instance"] == "hub-x" && summary["contacts"].to_string().contains("Alice")
+    })
+    .await;
+
+    let hub_y_ref = &hub_y;
+    let mut answers = Vec::new();
+    let answers_ref = &mut answers;
+    under_load(
+        "agent-hub-kill-9-mid-send",
+        vec![x_url.clone(), y_url.clone()],
+        vec![y_url.clone()],
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sending = tokio::spawn(sender(hub_y_ref.ws_url()));
+            // The agent holds the send: its hub dies under it.
+            tokio::time::timeout(RECV_TIMEOUT, held_rx)
+                .await
+                .expect("the order reached the agent")
+                .expect("the agent tells");
+            hub_x.kill();
+            let killed = Instant::now();
+            *answers_ref = sending.await.expect("sender");
+            hub_y_ref.wait_ready().await;
+            killed.elapsed()
+        },
+    )
+    .await;
+
+    // One more try with the key after the success: replayed, not executed.
+    let executed_before = log.lock().unwrap().executed.len();
+    let replay = sender(y_url.clone()).await;
+    assert_eq!(replay.len(), 1, "{replay:?}");
+    assert_eq!(replay[0]["content"], answers.last().unwrap()["content"]);
+
+    stop_agent.store(true, Ordering::Release);
+    agent_task.await.expect("agent");
+    let executed = log.lock().unwrap().executed.clone();
+    assert_eq!(
+        executed.len(),
+        executed_before,
+        "a replay reached the agent"
+    );
+
+    // Every attempt the sender was told about ran at most once on the
+    // agent; exactly one succeeded, and it is the last answer.
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|a| match a["type"].as_str() {
+            Some("error") => a["code"].as_str().unwrap_or("?").to_string(),
+            _ => format!("success={}", a["content"]["success"]),
+        })
+        .collect();
+    println!(
+        "chaos agent-hub-kill-9-mid-send: sender answers {codes:?}, agent executions {}",
+        executed.len()
+    );
+    let successes = codes.iter().filter(|c| *c == "success=true").count();
+    assert_eq!(successes, 1, "{codes:?}");
+    assert_eq!(codes.last().map(String::as_str), Some("success=true"));
+    let told_might_have_run = codes
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.as_str(),
+                "success=true" | "agent_timeout" | "agent_disconnected"
+            )
+        })
+        .count();
+    assert!(
+        executed.len() <= told_might_have_run,
+        "the agent executed the order {} times for {codes:?}",
+        executed.len()
+    );
+    let distinct: HashSet<&String> = executed.iter().collect();
+    assert_eq!(distinct.len(), executed.len(), "one call executed twice");
+
+    // One history entry, read from the hub's store once the agent is gone.
+    wait_until_async("the agent role is released", RECV_TIMEOUT, || async {
+        http_get_json(&hub_y, &session_path).await.1["agent"].is_null()
+    })
+    .await;
+    let (status, history) =
+        http_get_json(&hub_y, &format!("{session_path}/history/alice?limit=500")).await;
+    assert_eq!(status, 200, "{history}");
+    let sent = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["message"] == ORDER_TEXT)
+        .count();
+    assert_eq!(sent, 1, "{history}");
+}
+
+// ------------------------------------------- a slow disk under DATA_DIR
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_slows_acknowledgements_and_loses_nothing_across_a_kill_9() {
+    // About 100 ms an fsync (40 writes a second; a commit is a few).
+    let Some(disk) = SlowDisk::mount(64, 40) else {
+        return;
+    };
+    let data_dir = disk.path().join("data");
+    let data_dir = data_dir.to_str().expect("utf8").to_string();
+    let mut args = vec!["--data-dir", data_dir.as_str()];
+    args.extend_from_slice(UNTHROTTLED);
+    let hub = HubProcess::start(&args, &[]).await;
+    let port = hub.addr.port().to_string();
+    let url = hub.ws_url();
+    let restarted = std::sync::Mutex::new(None);
+    let restarted_ref = &restarted;
+    let args_ref = &args;
+    let fault_for = secs("CHAOS_FAULT_SECS", 3);
+    under_load(
+        "slow-disk-40-writes-per-s",
+        vec![url.clone()],
+        vec![url],
+        async move {
+            let mut hub = hub;
+            // Half the fault on the slow disk, then a crash and a restart on it.
+            tokio::time::sleep(Duration::from_secs(1) + fault_for / 2).await;
+            hub.kill();
+            let killed = Instant::now();
+            let mut again = args_ref.clone();
+            again.extend_from_slice(&["--port", &port]);
+            let hub = HubProcess::start(&again, &[]).await;
+            let ready_after = killed.elapsed();
+            *restarted_ref.lock().unwrap() = Some(hub);
+            ready_after
+        },
+    )
+    .await;
+    let fsync = disk.probe_fsync();
+    println!("chaos slow-disk-40-writes-per-s: fsync after the run {fsync:?}");
+    drop(restarted);
+}
+
+// -------------------------------------------- a clock step on one instance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_on_one_hub_loses_nothing_and_both_stay_ready() {
+    let Some(clock) = FakeClock::new() else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let a_args = member_args(redis.hub_args(), "hub-a", UNTHROTTLED);
+    let b_args = member_args(redis.hub_args(), "hub-b", UNTHROTTLED);
+    let envs = clock.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let stepped = HubProcess::start(
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &envs,
+    )
+    .await;
+    let steady =
+        HubProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await;
+    let urls = vec![stepped.ws_url(), steady.ws_url()];
+    // The publisher on the stepped hub: its timestamps jump.
+    let publisher_urls = vec![stepped.ws_url()];
+    let fault_for = secs("CHAOS_FAULT_SECS", 3);
+    let (stepped_ref, steady_ref, clock_ref) = (&stepped, &steady, &clock);
+    under_load(
+        "clock-step-back-1h-forward-2h",
+        urls,
+        publisher_urls,
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let everyone = presence_seen_by(&[stepped_ref, steady_ref]).await;
+            assert_eq!(everyone, [SUBSCRIBERS; 2], "before the steps");
+            for offset in [-3600, 3600] {
+                clock_ref.set_offset_secs(offset);
+                // Several presence TTLs (1 s): a reaper would have struck.
+                tokio::time::sleep((fault_for / 2).max(Duration::from_millis(2500))).await;
+                let seen = presence_seen_by(&[stepped_ref, steady_ref]).await;
+                assert_eq!(seen, everyone, "the clients each hub lists, {offset:+} s");
+            }
+            let started = Instant::now();
+            for hub in [stepped_ref, steady_ref] {
+                hub.wait_ready().await;
+            }
+            started.elapsed()
+        },
+    )
+    .await;
+}
+
+/// How many of the subscribers each hub lists (its session summary; the
+/// publisher may have finished).
+async fn presence_seen_by(hubs: &[&HubProcess]) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for hub in hubs {
+        let (_, summary) = http_get_json(*hub, &format!("/api/v1/sessions/{SESSION}")).await;
+        let clients = summary["clients"].as_array().cloned().unwrap_or_default();
+        let subscribers = clients
+            .iter()
+            .filter(|c| {
+                c["client_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("sub-"))
+            })
+            .count();
+        seen.push(subscribers);
+    }
+    seen
 }

@@ -171,9 +171,11 @@ pub enum Broadcaster<'a> {
 
 impl Hub {
     /// Sends a `broadcast` event with `payload` to the session's clients on
-    /// every instance. A member's broadcast returns once logged (it gets no
-    /// copy, so its ack need not wait); a caller's once this instance's
-    /// clients have it, so its answer follows the event.
+    /// every instance. A member's broadcast returns once logged — on disk
+    /// (`DATA_DIR`) or in Redis, not merely queued, so a crash loses nothing
+    /// it was acknowledged (it gets no copy, so its ack need not wait for
+    /// the delivery); a caller's once this instance's clients have it, so
+    /// its answer follows the event.
     pub async fn broadcast(
         &self,
         session: &str,
@@ -189,7 +191,16 @@ impl Hub {
             timestamp: now_millis(),
         };
         match from {
-            Broadcaster::Member(_) => self.publish(session, &event, Some(sender)).map(drop),
+            Broadcaster::Member(_) => {
+                let logged = self.publish(session, &event, Some(sender))?;
+                match tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, logged).await {
+                    Ok(Ok(_)) => Ok(()),
+                    _ => Err(HubError::new(
+                        ErrorCode::StoreUnavailable,
+                        "the broadcast was not confirmed logged in time; it may still be delivered",
+                    )),
+                }
+            }
             Broadcaster::Caller(_) => self.publish_delivered(session, &event, None).await,
         }
     }

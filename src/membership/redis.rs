@@ -1,8 +1,9 @@
 //! Which instances of a cluster are alive, kept in Redis, and finding the
 //! dead ones.
 //!
-//! Each instance heartbeats into a ZSET every heartbeat interval. An
-//! instance silent for the presence TTL is dead: the first live instance to
+//! Each instance heartbeats into a ZSET every heartbeat interval, timed
+//! by Redis's clock (`redis::heartbeats`: a step of one hub's wall clock
+//! changes nothing). An instance silent for the presence TTL is dead: the first live instance to
 //! notice has the store take its clients and agents
 //! ([`SessionStore::reap_instance`], atomic, so exactly one reaper gets
 //! each) and hands them back as [`Reaped`] events for the caller to
@@ -73,8 +74,8 @@ impl RedisMembership {
     /// Refreshes this instance's heartbeat and description (`ready`: its
     /// readiness as of the last heartbeat).
     pub async fn beat(&self, clients: usize, ready: bool) -> Result<(), RedisError> {
-        let keys = &self.backend.keys;
-        let now = now_millis();
+        // Stamped by Redis's clock (see `redis::heartbeats`).
+        let now = self.backend.beat(&self.instance).await?;
         let info = InstanceInfo {
             instance: self.instance.clone(),
             clients,
@@ -84,32 +85,25 @@ impl RedisMembership {
             ready,
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
-        let mut pipe = ::redis::pipe();
-        pipe.zadd(keys.instances(), &self.instance, now)
-            .ignore()
-            .cmd("SET")
-            .arg(keys.instance_info(&self.instance))
-            .arg(info)
-            .arg("PX")
-            .arg(self.presence_ttl_ms())
-            .ignore();
-        self.backend.pipe("heartbeat", &pipe).await
+        self.backend
+            .query(
+                "heartbeat_info",
+                ::redis::cmd("SET")
+                    .arg(self.backend.keys.instance_info(&self.instance))
+                    .arg(info)
+                    .arg("PX")
+                    .arg(self.presence_ttl_ms()),
+            )
+            .await
     }
 
     /// Reaps every dead instance but this one; returns what was taken, in
     /// order, for the caller to announce (also when failing part-way).
     pub async fn reap(&self) -> Result<Vec<Reaped>, PartialReap> {
         let mut reaped = Vec::new();
-        let deadline = now_millis().saturating_sub(self.presence_ttl_ms());
         let dead: Vec<String> = match self
             .backend
-            .query(
-                "reap_scan",
-                ::redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.backend.keys.instances())
-                    .arg("-inf")
-                    .arg(deadline),
-            )
+            .instances_by_age("reap_scan", self.presence_ttl, false)
             .await
         {
             Ok(dead) => dead,
@@ -170,13 +164,7 @@ impl Membership for RedisMembership {
         let keys = &self.backend.keys;
         let ids: Vec<String> = self
             .backend
-            .query(
-                "instances",
-                ::redis::cmd("ZRANGEBYSCORE")
-                    .arg(keys.instances())
-                    .arg(now_millis().saturating_sub(self.presence_ttl_ms()))
-                    .arg("+inf"),
-            )
+            .instances_by_age("instances", self.presence_ttl, true)
             .await?;
         if ids.is_empty() {
             return Ok(Vec::new());

@@ -5,7 +5,8 @@
 //! layout with its hash tags ([`Keys`]) and one timed, counted path every
 //! command, pipeline and Lua script runs through, whatever the topology.
 //! Scripts themselves live with the layer that owns their keys
-//! (`store::redis`, `ai::cluster`).
+//! (`store::redis`, `ai::cluster`); the instances' heartbeats, which
+//! membership writes and the store reads, are here (`heartbeats`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
@@ -14,6 +15,7 @@
 //! [`topology`]'s business.
 
 mod error;
+mod heartbeats;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};

@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod fake_ai;
 pub mod fake_graph;
+mod faketime;
 mod faulty_link;
 mod helpers;
 mod in_process;
@@ -22,6 +23,7 @@ mod presence;
 mod process;
 mod redis;
 pub mod scripted;
+mod slow_disk;
 mod tls;
 pub mod wa_payloads;
 mod ws;
@@ -32,6 +34,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use faketime::*;
 pub use faulty_link::*;
 pub use helpers::*;
 pub use in_process::*;
@@ -40,6 +43,7 @@ pub use ops::*;
 pub use presence::*;
 pub use process::*;
 pub use redis::*;
+pub use slow_disk::*;
 pub use tls::*;
 pub use ws::*;
 

@@ -48,6 +48,21 @@ impl WsClient {
         }
     }
 
+    /// Connects, or None when the hub cannot be reached or refuses (a hub
+    /// that is down or restarting, for tests that expect it to be).
+    pub async fn connect_if_up(url: &str) -> Option<WsClient> {
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .ok()?
+            .ok()?;
+        Some(WsClient {
+            ws,
+            backlog: VecDeque::new(),
+            closed: None,
+            registration_contacts: None,
+        })
+    }
+
     /// Opens a WebSocket with extra request headers (e.g. `Origin`,
     /// `Authorization`). Err: the hub refused the upgrade, with its HTTP
     /// status and raw body.

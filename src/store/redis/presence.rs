@@ -94,19 +94,15 @@ impl RedisStore {
     }
 
     pub(super) async fn live_presence(&self, session: &str) -> StoreResult<Presence> {
-        let alive_since = now_millis().saturating_sub(self.presence_ttl_ms);
         // Two slots (the session's, the membership's): two commands at once.
         let mut presence = READ_PRESENCE.prepare_invoke();
         presence
             .key(self.backend.keys.presence(session))
             .key(self.backend.keys.session_stats(session));
-        let mut live = ::redis::cmd("ZRANGEBYSCORE");
-        live.arg(self.backend.keys.instances())
-            .arg(alive_since)
-            .arg("+inf");
+        let ttl = std::time::Duration::from_millis(self.presence_ttl_ms);
         let (raw, alive): (Vec<String>, Vec<String>) = tokio::try_join!(
             self.backend.script("members", &presence),
-            self.backend.query("members_alive", &live),
+            self.backend.instances_by_age("members_alive", ttl, true),
         )?;
         let (version, entries) = raw.split_first().map_or((0, &[][..]), |(v, rest)| {
             (v.parse::<u64>().unwrap_or(0), rest)
