@@ -292,6 +292,79 @@ async fn resumes_across_a_killed_and_restarted_hub_with_nothing_lost() {
     assert_eq!(report["replayed"], AWAY, "{report:#}");
 }
 
+/// The same behind HAProxy, on two hubs sharing Redis: the hub the Python
+/// client is on is killed (`kill -9`), and what the producer sends on the
+/// other hub meanwhile reaches the client once, in order, after it
+/// resumes through the load balancer (`recovered: true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_a_killed_hub_loses_nothing_for_a_resuming_python_client() {
+    const BEFORE: usize = 3;
+    const AWAY: usize = 12;
+    if !sdk_runs() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let mut hubs = Vec::new();
+    for id in ["py1", "py2"] {
+        let args = [
+            "--redis-url",
+            redis_url.as_str(),
+            "--instance-id",
+            id,
+            "--heartbeat-ms",
+            "500",
+            "--presence-ttl-ms",
+            "5000",
+        ];
+        hubs.push(HubProcess::start(&args, &[]).await);
+    }
+    let addrs: Vec<_> = hubs.iter().map(|h| h.addr).collect();
+    let lb = Haproxy::start(&addrs, 2);
+    let lb_url = format!("ws://127.0.0.1:{}/", lb.port);
+    let total = (BEFORE + AWAY).to_string();
+    let mut py = Scenario::spawn(&["resume", &lb_url, &total, "--backoff", "0.5"]);
+    py.until("ready").await;
+
+    // Which hub HAProxy gave the client.
+    let (status, session) = http_get_json(&hubs[0], "/api/v1/sessions/sdk-resume").await;
+    assert_eq!(status, 200, "{session}");
+    let holder = session["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["client_id"] == "py-resume")
+        .unwrap_or_else(|| panic!("py-resume is a member: {session}"))["instance"]
+        .clone();
+    let on = if holder == "py1" { 0 } else { 1 };
+    let (mut producer, _) =
+        WsClient::register(&hubs[1 - on].ws_url(), "sdk-resume", "producer").await;
+    for n in 0..BEFORE {
+        let answer = producer.request(send_cmd("John", &format!("m{n}"))).await;
+        assert_eq!(answer["content"]["success"], true, "{answer}");
+    }
+    py.received(BEFORE as u64).await;
+
+    hubs[on].kill();
+    for n in BEFORE..BEFORE + AWAY {
+        let answer = producer.request(send_cmd("John", &format!("m{n}"))).await;
+        assert_eq!(answer["content"]["success"], true, "{answer}");
+    }
+    let report = py.report().await;
+    assert_eq!(
+        strings(&report["messages"]),
+        numbered(0..BEFORE + AWAY),
+        "every message once, in order: {report:#}"
+    );
+    assert_increasing(&report["offsets"]);
+    let reconnects = report["reconnects"].as_array().expect("reconnects");
+    assert!(!reconnects.is_empty(), "{report:#}");
+    assert!(
+        reconnects.iter().all(|r| r["recovered"] == true),
+        "every resume recovered: {report:#}"
+    );
+}
+
 /// A client token for the session `sdk-token`, valid for `secs`.
 fn token(sub: &str, secs: u64) -> String {
     let sessions = ["sdk-token".to_string()];
