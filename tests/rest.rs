@@ -64,8 +64,19 @@ async fn health_ready_web_client_and_cluster() {
     assert!(ct.starts_with("text/html"), "{ct}");
     let page = r.text().await.expect("page");
     assert!(page.to_lowercase().contains("<html"), "not HTML");
+    // The page's behaviour lives in a same-origin module (the CSP allows no
+    // inline script); that module and the SDK it imports speak the protocol.
+    assert!(
+        page.contains(r#"src="/assets/web-page.js""#),
+        "the page loads its script from /assets"
+    );
+    let (status, script) = http_get(&hub, "/assets/web-page.js").await;
+    assert_eq!(status, 200);
+    let (status, sdk) = http_get(&hub, "/assets/mcp-hub-client.js").await;
+    assert_eq!(status, 200);
+    let code = format!("{script}{sdk}");
     for needle in ["WebSocket", "register", "whatsapp_ai_command"] {
-        assert!(page.contains(needle), "the web client mentions {needle}");
+        assert!(code.contains(needle), "the web client mentions {needle}");
     }
     let (status, ui) = http_get(&hub, "/ui").await;
     assert_eq!(status, 200);

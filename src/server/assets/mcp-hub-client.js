@@ -17,9 +17,42 @@ var HubError = class _HubError extends Error {
   }
 };
 
+// src/protocol.ts
+function afterClose(code, canRenewToken) {
+  if (code === 4401 && canRenewToken) return "renew_token";
+  if (code !== null && code >= 4e3 && code <= 4999) return "stop";
+  return "reconnect";
+}
+function positionOf(frame) {
+  if (!frame || typeof frame !== "object") return null;
+  const { offset, epoch } = frame;
+  if (typeof offset !== "number" || !Number.isSafeInteger(offset) || offset < 0) return null;
+  if (typeof epoch !== "string") return null;
+  return { offset, epoch };
+}
+function afterRegistration(since, confirmed) {
+  const recovered = since !== null && confirmed?.recovered === true;
+  if (recovered) return { recovered, position: since };
+  return { recovered: false, position: positionOf(confirmed) };
+}
+function track(known, frame) {
+  const p = positionOf(frame);
+  if (p === null) return { position: known, duplicate: false };
+  if (known !== null && known.epoch === p.epoch && p.offset <= known.offset) {
+    return { position: known, duplicate: true };
+  }
+  return { position: p, duplicate: false };
+}
+var ANSWERS = /* @__PURE__ */ new Set(["response", "error", "pong", "registration_confirmed"]);
+function answeredRequest(frame) {
+  if (!frame || typeof frame !== "object") return null;
+  const { type, request_id } = frame;
+  if (typeof type !== "string" || !ANSWERS.has(type)) return null;
+  return typeof request_id === "string" ? request_id : null;
+}
+
 // src/client.ts
 var OPEN = 1;
-var FINAL_CLOSES = /* @__PURE__ */ new Set([4001, 4002]);
 var RETRY_REGISTER = /* @__PURE__ */ new Set(["session_full", "store_unavailable", "shutting_down", "rate_limited", "internal_error"]);
 async function connect(options) {
   const client = new HubClient(options);
@@ -329,7 +362,7 @@ var HubClient = class {
       });
     }
     this.registerTimer = setTimeout(() => {
-      if (gen === this.gen && this.state !== "open") this.lost(gen, 4408, "registration not confirmed in time");
+      if (gen === this.gen && this.state !== "open") this.lost(gen, 1006, "registration not confirmed in time");
     }, this.opts.registerTimeoutMs ?? 1e4);
     this.startHeartbeat(gen);
   }
@@ -358,12 +391,12 @@ var HubClient = class {
       return;
     }
     if (!frame || typeof frame !== "object" || typeof frame.type !== "string") return;
-    const rid = frame.request_id;
-    if (rid !== void 0 && rid === this.registerRid) {
+    const rid = answeredRequest(frame);
+    if (rid !== null && rid === this.registerRid) {
       this.onRegisterAnswer(gen, frame);
       return;
     }
-    if (rid !== void 0) {
+    if (rid !== null) {
       if (rid === this.heartbeatRid) return;
       const pending = this.pending.get(rid);
       if (pending) {
@@ -372,12 +405,9 @@ var HubClient = class {
         return;
       }
     }
-    const { offset, epoch } = frame;
-    if (typeof offset === "number" && typeof epoch === "string") {
-      const last = this.position;
-      if (last && last.epoch === epoch && offset <= last.offset) return;
-      this.position = { offset, epoch };
-    }
+    const { position, duplicate } = track(this.position, frame);
+    if (duplicate) return;
+    this.position = position;
     this.emit(frame.type, frame);
     this.emit("frame", frame);
   }
@@ -400,9 +430,10 @@ var HubClient = class {
     this.state = "open";
     this.attempt = 0;
     const since = this.registerSince;
-    const recovered = since !== null && conf.recovered === true;
+    const resumed = afterRegistration(since, conf);
+    const recovered = resumed.recovered;
     if (!recovered) {
-      this.position = { offset: conf.offset, epoch: conf.epoch };
+      this.position = resumed.position;
     }
     const reconnect = this.registrations > 0;
     this.registrations += 1;
@@ -460,11 +491,12 @@ var HubClient = class {
       if (p.sent) p.reject(new HubError("connection_lost", `the connection closed (${code} ${reason}) before the answer`));
     }
     const reconnect = this.opts.reconnect;
+    const action = afterClose(code, this.opts.getToken !== void 0);
     let fatal;
-    if (FINAL_CLOSES.has(code)) {
-      fatal = new HubError("closed", `the hub closed the connection for good: ${code} ${reason}`);
-    } else if (code === 4401 && !this.opts.getToken) {
+    if (action === "stop" && code === 4401) {
       fatal = new HubError("closed", "the token expired (4401) and there is no getToken to renew it");
+    } else if (action === "stop") {
+      fatal = new HubError("closed", `the hub closed the connection for good: ${code} ${reason}`);
     } else if (reconnect === false) {
       fatal = new HubError("connection_lost", `the connection closed: ${code} ${reason}`);
     }
@@ -481,7 +513,7 @@ var HubClient = class {
     let delay;
     if (delayOverride !== void 0) {
       delay = delayOverride;
-    } else if (code === 4401) {
+    } else if (action === "renew_token") {
       delay = 0;
     } else {
       const base = Math.min(max, initial * factor ** this.attempt);
