@@ -1,6 +1,7 @@
 //! The AsyncAPI 3.0 document of the WebSocket protocol (issue 24,
-//! `GET /api/v1/asyncapi.json`): valid for the official AsyncAPI parser
-//! (tests/node/asyncapi_check.mjs, installed by scripts/test), one message
+//! `GET /api/v1/asyncapi.json`): valid for the official AsyncAPI CLI
+//! (`asyncapi validate`, tests/node/asyncapi-cli) and parser
+//! (tests/node/asyncapi_check.mjs), both installed by scripts/test, one message
 //! for every kind the parser accepts, every `whatsapp_command` action and
 //! every event the hub emits (and nothing else), and real frames of an
 //! in-process hub validate against their message's payload schema.
@@ -80,6 +81,60 @@ fn node_check(doc: &Value, frames: &[(String, Value)]) -> Checked {
             })
             .collect(),
     }
+}
+
+/// Runs the official AsyncAPI CLI's `asyncapi validate` (pinned in
+/// tests/node/asyncapi-cli, installed by scripts/test) on `doc`, failing on
+/// warnings as well as errors; returns whether it passed and what it printed.
+fn asyncapi_cli_validate(doc: &Value) -> (bool, String) {
+    let cli = repo_path("tests/node/asyncapi-cli/node_modules/.bin/asyncapi");
+    assert!(
+        cli.exists(),
+        "{} is missing: cd tests/node/asyncapi-cli && npm ci (./scripts/test does it)",
+        cli.display()
+    );
+    let dir = TempDir::new();
+    let doc_file = dir.write("asyncapi.json", &doc.to_string());
+    let out = std::process::Command::new(cli)
+        .arg("validate")
+        .arg(&doc_file)
+        .args(["--fail-severity", "warn"])
+        // No usage metrics sent or written to the home directory.
+        .env("CI", "true")
+        .env(
+            "ASYNCAPI_METRICS_CONFIG_PATH",
+            dir.path().join("asyncapi-analytics.json"),
+        )
+        .output()
+        .expect("the AsyncAPI CLI runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+/// The independent validator the issue names: the AsyncAPI CLI accepts the
+/// hub's document with no error or warning, and refuses it once an
+/// operation points at a channel that does not exist (so a pass means
+/// something).
+#[test]
+fn the_asyncapi_cli_validates_the_document_and_refuses_a_broken_one() {
+    let doc = mcp_hub::server::asyncapi::document();
+    let (valid, printed) = asyncapi_cli_validate(&doc);
+    assert!(valid, "asyncapi validate refused the document:\n{printed}");
+    assert!(printed.contains("is valid"), "{printed}");
+
+    let mut broken = doc.clone();
+    let operation = broken["operations"]
+        .as_object_mut()
+        .and_then(|ops| ops.values_mut().next())
+        .expect("an operation");
+    operation["channel"]["$ref"] = json!("#/channels/nowhere");
+    let (valid, printed) = asyncapi_cli_validate(&broken);
+    assert!(!valid, "asyncapi validate accepted a dangling $ref:\n{printed}");
+    assert!(printed.contains("#/channels/nowhere"), "{printed}");
 }
 
 /// The messages of the operations with `action`, by id, with their
