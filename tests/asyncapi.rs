@@ -133,7 +133,10 @@ fn the_asyncapi_cli_validates_the_document_and_refuses_a_broken_one() {
         .expect("an operation");
     operation["channel"]["$ref"] = json!("#/channels/nowhere");
     let (valid, printed) = asyncapi_cli_validate(&broken);
-    assert!(!valid, "asyncapi validate accepted a dangling $ref:\n{printed}");
+    assert!(
+        !valid,
+        "asyncapi validate accepted a dangling $ref:\n{printed}"
+    );
     assert!(printed.contains("#/channels/nowhere"), "{printed}");
 }
 
