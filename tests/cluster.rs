@@ -282,6 +282,57 @@ async fn an_agent_on_one_instance_serves_clients_on_the_others() {
     assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
 }
 
+/// The agent's connection to one hub goes silent (its network moved on)
+/// and the agent registers again, same id, on another hub. When the first
+/// hub finally closes the dead connection (its idle timeout), the role
+/// stays with the new connection: the first hub gives up only what its
+/// own connection held, so commands still reach the agent instead of
+/// falling back to the connector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registered_again_elsewhere_keeps_the_role_when_its_old_connection_dies() {
+    let redis = TestRedis::start();
+    let first = start_hub(
+        &redis,
+        "hub-a",
+        &["--ping-interval-ms", "100", "--idle-timeout-ms", "1500"],
+    )
+    .await;
+    let second = start_hub(&redis, "hub-b", &[]).await;
+    let register =
+        json!({"type":"register","client_id":"phone","session":"s","capabilities":["whatsapp"]});
+    let link = FaultyLink::to(first.addr.port()).await;
+    let (_old, conf) =
+        WsClient::register_with(&format!("ws://127.0.0.1:{}/", link.port), register.clone()).await;
+    assert_eq!(conf["agent"], true);
+    link.set(Link::Cut);
+    let (mut agent, conf) = WsClient::register_with(&second.ws_url(), register).await;
+    assert_eq!(conf["agent"], true);
+    let (mut user, _) = WsClient::register(&second.ws_url(), "s", "user").await;
+
+    // hub-a closes the silent connection; its cleanup (giving up, or not,
+    // the agent role) is done when its connection gauge drops.
+    wait_connections(&first, 0).await;
+
+    let (frames, answer) = {
+        user.send_json(json!({"type":"whatsapp_command","request_id":"q1",
+            "command":{"action":"list_contacts"}}))
+            .await;
+        let exec = agent.recv_type("execute").await;
+        agent
+            .send_json(
+                json!({"type":"execute_result","request_id":exec["request_id"],
+                "content":{"success":true,"contacts":[]}}),
+            )
+            .await;
+        until_answer(&mut user, "q1").await
+    };
+    assert_eq!(answer["type"], "response", "{answer}");
+    assert!(
+        !frames.iter().any(|f| f["type"] == "agent_changed"),
+        "the session was told the agent left: {frames:?}"
+    );
+}
+
 /// A dashboard feed watching a session on an instance with no client of
 /// it gets the session's events, each once: the watch is local interest
 /// there, so that instance subscribes the session's channel.

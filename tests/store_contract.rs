@@ -365,11 +365,18 @@ async fn agent_claim_release(f: StoreFixture) {
             .unwrap()
     );
     assert_eq!(s.agent("s").await.unwrap(), Some(agent("a2", ME)));
-    // Only the current agent can be released.
-    assert!(!s.release_agent("s", "a1").await.unwrap());
+    // Only the current agent can be released: not the one it replaced, nor
+    // its own id as another instance holds it (an old connection there
+    // noticed dead after the client registered again here).
+    assert!(!s.release_agent("s", &agent("a1", ME)).await.unwrap());
+    assert!(
+        !s.release_agent("s", &agent("a2", "elsewhere"))
+            .await
+            .unwrap()
+    );
     assert_eq!(s.agent("s").await.unwrap(), Some(agent("a2", ME)));
-    assert!(s.release_agent("s", "a2").await.unwrap());
-    assert!(!s.release_agent("s", "a2").await.unwrap());
+    assert!(s.release_agent("s", &agent("a2", ME)).await.unwrap());
+    assert!(!s.release_agent("s", &agent("a2", ME)).await.unwrap());
     assert_eq!(s.agent("s").await.unwrap(), None);
     assert!(
         s.claim_agent_if_vacant("s", &agent("a3", ME))
@@ -395,7 +402,11 @@ async fn reads_never_create_a_session(f: StoreFixture) {
     assert_eq!(s.agent("ghost").await.unwrap(), None);
     // Removals of what is not there change nothing either.
     assert!(!s.leave("ghost", "nobody").await.unwrap().changed);
-    assert!(!s.release_agent("ghost", "nobody").await.unwrap());
+    assert!(
+        !s.release_agent("ghost", &agent("nobody", ME))
+            .await
+            .unwrap()
+    );
     assert!(!s.exists("ghost").await.unwrap());
     if let Some(keys) = redis_keys(&f) {
         assert_eq!(keys, "", "reads wrote keys");

@@ -76,7 +76,7 @@ impl Hub {
                         // configured connector (never the simulator unless
                         // it is the one configured).
                         tracing::info!(session, agent = %agent.client_id, connector = self.connector.name(), "agent unavailable; using the configured connector");
-                        if self.store.release_agent(session, &agent.client_id).await? {
+                        if self.store.release_agent(session, &agent).await? {
                             self.publish_agent_changed(session, None);
                         }
                     }

@@ -5,7 +5,7 @@
 
 use super::Hub;
 use crate::protocol::HubError;
-use crate::store::{AgentRef, JoinRule, Reaped};
+use crate::store::{JoinRule, Reaped};
 
 impl Hub {
     /// Puts this instance's clients and agents back into the store, and
@@ -29,10 +29,7 @@ impl Hub {
                     .await;
             }
             if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
-                let me = AgentRef {
-                    client_id: handle.info.client_id.clone(),
-                    instance: self.instance().to_string(),
-                };
+                let me = self.agent_here(&handle.info.client_id);
                 if self.store.claim_agent_if_vacant(&session, &me).await? {
                     self.reannounce_agent(&session, &me.client_id).await;
                 }

@@ -318,7 +318,9 @@ impl Hub {
                 if change.changed
                     && is_agent
                     && matches!(
-                        self.store.release_agent(&session, client_id).await,
+                        self.store
+                            .release_agent(&session, &self.agent_here(client_id))
+                            .await,
                         Ok(true)
                     )
                 {
@@ -384,11 +386,9 @@ impl Hub {
             .await?;
         // 3. The agent role, before anyone is told `agent: true`.
         if is_agent {
-            let me = AgentRef {
-                client_id: client_id.to_string(),
-                instance: self.instance().to_string(),
-            };
-            self.store.claim_agent(session, &me).await?;
+            self.store
+                .claim_agent(session, &self.agent_here(client_id))
+                .await?;
         }
         let handle = conn.with_info(info.clone());
         let mut since = since;
@@ -639,10 +639,26 @@ impl Hub {
         if was_agent {
             self.agent_gone(session, client_id).await;
         }
-        if was_agent && !is_agent && self.store.release_agent(session, client_id).await? {
+        if was_agent
+            && !is_agent
+            && self
+                .store
+                .release_agent(session, &self.agent_here(client_id))
+                .await?
+        {
             self.publish_agent_changed(session, None);
         }
         Ok(())
+    }
+
+    /// `client_id` as an agent connected to this instance: what it claims,
+    /// and the only role its connection may give up (the same id may hold
+    /// it on another instance by the time this one notices a dead socket).
+    pub(super) fn agent_here(&self, client_id: &str) -> AgentRef {
+        AgentRef {
+            client_id: client_id.to_string(),
+            instance: self.instance().to_string(),
+        }
     }
 
     /// The connection `conn_id` of `member` ended: give up the agent role
@@ -656,7 +672,11 @@ impl Hub {
         }
         if member.is_agent {
             self.agent_gone(session, client_id).await;
-            match self.store.release_agent(session, client_id).await {
+            match self
+                .store
+                .release_agent(session, &self.agent_here(client_id))
+                .await
+            {
                 Ok(true) => self.publish_agent_changed(session, None),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not release the agent"),

@@ -331,8 +331,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Claims the agent role only if no agent is registered (used when
     /// re-announcing clients after a Redis outage).
     async fn claim_agent_if_vacant(&self, session: &str, agent: &AgentRef) -> StoreResult<bool>;
-    /// Clears the agent if it is still `client_id`; true if it was.
-    async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool>;
+    /// Clears the agent if it is still `agent`: the same client on the
+    /// same instance (the same id registered again elsewhere keeps the
+    /// role when the old connection's death is noticed late); true if it was.
+    async fn release_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<bool>;
     async fn agent(&self, session: &str) -> StoreResult<Option<AgentRef>>;
 
     /// Pages through every session by name: the first `limit` sessions

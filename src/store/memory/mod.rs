@@ -636,9 +636,9 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+    async fn release_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
         Ok(self.update(session, |s| {
-            if s.agent.as_ref().is_some_and(|a| a.client_id == client_id) {
+            if s.agent.as_ref() == Some(agent) {
                 s.agent = None;
                 true
             } else {
@@ -759,9 +759,9 @@ mod tests {
             instance: "i".into(),
         };
         assert_eq!(store.claim_agent("s", &a).await.unwrap(), None);
-        assert_eq!(store.claim_agent("s", &b).await.unwrap(), Some(a));
-        assert!(!store.release_agent("s", "a").await.unwrap());
-        assert!(store.release_agent("s", "b").await.unwrap());
+        assert_eq!(store.claim_agent("s", &b).await.unwrap(), Some(a.clone()));
+        assert!(!store.release_agent("s", &a).await.unwrap());
+        assert!(store.release_agent("s", &b).await.unwrap());
         assert_eq!(store.agent("s").await.unwrap(), None);
     }
 }

@@ -460,12 +460,14 @@ impl SessionStore for RedisStore {
         Ok(set.is_some())
     }
 
-    async fn release_agent(&self, session: &str, client_id: &str) -> StoreResult<bool> {
+    async fn release_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<bool> {
         let mut invocation = RELEASE_AGENT_IF.prepare_invoke();
         invocation
             .key(self.backend.keys.agent(session))
             .arg("client_id")
-            .arg(client_id);
+            .arg(&agent.client_id)
+            .arg("instance")
+            .arg(&agent.instance);
         let released: i64 = self.backend.script("release_agent", &invocation).await?;
         Ok(released == 1)
     }

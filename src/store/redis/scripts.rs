@@ -31,19 +31,22 @@ pub(super) static CLAIM_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Deletes the agent key only if its field ARGV[1] (`client_id` or
-/// `instance`) still equals ARGV[2]: a newer agent is never released.
+/// Deletes the agent key only if each field named by ARGV[1], ARGV[3], …
+/// (`client_id`, `instance`) still equals the value after it: a newer
+/// agent, or the same id registered again on another instance, is never
+/// released.
 pub(super) static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local v = redis.call('GET', KEYS[1])
         if not v then return 0 end
         local ok, agent = pcall(cjson.decode, v)
-        if ok and agent[ARGV[1]] == ARGV[2] then
-            redis.call('DEL', KEYS[1])
-            return 1
+        if not ok then return 0 end
+        for i = 1, #ARGV, 2 do
+            if agent[ARGV[i]] ~= ARGV[i + 1] then return 0 end
         end
-        return 0
+        redis.call('DEL', KEYS[1])
+        return 1
         ",
     )
 });
