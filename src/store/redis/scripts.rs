@@ -38,6 +38,9 @@ pub(super) static CLAIM_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
 pub(super) static RELEASE_AGENT_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+        if #ARGV == 0 or #ARGV % 2 == 1 then
+            return redis.error_reply('release_agent: field/value pairs expected')
+        end
         local v = redis.call('GET', KEYS[1])
         if not v then return 0 end
         local ok, agent = pcall(cjson.decode, v)
