@@ -126,7 +126,7 @@ fn the_asyncapi_cli_validates_the_document_and_refuses_a_broken_one() {
     assert!(valid, "asyncapi validate refused the document:\n{printed}");
     assert!(printed.contains("is valid"), "{printed}");
 
-    let mut broken = doc.clone();
+    let mut broken = doc;
     let operation = broken["operations"]
         .as_object_mut()
         .and_then(|ops| ops.values_mut().next())

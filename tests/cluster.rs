@@ -298,14 +298,12 @@ async fn an_agent_registered_again_elsewhere_keeps_the_role_when_its_old_connect
     )
     .await;
     let second = start_hub(&redis, "hub-b", &[]).await;
-    let register =
-        json!({"type":"register","client_id":"phone","session":"s","capabilities":["whatsapp"]});
     let link = FaultyLink::to(first.addr.port()).await;
-    let (_old, conf) =
-        WsClient::register_with(&format!("ws://127.0.0.1:{}/", link.port), register.clone()).await;
+    let through_link = format!("ws://127.0.0.1:{}/", link.port);
+    let (_old, conf) = register_agent(&through_link, "s", "phone").await;
     assert_eq!(conf["agent"], true);
     link.set(Link::Cut);
-    let (mut agent, conf) = WsClient::register_with(&second.ws_url(), register).await;
+    let (mut agent, conf) = register_agent(&second.ws_url(), "s", "phone").await;
     assert_eq!(conf["agent"], true);
     let (mut user, _) = WsClient::register(&second.ws_url(), "s", "user").await;
 
@@ -313,19 +311,17 @@ async fn an_agent_registered_again_elsewhere_keeps_the_role_when_its_old_connect
     // the agent role) is done when its connection gauge drops.
     wait_connections(&first, 0).await;
 
-    let (frames, answer) = {
-        user.send_json(json!({"type":"whatsapp_command","request_id":"q1",
-            "command":{"action":"list_contacts"}}))
-            .await;
-        let exec = agent.recv_type("execute").await;
-        agent
-            .send_json(
-                json!({"type":"execute_result","request_id":exec["request_id"],
-                "content":{"success":true,"contacts":[]}}),
-            )
-            .await;
-        until_answer(&mut user, "q1").await
-    };
+    user.send_json(json!({"type":"whatsapp_command","request_id":"q1",
+        "command":{"action":"list_contacts"}}))
+        .await;
+    let exec = agent.recv_type("execute").await;
+    agent
+        .send_json(
+            json!({"type":"execute_result","request_id":exec["request_id"],
+            "content":{"success":true,"contacts":[]}}),
+        )
+        .await;
+    let (frames, answer) = until_answer(&mut user, "q1").await;
     assert_eq!(answer["type"], "response", "{answer}");
     assert!(
         !frames.iter().any(|f| f["type"] == "agent_changed"),

@@ -11,7 +11,6 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mcp_hub::auth::{Role, mint};
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -62,16 +61,7 @@ async fn the_typescript_readme_example_sends_through_a_hub_that_wants_tokens() {
         "build the SDK first (cd clients/typescript && npm ci && npx tsc), or run ./scripts/test"
     );
     let hub = TestHub::start(&["--auth-jwt-secret", SECRET]).await;
-    let token = |sub: &str| {
-        mint(
-            SECRET,
-            sub,
-            &["default".to_string()],
-            Role::Client,
-            Duration::from_secs(600),
-        )
-        .expect("mint")
-    };
+    let token = |sub: &str| client_token(SECRET, sub, "default", 600);
     let (mut observer, _) = WsClient::register_with_token(
         &hub.ws_url(),
         &token("observer"),

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mcp_hub::auth::{Role, mint};
 use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -191,14 +190,7 @@ async fn a_hub_killed_and_restarted_loses_nothing_for_a_resuming_sdk_client() {
 
 /// A token of the SDK test's session, valid `secs` seconds.
 fn token(secs: u64) -> String {
-    mint(
-        SECRET,
-        "sdk-app",
-        &["sdk-token".to_string()],
-        Role::Client,
-        Duration::from_secs(secs),
-    )
-    .expect("mint")
+    client_token(SECRET, "sdk-app", "sdk-token", secs)
 }
 
 /// getToken() reads a file the test rewrites: the first token lives 3 s;

@@ -240,14 +240,7 @@ async fn the_web_page_explains_a_missing_token_and_an_expired_one() {
         .wait_for("#status", |t| t.starts_with("closed (1006"))
         .await;
 
-    let short = mcp_hub::auth::mint(
-        SECRET,
-        "web",
-        &["default".to_string()],
-        mcp_hub::auth::Role::Client,
-        Duration::from_secs(2),
-    )
-    .expect("mint");
+    let short = client_token(SECRET, "web", "default", 2);
     browser
         .client
         .execute(

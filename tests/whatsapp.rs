@@ -561,14 +561,7 @@ async fn twenty_concurrent_sends_with_one_key_over_three_instances_send_once() {
     .await;
     // One caller (a key is its caller's: the token's `sub`) on twenty
     // connections.
-    let shop = mcp_hub::auth::mint(
-        IDEM_SECRET,
-        "shop",
-        &["default".to_string()],
-        mcp_hub::auth::Role::Client,
-        Duration::from_secs(600),
-    )
-    .expect("mint");
+    let shop = client_token(IDEM_SECRET, "shop", "default", 600);
     let mut clients = Vec::new();
     for i in 0..20 {
         let (c, _) = WsClient::register_with_token(

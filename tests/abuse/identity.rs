@@ -3,9 +3,6 @@
 //! the webhook contact cap, sessions created only by registering (never by
 //! a read) and removed when idle.
 
-use std::time::Duration;
-
-use mcp_hub::auth::{Role, mint};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -177,14 +174,7 @@ async fn fresh_keys_past_the_per_caller_cap_forget_the_oldest() {
 const SECRET: &str = "0123456789abcdef0123456789abcdef-abuse-identity";
 
 fn token(sub: &str) -> String {
-    mint(
-        SECRET,
-        sub,
-        &["default".to_string()],
-        Role::Client,
-        Duration::from_secs(600),
-    )
-    .expect("mint")
+    client_token(SECRET, sub, "default", 600)
 }
 
 /// Bob reusing Alice's key used to get her answer (her text, `success:

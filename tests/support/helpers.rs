@@ -104,6 +104,19 @@ pub fn history_cmd(contact: &str) -> Value {
     ws_command(json!({"action": "get_history", "contact": contact}))
 }
 
+/// A client token (role `client`) for `sub`, good for `session` only and
+/// for `secs` seconds, signed with `secret`.
+pub fn client_token(secret: &str, sub: &str, session: &str, secs: u64) -> String {
+    mcp_hub::auth::mint(
+        secret,
+        sub,
+        &[session.to_string()],
+        mcp_hub::auth::Role::Client,
+        std::time::Duration::from_secs(secs),
+    )
+    .expect("mint")
+}
+
 /// Registers as the session's agent (`capabilities: ["whatsapp"]`).
 pub async fn register_agent(url: &str, session: &str, client_id: &str) -> (WsClient, Value) {
     WsClient::register_with(
