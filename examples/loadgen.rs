@@ -671,7 +671,11 @@ async fn settle_rss(pids: &[u32], limit: Duration) -> Result<Vec<u64>> {
 
 // ------------------------------------------------------------ sessions
 
-/// `hub_pubsub_messages_received_total` of the hub behind a `ws://` URL.
+/// The pub/sub messages of sessions' channels a hub received (its stats on
+/// the monitor channel and its inbox are not events).
+const SESSION_PUBSUB_SERIES: &str = r#"hub_pubsub_messages_received_total{channel="session"}"#;
+
+/// [`SESSION_PUBSUB_SERIES`] of the hub behind a `ws://` URL.
 async fn pubsub_received(url: &str) -> Result<f64> {
     let base = url.strip_prefix("ws").unwrap_or(url).trim_end_matches('/');
     let metrics = format!("http{base}/metrics");
@@ -681,9 +685,9 @@ async fn pubsub_received(url: &str) -> Result<f64> {
         .text()
         .await?;
     body.lines()
-        .find_map(|l| l.strip_prefix("hub_pubsub_messages_received_total "))
+        .find_map(|l| l.strip_prefix(SESSION_PUBSUB_SERIES)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow!("{metrics}: no hub_pubsub_messages_received_total"))
+        .ok_or_else(|| anyhow!("{metrics}: no {SESSION_PUBSUB_SERIES}"))
 }
 
 async fn run_sessions(args: &Args) -> Result<()> {

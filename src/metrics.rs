@@ -9,6 +9,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `channel` label of `hub_pubsub_messages_received_total`: a
+/// session's events, this instance's inbox, the dashboard's monitor
+/// channel.
+pub const PUBSUB_CHANNELS: [&str; 3] = ["session", "inbox", "monitor"];
+
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
@@ -21,7 +26,7 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     pub redis_command_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
-    pub pubsub_received: IntCounter,
+    pub pubsub_received: IntCounterVec,
     pub ai_requests: IntCounterVec,
     pub ai_upstream_duration: HistogramVec,
     pub ai_cache_hits: IntCounter,
@@ -210,9 +215,15 @@ impl Metrics {
                 &["op"],
             )
             .expect("valid metric"),
-            pubsub_received: IntCounter::new(
-                "hub_pubsub_messages_received_total",
-                "Messages received from Redis pub/sub",
+            // `channel`: session (a session's events), inbox (messages
+            // to this instance), monitor (the dashboard's channel, which
+            // carries every instance's stats every 2 s).
+            pubsub_received: IntCounterVec::new(
+                Opts::new(
+                    "hub_pubsub_messages_received_total",
+                    "Messages received from Redis pub/sub, by channel (session, inbox, monitor)",
+                ),
+                &["channel"],
             )
             .expect("valid metric"),
             ai_requests: IntCounterVec::new(
@@ -399,6 +410,9 @@ impl Metrics {
         }
         for result in ["accepted", "expired", "invalid"] {
             m.token_verifications.with_label_values(&[result]);
+        }
+        for channel in PUBSUB_CHANNELS {
+            m.pubsub_received.with_label_values(&[channel]);
         }
         for limit in <Shed as strum::IntoEnumIterator>::iter() {
             m.limit_shed.with_label_values(&[limit.label()]);

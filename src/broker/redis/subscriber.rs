@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::subscription::{Incoming, Subscription, bounded};
 use super::{Inbound, LoggedEvent, reconnect_delays, wait_to_reconnect};
+use crate::metrics::PUBSUB_CHANNELS;
 use crate::redis::{MasterEvent, RedisBackend};
 
 /// The sessions this instance wants the events of: changed by the hub's
@@ -225,7 +226,19 @@ pub(super) async fn subscriber_loop(
                     break;
                 }
             };
-            backend.metrics.pubsub_received.inc();
+            let [session_channel, inbox_channel, monitor_channel] = PUBSUB_CHANNELS;
+            let kind = if channel == monitor {
+                monitor_channel
+            } else if channel == inbox {
+                inbox_channel
+            } else {
+                session_channel
+            };
+            backend
+                .metrics
+                .pubsub_received
+                .with_label_values(&[kind])
+                .inc();
             let Ok(payload) = std::str::from_utf8(&payload) else {
                 continue;
             };
