@@ -14,17 +14,9 @@
 //! - [`low`]: JWKS fetching, `nbf`, the REST limit's key without auth,
 //!   webhook logging and freshness, secrets in `Debug`.
 
-mod support;
-
-#[path = "abuse/bounds.rs"]
 mod bounds;
-#[path = "abuse/cpu.rs"]
 mod cpu;
-#[path = "abuse/guards.rs"]
 mod guards;
-#[path = "abuse/identity.rs"]
 mod identity;
-#[path = "abuse/listener.rs"]
 mod listener;
-#[path = "abuse/low.rs"]
 mod low;

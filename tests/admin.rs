@@ -5,7 +5,7 @@
 //! test broadcast, the feed and its session watch, and that none of it
 //! reaches anyone but an admin.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

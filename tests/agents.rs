@@ -4,7 +4,7 @@
 //! late answers, disconnects, fallback to the simulated connector, and the
 //! agent role changing hands (newest wins, replaced by a plain client).
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::*;

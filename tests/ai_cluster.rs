@@ -4,7 +4,7 @@
 //! cause exactly one upstream call. (A selected provider without its key
 //! is a startup error: tests/process.rs.)
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! something did NOT happen too early (a retry before the provider's retry
 //! delay, a takeover before a lease expired).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! cases run on a private redis-server, or a 3-master Redis Cluster with
 //! `MCP_HUB_TEST_REDIS=cluster`.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

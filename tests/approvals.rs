@@ -4,7 +4,7 @@
 //! one decision wins, also with deciders on two instances; and a held send
 //! outlives the instance that held it (a killed process).
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::*;

@@ -6,7 +6,7 @@
 //! every event the hub emits (and nothing else), and real frames of an
 //! in-process hub validate against their message's payload schema.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 
@@ -433,7 +433,7 @@ async fn the_document_follows_the_rest_apis_host_and_cors_rules() {
 /// clients/python/src/mcp_hub_client/protocol_generated.py) are what
 /// clients/codegen/generate.py makes of this document: regenerated here
 /// and compared, so they cannot drift from the Rust types.
-/// `MCP_HUB_REGENERATE=1 cargo test --test asyncapi generated` rewrites them.
+/// `MCP_HUB_REGENERATE=1 cargo test --test suite asyncapi::generated` rewrites them.
 #[test]
 fn the_sdks_generated_frame_types_match_the_document() {
     let dir = TempDir::new();
@@ -467,7 +467,7 @@ fn the_sdks_generated_frame_types_match_the_document() {
         assert!(
             current == fresh,
             "{} differs from what the AsyncAPI document generates: run \
-             MCP_HUB_REGENERATE=1 cargo test --test asyncapi generated",
+             MCP_HUB_REGENERATE=1 cargo test --test suite asyncapi::generated",
             committed.display()
         );
     }

@@ -4,7 +4,7 @@
 //! rules (spawned binary, exit 2), JWKS, a Redis cluster behind HAProxy
 //! with auth on, and interop with PyJWT (tests/auth_interop.py).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

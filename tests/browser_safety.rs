@@ -4,7 +4,7 @@
 //! before the upgrade) and CORS on the REST API (none by default, exactly
 //! the listed origins with `ALLOWED_ORIGINS`, preflight included).
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::*;

@@ -15,7 +15,7 @@
 //! CI runs the short form; `CHAOS_FAULT_SECS` (default 3) sets how long a
 //! fault lasts and `CHAOS_RUN_SECS` (default 6) how long the publisher runs.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

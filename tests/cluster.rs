@@ -6,7 +6,7 @@
 //! must be noticed through the presence TTL), stderr, `SSL_CERT_FILE` in
 //! the environment, and scripts/cluster.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

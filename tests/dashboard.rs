@@ -11,7 +11,7 @@
 //! inline on both pages, its bytes fetched with the page's token. The
 //! dashboard's feed comes back after its hub restarts, still watching.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! SIGKILL, whose clients then resume with `recovered: true` in the same
 //! epoch and whose idempotent sends stay sent once.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! reqwest, no hub, one behaviour per test, so a hub test that fails on
 //! the fake fails on the hub, not on the fake.
 
-mod support;
+use crate::support;
 
 use base64::Engine;
 use reqwest::multipart::{Form, Part};

@@ -9,7 +9,7 @@
 //! (`session_full`, also across instances), field lengths and counts
 //! (`invalid_field`), contacts per session.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

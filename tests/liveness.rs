@@ -2,7 +2,7 @@
 //! connection, and presence lost in a Redis outage is announced again when
 //! the hubs re-announce their clients.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

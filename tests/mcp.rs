@@ -4,7 +4,7 @@
 //! session sees the MCP caller's message; and the tool errors and
 //! refusals, over plain JSON-RPC.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! test ends, also on failure), or its own 3-master Redis Cluster with
 //! `MCP_HUB_TEST_REDIS=cluster`.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

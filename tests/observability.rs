@@ -7,7 +7,7 @@
 //! through HAProxy is one trace across 3 instances, and a hub process
 //! exports to an https collector whose CA it is given (and to none other).
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};

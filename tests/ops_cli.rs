@@ -4,7 +4,7 @@
 //! and `man`. Each run has an empty environment and a private working
 //! directory, so neither a developer's shell nor a stray `.env` counts.
 
-mod support;
+use crate::support;
 
 use std::process::{Output, Stdio};
 

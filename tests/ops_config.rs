@@ -9,7 +9,7 @@
 //! kubernetes-validate; ./scripts/test installs haproxy, prometheus
 //! (promtool), redis-server, kubectl and kubernetes-validate.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 //! that refuses writes), then evaluates every expression of the Grafana
 //! dashboard through Prometheus' HTTP API and fails on any empty result.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@
 //! A test whose tool is missing says so on stderr and passes, like
 //! tests/ops_config.rs; ./scripts/test installs them.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 //! 1001 for everyone, queued events first, bounded even with a client that
 //! never reads), and a closed stderr.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Stdio;

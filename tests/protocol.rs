@@ -6,7 +6,7 @@
 //! and bad input: every malformed or misplaced message gets its stable
 //! error code and the connection stays usable.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::*;

@@ -3,7 +3,7 @@
 //! close codes, resume positions, offsets and request-id matching, through
 //! `mcp_hub::terminal::protocol`, the functions the terminal decides with.
 
-mod support;
+use crate::support;
 
 use mcp_hub::terminal::protocol::{
     Position, after_close, after_registration, answered_request, track,

@@ -5,7 +5,7 @@
 //! every kind).
 //! Against an in-process hub.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::*;

@@ -8,7 +8,7 @@
 //! Needs python3 with `websockets` (scripts/test installs it); without it
 //! the tests say so and pass, like the other interop suites.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! same session sees the example's message, so an example that stops
 //! working (a renamed call, a changed default) fails here.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //! The SDK must be built: `cd clients/typescript && npm ci && npx tsc`
 //! (./scripts/test does it).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Stdio;

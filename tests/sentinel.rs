@@ -9,7 +9,7 @@
 //! processes on free loopback ports (tests/support: `SentinelSet`), hubs
 //! in-process.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

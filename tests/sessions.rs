@@ -8,7 +8,7 @@
 //! replacing the old connection is in tests/limits.rs, with the other
 //! forced closes.)
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

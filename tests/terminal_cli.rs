@@ -3,7 +3,7 @@
 //! is the spawned process under test; the hub runs in-process (or as a
 //! spawned process when the test restarts it).
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! page's link to it, and how both pages show an image in a message:
 //! tests/dashboard.rs.)
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! choice (`none`, an agent dropping with `cloud_api`), idempotent sends
 //! across a 3-instance cluster, and late agent answers.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

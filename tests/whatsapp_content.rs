@@ -5,7 +5,7 @@
 //! checked before Graph is called, read receipts, templates, the
 //! connector-`none` error order, and two numbers on one Redis cluster.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

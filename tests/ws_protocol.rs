@@ -5,7 +5,7 @@
 //! would never send (unmasked, fragmented by hand) are written raw to the
 //! client's TCP socket after a normal handshake.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

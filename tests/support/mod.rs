@@ -1,5 +1,6 @@
-//! The one test-support module of every suite (`mod support;` then
-//! `use support::*;`): an in-process hub ([`TestHub`]), the spawned binary
+//! The one test-support module of the test binaries (`mod support;` in
+//! tests/suite.rs and tests/soak.rs; a test file says `use crate::support;`
+//! then `use support::*;`): an in-process hub ([`TestHub`]), the spawned binary
 //! ([`HubProcess`], only where the process is the point), a WebSocket
 //! client ([`WsClient`]), private redis-server / HAProxy launchers, a
 //! headless chromium over WebDriver ([`browser::Browser`]), the
