@@ -976,69 +976,46 @@ async fn run_fanout(args: &Args) -> Result<()> {
 
 /// A second session, small (one publisher, one subscriber), broadcasting
 /// at its own rate while the big one fans out: its latency is what the
-/// fan-out costs everybody else on the instance.
+/// fan-out costs everybody else on the instance. Its two clients run on a
+/// thread and runtime of their own, as another user's would: what it
+/// measures is the hub, not the wait behind the big session's thousands of
+/// receivers in this process's runtime.
 struct Probe {
-    publisher: tokio::task::JoinHandle<u64>,
-    subscriber: tokio::task::JoinHandle<Vec<u64>>,
+    thread: std::thread::JoinHandle<(u64, Vec<u64>)>,
 }
 
 impl Probe {
+    /// Returns once both clients registered.
     async fn start(url: &str, rate: f64, published: Arc<AtomicBool>) -> Result<Probe> {
-        let session = format!("probe-{}", now_micros());
-        let mut reader = register(url, &session, "probe-reader").await?;
-        let writer = register(url, &session, PUBLISHER_ID).await?;
-        let (mut sink, mut stream) = writer.split();
-        // The publisher's own frames (presence, errors) are read and dropped.
-        tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-        let done = published.clone();
-        let publisher = tokio::spawn(async move {
-            let gap = Duration::from_secs_f64(1.0 / rate);
-            let t0 = Instant::now();
-            let mut seq = 0u64;
-            while !done.load(Ordering::Relaxed) {
-                tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
-                let frame = json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros()}});
-                if sink
-                    .send(Message::Text(frame.to_string().into()))
-                    .await
-                    .is_err()
+        let url = url.to_string();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                 {
-                    break;
+                    Ok(rt) => rt.block_on(run_probe(url, rate, published, ready_tx)),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                        (0, Vec::new())
+                    }
                 }
-                seq += 1;
-            }
-            seq
-        });
-        let subscriber = tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(2), reader.next()).await;
-                let msg = match next {
-                    Ok(Some(Ok(Message::Text(t)))) => t,
-                    Ok(Some(Ok(_))) => continue,
-                    Err(_) if published.load(Ordering::Relaxed) => break,
-                    Err(_) => continue,
-                    Ok(_) => break,
-                };
-                let received = now_micros();
-                if let Ok(f) = serde_json::from_str::<Head>(msg.as_str())
-                    && f.kind == "broadcast"
-                    && let Some(sent) = f.payload.and_then(|p| p.t)
-                {
-                    latencies.push(received.saturating_sub(sent));
-                }
-            }
-            latencies
-        });
-        Ok(Probe {
-            publisher,
-            subscriber,
-        })
+            })?;
+        ready_rx
+            .await
+            .map_err(|_| anyhow!("the probe's thread ended before registering"))??;
+        Ok(Probe { thread })
     }
 
     async fn report(self) {
-        let sent = self.publisher.await.unwrap_or(0);
-        let mut latencies = self.subscriber.await.unwrap_or_default();
+        let thread = self.thread;
+        let (sent, mut latencies) = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .ok()
+            .and_then(|joined| joined.ok())
+            .unwrap_or_default();
         latencies.sort_unstable();
         let pct = |q: f64| {
             if latencies.is_empty() {
@@ -1055,6 +1032,75 @@ impl Probe {
             pct(1.0)
         );
     }
+}
+
+/// The probe's two clients, on the probe's runtime: registers both, tells
+/// `ready`, then publishes at `rate` until `published` and returns how
+/// many it sent and each delivery's latency in µs.
+async fn run_probe(
+    url: String,
+    rate: f64,
+    published: Arc<AtomicBool>,
+    ready: tokio::sync::oneshot::Sender<Result<()>>,
+) -> (u64, Vec<u64>) {
+    let session = format!("probe-{}", now_micros());
+    let registered = async {
+        let reader = register(&url, &session, "probe-reader").await?;
+        let writer = register(&url, &session, PUBLISHER_ID).await?;
+        Ok::<_, anyhow::Error>((reader, writer))
+    }
+    .await;
+    let (mut reader, writer) = match registered {
+        Ok(pair) => {
+            let _ = ready.send(Ok(()));
+            pair
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return (0, Vec::new());
+        }
+    };
+    let (mut sink, mut stream) = writer.split();
+    // The publisher's own frames (presence, errors) are read and dropped.
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let done = published.clone();
+    let publisher = tokio::spawn(async move {
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        let t0 = Instant::now();
+        let mut seq = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            tokio::time::sleep_until((t0 + gap.mul_f64(seq as f64)).into()).await;
+            let frame = json!({"type":"broadcast","payload":{"seq":seq,"t":now_micros()}});
+            if sink
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            seq += 1;
+        }
+        seq
+    });
+    let mut latencies = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), reader.next()).await;
+        let msg = match next {
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) if published.load(Ordering::Relaxed) => break,
+            Err(_) => continue,
+            Ok(_) => break,
+        };
+        let received = now_micros();
+        if let Ok(f) = serde_json::from_str::<Head>(msg.as_str())
+            && f.kind == "broadcast"
+            && let Some(sent) = f.payload.and_then(|p| p.t)
+        {
+            latencies.push(received.saturating_sub(sent));
+        }
+    }
+    (publisher.await.unwrap_or(0), latencies)
 }
 
 async fn subscribe(

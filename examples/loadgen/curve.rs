@@ -644,7 +644,7 @@ async fn measure(
         let background = (b - i0) / idle_window * window;
         let net = (af - b - background) / sent.max(1) as f64;
         println!(
-            "hub_pubsub_messages_received_total (all hubs): +{} ({per_event:.3} per event; less the idle rate, {background:.0} in the window: {net:.3})",
+            "hub_pubsub_messages_received_total{{channel=\"session\"}} (all hubs): +{} ({per_event:.3} per event; less the idle rate, {background:.0} in the window: {net:.3})",
             af - b
         );
         result += &format!(" pubsub_msgs_per_event={per_event:.3} pubsub_net_per_event={net:.3}");
@@ -846,8 +846,9 @@ async fn subscribers_per_event(a: &CurveArgs) -> Result<Option<f64>> {
     Ok(Some(total as f64 / channels as f64))
 }
 
-/// Sum of `hub_pubsub_messages_received_total` over the `--url`s (hubs
-/// reached directly); None for NATS or when a hub does not answer.
+/// Sum of the session channels' `hub_pubsub_messages_received_total` over
+/// the `--url`s (hubs reached directly); None for NATS or when a hub does
+/// not answer.
 async fn pubsub_total(a: &CurveArgs) -> Option<f64> {
     if a.proto != Proto::Hub || a.redis.is_none() {
         return None;
