@@ -127,6 +127,9 @@ pub(super) async fn subscriber_loop(
 ) {
     let inbox = backend.keys.inbox_channel(&instance);
     let monitor = backend.keys.monitor_channel();
+    // The counters of each channel kind, looked up once.
+    let [session_received, inbox_received, monitor_received] =
+        PUBSUB_CHANNELS.map(|kind| backend.metrics.pubsub_received.with_label_values(&[kind]));
     let mut backoff = reconnect_delays();
     let mut announced_down = false;
     let mut master_changes = backend.master_changes();
@@ -226,19 +229,13 @@ pub(super) async fn subscriber_loop(
                     break;
                 }
             };
-            let [session_channel, inbox_channel, monitor_channel] = PUBSUB_CHANNELS;
-            let kind = if channel == monitor {
-                monitor_channel
+            if channel == monitor {
+                monitor_received.inc();
             } else if channel == inbox {
-                inbox_channel
+                inbox_received.inc();
             } else {
-                session_channel
-            };
-            backend
-                .metrics
-                .pubsub_received
-                .with_label_values(&[kind])
-                .inc();
+                session_received.inc();
+            }
             let Ok(payload) = std::str::from_utf8(&payload) else {
                 continue;
             };
