@@ -611,7 +611,10 @@ async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_no
     // Sessions' channels only: the monitor channel carries every hub's
     // stats every 2 s.
     let series = r#"hub_pubsub_messages_received_total{channel="session"}"#;
-    let c_before = c.metric(series).await.unwrap_or(0.0);
+    let c_before = c
+        .metric(series)
+        .await
+        .expect("the session channel's series");
 
     let sender = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(3));
@@ -655,11 +658,22 @@ async fn a_join_mid_stream_on_an_idle_instance_misses_nothing_and_others_hear_no
         late.close().await;
     }
     let producer = sender.await.unwrap();
-    // Hub C got its own client's join, nothing of session `chan`.
+    // Hub C got its own client's join, nothing of session `chan`; hub B,
+    // whose clients followed the stream live, did get its messages.
     assert_eq!(
-        c.metric(series).await.unwrap_or(0.0) - c_before,
+        c.metric(series)
+            .await
+            .expect("the session channel's series")
+            - c_before,
         0.0,
         "hub C has no client of `chan`: no pub/sub message of it"
+    );
+    assert!(
+        b.metric(series)
+            .await
+            .expect("the session channel's series")
+            > 0.0,
+        "hub B's clients followed `chan` live, through pub/sub"
     );
     producer.close().await;
     elsewhere.close().await;
