@@ -1012,7 +1012,10 @@ async fn the_terminal_sends_its_token_and_renews_it_from_the_token_file_after_44
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     wait_for_output(&mut stdout, "connected to").await;
     wait_for_output(&mut stderr, "token expired (4401)").await;
-    std::fs::write(&file, token("tty", &["default"], Role::Client)).expect("renew");
+    // Replaced atomically, as token rotators do: a plain write truncates
+    // first, and a terminal reading in between sees an empty token.
+    let renewed = dir.write("token.new", &token("tty", &["default"], Role::Client));
+    std::fs::rename(&renewed, &file).expect("renew");
     wait_for_output(&mut stderr, "reconnecting with the renewed token").await;
     wait_for_output(&mut stdout, "connected to").await;
     let mut stdin = child.stdin.take().expect("stdin");
