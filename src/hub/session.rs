@@ -315,16 +315,8 @@ impl Hub {
                 // connection. Those who read the list meanwhile are told. (A
                 // registration that replaced an id leaves it to the
                 // connection still holding it.)
-                if change.changed
-                    && is_agent
-                    && matches!(
-                        self.store
-                            .release_agent(&session, &self.agent_here(client_id))
-                            .await,
-                        Ok(true)
-                    )
-                {
-                    self.publish_agent_changed(&session, None);
+                if change.changed && is_agent {
+                    let _ = self.give_up_agent(&session, client_id).await;
                 }
                 if change.changed {
                     match self.store.leave(&session, client_id).await {
@@ -639,14 +631,8 @@ impl Hub {
         if was_agent {
             self.agent_gone(session, client_id).await;
         }
-        if was_agent
-            && !is_agent
-            && self
-                .store
-                .release_agent(session, &self.agent_here(client_id))
-                .await?
-        {
-            self.publish_agent_changed(session, None);
+        if was_agent && !is_agent {
+            self.give_up_agent(session, client_id).await?;
         }
         Ok(())
     }
@@ -661,6 +647,19 @@ impl Hub {
         }
     }
 
+    /// Gives up the agent role `client_id` holds through this instance, if
+    /// it still does, and tells the session there is no agent now.
+    async fn give_up_agent(&self, session: &str, client_id: &str) -> Result<(), HubError> {
+        if self
+            .store
+            .release_agent(session, &self.agent_here(client_id))
+            .await?
+        {
+            self.publish_agent_changed(session, None);
+        }
+        Ok(())
+    }
+
     /// The connection `conn_id` of `member` ended: give up the agent role
     /// and presence and tell the session, unless a newer connection with the
     /// same client id replaced it (that one is the member now).
@@ -672,14 +671,8 @@ impl Hub {
         }
         if member.is_agent {
             self.agent_gone(session, client_id).await;
-            match self
-                .store
-                .release_agent(session, &self.agent_here(client_id))
-                .await
-            {
-                Ok(true) => self.publish_agent_changed(session, None),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "could not release the agent"),
+            if let Err(e) = self.give_up_agent(session, client_id).await {
+                tracing::warn!(error = %e, "could not release the agent");
             }
         }
         match self.store.leave(session, client_id).await {
