@@ -634,12 +634,7 @@ async fn scripts_cluster_round_trip(redis_port: u16, redis: &[&str], mode: &str)
         .args(redis)
         .output()
         .expect("run scripts/cluster up");
-    assert!(
-        up.status.success(),
-        "up failed: {}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
+    assert_succeeded(&up, "scripts/cluster up failed");
     let status = script("status").output().expect("status");
     let text = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(status.status.success(), "{text}");

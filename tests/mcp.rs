@@ -830,12 +830,7 @@ async fn the_official_conformance_suite_passes_every_scenario_that_applies() {
         .output()
         .await
         .expect("node runs the suite");
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeded(&run, "the MCP conformance suite failed");
 }
 
 /// What `initialize` agrees to: each revision the hub meets, as asked;

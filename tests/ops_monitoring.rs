@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::fake_ai::{FakeAi, GEMINI_KEY};
-use support::{WsClient, free_port, have, hub_binary, repo_path};
+use support::{WsClient, assert_succeeded, free_port, have, hub_binary, repo_path};
 
 fn missing_tool() -> Option<&'static str> {
     ["redis-server", "haproxy", "prometheus", "curl"]
@@ -87,12 +87,7 @@ impl Cluster {
             .output()
             .await
             .expect("run scripts/cluster up");
-        assert!(
-            out.status.success(),
-            "scripts/cluster up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, "scripts/cluster up failed");
         cluster
     }
 

@@ -92,12 +92,7 @@ async fn the_typescript_readme_example_sends_through_a_hub_that_wants_tokens() {
     .await
     .expect("the example ends by itself within 30 s")
     .expect("node runs");
-    assert!(
-        out.status.success(),
-        "the README example failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "the README example failed");
     sees_message(&mut observer, "desk", "Hello!").await;
 }
 

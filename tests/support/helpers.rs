@@ -147,6 +147,18 @@ pub async fn wait_metric(hub: &impl Endpoint, series: &str, at_least: f64) -> f6
     hub.wait_metric(series, |v| v >= at_least).await
 }
 
+/// Asserts that a finished command exited 0; if not, fails with `what`
+/// and everything the command printed.
+pub fn assert_succeeded(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Pipes an exposition through `promtool check metrics` (stdin) and panics
 /// with promtool's complaints when it fails.
 pub fn promtool_check(exposition: &str) {
@@ -165,12 +177,7 @@ pub fn promtool_check(exposition: &str) {
         .write_all(exposition.as_bytes())
         .expect("write to promtool");
     let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "promtool check metrics failed");
 }
 
 /// Client ids of a `clients` list, in the order given (join order).
