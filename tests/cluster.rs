@@ -412,6 +412,56 @@ async fn killed_instance_leaves_presence_within_the_ttl() {
     assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
 }
 
+/// An instance whose heartbeat was late by more than the TTL, though it
+/// lives, is reaped by another: its clients are announced gone. At its
+/// next heartbeat it finds itself out of the cluster and puts them back,
+/// announced again, so presence does not keep losing connected clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_instance_reaped_by_mistake_puts_its_clients_back() {
+    let redis = TestRedis::start();
+    let late = start_hub(&redis, "hub-late", &[]).await;
+    let reaper = start_hub(&redis, "hub-reaper", &[]).await;
+    let (mut watcher, _) = WsClient::register(&reaper.ws_url(), "s", "watcher").await;
+    let (_kept, _) = WsClient::register(&late.ws_url(), "s", "kept").await;
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        "kept"
+    );
+
+    // hub-late's heartbeat made ancient, as if it had stalled, until the
+    // reaper takes its client (XX: never re-adding it once forgotten).
+    let instances = "mcp-hub:{cluster}:instances";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub-late never reaped"
+        );
+        redis.cmd_any(&["ZADD", instances, "XX", "1", "hub-late"]);
+        match watcher.try_recv(Duration::from_millis(100)).await {
+            Some(ev) if ev["type"] == "client_left" => {
+                assert_eq!(ev["client_id"], "kept", "{ev}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let back = watcher.recv_type("client_joined").await;
+    assert_eq!(back["client_id"], "kept", "{back}");
+    assert_eq!(back["instance"], "hub-late", "{back}");
+    // ...and in presence again, as every instance reads it.
+    let url = reaper.http_url("/api/v1/sessions/s");
+    wait_until_async("kept back in presence", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (_, body) = http_get_url(&url).await;
+            let summary: Value = serde_json::from_str(&body).unwrap_or_default();
+            sorted_ids(&summary["clients"]) == ["kept", "watcher"]
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_survive_a_redis_outage_without_restarting() {
     let mut redis = RedisServer::start();
@@ -613,14 +663,7 @@ async fn scripts_cluster_round_trip(redis_port: u16, redis: &[&str], mode: &str)
 
     // Hub ports are consecutive from the base, and scripts/cluster wants
     // all three haproxy.cfg slots free (the unused one stays DOWN).
-    let hub_base = loop {
-        let base = free_port();
-        if base < 65000
-            && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            break base.to_string();
-        }
-    };
+    let hub_base = free_ports(3).to_string();
     let up = script("up")
         .args([
             "--hubs",

@@ -19,7 +19,7 @@ use mcp_hub::membership::local::LocalMembership;
 use mcp_hub::membership::redis::RedisMembership;
 use mcp_hub::membership::{InstanceInfo, Membership};
 use mcp_hub::protocol::{ClientInfo, now_millis};
-use mcp_hub::redis::{Keys, RedisBackend};
+use mcp_hub::redis::{Beat, Keys, RedisBackend};
 use mcp_hub::store::redis::RedisStore;
 use mcp_hub::store::{JoinRule, Reaped, SessionStore};
 use support::{TestRedis, wait_until_async};
@@ -377,6 +377,31 @@ async fn a_dead_redis_member_is_reaped_once_and_forgotten() {
     .await;
     assert_eq!(me.reap().await.unwrap(), []);
     assert_eq!(members(&sessions).await, ["b1", "mine"]);
+}
+
+/// A heartbeat tells whether the instance was still in the cluster's set:
+/// the first enters it, the next ones continue it, and the first after a
+/// reaper forgot the instance (alive, but late by more than the TTL)
+/// enters it again, so the instance knows its clients were taken.
+#[tokio::test]
+async fn a_redis_member_reaped_while_alive_learns_it_at_its_next_heartbeat() {
+    let redis = TestRedis::start();
+    let backend = redis.backend(PREFIX, ME);
+    let (me, late) = (
+        member(&backend, ME, SHORT_TTL),
+        member(&backend, "inst-b", SHORT_TTL),
+    );
+    assert_eq!(late.beat(1, true).await.unwrap(), Beat::Entered);
+    assert_eq!(late.beat(1, true).await.unwrap(), Beat::Continued);
+    let instances = Keys::new(PREFIX).instances();
+    wait_until_async("the late instance to be reaped", WAIT, || async {
+        me.beat(1, true).await.unwrap();
+        me.reap().await.unwrap();
+        redis.cmd_any(&["ZSCORE", &instances, "inst-b"]).is_empty()
+    })
+    .await;
+    assert_eq!(late.beat(1, true).await.unwrap(), Beat::Entered);
+    assert_eq!(late.beat(1, true).await.unwrap(), Beat::Continued);
 }
 
 async fn members(sessions: &Arc<dyn SessionStore>) -> Vec<String> {

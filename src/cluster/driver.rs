@@ -1,6 +1,7 @@
 //! The cluster loop of one instance: heartbeat, re-announce the local
-//! clients after a Redis outage or reconnection (telling the sessions what
-//! was missing: `client_joined`, `agent_changed`), reap dead instances and
+//! clients after a Redis outage or reconnection, or after being reaped by
+//! mistake (telling the sessions what was missing: `client_joined`,
+//! `agent_changed`), reap dead instances and
 //! announce what was reaped. It sits above the hub and calls its
 //! operations ([`Hub::restore_local_presence`], [`Hub::announce_reaped`]);
 //! membership and store stay hub-free.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::membership::redis::RedisMembership;
+use crate::redis::Beat;
 
 /// Runs the loop until the hub shuts down, then leaves the cluster.
 pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
@@ -30,7 +32,14 @@ pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
                 .beat(hub.local_client_count(), hub.is_ready())
                 .await
             {
-                Ok(()) => true,
+                Ok(Beat::Continued) => true,
+                // Not in the cluster's set: another instance took this
+                // one for dead (a heartbeat later than the TTL) and reaped
+                // its clients, though they are still connected here.
+                Ok(Beat::Entered) => {
+                    need_resync = true;
+                    true
+                }
                 Err(e) => {
                     if was_healthy {
                         tracing::warn!(error = %e, "redis heartbeat failed: not ready until it recovers");

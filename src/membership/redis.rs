@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use super::{InstanceInfo, Membership};
 use crate::protocol::{HubError, now_millis};
-use crate::redis::{RedisBackend, RedisError};
+use crate::redis::{Beat, RedisBackend, RedisError};
 use crate::store::{PartialReap, Reaped, SessionStore};
 
 pub struct RedisMembership {
@@ -72,10 +72,12 @@ impl RedisMembership {
     }
 
     /// Refreshes this instance's heartbeat and description (`ready`: its
-    /// readiness as of the last heartbeat).
-    pub async fn beat(&self, clients: usize, ready: bool) -> Result<(), RedisError> {
+    /// readiness as of the last heartbeat). [`Beat::Entered`]: this
+    /// instance was not in the cluster's set, so after its first heartbeat
+    /// a reaper took its clients.
+    pub async fn beat(&self, clients: usize, ready: bool) -> Result<Beat, RedisError> {
         // Stamped by Redis's clock (see `redis::heartbeats`).
-        let now = self.backend.beat(&self.instance).await?;
+        let (now, beat) = self.backend.beat(&self.instance).await?;
         let info = InstanceInfo {
             instance: self.instance.clone(),
             clients,
@@ -85,7 +87,8 @@ impl RedisMembership {
             ready,
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
-        self.backend
+        let _: () = self
+            .backend
             .query(
                 "heartbeat_info",
                 ::redis::cmd("SET")
@@ -94,7 +97,8 @@ impl RedisMembership {
                     .arg("PX")
                     .arg(self.presence_ttl_ms()),
             )
-            .await
+            .await?;
+        Ok(beat)
     }
 
     /// Reaps every dead instance but this one; returns what was taken, in

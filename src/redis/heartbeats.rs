@@ -13,16 +13,28 @@ use ::redis::Script;
 
 use super::{RedisBackend, RedisError};
 
-/// `ZADD` of ARGV[1] at Redis's now (ms); returns that now. KEYS: the
-/// instances set.
+/// `ZADD` of ARGV[1] at Redis's now (ms); returns `{now, added}`, `added`
+/// 1 when ARGV[1] was not in the set (its first heartbeat, or the first
+/// since a reaper forgot it). KEYS: the instances set.
 static BEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local t = redis.call('TIME')
           local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-          redis.call('ZADD', KEYS[1], now, ARGV[1])
-          return now",
+          local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+          return {now, added}",
     )
 });
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The instance was in the set: its heartbeat is refreshed.
+    Continued,
+    /// The instance was not in the set: its first heartbeat, or the first
+    /// since another instance judged it dead (a heartbeat late by more
+    /// than the TTL) and reaped its clients, which it must put back.
+    Entered,
+}
 
 /// The instances heard from within ARGV[1] ms of Redis's now (ARGV[2]
 /// `alive`), or not (`dead`). KEYS: the instances set.
@@ -39,11 +51,18 @@ static BY_AGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 impl RedisBackend {
-    /// Records a heartbeat of `instance`; Redis's time of it (ms).
-    pub async fn beat(&self, instance: &str) -> Result<u64, RedisError> {
+    /// Records a heartbeat of `instance`; Redis's time of it (ms), and
+    /// whether `instance` was still in the set.
+    pub async fn beat(&self, instance: &str) -> Result<(u64, Beat), RedisError> {
         let mut invocation = BEAT.prepare_invoke();
         invocation.key(self.keys.instances()).arg(instance);
-        self.script("heartbeat", &invocation).await
+        let (now, added): (u64, i64) = self.script("heartbeat", &invocation).await?;
+        let beat = if added == 1 {
+            Beat::Entered
+        } else {
+            Beat::Continued
+        };
+        Ok((now, beat))
     }
 
     /// The instances whose last heartbeat is within `ttl` (`alive`), or

@@ -19,6 +19,7 @@ mod heartbeats;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
+pub use heartbeats::Beat;
 pub use topology::{DedicatedConnection, MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 /// A value stored in Redis as JSON, read back; what does not parse is
