@@ -913,10 +913,15 @@ async fn a_join_into_a_busy_session_misses_no_presence_change() {
     link.set(Link::Delay(Duration::from_millis(40)));
     let (slow_url, fast_url) = (format!("redis://127.0.0.1:{}", link.port), redis.url());
     let small_replay = ["--replay-max-bytes", "1024"];
-    let slow =
-        TestHub::start(&[&cluster_args(&slow_url, "slow")[..], &small_replay].concat()).await;
-    let fast =
-        TestHub::start(&[&cluster_args(&fast_url, "fast")[..], &small_replay].concat()).await;
+    // A presence TTL far above the link's delay: this test is about the
+    // join's cut, not reaping. With the usual 1 s, a loaded machine can
+    // delay the slow hub's heartbeat past it; the fast hub then reaps it
+    // mid-join, and a joiner hears of a member leaving before the member's
+    // own late `client_joined` (docs/reliability.md, "Reaped by mistake").
+    let slow_args = cluster_args_with(&slow_url, "slow", "200", "5000");
+    let fast_args = cluster_args_with(&fast_url, "fast", "200", "5000");
+    let slow = TestHub::start(&[&slow_args[..], &small_replay].concat()).await;
+    let fast = TestHub::start(&[&fast_args[..], &small_replay].concat()).await;
     // The slow hub has a subscriber, so a join's cut is its live position.
     let (_watcher, _) = WsClient::register(&slow.ws_url(), SESSION, "watcher").await;
 
