@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::fake_ai::{FakeAi, GEMINI_KEY};
-use support::{WsClient, assert_succeeded, free_port, have, hub_binary, repo_path};
+use support::{WsClient, assert_succeeded, free_port, free_ports, have, hub_binary, repo_path};
 
 fn missing_tool() -> Option<&'static str> {
     ["redis-server", "haproxy", "prometheus", "curl"]
@@ -57,14 +57,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("mcp-hub-ops-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         // Three consecutive free hub ports (haproxy.cfg's three slots).
-        let hub_base = loop {
-            let base = free_port();
-            if base < 65000
-                && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-            {
-                break base;
-            }
-        };
+        let hub_base = free_ports(3);
         let cluster = Cluster {
             dir,
             lb_port: free_port(),

@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use support::{
-    Haproxy, TempDir, TestCa, free_port, have, interpolate, repo_file, repo_path, repo_yaml, tool,
-    wait_until,
+    Haproxy, TempDir, TestCa, free_port, free_ports, have, interpolate, repo_file, repo_path,
+    repo_yaml, tool, wait_until,
 };
 use tokio_tungstenite::tungstenite;
 
@@ -991,20 +991,6 @@ fn kubernetes_takes_the_key_from_a_secret() {
 
 // ------------------------------------------------------ scripts/cluster
 
-/// Ports for scripts/cluster: a base with three consecutive free ports
-/// (the hub slots) and the others.
-fn free_run(n: u16) -> u16 {
-    for _ in 0..50 {
-        let base = free_port();
-        if base < u16::MAX - n
-            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
-}
-
 /// `scripts/cluster down` for a run folder, also when the test fails.
 struct ClusterDown(TempDir);
 
@@ -1060,7 +1046,7 @@ fn cluster_script_passes_the_key_and_stats_credentials() {
     let dir = TempDir::new();
     let run = dir.path().join("run");
     let guard = ClusterDown(dir);
-    let hub_base = free_run(3);
+    let hub_base = free_ports(3);
     let (port, stats, redis) = (free_port(), free_port(), free_port());
     let secret = "0123456789abcdef0123456789abcdef-test";
     let out = Command::new("bash")

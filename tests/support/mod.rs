@@ -155,12 +155,38 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
 /// discard port 9 is not one anyone picks.
 pub const CLOSED_ADDR: &str = "127.0.0.254:9";
 
+/// Where [`free_ports`] picks: below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768–60999 on Linux). A port `bind(0)` handed
+/// out is free again once returned, and any of the thousands of
+/// connections this suite opens may take it as its source port before the
+/// server it was meant for binds it (seen: HAProxy's "cannot bind socket"
+/// for a stats port). Below 22000 is `free_cluster_ports`'s.
+const PICKED_PORTS: std::ops::Range<u32> = 22_000..32_700;
+
 /// Finds a free loopback TCP port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)
+}
+
+/// The first of `n` consecutive free loopback TCP ports (a server and the
+/// ones after it, e.g. scripts/cluster's hub ports). Each test process
+/// walks [`PICKED_PORTS`] from its own starting point and never hands a
+/// port out twice, so parallel tests (and the soak beside the suite) do not
+/// pick each other's.
+pub fn free_ports(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static WALKED: AtomicU32 = AtomicU32::new(0);
+    let span = PICKED_PORTS.end - PICKED_PORTS.start;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+    for _ in 0..span {
+        let offset = (start + WALKED.fetch_add(u32::from(n), Ordering::Relaxed)) % span;
+        let first = PICKED_PORTS.start + offset;
+        if first + u32::from(n) <= PICKED_PORTS.end && (first..first + u32::from(n)).all(free) {
+            return first as u16;
+        }
+    }
+    panic!("no {n} consecutive free ports in {PICKED_PORTS:?}");
 }
 
 pub fn have(binary: &str) -> bool {

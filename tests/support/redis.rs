@@ -47,8 +47,11 @@ pub fn free_cluster_ports(n: u16) -> u16 {
     let mut reserved = RESERVED_CLUSTER_PORTS
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    // Both below the kernel's ephemeral range and apart from
+    // `free_ports`'s (see `PICKED_PORTS`): bases 10000–11999, buses
+    // 20000–21999.
     for _ in 0..1000 {
-        let base = 20_000 + (rand::random::<u16>() % 25_000);
+        let base = 10_000 + (rand::random::<u16>() % (2_000 - n));
         let pairs = || (base..base + n).flat_map(|p| [p, p + 10_000]);
         if pairs().all(|p| !reserved.contains(&p) && free(p)) {
             reserved.extend(pairs());
