@@ -844,14 +844,12 @@ async fn run_fanout(args: &Args) -> Result<()> {
 
     let setup_frames = Arc::new(AtomicU64::new(0));
     let published = Arc::new(AtomicBool::new(false));
-    let hard_deadline = Instant::now()
-        + args.settle_timeout
-        + Duration::from_secs_f64(if args.rate_per_sec > 0.0 {
-            m as f64 / args.rate_per_sec
-        } else {
-            0.0
-        })
-        + Duration::from_secs(120);
+    // How long a subscriber waits for its deliveries once publishing
+    // ended. Counted from then, not from the start: registering a big
+    // session alone can take minutes (each join is announced to every
+    // member), and subscribers that gave up before the first broadcast
+    // would leave the publisher alone in the session.
+    let drain_limit = args.settle_timeout + Duration::from_secs(120);
 
     // Registered in order (subscriber j gets one client_joined per later
     // member), each one reading from the moment it is registered.
@@ -866,7 +864,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
             setup_frames.clone(),
             published.clone(),
             args.idle_timeout,
-            hard_deadline,
+            drain_limit,
         )));
     }
     let (publisher, confirmation_bytes) =
@@ -1109,7 +1107,7 @@ async fn subscribe(
     setup_frames: Arc<AtomicU64>,
     published: Arc<AtomicBool>,
     idle_timeout: Duration,
-    hard_deadline: Instant,
+    drain_limit: Duration,
 ) -> Seen {
     let mut seen = Seen {
         latencies_us: Vec::with_capacity(messages),
@@ -1121,20 +1119,20 @@ async fn subscribe(
     };
     let mut highest: Option<u64> = None;
     let mut last_frame = Instant::now();
-    let mut saw_published = false;
+    let mut published_at: Option<Instant> = None;
     while seen.latencies_us.len() < messages {
-        if Instant::now() >= hard_deadline {
+        if published_at.is_none() && published.load(Ordering::Relaxed) {
+            // The idle clock starts when publishing ended at the latest.
+            published_at = Some(Instant::now());
+            last_frame = Instant::now();
+        }
+        if published_at.is_some_and(|t| t.elapsed() >= drain_limit) {
             seen.ended = "deadline";
             break;
         }
         let msg = match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
             Err(_) => {
-                if !saw_published && published.load(Ordering::Relaxed) {
-                    // The idle clock starts when publishing ended at the latest.
-                    saw_published = true;
-                    last_frame = Instant::now();
-                }
-                if saw_published && last_frame.elapsed() >= idle_timeout {
+                if published_at.is_some() && last_frame.elapsed() >= idle_timeout {
                     seen.ended = "idle";
                     break;
                 }
