@@ -318,7 +318,7 @@ async fn presence_versions_order_changes_and_lists(f: StoreFixture) {
         .await
         .unwrap()
         .unwrap();
-    let listed = s.presence("v").await.unwrap();
+    let listed = s.presence("v", usize::MAX).await.unwrap();
     assert_eq!(ids(&listed.members), ["c1"]);
     assert_eq!(
         listed.version, j1.version,
@@ -337,16 +337,68 @@ async fn presence_versions_order_changes_and_lists(f: StoreFixture) {
     let left = s.leave("v", "c1").await.unwrap();
     assert!(j1.version < j2.version && j2.version < again.version);
     assert!(again.version < left.version && left.changed);
-    let now = s.presence("v").await.unwrap();
+    let now = s.presence("v", usize::MAX).await.unwrap();
     assert_eq!(
         (ids(&now.members), now.version),
         (vec!["c2".into()], left.version)
     );
     // A leave that changes nothing bumps nothing.
     assert!(!s.leave("v", "c1").await.unwrap().changed);
-    assert_eq!(s.presence("v").await.unwrap().version, left.version);
+    assert_eq!(
+        s.presence("v", usize::MAX).await.unwrap().version,
+        left.version
+    );
     // Versions are per session.
-    assert!(s.presence("other-v").await.unwrap().members.is_empty());
+    assert!(
+        s.presence("other-v", usize::MAX)
+            .await
+            .unwrap()
+            .members
+            .is_empty()
+    );
+}
+
+/// A presence read lists every member, in join order, up to its limit;
+/// past it, that many of them (standalone the first to join), with the
+/// count and version of the whole: what a registration into a session of
+/// any size reads.
+async fn presence_reads_are_bounded_by_their_limit(f: StoreFixture) {
+    let s = &f.store;
+    // 300 members: past the size where Redis keeps a small hash compactly.
+    let joined: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+    let mut last = 0;
+    for (at, id) in joined.iter().enumerate() {
+        let mut member = client(id, ME);
+        member.connected_at = Some(1_000 + at as u64);
+        let change = s
+            .join("big", &member, JoinRule::UNBOUNDED)
+            .await
+            .unwrap()
+            .unwrap();
+        last = change.version;
+    }
+    let whole = s.presence("big", usize::MAX).await.unwrap();
+    let in_order: Vec<&str> = whole.members.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(in_order, joined, "every member, in join order");
+    assert_eq!((whole.total, whole.version), (300, last));
+
+    let head = s.presence("big", 100).await.unwrap();
+    assert_eq!(
+        (head.members.len(), head.total, head.version),
+        (100, 300, last)
+    );
+    let listed = ids(&head.members);
+    assert!(listed.iter().all(|id| joined.contains(id)), "{listed:?}");
+    assert_eq!(
+        listed
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        100,
+        "no member listed twice"
+    );
+    let small = s.presence("v-none", 100).await.unwrap();
+    assert_eq!((small.members.len(), small.total, small.version), (0, 0, 0));
 }
 
 async fn agent_claim_release(f: StoreFixture) {
@@ -969,6 +1021,7 @@ store_contract!(
     join_and_leave_exactly_once,
     an_owned_id_is_joined_by_one_owner_only,
     presence_versions_order_changes_and_lists,
+    presence_reads_are_bounded_by_their_limit,
     agent_claim_release,
     reads_never_create_a_session,
     every_write_makes_a_session_exist,
@@ -1066,7 +1119,7 @@ async fn redis_store_reaps_a_dead_instance_exactly_once() {
             session, version, ..
         } = r
         {
-            let listed = s.presence(session).await.unwrap().version;
+            let listed = s.presence(session, usize::MAX).await.unwrap().version;
             assert!(*version > 0 && *version <= listed, "{r:?}");
             *version = 0;
         }
@@ -1115,7 +1168,11 @@ async fn a_lost_presence_version_starts_again_above_the_old_ones() {
             .version;
     }
     f._redis.as_ref().expect("redis").flushall();
-    assert_eq!(s.presence("lost").await.unwrap().version, 0, "nothing left");
+    assert_eq!(
+        s.presence("lost", usize::MAX).await.unwrap().version,
+        0,
+        "nothing left"
+    );
     let again = s
         .join("lost", &client("c1", ME), JoinRule::UNBOUNDED)
         .await
@@ -1152,7 +1209,10 @@ async fn a_rolled_back_presence_version_still_moves_above_the_old_ones() {
     let stats = mcp_hub::redis::Keys::new("contract").session_stats("rolled");
     let redis = f._redis.as_ref().expect("redis");
     redis.cmd_any(&["HSET", &stats, "presence_version", &first.to_string()]);
-    assert_eq!(s.presence("rolled").await.unwrap().version, first);
+    assert_eq!(
+        s.presence("rolled", usize::MAX).await.unwrap().version,
+        first
+    );
     let next = s
         .join("rolled", &client("c4", ME), JoinRule::UNBOUNDED)
         .await

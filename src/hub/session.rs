@@ -203,7 +203,10 @@ struct Confirmation<'a> {
     session: &'a str,
     info: &'a ClientInfo,
     is_agent: bool,
+    /// The first members (at most [`REGISTRATION_CLIENTS_MAX`]).
     members: &'a [ClientInfo],
+    /// How many members the session has.
+    members_total: usize,
     contacts: &'a [Contact],
     request_id: Option<&'a str>,
 }
@@ -387,7 +390,10 @@ impl Hub {
         for _ in 0..ROUNDS {
             let contacts = self.store.contacts(session).await?;
             let cut = self.log_cut(session).await?;
-            let presence = self.store.presence(session).await?;
+            let presence = self
+                .store
+                .presence(session, REGISTRATION_CLIENTS_MAX)
+                .await?;
             // 4 + 5. The first frames, the replay of a resume, and the
             // join, atomically with respect to live delivery.
             let confirm = Confirmation {
@@ -395,6 +401,7 @@ impl Hub {
                 info,
                 is_agent,
                 members: &presence.members,
+                members_total: presence.total,
                 contacts: &contacts,
                 request_id,
             };
@@ -597,7 +604,7 @@ impl Hub {
                 instance: self.instance(),
                 agent: c.is_agent,
                 clients: &c.members[..c.members.len().min(REGISTRATION_CLIENTS_MAX)],
-                clients_total: c.members.len(),
+                clients_total: c.members_total,
                 recovered,
                 offset: at.offset,
                 epoch: &at.epoch,

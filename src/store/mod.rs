@@ -119,10 +119,13 @@ pub struct SessionPage {
     pub next_cursor: Option<String>,
 }
 
-/// A session's members (in join order) as of one presence version.
+/// A session's members (in join order), or some of them, as of one
+/// presence version.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Presence {
     pub members: Vec<ClientInfo>,
+    /// How many members the session has (`members` may list fewer).
+    pub total: usize,
     /// The session's presence version this list is as of.
     pub version: u64,
 }
@@ -319,10 +322,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes a client; `changed` if it was present (so exactly one caller
     /// announces its departure).
     async fn leave(&self, session: &str, client_id: &str) -> StoreResult<PresenceChange>;
-    /// The members and the presence version they are as of, read at once.
-    async fn presence(&self, session: &str) -> StoreResult<Presence>;
+    /// The members (all of them when the session has at most `limit`,
+    /// else `limit` of them: the first to join standalone, any on Redis),
+    /// how many there are, and the presence version they are as of, read
+    /// at once. The read is bounded by `limit`, not by the session: every
+    /// registration reads presence, and one listing a session of 10 000
+    /// whole made joining it quadratic in bytes.
+    async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence>;
+    /// Every member, in join order.
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
-        Ok(self.presence(session).await?.members)
+        Ok(self.presence(session, usize::MAX).await?.members)
     }
 
     /// Makes `agent` the session's executor; returns the one it replaced.

@@ -615,9 +615,10 @@ impl SessionStore for MemoryStore {
             }))
     }
 
-    async fn presence(&self, session: &str) -> StoreResult<Presence> {
+    async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence> {
         Ok(self.read(session, |s| Presence {
-            members: s.members.clone(),
+            members: s.members.iter().take(limit).cloned().collect(),
+            total: s.members.len(),
             version: s.presence_version,
         }))
     }

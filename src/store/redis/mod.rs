@@ -436,8 +436,8 @@ impl SessionStore for RedisStore {
         self.leave_presence(session, client_id).await
     }
 
-    async fn presence(&self, session: &str) -> StoreResult<Presence> {
-        self.live_presence(session).await
+    async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence> {
+        self.live_presence(session, limit).await
     }
 
     async fn claim_agent(&self, session: &str, agent: &AgentRef) -> StoreResult<Option<AgentRef>> {

@@ -93,28 +93,38 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn live_presence(&self, session: &str) -> StoreResult<Presence> {
+    pub(super) async fn live_presence(&self, session: &str, limit: usize) -> StoreResult<Presence> {
         // Two slots (the session's, the membership's): two commands at once.
         let mut presence = READ_PRESENCE.prepare_invoke();
         presence
             .key(self.backend.keys.presence(session))
-            .key(self.backend.keys.session_stats(session));
+            .key(self.backend.keys.session_stats(session))
+            .arg(limit);
         let ttl = std::time::Duration::from_millis(self.presence_ttl_ms);
         let (raw, alive): (Vec<String>, Vec<String>) = tokio::try_join!(
             self.backend.script("members", &presence),
             self.backend.instances_by_age("members_alive", ttl, true),
         )?;
-        let (version, entries) = raw.split_first().map_or((0, &[][..]), |(v, rest)| {
-            (v.parse::<u64>().unwrap_or(0), rest)
-        });
-        let mut members: Vec<ClientInfo> = entries
+        let number = |field: Option<&String>| field.and_then(|v| v.parse::<u64>().ok());
+        let version = number(raw.first()).unwrap_or(0);
+        let count = number(raw.get(1)).unwrap_or(0);
+        let mut members: Vec<ClientInfo> = raw
             .iter()
+            .skip(2)
             .filter_map(|r| decode::<ClientInfo>("presence", r).ok())
             // Clients of dead instances linger until reaped; hide them now.
             .filter(|c| c.instance == self.instance || alive.contains(&c.instance))
             .collect();
-        members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        Ok(Presence { members, version })
+        let hidden = raw.len().saturating_sub(2) - members.len();
+        // Join order, as the memory store keeps it.
+        members.sort_by(|a, b| (a.connected_at, &a.client_id).cmp(&(b.connected_at, &b.client_id)));
+        Ok(Presence {
+            members,
+            total: usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(hidden),
+            version,
+        })
     }
 }
 

@@ -121,13 +121,29 @@ pub(super) static TAKE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// The presence entries and the version they are as of, read at once:
-/// `{version, entry...}`. KEYS: presence, session stats.
+/// The presence entries, at most ARGV[1] of them (all when there are no
+/// more; else the first ones `HSCAN` finds), with how many there are and
+/// the version they are as of, read at once: `{version, count,
+/// entry...}`. KEYS: presence, session stats.
 pub(super) static READ_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local out = {redis.call('HGET', KEYS[2], 'presence_version') or '0'}
-        for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
+        local count = redis.call('HLEN', KEYS[1])
+        local limit = tonumber(ARGV[1])
+        local out = {redis.call('HGET', KEYS[2], 'presence_version') or '0', tostring(count)}
+        if count <= limit then
+          for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
+          return out
+        end
+        local cursor = '0'
+        repeat
+          local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', limit)
+          cursor = page[1]
+          for i = 2, #page[2], 2 do
+            if #out - 2 >= limit then return out end
+            out[#out + 1] = page[2][i]
+          end
+        until cursor == '0'
         return out
         ",
     )
