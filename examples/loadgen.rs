@@ -1062,6 +1062,8 @@ async fn run_probe(
     // The publisher's own frames (presence, errors) are read and dropped.
     tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
     let done = published.clone();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = sent.clone();
     let publisher = tokio::spawn(async move {
         let gap = Duration::from_secs_f64(1.0 / rate);
         let t0 = Instant::now();
@@ -1077,19 +1079,33 @@ async fn run_probe(
                 break;
             }
             seq += 1;
+            counted.store(seq, Ordering::Relaxed);
         }
-        seq
     });
+    // Read until the publisher stopped and every broadcast it sent arrived,
+    // or nothing came for 30 s after it stopped (the rest counts as lost):
+    // a late broadcast is measured, not taken for a lost one.
     let mut latencies = Vec::new();
+    let mut quiet_secs = 0;
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), reader.next()).await;
+        if publisher.is_finished() && latencies.len() as u64 >= sent.load(Ordering::Relaxed) {
+            break;
+        }
+        let next = tokio::time::timeout(Duration::from_secs(1), reader.next()).await;
         let msg = match next {
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(_))) => continue,
-            Err(_) if published.load(Ordering::Relaxed) => break,
+            Err(_) if publisher.is_finished() => {
+                quiet_secs += 1;
+                if quiet_secs >= 30 {
+                    break;
+                }
+                continue;
+            }
             Err(_) => continue,
             Ok(_) => break,
         };
+        quiet_secs = 0;
         let received = now_micros();
         if let Ok(f) = serde_json::from_str::<Head>(msg.as_str())
             && f.kind == "broadcast"
@@ -1098,7 +1114,7 @@ async fn run_probe(
             latencies.push(received.saturating_sub(sent));
         }
     }
-    (publisher.await.unwrap_or(0), latencies)
+    (sent.load(Ordering::Relaxed), latencies)
 }
 
 async fn subscribe(
