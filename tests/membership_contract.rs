@@ -402,6 +402,16 @@ async fn a_redis_member_reaped_while_alive_learns_it_at_its_next_heartbeat() {
     .await;
     assert_eq!(late.beat(1, true).await.unwrap(), Beat::Entered);
     assert_eq!(late.beat(1, true).await.unwrap(), Beat::Continued);
+
+    // A reap that stopped part-way (marked, some clients taken, not yet
+    // forgotten) is noticed too; a live instance is never marked.
+    assert!(!backend.mark_reaping("inst-b", SHORT_TTL).await.unwrap());
+    wait_until_async("the late instance to look dead again", WAIT, || async {
+        backend.mark_reaping("inst-b", SHORT_TTL).await.unwrap()
+    })
+    .await;
+    assert_eq!(late.beat(1, true).await.unwrap(), Beat::Entered);
+    assert!(!backend.mark_reaping("inst-b", SHORT_TTL).await.unwrap());
 }
 
 async fn members(sessions: &Arc<dyn SessionStore>) -> Vec<String> {

@@ -73,8 +73,8 @@ impl RedisMembership {
 
     /// Refreshes this instance's heartbeat and description (`ready`: its
     /// readiness as of the last heartbeat). [`Beat::Entered`]: this
-    /// instance was not in the cluster's set, so after its first heartbeat
-    /// a reaper took its clients.
+    /// instance was not in the cluster's set, or marked by a reaper, so
+    /// after its first heartbeat a reaper took its clients.
     pub async fn beat(&self, clients: usize, ready: bool) -> Result<Beat, RedisError> {
         // Stamped by Redis's clock (see `redis::heartbeats`).
         let (now, beat) = self.backend.beat(&self.instance).await?;
@@ -119,6 +119,18 @@ impl RedisMembership {
             }
         };
         for instance in dead.iter().filter(|d| **d != self.instance) {
+            // Marked first, so that the instance, should it be alive after
+            // all, learns of the reap even if this one stops part-way.
+            match self.backend.mark_reaping(instance, self.presence_ttl).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    return Err(PartialReap {
+                        reaped,
+                        error: e.into(),
+                    });
+                }
+            }
             match self.store.reap_instance(instance).await {
                 Ok(taken) => reaped.extend(taken),
                 Err(partial) => {

@@ -5,6 +5,12 @@
 //! reap them — nor makes it look dead to the others. Membership heartbeats
 //! and reaps through these; the store reads them to hide the clients of
 //! dead instances.
+//!
+//! A reaper first marks the instance it reaps (its score becomes -1, only
+//! if it is still stale), then takes its clients, then removes it from the
+//! set. An instance that was alive after all finds out at its next
+//! heartbeat either way, [`Beat::Entered`]: it is missing from the set, or
+//! marked because the reap stopped part-way.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -13,15 +19,33 @@ use ::redis::Script;
 
 use super::{RedisBackend, RedisError};
 
-/// `ZADD` of ARGV[1] at Redis's now (ms); returns `{now, added}`, `added`
-/// 1 when ARGV[1] was not in the set (its first heartbeat, or the first
-/// since a reaper forgot it). KEYS: the instances set.
+/// `ZADD` of ARGV[1] at Redis's now (ms); returns `{now, entered}`,
+/// `entered` 1 when ARGV[1] was not in the set (its first heartbeat, or the
+/// first since a reaper forgot it) or was marked by a reaper (score -1).
+/// KEYS: the instances set.
 static BEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local t = redis.call('TIME')
           local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-          local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
-          return {now, added}",
+          local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+          redis.call('ZADD', KEYS[1], now, ARGV[1])
+          if (not old) or tonumber(old) < 0 then return {now, 1} end
+          return {now, 0}",
+    )
+});
+
+/// Marks ARGV[1] as being reaped (score -1), if its heartbeat is older
+/// than ARGV[2] ms by Redis's now: 1 when marked (also when a reap of it
+/// was left part-way), 0 when it is gone or beat again meanwhile. KEYS: the
+/// instances set.
+static MARK_REAPING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local t = redis.call('TIME')
+          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+          local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+          if (not score) or tonumber(score) >= now - tonumber(ARGV[2]) then return 0 end
+          redis.call('ZADD', KEYS[1], 'XX', -1, ARGV[1])
+          return 1",
     )
 });
 
@@ -63,6 +87,18 @@ impl RedisBackend {
             Beat::Continued
         };
         Ok((now, beat))
+    }
+
+    /// Marks `instance` as being reaped if its heartbeat is older than
+    /// `ttl`; false when it is gone or alive again (leave it alone).
+    pub async fn mark_reaping(&self, instance: &str, ttl: Duration) -> Result<bool, RedisError> {
+        let mut invocation = MARK_REAPING.prepare_invoke();
+        invocation
+            .key(self.keys.instances())
+            .arg(instance)
+            .arg(ttl.as_millis() as u64);
+        let marked: i64 = self.script("reap_mark", &invocation).await?;
+        Ok(marked == 1)
     }
 
     /// The instances whose last heartbeat is within `ttl` (`alive`), or
