@@ -397,6 +397,12 @@ async fn presence_reads_are_bounded_by_their_limit(f: StoreFixture) {
         100,
         "no member listed twice"
     );
+    let counted = s.presence("big", 0).await.unwrap();
+    assert_eq!(
+        (counted.members.len(), counted.total),
+        (0, 300),
+        "a count alone"
+    );
     let small = s.presence("v-none", 100).await.unwrap();
     assert_eq!((small.members.len(), small.total, small.version), (0, 0, 0));
 }

@@ -135,6 +135,7 @@ pub(super) static READ_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
           for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
           return out
         end
+        if limit < 1 then return out end
         local cursor = '0'
         repeat
           local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', limit)
