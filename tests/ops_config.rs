@@ -1805,6 +1805,8 @@ fn cluster_script_is_valid_bash() {
         "scripts/redis-topology.sh",
         "scripts/bench-fanout",
         "scripts/bench-curve",
+        "scripts/bench-isolation",
+        "scripts/bench-registration",
         "scripts/soak",
     ] {
         let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
