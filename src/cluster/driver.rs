@@ -24,7 +24,6 @@ use crate::membership::redis::RedisMembership;
 use crate::redis::Beat;
 
 /// What the heartbeat tells the upkeep.
-#[derive(Default)]
 struct Pulse {
     /// The last heartbeat reached Redis.
     reachable: AtomicBool,
@@ -38,8 +37,11 @@ struct Pulse {
 /// Runs both tasks until the hub shuts down; the heartbeat's then leaves
 /// the cluster (after its last heartbeat, so none re-enters it).
 pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
-    let pulse = Arc::new(Pulse::default());
-    pulse.need_resync.store(true, Ordering::Release);
+    let pulse = Arc::new(Pulse {
+        reachable: AtomicBool::new(false),
+        need_resync: AtomicBool::new(true),
+        beaten: Notify::new(),
+    });
     tokio::spawn(heartbeat(membership.clone(), hub.clone(), pulse.clone()));
     tokio::spawn(upkeep(membership, hub, pulse));
 }

@@ -24,7 +24,7 @@ use crate::protocol::{
     ClientInfo, Contact, ErrorCode, HubError, REGISTRATION_CLIENTS_MAX, Register, ServerEvent,
     Since, check_id, now_millis,
 };
-use crate::store::{AgentRef, JoinRefused, JoinRule};
+use crate::store::{AgentRef, JoinRefused, JoinRule, Presence};
 
 /// A registered client's identity on one connection.
 #[derive(Debug)]
@@ -203,10 +203,8 @@ struct Confirmation<'a> {
     session: &'a str,
     info: &'a ClientInfo,
     is_agent: bool,
-    /// The first members (at most [`REGISTRATION_CLIENTS_MAX`]).
-    members: &'a [ClientInfo],
-    /// How many members the session has.
-    members_total: usize,
+    /// At most [`REGISTRATION_CLIENTS_MAX`] members, and how many there are.
+    presence: &'a Presence,
     contacts: &'a [Contact],
     request_id: Option<&'a str>,
 }
@@ -400,8 +398,7 @@ impl Hub {
                 session,
                 info,
                 is_agent,
-                members: &presence.members,
-                members_total: presence.total,
+                presence: &presence,
                 contacts: &contacts,
                 request_id,
             };
@@ -603,8 +600,8 @@ impl Hub {
                 session: c.session,
                 instance: self.instance(),
                 agent: c.is_agent,
-                clients: &c.members[..c.members.len().min(REGISTRATION_CLIENTS_MAX)],
-                clients_total: c.members_total,
+                clients: &c.presence.members,
+                clients_total: c.presence.total,
                 recovered,
                 offset: at.offset,
                 epoch: &at.epoch,

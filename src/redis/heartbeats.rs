@@ -19,19 +19,24 @@ use ::redis::Script;
 
 use super::{RedisBackend, RedisError};
 
+/// Lua: `now`, Redis's clock in ms (`TIME` of the node holding the set).
+const REDIS_NOW_MS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
 /// `ZADD` of ARGV[1] at Redis's now (ms); returns `{now, entered}`,
 /// `entered` 1 when ARGV[1] was not in the set (its first heartbeat, or the
 /// first since a reaper forgot it) or was marked by a reaper (score -1).
 /// KEYS: the instances set.
 static BEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local t = redis.call('TIME')
-          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r"{REDIS_NOW_MS}
           local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
           redis.call('ZADD', KEYS[1], now, ARGV[1])
-          if (not old) or tonumber(old) < 0 then return {now, 1} end
-          return {now, 0}",
-    )
+          if (not old) or tonumber(old) < 0 then return {{now, 1}} end
+          return {{now, 0}}"
+    ))
 });
 
 /// Marks ARGV[1] as being reaped (score -1), if its heartbeat is older
@@ -39,14 +44,13 @@ static BEAT: LazyLock<Script> = LazyLock::new(|| {
 /// was left part-way), 0 when it is gone or beat again meanwhile. KEYS: the
 /// instances set.
 static MARK_REAPING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local t = redis.call('TIME')
-          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r"{REDIS_NOW_MS}
           local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
           if (not score) or tonumber(score) >= now - tonumber(ARGV[2]) then return 0 end
           redis.call('ZADD', KEYS[1], 'XX', -1, ARGV[1])
-          return 1",
-    )
+          return 1"
+    ))
 });
 
 /// What a heartbeat found.
@@ -63,15 +67,14 @@ pub enum Beat {
 /// The instances heard from within ARGV[1] ms of Redis's now (ARGV[2]
 /// `alive`), or not (`dead`). KEYS: the instances set.
 static BY_AGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local t = redis.call('TIME')
-          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r"{REDIS_NOW_MS}
           local since = now - tonumber(ARGV[1])
           if ARGV[2] == 'alive' then
             return redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
           end
-          return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. since)",
-    )
+          return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. since)"
+    ))
 });
 
 impl RedisBackend {
