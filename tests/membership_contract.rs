@@ -414,6 +414,37 @@ async fn a_redis_member_reaped_while_alive_learns_it_at_its_next_heartbeat() {
     assert!(!backend.mark_reaping("inst-b", SHORT_TTL).await.unwrap());
 }
 
+/// The heartbeat and the leave have a connection of their own: with every
+/// pooled connection taken (as by the leaves of a mass disconnect), they
+/// reach Redis at once, where waiting for the pool would make the
+/// heartbeat late by the pool's timeout and, past the TTL, get this live
+/// instance reaped.
+#[tokio::test]
+async fn a_redis_heartbeat_does_not_wait_for_a_busy_pool() {
+    let redis = TestRedis::start();
+    let backend = redis.backend(PREFIX, ME);
+    let me = member(&backend, ME, TTL);
+    // Takes pooled connections until a request for one has to wait.
+    let mut held = Vec::new();
+    while let Ok(conn) = tokio::time::timeout(Duration::from_secs(1), backend.pool.get()).await {
+        held.push(conn.expect("a pooled connection"));
+    }
+    let ping = ::redis::cmd("PING");
+    let pooled = backend.query::<String>("ping", &ping);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), pooled)
+            .await
+            .is_err(),
+        "a pooled command waits"
+    );
+    assert_eq!(me.beat(1, true).await.unwrap(), Beat::Entered);
+    assert_eq!(me.beat(1, true).await.unwrap(), Beat::Continued);
+    me.leave().await.unwrap();
+    let instances = Keys::new(PREFIX).instances();
+    assert!(redis.cmd_any(&["ZSCORE", &instances, ME]).is_empty());
+    drop(held);
+}
+
 async fn members(sessions: &Arc<dyn SessionStore>) -> Vec<String> {
     let mut ids: Vec<String> = sessions
         .members("s")

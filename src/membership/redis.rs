@@ -19,11 +19,13 @@ use async_trait::async_trait;
 
 use super::{InstanceInfo, Membership};
 use crate::protocol::{HubError, now_millis};
-use crate::redis::{Beat, RedisBackend, RedisError};
+use crate::redis::{Beat, OwnConnection, RedisBackend, RedisError};
 use crate::store::{PartialReap, Reaped, SessionStore};
 
 pub struct RedisMembership {
     backend: RedisBackend,
+    /// The heartbeat's and the leave's: never behind the pool's queue.
+    own: OwnConnection,
     store: Arc<dyn SessionStore>,
     instance: String,
     heartbeat: Duration,
@@ -42,6 +44,7 @@ impl RedisMembership {
         presence_ttl: Duration,
     ) -> Self {
         RedisMembership {
+            own: OwnConnection::new(backend.clone()),
             backend,
             store,
             instance,
@@ -77,7 +80,7 @@ impl RedisMembership {
     /// after its first heartbeat a reaper took its clients.
     pub async fn beat(&self, clients: usize, ready: bool) -> Result<Beat, RedisError> {
         // Stamped by Redis's clock (see `redis::heartbeats`).
-        let (now, beat) = self.backend.beat(&self.instance).await?;
+        let (now, beat) = self.own.beat(&self.instance).await?;
         let info = InstanceInfo {
             instance: self.instance.clone(),
             clients,
@@ -88,7 +91,7 @@ impl RedisMembership {
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
         let _: () = self
-            .backend
+            .own
             .query(
                 "heartbeat_info",
                 ::redis::cmd("SET")
@@ -170,7 +173,7 @@ impl RedisMembership {
             .ignore()
             .del(keys.instance_info(&self.instance))
             .ignore();
-        self.backend.pipe("leave_cluster", &pipe).await
+        self.own.pipe("leave_cluster", &pipe).await
     }
 }
 

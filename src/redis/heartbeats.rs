@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ::redis::Script;
 
-use super::{RedisBackend, RedisError};
+use super::{OwnConnection, RedisBackend, RedisError};
 
 /// Lua: `now`, Redis's clock in ms (`TIME` of the node holding the set).
 const REDIS_NOW_MS: &str = r"
@@ -77,12 +77,15 @@ static BY_AGE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-impl RedisBackend {
+impl OwnConnection {
     /// Records a heartbeat of `instance`; Redis's time of it (ms), and
-    /// whether `instance` was still in the set.
+    /// whether `instance` was still in the set. On the heartbeat's own
+    /// connection, so it never waits for the pool.
     pub async fn beat(&self, instance: &str) -> Result<(u64, Beat), RedisError> {
         let mut invocation = BEAT.prepare_invoke();
-        invocation.key(self.keys.instances()).arg(instance);
+        invocation
+            .key(self.backend().keys.instances())
+            .arg(instance);
         let (now, added): (u64, i64) = self.script("heartbeat", &invocation).await?;
         let beat = if added == 1 {
             Beat::Entered
@@ -91,7 +94,9 @@ impl RedisBackend {
         };
         Ok((now, beat))
     }
+}
 
+impl RedisBackend {
     /// Marks `instance` as being reaped if its heartbeat is older than
     /// `ttl`; false when it is gone or alive again (leave it alone).
     pub async fn mark_reaping(&self, instance: &str, ttl: Duration) -> Result<bool, RedisError> {

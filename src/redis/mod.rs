@@ -6,7 +6,8 @@
 //! command, pipeline and Lua script runs through, whatever the topology.
 //! Scripts themselves live with the layer that owns their keys
 //! (`store::redis`, `ai::cluster`); the instances' heartbeats, which
-//! membership writes and the store reads, are here (`heartbeats`).
+//! membership writes on a connection of their own ([`OwnConnection`]) and
+//! the store reads, are here (`heartbeats`).
 //!
 //! Every command is bounded by a timeout, so a hung Redis turns into a
 //! [`RedisError`] (and from there `store_unavailable` / `ai_unavailable`)
@@ -16,10 +17,12 @@
 
 mod error;
 mod heartbeats;
+mod own_connection;
 mod topology;
 
 pub use error::{RedisError, RedisErrorKind};
 pub use heartbeats::Beat;
+pub use own_connection::OwnConnection;
 pub use topology::{DedicatedConnection, MasterChanges, MasterEvent, PooledConnection, RedisPool};
 
 /// A value stored in Redis as JSON, read back; what does not parse is
