@@ -44,6 +44,8 @@ pub struct Metrics {
     /// kept for a late answer).
     pub agent_calls_held: IntGaugeVec,
     pub store_up: IntGauge,
+    /// Departures the store did not take yet (`hub::departures`).
+    pub departures_pending: IntGauge,
     pub token_verifications: IntCounterVec,
     /// What a hostile-input limit shed, by [`Shed`] (docs/security.md §12).
     pub limit_shed: IntCounterVec,
@@ -308,6 +310,11 @@ impl Metrics {
                 "1 when the session store (Redis in cluster mode) is reachable",
             )
             .expect("valid metric"),
+            departures_pending: IntGauge::new(
+                "hub_departures_pending",
+                "Departures from this instance (a presence entry, an agent role) the store has not taken yet; retried every second",
+            )
+            .expect("valid metric"),
             token_verifications: IntCounterVec::new(
                 Opts::new(
                     "hub_token_verifications_total",
@@ -376,6 +383,7 @@ impl Metrics {
             Box::new(m.approvals.clone()),
             Box::new(m.media.clone()),
             Box::new(m.store_up.clone()),
+            Box::new(m.departures_pending.clone()),
             Box::new(m.token_verifications.clone()),
             Box::new(m.limit_shed.clone()),
             Box::new(m.http_requests.clone()),

@@ -462,6 +462,86 @@ async fn a_live_instance_reaped_by_mistake_puts_its_clients_back() {
     .await;
 }
 
+/// A departure the store did not take (Redis held every write past the
+/// command timeout, as a busy Redis or a full pool would) is retried, and
+/// the session hears its `client_left` once Redis answers; before, the
+/// client stayed listed for as long as its instance lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_redis_did_not_take_is_retried_until_it_does() {
+    let redis = TestRedis::start();
+    let hub = start_hub(&redis, "hub-a", &[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "s", "watcher").await;
+    // A first departure loads the leave's script, as on any hub that ran a
+    // while: the paused leave then waits in Redis, and runs at UNPAUSE,
+    // after the hub stopped waiting for it.
+    let (early, _) = WsClient::register(&hub.ws_url(), "s", "early").await;
+    drop(early);
+    let (leaver, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
+    assert_eq!(watcher.recv_type("client_left").await["client_id"], "early");
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        "leaver"
+    );
+
+    // Writes (scripts included) wait until UNPAUSE: the leave times out.
+    redis.cmd_all(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    drop(leaver);
+    hub.wait_metric("hub_departures_pending", |v| v == 1.0)
+        .await;
+    redis.cmd_all(&["CLIENT", "UNPAUSE"]);
+
+    let left = watcher.recv_type("client_left").await;
+    assert_eq!(left["client_id"], "leaver", "{left}");
+    hub.wait_metric("hub_departures_pending", |v| v == 0.0)
+        .await;
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/s").await;
+    assert_eq!(sorted_ids(&summary["clients"]), ["watcher"], "{summary}");
+    assert_quiet(&mut watcher, "one client_left, no more").await;
+}
+
+/// A client that registers again on the hub while its last departure is
+/// still due: the departure is completed first (`client_left`, then
+/// `client_joined`) and never takes the new registration's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_while_its_departure_is_due_stays_present() {
+    let redis = TestRedis::start();
+    let hub = start_hub(&redis, "hub-a", &[]).await;
+    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "s", "watcher").await;
+    let (early, _) = WsClient::register(&hub.ws_url(), "s", "early").await;
+    drop(early);
+    let (leaver, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
+    assert_eq!(watcher.recv_type("client_left").await["client_id"], "early");
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        "leaver"
+    );
+
+    redis.cmd_all(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    drop(leaver);
+    hub.wait_metric("hub_departures_pending", |v| v == 1.0)
+        .await;
+    redis.cmd_all(&["CLIENT", "UNPAUSE"]);
+    let (_back, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
+
+    assert_eq!(
+        watcher.recv_type("client_left").await["client_id"],
+        "leaver"
+    );
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        "leaver"
+    );
+    hub.wait_metric("hub_departures_pending", |v| v == 0.0)
+        .await;
+    assert_quiet(&mut watcher, "no more presence changes").await;
+    let (_, summary) = http_get_json(&hub, "/api/v1/sessions/s").await;
+    assert_eq!(
+        sorted_ids(&summary["clients"]),
+        ["leaver", "watcher"],
+        "{summary}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_survive_a_redis_outage_without_restarting() {
     let mut redis = RedisServer::start();

@@ -250,6 +250,10 @@ async fn join_and_leave_exactly_once(f: StoreFixture) {
     assert_eq!(ids(&s.members("s").await.unwrap()), ["c2"]);
     let member = &s.members("s").await.unwrap()[0];
     assert_eq!(member, &client("c2", ME), "presence round-trips intact");
+    // One entry read by id: present, gone, or in no session.
+    assert_eq!(s.member("s", "c2").await.unwrap(), Some(client("c2", ME)));
+    assert_eq!(s.member("s", "c1").await.unwrap(), None);
+    assert_eq!(s.member("nowhere", "c2").await.unwrap(), None);
 }
 
 /// An id registered by one user cannot be taken by another, even when both

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod client;
+mod departures;
 pub mod door;
 pub mod executor;
 pub mod idempotency;
@@ -111,6 +112,8 @@ pub struct Hub {
     dispatch: std::sync::OnceLock<mpsc::WeakSender<Inbound>>,
     /// Media references, this instance's media cache and its downloads.
     media: media::MediaDesk,
+    /// Departures the store did not take yet.
+    departures: departures::Departures,
 }
 
 /// The pieces a hub is assembled from (memory or Redis, rules or Gemini...).
@@ -141,7 +144,9 @@ impl Hub {
             broker.interest(session, interested)
         }));
         let media = media::MediaDesk::new(&parts.config);
+        let departures = departures::Departures::new(parts.metrics.departures_pending.clone());
         Arc::new(Hub {
+            departures,
             media,
             config: parts.config,
             store: parts.store,
@@ -706,6 +711,7 @@ impl Hub {
         webhooks::spawn_drain(self.clone());
         self.spawn_idle_sweep();
         self.spawn_approval_sweep();
+        self.spawn_departure_retries();
         self.spawn_monitor();
         let hub = self.clone();
         tokio::spawn(async move {

@@ -15,6 +15,16 @@ impl Hub {
     /// reconnection is silent.
     pub async fn restore_local_presence(&self) -> Result<(), HubError> {
         for (session, handle) in self.registry.all() {
+            // In turn with the client's departures here; gone meanwhile, or
+            // registered again (that registration wrote its own entry): not
+            // put back.
+            let _turn = self
+                .registration_turn(&session, &handle.info.client_id)
+                .await?;
+            let current = self.registry.get(&session, &handle.info.client_id);
+            if current.is_none_or(|c| c.conn_id != handle.conn_id) {
+                continue;
+            }
             // The id taken meanwhile by another user's client: that one is
             // the member now.
             let Ok(joined) = self

@@ -300,11 +300,20 @@ impl Hub {
         let rule = JoinRule {
             max_members: self.config.max_clients_per_session,
         };
-        let change = self
-            .store
-            .join(&session, &info, rule)
-            .await?
-            .map_err(|refused| refusal(refused, &session, &info, rule))?;
+        // In turn with this client's departures here: one due (its earlier
+        // connection's, which the store did not take) is carried out
+        // first, and one that starts meanwhile waits until this connection
+        // is in the registry, then leaves its entry alone.
+        let turn = self.registration_turn(&session, client_id).await?;
+        let change = match self.store.join(&session, &info, rule).await {
+            Ok(joined) => joined.map_err(|refused| refusal(refused, &session, &info, rule))?,
+            Err(e) => {
+                // The write may have run in Redis all the same: undone as
+                // a failed registration's.
+                self.depart(Some(turn), &session, &info, false, true).await;
+                return Err(e);
+            }
+        };
         let joined = self
             .start_session_delivery(conn, &session, &info, is_agent, since.as_ref(), request_id)
             .await;
@@ -316,23 +325,14 @@ impl Hub {
                 // connection. Those who read the list meanwhile are told. (A
                 // registration that replaced an id leaves it to the
                 // connection still holding it.)
-                if change.changed && is_agent {
-                    let _ = self.give_up_agent(&session, client_id).await;
-                }
                 if change.changed {
-                    match self.store.leave(&session, client_id).await {
-                        Ok(left) if left.changed => {
-                            self.publish_client_event(&session, &info, false, left.version)
-                        }
-                        Ok(_) => {}
-                        Err(left) => {
-                            tracing::warn!(error = %left, "could not undo a failed join's presence")
-                        }
-                    }
+                    self.depart(Some(turn), &session, &info, is_agent, true)
+                        .await;
                 }
                 return Err(e);
             }
         };
+        drop(turn);
 
         // 6. Announce.
         self.publish_client_event(&session, &info, true, change.version);
@@ -635,8 +635,14 @@ impl Hub {
         if was_agent {
             self.agent_gone(session, client_id).await;
         }
-        if was_agent && !is_agent {
-            self.give_up_agent(session, client_id).await?;
+        if was_agent
+            && !is_agent
+            && let Err(e) = self.give_up_agent(session, client_id).await
+        {
+            // This registration stands (it is in the registry, confirmed):
+            // the release is retried.
+            tracing::warn!(error = %e, "could not release the replaced agent's role; retrying");
+            self.agent_release_due(session, &old.info);
         }
         Ok(())
     }
@@ -653,7 +659,11 @@ impl Hub {
 
     /// Gives up the agent role `client_id` holds through this instance, if
     /// it still does, and tells the session there is no agent now.
-    async fn give_up_agent(&self, session: &str, client_id: &str) -> Result<(), HubError> {
+    pub(super) async fn give_up_agent(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> Result<(), HubError> {
         if self
             .store
             .release_agent(session, &self.agent_here(client_id))
@@ -673,19 +683,17 @@ impl Hub {
         if !self.registry.remove(session, client_id, conn_id) {
             return;
         }
-        if member.is_agent {
-            self.agent_gone(session, client_id).await;
-            if let Err(e) = self.give_up_agent(session, client_id).await {
-                tracing::warn!(error = %e, "could not release the agent");
+        // The departure is polled first: it takes its key before anything
+        // else can run, so the same client registering here again waits
+        // for it. The calls sent to the agent fail meanwhile.
+        tokio::join!(
+            self.depart(None, session, &member.info, member.is_agent, true),
+            async {
+                if member.is_agent {
+                    self.agent_gone(session, client_id).await;
+                }
             }
-        }
-        match self.store.leave(session, client_id).await {
-            Ok(left) if left.changed => {
-                self.publish_client_event(session, &member.info, false, left.version)
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not remove presence"),
-        }
+        );
         tracing::info!(session, client_id, "client left");
     }
 }

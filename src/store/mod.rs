@@ -329,6 +329,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// registration reads presence, and one listing a session of 10 000
     /// whole made joining it quadratic in bytes.
     async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence>;
+    /// One member's presence entry, whichever instance holds it (a
+    /// departure retried after an unanswered leave: gone, or registered
+    /// again).
+    async fn member(&self, session: &str, client_id: &str) -> StoreResult<Option<ClientInfo>>;
     /// Every member, in join order.
     async fn members(&self, session: &str) -> StoreResult<Vec<ClientInfo>> {
         Ok(self.presence(session, usize::MAX).await?.members)

@@ -339,6 +339,20 @@ impl TestRedis {
         }
     }
 
+    /// `redis-cli ARGS...` on every node (a server-wide command).
+    pub fn cmd_all(&self, args: &[&str]) {
+        match self {
+            TestRedis::Single(r) => {
+                r.cmd(args);
+            }
+            TestRedis::Cluster(c) => {
+                for &p in &c.ports {
+                    c.cli(p, args);
+                }
+            }
+        }
+    }
+
     /// `redis-cli ARGS...` on the node that owns the key (a cluster's
     /// redirections followed).
     pub fn cmd_any(&self, args: &[&str]) -> String {

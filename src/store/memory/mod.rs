@@ -615,6 +615,12 @@ impl SessionStore for MemoryStore {
             }))
     }
 
+    async fn member(&self, session: &str, client_id: &str) -> StoreResult<Option<ClientInfo>> {
+        Ok(self.read(session, |s| {
+            s.members.iter().find(|m| m.client_id == client_id).cloned()
+        }))
+    }
+
     async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence> {
         Ok(self.read(session, |s| Presence {
             members: s.members.iter().take(limit).cloned().collect(),

@@ -436,6 +436,19 @@ impl SessionStore for RedisStore {
         self.leave_presence(session, client_id).await
     }
 
+    async fn member(&self, session: &str, client_id: &str) -> StoreResult<Option<ClientInfo>> {
+        let raw: Option<String> = self
+            .backend
+            .query(
+                "member",
+                ::redis::cmd("HGET")
+                    .arg(self.backend.keys.presence(session))
+                    .arg(client_id),
+            )
+            .await?;
+        raw.map(|raw| decode("presence entry", &raw)).transpose()
+    }
+
     async fn presence(&self, session: &str, limit: usize) -> StoreResult<Presence> {
         self.live_presence(session, limit).await
     }
