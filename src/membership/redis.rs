@@ -165,11 +165,20 @@ impl RedisMembership {
         Ok(reaped)
     }
 
-    /// Leaving cleanly: others need not wait for the TTL.
+    /// Leaving cleanly: this instance's heartbeat becomes the oldest
+    /// possible (`ZADD XX`, score 0, unless reaped already), so it is
+    /// listed as dead at once, and the next reap of any live instance takes
+    /// what presence it could not remove itself (departures Redis did not
+    /// take while it drained), then forgets it. Removed from the set, those
+    /// entries would never be reaped.
     pub async fn leave(&self) -> Result<(), RedisError> {
         let keys = &self.backend.keys;
         let mut pipe = ::redis::pipe();
-        pipe.zrem(keys.instances(), &self.instance)
+        pipe.cmd("ZADD")
+            .arg(keys.instances())
+            .arg("XX")
+            .arg(0)
+            .arg(&self.instance)
             .ignore()
             .del(keys.instance_info(&self.instance))
             .ignore();
