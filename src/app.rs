@@ -97,7 +97,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let served = crate::server::serve(hub.clone(), listener, shutdown).await;
-    // Every connection has closed: flush their last events to the cluster.
+    // Every connection has closed (or the drain's bound passed): leave the
+    // cluster (the others reap what this instance could not remove), and
+    // flush their last events.
+    hub.leave_cluster().await;
     hub.close_broker().await;
     served
 }

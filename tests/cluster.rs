@@ -542,6 +542,50 @@ async fn a_client_back_while_its_departure_is_due_stays_present() {
     );
 }
 
+/// A hub stopped cleanly while another runs: each of its clients leaves
+/// once, by its own departure (not reaped while it drains), and presence
+/// it could not remove itself (written here for it straight into Redis,
+/// as a departure Redis did not take) is reaped by the other hub. Before,
+/// a clean stop left the cluster's set and nothing ever reaped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanly_stopped_hub_leaves_what_it_could_not_remove_to_the_others() {
+    let redis = TestRedis::start();
+    let stopping = start_hub(&redis, "hub-stopping", &[]).await;
+    let staying = start_hub(&redis, "hub-staying", &[]).await;
+    let (mut watcher, _) = WsClient::register(&staying.ws_url(), "s", "watcher").await;
+    let (_live, _) = WsClient::register(&stopping.ws_url(), "s", "live").await;
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        "live"
+    );
+    let ghost = json!({
+        "client_id": "ghost",
+        "client_name": "ghost",
+        "instance": "hub-stopping",
+        "capabilities": [],
+        "connected_at": 1,
+    });
+    redis.cmd_any(&[
+        "HSET",
+        "mcp-hub:{s:s}:presence",
+        "ghost",
+        &ghost.to_string(),
+    ]);
+    redis.cmd_any(&["SADD", "mcp-hub:{i:hub-stopping}:members", "s\tghost"]);
+
+    stopping.shutdown().await.unwrap();
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let ev = watcher.recv_type("client_left").await;
+        left.push(ev["client_id"].as_str().unwrap_or_default().to_string());
+    }
+    left.sort();
+    assert_eq!(left, ["ghost", "live"]);
+    assert_quiet(&mut watcher, "each departure announced once").await;
+    let (_, summary) = http_get_json(&staying, "/api/v1/sessions/s").await;
+    assert_eq!(sorted_ids(&summary["clients"]), ["watcher"], "{summary}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_survive_a_redis_outage_without_restarting() {
     let mut redis = RedisServer::start();

@@ -261,7 +261,7 @@ async fn a_redis_member_that_leaves_is_gone_at_once_and_its_leftovers_reaped() {
         .await
         .unwrap()
         .unwrap();
-    peer.leave().await.unwrap();
+    peer.leave_cluster().await.unwrap();
     assert_eq!(names(&me.instances(0).await.unwrap()), [ME]);
     let keys = Keys::new(PREFIX);
     assert_eq!(
@@ -275,8 +275,11 @@ async fn a_redis_member_that_leaves_is_gone_at_once_and_its_leftovers_reaped() {
         "{reaped:?}"
     );
     assert_eq!(redis.cmd_any(&["ZSCORE", &keys.instances(), "inst-b"]), "");
-    // A new heartbeat joins again.
+    // A left member beats no more; the instance started again joins.
     peer.beat(4, true).await.unwrap();
+    assert_eq!(names(&me.instances(0).await.unwrap()), [ME]);
+    let restarted = member(&backend, "inst-b", TTL);
+    restarted.beat(4, true).await.unwrap();
     assert_eq!(names(&me.instances(0).await.unwrap()), [ME, "inst-b"]);
 }
 
@@ -452,7 +455,7 @@ async fn a_redis_heartbeat_does_not_wait_for_a_busy_pool() {
     );
     assert_eq!(me.beat(1, true).await.unwrap(), Beat::Entered);
     assert_eq!(me.beat(1, true).await.unwrap(), Beat::Continued);
-    me.leave().await.unwrap();
+    me.leave_cluster().await.unwrap();
     let instances = Keys::new(PREFIX).instances();
     assert_eq!(redis.cmd_any(&["ZSCORE", &instances, ME]), "0", "left");
     drop(held);

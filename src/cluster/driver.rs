@@ -34,8 +34,8 @@ struct Pulse {
     beaten: Notify,
 }
 
-/// Runs both tasks until the hub shuts down; the heartbeat's then leaves
-/// the cluster (after its last heartbeat, so none re-enters it).
+/// Runs both tasks: the upkeep until the hub shuts down, the heartbeat
+/// until the hub leaves the cluster ([`Hub::leave_cluster`]).
 pub fn spawn(membership: Arc<RedisMembership>, hub: Arc<Hub>) {
     let pulse = Arc::new(Pulse {
         reachable: AtomicBool::new(false),
@@ -50,10 +50,21 @@ async fn heartbeat(membership: Arc<RedisMembership>, hub: Arc<Hub>, pulse: Arc<P
     let mut tick = tokio::time::interval(membership.heartbeat_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_healthy = false;
+    // Beating on through the drain (ready: false), until the server leaves
+    // the cluster once its connections are closed; past the drain's bound
+    // (a hub shut down but not served), this task leaves itself.
+    let drained = async {
+        hub.shutdown().cancelled().await;
+        tokio::time::sleep(hub.config().shutdown_timeout + membership.heartbeat_interval()).await;
+    };
+    tokio::pin!(drained);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = hub.shutdown().cancelled() => break,
+            _ = &mut drained => break,
+        }
+        if membership.has_left() {
+            return;
         }
         let ok = match membership
             .beat(hub.local_client_count(), hub.is_ready())
@@ -83,9 +94,7 @@ async fn heartbeat(membership: Arc<RedisMembership>, hub: Arc<Hub>, pulse: Arc<P
         pulse.reachable.store(ok, Ordering::Release);
         pulse.beaten.notify_one();
     }
-    if let Err(e) = membership.leave().await {
-        tracing::debug!(error = %e, "leaving the cluster failed; others reap after the TTL");
-    }
+    membership.leave().await;
 }
 
 async fn upkeep(membership: Arc<RedisMembership>, hub: Arc<Hub>, pulse: Arc<Pulse>) {

@@ -301,6 +301,29 @@ impl Hub {
         Ok(())
     }
 
+    /// Leaves the cluster at the end of a clean stop, once the connections
+    /// are closed (or the drain's bound passed) and the departures under
+    /// way are done, waiting for those one heartbeat at most: what is still
+    /// due is left to the next reap of another instance.
+    pub async fn leave_cluster(&self) {
+        let held: Vec<watch::Receiver<bool>> = self
+            .departures
+            .lock()
+            .keys
+            .values()
+            .filter_map(|p| match p {
+                Pending::Held(_, held) => Some(held.clone()),
+                Pending::Due(_) => None,
+            })
+            .collect();
+        let under_way =
+            futures_util::future::join_all(held.into_iter().map(|mut held| async move {
+                let _ = held.wait_for(|done| *done).await;
+            }));
+        let _ = tokio::time::timeout(self.config.heartbeat, under_way).await;
+        self.membership.leave().await;
+    }
+
     /// Retries the due departures every [`RETRY`] until shutdown.
     pub(super) fn spawn_departure_retries(self: &Arc<Self>) {
         self.every(RETRY, |hub| async move {
@@ -313,6 +336,10 @@ impl Hub {
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in due {
+                if hub.shutdown.is_cancelled() {
+                    // What is still due is left to the reapers.
+                    break;
+                }
                 let (turn, due) = hub.departures.take_turn(&key).await;
                 let Some(due) = due else { continue };
                 if let Err(error) = hub.run_departure(turn, due).await {

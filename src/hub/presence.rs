@@ -15,6 +15,11 @@ impl Hub {
     /// reconnection is silent.
     pub async fn restore_local_presence(&self) -> Result<(), HubError> {
         for (session, handle) in self.registry.all() {
+            // Draining: this instance leaves the cluster next, and what it
+            // wrote after that would belong to no live instance.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             // In turn with the client's departures here; gone meanwhile, or
             // registered again (that registration wrote its own entry): not
             // put back.

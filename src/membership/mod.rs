@@ -46,4 +46,8 @@ pub trait Membership: Send + Sync + 'static {
         0
     }
     fn mode(&self) -> &'static str;
+    /// Leaves the cluster at the end of a clean stop, once this instance's
+    /// connections are closed (or the drain's bound passed): no heartbeat
+    /// follows. Standalone, nothing to leave.
+    async fn leave(&self) {}
 }

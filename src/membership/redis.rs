@@ -33,6 +33,12 @@ pub struct RedisMembership {
     started_at: u64,
     healthy: AtomicBool,
     synced_epoch: AtomicU64,
+    /// Left the cluster: heartbeats write nothing more.
+    left: AtomicBool,
+    /// Held through a heartbeat and through the leave, so a heartbeat in
+    /// flight never lands after the leave (the instance would look alive
+    /// for another TTL). Only those two take it, once a heartbeat apart.
+    beating: tokio::sync::Mutex<()>,
 }
 
 impl RedisMembership {
@@ -54,6 +60,8 @@ impl RedisMembership {
             healthy: AtomicBool::new(false),
             // Never synced: not ready before the first re-announcement.
             synced_epoch: AtomicU64::new(u64::MAX),
+            left: AtomicBool::new(false),
+            beating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -79,6 +87,10 @@ impl RedisMembership {
     /// instance was not in the cluster's set, or marked by a reaper, so
     /// after its first heartbeat a reaper took its clients.
     pub async fn beat(&self, clients: usize, ready: bool) -> Result<Beat, RedisError> {
+        let _beating = self.beating.lock().await;
+        if self.has_left() {
+            return Ok(Beat::Continued);
+        }
         // Stamped by Redis's clock (see `redis::heartbeats`).
         let (now, beat) = self.own.beat(&self.instance).await?;
         let info = InstanceInfo {
@@ -165,13 +177,22 @@ impl RedisMembership {
         Ok(reaped)
     }
 
-    /// Leaving cleanly: this instance's heartbeat becomes the oldest
-    /// possible (`ZADD XX`, score 0, unless reaped already), so it is
-    /// listed as dead at once, and the next reap of any live instance takes
-    /// what presence it could not remove itself (departures Redis did not
-    /// take while it drained), then forgets it. Removed from the set, those
-    /// entries would never be reaped.
-    pub async fn leave(&self) -> Result<(), RedisError> {
+    /// Whether [`Self::leave_cluster`] ran.
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
+    /// Leaving cleanly, after the last connection closed (or the drain's
+    /// bound passed): no heartbeat follows, and this instance's heartbeat becomes the oldest possible
+    /// (`ZADD XX`, score 0, unless reaped already), so it is listed as dead
+    /// at once, and the next reap of any live instance takes what presence
+    /// it could not remove itself (departures Redis did not take while it
+    /// drained), then forgets it. Removed from the set, those entries would
+    /// never be reaped; left earlier, while clients were still draining,
+    /// they would be reaped under them.
+    pub async fn leave_cluster(&self) -> Result<(), RedisError> {
+        let _beating = self.beating.lock().await;
+        self.left.store(true, Ordering::Release);
         let keys = &self.backend.keys;
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZADD")
@@ -221,5 +242,11 @@ impl Membership for RedisMembership {
 
     fn mode(&self) -> &'static str {
         "cluster"
+    }
+
+    async fn leave(&self) {
+        if let Err(e) = self.leave_cluster().await {
+            tracing::debug!(error = %e, "leaving the cluster failed; others reap after the TTL");
+        }
     }
 }
