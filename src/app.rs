@@ -239,6 +239,15 @@ pub async fn build(config: HubConfig) -> Result<Arc<Hub>, StartupError> {
     auth.spawn_refresh(jwks_refresh, hub.shutdown().clone());
     hub.spawn_background(inbound_rx, dispatch, incoming_rx);
     if let Some(m) = redis_membership {
+        // Before anyone registers here: what an earlier run under this id
+        // left is this instance's to reap.
+        match m.reap_earlier_run().await {
+            Ok(reaped) => hub.announce_reaped(&reaped),
+            Err(partial) => {
+                hub.announce_reaped(&partial.reaped);
+                tracing::warn!(error = %partial.error, "could not reap an earlier run of this instance; another hub does after the TTL");
+            }
+        }
         crate::cluster::driver::spawn(m, hub.clone());
     }
     Ok(hub)

@@ -323,8 +323,12 @@ async fn an_agent_registered_again_elsewhere_keeps_the_role_when_its_old_connect
         .await;
     let (frames, answer) = until_answer(&mut user, "q1").await;
     assert_eq!(answer["type"], "response", "{answer}");
+    // (The new registration's own `agent_changed`, naming phone on hub-b,
+    // may be logged after the user's registration, and reach it.)
     assert!(
-        !frames.iter().any(|f| f["type"] == "agent_changed"),
+        !frames
+            .iter()
+            .any(|f| f["type"] == "agent_changed" && f["client_id"].is_null()),
         "the session was told the agent left: {frames:?}"
     );
 }

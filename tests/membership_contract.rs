@@ -461,6 +461,41 @@ async fn a_redis_heartbeat_does_not_wait_for_a_busy_pool() {
     drop(held);
 }
 
+/// An instance started again under the same id reaps what its earlier
+/// run left (here after a clean stop, which no other instance reaped), and
+/// leaves alone an id whose heartbeat is fresh (a run still alive).
+#[tokio::test]
+async fn an_instance_started_again_reaps_what_its_earlier_run_left() {
+    let redis = TestRedis::start();
+    let backend = redis.backend(PREFIX, ME);
+    let earlier = member(&backend, "inst-b", TTL);
+    earlier.beat(1, true).await.unwrap();
+    store(&backend, "inst-b")
+        .join("s", &client("left-behind", "inst-b"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    earlier.leave_cluster().await.unwrap();
+
+    let again = member(&backend, "inst-b", TTL);
+    let reaped = again.reap_earlier_run().await.unwrap();
+    assert!(
+        matches!(reaped.as_slice(), [Reaped::ClientLeft { client, .. }] if client.client_id == "left-behind"),
+        "{reaped:?}"
+    );
+    assert_eq!(again.beat(1, true).await.unwrap(), Beat::Entered);
+
+    // A live run under the id: nothing is taken.
+    store(&backend, "inst-b")
+        .join("s", &client("live", "inst-b"), JoinRule::UNBOUNDED)
+        .await
+        .unwrap()
+        .unwrap();
+    let duplicate = member(&backend, "inst-b", TTL);
+    assert_eq!(duplicate.reap_earlier_run().await.unwrap(), []);
+    assert_eq!(members(&store(&backend, ME)).await, ["live"]);
+}
+
 async fn members(sessions: &Arc<dyn SessionStore>) -> Vec<String> {
     let mut ids: Vec<String> = sessions
         .members("s")

@@ -134,47 +134,59 @@ impl RedisMembership {
             }
         };
         for instance in dead.iter().filter(|d| **d != self.instance) {
-            // Marked first, so that the instance, should it be alive after
-            // all, learns of the reap even if this one stops part-way.
-            match self.backend.mark_reaping(instance, self.presence_ttl).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    return Err(PartialReap {
-                        reaped,
-                        error: e.into(),
-                    });
-                }
-            }
-            match self.store.reap_instance(instance).await {
-                Ok(taken) => reaped.extend(taken),
-                Err(partial) => {
-                    reaped.extend(partial.reaped);
-                    return Err(PartialReap {
-                        reaped,
-                        error: partial.error,
-                    });
-                }
-            }
-            // Forgotten only once its sessions are clean, so a failed reap
-            // is retried on the next heartbeat.
-            let forgotten: Result<(), RedisError> = self
-                .backend
-                .query(
-                    "reap_forget",
-                    ::redis::cmd("ZREM")
-                        .arg(self.backend.keys.instances())
-                        .arg(instance),
-                )
-                .await;
-            if let Err(e) = forgotten {
-                return Err(PartialReap {
-                    reaped,
-                    error: e.into(),
-                });
+            if let Err(error) = self.reap_one(instance, &mut reaped).await {
+                return Err(PartialReap { reaped, error });
             }
         }
         Ok(reaped)
+    }
+
+    /// At startup, before serving: what an earlier run under this
+    /// instance id left behind (its heartbeat stale, or marked by a clean
+    /// stop), reaped as any dead instance's, since nothing else may: a
+    /// single hub restarting, or one restarted before another hub reaped
+    /// it, would otherwise keep it as its own. A fresh heartbeat under this
+    /// id (a run still alive, or one that crashed within the TTL) is left
+    /// alone.
+    pub async fn reap_earlier_run(&self) -> Result<Vec<Reaped>, PartialReap> {
+        let mut reaped = Vec::new();
+        match self.reap_one(&self.instance, &mut reaped).await {
+            Ok(()) => Ok(reaped),
+            Err(error) => Err(PartialReap { reaped, error }),
+        }
+    }
+
+    /// Marks `instance` (only if its heartbeat is stale), takes what it
+    /// left into `reaped`, then forgets it.
+    async fn reap_one(&self, instance: &str, reaped: &mut Vec<Reaped>) -> Result<(), HubError> {
+        // Marked first, so that the instance, should it be alive after all,
+        // learns of the reap even if this one stops part-way.
+        if !self
+            .backend
+            .mark_reaping(instance, self.presence_ttl)
+            .await?
+        {
+            return Ok(());
+        }
+        match self.store.reap_instance(instance).await {
+            Ok(taken) => reaped.extend(taken),
+            Err(partial) => {
+                reaped.extend(partial.reaped);
+                return Err(partial.error);
+            }
+        }
+        // Forgotten only once its sessions are clean, so a failed reap is
+        // retried on the next heartbeat.
+        let _: () = self
+            .backend
+            .query(
+                "reap_forget",
+                ::redis::cmd("ZREM")
+                    .arg(self.backend.keys.instances())
+                    .arg(instance),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Whether [`Self::leave_cluster`] ran.
