@@ -466,18 +466,16 @@ async fn a_live_instance_reaped_by_mistake_puts_its_clients_back() {
     .await;
 }
 
-/// A departure the store did not take (Redis held every write past the
-/// command timeout, as a busy Redis or a full pool would) is retried, and
-/// the session hears its `client_left` once Redis answers; before, the
-/// client stayed listed for as long as its instance lived.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_departure_redis_did_not_take_is_retried_until_it_does() {
+/// A hub on its own Redis, with `watcher` and `leaver` in session `s`;
+/// `leaver` disconnected while Redis held every write (scripts included)
+/// until its leave had timed out: its departure is due, and Redis answers
+/// again. A first departure (`early`) loaded the leave's script, as on any
+/// hub that ran a while, so the paused leave waited in Redis and ran at
+/// `UNPAUSE`, after the hub stopped waiting for it.
+async fn leaver_departure_left_due() -> (TestRedis, TestHub, WsClient) {
     let redis = TestRedis::start();
     let hub = start_hub(&redis, "hub-a", &[]).await;
     let (mut watcher, _) = WsClient::register(&hub.ws_url(), "s", "watcher").await;
-    // A first departure loads the leave's script, as on any hub that ran a
-    // while: the paused leave then waits in Redis, and runs at UNPAUSE,
-    // after the hub stopped waiting for it.
     let (early, _) = WsClient::register(&hub.ws_url(), "s", "early").await;
     drop(early);
     let (leaver, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
@@ -486,13 +484,21 @@ async fn a_departure_redis_did_not_take_is_retried_until_it_does() {
         watcher.recv_type("client_joined").await["client_id"],
         "leaver"
     );
-
-    // Writes (scripts included) wait until UNPAUSE: the leave times out.
     redis.cmd_all(&["CLIENT", "PAUSE", "60000", "WRITE"]);
     drop(leaver);
     hub.wait_metric("hub_departures_pending", |v| v == 1.0)
         .await;
     redis.cmd_all(&["CLIENT", "UNPAUSE"]);
+    (redis, hub, watcher)
+}
+
+/// A departure the store did not take (Redis held every write past the
+/// command timeout, as a busy Redis or a full pool would) is retried, and
+/// the session hears its `client_left` once Redis answers; before, the
+/// client stayed listed for as long as its instance lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_redis_did_not_take_is_retried_until_it_does() {
+    let (_redis, hub, mut watcher) = leaver_departure_left_due().await;
 
     let left = watcher.recv_type("client_left").await;
     assert_eq!(left["client_id"], "leaver", "{left}");
@@ -508,23 +514,7 @@ async fn a_departure_redis_did_not_take_is_retried_until_it_does() {
 /// `client_joined`) and never takes the new registration's entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_back_while_its_departure_is_due_stays_present() {
-    let redis = TestRedis::start();
-    let hub = start_hub(&redis, "hub-a", &[]).await;
-    let (mut watcher, _) = WsClient::register(&hub.ws_url(), "s", "watcher").await;
-    let (early, _) = WsClient::register(&hub.ws_url(), "s", "early").await;
-    drop(early);
-    let (leaver, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
-    assert_eq!(watcher.recv_type("client_left").await["client_id"], "early");
-    assert_eq!(
-        watcher.recv_type("client_joined").await["client_id"],
-        "leaver"
-    );
-
-    redis.cmd_all(&["CLIENT", "PAUSE", "60000", "WRITE"]);
-    drop(leaver);
-    hub.wait_metric("hub_departures_pending", |v| v == 1.0)
-        .await;
-    redis.cmd_all(&["CLIENT", "UNPAUSE"]);
+    let (_redis, hub, mut watcher) = leaver_departure_left_due().await;
     let (_back, _) = WsClient::register(&hub.ws_url(), "s", "leaver").await;
 
     assert_eq!(

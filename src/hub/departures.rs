@@ -267,16 +267,13 @@ impl Hub {
         let client_id = departure.info.client_id.as_str();
         if let Some(live) = self.registry.get(session, client_id) {
             departure.presence = false;
-            if live.info.capabilities.iter().any(|c| c == "whatsapp") {
+            if live.info.is_agent() {
                 departure.agent = false;
             }
         }
         if departure.agent {
-            let released = self
-                .store
-                .release_agent(session, &self.agent_here(client_id))
-                .await?;
-            if released || (departure.retried && self.store.agent(session).await?.is_none()) {
+            let released = self.give_up_agent(session, client_id).await?;
+            if !released && departure.retried && self.store.agent(session).await?.is_none() {
                 self.publish_agent_changed(session, None);
             }
             departure.agent = false;

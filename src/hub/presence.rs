@@ -43,7 +43,7 @@ impl Hub {
                 self.reannounce_client(&session, &handle.info, joined.version)
                     .await;
             }
-            if handle.info.capabilities.iter().any(|c| c == "whatsapp") {
+            if handle.info.is_agent() {
                 let me = self.agent_here(&handle.info.client_id);
                 if self.store.claim_agent_if_vacant(&session, &me).await? {
                     self.reannounce_agent(&session, &me.client_id).await;

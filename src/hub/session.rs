@@ -631,7 +631,7 @@ impl Hub {
         // nothing, so an agent role it held must be given up here, and the
         // calls sent to it fail as if it had disconnected (the new
         // connection never saw them).
-        let was_agent = old.info.capabilities.iter().any(|c| c == "whatsapp");
+        let was_agent = old.info.is_agent();
         if was_agent {
             self.agent_gone(session, client_id).await;
         }
@@ -658,20 +658,21 @@ impl Hub {
     }
 
     /// Gives up the agent role `client_id` holds through this instance, if
-    /// it still does, and tells the session there is no agent now.
+    /// it still does, and tells the session there is no agent now; whether
+    /// it did.
     pub(super) async fn give_up_agent(
         &self,
         session: &str,
         client_id: &str,
-    ) -> Result<(), HubError> {
-        if self
+    ) -> Result<bool, HubError> {
+        let released = self
             .store
             .release_agent(session, &self.agent_here(client_id))
-            .await?
-        {
+            .await?;
+        if released {
             self.publish_agent_changed(session, None);
         }
-        Ok(())
+        Ok(released)
     }
 
     /// The connection `conn_id` of `member` ended: give up the agent role

@@ -78,10 +78,6 @@ impl RedisMembership {
         self.synced_epoch.store(epoch, Ordering::Release);
     }
 
-    fn presence_ttl_ms(&self) -> u64 {
-        self.presence_ttl.as_millis() as u64
-    }
-
     /// Refreshes this instance's heartbeat and description (`ready`: its
     /// readiness as of the last heartbeat). [`Beat::Entered`]: this
     /// instance was not in the cluster's set, or marked by a reaper, so
@@ -91,29 +87,19 @@ impl RedisMembership {
         if self.has_left() {
             return Ok(Beat::Continued);
         }
-        // Stamped by Redis's clock (see `redis::heartbeats`).
-        let (now, beat) = self.own.beat(&self.instance).await?;
         let info = InstanceInfo {
             instance: self.instance.clone(),
             clients,
             started_at: self.started_at,
-            last_heartbeat: now,
+            // Stamped by Redis's clock (see `redis::heartbeats`).
+            last_heartbeat: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ready,
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
-        let _: () = self
-            .own
-            .query(
-                "heartbeat_info",
-                ::redis::cmd("SET")
-                    .arg(self.backend.keys.instance_info(&self.instance))
-                    .arg(info)
-                    .arg("PX")
-                    .arg(self.presence_ttl_ms()),
-            )
-            .await?;
-        Ok(beat)
+        self.own
+            .beat(&self.instance, &info, self.presence_ttl)
+            .await
     }
 
     /// Reaps every dead instance but this one; returns what was taken, in

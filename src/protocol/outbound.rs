@@ -127,6 +127,13 @@ pub struct ClientInfo {
     pub connected_at: Option<u64>,
 }
 
+impl ClientInfo {
+    /// Registered as an agent: it can execute WhatsApp commands.
+    pub fn is_agent(&self) -> bool {
+        self.capabilities.iter().any(|c| c == "whatsapp")
+    }
+}
+
 /// Everything the hub sends. `request_id` is echoed where the protocol says.
 /// strum names each variant as serde does (its wire `type`, also its
 /// metrics label): [`Self::kind`], and every kind in

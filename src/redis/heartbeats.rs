@@ -25,17 +25,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// `ZADD` of ARGV[1] at Redis's now (ms); returns `{now, entered}`,
-/// `entered` 1 when ARGV[1] was not in the set (its first heartbeat, or the
-/// first since a reaper forgot it) or was marked by a reaper (score -1).
-/// KEYS: the instances set.
+/// `ZADD` of ARGV[1] at Redis's now (ms), and its description ARGV[2]
+/// (JSON) stamped `last_heartbeat` = now, `SET` for ARGV[3] ms; returns
+/// `entered`: 1 when ARGV[1] was not in the set (its first heartbeat, or
+/// the first since a reaper forgot it) or was marked by a reaper (score
+/// -1). KEYS: the instances set, the instance's description (one slot).
 static BEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{REDIS_NOW_MS}
           local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
           redis.call('ZADD', KEYS[1], now, ARGV[1])
-          if (not old) or tonumber(old) < 0 then return {{now, 1}} end
-          return {{now, 0}}"
+          local info = cjson.decode(ARGV[2])
+          info.last_heartbeat = now
+          redis.call('SET', KEYS[2], cjson.encode(info), 'PX', ARGV[3])
+          if (not old) or tonumber(old) < 0 then return 1 end
+          return 0"
     ))
 });
 
@@ -78,21 +82,30 @@ static BY_AGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 impl OwnConnection {
-    /// Records a heartbeat of `instance`; Redis's time of it (ms), and
-    /// whether `instance` was still in the set. On the heartbeat's own
-    /// connection, so it never waits for the pool.
-    pub async fn beat(&self, instance: &str) -> Result<(u64, Beat), RedisError> {
+    /// Records a heartbeat of `instance` with its description `info` (JSON,
+    /// its `last_heartbeat` set by Redis's clock), which expires after
+    /// `ttl`, in one round trip; whether `instance` was still in the set.
+    /// On the heartbeat's own connection, so it never waits for the pool.
+    pub async fn beat(
+        &self,
+        instance: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<Beat, RedisError> {
+        let keys = &self.backend().keys;
         let mut invocation = BEAT.prepare_invoke();
         invocation
-            .key(self.backend().keys.instances())
-            .arg(instance);
-        let (now, added): (u64, i64) = self.script("heartbeat", &invocation).await?;
-        let beat = if added == 1 {
+            .key(keys.instances())
+            .key(keys.instance_info(instance))
+            .arg(instance)
+            .arg(info)
+            .arg(ttl.as_millis() as u64);
+        let entered: i64 = self.script("heartbeat", &invocation).await?;
+        Ok(if entered == 1 {
             Beat::Entered
         } else {
             Beat::Continued
-        };
-        Ok((now, beat))
+        })
     }
 }
 

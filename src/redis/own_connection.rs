@@ -36,15 +36,6 @@ impl OwnConnection {
         &self.backend
     }
 
-    /// Runs one command.
-    pub async fn query<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        cmd: &::redis::Cmd,
-    ) -> Result<T, RedisError> {
-        self.run(op, async |conn| cmd.query_async(conn).await).await
-    }
-
     /// Runs a pipeline.
     pub async fn pipe<T: FromRedisValue>(
         &self,
