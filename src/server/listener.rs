@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::telemetry::monotonic_ms as now_ms;
@@ -304,14 +304,33 @@ impl AsyncRead for SharedTcp {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            match self.tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
+            let dst = buf.initialize_unfilled();
+            let room = dst.len();
+            let mut read = None;
+            // A read that did not fill the buffer drained the socket (epoll
+            // is edge-triggered): the readiness is cleared at once, as
+            // tokio's own `poll_read` does, instead of by one more read
+            // that finds nothing (a system call per inbound message, e.g.
+            // per pong). The readiness cleared is the one from before the
+            // read, so data arriving meanwhile still wakes the task.
+            let outcome = self.tcp.try_io(Interest::READABLE, || {
+                let n = self.tcp.try_read(dst)?;
+                read = Some(n);
+                if 0 < n && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match (read, outcome) {
+                (Some(n), _) => {
                     self.activity.on_read(n);
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(())) => {}
             }
         }
     }

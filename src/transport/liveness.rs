@@ -1,8 +1,55 @@
 //! When a connection pings, gives up on a silent peer (1001), closes at
 //! its token's expiry (4401), and by when it must have registered (4408):
 //! one timer for all of them.
+//!
+//! Pings fall on a grid shared by every connection of the process
+//! ([`PingGrid`]): connections whose pings are due within one step of it
+//! ping in the same timer tick. An idle connection's cost is mostly the
+//! worker thread waking up for it, so tens of pings per wake-up instead
+//! of one cut what holding idle connections costs (docs/performance.md).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Pings due within one step of this grid are sent together; see the
+/// module docs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PingGrid {
+    origin: Instant,
+    step: Duration,
+}
+
+impl PingGrid {
+    /// Steps per ping interval: the first ping comes up to 1/250 of the
+    /// interval late (100 ms at the default 25 s), and a hub holding N
+    /// connections wakes for their pings 250 times per interval, whatever N.
+    const STEPS_PER_INTERVAL: u32 = 250;
+    /// The grid never gets coarser than this, so one step's pings stay a
+    /// short burst of work.
+    const MAX_STEP: Duration = Duration::from_millis(100);
+
+    /// The process-wide grid for `ping_interval` (its origin is shared,
+    /// so equal intervals fall on the same instants).
+    pub(super) fn for_interval(ping_interval: Duration) -> Self {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        PingGrid {
+            origin: *ORIGIN.get_or_init(Instant::now),
+            step: (ping_interval / Self::STEPS_PER_INTERVAL).min(Self::MAX_STEP),
+        }
+    }
+
+    /// The first grid instant at or after `at`.
+    fn align(&self, at: Instant) -> Instant {
+        let step = self.step.as_nanos();
+        if step == 0 {
+            return at;
+        }
+        let since = at.saturating_duration_since(self.origin).as_nanos();
+        let steps = since.div_ceil(step);
+        // `steps * step` is within one step of `since`: no overflow.
+        self.origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
+    }
+}
 
 /// When to ping, when to give up on a silent peer, when the token
 /// expires and by when the connection must have registered. Inbound
@@ -10,6 +57,7 @@ use std::time::{Duration, Instant};
 /// fires, so a busy connection costs no timer resets.
 pub(super) struct Liveness {
     ping_interval: Duration,
+    grid: PingGrid,
     idle_timeout: Duration,
     next_ping: Instant,
     last_inbound: Instant,
@@ -43,6 +91,7 @@ impl Liveness {
     /// `register_by`: None when the connection needs no `register` deadline.
     pub(super) fn new(
         ping_interval: Duration,
+        grid: PingGrid,
         idle_timeout: Duration,
         expires_at: Option<Instant>,
         register_by: Option<Instant>,
@@ -50,8 +99,9 @@ impl Liveness {
     ) -> Self {
         Liveness {
             ping_interval,
+            grid,
             idle_timeout,
-            next_ping: now + ping_interval,
+            next_ping: grid.align(now + ping_interval),
             last_inbound: now,
             expires_at,
             registration: register_by.map_or(Registration::Done, Registration::Due),
@@ -99,7 +149,14 @@ impl Liveness {
             return Due::Idle;
         }
         if now >= self.next_ping {
-            self.next_ping = now + self.ping_interval;
+            // On schedule from the last grid instant; a timer that fired
+            // very late starts the schedule again from now.
+            let next = self.next_ping + self.ping_interval;
+            self.next_ping = self.grid.align(if next > now {
+                next
+            } else {
+                now + self.ping_interval
+            });
             return Due::Ping;
         }
         Due::Nothing
@@ -110,11 +167,48 @@ impl Liveness {
 mod tests {
     use super::*;
 
+    /// No grid: pings exactly one interval apart.
+    fn exact(origin: Instant) -> PingGrid {
+        PingGrid {
+            origin,
+            step: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn pings_due_within_one_step_of_the_grid_fall_on_the_same_instant() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let grid = PingGrid {
+            origin: t0,
+            step: ms(10),
+        };
+        // Opened 3 and 7 ms into a step: both first ping at the step's end.
+        let mut a = Liveness::new(ms(100), grid, ms(250), None, None, t0 + ms(3));
+        let b = Liveness::new(ms(100), grid, ms(250), None, None, t0 + ms(7));
+        assert_eq!(a.deadline(), t0 + ms(110));
+        assert_eq!(b.deadline(), t0 + ms(110));
+        // Then one interval apart, on the grid, though the timer fired late.
+        assert_eq!(a.on_timer(t0 + ms(112)), Due::Ping);
+        assert_eq!(a.deadline(), t0 + ms(210));
+        // A timer far behind starts again from now, on the grid.
+        a.on_inbound(t0 + ms(300));
+        assert_eq!(a.on_timer(t0 + ms(333)), Due::Ping);
+        assert_eq!(a.deadline(), t0 + ms(440));
+        // The default interval's step: 100 ms.
+        let default = PingGrid::for_interval(Duration::from_secs(25));
+        assert_eq!(default.step, ms(100));
+        assert_eq!(
+            PingGrid::for_interval(ms(100)).step,
+            Duration::from_micros(400)
+        );
+    }
+
     #[test]
     fn liveness_pings_on_schedule_and_gives_up_after_silence() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), None, None, t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, None, t0);
         assert_eq!(l.deadline(), t0 + ms(100));
         assert_eq!(l.on_timer(t0 + ms(50)), Due::Nothing);
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
@@ -133,12 +227,12 @@ mod tests {
     fn liveness_fires_at_token_expiry_first() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(150)), None, t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), Some(t0 + ms(150)), None, t0);
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
         assert_eq!(l.deadline(), t0 + ms(150));
         assert_eq!(l.on_timer(t0 + ms(150)), Due::Expired);
         // Expiry wins over a silent peer due at the same instant.
-        let mut l = Liveness::new(ms(100), ms(250), Some(t0 + ms(250)), None, t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), Some(t0 + ms(250)), None, t0);
         assert_eq!(l.on_timer(t0 + ms(250)), Due::Expired);
     }
 
@@ -146,24 +240,24 @@ mod tests {
     fn liveness_closes_a_connection_not_registered_by_its_deadline() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, Some(t0 + ms(50)), t0);
         assert_eq!(l.deadline(), t0 + ms(50));
         assert_eq!(l.on_timer(t0 + ms(50)), Due::Unregistered);
         // Registered in time: the deadline no longer applies.
-        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, Some(t0 + ms(50)), t0);
         assert!(!l.on_answered(true));
         assert_eq!(l.deadline(), t0 + ms(100));
         assert_eq!(l.on_timer(t0 + ms(100)), Due::Ping);
         // Due while its `register` was answered: that answer decides.
-        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, Some(t0 + ms(50)), t0);
         l.register_overdue();
         assert_eq!(l.deadline(), t0 + ms(100));
         assert!(l.on_answered(false));
-        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, Some(t0 + ms(50)), t0);
         l.register_overdue();
         assert!(!l.on_answered(true));
         // Unregistered but not yet due: an answer changes nothing.
-        let mut l = Liveness::new(ms(100), ms(250), None, Some(t0 + ms(50)), t0);
+        let mut l = Liveness::new(ms(100), exact(t0), ms(250), None, Some(t0 + ms(50)), t0);
         assert!(!l.on_answered(false));
         assert_eq!(l.deadline(), t0 + ms(50));
     }

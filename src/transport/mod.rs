@@ -43,7 +43,7 @@ use crate::metrics::{Metrics, Shed};
 use crate::outbox::{CONTROL, Outbound, Outbox};
 use crate::protocol::{CloseReason, Frame};
 
-use liveness::{Due, Liveness};
+use liveness::{Due, Liveness, PingGrid};
 use reader::{ReadReady, ReadSide, close_for, ws_config};
 
 pub use reader::READ_BUFFER_BYTES;
@@ -136,6 +136,7 @@ pub async fn serve<P, H>(
     let now = Instant::now();
     let mut liveness = Liveness::new(
         limits.ping_interval,
+        PingGrid::for_interval(limits.ping_interval),
         limits.idle_timeout,
         limits.expires_in.map(|d| now + d),
         limits.register_within.map(|d| now + d),
