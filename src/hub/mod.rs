@@ -15,6 +15,7 @@ pub mod media;
 pub mod monitor;
 mod presence;
 mod queries;
+mod recent;
 pub mod registry;
 pub mod requests;
 pub mod session;

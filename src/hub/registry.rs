@@ -46,6 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::recent::{Kept, KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{ClientInfo, CloseReason};
@@ -154,10 +155,12 @@ pub struct Registry {
     /// Per session with local clients: the last delivered log position.
     /// Lock order: `positions`, then `sessions`.
     positions: Mutex<HashMap<String, Position>>,
-    /// Per session with local clients: the last events delivered (offset,
-    /// frame, except), so a join that read the log just before live
-    /// delivery passed it takes the difference from here. Same lock order.
-    recent: Mutex<HashMap<String, VecDeque<Recent>>>,
+    /// Per session a join is under way in: the events delivered since the
+    /// join began (offset, frame, except), so a join whose log read live
+    /// delivery then passed takes the difference from here. Kept only
+    /// while a join needs them ([`Registry::keep_recent`]): an idle
+    /// session holds no frames. Same lock order.
+    recent: KeptEvents,
     /// Large sessions' events being handed out, and the wake-up after
     /// each logged delivery, for [`Registry::delivered`]. Lock order: last.
     pacing: Arc<Pacing>,
@@ -240,18 +243,6 @@ impl Pacing {
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
 #[derive(Debug)]
 pub struct Refused;
-
-/// How many delivered events per session a join can catch up from.
-const RECENT: usize = 1024;
-
-/// One delivered event, kept for joins.
-#[derive(Clone)]
-pub struct Recent {
-    pub offset: u64,
-    pub out: Outbound,
-    pub except: Option<String>,
-    pub presence: Option<u64>,
-}
 
 /// A position in a session's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,10 +335,21 @@ impl Registry {
     /// `watchers` (lock order).
     fn forget_delivery(&self, positions: &mut HashMap<String, Position>, session: &str) {
         positions.remove(session);
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(session);
+        if let Some(kept) = self.recent().get_mut(session) {
+            kept.events.clear();
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        self.recent.lock()
+    }
+
+    /// From now until the guard is dropped, live delivery keeps the
+    /// session's events for [`Self::insert_at`]'s `start`. A join takes it
+    /// before it reads the log: an event delivered before that was logged
+    /// before the read (the read has it), one delivered after is kept.
+    pub fn keep_recent(&self, session: &str) -> KeptForJoin<'_> {
+        self.recent.keep(session)
     }
 
     /// Sessions this instance keeps a delivery position or recent events
@@ -355,8 +357,11 @@ impl Registry {
     #[cfg(test)]
     fn delivery_state_len(&self) -> (usize, usize) {
         let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        (positions.len(), recent.len())
+        let recent = self.recent();
+        (
+            positions.len(),
+            recent.values().map(|k| k.events.len()).sum(),
+        )
     }
 
     pub fn get(&self, session: &str, client_id: &str) -> Option<ClientHandle> {
@@ -395,14 +400,17 @@ impl Registry {
     ) -> Delivery {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent();
         let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
         let watching = watchers.get(&event.header.session);
         let no_clients = HashMap::new();
         let clients = sessions.get(&event.header.session).unwrap_or(&no_clients);
+        let mut kept = recent.get_mut(&event.header.session);
         if clients.is_empty() && watching.is_none() {
             positions.remove(&event.header.session);
-            recent.remove(&event.header.session);
+            if let Some(kept) = kept {
+                kept.events.clear();
+            }
             return Delivery::NoClients;
         };
         let position = positions
@@ -411,14 +419,15 @@ impl Registry {
                 epoch: event.epoch.clone(),
                 offset: event.offset.saturating_sub(1),
             });
-        let kept = recent.entry(event.header.session.clone()).or_default();
         if position.epoch != event.epoch {
             // The log was lost and began again: its offsets restart at 1.
             *position = Position {
                 epoch: event.epoch.clone(),
                 offset: 0,
             };
-            kept.clear();
+            if let Some(kept) = kept.as_mut() {
+                kept.events.clear();
+            }
         }
         if event.offset <= position.offset {
             return Delivery::Duplicate;
@@ -429,15 +438,15 @@ impl Registry {
             };
         }
         position.offset = event.offset;
-        if kept.len() == RECENT {
-            kept.pop_front();
+        if let Some(kept) = kept {
+            kept.push(Recent {
+                offset: event.offset,
+                out: out.clone(),
+                except: event.header.except.clone(),
+                presence: event.header.presence,
+            });
         }
-        kept.push_back(Recent {
-            offset: event.offset,
-            out: out.clone(),
-            except: event.header.except.clone(),
-            presence: event.header.presence,
-        });
+        drop(recent);
         let except = event.header.except.as_deref();
         let recipients = clients
             .values()
@@ -538,7 +547,7 @@ impl Registry {
     ) -> Result<Option<ClientHandle>, Refused> {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent();
         // A hidden watcher keeps live delivery (and `recent`) going too.
         let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty())
             || self
@@ -552,7 +561,7 @@ impl Registry {
         };
         let none = VecDeque::new();
         let kept = match recent.get(session) {
-            Some(k) if has_clients => k,
+            Some(k) if has_clients => &k.events,
             _ => &none,
         };
         let keep = start(&live, kept, &handle).ok_or(Refused)?;
@@ -709,6 +718,7 @@ mod tests {
     fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
         let metrics = Arc::new(Metrics::new("i"));
         let registry = Registry::default();
+        let joining = registry.keep_recent("s");
         let (a, b) = (named("a", 8), named("b", 8));
         registry.insert("s", a.clone());
         registry.insert("s", b.clone());
@@ -719,7 +729,9 @@ mod tests {
         assert_eq!(registry.delivery_state_len(), (1, 1), "b is still here");
         assert!(registry.remove("s", "b", b.conn_id));
         assert_eq!(registry.delivery_state_len(), (0, 0));
+        drop(joining);
 
+        let joining = registry.keep_recent("w");
         let watcher = named("w", 8);
         registry.watch("w", watcher.clone(), None);
         let (e, out) = event("w", 1);
@@ -727,6 +739,36 @@ mod tests {
         assert_eq!(registry.delivery_state_len(), (1, 1));
         registry.unwatch("w", watcher.conn_id);
         assert_eq!(registry.delivery_state_len(), (0, 0));
+        drop(joining);
+        assert!(registry.recent().is_empty());
+    }
+
+    /// Delivered events are kept for a join only while one is under way:
+    /// an idle session holds no frames.
+    #[test]
+    fn events_are_kept_only_while_a_join_is_under_way() {
+        let metrics = Arc::new(Metrics::new("i"));
+        let registry = Registry::default();
+        registry.insert("s", named("a", 8));
+        let (e, out) = event("s", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(registry.delivery_state_len(), (1, 0));
+        let first = registry.keep_recent("s");
+        let second = registry.keep_recent("s");
+        for offset in 2..=3 {
+            let (e, out) = event("s", offset);
+            registry.deliver_logged(&e, &out, false, &metrics);
+        }
+        assert_eq!(registry.delivery_state_len(), (1, 2));
+        drop(first);
+        assert_eq!(
+            registry.delivery_state_len(),
+            (1, 2),
+            "a join still needs them"
+        );
+        drop(second);
+        assert_eq!(registry.delivery_state_len(), (1, 0));
+        assert!(registry.recent().is_empty());
     }
 
     #[test]

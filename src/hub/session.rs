@@ -14,7 +14,8 @@ use super::Hub;
 use std::collections::VecDeque;
 
 use super::logged_outbound;
-use super::registry::{ClientHandle, Position, Recent};
+use super::recent::Recent;
+use super::registry::{ClientHandle, Position};
 use crate::auth::Identity;
 use crate::broker::{LogRead, ReadBudget};
 use crate::metrics::Shed;
@@ -465,6 +466,9 @@ impl Hub {
             StartAt::Resume(_) => 0,
         };
         let mut last_epoch: Option<String> = None;
+        // Before the first read: what live delivery passes from here on is
+        // kept for `insert_at`, what it passed before is in the read.
+        let _kept = self.registry.keep_recent(session);
         for attempt in 0..=ATTEMPTS {
             let give_up = attempt == ATTEMPTS;
             let after = match from {
