@@ -308,15 +308,26 @@ impl AsyncRead for SharedTcp {
             let room = dst.len();
             let mut read = None;
             // A read that did not fill the buffer drained the socket (epoll
-            // is edge-triggered): the readiness is cleared at once, as
-            // tokio's own `poll_read` does, instead of by one more read
-            // that finds nothing (a system call per inbound message, e.g.
-            // per pong). The readiness cleared is the one from before the
-            // read, so data arriving meanwhile still wakes the task.
+            // and kqueue are edge-triggered): the readiness is cleared at
+            // once, as tokio's own `poll_read` does there, instead of by one
+            // more read that finds nothing (a system call per inbound
+            // message, e.g. per pong). The readiness cleared is the one from
+            // before the read, so data arriving meanwhile still wakes the
+            // task.
+            const EDGE_TRIGGERED: bool = cfg!(any(
+                target_os = "linux",
+                target_os = "android",
+                target_os = "macos",
+                target_os = "ios",
+                target_os = "freebsd",
+                target_os = "netbsd",
+                target_os = "openbsd",
+                target_os = "dragonfly"
+            ));
             let outcome = self.tcp.try_io(Interest::READABLE, || {
                 let n = self.tcp.try_read(dst)?;
                 read = Some(n);
-                if 0 < n && n < room {
+                if EDGE_TRIGGERED && 0 < n && n < room {
                     Err(io::ErrorKind::WouldBlock.into())
                 } else {
                     Ok(())

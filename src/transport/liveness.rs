@@ -3,10 +3,14 @@
 //! one timer for all of them.
 //!
 //! Pings fall on a grid shared by every connection of the process
-//! ([`PingGrid`]): connections whose pings are due within one step of it
-//! ping in the same timer tick. An idle connection's cost is mostly the
-//! worker thread waking up for it, so tens of pings per wake-up instead
-//! of one cut what holding idle connections costs (docs/performance.md).
+//! ([`PingGrid`]): a connection's first ping is moved back to a grid
+//! instant, and the next ones follow it one interval apart, so connections
+//! whose pings are due within one step of each other ping in the same
+//! timer tick, for good. An idle connection's cost is mostly the worker
+//! thread waking up for it, so tens of pings per wake-up instead of one cut
+//! what holding idle connections costs (docs/performance.md). Moved back,
+//! not forward: a ping is never later than without the grid, so
+//! `IDLE_TIMEOUT_MS` just above `PING_INTERVAL_MS` still works.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ pub(super) struct PingGrid {
 
 impl PingGrid {
     /// Steps per ping interval: the first ping comes up to 1/250 of the
-    /// interval late (100 ms at the default 25 s), and a hub holding N
+    /// interval early (100 ms at the default 25 s), and a hub holding N
     /// connections wakes for their pings 250 times per interval, whatever N.
     const STEPS_PER_INTERVAL: u32 = 250;
     /// The grid never gets coarser than this, so one step's pings stay a
@@ -38,16 +42,16 @@ impl PingGrid {
         }
     }
 
-    /// The first grid instant at or after `at`.
+    /// The last grid instant at or before `at` (never before the origin).
     fn align(&self, at: Instant) -> Instant {
         let step = self.step.as_nanos();
         if step == 0 {
             return at;
         }
         let since = at.saturating_duration_since(self.origin).as_nanos();
-        let steps = since.div_ceil(step);
-        // `steps * step` is within one step of `since`: no overflow.
-        self.origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
+        // At most `since`, which came from a Duration: it fits.
+        let on_grid = u64::try_from(since / step * step).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(on_grid)
     }
 }
 
@@ -149,14 +153,14 @@ impl Liveness {
             return Due::Idle;
         }
         if now >= self.next_ping {
-            // On schedule from the last grid instant; a timer that fired
-            // very late starts the schedule again from now.
+            // One interval after the last (on the grid, like the first);
+            // a timer that fired very late starts again from now.
             let next = self.next_ping + self.ping_interval;
-            self.next_ping = self.grid.align(if next > now {
+            self.next_ping = if next > now {
                 next
             } else {
-                now + self.ping_interval
-            });
+                self.grid.align(now + self.ping_interval)
+            };
             return Due::Ping;
         }
         Due::Nothing
@@ -183,18 +187,26 @@ mod tests {
             origin: t0,
             step: ms(10),
         };
-        // Opened 3 and 7 ms into a step: both first ping at the step's end.
-        let mut a = Liveness::new(ms(100), grid, ms(250), None, None, t0 + ms(3));
-        let b = Liveness::new(ms(100), grid, ms(250), None, None, t0 + ms(7));
-        assert_eq!(a.deadline(), t0 + ms(110));
-        assert_eq!(b.deadline(), t0 + ms(110));
-        // Then one interval apart, on the grid, though the timer fired late.
-        assert_eq!(a.on_timer(t0 + ms(112)), Due::Ping);
-        assert_eq!(a.deadline(), t0 + ms(210));
+        // Opened 3 and 7 ms into a step: both first ping at the step's
+        // start, never later than one interval.
+        let mut a = Liveness::new(ms(100), grid, ms(101), None, None, t0 + ms(3));
+        let b = Liveness::new(ms(100), grid, ms(101), None, None, t0 + ms(7));
+        assert_eq!(a.deadline(), t0 + ms(100));
+        assert_eq!(b.deadline(), t0 + ms(100));
+        // Then exactly one interval apart, though the timer fired late.
+        assert_eq!(a.on_timer(t0 + ms(102)), Due::Ping);
+        a.on_inbound(t0 + ms(103));
+        assert_eq!(a.deadline(), t0 + ms(200));
         // A timer far behind starts again from now, on the grid.
         a.on_inbound(t0 + ms(300));
         assert_eq!(a.on_timer(t0 + ms(333)), Due::Ping);
-        assert_eq!(a.deadline(), t0 + ms(440));
+        assert_eq!(a.next_ping, t0 + ms(430));
+        // An interval that is no whole number of steps keeps its length.
+        let mut c = Liveness::new(ms(105), grid, ms(200), None, None, t0 + ms(3));
+        assert_eq!(c.deadline(), t0 + ms(100));
+        assert_eq!(c.on_timer(t0 + ms(100)), Due::Ping);
+        c.on_inbound(t0 + ms(101));
+        assert_eq!(c.deadline(), t0 + ms(205));
         // The default interval's step: 100 ms.
         let default = PingGrid::for_interval(Duration::from_secs(25));
         assert_eq!(default.step, ms(100));
