@@ -1807,6 +1807,7 @@ fn cluster_script_is_valid_bash() {
         "scripts/bench-curve",
         "scripts/bench-isolation",
         "scripts/bench-registration",
+        "scripts/bench-departures",
         "scripts/soak",
     ] {
         let (ok, out) = run(Command::new("bash").arg("-n").arg(repo_path(script)));
