@@ -29,9 +29,11 @@
 //! departure announced it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
@@ -40,6 +42,11 @@ use crate::protocol::{ClientInfo, HubError};
 
 /// Between two retries of the due departures.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Due departures retried at once: a mass disconnect's leftovers drain
+/// several at a time, and most of the Redis pool (32 connections, 8 on a
+/// Redis Cluster, each multiplexed) stays free for everything else.
+const RETRY_CONCURRENCY: usize = 4;
 
 type Key = (String, String);
 
@@ -321,7 +328,8 @@ impl Hub {
         self.membership.leave().await;
     }
 
-    /// Retries the due departures every [`RETRY`] until shutdown.
+    /// Retries the due departures every [`RETRY`] until shutdown, up to
+    /// [`RETRY_CONCURRENCY`] at a time.
     pub(super) fn spawn_departure_retries(self: &Arc<Self>) {
         self.every(RETRY, |hub| async move {
             let due: Vec<Key> = hub
@@ -332,20 +340,26 @@ impl Hub {
                 .filter(|(_, p)| matches!(p, Pending::Due(_)))
                 .map(|(key, _)| key.clone())
                 .collect();
-            for key in due {
-                if hub.shutdown.is_cancelled() {
-                    // What is still due is left to the reapers.
-                    break;
-                }
-                let (turn, due) = hub.departures.take_turn(&key).await;
-                let Some(due) = due else { continue };
-                if let Err(error) = hub.run_departure(turn, due).await {
-                    // The store is still out: the rest waits for the next
-                    // round rather than a timeout each.
-                    tracing::debug!(session = %key.0, client_id = %key.1, %error, "departure not taken yet");
-                    break;
-                }
-            }
+            // The store is still out: the rest waits for the next round
+            // rather than a timeout each.
+            let failed = AtomicBool::new(false);
+            futures_util::stream::iter(due)
+                .for_each_concurrent(RETRY_CONCURRENCY, |key| {
+                    let (hub, failed) = (&hub, &failed);
+                    async move {
+                        // What is still due at shutdown is left to the reapers.
+                        if failed.load(Ordering::Relaxed) || hub.shutdown.is_cancelled() {
+                            return;
+                        }
+                        let (turn, due) = hub.departures.take_turn(&key).await;
+                        let Some(due) = due else { return };
+                        if let Err(error) = hub.run_departure(turn, due).await {
+                            tracing::debug!(session = %key.0, client_id = %key.1, %error, "departure not taken yet");
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
         });
     }
 }
