@@ -353,6 +353,12 @@ impl Hub {
                         }
                         let (turn, due) = hub.departures.take_turn(&key).await;
                         let Some(due) = due else { return };
+                        // Either may have come while waiting for the turn:
+                        // after the stop began, nothing may be half-done.
+                        if failed.load(Ordering::Relaxed) || hub.shutdown.is_cancelled() {
+                            hub.departures.leave_due(&key, due);
+                            return;
+                        }
                         if let Err(error) = hub.run_departure(turn, due).await {
                             tracing::debug!(session = %key.0, client_id = %key.1, %error, "departure not taken yet");
                             failed.store(true, Ordering::Relaxed);
