@@ -50,9 +50,9 @@ async fn soak_three_hubs_stay_flat_under_churn_and_abandoned_sessions_expire() {
         envs.push(("INSTANCE_ID", &id));
         hubs.push(HubProcess::start(&["--redis-url", &redis_url], &envs).await);
     }
-    // Few sessions, each busy: a hub keeps each session's last 1024
-    // events for joins (registry::RECENT), which fills in about a minute
-    // here — inside the warm-up — instead of growing through the run.
+    // Few sessions, each busy, joined and resumed all along: a hub keeps
+    // a session's events while a join of it is under way (hub::recent),
+    // so what it holds stays small and churns.
     let load = driver::Load {
         urls: hubs.iter().map(|h| h.ws_url()).collect(),
         sessions: 2,
@@ -65,9 +65,8 @@ async fn soak_three_hubs_stay_flat_under_churn_and_abandoned_sessions_expire() {
     let plan = run::Plan {
         duration: Duration::from_secs(secs),
         sample_every: Duration::from_secs(3),
-        // The recent-events buffers fill (above), the first abandoned
-        // sessions live ~15 s, the allocators settle: at 3 minutes 72 s
-        // of warm-up, 108 s judged.
+        // The first abandoned sessions live ~15 s, the allocators
+        // settle: at 3 minutes 72 s of warm-up, 108 s judged.
         warmup_fraction: 0.4,
         drain_bound: Duration::from_secs(60),
         csv: std::env::var_os("SOAK_CSV").map(Into::into),
