@@ -352,8 +352,9 @@ impl Registry {
         self.recent.keep(session)
     }
 
-    /// Sessions this instance keeps a delivery position or recent events
-    /// of (each should have local subscribers).
+    /// How many sessions this instance keeps a delivery position of (each
+    /// should have local subscribers), and how many events it keeps for
+    /// joins under way.
     #[cfg(test)]
     fn delivery_state_len(&self) -> (usize, usize) {
         let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
@@ -534,8 +535,9 @@ impl Registry {
     /// Joins `handle` to the session atomically with respect to live
     /// delivery. `read` is the log's position as the join read it. `start`
     /// gets the position live delivery continues from (the last delivered
-    /// one; with no local client yet, `read`) and the last events delivered
-    /// before it, queues what the client gets
+    /// one; with no local client yet, `read`) and the events delivered
+    /// since the join took its [`Self::keep_recent`] guard, queues what the
+    /// client gets
     /// first (confirmation, replay) and returns the position to keep — or
     /// None to refuse (read the log again). Returns the replaced handle.
     pub fn insert_at(

@@ -5,7 +5,7 @@
 //! Pings fall on a grid shared by every connection of the process
 //! ([`PingGrid`]): a connection's first ping is moved back to a grid
 //! instant, and the next ones follow it one interval apart, so connections
-//! whose pings are due within one step of each other ping in the same
+//! whose pings are due within the same step ping in the same
 //! timer tick, for good. An idle connection's cost is mostly the worker
 //! thread waking up for it, so tens of pings per wake-up instead of one cut
 //! what holding idle connections costs (docs/performance.md). Moved back,
@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Pings due within one step of this grid are sent together; see the
+/// Pings due within the same step of this grid are sent together; see the
 /// module docs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PingGrid {
@@ -26,7 +26,8 @@ pub(super) struct PingGrid {
 impl PingGrid {
     /// Steps per ping interval: the first ping comes up to 1/250 of the
     /// interval early (100 ms at the default 25 s), and a hub holding N
-    /// connections wakes for their pings 250 times per interval, whatever N.
+    /// connections wakes for their pings 250 times per interval, whatever N
+    /// (more above 25 s, where the step stays at [`Self::MAX_STEP`]).
     const STEPS_PER_INTERVAL: u32 = 250;
     /// The grid never gets coarser than this, so one step's pings stay a
     /// short burst of work.
