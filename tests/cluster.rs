@@ -416,21 +416,32 @@ async fn killed_instance_leaves_presence_within_the_ttl() {
     assert_eq!(resp["content"]["executed_by"], "simulated", "{resp}");
 }
 
+/// Two hubs on one Redis (started in `ids` order); `client` registered in
+/// session `s` on the first, seen joining by `watcher` on the second.
+async fn watched_from_another_hub(
+    ids: [&str; 2],
+    client: &str,
+) -> (TestRedis, [TestHub; 2], WsClient, WsClient) {
+    let redis = TestRedis::start();
+    let first = start_hub(&redis, ids[0], &[]).await;
+    let second = start_hub(&redis, ids[1], &[]).await;
+    let (mut watcher, _) = WsClient::register(&second.ws_url(), "s", "watcher").await;
+    let (client_ws, _) = WsClient::register(&first.ws_url(), "s", client).await;
+    assert_eq!(
+        watcher.recv_type("client_joined").await["client_id"],
+        client
+    );
+    (redis, [first, second], watcher, client_ws)
+}
+
 /// An instance whose heartbeat was late by more than the TTL, though it
 /// lives, is reaped by another: its clients are announced gone. At its
 /// next heartbeat it finds itself out of the cluster and puts them back,
 /// announced again, so presence does not keep losing connected clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_instance_reaped_by_mistake_puts_its_clients_back() {
-    let redis = TestRedis::start();
-    let late = start_hub(&redis, "hub-late", &[]).await;
-    let reaper = start_hub(&redis, "hub-reaper", &[]).await;
-    let (mut watcher, _) = WsClient::register(&reaper.ws_url(), "s", "watcher").await;
-    let (_kept, _) = WsClient::register(&late.ws_url(), "s", "kept").await;
-    assert_eq!(
-        watcher.recv_type("client_joined").await["client_id"],
-        "kept"
-    );
+    let (redis, [_late, reaper], mut watcher, _kept) =
+        watched_from_another_hub(["hub-late", "hub-reaper"], "kept").await;
 
     // hub-late's heartbeat made ancient, as if it had stalled, until the
     // reaper takes its client (XX: never re-adding it once forgotten).
@@ -543,15 +554,8 @@ async fn a_client_back_while_its_departure_is_due_stays_present() {
 /// a clean stop left the cluster's set and nothing ever reaped it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleanly_stopped_hub_leaves_what_it_could_not_remove_to_the_others() {
-    let redis = TestRedis::start();
-    let stopping = start_hub(&redis, "hub-stopping", &[]).await;
-    let staying = start_hub(&redis, "hub-staying", &[]).await;
-    let (mut watcher, _) = WsClient::register(&staying.ws_url(), "s", "watcher").await;
-    let (_live, _) = WsClient::register(&stopping.ws_url(), "s", "live").await;
-    assert_eq!(
-        watcher.recv_type("client_joined").await["client_id"],
-        "live"
-    );
+    let (redis, [stopping, staying], mut watcher, _live) =
+        watched_from_another_hub(["hub-stopping", "hub-staying"], "live").await;
     let ghost = json!({
         "client_id": "ghost",
         "client_name": "ghost",

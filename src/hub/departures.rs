@@ -346,16 +346,17 @@ impl Hub {
             futures_util::stream::iter(due)
                 .for_each_concurrent(RETRY_CONCURRENCY, |key| {
                     let (hub, failed) = (&hub, &failed);
+                    // What is still due at shutdown is left to the reapers.
+                    let stop = move || failed.load(Ordering::Relaxed) || hub.shutdown.is_cancelled();
                     async move {
-                        // What is still due at shutdown is left to the reapers.
-                        if failed.load(Ordering::Relaxed) || hub.shutdown.is_cancelled() {
+                        if stop() {
                             return;
                         }
                         let (turn, due) = hub.departures.take_turn(&key).await;
                         let Some(due) = due else { return };
                         // Either may have come while waiting for the turn:
                         // after the stop began, nothing may be half-done.
-                        if failed.load(Ordering::Relaxed) || hub.shutdown.is_cancelled() {
+                        if stop() {
                             hub.departures.leave_due(&key, due);
                             return;
                         }

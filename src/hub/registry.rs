@@ -46,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::recent::{Kept, KeptEvents, KeptForJoin, Recent};
+use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{ClientInfo, CloseReason};
@@ -335,13 +335,9 @@ impl Registry {
     /// `watchers` (lock order).
     fn forget_delivery(&self, positions: &mut HashMap<String, Position>, session: &str) {
         positions.remove(session);
-        if let Some(kept) = self.recent().get_mut(session) {
+        if let Some(kept) = self.recent.lock().get_mut(session) {
             kept.events.clear();
         }
-    }
-
-    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
-        self.recent.lock()
     }
 
     /// From now until the guard is dropped, live delivery keeps the
@@ -358,7 +354,7 @@ impl Registry {
     #[cfg(test)]
     fn delivery_state_len(&self) -> (usize, usize) {
         let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = self.recent();
+        let recent = self.recent.lock();
         (
             positions.len(),
             recent.values().map(|k| k.events.len()).sum(),
@@ -401,7 +397,7 @@ impl Registry {
     ) -> Delivery {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        let mut recent = self.recent();
+        let mut recent = self.recent.lock();
         let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
         let watching = watchers.get(&event.header.session);
         let no_clients = HashMap::new();
@@ -549,7 +545,7 @@ impl Registry {
     ) -> Result<Option<ClientHandle>, Refused> {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        let recent = self.recent();
+        let recent = self.recent.lock();
         // A hidden watcher keeps live delivery (and `recent`) going too.
         let has_clients = sessions.get(session).is_some_and(|c| !c.is_empty())
             || self
@@ -742,7 +738,7 @@ mod tests {
         registry.unwatch("w", watcher.conn_id);
         assert_eq!(registry.delivery_state_len(), (0, 0));
         drop(joining);
-        assert!(registry.recent().is_empty());
+        assert!(registry.recent.lock().is_empty());
     }
 
     /// Delivered events are kept for a join only while one is under way:
@@ -770,7 +766,7 @@ mod tests {
         );
         drop(second);
         assert_eq!(registry.delivery_state_len(), (1, 0));
-        assert!(registry.recent().is_empty());
+        assert!(registry.recent.lock().is_empty());
     }
 
     #[test]

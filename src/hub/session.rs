@@ -96,10 +96,10 @@ enum StartAt<'a> {
 }
 
 /// `live`: the last offset this instance delivered (or, with no local
-/// client yet, the head the join read); `recent`: the events it
-/// delivered since the join began (at most 1 024, `hub::recent`). Live events after `live` reach the client anyway, so a
-/// replay holds exactly `(from, live]`: from the read up to its head, the
-/// rest from `recent`. Events not for `me` are left out, as live delivery
+/// client yet, the head the join read); `recent`: the events it delivered
+/// since the join began (at most 1 024, `hub::recent`). Live events after
+/// `live` reach the client anyway, so a replay holds exactly `(from,
+/// live]`: from the read up to its head, the rest from `recent`. Events not for `me` are left out, as live delivery
 /// does: those about itself, and after a cut the presence events of a
 /// version at or below its member list's.
 fn plan_start(
