@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
@@ -111,6 +111,12 @@ struct Args {
     /// publisher and one subscriber on the first URL) during the publish
     /// phase, whose latency shows how much the big fan-out delays others.
     probe_rate: f64,
+    /// fanout: the subscribers read what arrived every this long instead
+    /// of each frame as it comes (None): several frames per read, so a
+    /// fan-out's receivers cost this machine a fraction of the CPU, as
+    /// clients on other machines would; their latency then includes up to
+    /// this interval.
+    read_every: Option<Duration>,
 }
 
 const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
@@ -119,6 +125,7 @@ const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1
   sends:  [--clients 8] [--messages 2000] (WhatsApp sends, each answered before the next)
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
           [--probe-rate 0] (a second, small session's latency during the fan-out)
+          [--read-every-ms 0] (subscribers read in bulk every N ms; 0 = each frame as it comes)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
@@ -154,6 +161,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         settle_timeout: Duration::from_secs(120),
         hold: Duration::ZERO,
         probe_rate: 0.0,
+        read_every: None,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -206,6 +214,11 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                     .ok()
                     .filter(|r| r.is_finite() && *r >= 0.0)
                     .ok_or_else(|| anyhow!("--probe-rate takes messages per second (0 = off)"))?
+            }
+            "--read-every-ms" => {
+                args.read_every = Some(num("milliseconds")?)
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
             }
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -828,7 +841,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
     }
     let session = format!("bench-{}", now_micros());
     println!(
-        "mode=fanout urls={} subscribers={s} messages={m} rate={} payload={}B pids={:?}",
+        "mode=fanout urls={} subscribers={s} messages={m} rate={} payload={}B read={} pids={:?}",
         args.urls.join(","),
         if args.rate_per_sec > 0.0 {
             format!("{}/s", args.rate_per_sec)
@@ -836,6 +849,10 @@ async fn run_fanout(args: &Args) -> Result<()> {
             "burst".into()
         },
         args.payload_bytes,
+        match args.read_every {
+            Some(every) => format!("every {} ms (latency includes the wait)", every.as_millis()),
+            None => "each frame as it comes".into(),
+        },
         args.pids
     );
     if (fd_limit as usize) < s + 64 {
@@ -865,6 +882,7 @@ async fn run_fanout(args: &Args) -> Result<()> {
             published.clone(),
             args.idle_timeout,
             drain_limit,
+            args.read_every,
         )));
     }
     let (publisher, confirmation_bytes) =
@@ -1124,6 +1142,7 @@ async fn subscribe(
     published: Arc<AtomicBool>,
     idle_timeout: Duration,
     drain_limit: Duration,
+    read_every: Option<Duration>,
 ) -> Seen {
     let mut seen = Seen {
         latencies_us: Vec::with_capacity(messages),
@@ -1146,22 +1165,37 @@ async fn subscribe(
             seen.ended = "deadline";
             break;
         }
-        let msg = match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
-            Err(_) => {
+        // None: nothing arrived in this wait.
+        let next = match read_every {
+            None => tokio::time::timeout(Duration::from_millis(250), ws.next())
+                .await
+                .ok(),
+            // What is already buffered or in the socket, without waiting;
+            // once that is drained, sleep until the next bulk read.
+            Some(every) => match ws.next().now_or_never() {
+                Some(next) => Some(next),
+                None => {
+                    tokio::time::sleep(every).await;
+                    None
+                }
+            },
+        };
+        let msg = match next {
+            None => {
                 if published_at.is_some() && last_frame.elapsed() >= idle_timeout {
                     seen.ended = "idle";
                     break;
                 }
                 continue;
             }
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(Message::Close(frame)))) => {
+            Some(Some(Ok(Message::Text(t)))) => t,
+            Some(Some(Ok(Message::Close(frame)))) => {
                 seen.close_code = frame.map(|f| u16::from(f.code));
                 seen.ended = "closed";
                 break;
             }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_)) | None) => {
+            Some(Some(Ok(_))) => continue,
+            Some(Some(Err(_)) | None) => {
                 seen.ended = "error";
                 break;
             }
