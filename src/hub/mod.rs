@@ -13,6 +13,7 @@ pub mod executor;
 pub mod idempotency;
 pub mod media;
 pub mod monitor;
+mod pacing;
 mod presence;
 mod queries;
 mod recent;

@@ -21,14 +21,11 @@
 //! reflects it (its version is at or below the list's, see
 //! [`ClientHandle::wants`]).
 //!
-//! A large session's events are *paced* ([`FANOUT_CHUNK`]): its recipients
-//! are taken under the locks, as for any event, but handed the frame by a
-//! task of the session's own, a chunk at a time, yielding between chunks.
-//! Every chunk wakes that many connection tasks; pacing keeps the runtime's
-//! queue short, so a small session's event delivered meanwhile waits for
-//! one chunk, not for the whole fan-out (docs/performance.md, "Isolation").
-//! Once a session has paced events, its later ones queue behind them, so
-//! each client still gets a session's events in offset order.
+//! A large session's events are *paced* ([`super::pacing`]): its
+//! recipients are taken under the locks, as for any event, but handed the
+//! frame by a task of the session's own, a chunk at a time. Once a session
+//! has paced events, its later ones queue behind them, so each client
+//! still gets a session's events in offset order.
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -46,6 +43,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::pacing::{FANOUT_CHUNK, PacedEvent, Pacing};
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
@@ -163,81 +161,11 @@ pub struct Registry {
     recent: KeptEvents,
     /// Large sessions' events being handed out, and the wake-up after
     /// each logged delivery, for [`Registry::delivered`]. Lock order: last.
-    pacing: Arc<Pacing>,
+    pacing: Arc<Pacing<Arc<Recipient>>>,
     /// Hidden watchers per session (admin feeds, by connection id): they
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
-}
-
-/// Sessions with more local recipients than this get their events paced
-/// (see the module docs): a chunk of recipients is handed the frame, then
-/// the session's pacer yields to the connections it woke.
-pub const FANOUT_CHUNK: usize = 256;
-
-/// One paced event: its log position and who gets it, taken when it was
-/// delivered.
-struct PacedEvent {
-    epoch: String,
-    offset: u64,
-    out: Outbound,
-    recipients: Vec<Arc<Recipient>>,
-}
-
-/// The paced events of the sessions that have some, in offset order; a
-/// session is listed while its pacer task runs.
-#[derive(Default)]
-struct Pacing {
-    sessions: Mutex<HashMap<String, VecDeque<PacedEvent>>>,
-    progress: tokio::sync::Notify,
-}
-
-impl Pacing {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<PacedEvent>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether an event of `session` at or before `offset` of `epoch` is
-    /// still being handed out.
-    fn pending(&self, session: &str, epoch: &str, offset: u64) -> bool {
-        self.sessions()
-            .get(session)
-            .is_some_and(|q| q.iter().any(|e| e.epoch == epoch && e.offset <= offset))
-    }
-
-    /// Hands out the session's paced events in order, a chunk at a time;
-    /// ends (and unlists the session) when none is left.
-    async fn run(self: Arc<Self>, session: String, metrics: Arc<Metrics>) {
-        loop {
-            // The event stays listed (pending) until every chunk went out.
-            let Some((out, recipients)) = self
-                .sessions()
-                .get_mut(&session)
-                .and_then(|q| q.front_mut())
-                .map(|e| (e.out.clone(), std::mem::take(&mut e.recipients)))
-            else {
-                return;
-            };
-            for chunk in recipients.chunks(FANOUT_CHUNK) {
-                for recipient in chunk {
-                    recipient.outbox.send(out.clone(), &metrics);
-                }
-                tokio::task::yield_now().await;
-            }
-            drop(recipients);
-            {
-                let mut sessions = self.sessions();
-                let done = sessions.get_mut(&session).is_none_or(|q| {
-                    q.pop_front();
-                    q.is_empty()
-                });
-                if done {
-                    sessions.remove(&session);
-                }
-            }
-            self.progress.notify_waiters();
-        }
-    }
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -470,10 +398,13 @@ impl Registry {
             Some(queue) => queue.push_back(paced_event),
             None => {
                 paced.insert(event.header.session.clone(), VecDeque::from([paced_event]));
-                let pacer = self
-                    .pacing
-                    .clone()
-                    .run(event.header.session.clone(), metrics.clone());
+                let metrics = metrics.clone();
+                let pacer = self.pacing.clone().run(
+                    event.header.session.clone(),
+                    move |recipient: &Arc<Recipient>, out: &Outbound| {
+                        recipient.outbox.send(out.clone(), &metrics);
+                    },
+                );
                 tokio::spawn(pacer);
             }
         }
