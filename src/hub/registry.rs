@@ -21,7 +21,7 @@
 //! reflects it (its version is at or below the list's, see
 //! [`ClientHandle::wants`]).
 //!
-//! A large session's events are *paced* ([`super::pacing`]): its
+//! A large session's events are *paced* (`hub/pacing.rs`): its
 //! recipients are taken under the locks, as for any event, but handed the
 //! frame by a task of the session's own, a chunk at a time. Once a session
 //! has paced events, its later ones queue behind them, so each client

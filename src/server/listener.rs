@@ -1,9 +1,9 @@
 //! The sockets of the HTTP server. Every accepted socket is shared
 //! ([`SharedTcp`]): HTTP reads and writes it as usual, and a connection
 //! upgraded to WebSocket takes a second reference ([`Peer::socket`]) through
-//! which the hub writes pre-framed events straight to the socket from the
-//! task that delivers them (`hub/registry.rs`), without waking the
-//! connection's task. Each socket also records its [`Activity`] (what the
+//! which the connection's task writes pre-framed events straight to the
+//! socket ([`crate::transport::SocketWriter`]), beside hyper's upgraded
+//! stream it reads from. Each socket also records its [`Activity`] (what the
 //! accept loop's deadlines are measured from) and holds its source
 //! address's slot ([`AddressSlots`]) for as long as it is open.
 
