@@ -18,7 +18,7 @@ use crate::outbox::Outbound;
 /// (smaller ones are handed theirs at once), this many at a time: tokio's
 /// local run queue holds 256 tasks, so the woken writers of one chunk do
 /// not spill into the global queue.
-pub const FANOUT_CHUNK: usize = 256;
+pub(super) const FANOUT_CHUNK: usize = 256;
 
 /// One paced event: its log position and who gets it, taken when it was
 /// delivered.
