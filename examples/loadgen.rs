@@ -955,10 +955,17 @@ async fn run_fanout(args: &Args) -> Result<()> {
     published.store(true, Ordering::Relaxed);
 
     let mut seen = Vec::with_capacity(s);
+    // Every subscriber stays connected until all are done: one leaving
+    // early would announce its departure to every member still waiting
+    // for its deliveries (10 000 frames each at 10 000 members).
+    let mut connected = Vec::with_capacity(s);
     for t in tasks {
-        seen.push(t.await?);
+        let (x, ws) = t.await?;
+        seen.push(x);
+        connected.push(ws);
     }
     let cpu_after = total_cpu_ticks(&args.pids)?;
+    drop(connected);
     let others: Vec<(String, CpuTicks)> = args
         .others
         .iter()
@@ -1143,7 +1150,7 @@ async fn subscribe(
     idle_timeout: Duration,
     drain_limit: Duration,
     read_every: Option<Duration>,
-) -> Seen {
+) -> (Seen, Ws) {
     let mut seen = Seen {
         latencies_us: Vec::with_capacity(messages),
         per_seq: vec![0; messages],
@@ -1223,7 +1230,7 @@ async fn subscribe(
         seen.latencies_us.push(received.saturating_sub(sent));
         seen.last_delivery = Some(last_frame);
     }
-    seen
+    (seen, ws)
 }
 
 fn report_fanout(
