@@ -14,6 +14,11 @@
 //! as a slow consumer (1008), instead of buffering without limit. The deque
 //! is allocated by the first frame and released when a burst has drained,
 //! so an idle connection keeps (almost) no queue memory.
+//!
+//! A frame may be queued without the wake-up ([`Outbox::push_quiet`]) and
+//! the connection woken later ([`Outbox::wake`]): a large session's events
+//! are queued at once, in order and under the same bounds, and its
+//! connections woken a chunk at a time (`hub/pacing.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -93,6 +98,10 @@ struct Queue {
     frames: VecDeque<Outbound>,
     /// The connection ended: frames are refused.
     closed: bool,
+    /// A frame was refused for want of room: later ones are refused too,
+    /// even once the writer made room, so the client never gets an event
+    /// after one it missed (it resumes from the last one it got).
+    overflowed: bool,
 }
 
 impl Outbox {
@@ -118,14 +127,27 @@ impl Outbox {
     /// Queues a frame and wakes the connection's task. Never blocks, never
     /// writes.
     pub fn push(&self, out: Outbound) -> Result<(), Refused> {
+        self.push_quiet(out)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// [`Self::push`] without the wake-up: the caller wakes the connection
+    /// later ([`Self::wake`]), as a paced fan-out does. A refusal still
+    /// wakes it (to close).
+    pub fn push_quiet(&self, out: Outbound) -> Result<(), Refused> {
         let len = out.frame.len();
         let mut queue = self.queue();
         if queue.closed {
             return Err(Refused::Closed);
         }
+        if queue.overflowed {
+            return Err(Refused::SlowConsumer { first: false });
+        }
         let bytes = self.queued_bytes.load(Ordering::Acquire);
         let frames = self.queued_frames.load(Ordering::Acquire);
         if bytes.saturating_add(len) > self.max_queued_bytes || frames >= self.max_queued_frames {
+            queue.overflowed = true;
             drop(queue);
             let first = self.disconnect(CloseReason::SlowConsumer);
             return Err(Refused::SlowConsumer { first });
@@ -133,22 +155,23 @@ impl Outbox {
         self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         self.queued_frames.fetch_add(1, Ordering::AcqRel);
         queue.frames.push_back(out);
-        drop(queue);
-        self.waker.wake();
         Ok(())
+    }
+
+    /// Wakes the connection's task, to write what was queued quietly.
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 
     /// [`Self::push`], counting an eviction (1008) once, in the connection
     /// the frame would have overflowed. False if the frame was not taken.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
-        match self.push(out) {
-            Ok(()) => true,
-            Err(Refused::SlowConsumer { first: true }) => {
-                metrics.slow_consumer_disconnects.inc();
-                false
-            }
-            Err(_) => false,
-        }
+        counted(self.push(out), metrics)
+    }
+
+    /// [`Self::push_quiet`], counted as [`Self::send`] is.
+    pub fn send_quiet(&self, out: Outbound, metrics: &Metrics) -> bool {
+        counted(self.push_quiet(out), metrics)
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);
@@ -202,6 +225,14 @@ impl Outbox {
         }
     }
 
+    /// Whether what waits to be written reached a quarter of either bound:
+    /// past it, a paced fan-out wakes the connection at once rather than
+    /// in its turn, so pacing alone never takes a client near eviction.
+    pub fn filling(&self) -> bool {
+        self.queued_frames.load(Ordering::Acquire) >= self.max_queued_frames.div_ceil(4)
+            || self.queued_bytes.load(Ordering::Acquire) >= self.max_queued_bytes.div_ceil(4)
+    }
+
     /// Bytes handed over and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
@@ -242,6 +273,18 @@ impl Outbox {
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         *self.close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether a push took its frame, counting an eviction the first time.
+fn counted(pushed: Result<(), Refused>, metrics: &Metrics) -> bool {
+    match pushed {
+        Ok(()) => true,
+        Err(Refused::SlowConsumer { first: true }) => {
+            metrics.slow_consumer_disconnects.inc();
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -294,6 +337,22 @@ mod tests {
             by_frames.push(frame("b")),
             Err(Refused::SlowConsumer { first: true })
         );
+    }
+
+    #[test]
+    fn after_a_refused_frame_no_later_frame_is_taken_even_once_there_is_room() {
+        let outbox = Outbox::new(10, 5);
+        outbox.push(frame("12345")).unwrap();
+        assert!(outbox.push(frame("678")).is_err());
+        // The writer wrote the first frame: there is room again, but
+        // taking the next event would skip the refused one.
+        assert_eq!(outbox.next_frame().map(|o| o.frame), Some("12345".into()));
+        outbox.dequeued(5, 1);
+        assert_eq!(
+            outbox.push(frame("9")),
+            Err(Refused::SlowConsumer { first: false })
+        );
+        assert!(outbox.next_frame().is_none());
     }
 
     #[test]

@@ -1,101 +1,105 @@
-//! The pacing of a large session's fan-out: its events are handed to their
-//! recipients by a task of the session's own, [`FANOUT_CHUNK`] at a time,
-//! yielding between chunks, so a small session's event delivered meanwhile
-//! waits for one chunk of woken writers, not for the whole fan-out
-//! (docs/performance.md, "Isolation"). A chunk sized by time (about 1 ms
-//! of the runtime's work) was tried and measured no better for the small
-//! session (docs/performance.md, "A chunk sized by time").
+//! The pacing of a large session's fan-out. Its events are queued for
+//! every recipient at once, under the same bounds as any frame, so each
+//! client gets them in order and a slow one is evicted as usual; what is
+//! paced is the *wake-ups*. A task of the session's own wakes its
+//! recipients' connections [`FANOUT_CHUNK`] at a time, yielding between
+//! chunks, so a small session's event delivered meanwhile waits for one
+//! chunk of woken writers, not for the whole fan-out (docs/performance.md,
+//! "Isolation").
 //!
-//! Nothing here knows what a recipient is: the registry hands each one the
-//! frame through the closure it gives [`Pacing::run`].
+//! A recipient is listed to be woken at most once (its `wake_pending`
+//! flag): while the pacer is behind, later events only join the frames
+//! already queued for it, and the connection, once woken, writes them all
+//! in one `writev`. The list is thus bounded by the session's size, not by
+//! the events, and a fan-out the instance cannot keep up with batches its
+//! writes instead of queueing work. A recipient whose queue reached a
+//! quarter of its bounds is woken at once instead (`Outbox::filling`):
+//! waiting for its turn must not take it towards eviction.
+//!
+//! Nothing here knows what a recipient is: the registry wakes each one
+//! through the closure it gives [`Pacing::run`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::outbox::Outbound;
-
-/// Sessions with more local recipients than this get their events paced
-/// (smaller ones are handed theirs at once), this many at a time: tokio's
+/// Sessions with more local recipients than this get their wake-ups
+/// paced (smaller ones are woken at once), this many at a time: tokio's
 /// local run queue holds 256 tasks, so the woken writers of one chunk do
-/// not spill into the global queue.
+/// not spill into the global queue. A chunk sized by time (about 1 ms of
+/// the runtime's work) was tried and measured no better for the small
+/// session (docs/performance.md, "A chunk sized by time").
 pub(super) const FANOUT_CHUNK: usize = 256;
 
-/// One paced event: its log position and who gets it, taken when it was
-/// delivered.
-pub(super) struct PacedEvent<R> {
-    pub(super) epoch: String,
-    pub(super) offset: u64,
-    pub(super) out: Outbound,
-    pub(super) recipients: Vec<R>,
-}
-
-/// The paced events of the sessions that have some, in offset order; a
-/// session is listed while its pacer task runs.
+/// The recipients to wake, per session whose pacer task runs.
 pub(super) struct Pacing<R> {
-    sessions: Mutex<HashMap<String, VecDeque<PacedEvent<R>>>>,
-    /// Woken after each paced event went out (and by the registry after
-    /// each unpaced delivery), for [`crate::hub::registry::Registry::delivered`].
-    pub(super) progress: tokio::sync::Notify,
+    sessions: Mutex<HashMap<String, Vec<R>>>,
 }
 
 impl<R> Default for Pacing<R> {
     fn default() -> Self {
         Pacing {
             sessions: Mutex::default(),
-            progress: tokio::sync::Notify::new(),
         }
     }
 }
 
 impl<R: Send + Sync + 'static> Pacing<R> {
-    pub(super) fn sessions(&self) -> MutexGuard<'_, HashMap<String, VecDeque<PacedEvent<R>>>> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Vec<R>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether an event of `session` at or before `offset` of `epoch` is
-    /// still being handed out.
-    pub(super) fn pending(&self, session: &str, epoch: &str, offset: u64) -> bool {
-        self.sessions()
-            .get(session)
-            .is_some_and(|q| q.iter().any(|e| e.epoch == epoch && e.offset <= offset))
+    /// Lists `recipients` (frames are queued for them, not yet woken) to be
+    /// woken by the session's pacer. True if the session has no pacer
+    /// running: the caller starts one ([`Self::run`]).
+    pub(super) fn wake_later(&self, session: &str, recipients: Vec<R>) -> bool {
+        if recipients.is_empty() {
+            return false;
+        }
+        let mut sessions = self.sessions();
+        match sessions.get_mut(session) {
+            Some(listed) => {
+                listed.extend(recipients);
+                false
+            }
+            None => {
+                sessions.insert(session.to_owned(), recipients);
+                true
+            }
+        }
     }
 
-    /// Hands out the session's paced events in order, a chunk at a time
-    /// (`hand` gives one recipient the frame); ends (and unlists the
-    /// session) when none is left.
-    pub(super) async fn run(
-        self: Arc<Self>,
-        session: String,
-        hand: impl Fn(&R, &Outbound) + Send + 'static,
-    ) {
+    /// Wakes the session's listed recipients, a chunk at a time; ends (and
+    /// unlists the session) when none is left.
+    pub(super) async fn run(self: Arc<Self>, session: String, wake: impl Fn(&R) + Send + 'static) {
         loop {
-            // The event stays listed (pending) until every chunk went out.
-            let Some((out, recipients)) = self
-                .sessions()
-                .get_mut(&session)
-                .and_then(|q| q.front_mut())
-                .map(|e| (e.out.clone(), std::mem::take(&mut e.recipients)))
-            else {
-                return;
+            let listed = {
+                let mut sessions = self.sessions();
+                match sessions.get_mut(&session) {
+                    Some(listed) if !listed.is_empty() => std::mem::take(listed),
+                    _ => {
+                        sessions.remove(&session);
+                        return;
+                    }
+                }
             };
-            for chunk in recipients.chunks(FANOUT_CHUNK) {
+            for chunk in listed.chunks(FANOUT_CHUNK) {
                 for recipient in chunk {
-                    hand(recipient, &out);
+                    wake(recipient);
                 }
                 tokio::task::yield_now().await;
             }
-            drop(recipients);
-            {
-                let mut sessions = self.sessions();
-                let done = sessions.get_mut(&session).is_none_or(|q| {
-                    q.pop_front();
-                    q.is_empty()
-                });
-                if done {
-                    sessions.remove(&session);
-                }
-            }
-            self.progress.notify_waiters();
         }
+    }
+
+    /// How many sessions have a pacer running.
+    #[cfg(test)]
+    pub(super) fn running(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// How many recipients the session's pacer has yet to wake.
+    #[cfg(test)]
+    pub(super) fn listed(&self, session: &str) -> usize {
+        self.sessions().get(session).map_or(0, Vec::len)
     }
 }

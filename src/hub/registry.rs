@@ -21,11 +21,11 @@
 //! reflects it (its version is at or below the list's, see
 //! [`ClientHandle::wants`]).
 //!
-//! A large session's events are *paced* (`hub/pacing.rs`): its
-//! recipients are taken under the locks, as for any event, but handed the
-//! frame by a task of the session's own, a chunk at a time. Once a session
-//! has paced events, its later ones queue behind them, so each client
-//! still gets a session's events in offset order.
+//! A large session's fan-out is *paced* (`hub/pacing.rs`): its frame is
+//! queued for every recipient under the locks, as for any event (so the
+//! outbox's bounds and the order hold as they do everywhere), but the
+//! recipients' connections are woken by a task of the session's own, a
+//! chunk at a time.
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -40,10 +40,10 @@
 //! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::pacing::{FANOUT_CHUNK, PacedEvent, Pacing};
+use super::pacing::{FANOUT_CHUNK, Pacing};
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
@@ -56,6 +56,9 @@ struct Recipient {
     /// The presence version the client's member list is as of: presence
     /// events of this version or an older one are not sent (it has them).
     presence_floor: AtomicU64,
+    /// Frames were queued for it quietly and a pacer has it listed to be
+    /// woken: later quiet frames need not list it again.
+    wake_pending: AtomicBool,
 }
 
 /// The handle through which anything can send to, or disconnect, a client.
@@ -82,6 +85,7 @@ impl ClientHandle {
             shared: Arc::new(Recipient {
                 outbox: Outbox::new(max_queued_frames, max_queued_bytes),
                 presence_floor: AtomicU64::new(0),
+                wake_pending: AtomicBool::new(false),
             }),
         }
     }
@@ -159,9 +163,11 @@ pub struct Registry {
     /// while a join needs them ([`Registry::keep_recent`]): an idle
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
-    /// Large sessions' events being handed out, and the wake-up after
-    /// each logged delivery, for [`Registry::delivered`]. Lock order: last.
+    /// Large sessions' recipients whose frames are queued, to be woken.
+    /// Lock order: last.
     pacing: Arc<Pacing<Arc<Recipient>>>,
+    /// Woken after each logged delivery, for [`Registry::delivered`].
+    progress: tokio::sync::Notify,
     /// Hidden watchers per session (admin feeds, by connection id): they
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
@@ -377,37 +383,42 @@ impl Registry {
             .values()
             .filter(|h| h.wants(except, event.header.presence))
             .chain(watching.into_iter().flat_map(HashMap::values));
-        let mut paced = self.pacing.sessions();
-        let queued = paced.get_mut(&event.header.session);
-        if queued.is_none() && clients.len() + watching.map_or(0, HashMap::len) <= FANOUT_CHUNK {
-            drop(paced);
+        if clients.len() + watching.map_or(0, HashMap::len) <= FANOUT_CHUNK {
             for h in recipients {
                 h.send(out.clone(), metrics);
             }
-            self.pacing.progress.notify_waiters();
-            return Delivery::Delivered;
-        }
-        let paced_event = PacedEvent {
-            epoch: event.epoch.clone(),
-            offset: event.offset,
-            out: out.clone(),
-            recipients: recipients.map(|h| h.shared.clone()).collect(),
-        };
-        match queued {
-            // Behind the session's earlier paced events.
-            Some(queue) => queue.push_back(paced_event),
-            None => {
-                paced.insert(event.header.session.clone(), VecDeque::from([paced_event]));
-                let metrics = metrics.clone();
+        } else {
+            let mut to_wake = Vec::new();
+            for h in recipients {
+                let outbox = &h.shared.outbox;
+                if !outbox.send_quiet(out.clone(), metrics) {
+                    continue;
+                }
+                if outbox.filling() {
+                    // Not left to wait for its turn with a quarter of its
+                    // bounds queued: the pacer is not what evicts a client.
+                    outbox.wake();
+                } else if !h.shared.wake_pending.swap(true, Ordering::AcqRel) {
+                    // Listed once until the pacer wakes it: the pacer's
+                    // swap back reads this one, so the woken writer finds
+                    // the frame.
+                    to_wake.push(h.shared.clone());
+                }
+            }
+            if self.pacing.wake_later(&event.header.session, to_wake) {
                 let pacer = self.pacing.clone().run(
                     event.header.session.clone(),
-                    move |recipient: &Arc<Recipient>, out: &Outbound| {
-                        recipient.outbox.send(out.clone(), &metrics);
+                    |recipient: &Arc<Recipient>| {
+                        // Cleared before the wake: a frame queued after it
+                        // lists the recipient again.
+                        recipient.wake_pending.swap(false, Ordering::AcqRel);
+                        recipient.outbox.wake();
                     },
                 );
                 tokio::spawn(pacer);
             }
         }
+        self.progress.notify_waiters();
         Delivery::Delivered
     }
 
@@ -415,14 +426,12 @@ impl Registry {
     /// it has none, or its log moved to another epoch).
     pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
         loop {
-            let progressed = self.pacing.progress.notified();
+            let progressed = self.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            let behind = match self.position(session) {
-                Some(p) if p.epoch == epoch && p.offset < offset => true,
-                // Delivered, but maybe still being handed out (paced).
-                _ => self.pacing.pending(session, epoch, offset),
-            };
+            let behind = self
+                .position(session)
+                .is_some_and(|p| p.epoch == epoch && p.offset < offset);
             if !behind {
                 return;
             }
@@ -602,42 +611,113 @@ mod tests {
             .collect()
     }
 
-    /// A small session's event is handed out while a large session's
-    /// fan-out is still under way; the large session's clients still get
-    /// its events in order, and `delivered` waits for the whole fan-out.
+    /// Counts its wake-ups.
+    struct Woken(AtomicU64);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A large session's events are queued for all its clients at once, in
+    /// order, but their connections are woken a chunk at a time, each once
+    /// however many events came meanwhile; a small session's client is
+    /// woken at once, before the fan-out is done.
     #[tokio::test]
-    async fn a_large_fan_out_is_paced_and_a_small_session_does_not_wait_for_it() {
+    async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
         let metrics = Arc::new(Metrics::new("i"));
         let registry = Registry::default();
-        let big: Vec<ClientHandle> = (0..FANOUT_CHUNK * 3)
-            .map(|i| named(&format!("big{i}"), 8))
+        let watched = |h: &ClientHandle| {
+            let woken = Arc::new(Woken(AtomicU64::new(0)));
+            h.outbox().register(&std::task::Waker::from(woken.clone()));
+            woken
+        };
+        let big: Vec<(ClientHandle, Arc<Woken>)> = (0..FANOUT_CHUNK * 3)
+            .map(|i| {
+                let h = named(&format!("big{i}"), 64);
+                registry.insert("big", h.clone());
+                let woken = watched(&h);
+                (h, woken)
+            })
             .collect();
-        for h in &big {
-            registry.insert("big", h.clone());
-        }
         let small = named("small", 8);
         registry.insert("small", small.clone());
+        let small_woken = watched(&small);
+        let woken = |big: &[(ClientHandle, Arc<Woken>)]| {
+            big.iter()
+                .map(|(_, w)| w.0.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
 
         for offset in 1..=2 {
             let (e, out) = event("big", offset);
-            assert!(matches!(
+            assert_eq!(
                 registry.deliver_logged(&e, &out, false, &metrics),
                 Delivery::Delivered
-            ));
+            );
         }
-        // Let the pacer hand out its first chunk, then deliver to the small
-        // session: it is served at once, before the fan-out is done.
+        assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
+        assert!(woken(&big).iter().all(|&n| n == 0), "no wake-up yet");
+        assert_eq!(registry.pacing.listed("big"), big.len(), "listed once");
+
+        // The pacer wakes its first chunk, then the small session's event
+        // wakes its client at once.
         tokio::task::yield_now().await;
         let (e, out) = event("small", 1);
         registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(frames(&small), ["small 1"]);
-        let served = big.iter().filter(|h| h.outbox().queued_bytes() > 0).count();
-        assert!(served < big.len(), "the whole fan-out ran at once");
+        assert_eq!(small_woken.0.load(Ordering::Relaxed), 1);
+        let first = woken(&big).iter().filter(|&&n| n > 0).count();
+        assert!(first > 0 && first < big.len(), "{first} woken at once");
+        assert_eq!(first % FANOUT_CHUNK, 0, "whole chunks");
 
-        registry.delivered("big", "e", 2).await;
-        for h in &big {
+        while registry.pacing.running() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(woken(&big).iter().all(|&n| n == 1), "each woken once");
+        for (h, _) in &big {
             assert_eq!(frames(h), ["big 1", "big 2"]);
         }
+        registry.delivered("big", "e", 2).await;
+
+        // Once woken, a client is listed again by the next event (a
+        // connection registers its waker again each time it is polled).
+        for (h, w) in &big {
+            h.outbox().register(&std::task::Waker::from(w.clone()));
+        }
+        let (e, out) = event("big", 3);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        while registry.pacing.running() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(woken(&big).iter().all(|&n| n == 2));
+    }
+
+    /// A client of a paced session whose queue reached a quarter of its
+    /// bounds is woken at once, not in its turn: waiting for the pacer must
+    /// not take it towards eviction (a few large frames in a row).
+    #[tokio::test]
+    async fn a_paced_client_with_a_quarter_of_its_queue_used_is_woken_at_once() {
+        let metrics = Arc::new(Metrics::new("i"));
+        let registry = Registry::default();
+        let big: Vec<ClientHandle> = (0..=FANOUT_CHUNK)
+            .map(|i| {
+                let h = named(&format!("big{i}"), 8);
+                registry.insert("big", h.clone());
+                h
+            })
+            .collect();
+        let woken = Arc::new(Woken(AtomicU64::new(0)));
+        big[0]
+            .outbox()
+            .register(&std::task::Waker::from(woken.clone()));
+        let (e, out) = event("big", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "1 of 8 frames: paced");
+        let (e, out) = event("big", 2);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "2 of 8: woken at once");
+        assert_eq!(frames(&big[0]), ["big 1", "big 2"]);
     }
 
     /// A session's last client leaving (or last watcher) takes its
