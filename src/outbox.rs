@@ -15,10 +15,13 @@
 //! is allocated by the first frame and released when a burst has drained,
 //! so an idle connection keeps (almost) no queue memory.
 //!
-//! A frame may be queued without the wake-up ([`Outbox::push_quiet`]) and
-//! the connection woken later ([`Outbox::wake`]): a large session's events
-//! are queued at once, in order and under the same bounds, and its
-//! connections woken a chunk at a time (`hub/pacing.rs`).
+//! A frame may be queued with its wake-up deferred ([`Outbox::send_deferred`])
+//! and the connection woken later ([`Outbox::wake_deferred`]): a large
+//! session's events are queued at once, in order and under the same bounds,
+//! and its connections woken a chunk at a time (`hub/pacing.rs`). A
+//! deferred wake-up is asked for once until it happens, and none is
+//! deferred once a quarter of either bound is queued: waiting for its turn
+//! must not take a connection towards eviction.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -86,6 +89,8 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// The connection's task, woken when a frame is queued or it is kicked.
     waker: AtomicWaker,
+    /// A deferred wake-up was asked for and has not happened yet.
+    wake_deferred: AtomicBool,
     /// Bytes and frames handed over and not yet written (or dropped).
     queued_bytes: AtomicUsize,
     queued_frames: AtomicUsize,
@@ -113,6 +118,7 @@ impl Outbox {
             kicked: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
+            wake_deferred: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             queued_frames: AtomicUsize::new(0),
             max_queued_bytes,
@@ -127,15 +133,14 @@ impl Outbox {
     /// Queues a frame and wakes the connection's task. Never blocks, never
     /// writes.
     pub fn push(&self, out: Outbound) -> Result<(), Refused> {
-        self.push_quiet(out)?;
+        self.queue_frame(out)?;
         self.waker.wake();
         Ok(())
     }
 
-    /// [`Self::push`] without the wake-up: the caller wakes the connection
-    /// later ([`Self::wake`]), as a paced fan-out does. A refusal still
-    /// wakes it (to close).
-    pub fn push_quiet(&self, out: Outbound) -> Result<(), Refused> {
+    /// Queues a frame without waking the connection's task; true if it is
+    /// a quarter of the way to either bound after it.
+    fn queue_frame(&self, out: Outbound) -> Result<bool, Refused> {
         let len = out.frame.len();
         let mut queue = self.queue();
         if queue.closed {
@@ -144,9 +149,12 @@ impl Outbox {
         if queue.overflowed {
             return Err(Refused::SlowConsumer { first: false });
         }
-        let bytes = self.queued_bytes.load(Ordering::Acquire);
-        let frames = self.queued_frames.load(Ordering::Acquire);
-        if bytes.saturating_add(len) > self.max_queued_bytes || frames >= self.max_queued_frames {
+        let bytes = self
+            .queued_bytes
+            .load(Ordering::Acquire)
+            .saturating_add(len);
+        let frames = self.queued_frames.load(Ordering::Acquire) + 1;
+        if bytes > self.max_queued_bytes || frames > self.max_queued_frames {
             queue.overflowed = true;
             drop(queue);
             let first = self.disconnect(CloseReason::SlowConsumer);
@@ -155,23 +163,38 @@ impl Outbox {
         self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         self.queued_frames.fetch_add(1, Ordering::AcqRel);
         queue.frames.push_back(out);
-        Ok(())
-    }
-
-    /// Wakes the connection's task, to write what was queued quietly.
-    pub fn wake(&self) {
-        self.waker.wake();
+        Ok(frames >= self.max_queued_frames.div_ceil(4)
+            || bytes >= self.max_queued_bytes.div_ceil(4))
     }
 
     /// [`Self::push`], counting an eviction (1008) once, in the connection
     /// the frame would have overflowed. False if the frame was not taken.
     pub fn send(&self, out: Outbound, metrics: &Metrics) -> bool {
-        counted(self.push(out), metrics)
+        counted(self.push(out), metrics).is_some()
     }
 
-    /// [`Self::push_quiet`], counted as [`Self::send`] is.
-    pub fn send_quiet(&self, out: Outbound, metrics: &Metrics) -> bool {
-        counted(self.push_quiet(out), metrics)
+    /// [`Self::send`] with the wake-up deferred: true if the caller is to
+    /// call [`Self::wake_deferred`] later. False if the frame was refused,
+    /// if a deferred wake-up is already due (it will find this frame too),
+    /// or if the queue is a quarter full, when the task is woken at once.
+    pub fn send_deferred(&self, out: Outbound, metrics: &Metrics) -> bool {
+        match counted(self.queue_frame(out), metrics) {
+            None => false,
+            Some(true) => {
+                self.waker.wake();
+                false
+            }
+            // The swap in `wake_deferred` reads this one, so the task it
+            // wakes finds the frame.
+            Some(false) => !self.wake_deferred.swap(true, Ordering::AcqRel),
+        }
+    }
+
+    /// The deferred wake-up [`Self::send_deferred`] asked for. Cleared
+    /// before the wake: a frame queued after it asks again.
+    pub fn wake_deferred(&self) {
+        self.wake_deferred.swap(false, Ordering::AcqRel);
+        self.waker.wake();
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);
@@ -225,14 +248,6 @@ impl Outbox {
         }
     }
 
-    /// Whether what waits to be written reached a quarter of either bound:
-    /// past it, a paced fan-out wakes the connection at once rather than
-    /// in its turn, so pacing alone never takes a client near eviction.
-    pub fn filling(&self) -> bool {
-        self.queued_frames.load(Ordering::Acquire) >= self.max_queued_frames.div_ceil(4)
-            || self.queued_bytes.load(Ordering::Acquire) >= self.max_queued_bytes.div_ceil(4)
-    }
-
     /// Bytes handed over and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
@@ -276,15 +291,16 @@ impl Outbox {
     }
 }
 
-/// Whether a push took its frame, counting an eviction the first time.
-fn counted(pushed: Result<(), Refused>, metrics: &Metrics) -> bool {
+/// What a push returned if it took its frame, counting an eviction the
+/// first time.
+fn counted<T>(pushed: Result<T, Refused>, metrics: &Metrics) -> Option<T> {
     match pushed {
-        Ok(()) => true,
+        Ok(taken) => Some(taken),
         Err(Refused::SlowConsumer { first: true }) => {
             metrics.slow_consumer_disconnects.inc();
-            false
+            None
         }
-        Err(_) => false,
+        Err(_) => None,
     }
 }
 

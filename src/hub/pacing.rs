@@ -7,20 +7,21 @@
 //! chunk of woken writers, not for the whole fan-out (docs/performance.md,
 //! "Isolation").
 //!
-//! A recipient is listed to be woken at most once (its `wake_pending`
-//! flag): while the pacer is behind, later events only join the frames
-//! already queued for it, and the connection, once woken, writes them all
-//! in one `writev`. The list is thus bounded by the session's size, not by
-//! the events, and a fan-out the instance cannot keep up with batches its
-//! writes instead of queueing work. A recipient whose queue reached a
-//! quarter of its bounds is woken at once instead (`Outbox::filling`):
-//! waiting for its turn must not take it towards eviction.
+//! A recipient is listed to be woken at most once
+//! ([`Outbox::send_deferred`] says when to list it): while the pacer is
+//! behind, later events only join the frames already queued for it, and
+//! the connection, once woken, writes them all in one `writev`. The list
+//! is thus bounded by the session's size, not by the events, and a fan-out
+//! the instance cannot keep up with batches its writes instead of queueing
+//! work. A recipient whose queue reached a quarter of its bounds is woken
+//! at once instead: waiting for its turn must not take it towards eviction.
 //!
-//! Nothing here knows what a recipient is: the registry wakes each one
-//! through the closure it gives [`Pacing::run`].
+//! A recipient is anything with an outbox (the registry's, private to it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::outbox::Outbox;
 
 /// Sessions with more local recipients than this get their wake-ups
 /// paced (smaller ones are woken at once), this many at a time: tokio's
@@ -32,7 +33,7 @@ pub(super) const FANOUT_CHUNK: usize = 256;
 
 /// The recipients to wake, per session whose pacer task runs.
 pub(super) struct Pacing<R> {
-    sessions: Mutex<HashMap<String, Vec<R>>>,
+    sessions: Mutex<HashMap<String, Vec<Arc<R>>>>,
 }
 
 impl<R> Default for Pacing<R> {
@@ -43,15 +44,15 @@ impl<R> Default for Pacing<R> {
     }
 }
 
-impl<R: Send + Sync + 'static> Pacing<R> {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Vec<R>>> {
+impl<R: AsRef<Outbox> + Send + Sync + 'static> Pacing<R> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<R>>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lists `recipients` (frames are queued for them, not yet woken) to be
     /// woken by the session's pacer. True if the session has no pacer
     /// running: the caller starts one ([`Self::run`]).
-    pub(super) fn wake_later(&self, session: &str, recipients: Vec<R>) -> bool {
+    pub(super) fn wake_later(&self, session: &str, recipients: Vec<Arc<R>>) -> bool {
         if recipients.is_empty() {
             return false;
         }
@@ -70,7 +71,7 @@ impl<R: Send + Sync + 'static> Pacing<R> {
 
     /// Wakes the session's listed recipients, a chunk at a time; ends (and
     /// unlists the session) when none is left.
-    pub(super) async fn run(self: Arc<Self>, session: String, wake: impl Fn(&R) + Send + 'static) {
+    pub(super) async fn run(self: Arc<Self>, session: String) {
         loop {
             let listed = {
                 let mut sessions = self.sessions();
@@ -84,7 +85,7 @@ impl<R: Send + Sync + 'static> Pacing<R> {
             };
             for chunk in listed.chunks(FANOUT_CHUNK) {
                 for recipient in chunk {
-                    wake(recipient);
+                    R::as_ref(recipient).wake_deferred();
                 }
                 tokio::task::yield_now().await;
             }

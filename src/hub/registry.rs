@@ -40,7 +40,7 @@
 //! reports of one session arrive in the order they happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::pacing::{FANOUT_CHUNK, Pacing};
@@ -56,9 +56,12 @@ struct Recipient {
     /// The presence version the client's member list is as of: presence
     /// events of this version or an older one are not sent (it has them).
     presence_floor: AtomicU64,
-    /// Frames were queued for it quietly and a pacer has it listed to be
-    /// woken: later quiet frames need not list it again.
-    wake_pending: AtomicBool,
+}
+
+impl AsRef<Outbox> for Recipient {
+    fn as_ref(&self) -> &Outbox {
+        &self.outbox
+    }
 }
 
 /// The handle through which anything can send to, or disconnect, a client.
@@ -85,7 +88,6 @@ impl ClientHandle {
             shared: Arc::new(Recipient {
                 outbox: Outbox::new(max_queued_frames, max_queued_bytes),
                 presence_floor: AtomicU64::new(0),
-                wake_pending: AtomicBool::new(false),
             }),
         }
     }
@@ -165,7 +167,7 @@ pub struct Registry {
     recent: KeptEvents,
     /// Large sessions' recipients whose frames are queued, to be woken.
     /// Lock order: last.
-    pacing: Arc<Pacing<Arc<Recipient>>>,
+    pacing: Arc<Pacing<Recipient>>,
     /// Woken after each logged delivery, for [`Registry::delivered`].
     progress: tokio::sync::Notify,
     /// Hidden watchers per session (admin feeds, by connection id): they
@@ -388,34 +390,12 @@ impl Registry {
                 h.send(out.clone(), metrics);
             }
         } else {
-            let mut to_wake = Vec::new();
-            for h in recipients {
-                let outbox = &h.shared.outbox;
-                if !outbox.send_quiet(out.clone(), metrics) {
-                    continue;
-                }
-                if outbox.filling() {
-                    // Not left to wait for its turn with a quarter of its
-                    // bounds queued: the pacer is not what evicts a client.
-                    outbox.wake();
-                } else if !h.shared.wake_pending.swap(true, Ordering::AcqRel) {
-                    // Listed once until the pacer wakes it: the pacer's
-                    // swap back reads this one, so the woken writer finds
-                    // the frame.
-                    to_wake.push(h.shared.clone());
-                }
-            }
+            let to_wake = recipients
+                .filter(|h| h.shared.outbox.send_deferred(out.clone(), metrics))
+                .map(|h| h.shared.clone())
+                .collect();
             if self.pacing.wake_later(&event.header.session, to_wake) {
-                let pacer = self.pacing.clone().run(
-                    event.header.session.clone(),
-                    |recipient: &Arc<Recipient>| {
-                        // Cleared before the wake: a frame queued after it
-                        // lists the recipient again.
-                        recipient.wake_pending.swap(false, Ordering::AcqRel);
-                        recipient.outbox.wake();
-                    },
-                );
-                tokio::spawn(pacer);
+                tokio::spawn(self.pacing.clone().run(event.header.session.clone()));
             }
         }
         self.progress.notify_waiters();
