@@ -18,10 +18,14 @@
 //! A frame may be queued with its wake-up deferred ([`Outbox::send_deferred`])
 //! and the connection woken later ([`Outbox::wake_deferred`]): a large
 //! session's events are queued at once, in order and under the same bounds,
-//! and its connections woken a chunk at a time (`hub/pacing.rs`). A
+//! and its connections woken a few at a time (`hub/pacing.rs`). A
 //! deferred wake-up is asked for once until it happens, and none is
 //! deferred once a quarter of either bound is queued: waiting for its turn
-//! must not take a connection towards eviction.
+//! must not take a connection towards eviction. The pacer's wake-up comes
+//! with a *turn* (a semaphore permit), given back when the connection's
+//! task next runs ([`Outbox::register`]): the pacer wakes the next
+//! connections once the woken ones ran, so the runtime's queue never holds
+//! more than a chunk of one session's writers.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -29,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, Frame, ServerEvent};
@@ -91,6 +96,9 @@ pub struct Outbox {
     waker: AtomicWaker,
     /// A deferred wake-up was asked for and has not happened yet.
     wake_deferred: AtomicBool,
+    /// [`Queue::turn`] holds the pacer's turn: read on every wake-up, so
+    /// the queue's lock is only taken when there is one to give back.
+    has_turn: AtomicBool,
     /// Bytes and frames handed over and not yet written (or dropped).
     queued_bytes: AtomicUsize,
     queued_frames: AtomicUsize,
@@ -107,6 +115,8 @@ struct Queue {
     /// even once the writer made room, so the client never gets an event
     /// after one it missed (it resumes from the last one it got).
     overflowed: bool,
+    /// The pacer's turn, held from its wake-up until the task runs.
+    turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Outbox {
@@ -119,6 +129,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             wake_deferred: AtomicBool::new(false),
+            has_turn: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             queued_frames: AtomicUsize::new(0),
             max_queued_bytes,
@@ -190,11 +201,32 @@ impl Outbox {
         }
     }
 
-    /// The deferred wake-up [`Self::send_deferred`] asked for. Cleared
-    /// before the wake: a frame queued after it asks again.
-    pub fn wake_deferred(&self) {
+    /// The deferred wake-up [`Self::send_deferred`] asked for, holding the
+    /// pacer's `turn` until the task runs (dropped at once if the
+    /// connection ended). Cleared before the wake: a frame queued after it
+    /// asks again.
+    pub fn wake_deferred(&self, turn: OwnedSemaphorePermit) {
+        let previous = {
+            let mut queue = self.queue();
+            if queue.closed {
+                Some(turn)
+            } else {
+                self.has_turn.store(true, Ordering::Release);
+                queue.turn.replace(turn)
+            }
+        };
+        // Given back outside the lock: it may wake the pacer.
+        drop(previous);
         self.wake_deferred.swap(false, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Gives back the pacer's turn, if held.
+    fn end_turn(&self) {
+        if self.has_turn.swap(false, Ordering::AcqRel) {
+            let turn = self.queue().turn.take();
+            drop(turn);
+        }
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);
@@ -236,6 +268,10 @@ impl Outbox {
     pub fn close(&self, keep_queued: bool, last: Option<Outbound>) {
         let mut queue = self.queue();
         queue.closed = true;
+        // Under the lock that `wake_deferred` checks `closed` under: no
+        // turn is stored after this one is given back.
+        self.has_turn.store(false, Ordering::Release);
+        let turn = queue.turn.take();
         if !keep_queued {
             let dropped = std::mem::take(&mut queue.frames);
             self.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
@@ -246,6 +282,9 @@ impl Outbox {
             self.queued_frames.fetch_add(1, Ordering::AcqRel);
             queue.frames.push_back(out);
         }
+        // Given back outside the lock: it may wake the pacer.
+        drop(queue);
+        drop(turn);
     }
 
     /// Bytes handed over and not yet written.
@@ -262,9 +301,11 @@ impl Outbox {
 
     /// The connection's task is woken by the next [`Self::push`] or
     /// [`Self::disconnect`]. Call it before looking at the queue and at
-    /// [`Self::is_kicked`], so nothing slips in between unseen.
+    /// [`Self::is_kicked`], so nothing slips in between unseen. The task
+    /// runs: the pacer's turn, if held, is given back.
     pub fn register(&self, waker: &Waker) {
         self.waker.register(waker);
+        self.end_turn();
     }
 
     /// Asks the connection to close; the first reason given wins. True if
@@ -304,9 +345,29 @@ fn counted<T>(pushed: Result<T, Refused>, metrics: &Metrics) -> Option<T> {
     }
 }
 
+/// A waker counting its wake-ups: a connection's task, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct WakeCount(AtomicUsize);
+
+#[cfg(test)]
+impl WakeCount {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+impl std::task::Wake for WakeCount {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn frame(text: &str) -> Outbound {
         Outbound::reply(text.into(), "broadcast")
@@ -396,5 +457,57 @@ mod tests {
         assert!(!outbox.disconnect(CloseReason::ShuttingDown));
         assert!(outbox.is_kicked());
         assert_eq!(outbox.close_reason(), Some(CloseReason::TokenExpired));
+    }
+
+    /// A deferred wake-up is asked for once until it happens; past a
+    /// quarter of the bounds the task is woken at once instead: waiting
+    /// for the pacer must not take a connection towards eviction.
+    #[test]
+    fn a_deferred_wake_up_is_asked_for_once_and_not_past_a_quarter_of_the_bounds() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(12, 1 << 20);
+        let woken = Arc::new(WakeCount::default());
+        outbox.register(&Waker::from(woken.clone()));
+        assert!(outbox.send_deferred(frame("1"), &metrics), "list it");
+        assert!(
+            !outbox.send_deferred(frame("2"), &metrics),
+            "listed already"
+        );
+        assert_eq!(woken.count(), 0);
+        assert!(
+            !outbox.send_deferred(frame("3"), &metrics),
+            "3 of 12 frames"
+        );
+        assert_eq!(woken.count(), 1, "woken at once");
+
+        let by_bytes = Outbox::new(100, 40);
+        by_bytes.register(&Waker::from(woken.clone()));
+        assert!(by_bytes.send_deferred(frame("123456789"), &metrics));
+        by_bytes.wake_deferred(
+            Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .unwrap(),
+        );
+        assert_eq!(woken.count(), 2);
+        by_bytes.register(&Waker::from(woken.clone()));
+        assert!(
+            !by_bytes.send_deferred(frame("0123456789"), &metrics),
+            "19 of 40 bytes"
+        );
+        assert_eq!(woken.count(), 3);
+    }
+
+    /// A turn handed to a closed outbox, or held when it closes, is given
+    /// back at once: nothing would run to give it back later.
+    #[test]
+    fn a_closed_outbox_gives_the_pacers_turn_back() {
+        let turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let outbox = Outbox::new(10, 100);
+        outbox.wake_deferred(turns.clone().try_acquire_owned().unwrap());
+        assert_eq!(turns.available_permits(), 1, "held until the task runs");
+        outbox.close(false, None);
+        assert_eq!(turns.available_permits(), 2);
+        outbox.wake_deferred(turns.clone().try_acquire_owned().unwrap());
+        assert_eq!(turns.available_permits(), 2);
     }
 }

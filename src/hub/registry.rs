@@ -22,10 +22,15 @@
 //! [`ClientHandle::wants`]).
 //!
 //! A large session's fan-out is *paced* (`hub/pacing.rs`): its frame is
-//! queued for every recipient under the locks, as for any event (so the
-//! outbox's bounds and the order hold as they do everywhere), but the
-//! recipients' connections are woken by a task of the session's own, a
-//! chunk at a time.
+//! queued for every recipient, as for any event (so the outbox's bounds
+//! hold as they do everywhere), but the recipients' connections are woken
+//! by a task of the session's own, a few at a time. Its recipients are
+//! collected under the locks, and the frame queued for them after, under
+//! a lock of the session's own taken before the registry's are let go:
+//! the session's events still reach each client in order, and joins,
+//! leaves and reads of positions do not wait while thousands of frames are
+//! queued (the broker's events are delivered by one task, so another
+//! session's event still does).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -165,6 +170,9 @@ pub struct Registry {
     /// while a join needs them ([`Registry::keep_recent`]): an idle
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
+    /// Per large session, the queueing of its events for their recipients,
+    /// outside the locks above. Lock order: after `positions`.
+    fanouts: Mutex<HashMap<String, Fanout>>,
     /// Large sessions' recipients whose frames are queued, to be woken.
     /// Lock order: last.
     pacing: Arc<Pacing<Recipient>>,
@@ -174,6 +182,18 @@ pub struct Registry {
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
+}
+
+/// A large session's queueing, outside the registry's locks.
+#[derive(Default)]
+struct Fanout {
+    /// Held while one of the session's events is queued; taken under
+    /// `positions`, so its events are queued one after the other, in order.
+    /// Lock order: after `positions`, `sessions` and `watchers`; the
+    /// `fanouts` map may be taken under it.
+    order: Arc<Mutex<()>>,
+    /// The event being queued, if one is (see [`Registry::delivered`]).
+    queueing: Option<Position>,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -271,6 +291,7 @@ impl Registry {
     /// `watchers` (lock order).
     fn forget_delivery(&self, positions: &mut HashMap<String, Position>, session: &str) {
         positions.remove(session);
+        self.fanouts().remove(session);
         if let Some(kept) = self.recent.lock().get_mut(session) {
             kept.events.clear();
         }
@@ -390,16 +411,52 @@ impl Registry {
                 h.send(out.clone(), metrics);
             }
         } else {
+            let recipients: Vec<Arc<Recipient>> = recipients.map(|h| h.shared.clone()).collect();
+            let session = event.header.session.clone();
+            let order = self
+                .fanouts()
+                .entry(session.clone())
+                .or_default()
+                .order
+                .clone();
+            let in_order = order.lock().unwrap_or_else(|p| p.into_inner());
+            let queued = Position {
+                epoch: event.epoch.clone(),
+                offset: event.offset,
+            };
+            self.set_queueing(&session, Some(queued));
+            drop((watchers, sessions, positions));
             let to_wake = recipients
-                .filter(|h| h.shared.outbox.send_deferred(out.clone(), metrics))
-                .map(|h| h.shared.clone())
+                .into_iter()
+                .filter(|r| r.outbox.send_deferred(out.clone(), metrics))
                 .collect();
-            if self.pacing.wake_later(&event.header.session, to_wake) {
-                tokio::spawn(self.pacing.clone().run(event.header.session.clone()));
+            self.set_queueing(&session, None);
+            drop(in_order);
+            if self.pacing.wake_later(&session, to_wake) {
+                tokio::spawn(self.pacing.clone().run(session));
             }
         }
         self.progress.notify_waiters();
         Delivery::Delivered
+    }
+
+    fn fanouts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fanout>> {
+        self.fanouts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_queueing(&self, session: &str, event: Option<Position>) {
+        if let Some(fanout) = self.fanouts().get_mut(session) {
+            fanout.queueing = event;
+        }
+    }
+
+    /// An event of the session at or before `offset` of `epoch` is being
+    /// queued outside the locks.
+    fn queueing(&self, session: &str, epoch: &str, offset: u64) -> bool {
+        self.fanouts()
+            .get(session)
+            .and_then(|f| f.queueing.as_ref())
+            .is_some_and(|q| q.epoch == epoch && q.offset <= offset)
     }
 
     /// Waits until the session's local clients were handed `offset` of `epoch` (or
@@ -409,9 +466,12 @@ impl Registry {
             let progressed = self.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
+            // A large session's position moves before its frame is queued
+            // (and `queueing` is set before the position can be read).
             let behind = self
                 .position(session)
-                .is_some_and(|p| p.epoch == epoch && p.offset < offset);
+                .is_some_and(|p| p.epoch == epoch && p.offset < offset)
+                || self.queueing(session, epoch, offset);
             if !behind {
                 return;
             }
@@ -547,227 +607,5 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn handle(max_frames: usize) -> ClientHandle {
-        named("c", max_frames)
-    }
-
-    fn named(client_id: &str, max_frames: usize) -> ClientHandle {
-        let info = ClientInfo {
-            client_id: client_id.into(),
-            client_name: "c".into(),
-            instance: "i".into(),
-            capabilities: Vec::new(),
-            owner: None,
-            connected_at: None,
-        };
-        ClientHandle::new(info, 1, max_frames, 1 << 20)
-    }
-
-    fn event(session: &str, offset: u64) -> (crate::broker::LoggedEvent, Outbound) {
-        let frame = format!("{session} {offset}");
-        let event = crate::broker::LoggedEvent {
-            offset,
-            epoch: "e".into(),
-            header: crate::broker::EventHeader {
-                session: session.into(),
-                origin: "i".into(),
-                kind: "broadcast".into(),
-                produced_at: 1,
-                except: None,
-                presence: None,
-                traceparent: None,
-            },
-            frame: frame.clone(),
-        };
-        (event, Outbound::reply(frame.as_str().into(), "broadcast"))
-    }
-
-    fn frames(h: &ClientHandle) -> Vec<String> {
-        std::iter::from_fn(|| h.outbox().next_frame())
-            .map(|out| out.frame.as_str().to_string())
-            .collect()
-    }
-
-    /// Counts its wake-ups.
-    struct Woken(AtomicU64);
-
-    impl std::task::Wake for Woken {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A large session's events are queued for all its clients at once, in
-    /// order, but their connections are woken a chunk at a time, each once
-    /// however many events came meanwhile; a small session's client is
-    /// woken at once, before the fan-out is done.
-    #[tokio::test]
-    async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
-        let metrics = Arc::new(Metrics::new("i"));
-        let registry = Registry::default();
-        let watched = |h: &ClientHandle| {
-            let woken = Arc::new(Woken(AtomicU64::new(0)));
-            h.outbox().register(&std::task::Waker::from(woken.clone()));
-            woken
-        };
-        let big: Vec<(ClientHandle, Arc<Woken>)> = (0..FANOUT_CHUNK * 3)
-            .map(|i| {
-                let h = named(&format!("big{i}"), 64);
-                registry.insert("big", h.clone());
-                let woken = watched(&h);
-                (h, woken)
-            })
-            .collect();
-        let small = named("small", 8);
-        registry.insert("small", small.clone());
-        let small_woken = watched(&small);
-        let woken = |big: &[(ClientHandle, Arc<Woken>)]| {
-            big.iter()
-                .map(|(_, w)| w.0.load(Ordering::Relaxed))
-                .collect::<Vec<_>>()
-        };
-
-        for offset in 1..=2 {
-            let (e, out) = event("big", offset);
-            assert_eq!(
-                registry.deliver_logged(&e, &out, false, &metrics),
-                Delivery::Delivered
-            );
-        }
-        assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
-        assert!(woken(&big).iter().all(|&n| n == 0), "no wake-up yet");
-        assert_eq!(registry.pacing.listed("big"), big.len(), "listed once");
-
-        // The pacer wakes its first chunk, then the small session's event
-        // wakes its client at once.
-        tokio::task::yield_now().await;
-        let (e, out) = event("small", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(small_woken.0.load(Ordering::Relaxed), 1);
-        let first = woken(&big).iter().filter(|&&n| n > 0).count();
-        assert!(first > 0 && first < big.len(), "{first} woken at once");
-        assert_eq!(first % FANOUT_CHUNK, 0, "whole chunks");
-
-        while registry.pacing.running() > 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(woken(&big).iter().all(|&n| n == 1), "each woken once");
-        for (h, _) in &big {
-            assert_eq!(frames(h), ["big 1", "big 2"]);
-        }
-        registry.delivered("big", "e", 2).await;
-
-        // Once woken, a client is listed again by the next event (a
-        // connection registers its waker again each time it is polled).
-        for (h, w) in &big {
-            h.outbox().register(&std::task::Waker::from(w.clone()));
-        }
-        let (e, out) = event("big", 3);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        while registry.pacing.running() > 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(woken(&big).iter().all(|&n| n == 2));
-    }
-
-    /// A client of a paced session whose queue reached a quarter of its
-    /// bounds is woken at once, not in its turn: waiting for the pacer must
-    /// not take it towards eviction (a few large frames in a row).
-    #[tokio::test]
-    async fn a_paced_client_with_a_quarter_of_its_queue_used_is_woken_at_once() {
-        let metrics = Arc::new(Metrics::new("i"));
-        let registry = Registry::default();
-        let big: Vec<ClientHandle> = (0..=FANOUT_CHUNK)
-            .map(|i| {
-                let h = named(&format!("big{i}"), 8);
-                registry.insert("big", h.clone());
-                h
-            })
-            .collect();
-        let woken = Arc::new(Woken(AtomicU64::new(0)));
-        big[0]
-            .outbox()
-            .register(&std::task::Waker::from(woken.clone()));
-        let (e, out) = event("big", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "1 of 8 frames: paced");
-        let (e, out) = event("big", 2);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "2 of 8: woken at once");
-        assert_eq!(frames(&big[0]), ["big 1", "big 2"]);
-    }
-
-    /// A session's last client leaving (or last watcher) takes its
-    /// delivery position and recent events with it: nothing per session
-    /// stays behind once nobody here subscribes.
-    #[test]
-    fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
-        let metrics = Arc::new(Metrics::new("i"));
-        let registry = Registry::default();
-        let joining = registry.keep_recent("s");
-        let (a, b) = (named("a", 8), named("b", 8));
-        registry.insert("s", a.clone());
-        registry.insert("s", b.clone());
-        let (e, out) = event("s", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(registry.delivery_state_len(), (1, 1));
-        assert!(registry.remove("s", "a", a.conn_id));
-        assert_eq!(registry.delivery_state_len(), (1, 1), "b is still here");
-        assert!(registry.remove("s", "b", b.conn_id));
-        assert_eq!(registry.delivery_state_len(), (0, 0));
-        drop(joining);
-
-        let joining = registry.keep_recent("w");
-        let watcher = named("w", 8);
-        registry.watch("w", watcher.clone(), None);
-        let (e, out) = event("w", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(registry.delivery_state_len(), (1, 1));
-        registry.unwatch("w", watcher.conn_id);
-        assert_eq!(registry.delivery_state_len(), (0, 0));
-        drop(joining);
-        assert!(registry.recent.lock().is_empty());
-    }
-
-    /// Delivered events are kept for a join only while one is under way:
-    /// an idle session holds no frames.
-    #[test]
-    fn events_are_kept_only_while_a_join_is_under_way() {
-        let metrics = Arc::new(Metrics::new("i"));
-        let registry = Registry::default();
-        registry.insert("s", named("a", 8));
-        let (e, out) = event("s", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        assert_eq!(registry.delivery_state_len(), (1, 0));
-        let first = registry.keep_recent("s");
-        let second = registry.keep_recent("s");
-        for offset in 2..=3 {
-            let (e, out) = event("s", offset);
-            registry.deliver_logged(&e, &out, false, &metrics);
-        }
-        assert_eq!(registry.delivery_state_len(), (1, 2));
-        drop(first);
-        assert_eq!(
-            registry.delivery_state_len(),
-            (1, 2),
-            "a join still needs them"
-        );
-        drop(second);
-        assert_eq!(registry.delivery_state_len(), (1, 0));
-        assert!(registry.recent.lock().is_empty());
-    }
-
-    #[test]
-    fn a_slow_consumer_is_counted_once_however_many_frames_it_refuses() {
-        let metrics = Metrics::new("i");
-        let h = handle(1);
-        assert!(h.send(Outbound::reply("a".into(), "broadcast"), &metrics));
-        assert!(!h.send(Outbound::reply("b".into(), "broadcast"), &metrics));
-        assert!(!h.send(Outbound::reply("c".into(), "broadcast"), &metrics));
-        assert_eq!(h.close_reason(), Some(CloseReason::SlowConsumer));
-        assert_eq!(metrics.slow_consumer_disconnects.get(), 1);
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

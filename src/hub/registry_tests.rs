@@ -1,0 +1,277 @@
+//! The registry's unit tests.
+
+use super::*;
+use crate::hub::pacing::WOKEN_AT_ONCE;
+use crate::outbox::WakeCount;
+
+fn handle(max_frames: usize) -> ClientHandle {
+    named("c", max_frames)
+}
+
+fn named(client_id: &str, max_frames: usize) -> ClientHandle {
+    let info = ClientInfo {
+        client_id: client_id.into(),
+        client_name: "c".into(),
+        instance: "i".into(),
+        capabilities: Vec::new(),
+        owner: None,
+        connected_at: None,
+    };
+    ClientHandle::new(info, 1, max_frames, 1 << 20)
+}
+
+fn event(session: &str, offset: u64) -> (crate::broker::LoggedEvent, Outbound) {
+    let frame = format!("{session} {offset}");
+    let event = crate::broker::LoggedEvent {
+        offset,
+        epoch: "e".into(),
+        header: crate::broker::EventHeader {
+            session: session.into(),
+            origin: "i".into(),
+            kind: "broadcast".into(),
+            produced_at: 1,
+            except: None,
+            presence: None,
+            traceparent: None,
+        },
+        frame: frame.clone(),
+    };
+    (event, Outbound::reply(frame.as_str().into(), "broadcast"))
+}
+
+fn frames(h: &ClientHandle) -> Vec<String> {
+    std::iter::from_fn(|| h.outbox().next_frame())
+        .map(|out| out.frame.as_str().to_string())
+        .collect()
+}
+
+/// A waker counting its wake-ups, registered as `h`'s connection task.
+fn watched(h: &ClientHandle) -> Arc<WakeCount> {
+    let woken = Arc::new(WakeCount::default());
+    h.outbox().register(&std::task::Waker::from(woken.clone()));
+    woken
+}
+
+/// `n` clients in session "big", each watched.
+fn big_session(registry: &Registry, n: usize) -> Vec<(ClientHandle, Arc<WakeCount>)> {
+    (0..n)
+        .map(|i| {
+            let h = named(&format!("big{i}"), 64);
+            registry.insert("big", h.clone());
+            let woken = watched(&h);
+            (h, woken)
+        })
+        .collect()
+}
+
+fn wake_ups(big: &[(ClientHandle, Arc<WakeCount>)]) -> Vec<usize> {
+    big.iter().map(|(_, w)| w.count()).collect()
+}
+
+/// Plays the woken connections' tasks (each registers its waker when
+/// it runs) until the pacer is done.
+async fn run_woken_until_paced(registry: &Registry, big: &[(ClientHandle, Arc<WakeCount>)]) {
+    let mut ran = vec![0; big.len()];
+    for _ in 0..10_000 {
+        if registry.pacing.running() == 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+        for ((h, w), ran) in big.iter().zip(&mut ran) {
+            let woken = w.count();
+            if woken > *ran {
+                *ran = woken;
+                h.outbox().register(&std::task::Waker::from(w.clone()));
+            }
+        }
+    }
+    panic!("the pacer never finished");
+}
+
+/// A large session's events are queued for all its clients at once, in
+/// order, but their connections are woken a chunk at a time, each once
+/// however many events came meanwhile; a small session's client is
+/// woken at once, before the fan-out is done.
+#[tokio::test]
+async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, FANOUT_CHUNK * 3);
+    let small = named("small", 8);
+    registry.insert("small", small.clone());
+    let small_woken = watched(&small);
+
+    for offset in 1..=2 {
+        let (e, out) = event("big", offset);
+        assert_eq!(
+            registry.deliver_logged(&e, &out, false, &metrics),
+            Delivery::Delivered
+        );
+    }
+    assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
+    assert!(wake_ups(&big).iter().all(|&n| n == 0), "no wake-up yet");
+    assert_eq!(registry.pacing.listed("big"), big.len(), "listed once");
+
+    // The pacer wakes its first chunk, then the small session's event
+    // wakes its client at once.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let (e, out) = event("small", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert_eq!(small_woken.count(), 1);
+    let first = wake_ups(&big).iter().filter(|&&n| n > 0).count();
+    assert_eq!(first, WOKEN_AT_ONCE, "a chunk woken at once");
+
+    run_woken_until_paced(&registry, &big).await;
+    assert!(wake_ups(&big).iter().all(|&n| n == 1), "each woken once");
+    for (h, _) in &big {
+        assert_eq!(frames(h), ["big 1", "big 2"]);
+    }
+    registry.delivered("big", "e", 2).await;
+
+    // Once woken, a client is listed again by the next event.
+    let (e, out) = event("big", 3);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    run_woken_until_paced(&registry, &big).await;
+    assert!(wake_ups(&big).iter().all(|&n| n == 2));
+}
+
+/// A large session's frame is queued outside the registry's locks, after
+/// its position moved: `delivered()` (what a REST or MCP broadcast waits
+/// for) waits for the queueing too, and only for events up to its own.
+#[tokio::test]
+async fn delivered_waits_for_a_large_sessions_frame_to_be_queued_for_everyone() {
+    use futures_util::FutureExt;
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let _big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (e, out) = event("big", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    registry.delivered("big", "e", 1).await;
+
+    // Event 2 is being queued (its position moved already).
+    let (e, out) = event("big", 2);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    registry.set_queueing("big", Some(registry.position("big").unwrap()));
+    registry.delivered("big", "e", 1).await;
+    let mut waiting = std::pin::pin!(registry.delivered("big", "e", 2));
+    assert!(waiting.as_mut().now_or_never().is_none());
+    registry.set_queueing("big", None);
+    registry.progress.notify_waiters();
+    waiting.await;
+}
+
+/// Two tasks delivering a large session's events one after the other (each
+/// waits for the previous offset) still queue them in order for every
+/// client: the second waits for the first's queueing, outside the
+/// registry's locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_sessions_events_delivered_from_two_tasks_reach_every_client_in_order() {
+    const EVENTS: u64 = 400;
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Arc::new(Registry::default());
+    let big: Vec<ClientHandle> = (0..FANOUT_CHUNK * 2)
+        .map(|i| {
+            let h = named(&format!("big{i}"), EVENTS as usize + 1);
+            registry.insert("big", h.clone());
+            h
+        })
+        .collect();
+    let (e, out) = event("big", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    let deliverers: Vec<_> = (0..2u64)
+        .map(|parity| {
+            let (registry, metrics) = (registry.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                for offset in (2..=EVENTS).filter(|o| o % 2 == parity) {
+                    let (e, out) = event("big", offset);
+                    // Refused until the previous offset was delivered.
+                    while let Delivery::Gap { .. } =
+                        registry.deliver_logged(&e, &out, false, &metrics)
+                    {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        })
+        .collect();
+    for d in deliverers {
+        d.await.unwrap();
+    }
+    let expected: Vec<String> = (1..=EVENTS).map(|o| format!("big {o}")).collect();
+    for h in &big {
+        assert_eq!(frames(h), expected);
+    }
+}
+
+/// A session's last client leaving (or last watcher) takes its
+/// delivery position and recent events with it: nothing per session
+/// stays behind once nobody here subscribes.
+#[test]
+fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let joining = registry.keep_recent("s");
+    let (a, b) = (named("a", 8), named("b", 8));
+    registry.insert("s", a.clone());
+    registry.insert("s", b.clone());
+    let (e, out) = event("s", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert_eq!(registry.delivery_state_len(), (1, 1));
+    assert!(registry.remove("s", "a", a.conn_id));
+    assert_eq!(registry.delivery_state_len(), (1, 1), "b is still here");
+    assert!(registry.remove("s", "b", b.conn_id));
+    assert_eq!(registry.delivery_state_len(), (0, 0));
+    drop(joining);
+
+    let joining = registry.keep_recent("w");
+    let watcher = named("w", 8);
+    registry.watch("w", watcher.clone(), None);
+    let (e, out) = event("w", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert_eq!(registry.delivery_state_len(), (1, 1));
+    registry.unwatch("w", watcher.conn_id);
+    assert_eq!(registry.delivery_state_len(), (0, 0));
+    drop(joining);
+    assert!(registry.recent.lock().is_empty());
+}
+
+/// Delivered events are kept for a join only while one is under way:
+/// an idle session holds no frames.
+#[test]
+fn events_are_kept_only_while_a_join_is_under_way() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    registry.insert("s", named("a", 8));
+    let (e, out) = event("s", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert_eq!(registry.delivery_state_len(), (1, 0));
+    let first = registry.keep_recent("s");
+    let second = registry.keep_recent("s");
+    for offset in 2..=3 {
+        let (e, out) = event("s", offset);
+        registry.deliver_logged(&e, &out, false, &metrics);
+    }
+    assert_eq!(registry.delivery_state_len(), (1, 2));
+    drop(first);
+    assert_eq!(
+        registry.delivery_state_len(),
+        (1, 2),
+        "a join still needs them"
+    );
+    drop(second);
+    assert_eq!(registry.delivery_state_len(), (1, 0));
+    assert!(registry.recent.lock().is_empty());
+}
+
+#[test]
+fn a_slow_consumer_is_counted_once_however_many_frames_it_refuses() {
+    let metrics = Metrics::new("i");
+    let h = handle(1);
+    assert!(h.send(Outbound::reply("a".into(), "broadcast"), &metrics));
+    assert!(!h.send(Outbound::reply("b".into(), "broadcast"), &metrics));
+    assert!(!h.send(Outbound::reply("c".into(), "broadcast"), &metrics));
+    assert_eq!(h.close_reason(), Some(CloseReason::SlowConsumer));
+    assert_eq!(metrics.slow_consumer_disconnects.get(), 1);
+}
