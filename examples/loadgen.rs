@@ -117,6 +117,12 @@ struct Args {
     /// clients on other machines would; their latency then includes up to
     /// this interval.
     read_every: Option<Duration>,
+    /// fanout: once every subscriber registered, this process's threads
+    /// but the probe's run at this nice value (0 = unchanged): the
+    /// receivers, sharing this machine's cores with the hub, then take
+    /// only the CPU the hub and the probe leave, as receivers on other
+    /// machines would take none of it.
+    receivers_nice: i32,
 }
 
 const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
@@ -126,6 +132,7 @@ const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1
   fanout: [--subscribers|--clients 100] [--messages 200] [--rate 0] [--payload-bytes 100] [--idle-timeout-secs 10]
           [--probe-rate 0] (a second, small session's latency during the fan-out)
           [--read-every-ms 0] (subscribers read in bulk every N ms; 0 = each frame as it comes)
+          [--receivers-nice 0] (all threads but the probe's at this nice value while publishing)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
@@ -162,6 +169,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         hold: Duration::ZERO,
         probe_rate: 0.0,
         read_every: None,
+        receivers_nice: 0,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -214,6 +222,13 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                     .ok()
                     .filter(|r| r.is_finite() && *r >= 0.0)
                     .ok_or_else(|| anyhow!("--probe-rate takes messages per second (0 = off)"))?
+            }
+            "--receivers-nice" => {
+                args.receivers_nice = value
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| (0..=19).contains(n))
+                    .ok_or_else(|| anyhow!("--receivers-nice takes a nice value, 0 to 19"))?
             }
             "--read-every-ms" => {
                 args.read_every = Some(num("milliseconds")?)
@@ -290,6 +305,35 @@ fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// Sets every thread of this process but `except` (thread ids) to nice
+/// `nice`; threads they start later inherit it. Lowering one's own
+/// threads' priority needs no privilege.
+fn renice_threads(nice: i32, except: &[libc::pid_t]) -> Result<usize> {
+    let mut done = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        if except.contains(&tid) {
+            continue;
+        }
+        // SAFETY: setpriority only reads its arguments; on Linux
+        // PRIO_PROCESS with a thread id sets that thread's nice value.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+            bail!(
+                "setpriority({tid}, {nice}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// `VmRSS` of a process, in KiB.
@@ -929,6 +973,14 @@ async fn run_fanout(args: &Args) -> Result<()> {
     } else {
         None
     };
+    if args.receivers_nice > 0 {
+        let except: Vec<libc::pid_t> = probe.iter().map(|p| p.tid).collect();
+        let threads = renice_threads(args.receivers_nice, &except)?;
+        println!(
+            "receivers: {threads} threads at nice {} (the probe's at its own)",
+            args.receivers_nice
+        );
+    }
     let filler = "x".repeat(args.payload_bytes);
     let cpu_before = total_cpu_ticks(&args.pids)?;
     let others_before = args
@@ -1005,13 +1057,15 @@ async fn run_fanout(args: &Args) -> Result<()> {
 /// receivers in this process's runtime.
 struct Probe {
     thread: std::thread::JoinHandle<(u64, Vec<u64>)>,
+    /// The thread's id, kept at its priority by `--receivers-nice`.
+    tid: libc::pid_t,
 }
 
 impl Probe {
     /// Returns once both clients registered.
     async fn start(url: &str, rate: f64, published: Arc<AtomicBool>) -> Result<Probe> {
         let url = url.to_string();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<libc::pid_t>>();
         let thread = std::thread::Builder::new()
             .name("probe".into())
             .spawn(move || {
@@ -1026,10 +1080,10 @@ impl Probe {
                     }
                 }
             })?;
-        ready_rx
+        let tid = ready_rx
             .await
             .map_err(|_| anyhow!("the probe's thread ended before registering"))??;
-        Ok(Probe { thread })
+        Ok(Probe { thread, tid })
     }
 
     async fn report(self) {
@@ -1064,7 +1118,7 @@ async fn run_probe(
     url: String,
     rate: f64,
     published: Arc<AtomicBool>,
-    ready: tokio::sync::oneshot::Sender<Result<()>>,
+    ready: tokio::sync::oneshot::Sender<Result<libc::pid_t>>,
 ) -> (u64, Vec<u64>) {
     let session = format!("probe-{}", now_micros());
     let registered = async {
@@ -1075,7 +1129,8 @@ async fn run_probe(
     .await;
     let (mut reader, writer) = match registered {
         Ok(pair) => {
-            let _ = ready.send(Ok(()));
+            // SAFETY: gettid has no arguments and cannot fail.
+            let _ = ready.send(Ok(unsafe { libc::gettid() }));
             pair
         }
         Err(e) => {
