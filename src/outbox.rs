@@ -195,8 +195,8 @@ impl Outbox {
                 self.waker.wake();
                 false
             }
-            // The swap in `wake_deferred` reads this one, so the task it
-            // wakes finds the frame.
+            // The frame is queued before: the wake-up that clears the flag
+            // finds it, and a later frame asks again.
             Some(false) => !self.wake_deferred.swap(true, Ordering::AcqRel),
         }
     }
@@ -217,16 +217,25 @@ impl Outbox {
         };
         // Given back outside the lock: it may wake the pacer.
         drop(previous);
-        self.wake_deferred.swap(false, Ordering::AcqRel);
+        self.wake_deferred.store(false, Ordering::Release);
         self.waker.wake();
     }
 
-    /// Gives back the pacer's turn, if held.
+    /// Gives back the pacer's turn, if held. On every poll of the
+    /// connection's task: a load, the lock only when there is a turn.
     fn end_turn(&self) {
-        if self.has_turn.swap(false, Ordering::AcqRel) {
-            let turn = self.queue().turn.take();
+        if self.has_turn.load(Ordering::Acquire) {
+            let turn = self.take_turn(&mut self.queue());
             drop(turn);
         }
+    }
+
+    /// The pacer's turn, taken out under the queue's lock (`wake_deferred`
+    /// stores it under it), to be given back once the lock is let go: that
+    /// may wake the pacer.
+    fn take_turn(&self, queue: &mut Queue) -> Option<OwnedSemaphorePermit> {
+        self.has_turn.store(false, Ordering::Release);
+        queue.turn.take()
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);
@@ -270,8 +279,7 @@ impl Outbox {
         queue.closed = true;
         // Under the lock that `wake_deferred` checks `closed` under: no
         // turn is stored after this one is given back.
-        self.has_turn.store(false, Ordering::Release);
-        let turn = queue.turn.take();
+        let turn = self.take_turn(&mut queue);
         if !keep_queued {
             let dropped = std::mem::take(&mut queue.frames);
             self.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
@@ -282,7 +290,6 @@ impl Outbox {
             self.queued_frames.fetch_add(1, Ordering::AcqRel);
             queue.frames.push_back(out);
         }
-        // Given back outside the lock: it may wake the pacer.
         drop(queue);
         drop(turn);
     }

@@ -159,6 +159,19 @@ mod tests {
         }
     }
 
+    /// Queues an event for each of `connections`, its wake-up deferred:
+    /// those to list for the pacer.
+    fn send_deferred(connections: &[Arc<Connection>], metrics: &Metrics) -> Vec<Arc<Connection>> {
+        connections
+            .iter()
+            .filter(|c| {
+                let frame = Outbound::reply("event".into(), "broadcast");
+                c.outbox.send_deferred(frame, metrics)
+            })
+            .cloned()
+            .collect()
+    }
+
     fn woken(connections: &[Arc<Connection>]) -> Vec<&Arc<Connection>> {
         connections.iter().filter(|c| c.task.count() > 0).collect()
     }
@@ -177,15 +190,7 @@ mod tests {
         let metrics = Metrics::new("i");
         let pacing = Arc::new(Pacing::default());
         let connections: Vec<_> = (0..FANOUT_CHUNK * 2).map(|_| Connection::new()).collect();
-        let listed: Vec<_> = connections
-            .iter()
-            .filter(|c| {
-                let frame = Outbound::reply("event".into(), "broadcast");
-                c.outbox.send_deferred(frame, &metrics)
-            })
-            .cloned()
-            .collect();
-        assert!(pacing.wake_later("s", listed));
+        assert!(pacing.wake_later("s", send_deferred(&connections, &metrics)));
         tokio::spawn(pacing.clone().run("s".into()));
         let_the_pacer_run().await;
         assert_eq!(woken(&connections).len(), WOKEN_AT_ONCE, "none ran yet");
@@ -220,22 +225,13 @@ mod tests {
         let metrics = Metrics::new("i");
         let pacing = Arc::new(Pacing::default());
         let connections: Vec<_> = (0..WOKEN_AT_ONCE * 2).map(|_| Connection::new()).collect();
-        let list = |part: &[Arc<Connection>]| -> Vec<Arc<Connection>> {
-            part.iter()
-                .filter(|c| {
-                    let frame = Outbound::reply("event".into(), "broadcast");
-                    c.outbox.send_deferred(frame, &metrics)
-                })
-                .cloned()
-                .collect()
-        };
         let (first, second) = connections.split_at(WOKEN_AT_ONCE);
-        assert!(pacing.wake_later("s", list(first)));
+        assert!(pacing.wake_later("s", send_deferred(first, &metrics)));
         tokio::spawn(pacing.clone().run("s".into()));
         let_the_pacer_run().await;
         assert_eq!(woken(first).len(), WOKEN_AT_ONCE);
         assert!(
-            !pacing.wake_later("s", list(second)),
+            !pacing.wake_later("s", send_deferred(second, &metrics)),
             "its pacer still runs"
         );
         let_the_pacer_run().await;

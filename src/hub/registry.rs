@@ -411,7 +411,8 @@ impl Registry {
                 h.send(out.clone(), metrics);
             }
         } else {
-            let recipients: Vec<Arc<Recipient>> = recipients.map(|h| h.shared.clone()).collect();
+            let mut recipients: Vec<Arc<Recipient>> =
+                recipients.map(|h| h.shared.clone()).collect();
             let session = event.header.session.clone();
             let order = self
                 .fanouts()
@@ -426,13 +427,11 @@ impl Registry {
             };
             self.set_queueing(&session, Some(queued));
             drop((watchers, sessions, positions));
-            let to_wake = recipients
-                .into_iter()
-                .filter(|r| r.outbox.send_deferred(out.clone(), metrics))
-                .collect();
+            // Those left are the ones to wake later.
+            recipients.retain(|r| r.outbox.send_deferred(out.clone(), metrics));
             self.set_queueing(&session, None);
             drop(in_order);
-            if self.pacing.wake_later(&session, to_wake) {
+            if self.pacing.wake_later(&session, recipients) {
                 tokio::spawn(self.pacing.clone().run(session));
             }
         }
