@@ -10,6 +10,7 @@ pub mod client;
 mod departures;
 pub mod door;
 pub mod executor;
+mod fanout;
 pub mod idempotency;
 pub mod media;
 pub mod monitor;
@@ -545,6 +546,7 @@ impl Hub {
             Inbound::Instance(msg) => self.handle_instance_message(msg).await,
             Inbound::Monitor(text) => self.monitor.relay(&text, &self.metrics),
             Inbound::Barrier(done) => {
+                self.registry.settled().await;
                 let _ = done.send(());
             }
         }
@@ -582,25 +584,20 @@ impl Hub {
     /// gap before it from the log (an offset never skipped, never twice).
     async fn deliver_logged_event(&self, event: LoggedEvent) {
         let out = logged_outbound(&event);
-        let Delivery::Gap { after } =
+        let session = &event.header.session;
+        let delivery = self
+            .registry
+            .deliver_logged(&event, &out, false, &self.metrics);
+        if let Delivery::Gap { after } = delivery {
+            let filled = self.deliver_from_log(session, after, Some(&event.epoch), event.offset);
+            if let Err(gap) = filled.await {
+                tracing::warn!(%session, after, offset = event.offset, "{gap}; delivering past the gap");
+            }
             self.registry
-                .deliver_logged(&event, &out, false, &self.metrics)
-        else {
-            return;
-        };
-        if let Err(gap) = self
-            .deliver_from_log(
-                &event.header.session,
-                after,
-                Some(&event.epoch),
-                event.offset,
-            )
-            .await
-        {
-            tracing::warn!(session = %event.header.session, after, offset = event.offset, "{gap}; delivering past the gap");
+                .deliver_logged(&event, &out, true, &self.metrics);
         }
-        self.registry
-            .deliver_logged(&event, &out, true, &self.metrics);
+        // A large session's task queues its frames: wait if it is behind.
+        self.registry.fanout_room(session).await;
     }
 
     /// Delivers what the session's log holds past this instance's last
@@ -653,10 +650,12 @@ impl Hub {
                 .events
                 .ok_or_else(|| "events missing from the log".to_string())?;
             for event in events.iter().filter(|e| e.offset < until) {
-                let _delivery = self.delivery_span(event).entered();
-                let out = logged_outbound(event);
-                self.registry
-                    .deliver_logged(event, &out, true, &self.metrics);
+                self.delivery_span(event).in_scope(|| {
+                    let out = logged_outbound(event);
+                    self.registry
+                        .deliver_logged(event, &out, true, &self.metrics)
+                });
+                self.registry.fanout_room(session).await;
             }
             match events.last() {
                 Some(last) if read.more => after = last.offset,

@@ -115,12 +115,6 @@ impl<R: AsRef<Outbox> + Send + Sync + 'static> Pacing<R> {
     pub(super) fn running(&self) -> usize {
         self.sessions().len()
     }
-
-    /// How many recipients the session's pacer has yet to wake.
-    #[cfg(test)]
-    pub(super) fn listed(&self, session: &str) -> usize {
-        self.sessions().get(session).map_or(0, Vec::len)
-    }
 }
 
 #[cfg(test)]

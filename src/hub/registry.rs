@@ -21,16 +21,14 @@
 //! reflects it (its version is at or below the list's, see
 //! [`ClientHandle::wants`]).
 //!
-//! A large session's fan-out is *paced* (`hub/pacing.rs`): its frame is
-//! queued for every recipient, as for any event (so the outbox's bounds
-//! hold as they do everywhere), but the recipients' connections are woken
-//! by a task of the session's own, a few at a time. Its recipients are
-//! collected under the locks, and the frame queued for them after, under
-//! a lock of the session's own taken before the registry's are let go:
-//! the session's events still reach each client in order, and joins,
-//! leaves and reads of positions do not wait while thousands of frames are
-//! queued (the broker's events are delivered by one task, so another
-//! session's event still does).
+//! A large session's fan-out is handed off: its recipients are collected
+//! under the locks, and its frame is queued for them by a task of the
+//! session's own (`hub/fanout.rs`), so neither joins, leaves and reads of
+//! positions nor another session's events wait while thousands of frames
+//! are queued. The frame is queued for every recipient, as for any event
+//! (the outbox's bounds hold as they do everywhere), but the recipients'
+//! connections are woken by the session's pacer, a few at a time
+//! (`hub/pacing.rs`).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -48,6 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::fanout::{Fanouts, Forgotten, Job};
 use super::pacing::{FANOUT_CHUNK, Pacing};
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
@@ -170,30 +169,18 @@ pub struct Registry {
     /// while a join needs them ([`Registry::keep_recent`]): an idle
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
-    /// Per large session, the queueing of its events for their recipients,
-    /// outside the locks above. Lock order: after `positions`.
-    fanouts: Mutex<HashMap<String, Fanout>>,
+    /// Large sessions' events, queued for their recipients by a task of
+    /// the session's own; notifies each logged delivery, for
+    /// [`Registry::delivered`]. Lock order: after `watchers`, before
+    /// `pacing`.
+    fanouts: Arc<Fanouts<Recipient>>,
     /// Large sessions' recipients whose frames are queued, to be woken.
     /// Lock order: last.
     pacing: Arc<Pacing<Recipient>>,
-    /// Woken after each logged delivery, for [`Registry::delivered`].
-    progress: tokio::sync::Notify,
     /// Hidden watchers per session (admin feeds, by connection id): they
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
-}
-
-/// A large session's queueing, outside the registry's locks.
-#[derive(Default)]
-struct Fanout {
-    /// Held while one of the session's events is queued; taken under
-    /// `positions`, so its events are queued one after the other, in order.
-    /// Lock order: after `positions`, `sessions` and `watchers`; the
-    /// `fanouts` map may be taken under it.
-    order: Arc<Mutex<()>>,
-    /// The event being queued, if one is (see [`Registry::delivered`]).
-    queueing: Option<Position>,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -277,10 +264,12 @@ impl Registry {
         if clients.is_empty() {
             sessions.remove(session);
             if !self.is_watched(session) {
-                self.forget_delivery(&mut positions, session);
+                let forgotten = self.forget_delivery(&mut positions, session);
                 if let Some(hook) = &self.interest {
                     hook(session, false);
                 }
+                drop((sessions, positions));
+                drop(forgotten);
             }
         }
         true
@@ -288,13 +277,18 @@ impl Registry {
 
     /// Drops what live delivery kept of a session nobody here subscribes
     /// to any more. Called with `positions` and `sessions` held, and not
-    /// `watchers` (lock order).
-    fn forget_delivery(&self, positions: &mut HashMap<String, Position>, session: &str) {
+    /// `watchers` (lock order); the events its task had yet to queue are
+    /// returned, to be let go of after those.
+    fn forget_delivery(
+        &self,
+        positions: &mut HashMap<String, Position>,
+        session: &str,
+    ) -> Forgotten<Recipient> {
         positions.remove(session);
-        self.fanouts().remove(session);
         if let Some(kept) = self.recent.lock().get_mut(session) {
             kept.events.clear();
         }
+        self.fanouts.forget(session)
     }
 
     /// From now until the guard is dropped, live delivery keeps the
@@ -406,71 +400,54 @@ impl Registry {
             .values()
             .filter(|h| h.wants(except, event.header.presence))
             .chain(watching.into_iter().flat_map(HashMap::values));
-        if clients.len() + watching.map_or(0, HashMap::len) <= FANOUT_CHUNK {
+        let large = clients.len() + watching.map_or(0, HashMap::len) > FANOUT_CHUNK;
+        let mut task = None;
+        // A session with jobs waiting has its next events queued after them.
+        if large || self.fanouts.busy(&event.header.session) {
+            let job = Job {
+                position: position.clone(),
+                out: out.clone(),
+                recipients: recipients.map(|h| h.shared.clone()).collect(),
+            };
+            task = self.fanouts.push(&event.header.session, job);
+        } else {
             for h in recipients {
                 h.send(out.clone(), metrics);
             }
-        } else {
-            let mut recipients: Vec<Arc<Recipient>> =
-                recipients.map(|h| h.shared.clone()).collect();
-            let session = event.header.session.clone();
-            let order = self
-                .fanouts()
-                .entry(session.clone())
-                .or_default()
-                .order
-                .clone();
-            let in_order = order.lock().unwrap_or_else(|p| p.into_inner());
-            let queued = Position {
-                epoch: event.epoch.clone(),
-                offset: event.offset,
-            };
-            self.set_queueing(&session, Some(queued));
-            drop((watchers, sessions, positions));
-            // Those left are the ones to wake later.
-            recipients.retain(|r| r.outbox.send_deferred(out.clone(), metrics));
-            self.set_queueing(&session, None);
-            drop(in_order);
-            if self.pacing.wake_later(&session, recipients) {
-                tokio::spawn(self.pacing.clone().run(session));
-            }
         }
-        self.progress.notify_waiters();
+        drop((watchers, sessions, positions));
+        if let Some(task) = task {
+            self.fanouts.start(task, &self.pacing, metrics);
+        }
+        self.fanouts.progress().notify_waiters();
         Delivery::Delivered
     }
 
-    fn fanouts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fanout>> {
-        self.fanouts.lock().unwrap_or_else(|p| p.into_inner())
+    /// Waits until the session's events handed to its fan-out task are
+    /// few enough for the next (see `hub/fanout.rs`).
+    pub async fn fanout_room(&self, session: &str) {
+        self.fanouts.room(session).await
     }
 
-    fn set_queueing(&self, session: &str, event: Option<Position>) {
-        if let Some(fanout) = self.fanouts().get_mut(session) {
-            fanout.queueing = event;
-        }
-    }
-
-    /// An event of the session at or before `offset` of `epoch` is being
-    /// queued outside the locks.
-    fn queueing(&self, session: &str, epoch: &str, offset: u64) -> bool {
-        self.fanouts()
-            .get(session)
-            .and_then(|f| f.queueing.as_ref())
-            .is_some_and(|q| q.epoch == epoch && q.offset <= offset)
+    /// Waits until every event delivered so far is queued for its local
+    /// recipients (a large session's by its task).
+    pub async fn settled(&self) {
+        self.fanouts.settled().await
     }
 
     /// Waits until the session's local clients were handed `offset` of `epoch` (or
     /// it has none, or its log moved to another epoch).
     pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
         loop {
-            let progressed = self.progress.notified();
+            let progressed = self.fanouts.progress().notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            // A large session's position moves before its frame is queued
-            // (and `queueing` is set before the position can be read).
+            // A large session's position moves when its event is handed
+            // to its task, before the frame is queued.
             let behind = self
                 .position(session)
                 .is_some_and(|p| p.epoch == epoch && p.offset < offset)
-                || self.queueing(session, epoch, offset);
+                || self.fanouts.pending(session, epoch, offset);
             if !behind {
                 return;
             }
@@ -480,7 +457,8 @@ impl Registry {
 
     /// The last delivered position of a session that has local
     /// subscribers now (clients or watchers): every event up to it was
-    /// logged before this call.
+    /// logged before this call (and handed over: a large session's task
+    /// may still be queueing it, see [`Self::delivered`]).
     pub fn live_position(&self, session: &str) -> Option<Position> {
         let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
@@ -493,7 +471,8 @@ impl Registry {
         positions.get(session).filter(|_| subscribed).cloned()
     }
 
-    /// The last delivered position of a session with local clients.
+    /// The last delivered (handed over) position of a session with local
+    /// clients.
     pub fn position(&self, session: &str) -> Option<Position> {
         let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         positions.get(session).cloned()
@@ -583,10 +562,12 @@ impl Registry {
             watchers.remove(session);
             drop(watchers);
             if !sessions.contains_key(session) {
-                self.forget_delivery(&mut positions, session);
+                let forgotten = self.forget_delivery(&mut positions, session);
                 if let Some(hook) = &self.interest {
                     hook(session, false);
                 }
+                drop((sessions, positions));
+                drop(forgotten);
             }
         }
     }

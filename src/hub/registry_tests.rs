@@ -1,6 +1,9 @@
 //! The registry's unit tests.
 
+use futures_util::FutureExt;
+
 use super::*;
+use crate::hub::fanout::{MAX_JOBS, QUEUED_AT_ONCE};
 use crate::hub::pacing::WOKEN_AT_ONCE;
 use crate::outbox::WakeCount;
 
@@ -88,10 +91,10 @@ async fn run_woken_until_paced(registry: &Registry, big: &[(ClientHandle, Arc<Wa
     panic!("the pacer never finished");
 }
 
-/// A large session's events are queued for all its clients at once, in
-/// order, but their connections are woken a chunk at a time, each once
-/// however many events came meanwhile; a small session's client is
-/// woken at once, before the fan-out is done.
+/// A large session's events are queued for all its clients, in order,
+/// but their connections are woken a chunk at a time, each once however
+/// many events came meanwhile; a small session's client is woken at once,
+/// before the fan-out is done.
 #[tokio::test]
 async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
     let metrics = Arc::new(Metrics::new("i"));
@@ -108,15 +111,12 @@ async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
             Delivery::Delivered
         );
     }
-    assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
-    assert!(wake_ups(&big).iter().all(|&n| n == 0), "no wake-up yet");
-    assert_eq!(registry.pacing.listed("big"), big.len(), "listed once");
-
-    // The pacer wakes its first chunk, then the small session's event
-    // wakes its client at once.
+    // The session's task queues both, its pacer wakes a first chunk, then
+    // the small session's event wakes its client at once.
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
+    assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
     let (e, out) = event("small", 1);
     registry.deliver_logged(&e, &out, false, &metrics);
     assert_eq!(small_woken.count(), 1);
@@ -133,39 +133,181 @@ async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
     // Once woken, a client is listed again by the next event.
     let (e, out) = event("big", 3);
     registry.deliver_logged(&e, &out, false, &metrics);
+    registry.settled().await;
     run_woken_until_paced(&registry, &big).await;
     assert!(wake_ups(&big).iter().all(|&n| n == 2));
 }
 
-/// A large session's frame is queued outside the registry's locks, after
-/// its position moved: `delivered()` (what a REST or MCP broadcast waits
-/// for) waits for the queueing too, and only for events up to its own.
+/// A large session's frames are queued by a task of its own: the broker's
+/// dispatcher goes on at once, and a small session's event after it is
+/// queued before them.
 #[tokio::test]
-async fn delivered_waits_for_a_large_sessions_frame_to_be_queued_for_everyone() {
-    use futures_util::FutureExt;
+async fn a_small_sessions_event_does_not_wait_for_a_large_sessions_queueing() {
     let metrics = Arc::new(Metrics::new("i"));
     let registry = Registry::default();
-    let _big = big_session(&registry, FANOUT_CHUNK + 1);
+    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let small = named("small", 8);
+    registry.insert("small", small.clone());
+    for session in ["big", "small"] {
+        let (e, out) = event(session, 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+    }
+    assert_eq!(frames(&small), ["small 1"]);
+    assert!(
+        big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0),
+        "queued by the session's task, not yet run"
+    );
+    registry.settled().await;
+    for (h, _) in &big {
+        assert_eq!(frames(h), ["big 1"]);
+    }
+}
+
+/// While a session's task has events to queue, the session's next events
+/// are queued by it too, however few the recipients now: every client
+/// still gets them in order.
+#[tokio::test]
+async fn a_session_shrinking_below_the_large_size_keeps_its_events_in_order() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, FANOUT_CHUNK + 1);
     let (e, out) = event("big", 1);
     registry.deliver_logged(&e, &out, false, &metrics);
-    registry.delivered("big", "e", 1).await;
-
-    // Event 2 is being queued (its position moved already).
+    for (h, _) in &big[..2] {
+        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
+    }
     let (e, out) = event("big", 2);
     registry.deliver_logged(&e, &out, false, &metrics);
-    registry.set_queueing("big", Some(registry.position("big").unwrap()));
-    registry.delivered("big", "e", 1).await;
-    let mut waiting = std::pin::pin!(registry.delivered("big", "e", 2));
-    assert!(waiting.as_mut().now_or_never().is_none());
-    registry.set_queueing("big", None);
-    registry.progress.notify_waiters();
+    registry.settled().await;
+    for (h, _) in &big[2..] {
+        assert_eq!(frames(h), ["big 1", "big 2"]);
+    }
+}
+
+/// The dispatcher waits once a session's task has [`MAX_JOBS`] events
+/// waiting (they are bounded), and goes on once they are queued; other
+/// sessions have room meanwhile.
+#[tokio::test]
+async fn the_dispatcher_waits_while_a_large_sessions_task_is_behind() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    for offset in 1..MAX_JOBS as u64 {
+        let (e, out) = event("big", offset);
+        registry.deliver_logged(&e, &out, false, &metrics);
+    }
+    assert!(registry.fanout_room("big").now_or_never().is_some());
+    let (e, out) = event("big", MAX_JOBS as u64);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    let mut waiting = std::pin::pin!(registry.fanout_room("big"));
+    assert!(waiting.as_mut().now_or_never().is_none(), "no room");
+    assert!(registry.fanout_room("small").now_or_never().is_some());
     waiting.await;
+    registry.settled().await;
+    assert_eq!(frames(&big[0].0).len(), MAX_JOBS);
+}
+
+/// A large session nobody here subscribes to any more has its waiting
+/// events dropped, and its task queues nothing more.
+#[tokio::test]
+async fn the_last_client_leaving_drops_a_large_sessions_waiting_events() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    for offset in 1..=2 {
+        let (e, out) = event("big", offset);
+        registry.deliver_logged(&e, &out, false, &metrics);
+    }
+    for (h, _) in &big {
+        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
+    }
+    assert!(registry.settled().now_or_never().is_some(), "nothing waits");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0));
+}
+
+/// A large session forgotten (nobody here subscribes) while its task is
+/// on an event keeps the task's order: a watcher back meanwhile gets that
+/// event before the next.
+#[tokio::test]
+async fn a_session_forgotten_mid_event_queues_its_next_events_after_it() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, QUEUED_AT_ONCE + 1);
+    let watcher = named("w", 8);
+    registry.watch("big", watcher.clone(), None);
+    let (e, out) = event("big", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    // The task queues a first chunk (clients; the watcher comes last),
+    // then yields.
+    while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(watcher.outbox().queued_bytes(), 0, "mid-event");
+    for (h, _) in &big {
+        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
+    }
+    registry.unwatch("big", watcher.conn_id);
+    let read = Position {
+        epoch: "e".into(),
+        offset: 1,
+    };
+    registry.watch("big", watcher.clone(), Some(read));
+    let (e, out) = event("big", 2);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    registry.settled().await;
+    assert_eq!(frames(&watcher), ["big 1", "big 2"]);
+}
+
+/// A session's task that ends mid-event (here its runtime goes away)
+/// does not leave the session busy: the dispatcher would wait for it.
+#[test]
+fn a_sessions_task_ended_mid_event_leaves_it_not_busy() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, QUEUED_AT_ONCE + 1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (e, out) = event("big", 1);
+        registry.deliver_logged(&e, &out, false, &metrics);
+        while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(registry.fanouts.busy("big"), "mid-event");
+    drop(runtime);
+    assert!(!registry.fanouts.busy("big"));
+}
+
+/// A large session's frame is queued by its task after its position
+/// moved: `delivered()` (what a REST or MCP broadcast waits for) waits for
+/// the queueing too, and only for events up to its own.
+#[tokio::test]
+async fn delivered_waits_for_a_large_sessions_frame_to_be_queued_for_everyone() {
+    let metrics = Arc::new(Metrics::new("i"));
+    let registry = Registry::default();
+    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (e, out) = event("big", 1);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert_eq!(registry.position("big").map(|p| p.offset), Some(1));
+    let mut waiting = std::pin::pin!(registry.delivered("big", "e", 1));
+    assert!(waiting.as_mut().now_or_never().is_none());
+    waiting.await;
+    assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
+
+    let (e, out) = event("big", 2);
+    registry.deliver_logged(&e, &out, false, &metrics);
+    assert!(registry.delivered("big", "e", 1).now_or_never().is_some());
+    assert!(registry.delivered("big", "e", 2).now_or_never().is_none());
 }
 
 /// Two tasks delivering a large session's events one after the other (each
-/// waits for the previous offset) still queue them in order for every
-/// client: the second waits for the first's queueing, outside the
-/// registry's locks.
+/// waits for the previous offset) still have them queued in order for
+/// every client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_sessions_events_delivered_from_two_tasks_reach_every_client_in_order() {
     const EVENTS: u64 = 400;
@@ -199,6 +341,7 @@ async fn a_large_sessions_events_delivered_from_two_tasks_reach_every_client_in_
     for d in deliverers {
         d.await.unwrap();
     }
+    registry.settled().await;
     let expected: Vec<String> = (1..=EVENTS).map(|o| format!("big {o}")).collect();
     for h in &big {
         assert_eq!(frames(h), expected);

@@ -1,0 +1,285 @@
+//! A large session's events, queued for their recipients off the broker's
+//! dispatcher. The registry collects an event's recipients under its locks
+//! and hands them here as a *job*; a task of the session's own queues the
+//! jobs' frames, one job after the other, a chunk of recipients at a time,
+//! and lists the recipients for the session's pacer (`hub/pacing.rs`) to
+//! wake. The dispatcher (one task for all of the broker's events) goes on
+//! at once to the next event, of any session: a small session's event no
+//! longer waits for the 1–3 ms a 10 000-recipient queueing takes
+//! (docs/performance.md, "Isolation").
+//!
+//! While a session has jobs, every one of its events becomes a job,
+//! however few its recipients, so each client gets the session's events in
+//! order. The jobs are bounded: the dispatcher waits for room
+//! ([`Fanouts::room`], at most [`MAX_JOBS`] per session) before it goes on,
+//! so a session published to faster than its frames can be queued slows
+//! the dispatcher, as it did when it queued them itself, instead of
+//! holding work without bound.
+//!
+//! A job's recipients are those of the event when it was handed over: one
+//! that left the session meanwhile (an admin feed switching sessions) may
+//! still get the events collected before it left, as it could get the one
+//! being queued before. Three sizes meet here: a session is large above
+//! `FANOUT_CHUNK` recipients, its task queues [`QUEUED_AT_ONCE`] of them
+//! between yields, and its pacer has at most `WOKEN_AT_ONCE` woken.
+//!
+//! A recipient is anything with an outbox (the registry's, private to it).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::pacing::Pacing;
+use super::registry::Position;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbound, Outbox};
+
+/// A session's jobs waiting, at most, before the dispatcher waits for its
+/// task: each holds the event's recipient list (8 bytes per recipient).
+pub(super) const MAX_JOBS: usize = 8;
+
+/// Recipients queued before the task yields, so the connections woken on
+/// its thread (a small session's among them) run between chunks.
+pub(super) const QUEUED_AT_ONCE: usize = 1024;
+
+/// One event to queue for its recipients.
+pub(super) struct Job<R> {
+    pub position: Position,
+    pub out: Outbound,
+    pub recipients: Vec<Arc<R>>,
+}
+
+/// A task [`Fanouts::push`] asks the caller to start.
+pub(super) struct Start {
+    session: String,
+    task: u64,
+}
+
+/// Jobs dropped by [`Fanouts::forget`].
+#[must_use = "dropped outside the caller's locks"]
+pub(super) struct Forgotten<R> {
+    _jobs: VecDeque<Job<R>>,
+}
+
+/// The jobs of one session whose task runs.
+struct Jobs<R> {
+    /// Which task owns them: a session forgotten (nobody here subscribes)
+    /// and subscribed again gets a new task, and the old one stops.
+    task: u64,
+    waiting: VecDeque<Job<R>>,
+    /// The event the task is queueing now.
+    queueing: Option<Position>,
+}
+
+/// The jobs of the sessions whose task runs, and the notice of each one
+/// done.
+pub(super) struct Fanouts<R> {
+    sessions: Mutex<HashMap<String, Jobs<R>>>,
+    tasks: AtomicU64,
+    /// Notified after each job, and when a session's jobs are dropped;
+    /// the registry notifies it after each event it queues itself.
+    progress: Notify,
+}
+
+impl<R> Default for Fanouts<R> {
+    fn default() -> Self {
+        Fanouts {
+            sessions: Mutex::default(),
+            tasks: AtomicU64::new(0),
+            progress: Notify::new(),
+        }
+    }
+}
+
+impl<R> Fanouts<R> {
+    /// Notified as events are queued (see [`Self::wait_until`]).
+    pub(super) fn progress(&self) -> &Notify {
+        &self.progress
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Jobs<R>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<R: AsRef<Outbox> + Send + Sync + 'static> Fanouts<R> {
+    /// Whether the session has jobs (then its next event is one too).
+    pub(super) fn busy(&self, session: &str) -> bool {
+        self.sessions().contains_key(session)
+    }
+
+    /// Hands `job` to the session's task. With none running, returns the
+    /// one to [`Self::start`] once the caller let its locks go.
+    pub(super) fn push(&self, session: &str, job: Job<R>) -> Option<Start> {
+        let mut sessions = self.sessions();
+        if let Some(jobs) = sessions.get_mut(session) {
+            jobs.waiting.push_back(job);
+            return None;
+        }
+        let task = self.tasks.fetch_add(1, Ordering::Relaxed);
+        let jobs = Jobs {
+            task,
+            waiting: VecDeque::from([job]),
+            queueing: None,
+        };
+        sessions.insert(session.to_owned(), jobs);
+        Some(Start {
+            session: session.to_owned(),
+            task,
+        })
+    }
+
+    /// Starts the task [`Self::push`] asked for.
+    pub(super) fn start(
+        self: &Arc<Self>,
+        start: Start,
+        pacing: &Arc<Pacing<R>>,
+        metrics: &Arc<Metrics>,
+    ) {
+        let Start { session, task } = start;
+        let run = self
+            .clone()
+            .run(session, task, pacing.clone(), metrics.clone());
+        tokio::spawn(run);
+    }
+
+    /// Drops the session's waiting jobs (nobody here subscribes to it any
+    /// more); a job under way goes on to its end, and the session's next
+    /// events (of subscribers come back meanwhile) are queued after it.
+    /// Returns what was dropped, to be let go of outside the caller's
+    /// locks (it may hold the last references to thousands of outboxes).
+    pub(super) fn forget(&self, session: &str) -> Forgotten<R> {
+        let mut sessions = self.sessions();
+        let dropped = match sessions.get_mut(session) {
+            Some(jobs) if jobs.queueing.is_some() => std::mem::take(&mut jobs.waiting),
+            Some(_) => sessions
+                .remove(session)
+                .map(|jobs| jobs.waiting)
+                .unwrap_or_default(),
+            None => VecDeque::new(),
+        };
+        drop(sessions);
+        self.progress.notify_waiters();
+        Forgotten { _jobs: dropped }
+    }
+
+    /// Whether an event of the session at or before `offset` of `epoch`
+    /// is still to be queued.
+    pub(super) fn pending(&self, session: &str, epoch: &str, offset: u64) -> bool {
+        self.sessions().get(session).is_some_and(|jobs| {
+            jobs.queueing
+                .iter()
+                .chain(jobs.waiting.iter().map(|job| &job.position))
+                .any(|p| p.epoch == epoch && p.offset <= offset)
+        })
+    }
+
+    /// Waits until the session has fewer than [`MAX_JOBS`] jobs waiting.
+    pub(super) async fn room(&self, session: &str) {
+        self.wait_until(|sessions| {
+            sessions
+                .get(session)
+                .is_none_or(|jobs| jobs.waiting.len() < MAX_JOBS)
+        })
+        .await
+    }
+
+    /// Waits until every job handed over so far is done.
+    pub(super) async fn settled(&self) {
+        self.wait_until(HashMap::is_empty).await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&HashMap<String, Jobs<R>>) -> bool) {
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if done(&self.sessions()) {
+                return;
+            }
+            progressed.await;
+        }
+    }
+
+    /// The session's task: its jobs in order, until none is left (or the
+    /// session is forgotten).
+    async fn run(
+        self: Arc<Self>,
+        session: String,
+        task: u64,
+        pacing: Arc<Pacing<R>>,
+        metrics: Arc<Metrics>,
+    ) {
+        // Should the task end early (a panic, the runtime shutting down),
+        // its session must not stay busy: the dispatcher would wait for it.
+        let _ended = Ended {
+            fanouts: &self,
+            session: &session,
+            task,
+        };
+        let mut since_yield = 0;
+        while let Some(job) = self.next_job(&session, task) {
+            for chunk in job.recipients.chunks(QUEUED_AT_ONCE) {
+                // Listed as they are queued: the pacer starts on the first.
+                let to_wake = chunk
+                    .iter()
+                    .filter(|r| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
+                    .cloned()
+                    .collect();
+                if pacing.wake_later(&session, to_wake) {
+                    tokio::spawn(pacing.clone().run(session.clone()));
+                }
+                since_yield += chunk.len();
+                if since_yield >= QUEUED_AT_ONCE {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Marks the previous job done and takes the next, or ends the task.
+    fn next_job(&self, session: &str, task: u64) -> Option<Job<R>> {
+        let mut sessions = self.sessions();
+        let next = match sessions.get_mut(session).filter(|jobs| jobs.task == task) {
+            Some(jobs) => match jobs.waiting.pop_front() {
+                Some(job) => {
+                    jobs.queueing = Some(job.position.clone());
+                    Some(job)
+                }
+                None => {
+                    sessions.remove(session);
+                    None
+                }
+            },
+            None => None,
+        };
+        drop(sessions);
+        self.progress.notify_waiters();
+        next
+    }
+}
+
+/// Removes its task's jobs when the task ends, however it ends.
+struct Ended<'a, R> {
+    fanouts: &'a Fanouts<R>,
+    session: &'a str,
+    task: u64,
+}
+
+impl<R> Drop for Ended<'_, R> {
+    fn drop(&mut self) {
+        let mut sessions = self.fanouts.sessions();
+        if sessions
+            .get(self.session)
+            .is_some_and(|jobs| jobs.task == self.task)
+        {
+            let jobs = sessions.remove(self.session);
+            drop(sessions);
+            drop(jobs);
+            self.fanouts.progress.notify_waiters();
+        }
+    }
+}
