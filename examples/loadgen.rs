@@ -123,6 +123,9 @@ struct Args {
     /// only the CPU the hub and the probe leave, as receivers on other
     /// machines would take none of it.
     receivers_nice: i32,
+    /// fanout: the probe's hub, when not the first URL's: a control, the
+    /// probe on a hub without the fan-out but on the same machine.
+    probe_url: Option<String>,
 }
 
 const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1:PORT/]... [--pid PID]... [--hub-pid-file FILE]...
@@ -133,6 +136,7 @@ const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1
           [--probe-rate 0] (a second, small session's latency during the fan-out)
           [--read-every-ms 0] (subscribers read in bulk every N ms; 0 = each frame as it comes)
           [--receivers-nice 0] (all threads but the probe's at this nice value while publishing)
+          [--probe-url URL] (the probe on another hub: the machine's share of its latency)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
 
@@ -170,6 +174,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         probe_rate: 0.0,
         read_every: None,
         receivers_nice: 0,
+        probe_url: None,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -223,6 +228,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                     .filter(|r| r.is_finite() && *r >= 0.0)
                     .ok_or_else(|| anyhow!("--probe-rate takes messages per second (0 = off)"))?
             }
+            "--probe-url" => args.probe_url = Some(check_loopback(&value)?),
             "--receivers-nice" => {
                 args.receivers_nice = value
                     .parse::<i32>()
@@ -969,7 +975,8 @@ async fn run_fanout(args: &Args) -> Result<()> {
     });
 
     let probe = if args.probe_rate > 0.0 {
-        Some(Probe::start(&args.urls[0], args.probe_rate, published.clone()).await?)
+        let url = args.probe_url.as_ref().unwrap_or(&args.urls[0]);
+        Some(Probe::start(url, args.probe_rate, published.clone()).await?)
     } else {
         None
     };
