@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::pacing::Pacing;
-use super::registry::Position;
+use super::position::Position;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod media;
 pub mod monitor;
 mod pacing;
+mod position;
 mod presence;
 mod queries;
 mod recent;

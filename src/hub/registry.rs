@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::fanout::{Fanouts, Forgotten, Job};
 use super::pacing::{FANOUT_CHUNK, Pacing};
+pub use super::position::Position;
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
@@ -186,13 +187,6 @@ pub struct Registry {
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
 #[derive(Debug)]
 pub struct Refused;
-
-/// A position in a session's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub epoch: String,
-    pub offset: u64,
-}
 
 /// What [`Registry::deliver_logged`] did with an event.
 #[derive(Debug, PartialEq, Eq)]
