@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::fanout::{Fanouts, Forgotten, Job};
-use super::pacing::{FANOUT_CHUNK, Pacing};
+use super::pacing::FANOUT_CHUNK;
 pub use super::position::Position;
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
@@ -171,13 +171,9 @@ pub struct Registry {
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
     /// Large sessions' events, queued for their recipients by a task of
-    /// the session's own; notifies each logged delivery, for
-    /// [`Registry::delivered`]. Lock order: after `watchers`, before
-    /// `pacing`.
+    /// the session's own and woken by its pacer; notifies each logged
+    /// delivery, for [`Registry::delivered`]. Lock order: after `watchers`.
     fanouts: Arc<Fanouts<Recipient>>,
-    /// Large sessions' recipients whose frames are queued, to be woken.
-    /// Lock order: last.
-    pacing: Arc<Pacing<Recipient>>,
     /// Hidden watchers per session (admin feeds, by connection id): they
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
@@ -411,7 +407,7 @@ impl Registry {
         }
         drop((watchers, sessions, positions));
         if let Some(task) = task {
-            self.fanouts.start(task, &self.pacing, metrics);
+            self.fanouts.start(task, metrics);
         }
         self.fanouts.progress().notify_waiters();
         Delivery::Delivered

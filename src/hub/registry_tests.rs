@@ -42,6 +42,34 @@ fn event(session: &str, offset: u64) -> (crate::broker::LoggedEvent, Outbound) {
     (event, Outbound::reply(frame.as_str().into(), "broadcast"))
 }
 
+/// Delivers event `offset` of `session` (see [`event`]).
+fn deliver(registry: &Registry, session: &str, offset: u64, metrics: &Arc<Metrics>) -> Delivery {
+    let (e, out) = event(session, offset);
+    registry.deliver_logged(&e, &out, false, metrics)
+}
+
+/// Each of `clients` leaves `session`.
+fn leave(registry: &Registry, session: &str, clients: &[(ClientHandle, Arc<WakeCount>)]) {
+    for (h, _) in clients {
+        assert!(registry.remove(session, &h.info.client_id, h.conn_id));
+    }
+}
+
+/// Lets the spawned tasks (a session's fan-out task, its pacer) run a while.
+async fn let_tasks_run() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Until a large session's task queued its first chunk of recipients
+/// (it yields after it).
+async fn until_a_first_chunk_is_queued(big: &[(ClientHandle, Arc<WakeCount>)]) {
+    while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn frames(h: &ClientHandle) -> Vec<String> {
     std::iter::from_fn(|| h.outbox().next_frame())
         .map(|out| out.frame.as_str().to_string())
@@ -76,7 +104,7 @@ fn wake_ups(big: &[(ClientHandle, Arc<WakeCount>)]) -> Vec<usize> {
 async fn run_woken_until_paced(registry: &Registry, big: &[(ClientHandle, Arc<WakeCount>)]) {
     let mut ran = vec![0; big.len()];
     for _ in 0..10_000 {
-        if registry.pacing.running() == 0 {
+        if registry.fanouts.pacing().running() == 0 {
             return;
         }
         tokio::task::yield_now().await;
@@ -105,20 +133,16 @@ async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
     let small_woken = watched(&small);
 
     for offset in 1..=2 {
-        let (e, out) = event("big", offset);
         assert_eq!(
-            registry.deliver_logged(&e, &out, false, &metrics),
+            deliver(&registry, "big", offset, &metrics),
             Delivery::Delivered
         );
     }
     // The session's task queues both, its pacer wakes a first chunk, then
     // the small session's event wakes its client at once.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    let_tasks_run().await;
     assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
-    let (e, out) = event("small", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "small", 1, &metrics);
     assert_eq!(small_woken.count(), 1);
     let first = wake_ups(&big).iter().filter(|&&n| n > 0).count();
     assert_eq!(first, WOKEN_AT_ONCE, "a chunk woken at once");
@@ -131,8 +155,7 @@ async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
     registry.delivered("big", "e", 2).await;
 
     // Once woken, a client is listed again by the next event.
-    let (e, out) = event("big", 3);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 3, &metrics);
     registry.settled().await;
     run_woken_until_paced(&registry, &big).await;
     assert!(wake_ups(&big).iter().all(|&n| n == 2));
@@ -149,8 +172,7 @@ async fn a_small_sessions_event_does_not_wait_for_a_large_sessions_queueing() {
     let small = named("small", 8);
     registry.insert("small", small.clone());
     for session in ["big", "small"] {
-        let (e, out) = event(session, 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
+        deliver(&registry, session, 1, &metrics);
     }
     assert_eq!(frames(&small), ["small 1"]);
     assert!(
@@ -171,13 +193,9 @@ async fn a_session_shrinking_below_the_large_size_keeps_its_events_in_order() {
     let metrics = Arc::new(Metrics::new("i"));
     let registry = Registry::default();
     let big = big_session(&registry, FANOUT_CHUNK + 1);
-    let (e, out) = event("big", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
-    for (h, _) in &big[..2] {
-        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
-    }
-    let (e, out) = event("big", 2);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 1, &metrics);
+    leave(&registry, "big", &big[..2]);
+    deliver(&registry, "big", 2, &metrics);
     registry.settled().await;
     for (h, _) in &big[2..] {
         assert_eq!(frames(h), ["big 1", "big 2"]);
@@ -193,12 +211,10 @@ async fn the_dispatcher_waits_while_a_large_sessions_task_is_behind() {
     let registry = Registry::default();
     let big = big_session(&registry, FANOUT_CHUNK + 1);
     for offset in 1..MAX_JOBS as u64 {
-        let (e, out) = event("big", offset);
-        registry.deliver_logged(&e, &out, false, &metrics);
+        deliver(&registry, "big", offset, &metrics);
     }
     assert!(registry.fanout_room("big").now_or_never().is_some());
-    let (e, out) = event("big", MAX_JOBS as u64);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", MAX_JOBS as u64, &metrics);
     let mut waiting = std::pin::pin!(registry.fanout_room("big"));
     assert!(waiting.as_mut().now_or_never().is_none(), "no room");
     assert!(registry.fanout_room("small").now_or_never().is_some());
@@ -215,16 +231,11 @@ async fn the_last_client_leaving_drops_a_large_sessions_waiting_events() {
     let registry = Registry::default();
     let big = big_session(&registry, FANOUT_CHUNK + 1);
     for offset in 1..=2 {
-        let (e, out) = event("big", offset);
-        registry.deliver_logged(&e, &out, false, &metrics);
+        deliver(&registry, "big", offset, &metrics);
     }
-    for (h, _) in &big {
-        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
-    }
+    leave(&registry, "big", &big);
     assert!(registry.settled().now_or_never().is_some(), "nothing waits");
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    let_tasks_run().await;
     assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0));
 }
 
@@ -238,25 +249,19 @@ async fn a_session_forgotten_mid_event_queues_its_next_events_after_it() {
     let big = big_session(&registry, QUEUED_AT_ONCE + 1);
     let watcher = named("w", 8);
     registry.watch("big", watcher.clone(), None);
-    let (e, out) = event("big", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 1, &metrics);
     // The task queues a first chunk (clients; the watcher comes last),
     // then yields.
-    while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
-        tokio::task::yield_now().await;
-    }
+    until_a_first_chunk_is_queued(&big).await;
     assert_eq!(watcher.outbox().queued_bytes(), 0, "mid-event");
-    for (h, _) in &big {
-        assert!(registry.remove("big", &h.info.client_id, h.conn_id));
-    }
+    leave(&registry, "big", &big);
     registry.unwatch("big", watcher.conn_id);
     let read = Position {
         epoch: "e".into(),
         offset: 1,
     };
     registry.watch("big", watcher.clone(), Some(read));
-    let (e, out) = event("big", 2);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 2, &metrics);
     registry.settled().await;
     assert_eq!(frames(&watcher), ["big 1", "big 2"]);
 }
@@ -272,11 +277,8 @@ fn a_sessions_task_ended_mid_event_leaves_it_not_busy() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (e, out) = event("big", 1);
-        registry.deliver_logged(&e, &out, false, &metrics);
-        while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
-            tokio::task::yield_now().await;
-        }
+        deliver(&registry, "big", 1, &metrics);
+        until_a_first_chunk_is_queued(&big).await;
     });
     assert!(registry.fanouts.busy("big"), "mid-event");
     drop(runtime);
@@ -291,16 +293,14 @@ async fn delivered_waits_for_a_large_sessions_frame_to_be_queued_for_everyone() 
     let metrics = Arc::new(Metrics::new("i"));
     let registry = Registry::default();
     let big = big_session(&registry, FANOUT_CHUNK + 1);
-    let (e, out) = event("big", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 1, &metrics);
     assert_eq!(registry.position("big").map(|p| p.offset), Some(1));
     let mut waiting = std::pin::pin!(registry.delivered("big", "e", 1));
     assert!(waiting.as_mut().now_or_never().is_none());
     waiting.await;
     assert!(big.iter().all(|(h, _)| h.outbox().queued_bytes() > 0));
 
-    let (e, out) = event("big", 2);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 2, &metrics);
     assert!(registry.delivered("big", "e", 1).now_or_never().is_some());
     assert!(registry.delivered("big", "e", 2).now_or_never().is_none());
 }
@@ -320,8 +320,7 @@ async fn a_large_sessions_events_delivered_from_two_tasks_reach_every_client_in_
             h
         })
         .collect();
-    let (e, out) = event("big", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "big", 1, &metrics);
     let deliverers: Vec<_> = (0..2u64)
         .map(|parity| {
             let (registry, metrics) = (registry.clone(), metrics.clone());
@@ -359,8 +358,7 @@ fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
     let (a, b) = (named("a", 8), named("b", 8));
     registry.insert("s", a.clone());
     registry.insert("s", b.clone());
-    let (e, out) = event("s", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "s", 1, &metrics);
     assert_eq!(registry.delivery_state_len(), (1, 1));
     assert!(registry.remove("s", "a", a.conn_id));
     assert_eq!(registry.delivery_state_len(), (1, 1), "b is still here");
@@ -371,8 +369,7 @@ fn the_last_local_subscriber_leaving_forgets_the_sessions_delivery_state() {
     let joining = registry.keep_recent("w");
     let watcher = named("w", 8);
     registry.watch("w", watcher.clone(), None);
-    let (e, out) = event("w", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "w", 1, &metrics);
     assert_eq!(registry.delivery_state_len(), (1, 1));
     registry.unwatch("w", watcher.conn_id);
     assert_eq!(registry.delivery_state_len(), (0, 0));
@@ -387,14 +384,12 @@ fn events_are_kept_only_while_a_join_is_under_way() {
     let metrics = Arc::new(Metrics::new("i"));
     let registry = Registry::default();
     registry.insert("s", named("a", 8));
-    let (e, out) = event("s", 1);
-    registry.deliver_logged(&e, &out, false, &metrics);
+    deliver(&registry, "s", 1, &metrics);
     assert_eq!(registry.delivery_state_len(), (1, 0));
     let first = registry.keep_recent("s");
     let second = registry.keep_recent("s");
     for offset in 2..=3 {
-        let (e, out) = event("s", offset);
-        registry.deliver_logged(&e, &out, false, &metrics);
+        deliver(&registry, "s", offset, &metrics);
     }
     assert_eq!(registry.delivery_state_len(), (1, 2));
     drop(first);
