@@ -16,12 +16,19 @@
 //! the dispatcher, as it did when it queued them itself, instead of
 //! holding work without bound.
 //!
-//! A job's recipients are those of the event when it was handed over: one
-//! that left the session meanwhile (an admin feed switching sessions) may
-//! still get the events collected before it left, as it could get the one
-//! being queued before. Three sizes meet here: a session is large above
-//! `FANOUT_CHUNK` recipients, its task queues [`QUEUED_AT_ONCE`] of them
-//! between yields, and its pacer has at most `WOKEN_AT_ONCE` woken.
+//! A job's recipients are those of the event when it was handed over,
+//! each with the count of sessions it had left then ([`Member`]): one that
+//! left since (an admin feed switching sessions, a client replaced by a new
+//! connection) is skipped, so a feed gets no event of the session it left
+//! after the frames of the one it watches now, and a feed back in the
+//! session gets only what was published after its new watch, as any new
+//! watch does. The count is per connection, which is exact because a
+//! connection is a recipient of one session at a time (an MCP watch has a
+//! handle of its own per session); what is not excluded is the one frame
+//! being queued at the moment the recipient leaves. Three sizes meet
+//! here: a session is large above `FANOUT_CHUNK` recipients, its task
+//! queues [`QUEUED_AT_ONCE`] of them between yields, and its pacer has at
+//! most `WOKEN_AT_ONCE` woken.
 //!
 //! A recipient is anything with an outbox (the registry's, private to it).
 
@@ -37,18 +44,25 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 
 /// A session's jobs waiting, at most, before the dispatcher waits for its
-/// task: each holds the event's recipient list (8 bytes per recipient).
+/// task: each holds the event's recipient list (16 bytes per recipient).
 pub(super) const MAX_JOBS: usize = 8;
 
 /// Recipients queued before the task yields, so the connections woken on
 /// its thread (a small session's among them) run between chunks.
 pub(super) const QUEUED_AT_ONCE: usize = 1024;
 
+/// A recipient of a session's events: a connection's outbox, and how many
+/// sessions it left (or stopped watching) so far.
+pub(super) trait Member: AsRef<Outbox> {
+    fn departures(&self) -> u64;
+}
+
 /// One event to queue for its recipients.
 pub(super) struct Job<R> {
     pub position: Position,
     pub out: Outbound,
-    pub recipients: Vec<Arc<R>>,
+    /// Each with its [`Member::departures`] when the event was handed over.
+    pub recipients: Vec<(Arc<R>, u64)>,
 }
 
 /// A task [`Fanouts::push`] asks the caller to start.
@@ -114,7 +128,7 @@ impl<R> Fanouts<R> {
     }
 }
 
-impl<R: AsRef<Outbox> + Send + Sync + 'static> Fanouts<R> {
+impl<R: Member + Send + Sync + 'static> Fanouts<R> {
     /// Whether the session has jobs (then its next event is one too).
     pub(super) fn busy(&self, session: &str) -> bool {
         self.sessions().contains_key(session)
@@ -224,10 +238,13 @@ impl<R: AsRef<Outbox> + Send + Sync + 'static> Fanouts<R> {
         while let Some(job) = self.next_job(&session, task) {
             for chunk in job.recipients.chunks(QUEUED_AT_ONCE) {
                 // Listed as they are queued: the pacer starts on the first.
+                // One that left the session since the event was handed over
+                // is skipped (module docs).
                 let to_wake = chunk
                     .iter()
-                    .filter(|r| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
-                    .cloned()
+                    .filter(|(r, departures)| r.departures() == *departures)
+                    .filter(|(r, _)| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
+                    .map(|(r, _)| r.clone())
                     .collect();
                 if self.pacing.wake_later(&session, to_wake) {
                     tokio::spawn(self.pacing.clone().run(session.clone()));

@@ -25,10 +25,10 @@
 //! under the locks, and its frame is queued for them by a task of the
 //! session's own (`hub/fanout.rs`), so neither joins, leaves and reads of
 //! positions nor another session's events wait while thousands of frames
-//! are queued. The frame is queued for every recipient, as for any event
-//! (the outbox's bounds hold as they do everywhere), but the recipients'
-//! connections are woken by the session's pacer, a few at a time
-//! (`hub/pacing.rs`).
+//! are queued. The frame is queued for every recipient still in the
+//! session, as for any event (the outbox's bounds hold as they do
+//! everywhere), but the recipients' connections are woken by the session's
+//! pacer, a few at a time (`hub/pacing.rs`).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -46,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::fanout::{Fanouts, Forgotten, Job};
+use super::fanout::{Fanouts, Forgotten, Job, Member};
 use super::pacing::FANOUT_CHUNK;
 pub use super::position::Position;
 use super::recent::{KeptEvents, KeptForJoin, Recent};
@@ -61,11 +61,27 @@ struct Recipient {
     /// The presence version the client's member list is as of: presence
     /// events of this version or an older one are not sent (it has them).
     presence_floor: AtomicU64,
+    /// Sessions the connection left, stopped watching or was replaced in
+    /// so far: a large session's event still to be queued skips it once it
+    /// left (`hub/fanout.rs`).
+    departures: AtomicU64,
+}
+
+impl Recipient {
+    fn departed(&self) {
+        self.departures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl AsRef<Outbox> for Recipient {
     fn as_ref(&self) -> &Outbox {
         &self.outbox
+    }
+}
+
+impl Member for Recipient {
+    fn departures(&self) -> u64 {
+        self.departures.load(Ordering::Relaxed)
     }
 }
 
@@ -93,6 +109,7 @@ impl ClientHandle {
             shared: Arc::new(Recipient {
                 outbox: Outbox::new(max_queued_frames, max_queued_bytes),
                 presence_floor: AtomicU64::new(0),
+                departures: AtomicU64::new(0),
             }),
         }
     }
@@ -226,7 +243,11 @@ impl Registry {
         {
             hook(session, true);
         }
-        clients.insert(handle.info.client_id.clone(), handle)
+        let replaced = clients.insert(handle.info.client_id.clone(), handle);
+        if let Some(old) = &replaced {
+            old.shared.departed();
+        }
+        replaced
     }
 
     /// Whether `session` has a hidden watcher (lock order: after `sessions`).
@@ -250,7 +271,9 @@ impl Registry {
         if clients.get(client_id).is_none_or(|h| h.conn_id != conn_id) {
             return false;
         }
-        clients.remove(client_id);
+        if let Some(left) = clients.remove(client_id) {
+            left.shared.departed();
+        }
         if clients.is_empty() {
             sessions.remove(session);
             if !self.is_watched(session) {
@@ -397,7 +420,9 @@ impl Registry {
             let job = Job {
                 position: position.clone(),
                 out: out.clone(),
-                recipients: recipients.map(|h| h.shared.clone()).collect(),
+                recipients: recipients
+                    .map(|h| (h.shared.clone(), h.shared.departures()))
+                    .collect(),
             };
             task = self.fanouts.push(&event.header.session, job);
         } else {
@@ -545,10 +570,14 @@ impl Registry {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = watchers.get_mut(session)
-            && w.remove(&conn_id).is_some()
-            && w.is_empty()
-        {
+        let Some(w) = watchers.get_mut(session) else {
+            return;
+        };
+        let Some(left) = w.remove(&conn_id) else {
+            return;
+        };
+        left.shared.departed();
+        if w.is_empty() {
             watchers.remove(session);
             drop(watchers);
             if !sessions.contains_key(session) {
