@@ -123,6 +123,11 @@ struct Args {
     /// only the CPU the hub and the probe leave, as receivers on other
     /// machines would take none of it.
     receivers_nice: i32,
+    /// fanout: once every subscriber registered, this process's threads
+    /// but the probe's run under SCHED_BATCH: same share of the CPU as
+    /// before, but a receiver woken never preempts a running thread (the
+    /// hub's), as receivers on other machines never would.
+    receivers_batch: bool,
     /// fanout: the probe's hub, when not the first URL's: a control, the
     /// probe on a hub without the fan-out but on the same machine.
     probe_url: Option<String>,
@@ -136,6 +141,7 @@ const USAGE: &str = "usage: loadgen [idle|fanout|sessions] [--url ws://127.0.0.1
           [--probe-rate 0] (a second, small session's latency during the fan-out)
           [--read-every-ms 0] (subscribers read in bulk every N ms; 0 = each frame as it comes)
           [--receivers-nice 0] (all threads but the probe's at this nice value while publishing)
+          [--receivers-policy other] (batch: all threads but the probe's under SCHED_BATCH while publishing)
           [--probe-url URL] (the probe on another hub: the machine's share of its latency)
           [--other-pid NAME=PID]... (CPU per delivery of other processes, printed apart)
   both:   [--connect-concurrency 100] [--settle-timeout-secs 120]";
@@ -174,6 +180,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         probe_rate: 0.0,
         read_every: None,
         receivers_nice: 0,
+        receivers_batch: false,
         probe_url: None,
     };
     while let Some(flag) = it.next() {
@@ -235,6 +242,13 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
                     .ok()
                     .filter(|n| (0..=19).contains(n))
                     .ok_or_else(|| anyhow!("--receivers-nice takes a nice value, 0 to 19"))?
+            }
+            "--receivers-policy" => {
+                args.receivers_batch = match value.as_str() {
+                    "batch" => true,
+                    "other" => false,
+                    _ => bail!("--receivers-policy takes batch or other, not `{value}`"),
+                }
             }
             "--read-every-ms" => {
                 args.read_every = Some(num("milliseconds")?)
@@ -334,6 +348,37 @@ fn renice_threads(nice: i32, except: &[libc::pid_t]) -> Result<usize> {
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
             bail!(
                 "setpriority({tid}, {nice}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Puts every thread of this process but `except` (thread ids) under
+/// SCHED_BATCH; threads they start later inherit it. SCHED_BATCH keeps a
+/// thread's nice value and so its share of the CPU, but a batch thread
+/// that wakes does not preempt the one running. Needs no privilege.
+fn batch_threads(except: &[libc::pid_t]) -> Result<usize> {
+    let mut done = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        if except.contains(&tid) {
+            continue;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler only reads its arguments; on Linux a
+        // thread id names that thread.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) } != 0 {
+            bail!(
+                "sched_setscheduler({tid}, SCHED_BATCH): {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -987,6 +1032,11 @@ async fn run_fanout(args: &Args) -> Result<()> {
             "receivers: {threads} threads at nice {} (the probe's at its own)",
             args.receivers_nice
         );
+    }
+    if args.receivers_batch {
+        let except: Vec<libc::pid_t> = probe.iter().map(|p| p.tid).collect();
+        let threads = batch_threads(&except)?;
+        println!("receivers: {threads} threads under SCHED_BATCH (the probe's not)");
     }
     let filler = "x".repeat(args.payload_bytes);
     let cpu_before = total_cpu_ticks(&args.pids)?;
