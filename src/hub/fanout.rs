@@ -17,15 +17,17 @@
 //! holding work without bound.
 //!
 //! A job's recipients are those of the event when it was handed over,
-//! each with the count of sessions it had left then ([`Member`]): one that
+//! with the registry's count of departures then ([`Member`]): one that
 //! left since (an admin feed switching sessions, a client replaced by a new
 //! connection) is skipped, so a feed gets no event of the session it left
 //! after the frames of the one it watches now, and a feed back in the
 //! session gets only what was published after its new watch, as any new
-//! watch does. The count is per connection, which is exact because a
-//! connection is a recipient of one session at a time (an MCP watch has a
-//! handle of its own per session); what is not excluded is the one frame
-//! being queued at the moment the recipient leaves. Three sizes meet
+//! watch does. What a recipient keeps is when it last left, which is
+//! exact because a connection is a recipient of one session at a time (an
+//! MCP watch has a handle of its own per session); what is not excluded is
+//! the one frame being queued at the moment the recipient leaves. The
+//! check costs the event one number, and no work per recipient under the
+//! registry's locks. Three sizes meet
 //! here: a session is large above `FANOUT_CHUNK` recipients, its task
 //! queues [`QUEUED_AT_ONCE`] of them between yields, and its pacer has at
 //! most `WOKEN_AT_ONCE` woken.
@@ -44,25 +46,27 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 
 /// A session's jobs waiting, at most, before the dispatcher waits for its
-/// task: each holds the event's recipient list (16 bytes per recipient).
+/// task: each holds the event's recipient list (8 bytes per recipient).
 pub(super) const MAX_JOBS: usize = 8;
 
 /// Recipients queued before the task yields, so the connections woken on
 /// its thread (a small session's among them) run between chunks.
 pub(super) const QUEUED_AT_ONCE: usize = 1024;
 
-/// A recipient of a session's events: a connection's outbox, and how many
-/// sessions it left (or stopped watching) so far.
+/// A recipient of a session's events: a connection's outbox, and when it
+/// last left a session, on the registry's count of departures (0: never).
 pub(super) trait Member: AsRef<Outbox> {
-    fn departures(&self) -> u64;
+    fn left_at(&self) -> u64;
 }
 
 /// One event to queue for its recipients.
 pub(super) struct Job<R> {
     pub position: Position,
     pub out: Outbound,
-    /// Each with its [`Member::departures`] when the event was handed over.
-    pub recipients: Vec<(Arc<R>, u64)>,
+    pub recipients: Vec<Arc<R>>,
+    /// The registry's count of departures when the event was handed over:
+    /// a recipient that left after it is skipped ([`Member::left_at`]).
+    pub departures: u64,
 }
 
 /// A task [`Fanouts::push`] asks the caller to start.
@@ -242,9 +246,9 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
                 // is skipped (module docs).
                 let to_wake = chunk
                     .iter()
-                    .filter(|(r, departures)| r.departures() == *departures)
-                    .filter(|(r, _)| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
-                    .map(|(r, _)| r.clone())
+                    .filter(|r| r.left_at() <= job.departures)
+                    .filter(|r| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
+                    .cloned()
                     .collect();
                 if self.pacing.wake_later(&session, to_wake) {
                     tokio::spawn(self.pacing.clone().run(session.clone()));

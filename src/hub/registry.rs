@@ -61,16 +61,11 @@ struct Recipient {
     /// The presence version the client's member list is as of: presence
     /// events of this version or an older one are not sent (it has them).
     presence_floor: AtomicU64,
-    /// Sessions the connection left, stopped watching or was replaced in
-    /// so far: a large session's event still to be queued skips it once it
-    /// left (`hub/fanout.rs`).
-    departures: AtomicU64,
-}
-
-impl Recipient {
-    fn departed(&self) {
-        self.departures.fetch_add(1, Ordering::Relaxed);
-    }
+    /// The registry's departure count when the connection last left a
+    /// session, stopped watching it or was replaced in it (0: never): a
+    /// large session's event collected before that skips it
+    /// (`hub/fanout.rs`).
+    left_at: AtomicU64,
 }
 
 impl AsRef<Outbox> for Recipient {
@@ -80,8 +75,8 @@ impl AsRef<Outbox> for Recipient {
 }
 
 impl Member for Recipient {
-    fn departures(&self) -> u64 {
-        self.departures.load(Ordering::Relaxed)
+    fn left_at(&self) -> u64 {
+        self.left_at.load(Ordering::Relaxed)
     }
 }
 
@@ -109,7 +104,7 @@ impl ClientHandle {
             shared: Arc::new(Recipient {
                 outbox: Outbox::new(max_queued_frames, max_queued_bytes),
                 presence_floor: AtomicU64::new(0),
-                departures: AtomicU64::new(0),
+                left_at: AtomicU64::new(0),
             }),
         }
     }
@@ -195,6 +190,11 @@ pub struct Registry {
     /// get the session's logged events like a client, are no member and
     /// not in presence. Lock order: after `recent`.
     watchers: RwLock<HashMap<String, HashMap<u64, ClientHandle>>>,
+    /// Recipients that left a session, stopped watching one or were
+    /// replaced in one, so far. Moves under the `sessions` write lock, so
+    /// an event's recipients, collected under its read lock, are exactly
+    /// those that had not left as of its value then.
+    departures: AtomicU64,
 }
 
 /// [`Registry::insert_at`]'s `start` refused the join: read the log again.
@@ -245,9 +245,16 @@ impl Registry {
         }
         let replaced = clients.insert(handle.info.client_id.clone(), handle);
         if let Some(old) = &replaced {
-            old.shared.departed();
+            self.departed(old);
         }
         replaced
+    }
+
+    /// `left` left a session, stopped watching it or was replaced in it.
+    /// Called with the `sessions` write lock held.
+    fn departed(&self, left: &ClientHandle) {
+        let at = self.departures.fetch_add(1, Ordering::Relaxed) + 1;
+        left.shared.left_at.store(at, Ordering::Relaxed);
     }
 
     /// Whether `session` has a hidden watcher (lock order: after `sessions`).
@@ -272,7 +279,7 @@ impl Registry {
             return false;
         }
         if let Some(left) = clients.remove(client_id) {
-            left.shared.departed();
+            self.departed(&left);
         }
         if clients.is_empty() {
             sessions.remove(session);
@@ -420,9 +427,8 @@ impl Registry {
             let job = Job {
                 position: position.clone(),
                 out: out.clone(),
-                recipients: recipients
-                    .map(|h| (h.shared.clone(), h.shared.departures()))
-                    .collect(),
+                departures: self.departures.load(Ordering::Relaxed),
+                recipients: recipients.map(|h| h.shared.clone()).collect(),
             };
             task = self.fanouts.push(&event.header.session, job);
         } else {
@@ -576,7 +582,7 @@ impl Registry {
         let Some(left) = w.remove(&conn_id) else {
             return;
         };
-        left.shared.departed();
+        self.departed(&left);
         if w.is_empty() {
             watchers.remove(session);
             drop(watchers);
