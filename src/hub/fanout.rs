@@ -27,10 +27,11 @@
 //! MCP watch has a handle of its own per session); what is not excluded is
 //! the one frame being queued at the moment the recipient leaves. The
 //! check costs the event one number, and no work per recipient under the
-//! registry's locks. Three sizes meet
-//! here: a session is large above `FANOUT_CHUNK` recipients, its task
-//! queues [`QUEUED_AT_ONCE`] of them between yields, and its pacer has at
-//! most `WOKEN_AT_ONCE` woken.
+//! registry's locks.
+//!
+//! Three sizes meet here: a session is large above `FANOUT_CHUNK`
+//! recipients, its task queues [`QUEUED_AT_ONCE`] of them between yields,
+//! and its pacer has at most `WOKEN_AT_ONCE` woken.
 //!
 //! A recipient is anything with an outbox (the registry's, private to it).
 
