@@ -9,15 +9,20 @@
 //! events reach a hidden handle whose frames a task of ours reads, maps to
 //! the resources they change and turns into notifications. Bounded: at
 //! most [`PER_MCP_SESSION`] subscriptions per MCP session and
-//! [`PER_INSTANCE`] on the instance; a subscriber whose stream is gone is
-//! dropped at its next notification, and a watch with no subscriber left
-//! stops.
+//! [`PER_INSTANCE`] on the instance; a subscriber whose stream is gone,
+//! or does not take a notification within [`NOTIFY_DEADLINE`], is dropped
+//! at its next notification, and a watch with no subscriber left stops.
+//! The subscribers of an event are told concurrently: rmcp's send waits
+//! until the stream took the notification, so one stream no longer read
+//! must not hold up the others, nor the watch's reader until the watch is
+//! evicted as a slow consumer.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::{Peer, RoleServer};
@@ -35,6 +40,10 @@ use crate::protocol::{ClientInfo, ErrorCode, HubError, now_millis};
 pub const PER_MCP_SESSION: usize = 64;
 /// Subscriptions one instance holds at most.
 pub const PER_INSTANCE: usize = 10_000;
+
+/// How long a subscriber's stream may take to accept a notification
+/// before the subscription is dropped, as a slow consumer's connection is.
+pub const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Hidden watchers' connection ids: apart from clients' and admin feeds'.
 static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1 << 56);
@@ -211,15 +220,27 @@ impl Subscriptions {
                 .map(|s| (s.mcp_session.clone(), s.uri.clone(), s.peer.clone()))
                 .collect()
         };
-        for (mcp_session, uri, peer) in due {
-            let sent = peer
-                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
-                .await;
-            if sent.is_err() || peer.is_transport_closed() {
-                self.unsubscribe(&mcp_session, &uri);
-            }
+        for (mcp_session, uri) in notify_all(due).await {
+            self.unsubscribe(&mcp_session, &uri);
         }
     }
+}
+
+/// Sends each `(mcp_session, uri, peer)` its notification, all at once,
+/// each within [`NOTIFY_DEADLINE`]; returns those to unsubscribe (the
+/// stream is gone, or did not take it in time).
+async fn notify_all(due: Vec<(String, String, Peer<RoleServer>)>) -> Vec<(String, String)> {
+    let sends = due.into_iter().map(|(mcp_session, uri, peer)| async move {
+        let param = ResourceUpdatedNotificationParam::new(uri.clone());
+        let sent = tokio::time::timeout(NOTIFY_DEADLINE, peer.notify_resource_updated(param)).await;
+        let kept = matches!(sent, Ok(Ok(()))) && !peer.is_transport_closed();
+        (!kept).then_some((mcp_session, uri))
+    });
+    futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl Call<'_> {
@@ -290,7 +311,95 @@ fn changes(resource: &HubResource, event: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmcp::model::ServerJsonRpcMessage;
+    use rmcp::transport::Transport;
     use serde_json::json;
+    use tokio::sync::mpsc;
+
+    /// An MCP stream whose client reads what it is sent into `read`, or
+    /// (`read` None) never reads it: a send then never completes.
+    struct Stream {
+        read: Option<mpsc::UnboundedSender<ServerJsonRpcMessage>>,
+    }
+
+    impl Transport<RoleServer> for Stream {
+        type Error = std::io::Error;
+
+        fn send(
+            &mut self,
+            item: ServerJsonRpcMessage,
+        ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+            let read = self.read.clone();
+            async move {
+                match read {
+                    Some(read) => {
+                        let _ = read.send(item);
+                        Ok(())
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        }
+
+        fn receive(
+            &mut self,
+        ) -> impl Future<Output = Option<rmcp::service::RxJsonRpcMessage<RoleServer>>> + Send
+        {
+            std::future::pending()
+        }
+
+        async fn close(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[derive(Clone)]
+    struct Server;
+    impl rmcp::ServerHandler for Server {}
+
+    fn peer(read: Option<mpsc::UnboundedSender<ServerJsonRpcMessage>>) -> Peer<RoleServer> {
+        let running = rmcp::service::serve_directly(Server, Stream { read }, None);
+        let peer = running.peer().clone();
+        // The service runs as long as the test.
+        std::mem::forget(running);
+        peer
+    }
+
+    /// A subscriber whose stream is no longer read neither holds up the
+    /// others' notifications nor stays subscribed.
+    #[tokio::test]
+    async fn a_stream_no_longer_read_is_dropped_without_holding_up_the_others() {
+        let (read, mut received) = mpsc::unbounded_channel();
+        let due = vec![
+            (
+                "stalled".to_string(),
+                "whatsapp://a".to_string(),
+                peer(None),
+            ),
+            (
+                "reader".to_string(),
+                "whatsapp://a".to_string(),
+                peer(Some(read)),
+            ),
+        ];
+        let sending = tokio::spawn(notify_all(due));
+        // Told while the stalled stream still has time left: not after it.
+        let told = tokio::time::timeout(NOTIFY_DEADLINE / 2, received.recv())
+            .await
+            .expect("the reader is told without waiting for the stalled stream")
+            .expect("a notification");
+        let told = serde_json::to_value(&told).unwrap();
+        assert_eq!(told["method"], "notifications/resources/updated", "{told}");
+        assert_eq!(told["params"]["uri"], "whatsapp://a");
+        let dropped = tokio::time::timeout(NOTIFY_DEADLINE * 3, sending)
+            .await
+            .expect("done once the deadline passed")
+            .unwrap();
+        assert_eq!(
+            dropped,
+            [("stalled".to_string(), "whatsapp://a".to_string())]
+        );
+    }
 
     #[test]
     fn events_change_the_resources_they_touch() {
