@@ -9,15 +9,16 @@
 //! events reach a hidden handle whose frames a task of ours reads, maps to
 //! the resources they change and turns into notifications. Bounded: at
 //! most [`PER_MCP_SESSION`] subscriptions per MCP session and
-//! [`PER_INSTANCE`] on the instance; a subscriber whose stream is gone,
-//! or does not take a notification within [`NOTIFY_DEADLINE`], is dropped
-//! at its next notification, and a watch with no subscriber left stops.
+//! [`PER_INSTANCE`] on the instance; an MCP session whose stream is gone,
+//! or does not take a notification within [`NOTIFY_DEADLINE`], loses all
+//! its subscriptions at that notification (they share the stream), and a
+//! watch with no subscriber left stops.
 //! The subscribers of an event are told concurrently: rmcp's send waits
 //! until the stream took the notification, so one stream no longer read
 //! must not hold up the others, nor the watch's reader until the watch is
 //! evicted as a slow consumer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,19 @@ impl Subscriptions {
         sessions.retain(|_, w| !w.subscribers.is_empty());
     }
 
+    /// Ends every subscription of `mcp_sessions`, in one pass: their stream,
+    /// which all of a session's subscriptions share, is gone or stopped
+    /// taking notifications.
+    fn drop_streams(&self, mcp_sessions: &HashSet<String>) {
+        let mut sessions = self.sessions();
+        for watched in sessions.values_mut() {
+            watched
+                .subscribers
+                .retain(|s| !mcp_sessions.contains(&s.mcp_session));
+        }
+        sessions.retain(|_, w| !w.subscribers.is_empty());
+    }
+
     /// Starts the hidden watch of `session` and the task that reads it.
     async fn watch(self: &Arc<Self>, session: &str) -> Watched {
         let conn_id = NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed);
@@ -205,8 +219,9 @@ impl Subscriptions {
         }
     }
 
-    /// Tells every subscriber of a resource `event` changed; drops those
-    /// whose stream is gone.
+    /// Tells every subscriber of a resource `event` changed; ends every
+    /// subscription of an MCP session whose stream is gone or did not take
+    /// the notification in time.
     async fn notify(&self, session: &str, event: &Value) {
         let due: Vec<(String, String, Peer<RoleServer>)> = {
             let sessions = self.sessions();
@@ -220,8 +235,14 @@ impl Subscriptions {
                 .map(|s| (s.mcp_session.clone(), s.uri.clone(), s.peer.clone()))
                 .collect()
         };
-        for (mcp_session, uri) in notify_all(due).await {
-            self.unsubscribe(&mcp_session, &uri);
+        let dropped: HashSet<String> = notify_all(due).await.into_iter().map(|(s, _)| s).collect();
+        if !dropped.is_empty() {
+            tracing::info!(
+                session,
+                mcp_sessions = dropped.len(),
+                "mcp subscriptions: a stream is gone or did not take a notification in time; its subscriptions end"
+            );
+            self.drop_streams(&dropped);
         }
     }
 }
