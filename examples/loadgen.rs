@@ -327,64 +327,45 @@ fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Sets every thread of this process but `except` (thread ids) to nice
-/// `nice`; threads they start later inherit it. Lowering one's own
-/// threads' priority needs no privilege.
-fn renice_threads(nice: i32, except: &[libc::pid_t]) -> Result<usize> {
-    let mut done = 0;
+/// This process's threads but `except` (thread ids). Threads they start
+/// later inherit what is set on them below.
+fn threads_but(except: &[libc::pid_t]) -> Result<Vec<libc::pid_t>> {
+    let mut threads = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task")? {
-        let Some(tid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        if except.contains(&tid) {
-            continue;
-        }
-        // SAFETY: setpriority only reads its arguments; on Linux
-        // PRIO_PROCESS with a thread id sets that thread's nice value.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
-            bail!(
-                "setpriority({tid}, {nice}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        done += 1;
+        let tid = entry?.file_name().to_str().and_then(|t| t.parse().ok());
+        threads.extend(tid.filter(|tid| !except.contains(tid)));
     }
-    Ok(done)
+    Ok(threads)
 }
 
-/// Puts every thread of this process but `except` (thread ids) under
-/// SCHED_BATCH; threads they start later inherit it. SCHED_BATCH keeps a
-/// thread's nice value and so its share of the CPU, but a batch thread
-/// that wakes does not preempt the one running. Needs no privilege.
-fn batch_threads(except: &[libc::pid_t]) -> Result<usize> {
-    let mut done = 0;
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let Some(tid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        if except.contains(&tid) {
-            continue;
-        }
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler only reads its arguments; on Linux a
-        // thread id names that thread.
-        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) } != 0 {
-            bail!(
-                "sched_setscheduler({tid}, SCHED_BATCH): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        done += 1;
+/// Sets thread `tid` to nice `nice`. Lowering one's own threads' priority
+/// needs no privilege.
+fn renice_thread(tid: libc::pid_t, nice: i32) -> Result<()> {
+    // SAFETY: setpriority only reads its arguments; on Linux PRIO_PROCESS
+    // with a thread id sets that thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+        bail!(
+            "setpriority({tid}, {nice}): {}",
+            std::io::Error::last_os_error()
+        );
     }
-    Ok(done)
+    Ok(())
+}
+
+/// Puts thread `tid` under SCHED_BATCH: it keeps its nice value and so its
+/// share of the CPU, but it does not preempt the running thread when it
+/// wakes. Needs no privilege.
+fn batch_thread(tid: libc::pid_t) -> Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads its arguments; on Linux a
+    // thread id names that thread.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) } != 0 {
+        bail!(
+            "sched_setscheduler({tid}, SCHED_BATCH): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// `VmRSS` of a process, in KiB.
@@ -1025,18 +1006,28 @@ async fn run_fanout(args: &Args) -> Result<()> {
     } else {
         None
     };
-    if args.receivers_nice > 0 {
+    if args.receivers_nice > 0 || args.receivers_batch {
         let except: Vec<libc::pid_t> = probe.iter().map(|p| p.tid).collect();
-        let threads = renice_threads(args.receivers_nice, &except)?;
-        println!(
-            "receivers: {threads} threads at nice {} (the probe's at its own)",
-            args.receivers_nice
-        );
-    }
-    if args.receivers_batch {
-        let except: Vec<libc::pid_t> = probe.iter().map(|p| p.tid).collect();
-        let threads = batch_threads(&except)?;
-        println!("receivers: {threads} threads under SCHED_BATCH (the probe's not)");
+        let threads = threads_but(&except)?;
+        if args.receivers_nice > 0 {
+            for &tid in &threads {
+                renice_thread(tid, args.receivers_nice)?;
+            }
+            println!(
+                "receivers: {} threads at nice {} (the probe's at its own)",
+                threads.len(),
+                args.receivers_nice
+            );
+        }
+        if args.receivers_batch {
+            for &tid in &threads {
+                batch_thread(tid)?;
+            }
+            println!(
+                "receivers: {} threads under SCHED_BATCH (the probe's not)",
+                threads.len()
+            );
+        }
     }
     let filler = "x".repeat(args.payload_bytes);
     let cpu_before = total_cpu_ticks(&args.pids)?;

@@ -199,8 +199,8 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
 
     /// Waits until the session has fewer than [`MAX_JOBS`] jobs waiting.
     pub(super) async fn room(&self, session: &str) {
-        self.wait_until(|sessions| {
-            sessions
+        self.wait_until(|| {
+            self.sessions()
                 .get(session)
                 .is_none_or(|jobs| jobs.waiting.len() < MAX_JOBS)
         })
@@ -209,20 +209,22 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
 
     /// Waits until every job handed over so far is done.
     pub(super) async fn settled(&self) {
-        self.wait_until(HashMap::is_empty).await
+        self.wait_until(|| self.sessions().is_empty()).await
     }
 
-    async fn wait_until(&self, done: impl Fn(&HashMap<String, Jobs<R>>) -> bool) {
+    /// Waits until `done`, checked again whenever [`Self::progress`] is
+    /// notified.
+    pub(super) async fn wait_until(&self, done: impl Fn() -> bool) {
         // Most calls find it done (`room` follows every logged delivery):
         // no waiter is registered with `progress` then.
-        if done(&self.sessions()) {
+        if done() {
             return;
         }
         loop {
             let progressed = self.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if done(&self.sessions()) {
+            if done() {
                 return;
             }
             progressed.await;

@@ -459,21 +459,17 @@ impl Registry {
     /// Waits until the session's local clients were handed `offset` of `epoch` (or
     /// it has none, or its log moved to another epoch).
     pub async fn delivered(&self, session: &str, epoch: &str, offset: u64) {
-        loop {
-            let progressed = self.fanouts.progress().notified();
-            tokio::pin!(progressed);
-            progressed.as_mut().enable();
-            // A large session's position moves when its event is handed
-            // to its task, before the frame is queued.
-            let behind = self
-                .position(session)
-                .is_some_and(|p| p.epoch == epoch && p.offset < offset)
-                || self.fanouts.pending(session, epoch, offset);
-            if !behind {
-                return;
-            }
-            progressed.await;
-        }
+        self.fanouts
+            .wait_until(|| {
+                // A large session's position moves when its event is
+                // handed to its task, before the frame is queued.
+                let behind = self
+                    .position(session)
+                    .is_some_and(|p| p.epoch == epoch && p.offset < offset)
+                    || self.fanouts.pending(session, epoch, offset);
+                !behind
+            })
+            .await
     }
 
     /// The last delivered position of a session that has local

@@ -49,7 +49,7 @@ fn deliver(registry: &Registry, session: &str, offset: u64, metrics: &Arc<Metric
 }
 
 /// Each of `clients` leaves `session`.
-fn leave(registry: &Registry, session: &str, clients: &[(ClientHandle, Arc<WakeCount>)]) {
+fn leave(registry: &Registry, session: &str, clients: &[Watched]) {
     for (h, _) in clients {
         assert!(registry.remove(session, &h.info.client_id, h.conn_id));
     }
@@ -64,7 +64,7 @@ async fn let_tasks_run() {
 
 /// Until a large session's task queued its first chunk of recipients
 /// (it yields after it).
-async fn until_a_first_chunk_is_queued(big: &[(ClientHandle, Arc<WakeCount>)]) {
+async fn until_a_first_chunk_is_queued(big: &[Watched]) {
     while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
         tokio::task::yield_now().await;
     }
@@ -83,25 +83,31 @@ fn watched(h: &ClientHandle) -> Arc<WakeCount> {
     woken
 }
 
-/// `n` clients in session "big", each watched.
-fn big_session(registry: &Registry, n: usize) -> Vec<(ClientHandle, Arc<WakeCount>)> {
-    (0..n)
+/// A client and its connection task's wake-ups.
+type Watched = (ClientHandle, Arc<WakeCount>);
+
+/// A registry with `n` clients in session "big", each watched, and the
+/// metrics to deliver with.
+fn big_session(n: usize) -> (Arc<Metrics>, Registry, Vec<Watched>) {
+    let registry = Registry::default();
+    let big = (0..n)
         .map(|i| {
             let h = named(&format!("big{i}"), 64);
             registry.insert("big", h.clone());
             let woken = watched(&h);
             (h, woken)
         })
-        .collect()
+        .collect();
+    (Arc::new(Metrics::new("i")), registry, big)
 }
 
-fn wake_ups(big: &[(ClientHandle, Arc<WakeCount>)]) -> Vec<usize> {
+fn wake_ups(big: &[Watched]) -> Vec<usize> {
     big.iter().map(|(_, w)| w.count()).collect()
 }
 
 /// Plays the woken connections' tasks (each registers its waker when
 /// it runs) until the pacer is done.
-async fn run_woken_until_paced(registry: &Registry, big: &[(ClientHandle, Arc<WakeCount>)]) {
+async fn run_woken_until_paced(registry: &Registry, big: &[Watched]) {
     let mut ran = vec![0; big.len()];
     for _ in 0..10_000 {
         if registry.fanouts.pacing().running() == 0 {
@@ -125,9 +131,7 @@ async fn run_woken_until_paced(registry: &Registry, big: &[(ClientHandle, Arc<Wa
 /// before the fan-out is done.
 #[tokio::test]
 async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK * 3);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK * 3);
     let small = named("small", 8);
     registry.insert("small", small.clone());
     let small_woken = watched(&small);
@@ -166,9 +170,7 @@ async fn a_large_fan_out_wakes_its_clients_a_chunk_at_a_time_and_once() {
 /// queued before them.
 #[tokio::test]
 async fn a_small_sessions_event_does_not_wait_for_a_large_sessions_queueing() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     let small = named("small", 8);
     registry.insert("small", small.clone());
     for session in ["big", "small"] {
@@ -190,9 +192,7 @@ async fn a_small_sessions_event_does_not_wait_for_a_large_sessions_queueing() {
 /// still gets them in order.
 #[tokio::test]
 async fn a_session_shrinking_below_the_large_size_keeps_its_events_in_order() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     deliver(&registry, "big", 1, &metrics);
     leave(&registry, "big", &big[..2]);
     deliver(&registry, "big", 2, &metrics);
@@ -207,9 +207,7 @@ async fn a_session_shrinking_below_the_large_size_keeps_its_events_in_order() {
 /// sessions have room meanwhile.
 #[tokio::test]
 async fn the_dispatcher_waits_while_a_large_sessions_task_is_behind() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     for offset in 1..MAX_JOBS as u64 {
         deliver(&registry, "big", offset, &metrics);
     }
@@ -227,9 +225,7 @@ async fn the_dispatcher_waits_while_a_large_sessions_task_is_behind() {
 /// events dropped, and its task queues nothing more.
 #[tokio::test]
 async fn the_last_client_leaving_drops_a_large_sessions_waiting_events() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     for offset in 1..=2 {
         deliver(&registry, "big", offset, &metrics);
     }
@@ -244,9 +240,7 @@ async fn the_last_client_leaving_drops_a_large_sessions_waiting_events() {
 /// order.
 #[tokio::test]
 async fn a_client_that_left_gets_no_event_still_waiting_to_be_queued() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     deliver(&registry, "big", 1, &metrics);
     deliver(&registry, "big", 2, &metrics);
     leave(&registry, "big", &big[..1]);
@@ -261,9 +255,7 @@ async fn a_client_that_left_gets_no_event_still_waiting_to_be_queued() {
 /// task has not reached it yet.
 #[tokio::test]
 async fn a_client_that_left_mid_event_is_skipped_by_the_rest_of_it() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, QUEUED_AT_ONCE + 1);
+    let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
     deliver(&registry, "big", 1, &metrics);
     until_a_first_chunk_is_queued(&big).await;
     let (not_reached, _) = big
@@ -281,9 +273,7 @@ async fn a_client_that_left_mid_event_is_skipped_by_the_rest_of_it() {
 /// one (it joined after).
 #[tokio::test]
 async fn a_replaced_connection_gets_no_event_still_waiting_to_be_queued() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     deliver(&registry, "big", 1, &metrics);
     let new = named(&big[0].0.info.client_id, 64);
     assert!(registry.insert("big", new.clone()).is_some());
@@ -297,9 +287,7 @@ async fn a_replaced_connection_gets_no_event_still_waiting_to_be_queued() {
 /// event of the first collected before it switched after the second's.
 #[tokio::test]
 async fn a_feed_switching_sessions_gets_no_old_event_after_the_new_ones() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let _big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, _big) = big_session(FANOUT_CHUNK + 1);
     let feed = named("feed", 8);
     registry.watch("big", feed.clone(), None);
     deliver(&registry, "big", 1, &metrics);
@@ -316,9 +304,7 @@ async fn a_feed_switching_sessions_gets_no_old_event_after_the_new_ones() {
 /// left.
 #[tokio::test]
 async fn a_watcher_back_mid_event_gets_the_next_events_not_the_one_it_left() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, QUEUED_AT_ONCE + 1);
+    let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
     let watcher = named("w", 8);
     registry.watch("big", watcher.clone(), None);
     deliver(&registry, "big", 1, &metrics);
@@ -342,9 +328,7 @@ async fn a_watcher_back_mid_event_gets_the_next_events_not_the_one_it_left() {
 /// does not leave the session busy: the dispatcher would wait for it.
 #[test]
 fn a_sessions_task_ended_mid_event_leaves_it_not_busy() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, QUEUED_AT_ONCE + 1);
+    let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -362,9 +346,7 @@ fn a_sessions_task_ended_mid_event_leaves_it_not_busy() {
 /// the queueing too, and only for events up to its own.
 #[tokio::test]
 async fn delivered_waits_for_a_large_sessions_frame_to_be_queued_for_everyone() {
-    let metrics = Arc::new(Metrics::new("i"));
-    let registry = Registry::default();
-    let big = big_session(&registry, FANOUT_CHUNK + 1);
+    let (metrics, registry, big) = big_session(FANOUT_CHUNK + 1);
     deliver(&registry, "big", 1, &metrics);
     assert_eq!(registry.position("big").map(|p| p.offset), Some(1));
     let mut waiting = std::pin::pin!(registry.delivered("big", "e", 1));

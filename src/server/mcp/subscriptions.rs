@@ -139,24 +139,21 @@ impl Subscriptions {
 
     /// Ends `mcp_session`'s subscription to `uri` (nothing if it had none).
     pub fn unsubscribe(&self, mcp_session: &str, uri: &str) {
-        let mut sessions = self.sessions();
-        for watched in sessions.values_mut() {
-            watched
-                .subscribers
-                .retain(|s| !(s.mcp_session == mcp_session && s.uri == uri));
-        }
-        sessions.retain(|_, w| !w.subscribers.is_empty());
+        self.end_where(|s| s.mcp_session == mcp_session && s.uri == uri);
     }
 
     /// Ends every subscription of `mcp_sessions`, in one pass: their stream,
     /// which all of a session's subscriptions share, is gone or stopped
     /// taking notifications.
     fn drop_streams(&self, mcp_sessions: &HashSet<String>) {
+        self.end_where(|s| mcp_sessions.contains(&s.mcp_session));
+    }
+
+    /// Ends the subscriptions `ended` picks; a watch left with none stops.
+    fn end_where(&self, ended: impl Fn(&Subscriber) -> bool) {
         let mut sessions = self.sessions();
         for watched in sessions.values_mut() {
-            watched
-                .subscribers
-                .retain(|s| !mcp_sessions.contains(&s.mcp_session));
+            watched.subscribers.retain(|s| !ended(s));
         }
         sessions.retain(|_, w| !w.subscribers.is_empty());
     }
