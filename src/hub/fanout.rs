@@ -2,8 +2,9 @@
 //! dispatcher. The registry collects an event's recipients under its locks
 //! and hands them here as a *job*; a task of the session's own queues the
 //! jobs' frames, one job after the other, a chunk of recipients at a time,
-//! and lists the recipients for the session's pacer (`hub/pacing.rs`) to
-//! wake. The dispatcher (one task for all of the broker's events) goes on
+//! and hands the recipients to the outbox's flusher (a thread that writes
+//! their frames, `outbox/flusher.rs`) instead of waking their connections'
+//! tasks. The dispatcher (one task for all of the broker's events) goes on
 //! at once to the next event, of any session: a small session's event no
 //! longer waits for the 1–3 ms a 10 000-recipient queueing takes
 //! (docs/performance.md, "Isolation").
@@ -29,9 +30,9 @@
 //! check costs the event one number, and no work per recipient under the
 //! registry's locks.
 //!
-//! Three sizes meet here: a session is large above `FANOUT_CHUNK`
-//! recipients, its task queues [`QUEUED_AT_ONCE`] of them between yields,
-//! and its pacer has at most `WOKEN_AT_ONCE` woken.
+//! Two sizes meet here: a session is large above [`FANOUT_CHUNK`]
+//! recipients, and its task queues [`QUEUED_AT_ONCE`] of them between
+//! yields.
 //!
 //! A recipient is anything with an outbox (the registry's, private to it).
 
@@ -41,10 +42,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::pacing::Pacing;
 use super::position::Position;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::{Flusher, Outbound, Outbox};
+
+/// Sessions with more local recipients than this are large: their frames
+/// are queued by their task and written by the flusher (smaller ones are
+/// queued by the dispatcher and their connections woken at once: tokio's
+/// local run queue holds 256 tasks, so they do not spill into the global
+/// queue).
+pub(super) const FANOUT_CHUNK: usize = 256;
 
 /// A session's jobs waiting, at most, before the dispatcher waits for its
 /// task: each holds the event's recipient list (8 bytes per recipient).
@@ -100,9 +107,8 @@ pub(super) struct Fanouts<R> {
     /// Notified after each job, and when a session's jobs are dropped;
     /// the registry notifies it after each event it queues itself.
     progress: Notify,
-    /// The recipients listed by the tasks, to be woken. Lock order: after
-    /// `sessions`.
-    pacing: Arc<Pacing<R>>,
+    /// Writes the frames of the recipients the tasks list.
+    flusher: Flusher<R>,
 }
 
 impl<R> Default for Fanouts<R> {
@@ -111,7 +117,7 @@ impl<R> Default for Fanouts<R> {
             sessions: Mutex::default(),
             tasks: AtomicU64::new(0),
             progress: Notify::new(),
-            pacing: Arc::default(),
+            flusher: Flusher::default(),
         }
     }
 }
@@ -124,12 +130,6 @@ impl<R> Fanouts<R> {
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Jobs<R>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The pacers of the sessions' listed recipients.
-    #[cfg(test)]
-    pub(super) fn pacing(&self) -> &Pacing<R> {
-        &self.pacing
     }
 }
 
@@ -244,18 +244,16 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
         let mut since_yield = 0;
         while let Some(job) = self.next_job(&session, task) {
             for chunk in job.recipients.chunks(QUEUED_AT_ONCE) {
-                // Listed as they are queued: the pacer starts on the first.
-                // One that left the session since the event was handed over
-                // is skipped (module docs).
-                let to_wake = chunk
+                // Flushed as they are queued: the flusher starts on the
+                // first chunk. One that left the session since the event was
+                // handed over is skipped (module docs).
+                let to_flush = chunk
                     .iter()
                     .filter(|r| r.left_at() <= job.departures)
                     .filter(|r| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
                     .cloned()
                     .collect();
-                if self.pacing.wake_later(&session, to_wake) {
-                    tokio::spawn(self.pacing.clone().run(session.clone()));
-                }
+                self.flusher.flush(to_flush, &metrics);
                 since_yield += chunk.len();
                 if since_yield >= QUEUED_AT_ONCE {
                     since_yield = 0;

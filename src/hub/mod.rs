@@ -14,7 +14,6 @@ mod fanout;
 pub mod idempotency;
 pub mod media;
 pub mod monitor;
-mod pacing;
 mod position;
 mod presence;
 mod queries;

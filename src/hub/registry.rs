@@ -27,8 +27,8 @@
 //! positions nor another session's events wait while thousands of frames
 //! are queued. The frame is queued for every recipient still in the
 //! session, as for any event (the outbox's bounds hold as they do
-//! everywhere), but the recipients' connections are woken by the session's
-//! pacer, a few at a time (`hub/pacing.rs`).
+//! everywhere), but written by the outbox's flusher thread rather than by
+//! the recipients' connection tasks (`outbox/flusher.rs`).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -46,8 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::fanout::{Fanouts, Forgotten, Job, Member};
-use super::pacing::FANOUT_CHUNK;
+use super::fanout::{FANOUT_CHUNK, Fanouts, Forgotten, Job, Member};
 pub use super::position::Position;
 use super::recent::{KeptEvents, KeptForJoin, Recent};
 use crate::metrics::Metrics;
@@ -183,7 +182,7 @@ pub struct Registry {
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
     /// Large sessions' events, queued for their recipients by a task of
-    /// the session's own and woken by its pacer; notifies each logged
+    /// the session's own and written by the flusher; notifies each logged
     /// delivery, for [`Registry::delivered`]. Lock order: after `watchers`.
     fanouts: Arc<Fanouts<Recipient>>,
     /// Hidden watchers per session (admin feeds, by connection id): they

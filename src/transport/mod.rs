@@ -7,9 +7,12 @@
 //! Nothing here knows what a message means, nor about the hub: a peer
 //! decides that (`server::connection` for clients, `server::feed` for the
 //! admin feed). The hub reaches a connection only through its outbox: it
-//! queues shared, pre-framed frames and wakes this task, which alone writes
-//! to the socket ([`SocketWriter`]), whatever is queued in one `writev`,
-//! under no shared lock.
+//! queues shared, pre-framed frames and wakes this task, which writes to
+//! the socket ([`SocketWriter`]) whatever is queued in one `writev`,
+//! holding no lock but its own write half's. A large fan-out's frames are
+//! written by the outbox's flusher thread instead, through the same write
+//! half ([`SharedWriter`], attached to the outbox), never both at once and
+//! neither waiting for the other.
 //!
 //! Memory per idle connection is kept small (docs/performance.md): one task
 //! whose state holds no request (a message being answered is boxed), a
@@ -47,7 +50,7 @@ use liveness::{Due, Liveness, PingGrid};
 use reader::{ReadReady, ReadSide, close_for, ws_config};
 
 pub use reader::READ_BUFFER_BYTES;
-pub use writer::{NonBlockingWrite, SocketWriter, shutdown_write};
+pub use writer::{NonBlockingWrite, SharedWriter, SocketWriter, shutdown_write};
 
 /// How long the goodbye (queued frames at shutdown, the close frame) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -123,7 +126,8 @@ pub async fn serve<P, H>(
 {
     let outbox = handle.as_ref();
     let tcp = upgraded.socket;
-    let mut writer = SocketWriter::new(tcp.clone());
+    let writer = Arc::new(SharedWriter::new(tcp.clone()));
+    outbox.attach(&writer);
     let mut socket = WebSocketStream::from_raw_socket(
         ReadSide::new(upgraded.io),
         Role::Server,
@@ -284,13 +288,15 @@ pub async fn serve<P, H>(
     Box::pin(farewell(
         socket,
         &tcp,
-        writer,
+        &writer,
         outbox,
         metrics,
         reason,
         peer_closed,
     ))
     .await;
+    // The socket closes here (the outbox holds the write half weakly).
+    drop(writer);
     drop(tcp);
     // A message being answered completes (a join half done would leave the
     // session inconsistent); then the peer leaves.
@@ -337,7 +343,7 @@ impl<H: AsRef<Outbox> + Send + Sync + 'static> Wake for ShutdownKick<H> {
 async fn farewell(
     mut socket: WebSocketStream<ReadSide>,
     tcp: &TcpStream,
-    mut writer: SocketWriter,
+    writer: &SharedWriter,
     outbox: &Outbox,
     metrics: &Metrics,
     reason: CloseReason,

@@ -1,7 +1,12 @@
 //! The write half of a WebSocket connection: drains the connection's
-//! [`Outbox`] into its socket. Only the connection's own task writes, and
-//! it holds no shared lock while it does: it takes the queued frames into
-//! its own batch (one short lock), then writes the batch with `writev`.
+//! [`Outbox`] into its socket. The connection's task writes, and so does
+//! the outbox's flusher thread ([`DirectWrite`]) for a large fan-out's
+//! frames: the two share the write half ([`SharedWriter`]), which only
+//! this connection's writers ever lock, and neither waits for the other:
+//! the flusher gives up when the task writes, and the task, finding the
+//! flusher writing, is woken by it when it is done. The writer takes the
+//! queued frames into its own batch (one short lock of the outbox's
+//! queue), then writes the batch with `writev`.
 //!
 //! Frames never interleave: a frame the socket took in part is finished
 //! before anything else, the close frame included.
@@ -12,13 +17,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::outbox::{CONTROL, Outbound, Outbox};
+use crate::outbox::{CONTROL, DirectWrite, Outbound, Outbox};
 use crate::protocol::{Frame, now_millis};
 
 /// A socket written through `&self` without blocking (tokio's `TcpStream`).
@@ -41,7 +47,7 @@ impl NonBlockingWrite for TcpStream {
 const MAX_IOV: usize = 64;
 
 /// At most this many bytes are written per [`SocketWriter::poll_write`]
-/// before the connection yields to the others.
+/// (or flush) before the connection yields to the others.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// A batch that held more slots than this is released once written.
@@ -54,6 +60,9 @@ pub struct SocketWriter<S = TcpStream> {
     batch: VecDeque<Outbound>,
     /// Bytes of the batch's first frame already written.
     head_written: usize,
+    /// The task waits for the socket to drain (it registered for its
+    /// write readiness): a flusher that finds it full need not wake it.
+    awaiting_writable: bool,
 }
 
 impl<S: NonBlockingWrite> SocketWriter<S> {
@@ -62,6 +71,7 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
             socket,
             batch: VecDeque::new(),
             head_written: 0,
+            awaiting_writable: false,
         }
     }
 
@@ -75,6 +85,28 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
         cx: &mut Context<'_>,
         metrics: &Metrics,
     ) -> Poll<io::Result<()>> {
+        self.awaiting_writable = false;
+        loop {
+            match self.write_some(outbox, metrics)? {
+                Written::All => return Poll::Ready(Ok(())),
+                Written::Budget => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Written::Blocked => {
+                    let Poll::Ready(ready) = self.socket.poll_write_ready(cx) else {
+                        self.awaiting_writable = true;
+                        return Poll::Pending;
+                    };
+                    ready?;
+                }
+            }
+        }
+    }
+
+    /// Writes what the outbox holds until it is empty, the socket is full
+    /// or [`MAX_BATCH_BYTES`] went out; never waits.
+    fn write_some(&mut self, outbox: &Outbox, metrics: &Metrics) -> io::Result<Written> {
         let mut now = None;
         let mut total = 0;
         loop {
@@ -85,11 +117,10 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
                 if self.batch.capacity() > KEPT_SLOTS {
                     self.batch = VecDeque::new();
                 }
-                return Poll::Ready(Ok(()));
+                return Ok(Written::All);
             }
             if total >= MAX_BATCH_BYTES {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                return Ok(Written::Budget);
             }
             let result = {
                 let mut bufs = [IoSlice::new(&[]); MAX_IOV];
@@ -103,15 +134,13 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
                 self.socket.try_write_vectored(&bufs[..n])
             };
             match result {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     total += n;
                     self.advance(n, outbox, metrics, &mut now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.socket.poll_write_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Blocked),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -165,6 +194,106 @@ impl<S: NonBlockingWrite> SocketWriter<S> {
         let keep = keep.min(self.batch.len());
         let dropped: Vec<_> = self.batch.drain(keep..).collect();
         outbox.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
+    }
+}
+
+/// How far [`SocketWriter::write_some`] got.
+enum Written {
+    /// The outbox is empty.
+    All,
+    /// The socket is full.
+    Blocked,
+    /// [`MAX_BATCH_BYTES`] went out; there may be more.
+    Budget,
+}
+
+/// The write half shared by the connection's task and the outbox's
+/// flusher (module docs).
+pub struct SharedWriter<S = TcpStream> {
+    writer: Mutex<SocketWriter<S>>,
+    /// The task found the flusher writing: the flusher wakes it when done.
+    task_waits: AtomicBool,
+}
+
+impl<S: NonBlockingWrite> SharedWriter<S> {
+    pub fn new(socket: Arc<S>) -> Self {
+        SharedWriter {
+            writer: Mutex::new(SocketWriter::new(socket)),
+            task_waits: AtomicBool::new(false),
+        }
+    }
+
+    /// The task's [`SocketWriter::poll_write`]. It never waits for the
+    /// flusher (a worker thread blocked on it would hold up every task
+    /// queued behind): Pending while the flusher writes, which wakes the
+    /// task when done.
+    pub fn poll_write(
+        &self,
+        outbox: &Outbox,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> Poll<io::Result<()>> {
+        let mut writer = match self.try_lock() {
+            Some(writer) => writer,
+            None => {
+                self.task_waits.store(true, Ordering::SeqCst);
+                // Paired with the flusher's: either it sees the flag after
+                // it let go, or this sees the write half free.
+                fence(Ordering::SeqCst);
+                let Some(writer) = self.try_lock() else {
+                    return Poll::Pending;
+                };
+                self.task_waits.store(false, Ordering::Relaxed);
+                writer
+            }
+        };
+        writer.poll_write(outbox, cx, metrics)
+    }
+
+    /// [`SocketWriter::finish`], once the flusher's write (if any) is done.
+    pub fn finish(&self, outbox: &Outbox, close: Option<Frame>, deliver_queued: bool) {
+        self.lock().finish(outbox, close, deliver_queued);
+    }
+
+    /// [`SocketWriter::detach`], once the flusher's write (if any) is done.
+    pub fn detach(&self, outbox: &Outbox) {
+        self.lock().detach(outbox);
+    }
+
+    fn try_lock(&self) -> Option<MutexGuard<'_, SocketWriter<S>>> {
+        match self.writer.try_lock() {
+            Ok(writer) => Some(writer),
+            // Each write is accounted for as it returns: a poisoned writer
+            // is consistent.
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SocketWriter<S>> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The flusher writes only while the connection's task does not, and
+/// leaves waiting on a full socket to the task: it never registers for the
+/// socket's readiness, which would take that wake-up from the task.
+impl<S: NonBlockingWrite> DirectWrite for SharedWriter<S> {
+    fn write_now(&self, outbox: &Outbox, metrics: &Metrics) -> bool {
+        let Some(mut writer) = self.try_lock() else {
+            return false;
+        };
+        let done = match writer.write_some(outbox, metrics) {
+            Ok(Written::All) => true,
+            // The socket's readiness wakes the task already.
+            Ok(Written::Blocked) => writer.awaiting_writable,
+            Ok(Written::Budget) | Err(_) => false,
+        };
+        drop(writer);
+        fence(Ordering::SeqCst);
+        // The task found the write half busy meanwhile: it writes next.
+        let task_waits = self.task_waits.swap(false, Ordering::SeqCst);
+        done && !task_waits
     }
 }
 
@@ -250,6 +379,15 @@ mod tests {
         writer.poll_write(outbox, &mut cx, metrics)
     }
 
+    fn poll_shared(
+        writer: &SharedWriter<FakeSocket>,
+        outbox: &Outbox,
+        metrics: &Metrics,
+    ) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        writer.poll_write(outbox, &mut cx, metrics)
+    }
+
     #[test]
     fn a_partly_written_frame_is_finished_before_the_close_frame() {
         let metrics = Metrics::new("i");
@@ -315,5 +453,63 @@ mod tests {
             socket.got.lock().unwrap().as_slice(),
             b"\x81\x01a\x88\x02\x03\xe9"
         );
+    }
+
+    /// The flusher writes through the task's write half: a frame it wrote
+    /// in part is finished, in order, by whoever writes next; it gives up
+    /// (false, so the task is woken) on a full socket and while the task
+    /// holds the write half.
+    #[test]
+    fn the_flusher_and_the_task_share_one_write_half_and_its_torn_frame() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(10, 100);
+        let socket = Arc::new(FakeSocket::default());
+        let writer = SharedWriter::new(socket.clone());
+        socket.open(1000);
+        outbox.push(frame("one")).unwrap();
+        assert!(writer.write_now(&outbox, &metrics));
+        assert_eq!(outbox.queued_bytes(), 0);
+
+        socket.open(3);
+        outbox.push(frame("two")).unwrap();
+        assert!(!writer.write_now(&outbox, &metrics), "the socket is full");
+        socket.open(1000);
+        {
+            let _task_writes = writer.lock();
+            assert!(!writer.write_now(&outbox, &metrics), "the task writes");
+        }
+        outbox.push(frame("three")).unwrap();
+        assert!(poll_shared(&writer, &outbox, &metrics).is_ready());
+        assert_eq!(
+            socket.got.lock().unwrap().as_slice(),
+            b"\x81\x03one\x81\x03two\x81\x05three"
+        );
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    /// The task never waits for the flusher: finding it writing, the task
+    /// is told to write again once the flusher let go, and a flusher that
+    /// finds the socket full leaves the task asleep only if the socket's
+    /// readiness is to wake it.
+    #[test]
+    fn a_task_that_found_the_flusher_writing_is_woken_after_it() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(10, 100);
+        let socket = Arc::new(FakeSocket::default());
+        let writer = SharedWriter::new(socket.clone());
+        socket.open(1000);
+        {
+            let _flusher_writes = writer.lock();
+            outbox.push(frame("one")).unwrap();
+            assert!(poll_shared(&writer, &outbox, &metrics).is_pending());
+        }
+        assert!(!writer.write_now(&outbox, &metrics), "wake the task");
+        assert!(writer.write_now(&outbox, &metrics), "told once");
+
+        socket.open(0);
+        outbox.push(frame("two")).unwrap();
+        assert!(!writer.write_now(&outbox, &metrics), "the task must wait");
+        assert!(poll_shared(&writer, &outbox, &metrics).is_pending());
+        assert!(writer.write_now(&outbox, &metrics), "the socket wakes it");
     }
 }

@@ -3,9 +3,10 @@
 //! them, and the request to close.
 //!
 //! There is no I/O here. The hub hands each recipient a frame (a reference
-//! count on shared bytes) and a wake-up, under its own locks at most; only
-//! the connection's task writes to its socket
-//! (`crate::transport::SocketWriter`), under no shared lock.
+//! count on shared bytes) and a wake-up, under its own locks at most; the
+//! transport's write half (`crate::transport::SharedWriter`) writes to the
+//! socket, holding no lock but its own: from the connection's task, or
+//! from the [`Flusher`]'s thread when the task is not writing.
 //!
 //! The queue is bounded in bytes (`OUTBOUND_QUEUE_BYTES`) and in frames
 //! (`OUTBOUND_QUEUE_LEN`), counting what was handed over and not yet
@@ -16,24 +17,28 @@
 //! so an idle connection keeps (almost) no queue memory.
 //!
 //! A frame may be queued with its wake-up deferred ([`Outbox::send_deferred`])
-//! and the connection woken later ([`Outbox::wake_deferred`]): a large
+//! and the connection flushed later ([`Outbox::flush_deferred`]): a large
 //! session's events are queued at once, in order and under the same bounds,
-//! and its connections woken a few at a time (`hub/pacing.rs`). A
-//! deferred wake-up is asked for once until it happens, and none is
-//! deferred once a quarter of either bound is queued: waiting for its turn
-//! must not take a connection towards eviction. The pacer's wake-up comes
-//! with a *turn* (a semaphore permit), given back when the connection's
-//! task next runs ([`Outbox::register`]): the pacer wakes the next
-//! connections once the woken ones ran, so the runtime's queue never holds
-//! more than a chunk of one session's writers.
+//! and its connections' frames written by the [`Flusher`]'s thread rather
+//! than by their tasks on the runtime's worker threads, which stay free for
+//! the other sessions' connections. For that the transport *attaches* its
+//! write half ([`DirectWrite`]) to the outbox; the flusher uses it only when
+//! the connection's task is not writing, and never waits on the socket: a
+//! socket that does not take everything, or a writer busy elsewhere, gets
+//! its task woken instead. A deferred flush is asked for once until it
+//! happens, and none is deferred once a quarter of either bound is queued:
+//! waiting for the flusher must not take a connection towards eviction.
+
+mod flusher;
+
+pub use flusher::Flusher;
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, Frame, ServerEvent};
@@ -94,11 +99,8 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// The connection's task, woken when a frame is queued or it is kicked.
     waker: AtomicWaker,
-    /// A deferred wake-up was asked for and has not happened yet.
-    wake_deferred: AtomicBool,
-    /// [`Queue::turn`] holds the pacer's turn: read on every wake-up, so
-    /// the queue's lock is only taken when there is one to give back.
-    has_turn: AtomicBool,
+    /// A deferred flush was asked for and has not happened yet.
+    flush_deferred: AtomicBool,
     /// Bytes and frames handed over and not yet written (or dropped).
     queued_bytes: AtomicUsize,
     queued_frames: AtomicUsize,
@@ -115,8 +117,22 @@ struct Queue {
     /// even once the writer made room, so the client never gets an event
     /// after one it missed (it resumes from the last one it got).
     overflowed: bool,
-    /// The pacer's turn, held from its wake-up until the task runs.
-    turn: Option<OwnedSemaphorePermit>,
+    /// The transport's write half, for the flusher; held weakly (the
+    /// connection's task owns it: it ends with the task), and let go of
+    /// when the queue closes.
+    direct: Option<Weak<dyn DirectWrite>>,
+}
+
+/// The write half of a connection as the [`Flusher`] uses it.
+pub trait DirectWrite: Send + Sync {
+    /// Writes what `outbox` holds now, without waiting and without taking
+    /// the socket's readiness wake-up from the connection's task. True if
+    /// the task has nothing to do for it: everything queued was written, or
+    /// what is left waits for the socket, whose readiness wakes the task.
+    /// False (the task is woken) otherwise: the task was writing or asked
+    /// to meanwhile, the socket filled first here, the write failed, or
+    /// this flush wrote its share of bytes.
+    fn write_now(&self, outbox: &Outbox, metrics: &Metrics) -> bool;
 }
 
 impl Outbox {
@@ -128,8 +144,7 @@ impl Outbox {
             kicked: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
-            wake_deferred: AtomicBool::new(false),
-            has_turn: AtomicBool::new(false),
+            flush_deferred: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             queued_frames: AtomicUsize::new(0),
             max_queued_bytes,
@@ -185,9 +200,10 @@ impl Outbox {
     }
 
     /// [`Self::send`] with the wake-up deferred: true if the caller is to
-    /// call [`Self::wake_deferred`] later. False if the frame was refused,
-    /// if a deferred wake-up is already due (it will find this frame too),
-    /// or if the queue is a quarter full, when the task is woken at once.
+    /// have it flushed later ([`Self::flush_deferred`]). False if the frame
+    /// was refused, if a flush is already due (it will find this frame
+    /// too), or if the queue is a quarter full, when the task is woken at
+    /// once.
     pub fn send_deferred(&self, out: Outbound, metrics: &Metrics) -> bool {
         match counted(self.queue_frame(out), metrics) {
             None => false,
@@ -195,47 +211,39 @@ impl Outbox {
                 self.waker.wake();
                 false
             }
-            // The frame is queued before: the wake-up that clears the flag
+            // The frame is queued before: the flush that clears the flag
             // finds it, and a later frame asks again.
-            Some(false) => !self.wake_deferred.swap(true, Ordering::AcqRel),
+            Some(false) => !self.flush_deferred.swap(true, Ordering::AcqRel),
         }
     }
 
-    /// The deferred wake-up [`Self::send_deferred`] asked for, holding the
-    /// pacer's `turn` until the task runs (dropped at once if the
-    /// connection ended). Cleared before the wake: a frame queued after it
-    /// asks again.
-    pub fn wake_deferred(&self, turn: OwnedSemaphorePermit) {
-        let previous = {
-            let mut queue = self.queue();
-            if queue.closed {
-                Some(turn)
-            } else {
-                self.has_turn.store(true, Ordering::Release);
-                queue.turn.replace(turn)
-            }
-        };
-        // Given back outside the lock: it may wake the pacer.
-        drop(previous);
-        self.wake_deferred.store(false, Ordering::Release);
+    /// The flush [`Self::send_deferred`] asked for: the queued frames are
+    /// written through the attached write half, and the connection's task
+    /// woken if that leaves it something to do ([`DirectWrite::write_now`])
+    /// or if there is none. The flag is cleared first: a frame queued
+    /// meanwhile asks again.
+    pub fn flush_deferred(&self, metrics: &Metrics) {
+        self.flush_deferred.store(false, Ordering::Release);
+        let direct = self.queue().direct.as_ref().and_then(Weak::upgrade);
+        if !direct.is_some_and(|d| d.write_now(self, metrics)) {
+            self.waker.wake();
+        }
+    }
+
+    /// [`Self::flush_deferred`] left to the connection's task.
+    pub fn wake_deferred(&self) {
+        self.flush_deferred.store(false, Ordering::Release);
         self.waker.wake();
     }
 
-    /// Gives back the pacer's turn, if held. On every poll of the
-    /// connection's task: a load, the lock only when there is a turn.
-    fn end_turn(&self) {
-        if self.has_turn.load(Ordering::Acquire) {
-            let turn = self.take_turn(&mut self.queue());
-            drop(turn);
+    /// Lets the flusher write through `direct` until the queue closes or
+    /// `direct` is dropped.
+    pub fn attach<D: DirectWrite + 'static>(&self, direct: &Arc<D>) {
+        let weak: Weak<D> = Arc::downgrade(direct);
+        let mut queue = self.queue();
+        if !queue.closed {
+            queue.direct = Some(weak);
         }
-    }
-
-    /// The pacer's turn, taken out under the queue's lock (`wake_deferred`
-    /// stores it under it), to be given back once the lock is let go: that
-    /// may wake the pacer.
-    fn take_turn(&self, queue: &mut Queue) -> Option<OwnedSemaphorePermit> {
-        self.has_turn.store(false, Ordering::Release);
-        queue.turn.take()
     }
 
     /// Moves every queued frame to the end of `into` (the writer's batch);
@@ -277,9 +285,9 @@ impl Outbox {
     pub fn close(&self, keep_queued: bool, last: Option<Outbound>) {
         let mut queue = self.queue();
         queue.closed = true;
-        // Under the lock that `wake_deferred` checks `closed` under: no
-        // turn is stored after this one is given back.
-        let turn = self.take_turn(&mut queue);
+        // The task writes the rest and the close frame (a flush under way
+        // may write some of it, in order: they share the write half).
+        let direct = queue.direct.take();
         if !keep_queued {
             let dropped = std::mem::take(&mut queue.frames);
             self.dequeued(dropped.iter().map(|o| o.frame.len()).sum(), dropped.len());
@@ -291,7 +299,7 @@ impl Outbox {
             queue.frames.push_back(out);
         }
         drop(queue);
-        drop(turn);
+        drop(direct);
     }
 
     /// Bytes handed over and not yet written.
@@ -308,11 +316,9 @@ impl Outbox {
 
     /// The connection's task is woken by the next [`Self::push`] or
     /// [`Self::disconnect`]. Call it before looking at the queue and at
-    /// [`Self::is_kicked`], so nothing slips in between unseen. The task
-    /// runs: the pacer's turn, if held, is given back.
+    /// [`Self::is_kicked`], so nothing slips in between unseen.
     pub fn register(&self, waker: &Waker) {
         self.waker.register(waker);
-        self.end_turn();
     }
 
     /// Asks the connection to close; the first reason given wins. True if
@@ -374,7 +380,6 @@ impl std::task::Wake for WakeCount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn frame(text: &str) -> Outbound {
         Outbound::reply(text.into(), "broadcast")
@@ -466,11 +471,11 @@ mod tests {
         assert_eq!(outbox.close_reason(), Some(CloseReason::TokenExpired));
     }
 
-    /// A deferred wake-up is asked for once until it happens; past a
+    /// A deferred flush is asked for once until it happens; past a
     /// quarter of the bounds the task is woken at once instead: waiting
-    /// for the pacer must not take a connection towards eviction.
+    /// for the flusher must not take a connection towards eviction.
     #[test]
-    fn a_deferred_wake_up_is_asked_for_once_and_not_past_a_quarter_of_the_bounds() {
+    fn a_deferred_flush_is_asked_for_once_and_not_past_a_quarter_of_the_bounds() {
         let metrics = Metrics::new("i");
         let outbox = Outbox::new(12, 1 << 20);
         let woken = Arc::new(WakeCount::default());
@@ -489,32 +494,86 @@ mod tests {
 
         let by_bytes = Outbox::new(100, 40);
         by_bytes.register(&Waker::from(woken.clone()));
-        assert!(by_bytes.send_deferred(frame("123456789"), &metrics));
-        by_bytes.wake_deferred(
-            Arc::new(tokio::sync::Semaphore::new(1))
-                .try_acquire_owned()
-                .unwrap(),
-        );
-        assert_eq!(woken.count(), 2);
+        assert!(by_bytes.send_deferred(frame("12345"), &metrics));
+        by_bytes.flush_deferred(&metrics);
+        assert_eq!(woken.count(), 2, "no write half attached: the task writes");
         by_bytes.register(&Waker::from(woken.clone()));
+        assert!(by_bytes.send_deferred(frame("1"), &metrics), "asked again");
         assert!(
             !by_bytes.send_deferred(frame("0123456789"), &metrics),
-            "19 of 40 bytes"
+            "16 of 40 bytes"
         );
         assert_eq!(woken.count(), 3);
     }
 
-    /// A turn handed to a closed outbox, or held when it closes, is given
-    /// back at once: nothing would run to give it back later.
+    /// A write half that takes what is queued while `takes` is set.
+    #[derive(Default)]
+    struct Direct {
+        takes: AtomicBool,
+        written: Mutex<Vec<String>>,
+    }
+
+    impl DirectWrite for Direct {
+        fn write_now(&self, outbox: &Outbox, _: &Metrics) -> bool {
+            if !self.takes.load(Ordering::Relaxed) {
+                return false;
+            }
+            while let Some(out) = outbox.next_frame() {
+                outbox.dequeued(out.frame.len(), 1);
+                self.written
+                    .lock()
+                    .unwrap()
+                    .push(out.frame.as_str().to_owned());
+            }
+            true
+        }
+    }
+
+    /// A flush writes through the attached write half and leaves the task
+    /// asleep; a write half that cannot take it all gets the task woken, and
+    /// once the queue closes the task alone writes.
     #[test]
-    fn a_closed_outbox_gives_the_pacers_turn_back() {
-        let turns = Arc::new(tokio::sync::Semaphore::new(2));
-        let outbox = Outbox::new(10, 100);
-        outbox.wake_deferred(turns.clone().try_acquire_owned().unwrap());
-        assert_eq!(turns.available_permits(), 1, "held until the task runs");
-        outbox.close(false, None);
-        assert_eq!(turns.available_permits(), 2);
-        outbox.wake_deferred(turns.clone().try_acquire_owned().unwrap());
-        assert_eq!(turns.available_permits(), 2);
+    fn a_flush_writes_directly_and_wakes_the_task_only_when_that_falls_short() {
+        let metrics = Metrics::new("i");
+        let outbox = Outbox::new(12, 1 << 20);
+        let woken = Arc::new(WakeCount::default());
+        outbox.register(&Waker::from(woken.clone()));
+        let direct = Arc::new(Direct::default());
+        outbox.attach(&direct);
+        direct.takes.store(true, Ordering::Relaxed);
+        assert!(outbox.send_deferred(frame("1"), &metrics));
+        assert!(!outbox.send_deferred(frame("2"), &metrics));
+        outbox.flush_deferred(&metrics);
+        assert_eq!(*direct.written.lock().unwrap(), ["1", "2"]);
+        assert_eq!((woken.count(), outbox.queued_bytes()), (0, 0));
+
+        direct.takes.store(false, Ordering::Relaxed);
+        assert!(outbox.send_deferred(frame("3"), &metrics), "asked again");
+        outbox.flush_deferred(&metrics);
+        assert_eq!(woken.count(), 1, "the socket was full: the task writes");
+        assert_eq!(outbox.next_frame().map(|o| o.frame), Some("3".into()));
+        outbox.dequeued(1, 1);
+        outbox.register(&Waker::from(woken.clone()));
+
+        direct.takes.store(true, Ordering::Relaxed);
+        outbox.close(true, Some(frame("bye")));
+        assert_eq!(Arc::weak_count(&direct), 0, "let go of at close");
+        outbox.flush_deferred(&metrics);
+        assert_eq!(woken.count(), 2);
+        assert_eq!(direct.written.lock().unwrap().len(), 2);
+        assert_eq!(outbox.next_frame().map(|o| o.frame), Some("bye".into()));
+
+        let closed = Outbox::new(12, 1 << 20);
+        closed.close(false, None);
+        closed.attach(&direct);
+        assert_eq!(Arc::weak_count(&direct), 0, "not attached once closed");
+
+        // The write half ends with the connection's task.
+        let ended = Outbox::new(12, 1 << 20);
+        ended.register(&Waker::from(woken.clone()));
+        ended.attach(&Arc::new(Direct::default()));
+        assert!(ended.send_deferred(frame("4"), &metrics));
+        ended.flush_deferred(&metrics);
+        assert_eq!(woken.count(), 3);
     }
 }
