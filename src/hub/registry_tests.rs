@@ -78,7 +78,7 @@ fn frames(h: &ClientHandle) -> Vec<String> {
 /// A waker counting its wake-ups, registered as `h`'s connection task.
 fn watched(h: &ClientHandle) -> Arc<WakeCount> {
     let woken = Arc::new(WakeCount::default());
-    h.outbox().register(&std::task::Waker::from(woken.clone()));
+    woken.runs(h.outbox());
     woken
 }
 
@@ -115,7 +115,7 @@ async fn until_woken_since(big: &[Watched], before: &[usize]) {
             .all(|(now, then)| now > then)
         {
             for (h, w) in big {
-                h.outbox().register(&std::task::Waker::from(w.clone()));
+                w.runs(h.outbox());
             }
             return;
         }

@@ -103,40 +103,18 @@ fn run<R: AsRef<Outbox>>(batches: Receiver<Batch<R>>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Waker;
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::outbox::{DirectWrite, Outbound, WakeCount};
+    use crate::outbox::{Outbound, RecordingWrite, WakeCount};
 
     /// A connection: its outbox, its task's wake-ups, and what its write
     /// half wrote (none attached: an MCP watch).
     struct Connection {
         outbox: Outbox,
         task: Arc<WakeCount>,
-        written: Arc<Written>,
-    }
-
-    #[derive(Default)]
-    struct Written {
-        frames: Mutex<Vec<String>>,
-        writes: AtomicUsize,
-    }
-
-    impl DirectWrite for Written {
-        fn write_now(&self, outbox: &Outbox, _: &Metrics) -> bool {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            while let Some(out) = outbox.next_frame() {
-                outbox.dequeued(out.frame.len(), 1);
-                self.frames
-                    .lock()
-                    .unwrap()
-                    .push(out.frame.as_str().to_owned());
-            }
-            true
-        }
+        written: Arc<RecordingWrite>,
     }
 
     impl AsRef<Outbox> for Connection {
@@ -151,7 +129,7 @@ mod tests {
             task: Arc::default(),
             written: Arc::default(),
         };
-        c.outbox.register(&Waker::from(c.task.clone()));
+        c.task.runs(&c.outbox);
         if attached {
             c.outbox.attach(&c.written);
         }

@@ -368,12 +368,44 @@ impl WakeCount {
     pub(crate) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// The task runs: it registers its waker with `outbox`, as every poll
+    /// does (a wake-up takes the waker registered before it).
+    pub(crate) fn runs(self: &std::sync::Arc<Self>, outbox: &Outbox) {
+        outbox.register(&Waker::from(self.clone()));
+    }
 }
 
 #[cfg(test)]
 impl std::task::Wake for WakeCount {
     fn wake(self: std::sync::Arc<Self>) {
         self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A write half that takes every queued frame unless `refusing` (as a full
+/// socket, or a task writing, would): a connection's transport, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct RecordingWrite {
+    pub(crate) refusing: AtomicBool,
+    pub(crate) frames: Mutex<Vec<String>>,
+    pub(crate) writes: AtomicUsize,
+}
+
+#[cfg(test)]
+impl DirectWrite for RecordingWrite {
+    fn write_now(&self, outbox: &Outbox, _: &Metrics) -> bool {
+        if self.refusing.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        while let Some(out) = outbox.next_frame() {
+            outbox.dequeued(out.frame.len(), 1);
+            let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+            frames.push(out.frame.as_str().to_owned());
+        }
+        true
     }
 }
 
@@ -479,7 +511,7 @@ mod tests {
         let metrics = Metrics::new("i");
         let outbox = Outbox::new(12, 1 << 20);
         let woken = Arc::new(WakeCount::default());
-        outbox.register(&Waker::from(woken.clone()));
+        woken.runs(&outbox);
         assert!(outbox.send_deferred(frame("1"), &metrics), "list it");
         assert!(
             !outbox.send_deferred(frame("2"), &metrics),
@@ -493,40 +525,17 @@ mod tests {
         assert_eq!(woken.count(), 1, "woken at once");
 
         let by_bytes = Outbox::new(100, 40);
-        by_bytes.register(&Waker::from(woken.clone()));
+        woken.runs(&by_bytes);
         assert!(by_bytes.send_deferred(frame("12345"), &metrics));
         by_bytes.flush_deferred(&metrics);
         assert_eq!(woken.count(), 2, "no write half attached: the task writes");
-        by_bytes.register(&Waker::from(woken.clone()));
+        woken.runs(&by_bytes);
         assert!(by_bytes.send_deferred(frame("1"), &metrics), "asked again");
         assert!(
             !by_bytes.send_deferred(frame("0123456789"), &metrics),
             "16 of 40 bytes"
         );
         assert_eq!(woken.count(), 3);
-    }
-
-    /// A write half that takes what is queued while `takes` is set.
-    #[derive(Default)]
-    struct Direct {
-        takes: AtomicBool,
-        written: Mutex<Vec<String>>,
-    }
-
-    impl DirectWrite for Direct {
-        fn write_now(&self, outbox: &Outbox, _: &Metrics) -> bool {
-            if !self.takes.load(Ordering::Relaxed) {
-                return false;
-            }
-            while let Some(out) = outbox.next_frame() {
-                outbox.dequeued(out.frame.len(), 1);
-                self.written
-                    .lock()
-                    .unwrap()
-                    .push(out.frame.as_str().to_owned());
-            }
-            true
-        }
     }
 
     /// A flush writes through the attached write half and leaves the task
@@ -537,30 +546,29 @@ mod tests {
         let metrics = Metrics::new("i");
         let outbox = Outbox::new(12, 1 << 20);
         let woken = Arc::new(WakeCount::default());
-        outbox.register(&Waker::from(woken.clone()));
-        let direct = Arc::new(Direct::default());
+        woken.runs(&outbox);
+        let direct = Arc::new(RecordingWrite::default());
         outbox.attach(&direct);
-        direct.takes.store(true, Ordering::Relaxed);
         assert!(outbox.send_deferred(frame("1"), &metrics));
         assert!(!outbox.send_deferred(frame("2"), &metrics));
         outbox.flush_deferred(&metrics);
-        assert_eq!(*direct.written.lock().unwrap(), ["1", "2"]);
+        assert_eq!(*direct.frames.lock().unwrap(), ["1", "2"]);
         assert_eq!((woken.count(), outbox.queued_bytes()), (0, 0));
 
-        direct.takes.store(false, Ordering::Relaxed);
+        direct.refusing.store(true, Ordering::Relaxed);
         assert!(outbox.send_deferred(frame("3"), &metrics), "asked again");
         outbox.flush_deferred(&metrics);
         assert_eq!(woken.count(), 1, "the socket was full: the task writes");
         assert_eq!(outbox.next_frame().map(|o| o.frame), Some("3".into()));
         outbox.dequeued(1, 1);
-        outbox.register(&Waker::from(woken.clone()));
+        woken.runs(&outbox);
 
-        direct.takes.store(true, Ordering::Relaxed);
+        direct.refusing.store(false, Ordering::Relaxed);
         outbox.close(true, Some(frame("bye")));
         assert_eq!(Arc::weak_count(&direct), 0, "let go of at close");
         outbox.flush_deferred(&metrics);
         assert_eq!(woken.count(), 2);
-        assert_eq!(direct.written.lock().unwrap().len(), 2);
+        assert_eq!(direct.frames.lock().unwrap().len(), 2);
         assert_eq!(outbox.next_frame().map(|o| o.frame), Some("bye".into()));
 
         let closed = Outbox::new(12, 1 << 20);
@@ -570,8 +578,8 @@ mod tests {
 
         // The write half ends with the connection's task.
         let ended = Outbox::new(12, 1 << 20);
-        ended.register(&Waker::from(woken.clone()));
-        ended.attach(&Arc::new(Direct::default()));
+        woken.runs(&ended);
+        ended.attach(&Arc::new(RecordingWrite::default()));
         assert!(ended.send_deferred(frame("4"), &metrics));
         ended.flush_deferred(&metrics);
         assert_eq!(woken.count(), 3);

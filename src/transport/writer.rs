@@ -370,16 +370,8 @@ mod tests {
         Outbound::reply(text.into(), "broadcast")
     }
 
+    /// The task's poll of its write half.
     fn poll(
-        writer: &mut SocketWriter<FakeSocket>,
-        outbox: &Outbox,
-        metrics: &Metrics,
-    ) -> Poll<io::Result<()>> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        writer.poll_write(outbox, &mut cx, metrics)
-    }
-
-    fn poll_shared(
         writer: &SharedWriter<FakeSocket>,
         outbox: &Outbox,
         metrics: &Metrics,
@@ -388,28 +380,41 @@ mod tests {
         writer.poll_write(outbox, &mut cx, metrics)
     }
 
+    /// A connection's outbox (`max_frames`, `max_bytes`) and its write half
+    /// on a socket that takes nothing yet.
+    fn connection(
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> (Metrics, Outbox, Arc<FakeSocket>, SharedWriter<FakeSocket>) {
+        let socket = Arc::new(FakeSocket::default());
+        let writer = SharedWriter::new(socket.clone());
+        (
+            Metrics::new("i"),
+            Outbox::new(max_frames, max_bytes),
+            socket,
+            writer,
+        )
+    }
+
     #[test]
     fn a_partly_written_frame_is_finished_before_the_close_frame() {
-        let metrics = Metrics::new("i");
-        let outbox = Outbox::new(10, 100);
-        let socket = Arc::new(FakeSocket::default());
-        let mut writer = SocketWriter::new(socket.clone());
+        let (metrics, outbox, socket, writer) = connection(10, 100);
         socket.open(1000);
         outbox.push(frame("one")).unwrap();
-        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert!(poll(&writer, &outbox, &metrics).is_ready());
         assert_eq!(outbox.queued_bytes(), 0, "written and uncounted");
         // The socket takes 3 bytes of "two" (2 header + "t"), then is full.
         socket.open(3);
         outbox.push(frame("two")).unwrap();
         outbox.push(frame("three")).unwrap();
-        assert!(poll(&mut writer, &outbox, &metrics).is_pending());
+        assert!(poll(&writer, &outbox, &metrics).is_pending());
         assert_eq!(outbox.queued_bytes(), 8);
         // The kick keeps the rest of the torn frame, drops the others, and
         // the close frame follows it.
         outbox.disconnect(CloseReason::SlowConsumer);
         writer.finish(&outbox, Some(Frame::close(1008, "x")), false);
         socket.open(1000);
-        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert!(poll(&writer, &outbox, &metrics).is_ready());
         assert_eq!(
             socket.got.lock().unwrap().as_slice(),
             b"\x81\x03one\x81\x03two\x88\x03\x03\xf0x"
@@ -421,17 +426,14 @@ mod tests {
 
     #[test]
     fn a_socket_that_takes_nothing_leaves_frames_queued_and_in_order() {
-        let metrics = Metrics::new("i");
-        let outbox = Outbox::new(10, 8);
-        let socket = Arc::new(FakeSocket::default());
-        let mut writer = SocketWriter::new(socket.clone());
+        let (metrics, outbox, socket, writer) = connection(10, 8);
         outbox.push(frame("1234")).unwrap();
-        assert!(poll(&mut writer, &outbox, &metrics).is_pending());
+        assert!(poll(&writer, &outbox, &metrics).is_pending());
         outbox.push(frame("5678")).unwrap();
         assert!(outbox.push(frame("9")).is_err(), "the batch still counts");
         assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
         socket.open(1000);
-        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert!(poll(&writer, &outbox, &metrics).is_ready());
         assert_eq!(
             socket.got.lock().unwrap().as_slice(),
             b"\x81\x041234\x81\x045678"
@@ -441,14 +443,11 @@ mod tests {
 
     #[test]
     fn shutdown_delivers_what_was_queued_before_the_close_frame() {
-        let metrics = Metrics::new("i");
-        let outbox = Outbox::new(10, 100);
-        let socket = Arc::new(FakeSocket::default());
-        let mut writer = SocketWriter::new(socket.clone());
+        let (metrics, outbox, socket, writer) = connection(10, 100);
         outbox.push(frame("a")).unwrap();
         writer.finish(&outbox, Some(Frame::close(1001, "")), true);
         socket.open(1000);
-        assert!(poll(&mut writer, &outbox, &metrics).is_ready());
+        assert!(poll(&writer, &outbox, &metrics).is_ready());
         assert_eq!(
             socket.got.lock().unwrap().as_slice(),
             b"\x81\x01a\x88\x02\x03\xe9"
@@ -461,10 +460,7 @@ mod tests {
     /// holds the write half.
     #[test]
     fn the_flusher_and_the_task_share_one_write_half_and_its_torn_frame() {
-        let metrics = Metrics::new("i");
-        let outbox = Outbox::new(10, 100);
-        let socket = Arc::new(FakeSocket::default());
-        let writer = SharedWriter::new(socket.clone());
+        let (metrics, outbox, socket, writer) = connection(10, 100);
         socket.open(1000);
         outbox.push(frame("one")).unwrap();
         assert!(writer.write_now(&outbox, &metrics));
@@ -479,7 +475,7 @@ mod tests {
             assert!(!writer.write_now(&outbox, &metrics), "the task writes");
         }
         outbox.push(frame("three")).unwrap();
-        assert!(poll_shared(&writer, &outbox, &metrics).is_ready());
+        assert!(poll(&writer, &outbox, &metrics).is_ready());
         assert_eq!(
             socket.got.lock().unwrap().as_slice(),
             b"\x81\x03one\x81\x03two\x81\x05three"
@@ -493,15 +489,12 @@ mod tests {
     /// readiness is to wake it.
     #[test]
     fn a_task_that_found_the_flusher_writing_is_woken_after_it() {
-        let metrics = Metrics::new("i");
-        let outbox = Outbox::new(10, 100);
-        let socket = Arc::new(FakeSocket::default());
-        let writer = SharedWriter::new(socket.clone());
+        let (metrics, outbox, socket, writer) = connection(10, 100);
         socket.open(1000);
         {
             let _flusher_writes = writer.lock();
             outbox.push(frame("one")).unwrap();
-            assert!(poll_shared(&writer, &outbox, &metrics).is_pending());
+            assert!(poll(&writer, &outbox, &metrics).is_pending());
         }
         assert!(!writer.write_now(&outbox, &metrics), "wake the task");
         assert!(writer.write_now(&outbox, &metrics), "told once");
@@ -509,7 +502,7 @@ mod tests {
         socket.open(0);
         outbox.push(frame("two")).unwrap();
         assert!(!writer.write_now(&outbox, &metrics), "the task must wait");
-        assert!(poll_shared(&writer, &outbox, &metrics).is_pending());
+        assert!(poll(&writer, &outbox, &metrics).is_pending());
         assert!(writer.write_now(&outbox, &metrics), "the socket wakes it");
     }
 }
