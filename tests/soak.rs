@@ -122,6 +122,21 @@ fn soak_judge_calls_a_series_growing_beyond_its_noise_not_flat() {
     assert!((v.growth - 3_000.0).abs() < 1.0, "{}", v.line());
 }
 
+/// The abandoned sessions' keys may grow by a quarter (their lifetime
+/// stretches on a busy machine), not by what a leak adds: their whole
+/// count again.
+#[test]
+fn soak_judge_lets_a_churning_series_stretch_by_a_quarter_not_double() {
+    // 48 keys on average, noise ±1.
+    let stretched = series(37, 44.0, 9.0 / 360.0, 1.0);
+    assert!(!judge::judge("keys", &stretched, 0.0).expect("points").flat);
+    let v = judge::judge_within("keys", &stretched, 0.0, judge::CHURN_TOLERANCE).expect("points");
+    assert!(v.flat, "{}", v.line());
+    let leaking = series(37, 30.0, 40.0 / 360.0, 1.0);
+    let v = judge::judge_within("keys", &leaking, 0.0, judge::CHURN_TOLERANCE).expect("points");
+    assert!(!v.flat, "{}", v.line());
+}
+
 #[test]
 fn soak_judge_calls_noise_and_shrinking_flat_and_skips_the_warm_up() {
     // Noisy but level after a steep warm-up ramp (t < 100).

@@ -4,11 +4,20 @@
 //!
 //! The criterion (docs/reliability.md §4): a series is flat when its
 //! fitted growth from the first to the last post-warm-up sample is at most
-//! `max(2 % of its post-warm-up mean, 3 × the residual standard deviation)`.
+//! `max(2 % of its post-warm-up mean, 3 × the residual standard deviation)`
+//! (25 % of the mean for the abandoned sessions' keys, which churn).
 //! A series that shrinks is flat (memory given back is no leak).
 
 /// Relative growth a series may show over the judged window.
 pub const RELATIVE_TOLERANCE: f64 = 0.02;
+/// Relative growth the abandoned sessions' keys may show: their count is
+/// sessions abandoned per second × how long each lives (the idle TTL and
+/// the sweep's next tick), and that lifetime stretches while the machine
+/// is busy (the soak runs beside the rest of the test suite in CI: one run
+/// there grew by 9 keys, a fifth of them, while the other keys stayed
+/// level). Keys that outlive their session grow by the whole count every
+/// lifetime, several times this; keys that never go fail the drain check.
+pub const CHURN_TOLERANCE: f64 = 0.25;
 /// Residual standard deviations a series may grow by (the noise).
 pub const NOISE_FACTOR: f64 = 3.0;
 
@@ -82,6 +91,17 @@ impl Verdict {
 /// Judges the samples of `name` taken at or after `warmup_end` seconds.
 /// None when fewer than 3 samples are left to judge.
 pub fn judge(name: &str, points: &[(f64, f64)], warmup_end: f64) -> Option<Verdict> {
+    judge_within(name, points, warmup_end, RELATIVE_TOLERANCE)
+}
+
+/// [`judge`] with `relative` of the mean allowed instead of
+/// [`RELATIVE_TOLERANCE`] (a churning series: [`CHURN_TOLERANCE`]).
+pub fn judge_within(
+    name: &str,
+    points: &[(f64, f64)],
+    warmup_end: f64,
+    relative: f64,
+) -> Option<Verdict> {
     let judged: Vec<(f64, f64)> = points
         .iter()
         .copied()
@@ -91,7 +111,7 @@ pub fn judge(name: &str, points: &[(f64, f64)], warmup_end: f64) -> Option<Verdi
     let first = judged.first()?.0;
     let last = judged.last()?.0;
     let growth = fit.slope * (last - first);
-    let allowed = (RELATIVE_TOLERANCE * fit.mean.abs()).max(NOISE_FACTOR * fit.residual_sd);
+    let allowed = (relative * fit.mean.abs()).max(NOISE_FACTOR * fit.residual_sd);
     Some(Verdict {
         name: name.to_string(),
         fit,

@@ -229,10 +229,27 @@ pub fn series(hubs: &[HubPid], rows: &[Row]) -> Vec<(String, Vec<(f64, f64)>)> {
             .collect(),
     ));
     out.push((
-        "redis keys".into(),
+        STEADY_KEYS.into(),
         rows.iter()
-            .map(|r| (r.t_secs, r.redis_keys as f64))
+            .map(|r| {
+                (
+                    r.t_secs,
+                    r.redis_keys.saturating_sub(r.abandoned_keys) as f64,
+                )
+            })
+            .collect(),
+    ));
+    out.push((
+        ABANDONED_SESSION_KEYS.into(),
+        rows.iter()
+            .map(|r| (r.t_secs, r.abandoned_keys as f64))
             .collect(),
     ));
     out
 }
+
+/// The series of Redis keys but the abandoned sessions': level.
+pub const STEADY_KEYS: &str = "redis keys, others";
+/// The series of the abandoned sessions' keys: they churn
+/// ([`crate::judge::CHURN_TOLERANCE`]).
+pub const ABANDONED_SESSION_KEYS: &str = "redis keys, abandoned";
