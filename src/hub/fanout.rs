@@ -1,10 +1,11 @@
 //! A large session's events, queued for their recipients off the broker's
 //! dispatcher. The registry collects an event's recipients under its locks
-//! and hands them here as a *job*; a task of the session's own queues the
-//! jobs' frames, one job after the other, a chunk of recipients at a time,
-//! and hands the recipients to the outbox's flusher (a thread that writes
-//! their frames, `outbox/flusher.rs`) instead of waking their connections'
-//! tasks. The dispatcher (one task for all of the broker's events) goes on
+//! and hands them here as a *job*; a task of the session's own hands the
+//! jobs, one after the other, a chunk of recipients at a time, to the
+//! outbox's flusher (a thread that queues their frames and writes them,
+//! `outbox/flusher.rs`) instead of waking their connections' tasks; the
+//! task only waits, so the runtime's worker threads do no work per
+//! recipient. The dispatcher (one task for all of the broker's events) goes on
 //! at once to the next event, of any session: a small session's event no
 //! longer waits for the 1–3 ms a 10 000-recipient queueing takes
 //! (docs/performance.md, "Isolation").
@@ -13,9 +14,9 @@
 //! however few its recipients, so each client gets the session's events in
 //! order. The jobs are bounded: the dispatcher waits for room
 //! ([`Fanouts::room`], at most [`MAX_JOBS`] per session) before it goes on,
-//! so a session published to faster than its frames can be queued slows
-//! the dispatcher, as it did when it queued them itself, instead of
-//! holding work without bound.
+//! so a session published to faster than the flusher queues its frames
+//! (it writes between chunks) slows the dispatcher, instead of holding
+//! work without bound.
 //!
 //! A job's recipients are those of the event when it was handed over,
 //! with the registry's count of departures then ([`Member`]): one that
@@ -31,8 +32,8 @@
 //! registry's locks.
 //!
 //! Two sizes meet here: a session is large above [`FANOUT_CHUNK`]
-//! recipients, and its task queues [`QUEUED_AT_ONCE`] of them between
-//! yields.
+//! recipients, and its task hands [`QUEUED_AT_ONCE`] of them at a time to
+//! the flusher.
 //!
 //! A recipient is anything with an outbox (the registry's, private to it).
 
@@ -40,14 +41,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::position::Position;
 use crate::metrics::Metrics;
 use crate::outbox::{Flusher, Outbound, Outbox};
 
 /// Sessions with more local recipients than this are large: their frames
-/// are queued by their task and written by the flusher (smaller ones are
+/// are queued and written by the flusher (smaller ones are
 /// queued by the dispatcher and their connections woken at once: tokio's
 /// local run queue holds 256 tasks, so they do not spill into the global
 /// queue).
@@ -57,8 +58,10 @@ pub(super) const FANOUT_CHUNK: usize = 256;
 /// task: each holds the event's recipient list (8 bytes per recipient).
 pub(super) const MAX_JOBS: usize = 8;
 
-/// Recipients queued before the task yields, so the connections woken on
-/// its thread (a small session's among them) run between chunks.
+/// Recipients handed to the flusher at once: the flusher takes in new
+/// work between its writes, so a large event's first recipients are
+/// written while the rest are queued, and without the flusher's thread
+/// (the chunks are queued by the task itself) the task yields after each.
 pub(super) const QUEUED_AT_ONCE: usize = 1024;
 
 /// A recipient of a session's events: a connection's outbox, and when it
@@ -107,7 +110,8 @@ pub(super) struct Fanouts<R> {
     /// Notified after each job, and when a session's jobs are dropped;
     /// the registry notifies it after each event it queues itself.
     progress: Notify,
-    /// Writes the frames of the recipients the tasks list.
+    /// Queues the tasks' chunks of recipients, in the order handed over,
+    /// and writes their frames.
     flusher: Flusher<R>,
 }
 
@@ -236,30 +240,55 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
     async fn run(self: Arc<Self>, session: String, task: u64, metrics: Arc<Metrics>) {
         // Should the task end early (a panic, the runtime shutting down),
         // its session must not stay busy: the dispatcher would wait for it.
-        let _ended = Ended {
-            fanouts: &self,
-            session: &session,
+        let mut ended = Ended {
+            fanouts: self.clone(),
+            session: session.clone(),
             task,
+            metrics: metrics.clone(),
+            in_flight: false,
         };
-        let mut since_yield = 0;
         while let Some(job) = self.next_job(&session, task) {
-            for chunk in job.recipients.chunks(QUEUED_AT_ONCE) {
-                // Flushed as they are queued: the flusher starts on the
-                // first chunk. One that left the session since the event was
-                // handed over is skipped (module docs).
-                let to_flush = chunk
-                    .iter()
-                    .filter(|r| r.left_at() <= job.departures)
-                    .filter(|r| R::as_ref(r).send_deferred(job.out.clone(), &metrics))
-                    .cloned()
-                    .collect();
-                self.flusher.flush(to_flush, &metrics);
-                since_yield += chunk.len();
-                if since_yield >= QUEUED_AT_ONCE {
-                    since_yield = 0;
-                    tokio::task::yield_now().await;
+            let Job {
+                out,
+                recipients,
+                departures,
+                ..
+            } = job;
+            let mut recipients = recipients.into_iter();
+            let mut last_chunk_queued = None;
+            loop {
+                let chunk: Vec<Arc<R>> = recipients.by_ref().take(QUEUED_AT_ONCE).collect();
+                if chunk.is_empty() {
+                    break;
                 }
+                let (queued, chunk_queued) = oneshot::channel();
+                let (out, counted_in) = (out.clone(), metrics.clone());
+                self.flusher.queue_and_flush(&metrics, move |to_flush| {
+                    for r in chunk {
+                        // One that left the session since the event was
+                        // handed over is skipped (module docs).
+                        if r.left_at() <= departures
+                            && R::as_ref(&r).send_deferred(out.clone(), &counted_in)
+                        {
+                            to_flush.push(r);
+                        }
+                    }
+                    let _ = queued.send(());
+                });
+                ended.in_flight = true;
+                last_chunk_queued = Some(chunk_queued);
+                // Without the flusher's thread the chunk was queued on
+                // this one: the connections woken meanwhile run now.
+                tokio::task::yield_now().await;
             }
+            // The flusher runs the chunks in order: the event is queued for
+            // everyone once its last chunk is. An error: that chunk
+            // panicked, and the recipients it had not reached miss the
+            // event (the outbox's bounds and flags hold).
+            if let Some(queued) = last_chunk_queued {
+                let _ = queued.await;
+            }
+            ended.in_flight = false;
         }
     }
 
@@ -285,24 +314,46 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
     }
 }
 
-/// Removes its task's jobs when the task ends, however it ends.
-struct Ended<'a, R> {
-    fanouts: &'a Fanouts<R>,
-    session: &'a str,
+/// Removes its task's jobs when the task ends, however it ends: with a
+/// chunk still to be queued, after it (the flusher runs it), so the session
+/// stays busy (its next events handed over after it) until then.
+struct Ended<R: Member + Send + Sync + 'static> {
+    fanouts: Arc<Fanouts<R>>,
+    session: String,
     task: u64,
+    metrics: Arc<Metrics>,
+    /// A chunk handed to the flusher may not be queued yet.
+    in_flight: bool,
 }
 
-impl<R> Drop for Ended<'_, R> {
+impl<R: Member + Send + Sync + 'static> Drop for Ended<R> {
     fn drop(&mut self) {
-        let mut sessions = self.fanouts.sessions();
-        if sessions
-            .get(self.session)
-            .is_some_and(|jobs| jobs.task == self.task)
-        {
-            let jobs = sessions.remove(self.session);
+        if !self.in_flight {
+            self.fanouts.end_task(&self.session, self.task);
+            return;
+        }
+        let (fanouts, session, task) = (self.fanouts.clone(), self.session.clone(), self.task);
+        self.fanouts
+            .flusher
+            .queue_and_flush(&self.metrics, move |_| fanouts.end_task(&session, task));
+    }
+}
+
+impl<R> Fanouts<R> {
+    /// Removes the session's jobs if `task` still owns them.
+    fn end_task(&self, session: &str, task: u64) {
+        let mut sessions = self.sessions();
+        if sessions.get(session).is_some_and(|jobs| jobs.task == task) {
+            let jobs = sessions.remove(session);
             drop(sessions);
             drop(jobs);
-            self.fanouts.progress.notify_waiters();
+            self.progress.notify_waiters();
         }
+    }
+
+    /// The flusher, for tests that hold it.
+    #[cfg(test)]
+    pub(super) fn flusher(&self) -> &Flusher<R> {
+        &self.flusher
     }
 }

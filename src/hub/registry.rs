@@ -22,13 +22,13 @@
 //! [`ClientHandle::wants`]).
 //!
 //! A large session's fan-out is handed off: its recipients are collected
-//! under the locks, and its frame is queued for them by a task of the
-//! session's own (`hub/fanout.rs`), so neither joins, leaves and reads of
+//! under the locks, and a task of the session's own (`hub/fanout.rs`)
+//! hands them to the outbox's flusher thread (`outbox/flusher.rs`), which
+//! queues its frame and writes it, so neither joins, leaves and reads of
 //! positions nor another session's events wait while thousands of frames
-//! are queued. The frame is queued for every recipient still in the
-//! session, as for any event (the outbox's bounds hold as they do
-//! everywhere), but written by the outbox's flusher thread rather than by
-//! the recipients' connection tasks (`outbox/flusher.rs`).
+//! are queued, and the recipients' connection tasks do not write them. The
+//! frame is queued for every recipient still in the session, as for any
+//! event (the outbox's bounds hold as they do everywhere).
 //!
 //! A session may also have hidden watchers ([`Registry::watch`], the admin
 //! dashboard's feed): they get its logged events like a client and count
@@ -181,8 +181,8 @@ pub struct Registry {
     /// while a join needs them ([`Registry::keep_recent`]): an idle
     /// session holds no frames. Same lock order.
     recent: KeptEvents,
-    /// Large sessions' events, queued for their recipients by a task of
-    /// the session's own and written by the flusher; notifies each logged
+    /// Large sessions' events, handed by a task of the session's own to
+    /// the flusher, which queues and writes them; notifies each logged
     /// delivery, for [`Registry::delivered`]. Lock order: after `watchers`.
     fanouts: Arc<Fanouts<Recipient>>,
     /// Hidden watchers per session (admin feeds, by connection id): they

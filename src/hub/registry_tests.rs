@@ -61,12 +61,18 @@ async fn let_tasks_run() {
     }
 }
 
-/// Until a large session's task queued its first chunk of recipients
-/// (it yields after it).
-async fn until_a_first_chunk_is_queued(big: &[Watched]) {
-    while big.iter().all(|(h, _)| h.outbox().queued_bytes() == 0) {
-        tokio::task::yield_now().await;
-    }
+/// Holds the registry's flusher, delivers event `offset` of the large
+/// session and lets its task hand the event over: the event is under way,
+/// none of it queued, until the returned sender is dropped.
+async fn deliver_held(
+    registry: &Registry,
+    offset: u64,
+    metrics: &Arc<Metrics>,
+) -> std::sync::mpsc::Sender<()> {
+    let held = registry.fanouts.flusher().hold(metrics);
+    deliver(registry, "big", offset, metrics);
+    let_tasks_run().await;
+    held
 }
 
 fn frames(h: &ClientHandle) -> Vec<String> {
@@ -245,21 +251,18 @@ async fn a_client_that_left_gets_no_event_still_waiting_to_be_queued() {
     }
 }
 
-/// Nor does a client that leaves while its task is on the event, if the
-/// task has not reached it yet.
+/// Nor does a client that leaves while its event is under way (handed to
+/// the flusher), if the flusher has not queued it for it yet.
 #[tokio::test]
 async fn a_client_that_left_mid_event_is_skipped_by_the_rest_of_it() {
     let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
-    deliver(&registry, "big", 1, &metrics);
-    until_a_first_chunk_is_queued(&big).await;
-    let (not_reached, _) = big
-        .iter()
-        .partition::<Vec<_>, _>(|(h, _)| h.outbox().queued_bytes() == 0);
-    assert_eq!(not_reached.len(), 1, "one after the first chunk");
-    let left = not_reached[0].clone();
-    leave(&registry, "big", std::slice::from_ref(&left));
+    let held = deliver_held(&registry, 1, &metrics).await;
+    let left = &big[QUEUED_AT_ONCE];
+    leave(&registry, "big", std::slice::from_ref(left));
+    drop(held);
     registry.settled().await;
     assert!(frames(&left.0).is_empty());
+    assert_eq!(frames(&big[0].0), ["big 1"]);
 }
 
 /// A connection replaced by a new one with the same client id gets no
@@ -292,8 +295,8 @@ async fn a_feed_switching_sessions_gets_no_old_event_after_the_new_ones() {
     assert_eq!(frames(&feed), ["small 1"]);
 }
 
-/// A large session forgotten (nobody here subscribes) while its task is
-/// on an event: a watcher back meanwhile gets what was published after its
+/// A large session forgotten (nobody here subscribes) while an event is
+/// under way: a watcher back meanwhile gets what was published after its
 /// new watch, as any new watch does, not the event being queued when it
 /// left.
 #[tokio::test]
@@ -301,11 +304,7 @@ async fn a_watcher_back_mid_event_gets_the_next_events_not_the_one_it_left() {
     let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
     let watcher = named("w", 8);
     registry.watch("big", watcher.clone(), None);
-    deliver(&registry, "big", 1, &metrics);
-    // The task queues a first chunk (clients; the watcher comes last),
-    // then yields.
-    until_a_first_chunk_is_queued(&big).await;
-    assert_eq!(watcher.outbox().queued_bytes(), 0, "mid-event");
+    let held = deliver_held(&registry, 1, &metrics).await;
     leave(&registry, "big", &big);
     registry.unwatch("big", watcher.conn_id);
     let read = Position {
@@ -314,25 +313,31 @@ async fn a_watcher_back_mid_event_gets_the_next_events_not_the_one_it_left() {
     };
     registry.watch("big", watcher.clone(), Some(read));
     deliver(&registry, "big", 2, &metrics);
+    drop(held);
     registry.settled().await;
     assert_eq!(frames(&watcher), ["big 2"]);
 }
 
 /// A session's task that ends mid-event (here its runtime goes away)
-/// does not leave the session busy: the dispatcher would wait for it.
+/// does not leave the session busy (the dispatcher would wait for it),
+/// and not before the chunks it handed over are queued: until then the
+/// session's next events must still come after them.
 #[test]
-fn a_sessions_task_ended_mid_event_leaves_it_not_busy() {
+fn a_sessions_task_ended_mid_event_leaves_it_not_busy_once_its_chunks_are_queued() {
     let (metrics, registry, big) = big_session(QUEUED_AT_ONCE + 1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        deliver(&registry, "big", 1, &metrics);
-        until_a_first_chunk_is_queued(&big).await;
-    });
-    assert!(registry.fanouts.busy("big"), "mid-event");
+    let held = runtime.block_on(deliver_held(&registry, 1, &metrics));
     drop(runtime);
-    assert!(!registry.fanouts.busy("big"));
+    assert!(registry.fanouts.busy("big"), "its chunks are not queued");
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while registry.fanouts.busy("big") {
+        assert!(std::time::Instant::now() < deadline, "still busy");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(big.iter().all(|(h, _)| frames(h) == ["big 1"]));
 }
 
 /// A large session's frame is queued by its task after its position

@@ -18,10 +18,10 @@
 //!
 //! A frame may be queued with its wake-up deferred ([`Outbox::send_deferred`])
 //! and the connection flushed later ([`Outbox::flush_deferred`]): a large
-//! session's events are queued at once, in order and under the same bounds,
-//! and its connections' frames written by the [`Flusher`]'s thread rather
-//! than by their tasks on the runtime's worker threads, which stay free for
-//! the other sessions' connections. For that the transport *attaches* its
+//! session's events are queued and its connections' frames written by the
+//! [`Flusher`]'s thread, in order and under the same bounds, rather than by
+//! the runtime's worker threads, which stay free for the other sessions'
+//! connections. For that the transport *attaches* its
 //! write half ([`DirectWrite`]) to the outbox; the flusher uses it only when
 //! the connection's task is not writing, and never waits on the socket: a
 //! socket that does not take everything, or a writer busy elsewhere, gets
