@@ -130,6 +130,28 @@ async fn until_woken_since(big: &[Watched], before: &[usize]) {
     panic!("the flusher never woke them all");
 }
 
+/// Until the flusher has flushed what it was handed before this call: a
+/// marker connection it lists after all of it is flushed (woken) last.
+fn until_the_flusher_is_idle(registry: &Registry, metrics: &Arc<Metrics>) {
+    let marker = named("marker", 8);
+    let woken = watched(&marker);
+    let (shared, counted_in) = (marker.shared.clone(), metrics.clone());
+    registry
+        .fanouts
+        .flusher()
+        .queue_and_flush(metrics, move |listed| {
+            let out = Outbound::reply("marker".into(), "broadcast");
+            if AsRef::<Outbox>::as_ref(&*shared).send_deferred(out, &counted_in) {
+                listed.push(shared);
+            }
+        });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while woken.count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the flusher is stuck");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// A large session's events are queued for all its clients, in order,
 /// and their connections flushed by the flusher (here, with no write half
 /// attached, it wakes their tasks); a small session's client is woken at
@@ -150,6 +172,9 @@ async fn a_large_fan_out_is_flushed_off_the_runtime_and_a_small_session_woken_at
     deliver(&registry, "small", 1, &metrics);
     assert_eq!(small_woken.count(), 1);
     registry.delivered("big", "e", 2).await;
+    // Every flush of events 1 and 2 done before the tasks run again: a
+    // later one would take the wake-up the next event is to give.
+    until_the_flusher_is_idle(&registry, &metrics);
     until_woken_since(&big, &vec![0; big.len()]).await;
     for (h, _) in &big {
         assert_eq!(frames(h), ["big 1", "big 2"]);
