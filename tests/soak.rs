@@ -117,7 +117,7 @@ fn series(n: usize, base: f64, slope: f64, noise: f64) -> Vec<(f64, f64)> {
 fn soak_judge_calls_a_series_growing_beyond_its_noise_not_flat() {
     // 100 MiB growing 3 % over the window, noise ±0.1 %.
     let points = series(61, 100_000.0, 3_000.0 / 600.0, 100.0);
-    let v = judge::judge("rss", &points, 0.0).expect("enough points");
+    let v = judge::judge("rss", &points, 0.0, judge::RELATIVE_TOLERANCE).expect("enough points");
     assert!(!v.flat, "{}", v.line());
     assert!((v.growth - 3_000.0).abs() < 1.0, "{}", v.line());
 }
@@ -129,11 +129,15 @@ fn soak_judge_calls_a_series_growing_beyond_its_noise_not_flat() {
 fn soak_judge_lets_a_churning_series_stretch_by_a_quarter_not_double() {
     // 48 keys on average, noise ±1.
     let stretched = series(37, 44.0, 9.0 / 360.0, 1.0);
-    assert!(!judge::judge("keys", &stretched, 0.0).expect("points").flat);
-    let v = judge::judge_within("keys", &stretched, 0.0, judge::CHURN_TOLERANCE).expect("points");
+    assert!(
+        !judge::judge("keys", &stretched, 0.0, judge::RELATIVE_TOLERANCE)
+            .expect("points")
+            .flat
+    );
+    let v = judge::judge("keys", &stretched, 0.0, judge::CHURN_TOLERANCE).expect("points");
     assert!(v.flat, "{}", v.line());
     let leaking = series(37, 30.0, 40.0 / 360.0, 1.0);
-    let v = judge::judge_within("keys", &leaking, 0.0, judge::CHURN_TOLERANCE).expect("points");
+    let v = judge::judge("keys", &leaking, 0.0, judge::CHURN_TOLERANCE).expect("points");
     assert!(!v.flat, "{}", v.line());
 }
 
@@ -148,9 +152,13 @@ fn soak_judge_calls_noise_and_shrinking_flat_and_skips_the_warm_up() {
             .into_iter()
             .map(|(t, y)| (t + 100.0, y)),
     );
-    let v = judge::judge("fds", &points, 100.0).expect("enough points");
+    let v = judge::judge("fds", &points, 100.0, judge::RELATIVE_TOLERANCE).expect("enough points");
     assert!(v.flat, "{}", v.line());
     // Memory given back is no leak.
     let shrinking = series(30, 50_000.0, -100.0, 10.0);
-    assert!(judge::judge("rss", &shrinking, 0.0).expect("points").flat);
+    assert!(
+        judge::judge("rss", &shrinking, 0.0, judge::RELATIVE_TOLERANCE)
+            .expect("points")
+            .flat
+    );
 }

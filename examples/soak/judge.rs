@@ -88,20 +88,11 @@ impl Verdict {
     }
 }
 
-/// Judges the samples of `name` taken at or after `warmup_end` seconds.
-/// None when fewer than 3 samples are left to judge.
-pub fn judge(name: &str, points: &[(f64, f64)], warmup_end: f64) -> Option<Verdict> {
-    judge_within(name, points, warmup_end, RELATIVE_TOLERANCE)
-}
-
-/// [`judge`] with `relative` of the mean allowed instead of
-/// [`RELATIVE_TOLERANCE`] (a churning series: [`CHURN_TOLERANCE`]).
-pub fn judge_within(
-    name: &str,
-    points: &[(f64, f64)],
-    warmup_end: f64,
-    relative: f64,
-) -> Option<Verdict> {
+/// Judges the samples of `name` taken at or after `warmup_end` seconds,
+/// allowing growth of `relative` of the mean ([`RELATIVE_TOLERANCE`], or
+/// [`CHURN_TOLERANCE`] for a churning series) or of the noise. None when
+/// fewer than 3 samples are left to judge.
+pub fn judge(name: &str, points: &[(f64, f64)], warmup_end: f64, relative: f64) -> Option<Verdict> {
     let judged: Vec<(f64, f64)> = points
         .iter()
         .copied()

@@ -15,10 +15,8 @@ use crate::driver::{
     ABANDONED_KEYS, ABANDONED_PREFIX, Driver, Load, MEMBER_SET_KEYS, SESSION_INDEX_KEYS,
     STEADY_PRESENCE_KEYS,
 };
-use crate::judge::{CHURN_TOLERANCE, Verdict, judge, judge_within};
-use crate::sample::{
-    ABANDONED_SESSION_KEYS, HubPid, RedisProbe, Row, csv_header, csv_line, measure, series,
-};
+use crate::judge::{Verdict, judge};
+use crate::sample::{HubPid, RedisProbe, Row, csv_header, csv_line, measure, series};
 
 /// How long and how closely to watch.
 #[derive(Clone, Debug)]
@@ -201,13 +199,7 @@ pub async fn run(load: Load, hubs: Vec<HubPid>, redis_url: &str, plan: Plan) -> 
     let warmup_end = plan.duration.as_secs_f64() * plan.warmup_fraction;
     let verdicts = series(&hubs, &rows)
         .iter()
-        .filter_map(|(name, points)| {
-            if name == ABANDONED_SESSION_KEYS {
-                judge_within(name, points, warmup_end, CHURN_TOLERANCE)
-            } else {
-                judge(name, points, warmup_end)
-            }
-        })
+        .filter_map(|s| judge(&s.name, &s.points, warmup_end, s.relative))
         .collect();
     Ok(Outcome {
         rows,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::judge::{CHURN_TOLERANCE, RELATIVE_TOLERANCE};
+
 /// One watched hub process.
 #[derive(Clone, Debug)]
 pub struct HubPid {
@@ -205,51 +207,41 @@ pub fn csv_line(row: &Row) -> String {
     l
 }
 
-/// The judged series of `rows`: (name, points), hubs first.
-pub fn series(hubs: &[HubPid], rows: &[Row]) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut out = Vec::new();
-    for (i, hub) in hubs.iter().enumerate() {
-        out.push((
-            format!("{} rss KiB", hub.name),
-            rows.iter()
-                .map(|r| (r.t_secs, r.rss_kib[i] as f64))
-                .collect(),
-        ));
-    }
-    for (i, hub) in hubs.iter().enumerate() {
-        out.push((
-            format!("{} fds", hub.name),
-            rows.iter().map(|r| (r.t_secs, r.fds[i] as f64)).collect(),
-        ));
-    }
-    out.push((
-        "redis used_memory B".into(),
-        rows.iter()
-            .map(|r| (r.t_secs, r.redis_used_memory as f64))
-            .collect(),
-    ));
-    out.push((
-        STEADY_KEYS.into(),
-        rows.iter()
-            .map(|r| {
-                (
-                    r.t_secs,
-                    r.redis_keys.saturating_sub(r.abandoned_keys) as f64,
-                )
-            })
-            .collect(),
-    ));
-    out.push((
-        ABANDONED_SESSION_KEYS.into(),
-        rows.iter()
-            .map(|r| (r.t_secs, r.abandoned_keys as f64))
-            .collect(),
-    ));
-    out
+/// One judged series.
+pub struct Series {
+    pub name: String,
+    /// Growth allowed relative to the mean (see [`crate::judge`]).
+    pub relative: f64,
+    /// (t in seconds, value).
+    pub points: Vec<(f64, f64)>,
 }
 
-/// The series of Redis keys but the abandoned sessions': level.
-pub const STEADY_KEYS: &str = "redis keys, others";
-/// The series of the abandoned sessions' keys: they churn
-/// ([`crate::judge::CHURN_TOLERANCE`]).
-pub const ABANDONED_SESSION_KEYS: &str = "redis keys, abandoned";
+/// The judged series of `rows`, hubs first.
+pub fn series(hubs: &[HubPid], rows: &[Row]) -> Vec<Series> {
+    let level = |name: String, value: &dyn Fn(&Row) -> f64| Series {
+        name,
+        relative: RELATIVE_TOLERANCE,
+        points: rows.iter().map(|r| (r.t_secs, value(r))).collect(),
+    };
+    let mut out = Vec::new();
+    for (i, hub) in hubs.iter().enumerate() {
+        out.push(level(format!("{} rss KiB", hub.name), &|r| {
+            r.rss_kib[i] as f64
+        }));
+    }
+    for (i, hub) in hubs.iter().enumerate() {
+        out.push(level(format!("{} fds", hub.name), &|r| r.fds[i] as f64));
+    }
+    out.push(level("redis used_memory B".into(), &|r| {
+        r.redis_used_memory as f64
+    }));
+    out.push(level("redis keys, others".into(), &|r| {
+        r.redis_keys.saturating_sub(r.abandoned_keys) as f64
+    }));
+    // They churn: their lifetime stretches on a busy machine.
+    out.push(Series {
+        relative: CHURN_TOLERANCE,
+        ..level("redis keys, abandoned".into(), &|r| r.abandoned_keys as f64)
+    });
+    out
+}

@@ -262,19 +262,20 @@ impl<R: Member + Send + Sync + 'static> Fanouts<R> {
                     break;
                 }
                 let (queued, chunk_queued) = oneshot::channel();
-                let (out, counted_in) = (out.clone(), metrics.clone());
-                self.flusher.queue_and_flush(&metrics, move |to_flush| {
-                    for r in chunk {
-                        // One that left the session since the event was
-                        // handed over is skipped (module docs).
-                        if r.left_at() <= departures
-                            && R::as_ref(&r).send_deferred(out.clone(), &counted_in)
-                        {
-                            to_flush.push(r);
+                let out = out.clone();
+                self.flusher
+                    .queue_and_flush(&metrics, move |to_flush, metrics| {
+                        for r in chunk {
+                            // One that left the session since the event was
+                            // handed over is skipped (module docs).
+                            if r.left_at() <= departures
+                                && R::as_ref(&r).send_deferred(out.clone(), metrics)
+                            {
+                                to_flush.push(r);
+                            }
                         }
-                    }
-                    let _ = queued.send(());
-                });
+                        let _ = queued.send(());
+                    });
                 ended.in_flight = true;
                 last_chunk_queued = Some(chunk_queued);
                 // Without the flusher's thread the chunk was queued on
@@ -335,7 +336,7 @@ impl<R: Member + Send + Sync + 'static> Drop for Ended<R> {
         let (fanouts, session, task) = (self.fanouts.clone(), self.session.clone(), self.task);
         self.fanouts
             .flusher
-            .queue_and_flush(&self.metrics, move |_| fanouts.end_task(&session, task));
+            .queue_and_flush(&self.metrics, move |_, _| fanouts.end_task(&session, task));
     }
 }
 

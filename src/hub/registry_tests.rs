@@ -4,7 +4,7 @@ use futures_util::FutureExt;
 
 use super::*;
 use crate::hub::fanout::{MAX_JOBS, QUEUED_AT_ONCE};
-use crate::outbox::WakeCount;
+use crate::outbox::{WakeCount, until};
 
 fn handle(max_frames: usize) -> ClientHandle {
     named("c", max_frames)
@@ -81,13 +81,6 @@ fn frames(h: &ClientHandle) -> Vec<String> {
         .collect()
 }
 
-/// A waker counting its wake-ups, registered as `h`'s connection task.
-fn watched(h: &ClientHandle) -> Arc<WakeCount> {
-    let woken = Arc::new(WakeCount::default());
-    woken.runs(h.outbox());
-    woken
-}
-
 /// A client and its connection task's wake-ups.
 type Watched = (ClientHandle, Arc<WakeCount>);
 
@@ -99,7 +92,7 @@ fn big_session(n: usize) -> (Arc<Metrics>, Registry, Vec<Watched>) {
         .map(|i| {
             let h = named(&format!("big{i}"), 64);
             registry.insert("big", h.clone());
-            let woken = watched(&h);
+            let woken = WakeCount::watching(h.outbox());
             (h, woken)
         })
         .collect();
@@ -134,22 +127,18 @@ async fn until_woken_since(big: &[Watched], before: &[usize]) {
 /// marker connection it lists after all of it is flushed (woken) last.
 fn until_the_flusher_is_idle(registry: &Registry, metrics: &Arc<Metrics>) {
     let marker = named("marker", 8);
-    let woken = watched(&marker);
-    let (shared, counted_in) = (marker.shared.clone(), metrics.clone());
+    let woken = WakeCount::watching(marker.outbox());
+    let shared = marker.shared.clone();
     registry
         .fanouts
         .flusher()
-        .queue_and_flush(metrics, move |listed| {
+        .queue_and_flush(metrics, move |listed, metrics| {
             let out = Outbound::reply("marker".into(), "broadcast");
-            if AsRef::<Outbox>::as_ref(&*shared).send_deferred(out, &counted_in) {
+            if AsRef::<Outbox>::as_ref(&*shared).send_deferred(out, metrics) {
                 listed.push(shared);
             }
         });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while woken.count() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the flusher is stuck");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    until("the marker flushed", || woken.count() > 0);
 }
 
 /// A large session's events are queued for all its clients, in order,
@@ -161,7 +150,7 @@ async fn a_large_fan_out_is_flushed_off_the_runtime_and_a_small_session_woken_at
     let (metrics, registry, big) = big_session(FANOUT_CHUNK * 3);
     let small = named("small", 8);
     registry.insert("small", small.clone());
-    let small_woken = watched(&small);
+    let small_woken = WakeCount::watching(small.outbox());
 
     for offset in 1..=2 {
         assert_eq!(
@@ -357,11 +346,7 @@ fn a_sessions_task_ended_mid_event_leaves_it_not_busy_once_its_chunks_are_queued
     drop(runtime);
     assert!(registry.fanouts.busy("big"), "its chunks are not queued");
     drop(held);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while registry.fanouts.busy("big") {
-        assert!(std::time::Instant::now() < deadline, "still busy");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    until("not busy", || !registry.fanouts.busy("big"));
     assert!(big.iter().all(|(h, _)| frames(h) == ["big 1"]));
 }
 

@@ -38,8 +38,9 @@ use crate::metrics::Metrics;
 const FLUSHED_BETWEEN_LOOKS: usize = 256;
 
 /// Queues frames, pushing each connection to flush (those for which
-/// [`Outbox::send_deferred`] said so) onto the list it is given.
-type Queueing<R> = Box<dyn FnOnce(&mut Vec<Arc<R>>) + Send>;
+/// [`Outbox::send_deferred`] said so) onto the list it is given; the
+/// metrics are the work's.
+type Queueing<R> = Box<dyn FnOnce(&mut Vec<Arc<R>>, &Metrics) + Send>;
 
 /// Frames to queue, with the metrics their writes count in.
 struct Work<R> {
@@ -56,11 +57,13 @@ struct Listed<R> {
 impl<R> Work<R> {
     fn run(self) -> Listed<R> {
         let mut recipients = Vec::new();
-        let listing = &mut recipients;
+        let (listing, metrics) = (&mut recipients, &*self.metrics);
         let queue = self.queue;
         // A panic while queueing must not end the thread (stranding the
         // work behind it); what was listed before it is still flushed.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || queue(listing)));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            queue(listing, metrics)
+        }));
         Listed {
             metrics: self.metrics,
             recipients: recipients.into_iter(),
@@ -89,7 +92,7 @@ impl<R: AsRef<Outbox> + Send + Sync + 'static> Flusher<R> {
     pub fn queue_and_flush(
         &self,
         metrics: &Arc<Metrics>,
-        queue: impl FnOnce(&mut Vec<Arc<R>>) + Send + 'static,
+        queue: impl FnOnce(&mut Vec<Arc<R>>, &Metrics) + Send + 'static,
     ) {
         let work = Work {
             metrics: metrics.clone(),
@@ -113,7 +116,7 @@ impl<R: AsRef<Outbox> + Send + Sync + 'static> Flusher<R> {
     /// the returned sender is dropped.
     pub fn hold(&self, metrics: &Arc<Metrics>) -> Sender<()> {
         let (release, released) = mpsc::channel::<()>();
-        self.queue_and_flush(metrics, move |_| {
+        self.queue_and_flush(metrics, move |_, _| {
             let _ = released.recv();
         });
         release
@@ -178,10 +181,9 @@ fn flush_some<R: AsRef<Outbox>>(listed: &mut VecDeque<Listed<R>>, mut count: usi
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::outbox::{Outbound, RecordingWrite, WakeCount};
+    use crate::outbox::{Outbound, RecordingWrite, WakeCount, until};
 
     /// A connection: its outbox, its task's wake-ups, and what its write
     /// half wrote (none attached: an MCP watch).
@@ -198,12 +200,12 @@ mod tests {
     }
 
     fn connection(attached: bool) -> Arc<Connection> {
+        let outbox = Outbox::new(64, 1 << 20);
         let c = Connection {
-            outbox: Outbox::new(64, 1 << 20),
-            task: Arc::default(),
+            task: WakeCount::watching(&outbox),
+            outbox,
             written: Arc::default(),
         };
-        c.task.runs(&c.outbox);
         if attached {
             c.outbox.attach(&c.written);
         }
@@ -223,14 +225,6 @@ mod tests {
             .collect()
     }
 
-    fn until(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     /// Hands the flusher work that queues `texts` (one event each) for
     /// `connections`; returns the thread the work ran on.
     fn queue_and_flush(
@@ -240,7 +234,7 @@ mod tests {
     ) -> std::sync::mpsc::Receiver<Option<String>> {
         let (ran_on, thread) = std::sync::mpsc::channel();
         let connections = connections.to_vec();
-        flusher.queue_and_flush(&Arc::new(Metrics::new("i")), move |listed| {
+        flusher.queue_and_flush(&Arc::new(Metrics::new("i")), move |listed, _| {
             for text in texts {
                 listed.extend(send_deferred(&connections, text));
             }
@@ -294,7 +288,7 @@ mod tests {
         let flusher = Flusher::default();
         let first = connection(true);
         let listed_first = first.clone();
-        flusher.queue_and_flush(&Arc::new(Metrics::new("i")), move |listed| {
+        flusher.queue_and_flush(&Arc::new(Metrics::new("i")), move |listed, _| {
             listed.extend(send_deferred(&[listed_first], "a"));
             panic!("queueing failed");
         });

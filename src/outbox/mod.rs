@@ -374,6 +374,24 @@ impl WakeCount {
     pub(crate) fn runs(self: &std::sync::Arc<Self>, outbox: &Outbox) {
         outbox.register(&Waker::from(self.clone()));
     }
+
+    /// A new connection task of `outbox`, registered.
+    pub(crate) fn watching(outbox: &Outbox) -> Arc<Self> {
+        let task = Arc::new(WakeCount::default());
+        task.runs(outbox);
+        task
+    }
+}
+
+/// Waits (blocking the thread) until `done`, panicking after 10 s: for
+/// tests that watch the flusher's thread.
+#[cfg(test)]
+pub(crate) fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]
@@ -510,8 +528,7 @@ mod tests {
     fn a_deferred_flush_is_asked_for_once_and_not_past_a_quarter_of_the_bounds() {
         let metrics = Metrics::new("i");
         let outbox = Outbox::new(12, 1 << 20);
-        let woken = Arc::new(WakeCount::default());
-        woken.runs(&outbox);
+        let woken = WakeCount::watching(&outbox);
         assert!(outbox.send_deferred(frame("1"), &metrics), "list it");
         assert!(
             !outbox.send_deferred(frame("2"), &metrics),
@@ -545,8 +562,7 @@ mod tests {
     fn a_flush_writes_directly_and_wakes_the_task_only_when_that_falls_short() {
         let metrics = Metrics::new("i");
         let outbox = Outbox::new(12, 1 << 20);
-        let woken = Arc::new(WakeCount::default());
-        woken.runs(&outbox);
+        let woken = WakeCount::watching(&outbox);
         let direct = Arc::new(RecordingWrite::default());
         outbox.attach(&direct);
         assert!(outbox.send_deferred(frame("1"), &metrics));
